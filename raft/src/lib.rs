@@ -1,0 +1,17 @@
+//! # Layout
+//!
+//! `psubd-raft` runs many Raft groups per node on one sled database.
+//!
+//! - [`types`]: the single openraft type configuration every group shares.
+//! - `storage`: the project's storage seam (engine trait, sled implementation).
+//! - `flusher`: the node-wide group-commit task that turns many pending flushes into one fsync.
+//! - `log_store`: the per-group Raft log on the engine.
+//! - `state_machine`: the generic per-group state machine; a [`GroupLogic`] gives it meaning.
+//! - `snapshot`: snapshot files (build, stream, install).
+//! - `transport`: the peer transport (one TCP connection per peer pair, postcard frames).
+//! - `network`: openraft's outbound network over the transport.
+//! - `registry`: the groups running on this node, routing inbound RPCs by group id.
+
+pub mod types;
+
+pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig, CONTROLLER_GROUP};

@@ -12,6 +12,13 @@
 //! - `network`: openraft's outbound network over the transport.
 //! - `registry`: the groups running on this node, routing inbound RPCs by group id.
 
+pub mod config;
+pub(crate) mod network;
+pub mod registry;
+pub mod transport;
 pub mod types;
 
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig, CONTROLLER_GROUP};
+pub use config::{RaftNodeConfig, RaftTuning};
+pub use registry::{PeerService, RaftNode, RaftNodeError};
+pub use transport::{Faults, TransportError};

@@ -1,0 +1,509 @@
+//! The registry of Raft groups on a node: [`RaftNode`] owns the storage, the transport and
+//! every running group, routes inbound RPCs to their group by id, and shuts it all down in
+//! order.
+//!
+//! Lock order: `shutdown_done` (async) before `lifecycle` (async) before `groups` (sync,
+//! never held across an await). `lifecycle` serialises opening, closing and shutting down
+//! groups, so a group is never built twice on the same storage.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use openraft::error::{Fatal, InitializeError, InstallSnapshotError, RaftError};
+use openraft::BasicNode;
+use tracing::Instrument;
+
+use crate::config::RaftNodeConfig;
+use crate::error::StorageIoError;
+use crate::logic::GroupLogic;
+use crate::network::GroupNetworkFactory;
+use crate::storage::NodeStorage;
+use crate::transport::codec::{PeerRequest, PeerResponse, RaftRequest, RaftResponse, Refusal};
+use crate::transport::{Faults, InboundHandler, Transport, TransportError};
+use crate::types::{typ, GroupId, NodeId};
+
+/// Handles forwarded application requests arriving over the transport (set by the api
+/// layer, which knows what the bytes mean).
+pub trait PeerService: Send + Sync + 'static {
+    /// Answers one request from peer `from`. Failures are encoded in the answer bytes by
+    /// the service; the transport only carries them.
+    fn handle(&self, from: NodeId, body: Bytes) -> BoxFuture<'static, Bytes>;
+}
+
+/// Why a node-level operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftNodeError {
+    /// The configuration breaks a rule (named in `reason`).
+    #[error("invalid raft configuration: {reason}")]
+    InvalidConfig {
+        /// The rule broken.
+        reason: String,
+    },
+    /// The storage failed: the node is broken.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageIoError),
+    /// The transport failed to start (listen address).
+    #[error("transport failed: {0}")]
+    Transport(#[from] TransportError),
+    /// openraft could not start the group (its storage failed to load).
+    #[error("group {group} failed to start: {source}")]
+    GroupStart {
+        /// The group.
+        group: GroupId,
+        /// openraft's error.
+        source: Fatal<NodeId>,
+    },
+    /// openraft refused to initialize the group (for a reason other than "already
+    /// initialized", which is ignored).
+    #[error("group {group} could not be initialized: {message}")]
+    Initialize {
+        /// The group.
+        group: GroupId,
+        /// openraft's error.
+        message: String,
+    },
+    /// The group's Raft task did not end cleanly at shutdown.
+    #[error("group {group} did not shut down cleanly: {message}")]
+    GroupShutdown {
+        /// The group.
+        group: GroupId,
+        /// The join error.
+        message: String,
+    },
+    /// The node is shutting down; no group may be opened.
+    #[error("the raft node is shut down")]
+    ShutDown,
+}
+
+/// Every Raft group on this node, the storage and the transport. Cheap to clone (Arc
+/// inside).
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RaftNodeConfig,
+    raft_config: Arc<openraft::Config>,
+    storage: NodeStorage,
+    transport: Transport,
+    faults: Arc<Faults>,
+    /// The running groups. Invariant: a group is in the map from the moment its `Raft` is
+    /// built until `close_group`/`shutdown` takes it out to shut it down.
+    groups: RwLock<HashMap<GroupId, typ::Raft>>,
+    service: RwLock<Option<Arc<dyn PeerService>>>,
+    /// Serialises open / close / shutdown (held across awaits, hence async).
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Set once shutdown starts: no group may open after it.
+    closing: AtomicBool,
+    /// True once shutdown finished; a second call waits for the first and returns.
+    shutdown_done: tokio::sync::Mutex<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without `shutdown()`: at least stop the transport's tasks.
+        self.transport.cancel();
+    }
+}
+
+impl Inner {
+    fn read_groups(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, typ::Raft>> {
+        // Critical sections are single map operations: a poisoned map is still consistent.
+        self.groups.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_groups(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<GroupId, typ::Raft>> {
+        self.groups.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn service(&self) -> Option<Arc<dyn PeerService>> {
+        self.service
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Routes inbound requests into the registry. Holds the registry weakly so the transport
+/// (owned by the registry) does not keep it alive.
+struct Router(Weak<Inner>);
+
+impl InboundHandler for Router {
+    fn handle(&self, from: NodeId, request: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            let Some(inner) = inner else {
+                return PeerResponse::Refused(Refusal::ShuttingDown);
+            };
+            match request {
+                PeerRequest::Raft { group, rpc } => {
+                    let raft = inner.read_groups().get(&group).cloned();
+                    match raft {
+                        Some(raft) => PeerResponse::Raft(serve_raft(&raft, rpc).await),
+                        None => PeerResponse::Refused(Refusal::UnknownGroup { group }),
+                    }
+                }
+                PeerRequest::GroupState { group } => match inner.storage.group_is_pristine(group) {
+                    Ok(pristine) => PeerResponse::GroupState {
+                        has_state: !pristine,
+                    },
+                    Err(err) => PeerResponse::Refused(Refusal::Storage {
+                        message: err.to_string(),
+                    }),
+                },
+                PeerRequest::Service(body) => match inner.service() {
+                    Some(service) => PeerResponse::Service(service.handle(from, body).await),
+                    None => PeerResponse::Refused(Refusal::NoService),
+                },
+            }
+        })
+    }
+}
+
+/// Hands one Raft RPC to its group and wraps the answer.
+async fn serve_raft(raft: &typ::Raft, rpc: RaftRequest) -> RaftResponse {
+    match rpc {
+        RaftRequest::AppendEntries(req) => match raft.append_entries(req).await {
+            Ok(resp) => RaftResponse::AppendEntries(resp),
+            Err(err) => fatal_only(err),
+        },
+        RaftRequest::Vote(req) => match raft.vote(req).await {
+            Ok(resp) => RaftResponse::Vote(resp),
+            Err(err) => fatal_only(err),
+        },
+        RaftRequest::InstallSnapshot(req) => match raft.install_snapshot(req).await {
+            Ok(resp) => RaftResponse::InstallSnapshot(resp),
+            Err(RaftError::Fatal(fatal)) => RaftResponse::Fatal(fatal),
+            Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => {
+                RaftResponse::SnapshotMismatch(m)
+            }
+        },
+    }
+}
+
+fn fatal_only(err: RaftError<NodeId>) -> RaftResponse {
+    match err {
+        RaftError::Fatal(fatal) => RaftResponse::Fatal(fatal),
+        RaftError::APIError(never) => match never {},
+    }
+}
+
+impl RaftNode {
+    /// Opens the storage, binds the listen address and starts dialing peers.
+    ///
+    /// # Errors
+    /// [`RaftNodeError::InvalidConfig`] if the tuning breaks a rule or `id` is not among
+    /// `peers`; [`RaftNodeError::Storage`] if the data directory cannot be opened;
+    /// [`RaftNodeError::Transport`] if the listen address cannot be bound.
+    pub async fn start(config: RaftNodeConfig) -> Result<RaftNode, RaftNodeError> {
+        let raft_config = config
+            .tuning
+            .validate()
+            .map_err(|reason| RaftNodeError::InvalidConfig { reason })?;
+        if !config.peers.contains_key(&config.id) {
+            return Err(RaftNodeError::InvalidConfig {
+                reason: format!("node id {} must be one of the peers", config.id),
+            });
+        }
+        let storage = NodeStorage::open(&config.data_dir, config.cache_capacity_bytes)?;
+        let listener = Transport::bind(config.listen).await?;
+        let faults = Arc::new(Faults::default());
+        let limits = config.tuning.transport_limits();
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let transport = Transport::start(
+                config.id,
+                listener,
+                config.peers.clone(),
+                limits,
+                faults.clone(),
+                Arc::new(Router(weak.clone())),
+            );
+            Inner {
+                config,
+                raft_config: Arc::new(raft_config),
+                storage,
+                transport,
+                faults,
+                groups: RwLock::new(HashMap::new()),
+                service: RwLock::new(None),
+                lifecycle: tokio::sync::Mutex::new(()),
+                closing: AtomicBool::new(false),
+                shutdown_done: tokio::sync::Mutex::new(false),
+            }
+        });
+        tracing::info!(node = inner.config.id, listen = %inner.config.listen, "raft node started");
+        Ok(RaftNode { inner })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.config.id
+    }
+
+    /// Every node of the cluster with its transport address, this node included.
+    pub fn peers(&self) -> &BTreeMap<NodeId, SocketAddr> {
+        &self.inner.config.peers
+    }
+
+    /// The node's storage (the api and actors read partition state through it).
+    pub fn storage(&self) -> &NodeStorage {
+        &self.inner.storage
+    }
+
+    /// The peers with a live transport connection right now (health reports, tests).
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        self.inner.transport.connected_peers()
+    }
+
+    /// Creates (or returns the running) group with its logic. `members` are the voters.
+    /// If `initialize` and the group is pristine, calls `Raft::initialize(members)`: safe on
+    /// several nodes with the same members (openraft's "already initialized" is ignored).
+    /// When the group is already running, `logic` is dropped and the running group returned.
+    ///
+    /// # Errors
+    /// [`RaftNodeError::InvalidConfig`] if a member is not a known peer;
+    /// [`RaftNodeError::Storage`] / [`RaftNodeError::GroupStart`] if the group's storage
+    /// cannot be loaded; [`RaftNodeError::Initialize`] if initialization is refused (the
+    /// group is then closed again); [`RaftNodeError::ShutDown`] after `shutdown`.
+    pub async fn open_group(
+        &self,
+        group: GroupId,
+        logic: Box<dyn GroupLogic>,
+        members: BTreeSet<NodeId>,
+        initialize: bool,
+    ) -> Result<typ::Raft, RaftNodeError> {
+        let span = tracing::info_span!("open_group", node = self.id(), group);
+        self.open_group_inner(group, logic, members, initialize)
+            .instrument(span)
+            .await
+    }
+
+    async fn open_group_inner(
+        &self,
+        group: GroupId,
+        logic: Box<dyn GroupLogic>,
+        members: BTreeSet<NodeId>,
+        initialize: bool,
+    ) -> Result<typ::Raft, RaftNodeError> {
+        let inner = &self.inner;
+        let _lifecycle = inner.lifecycle.lock().await;
+        if inner.closing.load(Ordering::Acquire) {
+            return Err(RaftNodeError::ShutDown);
+        }
+        if let Some(raft) = self.group(group) {
+            return Ok(raft);
+        }
+        let mut nodes = BTreeMap::new();
+        for member in &members {
+            match inner.config.peers.get(member) {
+                Some(addr) => {
+                    nodes.insert(*member, BasicNode::new(addr.to_string()));
+                }
+                None => {
+                    return Err(RaftNodeError::InvalidConfig {
+                        reason: format!("group {group} member {member} is not a known peer"),
+                    })
+                }
+            }
+        }
+        let pristine = inner.storage.group_is_pristine(group)?;
+        let log_store = inner.storage.log_store(group)?;
+        let state_machine = inner.storage.state_machine(group, logic)?;
+        let network = GroupNetworkFactory::new(
+            group,
+            inner.transport.clone(),
+            inner.config.tuning.max_append_bytes,
+        );
+        let raft = typ::Raft::new(
+            inner.config.id,
+            inner.raft_config.clone(),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|source| RaftNodeError::GroupStart { group, source })?;
+        inner.write_groups().insert(group, raft.clone());
+        tracing::info!(pristine, "group opened");
+
+        if initialize && pristine {
+            match raft.initialize(nodes).await {
+                Ok(()) => tracing::info!(members = ?members, "group initialized"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::debug!("group already initialized");
+                }
+                Err(err) => {
+                    inner.write_groups().remove(&group);
+                    if let Err(join) = raft.shutdown().await {
+                        tracing::warn!(cause = %join, "group task failed while closing");
+                    }
+                    return Err(RaftNodeError::Initialize {
+                        group,
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(raft)
+    }
+
+    /// The running group, if any.
+    pub fn group(&self, group: GroupId) -> Option<typ::Raft> {
+        self.inner.read_groups().get(&group).cloned()
+    }
+
+    /// Ids of the running groups, ascending.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<GroupId> = self.inner.read_groups().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Shuts the group's Raft down and, if `destroy`, removes its storage. Closing a group
+    /// that is not running is not an error (and still destroys its storage if asked).
+    ///
+    /// # Errors
+    /// [`RaftNodeError::GroupShutdown`] if the Raft task failed; [`RaftNodeError::Storage`]
+    /// if the storage could not be removed.
+    pub async fn close_group(&self, group: GroupId, destroy: bool) -> Result<(), RaftNodeError> {
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        let raft = self.inner.write_groups().remove(&group);
+        if let Some(raft) = raft {
+            raft.shutdown()
+                .await
+                .map_err(|join| RaftNodeError::GroupShutdown {
+                    group,
+                    message: join.to_string(),
+                })?;
+            tracing::info!(node = self.id(), group, "group closed");
+        }
+        if destroy {
+            self.inner.storage.destroy_group(group).await?;
+            tracing::info!(node = self.id(), group, "group storage destroyed");
+        }
+        Ok(())
+    }
+
+    /// Installs the handler of forwarded application requests. Until it is set, such
+    /// requests are answered with a refusal (the asker retries).
+    pub fn set_service(&self, service: Arc<dyn PeerService>) {
+        *self
+            .inner
+            .service
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(service);
+    }
+
+    /// A forwarded application request to a peer (or to this node's own service when `to`
+    /// is this node).
+    ///
+    /// # Errors
+    /// [`TransportError::Unreachable`] at once if there is no connection to `to`;
+    /// [`TransportError::Timeout`] after `timeout`; [`TransportError::Refused`] if the peer
+    /// has no service installed.
+    pub async fn call_peer(
+        &self,
+        to: NodeId,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        if to == self.id() {
+            let service = self.inner.service().ok_or_else(|| TransportError::Refused {
+                peer: to,
+                reason: Refusal::NoService.to_string(),
+            })?;
+            return tokio::time::timeout(timeout, service.handle(to, body))
+                .await
+                .map_err(|_| TransportError::Timeout { peer: to, after: timeout });
+        }
+        match self
+            .inner
+            .transport
+            .request(to, PeerRequest::Service(body), timeout)
+            .await?
+        {
+            PeerResponse::Service(answer) => Ok(answer),
+            PeerResponse::Refused(refusal) => Err(TransportError::Refused {
+                peer: to,
+                reason: refusal.to_string(),
+            }),
+            _ => Err(TransportError::UnexpectedResponse { peer: to }),
+        }
+    }
+
+    /// Asks a peer whether it holds any state (a vote or a log entry) for `group`, so the
+    /// controller group is initialised exactly once.
+    ///
+    /// # Errors
+    /// As [`RaftNode::call_peer`]; a peer whose storage fails answers with a refusal.
+    pub async fn peer_has_group_state(
+        &self,
+        to: NodeId,
+        group: GroupId,
+        timeout: Duration,
+    ) -> Result<bool, TransportError> {
+        if to == self.id() {
+            return self
+                .inner
+                .storage
+                .group_is_pristine(group)
+                .map(|pristine| !pristine)
+                .map_err(|err| TransportError::Refused {
+                    peer: to,
+                    reason: Refusal::Storage {
+                        message: err.to_string(),
+                    }
+                    .to_string(),
+                });
+        }
+        match self
+            .inner
+            .transport
+            .request(to, PeerRequest::GroupState { group }, timeout)
+            .await?
+        {
+            PeerResponse::GroupState { has_state } => Ok(has_state),
+            PeerResponse::Refused(refusal) => Err(TransportError::Refused {
+                peer: to,
+                reason: refusal.to_string(),
+            }),
+            _ => Err(TransportError::UnexpectedResponse { peer: to }),
+        }
+    }
+
+    /// Test hooks: cut / drop / delay traffic to and from a peer.
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+
+    /// Shuts every group down (`Raft::shutdown`), stops the transport, and flushes the
+    /// storage once more. Idempotent: later calls wait for the first and return.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        let mut done = inner.shutdown_done.lock().await;
+        if *done {
+            return;
+        }
+        inner.closing.store(true, Ordering::Release);
+        let _lifecycle = inner.lifecycle.lock().await;
+        let groups: Vec<(GroupId, typ::Raft)> = inner.write_groups().drain().collect();
+        let stops = groups.iter().map(|(group, raft)| async move {
+            if let Err(join) = raft.shutdown().await {
+                tracing::warn!(group, cause = %join, "group task failed while shutting down");
+            }
+        });
+        futures::future::join_all(stops).await;
+        inner.transport.shutdown().await;
+        if let Err(err) = inner.storage.flush().await {
+            tracing::error!(cause = %err, "final storage flush failed");
+        }
+        *done = true;
+        tracing::info!(node = inner.config.id, groups = groups.len(), "raft node shut down");
+    }
+}

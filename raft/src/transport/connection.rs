@@ -1,0 +1,366 @@
+//! One established connection to a peer, multiplexing requests in both directions.
+//!
+//! After the hello exchange a connection runs two tasks: the writer drains a bounded queue
+//! of encoded frames onto the socket, and the reader decodes frames, completes pending
+//! requests with their responses and hands incoming requests to the inbound handler (each
+//! in its own task, so a slow snapshot install never holds up another group's heartbeat).
+//!
+//! Bounds: at most `max_inflight` outgoing requests wait for answers (a semaphore), at most
+//! `max_inflight` incoming requests are being served (the reader stops reading beyond that,
+//! which pushes back through TCP), and the outbound queue holds at most `outbound_queue`
+//! frames. Every request has a deadline. When the connection closes, every pending request
+//! fails at once with [`TransportError::ConnectionClosed`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::codec::{self, Frame, PeerRequest, PeerResponse, Refusal};
+use crate::transport::error::TransportError;
+use crate::transport::faults::{Faults, Verdict};
+use crate::transport::{InboundHandler, TransportLimits};
+use crate::types::NodeId;
+
+/// The read half of a connection's socket, framed.
+pub(crate) type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+/// The write half of a connection's socket, framed.
+pub(crate) type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+
+/// An encoded frame waiting for the writer, stamped so an injected delay is measured from
+/// when it was queued (a delay models latency, not a bandwidth cap).
+struct Outbound {
+    frame: Bytes,
+    queued_at: Instant,
+}
+
+/// A live connection to one peer. Shared (`Arc`) between the transport's map, the tasks
+/// and callers in the middle of a request.
+pub(crate) struct Connection {
+    peer: NodeId,
+    /// Distinguishes this connection from the one that replaced it (or that it replaced),
+    /// so a closing connection only unregisters itself.
+    serial: u64,
+    outbound: mpsc::Sender<Outbound>,
+    /// Requests sent and not yet answered. Invariant: once `closed` is cancelled, nothing
+    /// is left here for long (close drains it; a request that inserts after the drain sees
+    /// `closed` and removes its own entry). The lock is never held across an await.
+    pending: Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>,
+    next_id: AtomicU64,
+    inflight: Semaphore,
+    closed: CancellationToken,
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks on a connection whose hello exchange is done.
+    /// `shutdown` is the transport's token: cancelling it closes the connection too.
+    pub(crate) fn spawn(
+        peer: NodeId,
+        serial: u64,
+        reader: FrameReader,
+        writer: FrameWriter,
+        limits: &TransportLimits,
+        faults: Arc<Faults>,
+        handler: Arc<dyn InboundHandler>,
+        shutdown: &CancellationToken,
+    ) -> Arc<Connection> {
+        let (tx, rx) = mpsc::channel(limits.outbound_queue);
+        let conn = Arc::new(Connection {
+            peer,
+            serial,
+            outbound: tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            inflight: Semaphore::new(limits.max_inflight),
+            closed: shutdown.child_token(),
+        });
+        tokio::spawn(write_loop(
+            conn.clone(),
+            writer,
+            rx,
+            faults.clone(),
+            limits.keepalive,
+        ));
+        tokio::spawn(read_loop(
+            conn.clone(),
+            reader,
+            faults,
+            handler,
+            Arc::new(Semaphore::new(limits.max_inflight)),
+            limits.idle_timeout,
+        ));
+        conn
+    }
+
+    /// The peer at the other end.
+    pub(crate) fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// This connection's serial number (see the field).
+    pub(crate) fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// True once the connection is closed (it never reopens).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when the connection is closed.
+    pub(crate) async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// Closes the connection: the tasks stop and every pending request fails at once.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+        let drained: Vec<_> = self.lock_pending().drain().collect();
+        // Dropping the senders wakes every waiter with an error.
+        drop(drained);
+    }
+
+    /// Sends `body` and waits for the answer, at most `timeout` in all (waiting for an
+    /// in-flight slot, for queue space and for the answer).
+    ///
+    /// # Errors
+    /// [`TransportError::Timeout`] when the deadline passes, [`TransportError::ConnectionClosed`]
+    /// when the connection closes first, codec errors if the request cannot be encoded.
+    pub(crate) async fn request(
+        &self,
+        body: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, TransportError> {
+        let peer = self.peer;
+        match tokio::time::timeout(timeout, self.request_inner(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout {
+                peer,
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn request_inner(&self, body: PeerRequest) -> Result<PeerResponse, TransportError> {
+        let closed = || TransportError::ConnectionClosed { peer: self.peer };
+        let _permit = self.inflight.acquire().await.map_err(|_| closed())?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = codec::encode(&Frame::Request { id, body })?;
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id, tx);
+        // Removes the entry if this future is dropped (caller's timeout) or fails.
+        let _guard = PendingGuard { conn: self, id };
+        if self.closed.is_cancelled() {
+            return Err(closed());
+        }
+        let out = Outbound {
+            frame,
+            queued_at: Instant::now(),
+        };
+        tokio::select! {
+            sent = self.outbound.send(out) => sent.map_err(|_| closed())?,
+            _ = self.closed.cancelled() => return Err(closed()),
+        }
+        rx.await.map_err(|_| closed())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<PeerResponse>>> {
+        // Every critical section is a single map operation, so a poisoned map is consistent.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn complete(&self, id: u64, body: PeerResponse) {
+        let waiter = self.lock_pending().remove(&id);
+        match waiter {
+            // The requester may have given up (timeout); its answer is simply dropped.
+            Some(tx) => {
+                let _ = tx.send(body);
+            }
+            None => tracing::debug!(peer = self.peer, id, "response for no pending request"),
+        }
+    }
+}
+
+/// Removes a pending entry when its request ends, however it ends.
+struct PendingGuard<'a> {
+    conn: &'a Connection,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.lock_pending().remove(&self.id);
+    }
+}
+
+/// Waits out an injected delay, or returns false if the connection closes meanwhile.
+async fn hold(conn: &Connection, until: Instant) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => true,
+        _ = conn.closed.cancelled() => false,
+    }
+}
+
+async fn write_loop(
+    conn: Arc<Connection>,
+    mut writer: FrameWriter,
+    mut rx: mpsc::Receiver<Outbound>,
+    faults: Arc<Faults>,
+    keepalive: Duration,
+) {
+    let ping = match codec::encode(&Frame::Ping) {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::error!(peer = conn.peer, cause = %err, "cannot encode ping");
+            conn.close();
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(keepalive);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wrote_since_tick = false;
+    loop {
+        let out = tokio::select! {
+            _ = conn.closed.cancelled() => break,
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if wrote_since_tick {
+                    wrote_since_tick = false;
+                    continue;
+                }
+                Outbound { frame: ping.clone(), queued_at: Instant::now() }
+            }
+        };
+        match faults.verdict(conn.peer) {
+            Verdict::Pass => {}
+            Verdict::Drop => continue,
+            Verdict::Delay(d) => {
+                if !hold(&conn, out.queued_at + d).await {
+                    break;
+                }
+            }
+        }
+        // `feed` only buffers (flushing when the buffer is large); flush once the queue is
+        // empty so a burst of frames goes out in few syscalls.
+        let mut result = writer.feed(out.frame).await;
+        if result.is_ok() && rx.is_empty() {
+            result = writer.flush().await;
+        }
+        if let Err(err) = result {
+            tracing::debug!(peer = conn.peer, cause = %err, "connection write failed");
+            break;
+        }
+        wrote_since_tick = true;
+    }
+    conn.close();
+}
+
+async fn read_loop(
+    conn: Arc<Connection>,
+    mut reader: FrameReader,
+    faults: Arc<Faults>,
+    handler: Arc<dyn InboundHandler>,
+    serving: Arc<Semaphore>,
+    idle_timeout: Duration,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = conn.closed.cancelled() => break,
+            next = tokio::time::timeout(idle_timeout, reader.next()) => next,
+        };
+        let body = match next {
+            Err(_) => {
+                tracing::info!(peer = conn.peer, "connection silent too long, closing");
+                break;
+            }
+            Ok(None) => {
+                tracing::debug!(peer = conn.peer, "connection closed by peer");
+                break;
+            }
+            Ok(Some(Err(err))) => {
+                tracing::debug!(peer = conn.peer, cause = %err, "connection read failed");
+                break;
+            }
+            Ok(Some(Ok(body))) => body,
+        };
+        let received_at = Instant::now();
+        match faults.verdict(conn.peer) {
+            Verdict::Pass => {}
+            Verdict::Drop => continue,
+            Verdict::Delay(d) => {
+                if !hold(&conn, received_at + d).await {
+                    break;
+                }
+            }
+        }
+        let frame = match codec::decode(&body) {
+            Ok(frame) => frame,
+            Err(err) => {
+                tracing::warn!(peer = conn.peer, cause = %err, "undecodable frame, closing");
+                break;
+            }
+        };
+        match frame {
+            Frame::Response { id, body } => conn.complete(id, body),
+            Frame::Request { id, body } => {
+                let permit = tokio::select! {
+                    p = serving.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = conn.closed.cancelled() => break,
+                };
+                let conn = conn.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let response = handler.handle(conn.peer, body).await;
+                    drop(permit);
+                    send_response(&conn, id, response).await;
+                });
+            }
+            Frame::Ping => {}
+            Frame::Hello { .. } => {
+                tracing::warn!(peer = conn.peer, "hello after handshake, closing");
+                break;
+            }
+        }
+    }
+    conn.close();
+}
+
+async fn send_response(conn: &Connection, id: u64, body: PeerResponse) {
+    let frame = match codec::encode(&Frame::Response { id, body }) {
+        Ok(frame) => frame,
+        Err(err) => {
+            tracing::warn!(peer = conn.peer, id, cause = %err, "cannot encode response");
+            let refusal = Frame::Response {
+                id,
+                body: PeerResponse::Refused(Refusal::TooLarge),
+            };
+            match codec::encode(&refusal) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            }
+        }
+    };
+    let out = Outbound {
+        frame,
+        queued_at: Instant::now(),
+    };
+    tokio::select! {
+        // A closed connection drops the answer; the asker's request fails with it.
+        _ = conn.outbound.send(out) => {}
+        _ = conn.closed.cancelled() => {}
+    }
+}

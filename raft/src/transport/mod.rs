@@ -1,0 +1,406 @@
+//! The peer transport: one long-lived TCP connection per pair of nodes, carrying Raft RPCs
+//! (tagged with their group) and forwarded application requests, multiplexed by request id.
+//!
+//! Who connects: the node with the lower id dials the higher one and redials with capped,
+//! jittered exponential backoff when the connection drops; the higher id accepts. So a pair
+//! never races two connections, and a restarted node is found again without configuration.
+//! An accepted connection from a peer replaces (closes) an older one from the same peer:
+//! the newest is the one the peer is using.
+//!
+//! The hello exchange: the dialer sends [`codec::Frame::Hello`] with its id and the protocol
+//! version, the acceptor checks both (known peer, lower id, same version) and answers with
+//! its own hello; only then is the connection registered. A request to a peer with no
+//! registered connection fails at once with [`TransportError::Unreachable`], so openraft
+//! backs off and retries instead of every RPC waiting out its timeout.
+//!
+//! A connection silent for `idle_timeout` (each side pings when idle) is closed, so a peer
+//! that vanished without a FIN is noticed and redialed.
+
+pub(crate) mod codec;
+mod connection;
+pub mod error;
+pub mod faults;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::codec::{Frame, PeerRequest, PeerResponse, PROTOCOL_VERSION};
+use crate::transport::connection::{Connection, FrameReader, FrameWriter};
+use crate::types::NodeId;
+
+pub use error::TransportError;
+pub use faults::Faults;
+
+/// Serves requests that arrive from peers (the registry implements it).
+pub(crate) trait InboundHandler: Send + Sync + 'static {
+    /// Answers one request from `from`. Never fails: a request that cannot be served is
+    /// answered with [`PeerResponse::Refused`].
+    fn handle(&self, from: NodeId, request: PeerRequest) -> BoxFuture<'static, PeerResponse>;
+}
+
+/// The transport's bounds and timers (taken from [`RaftTuning`](crate::RaftTuning)).
+#[derive(Debug, Clone)]
+pub(crate) struct TransportLimits {
+    /// Outgoing requests awaiting an answer, and incoming requests being served, per
+    /// connection.
+    pub max_inflight: usize,
+    /// Encoded frames queued for the writer, per connection.
+    pub outbound_queue: usize,
+    /// A side idle this long sends a ping.
+    pub keepalive: Duration,
+    /// A connection that received nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Deadline for a TCP connect.
+    pub connect_timeout: Duration,
+    /// Deadline for the hello exchange.
+    pub handshake_timeout: Duration,
+    /// First redial delay; doubled per failure up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Longest redial delay.
+    pub reconnect_max: Duration,
+}
+
+/// The node's end of the peer transport. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    limits: TransportLimits,
+    faults: Arc<Faults>,
+    handler: Arc<dyn InboundHandler>,
+    /// The live connection to each peer. Lock order: this lock is taken alone, never held
+    /// across an await.
+    connections: RwLock<HashMap<NodeId, Arc<Connection>>>,
+    next_serial: AtomicU64,
+    shutdown: CancellationToken,
+    /// The listener and dialer tasks, awaited at shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Transport {
+    /// Binds the listen address (a separate step so a bind failure is reported before any
+    /// other resource is set up).
+    ///
+    /// # Errors
+    /// [`TransportError::Bind`] if the address is taken or not local.
+    pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| TransportError::Bind { addr, source })
+    }
+
+    /// Starts accepting on `listener` and dialing every peer with a higher id.
+    /// `peers` may include this node; it is ignored.
+    pub(crate) fn start(
+        id: NodeId,
+        listener: TcpListener,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        limits: TransportLimits,
+        faults: Arc<Faults>,
+        handler: Arc<dyn InboundHandler>,
+    ) -> Transport {
+        let inner = Arc::new(Inner {
+            id,
+            peers,
+            limits,
+            faults,
+            handler,
+            connections: RwLock::new(HashMap::new()),
+            next_serial: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(accept_loop(inner.clone(), listener)));
+        for (&peer, &addr) in inner.peers.range(id.saturating_add(1)..) {
+            if peer > id {
+                tasks.push(tokio::spawn(dial_loop(inner.clone(), peer, addr)));
+            }
+        }
+        *inner.lock_tasks() = tasks;
+        Transport { inner }
+    }
+
+    /// This node's id.
+    pub(crate) fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The peers with a live connection right now.
+    pub(crate) fn connected_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self
+            .inner
+            .read_connections()
+            .iter()
+            .filter(|(_, c)| !c.is_closed())
+            .map(|(&p, _)| p)
+            .collect();
+        peers.sort_unstable();
+        peers
+    }
+
+    /// Sends `body` to `peer` and waits for the answer, at most `timeout`.
+    ///
+    /// # Errors
+    /// [`TransportError::Unreachable`] at once if no connection is up; otherwise timeout,
+    /// closed-connection and codec errors from the connection.
+    pub(crate) async fn request(
+        &self,
+        peer: NodeId,
+        body: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, TransportError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(TransportError::Shutdown);
+        }
+        if !self.inner.peers.contains_key(&peer) || peer == self.inner.id {
+            return Err(TransportError::UnknownPeer { peer });
+        }
+        let conn = self.inner.read_connections().get(&peer).cloned();
+        match conn {
+            Some(conn) if !conn.is_closed() => conn.request(body, timeout).await,
+            _ => Err(TransportError::Unreachable { peer }),
+        }
+    }
+
+    /// Stops accepting and dialing, closes every connection (failing its pending requests)
+    /// and waits for the listener and dialer tasks to end. Idempotent.
+    pub(crate) async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let conns: Vec<_> = self.inner.write_connections().drain().collect();
+        for (_, conn) in conns {
+            conn.close();
+        }
+        let tasks = std::mem::take(&mut *self.inner.lock_tasks());
+        for task in tasks {
+            if let Err(err) = task.await {
+                tracing::warn!(cause = %err, "transport task ended abnormally");
+            }
+        }
+    }
+
+    /// Stops the transport's tasks without waiting (used when the owner is dropped
+    /// without a shutdown).
+    pub(crate) fn cancel(&self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+impl Inner {
+    fn read_connections(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<Connection>>> {
+        // Critical sections are single map operations: a poisoned map is still consistent.
+        self.connections.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_connections(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Arc<Connection>>> {
+        self.connections.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a handshaken connection the one used for `peer`, closing any older one, and
+    /// arranges for it to unregister itself when it closes.
+    fn register(self: &Arc<Self>, peer: NodeId, reader: FrameReader, writer: FrameWriter) -> Arc<Connection> {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let conn = Connection::spawn(
+            peer,
+            serial,
+            reader,
+            writer,
+            &self.limits,
+            self.faults.clone(),
+            self.handler.clone(),
+            &self.shutdown,
+        );
+        let old = self.write_connections().insert(peer, conn.clone());
+        if let Some(old) = old {
+            old.close();
+        }
+        tracing::info!(peer, serial, "peer connection up");
+        let inner = self.clone();
+        let watched = conn.clone();
+        tokio::spawn(async move {
+            watched.closed().await;
+            let mut conns = inner.write_connections();
+            if conns.get(&peer).is_some_and(|c| c.serial() == watched.serial()) {
+                conns.remove(&peer);
+            }
+            drop(conns);
+            tracing::info!(peer = watched.peer(), serial = watched.serial(), "peer connection down");
+        });
+        conn
+    }
+}
+
+fn framed(stream: TcpStream) -> (FrameReader, FrameWriter) {
+    let (r, w) = stream.into_split();
+    (
+        FramedRead::new(r, codec::length_codec()),
+        FramedWrite::new(w, codec::length_codec()),
+    )
+}
+
+/// Why a handshake failed (logged at debug: a down peer is routine).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("timed out")]
+    Timeout,
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("unexpected first frame")]
+    NotHello,
+    #[error("protocol version {0} is not ours")]
+    Version(u32),
+    #[error("node {0} may not connect here")]
+    Refused(NodeId),
+    #[error("the link is cut by an injected fault")]
+    Cut,
+}
+
+async fn read_hello(reader: &mut FrameReader) -> Result<NodeId, HandshakeError> {
+    let body = reader.next().await.ok_or(HandshakeError::Closed)??;
+    match codec::decode(&body)? {
+        Frame::Hello { version, node } if version == PROTOCOL_VERSION => Ok(node),
+        Frame::Hello { version, .. } => Err(HandshakeError::Version(version)),
+        _ => Err(HandshakeError::NotHello),
+    }
+}
+
+async fn write_hello(writer: &mut FrameWriter, id: NodeId) -> Result<(), HandshakeError> {
+    let hello = codec::encode(&Frame::Hello {
+        version: PROTOCOL_VERSION,
+        node: id,
+    })?;
+    writer.send(hello).await?;
+    Ok(())
+}
+
+async fn dial(inner: &Inner, peer: NodeId, addr: SocketAddr) -> Result<(FrameReader, FrameWriter), HandshakeError> {
+    if inner.faults.is_cut(peer) {
+        return Err(HandshakeError::Cut);
+    }
+    let stream = tokio::time::timeout(inner.limits.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = framed(stream);
+    let exchange = async {
+        write_hello(&mut writer, inner.id).await?;
+        read_hello(&mut reader).await
+    };
+    let answered = tokio::time::timeout(inner.limits.handshake_timeout, exchange)
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+    if answered != peer {
+        // The address belongs to another node: a configuration error worth a loud log.
+        tracing::error!(peer, answered, %addr, "dialed address answered as another node");
+        return Err(HandshakeError::Refused(answered));
+    }
+    Ok((reader, writer))
+}
+
+async fn dial_loop(inner: Arc<Inner>, peer: NodeId, addr: SocketAddr) {
+    let mut backoff = inner.limits.reconnect_min;
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        match dial(&inner, peer, addr).await {
+            Ok((reader, writer)) => {
+                backoff = inner.limits.reconnect_min;
+                let conn = inner.register(peer, reader, writer);
+                tokio::select! {
+                    _ = conn.closed() => {}
+                    _ = inner.shutdown.cancelled() => return,
+                }
+            }
+            Err(err) => {
+                tracing::debug!(peer, %addr, cause = %err, "dial failed");
+            }
+        }
+        // Equal jitter: half the backoff fixed, half random, so nodes that lost a peer at
+        // the same moment do not redial in lockstep.
+        let half = backoff / 2;
+        let jitter = rand::thread_rng().gen_range(Duration::ZERO..=half);
+        tokio::select! {
+            _ = tokio::time::sleep(half + jitter) => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(inner.limits.reconnect_max);
+    }
+}
+
+async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
+    let handshake = async {
+        stream.set_nodelay(true)?;
+        let (mut reader, mut writer) = framed(stream);
+        let peer = read_hello(&mut reader).await?;
+        if !inner.peers.contains_key(&peer) || peer >= inner.id {
+            return Err(HandshakeError::Refused(peer));
+        }
+        if inner.faults.is_cut(peer) {
+            return Err(HandshakeError::Cut);
+        }
+        write_hello(&mut writer, inner.id).await?;
+        Ok::<_, HandshakeError>((peer, reader, writer))
+    };
+    match tokio::time::timeout(inner.limits.handshake_timeout, handshake).await {
+        Ok(Ok((peer, reader, writer))) => {
+            if !inner.shutdown.is_cancelled() {
+                inner.register(peer, reader, writer);
+            }
+        }
+        Ok(Err(HandshakeError::Refused(peer))) => {
+            tracing::warn!(peer, %from, "refused connection from a node that may not dial here");
+        }
+        Ok(Err(err)) => tracing::debug!(%from, cause = %err, "inbound handshake failed"),
+        Err(_) => tracing::debug!(%from, "inbound handshake timed out"),
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, from)) => {
+                tokio::spawn(accept_one(inner.clone(), stream, from));
+            }
+            Err(err) => {
+                // Typically out of file descriptors: wait a little instead of spinning.
+                tracing::warn!(cause = %err, "failed to accept");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = inner.shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The broker: what the edge holds on to. It starts the controller group and the node
+//! supervisor, and offers the local operations the edge (or a peer's forwarded request)
+//! runs on this node. Routing between nodes is the edge's job, not the broker's.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use psubd_raft::typ::Raft;
+use psubd_raft::{GroupId, NodeId, RaftNode, CONTROLLER_GROUP};
+use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::controller::{ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo};
+use crate::error::{ControllerError, PartitionError};
+use crate::partition::{check_leader, Appended, BatchLimits, PartitionHandle, PartitionMsg};
+use crate::record::EncodedRecords;
+use crate::supervisor::{NodeSupervisor, PartitionTable, SupervisorArgs, SupervisorMsg};
+use crate::topic::{TopicConfig, TopicMeta};
+
+/// Startup errors of the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The controller group failed to open.
+    #[error("controller group failed to open: {0}")]
+    Controller(String),
+    /// An actor failed to start.
+    #[error("actor failed to start: {0}")]
+    Spawn(String),
+}
+
+/// Settings of the broker.
+#[derive(Clone, Copy, Debug)]
+pub struct BrokerConfig {
+    /// Partition entry limits and write timeouts.
+    pub limits: BatchLimits,
+    /// See [`SupervisorArgs::init_fallback_after`].
+    pub init_fallback_after: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self { limits: BatchLimits::default(), init_fallback_after: Duration::from_secs(4) }
+    }
+}
+
+struct Inner {
+    raft_node: RaftNode,
+    controller_raft: Raft,
+    controller: ActorRef<ControllerMsg>,
+    supervisor: ActorRef<SupervisorMsg>,
+    metadata: watch::Receiver<Arc<ControllerState>>,
+    partitions: PartitionTable,
+    limits: BatchLimits,
+}
+
+/// A node's broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+/// How long a call to a local actor may take beyond the write timeout before the caller
+/// gives up on it (the actor itself answers at the write timeout).
+const ACTOR_CALL_GRACE: Duration = Duration::from_secs(2);
+
+impl Broker {
+    /// Opens the controller group, bootstraps it if this node is the one to, and starts
+    /// the controller and supervisor actors.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the controller group or an actor fails to start.
+    pub async fn start(raft_node: RaftNode, config: BrokerConfig) -> Result<Self, BrokerError> {
+        let (logic, metadata) = ControllerLogic::new();
+        let members: BTreeSet<NodeId> = raft_node.peers().keys().copied().collect();
+        let controller_raft = raft_node
+            .open_group(CONTROLLER_GROUP, Box::new(logic), members.clone(), false)
+            .await
+            .map_err(|e| BrokerError::Controller(e.to_string()))?;
+        tokio::spawn(bootstrap_controller(raft_node.clone(), controller_raft.clone(), members.clone()));
+        let (controller, _) = Actor::spawn(
+            None,
+            ControllerActor,
+            ControllerArgs { raft: controller_raft.clone(), nodes: members.iter().copied().collect(), limits: config.limits },
+        )
+        .await
+        .map_err(|e| BrokerError::Spawn(e.to_string()))?;
+        let partitions = PartitionTable::default();
+        let (supervisor, _) = Actor::spawn(
+            None,
+            NodeSupervisor,
+            SupervisorArgs {
+                raft_node: raft_node.clone(),
+                metadata: metadata.clone(),
+                partitions: partitions.clone(),
+                limits: config.limits,
+                init_fallback_after: config.init_fallback_after,
+            },
+        )
+        .await
+        .map_err(|e| BrokerError::Spawn(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                raft_node,
+                controller_raft,
+                controller,
+                supervisor,
+                metadata,
+                partitions,
+                limits: config.limits,
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.raft_node.id()
+    }
+
+    /// This node's Raft groups and transport.
+    pub fn raft_node(&self) -> &RaftNode {
+        &self.inner.raft_node
+    }
+
+    /// The replicated metadata as this node has applied it.
+    pub fn metadata(&self) -> Arc<ControllerState> {
+        self.inner.metadata.borrow().clone()
+    }
+
+    /// A watch of the metadata (changes on every applied controller command).
+    pub fn subscribe_metadata(&self) -> watch::Receiver<Arc<ControllerState>> {
+        self.inner.metadata.clone()
+    }
+
+    /// The controller leader this node knows of.
+    pub fn controller_leader(&self) -> Option<NodeId> {
+        self.inner.controller_raft.metrics().borrow().current_leader
+    }
+
+    /// Ready: the controller has a leader that this node is in contact with (a leader
+    /// must have heard from a quorum recently).
+    pub fn is_ready(&self) -> bool {
+        let metrics = self.inner.controller_raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(leader) if leader == metrics.id => check_leader(&self.inner.controller_raft, &self.inner.limits).is_ok(),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The local replica of a partition group, if this node holds one.
+    pub fn partition(&self, group: GroupId) -> Option<PartitionHandle> {
+        match self.inner.partitions.read() {
+            Ok(table) => table.get(&group).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
+        }
+    }
+
+    /// The leader of a partition group as this node sees it (only known on replicas).
+    pub fn partition_leader(&self, group: GroupId) -> Option<NodeId> {
+        self.partition(group).and_then(|h| crate::partition::leader_of(&h.raft))
+    }
+
+    /// Appends one request's records on this node's replica, which must lead.
+    ///
+    /// # Errors
+    /// [`PartitionError`]; `NotLeader`, `NoQuorum`, `NoReplica` and `Unavailable` mean
+    /// nothing was written.
+    pub async fn append_local(&self, group: GroupId, records: EncodedRecords) -> Result<Appended, PartitionError> {
+        let handle = self.partition(group).ok_or(PartitionError::NoReplica)?;
+        let wait = self.inner.limits.write_timeout;
+        let _permit = tokio::time::timeout(wait, handle.admission.acquire())
+            .await
+            .map_err(|_| PartitionError::Unavailable { reason: "partition queue full" })?
+            .map_err(|_| PartitionError::Unavailable { reason: "partition closing" })?;
+        let call = handle.actor.call(
+            |reply| PartitionMsg::Append { records, reply },
+            Some(wait + ACTOR_CALL_GRACE),
+        );
+        match call.await {
+            Ok(ractor::rpc::CallResult::Success(answer)) => answer,
+            // The message was delivered: the write may be in flight.
+            Ok(_) => Err(PartitionError::OutcomeUnknown { reason: "partition actor did not answer in time" }),
+            Err(_) => Err(PartitionError::Unavailable { reason: "partition actor stopped" }),
+        }
+    }
+
+    /// Asks the local controller actor, which must lead group 0, to create a topic.
+    ///
+    /// # Errors
+    /// [`ControllerError`]; `NotLeader` and `NoQuorum` mean nothing was written.
+    pub async fn create_topic(&self, name: String, config: TopicConfig) -> Result<TopicMeta, ControllerError> {
+        self.controller_call(|reply| ControllerMsg::CreateTopic { name, config, reply }).await
+    }
+
+    /// Asks the local controller actor to delete a topic.
+    ///
+    /// # Errors
+    /// As [`Broker::create_topic`].
+    pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
+        self.controller_call(|reply| ControllerMsg::DeleteTopic { name, reply }).await
+    }
+
+    /// Asks the local controller actor to record a node's HTTP address.
+    ///
+    /// # Errors
+    /// As [`Broker::create_topic`].
+    pub async fn register_node(&self, info: NodeInfo) -> Result<(), ControllerError> {
+        self.controller_call(|reply| ControllerMsg::RegisterNode { info, reply }).await
+    }
+
+    async fn controller_call<T>(
+        &self,
+        message: impl FnOnce(ractor::RpcReplyPort<Result<T, ControllerError>>) -> ControllerMsg,
+    ) -> Result<T, ControllerError>
+    where
+        T: Send + 'static,
+    {
+        let wait = self.inner.limits.write_timeout + ACTOR_CALL_GRACE;
+        match self.inner.controller.call(message, Some(wait)).await {
+            Ok(ractor::rpc::CallResult::Success(answer)) => answer,
+            Ok(_) => Err(ControllerError::OutcomeUnknown { reason: "controller actor did not answer in time" }),
+            Err(_) => Err(ControllerError::NoQuorum),
+        }
+    }
+
+    /// Stops the actors and every Raft group, then flushes storage. Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner.supervisor.stop(Some("shutdown".into()));
+        self.inner.controller.stop(Some("shutdown".into()));
+        self.inner.raft_node.shutdown().await;
+    }
+}
+
+/// Initialises the controller group exactly once per cluster: only the lowest node id
+/// does it, only while its own group 0 is pristine, and only once every peer answered
+/// that it holds no controller state (a wiped node must rejoin, not found a new cluster).
+async fn bootstrap_controller(raft_node: RaftNode, raft: Raft, members: BTreeSet<NodeId>) {
+    let me = raft_node.id();
+    if members.first() != Some(&me) {
+        return;
+    }
+    let probe_timeout = Duration::from_millis(500);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => return,
+        }
+        let mut all_pristine = true;
+        for peer in members.iter().copied().filter(|p| *p != me) {
+            match raft_node.peer_has_group_state(peer, CONTROLLER_GROUP, probe_timeout).await {
+                Ok(true) => {
+                    info!(peer, "a peer holds controller state; joining the existing cluster");
+                    return;
+                }
+                Ok(false) => {}
+                Err(_) => all_pristine = false,
+            }
+        }
+        if all_pristine {
+            match raft.initialize(members.clone()).await {
+                Ok(()) => info!("controller group initialised"),
+                Err(error) => warn!(%error, "controller initialisation refused"),
+            }
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

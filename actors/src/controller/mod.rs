@@ -1,0 +1,153 @@
+//! The controller actor: proposes metadata changes to Raft group 0.
+//!
+//! Every node runs group 0 and reads the replicated [`ControllerState`] locally through a
+//! watch; only writes come here. The actor validates, chooses replica sets, and proposes
+//! without awaiting the commit in `handle` (the write runs in a task that answers).
+
+pub mod state;
+
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use psubd_raft::typ::Raft;
+use psubd_raft::NodeId;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::error::{ControllerError, PartitionError};
+use crate::partition::{check_leader, BatchLimits};
+use crate::topic::{place_replicas, TopicConfig, TopicMeta};
+pub use state::{ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo};
+
+/// Messages of [`ControllerActor`].
+pub enum ControllerMsg {
+    /// Create a topic (validated by the caller); answered with its metadata.
+    CreateTopic {
+        /// The name.
+        name: String,
+        /// The configuration.
+        config: TopicConfig,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<TopicMeta, ControllerError>>,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// The name.
+        name: String,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<(), ControllerError>>,
+    },
+    /// Register a node's HTTP address.
+    RegisterNode {
+        /// The node.
+        info: NodeInfo,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<(), ControllerError>>,
+    },
+}
+
+/// Startup arguments of the controller actor.
+pub struct ControllerArgs {
+    /// Group 0's Raft handle.
+    pub raft: Raft,
+    /// Every node of the cluster (the `--peers` ids): replica sets are drawn from them.
+    pub nodes: Vec<NodeId>,
+    /// Timeouts and quorum staleness.
+    pub limits: BatchLimits,
+}
+
+/// The controller actor. See the module docs.
+pub struct ControllerActor;
+
+fn map_leadership(error: PartitionError) -> ControllerError {
+    match error {
+        PartitionError::NotLeader { leader } => ControllerError::NotLeader { leader },
+        _ => ControllerError::NoQuorum,
+    }
+}
+
+async fn propose(raft: Raft, command: ControllerCommand, timeout: Duration) -> Result<ControllerResponse, ControllerError> {
+    let command = state::encode_command(&command)
+        .map_err(|_| ControllerError::OutcomeUnknown { reason: "command did not encode" })?;
+    match tokio::time::timeout(timeout, raft.client_write(command)).await {
+        Ok(Ok(response)) => Ok(state::decode_response(&response.data)),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(ControllerError::OutcomeUnknown { reason: "leadership changed while the write was in flight" })
+        }
+        Ok(Err(_)) => Err(ControllerError::OutcomeUnknown { reason: "the controller's Raft group stopped" }),
+        Err(_) => Err(ControllerError::OutcomeUnknown { reason: "the write was not committed within the timeout" }),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Actor for ControllerActor {
+    type Msg = ControllerMsg;
+    type State = ControllerArgs;
+    type Arguments = ControllerArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: ControllerArgs) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let raft = state.raft.clone();
+        let timeout = state.limits.write_timeout;
+        if let Err(error) = check_leader(&raft, &state.limits) {
+            let error = map_leadership(error);
+            match message {
+                ControllerMsg::CreateTopic { reply, .. } => drop(reply.send(Err(error))),
+                ControllerMsg::DeleteTopic { reply, .. } => drop(reply.send(Err(error))),
+                ControllerMsg::RegisterNode { reply, .. } => drop(reply.send(Err(error))),
+            }
+            return Ok(());
+        }
+        match message {
+            ControllerMsg::CreateTopic { name, config, reply } => {
+                if config.replication_factor as usize > state.nodes.len() {
+                    let _ = reply.send(Err(ControllerError::Invalid(format!(
+                        "replication_factor {} exceeds the {} nodes of the cluster",
+                        config.replication_factor,
+                        state.nodes.len()
+                    ))));
+                    return Ok(());
+                }
+                // Rotate the first replica by a hash of the name so topics' leaders spread.
+                let offset = name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                let replicas = place_replicas(&state.nodes, config.partitions, config.replication_factor, offset);
+                let command = ControllerCommand::CreateTopic { name, config, replicas, created_ms: now_ms() };
+                tokio::spawn(async move {
+                    let answer = match propose(raft, command, timeout).await {
+                        Ok(ControllerResponse::Done(Some(meta))) => Ok(meta),
+                        Ok(ControllerResponse::TopicExists) => Err(ControllerError::TopicExists),
+                        Ok(_) => Err(ControllerError::OutcomeUnknown { reason: "unexpected controller response" }),
+                        Err(error) => Err(error),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            ControllerMsg::DeleteTopic { name, reply } => {
+                tokio::spawn(async move {
+                    let answer = match propose(raft, ControllerCommand::DeleteTopic { name }, timeout).await {
+                        Ok(ControllerResponse::Done(_)) => Ok(()),
+                        Ok(ControllerResponse::TopicNotFound) => Err(ControllerError::TopicNotFound),
+                        Ok(_) => Err(ControllerError::OutcomeUnknown { reason: "unexpected controller response" }),
+                        Err(error) => Err(error),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            ControllerMsg::RegisterNode { info, reply } => {
+                tokio::spawn(async move {
+                    let answer = propose(raft, ControllerCommand::RegisterNode(info), timeout).await.map(|_| ());
+                    let _ = reply.send(answer);
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! The controller's replicated state (Raft group 0): cluster nodes and topics.
+//!
+//! The whole state is small, so it is stored as one value and published to readers as an
+//! immutable `Arc` snapshot after every applied batch: the edge reads metadata without
+//! locks or messages, and the supervisor reconciles partition groups from it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use psubd_raft::{Command, CommandResponse, GroupId, GroupLogic, NodeId, SnapshotPlan, StorageIoError, Tree, WriteBatch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta};
+
+const STATE_KEY: &[u8] = b"state";
+
+/// First group id handed to a partition; lower ids are reserved.
+pub const FIRST_PARTITION_GROUP: GroupId = 1000;
+
+/// A node as registered with the controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// Base URL of its HTTP edge, e.g. `http://127.0.0.1:8081`.
+    pub http: String,
+}
+
+/// Everything group 0 replicates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerState {
+    /// Nodes that registered their HTTP address.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMeta>,
+    /// Next partition group id. Invariant: greater than every group id ever handed out,
+    /// so a deleted topic's groups are never confused with a new one's.
+    pub next_group: GroupId,
+}
+
+impl ControllerState {
+    /// The placement of one partition, if the topic and partition exist.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionPlacement> {
+        self.topics.get(topic)?.partitions.get(partition as usize)
+    }
+}
+
+/// A change to the controller state, proposed through Raft.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControllerCommand {
+    /// Records a node's HTTP address (sent by every node at boot).
+    RegisterNode(NodeInfo),
+    /// Creates a topic with replica sets chosen by the proposer; group ids are assigned
+    /// at apply, so they follow log order.
+    CreateTopic {
+        /// Topic name (validated by the proposer).
+        name: String,
+        /// Its configuration.
+        config: TopicConfig,
+        /// Replica set per partition.
+        replicas: Vec<Vec<NodeId>>,
+        /// Creation time (proposer's clock).
+        created_ms: i64,
+    },
+    /// Deletes a topic; its partition groups are closed and destroyed on every replica.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// The controller's answer to a command.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControllerResponse {
+    /// Done; for a created topic, its metadata.
+    Done(Option<TopicMeta>),
+    /// The topic already exists.
+    TopicExists,
+    /// The topic does not exist.
+    TopicNotFound,
+    /// The command did not decode (a version mismatch between nodes).
+    Invalid,
+}
+
+/// Encodes a command for Raft.
+///
+/// # Errors
+/// Only if postcard fails, which for these types means out of memory.
+pub fn encode_command(command: &ControllerCommand) -> Result<Command, postcard::Error> {
+    Ok(Command(Bytes::from(postcard::to_stdvec(command)?)))
+}
+
+/// Decodes the response to a command.
+pub fn decode_response(response: &CommandResponse) -> ControllerResponse {
+    postcard::from_bytes(&response.0).unwrap_or(ControllerResponse::Invalid)
+}
+
+/// Group 0's state machine logic.
+pub struct ControllerLogic {
+    state: ControllerState,
+    published: watch::Sender<Arc<ControllerState>>,
+}
+
+impl ControllerLogic {
+    /// A logic and a watch of its published state.
+    pub fn new() -> (Self, watch::Receiver<Arc<ControllerState>>) {
+        let initial = ControllerState {
+            next_group: FIRST_PARTITION_GROUP,
+            ..ControllerState::default()
+        };
+        let (published, receiver) = watch::channel(Arc::new(initial.clone()));
+        (Self { state: initial, published }, receiver)
+    }
+
+    fn execute(&mut self, command: ControllerCommand) -> ControllerResponse {
+        match command {
+            ControllerCommand::RegisterNode(info) => {
+                self.state.nodes.insert(info.id, info);
+                ControllerResponse::Done(None)
+            }
+            ControllerCommand::CreateTopic { name, config, replicas, created_ms } => {
+                if self.state.topics.contains_key(&name) {
+                    return ControllerResponse::TopicExists;
+                }
+                let partitions = replicas
+                    .into_iter()
+                    .map(|replicas| {
+                        let group = self.state.next_group;
+                        self.state.next_group += 1;
+                        PartitionPlacement { group, replicas }
+                    })
+                    .collect();
+                let meta = TopicMeta { name: name.clone(), config, partitions, created_ms };
+                self.state.topics.insert(name, meta.clone());
+                ControllerResponse::Done(Some(meta))
+            }
+            ControllerCommand::DeleteTopic { name } => match self.state.topics.remove(&name) {
+                Some(_) => ControllerResponse::Done(None),
+                None => ControllerResponse::TopicNotFound,
+            },
+        }
+    }
+}
+
+fn encode_state(state: &ControllerState) -> Result<Vec<u8>, StorageIoError> {
+    postcard::to_stdvec(state).map_err(|e| StorageIoError::corrupt(format!("controller state: {e}")))
+}
+
+impl GroupLogic for ControllerLogic {
+    fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
+        if let Some(raw) = state.get(STATE_KEY)? {
+            self.state = postcard::from_bytes(&raw)
+                .map_err(|e| StorageIoError::corrupt(format!("controller state: {e}")))?;
+        }
+        self.published.send_replace(Arc::new(self.state.clone()));
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        _index: u64,
+        command: &Command,
+        _state: &Tree,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageIoError> {
+        let response = match postcard::from_bytes::<ControllerCommand>(&command.0) {
+            Ok(command) => self.execute(command),
+            Err(error) => {
+                warn!(%error, "skipping undecodable controller command");
+                ControllerResponse::Invalid
+            }
+        };
+        batch.insert(STATE_KEY, &encode_state(&self.state)?);
+        let encoded = postcard::to_stdvec(&response).map_err(|e| StorageIoError::corrupt(format!("controller response: {e}")))?;
+        Ok(CommandResponse(Bytes::from(encoded)))
+    }
+
+    fn applied(&mut self) {
+        self.published.send_if_modified(|current| {
+            if **current == self.state {
+                return false;
+            }
+            *current = Arc::new(self.state.clone());
+            true
+        });
+    }
+
+    fn snapshot_plan(&self, _state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
+        Ok(SnapshotPlan {
+            pinned: vec![(STATE_KEY.to_vec(), encode_state(&self.state)?)],
+            lazy: None,
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! The partition actor: owns one partition replica's Raft handle and turns concurrent
+//! publishes into few Raft entries.
+//!
+//! Batching (DESIGN.md § Publish path): while one entry is being replicated, every
+//! publish that arrives is queued; when the entry commits, all queued publishes go out as
+//! the next entry (bounded by bytes and records). Offsets are assigned at apply, so each
+//! waiting request gets `base + records before it in the entry`.
+//!
+//! The actor never awaits a Raft commit inside `handle`: it spawns the write and parks the
+//! reply ports with it; the write's completion comes back as [`PartitionMsg::WriteDone`].
+
+pub mod log;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use psubd_raft::typ::Raft;
+use psubd_raft::{GroupId, NodeId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+use crate::error::PartitionError;
+use crate::record::{join_batch, EncodedRecords};
+pub use log::{FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError};
+
+/// How a publish is acknowledged (API.md § Publish).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Acks {
+    /// After the entry is committed on a majority and applied.
+    All,
+    /// After the leader's own append. psubd currently answers `acks=1` at commit, like
+    /// `all`: never weaker than asked (see README § Publish).
+    Leader,
+    /// At once, before any write.
+    None,
+}
+
+/// Limits on the entries the actor builds.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// An entry stops growing past this many bytes of records (one request larger than
+    /// this still goes as one entry).
+    pub max_entry_bytes: usize,
+    /// An entry stops growing past this many records.
+    pub max_entry_records: u32,
+    /// How long a proposed write may take before it is answered `outcome_unknown`.
+    pub write_timeout: Duration,
+    /// A leader that has not heard from a quorum for this long refuses writes with
+    /// `NoQuorum` instead of letting them hang: a minority answers 503.
+    pub quorum_stale_after: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_entry_bytes: 1 << 20,
+            max_entry_records: 10_000,
+            write_timeout: Duration::from_secs(10),
+            quorum_stale_after: Duration::from_millis(2_500),
+        }
+    }
+}
+
+/// Offsets given to one publish request: `base_offset .. base_offset + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Appended {
+    /// Offset of the request's first record.
+    pub base_offset: u64,
+}
+
+/// Messages of [`PartitionActor`].
+pub enum PartitionMsg {
+    /// Append one request's records; answered with its base offset once committed.
+    Append {
+        /// The request's records, encoded at the edge.
+        records: EncodedRecords,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<Appended, PartitionError>>,
+    },
+    /// The entry in flight finished (its waiters are answered by the write task).
+    WriteDone,
+}
+
+struct Waiter {
+    records: EncodedRecords,
+    reply: RpcReplyPort<Result<Appended, PartitionError>>,
+}
+
+/// Startup arguments of a [`PartitionActor`].
+pub struct PartitionArgs {
+    /// The partition's group id (for logs).
+    pub group: GroupId,
+    /// The group's Raft handle.
+    pub raft: Raft,
+    /// Entry limits.
+    pub limits: BatchLimits,
+}
+
+/// State of a [`PartitionActor`].
+pub struct PartitionState {
+    group: GroupId,
+    raft: Raft,
+    limits: BatchLimits,
+    queued: Vec<Waiter>,
+    queued_bytes: usize,
+    /// Invariant: at most one entry of this actor is being replicated at a time.
+    in_flight: bool,
+}
+
+/// One partition replica's actor. See the module docs.
+pub struct PartitionActor;
+
+/// What the edge holds for a local partition replica.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    /// The partition's group.
+    pub group: GroupId,
+    /// The actor (publishes).
+    pub actor: ActorRef<PartitionMsg>,
+    /// The reader (fetches: served without the actor).
+    pub reader: PartitionReader,
+    /// The Raft handle (leadership queries).
+    pub raft: Raft,
+    /// Bounds the actor's mailbox: a publish holds a permit until answered.
+    pub admission: Arc<Semaphore>,
+}
+
+/// Most publish requests queued at one partition actor; more wait at the edge.
+pub const MAX_QUEUED_REQUESTS: usize = 4_096;
+
+/// Whether this replica may take writes now.
+///
+/// # Errors
+/// [`PartitionError::NotLeader`] with the leader hint, or [`PartitionError::NoQuorum`].
+pub fn check_leader(raft: &Raft, limits: &BatchLimits) -> Result<(), PartitionError> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.state != ServerState::Leader {
+        return Err(PartitionError::NotLeader { leader: metrics.current_leader.filter(|l| *l != metrics.id) });
+    }
+    match metrics.millis_since_quorum_ack {
+        Some(ms) if Duration::from_millis(ms) <= limits.quorum_stale_after => Ok(()),
+        _ => Err(PartitionError::NoQuorum),
+    }
+}
+
+/// The current leader of a group as this replica sees it.
+pub fn leader_of(raft: &Raft) -> Option<NodeId> {
+    raft.metrics().borrow().current_leader
+}
+
+impl PartitionState {
+    fn flush(&mut self, myself: &ActorRef<PartitionMsg>) {
+        if self.in_flight || self.queued.is_empty() {
+            return;
+        }
+        if let Err(error) = check_leader(&self.raft, &self.limits) {
+            // Nothing was proposed: every queued request may safely be retried elsewhere.
+            for waiter in self.queued.drain(..) {
+                let _ = waiter.reply.send(Err(error.clone()));
+            }
+            self.queued_bytes = 0;
+            return;
+        }
+        let mut taken_bytes = 0usize;
+        let mut taken_records = 0u32;
+        let mut take = 0usize;
+        for waiter in &self.queued {
+            let fits = take == 0
+                || (taken_bytes + waiter.records.len() <= self.limits.max_entry_bytes
+                    && taken_records + waiter.records.count <= self.limits.max_entry_records);
+            if !fits {
+                break;
+            }
+            taken_bytes += waiter.records.len();
+            taken_records += waiter.records.count;
+            take += 1;
+        }
+        let waiters: Vec<Waiter> = self.queued.drain(..take).collect();
+        self.queued_bytes -= taken_bytes;
+        self.in_flight = true;
+        let batch = join_batch(waiters.iter().map(|w| &w.records));
+        let command = log::append_command(&batch);
+        let raft = self.raft.clone();
+        let timeout = self.limits.write_timeout;
+        let myself = myself.clone();
+        let group = self.group;
+        debug!(group, requests = waiters.len(), records = taken_records, bytes = taken_bytes, "proposing batch");
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(timeout, raft.client_write(command)).await {
+                Ok(Ok(response)) => log::decode_append_response(&response.data)
+                    .ok_or(PartitionError::OutcomeUnknown { reason: "append response did not decode" }),
+                // A ForwardToLeader after proposing means the entry was truncated here, but
+                // another replica may still hold it and commit it later: the outcome is
+                // unknown, never "not written".
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    Err(PartitionError::OutcomeUnknown { reason: "leadership changed while the write was in flight" })
+                }
+                Ok(Err(_)) => Err(PartitionError::OutcomeUnknown { reason: "the partition's Raft group stopped" }),
+                Err(_) => Err(PartitionError::OutcomeUnknown { reason: "the write was not committed within the timeout" }),
+            };
+            let mut next = 0u64;
+            for waiter in waiters {
+                let answer = outcome.clone().map(|base| Appended { base_offset: base + next });
+                next += u64::from(waiter.records.count);
+                let _ = waiter.reply.send(answer);
+            }
+            let _ = myself.send_message(PartitionMsg::WriteDone);
+        });
+    }
+}
+
+impl Actor for PartitionActor {
+    type Msg = PartitionMsg;
+    type State = PartitionState;
+    type Arguments = PartitionArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: PartitionArgs) -> Result<Self::State, ActorProcessingErr> {
+        Ok(PartitionState {
+            group: args.group,
+            raft: args.raft,
+            limits: args.limits,
+            queued: Vec::new(),
+            queued_bytes: 0,
+            in_flight: false,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            PartitionMsg::Append { records, reply } => {
+                if state.in_flight {
+                    state.queued_bytes += records.len();
+                    state.queued.push(Waiter { records, reply });
+                } else {
+                    // Fail fast before queueing when this replica cannot lead.
+                    if let Err(error) = check_leader(&state.raft, &state.limits) {
+                        let _ = reply.send(Err(error));
+                        return Ok(());
+                    }
+                    state.queued_bytes += records.len();
+                    state.queued.push(Waiter { records, reply });
+                    state.flush(&myself);
+                }
+            }
+            PartitionMsg::WriteDone => {
+                state.in_flight = false;
+                state.flush(&myself);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,244 @@
+//! Records and record batches: the unit of storage and replication.
+//!
+//! A publish request's records are encoded once, at the edge, as concatenated postcard
+//! [`Record`]s. The partition actor joins the encodings of every request it batches into
+//! one Raft entry; the partition's state machine stores that byte run unchanged as one
+//! batch keyed by its base offset. A fetch decodes a stored batch as borrowed
+//! [`RecordView`]s (no copy of keys or values) and slices out the offsets it wants.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// How a record's key and value were given, so a fetch renders them back the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValueKind {
+    /// The value is JSON text (validated at publish); the key is UTF-8.
+    Json,
+    /// The value and key are UTF-8 strings.
+    String,
+    /// The value and key are arbitrary bytes (rendered as base64).
+    Binary,
+}
+
+/// A record as published. Field order is the wire format: keep it in step with
+/// [`RecordView`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Milliseconds since the Unix epoch: the producer's, or the edge's clock at publish.
+    pub timestamp_ms: i64,
+    /// How key and value are to be rendered.
+    pub kind: ValueKind,
+    /// Optional key; it picks the partition when none is given.
+    pub key: Option<Bytes>,
+    /// The value; `None` is a tombstone (compacted topics).
+    pub value: Option<Bytes>,
+    /// Headers in the order given.
+    pub headers: Vec<(String, Bytes)>,
+}
+
+/// A stored record decoded in place: every slice borrows the stored batch.
+#[derive(Debug, Deserialize)]
+pub struct RecordView<'a> {
+    /// See [`Record::timestamp_ms`].
+    pub timestamp_ms: i64,
+    /// See [`Record::kind`].
+    pub kind: ValueKind,
+    /// See [`Record::key`].
+    #[serde(borrow)]
+    pub key: Option<&'a [u8]>,
+    /// See [`Record::value`].
+    #[serde(borrow)]
+    pub value: Option<&'a [u8]>,
+    /// See [`Record::headers`].
+    #[serde(borrow)]
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// Errors decoding stored or forwarded record bytes. Stored bytes were encoded by this
+/// code, so a decode failure means corruption or a version mismatch, never user input.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordCodecError {
+    /// A record did not decode.
+    #[error("record bytes do not decode: {source}")]
+    Decode {
+        /// The postcard error.
+        source: postcard::Error,
+    },
+    /// A batch header was shorter than its fixed size.
+    #[error("record batch is truncated")]
+    Truncated,
+}
+
+/// The records of one publish request, encoded: `count` postcard [`Record`]s back to back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EncodedRecords {
+    /// How many records `bytes` holds.
+    pub count: u32,
+    /// The concatenated encodings.
+    pub bytes: Bytes,
+}
+
+impl EncodedRecords {
+    /// Encodes records for the partition actor.
+    ///
+    /// # Errors
+    /// Only if postcard fails to serialise, which for these types means out of memory.
+    pub fn encode(records: &[Record]) -> Result<Self, RecordCodecError> {
+        let mut out = Vec::with_capacity(records.iter().map(encoded_size_hint).sum());
+        for record in records {
+            out = postcard::to_extend(record, out)
+                .map_err(|source| RecordCodecError::Decode { source })?;
+        }
+        Ok(Self {
+            count: records.len() as u32,
+            bytes: Bytes::from(out),
+        })
+    }
+
+    /// Size in bytes, for batching limits.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True when no bytes are held.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+fn encoded_size_hint(record: &Record) -> usize {
+    16 + record.key.as_ref().map_or(0, |k| k.len())
+        + record.value.as_ref().map_or(0, |v| v.len())
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+/// Size of a stored batch's header: the record count as a little-endian u32.
+pub const BATCH_HEADER_LEN: usize = 4;
+
+/// Joins the record runs of several requests into one stored batch
+/// (`[count u32 LE][records…]`), the payload of one Raft entry.
+pub fn join_batch<'a>(parts: impl Iterator<Item = &'a EncodedRecords> + Clone) -> Bytes {
+    let count: u32 = parts.clone().map(|p| p.count).sum();
+    let len: usize = parts.clone().map(|p| p.bytes.len()).sum();
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + len);
+    out.put_u32_le(count);
+    for part in parts {
+        out.put_slice(&part.bytes);
+    }
+    out.freeze()
+}
+
+/// Reads a stored batch's record count.
+///
+/// # Errors
+/// [`RecordCodecError::Truncated`] if the batch is shorter than its header.
+pub fn batch_count(batch: &[u8]) -> Result<u32, RecordCodecError> {
+    let header: [u8; BATCH_HEADER_LEN] = batch
+        .get(..BATCH_HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(RecordCodecError::Truncated)?;
+    Ok(u32::from_le_bytes(header))
+}
+
+/// Iterates the records of a stored batch (or of a record run without header), borrowing.
+pub struct RecordIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> RecordIter<'a> {
+    /// Iterates a stored batch, skipping its header.
+    ///
+    /// # Errors
+    /// [`RecordCodecError::Truncated`] if the batch is shorter than its header.
+    pub fn batch(batch: &'a [u8]) -> Result<Self, RecordCodecError> {
+        let rest = batch
+            .get(BATCH_HEADER_LEN..)
+            .ok_or(RecordCodecError::Truncated)?;
+        Ok(Self { rest })
+    }
+
+    /// Iterates a run of records with no header.
+    pub fn run(run: &'a [u8]) -> Self {
+        Self { rest: run }
+    }
+
+    /// The undecoded remainder: the byte run of every record not yet returned.
+    pub fn remaining(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<RecordView<'a>, RecordCodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match postcard::take_from_bytes::<RecordView<'a>>(self.rest) {
+            Ok((view, rest)) => {
+                self.rest = rest;
+                Some(Ok(view))
+            }
+            Err(source) => {
+                self.rest = &[];
+                Some(Err(RecordCodecError::Decode { source }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: u8) -> Record {
+        Record {
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+            kind: ValueKind::Json,
+            key: Some(Bytes::from(vec![b'k', i])),
+            value: Some(Bytes::from(format!("{{\"n\":{i}}}"))),
+            headers: vec![("h".into(), Bytes::from_static(b"v"))],
+        }
+    }
+
+    #[test]
+    fn joined_batches_decode_in_request_order() {
+        let a = EncodedRecords::encode(&[record(1), record(2)]).unwrap();
+        let b = EncodedRecords::encode(&[record(3)]).unwrap();
+        let batch = join_batch([&a, &b].into_iter());
+        assert_eq!(batch_count(&batch).unwrap(), 3);
+        let keys: Vec<Vec<u8>> = RecordIter::batch(&batch)
+            .unwrap()
+            .map(|r| r.unwrap().key.unwrap().to_vec())
+            .collect();
+        assert_eq!(keys, vec![vec![b'k', 1], vec![b'k', 2], vec![b'k', 3]]);
+    }
+
+    #[test]
+    fn view_matches_the_published_record() {
+        let original = Record {
+            value: None,
+            ..record(9)
+        };
+        let enc = EncodedRecords::encode(std::slice::from_ref(&original)).unwrap();
+        let view = RecordIter::run(&enc.bytes).next().unwrap().unwrap();
+        assert_eq!(view.timestamp_ms, original.timestamp_ms);
+        assert_eq!(view.kind, original.kind);
+        assert_eq!(view.key, original.key.as_deref());
+        assert_eq!(view.value, None);
+        assert_eq!(view.headers, vec![("h", &b"v"[..])]);
+    }
+
+    #[test]
+    fn truncated_batch_is_an_error_not_a_panic() {
+        assert!(matches!(batch_count(&[1, 2]), Err(RecordCodecError::Truncated)));
+        let mut iter = RecordIter::run(&[0xff, 0xff, 0xff]);
+        assert!(matches!(iter.next(), Some(Err(_))));
+        assert!(iter.next().is_none());
+    }
+}

@@ -1,0 +1,224 @@
+//! The node supervisor: runs this node's partition replicas as the controller says.
+//!
+//! It reconciles rather than reacting to individual events: whenever the replicated
+//! controller state changes (and at start), it compares the partition groups this node
+//! should hold with those it runs, opens the missing ones (Raft group + partition actor)
+//! and closes and destroys the ones whose topic was deleted. A partition actor that fails
+//! is restarted on the same Raft handle.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use psubd_raft::{GroupId, NodeId, RaftNode};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::controller::ControllerState;
+use crate::partition::{
+    BatchLimits, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic, MAX_QUEUED_REQUESTS,
+};
+
+/// The local partition replicas, shared with the edge. Written only by the supervisor.
+pub type PartitionTable = Arc<RwLock<HashMap<GroupId, PartitionHandle>>>;
+
+/// Messages of [`NodeSupervisor`].
+pub enum SupervisorMsg {
+    /// The controller state changed: bring the local replicas in line.
+    Reconcile,
+}
+
+/// Startup arguments of the supervisor.
+pub struct SupervisorArgs {
+    /// This node's Raft groups.
+    pub raft_node: RaftNode,
+    /// The replicated controller state.
+    pub metadata: watch::Receiver<Arc<ControllerState>>,
+    /// Where local replicas are published for the edge.
+    pub partitions: PartitionTable,
+    /// Entry limits for partition actors.
+    pub limits: BatchLimits,
+    /// How long a non-preferred replica waits for the preferred one to form a new group
+    /// before initialising it itself.
+    pub init_fallback_after: Duration,
+}
+
+/// State of the supervisor.
+pub struct SupervisorState {
+    args: SupervisorArgs,
+}
+
+/// The node supervisor actor. See the module docs.
+pub struct NodeSupervisor;
+
+fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, Vec<NodeId>> {
+    state
+        .topics
+        .values()
+        .flat_map(|topic| topic.partitions.iter())
+        .filter(|placement| placement.replicas.contains(&me))
+        .map(|placement| (placement.group, placement.replicas.clone()))
+        .collect()
+}
+
+impl SupervisorState {
+    fn local(&self) -> Vec<GroupId> {
+        match self.args.partitions.read() {
+            Ok(table) => table.keys().copied().collect(),
+            Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
+        }
+    }
+
+    fn publish(&self, group: GroupId, handle: Option<PartitionHandle>) {
+        let mut table = match self.args.partitions.write() {
+            Ok(table) => table,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match handle {
+            Some(handle) => table.insert(group, handle),
+            None => table.remove(&group),
+        };
+    }
+
+    async fn open(&self, myself: &ActorRef<SupervisorMsg>, group: GroupId, replicas: Vec<NodeId>) -> Result<(), ActorProcessingErr> {
+        let me = self.args.raft_node.id();
+        let (logic, reader) = PartitionLogic::new();
+        let members: BTreeSet<NodeId> = replicas.iter().copied().collect();
+        // Only the preferred replica initialises at once, so it usually wins the first
+        // election and leaders spread as placement intended.
+        let preferred = replicas.first() == Some(&me);
+        let raft = self.args.raft_node.open_group(group, Box::new(logic), members.clone(), preferred).await?;
+        if !preferred {
+            let raft = raft.clone();
+            let wait = self.args.init_fallback_after;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if raft.metrics().borrow().current_leader.is_none() && !raft.is_initialized().await.unwrap_or(true) {
+                    info!(group, "preferred replica silent; initialising the partition group");
+                    let _ = raft.initialize(members).await;
+                }
+            });
+        }
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            PartitionActor,
+            PartitionArgs { group, raft: raft.clone(), limits: self.args.limits },
+            myself.get_cell(),
+        )
+        .await?;
+        self.publish(
+            group,
+            Some(PartitionHandle {
+                group,
+                actor,
+                reader,
+                raft,
+                admission: Arc::new(Semaphore::new(MAX_QUEUED_REQUESTS)),
+            }),
+        );
+        info!(group, "partition replica opened");
+        Ok(())
+    }
+
+    async fn close(&self, group: GroupId) {
+        let handle = match self.args.partitions.read() {
+            Ok(table) => table.get(&group).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
+        };
+        self.publish(group, None);
+        if let Some(handle) = handle {
+            handle.actor.stop(Some("topic deleted".into()));
+        }
+        if let Err(error) = self.args.raft_node.close_group(group, true).await {
+            warn!(group, %error, "failed to close a deleted partition's group");
+        }
+        info!(group, "partition replica closed and destroyed");
+    }
+
+    async fn reconcile(&self, myself: &ActorRef<SupervisorMsg>) {
+        let state = self.args.metadata.borrow().clone();
+        let want = wanted(&state, self.args.raft_node.id());
+        let have = self.local();
+        for group in have.iter().filter(|g| !want.contains_key(g)) {
+            self.close(*group).await;
+        }
+        for (group, replicas) in want {
+            if have.contains(&group) {
+                continue;
+            }
+            if let Err(error) = self.open(myself, group, replicas).await {
+                warn!(group, %error, "failed to open a partition replica; will retry on the next change");
+            }
+        }
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<Self::State, ActorProcessingErr> {
+        // Turn controller state changes into Reconcile messages. Changes coalesce in the
+        // watch, so this never queues more than one pending reconcile per change burst.
+        let mut changes = args.metadata.clone();
+        let target = myself.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if target.send_message(SupervisorMsg::Reconcile).is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = myself.send_message(SupervisorMsg::Reconcile);
+        Ok(SupervisorState { args })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Reconcile => state.reconcile(&myself).await,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            let failed = find_group(&state.args.partitions, &cell);
+            warn!(group = ?failed, %error, "partition actor failed; restarting it");
+            if let Some(group) = failed {
+                let handle = match state.args.partitions.read() {
+                    Ok(table) => table.get(&group).cloned(),
+                    Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
+                };
+                if let Some(handle) = handle {
+                    let (actor, _) = Actor::spawn_linked(
+                        None,
+                        PartitionActor,
+                        PartitionArgs { group, raft: handle.raft.clone(), limits: state.args.limits },
+                        myself.get_cell(),
+                    )
+                    .await?;
+                    state.publish(group, Some(PartitionHandle { actor, ..handle }));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find_group(table: &PartitionTable, cell: &ActorCell) -> Option<GroupId> {
+    let table = match table.read() {
+        Ok(table) => table,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    table
+        .iter()
+        .find(|(_, handle)| handle.actor.get_id() == cell.get_id())
+        .map(|(group, _)| *group)
+}

@@ -1,0 +1,104 @@
+//! `/healthz`, `/readyz`, `/metrics` and `/v1/cluster`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use psubd_actors::partition::leader_of;
+use psubd_raft::CONTROLLER_GROUP;
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// How long `/v1/cluster` waits for a peer's answer before calling it not alive.
+const ALIVE_PROBE: Duration = Duration::from_millis(300);
+
+/// The routes of this resource.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(cluster))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let broker = state.broker();
+    if broker.is_ready() {
+        Json(json!({"status": "ready", "controller_leader": broker.controller_leader()})).into_response()
+    } else {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "no controller quorum reachable"})),
+        )
+            .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+        response
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let broker = state.broker();
+    let metadata = broker.metadata();
+    let me = broker.node_id();
+    for topic in metadata.topics.values() {
+        for (index, placement) in topic.partitions.iter().enumerate() {
+            if let Some(handle) = broker.partition(placement.group) {
+                let labels = [topic.name.as_str(), &index.to_string()];
+                state.metrics.high_watermark.with_label_values(&labels).set(handle.reader.bounds().next_offset as i64);
+                let leads = i64::from(leader_of(&handle.raft) == Some(me));
+                state.metrics.partition_leader.with_label_values(&labels).set(leads);
+            }
+        }
+    }
+    if let Ok(bytes) = broker.raft_node().storage().size_on_disk() {
+        state.metrics.disk_bytes.with_label_values(&[&me.to_string()]).set(bytes as i64);
+    }
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response
+}
+
+async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let broker = state.broker();
+    let raft_node = broker.raft_node();
+    let metadata = broker.metadata();
+    let me = broker.node_id();
+    let probes = raft_node.peers().iter().map(|(id, addr)| async move {
+        let alive = *id == me || raft_node.peer_has_group_state(*id, CONTROLLER_GROUP, ALIVE_PROBE).await.is_ok();
+        json!({
+            "id": id,
+            "raft": addr.to_string(),
+            "http": metadata.nodes.get(id).map(|n| n.http.clone()),
+            "alive": alive,
+        })
+    });
+    let nodes = futures::future::join_all(probes).await;
+    let mut partitions = Vec::new();
+    for topic in metadata.topics.values() {
+        for (index, placement) in topic.partitions.iter().enumerate() {
+            partitions.push(json!({
+                "topic": topic.name,
+                "partition": index,
+                "replicas": placement.replicas,
+                "leader": broker.partition_leader(placement.group),
+            }));
+        }
+    }
+    Json(json!({
+        "node_id": me,
+        "controller_leader": broker.controller_leader(),
+        "nodes": nodes,
+        "partitions": partitions,
+    }))
+}

@@ -1,0 +1,277 @@
+//! Routing: which node serves a request, and the retry at a leader hint that keeps "not
+//! leader" from ever reaching a client (DESIGN.md § Publish path, step 2).
+//!
+//! A request is only retried elsewhere when it certainly did not take effect (the serving
+//! node refused it before proposing, or the transport never delivered it). Anything that
+//! may have been proposed is answered 504 `outcome_unknown`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use psubd_actors::partition::{leader_of, Appended, FetchedRecords};
+use psubd_actors::record::EncodedRecords;
+use psubd_actors::topic::{PartitionPlacement, TopicMeta};
+use psubd_actors::{Broker, ControllerError, PartitionError};
+use psubd_raft::{GroupId, NodeId, TransportError};
+
+use crate::error::ApiError;
+use crate::forward::{encode, serve_local, ForwardRequest, ForwardResponse, OffsetSpec, ReplicaStatus};
+
+/// How many nodes one request may visit: the first guess, a leader hint, one more hint.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Slack added to a forwarded request's own deadline before the transport gives up.
+const FORWARD_SLACK: Duration = Duration::from_secs(2);
+
+/// The outcome of sending a request to a node.
+enum Delivery {
+    /// The node answered.
+    Answered(ForwardResponse),
+    /// The request certainly did not reach the node's logic: try another node.
+    NotDelivered,
+    /// The request may have been executed; no answer came.
+    Lost(String),
+}
+
+/// The edge's router. One per node, shared by every handler.
+pub struct Edge {
+    broker: Broker,
+    /// Last known leader per partition group, learnt from hints. Only a hint: every use
+    /// is checked by the node it names.
+    hints: RwLock<HashMap<GroupId, NodeId>>,
+    /// How long a write may take at the partition before it is answered 504.
+    write_timeout: Duration,
+}
+
+impl Edge {
+    /// A router over this node's broker.
+    pub fn new(broker: Broker, write_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self { broker, hints: RwLock::new(HashMap::new()), write_timeout })
+    }
+
+    /// This node's broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    async fn deliver(&self, target: NodeId, request: ForwardRequest, deadline: Duration) -> Delivery {
+        if target == self.broker.node_id() {
+            return Delivery::Answered(serve_local(&self.broker, request).await);
+        }
+        let body = encode(&request);
+        match self.broker.raft_node().call_peer(target, body, deadline + FORWARD_SLACK).await {
+            Ok(bytes) => match postcard::from_bytes::<ForwardResponse>(&bytes) {
+                Ok(response) => Delivery::Answered(response),
+                Err(_) => Delivery::Lost("a peer's answer did not decode".into()),
+            },
+            Err(
+                TransportError::Unreachable { .. }
+                | TransportError::UnknownPeer { .. }
+                | TransportError::Refused { .. }
+                | TransportError::FrameTooLarge { .. },
+            ) => Delivery::NotDelivered,
+            Err(error) => Delivery::Lost(error.to_string()),
+        }
+    }
+
+    fn hint(&self, group: GroupId) -> Option<NodeId> {
+        self.hints.read().ok().and_then(|h| h.get(&group).copied())
+    }
+
+    fn learn(&self, group: GroupId, leader: NodeId) {
+        if let Ok(mut hints) = self.hints.write() {
+            hints.insert(group, leader);
+        }
+    }
+
+    /// Nodes to try for a partition's leader, best guess first: the local replica's view,
+    /// the hint cache, then every replica in placement order.
+    fn leader_candidates(&self, placement: &PartitionPlacement) -> Vec<NodeId> {
+        let mut order = Vec::with_capacity(placement.replicas.len() + 2);
+        if let Some(leader) = self.broker.partition(placement.group).and_then(|h| leader_of(&h.raft)) {
+            order.push(leader);
+        }
+        if let Some(hint) = self.hint(placement.group) {
+            order.push(hint);
+        }
+        order.extend(placement.replicas.iter().copied());
+        let mut seen = Vec::with_capacity(order.len());
+        order.retain(|n| {
+            let fresh = !seen.contains(n);
+            seen.push(*n);
+            fresh
+        });
+        order
+    }
+
+    /// Sends `request` to the partition's leader, following hints, retrying only where
+    /// nothing can have been written.
+    async fn to_leader(
+        &self,
+        placement: &PartitionPlacement,
+        request: ForwardRequest,
+        deadline: Duration,
+    ) -> Result<ForwardResponse, ApiError> {
+        let mut candidates = self.leader_candidates(placement).into_iter();
+        let mut next = candidates.next();
+        let mut last_refusal = PartitionError::NotLeader { leader: None };
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(target) = next else { break };
+            match self.deliver(target, request.clone(), deadline).await {
+                Delivery::Answered(ForwardResponse::Partition(
+                    refusal @ (PartitionError::NotLeader { .. } | PartitionError::NoReplica),
+                )) => {
+                    next = match &refusal {
+                        PartitionError::NotLeader { leader: Some(leader) } if *leader != target => {
+                            self.learn(placement.group, *leader);
+                            Some(*leader)
+                        }
+                        _ => candidates.next(),
+                    };
+                    last_refusal = refusal;
+                }
+                Delivery::Answered(response) => {
+                    if !matches!(response, ForwardResponse::Partition(_)) {
+                        self.learn(placement.group, target);
+                    }
+                    return Ok(response);
+                }
+                Delivery::NotDelivered => next = candidates.next(),
+                Delivery::Lost(reason) => return Err(ApiError::OutcomeUnknown { reason }),
+            }
+        }
+        Err(last_refusal.into())
+    }
+
+    /// Appends one request's records to a partition through its leader.
+    ///
+    /// # Errors
+    /// 503 when no leader could take it (nothing written), 504 when the outcome is unknown.
+    pub async fn append(&self, placement: &PartitionPlacement, records: EncodedRecords) -> Result<Appended, ApiError> {
+        let request = ForwardRequest::Append { group: placement.group, records };
+        match self.to_leader(placement, request, self.write_timeout).await? {
+            ForwardResponse::Appended(appended) => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads records: from the local replica when it has applied the offset (any replica
+    /// may serve committed records), else from the leader, which long-polls.
+    ///
+    /// # Errors
+    /// 416 outside the log, 503 when no replica answers.
+    pub async fn fetch(
+        &self,
+        placement: &PartitionPlacement,
+        offset: OffsetSpec,
+        max_records: u32,
+        max_bytes: u32,
+        timeout_ms: u64,
+    ) -> Result<FetchedRecords, ApiError> {
+        let request = ForwardRequest::Fetch { group: placement.group, offset, max_records, max_bytes, timeout_ms };
+        let local = self.broker.partition(placement.group);
+        let served_here = local.as_ref().is_some_and(|handle| {
+            let bounds = handle.reader.bounds();
+            let is_leader = leader_of(&handle.raft) == Some(self.broker.node_id());
+            match offset {
+                OffsetSpec::At(n) => is_leader || (n >= bounds.log_start && n < bounds.next_offset),
+                OffsetSpec::Earliest => is_leader || bounds.log_start < bounds.next_offset,
+                OffsetSpec::Latest => is_leader,
+            }
+        });
+        let deadline = Duration::from_millis(timeout_ms);
+        let response = if served_here {
+            serve_local(&self.broker, request).await
+        } else {
+            self.to_leader(placement, request, deadline).await?
+        };
+        match response {
+            ForwardResponse::Fetched(records) => Ok(records),
+            ForwardResponse::OutOfRange { offset, log_start, high_watermark } => {
+                Err(ApiError::OffsetOutOfRange { offset, log_start_offset: log_start, high_watermark })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A partition's leader, log start and high watermark, from the first replica that
+    /// answers (the local one first).
+    pub async fn partition_status(&self, placement: &PartitionPlacement) -> Option<ReplicaStatus> {
+        let request = ForwardRequest::PartitionStatus { group: placement.group };
+        for target in self.leader_candidates(placement) {
+            if let Delivery::Answered(ForwardResponse::Status(status)) =
+                self.deliver(target, request.clone(), Duration::from_millis(500)).await
+            {
+                // The leader's own view has the freshest high watermark: ask it too.
+                if let Some(leader) = status.leader.filter(|l| *l != target) {
+                    if let Delivery::Answered(ForwardResponse::Status(fresh)) =
+                        self.deliver(leader, request.clone(), Duration::from_millis(500)).await
+                    {
+                        return Some(fresh);
+                    }
+                }
+                return Some(status);
+            }
+        }
+        None
+    }
+
+    /// Sends a metadata change to the controller leader.
+    ///
+    /// # Errors
+    /// 503 when no controller leader takes it, 504 when the outcome is unknown, and the
+    /// controller's own refusals.
+    pub async fn controller(&self, request: ForwardRequest, topic: &str) -> Result<ForwardResponse, ApiError> {
+        let me = self.broker.node_id();
+        let mut target = self.broker.controller_leader().unwrap_or(me);
+        for _ in 0..MAX_ATTEMPTS {
+            match self.deliver(target, request.clone(), self.write_timeout).await {
+                Delivery::Answered(ForwardResponse::Controller(ControllerError::NotLeader { leader })) => {
+                    match leader.filter(|l| *l != target) {
+                        Some(leader) => target = leader,
+                        None => break,
+                    }
+                }
+                Delivery::Answered(ForwardResponse::Controller(error)) => {
+                    return Err(ApiError::from_controller(error, topic))
+                }
+                Delivery::Answered(response) => return Ok(response),
+                Delivery::NotDelivered => break,
+                Delivery::Lost(reason) => return Err(ApiError::OutcomeUnknown { reason }),
+            }
+        }
+        Err(ApiError::Unavailable { reason: "the controller has no reachable leader".into() })
+    }
+
+    /// A topic's metadata: this node's copy, or — when missing here, e.g. created an
+    /// instant ago through another node — the controller leader's.
+    ///
+    /// # Errors
+    /// 404 when the controller leader does not know it either.
+    pub async fn topic(&self, name: &str) -> Result<TopicMeta, ApiError> {
+        if let Some(meta) = self.broker.metadata().topics.get(name) {
+            return Ok(meta.clone());
+        }
+        let not_found = || ApiError::TopicNotFound { topic: name.to_string() };
+        let Some(leader) = self.broker.controller_leader().filter(|l| *l != self.broker.node_id()) else {
+            return Err(not_found());
+        };
+        match self.deliver(leader, ForwardRequest::DescribeTopic { name: name.to_string() }, Duration::from_secs(1)).await {
+            Delivery::Answered(ForwardResponse::Topic(Some(meta))) => Ok(meta),
+            _ => Err(not_found()),
+        }
+    }
+}
+
+fn unexpected(response: ForwardResponse) -> ApiError {
+    match response {
+        ForwardResponse::Partition(error) => error.into(),
+        ForwardResponse::Controller(error) => ApiError::from_controller(error, ""),
+        ForwardResponse::OutOfRange { offset, log_start, high_watermark } => {
+            ApiError::OffsetOutOfRange { offset, log_start_offset: log_start, high_watermark }
+        }
+        ForwardResponse::Broken(detail) => ApiError::Internal { detail },
+        other => ApiError::Internal { detail: format!("unexpected peer answer: {other:?}") },
+    }
+}

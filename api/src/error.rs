@@ -1,0 +1,245 @@
+//! The only place errors become HTTP: one [`ApiError`] enum, one exhaustive mapping to
+//! status, stable `error` string and `error_code` (status × 100 + n), and the JSON body
+//! `{error_code, error, message, retriable}`. The catalog is in the README (§ Errors).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use psubd_actors::{ControllerError, PartitionError};
+use serde_json::json;
+use tracing::error;
+
+/// Seconds a client should wait before retrying a 503 / 429.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Every error the edge answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON, or not of the expected shape.
+    #[error("{message}")]
+    InvalidJson {
+        /// What is wrong.
+        message: String,
+    },
+    /// A parameter or field is invalid.
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong.
+        message: String,
+    },
+    /// A topic or group name breaks the naming rule.
+    #[error("{message}")]
+    InvalidName {
+        /// The rule broken.
+        message: String,
+    },
+    /// No such topic.
+    #[error("topic '{topic}' not found")]
+    TopicNotFound {
+        /// The topic.
+        topic: String,
+    },
+    /// The topic has no such partition.
+    #[error("topic '{topic}' has no partition {partition}")]
+    PartitionNotFound {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: u64,
+    },
+    /// No route matches the path.
+    #[error("no such resource: {path}")]
+    RouteNotFound {
+        /// The path asked for.
+        path: String,
+    },
+    /// The route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A topic with this name exists.
+    #[error("topic '{topic}' already exists")]
+    TopicExists {
+        /// The topic.
+        topic: String,
+    },
+    /// One record is larger than the record limit.
+    #[error("record of {size} bytes exceeds the {limit}-byte record limit")]
+    RecordTooLarge {
+        /// The record's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A record's headers are larger than the header limit.
+    #[error("record headers of {size} bytes exceed the {limit}-byte limit")]
+    HeadersTooLarge {
+        /// The headers' size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request body is larger than the request limit.
+    #[error("request body exceeds the {limit}-byte limit")]
+    RequestTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// More records in one request than allowed.
+    #[error("{count} records exceed the {limit}-record request limit")]
+    TooManyRecords {
+        /// Records sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The Content-Type is not one this route takes.
+    #[error("unsupported content type '{content_type}'; expected {expected}")]
+    UnsupportedMediaType {
+        /// What was sent.
+        content_type: String,
+        /// What the route takes.
+        expected: &'static str,
+    },
+    /// An offset outside `[log_start_offset, high_watermark]`.
+    #[error("offset {offset} is out of range [{log_start_offset}, {high_watermark}]")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// First stored offset.
+        log_start_offset: u64,
+        /// The high watermark.
+        high_watermark: u64,
+    },
+    /// Well-formed but impossible configuration.
+    #[error("{message}")]
+    InvalidConfig {
+        /// What is wrong.
+        message: String,
+    },
+    /// No leader or no quorum reachable from here; nothing was written. Retry later.
+    #[error("{reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// A write was proposed and its fate is unknown: it may or may not be committed.
+    #[error("outcome unknown: {reason}")]
+    OutcomeUnknown {
+        /// What happened.
+        reason: String,
+    },
+    /// A bug or a broken node; logged, not shown.
+    #[error("internal error")]
+    Internal {
+        /// Logged once, never sent to the client.
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// Status, stable error string and n (error_code = status × 100 + n).
+    fn describe(&self) -> (StatusCode, &'static str, u16) {
+        match self {
+            ApiError::InvalidJson { .. } => (StatusCode::BAD_REQUEST, "invalid_json", 1),
+            ApiError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request", 2),
+            ApiError::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_name", 3),
+            ApiError::TopicNotFound { .. } => (StatusCode::NOT_FOUND, "topic_not_found", 1),
+            ApiError::PartitionNotFound { .. } => (StatusCode::NOT_FOUND, "partition_not_found", 2),
+            ApiError::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found", 99),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", 1),
+            ApiError::TopicExists { .. } => (StatusCode::CONFLICT, "topic_exists", 1),
+            ApiError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large", 1),
+            ApiError::RequestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", 2),
+            ApiError::TooManyRecords { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_records", 3),
+            ApiError::HeadersTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "headers_too_large", 4),
+            ApiError::UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", 1)
+            }
+            ApiError::OffsetOutOfRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range", 1),
+            ApiError::InvalidConfig { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", 1),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_available", 1),
+            ApiError::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", 1),
+            ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
+        }
+    }
+
+    /// True when the same request may succeed later unchanged.
+    pub fn retriable(&self) -> bool {
+        matches!(self, ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. })
+    }
+
+    /// The HTTP status (for logs and metrics).
+    pub fn status(&self) -> StatusCode {
+        self.describe().0
+    }
+
+    /// The stable error string.
+    pub fn code(&self) -> &'static str {
+        self.describe().1
+    }
+
+    /// The JSON body, shared by plain responses and NDJSON delivery reports.
+    pub fn body(&self) -> serde_json::Value {
+        let (status, code, n) = self.describe();
+        let message = match self {
+            ApiError::Internal { .. } => "internal error; see the node's log".to_string(),
+            other => other.to_string(),
+        };
+        let mut body = json!({
+            "error_code": u32::from(status.as_u16()) * 100 + u32::from(n),
+            "error": code,
+            "message": message,
+            "retriable": self.retriable(),
+        });
+        if let ApiError::OffsetOutOfRange { log_start_offset, high_watermark, .. } = self {
+            body["log_start_offset"] = json!(log_start_offset);
+            body["high_watermark"] = json!(high_watermark);
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal { detail } = &self {
+            error!(cause = %detail, "internal error");
+        }
+        let status = self.status();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+impl From<PartitionError> for ApiError {
+    fn from(error: PartitionError) -> Self {
+        match error {
+            PartitionError::NotLeader { .. } | PartitionError::NoReplica => {
+                ApiError::Unavailable { reason: "the partition has no reachable leader".into() }
+            }
+            PartitionError::NoQuorum => {
+                ApiError::Unavailable { reason: "the partition leader cannot reach a quorum".into() }
+            }
+            PartitionError::Unavailable { reason } => ApiError::Unavailable { reason: reason.into() },
+            PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason: reason.into() },
+        }
+    }
+}
+
+impl ApiError {
+    /// Maps a controller error for the topic it concerns.
+    pub fn from_controller(error: ControllerError, topic: &str) -> Self {
+        match error {
+            ControllerError::NotLeader { .. } | ControllerError::NoQuorum => {
+                ApiError::Unavailable { reason: "the controller has no reachable leader".into() }
+            }
+            ControllerError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason: reason.into() },
+            ControllerError::TopicExists => ApiError::TopicExists { topic: topic.into() },
+            ControllerError::TopicNotFound => ApiError::TopicNotFound { topic: topic.into() },
+            ControllerError::Invalid(message) => ApiError::InvalidConfig { message },
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Requests one node's edge sends to another over the peer transport, and how a node
+//! serves them — and its own edge's requests — against its local replicas.
+//!
+//! Both paths go through [`serve_local`], so a request means the same wherever it runs.
+//! A forwarded request is served where it lands and never forwarded again: the sender
+//! retries at a leader hint instead, which bounds every request to a few hops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use psubd_actors::controller::NodeInfo;
+use psubd_actors::partition::{leader_of, Appended, FetchedRecords, ReadError};
+use psubd_actors::record::EncodedRecords;
+use psubd_actors::topic::{TopicConfig, TopicMeta};
+use psubd_actors::{Broker, ControllerError, PartitionError};
+use psubd_raft::{GroupId, NodeId, PeerService};
+use serde::{Deserialize, Serialize};
+
+/// Where a fetch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetSpec {
+    /// The log start.
+    Earliest,
+    /// The high watermark: only records published from now on.
+    Latest,
+    /// A given offset.
+    At(u64),
+}
+
+/// A request served on one node's local replicas.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    /// Append one request's records to a partition (the serving node must lead it).
+    Append {
+        /// The partition's group.
+        group: GroupId,
+        /// The records.
+        records: EncodedRecords,
+    },
+    /// Read committed records, long-polling up to `timeout_ms` at the end of the log.
+    Fetch {
+        /// The partition's group.
+        group: GroupId,
+        /// Where to start.
+        offset: OffsetSpec,
+        /// Most records to return.
+        max_records: u32,
+        /// Most bytes of record encodings to return (one record always fits).
+        max_bytes: u32,
+        /// How long to wait for a record at the end of the log.
+        timeout_ms: u64,
+    },
+    /// Leader, log start and high watermark of a partition replica.
+    PartitionStatus {
+        /// The partition's group.
+        group: GroupId,
+    },
+    /// Create a topic (the serving node must lead the controller).
+    CreateTopic {
+        /// Name (validated by the sender).
+        name: String,
+        /// Configuration (validated by the sender).
+        config: TopicConfig,
+    },
+    /// Delete a topic (the serving node must lead the controller).
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// Record a node's HTTP address (the serving node must lead the controller).
+    RegisterNode(NodeInfo),
+    /// Describe a topic from the serving node's metadata (the controller leader's is
+    /// the freshest: used when a topic is missing locally, e.g. just created elsewhere).
+    DescribeTopic {
+        /// Name.
+        name: String,
+    },
+}
+
+/// A replica's status.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The leader as this replica knows it.
+    pub leader: Option<NodeId>,
+    /// First stored offset.
+    pub log_start: u64,
+    /// The high watermark.
+    pub high_watermark: u64,
+}
+
+/// The answer to a [`ForwardRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    /// Appended.
+    Appended(Appended),
+    /// Fetched records.
+    Fetched(FetchedRecords),
+    /// A replica's status.
+    Status(ReplicaStatus),
+    /// A topic's metadata (created or described); `None` when it does not exist.
+    Topic(Option<TopicMeta>),
+    /// Done.
+    Done,
+    /// A partition refused or failed.
+    Partition(PartitionError),
+    /// The controller refused or failed.
+    Controller(ControllerError),
+    /// The offset is outside the replica's log.
+    OutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// First stored offset.
+        log_start: u64,
+        /// The high watermark.
+        high_watermark: u64,
+    },
+    /// Stored data could not be read; logged on the serving node.
+    Broken(String),
+    /// The request did not decode (nodes of different versions).
+    Malformed,
+}
+
+/// Serves a request on this node's replicas.
+pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardResponse {
+    match request {
+        ForwardRequest::Append { group, records } => match broker.append_local(group, records).await {
+            Ok(appended) => ForwardResponse::Appended(appended),
+            Err(error) => ForwardResponse::Partition(error),
+        },
+        ForwardRequest::Fetch { group, offset, max_records, max_bytes, timeout_ms } => {
+            fetch_local(broker, group, offset, max_records, max_bytes, timeout_ms).await
+        }
+        ForwardRequest::PartitionStatus { group } => match broker.partition(group) {
+            Some(handle) => {
+                let bounds = handle.reader.bounds();
+                ForwardResponse::Status(ReplicaStatus {
+                    leader: leader_of(&handle.raft),
+                    log_start: bounds.log_start,
+                    high_watermark: bounds.next_offset,
+                })
+            }
+            None => ForwardResponse::Partition(PartitionError::NoReplica),
+        },
+        ForwardRequest::CreateTopic { name, config } => match broker.create_topic(name, config).await {
+            Ok(meta) => ForwardResponse::Topic(Some(meta)),
+            Err(error) => ForwardResponse::Controller(error),
+        },
+        ForwardRequest::DeleteTopic { name } => match broker.delete_topic(name).await {
+            Ok(()) => ForwardResponse::Done,
+            Err(error) => ForwardResponse::Controller(error),
+        },
+        ForwardRequest::RegisterNode(info) => match broker.register_node(info).await {
+            Ok(()) => ForwardResponse::Done,
+            Err(error) => ForwardResponse::Controller(error),
+        },
+        ForwardRequest::DescribeTopic { name } => {
+            ForwardResponse::Topic(broker.metadata().topics.get(&name).cloned())
+        }
+    }
+}
+
+async fn fetch_local(
+    broker: &Broker,
+    group: GroupId,
+    offset: OffsetSpec,
+    max_records: u32,
+    max_bytes: u32,
+    timeout_ms: u64,
+) -> ForwardResponse {
+    let Some(handle) = broker.partition(group) else {
+        return ForwardResponse::Partition(PartitionError::NoReplica);
+    };
+    let mut bounds_watch = handle.reader.subscribe();
+    let bounds = *bounds_watch.borrow_and_update();
+    let offset = match offset {
+        OffsetSpec::Earliest => bounds.log_start,
+        OffsetSpec::Latest => bounds.next_offset,
+        OffsetSpec::At(n) => n,
+    };
+    let leader = leader_of(&handle.raft);
+    let is_leader = leader == Some(broker.node_id());
+    if offset > bounds.next_offset && !is_leader {
+        // A follower may lag: only the leader may call an offset beyond the end.
+        return ForwardResponse::Partition(PartitionError::NotLeader { leader });
+    }
+    if offset == bounds.next_offset && timeout_ms > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            if bounds_watch.borrow_and_update().next_offset > offset {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, bounds_watch.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the replica closed: answer with what there is (nothing).
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+    }
+    match handle.reader.read(offset, max_records, max_bytes as usize) {
+        Ok(records) => ForwardResponse::Fetched(records),
+        Err(ReadError::OutOfRange { offset, log_start, high_watermark }) => {
+            ForwardResponse::OutOfRange { offset, log_start, high_watermark }
+        }
+        Err(ReadError::NotReady) => ForwardResponse::Partition(PartitionError::Unavailable { reason: "replica opening" }),
+        Err(ReadError::Storage(detail)) => {
+            tracing::error!(group, cause = %detail, "stored batch unreadable");
+            ForwardResponse::Broken(detail)
+        }
+    }
+}
+
+/// Serves requests forwarded by peers: the [`PeerService`] the node installs on its
+/// transport.
+pub struct ForwardService {
+    broker: Broker,
+}
+
+impl ForwardService {
+    /// A service over this node's broker.
+    pub fn new(broker: Broker) -> Arc<Self> {
+        Arc::new(Self { broker })
+    }
+}
+
+impl PeerService for ForwardService {
+    fn handle(&self, _from: NodeId, body: Bytes) -> BoxFuture<'static, Bytes> {
+        let broker = self.broker.clone();
+        Box::pin(async move {
+            let response = match postcard::from_bytes::<ForwardRequest>(&body) {
+                Ok(request) => serve_local(&broker, request).await,
+                Err(_) => ForwardResponse::Malformed,
+            };
+            encode(&response)
+        })
+    }
+}
+
+/// Encodes a request or response for the transport. Encoding these types only fails
+/// when out of memory; an empty body then decodes as an error on the other side.
+pub fn encode<T: Serialize>(message: &T) -> Bytes {
+    postcard::to_stdvec(message).map(Bytes::from).unwrap_or_default()
+}

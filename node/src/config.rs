@@ -1,0 +1,163 @@
+//! The node's configuration: flags, with `PSUBD_*` environment equivalents and named
+//! defaults (precedence: flag, then environment, then default).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use psubd_raft::NodeId;
+
+/// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
+/// How long a proposed write may take before the client is told `outcome_unknown` (504).
+/// Longer than a failover (two election timeouts) so writes ride through one.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
+
+/// How long a graceful shutdown may drain HTTP requests before it stops anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A `--peers` entry is malformed.
+    #[error("--peers entry '{entry}' must look like ID=HOST_IP:PORT (e.g. 1=127.0.0.1:9081)")]
+    BadPeer {
+        /// The entry.
+        entry: String,
+    },
+    /// The node's own id is missing from `--peers`.
+    #[error("--id {id} must appear in --peers (every node lists the whole cluster, itself included)")]
+    SelfNotInPeers {
+        /// The id.
+        id: NodeId,
+    },
+    /// A numeric setting is out of its range.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+/// Parses `1=127.0.0.1:9081,2=127.0.0.1:9082`.
+///
+/// # Errors
+/// [`ConfigError::BadPeer`] naming the entry.
+pub fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+    raw.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(|entry| {
+            let bad = || ConfigError::BadPeer { entry: entry.to_string() };
+            let (id, addr) = entry.trim().split_once('=').ok_or_else(bad)?;
+            Ok((id.trim().parse().map_err(|_| bad())?, addr.trim().parse().map_err(|_| bad())?))
+        })
+        .collect()
+}
+
+/// `psubd node`: one node of a cluster.
+#[derive(Args, Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id: a positive integer, unique in the cluster, listed in --peers.
+    #[arg(long, env = "PSUBD_ID")]
+    pub id: NodeId,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "PSUBD_HTTP", default_value = "127.0.0.1:8081")]
+    pub http: SocketAddr,
+    /// Address the peer transport (Raft and forwarding) listens on.
+    #[arg(long, env = "PSUBD_RAFT", default_value = "127.0.0.1:9081")]
+    pub raft: SocketAddr,
+    /// Every node of the cluster, this one included: ID=IP:PORT of their --raft address,
+    /// comma separated. All nodes must be given the same list.
+    #[arg(long, env = "PSUBD_PEERS")]
+    pub peers: String,
+    /// Directory for this node's data (sled database, snapshots).
+    #[arg(long, env = "PSUBD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Base URL other nodes and clients should use for this node's HTTP API
+    /// (default: http://<--http>).
+    #[arg(long, env = "PSUBD_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    /// Memory sled may use as page cache, MiB.
+    #[arg(long, env = "PSUBD_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
+    pub cache_mb: u64,
+    /// Largest record (key + value), bytes.
+    #[arg(long, env = "PSUBD_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    pub max_record_bytes: usize,
+    /// Largest publish request body, bytes.
+    #[arg(long, env = "PSUBD_MAX_REQUEST_BYTES", default_value_t = 10 << 20)]
+    pub max_request_bytes: usize,
+    /// Most records in one publish request.
+    #[arg(long, env = "PSUBD_MAX_RECORDS_PER_REQUEST", default_value_t = 1000)]
+    pub max_records_per_request: usize,
+    /// How long a proposed write may take before it is answered 504 outcome_unknown, ms.
+    #[arg(long, env = "PSUBD_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_WRITE_TIMEOUT_MS)]
+    pub write_timeout_ms: u64,
+    /// How long shutdown may drain in-flight HTTP requests, ms.
+    #[arg(long, env = "PSUBD_SHUTDOWN_TIMEOUT_MS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct ValidNodeConfig {
+    /// The flags as given.
+    pub raw: NodeConfig,
+    /// The parsed peer list.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+}
+
+impl NodeConfig {
+    /// Checks every rule and parses the peer list.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the rule broken.
+    pub fn validate(self) -> Result<ValidNodeConfig, ConfigError> {
+        let peers = parse_peers(&self.peers)?;
+        if !peers.contains_key(&self.id) {
+            return Err(ConfigError::SelfNotInPeers { id: self.id });
+        }
+        if self.cache_mb == 0 {
+            return Err(ConfigError::OutOfRange("--cache-mb must be at least 1".into()));
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > self.max_request_bytes {
+            return Err(ConfigError::OutOfRange(
+                "--max-record-bytes must be positive and at most --max-request-bytes".into(),
+            ));
+        }
+        if self.max_request_bytes > 64 << 20 {
+            return Err(ConfigError::OutOfRange(
+                "--max-request-bytes may be at most 64 MiB (one request is one Raft entry at most)".into(),
+            ));
+        }
+        if self.write_timeout_ms < 1_000 {
+            return Err(ConfigError::OutOfRange("--write-timeout-ms must be at least 1000".into()));
+        }
+        Ok(ValidNodeConfig { raw: self, peers })
+    }
+}
+
+impl ValidNodeConfig {
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.raw.write_timeout_ms)
+    }
+
+    /// The URL this node's HTTP API is reached at.
+    pub fn advertised_http(&self) -> String {
+        self.raw.advertise_http.clone().unwrap_or_else(|| format!("http://{}", self.raw.http))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_garbage() {
+        let peers = parse_peers("1=127.0.0.1:9081, 2=127.0.0.1:9082").unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[&2].port(), 9082);
+        assert!(parse_peers("1=localhost").is_err());
+        assert!(parse_peers("x=127.0.0.1:1").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! `psubd dev`: a local cluster of N node processes in one command.
+//!
+//! Each node is a real `psubd node` process (this same binary), so the dev cluster
+//! behaves exactly like a deployed one. Logs go to `<data-dir>/node-<id>.log`.
+//! Ctrl-C or SIGTERM stops every node gracefully (SIGTERM, then SIGKILL after a bound).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::process::{Child, Command};
+
+/// `psubd dev` flags.
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Directory holding every node's data (node N in <data-dir>/N).
+    #[arg(long, default_value = "./data/dev")]
+    pub data_dir: PathBuf,
+    /// First HTTP port; node N listens on base+N-1 and its peer transport on base+1000+N-1.
+    #[arg(long, default_value_t = 8081)]
+    pub base_port: u16,
+}
+
+/// How long nodes get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(12);
+
+/// How long `dev` waits for every node to answer /readyz before saying so.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// The node processes of a dev cluster.
+pub struct DevCluster {
+    children: Vec<Child>,
+    /// Each node's HTTP base URL.
+    pub urls: Vec<String>,
+}
+
+impl DevCluster {
+    /// Spawns the node processes.
+    ///
+    /// # Errors
+    /// When the data directory cannot be created or a process cannot be spawned.
+    pub async fn start(args: &DevArgs) -> anyhow::Result<Self> {
+        anyhow::ensure!(args.nodes >= 1 && args.nodes <= 9, "--nodes must be between 1 and 9");
+        let http_port = |n: u64| args.base_port as u64 + n - 1;
+        let raft_port = |n: u64| args.base_port as u64 + 1000 + n - 1;
+        anyhow::ensure!(raft_port(args.nodes) <= u16::MAX as u64, "--base-port is too high");
+        let peers = (1..=args.nodes)
+            .map(|n| format!("{n}=127.0.0.1:{}", raft_port(n)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let exe = std::env::current_exe().context("locating the psubd binary")?;
+        let mut children = Vec::new();
+        let mut urls = Vec::new();
+        for n in 1..=args.nodes {
+            let dir = args.data_dir.join(n.to_string());
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let log_path = args.data_dir.join(format!("node-{n}.log"));
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("opening {}", log_path.display()))?;
+            let child = Command::new(&exe)
+                .arg("node")
+                .args(["--id", &n.to_string()])
+                .args(["--http", &format!("127.0.0.1:{}", http_port(n))])
+                .args(["--raft", &format!("127.0.0.1:{}", raft_port(n))])
+                .args(["--peers", &peers])
+                .arg("--data-dir")
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("spawning node {n}"))?;
+            children.push(child);
+            urls.push(format!("http://127.0.0.1:{}", http_port(n)));
+        }
+        Ok(Self { children, urls })
+    }
+
+    /// Waits until every node answers `/readyz` 200.
+    ///
+    /// # Errors
+    /// When a node is not ready within the bound.
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let deadline = tokio::time::Instant::now() + within;
+        for url in &self.urls {
+            loop {
+                let ready = client
+                    .get(format!("{url}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ready {
+                    break;
+                }
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "{url} not ready within {within:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every node: SIGTERM, then SIGKILL for any still running after the grace.
+    pub async fn stop(mut self) {
+        for child in &self.children {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) with a pid of a child we spawned and still own.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Runs `psubd dev` until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// When the cluster cannot start.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let cluster = DevCluster::start(&args).await?;
+    println!("psubd dev: {} nodes, data and logs under {}", args.nodes, args.data_dir.display());
+    for (i, url) in cluster.urls.iter().enumerate() {
+        println!("  node {}: {url}", i + 1);
+    }
+    tokio::select! {
+        ready = cluster.wait_ready(READY_WAIT) => match ready {
+            Ok(()) => println!("cluster ready (Ctrl-C to stop)"),
+            Err(error) => eprintln!("warning: {error}; see the node logs"),
+        },
+        _ = crate::signal::terminated() => {
+            cluster.stop().await;
+            return Ok(());
+        }
+    }
+    crate::signal::terminated().await;
+    println!("stopping...");
+    cluster.stop().await;
+    println!("stopped");
+    Ok(())
+}

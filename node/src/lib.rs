@@ -1,0 +1,17 @@
+//! # Layout
+//!
+//! The `psubd` binary: one node (`psubd node`), a local cluster (`psubd dev`) and a load
+//! generator (`psubd bench`).
+//!
+//! - [`config`]: flags, environment, defaults and validation.
+//! - [`server`]: `run(config, shutdown)` — boot and graceful shutdown of a node.
+//! - [`dev`]: the local-cluster launcher.
+//! - [`signal`]: SIGINT / SIGTERM.
+//! - `bench`: the load generator.
+
+pub mod config;
+pub mod dev;
+pub mod server;
+pub mod signal;
+
+pub use server::run;

@@ -1,0 +1,122 @@
+//! Boot and shutdown of one node: `run(config, shutdown)`.
+//!
+//! Shutdown order (as a broker must): stop accepting HTTP and drain in-flight requests
+//! (bounded), then stop the actors and every Raft group, then a final storage flush.
+//! openraft 0.9 has no leadership transfer, so followers notice the leader is gone at
+//! their election timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use psubd_actors::controller::NodeInfo;
+use psubd_actors::{Broker, BrokerConfig};
+use psubd_api::forward::ForwardRequest;
+use psubd_api::{AppState, Edge, ForwardService, Limits};
+use psubd_raft::{RaftNode, RaftNodeConfig, RaftTuning};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::ValidNodeConfig;
+
+/// Runs a node until `shutdown` completes, then shuts it down gracefully.
+///
+/// # Errors
+/// When the node cannot start (ports taken, data directory unusable) or the HTTP server
+/// fails.
+pub async fn run(config: ValidNodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let raw = &config.raw;
+    info!(
+        id = raw.id,
+        http = %raw.http,
+        raft = %raw.raft,
+        peers = ?config.peers,
+        data_dir = %raw.data_dir.display(),
+        cache_mb = raw.cache_mb,
+        write_timeout_ms = raw.write_timeout_ms,
+        "starting node"
+    );
+    let raft_node = RaftNode::start(RaftNodeConfig {
+        id: raw.id,
+        listen: raw.raft,
+        peers: config.peers.clone(),
+        data_dir: raw.data_dir.clone(),
+        cache_capacity_bytes: raw.cache_mb << 20,
+        tuning: RaftTuning::default(),
+    })
+    .await
+    .context("starting the Raft node")?;
+    let mut broker_config = BrokerConfig::default();
+    broker_config.limits.write_timeout = config.write_timeout();
+    let broker = Broker::start(raft_node.clone(), broker_config).await.context("starting the broker")?;
+    raft_node.set_service(ForwardService::new(broker.clone()));
+    let edge = Edge::new(broker.clone(), config.write_timeout());
+    let limits = Limits {
+        max_record_bytes: raw.max_record_bytes,
+        max_request_bytes: raw.max_request_bytes,
+        max_records_per_request: raw.max_records_per_request,
+        ..Limits::default()
+    };
+    let app = psubd_api::router(AppState::new(edge.clone(), limits));
+    let listener = tokio::net::TcpListener::bind(raw.http)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", raw.http))?;
+
+    let root = CancellationToken::new();
+    tokio::spawn(register_node(
+        edge.clone(),
+        NodeInfo { id: raw.id, http: config.advertised_http() },
+        root.child_token(),
+    ));
+    let http_stop = root.child_token();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+    info!(http = %config.advertised_http(), "node serving");
+
+    shutdown.await;
+    info!("shutting down: draining HTTP");
+    root.cancel();
+    let drain = Duration::from_millis(raw.shutdown_timeout_ms);
+    match tokio::time::timeout(drain, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed while draining"),
+        Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
+        Err(_) => warn!(after_ms = raw.shutdown_timeout_ms, "HTTP drain timed out; stopping anyway"),
+    }
+    info!("shutting down: stopping actors and Raft groups");
+    broker.shutdown().await;
+    info!("node stopped");
+    Ok(())
+}
+
+/// Records this node's HTTP address with the controller, retrying with capped backoff
+/// until it succeeds or the node shuts down.
+async fn register_node(edge: Arc<Edge>, info: NodeInfo, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let already = edge.broker().metadata().nodes.get(&info.id) == Some(&info);
+        if already {
+            return;
+        }
+        let attempt = edge.controller(ForwardRequest::RegisterNode(info.clone()), "");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = attempt => match result {
+                Ok(_) => {
+                    info!(http = %info.http, "registered with the controller");
+                    return;
+                }
+                Err(error) => tracing::debug!(%error, "registration not accepted yet"),
+            },
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}

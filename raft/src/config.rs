@@ -135,16 +135,25 @@ impl RaftTuning {
         if self.snapshot_chunk_bytes == 0
             || self.snapshot_chunk_bytes > (crate::transport::codec::MAX_FRAME_BYTES / 2) as u64
         {
-            return Err("snapshot_chunk_bytes must be between 1 and half the 64 MiB frame limit".to_string());
+            return Err(
+                "snapshot_chunk_bytes must be between 1 and half the 64 MiB frame limit"
+                    .to_string(),
+            );
         }
         if self.max_inflight_per_peer == 0 || self.outbound_queue_frames == 0 {
-            return Err("max_inflight_per_peer and outbound_queue_frames must be at least 1".to_string());
+            return Err(
+                "max_inflight_per_peer and outbound_queue_frames must be at least 1".to_string(),
+            );
         }
         if self.keepalive_ms == 0 || self.idle_timeout_ms <= self.keepalive_ms {
-            return Err("idle_timeout_ms must exceed keepalive_ms, which must be at least 1".to_string());
+            return Err(
+                "idle_timeout_ms must exceed keepalive_ms, which must be at least 1".to_string(),
+            );
         }
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
-            return Err("reconnect_min_ms must be at least 1 and at most reconnect_max_ms".to_string());
+            return Err(
+                "reconnect_min_ms must be at least 1 and at most reconnect_max_ms".to_string(),
+            );
         }
         self.openraft_config().validate().map_err(|e| e.to_string())
     }

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::{BasicNode, EntryPayload};
@@ -21,7 +21,7 @@ use crate::transport::{Transport, TransportError};
 use crate::types::{typ, GroupId, NodeId, TypeConfig};
 
 /// The RPC error openraft expects, for an RPC whose API error is `E`.
-type RpcError<E = std::convert::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 /// Builds the per-peer clients of one group.
 #[derive(Clone)]
@@ -144,9 +144,9 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         let fit = entries_within(&rpc.entries, self.max_append_bytes);
         if fit < rpc.entries.len() {
             // openraft sends at most `fit` entries for the next few RPCs.
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
-                fit as u64,
-            )));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit as u64),
+            ));
         }
         match self
             .call(
@@ -175,12 +175,12 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
             .await?
         {
             RaftResponse::InstallSnapshot(resp) => Ok(resp),
-            RaftResponse::SnapshotMismatch(mismatch) => Err(RPCError::RemoteError(
-                RemoteError::new(
+            RaftResponse::SnapshotMismatch(mismatch) => {
+                Err(RPCError::RemoteError(RemoteError::new(
                     self.target,
                     RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch)),
-                ),
-            )),
+                )))
+            }
             _ => Err(self.unexpected()),
         }
     }
@@ -203,11 +203,10 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         // After `Unreachable` (no connection), retry at 100 ms, growing to 1 s: the
         // transport redials within its own backoff, and a short first retry lets a
         // restarted follower be caught up soon after its connection is back.
-        Backoff::new(
-            std::iter::successors(Some(Duration::from_millis(100)), |d| {
-                Some((*d * 2).min(Duration::from_secs(1)))
-            }),
-        )
+        Backoff::new(std::iter::successors(
+            Some(Duration::from_millis(100)),
+            |d| Some((*d * 2).min(Duration::from_secs(1))),
+        ))
     }
 }
 

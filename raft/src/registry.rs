@@ -414,13 +414,19 @@ impl RaftNode {
         timeout: Duration,
     ) -> Result<Bytes, TransportError> {
         if to == self.id() {
-            let service = self.inner.service().ok_or_else(|| TransportError::Refused {
-                peer: to,
-                reason: Refusal::NoService.to_string(),
-            })?;
+            let service = self
+                .inner
+                .service()
+                .ok_or_else(|| TransportError::Refused {
+                    peer: to,
+                    reason: Refusal::NoService.to_string(),
+                })?;
             return tokio::time::timeout(timeout, service.handle(to, body))
                 .await
-                .map_err(|_| TransportError::Timeout { peer: to, after: timeout });
+                .map_err(|_| TransportError::Timeout {
+                    peer: to,
+                    after: timeout,
+                });
         }
         match self
             .inner
@@ -504,6 +510,10 @@ impl RaftNode {
             tracing::error!(cause = %err, "final storage flush failed");
         }
         *done = true;
-        tracing::info!(node = inner.config.id, groups = groups.len(), "raft node shut down");
+        tracing::info!(
+            node = inner.config.id,
+            groups = groups.len(),
+            "raft node shut down"
+        );
     }
 }

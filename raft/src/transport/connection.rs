@@ -172,7 +172,9 @@ impl Connection {
         rx.await.map_err(|_| closed())
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<PeerResponse>>> {
+    fn lock_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<PeerResponse>>> {
         // Every critical section is a single map operation, so a poisoned map is consistent.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -255,7 +257,7 @@ async fn write_loop(
         // empty so a burst of frames goes out in few syscalls.
         let mut result = writer.feed(out.frame).await;
         if result.is_ok() && rx.is_empty() {
-            result = writer.flush().await;
+            result = SinkExt::<Bytes>::flush(&mut writer).await;
         }
         if let Err(err) = result {
             tracing::debug!(peer = conn.peer, cause = %err, "connection write failed");

@@ -202,9 +202,7 @@ impl Transport {
 }
 
 impl Inner {
-    fn read_connections(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<Connection>>> {
+    fn read_connections(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<Connection>>> {
         // Critical sections are single map operations: a poisoned map is still consistent.
         self.connections.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -221,7 +219,12 @@ impl Inner {
 
     /// Makes a handshaken connection the one used for `peer`, closing any older one, and
     /// arranges for it to unregister itself when it closes.
-    fn register(self: &Arc<Self>, peer: NodeId, reader: FrameReader, writer: FrameWriter) -> Arc<Connection> {
+    fn register(
+        self: &Arc<Self>,
+        peer: NodeId,
+        reader: FrameReader,
+        writer: FrameWriter,
+    ) -> Arc<Connection> {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let conn = Connection::spawn(
             peer,
@@ -243,11 +246,18 @@ impl Inner {
         tokio::spawn(async move {
             watched.closed().await;
             let mut conns = inner.write_connections();
-            if conns.get(&peer).is_some_and(|c| c.serial() == watched.serial()) {
+            if conns
+                .get(&peer)
+                .is_some_and(|c| c.serial() == watched.serial())
+            {
                 conns.remove(&peer);
             }
             drop(conns);
-            tracing::info!(peer = watched.peer(), serial = watched.serial(), "peer connection down");
+            tracing::info!(
+                peer = watched.peer(),
+                serial = watched.serial(),
+                "peer connection down"
+            );
         });
         conn
     }
@@ -300,7 +310,11 @@ async fn write_hello(writer: &mut FrameWriter, id: NodeId) -> Result<(), Handsha
     Ok(())
 }
 
-async fn dial(inner: &Inner, peer: NodeId, addr: SocketAddr) -> Result<(FrameReader, FrameWriter), HandshakeError> {
+async fn dial(
+    inner: &Inner,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(FrameReader, FrameWriter), HandshakeError> {
     if inner.faults.is_cut(peer) {
         return Err(HandshakeError::Cut);
     }

@@ -1,0 +1,651 @@
+//! Three `RaftNode`s in one process over real TCP on loopback, each on its own sled
+//! directory: elections, replication, failover, restart, catch-up by snapshot, partitions
+//! and several groups at once.
+//!
+//! Reference: DESIGN.md § Raft groups, § Peer transport, § Failure contract.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use openraft::ServerState;
+use psubd_raft::types::typ;
+use psubd_raft::{
+    Command, CommandResponse, GroupId, GroupLogic, NodeId, PeerService, RaftNode, RaftNodeConfig,
+    RaftTuning, SnapshotPlan, StorageIoError, TransportError, Tree, WriteBatch,
+};
+
+// ---------------------------------------------------------------------------------------
+// Test logic: the list of applied commands, kept in the state tree and mirrored in memory.
+// ---------------------------------------------------------------------------------------
+
+/// Applied commands of one group on one node, in log order: (log index, command).
+type Applied = Arc<Mutex<Vec<(u64, Bytes)>>>;
+
+const ENTRY_PREFIX: u8 = b'e';
+
+fn entry_key(index: u64) -> Vec<u8> {
+    let mut key = vec![ENTRY_PREFIX];
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Appends every command to a list. The response is the list's new length.
+struct ListLogic {
+    applied: Applied,
+    /// Highest index applied (the snapshot's lazy range stops after it).
+    last_index: u64,
+}
+
+impl GroupLogic for ListLogic {
+    fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
+        let mut list = Vec::new();
+        for pair in state.range(&[ENTRY_PREFIX], Some(&[ENTRY_PREFIX + 1])) {
+            let (key, value) = pair?;
+            let index = u64::from_be_bytes(key[1..9].try_into().unwrap());
+            list.push((index, Bytes::copy_from_slice(&value)));
+        }
+        self.last_index = list.last().map(|(i, _)| *i).unwrap_or(0);
+        *self.applied.lock().unwrap() = list;
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        index: u64,
+        command: &Command,
+        _state: &Tree,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageIoError> {
+        batch.insert(entry_key(index), command.0.to_vec());
+        let mut list = self.applied.lock().unwrap();
+        list.push((index, command.0.clone()));
+        self.last_index = index;
+        Ok(CommandResponse(Bytes::copy_from_slice(
+            &(list.len() as u64).to_be_bytes(),
+        )))
+    }
+
+    fn applied(&mut self) {}
+
+    fn snapshot_plan(&self, _state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
+        // Keys up to the last applied index never change again; later ones are outside.
+        Ok(SnapshotPlan {
+            pinned: Vec::new(),
+            lazy: Some((entry_key(0), Some(entry_key(self.last_index + 1)))),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------------------
+
+/// Waits until `check` yields a value, polling; panics naming `what` after `timeout`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reserves loopback ports by binding them all at once, then releasing them.
+fn reserve_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+struct Running {
+    node: RaftNode,
+    applied: HashMap<GroupId, Applied>,
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    dirs: BTreeMap<NodeId, PathBuf>,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    tuning: RaftTuning,
+    nodes: BTreeMap<NodeId, Option<Running>>,
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+impl Cluster {
+    async fn start(n: u64, tuning: RaftTuning) -> Cluster {
+        init_tracing();
+        let tmp = tempfile::tempdir().unwrap();
+        let addrs = reserve_ports(n as usize);
+        let peers: BTreeMap<NodeId, SocketAddr> = (1..=n).zip(addrs).collect();
+        let dirs = (1..=n)
+            .map(|id| (id, tmp.path().join(format!("node-{id}"))))
+            .collect();
+        let mut cluster = Cluster {
+            _tmp: tmp,
+            dirs,
+            peers,
+            tuning,
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            cluster.start_node(id).await;
+        }
+        cluster
+    }
+
+    fn members(&self) -> BTreeSet<NodeId> {
+        self.peers.keys().copied().collect()
+    }
+
+    async fn start_node(&mut self, id: NodeId) {
+        let config = RaftNodeConfig {
+            id,
+            listen: self.peers[&id],
+            peers: self.peers.clone(),
+            data_dir: self.dirs[&id].clone(),
+            cache_capacity_bytes: 16 * 1024 * 1024,
+            tuning: self.tuning.clone(),
+        };
+        let node = RaftNode::start(config).await.unwrap();
+        self.nodes.insert(
+            id,
+            Some(Running {
+                node,
+                applied: HashMap::new(),
+            }),
+        );
+    }
+
+    fn running(&self, id: NodeId) -> &Running {
+        self.nodes[&id].as_ref().expect("node is running")
+    }
+
+    fn node(&self, id: NodeId) -> &RaftNode {
+        &self.running(id).node
+    }
+
+    fn live_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    async fn open_group_on(&mut self, id: NodeId, group: GroupId, initialize: bool) {
+        let applied: Applied = Arc::default();
+        let logic = ListLogic {
+            applied: applied.clone(),
+            last_index: 0,
+        };
+        let members = self.members();
+        let running = self.nodes.get_mut(&id).unwrap().as_mut().unwrap();
+        running
+            .node
+            .open_group(group, Box::new(logic), members, initialize)
+            .await
+            .unwrap();
+        running.applied.insert(group, applied);
+    }
+
+    async fn open_group(&mut self, group: GroupId) {
+        for id in self.live_ids() {
+            self.open_group_on(id, group, true).await;
+        }
+    }
+
+    fn raft(&self, id: NodeId, group: GroupId) -> typ::Raft {
+        self.node(id).group(group).expect("group is open")
+    }
+
+    fn applied(&self, id: NodeId, group: GroupId) -> Vec<(u64, Bytes)> {
+        self.running(id).applied[&group].lock().unwrap().clone()
+    }
+
+    /// The leader every live node agrees on, once there is one.
+    fn agreed_leader(&self, group: GroupId) -> Option<NodeId> {
+        let mut leader = None;
+        for id in self.live_ids() {
+            let metrics = self.raft(id, group).metrics().borrow().clone();
+            let seen = metrics.current_leader?;
+            if *leader.get_or_insert(seen) != seen {
+                return None;
+            }
+        }
+        let leader = leader?;
+        if !self.live_ids().contains(&leader) {
+            return None;
+        }
+        let state = self.raft(leader, group).metrics().borrow().state;
+        (state == ServerState::Leader).then_some(leader)
+    }
+
+    async fn wait_leader(&self, group: GroupId, timeout: Duration) -> NodeId {
+        eventually(timeout, "an agreed leader", || async {
+            self.agreed_leader(group)
+        })
+        .await
+    }
+
+    async fn shutdown_node(&mut self, id: NodeId) {
+        if let Some(running) = self.nodes.get_mut(&id).unwrap().take() {
+            running.node.shutdown().await;
+        }
+    }
+
+    /// Cuts `id` off from every other node, in both directions, on every node.
+    fn isolate(&self, id: NodeId) {
+        for other in self.live_ids() {
+            if other != id {
+                self.node(id).faults().cut(other);
+                self.node(other).faults().cut(id);
+            }
+        }
+    }
+
+    fn heal_all(&self) {
+        for id in self.live_ids() {
+            self.node(id).faults().heal_all();
+        }
+    }
+
+    /// Waits until every live node has applied exactly the leader's list.
+    async fn wait_identical(&self, group: GroupId, expected_len: usize, timeout: Duration) {
+        eventually(
+            timeout,
+            "identical applied lists on every live node",
+            || async {
+                let ids = self.live_ids();
+                let first = self.applied(ids[0], group);
+                if first.len() != expected_len {
+                    return None;
+                }
+                ids.iter()
+                    .all(|id| self.applied(*id, group) == first)
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
+    async fn shutdown(mut self) {
+        for id in self.live_ids() {
+            self.shutdown_node(id).await;
+        }
+    }
+}
+
+/// Writes `count` commands to the leader of `group` from `writers` concurrent tasks.
+/// Returns the payloads written.
+async fn write_concurrently(
+    raft: &typ::Raft,
+    tag: &str,
+    count: usize,
+    writers: usize,
+) -> Vec<Bytes> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let raft = raft.clone();
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut i = w;
+            while i < count {
+                let payload = Bytes::from(format!("{tag}-{i}"));
+                raft.client_write(Command(payload.clone())).await.unwrap();
+                written.push(payload);
+                i += writers;
+            }
+            written
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+fn election_timeout(tuning: &RaftTuning) -> Duration {
+    Duration::from_millis(tuning.election_max_ms)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_elect_one_leader_and_connect() {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    eventually(Duration::from_secs(10), "all peers connected", || async {
+        cluster
+            .live_ids()
+            .iter()
+            .all(|id| cluster.node(*id).connected_peers().len() == 2)
+            .then_some(())
+    })
+    .await;
+    cluster.open_group(0).await;
+    let leader = cluster.wait_leader(0, Duration::from_secs(10)).await;
+    assert!((1..=3).contains(&leader));
+    // Exactly one node considers itself leader.
+    let leaders = cluster
+        .live_ids()
+        .iter()
+        .filter(|id| cluster.raft(**id, 0).metrics().borrow().state == ServerState::Leader)
+        .count();
+    assert_eq!(leaders, 1);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_concurrent_writes_are_replicated_identically() {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    cluster.open_group(7).await;
+    let leader = cluster.wait_leader(7, Duration::from_secs(10)).await;
+    let raft = cluster.raft(leader, 7);
+    let started = Instant::now();
+    let written = write_concurrently(&raft, "w", 10_000, 64).await;
+    eprintln!("10000 writes committed in {:?}", started.elapsed());
+    cluster
+        .wait_identical(7, 10_000, Duration::from_secs(30))
+        .await;
+    // Every written command is applied exactly once, and log indexes ascend.
+    let list = cluster.applied(leader, 7);
+    let applied: BTreeSet<&Bytes> = list.iter().map(|(_, c)| c).collect();
+    let wrote: BTreeSet<&Bytes> = written.iter().collect();
+    assert_eq!(applied, wrote);
+    assert!(list.windows(2).all(|w| w[0].0 < w[1].0));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_shutdown_elects_new_leader_within_two_election_timeouts_and_keeps_entries() {
+    // DESIGN.md § Failure contract: acknowledged writes survive the loss of a minority.
+    let tuning = RaftTuning::default();
+    let mut cluster = Cluster::start(3, tuning.clone()).await;
+    cluster.open_group(1).await;
+    let old = cluster.wait_leader(1, Duration::from_secs(10)).await;
+    let before = write_concurrently(&cluster.raft(old, 1), "before", 300, 16).await;
+
+    cluster.shutdown_node(old).await;
+    let lost_at = Instant::now();
+    let new = cluster
+        .wait_leader(1, 2 * election_timeout(&tuning) + Duration::from_secs(2))
+        .await;
+    let failover = lost_at.elapsed();
+    eprintln!("failover took {failover:?}");
+    assert_ne!(new, old);
+    assert!(
+        failover <= 2 * election_timeout(&tuning),
+        "failover took {failover:?}"
+    );
+
+    let after = write_concurrently(&cluster.raft(new, 1), "after", 100, 8).await;
+    cluster
+        .wait_identical(1, 400, Duration::from_secs(10))
+        .await;
+    let list: BTreeSet<Bytes> = cluster
+        .applied(new, 1)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    for payload in before.iter().chain(after.iter()) {
+        assert!(list.contains(payload), "committed entry lost");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_node_catches_up_from_its_data_dir() {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    cluster.open_group(2).await;
+    let leader = cluster.wait_leader(2, Duration::from_secs(10)).await;
+    write_concurrently(&cluster.raft(leader, 2), "a", 200, 8).await;
+    cluster
+        .wait_identical(2, 200, Duration::from_secs(10))
+        .await;
+
+    let follower = *cluster.live_ids().iter().find(|id| **id != leader).unwrap();
+    cluster.shutdown_node(follower).await;
+    write_concurrently(&cluster.raft(leader, 2), "b", 300, 8).await;
+
+    cluster.start_node(follower).await;
+    cluster.open_group_on(follower, 2, true).await;
+    // The restarted node reloads its 200 entries from disk ...
+    assert!(cluster.applied(follower, 2).len() >= 200);
+    // ... and receives the 300 it missed.
+    cluster
+        .wait_identical(2, 500, Duration::from_secs(15))
+        .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wiped_node_catches_up_through_a_snapshot() {
+    let tuning = RaftTuning {
+        snapshot_every_entries: 100,
+        keep_logs_after_snapshot: 10,
+        purge_batch_size: 16,
+        ..RaftTuning::default()
+    };
+    let mut cluster = Cluster::start(3, tuning).await;
+    cluster.open_group(3).await;
+    let leader = cluster.wait_leader(3, Duration::from_secs(10)).await;
+    let wiped = *cluster.live_ids().iter().find(|id| **id != leader).unwrap();
+    cluster.shutdown_node(wiped).await;
+    std::fs::remove_dir_all(&cluster.dirs[&wiped]).unwrap();
+
+    write_concurrently(&cluster.raft(leader, 3), "s", 1_000, 16).await;
+    // The leader's log behind its snapshot is purged, so only a snapshot can catch up.
+    eventually(
+        Duration::from_secs(15),
+        "leader snapshot and purge",
+        || async {
+            let m = cluster.raft(leader, 3).metrics().borrow().clone();
+            (m.snapshot.is_some() && m.purged.map(|p| p.index).unwrap_or(0) > 10).then_some(())
+        },
+    )
+    .await;
+
+    cluster.start_node(wiped).await;
+    cluster.open_group_on(wiped, 3, false).await;
+    cluster
+        .wait_identical(3, 1_000, Duration::from_secs(30))
+        .await;
+    let m = cluster.raft(wiped, 3).metrics().borrow().clone();
+    assert!(m.snapshot.is_some(), "the wiped node installed no snapshot");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_minority_cannot_commit_and_heals() {
+    // DESIGN.md § Failure contract: a minority side never reports a silent success.
+    let tuning = RaftTuning::default();
+    let mut cluster = Cluster::start(3, tuning.clone()).await;
+    cluster.open_group(4).await;
+    let old = cluster.wait_leader(4, Duration::from_secs(10)).await;
+    write_concurrently(&cluster.raft(old, 4), "pre", 50, 4).await;
+
+    cluster.isolate(old);
+    let doomed = Bytes::from_static(b"minority-write");
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(3),
+        cluster.raft(old, 4).client_write(Command(doomed.clone())),
+    )
+    .await;
+    assert!(
+        !matches!(attempt, Ok(Ok(_))),
+        "the isolated leader committed a write"
+    );
+
+    // The majority elects a new leader and goes on.
+    let new = eventually(Duration::from_secs(10), "a majority leader", || async {
+        cluster
+            .live_ids()
+            .into_iter()
+            .filter(|id| *id != old)
+            .find(|id| cluster.raft(*id, 4).metrics().borrow().state == ServerState::Leader)
+    })
+    .await;
+    write_concurrently(&cluster.raft(new, 4), "post", 50, 4).await;
+
+    cluster.heal_all();
+    cluster
+        .wait_identical(4, 100, Duration::from_secs(20))
+        .await;
+    let leader = cluster.wait_leader(4, Duration::from_secs(10)).await;
+    assert_ne!(
+        leader, old,
+        "the stale leader came back as leader without a new election"
+    );
+    for id in cluster.live_ids() {
+        assert!(
+            cluster.applied(id, 4).iter().all(|(_, c)| c != &doomed),
+            "the minority write was applied on node {id}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_groups_with_leaders_on_different_nodes() {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    let groups: Vec<GroupId> = vec![10, 11, 12, 13];
+    for g in &groups {
+        cluster.open_group(*g).await;
+    }
+    let intended = |g: GroupId| -> NodeId { (g % 3) + 1 };
+    for g in &groups {
+        let want = intended(*g);
+        let raft = cluster.raft(want, *g);
+        eventually(Duration::from_secs(20), "the intended leader", || async {
+            match cluster.agreed_leader(*g) {
+                Some(l) if l == want => Some(()),
+                Some(_) => {
+                    raft.trigger().elect().await.unwrap();
+                    None
+                }
+                None => None,
+            }
+        })
+        .await;
+    }
+    let leaders: BTreeSet<NodeId> = groups
+        .iter()
+        .map(|g| cluster.agreed_leader(*g).unwrap())
+        .collect();
+    assert_eq!(leaders.len(), 3, "leaders are not spread over the nodes");
+
+    let mut writes = Vec::new();
+    for g in &groups {
+        let raft = cluster.raft(intended(*g), *g);
+        let tag = format!("g{g}");
+        writes.push(async move { write_concurrently(&raft, &tag, 200, 8).await });
+    }
+    futures::future::join_all(writes).await;
+    for g in &groups {
+        cluster
+            .wait_identical(*g, 200, Duration::from_secs(15))
+            .await;
+        // No group saw another group's commands.
+        let prefix = format!("g{g}-");
+        assert!(cluster
+            .applied(1, *g)
+            .iter()
+            .all(|(_, c)| c.starts_with(prefix.as_bytes())));
+    }
+    cluster.shutdown().await;
+}
+
+struct Echo;
+
+impl PeerService for Echo {
+    fn handle(&self, from: NodeId, body: Bytes) -> BoxFuture<'static, Bytes> {
+        Box::pin(async move {
+            let mut answer = format!("from {from}: ").into_bytes();
+            answer.extend_from_slice(&body);
+            Bytes::from(answer)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_requests_reach_the_peer_service_and_fail_fast_when_unreachable() {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    eventually(
+        Duration::from_secs(10),
+        "1 connected to 2 and 3",
+        || async { (cluster.node(1).connected_peers() == vec![2, 3]).then_some(()) },
+    )
+    .await;
+    let timeout = Duration::from_secs(2);
+
+    // No service yet: a refusal, not a hang.
+    let refused = cluster
+        .node(1)
+        .call_peer(2, Bytes::from_static(b"x"), timeout)
+        .await;
+    assert!(matches!(
+        refused,
+        Err(TransportError::Refused { peer: 2, .. })
+    ));
+
+    cluster.node(2).set_service(Arc::new(Echo));
+    let answer = cluster
+        .node(1)
+        .call_peer(2, Bytes::from_static(b"hi"), timeout)
+        .await
+        .unwrap();
+    assert_eq!(&answer[..], b"from 1: hi");
+
+    // Group state: nothing stored for group 9 yet; something once it ran.
+    assert!(!cluster
+        .node(1)
+        .peer_has_group_state(3, 9, timeout)
+        .await
+        .unwrap());
+    cluster.open_group(9).await;
+    cluster.wait_leader(9, Duration::from_secs(10)).await;
+    assert!(cluster
+        .node(1)
+        .peer_has_group_state(3, 9, timeout)
+        .await
+        .unwrap());
+
+    // A stopped peer: the call fails at once, without waiting out the timeout.
+    cluster.shutdown_node(3).await;
+    eventually(Duration::from_secs(10), "1 notices 3 is gone", || async {
+        (!cluster.node(1).connected_peers().contains(&3)).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let gone = cluster
+        .node(1)
+        .call_peer(3, Bytes::from_static(b"x"), Duration::from_secs(5))
+        .await;
+    assert!(matches!(gone, Err(TransportError::Unreachable { peer: 3 })));
+    assert!(started.elapsed() < Duration::from_millis(500));
+    cluster.shutdown().await;
+}

@@ -52,6 +52,8 @@ struct Node {
     log_path: PathBuf,
     /// `Some` while the process may be running (not yet reaped).
     child: Option<Child>,
+    /// When SIGTERM was sent to the current process, to time its shutdown.
+    term_sent: Option<Instant>,
 }
 
 /// A running cluster of `psubd node` processes. Node ids are 1..=n.
@@ -124,6 +126,7 @@ impl Cluster {
                 data_dir,
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
+                term_sent: None,
             });
         }
         let peers = nodes
@@ -453,6 +456,7 @@ impl Cluster {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} for node {id}: {e}", bin.display()));
         node.child = Some(child);
+        node.term_sent = None;
     }
 
     fn signal_term(&mut self, id: u64) {
@@ -460,20 +464,21 @@ impl Cluster {
             Some(c) => c.id(),
             None => panic!("stop({id}): node {id} is not running"),
         };
-        // std has no way to send SIGTERM; kill(1) avoids a libc dependency for one call.
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill(1)");
-        assert!(
-            status.success(),
-            "kill -TERM {pid} (node {id}) failed: {status}"
+        let pid = libc::pid_t::try_from(pid).expect("a child pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own
+        // unreaped child, so it cannot name a recycled process.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.node_mut(id).term_sent = Some(Instant::now());
+        assert_eq!(
+            rc,
+            0,
+            "kill(SIGTERM) to node {id} (pid {pid}) failed: {}",
+            std::io::Error::last_os_error()
         );
     }
 
     async fn reap(&mut self, id: u64) -> ExitStatus {
-        let start = Instant::now();
+        let start = self.node_ref(id).term_sent.unwrap_or_else(Instant::now);
         loop {
             let node = self.node_mut(id);
             let child = node

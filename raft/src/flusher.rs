@@ -1,0 +1,139 @@
+//! The node-wide flusher: group commit of every Raft group's durability requests.
+//!
+//! Each group's `append` stages its entries (readable at once) and hands its `LogFlushed`
+//! callback here; `save_vote` and [`NodeStorage::flush`](crate::NodeStorage::flush) wait on a
+//! oneshot. The flusher task takes everything pending, runs ONE engine flush that covers all of
+//! it, then answers every request with that flush's result. While a flush runs, new requests
+//! queue up and share the next one, so with many groups busy a single fsync acknowledges many
+//! appends (DESIGN.md § Storage: durability contract).
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::LogFlushed;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::StorageIoError;
+use crate::storage::Engine;
+use crate::types::TypeConfig;
+
+/// Requests that may wait for the flusher. Bounded so that a disk that falls behind slows the
+/// appenders down (they wait to enqueue) instead of growing memory without limit.
+const FLUSH_QUEUE_CAPACITY: usize = 4_096;
+
+/// At most this many requests are answered by one flush; the rest wait for the next. Bounds
+/// the flusher's buffer; in practice the queue capacity is the tighter limit.
+const MAX_REQUESTS_PER_FLUSH: usize = FLUSH_QUEUE_CAPACITY;
+
+/// A request for durability of everything written before it was sent.
+enum FlushRequest {
+    /// A log append: openraft learns the entries are durable through the callback.
+    Log(LogFlushed<TypeConfig>),
+    /// A caller awaiting the flush (vote, shutdown).
+    Wait(oneshot::Sender<Result<(), StorageIoError>>),
+}
+
+/// A handle on the node's flusher task. Cheap to clone; the task ends when every handle is
+/// dropped (after answering what was queued).
+#[derive(Clone)]
+pub(crate) struct Flusher {
+    tx: mpsc::Sender<FlushRequest>,
+    flushes: Arc<AtomicU64>,
+}
+
+impl Flusher {
+    /// Starts the flusher task on `runtime`, flushing `engine`.
+    pub(crate) fn spawn(runtime: &tokio::runtime::Handle, engine: Arc<dyn Engine>) -> Flusher {
+        let (tx, rx) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
+        let flushes = Arc::new(AtomicU64::new(0));
+        runtime.spawn(run(engine, rx, flushes.clone()));
+        Flusher { tx, flushes }
+    }
+
+    /// Queues `callback`, to be fired after a flush covering everything written before this
+    /// call. Waits only for queue space, not for the flush.
+    ///
+    /// # Errors
+    /// [`StorageIoError::FlusherStopped`] if the flusher task is gone.
+    pub(crate) async fn submit_log(
+        &self,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageIoError> {
+        self.tx
+            .send(FlushRequest::Log(callback))
+            .await
+            .map_err(|_| StorageIoError::FlusherStopped)
+    }
+
+    /// Returns after a flush covering everything written before this call.
+    ///
+    /// # Errors
+    /// The flush's error, or [`StorageIoError::FlusherStopped`] if the task is gone.
+    pub(crate) async fn flush(&self) -> Result<(), StorageIoError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(FlushRequest::Wait(tx))
+            .await
+            .map_err(|_| StorageIoError::FlusherStopped)?;
+        rx.await.map_err(|_| StorageIoError::FlusherStopped)?
+    }
+
+    /// Flushes run since the task started.
+    pub(crate) fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
+
+/// The flusher task: take all pending requests, flush once, answer them all.
+async fn run(
+    engine: Arc<dyn Engine>,
+    mut rx: mpsc::Receiver<FlushRequest>,
+    flushes: Arc<AtomicU64>,
+) {
+    let mut pending: Vec<FlushRequest> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        pending.push(first);
+        while pending.len() < MAX_REQUESTS_PER_FLUSH {
+            match rx.try_recv() {
+                Ok(request) => pending.push(request),
+                Err(_) => break,
+            }
+        }
+        // Every request in `pending` was sent after its writes were applied to the engine,
+        // and the flush starts after it was received: the flush covers all of them.
+        let result = engine.flush().await;
+        flushes.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(()) => tracing::trace!(requests = pending.len(), "storage flushed"),
+            Err(err) => {
+                tracing::error!(cause = %err, requests = pending.len(), "storage flush failed")
+            }
+        }
+        for request in pending.drain(..) {
+            answer(request, &result);
+        }
+    }
+    tracing::debug!("storage flusher stopped");
+}
+
+/// Answers one request with the outcome of the flush that covered it.
+fn answer(request: FlushRequest, result: &Result<(), StorageIoError>) {
+    match request {
+        FlushRequest::Log(callback) => callback.log_io_completed(match result {
+            Ok(()) => Ok(()),
+            Err(err) => Err(io::Error::other(err.to_string())),
+        }),
+        FlushRequest::Wait(tx) => {
+            let reply = match result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(StorageIoError::Engine {
+                    op: "flush",
+                    source: io::Error::other(err.to_string()),
+                }),
+            };
+            // The waiter may have given up (its future dropped); nothing is lost by that.
+            let _ = tx.send(reply);
+        }
+    }
+}

@@ -894,7 +894,7 @@ async fn issue_03_leader_kill_failover() {
             .expect("attempts lock")
             .iter()
             .filter(|a| {
-                after.map_or(true, |t| a.started >= t)
+                !after.is_some_and(|t| a.started < t)
                     && matches!(a.outcome, PublishOutcome::Acked(_))
             })
             .map(|a| a.records.len())

@@ -13,12 +13,25 @@
 //! - `registry`: the groups running on this node, routing inbound RPCs by group id.
 
 pub mod config;
+pub mod error;
+pub(crate) mod flusher;
+pub mod log_store;
+pub mod logic;
 pub(crate) mod network;
 pub mod registry;
+pub mod snapshot;
+pub mod state_machine;
+pub mod storage;
 pub mod transport;
 pub mod types;
 
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig, CONTROLLER_GROUP};
+pub use error::StorageIoError;
+pub use log_store::LogStore;
+pub use logic::{GroupLogic, SnapshotPlan, RESERVED_KEY_PREFIX};
+pub use snapshot::SnapshotBuilder;
+pub use state_machine::StateMachine;
+pub use storage::{NodeStorage, Tree, Value, WriteBatch};
 pub use config::{RaftNodeConfig, RaftTuning};
 pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use transport::{Faults, TransportError};

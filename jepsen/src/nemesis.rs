@@ -1,0 +1,582 @@
+//! The nemesis: a seeded schedule of faults, each injected, held, and healed before the
+//! next one starts.
+//!
+//! The schedule (kinds, abstract targets, timings) is a pure function of the seed and is
+//! written to `schedule.json` before the run; concrete targets that depend on the cluster
+//! (the leader of a partition at that moment) are resolved when the fault starts and
+//! recorded in the history's `fault` event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::client::Client;
+use crate::cluster::Cluster;
+use crate::error::JepsenError;
+use crate::history::{split_key, Event, EventType, History, Op};
+use crate::network::{DropRule, Namespaces};
+
+/// The kinds of fault, as named on the command line (`--nemesis kill,pause,...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL, restart on the same data dir at heal.
+    Kill,
+    /// SIGSTOP, SIGCONT at heal.
+    Pause,
+    /// nftables DROP of peer traffic.
+    Partition,
+    /// nftables random drop of a share of peer packets.
+    Loss,
+}
+
+impl FaultKind {
+    /// Parses one command-line name.
+    ///
+    /// # Errors
+    /// An unknown name.
+    pub fn parse(s: &str) -> Result<Self, JepsenError> {
+        match s.trim() {
+            "kill" => Ok(FaultKind::Kill),
+            "pause" => Ok(FaultKind::Pause),
+            "partition" => Ok(FaultKind::Partition),
+            "loss" => Ok(FaultKind::Loss),
+            other => Err(JepsenError::InvalidArgument {
+                detail: format!("unknown nemesis `{other}` (kill, pause, partition, loss)"),
+            }),
+        }
+    }
+
+    /// Whether the fault needs network namespaces.
+    pub fn needs_network(self) -> bool {
+        matches!(self, FaultKind::Partition | FaultKind::Loss)
+    }
+}
+
+/// Which node(s) a process fault hits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "target", rename_all = "kebab-case")]
+pub enum Target {
+    /// A fixed node.
+    Node {
+        /// Node id.
+        node: u64,
+    },
+    /// The leader of `key` (`topic/partition`) when the fault starts.
+    Leader {
+        /// The partition.
+        key: String,
+    },
+    /// The controller leader when the fault starts.
+    ControllerLeader,
+    /// Every node.
+    All,
+}
+
+/// The shape of a network partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "shape", rename_all = "kebab-case")]
+pub enum Shape {
+    /// One node (fixed or a leader) cut from both others, both directions.
+    Isolate {
+        /// Who is isolated (`Node`, `Leader` or `ControllerLeader`).
+        who: Target,
+    },
+    /// The two nodes other than `middle` cannot reach each other; both reach `middle`.
+    Bridge {
+        /// The node both halves still see.
+        middle: u64,
+    },
+    /// `deaf` drops everything from `from`; `from` still hears `deaf`.
+    OneWay {
+        /// The node that stops hearing.
+        deaf: u64,
+        /// The node it stops hearing.
+        from: u64,
+    },
+}
+
+/// One fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// SIGKILL the target(s); restart them at heal.
+    Kill {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+    },
+    /// SIGSTOP the target; SIGCONT at heal.
+    Pause {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+    },
+    /// Drop peer traffic in a shape.
+    Partition {
+        /// The shape.
+        #[serde(flatten)]
+        shape: Shape,
+    },
+    /// Drop `percent`% of every node's incoming peer packets at random.
+    Loss {
+        /// 1..=100.
+        percent: u8,
+    },
+}
+
+impl Fault {
+    /// The kind, for availability windows.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Kill { .. } => FaultKind::Kill,
+            Fault::Pause { .. } => FaultKind::Pause,
+            Fault::Partition { .. } => FaultKind::Partition,
+            Fault::Loss { .. } => FaultKind::Loss,
+        }
+    }
+}
+
+/// One step of the schedule: wait `quiet_ms` healthy, inject `fault`, hold it `hold_ms`,
+/// heal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Healthy time before the fault.
+    pub quiet_ms: u64,
+    /// The fault.
+    pub fault: Fault,
+    /// How long the fault is held.
+    pub hold_ms: u64,
+}
+
+/// Healthy time between faults: long enough for the cluster to recover and for the
+/// healthy window's availability to mean something.
+const QUIET_MS: (u64, u64) = (3_000, 6_000);
+/// How long a fault is held: past election timeouts and the group session timeout.
+const HOLD_MS: (u64, u64) = (4_000, 10_000);
+
+/// The schedule for a run of `total` with the given kinds: a pure function of `seed`.
+pub fn plan(
+    seed: u64,
+    kinds: &[FaultKind],
+    total: Duration,
+    keys: &[String],
+    nodes: &[u64],
+) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
+    let mut steps = Vec::new();
+    if kinds.is_empty() || nodes.is_empty() {
+        return steps;
+    }
+    let total_ms = u64::try_from(total.as_millis()).unwrap_or(u64::MAX);
+    let mut elapsed = 0u64;
+    while elapsed < total_ms {
+        let quiet_ms = rng.gen_range(QUIET_MS.0..=QUIET_MS.1);
+        let hold_ms = rng.gen_range(HOLD_MS.0..=HOLD_MS.1);
+        let kind = kinds[rng.gen_range(0..kinds.len())];
+        let node = |rng: &mut StdRng| nodes[rng.gen_range(0..nodes.len())];
+        let leader = |rng: &mut StdRng| -> Target {
+            if keys.is_empty() {
+                Target::ControllerLeader
+            } else {
+                Target::Leader {
+                    key: keys[rng.gen_range(0..keys.len())].clone(),
+                }
+            }
+        };
+        let fault = match kind {
+            FaultKind::Kill => {
+                let roll = rng.gen_range(0..100);
+                let target = if roll < 40 {
+                    Target::Node {
+                        node: node(&mut rng),
+                    }
+                } else if roll < 80 {
+                    leader(&mut rng)
+                } else if roll < 88 {
+                    Target::ControllerLeader
+                } else {
+                    Target::All
+                };
+                Fault::Kill { target }
+            }
+            FaultKind::Pause => {
+                let roll = rng.gen_range(0..100);
+                let target = if roll < 40 {
+                    Target::Node {
+                        node: node(&mut rng),
+                    }
+                } else if roll < 85 {
+                    leader(&mut rng)
+                } else {
+                    Target::ControllerLeader
+                };
+                Fault::Pause { target }
+            }
+            FaultKind::Partition => {
+                let roll = rng.gen_range(0..100);
+                let shape = if roll < 25 {
+                    Shape::Isolate {
+                        who: Target::Node {
+                            node: node(&mut rng),
+                        },
+                    }
+                } else if roll < 60 {
+                    Shape::Isolate {
+                        who: leader(&mut rng),
+                    }
+                } else if roll < 80 || nodes.len() < 2 {
+                    Shape::Bridge {
+                        middle: node(&mut rng),
+                    }
+                } else {
+                    let deaf = node(&mut rng);
+                    let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != deaf).collect();
+                    let from = others[rng.gen_range(0..others.len())];
+                    Shape::OneWay { deaf, from }
+                };
+                Fault::Partition { shape }
+            }
+            FaultKind::Loss => Fault::Loss {
+                percent: rng.gen_range(10..=50),
+            },
+        };
+        steps.push(Step {
+            quiet_ms,
+            fault,
+            hold_ms,
+        });
+        elapsed = elapsed.saturating_add(quiet_ms + hold_ms);
+    }
+    steps
+}
+
+/// What the nemesis acts on.
+pub struct Nemesis {
+    /// The node processes.
+    pub cluster: Arc<Cluster>,
+    /// The namespaces; `None` in loopback mode (no network faults then).
+    pub net: Option<Arc<Namespaces>>,
+    /// For resolving leaders.
+    pub client: Client,
+    /// Where faults are recorded.
+    pub history: Arc<History>,
+    /// Seed for the choices made at run time (a random node when no leader is known).
+    pub seed: u64,
+}
+
+/// What an applied fault did, so it can be healed.
+#[derive(Debug, Clone)]
+enum Applied {
+    Killed(Vec<u64>),
+    Paused(Vec<u64>),
+    Network,
+    Nothing,
+}
+
+impl Nemesis {
+    /// Runs `steps` until they are done or `stop` fires; a fault in place when `stop`
+    /// fires is healed before returning.
+    pub async fn run(&self, steps: Vec<Step>, stop: CancellationToken) {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x7461_7267_6574_7321);
+        for step in steps {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(step.quiet_ms)) => {}
+                _ = stop.cancelled() => return,
+            }
+            let applied = self.inject(&step.fault, &mut rng).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(step.hold_ms)) => {}
+                _ = stop.cancelled() => {}
+            }
+            self.heal(&step.fault, applied).await;
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn inject(&self, fault: &Fault, rng: &mut StdRng) -> Applied {
+        let mut desc = serde_json::to_value(fault).unwrap_or(Value::Null);
+        let mut inv = Event::new("nemesis", EventType::Invoke, Op::Fault);
+        inv.value = Some(desc.clone());
+        let inv = self.history.record(inv);
+        let result = self.apply(fault, rng).await;
+        let (kind, applied) = match result {
+            Ok((nodes, applied)) => {
+                if let Some(obj) = desc.as_object_mut() {
+                    obj.insert("nodes".into(), json!(nodes));
+                }
+                info!(fault = %desc, "fault injected");
+                (EventType::Ok, applied)
+            }
+            Err(e) => {
+                warn!(cause = %e, "fault could not be injected");
+                if let Some(obj) = desc.as_object_mut() {
+                    obj.insert("error".into(), json!(e.to_string()));
+                }
+                (EventType::Fail, Applied::Nothing)
+            }
+        };
+        let mut done = inv.complete(kind);
+        done.value = Some(desc);
+        self.history.record(done);
+        applied
+    }
+
+    async fn apply(
+        &self,
+        fault: &Fault,
+        rng: &mut StdRng,
+    ) -> Result<(Vec<u64>, Applied), JepsenError> {
+        match fault {
+            Fault::Kill { target } => {
+                let nodes = self.resolve(target, rng).await;
+                for id in &nodes {
+                    self.cluster.kill(*id).await?;
+                }
+                Ok((nodes.clone(), Applied::Killed(nodes)))
+            }
+            Fault::Pause { target } => {
+                let nodes = self.resolve(target, rng).await;
+                let mut paused = Vec::new();
+                for id in &nodes {
+                    if let Err(e) = self.cluster.pause(*id).await {
+                        // Undo what was paused so far: the fault is all or nothing.
+                        for p in &paused {
+                            let _ = self.cluster.resume(*p).await;
+                        }
+                        return Err(e);
+                    }
+                    paused.push(*id);
+                }
+                Ok((nodes, Applied::Paused(paused)))
+            }
+            Fault::Partition { shape } => {
+                let net = self.network()?;
+                let ids = self.cluster.ids();
+                let rules = match shape {
+                    Shape::Isolate { who } => {
+                        let x = self
+                            .resolve(who, rng)
+                            .await
+                            .first()
+                            .copied()
+                            .unwrap_or(ids[0]);
+                        let mut rules: Vec<(u64, Vec<u64>)> = Vec::new();
+                        rules.push((x, ids.iter().copied().filter(|n| *n != x).collect()));
+                        for n in ids.iter().copied().filter(|n| *n != x) {
+                            rules.push((n, vec![x]));
+                        }
+                        rules
+                    }
+                    Shape::Bridge { middle } => {
+                        let ends: Vec<u64> = ids.iter().copied().filter(|n| n != middle).collect();
+                        let mut rules = Vec::new();
+                        for a in &ends {
+                            let others: Vec<u64> =
+                                ends.iter().copied().filter(|b| b != a).collect();
+                            rules.push((*a, others));
+                        }
+                        rules
+                    }
+                    Shape::OneWay { deaf, from } => vec![(*deaf, vec![*from])],
+                };
+                let affected: Vec<u64> = rules.iter().map(|(n, _)| *n).collect();
+                let cluster_ids = ids.clone();
+                let rules_idx: Vec<(usize, Vec<usize>)> = rules
+                    .iter()
+                    .map(|(n, from)| {
+                        (
+                            index_of(&cluster_ids, *n),
+                            from.iter().map(|f| index_of(&cluster_ids, *f)).collect(),
+                        )
+                    })
+                    .collect();
+                blocking(move || {
+                    for (n, from) in rules_idx {
+                        net.set_drops(n, &[DropRule::All(from)])?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                Ok((affected, Applied::Network))
+            }
+            Fault::Loss { percent } => {
+                let net = self.network()?;
+                let ids = self.cluster.ids();
+                let n = ids.len();
+                let percent = *percent;
+                blocking(move || {
+                    for i in 0..n {
+                        let from: Vec<usize> = (0..n).filter(|j| *j != i).collect();
+                        net.set_drops(i, &[DropRule::Random { from, percent }])?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                Ok((ids, Applied::Network))
+            }
+        }
+    }
+
+    async fn heal(&self, fault: &Fault, applied: Applied) {
+        let mut inv = Event::new("nemesis", EventType::Invoke, Op::Heal);
+        inv.value = Some(json!({"kind": fault.kind()}));
+        let inv = self.history.record(inv);
+        let res: Result<(), JepsenError> = match &applied {
+            Applied::Killed(nodes) => {
+                let mut r = Ok(());
+                for id in nodes {
+                    if let Err(e) = self.cluster.start(*id).await {
+                        r = Err(e);
+                    }
+                }
+                r
+            }
+            Applied::Paused(nodes) => {
+                let mut r = Ok(());
+                for id in nodes {
+                    if let Err(e) = self.cluster.resume(*id).await {
+                        r = Err(e);
+                    }
+                }
+                r
+            }
+            Applied::Network => match self.network() {
+                Ok(net) => blocking(move || net.heal_all()).await,
+                Err(e) => Err(e),
+            },
+            Applied::Nothing => Ok(()),
+        };
+        let mut done = inv.complete(if res.is_ok() {
+            EventType::Ok
+        } else {
+            EventType::Info
+        });
+        done.value = Some(json!({"kind": fault.kind()}));
+        if let Err(e) = &res {
+            warn!(cause = %e, "heal failed");
+            done.error = Some(e.to_string());
+        } else {
+            info!(kind = ?fault.kind(), "fault healed");
+        }
+        self.history.record(done);
+    }
+
+    fn network(&self) -> Result<Arc<Namespaces>, JepsenError> {
+        self.net
+            .clone()
+            .ok_or_else(|| JepsenError::InvalidArgument {
+                detail: "network faults need namespaces".into(),
+            })
+    }
+
+    /// Concrete node ids for `target`. A leader that cannot be learnt (no node answers,
+    /// no leader elected) falls back to a seeded random node, and the fault event says
+    /// which node was hit.
+    async fn resolve(&self, target: &Target, rng: &mut StdRng) -> Vec<u64> {
+        let ids = self.cluster.ids();
+        let fallback = ids[rng.gen_range(0..ids.len())];
+        match target {
+            Target::Node { node } => vec![*node],
+            Target::All => ids,
+            Target::Leader { key } => {
+                let Some((topic, partition)) = split_key(key) else {
+                    return vec![fallback];
+                };
+                for node in &ids {
+                    if let Ok(parts) = self.client.partitions(*node, topic).await {
+                        if let Some(l) = parts
+                            .iter()
+                            .find(|p| p.partition == partition)
+                            .and_then(|p| p.leader)
+                        {
+                            return vec![l];
+                        }
+                    }
+                }
+                vec![fallback]
+            }
+            Target::ControllerLeader => {
+                for node in &ids {
+                    if let Ok(Some(l)) = self.client.controller_leader(*node).await {
+                        return vec![l];
+                    }
+                }
+                vec![fallback]
+            }
+        }
+    }
+}
+
+fn index_of(ids: &[u64], id: u64) -> usize {
+    ids.iter().position(|n| *n == id).unwrap_or(0)
+}
+
+/// Runs a short blocking command (`ip netns exec ... nft`) off the async workers.
+async fn blocking<F>(f: F) -> Result<(), JepsenError>
+where
+    F: FnOnce() -> Result<(), JepsenError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| JepsenError::Command {
+            command: "nft".into(),
+            detail: format!("task: {e}"),
+        })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_is_a_function_of_the_seed() {
+        let keys = vec!["t/0".to_string(), "t/1".to_string()];
+        let kinds = [
+            FaultKind::Kill,
+            FaultKind::Pause,
+            FaultKind::Partition,
+            FaultKind::Loss,
+        ];
+        let a = plan(7, &kinds, Duration::from_secs(120), &keys, &[1, 2, 3]);
+        let b = plan(7, &kinds, Duration::from_secs(120), &keys, &[1, 2, 3]);
+        let c = plan(8, &kinds, Duration::from_secs(120), &keys, &[1, 2, 3]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let total: u64 = a.iter().map(|s| s.quiet_ms + s.hold_ms).sum();
+        assert!(total >= 120_000);
+        assert!(a.iter().all(|s| kinds.contains(&s.fault.kind())));
+    }
+
+    #[test]
+    fn only_requested_kinds_are_planned() {
+        let steps = plan(
+            1,
+            &[FaultKind::Pause],
+            Duration::from_secs(60),
+            &[],
+            &[1, 2, 3],
+        );
+        assert!(!steps.is_empty());
+        assert!(steps.iter().all(|s| s.fault.kind() == FaultKind::Pause));
+    }
+
+    #[test]
+    fn faults_serialize_with_their_kind() {
+        let f = Fault::Kill {
+            target: Target::Leader { key: "t/0".into() },
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["kind"], "kill");
+        assert_eq!(v["target"], "leader");
+        assert_eq!(v["key"], "t/0");
+    }
+}

@@ -1,0 +1,424 @@
+//! One `test` run from setup to teardown: network, nodes, topics, workload and nemesis
+//! for `--time`, the final phase, the checker.
+//!
+//! Teardown (SIGKILL of every node, deletion of the namespaces) happens on every way out:
+//! success, error, Ctrl-C/SIGTERM (the run future is dropped, then the teardown runs),
+//! and panic (the `Namespaces` guard deletes the namespaces on unwind; nodes carry a
+//! parent-death signal).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::checker::{self, Results};
+use crate::client::{Client, NodeAddr};
+use crate::cluster::{Cluster, NodeSpec};
+use crate::error::JepsenError;
+use crate::final_phase;
+use crate::history::{Event, EventType, History, Op};
+use crate::nemesis::{self, FaultKind, Nemesis};
+use crate::network::{self, Namespaces};
+use crate::wait::eventually;
+use crate::workload::{Workload, WorkloadConfig};
+
+/// Nodes in the cluster.
+pub const NODES: usize = 3;
+/// HTTP port of each node inside its namespace.
+const NS_HTTP_PORT: u16 = 8080;
+/// Raft (peer transport) port of each node inside its namespace.
+const NS_RAFT_PORT: u16 = 9080;
+/// Time for the fresh cluster to become ready and create topics.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often node processes are checked for exits nobody asked for.
+const REAP_EVERY: Duration = Duration::from_millis(500);
+
+/// What `test` was asked to do.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// Length of the main phase.
+    pub time: Duration,
+    /// Fault kinds.
+    pub nemesis: Vec<FaultKind>,
+    /// Seed of the schedule and the workload's choices.
+    pub seed: u64,
+    /// Writer processes (readers and members derive from it).
+    pub concurrency: usize,
+    /// Number of topics.
+    pub topics: usize,
+    /// Partitions per topic.
+    pub partitions: u32,
+    /// Output directory.
+    pub out: PathBuf,
+    /// The psubd binary; found next to this one or under target/ when absent.
+    pub binary: Option<PathBuf>,
+    /// Force loopback mode.
+    pub no_netns: bool,
+    /// Disable the consumer-group workload.
+    pub no_groups: bool,
+}
+
+/// Runs a whole test and returns the checker's results (also in `out/results.json`).
+///
+/// # Errors
+/// Setup failures, Ctrl-C, or failure to write the history or results. A cluster that
+/// misbehaves is not an error: it is in the results.
+pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
+    if opts.concurrency == 0 || opts.topics == 0 || opts.partitions == 0 {
+        return Err(JepsenError::InvalidArgument {
+            detail: "--concurrency, --topics and --partitions must be at least 1".into(),
+        });
+    }
+    let out = opts.out.clone();
+    std::fs::create_dir_all(&out).map_err(|e| JepsenError::io(&out, e))?;
+    for sub in ["data", "logs"] {
+        let p = out.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| JepsenError::io(&p, e))?;
+        }
+    }
+    let binary = find_binary(opts.binary.as_deref())?;
+    info!(binary = %binary.display(), "node binary");
+
+    let mut fallback_reason = None;
+    let net = if opts.no_netns {
+        fallback_reason = Some("--no-netns".to_string());
+        None
+    } else {
+        match network::probe_tools().and_then(|()| Namespaces::setup(NODES)) {
+            Ok(ns) => Some(Arc::new(ns)),
+            Err(e) => {
+                warn!(cause = %e, "network namespaces unavailable; running on loopback without network faults");
+                fallback_reason = Some(e.to_string());
+                None
+            }
+        }
+    };
+    let mut kinds = opts.nemesis.clone();
+    let dropped: Vec<FaultKind> = if net.is_none() {
+        let d = kinds
+            .iter()
+            .copied()
+            .filter(|k| k.needs_network())
+            .collect();
+        kinds.retain(|k| !k.needs_network());
+        d
+    } else {
+        Vec::new()
+    };
+    if !dropped.is_empty() {
+        warn!(dropped = ?dropped, "network faults skipped in loopback mode");
+    }
+
+    let (specs, local) = match &net {
+        Some(ns) => {
+            ns.enter_control()?;
+            let specs = (0..NODES)
+                .map(|i| NodeSpec {
+                    id: i as u64 + 1,
+                    netns: ns.node_ns(i).map(str::to_owned),
+                    http: SocketAddr::new(IpAddr::V4(ns.node_addr(i)), NS_HTTP_PORT),
+                    raft: SocketAddr::new(IpAddr::V4(ns.node_addr(i)), NS_RAFT_PORT),
+                    data_dir: out.join("data").join(format!("n{}", i + 1)),
+                    log: out.join("logs").join(format!("n{}.log", i + 1)),
+                })
+                .collect::<Vec<_>>();
+            (specs, Some(IpAddr::V4(ns.control_addr())))
+        }
+        None => {
+            let ports = free_ports(NODES * 2)?;
+            let specs = (0..NODES)
+                .map(|i| NodeSpec {
+                    id: i as u64 + 1,
+                    netns: None,
+                    http: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports[i]),
+                    raft: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports[NODES + i]),
+                    data_dir: out.join("data").join(format!("n{}", i + 1)),
+                    log: out.join("logs").join(format!("n{}.log", i + 1)),
+                })
+                .collect::<Vec<_>>();
+            (specs, None)
+        }
+    };
+    std::fs::create_dir_all(out.join("logs")).map_err(|e| JepsenError::io(out.join("logs"), e))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| JepsenError::io("tokio runtime", e))?;
+    let cluster = Arc::new(Cluster::new(binary, specs));
+    let mode = if net.is_some() { "netns" } else { "loopback" };
+    let result = runtime.block_on(async {
+        let body = run_body(
+            &opts,
+            cluster.clone(),
+            net.clone(),
+            local,
+            kinds,
+            dropped,
+            mode,
+            fallback_reason,
+        );
+        let r = tokio::select! {
+            r = body => r,
+            _ = shutdown_signal() => {
+                warn!("interrupted; tearing down");
+                Err(JepsenError::Interrupted)
+            }
+        };
+        cluster.kill_all().await;
+        r
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(ns) = net {
+        match Arc::try_unwrap(ns) {
+            Ok(mut ns) => ns.teardown(),
+            Err(ns) => warn!(
+                refs = Arc::strong_count(&ns),
+                "namespaces still referenced; deleted on drop"
+            ),
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_body(
+    opts: &TestOptions,
+    cluster: Arc<Cluster>,
+    net: Option<Arc<Namespaces>>,
+    local: Option<IpAddr>,
+    kinds: Vec<FaultKind>,
+    dropped: Vec<FaultKind>,
+    mode: &str,
+    fallback_reason: Option<String>,
+) -> Result<Results, JepsenError> {
+    let out = &opts.out;
+    let history = Arc::new(History::create(&out.join("history.jsonl"))?);
+    let nodes: Vec<NodeAddr> = cluster
+        .specs()
+        .iter()
+        .map(|s| NodeAddr {
+            id: s.id,
+            base: format!("http://{}", s.http),
+        })
+        .collect();
+    let client = Client::new(nodes, local)?;
+    let topics: Vec<String> = (0..opts.topics).map(|i| format!("jepsen-{i}")).collect();
+    let groups = !opts.no_groups;
+    let config = WorkloadConfig {
+        topics: topics.clone(),
+        partitions: opts.partitions,
+        writers: opts.concurrency,
+        readers: (opts.concurrency / 2).max(1),
+        members: if groups {
+            (opts.concurrency / 2).max(2)
+        } else {
+            0
+        },
+        group: "jepsen-group".into(),
+        seed: opts.seed,
+    };
+    let keys = config.keys();
+    let steps = nemesis::plan(opts.seed, &kinds, opts.time, &keys, &cluster.ids());
+    let schedule = json!({
+        "seed": opts.seed,
+        "mode": mode,
+        "fallback_reason": fallback_reason,
+        "nemesis": kinds,
+        "skipped_without_namespaces": dropped,
+        "time_s": opts.time.as_secs(),
+        "steps": steps,
+    });
+    let schedule_path = out.join("schedule.json");
+    std::fs::write(
+        &schedule_path,
+        serde_json::to_string_pretty(&schedule).map_err(|source| JepsenError::Encode {
+            what: "schedule",
+            source,
+        })?,
+    )
+    .map_err(|e| JepsenError::io(&schedule_path, e))?;
+    info!(
+        steps = steps.len(),
+        seed = opts.seed,
+        mode,
+        "nemesis schedule written"
+    );
+
+    phase(&history, "setup", None);
+    cluster.start_all().await?;
+    let ids = cluster.ids();
+    eventually(SETUP_TIMEOUT, "every node ready", || async {
+        for id in &ids {
+            if !client.ready(*id).await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    for topic in &topics {
+        eventually(SETUP_TIMEOUT, "topic created", || async {
+            for id in &ids {
+                if client
+                    .create_topic(*id, topic, opts.partitions, NODES as u32)
+                    .await
+                    .is_ok()
+                {
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await?;
+        eventually(SETUP_TIMEOUT, "a leader for every partition", || async {
+            for id in &ids {
+                if let Ok(parts) = client.partitions(*id, topic).await {
+                    if parts.len() as u32 == opts.partitions
+                        && parts.iter().all(|p| p.leader.is_some())
+                    {
+                        return Some(());
+                    }
+                }
+            }
+            None
+        })
+        .await?;
+    }
+
+    let monitor_stop = CancellationToken::new();
+    let monitor = {
+        let cluster = cluster.clone();
+        let history = history.clone();
+        let stop = monitor_stop.clone();
+        tokio::spawn(async move { monitor_exits(cluster, history, stop).await })
+    };
+
+    phase(&history, "main", None);
+    let workload = Arc::new(Workload::new(client.clone(), history.clone(), config));
+    let nemesis = Nemesis {
+        cluster: cluster.clone(),
+        net: net.clone(),
+        client: client.clone(),
+        history: history.clone(),
+        seed: opts.seed,
+    };
+    let stop = CancellationToken::new();
+    let timer = {
+        let stop = stop.clone();
+        let time = opts.time;
+        tokio::spawn(async move {
+            tokio::time::sleep(time).await;
+            stop.cancel();
+        })
+    };
+    tokio::join!(
+        workload.clone().run(stop.clone()),
+        nemesis.run(steps, stop.clone())
+    );
+    timer.abort();
+
+    if let Err(e) = final_phase::run(&cluster, net.as_ref(), &workload, &history, groups).await {
+        warn!(cause = %e, "final phase incomplete");
+    }
+    monitor_stop.cancel();
+    let _ = monitor.await;
+    history.flush()?;
+    let results = checker::check_file(history.path(), out)?;
+    Ok(results)
+}
+
+fn phase(history: &History, name: &str, error: Option<String>) {
+    let mut e = Event::new("harness", EventType::Info, Op::Phase);
+    e.value = Some(json!(name));
+    e.error = error;
+    history.record(e);
+}
+
+/// Records nodes that exit by themselves (a `node-exit` phase event, which the checker
+/// counts as `node-crash`) and restarts them, as a process supervisor would.
+async fn monitor_exits(cluster: Arc<Cluster>, history: Arc<History>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        for exit in cluster.reap_exited().await {
+            let mut e = Event::new("harness", EventType::Info, Op::Phase);
+            e.value = Some(json!("node-exit"));
+            e.node = Some(exit.id);
+            e.error = Some(format!("exited by itself: {}", exit.status));
+            history.record(e);
+            if let Err(err) = cluster.start(exit.id).await {
+                warn!(node = exit.id, cause = %err, "restart after exit failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REAP_EVERY) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// `--binary`, else `psubd` next to this executable, else target/release, target/debug.
+fn find_binary(given: Option<&Path>) -> Result<PathBuf, JepsenError> {
+    let mut candidates = Vec::new();
+    if let Some(p) = given {
+        candidates.push(p.to_path_buf());
+    } else {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            candidates.push(dir.join("psubd"));
+        }
+        candidates.push(PathBuf::from("target/release/psubd"));
+        candidates.push(PathBuf::from("target/debug/psubd"));
+    }
+    for c in &candidates {
+        if c.is_file() {
+            return std::fs::canonicalize(c).map_err(|e| JepsenError::io(c, e));
+        }
+    }
+    Err(JepsenError::InvalidArgument {
+        detail: format!(
+            "no psubd binary found (tried {}); build it or pass --binary",
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// Ports the OS hands out now; bound and released at once (loopback mode only).
+fn free_ports(n: usize) -> Result<Vec<u16>, JepsenError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| JepsenError::io("127.0.0.1:0", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| JepsenError::io("127.0.0.1:0", e))
+        })
+        .collect()
+}

@@ -463,12 +463,18 @@ pub async fn expect_json<T: DeserializeOwned>(
 
 /// Asserts an error answer per API.md § Errors and DESIGN.md § Error body: the status,
 /// a JSON body `{error_code, error, message, retriable}` whose `error_code` is
-/// status × 100 + n, a non-empty snake_case `error` and a non-empty `message`.
+/// status × 100 + n, the stable snake_case `error` string expected, and a non-empty
+/// `message`.
 ///
 /// # Panics
 ///
 /// When the answer is not such an error.
-pub async fn expect_error(resp: reqwest::Response, status: u16, context: &str) -> ErrorBody {
+pub async fn expect_error(
+    resp: reqwest::Response,
+    status: u16,
+    error: &str,
+    context: &str,
+) -> ErrorBody {
     let got = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
     assert_eq!(got, status, "{context}: status (body: {})", clip(&body));
@@ -494,6 +500,12 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, context: &str) -
         err.error
     );
     assert!(!err.message.is_empty(), "{context}: empty `message`");
+    assert_eq!(
+        err.error,
+        error,
+        "{context}: `error` (body: {})",
+        clip(&body)
+    );
     err
 }
 

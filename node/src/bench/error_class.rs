@@ -57,7 +57,7 @@ const CLASSES: [ErrorClass; 14] = [
 ];
 
 impl ErrorClass {
-    /// The class of an HTTP error status.
+    /// The class of an HTTP error status (`reqwest` and `hyper` share the type).
     pub fn of_status(status: StatusCode) -> Self {
         match status.as_u16() {
             400 | 422 => ErrorClass::BadRequest,

@@ -138,11 +138,12 @@ impl FetchedRecord<'_> {
 
     /// Size of the value in bytes (decoded size for base64).
     pub fn value_len(&self) -> u64 {
-        let len = self.value.0.as_deref().map_or(0, str::len) as u64;
+        let text = self.value.0.as_deref().unwrap_or("");
         if self.encoding.as_deref() == Some("base64") {
-            len / 4 * 3
+            let padding = text.bytes().rev().take_while(|&b| b == b'=').count();
+            ((text.len() / 4 * 3).saturating_sub(padding)) as u64
         } else {
-            len
+            text.len() as u64
         }
     }
 }

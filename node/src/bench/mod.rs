@@ -16,13 +16,15 @@
 //! - `payload.rs`: the value format (run, send time, producer, sequence) and request
 //!   bodies built once and patched in place.
 //! - `phase.rs`: the clock of a run (warm-up, window, stop) and the `--rate` pacer.
-//! - `producer.rs`, `consumer.rs`, `group.rs`: the three kinds of load.
+//! - `producer.rs`, `consumer.rs`, `group.rs`: the three kinds of load;
+//!   `connection.rs`: the producers' lean keep-alive HTTP/1.1 connections.
 //! - `fetch.rs`: parsing fetch answers without copying values; `duplicates.rs`:
 //!   duplicate detection; `error_class.rs`: errors by class; `latency.rs`: histograms.
 //! - `sampler.rs`: per-second throughput series and node memory.
 //! - `hardware.rs`: cores, memory, the disk under the data dir, the git commit.
 //! - `report.rs`: the printed table, medians over runs and the JSON report.
 
+mod connection;
 mod consumer;
 mod dev_cluster;
 mod duplicates;

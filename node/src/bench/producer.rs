@@ -1,12 +1,11 @@
 //! Producers: loops that publish pre-built bodies over keep-alive connections.
 //!
-//! Producer `p` owns one HTTP client; each of its `--in-flight` loops sends one request,
-//! waits for the answer, and sends the next, so a client keeps `--in-flight` connections
-//! busy. Request `k` of loop `l` goes to partition `(l + k) mod partitions`, which keeps
+//! Producer `p` has `--in-flight` loops; each owns one keep-alive connection
+//! (`connection.rs`), sends one request, waits for the answer, and sends the next. Request `k` of loop `l` goes to partition `(l + k) mod partitions`, which keeps
 //! every partition equally loaded and makes each request one partition's batch.
 //!
-//! Hot loop cost per request: one body copy with the headers stamped in place, one URL
-//! clone, one answer read; nothing per record. Statistics are task-local and merged when
+//! Hot loop cost per request: one body copy with the headers stamped in place, one
+//! request head, one answer read; nothing per record. Statistics are task-local and merged when
 //! the loop ends.
 
 use std::sync::Arc;
@@ -14,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{Client, Url};
+use hyper::header::HeaderValue;
+use hyper::Uri;
 use tokio::task::JoinSet;
 
+use super::connection::Connection;
 use super::error_class::{ErrorClass, ErrorCounts};
 use super::latency::Latency;
 use super::payload::RequestTemplate;
@@ -43,8 +43,10 @@ pub struct ProducerPlan {
     pub partitions: u32,
     /// Bodies: one per partition for JSON, a single one for raw.
     templates: Vec<RequestTemplate>,
-    /// Publish URLs per node: `[node][0]` for JSON, `[node][partition]` for raw.
-    urls: Vec<Vec<Url>>,
+    /// Node base URLs; loop `l` talks to node `l mod n`.
+    nodes: Vec<String>,
+    /// Publish paths: `[0]` for JSON, `[partition]` for raw.
+    paths: Vec<Uri>,
     /// Raw bodies: one record per request, partition in the URL.
     raw: bool,
     content_type: HeaderValue,
@@ -87,27 +89,27 @@ impl ProducerPlan {
                 HeaderValue::from_static("application/octet-stream"),
             ),
         };
-        let mut urls = Vec::with_capacity(target.urls().len());
-        for base in target.urls() {
-            let acks = acks.as_query();
-            let per_node = match format {
-                BodyFormat::Json => vec![format!("{base}/v1/topics/{topic}/records?acks={acks}")],
-                BodyFormat::Raw => (0..partitions)
-                    .map(|p| format!("{base}/v1/topics/{topic}/records?acks={acks}&partition={p}"))
-                    .collect(),
-            };
-            let parsed = per_node
-                .iter()
-                .map(|u| Url::parse(u).with_context(|| format!("bad publish URL {u}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            urls.push(parsed);
-        }
+        let acks = acks.as_query();
+        let paths = match format {
+            BodyFormat::Json => vec![format!("/v1/topics/{topic}/records?acks={acks}")],
+            BodyFormat::Raw => (0..partitions)
+                .map(|p| format!("/v1/topics/{topic}/records?acks={acks}&partition={p}"))
+                .collect(),
+        };
+        let paths = paths
+            .iter()
+            .map(|u| {
+                u.parse::<Uri>()
+                    .with_context(|| format!("bad publish path {u}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(ProducerPlan {
             producers,
             in_flight,
             partitions,
             templates,
-            urls,
+            nodes: target.urls().to_vec(),
+            paths,
             raw: format == BodyFormat::Raw,
             content_type,
             retries,
@@ -160,7 +162,7 @@ impl ProduceStats {
 ///
 /// # Errors
 ///
-/// An HTTP client that cannot be built.
+/// A node URL that is not `http://host:port`.
 pub fn spawn(
     tasks: &mut JoinSet<ProduceStats>,
     plan: &Arc<ProducerPlan>,
@@ -169,18 +171,13 @@ pub fn spawn(
     live: &Arc<LiveCounters>,
 ) -> anyhow::Result<()> {
     for p in 0..plan.producers {
-        let client = Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(plan.in_flight as usize)
-            .timeout(plan.request_timeout)
-            .build()
-            .context("failed to build a producer's HTTP client")?;
         for l in 0..plan.in_flight {
             let loop_id = p * plan.in_flight + l;
+            let node = &plan.nodes[loop_id as usize % plan.nodes.len()];
+            let conn = Connection::new(node, plan.request_timeout)?;
             tasks.spawn(produce_loop(
                 loop_id,
-                client.clone(),
+                conn,
                 Arc::clone(plan),
                 Arc::clone(clock),
                 pacer.clone(),
@@ -194,14 +191,13 @@ pub fn spawn(
 /// One connection's worth of load: send, await, count, repeat until the window ends.
 async fn produce_loop(
     loop_id: u32,
-    client: Client,
+    mut conn: Connection,
     plan: Arc<ProducerPlan>,
     clock: Arc<RunClock>,
     pacer: Option<Arc<Pacer>>,
     live: Arc<LiveCounters>,
 ) -> ProduceStats {
     let mut stats = ProduceStats::default();
-    let urls = &plan.urls[loop_id as usize % plan.urls.len()];
     // The header's producer field is 16 bits; validation keeps loop ids below that.
     let producer = u16::try_from(loop_id).unwrap_or(u16::MAX);
     let records = plan.records_per_request();
@@ -217,17 +213,17 @@ async fn produce_loop(
         }
         let partition = ((u64::from(loop_id) + k) % u64::from(plan.partitions)) as usize;
         k += 1;
-        let (template, url) = if plan.raw {
-            (&plan.templates[0], &urls[partition])
+        let (template, path) = if plan.raw {
+            (&plan.templates[0], &plan.paths[partition])
         } else {
-            (&plan.templates[partition], &urls[0])
+            (&plan.templates[partition], &plan.paths[0])
         };
         let body = template.build(clock.run, now_us(), producer, seq);
         seq += records;
         let sent = Instant::now();
         let outcome = publish(
-            &client,
-            url,
+            &mut conn,
+            path,
             &plan.content_type,
             body,
             plan.retries,
@@ -265,8 +261,8 @@ struct PublishOutcome {
 /// Sends one body, retrying 503/429 (after Retry-After, capped), 504 and transport
 /// failures up to `retries` times. Errors of every attempt go into `errors`.
 async fn publish(
-    client: &Client,
-    url: &Url,
+    conn: &mut Connection,
+    path: &Uri,
     content_type: &HeaderValue,
     body: Bytes,
     retries: u32,
@@ -275,25 +271,15 @@ async fn publish(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let result = client
-            .post(url.clone())
-            .header(CONTENT_TYPE, content_type.clone())
-            .body(body.clone())
-            .send()
-            .await;
-        let (class, hint) = match result {
-            Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                Ok(_) => return PublishOutcome { ok: true, attempts },
-                Err(e) => (ErrorClass::of_transport(&e), None),
-            },
-            Ok(resp) => {
-                let hint = retry_after(resp.headers().get(RETRY_AFTER));
-                let class = ErrorClass::of_status(resp.status());
-                // Read the error body so the connection stays reusable.
-                let _ = resp.bytes().await;
-                (class, hint)
+        let (class, hint) = match conn.post(path, content_type, body.clone()).await {
+            Ok(answer) if answer.status.is_success() => {
+                return PublishOutcome { ok: true, attempts };
             }
-            Err(e) => (ErrorClass::of_transport(&e), None),
+            Ok(answer) => (
+                ErrorClass::of_status(answer.status),
+                retry_after(answer.retry_after.as_ref()),
+            ),
+            Err(class) => (class, None),
         };
         errors.add(class);
         if attempts > retries || !is_retriable(class) {

@@ -112,6 +112,10 @@ impl StorageIoError {
 }
 
 /// Shorthand for converting a `Result<T, StorageIoError>` at the openraft boundary.
+///
+/// openraft's `StorageError` is large; it is what openraft's storage traits return, so the
+/// size is not ours to change.
+#[allow(clippy::result_large_err)]
 pub(crate) trait IntoRaftResult<T> {
     /// Converts the error with the given subject and verb.
     fn raft_err(

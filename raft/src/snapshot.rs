@@ -155,6 +155,9 @@ impl<W: Write> SnapshotWriter<W> {
 // Reading
 // ---------------------------------------------------------------------------------------------
 
+/// A key and its value, as read from a snapshot file.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// Reads the framed format, verifying the checksum at the end.
 struct SnapshotReader<R: Read> {
     inner: R,
@@ -220,7 +223,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next pair, or None after the trailer was read and verified.
-    fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageIoError> {
+    fn next_pair(&mut self) -> Result<Option<Pair>, StorageIoError> {
         if self.done {
             return Ok(None);
         }
@@ -346,7 +349,6 @@ impl SnapshotStore {
     }
 
     /// The newest snapshot's path, metadata and an open handle on it, positioned at its start.
-    #[allow(clippy::type_complexity)]
     pub(crate) fn open_current(
         &self,
     ) -> Result<Option<(PathBuf, typ::SnapshotMeta, File)>, StorageIoError> {

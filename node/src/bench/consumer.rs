@@ -71,6 +71,7 @@ pub fn partitions_of(j: u32, m: u32, p: u32) -> Vec<u32> {
 /// # Errors
 ///
 /// An HTTP client that cannot be built.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     tasks: &mut JoinSet<ConsumeStats>,
     plan: &ConsumerPlan,
@@ -183,7 +184,7 @@ async fn fetch_loop(mut s: FetchLoop) -> ConsumeStats {
                         .unwrap_or(s.offset);
                     s.offset = next;
                     let at_end = answer.high_watermark.is_some_and(|hw| next >= hw);
-                    if s.plan.wrap && at_end && answer.records.len() < s.plan.max_records as usize {
+                    if s.plan.wrap && at_end {
                         wrap_next = true;
                     }
                     None

@@ -23,7 +23,6 @@ pub fn now_us() -> u64 {
 pub struct RunClock {
     /// Which run this is (stamped into values).
     pub run: u8,
-    started: Instant,
     started_wall_us: u64,
     window_start: Instant,
     window_start_wall_us: u64,
@@ -44,7 +43,6 @@ impl RunClock {
         let window_start = started + warmup;
         RunClock {
             run,
-            started,
             started_wall_us: wall,
             window_start,
             window_start_wall_us: wall + u64::try_from(warmup.as_micros()).unwrap_or(0),
@@ -54,11 +52,6 @@ impl RunClock {
             acked_in_window: AtomicU64::new(0),
             max_records,
         }
-    }
-
-    /// When the run (warm-up included) started.
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// When the measured window starts.

@@ -121,11 +121,10 @@ pub async fn sample(
             let phase = if now < clock.window_start() {
                 "warm-up"
             } else {
-                "window"
+                "window "
             };
             eprintln!(
-                "  [{phase} {:>6.1}s] publish {:>10.0} rec/s   consume {:>10.0} rec/s",
-                (now - clock.started()).as_secs_f64(),
+                "  [{phase} {t_s:>6.1} s] publish {:>10.0} rec/s   consume {:>10.0} rec/s",
                 (counts.0 - last_progress.1 .0) as f64 / secs,
                 (counts.1 - last_progress.1 .1) as f64 / secs,
             );

@@ -6,13 +6,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use psubd_raft::typ::Raft;
+use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId, RaftNode, CONTROLLER_GROUP};
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::controller::{ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo};
+use crate::controller::{
+    ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo,
+};
 use crate::error::{ControllerError, PartitionError};
 use crate::partition::{check_leader, Appended, BatchLimits, PartitionHandle, PartitionMsg};
 use crate::record::EncodedRecords;
@@ -41,7 +43,10 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        Self { limits: BatchLimits::default(), init_fallback_after: Duration::from_secs(4) }
+        Self {
+            limits: BatchLimits::default(),
+            init_fallback_after: Duration::from_secs(4),
+        }
     }
 }
 
@@ -78,11 +83,19 @@ impl Broker {
             .open_group(CONTROLLER_GROUP, Box::new(logic), members.clone(), false)
             .await
             .map_err(|e| BrokerError::Controller(e.to_string()))?;
-        tokio::spawn(bootstrap_controller(raft_node.clone(), controller_raft.clone(), members.clone()));
+        tokio::spawn(bootstrap_controller(
+            raft_node.clone(),
+            controller_raft.clone(),
+            members.clone(),
+        ));
         let (controller, _) = Actor::spawn(
             None,
             ControllerActor,
-            ControllerArgs { raft: controller_raft.clone(), nodes: members.iter().copied().collect(), limits: config.limits },
+            ControllerArgs {
+                raft: controller_raft.clone(),
+                nodes: members.iter().copied().collect(),
+                limits: config.limits,
+            },
         )
         .await
         .map_err(|e| BrokerError::Spawn(e.to_string()))?;
@@ -143,7 +156,9 @@ impl Broker {
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.controller_raft.metrics().borrow().clone();
         match metrics.current_leader {
-            Some(leader) if leader == metrics.id => check_leader(&self.inner.controller_raft, &self.inner.limits).is_ok(),
+            Some(leader) if leader == metrics.id => {
+                check_leader(&self.inner.controller_raft, &self.inner.limits).is_ok()
+            }
             Some(_) => true,
             None => false,
         }
@@ -159,7 +174,8 @@ impl Broker {
 
     /// The leader of a partition group as this node sees it (only known on replicas).
     pub fn partition_leader(&self, group: GroupId) -> Option<NodeId> {
-        self.partition(group).and_then(|h| crate::partition::leader_of(&h.raft))
+        self.partition(group)
+            .and_then(|h| crate::partition::leader_of(&h.raft))
     }
 
     /// Appends one request's records on this node's replica, which must lead.
@@ -167,13 +183,21 @@ impl Broker {
     /// # Errors
     /// [`PartitionError`]; `NotLeader`, `NoQuorum`, `NoReplica` and `Unavailable` mean
     /// nothing was written.
-    pub async fn append_local(&self, group: GroupId, records: EncodedRecords) -> Result<Appended, PartitionError> {
+    pub async fn append_local(
+        &self,
+        group: GroupId,
+        records: EncodedRecords,
+    ) -> Result<Appended, PartitionError> {
         let handle = self.partition(group).ok_or(PartitionError::NoReplica)?;
         let wait = self.inner.limits.write_timeout;
         let _permit = tokio::time::timeout(wait, handle.admission.acquire())
             .await
-            .map_err(|_| PartitionError::Unavailable { reason: "partition queue full" })?
-            .map_err(|_| PartitionError::Unavailable { reason: "partition closing" })?;
+            .map_err(|_| PartitionError::Unavailable {
+                reason: "partition queue full".into(),
+            })?
+            .map_err(|_| PartitionError::Unavailable {
+                reason: "partition closing".into(),
+            })?;
         let call = handle.actor.call(
             |reply| PartitionMsg::Append { records, reply },
             Some(wait + ACTOR_CALL_GRACE),
@@ -181,8 +205,12 @@ impl Broker {
         match call.await {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
             // The message was delivered: the write may be in flight.
-            Ok(_) => Err(PartitionError::OutcomeUnknown { reason: "partition actor did not answer in time" }),
-            Err(_) => Err(PartitionError::Unavailable { reason: "partition actor stopped" }),
+            Ok(_) => Err(PartitionError::OutcomeUnknown {
+                reason: "partition actor did not answer in time".into(),
+            }),
+            Err(_) => Err(PartitionError::Unavailable {
+                reason: "partition actor stopped".into(),
+            }),
         }
     }
 
@@ -190,8 +218,17 @@ impl Broker {
     ///
     /// # Errors
     /// [`ControllerError`]; `NotLeader` and `NoQuorum` mean nothing was written.
-    pub async fn create_topic(&self, name: String, config: TopicConfig) -> Result<TopicMeta, ControllerError> {
-        self.controller_call(|reply| ControllerMsg::CreateTopic { name, config, reply }).await
+    pub async fn create_topic(
+        &self,
+        name: String,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.controller_call(|reply| ControllerMsg::CreateTopic {
+            name,
+            config,
+            reply,
+        })
+        .await
     }
 
     /// Asks the local controller actor to delete a topic.
@@ -199,7 +236,8 @@ impl Broker {
     /// # Errors
     /// As [`Broker::create_topic`].
     pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
-        self.controller_call(|reply| ControllerMsg::DeleteTopic { name, reply }).await
+        self.controller_call(|reply| ControllerMsg::DeleteTopic { name, reply })
+            .await
     }
 
     /// Asks the local controller actor to record a node's HTTP address.
@@ -207,7 +245,8 @@ impl Broker {
     /// # Errors
     /// As [`Broker::create_topic`].
     pub async fn register_node(&self, info: NodeInfo) -> Result<(), ControllerError> {
-        self.controller_call(|reply| ControllerMsg::RegisterNode { info, reply }).await
+        self.controller_call(|reply| ControllerMsg::RegisterNode { info, reply })
+            .await
     }
 
     async fn controller_call<T>(
@@ -220,7 +259,9 @@ impl Broker {
         let wait = self.inner.limits.write_timeout + ACTOR_CALL_GRACE;
         match self.inner.controller.call(message, Some(wait)).await {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
-            Ok(_) => Err(ControllerError::OutcomeUnknown { reason: "controller actor did not answer in time" }),
+            Ok(_) => Err(ControllerError::OutcomeUnknown {
+                reason: "controller actor did not answer in time".into(),
+            }),
             Err(_) => Err(ControllerError::NoQuorum),
         }
     }
@@ -251,9 +292,15 @@ async fn bootstrap_controller(raft_node: RaftNode, raft: Raft, members: BTreeSet
         }
         let mut all_pristine = true;
         for peer in members.iter().copied().filter(|p| *p != me) {
-            match raft_node.peer_has_group_state(peer, CONTROLLER_GROUP, probe_timeout).await {
+            match raft_node
+                .peer_has_group_state(peer, CONTROLLER_GROUP, probe_timeout)
+                .await
+            {
                 Ok(true) => {
-                    info!(peer, "a peer holds controller state; joining the existing cluster");
+                    info!(
+                        peer,
+                        "a peer holds controller state; joining the existing cluster"
+                    );
                     return;
                 }
                 Ok(false) => {}

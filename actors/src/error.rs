@@ -21,7 +21,7 @@ pub enum PartitionError {
     #[error("outcome unknown: {reason}")]
     OutcomeUnknown {
         /// What happened.
-        reason: &'static str,
+        reason: String,
     },
     /// This node holds no replica of the partition (it moved, or is still being opened).
     #[error("no replica of this partition on this node")]
@@ -30,7 +30,7 @@ pub enum PartitionError {
     #[error("partition unavailable: {reason}")]
     Unavailable {
         /// What happened.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -50,7 +50,7 @@ pub enum ControllerError {
     #[error("outcome unknown: {reason}")]
     OutcomeUnknown {
         /// What happened.
-        reason: &'static str,
+        reason: String,
     },
     /// The topic exists already.
     #[error("topic exists")]

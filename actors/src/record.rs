@@ -236,7 +236,10 @@ mod tests {
 
     #[test]
     fn truncated_batch_is_an_error_not_a_panic() {
-        assert!(matches!(batch_count(&[1, 2]), Err(RecordCodecError::Truncated)));
+        assert!(matches!(
+            batch_count(&[1, 2]),
+            Err(RecordCodecError::Truncated)
+        ));
         let mut iter = RecordIter::run(&[0xff, 0xff, 0xff]);
         assert!(matches!(iter.next(), Some(Err(_))));
         assert!(iter.next().is_none());

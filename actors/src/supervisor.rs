@@ -17,7 +17,8 @@ use tracing::{info, warn};
 
 use crate::controller::ControllerState;
 use crate::partition::{
-    BatchLimits, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic, MAX_QUEUED_REQUESTS,
+    BatchLimits, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic,
+    MAX_QUEUED_REQUESTS,
 };
 
 /// The local partition replicas, shared with the edge. Written only by the supervisor.
@@ -81,21 +82,35 @@ impl SupervisorState {
         };
     }
 
-    async fn open(&self, myself: &ActorRef<SupervisorMsg>, group: GroupId, replicas: Vec<NodeId>) -> Result<(), ActorProcessingErr> {
+    async fn open(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        group: GroupId,
+        replicas: Vec<NodeId>,
+    ) -> Result<(), ActorProcessingErr> {
         let me = self.args.raft_node.id();
         let (logic, reader) = PartitionLogic::new();
         let members: BTreeSet<NodeId> = replicas.iter().copied().collect();
         // Only the preferred replica initialises at once, so it usually wins the first
         // election and leaders spread as placement intended.
         let preferred = replicas.first() == Some(&me);
-        let raft = self.args.raft_node.open_group(group, Box::new(logic), members.clone(), preferred).await?;
+        let raft = self
+            .args
+            .raft_node
+            .open_group(group, Box::new(logic), members.clone(), preferred)
+            .await?;
         if !preferred {
             let raft = raft.clone();
             let wait = self.args.init_fallback_after;
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                if raft.metrics().borrow().current_leader.is_none() && !raft.is_initialized().await.unwrap_or(true) {
-                    info!(group, "preferred replica silent; initialising the partition group");
+                if raft.metrics().borrow().current_leader.is_none()
+                    && !raft.is_initialized().await.unwrap_or(true)
+                {
+                    info!(
+                        group,
+                        "preferred replica silent; initialising the partition group"
+                    );
                     let _ = raft.initialize(members).await;
                 }
             });
@@ -103,7 +118,11 @@ impl SupervisorState {
         let (actor, _) = Actor::spawn_linked(
             None,
             PartitionActor,
-            PartitionArgs { group, raft: raft.clone(), limits: self.args.limits },
+            PartitionArgs {
+                group,
+                raft: raft.clone(),
+                limits: self.args.limits,
+            },
             myself.get_cell(),
         )
         .await?;
@@ -159,7 +178,11 @@ impl Actor for NodeSupervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         // Turn controller state changes into Reconcile messages. Changes coalesce in the
         // watch, so this never queues more than one pending reconcile per change burst.
         let mut changes = args.metadata.clone();
@@ -175,7 +198,12 @@ impl Actor for NodeSupervisor {
         Ok(SupervisorState { args })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Reconcile => state.reconcile(&myself).await,
         }
@@ -200,7 +228,11 @@ impl Actor for NodeSupervisor {
                     let (actor, _) = Actor::spawn_linked(
                         None,
                         PartitionActor,
-                        PartitionArgs { group, raft: handle.raft.clone(), limits: state.args.limits },
+                        PartitionArgs {
+                            group,
+                            raft: handle.raft.clone(),
+                            limits: state.args.limits,
+                        },
                         myself.get_cell(),
                     )
                     .await?;

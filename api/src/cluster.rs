@@ -33,14 +33,17 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> Response {
     let broker = state.broker();
     if broker.is_ready() {
-        Json(json!({"status": "ready", "controller_leader": broker.controller_leader()})).into_response()
+        Json(json!({"status": "ready", "controller_leader": broker.controller_leader()}))
+            .into_response()
     } else {
         let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not_ready", "reason": "no controller quorum reachable"})),
         )
             .into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
         response
     }
 }
@@ -53,19 +56,32 @@ async fn metrics(State(state): State<AppState>) -> Response {
         for (index, placement) in topic.partitions.iter().enumerate() {
             if let Some(handle) = broker.partition(placement.group) {
                 let labels = [topic.name.as_str(), &index.to_string()];
-                state.metrics.high_watermark.with_label_values(&labels).set(handle.reader.bounds().next_offset as i64);
+                state
+                    .metrics
+                    .high_watermark
+                    .with_label_values(&labels)
+                    .set(handle.reader.bounds().next_offset as i64);
                 let leads = i64::from(leader_of(&handle.raft) == Some(me));
-                state.metrics.partition_leader.with_label_values(&labels).set(leads);
+                state
+                    .metrics
+                    .partition_leader
+                    .with_label_values(&labels)
+                    .set(leads);
             }
         }
     }
     if let Ok(bytes) = broker.raft_node().storage().size_on_disk() {
-        state.metrics.disk_bytes.with_label_values(&[&me.to_string()]).set(bytes as i64);
+        state
+            .metrics
+            .disk_bytes
+            .with_label_values(&[&me.to_string()])
+            .set(bytes as i64);
     }
     let mut response = state.metrics.render().into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     response
 }
 
@@ -74,8 +90,13 @@ async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
     let raft_node = broker.raft_node();
     let metadata = broker.metadata();
     let me = broker.node_id();
+    let metadata = &metadata;
     let probes = raft_node.peers().iter().map(|(id, addr)| async move {
-        let alive = *id == me || raft_node.peer_has_group_state(*id, CONTROLLER_GROUP, ALIVE_PROBE).await.is_ok();
+        let alive = *id == me
+            || raft_node
+                .peer_has_group_state(*id, CONTROLLER_GROUP, ALIVE_PROBE)
+                .await
+                .is_ok();
         json!({
             "id": id,
             "raft": addr.to_string(),

@@ -16,7 +16,9 @@ use psubd_actors::{Broker, ControllerError, PartitionError};
 use psubd_raft::{GroupId, NodeId, TransportError};
 
 use crate::error::ApiError;
-use crate::forward::{encode, serve_local, ForwardRequest, ForwardResponse, OffsetSpec, ReplicaStatus};
+use crate::forward::{
+    encode, serve_local, ForwardRequest, ForwardResponse, OffsetSpec, ReplicaStatus,
+};
 
 /// How many nodes one request may visit: the first guess, a leader hint, one more hint.
 const MAX_ATTEMPTS: usize = 3;
@@ -47,7 +49,11 @@ pub struct Edge {
 impl Edge {
     /// A router over this node's broker.
     pub fn new(broker: Broker, write_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self { broker, hints: RwLock::new(HashMap::new()), write_timeout })
+        Arc::new(Self {
+            broker,
+            hints: RwLock::new(HashMap::new()),
+            write_timeout,
+        })
     }
 
     /// This node's broker.
@@ -55,12 +61,22 @@ impl Edge {
         &self.broker
     }
 
-    async fn deliver(&self, target: NodeId, request: ForwardRequest, deadline: Duration) -> Delivery {
+    async fn deliver(
+        &self,
+        target: NodeId,
+        request: ForwardRequest,
+        deadline: Duration,
+    ) -> Delivery {
         if target == self.broker.node_id() {
             return Delivery::Answered(serve_local(&self.broker, request).await);
         }
         let body = encode(&request);
-        match self.broker.raft_node().call_peer(target, body, deadline + FORWARD_SLACK).await {
+        match self
+            .broker
+            .raft_node()
+            .call_peer(target, body, deadline + FORWARD_SLACK)
+            .await
+        {
             Ok(bytes) => match postcard::from_bytes::<ForwardResponse>(&bytes) {
                 Ok(response) => Delivery::Answered(response),
                 Err(_) => Delivery::Lost("a peer's answer did not decode".into()),
@@ -89,7 +105,11 @@ impl Edge {
     /// the hint cache, then every replica in placement order.
     fn leader_candidates(&self, placement: &PartitionPlacement) -> Vec<NodeId> {
         let mut order = Vec::with_capacity(placement.replicas.len() + 2);
-        if let Some(leader) = self.broker.partition(placement.group).and_then(|h| leader_of(&h.raft)) {
+        if let Some(leader) = self
+            .broker
+            .partition(placement.group)
+            .and_then(|h| leader_of(&h.raft))
+        {
             order.push(leader);
         }
         if let Some(hint) = self.hint(placement.group) {
@@ -123,7 +143,9 @@ impl Edge {
                     refusal @ (PartitionError::NotLeader { .. } | PartitionError::NoReplica),
                 )) => {
                     next = match &refusal {
-                        PartitionError::NotLeader { leader: Some(leader) } if *leader != target => {
+                        PartitionError::NotLeader {
+                            leader: Some(leader),
+                        } if *leader != target => {
                             self.learn(placement.group, *leader);
                             Some(*leader)
                         }
@@ -148,9 +170,19 @@ impl Edge {
     ///
     /// # Errors
     /// 503 when no leader could take it (nothing written), 504 when the outcome is unknown.
-    pub async fn append(&self, placement: &PartitionPlacement, records: EncodedRecords) -> Result<Appended, ApiError> {
-        let request = ForwardRequest::Append { group: placement.group, records };
-        match self.to_leader(placement, request, self.write_timeout).await? {
+    pub async fn append(
+        &self,
+        placement: &PartitionPlacement,
+        records: EncodedRecords,
+    ) -> Result<Appended, ApiError> {
+        let request = ForwardRequest::Append {
+            group: placement.group,
+            records,
+        };
+        match self
+            .to_leader(placement, request, self.write_timeout)
+            .await?
+        {
             ForwardResponse::Appended(appended) => Ok(appended),
             other => Err(unexpected(other)),
         }
@@ -169,7 +201,13 @@ impl Edge {
         max_bytes: u32,
         timeout_ms: u64,
     ) -> Result<FetchedRecords, ApiError> {
-        let request = ForwardRequest::Fetch { group: placement.group, offset, max_records, max_bytes, timeout_ms };
+        let request = ForwardRequest::Fetch {
+            group: placement.group,
+            offset,
+            max_records,
+            max_bytes,
+            timeout_ms,
+        };
         let local = self.broker.partition(placement.group);
         let served_here = local.as_ref().is_some_and(|handle| {
             let bounds = handle.reader.bounds();
@@ -188,9 +226,15 @@ impl Edge {
         };
         match response {
             ForwardResponse::Fetched(records) => Ok(records),
-            ForwardResponse::OutOfRange { offset, log_start, high_watermark } => {
-                Err(ApiError::OffsetOutOfRange { offset, log_start_offset: log_start, high_watermark })
-            }
+            ForwardResponse::OutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+            } => Err(ApiError::OffsetOutOfRange {
+                offset,
+                log_start_offset: log_start,
+                high_watermark,
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -198,15 +242,19 @@ impl Edge {
     /// A partition's leader, log start and high watermark, from the first replica that
     /// answers (the local one first).
     pub async fn partition_status(&self, placement: &PartitionPlacement) -> Option<ReplicaStatus> {
-        let request = ForwardRequest::PartitionStatus { group: placement.group };
+        let request = ForwardRequest::PartitionStatus {
+            group: placement.group,
+        };
         for target in self.leader_candidates(placement) {
-            if let Delivery::Answered(ForwardResponse::Status(status)) =
-                self.deliver(target, request.clone(), Duration::from_millis(500)).await
+            if let Delivery::Answered(ForwardResponse::Status(status)) = self
+                .deliver(target, request.clone(), Duration::from_millis(500))
+                .await
             {
                 // The leader's own view has the freshest high watermark: ask it too.
                 if let Some(leader) = status.leader.filter(|l| *l != target) {
-                    if let Delivery::Answered(ForwardResponse::Status(fresh)) =
-                        self.deliver(leader, request.clone(), Duration::from_millis(500)).await
+                    if let Delivery::Answered(ForwardResponse::Status(fresh)) = self
+                        .deliver(leader, request.clone(), Duration::from_millis(500))
+                        .await
                     {
                         return Some(fresh);
                     }
@@ -222,17 +270,24 @@ impl Edge {
     /// # Errors
     /// 503 when no controller leader takes it, 504 when the outcome is unknown, and the
     /// controller's own refusals.
-    pub async fn controller(&self, request: ForwardRequest, topic: &str) -> Result<ForwardResponse, ApiError> {
+    pub async fn controller(
+        &self,
+        request: ForwardRequest,
+        topic: &str,
+    ) -> Result<ForwardResponse, ApiError> {
         let me = self.broker.node_id();
         let mut target = self.broker.controller_leader().unwrap_or(me);
         for _ in 0..MAX_ATTEMPTS {
-            match self.deliver(target, request.clone(), self.write_timeout).await {
-                Delivery::Answered(ForwardResponse::Controller(ControllerError::NotLeader { leader })) => {
-                    match leader.filter(|l| *l != target) {
-                        Some(leader) => target = leader,
-                        None => break,
-                    }
-                }
+            match self
+                .deliver(target, request.clone(), self.write_timeout)
+                .await
+            {
+                Delivery::Answered(ForwardResponse::Controller(ControllerError::NotLeader {
+                    leader,
+                })) => match leader.filter(|l| *l != target) {
+                    Some(leader) => target = leader,
+                    None => break,
+                },
                 Delivery::Answered(ForwardResponse::Controller(error)) => {
                     return Err(ApiError::from_controller(error, topic))
                 }
@@ -241,7 +296,9 @@ impl Edge {
                 Delivery::Lost(reason) => return Err(ApiError::OutcomeUnknown { reason }),
             }
         }
-        Err(ApiError::Unavailable { reason: "the controller has no reachable leader".into() })
+        Err(ApiError::Unavailable {
+            reason: "the controller has no reachable leader".into(),
+        })
     }
 
     /// A topic's metadata: this node's copy, or — when missing here, e.g. created an
@@ -253,11 +310,26 @@ impl Edge {
         if let Some(meta) = self.broker.metadata().topics.get(name) {
             return Ok(meta.clone());
         }
-        let not_found = || ApiError::TopicNotFound { topic: name.to_string() };
-        let Some(leader) = self.broker.controller_leader().filter(|l| *l != self.broker.node_id()) else {
+        let not_found = || ApiError::TopicNotFound {
+            topic: name.to_string(),
+        };
+        let Some(leader) = self
+            .broker
+            .controller_leader()
+            .filter(|l| *l != self.broker.node_id())
+        else {
             return Err(not_found());
         };
-        match self.deliver(leader, ForwardRequest::DescribeTopic { name: name.to_string() }, Duration::from_secs(1)).await {
+        match self
+            .deliver(
+                leader,
+                ForwardRequest::DescribeTopic {
+                    name: name.to_string(),
+                },
+                Duration::from_secs(1),
+            )
+            .await
+        {
             Delivery::Answered(ForwardResponse::Topic(Some(meta))) => Ok(meta),
             _ => Err(not_found()),
         }
@@ -268,10 +340,18 @@ fn unexpected(response: ForwardResponse) -> ApiError {
     match response {
         ForwardResponse::Partition(error) => error.into(),
         ForwardResponse::Controller(error) => ApiError::from_controller(error, ""),
-        ForwardResponse::OutOfRange { offset, log_start, high_watermark } => {
-            ApiError::OffsetOutOfRange { offset, log_start_offset: log_start, high_watermark }
-        }
+        ForwardResponse::OutOfRange {
+            offset,
+            log_start,
+            high_watermark,
+        } => ApiError::OffsetOutOfRange {
+            offset,
+            log_start_offset: log_start,
+            high_watermark,
+        },
         ForwardResponse::Broken(detail) => ApiError::Internal { detail },
-        other => ApiError::Internal { detail: format!("unexpected peer answer: {other:?}") },
+        other => ApiError::Internal {
+            detail: format!("unexpected peer answer: {other:?}"),
+        },
     }
 }

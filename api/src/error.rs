@@ -147,15 +147,29 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found", 99),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", 1),
             ApiError::TopicExists { .. } => (StatusCode::CONFLICT, "topic_exists", 1),
-            ApiError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large", 1),
-            ApiError::RequestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", 2),
-            ApiError::TooManyRecords { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_records", 3),
-            ApiError::HeadersTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "headers_too_large", 4),
-            ApiError::UnsupportedMediaType { .. } => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", 1)
+            ApiError::RecordTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large", 1)
             }
-            ApiError::OffsetOutOfRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range", 1),
-            ApiError::InvalidConfig { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", 1),
+            ApiError::RequestTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", 2)
+            }
+            ApiError::TooManyRecords { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_many_records", 3)
+            }
+            ApiError::HeadersTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "headers_too_large", 4)
+            }
+            ApiError::UnsupportedMediaType { .. } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                1,
+            ),
+            ApiError::OffsetOutOfRange { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range", 1)
+            }
+            ApiError::InvalidConfig { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", 1)
+            }
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_available", 1),
             ApiError::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", 1),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
@@ -164,7 +178,10 @@ impl ApiError {
 
     /// True when the same request may succeed later unchanged.
     pub fn retriable(&self) -> bool {
-        matches!(self, ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. })
+        matches!(
+            self,
+            ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. }
+        )
     }
 
     /// The HTTP status (for logs and metrics).
@@ -190,7 +207,12 @@ impl ApiError {
             "message": message,
             "retriable": self.retriable(),
         });
-        if let ApiError::OffsetOutOfRange { log_start_offset, high_watermark, .. } = self {
+        if let ApiError::OffsetOutOfRange {
+            log_start_offset,
+            high_watermark,
+            ..
+        } = self
+        {
             body["log_start_offset"] = json!(log_start_offset);
             body["high_watermark"] = json!(high_watermark);
         }
@@ -217,14 +239,18 @@ impl IntoResponse for ApiError {
 impl From<PartitionError> for ApiError {
     fn from(error: PartitionError) -> Self {
         match error {
-            PartitionError::NotLeader { .. } | PartitionError::NoReplica => {
-                ApiError::Unavailable { reason: "the partition has no reachable leader".into() }
-            }
-            PartitionError::NoQuorum => {
-                ApiError::Unavailable { reason: "the partition leader cannot reach a quorum".into() }
-            }
-            PartitionError::Unavailable { reason } => ApiError::Unavailable { reason: reason.into() },
-            PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason: reason.into() },
+            PartitionError::NotLeader { .. } | PartitionError::NoReplica => ApiError::Unavailable {
+                reason: "the partition has no reachable leader".into(),
+            },
+            PartitionError::NoQuorum => ApiError::Unavailable {
+                reason: "the partition leader cannot reach a quorum".into(),
+            },
+            PartitionError::Unavailable { reason } => ApiError::Unavailable {
+                reason: reason.into(),
+            },
+            PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown {
+                reason: reason.into(),
+            },
         }
     }
 }
@@ -234,11 +260,19 @@ impl ApiError {
     pub fn from_controller(error: ControllerError, topic: &str) -> Self {
         match error {
             ControllerError::NotLeader { .. } | ControllerError::NoQuorum => {
-                ApiError::Unavailable { reason: "the controller has no reachable leader".into() }
+                ApiError::Unavailable {
+                    reason: "the controller has no reachable leader".into(),
+                }
             }
-            ControllerError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason: reason.into() },
-            ControllerError::TopicExists => ApiError::TopicExists { topic: topic.into() },
-            ControllerError::TopicNotFound => ApiError::TopicNotFound { topic: topic.into() },
+            ControllerError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown {
+                reason: reason.into(),
+            },
+            ControllerError::TopicExists => ApiError::TopicExists {
+                topic: topic.into(),
+            },
+            ControllerError::TopicNotFound => ApiError::TopicNotFound {
+                topic: topic.into(),
+            },
             ControllerError::Invalid(message) => ApiError::InvalidConfig { message },
         }
     }

@@ -33,7 +33,10 @@ pub const MAX_TIMEOUT_MS: u64 = 30_000;
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/topics/{topic}/partitions/{partition}/records", get(fetch))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(fetch),
+        )
         .with_state(state)
 }
 
@@ -48,9 +51,9 @@ struct FetchParams {
 fn number<T: std::str::FromStr>(name: &str, raw: Option<&str>, default: T) -> Result<T, ApiError> {
     match raw {
         None => Ok(default),
-        Some(text) => text
-            .parse()
-            .map_err(|_| ApiError::InvalidRequest { message: format!("{name} must be a non-negative integer, not '{text}'") }),
+        Some(text) => text.parse().map_err(|_| ApiError::InvalidRequest {
+            message: format!("{name} must be a non-negative integer, not '{text}'"),
+        }),
     }
 }
 
@@ -62,9 +65,14 @@ pub fn parse_offset(raw: Option<&str>) -> Result<OffsetSpec, ApiError> {
     match raw {
         None | Some("earliest") => Ok(OffsetSpec::Earliest),
         Some("latest") => Ok(OffsetSpec::Latest),
-        Some(text) => text.parse().map(OffsetSpec::At).map_err(|_| ApiError::InvalidRequest {
-            message: format!("offset must be a non-negative integer, 'earliest' or 'latest', not '{text}'"),
-        }),
+        Some(text) => text
+            .parse()
+            .map(OffsetSpec::At)
+            .map_err(|_| ApiError::InvalidRequest {
+                message: format!(
+                    "offset must be a non-negative integer, 'earliest' or 'latest', not '{text}'"
+                ),
+            }),
     }
 }
 
@@ -73,11 +81,14 @@ pub fn parse_offset(raw: Option<&str>) -> Result<OffsetSpec, ApiError> {
 /// # Errors
 /// 400 when not a number, 404 when out of range.
 pub fn parse_partition(topic: &str, raw: &str, partitions: u32) -> Result<u32, ApiError> {
-    let partition: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::InvalidRequest { message: format!("partition must be a non-negative integer, not '{raw}'") })?;
+    let partition: u64 = raw.parse().map_err(|_| ApiError::InvalidRequest {
+        message: format!("partition must be a non-negative integer, not '{raw}'"),
+    })?;
     if partition >= u64::from(partitions) {
-        return Err(ApiError::PartitionNotFound { topic: topic.to_string(), partition });
+        return Err(ApiError::PartitionNotFound {
+            topic: topic.to_string(),
+            partition,
+        });
     }
     Ok(partition as u32)
 }
@@ -91,15 +102,31 @@ async fn fetch(
     let meta = state.edge.topic(&topic).await?;
     let partition = parse_partition(&topic, &partition, meta.config.partitions)?;
     let offset = parse_offset(params.offset.as_deref())?;
-    let max_records = number("max_records", params.max_records.as_deref(), DEFAULT_MAX_RECORDS)?.clamp(1, MAX_MAX_RECORDS);
-    let max_bytes = number("max_bytes", params.max_bytes.as_deref(), DEFAULT_MAX_BYTES)?.clamp(1, MAX_MAX_BYTES);
+    let max_records = number(
+        "max_records",
+        params.max_records.as_deref(),
+        DEFAULT_MAX_RECORDS,
+    )?
+    .clamp(1, MAX_MAX_RECORDS);
+    let max_bytes = number("max_bytes", params.max_bytes.as_deref(), DEFAULT_MAX_BYTES)?
+        .clamp(1, MAX_MAX_BYTES);
     let timeout_ms = number("timeout_ms", params.timeout_ms.as_deref(), 0u64)?.min(MAX_TIMEOUT_MS);
     let placement = &meta.partitions[partition as usize];
-    let fetched = state.edge.fetch(placement, offset, max_records, max_bytes, timeout_ms).await?;
-    state.metrics.records_fetched.with_label_values(&[&topic]).inc_by(u64::from(fetched.count));
+    let fetched = state
+        .edge
+        .fetch(placement, offset, max_records, max_bytes, timeout_ms)
+        .await?;
+    state
+        .metrics
+        .records_fetched
+        .with_label_values(&[&topic])
+        .inc_by(u64::from(fetched.count));
     let body = render(&topic, partition, &fetched)?;
     let mut response = body.into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 
@@ -112,22 +139,38 @@ pub fn render(topic: &str, partition: u32, fetched: &FetchedRecords) -> Result<V
     out.extend_from_slice(b"{\"records\":[");
     let mut offset = fetched.first_offset;
     for (i, record) in RecordIter::run(&fetched.bytes).enumerate() {
-        let record = record.map_err(|e| ApiError::Internal { detail: format!("stored record: {e}") })?;
+        let record = record.map_err(|e| ApiError::Internal {
+            detail: format!("stored record: {e}"),
+        })?;
         if i > 0 {
             out.push(b',');
         }
         write_record(&mut out, topic, partition, offset, &record);
         offset += 1;
     }
-    let _ = write!(out, "],\"next_offset\":{offset},\"high_watermark\":{}}}", fetched.high_watermark);
+    let _ = write!(
+        out,
+        "],\"next_offset\":{offset},\"high_watermark\":{}}}",
+        fetched.high_watermark
+    );
     Ok(out)
 }
 
 /// Writes one record object. Writing into a `Vec` cannot fail.
-pub fn write_record(out: &mut Vec<u8>, topic: &str, partition: u32, offset: u64, record: &RecordView<'_>) {
+pub fn write_record(
+    out: &mut Vec<u8>,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    record: &RecordView<'_>,
+) {
     out.extend_from_slice(b"{\"topic\":");
     let _ = serde_json::to_writer(&mut *out, topic);
-    let _ = write!(out, ",\"partition\":{partition},\"offset\":{offset},\"timestamp_ms\":{},\"key\":", record.timestamp_ms);
+    let _ = write!(
+        out,
+        ",\"partition\":{partition},\"offset\":{offset},\"timestamp_ms\":{},\"key\":",
+        record.timestamp_ms
+    );
     write_bytes(out, record.kind, record.key);
     out.extend_from_slice(b",\"value\":");
     match (record.kind, record.value) {
@@ -155,7 +198,11 @@ fn write_bytes(out: &mut Vec<u8>, kind: ValueKind, bytes: Option<&[u8]>) {
         None => out.extend_from_slice(b"null"),
         Some(bytes) if kind == ValueKind::Binary => {
             out.push(b'"');
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(bytes).as_bytes());
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .as_bytes(),
+            );
             out.push(b'"');
         }
         Some(bytes) => {
@@ -181,12 +228,31 @@ mod tests {
                 value: Some(Bytes::from_static(b"{\"a\":[1,2]}")),
                 headers: vec![("h".into(), Bytes::from_static(b"v"))],
             },
-            Record { timestamp_ms: 6, kind: ValueKind::Binary, key: None, value: Some(Bytes::from_static(&[0, 255])), headers: vec![] },
-            Record { timestamp_ms: 7, kind: ValueKind::String, key: None, value: None, headers: vec![] },
+            Record {
+                timestamp_ms: 6,
+                kind: ValueKind::Binary,
+                key: None,
+                value: Some(Bytes::from_static(&[0, 255])),
+                headers: vec![],
+            },
+            Record {
+                timestamp_ms: 7,
+                kind: ValueKind::String,
+                key: None,
+                value: None,
+                headers: vec![],
+            },
         ];
         let encoded = EncodedRecords::encode(&records).unwrap();
-        let fetched = FetchedRecords { first_offset: 10, count: 3, bytes: encoded.bytes, log_start: 0, high_watermark: 13 };
-        let body: serde_json::Value = serde_json::from_slice(&render("t", 2, &fetched).unwrap()).unwrap();
+        let fetched = FetchedRecords {
+            first_offset: 10,
+            count: 3,
+            bytes: encoded.bytes,
+            log_start: 0,
+            high_watermark: 13,
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&render("t", 2, &fetched).unwrap()).unwrap();
         assert_eq!(body["next_offset"], 13);
         assert_eq!(body["records"][0]["offset"], 10);
         assert_eq!(body["records"][0]["key"], "k\"1");

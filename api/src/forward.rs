@@ -125,13 +125,19 @@ pub enum ForwardResponse {
 /// Serves a request on this node's replicas.
 pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardResponse {
     match request {
-        ForwardRequest::Append { group, records } => match broker.append_local(group, records).await {
-            Ok(appended) => ForwardResponse::Appended(appended),
-            Err(error) => ForwardResponse::Partition(error),
-        },
-        ForwardRequest::Fetch { group, offset, max_records, max_bytes, timeout_ms } => {
-            fetch_local(broker, group, offset, max_records, max_bytes, timeout_ms).await
+        ForwardRequest::Append { group, records } => {
+            match broker.append_local(group, records).await {
+                Ok(appended) => ForwardResponse::Appended(appended),
+                Err(error) => ForwardResponse::Partition(error),
+            }
         }
+        ForwardRequest::Fetch {
+            group,
+            offset,
+            max_records,
+            max_bytes,
+            timeout_ms,
+        } => fetch_local(broker, group, offset, max_records, max_bytes, timeout_ms).await,
         ForwardRequest::PartitionStatus { group } => match broker.partition(group) {
             Some(handle) => {
                 let bounds = handle.reader.bounds();
@@ -143,10 +149,12 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
             }
             None => ForwardResponse::Partition(PartitionError::NoReplica),
         },
-        ForwardRequest::CreateTopic { name, config } => match broker.create_topic(name, config).await {
-            Ok(meta) => ForwardResponse::Topic(Some(meta)),
-            Err(error) => ForwardResponse::Controller(error),
-        },
+        ForwardRequest::CreateTopic { name, config } => {
+            match broker.create_topic(name, config).await {
+                Ok(meta) => ForwardResponse::Topic(Some(meta)),
+                Err(error) => ForwardResponse::Controller(error),
+            }
+        }
         ForwardRequest::DeleteTopic { name } => match broker.delete_topic(name).await {
             Ok(()) => ForwardResponse::Done,
             Err(error) => ForwardResponse::Controller(error),
@@ -200,10 +208,18 @@ async fn fetch_local(
     }
     match handle.reader.read(offset, max_records, max_bytes as usize) {
         Ok(records) => ForwardResponse::Fetched(records),
-        Err(ReadError::OutOfRange { offset, log_start, high_watermark }) => {
-            ForwardResponse::OutOfRange { offset, log_start, high_watermark }
-        }
-        Err(ReadError::NotReady) => ForwardResponse::Partition(PartitionError::Unavailable { reason: "replica opening" }),
+        Err(ReadError::OutOfRange {
+            offset,
+            log_start,
+            high_watermark,
+        }) => ForwardResponse::OutOfRange {
+            offset,
+            log_start,
+            high_watermark,
+        },
+        Err(ReadError::NotReady) => ForwardResponse::Partition(PartitionError::Unavailable {
+            reason: "replica opening".into(),
+        }),
         Err(ReadError::Storage(detail)) => {
             tracing::error!(group, cause = %detail, "stored batch unreadable");
             ForwardResponse::Broken(detail)
@@ -240,5 +256,7 @@ impl PeerService for ForwardService {
 /// Encodes a request or response for the transport. Encoding these types only fails
 /// when out of memory; an empty body then decodes as an error on the other side.
 pub fn encode<T: Serialize>(message: &T) -> Bytes {
-    postcard::to_stdvec(message).map(Bytes::from).unwrap_or_default()
+    postcard::to_stdvec(message)
+        .map(Bytes::from)
+        .unwrap_or_default()
 }

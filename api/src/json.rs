@@ -10,7 +10,13 @@ use crate::error::ApiError;
 /// The request's media type, lower-cased, without parameters (`application/json`).
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
     let raw = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(
+        raw.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// Requires `application/json` (or no Content-Type at all, as curl `-d` users forget it
@@ -34,5 +40,7 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 /// 415 for a non-JSON media type, 400 `invalid_json` for a malformed body.
 pub fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
     require_json(headers)?;
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { message: format!("invalid JSON body: {e}") })
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson {
+        message: format!("invalid JSON body: {e}"),
+    })
 }

@@ -47,18 +47,22 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, observe))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let route = request
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
-            tracing::debug_span!("http", method = %request.method(), matched_path = %route)
-        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                tracing::debug_span!("http", method = %request.method(), matched_path = %route)
+            }),
+        )
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::RouteNotFound { path: uri.path().to_string() }
+    ApiError::RouteNotFound {
+        path: uri.path().to_string(),
+    }
 }
 
 async fn method_not_allowed(_method: Method) -> ApiError {
@@ -74,7 +78,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(request).await.into_response();
-    state.metrics.http_latency.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_latency
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .http_requests

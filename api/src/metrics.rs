@@ -1,7 +1,9 @@
 //! Prometheus metrics (`GET /metrics`). Counters are bumped on the request path;
 //! per-partition gauges are read from the local replicas at scrape time.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The node's metrics.
 pub struct Metrics {
@@ -29,9 +31,11 @@ impl Metrics {
     /// Never in practice: metric names and labels are constants checked by the tests.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let http_requests =
-            IntCounterVec::new(Opts::new("psubd_http_requests_total", "HTTP requests"), &["route", "status"])
-                .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new("psubd_http_requests_total", "HTTP requests"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
         let http_latency = HistogramVec::new(
             HistogramOpts::new("psubd_http_request_seconds", "HTTP request latency").buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
@@ -39,24 +43,37 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
-        let records_published =
-            IntCounterVec::new(Opts::new("psubd_records_published_total", "Records published"), &["topic"])
-                .expect("valid metric");
-        let records_fetched =
-            IntCounterVec::new(Opts::new("psubd_records_fetched_total", "Records fetched"), &["topic"])
-                .expect("valid metric");
+        let records_published = IntCounterVec::new(
+            Opts::new("psubd_records_published_total", "Records published"),
+            &["topic"],
+        )
+        .expect("valid metric");
+        let records_fetched = IntCounterVec::new(
+            Opts::new("psubd_records_fetched_total", "Records fetched"),
+            &["topic"],
+        )
+        .expect("valid metric");
         let high_watermark = IntGaugeVec::new(
-            Opts::new("psubd_partition_high_watermark", "High watermark of local replicas"),
+            Opts::new(
+                "psubd_partition_high_watermark",
+                "High watermark of local replicas",
+            ),
             &["topic", "partition"],
         )
         .expect("valid metric");
         let partition_leader = IntGaugeVec::new(
-            Opts::new("psubd_partition_leader", "1 when this node leads the partition"),
+            Opts::new(
+                "psubd_partition_leader",
+                "1 when this node leads the partition",
+            ),
             &["topic", "partition"],
         )
         .expect("valid metric");
-        let disk_bytes = IntGaugeVec::new(Opts::new("psubd_disk_bytes", "Database bytes on disk"), &["node"])
-            .expect("valid metric");
+        let disk_bytes = IntGaugeVec::new(
+            Opts::new("psubd_disk_bytes", "Database bytes on disk"),
+            &["node"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -66,7 +83,9 @@ impl Metrics {
             Box::new(partition_leader.clone()),
             Box::new(disk_bytes.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,
@@ -102,7 +121,10 @@ mod tests {
     #[test]
     fn every_metric_registers_and_renders() {
         let metrics = Metrics::new();
-        metrics.records_published.with_label_values(&["orders"]).inc_by(3);
+        metrics
+            .records_published
+            .with_label_values(&["orders"])
+            .inc_by(3);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains("psubd_records_published_total{topic=\"orders\"} 3"));
     }

@@ -111,37 +111,58 @@ fn parse_acks(raw: Option<&str>) -> Result<AcksParam, ApiError> {
         None | Some("all") | Some("-1") => Ok(AcksParam::All),
         Some("1") => Ok(AcksParam::Leader),
         Some("0") => Ok(AcksParam::None),
-        Some(other) => Err(ApiError::InvalidRequest { message: format!("acks must be all, 1 or 0, not '{other}'") }),
+        Some(other) => Err(ApiError::InvalidRequest {
+            message: format!("acks must be all, 1 or 0, not '{other}'"),
+        }),
     }
 }
 
 /// FNV-1a: a stable hash, so a key maps to the same partition on every node and release.
 fn key_hash(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
-fn choose_partition(state: &AppState, topic: &TopicMeta, explicit: Option<i64>, key: Option<&[u8]>) -> Result<u32, ApiError> {
+fn choose_partition(
+    state: &AppState,
+    topic: &TopicMeta,
+    explicit: Option<i64>,
+    key: Option<&[u8]>,
+) -> Result<u32, ApiError> {
     let count = topic.config.partitions;
     match (explicit, key) {
         (Some(p), _) => {
             if p < 0 || p >= i64::from(count) {
-                return Err(ApiError::PartitionNotFound { topic: topic.name.clone(), partition: p.max(0) as u64 });
+                return Err(ApiError::PartitionNotFound {
+                    topic: topic.name.clone(),
+                    partition: p.max(0) as u64,
+                });
             }
             Ok(p as u32)
         }
         (None, Some(key)) => Ok((key_hash(key) % u64::from(count)) as u32),
-        (None, None) => Ok((state.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32),
+        (None, None) => {
+            Ok((state.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32)
+        }
     }
 }
 
 fn check_sizes(limits: &Limits, record: &Record) -> Result<(), ApiError> {
-    let size = record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len());
+    let size =
+        record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len());
     if size > limits.max_record_bytes {
-        return Err(ApiError::RecordTooLarge { size, limit: limits.max_record_bytes });
+        return Err(ApiError::RecordTooLarge {
+            size,
+            limit: limits.max_record_bytes,
+        });
     }
     let header_size: usize = record.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     if header_size > limits.max_header_bytes {
-        return Err(ApiError::HeadersTooLarge { size: header_size, limit: limits.max_header_bytes });
+        return Err(ApiError::HeadersTooLarge {
+            size: header_size,
+            limit: limits.max_header_bytes,
+        });
     }
     Ok(())
 }
@@ -150,22 +171,34 @@ fn decode_base64(what: &str, text: &str) -> Result<Bytes, ApiError> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map(Bytes::from)
-        .map_err(|e| ApiError::InvalidRequest { message: format!("{what} is not valid base64: {e}") })
+        .map_err(|e| ApiError::InvalidRequest {
+            message: format!("{what} is not valid base64: {e}"),
+        })
 }
 
-fn to_record(state: &AppState, topic: &TopicMeta, encoding: Encoding, raw: PublishRecord<'_>) -> Result<Routed, ApiError> {
+fn to_record(
+    state: &AppState,
+    topic: &TopicMeta,
+    encoding: Encoding,
+    raw: PublishRecord<'_>,
+) -> Result<Routed, ApiError> {
     let (kind, key, value) = match encoding {
         Encoding::Json => (
             ValueKind::Json,
             raw.key.map(Bytes::from),
-            raw.value.map(|v| Bytes::copy_from_slice(v.get().as_bytes())),
+            raw.value
+                .map(|v| Bytes::copy_from_slice(v.get().as_bytes())),
         ),
         Encoding::String => {
             let value = match raw.value {
                 None => None,
-                Some(v) => Some(Bytes::from(serde_json::from_str::<String>(v.get()).map_err(|_| {
-                    ApiError::InvalidRequest { message: "with encoding 'string', value must be a JSON string".into() }
-                })?)),
+                Some(v) => Some(Bytes::from(
+                    serde_json::from_str::<String>(v.get()).map_err(|_| {
+                        ApiError::InvalidRequest {
+                            message: "with encoding 'string', value must be a JSON string".into(),
+                        }
+                    })?,
+                )),
             };
             (ValueKind::String, raw.key.map(Bytes::from), value)
         }
@@ -173,13 +206,19 @@ fn to_record(state: &AppState, topic: &TopicMeta, encoding: Encoding, raw: Publi
             let value = match raw.value {
                 None => None,
                 Some(v) => {
-                    let text = serde_json::from_str::<String>(v.get()).map_err(|_| ApiError::InvalidRequest {
-                        message: "with encoding 'base64', value must be a base64 string".into(),
+                    let text = serde_json::from_str::<String>(v.get()).map_err(|_| {
+                        ApiError::InvalidRequest {
+                            message: "with encoding 'base64', value must be a base64 string".into(),
+                        }
                     })?;
                     Some(decode_base64("value", &text)?)
                 }
             };
-            let key = raw.key.as_deref().map(|k| decode_base64("key", k)).transpose()?;
+            let key = raw
+                .key
+                .as_deref()
+                .map(|k| decode_base64("key", k))
+                .transpose()?;
             (ValueKind::Binary, key, value)
         }
     };
@@ -203,7 +242,9 @@ fn to_record(state: &AppState, topic: &TopicMeta, encoding: Encoding, raw: Publi
 async fn read_body(limits: &Limits, body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limits.max_request_bytes)
         .await
-        .map_err(|_| ApiError::RequestTooLarge { limit: limits.max_request_bytes })
+        .map_err(|_| ApiError::RequestTooLarge {
+            limit: limits.max_request_bytes,
+        })
 }
 
 /// One record's delivery report.
@@ -224,8 +265,9 @@ async fn append_all(state: &AppState, topic: &TopicMeta, routed: Vec<Routed>) ->
         let records: Vec<Record> = indexes.iter().map(|i| routed[*i].record.clone()).collect();
         let placement = &topic.partitions[*partition as usize];
         async move {
-            let encoded = EncodedRecords::encode(&records)
-                .map_err(|e| ApiError::Internal { detail: format!("record encoding: {e}") })?;
+            let encoded = EncodedRecords::encode(&records).map_err(|e| ApiError::Internal {
+                detail: format!("record encoding: {e}"),
+            })?;
             state.edge.append(placement, encoded).await
         }
     });
@@ -237,29 +279,47 @@ async fn append_all(state: &AppState, topic: &TopicMeta, routed: Vec<Routed>) ->
                 Ok(appended) => Ok(appended.base_offset + position as u64),
                 Err(error) => Err(clone_error(error)),
             };
-            reports[index] = Some(Delivered { partition, result, timestamp_ms: routed[index].record.timestamp_ms });
+            reports[index] = Some(Delivered {
+                partition,
+                result,
+                timestamp_ms: routed[index].record.timestamp_ms,
+            });
         }
     }
     state
         .metrics
         .records_published
         .with_label_values(&[&topic.name])
-        .inc_by(reports.iter().flatten().filter(|d| d.result.is_ok()).count() as u64);
+        .inc_by(
+            reports
+                .iter()
+                .flatten()
+                .filter(|d| d.result.is_ok())
+                .count() as u64,
+        );
     reports.into_iter().flatten().collect()
 }
 
 /// Errors are reported once per record; this rebuilds one for each.
 fn clone_error(error: &ApiError) -> ApiError {
     match error {
-        ApiError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason: reason.clone() },
-        ApiError::Unavailable { reason } => ApiError::Unavailable { reason: reason.clone() },
-        other => ApiError::Internal { detail: other.to_string() },
+        ApiError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown {
+            reason: reason.clone(),
+        },
+        ApiError::Unavailable { reason } => ApiError::Unavailable {
+            reason: reason.clone(),
+        },
+        other => ApiError::Internal {
+            detail: other.to_string(),
+        },
     }
 }
 
 fn report_json(d: &Delivered) -> serde_json::Value {
     match &d.result {
-        Ok(offset) => json!({"partition": d.partition, "offset": offset, "timestamp_ms": d.timestamp_ms}),
+        Ok(offset) => {
+            json!({"partition": d.partition, "offset": offset, "timestamp_ms": d.timestamp_ms})
+        }
         Err(error) => {
             let mut body = error.body();
             body["partition"] = json!(d.partition);
@@ -278,7 +338,12 @@ fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {
     let offsets: Vec<serde_json::Value> = reports.iter().map(report_json).collect();
     let mut response = (StatusCode::OK, Json(json!({ "offsets": offsets }))).into_response();
     if raw_mode {
-        if let Some(Delivered { partition, result: Ok(offset), .. }) = reports.first() {
+        if let Some(Delivered {
+            partition,
+            result: Ok(offset),
+            ..
+        }) = reports.first()
+        {
             let headers = response.headers_mut();
             headers.insert("x-partition", HeaderValue::from(*partition));
             headers.insert("x-offset", HeaderValue::from(*offset));
@@ -316,27 +381,48 @@ async fn publish(
             .or(params.key.map(Bytes::from));
         let partition = params
             .partition
-            .map(|p| p.parse::<i64>().map_err(|_| ApiError::InvalidRequest { message: format!("partition must be an integer, not '{p}'") }))
+            .map(|p| {
+                p.parse::<i64>().map_err(|_| ApiError::InvalidRequest {
+                    message: format!("partition must be an integer, not '{p}'"),
+                })
+            })
             .transpose()?;
         let kind = if media.as_deref() == Some("text/plain") {
-            std::str::from_utf8(&body).map_err(|_| ApiError::InvalidRequest { message: "text/plain body is not UTF-8".into() })?;
+            std::str::from_utf8(&body).map_err(|_| ApiError::InvalidRequest {
+                message: "text/plain body is not UTF-8".into(),
+            })?;
             ValueKind::String
         } else {
             ValueKind::Binary
         };
         let partition = choose_partition(&state, &meta, partition, key.as_deref())?;
-        let record = Record { timestamp_ms: now_ms(), kind, key, value: Some(body), headers: Vec::new() };
+        let record = Record {
+            timestamp_ms: now_ms(),
+            kind,
+            key,
+            value: Some(body),
+            headers: Vec::new(),
+        };
         check_sizes(&state.limits, &record)?;
         vec![Routed { partition, record }]
     } else {
-        let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson { message: "body is not UTF-8".into() })?;
+        let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson {
+            message: "body is not UTF-8".into(),
+        })?;
         let parsed: PublishBody<'_> =
-            serde_json::from_str(text).map_err(|e| ApiError::InvalidJson { message: format!("invalid JSON body: {e}") })?;
+            serde_json::from_str(text).map_err(|e| ApiError::InvalidJson {
+                message: format!("invalid JSON body: {e}"),
+            })?;
         if parsed.records.len() > state.limits.max_records_per_request {
-            return Err(ApiError::TooManyRecords { count: parsed.records.len(), limit: state.limits.max_records_per_request });
+            return Err(ApiError::TooManyRecords {
+                count: parsed.records.len(),
+                limit: state.limits.max_records_per_request,
+            });
         }
         if parsed.records.is_empty() {
-            return Err(ApiError::InvalidRequest { message: "records must not be empty".into() });
+            return Err(ApiError::InvalidRequest {
+                message: "records must not be empty".into(),
+            });
         }
         let encoding = params.encoding.unwrap_or(parsed.encoding);
         parsed
@@ -346,7 +432,15 @@ async fn publish(
             .collect::<Result<Vec<_>, _>>()?
     };
     if acks == AcksParam::None {
-        let permit = state.unacked.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable { reason: "node shutting down".into() })?;
+        let permit =
+            state
+                .unacked
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::Unavailable {
+                    reason: "node shutting down".into(),
+                })?;
         let count = routed.len();
         let background = state.clone();
         tokio::spawn(async move {
@@ -389,10 +483,15 @@ async fn publish_stream(
                 let report = match line {
                     Ok(line) if line.trim().is_empty() => return None,
                     Ok(line) => publish_line(&state, &meta, encoding, &line).await,
-                    Err(LinesCodecError::MaxLineLengthExceeded) => {
-                        ApiError::RecordTooLarge { size: max_line, limit: state.limits.max_record_bytes }.body()
+                    Err(LinesCodecError::MaxLineLengthExceeded) => ApiError::RecordTooLarge {
+                        size: max_line,
+                        limit: state.limits.max_record_bytes,
                     }
-                    Err(LinesCodecError::Io(e)) => ApiError::InvalidRequest { message: format!("reading the stream: {e}") }.body(),
+                    .body(),
+                    Err(LinesCodecError::Io(e)) => ApiError::InvalidRequest {
+                        message: format!("reading the stream: {e}"),
+                    }
+                    .body(),
                 };
                 let mut out = serde_json::to_vec(&report).unwrap_or_default();
                 out.push(b'\n');
@@ -402,16 +501,27 @@ async fn publish_stream(
         .buffered(STREAM_PIPELINE)
         .filter_map(|r| async move { r });
     let mut response = Response::new(Body::from_stream(reports));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     Ok(response)
 }
 
-async fn publish_line(state: &AppState, meta: &TopicMeta, encoding: Encoding, line: &str) -> serde_json::Value {
+async fn publish_line(
+    state: &AppState,
+    meta: &TopicMeta,
+    encoding: Encoding,
+    line: &str,
+) -> serde_json::Value {
     let parsed = match serde_json::from_str::<PublishRecord<'_>>(line) {
         Ok(parsed) => parsed,
-        Err(e) => return ApiError::InvalidJson { message: format!("invalid JSON line: {e}") }.body(),
+        Err(e) => {
+            return ApiError::InvalidJson {
+                message: format!("invalid JSON line: {e}"),
+            }
+            .body()
+        }
     };
     let routed = match to_record(state, meta, encoding, parsed) {
         Ok(routed) => routed,
@@ -419,7 +529,10 @@ async fn publish_line(state: &AppState, meta: &TopicMeta, encoding: Encoding, li
     };
     match append_all(state, meta, vec![routed]).await.first() {
         Some(report) => report_json(report),
-        None => ApiError::Internal { detail: "no delivery report".into() }.body(),
+        None => ApiError::Internal {
+            detail: "no delivery report".into(),
+        }
+        .body(),
     }
 }
 

@@ -6,7 +6,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use psubd_actors::topic::{is_internal, validate_name, CleanupPolicy, TopicConfig, TopicMeta, DEFAULT_RETENTION_MS, MAX_PARTITIONS};
+use psubd_actors::topic::{
+    is_internal, validate_name, CleanupPolicy, TopicConfig, TopicMeta, DEFAULT_RETENTION_MS,
+    MAX_PARTITIONS,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::instrument;
@@ -81,31 +84,49 @@ impl From<&TopicMeta> for TopicView {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::InvalidConfig { message: message.into() }
+    ApiError::InvalidConfig {
+        message: message.into(),
+    }
 }
 
 fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig), ApiError> {
     validate_name("topic", &request.name).map_err(|e| ApiError::InvalidName { message: e.0 })?;
     if is_internal(&request.name) {
-        return Err(ApiError::InvalidName { message: "topic names starting with '__' are reserved".into() });
+        return Err(ApiError::InvalidName {
+            message: "topic names starting with '__' are reserved".into(),
+        });
     }
     if !(1..=i64::from(MAX_PARTITIONS)).contains(&request.partitions) {
-        return Err(invalid(format!("partitions must be between 1 and {MAX_PARTITIONS}")));
+        return Err(invalid(format!(
+            "partitions must be between 1 and {MAX_PARTITIONS}"
+        )));
     }
-    let rf = request.replication_factor.unwrap_or(i64::from(DEFAULT_REPLICATION_FACTOR).min(nodes as i64));
+    let rf = request
+        .replication_factor
+        .unwrap_or(i64::from(DEFAULT_REPLICATION_FACTOR).min(nodes as i64));
     if rf < 1 || rf > nodes as i64 {
-        return Err(invalid(format!("replication_factor must be between 1 and the {nodes} nodes of the cluster")));
+        return Err(invalid(format!(
+            "replication_factor must be between 1 and the {nodes} nodes of the cluster"
+        )));
     }
     if request.retention_ms < -1 || request.retention_ms == 0 {
-        return Err(invalid("retention_ms must be positive, or -1 for unlimited"));
+        return Err(invalid(
+            "retention_ms must be positive, or -1 for unlimited",
+        ));
     }
     if request.retention_bytes < -1 || request.retention_bytes == 0 {
-        return Err(invalid("retention_bytes must be positive, or -1 for unlimited"));
+        return Err(invalid(
+            "retention_bytes must be positive, or -1 for unlimited",
+        ));
     }
     let cleanup_policy = match request.cleanup_policy.as_deref() {
         None | Some("delete") => CleanupPolicy::Delete,
         Some("compact") => CleanupPolicy::Compact,
-        Some(other) => return Err(invalid(format!("cleanup_policy must be 'delete' or 'compact', not '{other}'"))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "cleanup_policy must be 'delete' or 'compact', not '{other}'"
+            )))
+        }
     };
     Ok((
         request.name,
@@ -120,42 +141,87 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
 }
 
 #[instrument(skip_all)]
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: CreateTopic = json::parse(&headers, &body)?;
     let nodes = state.broker().raft_node().peers().len();
     let (name, config) = validate(request, nodes)?;
     let response = state
         .edge
-        .controller(ForwardRequest::CreateTopic { name: name.clone(), config }, &name)
+        .controller(
+            ForwardRequest::CreateTopic {
+                name: name.clone(),
+                config,
+            },
+            &name,
+        )
         .await?;
     match response {
-        ForwardResponse::Topic(Some(meta)) => Ok((StatusCode::CREATED, Json(TopicView::from(&meta))).into_response()),
-        other => Err(ApiError::Internal { detail: format!("create topic answered {other:?}") }),
+        ForwardResponse::Topic(Some(meta)) => {
+            Ok((StatusCode::CREATED, Json(TopicView::from(&meta))).into_response())
+        }
+        other => Err(ApiError::Internal {
+            detail: format!("create topic answered {other:?}"),
+        }),
     }
 }
 
 async fn list(State(state): State<AppState>) -> Json<Vec<TopicView>> {
     let metadata = state.broker().metadata();
-    Json(metadata.topics.values().filter(|t| !is_internal(&t.name)).map(TopicView::from).collect())
+    Json(
+        metadata
+            .topics
+            .values()
+            .filter(|t| !is_internal(&t.name))
+            .map(TopicView::from)
+            .collect(),
+    )
 }
 
-async fn describe(State(state): State<AppState>, Path(topic): Path<String>) -> Result<Json<TopicView>, ApiError> {
+async fn describe(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<TopicView>, ApiError> {
     let meta = state.edge.topic(&topic).await?;
     Ok(Json(TopicView::from(&meta)))
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
-async fn delete(State(state): State<AppState>, Path(topic): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if is_internal(&topic) {
-        return Err(ApiError::InvalidName { message: "internal topics cannot be deleted".into() });
+        return Err(ApiError::InvalidName {
+            message: "internal topics cannot be deleted".into(),
+        });
     }
-    state.edge.controller(ForwardRequest::DeleteTopic { name: topic.clone() }, &topic).await?;
+    state
+        .edge
+        .controller(
+            ForwardRequest::DeleteTopic {
+                name: topic.clone(),
+            },
+            &topic,
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn partitions(State(state): State<AppState>, Path(topic): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn partitions(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let meta = state.edge.topic(&topic).await?;
-    let statuses = futures::future::join_all(meta.partitions.iter().map(|p| state.edge.partition_status(p))).await;
+    let statuses = futures::future::join_all(
+        meta.partitions
+            .iter()
+            .map(|p| state.edge.partition_status(p)),
+    )
+    .await;
     let rows: Vec<serde_json::Value> = meta
         .partitions
         .iter()

@@ -29,7 +29,9 @@ pub enum ConfigError {
         entry: String,
     },
     /// The node's own id is missing from `--peers`.
-    #[error("--id {id} must appear in --peers (every node lists the whole cluster, itself included)")]
+    #[error(
+        "--id {id} must appear in --peers (every node lists the whole cluster, itself included)"
+    )]
     SelfNotInPeers {
         /// The id.
         id: NodeId,
@@ -47,9 +49,14 @@ pub fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigErro
     raw.split(',')
         .filter(|e| !e.trim().is_empty())
         .map(|entry| {
-            let bad = || ConfigError::BadPeer { entry: entry.to_string() };
+            let bad = || ConfigError::BadPeer {
+                entry: entry.to_string(),
+            };
             let (id, addr) = entry.trim().split_once('=').ok_or_else(bad)?;
-            Ok((id.trim().parse().map_err(|_| bad())?, addr.trim().parse().map_err(|_| bad())?))
+            Ok((
+                id.trim().parse().map_err(|_| bad())?,
+                addr.trim().parse().map_err(|_| bad())?,
+            ))
         })
         .collect()
 }
@@ -117,7 +124,9 @@ impl NodeConfig {
             return Err(ConfigError::SelfNotInPeers { id: self.id });
         }
         if self.cache_mb == 0 {
-            return Err(ConfigError::OutOfRange("--cache-mb must be at least 1".into()));
+            return Err(ConfigError::OutOfRange(
+                "--cache-mb must be at least 1".into(),
+            ));
         }
         if self.max_record_bytes == 0 || self.max_record_bytes > self.max_request_bytes {
             return Err(ConfigError::OutOfRange(
@@ -126,11 +135,14 @@ impl NodeConfig {
         }
         if self.max_request_bytes > 64 << 20 {
             return Err(ConfigError::OutOfRange(
-                "--max-request-bytes may be at most 64 MiB (one request is one Raft entry at most)".into(),
+                "--max-request-bytes may be at most 64 MiB (one request is one Raft entry at most)"
+                    .into(),
             ));
         }
         if self.write_timeout_ms < 1_000 {
-            return Err(ConfigError::OutOfRange("--write-timeout-ms must be at least 1000".into()));
+            return Err(ConfigError::OutOfRange(
+                "--write-timeout-ms must be at least 1000".into(),
+            ));
         }
         Ok(ValidNodeConfig { raw: self, peers })
     }
@@ -144,7 +156,10 @@ impl ValidNodeConfig {
 
     /// The URL this node's HTTP API is reached at.
     pub fn advertised_http(&self) -> String {
-        self.raw.advertise_http.clone().unwrap_or_else(|| format!("http://{}", self.raw.http))
+        self.raw
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.raw.http))
     }
 }
 

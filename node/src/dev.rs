@@ -45,10 +45,16 @@ impl DevCluster {
     /// # Errors
     /// When the data directory cannot be created or a process cannot be spawned.
     pub async fn start(args: &DevArgs) -> anyhow::Result<Self> {
-        anyhow::ensure!(args.nodes >= 1 && args.nodes <= 9, "--nodes must be between 1 and 9");
+        anyhow::ensure!(
+            args.nodes >= 1 && args.nodes <= 9,
+            "--nodes must be between 1 and 9"
+        );
         let http_port = |n: u64| args.base_port as u64 + n - 1;
         let raft_port = |n: u64| args.base_port as u64 + 1000 + n - 1;
-        anyhow::ensure!(raft_port(args.nodes) <= u16::MAX as u64, "--base-port is too high");
+        anyhow::ensure!(
+            raft_port(args.nodes) <= u16::MAX as u64,
+            "--base-port is too high"
+        );
         let peers = (1..=args.nodes)
             .map(|n| format!("{n}=127.0.0.1:{}", raft_port(n)))
             .collect::<Vec<_>>()
@@ -90,7 +96,9 @@ impl DevCluster {
     /// # Errors
     /// When a node is not ready within the bound.
     pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()?;
         let deadline = tokio::time::Instant::now() + within;
         for url in &self.urls {
             loop {
@@ -102,7 +110,10 @@ impl DevCluster {
                 if ready {
                     break;
                 }
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "{url} not ready within {within:?}");
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{url} not ready within {within:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -120,7 +131,10 @@ impl DevCluster {
             }
         }
         for child in &mut self.children {
-            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+            if tokio::time::timeout(STOP_GRACE, child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }
@@ -133,7 +147,11 @@ impl DevCluster {
 /// When the cluster cannot start.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let cluster = DevCluster::start(&args).await?;
-    println!("psubd dev: {} nodes, data and logs under {}", args.nodes, args.data_dir.display());
+    println!(
+        "psubd dev: {} nodes, data and logs under {}",
+        args.nodes,
+        args.data_dir.display()
+    );
     for (i, url) in cluster.urls.iter().enumerate() {
         println!("  node {}: {url}", i + 1);
     }

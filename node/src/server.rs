@@ -25,7 +25,10 @@ use crate::config::ValidNodeConfig;
 /// # Errors
 /// When the node cannot start (ports taken, data directory unusable) or the HTTP server
 /// fails.
-pub async fn run(config: ValidNodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ValidNodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let raw = &config.raw;
     info!(
         id = raw.id,
@@ -49,7 +52,9 @@ pub async fn run(config: ValidNodeConfig, shutdown: impl Future<Output = ()>) ->
     .context("starting the Raft node")?;
     let mut broker_config = BrokerConfig::default();
     broker_config.limits.write_timeout = config.write_timeout();
-    let broker = Broker::start(raft_node.clone(), broker_config).await.context("starting the broker")?;
+    let broker = Broker::start(raft_node.clone(), broker_config)
+        .await
+        .context("starting the broker")?;
     raft_node.set_service(ForwardService::new(broker.clone()));
     let edge = Edge::new(broker.clone(), config.write_timeout());
     let limits = Limits {
@@ -66,7 +71,10 @@ pub async fn run(config: ValidNodeConfig, shutdown: impl Future<Output = ()>) ->
     let root = CancellationToken::new();
     tokio::spawn(register_node(
         edge.clone(),
-        NodeInfo { id: raw.id, http: config.advertised_http() },
+        NodeInfo {
+            id: raw.id,
+            http: config.advertised_http(),
+        },
         root.child_token(),
     ));
     let http_stop = root.child_token();
@@ -85,7 +93,10 @@ pub async fn run(config: ValidNodeConfig, shutdown: impl Future<Output = ()>) ->
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed while draining"),
         Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
-        Err(_) => warn!(after_ms = raw.shutdown_timeout_ms, "HTTP drain timed out; stopping anyway"),
+        Err(_) => warn!(
+            after_ms = raw.shutdown_timeout_ms,
+            "HTTP drain timed out; stopping anyway"
+        ),
     }
     info!("shutting down: stopping actors and Raft groups");
     broker.shutdown().await;

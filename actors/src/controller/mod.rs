@@ -9,14 +9,16 @@ pub mod state;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use psubd_raft::typ::Raft;
+use psubd_raft::types::typ::Raft;
 use psubd_raft::NodeId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::{ControllerError, PartitionError};
 use crate::partition::{check_leader, BatchLimits};
 use crate::topic::{place_replicas, TopicConfig, TopicMeta};
-pub use state::{ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo};
+pub use state::{
+    ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo,
+};
 
 /// Messages of [`ControllerActor`].
 pub enum ControllerMsg {
@@ -65,16 +67,27 @@ fn map_leadership(error: PartitionError) -> ControllerError {
     }
 }
 
-async fn propose(raft: Raft, command: ControllerCommand, timeout: Duration) -> Result<ControllerResponse, ControllerError> {
-    let command = state::encode_command(&command)
-        .map_err(|_| ControllerError::OutcomeUnknown { reason: "command did not encode" })?;
+async fn propose(
+    raft: Raft,
+    command: ControllerCommand,
+    timeout: Duration,
+) -> Result<ControllerResponse, ControllerError> {
+    let command = state::encode_command(&command).map_err(|_| ControllerError::OutcomeUnknown {
+        reason: "command did not encode".into(),
+    })?;
     match tokio::time::timeout(timeout, raft.client_write(command)).await {
         Ok(Ok(response)) => Ok(state::decode_response(&response.data)),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(ControllerError::OutcomeUnknown { reason: "leadership changed while the write was in flight" })
+            Err(ControllerError::OutcomeUnknown {
+                reason: "leadership changed while the write was in flight".into(),
+            })
         }
-        Ok(Err(_)) => Err(ControllerError::OutcomeUnknown { reason: "the controller's Raft group stopped" }),
-        Err(_) => Err(ControllerError::OutcomeUnknown { reason: "the write was not committed within the timeout" }),
+        Ok(Err(_)) => Err(ControllerError::OutcomeUnknown {
+            reason: "the controller's Raft group stopped".into(),
+        }),
+        Err(_) => Err(ControllerError::OutcomeUnknown {
+            reason: "the write was not committed within the timeout".into(),
+        }),
     }
 }
 
@@ -90,11 +103,20 @@ impl Actor for ControllerActor {
     type State = ControllerArgs;
     type Arguments = ControllerArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: ControllerArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ControllerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let raft = state.raft.clone();
         let timeout = state.limits.write_timeout;
         if let Err(error) = check_leader(&raft, &state.limits) {
@@ -107,7 +129,11 @@ impl Actor for ControllerActor {
             return Ok(());
         }
         match message {
-            ControllerMsg::CreateTopic { name, config, reply } => {
+            ControllerMsg::CreateTopic {
+                name,
+                config,
+                reply,
+            } => {
                 if config.replication_factor as usize > state.nodes.len() {
                     let _ = reply.send(Err(ControllerError::Invalid(format!(
                         "replication_factor {} exceeds the {} nodes of the cluster",
@@ -117,14 +143,28 @@ impl Actor for ControllerActor {
                     return Ok(());
                 }
                 // Rotate the first replica by a hash of the name so topics' leaders spread.
-                let offset = name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-                let replicas = place_replicas(&state.nodes, config.partitions, config.replication_factor, offset);
-                let command = ControllerCommand::CreateTopic { name, config, replicas, created_ms: now_ms() };
+                let offset = name
+                    .bytes()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                let replicas = place_replicas(
+                    &state.nodes,
+                    config.partitions,
+                    config.replication_factor,
+                    offset,
+                );
+                let command = ControllerCommand::CreateTopic {
+                    name,
+                    config,
+                    replicas,
+                    created_ms: now_ms(),
+                };
                 tokio::spawn(async move {
                     let answer = match propose(raft, command, timeout).await {
                         Ok(ControllerResponse::Done(Some(meta))) => Ok(meta),
                         Ok(ControllerResponse::TopicExists) => Err(ControllerError::TopicExists),
-                        Ok(_) => Err(ControllerError::OutcomeUnknown { reason: "unexpected controller response" }),
+                        Ok(_) => Err(ControllerError::OutcomeUnknown {
+                            reason: "unexpected controller response".into(),
+                        }),
                         Err(error) => Err(error),
                     };
                     let _ = reply.send(answer);
@@ -132,18 +172,26 @@ impl Actor for ControllerActor {
             }
             ControllerMsg::DeleteTopic { name, reply } => {
                 tokio::spawn(async move {
-                    let answer = match propose(raft, ControllerCommand::DeleteTopic { name }, timeout).await {
-                        Ok(ControllerResponse::Done(_)) => Ok(()),
-                        Ok(ControllerResponse::TopicNotFound) => Err(ControllerError::TopicNotFound),
-                        Ok(_) => Err(ControllerError::OutcomeUnknown { reason: "unexpected controller response" }),
-                        Err(error) => Err(error),
-                    };
+                    let answer =
+                        match propose(raft, ControllerCommand::DeleteTopic { name }, timeout).await
+                        {
+                            Ok(ControllerResponse::Done(_)) => Ok(()),
+                            Ok(ControllerResponse::TopicNotFound) => {
+                                Err(ControllerError::TopicNotFound)
+                            }
+                            Ok(_) => Err(ControllerError::OutcomeUnknown {
+                                reason: "unexpected controller response".into(),
+                            }),
+                            Err(error) => Err(error),
+                        };
                     let _ = reply.send(answer);
                 });
             }
             ControllerMsg::RegisterNode { info, reply } => {
                 tokio::spawn(async move {
-                    let answer = propose(raft, ControllerCommand::RegisterNode(info), timeout).await.map(|_| ());
+                    let answer = propose(raft, ControllerCommand::RegisterNode(info), timeout)
+                        .await
+                        .map(|_| ());
                     let _ = reply.send(answer);
                 });
             }

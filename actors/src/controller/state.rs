@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use psubd_raft::{Command, CommandResponse, GroupId, GroupLogic, NodeId, SnapshotPlan, StorageIoError, Tree, WriteBatch};
+use psubd_raft::{
+    Command, CommandResponse, GroupId, GroupLogic, NodeId, SnapshotPlan, StorageIoError, Tree,
+    WriteBatch,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
@@ -112,7 +115,13 @@ impl ControllerLogic {
             ..ControllerState::default()
         };
         let (published, receiver) = watch::channel(Arc::new(initial.clone()));
-        (Self { state: initial, published }, receiver)
+        (
+            Self {
+                state: initial,
+                published,
+            },
+            receiver,
+        )
     }
 
     fn execute(&mut self, command: ControllerCommand) -> ControllerResponse {
@@ -121,7 +130,12 @@ impl ControllerLogic {
                 self.state.nodes.insert(info.id, info);
                 ControllerResponse::Done(None)
             }
-            ControllerCommand::CreateTopic { name, config, replicas, created_ms } => {
+            ControllerCommand::CreateTopic {
+                name,
+                config,
+                replicas,
+                created_ms,
+            } => {
                 if self.state.topics.contains_key(&name) {
                     return ControllerResponse::TopicExists;
                 }
@@ -133,7 +147,12 @@ impl ControllerLogic {
                         PartitionPlacement { group, replicas }
                     })
                     .collect();
-                let meta = TopicMeta { name: name.clone(), config, partitions, created_ms };
+                let meta = TopicMeta {
+                    name: name.clone(),
+                    config,
+                    partitions,
+                    created_ms,
+                };
                 self.state.topics.insert(name, meta.clone());
                 ControllerResponse::Done(Some(meta))
             }
@@ -146,14 +165,19 @@ impl ControllerLogic {
 }
 
 fn encode_state(state: &ControllerState) -> Result<Vec<u8>, StorageIoError> {
-    postcard::to_stdvec(state).map_err(|e| StorageIoError::corrupt(format!("controller state: {e}")))
+    postcard::to_stdvec(state).map_err(|e| StorageIoError::Codec {
+        what: "controller state",
+        source: e,
+    })
 }
 
 impl GroupLogic for ControllerLogic {
     fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
         if let Some(raw) = state.get(STATE_KEY)? {
-            self.state = postcard::from_bytes(&raw)
-                .map_err(|e| StorageIoError::corrupt(format!("controller state: {e}")))?;
+            self.state = postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "controller state",
+                source: e,
+            })?;
         }
         self.published.send_replace(Arc::new(self.state.clone()));
         Ok(())
@@ -173,8 +197,11 @@ impl GroupLogic for ControllerLogic {
                 ControllerResponse::Invalid
             }
         };
-        batch.insert(STATE_KEY, &encode_state(&self.state)?);
-        let encoded = postcard::to_stdvec(&response).map_err(|e| StorageIoError::corrupt(format!("controller response: {e}")))?;
+        batch.insert(STATE_KEY, encode_state(&self.state)?);
+        let encoded = postcard::to_stdvec(&response).map_err(|e| StorageIoError::Codec {
+            what: "controller response",
+            source: e,
+        })?;
         Ok(CommandResponse(Bytes::from(encoded)))
     }
 

@@ -10,7 +10,9 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use psubd_raft::{Command, CommandResponse, GroupLogic, SnapshotPlan, StorageIoError, Tree, WriteBatch};
+use psubd_raft::{
+    Command, CommandResponse, GroupLogic, SnapshotPlan, StorageIoError, Tree, WriteBatch,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
@@ -140,7 +142,10 @@ impl GroupLogic for PartitionLogic {
     fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
         let _ = self.shared.tree.set(state.clone());
         self.staged = match state.get(BOUNDS_KEY)? {
-            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::corrupt(format!("partition bounds: {e}")))?,
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "partition bounds",
+                source: e,
+            })?,
             None => LogBounds::default(),
         };
         self.shared.bounds.send_replace(self.staged);
@@ -168,11 +173,14 @@ impl GroupLogic for PartitionLogic {
                 };
                 let base = self.staged.next_offset;
                 if count > 0 {
-                    batch.insert(&batch_key(base), &stored);
+                    batch.insert(batch_key(base).to_vec(), stored.to_vec());
                     self.staged.next_offset += u64::from(count);
-                    let bounds = postcard::to_stdvec(&self.staged)
-                        .map_err(|e| StorageIoError::corrupt(format!("partition bounds: {e}")))?;
-                    batch.insert(BOUNDS_KEY, &bounds);
+                    let bounds =
+                        postcard::to_stdvec(&self.staged).map_err(|e| StorageIoError::Codec {
+                            what: "partition bounds",
+                            source: e,
+                        })?;
+                    batch.insert(BOUNDS_KEY, bounds);
                 }
                 Ok(CommandResponse(Bytes::copy_from_slice(&base.to_le_bytes())))
             }
@@ -194,7 +202,12 @@ impl GroupLogic for PartitionLogic {
     fn snapshot_plan(&self, state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
         let bounds = match state.get(BOUNDS_KEY)? {
             Some(raw) => raw.to_vec(),
-            None => return Ok(SnapshotPlan { pinned: Vec::new(), lazy: None }),
+            None => {
+                return Ok(SnapshotPlan {
+                    pinned: Vec::new(),
+                    lazy: None,
+                })
+            }
         };
         // Batches below next_offset never change once written (retention only removes
         // them), so they may be streamed after this point while appends continue.
@@ -224,7 +237,12 @@ impl PartitionReader {
     ///
     /// # Errors
     /// [`ReadError::OutOfRange`] outside `[log_start, high_watermark]`.
-    pub fn read(&self, offset: u64, max_records: u32, max_bytes: usize) -> Result<FetchedRecords, ReadError> {
+    pub fn read(
+        &self,
+        offset: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<FetchedRecords, ReadError> {
         let tree = self.shared.tree.get().ok_or(ReadError::NotReady)?;
         let bounds = self.bounds();
         if offset < bounds.log_start || offset > bounds.next_offset {
@@ -253,8 +271,11 @@ impl PartitionReader {
         let mut buf = BytesMut::new();
         'batches: for item in tree.range(&start_key, Some(&end_key)) {
             let (key, stored) = item.map_err(storage)?;
-            let Some(base) = base_offset_of(&key) else { break };
-            let mut records = RecordIter::batch(&stored).map_err(|e| ReadError::Storage(e.to_string()))?;
+            let Some(base) = base_offset_of(&key) else {
+                break;
+            };
+            let mut records =
+                RecordIter::batch(&stored).map_err(|e| ReadError::Storage(e.to_string()))?;
             let mut position = base;
             loop {
                 let before = records.remaining();

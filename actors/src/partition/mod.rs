@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
-use psubd_raft::typ::Raft;
+use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
@@ -138,7 +138,9 @@ pub const MAX_QUEUED_REQUESTS: usize = 4_096;
 pub fn check_leader(raft: &Raft, limits: &BatchLimits) -> Result<(), PartitionError> {
     let metrics = raft.metrics().borrow().clone();
     if metrics.state != ServerState::Leader {
-        return Err(PartitionError::NotLeader { leader: metrics.current_leader.filter(|l| *l != metrics.id) });
+        return Err(PartitionError::NotLeader {
+            leader: metrics.current_leader.filter(|l| *l != metrics.id),
+        });
     }
     match metrics.millis_since_quorum_ack {
         Some(ms) if Duration::from_millis(ms) <= limits.quorum_stale_after => Ok(()),
@@ -187,23 +189,40 @@ impl PartitionState {
         let timeout = self.limits.write_timeout;
         let myself = myself.clone();
         let group = self.group;
-        debug!(group, requests = waiters.len(), records = taken_records, bytes = taken_bytes, "proposing batch");
+        debug!(
+            group,
+            requests = waiters.len(),
+            records = taken_records,
+            bytes = taken_bytes,
+            "proposing batch"
+        );
         tokio::spawn(async move {
             let outcome = match tokio::time::timeout(timeout, raft.client_write(command)).await {
-                Ok(Ok(response)) => log::decode_append_response(&response.data)
-                    .ok_or(PartitionError::OutcomeUnknown { reason: "append response did not decode" }),
+                Ok(Ok(response)) => log::decode_append_response(&response.data).ok_or(
+                    PartitionError::OutcomeUnknown {
+                        reason: "append response did not decode".into(),
+                    },
+                ),
                 // A ForwardToLeader after proposing means the entry was truncated here, but
                 // another replica may still hold it and commit it later: the outcome is
                 // unknown, never "not written".
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                    Err(PartitionError::OutcomeUnknown { reason: "leadership changed while the write was in flight" })
+                    Err(PartitionError::OutcomeUnknown {
+                        reason: "leadership changed while the write was in flight".into(),
+                    })
                 }
-                Ok(Err(_)) => Err(PartitionError::OutcomeUnknown { reason: "the partition's Raft group stopped" }),
-                Err(_) => Err(PartitionError::OutcomeUnknown { reason: "the write was not committed within the timeout" }),
+                Ok(Err(_)) => Err(PartitionError::OutcomeUnknown {
+                    reason: "the partition's Raft group stopped".into(),
+                }),
+                Err(_) => Err(PartitionError::OutcomeUnknown {
+                    reason: "the write was not committed within the timeout".into(),
+                }),
             };
             let mut next = 0u64;
             for waiter in waiters {
-                let answer = outcome.clone().map(|base| Appended { base_offset: base + next });
+                let answer = outcome.clone().map(|base| Appended {
+                    base_offset: base + next,
+                });
                 next += u64::from(waiter.records.count);
                 let _ = waiter.reply.send(answer);
             }
@@ -217,7 +236,11 @@ impl Actor for PartitionActor {
     type State = PartitionState;
     type Arguments = PartitionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: PartitionArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: PartitionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(PartitionState {
             group: args.group,
             raft: args.raft,
@@ -228,7 +251,12 @@ impl Actor for PartitionActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             PartitionMsg::Append { records, reply } => {
                 if state.in_flight {

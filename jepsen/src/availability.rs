@@ -86,10 +86,8 @@ pub fn compute(events: &[Event], pairs: &[Pair<'_>]) -> Availability {
     let mut open: Option<(String, u64)> = None;
     for p in pairs {
         match p.inv.f {
-            Op::Fault => {
-                if p.outcome() == EventType::Ok || p.outcome() == EventType::Info {
-                    open = Some((fault_kind(p.done.unwrap_or(p.inv)), p.inv.time));
-                }
+            Op::Fault if p.outcome() != EventType::Fail => {
+                open = Some((fault_kind(p.done.unwrap_or(p.inv)), p.inv.time));
             }
             Op::Heal => {
                 let end = p.done.map(|d| d.time).unwrap_or(main_end);

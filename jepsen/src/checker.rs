@@ -560,7 +560,7 @@ fn check_final(
                 .iter()
                 .filter(|p| p.inv.key.as_deref() == Some(*key) && p.inv.node == Some(*node))
                 .filter_map(|p| p.done.filter(|d| d.kind == EventType::Ok))
-                .last();
+                .next_back();
             match found {
                 Some(d) => {
                     let view = views.entry(key).or_default().entry(*node).or_default();
@@ -572,8 +572,7 @@ fn check_final(
                             .insert(r.value.to_string());
                     }
                     // read-gap within a final read: offsets start at 0 and are dense.
-                    let mut expect = 0u64;
-                    for r in d.records.iter().flatten() {
+                    for (expect, r) in (0u64..).zip(d.records.iter().flatten()) {
                         if r.offset != expect {
                             let what = if r.offset > expect {
                                 "read-gap"
@@ -585,7 +584,6 @@ fn check_final(
                             });
                             break;
                         }
-                        expect += 1;
                     }
                 }
                 None => {
@@ -594,7 +592,7 @@ fn check_final(
                             .iter()
                             .filter(|p| p.inv.key.as_deref() == Some(*key) && p.inv.node == Some(*node))
                             .filter_map(|p| p.done)
-                            .last()
+                            .next_back()
                             .and_then(|d| d.error.clone());
                         json!({"what": "no final read of a partition on a node", "key": key, "node": node, "error": err})
                     });
@@ -645,7 +643,7 @@ fn check_send_order(acked: &[&Publish<'_>], classes: &mut BTreeMap<String, Class
         for b in by_invoke {
             while i < by_done.len() && by_done[i].pair.done_index() < b.pair.inv.index {
                 let a = by_done[i];
-                if best.map_or(true, |x| a.offset > x.offset) {
+                if !matches!(best, Some(x) if a.offset <= x.offset) {
                     best = Some(a);
                 }
                 i += 1;
@@ -675,36 +673,28 @@ fn check_reads(pairs: &[Pair<'_>], classes: &mut BTreeMap<String, Class>) {
             continue;
         };
         let requested = p.inv.offset.unwrap_or(0);
+        // Each class at most once per read: (class, expected offset, offset got).
+        let mut bad: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
         let mut expect = requested;
-        let mut bad: Option<(&'static str, u64, u64)> = None;
         for r in d.records.iter().flatten() {
             if r.key != key {
                 continue; // reported as phantom
             }
-            if r.offset != expect {
-                let class = if r.offset > expect {
-                    "read-gap"
-                } else {
-                    "nonmonotonic-read"
-                };
-                bad = Some((class, expect, r.offset));
-                break;
+            if r.offset > expect {
+                bad.entry("read-gap").or_insert((expect, r.offset));
+            } else if r.offset < expect {
+                bad.entry("nonmonotonic-read").or_insert((expect, r.offset));
             }
             expect = r.offset + 1;
         }
-        if bad.is_none() {
-            if let Some(next) = d.offset {
-                if next != expect {
-                    let class = if next > expect {
-                        "read-gap"
-                    } else {
-                        "nonmonotonic-read"
-                    };
-                    bad = Some((class, expect, next));
-                }
+        if let Some(next) = d.offset {
+            if next > expect {
+                bad.entry("read-gap").or_insert((expect, next));
+            } else if next < expect {
+                bad.entry("nonmonotonic-read").or_insert((expect, next));
             }
         }
-        if let Some((class, expected, got)) = bad {
+        for (class, (expected, got)) in bad {
             get(classes, class).add(|| {
                 json!({
                     "what": "read by offset",
@@ -719,6 +709,11 @@ fn check_reads(pairs: &[Pair<'_>], classes: &mut BTreeMap<String, Class>) {
         }
     }
 }
+
+/// `(group, topic/partition)`.
+type GroupKey = (String, String);
+/// An acknowledged commit of one partition: offset, completion index, the operation.
+type AckedCommit<'a> = (u64, u64, Pair<'a>);
 
 /// Per member id: what it was delivered in its current generation segment.
 #[derive(Default)]
@@ -736,7 +731,7 @@ fn check_groups(events: &[Event], pairs: &[Pair<'_>], classes: &mut BTreeMap<Str
     // Commits that may have taken effect: (group, key) -> [(offset, invoke index)].
     let mut commits: HashMap<(String, String), Vec<(u64, u64)>> = HashMap::new();
     // Acknowledged commits: (group, key) -> [(offset, done index, pair)].
-    let mut acked_commits: HashMap<(String, String), Vec<(u64, u64, Pair<'_>)>> = HashMap::new();
+    let mut acked_commits: HashMap<GroupKey, Vec<AckedCommit<'_>>> = HashMap::new();
     for p in pairs.iter().filter(|p| p.inv.f == Op::Commit) {
         let Some(group) = p.inv.group.clone() else {
             continue;
@@ -876,7 +871,7 @@ fn check_groups(events: &[Event], pairs: &[Pair<'_>], classes: &mut BTreeMap<Str
                 .filter(|(_, done, _)| *done < p.inv.index)
                 .max_by_key(|(o, _, _)| *o);
             if let Some((o, _, commit)) = best {
-                if offset.map_or(true, |r| r < *o) {
+                if !matches!(offset, Some(r) if *r >= *o) {
                     get(classes, "commit-regression").add(|| {
                         json!({"group": group, "key": key, "read_back": offset, "acknowledged": o, "commit_invoke": brief(commit.inv, None), "commit_ok": commit.done.map(|e| brief(e, None)), "read": brief(d, None)})
                     });
@@ -896,7 +891,7 @@ fn check_groups(events: &[Event], pairs: &[Pair<'_>], classes: &mut BTreeMap<Str
         .iter()
         .filter(|p| p.inv.f == Op::Committed && p.inv.process.starts_with("final"))
         .filter_map(|p| p.done.filter(|d| d.kind == EventType::Ok))
-        .last()
+        .next_back()
     else {
         return;
     };

@@ -194,20 +194,17 @@ pub fn split_key(key: &str) -> Option<(&str, u32)> {
 ///
 /// API.md gives 503 exactly two meanings, "no quorum / no leader" ("A minority side or a
 /// leaderless partition: 503 with Retry-After"), and keeps the case where a write was
-/// already proposed for 504 `outcome_unknown` ("A timeout after the write was proposed").
-/// So a 503 whose `error` names one of those two conditions is a refusal before proposal:
-/// the harness records it as `fail`, and the checker then treats any later read of that
-/// value as an aborted read, a contract violation of the node.
+/// already proposed for 504 `outcome_unknown` ("A timeout after the write was proposed:
+/// 504 outcome_unknown (the record may or may not be committed)"). The error catalog
+/// names that 503 `not_available` ("no leader or no quorum reachable from here; nothing
+/// was written"). So a 503 `not_available` is a refusal before proposal: the harness
+/// records it as `fail`, and the checker treats any later read of that value as an
+/// aborted read, a violation by the node.
 ///
-/// Any other 503 (an error string outside this list, or a body that is not the documented
-/// error JSON, e.g. from a proxy or a half-written response) is recorded as `info`: the
-/// harness only claims "not applied" where the contract says so.
-pub const NOT_APPLIED_503: &[&str] = &[
-    "no_leader",
-    "no_quorum",
-    "leader_not_available",
-    "not_enough_replicas",
-];
+/// Any other 503 (another error string, or a body that is not the documented error JSON,
+/// e.g. a half-written response) is recorded as `info`: the harness only claims "not
+/// applied" where the contract says so.
+pub const NOT_APPLIED_503: &[&str] = &["not_available"];
 
 /// Whether the operation can change state on the server. Reads cannot, so any error of
 /// a read is a `fail`; for the rest an unclear error is `info`.
@@ -222,7 +219,7 @@ pub fn is_mutation(f: Op) -> bool {
 ///
 /// - 4xx: `fail`: API.md "Bad input gets a 4xx ... and changes nothing"; a fenced member
 ///   or a stale generation is a 409 refusal.
-/// - 503 with an `error` in [`NOT_APPLIED_503`]: `fail`.
+/// - 503 with an `error` in [`NOT_APPLIED_503`] (`not_available`): `fail`.
 /// - everything else (504 `outcome_unknown`, 500, other 503s): `info` for mutations.
 pub fn classify_status(f: Op, status: u16, error: Option<&str>) -> EventType {
     if !is_mutation(f) {
@@ -389,7 +386,7 @@ mod tests {
             EventType::Fail
         );
         assert_eq!(
-            classify_status(Op::Publish, 503, Some("no_leader")),
+            classify_status(Op::Publish, 503, Some("not_available")),
             EventType::Fail
         );
         assert_eq!(

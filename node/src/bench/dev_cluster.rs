@@ -120,7 +120,8 @@ impl DevCluster {
         if let Some(child) = self.child.as_mut() {
             if let Ok(Some(status)) = child.try_wait() {
                 bail!(
-                    "`psubd dev` exited with {status}; its log ({}) ends with:\n{}",
+                    "`psubd dev` exited with {status}; node logs are in {}, its own log ({}) ends with:\n{}",
+                    self.data_dir.display(),
                     self.log_path.display(),
                     self.log_tail()
                 );

@@ -13,9 +13,13 @@ const HIGHEST_US: u64 = 60_000_000;
 const SIGNIFICANT_DIGITS: u8 = 3;
 
 /// A latency histogram in microseconds.
+///
+/// `u32` counts: every loop and consumer task owns one, and with 32-bit counters a
+/// histogram over 1 µs..60 s at 3 digits is about 70 KB instead of 140 KB; no bucket of
+/// one run comes near 4 billion samples.
 #[derive(Debug, Clone)]
 pub struct Latency {
-    hist: Histogram<u64>,
+    hist: Histogram<u32>,
 }
 
 impl Default for Latency {
@@ -50,7 +54,7 @@ impl Latency {
         if self.hist.add(&other.hist).is_err() {
             for v in other.hist.iter_recorded() {
                 self.hist
-                    .saturating_record_n(v.value_iterated_to(), v.count_at_value())
+                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
             }
         }
     }

@@ -132,11 +132,10 @@ struct FetchLoop {
     live: Arc<LiveCounters>,
 }
 
-/// The 416 body: where the log is now.
+/// The 416 body: where the log starts now.
 #[derive(Debug, Deserialize)]
 struct OutOfRange {
     log_start_offset: Option<u64>,
-    high_watermark: Option<u64>,
 }
 
 async fn fetch_loop(mut s: FetchLoop) -> ConsumeStats {
@@ -192,10 +191,14 @@ async fn fetch_loop(mut s: FetchLoop) -> ConsumeStats {
                 Err(_) => Some(ErrorClass::Decode),
             },
             Ok((StatusCode::RANGE_NOT_SATISFIABLE, body)) => {
+                // Below the log start (retention moved it): skip ahead. Above the end: keep
+                // the position and retry, since the answering replica may just be behind
+                // the one that gave us this offset; moving back would re-read records
+                // and count them as duplicates.
                 if let Ok(range) = serde_json::from_slice::<OutOfRange>(&body) {
-                    let start = range.log_start_offset.unwrap_or(0);
-                    let end = range.high_watermark.unwrap_or(start);
-                    s.offset = s.offset.clamp(start, end.max(start));
+                    if let Some(start) = range.log_start_offset {
+                        s.offset = s.offset.max(start);
+                    }
                 }
                 Some(ErrorClass::OffsetOutOfRange)
             }

@@ -130,7 +130,8 @@ pub struct RunResult {
     pub fetch: Option<ConsumeResult>,
     /// Group members' figures, if any.
     pub group: Option<ConsumeResult>,
-    /// Publish rate at the start vs the end of the window (windows of 10 s or more).
+    /// Publish rate at the start vs the end of the window, over the seconds wholly inside
+    /// it (windows of 10 s or more).
     pub rate_drift: Option<RateDrift>,
     /// Rates per second, warm-up included.
     pub series: Vec<SeriesPoint>,
@@ -144,7 +145,7 @@ impl RunResult {
         let w = window.as_secs_f64();
         let points: Vec<f64> = series
             .iter()
-            .filter(|p| p.t_s > 0.0 && p.t_s <= w + 0.5)
+            .filter(|p| p.t_s > 0.0 && p.t_s <= w)
             .map(|p| p.publish_per_s)
             .collect();
         if points.len() < 10 {

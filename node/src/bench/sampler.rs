@@ -164,6 +164,44 @@ async fn sample_rss(
     }
 }
 
+/// Node processes on this machine serving `urls`, found by their `--http host:port`
+/// argument, labelled by URL: lets a run against a local cluster started by hand report
+/// memory even when the nodes export no process metrics.
+pub fn local_node_pids(urls: &[String]) -> Vec<(String, u32)> {
+    let wanted: Vec<(&str, &str)> = urls
+        .iter()
+        .filter_map(|u| Some((u.as_str(), u.strip_prefix("http://")?.trim_end_matches('/'))))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let http = args
+            .windows(2)
+            .find_map(|w| (w[0] == b"--http").then_some(w[1]));
+        let Some(http) = http.and_then(|h| std::str::from_utf8(h).ok()) else {
+            continue;
+        };
+        if let Some((url, _)) = wanted.iter().find(|(_, authority)| *authority == http) {
+            found.push((url.to_string(), pid));
+        }
+    }
+    found.sort();
+    found
+}
+
 /// `VmRSS` of a local process, bytes.
 fn rss_of_pid(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -105,9 +105,14 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
         replication_factor: topic.replication_factor,
     };
     let cluster = target.cluster().await;
-    let rss = match &dev {
-        Some(d) => Some(RssSource::Pids(d.node_pids())),
-        None => Some(RssSource::Metrics(target.urls().to_vec())),
+    let local = match &dev {
+        Some(d) => d.node_pids(),
+        None => sampler::local_node_pids(target.urls()),
+    };
+    let rss = if local.is_empty() {
+        Some(RssSource::Metrics(target.urls().to_vec()))
+    } else {
+        Some(RssSource::Pids(local))
     };
     let session = Session {
         args,

@@ -245,12 +245,8 @@ impl From<PartitionError> for ApiError {
             PartitionError::NoQuorum => ApiError::Unavailable {
                 reason: "the partition leader cannot reach a quorum".into(),
             },
-            PartitionError::Unavailable { reason } => ApiError::Unavailable {
-                reason: reason.into(),
-            },
-            PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown {
-                reason: reason.into(),
-            },
+            PartitionError::Unavailable { reason } => ApiError::Unavailable { reason },
+            PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason },
         }
     }
 }
@@ -264,9 +260,7 @@ impl ApiError {
                     reason: "the controller has no reachable leader".into(),
                 }
             }
-            ControllerError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown {
-                reason: reason.into(),
-            },
+            ControllerError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason },
             ControllerError::TopicExists => ApiError::TopicExists {
                 topic: topic.into(),
             },

@@ -41,14 +41,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Acknowledgement level, from `?acks=`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AcksParam {
-    #[default]
-    #[serde(rename = "all", alias = "-1")]
     All,
-    #[serde(rename = "1")]
     Leader,
-    #[serde(rename = "0")]
     None,
 }
 

@@ -388,18 +388,25 @@ async fn leader_shutdown_elects_new_leader_within_two_election_timeouts_and_keep
     cluster.open_group(1).await;
     let old = cluster.wait_leader(1, Duration::from_secs(10)).await;
     let before = write_concurrently(&cluster.raft(old, 1), "before", 300, 16).await;
-
-    cluster.shutdown_node(old).await;
-    let lost_at = Instant::now();
-    let new = cluster
-        .wait_leader(1, 2 * election_timeout(&tuning) + Duration::from_secs(2))
+    // Every follower holds the whole log, so the measure is of the election alone (a
+    // lagging follower's refused candidacy would add a round).
+    cluster
+        .wait_identical(1, 300, Duration::from_secs(10))
         .await;
+
+    let lost_at = Instant::now();
+    cluster.shutdown_node(old).await;
+    // openraft 0.9: a follower that had a leader waits its leader lease (election_max_ms)
+    // plus its own election timeout (at most election_max_ms) after the last heartbeat, and
+    // checks on a tick of 1.5 heartbeats: two election timeouts and one tick in all.
+    let bound = 2 * election_timeout(&tuning) + Duration::from_millis(tuning.heartbeat_ms * 3 / 2);
+    let new = cluster.wait_leader(1, bound + Duration::from_secs(5)).await;
     let failover = lost_at.elapsed();
-    eprintln!("failover took {failover:?}");
+    eprintln!("failover took {failover:?} (bound {bound:?})");
     assert_ne!(new, old);
     assert!(
-        failover <= 2 * election_timeout(&tuning),
-        "failover took {failover:?}"
+        failover <= bound,
+        "failover took {failover:?}, bound {bound:?}"
     );
 
     let after = write_concurrently(&cluster.raft(new, 1), "after", 100, 8).await;
@@ -531,23 +538,40 @@ async fn partitioned_minority_cannot_commit_and_heals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_groups_with_leaders_on_different_nodes() {
+    // Placement: openraft 0.9 followers refuse votes while their leader lease (the election
+    // timeout) runs, so `trigger().elect()` cannot move an established leader. A leader is
+    // placed by opening the group passively (initialize = false) on the other members first
+    // and then initializing on the intended node, which elects itself at once.
     let mut cluster = Cluster::start(3, RaftTuning::default()).await;
     let groups: Vec<GroupId> = vec![10, 11, 12, 13];
-    for g in &groups {
-        cluster.open_group(*g).await;
-    }
     let intended = |g: GroupId| -> NodeId { (g % 3) + 1 };
+    for g in &groups {
+        for id in cluster.live_ids() {
+            if id != intended(*g) {
+                cluster.open_group_on(id, *g, false).await;
+            }
+        }
+        cluster.open_group_on(intended(*g), *g, true).await;
+    }
     for g in &groups {
         let want = intended(*g);
         let raft = cluster.raft(want, *g);
-        eventually(Duration::from_secs(20), "the intended leader", || async {
-            match cluster.agreed_leader(*g) {
-                Some(l) if l == want => Some(()),
-                Some(_) => {
-                    raft.trigger().elect().await.unwrap();
-                    None
+        let mut nudged = false;
+        eventually(Duration::from_secs(20), "the intended leader", || {
+            let raft = raft.clone();
+            let leader = cluster.agreed_leader(*g);
+            let nudge = !nudged && leader.is_some_and(|l| l != want);
+            nudged |= nudge;
+            async move {
+                match leader {
+                    Some(l) if l == want => Some(()),
+                    // Only if an election raced the placement: ask once, the lease permitting.
+                    Some(_) if nudge => {
+                        raft.trigger().elect().await.unwrap();
+                        None
+                    }
+                    _ => None,
                 }
-                None => None,
             }
         })
         .await;

@@ -34,7 +34,7 @@ fn key(index: u64) -> Vec<u8> {
 impl GroupLogic for BatchLogic {
     fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
         self.last_index = 0;
-        for pair in state.range(&[b'b'], Some(&[b'c'])) {
+        for pair in state.range(b"b", Some(b"c")) {
             let (k, _) = pair?;
             if let Ok(bytes) = k[1..].try_into() {
                 self.last_index = u64::from_be_bytes(bytes);

@@ -42,6 +42,18 @@ struct Outbound {
     queued_at: Instant,
 }
 
+/// What every connection of a transport shares.
+pub(crate) struct ConnectionEnv<'a> {
+    /// Bounds and timers.
+    pub limits: &'a TransportLimits,
+    /// The node's injected faults.
+    pub faults: &'a Arc<Faults>,
+    /// Serves the peer's requests.
+    pub handler: &'a Arc<dyn InboundHandler>,
+    /// The transport's shutdown token; the connection's own token is its child.
+    pub shutdown: &'a CancellationToken,
+}
+
 /// A live connection to one peer. Shared (`Arc`) between the transport's map, the tasks
 /// and callers in the middle of a request.
 pub(crate) struct Connection {
@@ -67,11 +79,14 @@ impl Connection {
         serial: u64,
         reader: FrameReader,
         writer: FrameWriter,
-        limits: &TransportLimits,
-        faults: Arc<Faults>,
-        handler: Arc<dyn InboundHandler>,
-        shutdown: &CancellationToken,
+        env: ConnectionEnv<'_>,
     ) -> Arc<Connection> {
+        let ConnectionEnv {
+            limits,
+            faults,
+            handler,
+            shutdown,
+        } = env;
         let (tx, rx) = mpsc::channel(limits.outbound_queue);
         let conn = Arc::new(Connection {
             peer,
@@ -92,8 +107,8 @@ impl Connection {
         tokio::spawn(read_loop(
             conn.clone(),
             reader,
-            faults,
-            handler,
+            faults.clone(),
+            handler.clone(),
             Arc::new(Semaphore::new(limits.max_inflight)),
             limits.idle_timeout,
         ));

@@ -36,7 +36,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::codec::{Frame, PeerRequest, PeerResponse, PROTOCOL_VERSION};
-use crate::transport::connection::{Connection, FrameReader, FrameWriter};
+use crate::transport::connection::{Connection, ConnectionEnv, FrameReader, FrameWriter};
 use crate::types::NodeId;
 
 pub use error::TransportError;
@@ -231,10 +231,12 @@ impl Inner {
             serial,
             reader,
             writer,
-            &self.limits,
-            self.faults.clone(),
-            self.handler.clone(),
-            &self.shutdown,
+            ConnectionEnv {
+                limits: &self.limits,
+                faults: &self.faults,
+                handler: &self.handler,
+                shutdown: &self.shutdown,
+            },
         );
         let old = self.write_connections().insert(peer, conn.clone());
         if let Some(old) = old {

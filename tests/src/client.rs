@@ -220,7 +220,15 @@ impl NodeClient {
                 Ok(p) => PublishOutcome::Acked(p.offsets),
                 Err(e) => PublishOutcome::Rejected {
                     status,
-                    body: format!("unparsable 200 body ({e}): {}", clip(&body)),
+                    body: if has_per_record_errors(&body) {
+                        format!(
+                            "200 whose `offsets` hold per-record errors (API.md: a 200 carries \
+                             an offset for every record; a leaderless partition is a 503): {}",
+                            clip(&body)
+                        )
+                    } else {
+                        format!("unparsable 200 body ({e}): {}", clip(&body))
+                    },
                 },
             },
             503 => PublishOutcome::Unavailable { retry_after, body },
@@ -507,6 +515,14 @@ pub async fn expect_error(
         clip(&body)
     );
     err
+}
+
+/// True when a publish answer's `offsets` contains `{"error": ...}` entries.
+fn has_per_record_errors(body: &str) -> bool {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("offsets").and_then(Value::as_array).cloned())
+        .is_some_and(|offsets| offsets.iter().any(|o| o.get("error").is_some()))
 }
 
 /// Shortens a body for a failure message.

@@ -56,6 +56,12 @@ async fn issue_03_cluster_contracts() {
     checks.run("cluster_view", cluster_view(c)).await;
     checks
         .run(
+            "publish_batch_to_fresh_topic",
+            publish_batch_to_fresh_topic(c),
+        )
+        .await;
+    checks
+        .run(
             "keyed_publish_read_back_from_every_node",
             keyed_publish_read_back(c),
         )
@@ -186,6 +192,11 @@ async fn keyed_publish_read_back(c: &Cluster) {
     const KEYS: usize = 50;
     let topic = c.node(1).create_topic(TOPIC, 3, 3).await;
     assert_eq!(topic.replication_factor, 3);
+    // Not about availability (publish_batch_to_fresh_topic is): let every partition
+    // elect a leader first.
+    for p in 0..3 {
+        c.leader_of(TOPIC, p).await;
+    }
 
     let records: Vec<NewRecord> = (0..RECORDS)
         .map(|i| {
@@ -299,6 +310,61 @@ async fn keyed_publish_read_back(c: &Cluster) {
     }
 }
 
+/// API.md § Publish: a 200 carries an offset for every record, in request order; a
+/// leaderless partition answers 503 with `Retry-After`; DESIGN.md § Failure contract:
+/// "never a silent success". Right after creation, while partitions still elect
+/// leaders, a batch spanning every partition gets one or the other; once it succeeds,
+/// each partition holds exactly that batch from offset 0 (no half-written attempt).
+async fn publish_batch_to_fresh_topic(c: &Cluster) {
+    const TOPIC: &str = "fresh";
+    c.node(1).create_topic(TOPIC, 3, 3).await;
+    let records: Vec<NewRecord> = (0..30u32)
+        .map(|i| NewRecord {
+            partition: Some(i % 3),
+            ..NewRecord::keyed(format!("f{i}"), json!(i))
+        })
+        .collect();
+    let node = c.node(2);
+    let start = Instant::now();
+    let (mut unavailable, mut uncertain) = (0, false);
+    let reports = loop {
+        assert!(
+            start.elapsed() < psubd_tests::client::RETRY_WINDOW,
+            "no 200 within {:?} of creating the topic",
+            psubd_tests::client::RETRY_WINDOW
+        );
+        match node
+            .try_publish(TOPIC, &records, psubd_tests::client::REQUEST_TIMEOUT)
+            .await
+        {
+            PublishOutcome::Acked(reports) => break reports,
+            PublishOutcome::Unavailable { retry_after, body } => {
+                assert!(retry_after.is_some(), "503 without Retry-After: {body}");
+                unavailable += 1;
+            }
+            PublishOutcome::OutcomeUnknown { .. } => uncertain = true,
+            other => panic!("batch publish to a fresh topic: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("fresh topic: {unavailable} answers 503 before the batch was acknowledged");
+    let acked = Acked::from_publish(&records, &reports);
+    for (i, a) in acked.iter().enumerate() {
+        assert_eq!(a.partition, i as u32 % 3, "record {i}: explicit partition");
+    }
+    if !uncertain {
+        for (p, offsets) in by_partition(&acked) {
+            let got: Vec<u64> = offsets.keys().copied().collect();
+            assert_eq!(
+                got,
+                (0..10).collect::<Vec<u64>>(),
+                "partition {p}: offsets of the acknowledged batch (an earlier refused attempt left records behind?)"
+            );
+        }
+    }
+    assert_all_present(c, TOPIC, &acked, &[1], CATCH_UP).await;
+}
+
 /// API.md § Publish, raw mode: a 200 whose JSON report and `X-Partition`/`X-Offset`
 /// headers agree.
 async fn raw_ack(resp: reqwest::Response, key: &str, bytes: Vec<u8>) -> Acked {
@@ -386,21 +452,45 @@ async fn ndjson_stream_publish(c: &Cluster) {
         reports.push(d);
     }
     let streamed = Acked::from_publish(&records, &reports);
-    let mut last: HashMap<u32, u64> = HashMap::new();
-    let mut key_partition: HashMap<String, u32> = HashMap::new();
-    for a in &streamed {
-        if let Some(prev) = last.insert(a.partition, a.offset) {
-            assert!(
-                a.offset > prev,
-                "partition {}: report order vs offsets ({prev} then {})",
-                a.partition,
-                a.offset
-            );
-        }
+    // One producer's records to one partition keep their order (per key above all:
+    // what keyed partitioning exists for). Line i's record must sit after line j's
+    // (j < i) when both went to the same partition.
+    let mut last_of_key: HashMap<String, (usize, u32, u64)> = HashMap::new();
+    let mut last_in_partition: HashMap<u32, (usize, u64)> = HashMap::new();
+    let mut reordered = Vec::new();
+    for (line, a) in streamed.iter().enumerate() {
         let key = a.key.clone().unwrap_or_default();
-        let p = *key_partition.entry(key.clone()).or_insert(a.partition);
-        assert_eq!(p, a.partition, "key {key} in two partitions");
+        if let Some((prev_line, p, prev)) =
+            last_of_key.insert(key.clone(), (line, a.partition, a.offset))
+        {
+            assert_eq!(p, a.partition, "key {key} in two partitions");
+            if a.offset <= prev {
+                reordered.push(format!(
+                    "key {key}: line {line} got offset {} of partition {p}, before line {prev_line} (offset {prev})",
+                    a.offset
+                ));
+            }
+        }
+        if let Some((prev_line, prev)) = last_in_partition.insert(a.partition, (line, a.offset)) {
+            if a.offset <= prev {
+                reordered.push(format!(
+                    "partition {}: line {line} got offset {}, before line {prev_line} (offset {prev})",
+                    a.partition, a.offset
+                ));
+            }
+        }
     }
+    assert!(
+        reordered.is_empty(),
+        "{} records of one NDJSON stream were stored out of line order, e.g.:\n{}",
+        reordered.len(),
+        reordered
+            .iter()
+            .take(6)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     acked.extend(streamed);
     // The report on line i describes record i: read it back there.
     assert_all_present(c, TOPIC, &acked, &[2], CATCH_UP).await;
@@ -527,13 +617,17 @@ async fn post_records(
     content_type: &str,
     body: impl Into<reqwest::Body>,
 ) -> reqwest::Response {
+    let body: reqwest::Body = body.into();
+    let len = body.as_bytes().map_or(0, <[u8]>::len);
     node.http()
         .post(node.url(&format!("/v1/topics/{topic}/records")))
         .header(CONTENT_TYPE, content_type)
         .body(body)
         .send()
         .await
-        .expect("publish request")
+        .unwrap_or_else(|e| {
+            panic!("POST {topic}/records ({content_type}, {len} bytes): no HTTP answer: {e:?}")
+        })
 }
 
 /// API.md § Errors: 400 invalid, for a body that is not JSON.
@@ -633,13 +727,27 @@ async fn bad_input_oversized(c: &Cluster) {
     .await;
     expect_error(resp, 413, "record_too_large", "a raw record over 1 MiB").await;
 
+    let body = json!({"records": [{"key": "k", "value": 1, "headers": {"h": "z".repeat(MAX_HEADER_BYTES + 1)}}]});
+    let resp = post_records(&node, BAD, "application/json", body.to_string()).await;
+    expect_error(resp, 413, "headers_too_large", "headers over 8 KiB").await;
+
+    // A request over 10 MiB. The node may stop reading at the limit; then it must say
+    // `Connection: close` (RFC 9112 § 9.6), or a keep-alive client's next request on
+    // the same connection fails. A one-connection client makes that reuse certain.
+    let single = NodeClient::new(
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .expect("HTTP client"),
+        c.http(1),
+    );
     let chunk = "y".repeat(MAX_RECORD_BYTES / 2);
     let n = MAX_REQUEST_BYTES / chunk.len() + 2;
     let records: Vec<Value> = (0..n)
         .map(|i| json!({"key": format!("k{i}"), "value": chunk}))
         .collect();
     let resp = post_records(
-        &node,
+        &single,
         BAD,
         "application/json",
         json!({ "records": records }).to_string(),
@@ -652,10 +760,18 @@ async fn bad_input_oversized(c: &Cluster) {
         "a request over 10 MiB of records under 1 MiB each",
     )
     .await;
-
-    let body = json!({"records": [{"key": "k", "value": 1, "headers": {"h": "z".repeat(MAX_HEADER_BYTES + 1)}}]});
-    let resp = post_records(&node, BAD, "application/json", body.to_string()).await;
-    expect_error(resp, 413, "headers_too_large", "headers over 8 KiB").await;
+    let after = single
+        .http()
+        .get(single.url("/healthz"))
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the request after a 413 request_too_large failed on the kept-alive \
+                 connection: the node closed it without `Connection: close`: {e:?}"
+            )
+        });
+    assert_eq!(after.status().as_u16(), 200, "GET /healthz after a 413");
 
     assert_unchanged(c, BAD, &before, "oversized input").await;
 

@@ -59,6 +59,15 @@ impl DevCluster {
             .map(|n| format!("{n}=127.0.0.1:{}", raft_port(n)))
             .collect::<Vec<_>>()
             .join(",");
+        for n in 1..=args.nodes {
+            for port in [http_port(n), raft_port(n)] {
+                // Fail early and clearly when a port is taken: otherwise another process
+                // answering on it could pass for one of our nodes.
+                std::net::TcpListener::bind(("127.0.0.1", port as u16)).with_context(|| {
+                    format!("port {port} on 127.0.0.1 is in use; pick another --base-port")
+                })?;
+            }
+        }
         let exe = std::env::current_exe().context("locating the psubd binary")?;
         let mut children = Vec::new();
         let mut urls = Vec::new();
@@ -91,17 +100,25 @@ impl DevCluster {
         Ok(Self { children, urls })
     }
 
-    /// Waits until every node answers `/readyz` 200.
+    /// Waits until every node answers `/readyz` 200 — and fails at once if one of our
+    /// node processes exits meanwhile (a port taken, a bad data dir), so a foreign
+    /// process on the same port is never mistaken for ours.
     ///
     /// # Errors
-    /// When a node is not ready within the bound.
-    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+    /// When a node exits or is not ready within the bound.
+    pub async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?;
         let deadline = tokio::time::Instant::now() + within;
-        for url in &self.urls {
+        for index in 0..self.urls.len() {
             loop {
+                for (n, child) in self.children.iter_mut().enumerate() {
+                    if let Some(status) = child.try_wait()? {
+                        anyhow::bail!("node {} exited ({status}); see its log", n + 1);
+                    }
+                }
+                let url = &self.urls[index];
                 let ready = client
                     .get(format!("{url}/readyz"))
                     .send()
@@ -146,7 +163,7 @@ impl DevCluster {
 /// # Errors
 /// When the cluster cannot start.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let cluster = DevCluster::start(&args).await?;
+    let mut cluster = DevCluster::start(&args).await?;
     println!(
         "psubd dev: {} nodes, data and logs under {}",
         args.nodes,
@@ -158,7 +175,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tokio::select! {
         ready = cluster.wait_ready(READY_WAIT) => match ready {
             Ok(()) => println!("cluster ready (Ctrl-C to stop)"),
-            Err(error) => eprintln!("warning: {error}; see the node logs"),
+            Err(error) => {
+                cluster.stop().await;
+                anyhow::bail!("{error} (logs under {})", args.data_dir.display());
+            }
         },
         _ = crate::signal::terminated() => {
             cluster.stop().await;

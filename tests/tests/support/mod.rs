@@ -67,7 +67,11 @@ impl Acked {
         );
         assert_eq!(got.partition, self.partition, "{at}: partition");
         assert_eq!(got.offset, self.offset, "{at}: offset");
-        assert_eq!(got.key, self.key, "{at}: key");
+        assert_eq!(
+            got.key, self.key,
+            "{at}: key (record encoding {:?})",
+            got.encoding
+        );
         match &self.expected {
             Expected::Json { value, headers } => {
                 assert_eq!(&got.value, value, "{at}: value");

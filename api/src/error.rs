@@ -4,7 +4,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use psubd_actors::{ControllerError, PartitionError};
+use psubd_actors::{ControllerError, GroupError, PartitionError};
 use serde_json::json;
 use tracing::error;
 
@@ -61,6 +61,54 @@ pub enum ApiError {
         /// The topic.
         topic: String,
     },
+    /// The consumer group has neither members nor committed offsets.
+    #[error("group '{group}' not found")]
+    GroupNotFound {
+        /// The group.
+        group: String,
+    },
+    /// The member expired, left, or belongs to a coordinator that moved: re-join.
+    #[error("member is not in group '{group}'; join again")]
+    MemberFenced {
+        /// The group.
+        group: String,
+    },
+    /// A commit carries an older generation than the group's.
+    #[error("generation {given} is stale; the group is at generation {current}")]
+    StaleGeneration {
+        /// The generation sent.
+        given: u64,
+        /// The group's generation.
+        current: u64,
+    },
+    /// A commit names a partition the member does not own in this generation.
+    #[error("partition {partition} of topic '{topic}' is not assigned to this member")]
+    PartitionNotAssigned {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+    /// The operation needs a group without members.
+    #[error("group '{group}' has {members} active members")]
+    GroupNotEmpty {
+        /// The group.
+        group: String,
+        /// How many.
+        members: usize,
+    },
+    /// A join asks for another assignment strategy than the group's members use.
+    #[error("group uses the '{current}' assignment strategy")]
+    AssignmentStrategyMismatch {
+        /// The group's strategy.
+        current: String,
+    },
+    /// The group is at its member limit.
+    #[error("group has the maximum of {limit} members")]
+    GroupFull {
+        /// The limit.
+        limit: usize,
+    },
     /// One record is larger than the record limit.
     #[error("record of {size} bytes exceeds the {limit}-byte record limit")]
     RecordTooLarge {
@@ -98,6 +146,18 @@ pub enum ApiError {
         content_type: String,
         /// What the route takes.
         expected: &'static str,
+    },
+    /// The `Accept` header names no representation the route can produce.
+    #[error("cannot produce '{accept}'; accept text/event-stream or application/x-ndjson")]
+    NotAcceptable {
+        /// What the client accepts.
+        accept: String,
+    },
+    /// This node already serves its limit of open streams. Retry later or elsewhere.
+    #[error("this node already serves {limit} streams")]
+    TooManyStreams {
+        /// The limit.
+        limit: usize,
     },
     /// An offset outside `[log_start_offset, high_watermark]`.
     #[error("offset {offset} is out of range [{log_start_offset}, {high_watermark}]")]
@@ -147,6 +207,17 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found", 99),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", 1),
             ApiError::TopicExists { .. } => (StatusCode::CONFLICT, "topic_exists", 1),
+            ApiError::GroupNotFound { .. } => (StatusCode::NOT_FOUND, "group_not_found", 3),
+            ApiError::MemberFenced { .. } => (StatusCode::CONFLICT, "member_fenced", 2),
+            ApiError::StaleGeneration { .. } => (StatusCode::CONFLICT, "stale_generation", 3),
+            ApiError::PartitionNotAssigned { .. } => {
+                (StatusCode::CONFLICT, "partition_not_assigned", 4)
+            }
+            ApiError::GroupNotEmpty { .. } => (StatusCode::CONFLICT, "group_not_empty", 5),
+            ApiError::AssignmentStrategyMismatch { .. } => {
+                (StatusCode::CONFLICT, "assignment_strategy_mismatch", 6)
+            }
+            ApiError::GroupFull { .. } => (StatusCode::CONFLICT, "group_full", 7),
             ApiError::RecordTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large", 1)
             }
@@ -164,6 +235,10 @@ impl ApiError {
                 "unsupported_media_type",
                 1,
             ),
+            ApiError::NotAcceptable { .. } => (StatusCode::NOT_ACCEPTABLE, "not_acceptable", 1),
+            ApiError::TooManyStreams { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_streams", 1)
+            }
             ApiError::OffsetOutOfRange { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range", 1)
             }
@@ -268,6 +343,42 @@ impl ApiError {
                 topic: topic.into(),
             },
             ControllerError::Invalid(message) => ApiError::InvalidConfig { message },
+        }
+    }
+}
+
+impl ApiError {
+    /// Maps a consumer-group refusal for the group it concerns.
+    pub fn from_group(error: GroupError, group: &str) -> Self {
+        match error {
+            GroupError::NotCoordinator { .. } => ApiError::Unavailable {
+                reason: "the group's coordinator is not reachable".into(),
+            },
+            GroupError::NoQuorum => ApiError::Unavailable {
+                reason: "the group's offsets partition cannot reach a quorum".into(),
+            },
+            GroupError::Unavailable { reason } => ApiError::Unavailable { reason },
+            GroupError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason },
+            GroupError::UnknownMember => ApiError::MemberFenced {
+                group: group.into(),
+            },
+            GroupError::StaleGeneration { given, current } => {
+                ApiError::StaleGeneration { given, current }
+            }
+            GroupError::NotAssigned { topic, partition } => {
+                ApiError::PartitionNotAssigned { topic, partition }
+            }
+            GroupError::NotEmpty { members } => ApiError::GroupNotEmpty {
+                group: group.into(),
+                members,
+            },
+            GroupError::GroupNotFound => ApiError::GroupNotFound {
+                group: group.into(),
+            },
+            GroupError::StrategyMismatch { current } => {
+                ApiError::AssignmentStrategyMismatch { current }
+            }
+            GroupError::TooManyMembers { limit } => ApiError::GroupFull { limit },
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`edge`]: routing — which node serves a request, and retries at leader hints.
 //! - [`topics`], [`publish`], [`fetch`], [`cluster`]: one file per resource, each with
 //!   its `router`.
+//! - [`stream`]: partition streams as SSE or NDJSON.
 //! - [`json`]: JSON body extraction with the project's error bodies.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`state`]: what handlers share, and the request limits.
@@ -21,6 +22,7 @@ pub mod json;
 pub mod metrics;
 pub mod publish;
 pub mod state;
+pub mod stream;
 pub mod topics;
 
 use std::time::Instant;
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(topics::router(state.clone()))
         .merge(publish::router(state.clone()))
         .merge(fetch::router(state.clone()))
+        .merge(stream::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, observe))

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use psubd_actors::Broker;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::edge::Edge;
 use crate::metrics::Metrics;
@@ -22,6 +23,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most fire-and-forget (`acks=0`) publishes being written at once; more wait.
     pub max_unacked_publishes: usize,
+    /// Most open streams (SSE, NDJSON) per node; more are refused with 429.
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +35,7 @@ impl Default for Limits {
             max_records_per_request: 1000,
             max_header_bytes: 8 << 10,
             max_unacked_publishes: 1024,
+            max_streams: 1024,
         }
     }
 }
@@ -49,17 +53,23 @@ pub struct AppState {
     pub unacked: Arc<Semaphore>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Bounds open streams.
+    pub streams: Arc<Semaphore>,
+    /// Cancelled when the node shuts down: open streams end cleanly on it.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
     /// The state for a node's edge.
-    pub fn new(edge: Arc<Edge>, limits: Limits) -> Self {
+    pub fn new(edge: Arc<Edge>, limits: Limits, shutdown: CancellationToken) -> Self {
         Self {
             edge,
             limits,
             round_robin: Arc::new(AtomicU64::new(0)),
             unacked: Arc::new(Semaphore::new(limits.max_unacked_publishes)),
             metrics: Arc::new(Metrics::new()),
+            streams: Arc::new(Semaphore::new(limits.max_streams)),
+            shutdown,
         }
     }
 

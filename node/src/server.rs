@@ -63,12 +63,12 @@ pub async fn run(
         max_records_per_request: raw.max_records_per_request,
         ..Limits::default()
     };
-    let app = psubd_api::router(AppState::new(edge.clone(), limits));
+    let root = CancellationToken::new();
+    let app = psubd_api::router(AppState::new(edge.clone(), limits, root.child_token()));
     let listener = tokio::net::TcpListener::bind(raw.http)
         .await
         .with_context(|| format!("binding the HTTP address {}", raw.http))?;
 
-    let root = CancellationToken::new();
     tokio::spawn(register_node(
         edge.clone(),
         NodeInfo {

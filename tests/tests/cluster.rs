@@ -1167,6 +1167,10 @@ async fn issue_03_full_cluster_restart() {
     const TOPIC: &str = "durable";
     let mut c = Cluster::start(3).await;
     c.node(1).create_topic(TOPIC, 3, 3).await;
+    // Not about availability (publish_batch_to_fresh_topic is): leaders first.
+    for p in 0..3 {
+        c.leader_of(TOPIC, p).await;
+    }
     let mut acked = publish_keyed(&c, TOPIC, 0..600).await;
     assert_all_present(&c, TOPIC, &acked, &c.ids(), CATCH_UP).await;
 

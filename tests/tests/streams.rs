@@ -1,0 +1,173 @@
+//! Issue 7 (partition streams): SSE and NDJSON streams against real node processes.
+//! API.md § Streams.
+//!
+//! Needs the binary: `cargo build -p psubd` first.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use psubd_tests::{eventually, Cluster, NewRecord};
+use serde_json::{json, Value};
+
+/// How long a test waits for a streamed record before failing.
+const RECORD_WITHIN: Duration = Duration::from_secs(15);
+
+/// One parsed SSE event.
+#[derive(Debug)]
+struct SseEvent {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+/// Reads SSE events off a response body as they arrive.
+struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    fn new(response: reqwest::Response) -> Self {
+        Self { body: response.bytes_stream().boxed(), buffer: String::new() }
+    }
+
+    /// The next event (comments and keep-alives skipped), or None when the stream ends.
+    async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent { id: None, event: None, data: String::new() };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        event.data.push_str(v.trim_start());
+                    }
+                }
+                if event.event.is_some() || !event.data.is_empty() {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(RECORD_WITHIN, self.body.next()).await.ok()??.ok()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+fn value_record(partition: u32, n: u64) -> NewRecord {
+    NewRecord { key: None, value: json!({ "n": n }), headers: None, partition: Some(partition) }
+}
+
+async fn open_sse(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> SseReader {
+    let mut request = client.get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.expect("open the SSE stream");
+    assert_eq!(response.status(), 200, "SSE stream status");
+    assert!(
+        response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"),
+        "SSE content type"
+    );
+    SseReader::new(response)
+}
+
+/// Reads `count` record events and returns their (id, n) in arrival order.
+async fn read_records(reader: &mut SseReader, count: usize) -> Vec<(String, u64)> {
+    let mut seen = Vec::with_capacity(count);
+    while seen.len() < count {
+        let event = reader.next_event().await.expect("a record event before the stream ends");
+        assert_eq!(event.event.as_deref(), Some("record"), "event type: {event:?}");
+        let record: Value = serde_json::from_str(&event.data).expect("event data is a record");
+        seen.push((event.id.expect("record events carry an id"), record["value"]["n"].as_u64().unwrap()));
+    }
+    seen
+}
+
+// API.md § Streams: SSE records arrive as published, with `id: <partition>-<offset>`;
+// a stream resumed with Last-Event-ID continues without gap or repeat; NDJSON streams
+// one record per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_07_sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    cluster.node(1).create_topic("ev", 1, 3).await;
+    let url = format!("{}/v1/topics/ev/partitions/0/stream?offset=0", cluster.http(3));
+
+    // Records published while the stream is open arrive in order.
+    let mut reader = open_sse(&client, &url, None).await;
+    for n in 0..5 {
+        cluster.node(2).publish("ev", &[value_record(0, n)]).await;
+    }
+    let first = read_records(&mut reader, 5).await;
+    let expected: Vec<(String, u64)> = (0..5).map(|n| (format!("0-{n}"), n)).collect();
+    assert_eq!(first, expected, "records as published, ids <partition>-<offset>");
+    drop(reader);
+
+    // Resume after offset 2 through another node: 3, 4, then what is published next.
+    let mut resumed = open_sse(&client, &format!("{}/v1/topics/ev/partitions/0/stream", cluster.http(1)), Some("0-2")).await;
+    cluster.node(1).publish("ev", &[value_record(0, 5)]).await;
+    let next = read_records(&mut resumed, 3).await;
+    assert_eq!(
+        next,
+        vec![("0-3".to_string(), 3), ("0-4".to_string(), 4), ("0-5".to_string(), 5)],
+        "resume continues without gap or repeat"
+    );
+
+    // NDJSON: one record per line, from earliest.
+    let response = client
+        .get(format!("{}/v1/topics/ev/partitions/0/stream?offset=earliest", cluster.http(2)))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.lines().count() < 6 || !text.ends_with('\n') {
+        let chunk = tokio::time::timeout(RECORD_WITHIN, body.next()).await.expect("ndjson line in time").unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let offsets: Vec<u64> = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![0, 1, 2, 3, 4, 5]);
+
+    // An unsupported Accept is refused with the JSON error body.
+    let refused = client.get(&url).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(refused.status(), 406);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "not_acceptable");
+}
+
+// Issue 7: killing the node serving a stream — the client reconnects to another node with
+// its Last-Event-ID and resumes without losing a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_07_stream_resumes_on_another_node_after_kill() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    cluster.node(1).create_topic("ks", 1, 3).await;
+    for n in 0..3 {
+        cluster.node(1).publish("ks", &[value_record(0, n)]).await;
+    }
+    let mut reader = open_sse(&client, &format!("{}/v1/topics/ks/partitions/0/stream?offset=0", cluster.http(3)), None).await;
+    let before = read_records(&mut reader, 3).await;
+    let last_id = before.last().unwrap().0.clone();
+
+    cluster.kill(3);
+    // The stream ends with the node; publish more meanwhile through a live node.
+    assert!(reader.next_event().await.is_none(), "the killed node's stream ends");
+    for n in 3..6 {
+        eventually(Duration::from_secs(10), "publish after the kill", || {
+            let node = cluster.node(1);
+            async move { node.try_publish("ks", &[value_record(0, n)]).await.map(|_| ()) }
+        })
+        .await;
+    }
+    let mut resumed =
+        open_sse(&client, &format!("{}/v1/topics/ks/partitions/0/stream", cluster.http(2)), Some(&last_id)).await;
+    let after = read_records(&mut resumed, 3).await;
+    let ns: Vec<u64> = after.iter().map(|(_, n)| *n).collect();
+    assert_eq!(ns, vec![3, 4, 5], "nothing lost, nothing repeated across the reconnect");
+}

@@ -227,7 +227,6 @@ impl ConsumeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
 
     fn value(run: u8, seq: u64) -> String {
         let t = payload::RequestTemplate::raw(64);

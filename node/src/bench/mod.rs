@@ -49,10 +49,11 @@ use serde::Serialize;
 
 /// Arguments of `psubd bench`; every figure the README quotes is reproducible from them.
 ///
-/// Concurrency model: every producer owns one HTTP client; each of its `--in-flight`
-/// requests is a sequential loop on its own keep-alive connection (HTTP/1.1 does not
-/// pipeline), so `--producers 64 --in-flight 1` means 64 connections with one request
-/// each, and `--producers 8 --in-flight 8` the same 64 requests in flight over 8 clients.
+/// Concurrency model: each of a producer's `--in-flight` requests is a sequential loop on
+/// its own keep-alive connection (HTTP/1.1 does not pipeline), so the load is
+/// `--producers × --in-flight` connections with one request each: `--producers 64` and
+/// `--producers 8 --in-flight 8` both keep 64 requests in flight. Loops are spread over
+/// the `--url` nodes round-robin, and each loop's requests rotate over the partitions.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct BenchArgs {
     /// Node URL(s) of a running cluster, repeatable or comma separated; connections are
@@ -100,7 +101,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub replication_factor: u32,
 
-    /// Number of producers (HTTP clients); 0 for a read-only run.
+    /// Number of producers; 0 for a read-only run.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
 

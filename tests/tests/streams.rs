@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use psubd_tests::{eventually, Cluster, NewRecord};
+use psubd_tests::{eventually, Cluster, NewRecord, PublishOutcome};
 use serde_json::{json, Value};
 
 /// How long a test waits for a streamed record before failing.
@@ -22,13 +22,19 @@ struct SseEvent {
 
 /// Reads SSE events off a response body as they arrive.
 struct SseReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
     buffer: String,
 }
 
 impl SseReader {
     fn new(response: reqwest::Response) -> Self {
-        Self { body: response.bytes_stream().boxed(), buffer: String::new() }
+        Self {
+            body: response
+                .bytes_stream()
+                .map(|r| r.map(|b| b.to_vec()))
+                .boxed(),
+            buffer: String::new(),
+        }
     }
 
     /// The next event (comments and keep-alives skipped), or None when the stream ends.
@@ -36,7 +42,11 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent { id: None, event: None, data: String::new() };
+                let mut event = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
                         event.id = Some(v.trim().to_string());
@@ -51,14 +61,22 @@ impl SseReader {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout(RECORD_WITHIN, self.body.next()).await.ok()??.ok()?;
+            let chunk = tokio::time::timeout(RECORD_WITHIN, self.body.next())
+                .await
+                .ok()??
+                .ok()?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
 }
 
 fn value_record(partition: u32, n: u64) -> NewRecord {
-    NewRecord { key: None, value: json!({ "n": n }), headers: None, partition: Some(partition) }
+    NewRecord {
+        key: None,
+        value: json!({ "n": n }),
+        headers: None,
+        partition: Some(partition),
+    }
 }
 
 async fn open_sse(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> SseReader {
@@ -69,7 +87,10 @@ async fn open_sse(client: &reqwest::Client, url: &str, last_event_id: Option<&st
     let response = request.send().await.expect("open the SSE stream");
     assert_eq!(response.status(), 200, "SSE stream status");
     assert!(
-        response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"),
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
         "SSE content type"
     );
     SseReader::new(response)
@@ -79,10 +100,20 @@ async fn open_sse(client: &reqwest::Client, url: &str, last_event_id: Option<&st
 async fn read_records(reader: &mut SseReader, count: usize) -> Vec<(String, u64)> {
     let mut seen = Vec::with_capacity(count);
     while seen.len() < count {
-        let event = reader.next_event().await.expect("a record event before the stream ends");
-        assert_eq!(event.event.as_deref(), Some("record"), "event type: {event:?}");
+        let event = reader
+            .next_event()
+            .await
+            .expect("a record event before the stream ends");
+        assert_eq!(
+            event.event.as_deref(),
+            Some("record"),
+            "event type: {event:?}"
+        );
         let record: Value = serde_json::from_str(&event.data).expect("event data is a record");
-        seen.push((event.id.expect("record events carry an id"), record["value"]["n"].as_u64().unwrap()));
+        seen.push((
+            event.id.expect("record events carry an id"),
+            record["value"]["n"].as_u64().unwrap(),
+        ));
     }
     seen
 }
@@ -95,7 +126,10 @@ async fn issue_07_sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
     cluster.node(1).create_topic("ev", 1, 3).await;
-    let url = format!("{}/v1/topics/ev/partitions/0/stream?offset=0", cluster.http(3));
+    let url = format!(
+        "{}/v1/topics/ev/partitions/0/stream?offset=0",
+        cluster.http(3)
+    );
 
     // Records published while the stream is open arrive in order.
     let mut reader = open_sse(&client, &url, None).await;
@@ -104,22 +138,37 @@ async fn issue_07_sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap
     }
     let first = read_records(&mut reader, 5).await;
     let expected: Vec<(String, u64)> = (0..5).map(|n| (format!("0-{n}"), n)).collect();
-    assert_eq!(first, expected, "records as published, ids <partition>-<offset>");
+    assert_eq!(
+        first, expected,
+        "records as published, ids <partition>-<offset>"
+    );
     drop(reader);
 
     // Resume after offset 2 through another node: 3, 4, then what is published next.
-    let mut resumed = open_sse(&client, &format!("{}/v1/topics/ev/partitions/0/stream", cluster.http(1)), Some("0-2")).await;
+    let mut resumed = open_sse(
+        &client,
+        &format!("{}/v1/topics/ev/partitions/0/stream", cluster.http(1)),
+        Some("0-2"),
+    )
+    .await;
     cluster.node(1).publish("ev", &[value_record(0, 5)]).await;
     let next = read_records(&mut resumed, 3).await;
     assert_eq!(
         next,
-        vec![("0-3".to_string(), 3), ("0-4".to_string(), 4), ("0-5".to_string(), 5)],
+        vec![
+            ("0-3".to_string(), 3),
+            ("0-4".to_string(), 4),
+            ("0-5".to_string(), 5)
+        ],
         "resume continues without gap or repeat"
     );
 
     // NDJSON: one record per line, from earliest.
     let response = client
-        .get(format!("{}/v1/topics/ev/partitions/0/stream?offset=earliest", cluster.http(2)))
+        .get(format!(
+            "{}/v1/topics/ev/partitions/0/stream?offset=earliest",
+            cluster.http(2)
+        ))
         .header("accept", "application/x-ndjson")
         .send()
         .await
@@ -128,14 +177,30 @@ async fn issue_07_sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap
     let mut body = response.bytes_stream();
     let mut text = String::new();
     while text.lines().count() < 6 || !text.ends_with('\n') {
-        let chunk = tokio::time::timeout(RECORD_WITHIN, body.next()).await.expect("ndjson line in time").unwrap().unwrap();
+        let chunk = tokio::time::timeout(RECORD_WITHIN, body.next())
+            .await
+            .expect("ndjson line in time")
+            .unwrap()
+            .unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let offsets: Vec<u64> = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(offsets, vec![0, 1, 2, 3, 4, 5]);
 
     // An unsupported Accept is refused with the JSON error body.
-    let refused = client.get(&url).header("accept", "text/html").send().await.unwrap();
+    let refused = client
+        .get(&url)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 406);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "not_acceptable");
@@ -151,23 +216,62 @@ async fn issue_07_stream_resumes_on_another_node_after_kill() {
     for n in 0..3 {
         cluster.node(1).publish("ks", &[value_record(0, n)]).await;
     }
-    let mut reader = open_sse(&client, &format!("{}/v1/topics/ks/partitions/0/stream?offset=0", cluster.http(3)), None).await;
+    let mut reader = open_sse(
+        &client,
+        &format!(
+            "{}/v1/topics/ks/partitions/0/stream?offset=0",
+            cluster.http(3)
+        ),
+        None,
+    )
+    .await;
     let before = read_records(&mut reader, 3).await;
     let last_id = before.last().unwrap().0.clone();
 
     cluster.kill(3);
     // The stream ends with the node; publish more meanwhile through a live node.
-    assert!(reader.next_event().await.is_none(), "the killed node's stream ends");
+    assert!(
+        reader.next_event().await.is_none(),
+        "the killed node's stream ends"
+    );
     for n in 3..6 {
+        // Retried until acknowledged: an outcome_unknown attempt may also have landed,
+        // which is a duplicate publish (at-least-once), not a stream repeat.
         eventually(Duration::from_secs(10), "publish after the kill", || {
             let node = cluster.node(1);
-            async move { node.try_publish("ks", &[value_record(0, n)]).await.map(|_| ()) }
+            async move {
+                match node
+                    .try_publish("ks", &[value_record(0, n)], Duration::from_secs(5))
+                    .await
+                {
+                    PublishOutcome::Acked(_) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
         })
         .await;
     }
-    let mut resumed =
-        open_sse(&client, &format!("{}/v1/topics/ks/partitions/0/stream", cluster.http(2)), Some(&last_id)).await;
-    let after = read_records(&mut resumed, 3).await;
-    let ns: Vec<u64> = after.iter().map(|(_, n)| *n).collect();
-    assert_eq!(ns, vec![3, 4, 5], "nothing lost, nothing repeated across the reconnect");
+    let mut resumed = open_sse(
+        &client,
+        &format!("{}/v1/topics/ks/partitions/0/stream", cluster.http(2)),
+        Some(&last_id),
+    )
+    .await;
+    let mut offsets = Vec::new();
+    let mut values = std::collections::BTreeSet::new();
+    while values.len() < 3 {
+        let (id, n) = read_records(&mut resumed, 1).await.remove(0);
+        offsets.push(id.trim_start_matches("0-").parse::<u64>().unwrap());
+        values.insert(n);
+    }
+    let expected_offsets: Vec<u64> = (3..3 + offsets.len() as u64).collect();
+    assert_eq!(
+        offsets, expected_offsets,
+        "the resumed stream continues at offset 3 without gap or repeat"
+    );
+    assert_eq!(
+        values.into_iter().collect::<Vec<_>>(),
+        vec![3, 4, 5],
+        "nothing lost across the reconnect"
+    );
 }

@@ -3,7 +3,7 @@
 //! runs on this node. Routing between nodes is the edge's job, not the broker's.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use psubd_raft::types::typ::Raft;
@@ -16,10 +16,12 @@ use crate::controller::{
     ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo,
 };
 use crate::error::{ControllerError, PartitionError};
+use crate::group_directory::GroupDirectory;
+use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
 use crate::partition::{check_leader, Appended, BatchLimits, PartitionHandle, PartitionMsg};
 use crate::record::EncodedRecords;
 use crate::supervisor::{NodeSupervisor, PartitionTable, SupervisorArgs, SupervisorMsg};
-use crate::topic::{TopicConfig, TopicMeta};
+use crate::topic::{CleanupPolicy, TopicConfig, TopicMeta};
 
 /// Startup errors of the broker.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,7 @@ struct Inner {
     metadata: watch::Receiver<Arc<ControllerState>>,
     partitions: PartitionTable,
     limits: BatchLimits,
+    groups: GroupDirectory,
 }
 
 /// A node's broker. Cheap to clone.
@@ -100,6 +103,7 @@ impl Broker {
         .await
         .map_err(|e| BrokerError::Spawn(e.to_string()))?;
         let partitions = PartitionTable::default();
+        let offsets = OffsetsTable::default();
         let (supervisor, _) = Actor::spawn(
             None,
             NodeSupervisor,
@@ -107,23 +111,31 @@ impl Broker {
                 raft_node: raft_node.clone(),
                 metadata: metadata.clone(),
                 partitions: partitions.clone(),
+                offsets: offsets.clone(),
                 limits: config.limits,
                 init_fallback_after: config.init_fallback_after,
             },
         )
         .await
         .map_err(|e| BrokerError::Spawn(e.to_string()))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                raft_node,
-                controller_raft,
-                controller,
-                supervisor,
-                metadata,
-                partitions,
-                limits: config.limits,
-            }),
-        })
+        let groups = GroupDirectory::new(metadata.clone(), offsets, config.limits);
+        let inner = Arc::new(Inner {
+            raft_node,
+            controller_raft,
+            controller,
+            supervisor,
+            metadata,
+            partitions,
+            limits: config.limits,
+            groups,
+        });
+        tokio::spawn(create_offsets_topic(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// This node's consumer-group coordinators and offsets replicas.
+    pub fn groups(&self) -> &GroupDirectory {
+        &self.inner.groups
     }
 
     /// This node's id.
@@ -271,6 +283,42 @@ impl Broker {
         self.inner.supervisor.stop(Some("shutdown".into()));
         self.inner.controller.stop(Some("shutdown".into()));
         self.inner.raft_node.shutdown().await;
+    }
+}
+
+/// Creates the consumer offsets topic once the cluster has a controller: while this node
+/// leads the controller and the topic is missing, it proposes it (idempotent: a
+/// concurrent creation answers `TopicExists`). Ends once the topic exists, or with the
+/// broker.
+async fn create_offsets_topic(inner: Weak<Inner>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.metadata.borrow().topics.contains_key(OFFSETS_TOPIC) {
+            return;
+        }
+        let me = inner.raft_node.id();
+        if inner.controller_raft.metrics().borrow().current_leader != Some(me) {
+            continue;
+        }
+        let broker = Broker { inner };
+        let nodes = broker.raft_node().peers().len() as u32;
+        let config = TopicConfig {
+            partitions: OFFSETS_PARTITIONS,
+            replication_factor: OFFSETS_REPLICATION.min(nodes.max(1)),
+            retention_ms: -1,
+            retention_bytes: -1,
+            cleanup_policy: CleanupPolicy::Compact,
+        };
+        match broker.create_topic(OFFSETS_TOPIC.to_string(), config).await {
+            Ok(_) | Err(ControllerError::TopicExists) => {
+                info!("consumer offsets topic created");
+                return;
+            }
+            Err(error) => warn!(%error, "creating the consumer offsets topic failed; retrying"),
+        }
     }
 }
 

@@ -62,3 +62,71 @@ pub enum ControllerError {
     #[error("{0}")]
     Invalid(String),
 }
+
+/// Why a consumer-group request was refused (API.md § Consumer groups).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum GroupError {
+    /// This node does not lead the group's offsets partition, so it is not the group's
+    /// coordinator; nothing changed. `leader` is a hint.
+    #[error("not the group's coordinator")]
+    NotCoordinator {
+        /// The offsets partition's leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The coordinator's offsets partition cannot reach a quorum; nothing changed.
+    #[error("the group's offsets partition cannot reach a quorum")]
+    NoQuorum,
+    /// The coordinator cannot serve now (starting, overloaded); nothing changed.
+    #[error("group coordinator unavailable: {reason}")]
+    Unavailable {
+        /// What happened.
+        reason: String,
+    },
+    /// A commit was proposed and its fate is unknown.
+    #[error("outcome unknown: {reason}")]
+    OutcomeUnknown {
+        /// What happened.
+        reason: String,
+    },
+    /// The member is not (or no longer) in the group: it expired, left, or joined a
+    /// coordinator that has since moved. The client re-joins.
+    #[error("member is not in the group")]
+    UnknownMember,
+    /// The request carries an older generation than the group's.
+    #[error("generation {given} is stale; the group is at generation {current}")]
+    StaleGeneration {
+        /// The generation sent.
+        given: u64,
+        /// The group's generation.
+        current: u64,
+    },
+    /// A commit names a partition not assigned to the member in this generation.
+    #[error("partition {partition} of topic '{topic}' is not assigned to this member")]
+    NotAssigned {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+    /// The operation needs a group without members.
+    #[error("the group has {members} active members")]
+    NotEmpty {
+        /// How many.
+        members: usize,
+    },
+    /// The group has neither members nor committed offsets.
+    #[error("group not found")]
+    GroupNotFound,
+    /// A join asks for another assignment strategy than the group's members use.
+    #[error("the group uses the '{current}' assignment strategy")]
+    StrategyMismatch {
+        /// The group's strategy.
+        current: String,
+    },
+    /// The group is at its member limit.
+    #[error("the group has the maximum of {limit} members")]
+    TooManyMembers {
+        /// The limit.
+        limit: usize,
+    },
+}

@@ -10,16 +10,27 @@
 //!   metadata.
 //! - [`supervisor`]: the node supervisor, which runs the partition replicas the controller
 //!   assigns to this node.
+//! - [`offsets`]: the consumer offsets topic's state machine (committed offsets) and reader.
+//! - [`assignment`]: sticky range / round-robin partition assignment for groups.
+//! - [`coordinator`]: the group coordinator actor (members, generations, positions).
+//! - [`group_directory`]: this node's coordinators, started on demand where the group's
+//!   offsets partition leads.
+//! - [`stable_hash`]: the one stable hash (keys to partitions, groups to coordinators).
 //! - [`broker`]: the handle the edge uses for local operations.
 //! - [`error`]: the crate's errors.
 
+pub mod assignment;
 pub mod broker;
 pub mod controller;
+pub mod coordinator;
 pub mod error;
+pub mod group_directory;
+pub mod offsets;
 pub mod partition;
 pub mod record;
+pub mod stable_hash;
 pub mod supervisor;
 pub mod topic;
 
 pub use broker::{Broker, BrokerConfig, BrokerError};
-pub use error::{ControllerError, PartitionError};
+pub use error::{ControllerError, GroupError, PartitionError};

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::controller::ControllerState;
+use crate::offsets::{OffsetsHandle, OffsetsLogic, OffsetsTable, OFFSETS_TOPIC};
 use crate::partition::{
     BatchLimits, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic,
     MAX_QUEUED_REQUESTS,
@@ -38,6 +39,9 @@ pub struct SupervisorArgs {
     pub metadata: watch::Receiver<Arc<ControllerState>>,
     /// Where local replicas are published for the edge.
     pub partitions: PartitionTable,
+    /// Where local replicas of the consumer offsets partitions are published: they run
+    /// [`OffsetsLogic`] and no partition actor (their writes come from coordinators).
+    pub offsets: OffsetsTable,
     /// Entry limits for partition actors.
     pub limits: BatchLimits,
     /// How long a non-preferred replica waits for the preferred one to form a new group
@@ -53,22 +57,47 @@ pub struct SupervisorState {
 /// The node supervisor actor. See the module docs.
 pub struct NodeSupervisor;
 
-fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, Vec<NodeId>> {
+/// The groups this node should hold: replicas, and the offsets partition number for the
+/// partitions of the consumer offsets topic.
+fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, (Vec<NodeId>, Option<u32>)> {
     state
         .topics
         .values()
-        .flat_map(|topic| topic.partitions.iter())
-        .filter(|placement| placement.replicas.contains(&me))
-        .map(|placement| (placement.group, placement.replicas.clone()))
+        .flat_map(|topic| {
+            let offsets = topic.name == OFFSETS_TOPIC;
+            topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(move |(i, placement)| (placement, offsets.then_some(i as u32)))
+        })
+        .filter(|(placement, _)| placement.replicas.contains(&me))
+        .map(|(placement, offsets)| (placement.group, (placement.replicas.clone(), offsets)))
         .collect()
 }
 
 impl SupervisorState {
     fn local(&self) -> Vec<GroupId> {
-        match self.args.partitions.read() {
+        let mut groups: Vec<GroupId> = match self.args.partitions.read() {
             Ok(table) => table.keys().copied().collect(),
             Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
+        };
+        match self.args.offsets.read() {
+            Ok(table) => groups.extend(table.keys()),
+            Err(poisoned) => groups.extend(poisoned.into_inner().keys()),
         }
+        groups
+    }
+
+    fn publish_offsets(&self, group: GroupId, handle: Option<OffsetsHandle>) {
+        let mut table = match self.args.offsets.write() {
+            Ok(table) => table,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match handle {
+            Some(handle) => table.insert(group, handle),
+            None => table.remove(&group),
+        };
     }
 
     fn publish(&self, group: GroupId, handle: Option<PartitionHandle>) {
@@ -87,9 +116,15 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         group: GroupId,
         replicas: Vec<NodeId>,
+        offsets_partition: Option<u32>,
     ) -> Result<(), ActorProcessingErr> {
         let me = self.args.raft_node.id();
         let (logic, reader) = PartitionLogic::new();
+        let (offsets_logic, offsets_reader) = OffsetsLogic::new();
+        let logic: Box<dyn psubd_raft::GroupLogic> = match offsets_partition {
+            Some(_) => Box::new(offsets_logic),
+            None => Box::new(logic),
+        };
         let members: BTreeSet<NodeId> = replicas.iter().copied().collect();
         // Only the preferred replica initialises at once, so it usually wins the first
         // election and leaders spread as placement intended.
@@ -97,7 +132,7 @@ impl SupervisorState {
         let raft = self
             .args
             .raft_node
-            .open_group(group, Box::new(logic), members.clone(), preferred)
+            .open_group(group, logic, members.clone(), preferred)
             .await?;
         if !preferred {
             let raft = raft.clone();
@@ -114,6 +149,19 @@ impl SupervisorState {
                     let _ = raft.initialize(members).await;
                 }
             });
+        }
+        if let Some(partition) = offsets_partition {
+            self.publish_offsets(
+                group,
+                Some(OffsetsHandle {
+                    partition,
+                    group,
+                    raft,
+                    reader: offsets_reader,
+                }),
+            );
+            info!(group, partition, "consumer offsets replica opened");
+            return Ok(());
         }
         let (actor, _) = Actor::spawn_linked(
             None,
@@ -146,6 +194,7 @@ impl SupervisorState {
             Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
         };
         self.publish(group, None);
+        self.publish_offsets(group, None);
         if let Some(handle) = handle {
             handle.actor.stop(Some("topic deleted".into()));
         }
@@ -162,11 +211,11 @@ impl SupervisorState {
         for group in have.iter().filter(|g| !want.contains_key(g)) {
             self.close(*group).await;
         }
-        for (group, replicas) in want {
+        for (group, (replicas, offsets_partition)) in want {
             if have.contains(&group) {
                 continue;
             }
-            if let Err(error) = self.open(myself, group, replicas).await {
+            if let Err(error) = self.open(myself, group, replicas, offsets_partition).await {
                 warn!(group, %error, "failed to open a partition replica; will retry on the next change");
             }
         }

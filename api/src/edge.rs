@@ -127,7 +127,7 @@ impl Edge {
 
     /// Sends `request` to the partition's leader, following hints, retrying only where
     /// nothing can have been written.
-    async fn to_leader(
+    pub(crate) async fn to_leader(
         &self,
         placement: &PartitionPlacement,
         request: ForwardRequest,

@@ -10,11 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use psubd_actors::assignment::TopicPartition;
 use psubd_actors::controller::NodeInfo;
+use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
+use psubd_actors::offsets::CommittedOffset;
 use psubd_actors::partition::{leader_of, Appended, FetchedRecords, ReadError};
 use psubd_actors::record::EncodedRecords;
 use psubd_actors::topic::{TopicConfig, TopicMeta};
-use psubd_actors::{Broker, ControllerError, PartitionError};
+use psubd_actors::{Broker, ControllerError, GroupError, PartitionError};
 use psubd_raft::{GroupId, NodeId, PeerService};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +80,25 @@ pub enum ForwardRequest {
         /// Name.
         name: String,
     },
+    /// A consumer-group request for the group's coordinator (the serving node must lead
+    /// the group's offsets partition).
+    Group {
+        /// The consumer group.
+        group: String,
+        /// The request.
+        request: GroupRequest,
+    },
+    /// A group's committed offsets from the serving node's replica of its offsets
+    /// partition (any replica may serve committed reads).
+    CommittedOffsets {
+        /// The consumer group.
+        group: String,
+    },
+    /// The groups of one offsets partition (the serving node must lead it).
+    ListGroups {
+        /// The offsets partition.
+        partition: u32,
+    },
 }
 
 /// A replica's status.
@@ -116,6 +138,15 @@ pub enum ForwardResponse {
         /// The high watermark.
         high_watermark: u64,
     },
+    /// A group coordinator's answer.
+    Group(GroupAnswer),
+    /// A group coordinator refused (never "not coordinator": that is sent as
+    /// `Partition(NotLeader)` so the edge follows the hint as for any leader).
+    GroupRefused(GroupError),
+    /// A group's committed offsets.
+    Committed(Vec<(TopicPartition, CommittedOffset)>),
+    /// Groups of an offsets partition.
+    Groups(Vec<GroupSummary>),
     /// Stored data could not be read; logged on the serving node.
     Broken(String),
     /// The request did not decode (nodes of different versions).
@@ -166,6 +197,38 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
         ForwardRequest::DescribeTopic { name } => {
             ForwardResponse::Topic(broker.metadata().topics.get(&name).cloned())
         }
+        ForwardRequest::Group { group, request } => group_response(
+            broker
+                .groups()
+                .call(&group, request)
+                .await
+                .map(ForwardResponse::Group),
+        ),
+        ForwardRequest::CommittedOffsets { group } => group_response(
+            broker
+                .groups()
+                .committed(&group)
+                .map(ForwardResponse::Committed),
+        ),
+        ForwardRequest::ListGroups { partition } => group_response(
+            broker
+                .groups()
+                .list(partition)
+                .await
+                .map(ForwardResponse::Groups),
+        ),
+    }
+}
+
+/// A coordinator's "not here" becomes a partition's "not leader" (nothing changed in
+/// either case), so the edge's leader-following retry finds the coordinator.
+fn group_response(result: Result<ForwardResponse, GroupError>) -> ForwardResponse {
+    match result {
+        Ok(response) => response,
+        Err(GroupError::NotCoordinator { leader }) => {
+            ForwardResponse::Partition(PartitionError::NotLeader { leader })
+        }
+        Err(error) => ForwardResponse::GroupRefused(error),
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`topics`], [`publish`], [`fetch`], [`cluster`]: one file per resource, each with
 //!   its `router`.
 //! - [`stream`]: partition streams as SSE or NDJSON.
+//! - [`groups`]: consumer groups (join, member fetch, commit, offsets, admin), and in
+//!   [`group_routing`] how the edge reaches a group's coordinator.
 //! - [`json`]: JSON body extraction with the project's error bodies.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`state`]: what handlers share, and the request limits.
@@ -18,6 +20,8 @@ pub mod edge;
 pub mod error;
 pub mod fetch;
 pub mod forward;
+pub mod group_routing;
+pub mod groups;
 pub mod json;
 pub mod metrics;
 pub mod publish;
@@ -46,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(topics::router(state.clone()))
         .merge(publish::router(state.clone()))
         .merge(fetch::router(state.clone()))
+        .merge(groups::router(state.clone()))
         .merge(stream::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -113,11 +113,10 @@ fn parse_acks(raw: Option<&str>) -> Result<AcksParam, ApiError> {
     }
 }
 
-/// FNV-1a: a stable hash, so a key maps to the same partition on every node and release.
+/// A stable hash, so a key maps to the same partition on every node and release (the
+/// same function places consumer groups).
 fn key_hash(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    psubd_actors::stable_hash::fnv1a(key)
 }
 
 fn choose_partition(

@@ -1,0 +1,754 @@
+//! The group coordinator: one actor per consumer group, on the node that leads the group's
+//! offsets partition (DESIGN.md § Consumer groups).
+//!
+//! Membership, generation, assignment and each member's read positions are soft state
+//! here; only committed offsets are replicated (through the offsets partition's Raft
+//! group). When leadership of the offsets partition moves, this actor stops, a fresh one
+//! starts on the new leader with no members, and members re-join after a 409
+//! `member_fenced` (Kafka's design): nothing but offsets needs to survive.
+//!
+//! Position rule: a member's next position in a partition starts at the group's committed
+//! offset, else at its `auto_offset_reset`, and is reset to the committed offset on every
+//! rebalance. Positions only advance by what a fetch actually delivered. So nothing
+//! uncommitted is ever skipped; re-delivery after a failure or rebalance is expected
+//! (at-least-once).
+//!
+//! The actor never awaits a Raft commit inside `handle`: commits run in a spawned task
+//! that answers the caller.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use psubd_raft::NodeId;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::assignment::{assign, Assignment, AssignmentStrategy, Subscriptions, TopicPartition};
+use crate::controller::ControllerState;
+use crate::error::{GroupError, PartitionError};
+use crate::offsets::{now_ms, propose, OffsetEntry, OffsetsCommand, OffsetsHandle};
+use crate::partition::{check_leader, BatchLimits};
+
+/// Shortest session timeout a member may ask for (issue 4: 1 s to 5 min).
+pub const MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
+
+/// Longest session timeout a member may ask for.
+pub const MAX_SESSION_TIMEOUT_MS: u64 = 300_000;
+
+/// Most members in one group: each costs a little memory and assignment time.
+pub const MAX_MEMBERS: usize = 1_000;
+
+/// How often the coordinator looks for silent members, topic changes and lost leadership.
+/// A member is removed at most this long after its session timeout.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A coordinator with no members stops after this long (it holds nothing worth keeping).
+const IDLE_STOP_AFTER: Duration = Duration::from_secs(60);
+
+/// Longest long-poll a member may be in: while it waits, it counts as alive.
+const MAX_POLL: Duration = Duration::from_secs(30);
+
+/// Where a member starts in a partition without a committed offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AutoOffsetReset {
+    /// The log start.
+    Earliest,
+    /// The high watermark: only records published from then on (Kafka's default).
+    #[default]
+    Latest,
+}
+
+impl AutoOffsetReset {
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoOffsetReset::Earliest => "earliest",
+            AutoOffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// Where a member's next fetch of a partition starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartPosition {
+    /// At the log start (no committed offset; `auto_offset_reset` earliest).
+    Earliest,
+    /// At the high watermark (no committed offset; `auto_offset_reset` latest).
+    Latest,
+    /// At this offset.
+    At(u64),
+}
+
+/// A partition with the next offset a member is to read in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The next offset to read.
+    pub next_offset: u64,
+}
+
+/// A request to a group's coordinator. Validated by the edge before it is sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum GroupRequest {
+    /// A new member subscribes.
+    Join {
+        /// Subscribed topics (they exist).
+        topics: Vec<String>,
+        /// Silence after which the member is removed, within the accepted range.
+        session_timeout_ms: u64,
+        /// Where to start without a committed offset.
+        auto_offset_reset: AutoOffsetReset,
+        /// The strategy asked for; `None` takes the group's.
+        strategy: Option<AssignmentStrategy>,
+    },
+    /// A member starts a fetch: a heartbeat, answered with where to read.
+    Poll {
+        /// The member.
+        member_id: String,
+        /// How long the fetch may wait for records; the member is alive meanwhile.
+        timeout_ms: u64,
+    },
+    /// A member's fetch delivered records up to these positions.
+    Delivered {
+        /// The member.
+        member_id: String,
+        /// The generation the fetch was made in.
+        generation: u64,
+        /// Next offset per fetched partition.
+        positions: Vec<Position>,
+    },
+    /// A member commits offsets (the next offsets to read).
+    Commit {
+        /// The member.
+        member_id: String,
+        /// The member's generation.
+        generation: u64,
+        /// The offsets.
+        offsets: Vec<OffsetEntry>,
+    },
+    /// A member leaves.
+    Leave {
+        /// The member.
+        member_id: String,
+    },
+    /// Members, assignments and state.
+    Describe,
+    /// Set committed offsets; only while the group has no members.
+    Reset {
+        /// The offsets.
+        offsets: Vec<OffsetEntry>,
+    },
+    /// Delete the group's offsets; only while it has no members.
+    Delete,
+}
+
+/// What a member reads now: its generation, partitions and where it is in each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The member.
+    pub member_id: String,
+    /// The group's generation.
+    pub generation: u64,
+    /// The member's partitions in this generation.
+    pub assignments: Vec<TopicPartition>,
+    /// Where the next fetch of each assigned partition starts.
+    pub positions: Vec<(TopicPartition, StartPosition)>,
+    /// The member's `auto_offset_reset` (used when a position has left the log).
+    pub auto_offset_reset: AutoOffsetReset,
+    /// True when generation or assignments differ from what this member was last told.
+    pub changed: bool,
+    /// For [`GroupRequest::Delivered`]: the partitions whose positions were taken (the
+    /// member still owns them in the same generation). Records of the others are dropped.
+    pub accepted: Vec<TopicPartition>,
+}
+
+/// A member as `GET /v1/groups/{g}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// The member's id.
+    pub member_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Session timeout.
+    pub session_timeout_ms: u64,
+    /// Where it starts without a committed offset.
+    pub auto_offset_reset: AutoOffsetReset,
+    /// Its partitions.
+    pub assignments: Vec<TopicPartition>,
+    /// Milliseconds since it was last heard from (0 while in a long-poll).
+    pub last_seen_ms_ago: u64,
+}
+
+/// A group as its coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDescription {
+    /// The group.
+    pub group: String,
+    /// `stable` with members, `empty` without.
+    pub state: String,
+    /// The generation (0 before the first join on this coordinator).
+    pub generation: u64,
+    /// The assignment strategy.
+    pub strategy: AssignmentStrategy,
+    /// The coordinator's node.
+    pub coordinator: NodeId,
+    /// The members.
+    pub members: Vec<MemberView>,
+}
+
+/// A group in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group.
+    pub group: String,
+    /// Active members (0 for a group that only has committed offsets).
+    pub members: u32,
+}
+
+/// The coordinator's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum GroupAnswer {
+    /// A member joined, or polled, or reported a delivery.
+    Lease(Lease),
+    /// The group's description.
+    Described(GroupDescription),
+    /// Done.
+    Done,
+}
+
+/// Messages of [`CoordinatorActor`].
+pub enum CoordinatorMsg {
+    /// A request from the edge.
+    Request {
+        /// The request.
+        request: GroupRequest,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<GroupAnswer, GroupError>>,
+    },
+    /// Periodic housekeeping: expire silent members, notice topic and leadership changes.
+    Tick,
+}
+
+/// Startup arguments of a coordinator.
+pub struct CoordinatorArgs {
+    /// The group.
+    pub group: String,
+    /// The local replica of the group's offsets partition, which this node leads.
+    pub offsets: OffsetsHandle,
+    /// Replicated metadata (topic partition counts and groups).
+    pub metadata: watch::Receiver<Arc<ControllerState>>,
+    /// Write timeout and quorum staleness.
+    pub limits: BatchLimits,
+    /// The offsets partition's Raft term when this coordinator started: a later term means
+    /// leadership was lost (perhaps regained) and members must re-join.
+    pub term: u64,
+    /// Where the member count is published for listings.
+    pub member_count: Arc<AtomicU32>,
+}
+
+struct Member {
+    topics: BTreeSet<String>,
+    session_timeout: Duration,
+    auto_offset_reset: AutoOffsetReset,
+    /// Alive until `last_seen + session_timeout`. During a long-poll it is set to the
+    /// poll's end.
+    last_seen: Instant,
+    /// The generation this member was last told about.
+    told_generation: u64,
+    assigned: BTreeSet<TopicPartition>,
+    /// Next offset to hand out per assigned partition. Invariant: keys ⊆ `assigned`;
+    /// emptied at every rebalance, so a new generation starts at the committed offsets.
+    positions: HashMap<TopicPartition, u64>,
+}
+
+/// State of a coordinator.
+pub struct CoordinatorState {
+    args: CoordinatorArgs,
+    generation: u64,
+    strategy: AssignmentStrategy,
+    members: BTreeMap<String, Member>,
+    /// Partition counts of the subscribed topics at the last rebalance.
+    counts: BTreeMap<String, u32>,
+    idle_since: Instant,
+}
+
+/// The coordinator actor. See the module docs.
+pub struct CoordinatorActor;
+
+fn new_member_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl CoordinatorState {
+    fn group(&self) -> &str {
+        &self.args.group
+    }
+
+    /// Whether this node still coordinates the group.
+    fn leadership(&self) -> Result<(), GroupError> {
+        match check_leader(&self.args.offsets.raft, &self.args.limits) {
+            Ok(()) => {}
+            Err(PartitionError::NotLeader { leader }) => {
+                return Err(GroupError::NotCoordinator { leader })
+            }
+            Err(_) => return Err(GroupError::NoQuorum),
+        }
+        if self.args.offsets.raft.metrics().borrow().current_term != self.args.term {
+            return Err(GroupError::Unavailable {
+                reason: "the group coordinator is restarting after a leadership change".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn partition_counts(&self) -> BTreeMap<String, u32> {
+        let metadata = self.args.metadata.borrow().clone();
+        let subscribed: BTreeSet<&String> = self.members.values().flat_map(|m| &m.topics).collect();
+        subscribed
+            .into_iter()
+            .filter_map(|t| {
+                metadata
+                    .topics
+                    .get(t)
+                    .map(|meta| (t.clone(), meta.config.partitions))
+            })
+            .collect()
+    }
+
+    fn rebalance(&mut self, reason: &'static str) {
+        self.generation += 1;
+        let subscriptions: Subscriptions = self
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.topics.clone()))
+            .collect();
+        let previous: Assignment = self
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.assigned.clone()))
+            .collect();
+        self.counts = self.partition_counts();
+        let mut result = assign(self.strategy, &subscriptions, &self.counts, &previous);
+        for (id, member) in &mut self.members {
+            member.assigned = result.remove(id).unwrap_or_default();
+            member.positions.clear();
+        }
+        self.args
+            .member_count
+            .store(self.members.len() as u32, Ordering::Relaxed);
+        if self.members.is_empty() {
+            self.idle_since = Instant::now();
+        }
+        info!(
+            group = %self.args.group,
+            generation = self.generation,
+            members = self.members.len(),
+            reason,
+            "group rebalanced"
+        );
+    }
+
+    /// The committed offset of a partition for the topic as it exists now (an offset
+    /// committed for a deleted incarnation of the topic is ignored).
+    fn committed(&self, tp: &TopicPartition) -> Option<u64> {
+        let current = self
+            .args
+            .metadata
+            .borrow()
+            .partition(&tp.topic, tp.partition)
+            .map(|p| p.group)?;
+        self.args
+            .offsets
+            .reader
+            .get(&self.args.group, &tp.topic, tp.partition)
+            .filter(|c| c.topic_group == current)
+            .map(|c| c.offset)
+    }
+
+    fn lease(
+        &self,
+        member_id: &str,
+        member: &Member,
+        changed: bool,
+        accepted: Vec<TopicPartition>,
+    ) -> Lease {
+        let positions = member
+            .assigned
+            .iter()
+            .map(|tp| {
+                let start = match member.positions.get(tp) {
+                    Some(next) => StartPosition::At(*next),
+                    None => match self.committed(tp) {
+                        Some(offset) => StartPosition::At(offset),
+                        None => match member.auto_offset_reset {
+                            AutoOffsetReset::Earliest => StartPosition::Earliest,
+                            AutoOffsetReset::Latest => StartPosition::Latest,
+                        },
+                    },
+                };
+                (tp.clone(), start)
+            })
+            .collect();
+        Lease {
+            member_id: member_id.to_string(),
+            generation: self.generation,
+            assignments: member.assigned.iter().cloned().collect(),
+            positions,
+            auto_offset_reset: member.auto_offset_reset,
+            changed,
+            accepted,
+        }
+    }
+
+    fn join(
+        &mut self,
+        topics: Vec<String>,
+        session_timeout_ms: u64,
+        auto_offset_reset: AutoOffsetReset,
+        strategy: Option<AssignmentStrategy>,
+    ) -> Result<GroupAnswer, GroupError> {
+        if self.members.len() >= MAX_MEMBERS {
+            return Err(GroupError::TooManyMembers { limit: MAX_MEMBERS });
+        }
+        match strategy {
+            Some(asked) if !self.members.is_empty() && asked != self.strategy => {
+                return Err(GroupError::StrategyMismatch {
+                    current: self.strategy.as_str().into(),
+                })
+            }
+            Some(asked) => self.strategy = asked,
+            None if self.members.is_empty() => self.strategy = AssignmentStrategy::default(),
+            None => {}
+        }
+        let member_id = new_member_id();
+        let session = session_timeout_ms.clamp(MIN_SESSION_TIMEOUT_MS, MAX_SESSION_TIMEOUT_MS);
+        self.members.insert(
+            member_id.clone(),
+            Member {
+                topics: topics.into_iter().collect(),
+                session_timeout: Duration::from_millis(session),
+                auto_offset_reset,
+                last_seen: Instant::now(),
+                told_generation: 0,
+                assigned: BTreeSet::new(),
+                positions: HashMap::new(),
+            },
+        );
+        self.rebalance("member joined");
+        let generation = self.generation;
+        let member = self
+            .members
+            .get_mut(&member_id)
+            .ok_or(GroupError::UnknownMember)?;
+        member.told_generation = generation;
+        let member = &self.members[&member_id];
+        Ok(GroupAnswer::Lease(self.lease(
+            &member_id,
+            member,
+            true,
+            Vec::new(),
+        )))
+    }
+
+    fn poll(&mut self, member_id: &str, timeout_ms: u64) -> Result<GroupAnswer, GroupError> {
+        let member = self
+            .members
+            .get_mut(member_id)
+            .ok_or(GroupError::UnknownMember)?;
+        member.last_seen = Instant::now() + Duration::from_millis(timeout_ms).min(MAX_POLL);
+        let member = &self.members[member_id];
+        let changed = member.told_generation != self.generation;
+        Ok(GroupAnswer::Lease(self.lease(
+            member_id,
+            member,
+            changed,
+            Vec::new(),
+        )))
+    }
+
+    fn delivered(
+        &mut self,
+        member_id: &str,
+        generation: u64,
+        positions: Vec<Position>,
+    ) -> Result<GroupAnswer, GroupError> {
+        let current = self.generation;
+        let member = self
+            .members
+            .get_mut(member_id)
+            .ok_or(GroupError::UnknownMember)?;
+        member.last_seen = Instant::now();
+        let mut accepted = Vec::new();
+        if generation == current {
+            for position in positions {
+                if member.assigned.contains(&position.partition) {
+                    member
+                        .positions
+                        .insert(position.partition.clone(), position.next_offset);
+                    accepted.push(position.partition);
+                }
+            }
+        }
+        let changed = member.told_generation != current;
+        member.told_generation = current;
+        let member = &self.members[member_id];
+        Ok(GroupAnswer::Lease(
+            self.lease(member_id, member, changed, accepted),
+        ))
+    }
+
+    /// Checks a commit; the write itself is spawned by the caller.
+    fn check_commit(
+        &mut self,
+        member_id: &str,
+        generation: u64,
+        offsets: &[OffsetEntry],
+    ) -> Result<(), GroupError> {
+        let current = self.generation;
+        let member = self
+            .members
+            .get_mut(member_id)
+            .ok_or(GroupError::UnknownMember)?;
+        if generation != current {
+            return Err(GroupError::StaleGeneration {
+                given: generation,
+                current,
+            });
+        }
+        for entry in offsets {
+            let tp = TopicPartition {
+                topic: entry.topic.clone(),
+                partition: entry.partition,
+            };
+            if !member.assigned.contains(&tp) {
+                return Err(GroupError::NotAssigned {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                });
+            }
+        }
+        // A commit is a sign of life too.
+        member.last_seen = member.last_seen.max(Instant::now());
+        Ok(())
+    }
+
+    fn describe(&self) -> Result<GroupAnswer, GroupError> {
+        if self.members.is_empty() && self.args.offsets.reader.committed(self.group()).is_empty() {
+            return Err(GroupError::GroupNotFound);
+        }
+        let now = Instant::now();
+        let members = self
+            .members
+            .iter()
+            .map(|(id, m)| MemberView {
+                member_id: id.clone(),
+                topics: m.topics.iter().cloned().collect(),
+                session_timeout_ms: m.session_timeout.as_millis() as u64,
+                auto_offset_reset: m.auto_offset_reset,
+                assignments: m.assigned.iter().cloned().collect(),
+                last_seen_ms_ago: now.saturating_duration_since(m.last_seen).as_millis() as u64,
+            })
+            .collect();
+        Ok(GroupAnswer::Described(GroupDescription {
+            group: self.args.group.clone(),
+            state: if self.members.is_empty() {
+                "empty"
+            } else {
+                "stable"
+            }
+            .into(),
+            generation: self.generation,
+            strategy: self.strategy,
+            coordinator: self.args.offsets.raft.metrics().borrow().id,
+            members,
+        }))
+    }
+
+    /// Proposes an offsets command in a task that answers `reply` once it is applied.
+    fn spawn_write(
+        &self,
+        command: OffsetsCommand,
+        reply: RpcReplyPort<Result<GroupAnswer, GroupError>>,
+    ) {
+        let raft = self.args.offsets.raft.clone();
+        let timeout = self.args.limits.write_timeout;
+        tokio::spawn(async move {
+            let answer = propose(&raft, &command, timeout)
+                .await
+                .map(|()| GroupAnswer::Done);
+            let _ = reply.send(answer);
+        });
+    }
+
+    fn handle_request(
+        &mut self,
+        request: GroupRequest,
+        reply: RpcReplyPort<Result<GroupAnswer, GroupError>>,
+    ) {
+        let answer = match request {
+            GroupRequest::Join {
+                topics,
+                session_timeout_ms,
+                auto_offset_reset,
+                strategy,
+            } => self.join(topics, session_timeout_ms, auto_offset_reset, strategy),
+            GroupRequest::Poll {
+                member_id,
+                timeout_ms,
+            } => self.poll(&member_id, timeout_ms),
+            GroupRequest::Delivered {
+                member_id,
+                generation,
+                positions,
+            } => self.delivered(&member_id, generation, positions),
+            GroupRequest::Commit {
+                member_id,
+                generation,
+                offsets,
+            } => match self.check_commit(&member_id, generation, &offsets) {
+                Ok(()) => {
+                    let command = OffsetsCommand::Commit {
+                        group: self.args.group.clone(),
+                        offsets,
+                        commit_ms: now_ms(),
+                    };
+                    return self.spawn_write(command, reply);
+                }
+                Err(error) => Err(error),
+            },
+            GroupRequest::Leave { member_id } => match self.members.remove(&member_id) {
+                Some(_) => {
+                    self.rebalance("member left");
+                    Ok(GroupAnswer::Done)
+                }
+                None => Err(GroupError::UnknownMember),
+            },
+            GroupRequest::Describe => self.describe(),
+            GroupRequest::Reset { offsets } => {
+                if !self.members.is_empty() {
+                    Err(GroupError::NotEmpty {
+                        members: self.members.len(),
+                    })
+                } else {
+                    let command = OffsetsCommand::Reset {
+                        group: self.args.group.clone(),
+                        offsets,
+                        commit_ms: now_ms(),
+                    };
+                    return self.spawn_write(command, reply);
+                }
+            }
+            GroupRequest::Delete => {
+                if !self.members.is_empty() {
+                    Err(GroupError::NotEmpty {
+                        members: self.members.len(),
+                    })
+                } else if self.args.offsets.reader.committed(self.group()).is_empty() {
+                    Err(GroupError::GroupNotFound)
+                } else {
+                    let command = OffsetsCommand::DeleteGroup {
+                        group: self.args.group.clone(),
+                    };
+                    return self.spawn_write(command, reply);
+                }
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Housekeeping; returns false when the coordinator should stop.
+    fn tick(&mut self) -> bool {
+        if let Err(error) = self.leadership() {
+            if !matches!(error, GroupError::NoQuorum) {
+                info!(group = %self.args.group, %error, "group coordinator stepping down");
+                return false;
+            }
+        }
+        let now = Instant::now();
+        let before = self.members.len();
+        self.members
+            .retain(|_, m| now.saturating_duration_since(m.last_seen) <= m.session_timeout);
+        if self.members.len() != before {
+            debug!(group = %self.args.group, expired = before - self.members.len(), "members expired");
+            self.rebalance("member session expired");
+        } else if !self.members.is_empty() && self.partition_counts() != self.counts {
+            self.rebalance("subscribed topics changed");
+        }
+        !(self.members.is_empty()
+            && now.saturating_duration_since(self.idle_since) > IDLE_STOP_AFTER)
+    }
+}
+
+impl Actor for CoordinatorActor {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CoordinatorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ticker = myself.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                if ticker.send_message(CoordinatorMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        info!(group = %args.group, term = args.term, "group coordinator started");
+        Ok(CoordinatorState {
+            args,
+            generation: 0,
+            strategy: AssignmentStrategy::default(),
+            members: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CoordinatorMsg::Request { request, reply } => {
+                if let Err(error) = state.leadership() {
+                    let stop = !matches!(error, GroupError::NoQuorum);
+                    let _ = reply.send(Err(error));
+                    if stop {
+                        myself.stop(Some("no longer the group coordinator".into()));
+                    }
+                    return Ok(());
+                }
+                state.handle_request(request, reply);
+            }
+            CoordinatorMsg::Tick => {
+                if !state.tick() {
+                    myself.stop(Some("group coordinator idle or moved".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.member_count.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,671 @@
+//! Consumer offsets: the internal topic [`OFFSETS_TOPIC`] whose partitions run
+//! [`OffsetsLogic`] instead of a record log (DESIGN.md § Raft groups, "Consumer offsets").
+//!
+//! Group `g`'s commits are Raft writes on offsets partition [`offsets_partition_of`]`(g)`,
+//! and its coordinator lives on that partition's leader. The state machine keeps the
+//! latest committed offset (the next offset to read) per (group, topic, partition).
+//!
+//! State tree layout (one tree per offsets partition):
+//! `b"o" ++ group ++ 0x00 ++ topic ++ 0x00 ++ partition (u32 BE)` → [`CommittedOffset`]
+//! (postcard). Names never contain 0x00 (API.md § Names), so the key splits unambiguously
+//! and one group's keys are one contiguous range.
+//!
+//! Topic deletion: every committed offset remembers the Raft group of the partition it was
+//! committed for ([`CommittedOffset::topic_group`]; group ids are never reused). Readers
+//! ignore an offset whose topic no longer has that partition group (deleted, or deleted
+//! and re-created), so a re-created topic never inherits old positions; the offsets
+//! partition leader later drops such entries with [`OffsetsCommand::PurgeTopic`] (see
+//! `group_directory`). Lazy first, then a command: a deleted topic costs nothing at
+//! deletion time and its offsets are gone within a purge period.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use psubd_raft::types::typ::Raft;
+use psubd_raft::{
+    Command, CommandResponse, GroupId, GroupLogic, SnapshotPlan, StorageIoError, Tree, WriteBatch,
+};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::assignment::TopicPartition;
+use crate::error::GroupError;
+use crate::stable_hash::fnv1a;
+
+/// The internal topic holding consumer offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Partitions of [`OFFSETS_TOPIC`]: each is a Raft group and hosts the coordinators of the
+/// groups hashed to it. Fixed forever: changing it would move every group's offsets.
+pub const OFFSETS_PARTITIONS: u32 = 4;
+
+/// Replication factor of [`OFFSETS_TOPIC`], capped by the number of nodes.
+pub const OFFSETS_REPLICATION: u32 = 3;
+
+const KEY_PREFIX: u8 = b'o';
+const KEY_END: u8 = b'p';
+
+/// The offsets partition of a consumer group (stable: [`fnv1a`] of the name).
+pub fn offsets_partition_of(group: &str) -> u32 {
+    (fnv1a(group.as_bytes()) % u64::from(OFFSETS_PARTITIONS)) as u32
+}
+
+/// A committed offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    /// The next offset to read (API.md § Consumer groups).
+    pub offset: u64,
+    /// When it was committed, ms since the epoch (the coordinator's clock).
+    pub commit_ms: i64,
+    /// The Raft group of the topic partition it was committed for: tells a re-created
+    /// topic's partition from the deleted one of the same name.
+    pub topic_group: GroupId,
+}
+
+/// One offset to commit or reset to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetEntry {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The partition's Raft group when the request was validated.
+    pub topic_group: GroupId,
+    /// The next offset to read.
+    pub offset: u64,
+}
+
+/// A change to an offsets partition, proposed through Raft.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum OffsetsCommand {
+    /// A member's commit (its membership and generation were checked by the coordinator).
+    Commit {
+        /// The consumer group.
+        group: String,
+        /// The offsets.
+        offsets: Vec<OffsetEntry>,
+        /// Commit time.
+        commit_ms: i64,
+    },
+    /// An administrative reset (only proposed while the group has no members).
+    Reset {
+        /// The consumer group.
+        group: String,
+        /// The offsets.
+        offsets: Vec<OffsetEntry>,
+        /// Reset time.
+        commit_ms: i64,
+    },
+    /// Forget every offset of a group.
+    DeleteGroup {
+        /// The consumer group.
+        group: String,
+    },
+    /// Forget the offsets of a deleted topic's partitions, in every group.
+    PurgeTopic {
+        /// The topic name.
+        topic: String,
+        /// The Raft groups of the partitions that no longer exist.
+        topic_groups: Vec<GroupId>,
+    },
+}
+
+/// The state machine's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetsResponse {
+    /// Applied.
+    Done,
+    /// The command did not decode (nodes of different versions); nothing changed.
+    Invalid,
+}
+
+type OffsetKey = (String, String, u32);
+type OffsetMap = BTreeMap<OffsetKey, CommittedOffset>;
+
+fn encode_key(key: &OffsetKey) -> Vec<u8> {
+    let (group, topic, partition) = key;
+    let mut out = Vec::with_capacity(group.len() + topic.len() + 7);
+    out.push(KEY_PREFIX);
+    out.extend_from_slice(group.as_bytes());
+    out.push(0);
+    out.extend_from_slice(topic.as_bytes());
+    out.push(0);
+    out.extend_from_slice(&partition.to_be_bytes());
+    out
+}
+
+fn decode_key(raw: &[u8]) -> Option<OffsetKey> {
+    let rest = raw.strip_prefix(&[KEY_PREFIX])?;
+    let (names, partition) = rest.split_at_checked(rest.len().checked_sub(4)?)?;
+    let partition = u32::from_be_bytes(partition.try_into().ok()?);
+    let names = names.strip_suffix(&[0])?;
+    let split = names.iter().position(|b| *b == 0)?;
+    let group = std::str::from_utf8(&names[..split]).ok()?;
+    let topic = std::str::from_utf8(&names[split + 1..]).ok()?;
+    Some((group.to_string(), topic.to_string(), partition))
+}
+
+fn codec(what: &'static str) -> impl FnOnce(postcard::Error) -> StorageIoError {
+    move |source| StorageIoError::Codec { what, source }
+}
+
+/// What the state machine shares with readers: the offsets as written.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Set at the first `load`: before it, reads answer "not ready".
+    loaded: OnceLock<()>,
+    offsets: RwLock<OffsetMap>,
+}
+
+/// The state machine logic of one offsets partition.
+///
+/// Invariant: `staged` is `shared.offsets` plus the changes in `pending`, which are
+/// written (and so published in `applied`) at the end of the current apply call.
+pub struct OffsetsLogic {
+    shared: Arc<Shared>,
+    staged: OffsetMap,
+    pending: Vec<(OffsetKey, Option<CommittedOffset>)>,
+}
+
+/// Reads an offsets partition's committed state on this replica.
+#[derive(Clone, Debug)]
+pub struct OffsetsReader {
+    shared: Arc<Shared>,
+}
+
+impl OffsetsLogic {
+    /// A logic and the reader that shares its state.
+    pub fn new() -> (Self, OffsetsReader) {
+        let shared = Arc::new(Shared::default());
+        (
+            Self {
+                shared: shared.clone(),
+                staged: OffsetMap::new(),
+                pending: Vec::new(),
+            },
+            OffsetsReader { shared },
+        )
+    }
+
+    fn set(
+        &mut self,
+        key: OffsetKey,
+        value: CommittedOffset,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        batch.insert(
+            encode_key(&key),
+            postcard::to_stdvec(&value).map_err(codec("committed offset"))?,
+        );
+        self.staged.insert(key.clone(), value);
+        self.pending.push((key, Some(value)));
+        Ok(())
+    }
+
+    fn remove(&mut self, key: OffsetKey, batch: &mut WriteBatch) {
+        batch.remove(encode_key(&key));
+        self.staged.remove(&key);
+        self.pending.push((key, None));
+    }
+
+    fn execute(
+        &mut self,
+        command: OffsetsCommand,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        match command {
+            OffsetsCommand::Commit {
+                group,
+                offsets,
+                commit_ms,
+            }
+            | OffsetsCommand::Reset {
+                group,
+                offsets,
+                commit_ms,
+            } => {
+                for entry in offsets {
+                    let value = CommittedOffset {
+                        offset: entry.offset,
+                        commit_ms,
+                        topic_group: entry.topic_group,
+                    };
+                    self.set((group.clone(), entry.topic, entry.partition), value, batch)?;
+                }
+            }
+            OffsetsCommand::DeleteGroup { group } => {
+                let keys: Vec<OffsetKey> = group_range(&self.staged, &group)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in keys {
+                    self.remove(key, batch);
+                }
+            }
+            OffsetsCommand::PurgeTopic {
+                topic,
+                topic_groups,
+            } => {
+                let keys: Vec<OffsetKey> = self
+                    .staged
+                    .iter()
+                    .filter(|((_, t, _), value)| {
+                        *t == topic && topic_groups.contains(&value.topic_group)
+                    })
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in keys {
+                    self.remove(key, batch);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn group_range<'a>(
+    map: &'a OffsetMap,
+    group: &str,
+) -> impl Iterator<Item = (&'a OffsetKey, &'a CommittedOffset)> + 'a {
+    let group = group.to_string();
+    map.range((group.clone(), String::new(), 0)..)
+        .take_while(move |((g, _, _), _)| *g == group)
+}
+
+impl GroupLogic for OffsetsLogic {
+    fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
+        let mut map = OffsetMap::new();
+        for item in state.range(&[KEY_PREFIX], Some(&[KEY_END])) {
+            let (key, value) = item?;
+            let Some(key) = decode_key(&key) else {
+                warn!("skipping an undecodable committed-offset key");
+                continue;
+            };
+            map.insert(
+                key,
+                postcard::from_bytes(&value).map_err(codec("committed offset"))?,
+            );
+        }
+        self.staged = map.clone();
+        self.pending.clear();
+        match self.shared.offsets.write() {
+            Ok(mut shared) => *shared = map,
+            Err(poisoned) => *poisoned.into_inner() = map,
+        }
+        let _ = self.shared.loaded.set(());
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        _index: u64,
+        command: &Command,
+        _state: &Tree,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageIoError> {
+        let response = match postcard::from_bytes::<OffsetsCommand>(&command.0) {
+            Ok(command) => {
+                self.execute(command, batch)?;
+                OffsetsResponse::Done
+            }
+            Err(error) => {
+                warn!(%error, "skipping undecodable offsets command");
+                OffsetsResponse::Invalid
+            }
+        };
+        let encoded = postcard::to_stdvec(&response).map_err(codec("offsets response"))?;
+        Ok(CommandResponse(Bytes::from(encoded)))
+    }
+
+    fn applied(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut shared = match self.shared.offsets.write() {
+            Ok(shared) => shared,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (key, value) in self.pending.drain(..) {
+            match value {
+                Some(value) => shared.insert(key, value),
+                None => shared.remove(&key),
+            };
+        }
+    }
+
+    fn snapshot_plan(&self, _state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
+        self.pinned_plan()
+    }
+}
+
+impl OffsetsLogic {
+    /// Values change in place on every commit, so nothing may be read lazily: the whole
+    /// (small) map is copied when the plan is made.
+    fn pinned_plan(&self) -> Result<SnapshotPlan, StorageIoError> {
+        let mut pinned = Vec::with_capacity(self.staged.len());
+        for (key, value) in &self.staged {
+            pinned.push((
+                encode_key(key),
+                postcard::to_stdvec(value).map_err(codec("committed offset"))?,
+            ));
+        }
+        Ok(SnapshotPlan { pinned, lazy: None })
+    }
+}
+
+impl OffsetsReader {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, OffsetMap> {
+        match self.shared.offsets.read() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// True once the replica has loaded its state.
+    pub fn is_ready(&self) -> bool {
+        self.shared.loaded.get().is_some()
+    }
+
+    /// Every committed offset of a group, by topic and partition.
+    pub fn committed(&self, group: &str) -> Vec<(TopicPartition, CommittedOffset)> {
+        group_range(&self.read(), group)
+            .map(|((_, topic, partition), value)| {
+                (
+                    TopicPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    },
+                    *value,
+                )
+            })
+            .collect()
+    }
+
+    /// One committed offset.
+    pub fn get(&self, group: &str, topic: &str, partition: u32) -> Option<CommittedOffset> {
+        self.read()
+            .get(&(group.to_string(), topic.to_string(), partition))
+            .copied()
+    }
+
+    /// The groups with at least one committed offset.
+    pub fn groups(&self) -> BTreeSet<String> {
+        self.read().keys().map(|(g, _, _)| g.clone()).collect()
+    }
+
+    /// The partition groups offsets were committed for, per topic (for the purge).
+    pub fn topic_groups(&self) -> BTreeMap<String, BTreeSet<GroupId>> {
+        let mut out: BTreeMap<String, BTreeSet<GroupId>> = BTreeMap::new();
+        for ((_, topic, _), value) in self.read().iter() {
+            out.entry(topic.clone())
+                .or_default()
+                .insert(value.topic_group);
+        }
+        out
+    }
+}
+
+/// What a node holds for a local replica of an offsets partition.
+#[derive(Clone)]
+pub struct OffsetsHandle {
+    /// The partition number within [`OFFSETS_TOPIC`].
+    pub partition: u32,
+    /// The Raft group.
+    pub group: GroupId,
+    /// The Raft handle (commits, leadership).
+    pub raft: Raft,
+    /// Committed state as applied here.
+    pub reader: OffsetsReader,
+}
+
+/// The local offsets replicas by Raft group, shared with the group directory. Written
+/// only by the supervisor.
+pub type OffsetsTable = Arc<RwLock<HashMap<GroupId, OffsetsHandle>>>;
+
+/// Proposes an offsets command and waits for it to be applied.
+///
+/// # Errors
+/// [`GroupError::OutcomeUnknown`] once proposed without an answer; the caller checks
+/// leadership before, so "not leader" is never a certain refusal here.
+pub async fn propose(
+    raft: &Raft,
+    command: &OffsetsCommand,
+    timeout: Duration,
+) -> Result<(), GroupError> {
+    let encoded = postcard::to_stdvec(command).map_err(|_| GroupError::OutcomeUnknown {
+        reason: "offsets command did not encode".into(),
+    })?;
+    match tokio::time::timeout(timeout, raft.client_write(Command(Bytes::from(encoded)))).await {
+        Ok(Ok(response)) => match postcard::from_bytes::<OffsetsResponse>(&response.data.0) {
+            Ok(OffsetsResponse::Done) => Ok(()),
+            _ => Err(GroupError::OutcomeUnknown {
+                reason: "the offsets partition refused the command".into(),
+            }),
+        },
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(GroupError::OutcomeUnknown {
+                reason: "leadership changed while the commit was in flight".into(),
+            })
+        }
+        Ok(Err(_)) => Err(GroupError::OutcomeUnknown {
+            reason: "the offsets partition's Raft group stopped".into(),
+        }),
+        Err(_) => Err(GroupError::OutcomeUnknown {
+            reason: "the commit was not applied within the timeout".into(),
+        }),
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies commands the way one apply call does: stage all, then `applied`.
+    fn run(logic: &mut OffsetsLogic, commands: &[OffsetsCommand]) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for command in commands {
+            logic.execute(command.clone(), &mut batch).unwrap();
+        }
+        logic.applied();
+        batch
+    }
+
+    fn entry(topic: &str, partition: u32, group: GroupId, offset: u64) -> OffsetEntry {
+        OffsetEntry {
+            topic: topic.into(),
+            partition,
+            topic_group: group,
+            offset,
+        }
+    }
+
+    fn commit(group: &str, offsets: Vec<OffsetEntry>) -> OffsetsCommand {
+        OffsetsCommand::Commit {
+            group: group.into(),
+            offsets,
+            commit_ms: 7,
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_keep_groups_contiguous() {
+        let key = ("g.1".to_string(), "orders".to_string(), 258u32);
+        assert_eq!(decode_key(&encode_key(&key)), Some(key));
+        assert_eq!(decode_key(b"o"), None);
+        assert_eq!(decode_key(b"x\0\0\0\0\0\0"), None);
+        // "g" and "g2": the separator keeps one group's keys apart from the other's.
+        let a = encode_key(&("g".into(), "zzz".into(), u32::MAX));
+        let b = encode_key(&("g2".into(), "a".into(), 0));
+        assert!(a < b);
+    }
+
+    #[test]
+    fn commits_overwrite_and_are_read_back() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        run(
+            &mut logic,
+            &[
+                commit("g", vec![entry("t", 0, 1000, 5), entry("t", 1, 1001, 9)]),
+                commit("g", vec![entry("t", 0, 1000, 6)]),
+                commit("h", vec![entry("t", 0, 1000, 1)]),
+            ],
+        );
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(6));
+        assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(9));
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.commit_ms), Some(7));
+        assert_eq!(reader.committed("g").len(), 2);
+        assert_eq!(reader.committed("h").len(), 1);
+        assert_eq!(
+            reader.groups().into_iter().collect::<Vec<_>>(),
+            vec!["g".to_string(), "h".to_string()]
+        );
+    }
+
+    #[test]
+    fn readers_see_nothing_before_applied() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        let mut batch = WriteBatch::default();
+        logic
+            .execute(commit("g", vec![entry("t", 0, 1000, 5)]), &mut batch)
+            .unwrap();
+        assert_eq!(reader.get("g", "t", 0), None, "not yet written");
+        logic.applied();
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(5));
+    }
+
+    #[test]
+    fn delete_group_sees_commits_of_the_same_apply_call() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        run(
+            &mut logic,
+            &[
+                commit("g", vec![entry("t", 0, 1000, 5)]),
+                commit("g", vec![entry("u", 3, 1010, 2)]),
+                commit("gg", vec![entry("t", 0, 1000, 4)]),
+                OffsetsCommand::DeleteGroup { group: "g".into() },
+            ],
+        );
+        assert!(reader.committed("g").is_empty());
+        assert_eq!(
+            reader.committed("gg").len(),
+            1,
+            "a group sharing the prefix stays"
+        );
+    }
+
+    #[test]
+    fn purge_drops_only_the_deleted_incarnation() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        run(
+            &mut logic,
+            &[
+                commit("g", vec![entry("t", 0, 1000, 5), entry("t", 1, 1001, 5)]),
+                commit("h", vec![entry("t", 0, 2000, 3), entry("u", 0, 1002, 8)]),
+                OffsetsCommand::PurgeTopic {
+                    topic: "t".into(),
+                    topic_groups: vec![1000, 1001],
+                },
+            ],
+        );
+        assert!(reader.committed("g").is_empty());
+        let left: Vec<_> = reader
+            .committed("h")
+            .into_iter()
+            .map(|(tp, c)| (tp.topic, c.offset))
+            .collect();
+        assert_eq!(left, vec![("t".to_string(), 3), ("u".to_string(), 8)]);
+        assert_eq!(reader.topic_groups()["t"], [2000].into());
+    }
+
+    fn normal(index: u64, command: &OffsetsCommand) -> psubd_raft::types::typ::Entry {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(Command(Bytes::from(
+                postcard::to_stdvec(command).unwrap(),
+            ))),
+        }
+    }
+
+    /// Committed offsets are written to the state tree and reloaded on reopen (a restarted
+    /// node serves them again); an undecodable command changes nothing.
+    #[tokio::test]
+    async fn offsets_survive_a_reopen() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = psubd_raft::NodeStorage::open(dir.path(), 1 << 20).unwrap();
+        let (logic, reader) = OffsetsLogic::new();
+        let mut sm = storage.state_machine(42, Box::new(logic)).unwrap();
+        let garbage = openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 3),
+            payload: openraft::EntryPayload::Normal(Command(Bytes::from_static(&[0xff, 0xff]))),
+        };
+        sm.apply([
+            normal(
+                1,
+                &commit("g", vec![entry("t", 0, 1000, 5), entry("t", 1, 1001, 9)]),
+            ),
+            normal(
+                2,
+                &OffsetsCommand::DeleteGroup {
+                    group: "none".into(),
+                },
+            ),
+            garbage,
+            normal(4, &commit("g", vec![entry("t", 1, 1001, 10)])),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(10));
+        drop(sm);
+        let (logic, reopened) = OffsetsLogic::new();
+        let _sm = storage.state_machine(42, Box::new(logic)).unwrap();
+        assert!(reopened.is_ready());
+        assert_eq!(reopened.committed("g"), reader.committed("g"));
+        assert_eq!(reopened.get("g", "t", 0).map(|c| c.offset), Some(5));
+    }
+
+    #[test]
+    fn snapshot_pins_every_offset() {
+        let (mut logic, _) = OffsetsLogic::new();
+        run(
+            &mut logic,
+            &[commit(
+                "g",
+                vec![entry("t", 0, 1000, 5), entry("u", 2, 1003, 1)],
+            )],
+        );
+        let plan = logic.pinned_plan().unwrap();
+        assert!(plan.lazy.is_none());
+        let keys: Vec<_> = plan
+            .pinned
+            .iter()
+            .map(|(k, _)| decode_key(k).unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("g".into(), "t".into(), 0), ("g".into(), "u".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn partition_of_a_group_is_stable_and_in_range() {
+        for name in ["a", "orders-consumers", "g.1", ""] {
+            assert!(offsets_partition_of(name) < OFFSETS_PARTITIONS);
+            assert_eq!(offsets_partition_of(name), offsets_partition_of(name));
+        }
+        assert_eq!(
+            offsets_partition_of("a"),
+            (0xaf63_dc4c_8601_ec8cu64 % 4) as u32
+        );
+    }
+}

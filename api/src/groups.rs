@@ -1,0 +1,962 @@
+//! `/v1/groups`: consumer groups (API.md § Consumer groups).
+//!
+//! Every route validates its input here, then asks the group's coordinator (through
+//! [`Edge::group`](crate::edge::Edge)), wherever it runs. A member's fetch is three steps:
+//! a poll at the coordinator (the heartbeat; it answers where to read), the reads of the
+//! assigned partitions through the ordinary fetch path (long-polling), and a delivery
+//! report that advances the member's positions by exactly what this answer carries.
+//! Records of partitions the member lost in the meantime are dropped from the answer, so
+//! a member never receives a partition another member now owns from a position that
+//! would skip anything.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use psubd_actors::assignment::{AssignmentStrategy, TopicPartition};
+use psubd_actors::coordinator::{
+    AutoOffsetReset, GroupAnswer, GroupDescription, GroupRequest, Lease, Position, StartPosition,
+    MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
+};
+use psubd_actors::offsets::OffsetEntry;
+use psubd_actors::partition::FetchedRecords;
+use psubd_actors::record::RecordIter;
+use psubd_actors::topic::{is_internal, validate_name, PartitionPlacement, TopicMeta};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::{debug, instrument};
+
+use crate::error::ApiError;
+use crate::fetch::{write_record, MAX_TIMEOUT_MS};
+use crate::forward::OffsetSpec;
+use crate::json;
+use crate::state::AppState;
+
+/// Default session timeout (API.md's example).
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 30_000;
+
+/// Most topics one member may subscribe to.
+const MAX_TOPICS_PER_MEMBER: usize = 100;
+
+/// Most offsets in one commit or reset.
+const MAX_OFFSETS_PER_REQUEST: usize = 10_000;
+
+/// Default and largest `max_records` / `max_bytes` of a member fetch (as a plain fetch).
+const DEFAULT_MAX_RECORDS: u32 = 500;
+const MAX_MAX_RECORDS: u32 = 10_000;
+const DEFAULT_MAX_BYTES: u32 = 1 << 20;
+const MAX_MAX_BYTES: u32 = 16 << 20;
+
+/// A member without partitions waits at most this long per fetch, so it hears of a
+/// rebalance that gives it partitions soon after it happens.
+const IDLE_MEMBER_WAIT: Duration = Duration::from_secs(1);
+
+/// The routes of this resource.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/groups", get(list))
+        .route("/v1/groups/{group}", get(describe).delete(delete_group))
+        .route("/v1/groups/{group}/members", post(join))
+        .route("/v1/groups/{group}/members/{member}", delete(leave))
+        .route(
+            "/v1/groups/{group}/members/{member}/records",
+            get(member_fetch),
+        )
+        .route(
+            "/v1/groups/{group}/offsets",
+            get(offsets).post(commit).put(reset),
+        )
+        .with_state(state)
+}
+
+fn validate_group(group: &str) -> Result<(), ApiError> {
+    validate_name("group", group).map_err(|e| ApiError::InvalidName { message: e.0 })?;
+    if is_internal(group) {
+        return Err(ApiError::InvalidName {
+            message: "group names starting with '__' are reserved".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Member ids are 128-bit random numbers in lower-case hex.
+fn validate_member(member: &str) -> Result<(), ApiError> {
+    if member.len() == 32
+        && member
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest {
+            message: "member_id must be the 32 hex digits returned by join".into(),
+        })
+    }
+}
+
+/// A topic a group may use: a valid, existing, non-internal name.
+async fn group_topic(state: &AppState, topic: &str) -> Result<TopicMeta, ApiError> {
+    validate_name("topic", topic).map_err(|e| ApiError::InvalidName { message: e.0 })?;
+    if is_internal(topic) {
+        return Err(ApiError::InvalidName {
+            message: "internal topics cannot be consumed by groups".into(),
+        });
+    }
+    state.edge.topic(topic).await
+}
+
+fn partition_of(meta: &TopicMeta, partition: u32) -> Result<&PartitionPlacement, ApiError> {
+    meta.partitions
+        .get(partition as usize)
+        .ok_or_else(|| ApiError::PartitionNotFound {
+            topic: meta.name.clone(),
+            partition: u64::from(partition),
+        })
+}
+
+fn lease_of(answer: GroupAnswer) -> Result<Lease, ApiError> {
+    match answer {
+        GroupAnswer::Lease(lease) => Ok(lease),
+        other => Err(ApiError::Internal {
+            detail: format!("coordinator answered {other:?} where a lease was due"),
+        }),
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &str, raw: Option<&str>, default: T) -> Result<T, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|_| ApiError::InvalidRequest {
+            message: format!("{name} must be a non-negative integer, not '{text}'"),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Join and leave
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    topics: Vec<String>,
+    session_timeout_ms: Option<u64>,
+    auto_offset_reset: Option<String>,
+    assignment_strategy: Option<String>,
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn join(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    validate_group(&group)?;
+    let body: JoinBody = json::parse(&headers, &body)?;
+    if body.topics.is_empty() || body.topics.len() > MAX_TOPICS_PER_MEMBER {
+        return Err(ApiError::InvalidRequest {
+            message: format!("topics must list 1 to {MAX_TOPICS_PER_MEMBER} topics"),
+        });
+    }
+    let unique: BTreeSet<&String> = body.topics.iter().collect();
+    if unique.len() != body.topics.len() {
+        return Err(ApiError::InvalidRequest {
+            message: "topics must not repeat a topic".into(),
+        });
+    }
+    let session_timeout_ms = body
+        .session_timeout_ms
+        .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
+    if !(MIN_SESSION_TIMEOUT_MS..=MAX_SESSION_TIMEOUT_MS).contains(&session_timeout_ms) {
+        return Err(ApiError::InvalidConfig {
+            message: format!(
+                "session_timeout_ms must be between {MIN_SESSION_TIMEOUT_MS} and {MAX_SESSION_TIMEOUT_MS}"
+            ),
+        });
+    }
+    let auto_offset_reset = match body.auto_offset_reset.as_deref() {
+        None | Some("latest") => AutoOffsetReset::Latest,
+        Some("earliest") => AutoOffsetReset::Earliest,
+        Some(other) => {
+            return Err(ApiError::InvalidConfig {
+                message: format!("auto_offset_reset must be 'earliest' or 'latest', not '{other}'"),
+            })
+        }
+    };
+    let strategy = match body.assignment_strategy.as_deref() {
+        None => None,
+        Some("range") => Some(AssignmentStrategy::Range),
+        Some("round_robin") => Some(AssignmentStrategy::RoundRobin),
+        Some(other) => {
+            return Err(ApiError::InvalidConfig {
+                message: format!(
+                    "assignment_strategy must be 'range' or 'round_robin', not '{other}'"
+                ),
+            })
+        }
+    };
+    for topic in &body.topics {
+        group_topic(&state, topic).await?;
+    }
+    let lease = lease_of(
+        state
+            .edge
+            .group(
+                &group,
+                GroupRequest::Join {
+                    topics: body.topics,
+                    session_timeout_ms,
+                    auto_offset_reset,
+                    strategy,
+                },
+            )
+            .await?,
+    )?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "member_id": lease.member_id,
+            "generation": lease.generation,
+            "assignments": lease.assignments,
+        })),
+    )
+        .into_response())
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn leave(
+    State(state): State<AppState>,
+    Path((group, member)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    validate_group(&group)?;
+    validate_member(&member)?;
+    state
+        .edge
+        .group(&group, GroupRequest::Leave { member_id: member })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------
+// Member fetch
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct MemberFetchParams {
+    max_records: Option<String>,
+    max_bytes: Option<String>,
+    timeout_ms: Option<String>,
+}
+
+fn spec(start: StartPosition) -> OffsetSpec {
+    match start {
+        StartPosition::Earliest => OffsetSpec::Earliest,
+        StartPosition::Latest => OffsetSpec::Latest,
+        StartPosition::At(n) => OffsetSpec::At(n),
+    }
+}
+
+/// Fetches one partition; a position that has left the log (retention) restarts at the
+/// member's `auto_offset_reset`, as Kafka does.
+async fn fetch_one(
+    state: &AppState,
+    placement: &PartitionPlacement,
+    start: OffsetSpec,
+    reset: AutoOffsetReset,
+    max_records: u32,
+    max_bytes: u32,
+    timeout_ms: u64,
+) -> Result<FetchedRecords, ApiError> {
+    match state
+        .edge
+        .fetch(placement, start, max_records, max_bytes, timeout_ms)
+        .await
+    {
+        Err(ApiError::OffsetOutOfRange { .. }) => {
+            let start = match reset {
+                AutoOffsetReset::Earliest => OffsetSpec::Earliest,
+                AutoOffsetReset::Latest => OffsetSpec::Latest,
+            };
+            state
+                .edge
+                .fetch(placement, start, max_records, max_bytes, timeout_ms)
+                .await
+        }
+        other => other,
+    }
+}
+
+/// Reads the member's partitions: first what is there now, then, if nothing is, a
+/// long-poll on every partition that answers as soon as one has records. Partitions that
+/// fail are left out of this answer (their position does not move).
+async fn fetch_assigned(
+    state: &AppState,
+    lease: &Lease,
+    max_records: u32,
+    max_bytes: u32,
+    timeout_ms: u64,
+) -> Result<Vec<(TopicPartition, FetchedRecords)>, ApiError> {
+    let mut targets: Vec<(TopicPartition, PartitionPlacement, OffsetSpec)> = Vec::new();
+    for (tp, start) in &lease.positions {
+        // A topic deleted since the assignment is skipped; the coordinator drops it.
+        let Ok(meta) = state.edge.topic(&tp.topic).await else {
+            continue;
+        };
+        if let Some(placement) = meta.partitions.get(tp.partition as usize) {
+            targets.push((tp.clone(), placement.clone(), spec(*start)));
+        }
+    }
+    if targets.is_empty() {
+        tokio::time::sleep(Duration::from_millis(timeout_ms).min(IDLE_MEMBER_WAIT)).await;
+        return Ok(Vec::new());
+    }
+    let reset = lease.auto_offset_reset;
+    let now = futures::future::join_all(targets.iter().map(|(_, placement, start)| {
+        fetch_one(state, placement, *start, reset, max_records, max_bytes, 0)
+    }))
+    .await;
+    let mut results: Vec<(TopicPartition, PartitionPlacement, FetchedRecords)> = Vec::new();
+    let mut first_error = None;
+    for ((tp, placement, _), outcome) in targets.into_iter().zip(now) {
+        match outcome {
+            Ok(fetched) => results.push((tp, placement, fetched)),
+            Err(error) => {
+                debug!(topic = %tp.topic, partition = tp.partition, %error, "member fetch skipped a partition");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    if results.is_empty() {
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+    }
+    let any = results.iter().any(|(_, _, f)| f.count > 0);
+    if !any && timeout_ms > 0 && !results.is_empty() {
+        let mut polls: FuturesUnordered<_> = results
+            .iter()
+            .enumerate()
+            .map(|(i, (_, placement, fetched))| {
+                let placement = placement.clone();
+                let from = OffsetSpec::At(fetched.first_offset);
+                async move {
+                    let outcome = fetch_one(
+                        state,
+                        &placement,
+                        from,
+                        reset,
+                        max_records,
+                        max_bytes,
+                        timeout_ms,
+                    )
+                    .await;
+                    (i, outcome)
+                }
+            })
+            .collect();
+        let mut woke = None;
+        while let Some((i, outcome)) = polls.next().await {
+            if let Ok(fetched) = outcome {
+                if fetched.count > 0 {
+                    woke = Some((i, fetched));
+                    break;
+                }
+            }
+        }
+        drop(polls);
+        if let Some((i, fetched)) = woke {
+            results[i].2 = fetched;
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|(tp, _, fetched)| (tp, fetched))
+        .collect())
+}
+
+/// One partition's share of a member fetch answer.
+struct Rendered {
+    partition: TopicPartition,
+    json: Vec<u8>,
+    next_offset: u64,
+}
+
+/// Renders up to the request's budget, partition by partition; each partition's next
+/// offset is what this answer delivers.
+fn render_within_budget(
+    fetched: &[(TopicPartition, FetchedRecords)],
+    max_records: u32,
+    max_bytes: u32,
+) -> Result<Vec<Rendered>, ApiError> {
+    let mut records_left = max_records;
+    let mut bytes_left = max_bytes as usize;
+    let mut wrote_any = false;
+    let mut out = Vec::with_capacity(fetched.len());
+    for (tp, run) in fetched {
+        let mut json = Vec::new();
+        let mut offset = run.first_offset;
+        let mut iter = RecordIter::run(&run.bytes);
+        while records_left > 0 {
+            let before = iter.remaining().len();
+            let Some(record) = iter.next() else { break };
+            let record = record.map_err(|e| ApiError::Internal {
+                detail: format!("stored record: {e}"),
+            })?;
+            let size = before - iter.remaining().len();
+            if wrote_any && size > bytes_left {
+                records_left = 0;
+                break;
+            }
+            if !json.is_empty() {
+                json.push(b',');
+            }
+            write_record(&mut json, &tp.topic, tp.partition, offset, &record);
+            offset += 1;
+            records_left -= 1;
+            bytes_left = bytes_left.saturating_sub(size);
+            wrote_any = true;
+        }
+        out.push(Rendered {
+            partition: tp.clone(),
+            json,
+            next_offset: offset,
+        });
+    }
+    Ok(out)
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn member_fetch(
+    State(state): State<AppState>,
+    Path((group, member)): Path<(String, String)>,
+    Query(params): Query<MemberFetchParams>,
+) -> Result<Response, ApiError> {
+    validate_group(&group)?;
+    validate_member(&member)?;
+    let max_records = number(
+        "max_records",
+        params.max_records.as_deref(),
+        DEFAULT_MAX_RECORDS,
+    )?
+    .clamp(1, MAX_MAX_RECORDS);
+    let max_bytes = number("max_bytes", params.max_bytes.as_deref(), DEFAULT_MAX_BYTES)?
+        .clamp(1, MAX_MAX_BYTES);
+    let timeout_ms = number("timeout_ms", params.timeout_ms.as_deref(), 0u64)?.min(MAX_TIMEOUT_MS);
+    let lease = lease_of(
+        state
+            .edge
+            .group(
+                &group,
+                GroupRequest::Poll {
+                    member_id: member.clone(),
+                    timeout_ms,
+                },
+            )
+            .await?,
+    )?;
+    let fetched = fetch_assigned(&state, &lease, max_records, max_bytes, timeout_ms).await?;
+    let rendered = render_within_budget(&fetched, max_records, max_bytes)?;
+    let report = lease_of(
+        state
+            .edge
+            .group(
+                &group,
+                GroupRequest::Delivered {
+                    member_id: member,
+                    generation: lease.generation,
+                    positions: rendered
+                        .iter()
+                        .map(|r| Position {
+                            partition: r.partition.clone(),
+                            next_offset: r.next_offset,
+                        })
+                        .collect(),
+                },
+            )
+            .await?,
+    )?;
+    let accepted: BTreeSet<&TopicPartition> = report.accepted.iter().collect();
+    let mut body =
+        Vec::with_capacity(rendered.iter().map(|r| r.json.len() + 1).sum::<usize>() + 128);
+    body.extend_from_slice(b"{\"records\":[");
+    let mut first = true;
+    for (part, (_, run)) in rendered.iter().zip(&fetched) {
+        if part.json.is_empty() || !accepted.contains(&part.partition) {
+            continue;
+        }
+        if !first {
+            body.push(b',');
+        }
+        body.extend_from_slice(&part.json);
+        first = false;
+        state
+            .metrics
+            .records_fetched
+            .with_label_values(&[&part.partition.topic])
+            .inc_by(part.next_offset.saturating_sub(run.first_offset));
+    }
+    let _ = write!(body, "],\"generation\":{}", report.generation);
+    if report.changed || lease.changed {
+        body.extend_from_slice(b",\"assignments\":");
+        serde_json::to_writer(&mut body, &report.assignments).map_err(|e| ApiError::Internal {
+            detail: format!("assignments did not render: {e}"),
+        })?;
+    }
+    body.push(b'}');
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------------------
+// Offsets: commit, read, reset
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitBody {
+    member_id: String,
+    generation: u64,
+    offsets: Vec<CommitOffset>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitOffset {
+    topic: String,
+    partition: u32,
+    offset: u64,
+}
+
+fn check_offset_count(count: usize) -> Result<(), ApiError> {
+    if count == 0 || count > MAX_OFFSETS_PER_REQUEST {
+        return Err(ApiError::InvalidRequest {
+            message: format!("offsets must list 1 to {MAX_OFFSETS_PER_REQUEST} entries"),
+        });
+    }
+    Ok(())
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn commit(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    validate_group(&group)?;
+    let body: CommitBody = json::parse(&headers, &body)?;
+    validate_member(&body.member_id)?;
+    check_offset_count(body.offsets.len())?;
+    let mut seen = BTreeSet::new();
+    let mut entries = Vec::with_capacity(body.offsets.len());
+    for item in body.offsets {
+        if !seen.insert((item.topic.clone(), item.partition)) {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "offsets name partition {} of topic '{}' twice",
+                    item.partition, item.topic
+                ),
+            });
+        }
+        let meta = group_topic(&state, &item.topic).await?;
+        let placement = partition_of(&meta, item.partition)?;
+        entries.push(OffsetEntry {
+            topic: item.topic,
+            partition: item.partition,
+            topic_group: placement.group,
+            offset: item.offset,
+        });
+    }
+    state
+        .edge
+        .group(
+            &group,
+            GroupRequest::Commit {
+                member_id: body.member_id,
+                generation: body.generation,
+                offsets: entries,
+            },
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn offsets(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate_group(&group)?;
+    let committed = state.edge.committed_offsets(&group).await?;
+    // Only offsets of the topics as they exist now (a deleted topic's are being purged).
+    let mut rows = Vec::new();
+    for (tp, value) in committed {
+        let Ok(meta) = state.edge.topic(&tp.topic).await else {
+            continue;
+        };
+        let Some(placement) = meta.partitions.get(tp.partition as usize) else {
+            continue;
+        };
+        if placement.group == value.topic_group {
+            rows.push((tp, value, placement.clone()));
+        }
+    }
+    let statuses = futures::future::join_all(
+        rows.iter()
+            .map(|(_, _, placement)| state.edge.partition_status(placement)),
+    )
+    .await;
+    let offsets: Vec<Value> = rows
+        .iter()
+        .zip(statuses)
+        .map(|((tp, value, _), status)| {
+            let high_watermark = status.map(|s| s.high_watermark);
+            json!({
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "offset": value.offset,
+                "high_watermark": high_watermark,
+                "lag": high_watermark.map(|h| h.saturating_sub(value.offset)),
+                "commit_timestamp_ms": value.commit_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"group": group, "offsets": offsets})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    offsets: Vec<ResetEntry>,
+}
+
+/// One reset: a topic (every partition, or one), to an offset, `earliest`, `latest`, or
+/// the first record at or after a timestamp.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetEntry {
+    topic: String,
+    partition: Option<u32>,
+    offset: Option<Value>,
+    timestamp_ms: Option<i64>,
+}
+
+enum ResetTo {
+    Offset(u64),
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+fn reset_target(entry: &ResetEntry) -> Result<ResetTo, ApiError> {
+    let invalid = || {
+        ApiError::InvalidRequest {
+        message: "each reset needs exactly one of offset (a number, 'earliest' or 'latest') or timestamp_ms".into(),
+    }
+    };
+    match (&entry.offset, entry.timestamp_ms) {
+        (Some(Value::Number(n)), None) => n.as_u64().map(ResetTo::Offset).ok_or_else(invalid),
+        (Some(Value::String(s)), None) if s == "earliest" => Ok(ResetTo::Earliest),
+        (Some(Value::String(s)), None) if s == "latest" => Ok(ResetTo::Latest),
+        (None, Some(ts)) => Ok(ResetTo::Timestamp(ts)),
+        _ => Err(invalid()),
+    }
+}
+
+/// The first offset whose record's timestamp is at or after `timestamp_ms`, by binary
+/// search over `[log_start, high_watermark)`. Exact when timestamps rise with offsets
+/// (always so for edge-stamped records); with producer timestamps out of order it finds
+/// one such boundary, as a time index would.
+async fn offset_for_timestamp(
+    state: &AppState,
+    placement: &PartitionPlacement,
+    log_start: u64,
+    high_watermark: u64,
+    timestamp_ms: i64,
+) -> Result<u64, ApiError> {
+    let (mut lo, mut hi) = (log_start, high_watermark);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let fetched = state
+            .edge
+            .fetch(placement, OffsetSpec::At(mid), 1, 1, 0)
+            .await?;
+        let stamp = RecordIter::run(&fetched.bytes)
+            .next()
+            .transpose()
+            .map_err(|e| ApiError::Internal {
+                detail: format!("stored record: {e}"),
+            })?
+            .map(|r| r.timestamp_ms);
+        match stamp {
+            Some(ts) if ts < timestamp_ms => lo = mid + 1,
+            Some(_) => hi = mid,
+            // Retention moved past `mid` meanwhile: search what is left.
+            None => lo = mid + 1,
+        }
+    }
+    Ok(lo)
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn reset(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    validate_group(&group)?;
+    let body: ResetBody = json::parse(&headers, &body)?;
+    check_offset_count(body.offsets.len())?;
+    let mut entries: Vec<OffsetEntry> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for item in &body.offsets {
+        let target = reset_target(item)?;
+        let meta = group_topic(&state, &item.topic).await?;
+        let partitions: Vec<u32> = match item.partition {
+            Some(p) => {
+                partition_of(&meta, p)?;
+                vec![p]
+            }
+            None => (0..meta.config.partitions).collect(),
+        };
+        for partition in partitions {
+            if !seen.insert((item.topic.clone(), partition)) {
+                return Err(ApiError::InvalidRequest {
+                    message: format!(
+                        "offsets name partition {partition} of topic '{}' twice",
+                        item.topic
+                    ),
+                });
+            }
+            let placement = partition_of(&meta, partition)?;
+            let status = state
+                .edge
+                .partition_status(placement)
+                .await
+                .ok_or_else(|| ApiError::Unavailable {
+                    reason: "the partition has no reachable replica".into(),
+                })?;
+            let offset = match target {
+                ResetTo::Earliest => status.log_start,
+                ResetTo::Latest => status.high_watermark,
+                ResetTo::Offset(n) => {
+                    if n < status.log_start || n > status.high_watermark {
+                        return Err(ApiError::OffsetOutOfRange {
+                            offset: n,
+                            log_start_offset: status.log_start,
+                            high_watermark: status.high_watermark,
+                        });
+                    }
+                    n
+                }
+                ResetTo::Timestamp(ts) => {
+                    offset_for_timestamp(
+                        &state,
+                        placement,
+                        status.log_start,
+                        status.high_watermark,
+                        ts,
+                    )
+                    .await?
+                }
+            };
+            entries.push(OffsetEntry {
+                topic: item.topic.clone(),
+                partition,
+                topic_group: placement.group,
+                offset,
+            });
+        }
+    }
+    check_offset_count(entries.len())?;
+    state
+        .edge
+        .group(
+            &group,
+            GroupRequest::Reset {
+                offsets: entries.clone(),
+            },
+        )
+        .await?;
+    let offsets: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({"topic": e.topic, "partition": e.partition, "offset": e.offset}))
+        .collect();
+    Ok(Json(json!({"group": group, "offsets": offsets})))
+}
+
+// ---------------------------------------------------------------------------------------
+// Groups: list, describe, delete
+// ---------------------------------------------------------------------------------------
+
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let groups = state.edge.list_groups().await?;
+    Ok(Json(Value::Array(
+        groups
+            .into_iter()
+            .map(|g| {
+                json!({
+                    "group": g.group,
+                    "state": if g.members > 0 { "stable" } else { "empty" },
+                    "members": g.members,
+                })
+            })
+            .collect(),
+    )))
+}
+
+fn description_json(d: GroupDescription) -> Value {
+    json!({
+        "group": d.group,
+        "state": d.state,
+        "generation": d.generation,
+        "assignment_strategy": d.strategy.as_str(),
+        "coordinator": d.coordinator,
+        "members": d.members.into_iter().map(|m| json!({
+            "member_id": m.member_id,
+            "topics": m.topics,
+            "session_timeout_ms": m.session_timeout_ms,
+            "auto_offset_reset": m.auto_offset_reset.as_str(),
+            "assignments": m.assignments,
+            "last_seen_ms_ago": m.last_seen_ms_ago,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn describe(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate_group(&group)?;
+    match state.edge.group(&group, GroupRequest::Describe).await? {
+        GroupAnswer::Described(d) => Ok(Json(description_json(d))),
+        other => Err(ApiError::Internal {
+            detail: format!("describe answered {other:?}"),
+        }),
+    }
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn delete_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    validate_group(&group)?;
+    state.edge.group(&group, GroupRequest::Delete).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use psubd_actors::record::{EncodedRecords, Record, ValueKind};
+
+    use super::*;
+
+    fn run(first_offset: u64, n: u8) -> FetchedRecords {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                timestamp_ms: i64::from(i),
+                kind: ValueKind::Json,
+                key: None,
+                value: Some(Bytes::from(format!("{i}"))),
+                headers: vec![],
+            })
+            .collect();
+        let encoded = EncodedRecords::encode(&records).unwrap();
+        FetchedRecords {
+            first_offset,
+            count: u32::from(n),
+            bytes: encoded.bytes,
+            log_start: 0,
+            high_watermark: first_offset + u64::from(n),
+        }
+    }
+
+    fn tp(partition: u32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition,
+        }
+    }
+
+    #[test]
+    fn budget_caps_records_across_partitions_and_positions_follow() {
+        let fetched = vec![(tp(0), run(10, 3)), (tp(1), run(5, 3))];
+        let rendered = render_within_budget(&fetched, 4, 1 << 20).unwrap();
+        assert_eq!(rendered[0].next_offset, 13, "all of partition 0");
+        assert_eq!(rendered[1].next_offset, 6, "one of partition 1");
+        let body = format!(
+            "[{},{}]",
+            String::from_utf8(rendered[0].json.clone()).unwrap(),
+            String::from_utf8(rendered[1].json.clone()).unwrap()
+        );
+        let parsed: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let offsets: Vec<u64> = parsed
+            .iter()
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, vec![10, 11, 12, 5]);
+    }
+
+    #[test]
+    fn an_empty_partition_keeps_its_position() {
+        let fetched = vec![(tp(0), run(7, 0))];
+        let rendered = render_within_budget(&fetched, 10, 1 << 20).unwrap();
+        assert_eq!(rendered[0].next_offset, 7);
+        assert!(rendered[0].json.is_empty());
+    }
+
+    #[test]
+    fn byte_budget_always_lets_one_record_through() {
+        let fetched = vec![(tp(0), run(0, 3))];
+        let rendered = render_within_budget(&fetched, 10, 1).unwrap();
+        assert_eq!(rendered[0].next_offset, 1);
+    }
+
+    #[test]
+    fn member_ids_and_reset_targets_are_validated() {
+        assert!(validate_member("0123456789abcdef0123456789abcdef").is_ok());
+        assert!(validate_member("0123456789ABCDEF0123456789abcdef").is_err());
+        assert!(validate_member("short").is_err());
+        assert!(validate_group("__internal").is_err());
+        assert!(validate_group("orders-consumers").is_ok());
+        let entry = |offset: Option<Value>, timestamp_ms| ResetEntry {
+            topic: "t".into(),
+            partition: None,
+            offset,
+            timestamp_ms,
+        };
+        assert!(matches!(
+            reset_target(&entry(Some(json!(5)), None)),
+            Ok(ResetTo::Offset(5))
+        ));
+        assert!(matches!(
+            reset_target(&entry(Some(json!("earliest")), None)),
+            Ok(ResetTo::Earliest)
+        ));
+        assert!(matches!(
+            reset_target(&entry(None, Some(9))),
+            Ok(ResetTo::Timestamp(9))
+        ));
+        assert!(reset_target(&entry(Some(json!(-1)), None)).is_err());
+        assert!(reset_target(&entry(Some(json!("soon")), None)).is_err());
+        assert!(reset_target(&entry(Some(json!(1)), Some(2))).is_err());
+        assert!(reset_target(&entry(None, None)).is_err());
+    }
+}

@@ -246,6 +246,10 @@ async fn produce_loop(
         }
         if outcome.ok {
             live.add_published(records);
+        } else {
+            // A request given up (e.g. 404, or retries spent): pause instead of spinning
+            // against a cluster that refuses everything.
+            tokio::time::sleep(RETRY_BACKOFF).await;
         }
         attempt_errors = ErrorCounts::default();
     }

@@ -399,16 +399,28 @@ async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
     }
 }
 
+/// Handshakes in progress at once; beyond this, new sockets are closed at once, so a burst
+/// of stray connections cannot pile up tasks (peers are few, and they redial).
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, from)) => {
-                tokio::spawn(accept_one(inner.clone(), stream, from));
-            }
+            Ok((stream, from)) => match handshakes.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let inner = inner.clone();
+                    tokio::spawn(async move {
+                        accept_one(inner, stream, from).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => tracing::warn!(%from, "too many pending handshakes, closing"),
+            },
             Err(err) => {
                 // Typically out of file descriptors: wait a little instead of spinning.
                 tracing::warn!(cause = %err, "failed to accept");

@@ -35,6 +35,9 @@ pub struct Recovery {
     /// slowest partition; `None` when some partition had no ok publish before the next
     /// fault or the end of the main phase.
     pub recovery_ms: Option<u64>,
+    /// False when no publish was attempted between this heal and the next fault (or the
+    /// end of the main phase): nothing to measure, not counted as unrecovered.
+    pub observed: bool,
 }
 
 /// What `results.json` reports under `availability`.
@@ -197,15 +200,25 @@ pub fn compute(events: &[Event], pairs: &[Pair<'_>]) -> Availability {
             .filter(|s| s > healed)
             .min()
             .unwrap_or(main_end);
+        // Slowest partition; partitions nobody wrote to in the interval do not count.
         let mut worst: Option<u64> = Some(0);
+        let mut observed = false;
         for key in &keys {
-            let first_ok = publishes
+            let tried: Vec<&&&Pair<'_>> = publishes
                 .iter()
                 .filter(|p| {
                     p.inv.key.as_deref() == Some(*key)
                         && p.inv.time >= *healed
-                        && p.outcome() == EventType::Ok
+                        && p.inv.time <= horizon
                 })
+                .collect();
+            if tried.is_empty() {
+                continue;
+            }
+            observed = true;
+            let first_ok = tried
+                .iter()
+                .filter(|p| p.outcome() == EventType::Ok)
                 .filter_map(|p| p.done.map(|d| d.time))
                 .filter(|t| *t <= horizon)
                 .min();
@@ -214,13 +227,16 @@ pub fn compute(events: &[Event], pairs: &[Pair<'_>]) -> Availability {
                 _ => None,
             };
         }
-        if worst.is_none() {
+        if !observed {
+            worst = None;
+        } else if worst.is_none() {
             unrecovered += 1;
         }
         recoveries.push(Recovery {
             kind: kind.clone(),
             healed_at_s: *healed as f64 / 1e9,
             recovery_ms: worst.map(|ns| ns / 1_000_000),
+            observed,
         });
     }
 

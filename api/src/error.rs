@@ -302,6 +302,13 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let mut response = (status, axum::Json(self.body())).into_response();
+        if let ApiError::RequestTooLarge { .. } = self {
+            // The rest of the body is left unread, so the connection cannot be reused:
+            // say so rather than let a keep-alive client's next request fail.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()

@@ -171,7 +171,8 @@ pub fn write_record(
         ",\"partition\":{partition},\"offset\":{offset},\"timestamp_ms\":{},\"key\":",
         record.timestamp_ms
     );
-    write_bytes(out, record.kind, record.key);
+    // Keys are strings in every encoding (see publish): only values may be binary.
+    write_bytes(out, ValueKind::String, record.key);
     out.extend_from_slice(b",\"value\":");
     match (record.kind, record.value) {
         (ValueKind::Json, Some(value)) => out.extend_from_slice(value),
@@ -259,6 +260,7 @@ mod tests {
         assert_eq!(body["records"][0]["value"]["a"][1], 2);
         assert_eq!(body["records"][0]["headers"]["h"], "v");
         assert_eq!(body["records"][1]["value"], "AP8=");
+        assert_eq!(body["records"][1]["key"], serde_json::Value::Null);
         assert_eq!(body["records"][1]["encoding"], "base64");
         assert_eq!(body["records"][2]["value"], serde_json::Value::Null);
     }

@@ -29,8 +29,8 @@ use crate::error::ApiError;
 use crate::json::media_type;
 use crate::state::{AppState, Limits};
 
-/// NDJSON publishes in flight at once per stream: enough to fill batches, bounded.
-const STREAM_PIPELINE: usize = 64;
+/// Most NDJSON lines published as one request: the stream's batch bound.
+const STREAM_CHUNK: usize = 1000;
 
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {
@@ -323,15 +323,30 @@ fn report_json(d: &Delivered) -> serde_json::Value {
     }
 }
 
-/// Builds the answer: 200 with offsets; if every record failed alike, that error.
+/// Builds the answer. 200: every record is committed. When every record failed: 503 if
+/// nothing can have been written, else 504. A mix of committed and failed records is
+/// 207 Multi-Status with a report per record, never a 200 (a client checking only the
+/// status must not lose records) nor a 503 (which promises nothing was written).
 fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {
-    if let Some(first_error) = reports.iter().find_map(|d| d.result.as_ref().err()) {
-        if reports.iter().all(|d| d.result.is_err()) {
-            return clone_error(first_error).into_response();
+    let failed = reports.iter().filter(|d| d.result.is_err()).count();
+    if failed > 0 && failed == reports.len() {
+        let unknown = reports
+            .iter()
+            .find(|d| matches!(d.result, Err(ApiError::OutcomeUnknown { .. })));
+        let first = unknown
+            .or(reports.first())
+            .and_then(|d| d.result.as_ref().err());
+        if let Some(error) = first {
+            return clone_error(error).into_response();
         }
     }
+    let status = if failed == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
     let offsets: Vec<serde_json::Value> = reports.iter().map(report_json).collect();
-    let mut response = (StatusCode::OK, Json(json!({ "offsets": offsets }))).into_response();
+    let mut response = (status, Json(json!({ "offsets": offsets }))).into_response();
     if raw_mode {
         if let Some(Delivered {
             partition,
@@ -470,31 +485,22 @@ async fn publish_stream(
     let max_line = state.limits.max_record_bytes * 2 + state.limits.max_header_bytes + 1024;
     let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
     let lines = FramedRead::new(reader, LinesCodec::new_with_max_length(max_line));
-    let reports = lines
-        .map(move |line| {
-            let state = state.clone();
-            let meta = meta.clone();
-            async move {
-                let report = match line {
-                    Ok(line) if line.trim().is_empty() => return None,
-                    Ok(line) => publish_line(&state, &meta, encoding, &line).await,
-                    Err(LinesCodecError::MaxLineLengthExceeded) => ApiError::RecordTooLarge {
-                        size: max_line,
-                        limit: state.limits.max_record_bytes,
-                    }
-                    .body(),
-                    Err(LinesCodecError::Io(e)) => ApiError::InvalidRequest {
-                        message: format!("reading the stream: {e}"),
-                    }
-                    .body(),
-                };
-                let mut out = serde_json::to_vec(&report).unwrap_or_default();
+    // Lines that are already buffered are published together as one request (one append
+    // per partition), and chunks go one after another: records of a stream are stored in
+    // line order within each partition, and a fast producer still gets large batches.
+    let reports = lines.ready_chunks(STREAM_CHUNK).then(move |chunk| {
+        let state = state.clone();
+        let meta = meta.clone();
+        async move {
+            let mut out = Vec::new();
+            for report in publish_lines(&state, &meta, encoding, chunk, max_line).await {
+                // Serialising a JSON value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, &report);
                 out.push(b'\n');
-                Some(Ok::<_, std::io::Error>(Bytes::from(out)))
             }
-        })
-        .buffered(STREAM_PIPELINE)
-        .filter_map(|r| async move { r });
+            Ok::<_, std::io::Error>(Bytes::from(out))
+        }
+    });
     let mut response = Response::new(Body::from_stream(reports));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -503,32 +509,59 @@ async fn publish_stream(
     Ok(response)
 }
 
-async fn publish_line(
+/// Publishes one chunk of NDJSON lines; one report per non-blank line, in line order.
+async fn publish_lines(
     state: &AppState,
     meta: &TopicMeta,
     encoding: Encoding,
-    line: &str,
-) -> serde_json::Value {
-    let parsed = match serde_json::from_str::<PublishRecord<'_>>(line) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            return ApiError::InvalidJson {
-                message: format!("invalid JSON line: {e}"),
+    lines: Vec<Result<String, LinesCodecError>>,
+    max_line: usize,
+) -> Vec<serde_json::Value> {
+    // Each line is either refused on its own (its report is ready) or routed.
+    let mut slots: Vec<Result<usize, serde_json::Value>> = Vec::with_capacity(lines.len());
+    let mut routed = Vec::new();
+    for line in &lines {
+        let slot = match line {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => serde_json::from_str::<PublishRecord<'_>>(line)
+                .map_err(|e| ApiError::InvalidJson {
+                    message: format!("invalid JSON line: {e}"),
+                })
+                .and_then(|parsed| to_record(state, meta, encoding, parsed))
+                .map(|r| {
+                    routed.push(r);
+                    routed.len() - 1
+                })
+                .map_err(|error| error.body()),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Err(ApiError::RecordTooLarge {
+                size: max_line,
+                limit: state.limits.max_record_bytes,
             }
-            .body()
-        }
-    };
-    let routed = match to_record(state, meta, encoding, parsed) {
-        Ok(routed) => routed,
-        Err(error) => return error.body(),
-    };
-    match append_all(state, meta, vec![routed]).await.first() {
-        Some(report) => report_json(report),
-        None => ApiError::Internal {
-            detail: "no delivery report".into(),
-        }
-        .body(),
+            .body()),
+            Err(LinesCodecError::Io(e)) => Err(ApiError::InvalidRequest {
+                message: format!("reading the stream: {e}"),
+            }
+            .body()),
+        };
+        slots.push(slot);
     }
+    let delivered = if routed.is_empty() {
+        Vec::new()
+    } else {
+        append_all(state, meta, routed).await
+    };
+    slots
+        .into_iter()
+        .map(|slot| match slot {
+            Ok(index) => delivered.get(index).map(report_json).unwrap_or_else(|| {
+                ApiError::Internal {
+                    detail: "no delivery report".into(),
+                }
+                .body()
+            }),
+            Err(report) => report,
+        })
+        .collect()
 }
 
 #[cfg(test)]

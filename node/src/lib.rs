@@ -7,8 +7,9 @@
 //! - [`server`]: `run(config, shutdown)` — boot and graceful shutdown of a node.
 //! - [`dev`]: the local-cluster launcher.
 //! - [`signal`]: SIGINT / SIGTERM.
-//! - `bench`: the load generator.
+//! - [`bench`]: the load generator.
 
+pub mod bench;
 pub mod config;
 pub mod dev;
 pub mod server;

@@ -19,6 +19,8 @@ enum Command {
     Node(NodeConfig),
     /// Start a local cluster of node processes (Ctrl-C stops it).
     Dev(DevArgs),
+    /// Measure a cluster: publish and consume load, latency and throughput.
+    Bench(Box<psubd::bench::BenchArgs>),
 }
 
 fn init_logging() {
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
                 psubd::run(config, psubd::signal::terminated()).await
             }
             Command::Dev(args) => psubd::dev::run(args).await,
+            Command::Bench(args) => psubd::bench::run(*args).await,
         }
     });
     match result {

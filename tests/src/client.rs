@@ -43,6 +43,12 @@ pub enum PublishOutcome {
         /// The error body.
         body: String,
     },
+    /// 207 Multi-Status: some records are committed (their reports carry offsets), others
+    /// failed (their reports carry the error body).
+    Partial {
+        /// The per-record reports.
+        body: String,
+    },
     /// 504 `outcome_unknown`: the records may or may not be committed.
     OutcomeUnknown {
         /// The error body.
@@ -216,6 +222,7 @@ impl NodeClient {
             }
         };
         match status {
+            207 => PublishOutcome::Partial { body },
             200 => match serde_json::from_str::<PublishResponse>(&body) {
                 Ok(p) => PublishOutcome::Acked(p.offsets),
                 Err(e) => PublishOutcome::Rejected {

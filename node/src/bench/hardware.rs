@@ -171,9 +171,7 @@ fn mount_of(path: &Path) -> Option<(String, String, String)> {
         let mount_point = mount_point.replace("\\040", " ");
         let (fs_type, source) = (fs_type.to_string(), source.to_string());
         if path.starts_with(&mount_point)
-            && best
-                .as_ref()
-                .map_or(true, |b| mount_point.len() >= b.0.len())
+            && best.as_ref().is_none_or(|b| mount_point.len() >= b.0.len())
         {
             best = Some((mount_point, source, fs_type));
         }

@@ -163,7 +163,7 @@ impl RequestTemplate {
 
 /// Appends a value placeholder: header space (stamped per request) and padding.
 fn push_value(body: &mut Vec<u8>, record_size: usize) {
-    body.extend(std::iter::repeat(b'0').take(HEADER_LEN));
+    body.extend(std::iter::repeat_n(b'0', HEADER_LEN));
     let mut left = record_size.saturating_sub(HEADER_LEN);
     while left > 0 {
         let n = left.min(PADDING.len());

@@ -6,12 +6,18 @@
 //!   its session timeout the other owns its partitions and resumes exactly at the
 //!   committed offsets; the expired member's commit and fetch are answered 409; lag is
 //!   `high_watermark - offset`; a member that leaves hands its partitions over at once.
+//! - `issue_04_members_come_and_go_at_least_once`: three members, one partition each,
+//!   under continuous publishing while one leaves and re-joins and one dies and re-joins:
+//!   every offset below the final commit was delivered to some member (re-deliveries are
+//!   counted and reported).
 //! - `issue_04_offsets_survive_kill_of_any_node`: committed offsets survive kill -9 of each
 //!   node in turn (the coordinator's first) and read back equal from every node.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use psubd_tests::{eventually, expect_error, Cluster, NewRecord, NodeClient};
@@ -724,4 +730,184 @@ async fn issue_04_offsets_survive_kill_of_any_node() {
             }
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Members come and go under continuous publishing: at-least-once
+// ---------------------------------------------------------------------------------------
+
+/// How each churn member misbehaves once, mid-run.
+#[derive(Clone, Copy, Debug)]
+enum Churn {
+    /// Never leaves.
+    Steady,
+    /// Leaves cleanly, then joins again a second later.
+    Leaves,
+    /// Goes silent past its session timeout, then finds itself fenced and re-joins.
+    Dies,
+}
+
+const CHURN_TOPIC_PARTITIONS: u32 = 3;
+const CHURN_SESSION_MS: u64 = 1_500;
+const PUBLISH_FOR: Duration = Duration::from_secs(8);
+
+/// One consumer: fetch, remember what was delivered, commit it; misbehave once.
+async fn churn_consumer(
+    node: NodeClient,
+    group: String,
+    churn: Churn,
+    deliveries: Arc<Mutex<Vec<(u32, u64)>>>,
+    stop: Arc<AtomicBool>,
+) -> u32 {
+    let started = Instant::now();
+    let mut member = Member::join(&node, &group, CHURN_SESSION_MS).await;
+    let mut misbehaved = false;
+    let mut rejoins = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        if !misbehaved && started.elapsed() > Duration::from_secs(3) {
+            misbehaved = true;
+            match churn {
+                Churn::Steady => {}
+                Churn::Leaves => {
+                    let resp = node
+                        .http()
+                        .delete(node.url(&format!("/v1/groups/{group}/members/{}", member.id)))
+                        .send()
+                        .await
+                        .expect("leave");
+                    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "leave");
+                    tokio::time::sleep(Duration::from_secs(1)).await; // away on purpose
+                    member = Member::join(&node, &group, CHURN_SESSION_MS).await;
+                    rejoins += 1;
+                }
+                Churn::Dies => {
+                    // Silent past the session timeout on purpose.
+                    tokio::time::sleep(Duration::from_millis(CHURN_SESSION_MS * 2)).await;
+                }
+            }
+        }
+        match member.try_fetch(200).await {
+            Ok(records) => {
+                let mut commit: BTreeMap<Tp, u64> = BTreeMap::new();
+                {
+                    let mut seen = deliveries.lock().expect("deliveries");
+                    for r in &records {
+                        seen.push((r.partition, r.offset));
+                        let next = commit.entry((r.topic.clone(), r.partition)).or_default();
+                        *next = (*next).max(r.offset + 1);
+                    }
+                }
+                if !commit.is_empty() {
+                    // A stale generation or a fence here just means the records come
+                    // again to whoever owns them now: at-least-once.
+                    let _ = member.commit_request(&commit).await;
+                }
+            }
+            Err(error) if error.contains("member_fenced") => {
+                member = Member::join(&node, &group, CHURN_SESSION_MS).await;
+                rejoins += 1;
+            }
+            Err(error) => panic!("churn member fetch: {error}"),
+        }
+    }
+    rejoins
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_04_members_come_and_go_at_least_once() {
+    let cluster = Cluster::start(3).await;
+    cluster
+        .node(1)
+        .create_topic(TOPIC, CHURN_TOPIC_PARTITIONS, 3)
+        .await;
+    for p in 0..CHURN_TOPIC_PARTITIONS {
+        cluster.leader_of(TOPIC, p).await;
+    }
+    let group = "churn".to_string();
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumers: Vec<_> = [(1, Churn::Steady), (2, Churn::Leaves), (3, Churn::Dies)]
+        .into_iter()
+        .map(|(id, churn)| {
+            tokio::spawn(churn_consumer(
+                cluster.node(id),
+                group.clone(),
+                churn,
+                deliveries.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    // Publish continuously; record i of partition p is at offset i (one publisher).
+    let publisher = cluster.node(1);
+    let mut next = 0u64;
+    let publish_start = Instant::now();
+    while publish_start.elapsed() < PUBLISH_FOR {
+        let records: Vec<NewRecord> = (0..CHURN_TOPIC_PARTITIONS)
+            .flat_map(|p| {
+                (next..next + 5).map(move |i| NewRecord {
+                    partition: Some(p),
+                    ..NewRecord::keyed(format!("k{p}"), json!({"p": p, "i": i}))
+                })
+            })
+            .collect();
+        publisher.publish(TOPIC, &records).await;
+        next += 5;
+        tokio::time::sleep(Duration::from_millis(20)).await; // publishing pace
+    }
+    let published = next;
+
+    // Everything published gets committed eventually (lag 0 everywhere).
+    let node = cluster.node(2);
+    let node = &node;
+    let group_ref = &group;
+    let final_rows = eventually(SETTLE, "the group catches up (lag 0)", || async move {
+        let rows = group_offsets(node, group_ref).await?;
+        if rows.len() == CHURN_TOPIC_PARTITIONS as usize
+            && rows
+                .iter()
+                .all(|r| r.offset == published && r.lag == Some(0))
+        {
+            Ok(rows)
+        } else {
+            Err(format!("{rows:?}"))
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut rejoins = 0;
+    for consumer in consumers {
+        rejoins += consumer.await.expect("consumer task");
+    }
+
+    // DESIGN.md § Consumer groups: every offset below the final commit was delivered to
+    // some member; re-deliveries are allowed and counted.
+    let deliveries = deliveries.lock().expect("deliveries").clone();
+    let mut distinct: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let mut redelivered = 0u64;
+    for d in &deliveries {
+        if !distinct.insert(*d) {
+            redelivered += 1;
+        }
+    }
+    for row in &final_rows {
+        for offset in 0..row.offset {
+            assert!(
+                distinct.contains(&(row.partition, offset)),
+                "offset {offset} of partition {} is below the final commit but was never delivered",
+                row.partition
+            );
+        }
+    }
+    assert!(
+        rejoins >= 2,
+        "the leaving and the dying member re-joined ({rejoins})"
+    );
+    println!(
+        "churn: {} records published, {} deliveries, {redelivered} re-deliveries ({:.2}%), {rejoins} re-joins",
+        published * u64::from(CHURN_TOPIC_PARTITIONS),
+        deliveries.len(),
+        100.0 * redelivered as f64 / deliveries.len().max(1) as f64
+    );
 }

@@ -25,13 +25,13 @@ pub mod storage;
 pub mod transport;
 pub mod types;
 
-pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig, CONTROLLER_GROUP};
+pub use config::{RaftNodeConfig, RaftTuning};
 pub use error::StorageIoError;
 pub use log_store::LogStore;
 pub use logic::{GroupLogic, SnapshotPlan, RESERVED_KEY_PREFIX};
+pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::StateMachine;
 pub use storage::{NodeStorage, Tree, Value, WriteBatch};
-pub use config::{RaftNodeConfig, RaftTuning};
-pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use transport::{Faults, TransportError};
+pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig, CONTROLLER_GROUP};

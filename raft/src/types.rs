@@ -105,4 +105,3 @@ pub mod typ {
     /// Raft RPC.
     pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<super::NodeId>;
 }
-

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use psubd_raft::NodeId;
+use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -274,6 +274,10 @@ pub struct CoordinatorState {
     members: BTreeMap<String, Member>,
     /// Partition counts of the subscribed topics at the last rebalance.
     counts: BTreeMap<String, u32>,
+    /// The partition groups of the subscribed topics at the last rebalance: a topic
+    /// deleted and re-created (same name, new groups) must rebalance too, or positions of
+    /// the old log would carry over to the new one.
+    incarnations: BTreeMap<String, Vec<GroupId>>,
     idle_since: Instant,
 }
 
@@ -306,6 +310,20 @@ impl CoordinatorState {
         Ok(())
     }
 
+    fn incarnations(&self) -> BTreeMap<String, Vec<GroupId>> {
+        let metadata = self.args.metadata.borrow().clone();
+        let subscribed: BTreeSet<&String> = self.members.values().flat_map(|m| &m.topics).collect();
+        subscribed
+            .into_iter()
+            .filter_map(|t| {
+                metadata
+                    .topics
+                    .get(t)
+                    .map(|meta| (t.clone(), meta.partitions.iter().map(|p| p.group).collect()))
+            })
+            .collect()
+    }
+
     fn partition_counts(&self) -> BTreeMap<String, u32> {
         let metadata = self.args.metadata.borrow().clone();
         let subscribed: BTreeSet<&String> = self.members.values().flat_map(|m| &m.topics).collect();
@@ -333,6 +351,7 @@ impl CoordinatorState {
             .map(|(id, m)| (id.clone(), m.assigned.clone()))
             .collect();
         self.counts = self.partition_counts();
+        self.incarnations = self.incarnations();
         let mut result = assign(self.strategy, &subscriptions, &self.counts, &previous);
         for (id, member) in &mut self.members {
             member.assigned = result.remove(id).unwrap_or_default();
@@ -676,7 +695,7 @@ impl CoordinatorState {
         if self.members.len() != before {
             debug!(group = %self.args.group, expired = before - self.members.len(), "members expired");
             self.rebalance("member session expired");
-        } else if !self.members.is_empty() && self.partition_counts() != self.counts {
+        } else if !self.members.is_empty() && self.incarnations() != self.incarnations {
             self.rebalance("subscribed topics changed");
         }
         !(self.members.is_empty()
@@ -712,6 +731,7 @@ impl Actor for CoordinatorActor {
             strategy: AssignmentStrategy::default(),
             members: BTreeMap::new(),
             counts: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
             idle_since: Instant::now(),
         })
     }

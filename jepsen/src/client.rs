@@ -19,6 +19,8 @@ pub enum Failure {
         status: u16,
         /// The `error` string of the error body, when the body is the documented JSON.
         error: Option<String>,
+        /// The `message` of the error body, when present.
+        message: Option<String>,
         /// The body, cut to a few hundred bytes, for the history.
         body: String,
     },
@@ -43,10 +45,12 @@ impl Failure {
             Failure::Status {
                 status,
                 error,
+                message,
                 body,
-            } => match error {
-                Some(e) => format!("{status} {e}"),
-                None => format!("{status} {body}"),
+            } => match (error, message) {
+                (Some(e), Some(m)) => format!("{status} {e}: {m}"),
+                (Some(e), None) => format!("{status} {e}"),
+                _ => format!("{status} {body}"),
             },
             Failure::Transport { connect, detail } => {
                 if *connect {
@@ -179,11 +183,17 @@ impl Client {
                 .and_then(|v| v.get("error"))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
+            let message = parsed
+                .as_ref()
+                .and_then(|v| v.get("message"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             let mut body = String::from_utf8_lossy(&bytes).into_owned();
             body.truncate(300);
             return Err(Failure::Status {
                 status,
                 error,
+                message,
                 body,
             });
         }

@@ -31,6 +31,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(6);
 /// Pause between a writer's operations (random below this), to keep the history and the
 /// two cores manageable.
 const WRITER_THINK_MS: u64 = 20;
+/// Pause after a refused poll before the member's next one.
+const FAILED_POLL_PAUSE: Duration = Duration::from_millis(100);
 /// How often the committed offsets are read back.
 const COMMITTED_EVERY: Duration = Duration::from_millis(1000);
 /// Per-iteration chance (in thousandths) that a group member restarts under a new id.
@@ -319,6 +321,13 @@ impl Workload {
                     } else if kind == EventType::Info {
                         self.leave_once(process, &group, &member, node).await;
                         session = None;
+                    } else {
+                        // Refused (503, connection refused): the next poll is a new
+                        // operation, after a pause so a dead node is not hammered.
+                        tokio::select! {
+                            _ = tokio::time::sleep(FAILED_POLL_PAUSE) => {}
+                            _ = stop.cancelled() => {}
+                        }
                     }
                     continue;
                 }

@@ -97,6 +97,7 @@ impl Broker {
             ControllerArgs {
                 raft: controller_raft.clone(),
                 nodes: members.iter().copied().collect(),
+                raft_node: raft_node.clone(),
                 limits: config.limits,
             },
         )

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use psubd_raft::types::typ::Raft;
-use psubd_raft::NodeId;
+use psubd_raft::{NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::{ControllerError, PartitionError};
@@ -53,6 +53,8 @@ pub struct ControllerArgs {
     pub raft: Raft,
     /// Every node of the cluster (the `--peers` ids): replica sets are drawn from them.
     pub nodes: Vec<NodeId>,
+    /// This node's Raft groups: which peers are connected right now.
+    pub raft_node: RaftNode,
     /// Timeouts and quorum staleness.
     pub limits: BatchLimits,
 }
@@ -88,6 +90,23 @@ async fn propose(
         Err(_) => Err(ControllerError::OutcomeUnknown {
             reason: "the write was not committed within the timeout".into(),
         }),
+    }
+}
+
+/// The nodes to place replicas on: the live ones (this node and every peer with a
+/// connection up) when there are enough of them for the replication factor, else all —
+/// a partition placed partly on a down node still has a majority and heals when it returns.
+fn live_first(nodes: &[NodeId], raft_node: &RaftNode, replication_factor: u32) -> Vec<NodeId> {
+    let connected = raft_node.connected_peers();
+    let live: Vec<NodeId> = nodes
+        .iter()
+        .copied()
+        .filter(|n| *n == raft_node.id() || connected.contains(n))
+        .collect();
+    if live.len() >= replication_factor as usize {
+        live
+    } else {
+        nodes.to_vec()
     }
 }
 
@@ -146,8 +165,10 @@ impl Actor for ControllerActor {
                 let offset = name
                     .bytes()
                     .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                let candidates =
+                    live_first(&state.nodes, &state.raft_node, config.replication_factor);
                 let replicas = place_replicas(
-                    &state.nodes,
+                    &candidates,
                     config.partitions,
                     config.replication_factor,
                     offset,

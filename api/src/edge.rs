@@ -301,12 +301,19 @@ impl Edge {
         })
     }
 
-    /// A topic's metadata: this node's copy, or — when missing here, e.g. created an
-    /// instant ago through another node — the controller leader's.
+    /// A user topic's metadata: this node's copy, or — when missing here, e.g. created an
+    /// instant ago through another node — the controller leader's. Internal topics are
+    /// not found.
     ///
     /// # Errors
     /// 404 when the controller leader does not know it either.
     pub async fn topic(&self, name: &str) -> Result<TopicMeta, ApiError> {
+        // Internal topics (`__consumer_offsets`) hold no records: invisible to users.
+        if psubd_actors::topic::is_internal(name) {
+            return Err(ApiError::TopicNotFound {
+                topic: name.to_string(),
+            });
+        }
         if let Some(meta) = self.broker.metadata().topics.get(name) {
             return Ok(meta.clone());
         }

@@ -70,6 +70,9 @@ struct RunResult {
     secs: f64,
     errors: u64,
     latencies_us: Vec<u64>,
+    first_error: Option<String>,
+    /// Storage flushes (group commits) per second, averaged over the three nodes.
+    fsyncs_per_node_s: f64,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -121,9 +124,23 @@ async fn run_once(
         nodes.push(RaftNode::start(config).await.expect("start"));
     }
     let members: BTreeSet<NodeId> = peers.keys().copied().collect();
+    // Spread leaders: group g led by node (g % 3) + 1, placed by opening the group passively
+    // on the others and initializing it on that node (openraft 0.9 has no leader transfer,
+    // and a forced election against a live leader only disrupts it).
     for g in 1..=groups {
-        for n in &nodes {
+        let want = (g % 3) + 1;
+        for n in nodes.iter().filter(|n| n.id() != want) {
             n.open_group(
+                g,
+                Box::new(BatchLogic { last_index: 0 }),
+                members.clone(),
+                false,
+            )
+            .await
+            .expect("open group");
+        }
+        nodes[(want - 1) as usize]
+            .open_group(
                 g,
                 Box::new(BatchLogic { last_index: 0 }),
                 members.clone(),
@@ -131,49 +148,29 @@ async fn run_once(
             )
             .await
             .expect("open group");
-        }
     }
-    // Spread leaders: group g led by node (g % 3) + 1.
-    let mut leaders = Vec::new();
-    for g in 1..=groups {
-        let want = (g % 3) + 1;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let leader = wait_leader(&nodes, g).await;
-            if leader == want || Instant::now() > deadline {
-                leaders.push(nodes[(leader - 1) as usize].group(g).expect("group"));
-                break;
-            }
-            let _ = nodes[(want - 1) as usize]
-                .group(g)
-                .expect("group")
-                .trigger()
-                .elect()
-                .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-    // Leadership may still move right after placement; settle on the final leaders.
     let mut rafts: Vec<typ::Raft> = Vec::new();
     for g in 1..=groups {
         let leader = wait_leader(&nodes, g).await;
         rafts.push(nodes[(leader - 1) as usize].group(g).expect("group"));
     }
-    drop(leaders);
 
+    let flushes_before: u64 = nodes.iter().map(|n| n.storage().flush_count()).sum();
     let payload = Bytes::from(vec![0xA5u8; entry_bytes]);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let started = Instant::now();
-    for raft in &rafts {
+    for (g, raft) in (1..=groups).zip(&rafts) {
         for _ in 0..writers_per_group {
-            let raft = raft.clone();
+            let mut raft = raft.clone();
+            let nodes = nodes.clone();
             let payload = payload.clone();
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let mut ok = 0u64;
                 let mut errors = 0u64;
                 let mut lat = Vec::new();
+                let mut first_error = None;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     match raft.client_write(Command(payload.clone())).await {
@@ -181,13 +178,22 @@ async fn run_once(
                             ok += 1;
                             lat.push(t.elapsed().as_micros() as u64);
                         }
-                        Err(_) => {
+                        Err(err) => {
                             errors += 1;
+                            first_error.get_or_insert_with(|| err.to_string());
+                            // Follow the leader, as a client would.
                             tokio::time::sleep(Duration::from_millis(10)).await;
+                            for n in &nodes {
+                                if let Some(r) = n.group(g) {
+                                    if r.metrics().borrow().state == ServerState::Leader {
+                                        raft = r;
+                                    }
+                                }
+                            }
                         }
                     }
                 }
-                (ok, errors, lat)
+                (ok, errors, lat, first_error)
             }));
         }
     }
@@ -198,14 +204,21 @@ async fn run_once(
         secs: 0.0,
         errors: 0,
         latencies_us: Vec::new(),
+        first_error: None,
+        fsyncs_per_node_s: 0.0,
     };
     for t in tasks {
-        let (ok, errors, lat) = t.await.expect("writer");
+        let (ok, errors, lat, first_error) = t.await.expect("writer");
+        if result.first_error.is_none() {
+            result.first_error = first_error;
+        }
         result.entries += ok;
         result.errors += errors;
         result.latencies_us.extend(lat);
     }
     result.secs = started.elapsed().as_secs_f64();
+    let flushes_after: u64 = nodes.iter().map(|n| n.storage().flush_count()).sum();
+    result.fsyncs_per_node_s = (flushes_after - flushes_before) as f64 / 3.0 / result.secs;
     for n in &nodes {
         n.shutdown().await;
     }
@@ -236,15 +249,19 @@ async fn main() {
             let mut lat = r.latencies_us.clone();
             lat.sort_unstable();
             println!(
-                "  groups={groups} writers={} run={run}: {} entries in {:.1}s = {eps:.0} entries/s, {mbps:.1} MiB/s, errors={}, p50={}us p99={}us p999={}us",
+                "  groups={groups} writers={} run={run}: {} entries in {:.1}s = {eps:.0} entries/s, {mbps:.1} MiB/s, errors={}, flushes/node/s={:.0}, p50={}us p99={}us p999={}us",
                 groups as usize * writers_per_group,
                 r.entries,
                 r.secs,
                 r.errors,
+                r.fsyncs_per_node_s,
                 percentile(&lat, 0.50),
                 percentile(&lat, 0.99),
                 percentile(&lat, 0.999),
             );
+            if let Some(err) = &r.first_error {
+                println!("    first error: {err}");
+            }
             runs.push((eps, mbps, lat));
         }
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -77,7 +77,15 @@ async fn issue_03_five_nodes_spread_replicas_and_leaders_and_skip_a_dead_node() 
     })
     .await;
     node.create_topic("after", 4, 3).await;
-    let placed = node.partitions("after").await;
+    let placed = eventually(
+        Duration::from_secs(20),
+        "the new topic's partitions open",
+        || {
+            let node = node.clone();
+            async move { node.try_partitions("after").await }
+        },
+    )
+    .await;
     for p in &placed {
         assert!(
             !p.replicas.contains(&5),

@@ -163,8 +163,8 @@ pub struct ClusterInfo {
 pub struct ClusterNode {
     /// Node id.
     pub id: u64,
-    /// Its HTTP base URL.
-    pub http: String,
+    /// Its HTTP base URL; `None` until the node has registered it with the controller.
+    pub http: Option<String>,
     /// Whether the answering node believes it is up.
     pub alive: bool,
 }

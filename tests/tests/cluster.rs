@@ -154,7 +154,7 @@ async fn cluster_view(c: &Cluster) {
             || async move {
                 let info = node.try_cluster_info().await?;
                 if info.nodes.len() == 3
-                    && info.nodes.iter().all(|n| n.alive)
+                    && info.nodes.iter().all(|n| n.alive && n.http.is_some())
                     && info.controller_leader.is_some()
                 {
                     Ok(info)
@@ -167,8 +167,8 @@ async fn cluster_view(c: &Cluster) {
         assert_eq!(info.node_id, id, "node {id}: node_id");
         for n in &info.nodes {
             assert_eq!(
-                n.http,
-                c.http(n.id),
+                n.http.as_deref(),
+                Some(c.http(n.id).as_str()),
                 "node {id}: http address of node {}",
                 n.id
             );

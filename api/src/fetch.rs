@@ -48,12 +48,51 @@ struct FetchParams {
     timeout_ms: Option<String>,
 }
 
-fn number<T: std::str::FromStr>(name: &str, raw: Option<&str>, default: T) -> Result<T, ApiError> {
+/// Parses an optional non-negative integer query parameter.
+///
+/// # Errors
+/// 400 naming the parameter.
+pub(crate) fn number<T: std::str::FromStr>(
+    name: &str,
+    raw: Option<&str>,
+    default: T,
+) -> Result<T, ApiError> {
     match raw {
         None => Ok(default),
         Some(text) => text.parse().map_err(|_| ApiError::InvalidRequest {
             message: format!("{name} must be a non-negative integer, not '{text}'"),
         }),
+    }
+}
+
+/// How much one fetch may return and how long it may wait: the `max_records`,
+/// `max_bytes` and `timeout_ms` parameters of every fetch route, clamped to their limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBounds {
+    /// Most records.
+    pub max_records: u32,
+    /// Most bytes of record encodings (one record always fits).
+    pub max_bytes: u32,
+    /// Longest long-poll.
+    pub timeout_ms: u64,
+}
+
+impl ReadBounds {
+    /// Parses the three parameters, with their defaults.
+    ///
+    /// # Errors
+    /// 400 when one is not a non-negative integer.
+    pub fn parse(
+        max_records: Option<&str>,
+        max_bytes: Option<&str>,
+        timeout_ms: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            max_records: number("max_records", max_records, DEFAULT_MAX_RECORDS)?
+                .clamp(1, MAX_MAX_RECORDS),
+            max_bytes: number("max_bytes", max_bytes, DEFAULT_MAX_BYTES)?.clamp(1, MAX_MAX_BYTES),
+            timeout_ms: number("timeout_ms", timeout_ms, 0u64)?.min(MAX_TIMEOUT_MS),
+        })
     }
 }
 
@@ -102,15 +141,15 @@ async fn fetch(
     let meta = state.edge.topic(&topic).await?;
     let partition = parse_partition(&topic, &partition, meta.config.partitions)?;
     let offset = parse_offset(params.offset.as_deref())?;
-    let max_records = number(
-        "max_records",
+    let ReadBounds {
+        max_records,
+        max_bytes,
+        timeout_ms,
+    } = ReadBounds::parse(
         params.max_records.as_deref(),
-        DEFAULT_MAX_RECORDS,
-    )?
-    .clamp(1, MAX_MAX_RECORDS);
-    let max_bytes = number("max_bytes", params.max_bytes.as_deref(), DEFAULT_MAX_BYTES)?
-        .clamp(1, MAX_MAX_BYTES);
-    let timeout_ms = number("timeout_ms", params.timeout_ms.as_deref(), 0u64)?.min(MAX_TIMEOUT_MS);
+        params.max_bytes.as_deref(),
+        params.timeout_ms.as_deref(),
+    )?;
     let placement = &meta.partitions[partition as usize];
     let fetched = state
         .edge

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tracing::{debug, instrument};
 
 use crate::error::ApiError;
-use crate::fetch::{write_record, MAX_TIMEOUT_MS};
+use crate::fetch::{write_record, ReadBounds};
 use crate::forward::OffsetSpec;
 use crate::json;
 use crate::state::AppState;
@@ -48,12 +48,6 @@ const MAX_TOPICS_PER_MEMBER: usize = 100;
 
 /// Most offsets in one commit or reset.
 const MAX_OFFSETS_PER_REQUEST: usize = 10_000;
-
-/// Default and largest `max_records` / `max_bytes` of a member fetch (as a plain fetch).
-const DEFAULT_MAX_RECORDS: u32 = 500;
-const MAX_MAX_RECORDS: u32 = 10_000;
-const DEFAULT_MAX_BYTES: u32 = 1 << 20;
-const MAX_MAX_BYTES: u32 = 16 << 20;
 
 /// A member without partitions waits at most this long per fetch, so it hears of a
 /// rebalance that gives it partitions soon after it happens.
@@ -127,15 +121,6 @@ fn lease_of(answer: GroupAnswer) -> Result<Lease, ApiError> {
         GroupAnswer::Lease(lease) => Ok(lease),
         other => Err(ApiError::Internal {
             detail: format!("coordinator answered {other:?} where a lease was due"),
-        }),
-    }
-}
-
-fn number<T: std::str::FromStr>(name: &str, raw: Option<&str>, default: T) -> Result<T, ApiError> {
-    match raw {
-        None => Ok(default),
-        Some(text) => text.parse().map_err(|_| ApiError::InvalidRequest {
-            message: format!("{name} must be a non-negative integer, not '{text}'"),
         }),
     }
 }
@@ -442,15 +427,15 @@ async fn member_fetch(
 ) -> Result<Response, ApiError> {
     validate_group(&group)?;
     validate_member(&member)?;
-    let max_records = number(
-        "max_records",
+    let ReadBounds {
+        max_records,
+        max_bytes,
+        timeout_ms,
+    } = ReadBounds::parse(
         params.max_records.as_deref(),
-        DEFAULT_MAX_RECORDS,
-    )?
-    .clamp(1, MAX_MAX_RECORDS);
-    let max_bytes = number("max_bytes", params.max_bytes.as_deref(), DEFAULT_MAX_BYTES)?
-        .clamp(1, MAX_MAX_BYTES);
-    let timeout_ms = number("timeout_ms", params.timeout_ms.as_deref(), 0u64)?.min(MAX_TIMEOUT_MS);
+        params.max_bytes.as_deref(),
+        params.timeout_ms.as_deref(),
+    )?;
     let lease = lease_of(
         state
             .edge

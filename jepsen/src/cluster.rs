@@ -72,6 +72,11 @@ impl Cluster {
         }
     }
 
+    /// The node binary.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// The node specs, in id order.
     pub fn specs(&self) -> &[NodeSpec] {
         &self.specs

@@ -226,6 +226,8 @@ async fn run_body(
     let keys = config.keys();
     let steps = nemesis::plan(opts.seed, &kinds, opts.time, &keys, &cluster.ids());
     let schedule = json!({
+        "binary": binary_description(&cluster),
+        "git_head": git_head(),
         "seed": opts.seed,
         "mode": mode,
         "fallback_reason": fallback_reason,
@@ -374,6 +376,24 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// The node binary's path and modification time, so a result can be tied to a build.
+fn binary_description(cluster: &Cluster) -> serde_json::Value {
+    let path = cluster.binary();
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    json!({"path": path.display().to_string(), "modified_unix_s": modified})
+}
+
+/// `git rev-parse HEAD` of the working directory, when it is a git checkout.
+fn git_head() -> Option<String> {
+    network::run("git", &["rev-parse", "HEAD"], None)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// `--binary`, else `psubd` next to this executable, else target/release, target/debug.

@@ -364,10 +364,22 @@ impl Workload {
                 }
             }
             if let Some(targets) = &drain {
-                let done = polled.records.is_empty()
-                    && targets
+                // Partitions other members already consumed give this member no records:
+                // the group's committed offsets, read back, decide.
+                let mut done = false;
+                if polled.records.is_empty() {
+                    if let Some(group_offsets) = self.committed_once(process, node).await {
+                        for ko in group_offsets {
+                            if let Some(o) = ko.offset {
+                                let e = committed.entry(ko.key).or_insert(0);
+                                *e = (*e).max(o);
+                            }
+                        }
+                    }
+                    done = targets
                         .iter()
                         .all(|(k, hw)| committed.get(k).copied().unwrap_or(0) >= *hw);
+                }
                 if done {
                     self.leave_once(process, &group, &member, node).await;
                     return true;

@@ -1,20 +1,27 @@
 //! The partition actor: owns one partition replica's Raft handle and turns concurrent
 //! publishes into few Raft entries.
 //!
-//! Batching (DESIGN.md § Publish path): while one entry is being replicated, every
-//! publish that arrives is queued; when the entry commits, all queued publishes go out as
-//! the next entry (bounded by bytes and records). Offsets are assigned at apply, so each
-//! waiting request gets `base + records before it in the entry`.
+//! Batching (DESIGN.md § Publish path): at most [`BatchLimits::max_entries_in_flight`]
+//! entries are being replicated at once; while that many are, every publish that arrives is
+//! queued, and when one commits, the queued publishes go out as the next entry (bounded by
+//! bytes and records). Offsets are assigned at apply, so each waiting request gets
+//! `base + records before it in the entry`.
 //!
-//! The actor never awaits a Raft commit inside `handle`: it spawns the write and parks the
-//! reply ports with it; the write's completion comes back as [`PartitionMsg::WriteDone`].
+//! More than one entry in flight keeps the replication pipeline busy: the next entry is
+//! appended and fsynced while the previous one is still on its way to the followers,
+//! instead of every entry paying the whole commit round trip alone.
+//!
+//! The actor never awaits a Raft commit inside `handle`: it hands the entry to Raft (which
+//! only enqueues it, so entries are proposed in the order the actor built them, and offsets
+//! follow arrival order) and spawns a task that waits for the commit with the reply ports;
+//! the write's completion comes back as [`PartitionMsg::WriteDone`].
 
 pub mod log;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use openraft::ServerState;
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId};
@@ -46,6 +53,9 @@ pub struct BatchLimits {
     pub max_entry_bytes: usize,
     /// An entry stops growing past this many records.
     pub max_entry_records: u32,
+    /// Most entries of one partition being replicated at once. 1 makes every entry wait for
+    /// the previous one's whole commit round trip; a few keep the pipeline full.
+    pub max_entries_in_flight: usize,
     /// How long a proposed write may take before it is answered `outcome_unknown`.
     pub write_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses writes with
@@ -58,6 +68,7 @@ impl Default for BatchLimits {
         Self {
             max_entry_bytes: 1 << 20,
             max_entry_records: 10_000,
+            max_entries_in_flight: 4,
             write_timeout: Duration::from_secs(10),
             quorum_stale_after: Duration::from_millis(2_500),
         }
@@ -106,8 +117,9 @@ pub struct PartitionState {
     limits: BatchLimits,
     queued: Vec<Waiter>,
     queued_bytes: usize,
-    /// Invariant: at most one entry of this actor is being replicated at a time.
-    in_flight: bool,
+    /// Entries of this actor being replicated. Invariant: at most
+    /// `limits.max_entries_in_flight` (and at least 1 is always allowed).
+    in_flight: usize,
 }
 
 /// One partition replica's actor. See the module docs.
@@ -154,8 +166,13 @@ pub fn leader_of(raft: &Raft) -> Option<NodeId> {
 }
 
 impl PartitionState {
-    fn flush(&mut self, myself: &ActorRef<PartitionMsg>) {
-        if self.in_flight || self.queued.is_empty() {
+    /// True when another entry may be proposed now.
+    fn may_propose(&self) -> bool {
+        self.in_flight < self.limits.max_entries_in_flight.max(1)
+    }
+
+    async fn flush(&mut self, myself: &ActorRef<PartitionMsg>) {
+        if !self.may_propose() || self.queued.is_empty() {
             return;
         }
         if let Err(error) = check_leader(&self.raft, &self.limits) {
@@ -182,40 +199,47 @@ impl PartitionState {
         }
         let waiters: Vec<Waiter> = self.queued.drain(..take).collect();
         self.queued_bytes -= taken_bytes;
-        self.in_flight = true;
+        self.in_flight += 1;
         let batch = join_batch(waiters.iter().map(|w| &w.records));
         let command = log::append_command(&batch);
-        let raft = self.raft.clone();
         let timeout = self.limits.write_timeout;
         let myself = myself.clone();
-        let group = self.group;
         debug!(
-            group,
+            group = self.group,
             requests = waiters.len(),
             records = taken_records,
             bytes = taken_bytes,
+            in_flight = self.in_flight,
             "proposing batch"
         );
+        // Only enqueues the entry at the Raft core (no wait for the commit), so entries are
+        // proposed in the order they were built even with several in flight.
+        let proposed = self.raft.client_write_ff(command).await;
         tokio::spawn(async move {
-            let outcome = match tokio::time::timeout(timeout, raft.client_write(command)).await {
-                Ok(Ok(response)) => log::decode_append_response(&response.data).ok_or(
-                    PartitionError::OutcomeUnknown {
-                        reason: "append response did not decode".into(),
-                    },
-                ),
-                // A ForwardToLeader after proposing means the entry was truncated here, but
-                // another replica may still hold it and commit it later: the outcome is
-                // unknown, never "not written".
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                    Err(PartitionError::OutcomeUnknown {
-                        reason: "leadership changed while the write was in flight".into(),
-                    })
-                }
-                Ok(Err(_)) => Err(PartitionError::OutcomeUnknown {
-                    reason: "the partition's Raft group stopped".into(),
-                }),
+            let outcome = match proposed {
+                Ok(receiver) => match tokio::time::timeout(timeout, receiver).await {
+                    Ok(Ok(Ok(response))) => log::decode_append_response(&response.data).ok_or(
+                        PartitionError::OutcomeUnknown {
+                            reason: "append response did not decode".into(),
+                        },
+                    ),
+                    // A ForwardToLeader after proposing means the entry was truncated here,
+                    // but another replica may still hold it and commit it later: the outcome
+                    // is unknown, never "not written".
+                    Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
+                        Err(PartitionError::OutcomeUnknown {
+                            reason: "leadership changed while the write was in flight".into(),
+                        })
+                    }
+                    Ok(Ok(Err(_))) | Ok(Err(_)) => Err(PartitionError::OutcomeUnknown {
+                        reason: "the partition's Raft group stopped".into(),
+                    }),
+                    Err(_) => Err(PartitionError::OutcomeUnknown {
+                        reason: "the write was not committed within the timeout".into(),
+                    }),
+                },
                 Err(_) => Err(PartitionError::OutcomeUnknown {
-                    reason: "the write was not committed within the timeout".into(),
+                    reason: "the partition's Raft group stopped".into(),
                 }),
             };
             let mut next = 0u64;
@@ -247,7 +271,7 @@ impl Actor for PartitionActor {
             limits: args.limits,
             queued: Vec::new(),
             queued_bytes: 0,
-            in_flight: false,
+            in_flight: 0,
         })
     }
 
@@ -259,7 +283,7 @@ impl Actor for PartitionActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PartitionMsg::Append { records, reply } => {
-                if state.in_flight {
+                if !state.may_propose() {
                     state.queued_bytes += records.len();
                     state.queued.push(Waiter { records, reply });
                 } else {
@@ -270,12 +294,12 @@ impl Actor for PartitionActor {
                     }
                     state.queued_bytes += records.len();
                     state.queued.push(Waiter { records, reply });
-                    state.flush(&myself);
+                    state.flush(&myself).await;
                 }
             }
             PartitionMsg::WriteDone => {
-                state.in_flight = false;
-                state.flush(&myself);
+                state.in_flight = state.in_flight.saturating_sub(1);
+                state.flush(&myself).await;
             }
         }
         Ok(())

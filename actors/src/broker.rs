@@ -185,6 +185,15 @@ impl Broker {
         }
     }
 
+    /// True when this node leads the partition group *and* has heard from a quorum
+    /// recently. A leader cut off from its followers keeps calling itself leader until it
+    /// hears of a newer term; only this check makes its view of the log's end
+    /// authoritative (e.g. to answer "offset beyond the end").
+    pub fn leads_with_quorum(&self, group: GroupId) -> bool {
+        self.partition(group)
+            .is_some_and(|h| check_leader(&h.raft, &self.inner.limits).is_ok())
+    }
+
     /// The leader of a partition group as this node sees it (only known on replicas).
     pub fn partition_leader(&self, group: GroupId) -> Option<NodeId> {
         self.partition(group)

@@ -229,17 +229,25 @@ impl GroupDirectory {
         })
     }
 
-    /// The committed offsets of a group as this node's replica of its offsets partition
-    /// has applied them (any replica may serve committed reads).
+    /// The committed offsets of a group: a linearizable read, served only by the leader of
+    /// the group's offsets partition once it has confirmed its leadership with a quorum and
+    /// applied everything committed before the read. A follower, or a leader cut off from
+    /// its quorum, could answer an offset older than an acknowledged commit.
     ///
     /// # Errors
-    /// [`GroupError::NotCoordinator`] without a hint when this node holds no replica.
-    pub fn committed(
+    /// [`GroupError::NotCoordinator`] (with a hint) when this node does not lead the
+    /// partition; [`GroupError::NoQuorum`] when the leadership cannot be confirmed in time.
+    pub async fn committed(
         &self,
         group: &str,
     ) -> Result<Vec<(TopicPartition, CommittedOffset)>, GroupError> {
         let handle = self.local_partition(offsets_partition_of(group))?;
-        Ok(handle.reader.committed(group))
+        self.check_leads(&handle)?;
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, handle.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(handle.reader.committed(group)),
+            Ok(Err(_)) => Err(GroupError::NotCoordinator { leader: None }),
+            Err(_) => Err(GroupError::NoQuorum),
+        }
     }
 
     /// The groups of offsets partition `partition`: those with committed offsets and

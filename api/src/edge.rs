@@ -211,7 +211,7 @@ impl Edge {
         let local = self.broker.partition(placement.group);
         let served_here = local.as_ref().is_some_and(|handle| {
             let bounds = handle.reader.bounds();
-            let is_leader = leader_of(&handle.raft) == Some(self.broker.node_id());
+            let is_leader = self.broker.leads_with_quorum(placement.group);
             match offset {
                 OffsetSpec::At(n) => is_leader || (n >= bounds.log_start && n < bounds.next_offset),
                 OffsetSpec::Earliest => is_leader || bounds.log_start < bounds.next_offset,

@@ -208,6 +208,7 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
             broker
                 .groups()
                 .committed(&group)
+                .await
                 .map(ForwardResponse::Committed),
         ),
         ForwardRequest::ListGroups { partition } => group_response(
@@ -251,9 +252,10 @@ async fn fetch_local(
         OffsetSpec::At(n) => n,
     };
     let leader = leader_of(&handle.raft);
-    let is_leader = leader == Some(broker.node_id());
-    if offset > bounds.next_offset && !is_leader {
-        // A follower may lag: only the leader may call an offset beyond the end.
+    if offset > bounds.next_offset && !broker.leads_with_quorum(group) {
+        // A follower — or a leader cut off from its quorum — may lag: only a leader in
+        // contact with a quorum may call an offset beyond the end.
+        let leader = leader.filter(|l| *l != broker.node_id());
         return ForwardResponse::Partition(PartitionError::NotLeader { leader });
     }
     if offset == bounds.next_offset && timeout_ms > 0 {

@@ -70,12 +70,11 @@ impl Edge {
         }
     }
 
-    /// A group's committed offsets, from the leader of its offsets partition when it
-    /// answers, else from any replica (committed reads may be served by any replica; a
-    /// follower may lag the latest commit by a replication round trip).
+    /// A group's committed offsets: a linearizable read at the leader of its offsets
+    /// partition (never an older value than an acknowledged commit).
     ///
     /// # Errors
-    /// 503 when no replica answers.
+    /// 503 when no leader in contact with a quorum answers.
     pub async fn committed_offsets(
         &self,
         group: &str,

@@ -266,17 +266,35 @@ async fn fetch_one(
         .fetch(placement, start, max_records, max_bytes, timeout_ms)
         .await
     {
-        Err(ApiError::OffsetOutOfRange { .. }) => {
-            let start = match reset {
-                AutoOffsetReset::Earliest => OffsetSpec::Earliest,
-                AutoOffsetReset::Latest => OffsetSpec::Latest,
-            };
-            state
-                .edge
-                .fetch(placement, start, max_records, max_bytes, timeout_ms)
-                .await
-        }
-        other => other,
+        Err(error) => match restart_after(&error, reset) {
+            Some(start) => {
+                state
+                    .edge
+                    .fetch(placement, start, max_records, max_bytes, timeout_ms)
+                    .await
+            }
+            None => Err(error),
+        },
+        Ok(fetched) => Ok(fetched),
+    }
+}
+
+/// Where a member's read restarts after an error: `auto_offset_reset` applies only when
+/// the position fell below the log start (retention removed those records). Above the
+/// end the position is kept — jumping would skip (latest) or re-deliver everything
+/// (earliest) on the strength of a lagging replica's view (issue found by the chaos
+/// harness, seed 7).
+fn restart_after(error: &ApiError, reset: AutoOffsetReset) -> Option<OffsetSpec> {
+    match error {
+        ApiError::OffsetOutOfRange {
+            offset,
+            log_start_offset,
+            ..
+        } if offset < log_start_offset => Some(match reset {
+            AutoOffsetReset::Earliest => OffsetSpec::Earliest,
+            AutoOffsetReset::Latest => OffsetSpec::Latest,
+        }),
+        _ => None,
     }
 }
 
@@ -852,6 +870,36 @@ mod tests {
     use psubd_actors::record::{EncodedRecords, Record, ValueKind};
 
     use super::*;
+
+    fn out_of_range(offset: u64, log_start_offset: u64, high_watermark: u64) -> ApiError {
+        ApiError::OffsetOutOfRange {
+            offset,
+            log_start_offset,
+            high_watermark,
+        }
+    }
+
+    /// Regression (chaos harness, seed 7): a lagging replica answered 416 above its end
+    /// for a member's committed position, and the member jumped to `earliest` (offset 0).
+    #[test]
+    fn issue_05_reset_applies_only_below_the_log_start() {
+        let above_end = out_of_range(1530, 0, 1481);
+        assert_eq!(restart_after(&above_end, AutoOffsetReset::Earliest), None);
+        assert_eq!(restart_after(&above_end, AutoOffsetReset::Latest), None);
+        let below_start = out_of_range(3, 10, 50);
+        assert_eq!(
+            restart_after(&below_start, AutoOffsetReset::Earliest),
+            Some(OffsetSpec::Earliest)
+        );
+        assert_eq!(
+            restart_after(&below_start, AutoOffsetReset::Latest),
+            Some(OffsetSpec::Latest)
+        );
+        let unavailable = ApiError::Unavailable {
+            reason: "no leader".into(),
+        };
+        assert_eq!(restart_after(&unavailable, AutoOffsetReset::Earliest), None);
+    }
 
     fn run(first_offset: u64, n: u8) -> FetchedRecords {
         let records: Vec<Record> = (0..n)

@@ -1,0 +1,120 @@
+//! The `psubd` command line as a user meets it: configuration errors name the rule and
+//! exit non-zero, `psubd dev` refuses a taken port, and a node started alone serves,
+//! becomes ready and stops cleanly on SIGTERM.
+//!
+//! These tests also make `cargo test --workspace` build the `psubd` binary that the
+//! end-to-end (`tests/`) and chaos (`jepsen/`) suites start.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PSUBD: &str = env!("CARGO_BIN_EXE_psubd");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_node_missing_from_its_peers_is_refused_with_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(PSUBD)
+        .args(["node", "--id", "4", "--peers", "1=127.0.0.1:9"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--id 4 must appear in --peers"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_peer_list_names_the_entry() {
+    let out = Command::new(PSUBD)
+        .args(["node", "--id", "1", "--peers", "1=localhost"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("'1=localhost'"), "{stderr}");
+}
+
+#[test]
+fn dev_refuses_a_taken_port() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(PSUBD)
+        .args(["dev", "--nodes", "1", "--base-port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {port} on 127.0.0.1 is in use")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_single_node_serves_becomes_ready_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, raft) = (free_port(), free_port());
+    let mut child = Command::new(PSUBD)
+        .args(["node", "--id", "1"])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--raft", &format!("127.0.0.1:{raft}")])
+        .args(["--peers", &format!("1=127.0.0.1:{raft}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ready = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{http}/readyz"))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    // SAFETY: kill(2) on the child we spawned and still own.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(ready, "a one-node cluster became ready");
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "SIGTERM stops the node cleanly within 15 s"
+    );
+}

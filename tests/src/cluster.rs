@@ -460,19 +460,46 @@ impl Cluster {
     }
 
     fn signal_term(&mut self, id: u64) {
+        self.signal(id, libc::SIGTERM, "SIGTERM");
+        self.node_mut(id).term_sent = Some(Instant::now());
+    }
+
+    /// Freezes node `id` with SIGSTOP (a long GC pause or a stalled VM): its sockets stay
+    /// open, it answers nothing, and it resumes with its old view of the cluster.
+    ///
+    /// # Panics
+    ///
+    /// When the node is not running.
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, libc::SIGSTOP, "SIGSTOP");
+        self.node_mut(id)
+            .mark_log(&format!("psubd-tests: node {id} paused with SIGSTOP"));
+    }
+
+    /// Resumes a paused node with SIGCONT.
+    ///
+    /// # Panics
+    ///
+    /// When the node is not running.
+    pub fn resume(&mut self, id: u64) {
+        self.signal(id, libc::SIGCONT, "SIGCONT");
+        self.node_mut(id)
+            .mark_log(&format!("psubd-tests: node {id} resumed with SIGCONT"));
+    }
+
+    fn signal(&mut self, id: u64, signal: libc::c_int, name: &str) {
         let pid = match &self.node_ref(id).child {
             Some(c) => c.id(),
-            None => panic!("stop({id}): node {id} is not running"),
+            None => panic!("{name} to node {id}: it is not running"),
         };
         let pid = libc::pid_t::try_from(pid).expect("a child pid fits pid_t");
         // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own
         // unreaped child, so it cannot name a recycled process.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        self.node_mut(id).term_sent = Some(Instant::now());
+        let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(
             rc,
             0,
-            "kill(SIGTERM) to node {id} (pid {pid}) failed: {}",
+            "kill({name}) to node {id} (pid {pid}) failed: {}",
             std::io::Error::last_os_error()
         );
     }

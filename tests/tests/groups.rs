@@ -911,3 +911,69 @@ async fn issue_04_members_come_and_go_at_least_once() {
         100.0 * redelivered as f64 / deliveries.len().max(1) as f64
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Regression: committed offsets read through a node that was cut off
+// ---------------------------------------------------------------------------------------
+
+/// Regression (chaos harness, issue 5, "issues found" #1): a node that led the group's
+/// offsets partition and was paused answered `GET /v1/groups/{g}/offsets` from its own
+/// stale replica right after resuming — offsets older than a commit acknowledged while it
+/// was away. A committed read must never go back (a 503 while it catches up is fine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_05_committed_offsets_never_read_back_older_after_a_pause() {
+    let mut cluster = Cluster::start(3).await;
+    create_topic(&cluster).await;
+    publish_per_partition(&cluster.node(1), 0, PER_PARTITION).await;
+    let group = "regress-stale-read";
+    let mut first = Member::join(&cluster.node(1), group, LONG_SESSION_MS).await;
+    let early: BTreeMap<Tp, u64> = first.owned.iter().map(|tp| (tp.clone(), 2)).collect();
+    first.commit(&early).await;
+
+    let stale = coordinator_of(&cluster.node(1), group).await;
+    let live = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != stale)
+        .expect("another node");
+    cluster.pause(stale);
+    // The offsets partition fails over; a member joining through a live node reaches the
+    // new coordinator and commits further while the old leader is frozen.
+    let mut second = Member::join(&cluster.node(live), group, LONG_SESSION_MS).await;
+    let later: BTreeMap<Tp, u64> = second.owned.iter().map(|tp| (tp.clone(), 7)).collect();
+    assert_eq!(
+        later.len(),
+        PARTITIONS as usize,
+        "the new member owns every partition"
+    );
+    second.commit(&later).await;
+    cluster.resume(stale);
+
+    // Read through the resumed node as fast as it answers, for a few seconds: every
+    // answer that is not an error must show the later commit.
+    let node = cluster.node(stale);
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut answered = 0;
+    while Instant::now() < until {
+        if let Ok(rows) = group_offsets(&node, group).await {
+            answered += 1;
+            for ((topic, partition), offset) in committed_map(&rows) {
+                assert!(
+                    offset >= 7,
+                    "{topic}/{partition}: read back {offset} after a commit of 7 was acknowledged"
+                );
+            }
+        }
+    }
+    let rows = eventually(SETTLE, "the resumed node answers committed offsets", || {
+        let node = node.clone();
+        async move { group_offsets(&node, group).await }
+    })
+    .await;
+    assert_eq!(
+        committed_map(&rows),
+        later,
+        "the resumed node reads the later commit"
+    );
+    eprintln!("resumed node answered {answered} committed reads in the first 4 s");
+}

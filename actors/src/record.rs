@@ -79,18 +79,23 @@ pub struct EncodedRecords {
 }
 
 impl EncodedRecords {
-    /// Encodes records for the partition actor.
+    /// Encodes records for the partition actor, borrowing them (no per-record clone).
     ///
     /// # Errors
     /// Only if postcard fails to serialise, which for these types means out of memory.
-    pub fn encode(records: &[Record]) -> Result<Self, RecordCodecError> {
-        let mut out = Vec::with_capacity(records.iter().map(encoded_size_hint).sum());
+    pub fn encode<'a>(
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<Self, RecordCodecError> {
+        let mut out = Vec::new();
+        let mut count = 0u32;
         for record in records {
+            out.reserve(encoded_size_hint(record));
             out = postcard::to_extend(record, out)
                 .map_err(|source| RecordCodecError::Decode { source })?;
+            count += 1;
         }
         Ok(Self {
-            count: records.len() as u32,
+            count,
             bytes: Bytes::from(out),
         })
     }

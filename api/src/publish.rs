@@ -257,10 +257,11 @@ async fn append_all(state: &AppState, topic: &TopicMeta, routed: Vec<Routed>) ->
         by_partition.entry(r.partition).or_default().push(index);
     }
     let appends = by_partition.iter().map(|(partition, indexes)| {
-        let records: Vec<Record> = indexes.iter().map(|i| routed[*i].record.clone()).collect();
+        let records = indexes.iter().map(|i| &routed[*i].record);
         let placement = &topic.partitions[*partition as usize];
+        let encoded = EncodedRecords::encode(records);
         async move {
-            let encoded = EncodedRecords::encode(&records).map_err(|e| ApiError::Internal {
+            let encoded = encoded.map_err(|e| ApiError::Internal {
                 detail: format!("record encoding: {e}"),
             })?;
             state.edge.append(placement, encoded).await

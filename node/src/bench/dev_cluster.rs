@@ -146,18 +146,8 @@ impl DevCluster {
         let Some(parent) = self.child.as_ref().map(Child::id) else {
             return Vec::new();
         };
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
         let mut nodes = Vec::new();
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for pid in super::sampler::process_ids() {
             if parent_pid(pid) != Some(parent) {
                 continue;
             }

@@ -172,18 +172,8 @@ pub fn local_node_pids(urls: &[String]) -> Vec<(String, u32)> {
         .iter()
         .filter_map(|u| Some((u.as_str(), u.strip_prefix("http://")?.trim_end_matches('/'))))
         .collect();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in process_ids() {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
@@ -200,6 +190,23 @@ pub fn local_node_pids(urls: &[String]) -> Vec<(String, u32)> {
     }
     found.sort();
     found
+}
+
+/// Every process id on this machine (the numeric entries of `/proc`); empty where
+/// `/proc` cannot be read.
+pub fn process_ids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+        })
+        .collect()
 }
 
 /// `VmRSS` of a local process, bytes.

@@ -12,6 +12,15 @@ use anyhow::Context;
 use clap::Args;
 use tokio::process::{Child, Command};
 
+/// Prints a status line. Unlike `println!`, never panics when stdout is closed (e.g.
+/// `psubd dev | head`): the cluster must still stop cleanly.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `psubd dev` flags.
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
@@ -164,17 +173,17 @@ impl DevCluster {
 /// When the cluster cannot start.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut cluster = DevCluster::start(&args).await?;
-    println!(
+    say!(
         "psubd dev: {} nodes, data and logs under {}",
         args.nodes,
         args.data_dir.display()
     );
     for (i, url) in cluster.urls.iter().enumerate() {
-        println!("  node {}: {url}", i + 1);
+        say!("  node {}: {url}", i + 1);
     }
     tokio::select! {
         ready = cluster.wait_ready(READY_WAIT) => match ready {
-            Ok(()) => println!("cluster ready (Ctrl-C to stop)"),
+            Ok(()) => say!("cluster ready (Ctrl-C to stop)"),
             Err(error) => {
                 cluster.stop().await;
                 anyhow::bail!("{error} (logs under {})", args.data_dir.display());
@@ -186,8 +195,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     crate::signal::terminated().await;
-    println!("stopping...");
+    say!("stopping...");
     cluster.stop().await;
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }

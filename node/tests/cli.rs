@@ -118,3 +118,85 @@ fn a_single_node_serves_becomes_ready_and_stops_cleanly_on_sigterm() {
         "SIGTERM stops the node cleanly within 15 s"
     );
 }
+
+/// The README's first command: `psubd dev` starts three nodes, says when they are all
+/// ready, and SIGTERM stops them all with exit status 0.
+#[test]
+fn dev_starts_three_ready_nodes_and_stops_them_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    // A base port whose HTTP and peer ports were free a moment ago; `dev` itself refuses
+    // taken ports, so a race shows as a clear failure, never as a foreign cluster.
+    let base = loop {
+        let candidate = free_port();
+        if candidate < 60_000
+            && (0..3).all(|n| {
+                TcpListener::bind(("127.0.0.1", candidate + n)).is_ok()
+                    && TcpListener::bind(("127.0.0.1", candidate + 1000 + n)).is_ok()
+            })
+        {
+            break candidate;
+        }
+    };
+    let mut child = Command::new(PSUBD)
+        .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut urls = Vec::new();
+    let mut ready = false;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(url) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:"))
+        {
+            urls.push(url.to_string());
+        }
+        if line.contains("cluster ready") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "psubd dev printed 'cluster ready'");
+    assert_eq!(
+        urls,
+        (0..3)
+            .map(|n| format!("http://127.0.0.1:{}", base + n))
+            .collect::<Vec<_>>(),
+        "each node's HTTP address printed"
+    );
+    // SAFETY: kill(2) on the child we spawned and still own.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "SIGTERM stops the dev cluster cleanly"
+    );
+    for n in 1..=3 {
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("node-{n}.log"))).unwrap_or_default();
+        assert!(
+            log.contains("node stopped"),
+            "node {n} shut down gracefully:\n{log}"
+        );
+    }
+}

@@ -11,6 +11,29 @@ use std::time::{Duration, Instant};
 
 const PSUBD: &str = env!("CARGO_BIN_EXE_psubd");
 
+/// Sends SIGTERM and waits up to `within` for the exit; SIGKILLs and returns `None` when
+/// the process outlives it.
+fn terminate(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,21 +119,7 @@ fn a_single_node_serves_becomes_ready_and_stops_cleanly_on_sigterm() {
         }
         false
     });
-    // SAFETY: kill(2) on the child we spawned and still own.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(&mut child, Duration::from_secs(15));
     assert!(ready, "a one-node cluster became ready");
     assert_eq!(
         status.map(|s| s.code()),
@@ -171,21 +180,7 @@ fn dev_starts_three_ready_nodes_and_stops_them_on_sigterm() {
             .collect::<Vec<_>>(),
         "each node's HTTP address printed"
     );
-    // SAFETY: kill(2) on the child we spawned and still own.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(&mut child, Duration::from_secs(20));
     assert_eq!(
         status.map(|s| s.code()),
         Some(Some(0)),

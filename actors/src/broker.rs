@@ -17,6 +17,7 @@ use crate::controller::{
 };
 use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
+use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
 use crate::partition::{check_leader, Appended, BatchLimits, PartitionHandle, PartitionMsg};
 use crate::record::EncodedRecords;
@@ -179,10 +180,7 @@ impl Broker {
 
     /// The local replica of a partition group, if this node holds one.
     pub fn partition(&self, group: GroupId) -> Option<PartitionHandle> {
-        match self.inner.partitions.read() {
-            Ok(table) => table.get(&group).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
-        }
+        read_lock(&self.inner.partitions).get(&group).cloned()
     }
 
     /// True when this node leads the partition group *and* has heard from a quorum

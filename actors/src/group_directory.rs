@@ -23,6 +23,7 @@ use crate::coordinator::{
     CoordinatorActor, CoordinatorArgs, CoordinatorMsg, GroupAnswer, GroupRequest, GroupSummary,
 };
 use crate::error::{GroupError, PartitionError};
+use crate::locks::read_lock;
 use crate::offsets::{
     offsets_partition_of, propose, CommittedOffset, OffsetsCommand, OffsetsHandle, OffsetsTable,
     OFFSETS_TOPIC,
@@ -100,10 +101,7 @@ impl GroupDirectory {
     }
 
     fn local(&self, group: GroupId) -> Option<OffsetsHandle> {
-        match self.inner.offsets.read() {
-            Ok(table) => table.get(&group).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
-        }
+        read_lock(&self.inner.offsets).get(&group).cloned()
     }
 
     /// The local replica of offsets partition `partition`, if this node holds one.
@@ -290,10 +288,7 @@ async fn purge_deleted_topics(inner: Weak<Inner>) {
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let handles: Vec<OffsetsHandle> = match inner.offsets.read() {
-            Ok(table) => table.values().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
-        };
+        let handles: Vec<OffsetsHandle> = read_lock(&inner.offsets).values().cloned().collect();
         let metadata = inner.metadata.borrow().clone();
         for handle in handles {
             if check_leader(&handle.raft, &inner.limits).is_err() {

@@ -18,6 +18,7 @@
 //! - [`stable_hash`]: the one stable hash (keys to partitions, groups to coordinators).
 //! - [`broker`]: the handle the edge uses for local operations.
 //! - [`error`]: the crate's errors.
+//! - [`locks`]: replica-table locks that survive a panicked writer.
 
 pub mod assignment;
 pub mod broker;
@@ -25,6 +26,7 @@ pub mod controller;
 pub mod coordinator;
 pub mod error;
 pub mod group_directory;
+pub mod locks;
 pub mod offsets;
 pub mod partition;
 pub mod record;

@@ -33,6 +33,7 @@ use tracing::warn;
 
 use crate::assignment::TopicPartition;
 use crate::error::GroupError;
+use crate::locks::{read_lock, write_lock};
 use crate::stable_hash::fnv1a;
 
 /// The internal topic holding consumer offsets.
@@ -290,10 +291,7 @@ impl GroupLogic for OffsetsLogic {
         }
         self.staged = map.clone();
         self.pending.clear();
-        match self.shared.offsets.write() {
-            Ok(mut shared) => *shared = map,
-            Err(poisoned) => *poisoned.into_inner() = map,
-        }
+        *write_lock(&self.shared.offsets) = map;
         let _ = self.shared.loaded.set(());
         Ok(())
     }
@@ -323,10 +321,7 @@ impl GroupLogic for OffsetsLogic {
         if self.pending.is_empty() {
             return;
         }
-        let mut shared = match self.shared.offsets.write() {
-            Ok(shared) => shared,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut shared = write_lock(&self.shared.offsets);
         for (key, value) in self.pending.drain(..) {
             match value {
                 Some(value) => shared.insert(key, value),
@@ -357,10 +352,7 @@ impl OffsetsLogic {
 
 impl OffsetsReader {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, OffsetMap> {
-        match self.shared.offsets.read() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        read_lock(&self.shared.offsets)
     }
 
     /// True once the replica has loaded its state.

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::controller::ControllerState;
+use crate::locks::{read_lock, write_lock};
 use crate::offsets::{OffsetsHandle, OffsetsLogic, OffsetsTable, OFFSETS_TOPIC};
 use crate::partition::{
     BatchLimits, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic,
@@ -78,22 +79,13 @@ fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, (Vec<NodeId>,
 
 impl SupervisorState {
     fn local(&self) -> Vec<GroupId> {
-        let mut groups: Vec<GroupId> = match self.args.partitions.read() {
-            Ok(table) => table.keys().copied().collect(),
-            Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
-        };
-        match self.args.offsets.read() {
-            Ok(table) => groups.extend(table.keys()),
-            Err(poisoned) => groups.extend(poisoned.into_inner().keys()),
-        }
+        let mut groups: Vec<GroupId> = read_lock(&self.args.partitions).keys().copied().collect();
+        groups.extend(read_lock(&self.args.offsets).keys());
         groups
     }
 
     fn publish_offsets(&self, group: GroupId, handle: Option<OffsetsHandle>) {
-        let mut table = match self.args.offsets.write() {
-            Ok(table) => table,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut table = write_lock(&self.args.offsets);
         match handle {
             Some(handle) => table.insert(group, handle),
             None => table.remove(&group),
@@ -101,10 +93,7 @@ impl SupervisorState {
     }
 
     fn publish(&self, group: GroupId, handle: Option<PartitionHandle>) {
-        let mut table = match self.args.partitions.write() {
-            Ok(table) => table,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut table = write_lock(&self.args.partitions);
         match handle {
             Some(handle) => table.insert(group, handle),
             None => table.remove(&group),
@@ -189,10 +178,7 @@ impl SupervisorState {
     }
 
     async fn close(&self, group: GroupId) {
-        let handle = match self.args.partitions.read() {
-            Ok(table) => table.get(&group).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
-        };
+        let handle = read_lock(&self.args.partitions).get(&group).cloned();
         self.publish(group, None);
         self.publish_offsets(group, None);
         if let Some(handle) = handle {
@@ -269,10 +255,7 @@ impl Actor for NodeSupervisor {
             let failed = find_group(&state.args.partitions, &cell);
             warn!(group = ?failed, %error, "partition actor failed; restarting it");
             if let Some(group) = failed {
-                let handle = match state.args.partitions.read() {
-                    Ok(table) => table.get(&group).cloned(),
-                    Err(poisoned) => poisoned.into_inner().get(&group).cloned(),
-                };
+                let handle = read_lock(&state.args.partitions).get(&group).cloned();
                 if let Some(handle) = handle {
                     let (actor, _) = Actor::spawn_linked(
                         None,
@@ -294,10 +277,7 @@ impl Actor for NodeSupervisor {
 }
 
 fn find_group(table: &PartitionTable, cell: &ActorCell) -> Option<GroupId> {
-    let table = match table.read() {
-        Ok(table) => table,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let table = read_lock(table);
     table
         .iter()
         .find(|(_, handle)| handle.actor.get_id() == cell.get_id())

@@ -148,7 +148,10 @@ pub const MAX_QUEUED_REQUESTS: usize = 4_096;
 /// # Errors
 /// [`PartitionError::NotLeader`] with the leader hint, or [`PartitionError::NoQuorum`].
 pub fn check_leader(raft: &Raft, limits: &BatchLimits) -> Result<(), PartitionError> {
-    let metrics = raft.metrics().borrow().clone();
+    // Read under the borrow: this runs on every publish and fetch, and cloning the
+    // metrics would copy the membership and replication maps each time.
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
     if metrics.state != ServerState::Leader {
         return Err(PartitionError::NotLeader {
             leader: metrics.current_leader.filter(|l| *l != metrics.id),

@@ -245,7 +245,9 @@ impl NodeClient {
     }
 
     /// Publishes `records` (`acks=all`) and returns their delivery reports, retrying
-    /// `503` and refused connections (nothing written in either case).
+    /// what certainly was not written: a `503`, a refused connection, and the records a
+    /// `207` reports as `not_available` (the committed ones keep their offsets; a
+    /// partition's records fail or succeed together, so their order is kept).
     ///
     /// # Panics
     ///
@@ -253,26 +255,56 @@ impl NodeClient {
     /// answer does not carry one report per record.
     pub async fn publish(&self, topic: &str, records: &[NewRecord]) -> Vec<DeliveryReport> {
         let start = Instant::now();
+        let mut reports: Vec<Option<DeliveryReport>> = vec![None; records.len()];
+        let mut pending: Vec<usize> = (0..records.len()).collect();
         loop {
-            match self.try_publish(topic, records, REQUEST_TIMEOUT).await {
+            let batch: Vec<NewRecord> = pending.iter().map(|i| records[*i].clone()).collect();
+            let outcome = self.try_publish(topic, &batch, REQUEST_TIMEOUT).await;
+            let retry_allowed = start.elapsed() < RETRY_WINDOW;
+            match outcome {
                 PublishOutcome::Acked(offsets) => {
                     assert_eq!(
                         offsets.len(),
-                        records.len(),
+                        batch.len(),
                         "publish to {topic} on {}: one delivery report per record",
                         self.base
                     );
-                    return offsets;
+                    for (index, report) in pending.iter().zip(offsets) {
+                        reports[*index] = Some(report);
+                    }
+                    return reports.into_iter().flatten().collect();
+                }
+                PublishOutcome::Partial { body } if retry_allowed => {
+                    let parsed: Value = serde_json::from_str(&body)
+                        .unwrap_or_else(|e| panic!("207 body is not JSON ({e}): {body}"));
+                    let rows = parsed["offsets"].as_array().cloned().unwrap_or_default();
+                    assert_eq!(
+                        rows.len(),
+                        batch.len(),
+                        "207: one report per record: {body}"
+                    );
+                    let mut still = Vec::new();
+                    for (index, row) in pending.iter().zip(rows) {
+                        match (row["partition"].as_u64(), row["offset"].as_u64()) {
+                            (Some(partition), Some(offset)) => {
+                                reports[*index] = Some(DeliveryReport { partition: partition as u32, offset });
+                            }
+                            _ if row["error"] == "not_available" => still.push(*index),
+                            _ => panic!("publish to {topic} on {}: a record failed in a way a retry could duplicate: {row}", self.base),
+                        }
+                    }
+                    pending = still;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 PublishOutcome::Unavailable { .. }
                 | PublishOutcome::Transport { not_sent: true, .. }
-                    if start.elapsed() < RETRY_WINDOW =>
+                    if retry_allowed =>
                 {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 other => panic!(
                     "publish of {} records to {topic} on {} failed after {:?}: {other:?}",
-                    records.len(),
+                    batch.len(),
                     self.base,
                     start.elapsed()
                 ),

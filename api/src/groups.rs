@@ -71,7 +71,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn validate_group(group: &str) -> Result<(), ApiError> {
+/// Checks a group name (shared with the member stream and the WebSocket).
+///
+/// # Errors
+/// 400 `invalid_name`.
+pub(crate) fn validate_group(group: &str) -> Result<(), ApiError> {
     validate_name("group", group).map_err(|e| ApiError::InvalidName { message: e.0 })?;
     if is_internal(group) {
         return Err(ApiError::InvalidName {
@@ -82,7 +86,10 @@ fn validate_group(group: &str) -> Result<(), ApiError> {
 }
 
 /// Member ids are 128-bit random numbers in lower-case hex.
-fn validate_member(member: &str) -> Result<(), ApiError> {
+///
+/// # Errors
+/// 400 `invalid_request`.
+pub(crate) fn validate_member(member: &str) -> Result<(), ApiError> {
     if member.len() == 32
         && member
             .bytes()
@@ -387,10 +394,17 @@ async fn fetch_assigned(
 }
 
 /// One partition's share of a member fetch answer.
-struct Rendered {
-    partition: TopicPartition,
-    json: Vec<u8>,
-    next_offset: u64,
+pub(crate) struct Rendered {
+    /// The partition.
+    pub(crate) partition: TopicPartition,
+    /// Its records as JSON objects, comma-separated.
+    pub(crate) json: Vec<u8>,
+    /// Where each record's object lies in `json` (streams send records one by one).
+    pub(crate) spans: Vec<(usize, usize)>,
+    /// Offset of the first record.
+    pub(crate) first_offset: u64,
+    /// The next offset to read: what this answer delivers up to.
+    pub(crate) next_offset: u64,
 }
 
 /// Renders up to the request's budget, partition by partition; each partition's next
@@ -406,6 +420,7 @@ fn render_within_budget(
     let mut out = Vec::with_capacity(fetched.len());
     for (tp, run) in fetched {
         let mut json = Vec::new();
+        let mut spans = Vec::new();
         let mut offset = run.first_offset;
         let mut iter = RecordIter::run(&run.bytes);
         while records_left > 0 {
@@ -422,7 +437,9 @@ fn render_within_budget(
             if !json.is_empty() {
                 json.push(b',');
             }
+            let start = json.len();
             write_record(&mut json, &tp.topic, tp.partition, offset, &record);
+            spans.push((start, json.len()));
             offset += 1;
             records_left -= 1;
             bytes_left = bytes_left.saturating_sub(size);
@@ -431,50 +448,78 @@ fn render_within_budget(
         out.push(Rendered {
             partition: tp.clone(),
             json,
+            spans,
+            first_offset: run.first_offset,
             next_offset: offset,
         });
     }
     Ok(out)
 }
 
-#[instrument(skip_all, fields(group = %group))]
-async fn member_fetch(
-    State(state): State<AppState>,
-    Path((group, member)): Path<(String, String)>,
-    Query(params): Query<MemberFetchParams>,
-) -> Result<Response, ApiError> {
-    validate_group(&group)?;
-    validate_member(&member)?;
-    let ReadBounds {
-        max_records,
-        max_bytes,
-        timeout_ms,
-    } = ReadBounds::parse(
-        params.max_records.as_deref(),
-        params.max_bytes.as_deref(),
-        params.timeout_ms.as_deref(),
-    )?;
-    let lease = lease_of(
+/// What one member fetch delivers: the records of the partitions the member still owns
+/// (positions already reported to the coordinator), and its generation and assignments.
+pub(crate) struct MemberBatch {
+    /// The group's generation after the delivery report.
+    pub(crate) generation: u64,
+    /// The member's partitions in that generation.
+    pub(crate) assignments: Vec<TopicPartition>,
+    /// True when generation or assignments differ from what the member was last told.
+    pub(crate) changed: bool,
+    /// Records per partition; partitions without records or no longer owned are absent.
+    pub(crate) parts: Vec<Rendered>,
+}
+
+/// The first step of a member fetch: the poll at the coordinator, which is the member's
+/// heartbeat (alive for `timeout_ms` more) and answers where to read.
+///
+/// # Errors
+/// 409 `member_fenced` for an unknown member; 503 when no coordinator is reachable.
+pub(crate) async fn poll_member(
+    state: &AppState,
+    group: &str,
+    member: &str,
+    timeout_ms: u64,
+) -> Result<Lease, ApiError> {
+    lease_of(
         state
             .edge
             .group(
-                &group,
+                group,
                 GroupRequest::Poll {
-                    member_id: member.clone(),
+                    member_id: member.to_string(),
                     timeout_ms,
                 },
             )
             .await?,
-    )?;
-    let fetched = fetch_assigned(&state, &lease, max_records, max_bytes, timeout_ms).await?;
+    )
+}
+
+/// The rest of a member fetch: reads the lease's partitions (long-polling up to
+/// `bounds.timeout_ms`), renders within the budget, and reports the delivery to the
+/// coordinator, which advances the member's positions by exactly what is returned.
+///
+/// # Errors
+/// 409 `member_fenced` when the member expired meanwhile; 503 when nothing is readable.
+pub(crate) async fn read_and_report(
+    state: &AppState,
+    group: &str,
+    lease: &Lease,
+    bounds: ReadBounds,
+) -> Result<MemberBatch, ApiError> {
+    let ReadBounds {
+        max_records,
+        max_bytes,
+        timeout_ms,
+    } = bounds;
+    let fetched = fetch_assigned(state, lease, max_records, max_bytes, timeout_ms).await?;
     let rendered = render_within_budget(&fetched, max_records, max_bytes)?;
     let report = lease_of(
         state
             .edge
             .group(
-                &group,
+                group,
                 GroupRequest::Delivered {
-                    member_id: member,
+                    member_id: lease.member_id.clone(),
                     generation: lease.generation,
                     positions: rendered
                         .iter()
@@ -488,29 +533,53 @@ async fn member_fetch(
             .await?,
     )?;
     let accepted: BTreeSet<&TopicPartition> = report.accepted.iter().collect();
-    let mut body =
-        Vec::with_capacity(rendered.iter().map(|r| r.json.len() + 1).sum::<usize>() + 128);
-    body.extend_from_slice(b"{\"records\":[");
-    let mut first = true;
-    for (part, (_, run)) in rendered.iter().zip(&fetched) {
-        if part.json.is_empty() || !accepted.contains(&part.partition) {
-            continue;
-        }
-        if !first {
-            body.push(b',');
-        }
-        body.extend_from_slice(&part.json);
-        first = false;
+    let parts: Vec<Rendered> = rendered
+        .into_iter()
+        .filter(|part| !part.json.is_empty() && accepted.contains(&part.partition))
+        .collect();
+    for part in &parts {
         state
             .metrics
             .records_fetched
             .with_label_values(&[&part.partition.topic])
-            .inc_by(part.next_offset.saturating_sub(run.first_offset));
+            .inc_by(part.next_offset.saturating_sub(part.first_offset));
     }
-    let _ = write!(body, "],\"generation\":{}", report.generation);
-    if report.changed || lease.changed {
+    Ok(MemberBatch {
+        generation: report.generation,
+        assignments: report.assignments,
+        changed: report.changed || lease.changed,
+        parts,
+    })
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn member_fetch(
+    State(state): State<AppState>,
+    Path((group, member)): Path<(String, String)>,
+    Query(params): Query<MemberFetchParams>,
+) -> Result<Response, ApiError> {
+    validate_group(&group)?;
+    validate_member(&member)?;
+    let bounds = ReadBounds::parse(
+        params.max_records.as_deref(),
+        params.max_bytes.as_deref(),
+        params.timeout_ms.as_deref(),
+    )?;
+    let lease = poll_member(&state, &group, &member, bounds.timeout_ms).await?;
+    let batch = read_and_report(&state, &group, &lease, bounds).await?;
+    let mut body =
+        Vec::with_capacity(batch.parts.iter().map(|r| r.json.len() + 1).sum::<usize>() + 128);
+    body.extend_from_slice(b"{\"records\":[");
+    for (i, part) in batch.parts.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&part.json);
+    }
+    let _ = write!(body, "],\"generation\":{}", batch.generation);
+    if batch.changed {
         body.extend_from_slice(b",\"assignments\":");
-        serde_json::to_writer(&mut body, &report.assignments).map_err(|e| ApiError::Internal {
+        serde_json::to_writer(&mut body, &batch.assignments).map_err(|e| ApiError::Internal {
             detail: format!("assignments did not render: {e}"),
         })?;
     }

@@ -28,7 +28,7 @@ pub mod types;
 pub use config::{RaftNodeConfig, RaftTuning};
 pub use error::StorageIoError;
 pub use log_store::LogStore;
-pub use logic::{GroupLogic, SnapshotPlan, RESERVED_KEY_PREFIX};
+pub use logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::StateMachine;

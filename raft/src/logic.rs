@@ -60,7 +60,20 @@ pub trait GroupLogic: Send + Sync + 'static {
     /// # Errors
     /// Storage I/O only; the snapshot build then fails and openraft retries later.
     fn snapshot_plan(&self, state: &Tree) -> Result<SnapshotPlan, StorageIoError>;
+
+    /// Called right after `snapshot_plan`, still with exclusive access: a guard the builder
+    /// keeps until it has read the whole lazy range, then drops. A logic whose commands may
+    /// remove keys inside the planned range (a partition's retention trim) defers those
+    /// removals while a hold is alive, so a snapshot never misses a key its pinned state
+    /// claims. The default holds nothing.
+    fn snapshot_hold(&self) -> Option<SnapshotHold> {
+        None
+    }
 }
+
+/// Kept alive by a snapshot builder while it reads a plan's lazy range; see
+/// [`GroupLogic::snapshot_hold`].
+pub type SnapshotHold = Box<dyn std::any::Any + Send + Sync>;
 
 /// The contents of a snapshot, as chosen by a [`GroupLogic`].
 ///

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use openraft::{ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 
 use crate::error::{IntoRaftResult, StorageIoError};
-use crate::logic::{SnapshotPlan, RESERVED_KEY_PREFIX};
+use crate::logic::{SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 use crate::storage::{Tree, WriteBatch};
 use crate::types::{typ, GroupId, TypeConfig};
 
@@ -575,6 +575,9 @@ pub struct SnapshotBuilder {
     meta: typ::SnapshotMeta,
     /// Taken by the first build; a builder builds once.
     plan: Option<Result<SnapshotPlan, StorageIoError>>,
+    /// The logic's hold on the plan's lazy range: dropped once the range is read (or the
+    /// builder is dropped unused), letting deferred removals in that range go ahead.
+    hold: Option<SnapshotHold>,
 }
 
 impl SnapshotBuilder {
@@ -585,6 +588,7 @@ impl SnapshotBuilder {
         last_applied: Option<typ::LogId>,
         membership: typ::StoredMembership,
         plan: Result<SnapshotPlan, StorageIoError>,
+        hold: Option<SnapshotHold>,
     ) -> Self {
         let nonce = rand::random::<u64>();
         let snapshot_id = match last_applied {
@@ -601,6 +605,7 @@ impl SnapshotBuilder {
                 snapshot_id,
             },
             plan: Some(plan),
+            hold,
         }
     }
 }
@@ -617,8 +622,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         .raft_err(subject.clone(), ErrorVerb::Read)?;
         let (store, tree, meta) = (self.store.clone(), self.tree.clone(), self.meta.clone());
+        let hold = self.hold.take();
         let path = blocking("build snapshot", move || {
-            write_snapshot(&store, &tree, &meta, plan)
+            let written = write_snapshot(&store, &tree, &meta, plan);
+            // The lazy range has been read (or the build failed): release it.
+            drop(hold);
+            written
         })
         .await
         .raft_err(subject.clone(), ErrorVerb::Write)?;

@@ -199,6 +199,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         // Captured now, with no apply running; the builder reads the lazy range later.
         let plan = self.logic.snapshot_plan(&self.tree);
+        // Taken in the same exclusive section as the plan: no apply can run in between.
+        let hold = self.logic.snapshot_hold();
         SnapshotBuilder::new(
             self.group,
             self.tree.clone(),
@@ -206,6 +208,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_applied,
             self.membership.clone(),
             plan,
+            hold,
         )
     }
 

@@ -17,6 +17,7 @@
 //! the write's completion comes back as [`PartitionMsg::WriteDone`].
 
 pub mod log;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;

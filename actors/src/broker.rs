@@ -19,7 +19,10 @@ use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
-use crate::partition::{check_leader, Appended, BatchLimits, PartitionHandle, PartitionMsg};
+use crate::partition::{
+    check_leader, Appended, BatchLimits, PartitionHandle, PartitionMsg,
+    DEFAULT_MAINTENANCE_INTERVAL,
+};
 use crate::record::EncodedRecords;
 use crate::supervisor::{NodeSupervisor, PartitionTable, SupervisorArgs, SupervisorMsg};
 use crate::topic::{CleanupPolicy, TopicConfig, TopicMeta};
@@ -42,6 +45,8 @@ pub struct BrokerConfig {
     pub limits: BatchLimits,
     /// See [`SupervisorArgs::init_fallback_after`].
     pub init_fallback_after: Duration,
+    /// See [`SupervisorArgs::maintenance_interval`].
+    pub maintenance_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +54,7 @@ impl Default for BrokerConfig {
         Self {
             limits: BatchLimits::default(),
             init_fallback_after: Duration::from_secs(4),
+            maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
         }
     }
 }
@@ -116,6 +122,7 @@ impl Broker {
                 offsets: offsets.clone(),
                 limits: config.limits,
                 init_fallback_after: config.init_fallback_after,
+                maintenance_interval: config.maintenance_interval,
             },
         )
         .await

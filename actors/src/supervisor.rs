@@ -19,8 +19,8 @@ use crate::controller::ControllerState;
 use crate::locks::{read_lock, write_lock};
 use crate::offsets::{OffsetsHandle, OffsetsLogic, OffsetsTable, OFFSETS_TOPIC};
 use crate::partition::{
-    BatchLimits, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic,
-    MAX_QUEUED_REQUESTS,
+    BatchLimits, MaintenanceArgs, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic,
+    PartitionReader, MAX_QUEUED_REQUESTS,
 };
 
 /// The local partition replicas, shared with the edge. Written only by the supervisor.
@@ -48,6 +48,8 @@ pub struct SupervisorArgs {
     /// How long a non-preferred replica waits for the preferred one to form a new group
     /// before initialising it itself.
     pub init_fallback_after: Duration,
+    /// Period of each partition actor's maintenance tick (retention).
+    pub maintenance_interval: Duration,
 }
 
 /// State of the supervisor.
@@ -58,22 +60,39 @@ pub struct SupervisorState {
 /// The node supervisor actor. See the module docs.
 pub struct NodeSupervisor;
 
-/// The groups this node should hold: replicas, and the offsets partition number for the
-/// partitions of the consumer offsets topic.
-fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, (Vec<NodeId>, Option<u32>)> {
+/// One partition replica this node should hold.
+struct WantedReplica {
+    topic: String,
+    partition: u32,
+    replicas: Vec<NodeId>,
+    /// True for the partitions of the consumer offsets topic.
+    offsets: bool,
+}
+
+/// The groups this node should hold.
+fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, WantedReplica> {
     state
         .topics
         .values()
         .flat_map(|topic| {
-            let offsets = topic.name == OFFSETS_TOPIC;
             topic
                 .partitions
                 .iter()
                 .enumerate()
-                .map(move |(i, placement)| (placement, offsets.then_some(i as u32)))
+                .map(move |(i, placement)| (topic, i as u32, placement))
         })
-        .filter(|(placement, _)| placement.replicas.contains(&me))
-        .map(|(placement, offsets)| (placement.group, (placement.replicas.clone(), offsets)))
+        .filter(|(_, _, placement)| placement.replicas.contains(&me))
+        .map(|(topic, partition, placement)| {
+            (
+                placement.group,
+                WantedReplica {
+                    topic: topic.name.clone(),
+                    partition,
+                    replicas: placement.replicas.clone(),
+                    offsets: topic.name == OFFSETS_TOPIC,
+                },
+            )
+        })
         .collect()
 }
 
@@ -100,13 +119,29 @@ impl SupervisorState {
         };
     }
 
+    fn maintenance(&self, topic: &str, partition: u32, reader: PartitionReader) -> MaintenanceArgs {
+        MaintenanceArgs {
+            topic: topic.to_string(),
+            partition,
+            metadata: self.args.metadata.clone(),
+            reader,
+            interval: self.args.maintenance_interval,
+        }
+    }
+
     async fn open(
         &self,
         myself: &ActorRef<SupervisorMsg>,
         group: GroupId,
-        replicas: Vec<NodeId>,
-        offsets_partition: Option<u32>,
+        wanted: WantedReplica,
     ) -> Result<(), ActorProcessingErr> {
+        let WantedReplica {
+            topic,
+            partition: number,
+            replicas,
+            offsets,
+        } = wanted;
+        let offsets_partition = offsets.then_some(number);
         let me = self.args.raft_node.id();
         let (logic, reader) = PartitionLogic::new();
         let (offsets_logic, offsets_reader) = OffsetsLogic::new();
@@ -159,6 +194,7 @@ impl SupervisorState {
                 group,
                 raft: raft.clone(),
                 limits: self.args.limits,
+                maintenance: self.maintenance(&topic, number, reader.clone()),
             },
             myself.get_cell(),
         )
@@ -167,6 +203,8 @@ impl SupervisorState {
             group,
             Some(PartitionHandle {
                 group,
+                topic,
+                partition: number,
                 actor,
                 reader,
                 raft,
@@ -197,11 +235,11 @@ impl SupervisorState {
         for group in have.iter().filter(|g| !want.contains_key(g)) {
             self.close(*group).await;
         }
-        for (group, (replicas, offsets_partition)) in want {
+        for (group, replica) in want {
             if have.contains(&group) {
                 continue;
             }
-            if let Err(error) = self.open(myself, group, replicas, offsets_partition).await {
+            if let Err(error) = self.open(myself, group, replica).await {
                 warn!(group, %error, "failed to open a partition replica; will retry on the next change");
             }
         }
@@ -264,6 +302,11 @@ impl Actor for NodeSupervisor {
                             group,
                             raft: handle.raft.clone(),
                             limits: state.args.limits,
+                            maintenance: state.maintenance(
+                                &handle.topic,
+                                handle.partition,
+                                handle.reader.clone(),
+                            ),
                         },
                         myself.get_cell(),
                     )

@@ -19,6 +19,19 @@ pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 /// How long a graceful shutdown may drain HTTP requests before it stops anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
 
+/// How often each partition leader runs retention, ms: expired records go within about a
+/// second of expiring, and an idle tick costs one leadership check per partition.
+pub const DEFAULT_MAINTENANCE_INTERVAL_MS: u64 = 1_000;
+
+/// Raft entries between snapshots of a group (the log behind a snapshot is purged). 5 000
+/// keeps the replay after a restart short without rebuilding snapshots often; tests lower it
+/// to exercise snapshot transfers.
+pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+
+/// Raft entries kept behind a snapshot, so a follower a little behind catches up from the
+/// log instead of a whole snapshot transfer.
+pub const DEFAULT_KEEP_LOGS_AFTER_SNAPSHOT: u64 = 1_000;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -102,6 +115,15 @@ pub struct NodeConfig {
     /// How long shutdown may drain in-flight HTTP requests, ms.
     #[arg(long, env = "PSUBD_SHUTDOWN_TIMEOUT_MS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
+    /// How often each partition leader checks retention (the maintenance tick), ms.
+    #[arg(long, env = "PSUBD_MAINTENANCE_INTERVAL_MS", default_value_t = DEFAULT_MAINTENANCE_INTERVAL_MS)]
+    pub maintenance_interval_ms: u64,
+    /// Raft entries between snapshots of a group; the log behind a snapshot is purged.
+    #[arg(long, env = "PSUBD_SNAPSHOT_EVERY_ENTRIES", default_value_t = DEFAULT_SNAPSHOT_EVERY_ENTRIES)]
+    pub snapshot_every_entries: u64,
+    /// Raft entries kept behind a snapshot for followers a little behind.
+    #[arg(long, env = "PSUBD_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = DEFAULT_KEEP_LOGS_AFTER_SNAPSHOT)]
+    pub keep_logs_after_snapshot: u64,
 }
 
 /// A validated node configuration.
@@ -142,6 +164,16 @@ impl NodeConfig {
         if self.write_timeout_ms < 1_000 {
             return Err(ConfigError::OutOfRange(
                 "--write-timeout-ms must be at least 1000".into(),
+            ));
+        }
+        if self.maintenance_interval_ms < 10 {
+            return Err(ConfigError::OutOfRange(
+                "--maintenance-interval-ms must be at least 10".into(),
+            ));
+        }
+        if self.snapshot_every_entries < 10 {
+            return Err(ConfigError::OutOfRange(
+                "--snapshot-every-entries must be at least 10".into(),
             ));
         }
         Ok(ValidNodeConfig { raw: self, peers })

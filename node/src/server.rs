@@ -46,12 +46,17 @@ pub async fn run(
         peers: config.peers.clone(),
         data_dir: raw.data_dir.clone(),
         cache_capacity_bytes: raw.cache_mb << 20,
-        tuning: RaftTuning::default(),
+        tuning: RaftTuning {
+            snapshot_every_entries: raw.snapshot_every_entries,
+            keep_logs_after_snapshot: raw.keep_logs_after_snapshot,
+            ..RaftTuning::default()
+        },
     })
     .await
     .context("starting the Raft node")?;
     let mut broker_config = BrokerConfig::default();
     broker_config.limits.write_timeout = config.write_timeout();
+    broker_config.maintenance_interval = Duration::from_millis(raw.maintenance_interval_ms);
     let broker = Broker::start(raft_node.clone(), broker_config)
         .await
         .context("starting the broker")?;

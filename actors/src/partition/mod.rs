@@ -15,21 +15,27 @@
 //! only enqueues it, so entries are proposed in the order the actor built them, and offsets
 //! follow arrival order) and spawns a task that waits for the commit with the reply ports;
 //! the write's completion comes back as [`PartitionMsg::WriteDone`].
+//!
+//! Maintenance: a timer sends [`PartitionMsg::Maintenance`] every
+//! [`MaintenanceArgs::interval`]; on the leader it reads the topic's current settings from
+//! the controller state and proposes what retention ([`retention`]) asks for. One trim is
+//! in flight at a time; its outcome comes back as [`PartitionMsg::TrimDone`].
 
 pub mod log;
 pub mod retention;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::ClientWriteError;
 use openraft::ServerState;
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::Semaphore;
-use tracing::debug;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, warn};
 
+use crate::controller::ControllerState;
 use crate::error::PartitionError;
 use crate::record::{join_batch, EncodedRecords};
 pub use log::{FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError};
@@ -94,6 +100,30 @@ pub enum PartitionMsg {
     },
     /// The entry in flight finished (its waiters are answered by the write task).
     WriteDone,
+    /// The maintenance timer fired: on the leader, run retention.
+    Maintenance,
+    /// The trim in flight finished (committed or not).
+    TrimDone,
+}
+
+/// Default period of the maintenance tick: retention reacts within about a second, and an
+/// idle tick costs one leadership check.
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the maintenance tick needs: which topic partition this is, where its current
+/// settings are published, and the replica's reader (bounds and batch index).
+#[derive(Clone)]
+pub struct MaintenanceArgs {
+    /// The topic's name.
+    pub topic: String,
+    /// The partition number.
+    pub partition: u32,
+    /// The replicated controller state: settings changed by PATCH arrive here.
+    pub metadata: watch::Receiver<Arc<ControllerState>>,
+    /// This replica's reader.
+    pub reader: PartitionReader,
+    /// Period of the tick.
+    pub interval: Duration,
 }
 
 struct Waiter {
@@ -109,6 +139,8 @@ pub struct PartitionArgs {
     pub raft: Raft,
     /// Entry limits.
     pub limits: BatchLimits,
+    /// Retention (and other background work) settings.
+    pub maintenance: MaintenanceArgs,
 }
 
 /// State of a [`PartitionActor`].
@@ -121,6 +153,9 @@ pub struct PartitionState {
     /// Entries of this actor being replicated. Invariant: at most
     /// `limits.max_entries_in_flight` (and at least 1 is always allowed).
     in_flight: usize,
+    maintenance: MaintenanceArgs,
+    /// A trim proposed and not yet answered: the next waits for it, so trims never pile up.
+    trim_in_flight: bool,
 }
 
 /// One partition replica's actor. See the module docs.
@@ -131,6 +166,10 @@ pub struct PartitionActor;
 pub struct PartitionHandle {
     /// The partition's group.
     pub group: GroupId,
+    /// The topic it belongs to (for metrics and restarts).
+    pub topic: String,
+    /// Its partition number.
+    pub partition: u32,
     /// The actor (publishes).
     pub actor: ActorRef<PartitionMsg>,
     /// The reader (fetches: served without the actor).
@@ -169,7 +208,71 @@ pub fn leader_of(raft: &Raft) -> Option<NodeId> {
     raft.metrics().borrow().current_leader
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 impl PartitionState {
+    /// The topic's current settings, if it still exists with this partition's group.
+    fn topic_config(&self) -> Option<crate::topic::TopicConfig> {
+        let metadata = self.maintenance.metadata.borrow();
+        let topic = metadata.topics.get(&self.maintenance.topic)?;
+        let placement = topic.partitions.get(self.maintenance.partition as usize)?;
+        (placement.group == self.group).then(|| topic.config.clone())
+    }
+
+    /// The maintenance tick: leader only. Never awaits a commit.
+    async fn maintain(&mut self, myself: &ActorRef<PartitionMsg>) {
+        if check_leader(&self.raft, &self.limits).is_err() {
+            return;
+        }
+        let Some(config) = self.topic_config() else {
+            return;
+        };
+        self.retain(&config, myself).await;
+    }
+
+    /// Proposes the trim retention asks for, if any and none is in flight.
+    async fn retain(
+        &mut self,
+        config: &crate::topic::TopicConfig,
+        myself: &ActorRef<PartitionMsg>,
+    ) {
+        if self.trim_in_flight {
+            return;
+        }
+        let Some(new_log_start) = retention::due_trim(&self.maintenance.reader, config, now_ms())
+        else {
+            return;
+        };
+        debug!(
+            group = self.group,
+            new_log_start, "proposing retention trim"
+        );
+        let proposed = self
+            .raft
+            .client_write_ff(log::trim_command(new_log_start))
+            .await;
+        let Ok(receiver) = proposed else {
+            return;
+        };
+        self.trim_in_flight = true;
+        let timeout = self.limits.write_timeout;
+        let (myself, group) = (myself.clone(), self.group);
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, receiver).await {
+                Ok(Ok(Ok(_))) => {}
+                // Not committed (leadership moved, timeout): the next leader's tick decides
+                // again from its own applied state.
+                _ => warn!(group, new_log_start, "retention trim not confirmed"),
+            }
+            let _ = myself.send_message(PartitionMsg::TrimDone);
+        });
+    }
+
     /// True when another entry may be proposed now.
     fn may_propose(&self) -> bool {
         self.in_flight < self.limits.max_entries_in_flight.max(1)
@@ -266,9 +369,22 @@ impl Actor for PartitionActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: PartitionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // The timer ends when the actor does (its message can no longer be sent).
+        let mut tick = tokio::time::interval(args.maintenance.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let target = myself.clone();
+        tokio::spawn(async move {
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if target.send_message(PartitionMsg::Maintenance).is_err() {
+                    break;
+                }
+            }
+        });
         Ok(PartitionState {
             group: args.group,
             raft: args.raft,
@@ -276,6 +392,8 @@ impl Actor for PartitionActor {
             queued: Vec::new(),
             queued_bytes: 0,
             in_flight: 0,
+            maintenance: args.maintenance,
+            trim_in_flight: false,
         })
     }
 
@@ -305,6 +423,8 @@ impl Actor for PartitionActor {
                 state.in_flight = state.in_flight.saturating_sub(1);
                 state.flush(&myself).await;
             }
+            PartitionMsg::Maintenance => state.maintain(&myself).await,
+            PartitionMsg::TrimDone => state.trim_in_flight = false,
         }
         Ok(())
     }

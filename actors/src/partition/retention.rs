@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::partition::log::LogBounds;
+use crate::partition::log::{LogBounds, PartitionReader};
 use crate::record::{batch_count, RecordCodecError, RecordIter};
 use crate::topic::{CleanupPolicy, TopicConfig};
 
@@ -158,6 +158,14 @@ pub fn plan_trim(
     }
     let new_start = new_start.min(bounds.next_offset);
     (new_start > bounds.log_start).then_some(new_start)
+}
+
+/// The trim the leader's maintenance tick should propose now for a topic with `config`,
+/// if any: `None` for compacted topics, or when nothing has expired.
+pub fn due_trim(reader: &PartitionReader, config: &TopicConfig, now_ms: i64) -> Option<u64> {
+    let policy = RetentionPolicy::of_topic(config)?;
+    let bounds = reader.bounds();
+    reader.with_index(|index| plan_trim(index, bounds, policy, now_ms))
 }
 
 #[cfg(test)]

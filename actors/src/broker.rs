@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::controller::{
     ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo,
+    TopicUpdate,
 };
 use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
@@ -265,6 +266,23 @@ impl Broker {
     pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
         self.controller_call(|reply| ControllerMsg::DeleteTopic { name, reply })
             .await
+    }
+
+    /// Asks the local controller actor to change a topic's mutable settings.
+    ///
+    /// # Errors
+    /// As [`Broker::create_topic`]; [`ControllerError::TopicNotFound`] for an unknown topic.
+    pub async fn update_topic(
+        &self,
+        name: String,
+        update: TopicUpdate,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.controller_call(|reply| ControllerMsg::UpdateTopic {
+            name,
+            update,
+            reply,
+        })
+        .await
     }
 
     /// Asks the local controller actor to record a node's HTTP address.

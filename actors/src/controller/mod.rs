@@ -17,7 +17,7 @@ use crate::error::{ControllerError, PartitionError};
 use crate::partition::{check_leader, BatchLimits};
 use crate::topic::{place_replicas, TopicConfig, TopicMeta};
 pub use state::{
-    ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo,
+    ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo, TopicUpdate,
 };
 
 /// Messages of [`ControllerActor`].
@@ -37,6 +37,16 @@ pub enum ControllerMsg {
         name: String,
         /// Where the answer goes.
         reply: RpcReplyPort<Result<(), ControllerError>>,
+    },
+    /// Change a topic's mutable settings (validated by the caller); answered with the
+    /// topic's metadata after the change.
+    UpdateTopic {
+        /// The name.
+        name: String,
+        /// What changes.
+        update: TopicUpdate,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<TopicMeta, ControllerError>>,
     },
     /// Register a node's HTTP address.
     RegisterNode {
@@ -143,6 +153,7 @@ impl Actor for ControllerActor {
             match message {
                 ControllerMsg::CreateTopic { reply, .. } => drop(reply.send(Err(error))),
                 ControllerMsg::DeleteTopic { reply, .. } => drop(reply.send(Err(error))),
+                ControllerMsg::UpdateTopic { reply, .. } => drop(reply.send(Err(error))),
                 ControllerMsg::RegisterNode { reply, .. } => drop(reply.send(Err(error))),
             }
             return Ok(());
@@ -205,6 +216,26 @@ impl Actor for ControllerActor {
                             }),
                             Err(error) => Err(error),
                         };
+                    let _ = reply.send(answer);
+                });
+            }
+            ControllerMsg::UpdateTopic {
+                name,
+                update,
+                reply,
+            } => {
+                tokio::spawn(async move {
+                    let command = ControllerCommand::UpdateTopic { name, update };
+                    let answer = match propose(raft, command, timeout).await {
+                        Ok(ControllerResponse::Done(Some(meta))) => Ok(meta),
+                        Ok(ControllerResponse::TopicNotFound) => {
+                            Err(ControllerError::TopicNotFound)
+                        }
+                        Ok(_) => Err(ControllerError::OutcomeUnknown {
+                            reason: "unexpected controller response".into(),
+                        }),
+                        Err(error) => Err(error),
+                    };
                     let _ = reply.send(answer);
                 });
             }

@@ -73,6 +73,36 @@ pub enum ControllerCommand {
         /// Topic name.
         name: String,
     },
+    /// Changes a topic's mutable settings; partition leaders read them from the published
+    /// state at their next maintenance tick.
+    UpdateTopic {
+        /// Topic name.
+        name: String,
+        /// The settings to change (validated by the proposer).
+        update: TopicUpdate,
+    },
+}
+
+/// The mutable settings of a topic (`PATCH /v1/topics/{t}`); `None` leaves one unchanged.
+/// Partitions, replication factor and cleanup policy are fixed at creation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicUpdate {
+    /// New age limit, ms (-1: forever).
+    pub retention_ms: Option<i64>,
+    /// New size limit per partition, bytes (-1: unbounded).
+    pub retention_bytes: Option<i64>,
+}
+
+impl TopicUpdate {
+    /// Applies the update to a configuration.
+    pub fn apply_to(&self, config: &mut TopicConfig) {
+        if let Some(retention_ms) = self.retention_ms {
+            config.retention_ms = retention_ms;
+        }
+        if let Some(retention_bytes) = self.retention_bytes {
+            config.retention_bytes = retention_bytes;
+        }
+    }
 }
 
 /// The controller's answer to a command.
@@ -160,6 +190,15 @@ impl ControllerLogic {
                 Some(_) => ControllerResponse::Done(None),
                 None => ControllerResponse::TopicNotFound,
             },
+            ControllerCommand::UpdateTopic { name, update } => {
+                match self.state.topics.get_mut(&name) {
+                    Some(meta) => {
+                        update.apply_to(&mut meta.config);
+                        ControllerResponse::Done(Some(meta.clone()))
+                    }
+                    None => ControllerResponse::TopicNotFound,
+                }
+            }
         }
     }
 }
@@ -220,5 +259,49 @@ impl GroupLogic for ControllerLogic {
             pinned: vec![(STATE_KEY.to_vec(), encode_state(&self.state)?)],
             lazy: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::CleanupPolicy;
+
+    #[test]
+    fn update_topic_changes_only_the_given_settings() {
+        let (mut logic, _) = ControllerLogic::new();
+        let config = TopicConfig {
+            partitions: 2,
+            replication_factor: 1,
+            retention_ms: 1_000,
+            retention_bytes: -1,
+            cleanup_policy: CleanupPolicy::Delete,
+        };
+        logic.execute(ControllerCommand::CreateTopic {
+            name: "t".into(),
+            config: config.clone(),
+            replicas: vec![vec![1], vec![1]],
+            created_ms: 0,
+        });
+        let update = TopicUpdate {
+            retention_ms: None,
+            retention_bytes: Some(4_096),
+        };
+        let ControllerResponse::Done(Some(meta)) = logic.execute(ControllerCommand::UpdateTopic {
+            name: "t".into(),
+            update: update.clone(),
+        }) else {
+            panic!("update refused");
+        };
+        assert_eq!(meta.config.retention_bytes, 4_096);
+        assert_eq!(meta.config.retention_ms, 1_000);
+        assert_eq!(meta.partitions.len(), 2);
+        assert!(matches!(
+            logic.execute(ControllerCommand::UpdateTopic {
+                name: "missing".into(),
+                update,
+            }),
+            ControllerResponse::TopicNotFound
+        ));
     }
 }

@@ -16,6 +16,10 @@ pub const DEFAULT_CACHE_MB: u64 = 64;
 /// Longer than a failover (two election timeouts) so writes ride through one.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 
+/// Most open streams (SSE, NDJSON, WebSocket connections and subscriptions) per node:
+/// each holds a little memory and a fetch loop; more are refused with 429.
+pub const DEFAULT_MAX_STREAMS: usize = 1024;
+
 /// How long a graceful shutdown may drain HTTP requests before it stops anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
 
@@ -112,6 +116,10 @@ pub struct NodeConfig {
     /// How long a proposed write may take before it is answered 504 outcome_unknown, ms.
     #[arg(long, env = "PSUBD_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_WRITE_TIMEOUT_MS)]
     pub write_timeout_ms: u64,
+    /// Most open streams per node (SSE, NDJSON, WebSocket connections and their
+    /// subscriptions); more are refused with 429 too_many_streams.
+    #[arg(long, env = "PSUBD_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
     /// How long shutdown may drain in-flight HTTP requests, ms.
     #[arg(long, env = "PSUBD_SHUTDOWN_TIMEOUT_MS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
@@ -159,6 +167,11 @@ impl NodeConfig {
             return Err(ConfigError::OutOfRange(
                 "--max-request-bytes may be at most 64 MiB (one request is one Raft entry at most)"
                     .into(),
+            ));
+        }
+        if self.max_streams == 0 {
+            return Err(ConfigError::OutOfRange(
+                "--max-streams must be at least 1".into(),
             ));
         }
         if self.write_timeout_ms < 1_000 {

@@ -66,6 +66,7 @@ pub async fn run(
         max_record_bytes: raw.max_record_bytes,
         max_request_bytes: raw.max_request_bytes,
         max_records_per_request: raw.max_records_per_request,
+        max_streams: raw.max_streams,
         ..Limits::default()
     };
     let root = CancellationToken::new();

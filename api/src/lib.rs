@@ -8,7 +8,8 @@
 //! - [`edge`]: routing — which node serves a request, and retries at leader hints.
 //! - [`topics`], [`publish`], [`fetch`], [`cluster`]: one file per resource, each with
 //!   its `router`.
-//! - [`stream`]: partition streams as SSE or NDJSON.
+//! - [`stream`]: partition streams as SSE or NDJSON, and what every stream shares;
+//!   [`group_stream`]: group member streams; [`ws`]: the WebSocket API.
 //! - [`groups`]: consumer groups (join, member fetch, commit, offsets, admin), and in
 //!   [`group_routing`] how the edge reaches a group's coordinator.
 //! - [`json`]: JSON body extraction with the project's error bodies.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod fetch;
 pub mod forward;
 pub mod group_routing;
+pub mod group_stream;
 pub mod groups;
 pub mod json;
 pub mod metrics;
@@ -28,6 +30,7 @@ pub mod publish;
 pub mod state;
 pub mod stream;
 pub mod topics;
+pub mod ws;
 
 use std::time::Instant;
 
@@ -52,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .merge(fetch::router(state.clone()))
         .merge(groups::router(state.clone()))
         .merge(stream::router(state.clone()))
+        .merge(group_stream::router(state.clone()))
+        .merge(ws::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, observe))

@@ -1,18 +1,19 @@
-//! Partition streams (API.md § Streams): `GET /v1/topics/{t}/partitions/{p}/stream`,
-//! as Server-Sent Events (`Accept: text/event-stream`) or chunked NDJSON
-//! (`Accept: application/x-ndjson`).
+//! Streams (API.md § Streams): what partition streams, member streams and WebSocket
+//! subscriptions share, and the partition stream route
+//! `GET /v1/topics/{t}/partitions/{p}/stream`.
 //!
-//! A stream is a loop of long-poll fetches through the same [`Edge::fetch`] path as
-//! plain fetches, so it reads from whichever replica may serve. It holds no buffer of
-//! its own: the next fetch starts only when the body stream is polled again, which
-//! happens as the client's socket drains — a slow client slows its stream (TCP
-//! backpressure) and never grows server memory. Streams end cleanly on shutdown, and
-//! each node bounds how many are open (429 past the limit).
+//! A stream is a sequence of [`Item`]s produced by a loop of long-poll fetches through the
+//! same [`Edge::fetch`] path as plain fetches, so it reads from whichever replica may
+//! serve. It holds no buffer of its own beyond the one fetch being sent: the next fetch
+//! starts only when the body stream is polled again, which happens as the client's socket
+//! drains — a slow client slows its stream (TCP backpressure) and never grows server
+//! memory. [`respond`] frames items as Server-Sent Events (`Accept: text/event-stream`)
+//! or chunked NDJSON (`Accept: application/x-ndjson`). Streams end cleanly on shutdown,
+//! and each node bounds how many are open ([`acquire`]: 429 past the limit).
 //!
 //! [`Edge::fetch`]: crate::edge::Edge::fetch
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
+use psubd_actors::assignment::TopicPartition;
 use psubd_actors::record::RecordIter;
 use psubd_actors::topic::PartitionPlacement;
 use serde::Deserialize;
@@ -35,15 +37,15 @@ use crate::forward::OffsetSpec;
 use crate::state::AppState;
 
 /// How long one fetch of a stream waits at the end of the log before polling again.
-const STREAM_POLL_MS: u64 = 10_000;
+pub(crate) const STREAM_POLL_MS: u64 = 10_000;
 /// Records per fetch of a stream: bounds what one step holds in memory.
-const STREAM_MAX_RECORDS: u32 = 500;
+pub(crate) const STREAM_MAX_RECORDS: u32 = 500;
 /// Bytes per fetch of a stream.
-const STREAM_MAX_BYTES: u32 = 1 << 20;
+pub(crate) const STREAM_MAX_BYTES: u32 = 1 << 20;
 /// Interval of SSE keep-alive comments (proxies close idle connections).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Pause before retrying a fetch that found no leader (the partition is failing over).
-const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {
@@ -60,22 +62,88 @@ struct StreamParams {
     offset: Option<String>,
 }
 
+/// One record as streams send it.
+pub(crate) struct StreamRecord {
+    /// Its partition (the SSE id is `<partition>-<offset>`).
+    pub(crate) partition: u32,
+    /// Its offset.
+    pub(crate) offset: u64,
+    /// The record object, as plain fetches render it.
+    pub(crate) json: Vec<u8>,
+}
+
 /// What a stream emits.
-enum Item {
-    /// Records rendered as JSON objects, with their offsets.
-    Records(Vec<(u64, Vec<u8>)>),
-    /// A terminal error (e.g. the offset fell below the log start).
+pub(crate) enum Item {
+    /// Records, in order.
+    Records(Vec<StreamRecord>),
+    /// A group member's generation or partitions changed (member streams only).
+    Assignment {
+        /// The group's generation.
+        generation: u64,
+        /// The member's partitions.
+        assignments: Vec<TopicPartition>,
+    },
+    /// A terminal error (e.g. the offset fell below the log start, the member is fenced).
     Error(ApiError),
 }
 
-struct Cursor {
-    state: AppState,
-    topic: String,
-    partition: u32,
-    placement: PartitionPlacement,
-    offset: OffsetSpec,
-    done: bool,
-    _permit: Arc<OwnedSemaphorePermit>,
+impl Item {
+    /// The JSON of an assignment event: `{"event":"assignment","generation":..,
+    /// "assignments":[..]}` — the `event` field tells it apart from record lines, which
+    /// never carry one.
+    pub(crate) fn assignment_json(generation: u64, assignments: &[TopicPartition]) -> String {
+        serde_json::json!({
+            "event": "assignment",
+            "generation": generation,
+            "assignments": assignments,
+        })
+        .to_string()
+    }
+}
+
+/// How a stream's items are written on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Server-Sent Events.
+    Sse,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// Picks the framing from `Accept`: SSE only when asked for; NDJSON when asked for or
+/// when anything goes (curl's default `*/*`, or no Accept at all).
+///
+/// # Errors
+/// 406 `not_acceptable` otherwise.
+pub(crate) fn negotiate(headers: &HeaderMap) -> Result<Framing, ApiError> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("text/event-stream") {
+        Ok(Framing::Sse)
+    } else if accept.is_empty() || accept.contains("application/x-ndjson") || accept.contains("*/*")
+    {
+        Ok(Framing::Ndjson)
+    } else {
+        Err(ApiError::NotAcceptable {
+            accept: accept.to_string(),
+        })
+    }
+}
+
+/// Takes one of the node's stream slots; the slot is held as long as the permit lives.
+///
+/// # Errors
+/// 429 `too_many_streams` when every slot is taken.
+pub(crate) fn acquire(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyStreams {
+            limit: state.limits.max_streams,
+        })
 }
 
 /// Parses `Last-Event-ID: <partition>-<offset>` into the offset to resume at.
@@ -96,8 +164,34 @@ fn resume_offset(headers: &HeaderMap, partition: u32) -> Result<Option<u64>, Api
     Ok(Some(o.parse::<u64>().map_err(|_| bad())? + 1))
 }
 
-fn records_stream(cursor: Cursor) -> impl Stream<Item = Item> + Send {
-    let shutdown = cursor.state.shutdown.clone();
+/// Where a partition stream reads next.
+struct Cursor {
+    state: AppState,
+    topic: String,
+    partition: u32,
+    placement: PartitionPlacement,
+    offset: OffsetSpec,
+    done: bool,
+}
+
+/// The records of one partition from `offset` on, until an error or shutdown. Used by
+/// partition streams and WebSocket partition subscriptions.
+pub(crate) fn partition_records(
+    state: AppState,
+    topic: String,
+    partition: u32,
+    placement: PartitionPlacement,
+    offset: OffsetSpec,
+) -> impl Stream<Item = Item> + Send + 'static {
+    let shutdown = state.shutdown.clone();
+    let cursor = Cursor {
+        state,
+        topic,
+        partition,
+        placement,
+        offset,
+        done: false,
+    };
     stream::unfold(cursor, |mut cursor| async move {
         if cursor.done {
             return None;
@@ -129,11 +223,21 @@ fn records_stream(cursor: Cursor) -> impl Stream<Item = Item> + Send {
                             };
                             return Some((Item::Error(error), cursor));
                         };
-                        let mut out = Vec::with_capacity(128);
-                        write_record(&mut out, &cursor.topic, cursor.partition, offset, &record);
-                        rendered.push((offset, out));
+                        let mut json = Vec::with_capacity(128);
+                        write_record(&mut json, &cursor.topic, cursor.partition, offset, &record);
+                        rendered.push(StreamRecord {
+                            partition: cursor.partition,
+                            offset,
+                            json,
+                        });
                         offset += 1;
                     }
+                    cursor
+                        .state
+                        .metrics
+                        .records_fetched
+                        .with_label_values(&[&cursor.topic])
+                        .inc_by(rendered.len() as u64);
                     cursor.offset = OffsetSpec::At(offset);
                     return Some((Item::Records(rendered), cursor));
                 }
@@ -146,6 +250,88 @@ fn records_stream(cursor: Cursor) -> impl Stream<Item = Item> + Send {
         }
     })
     .take_until(async move { shutdown.cancelled().await })
+}
+
+/// The HTTP response of a stream: `items` framed as SSE or NDJSON. `permit` (the node's
+/// stream slot) is held until the body is dropped.
+pub(crate) fn respond(
+    items: impl Stream<Item = Item> + Send + 'static,
+    framing: Framing,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    match framing {
+        Framing::Sse => {
+            let events = items.flat_map(move |item| {
+                let _slot = &permit;
+                stream::iter(sse_events(item).into_iter().map(Ok::<_, Infallible>))
+            });
+            Sse::new(events)
+                .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+                .into_response()
+        }
+        Framing::Ndjson => {
+            let lines = items.map(move |item| {
+                let _slot = &permit;
+                Ok::<_, Infallible>(ndjson_lines(item))
+            });
+            let mut response = Response::new(Body::from_stream(lines));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            response
+        }
+    }
+}
+
+/// SSE: one `record` event per record with `id: <partition>-<offset>`, an `assignment`
+/// event, or an `error` event with the error body.
+fn sse_events(item: Item) -> Vec<Event> {
+    match item {
+        Item::Records(records) => records
+            .into_iter()
+            .map(|r| {
+                Event::default()
+                    .event("record")
+                    .id(format!("{}-{}", r.partition, r.offset))
+                    .data(String::from_utf8_lossy(&r.json))
+            })
+            .collect(),
+        Item::Assignment {
+            generation,
+            assignments,
+        } => vec![Event::default()
+            .event("assignment")
+            .data(Item::assignment_json(generation, &assignments))],
+        Item::Error(error) => vec![Event::default()
+            .event("error")
+            .data(error.body().to_string())],
+    }
+}
+
+/// NDJSON: one line per record, assignment or error.
+fn ndjson_lines(item: Item) -> Bytes {
+    let mut out = Vec::new();
+    match item {
+        Item::Records(records) => {
+            for record in records {
+                out.extend_from_slice(&record.json);
+                out.push(b'\n');
+            }
+        }
+        Item::Assignment {
+            generation,
+            assignments,
+        } => {
+            out.extend_from_slice(Item::assignment_json(generation, &assignments).as_bytes());
+            out.push(b'\n');
+        }
+        Item::Error(error) => {
+            out.extend_from_slice(error.body().to_string().as_bytes());
+            out.push(b'\n');
+        }
+    }
+    Bytes::from(out)
 }
 
 #[instrument(skip_all, fields(topic = %topic, partition = %partition))]
@@ -161,85 +347,11 @@ async fn stream_partition(
         Some(offset) => OffsetSpec::At(offset),
         None => parse_offset(params.offset.as_deref())?,
     };
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    // SSE only when asked for; NDJSON when asked for or when anything goes (curl's
-    // default `*/*`, or no Accept at all).
-    let sse = if accept.contains("text/event-stream") {
-        true
-    } else if accept.is_empty() || accept.contains("application/x-ndjson") || accept.contains("*/*")
-    {
-        false
-    } else {
-        return Err(ApiError::NotAcceptable {
-            accept: accept.to_string(),
-        });
-    };
-    let permit =
-        state
-            .streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::TooManyStreams {
-                limit: state.limits.max_streams,
-            })?;
-    let cursor = Cursor {
-        placement: meta.partitions[partition as usize].clone(),
-        state,
-        topic,
-        partition,
-        offset,
-        done: false,
-        _permit: Arc::new(permit),
-    };
-    let items = records_stream(cursor);
-    if sse {
-        let events = items.flat_map(move |item| {
-            let events: Vec<Result<Event, Infallible>> = match item {
-                Item::Records(records) => records
-                    .into_iter()
-                    .map(|(offset, json)| {
-                        Ok(Event::default()
-                            .event("record")
-                            .id(format!("{partition}-{offset}"))
-                            .data(String::from_utf8_lossy(&json)))
-                    })
-                    .collect(),
-                Item::Error(error) => vec![Ok(Event::default()
-                    .event("error")
-                    .data(error.body().to_string()))],
-            };
-            stream::iter(events)
-        });
-        Ok(Sse::new(events)
-            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-            .into_response())
-    } else {
-        let lines = items.map(|item| {
-            let mut out = Vec::new();
-            match item {
-                Item::Records(records) => {
-                    for (_, json) in records {
-                        out.extend_from_slice(&json);
-                        out.push(b'\n');
-                    }
-                }
-                Item::Error(error) => {
-                    out.extend_from_slice(error.body().to_string().as_bytes());
-                    out.push(b'\n');
-                }
-            }
-            Ok::<_, Infallible>(Bytes::from(out))
-        });
-        let mut response = Response::new(Body::from_stream(lines));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
-        );
-        Ok(response)
-    }
+    let framing = negotiate(&headers)?;
+    let permit = acquire(&state)?;
+    let placement = meta.partitions[partition as usize].clone();
+    let items = partition_records(state, topic, partition, placement, offset);
+    Ok(respond(items, framing, permit))
 }
 
 #[cfg(test)]
@@ -255,5 +367,36 @@ mod tests {
         assert!(resume_offset(&headers, 3).is_err());
         headers.insert("last-event-id", HeaderValue::from_static("garbage"));
         assert!(resume_offset(&headers, 2).is_err());
+    }
+
+    #[test]
+    fn accept_picks_the_framing() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(negotiate(&headers).unwrap(), Framing::Ndjson);
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        assert_eq!(negotiate(&headers).unwrap(), Framing::Sse);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(negotiate(&headers).unwrap(), Framing::Ndjson);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        assert!(negotiate(&headers).is_err());
+    }
+
+    #[test]
+    fn assignment_lines_are_told_apart_from_records() {
+        let tp = TopicPartition {
+            topic: "t".into(),
+            partition: 1,
+        };
+        let line = ndjson_lines(Item::Assignment {
+            generation: 3,
+            assignments: vec![tp],
+        });
+        let parsed: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(parsed["event"], "assignment");
+        assert_eq!(parsed["generation"], 3);
+        assert_eq!(parsed["assignments"][0]["partition"], 1);
     }
 }

@@ -1,0 +1,284 @@
+//! Group member streams (API.md § Streams): `GET /v1/groups/{g}/members/{m}/stream`, as
+//! SSE or NDJSON like partition streams, and the member side of WebSocket group
+//! subscriptions.
+//!
+//! A member stream is a loop of ordinary member fetches ([`poll_member`] then
+//! [`read_and_report`]), so positions, rebalances and fencing behave exactly as for
+//! `GET .../records`. On top of that:
+//!
+//! - The stream starts with an `assignment` item and emits another whenever the member's
+//!   generation or partitions change.
+//! - While it is open, a heartbeat task keeps the member alive even when the client reads
+//!   nothing (a stalled reader is slow, not dead; TCP backpressure holds the fetch loop).
+//! - It starts at the group's committed offsets (a member resuming a partition starts at
+//!   the committed offset: records handed to an earlier connection but never committed
+//!   are delivered again, never skipped).
+//! - Closing it (the client goes away) leaves the group at once, so the member's
+//!   partitions move to the others without waiting for the session timeout; session
+//!   expiry remains the fallback when this node dies. A node shutting down does not
+//!   leave: the client may re-attach to the same member on another node.
+//! - It never commits: offsets move only by an explicit `POST /v1/groups/{g}/offsets`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use futures::stream::{self, Stream, StreamExt};
+use psubd_actors::assignment::TopicPartition;
+use psubd_actors::coordinator::{GroupRequest, Lease, StartPosition};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, instrument};
+
+use crate::error::ApiError;
+use crate::fetch::ReadBounds;
+use crate::groups::{poll_member, read_and_report, validate_group, validate_member};
+use crate::state::AppState;
+use crate::stream::{
+    acquire, negotiate, respond, Item, StreamRecord, STREAM_MAX_BYTES, STREAM_MAX_RECORDS,
+    UNAVAILABLE_BACKOFF,
+};
+
+/// Long-poll of one fetch of a member stream. Shorter than a partition stream's: a member
+/// hears of a rebalance only between fetches, and the remaining members of a group should
+/// take over a leaving member's partitions promptly.
+const MEMBER_POLL_MS: u64 = 2_000;
+
+/// How often an open stream heartbeats its member. Below the shortest session timeout.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(1_000);
+
+/// How long each heartbeat keeps the member alive beyond its session timeout: covers
+/// the gap to the next heartbeat. It is also how much later than its session timeout a
+/// member whose node died is removed.
+const HEARTBEAT_GRACE_MS: u64 = 2_000;
+
+/// The routes of this resource.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/groups/{group}/members/{member}/stream",
+            get(stream_member),
+        )
+        .with_state(state)
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn stream_member(
+    State(state): State<AppState>,
+    Path((group, member)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    validate_group(&group)?;
+    validate_member(&member)?;
+    let framing = negotiate(&headers)?;
+    let permit = acquire(&state)?;
+    let items = member_records(state, group, member).await?;
+    Ok(respond(items, framing, permit))
+}
+
+/// Keeps the member alive while the stream lives, and leaves the group when it is dropped.
+struct MemberGuard {
+    state: AppState,
+    group: String,
+    member: String,
+    /// Stops the heartbeat task.
+    heartbeat: CancellationToken,
+}
+
+impl MemberGuard {
+    fn start(state: AppState, group: String, member: String) -> Self {
+        let heartbeat = state.shutdown.child_token();
+        let stop = heartbeat.clone();
+        let (hb_state, hb_group, hb_member) = (state.clone(), group.clone(), member.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                }
+                match poll_member(&hb_state, &hb_group, &hb_member, HEARTBEAT_GRACE_MS).await {
+                    Ok(_) => {}
+                    Err(ApiError::MemberFenced { .. }) => return,
+                    Err(error) => debug!(%error, "member stream heartbeat failed"),
+                }
+            }
+        });
+        Self {
+            state,
+            group,
+            member,
+            heartbeat,
+        }
+    }
+}
+
+impl Drop for MemberGuard {
+    fn drop(&mut self) {
+        self.heartbeat.cancel();
+        if self.state.shutdown.is_cancelled() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let state = self.state.clone();
+        let group = std::mem::take(&mut self.group);
+        let member_id = std::mem::take(&mut self.member);
+        runtime.spawn(async move {
+            let outcome = state
+                .edge
+                .group(&group, GroupRequest::Leave { member_id })
+                .await;
+            debug!(group = %group, ok = outcome.is_ok(), "member stream closed: left the group");
+        });
+    }
+}
+
+/// Where a member stream is.
+struct MemberCursor {
+    state: AppState,
+    group: String,
+    member: String,
+    /// The group's committed offsets, applied to the first fetch's positions; cleared once
+    /// a fetch was reported.
+    rewind: Option<BTreeMap<TopicPartition, u64>>,
+    /// Generation and partitions the client was last told.
+    told: (u64, Vec<TopicPartition>),
+    done: bool,
+    _guard: MemberGuard,
+}
+
+/// The committed offsets of the group, for the topics as they exist now.
+async fn committed_positions(
+    state: &AppState,
+    group: &str,
+) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
+    let mut out = BTreeMap::new();
+    for (tp, value) in state.edge.committed_offsets(group).await? {
+        let Ok(meta) = state.edge.topic(&tp.topic).await else {
+            continue;
+        };
+        if meta
+            .partitions
+            .get(tp.partition as usize)
+            .is_some_and(|p| p.group == value.topic_group)
+        {
+            out.insert(tp, value.offset);
+        }
+    }
+    Ok(out)
+}
+
+/// The member's records, as stream items, from its assigned partitions: an `assignment`
+/// item first and on every change, then records as they come. Checks the member exists
+/// first, so that a fenced member is refused (409) before a stream starts.
+///
+/// # Errors
+/// 409 `member_fenced`; 503 when the coordinator or the offsets are unreachable.
+pub(crate) async fn member_records(
+    state: AppState,
+    group: String,
+    member: String,
+) -> Result<impl Stream<Item = Item> + Send + 'static, ApiError> {
+    let lease = poll_member(&state, &group, &member, HEARTBEAT_GRACE_MS).await?;
+    let rewind = committed_positions(&state, &group).await?;
+    let shutdown = state.shutdown.clone();
+    let first = Item::Assignment {
+        generation: lease.generation,
+        assignments: lease.assignments.clone(),
+    };
+    let cursor = MemberCursor {
+        _guard: MemberGuard::start(state.clone(), group.clone(), member.clone()),
+        state,
+        group,
+        member,
+        rewind: Some(rewind),
+        told: (lease.generation, lease.assignments),
+        done: false,
+    };
+    let rest = stream::unfold(cursor, |mut cursor| async move {
+        if cursor.done {
+            return None;
+        }
+        let items = cursor.step().await;
+        Some((items, cursor))
+    })
+    .flat_map(stream::iter);
+    Ok(stream::iter([first])
+        .chain(rest)
+        .take_until(async move { shutdown.cancelled().await }))
+}
+
+impl MemberCursor {
+    /// Applies the committed offsets to the lease's starting positions (first fetch only).
+    fn rewound(&self, mut lease: Lease) -> Lease {
+        if let Some(committed) = &self.rewind {
+            for (tp, start) in &mut lease.positions {
+                if let Some(offset) = committed.get(tp) {
+                    *start = StartPosition::At(*offset);
+                }
+            }
+        }
+        lease
+    }
+
+    /// One or more fetches, until there is something to emit.
+    async fn step(&mut self) -> Vec<Item> {
+        let bounds = ReadBounds {
+            max_records: STREAM_MAX_RECORDS,
+            max_bytes: STREAM_MAX_BYTES,
+            timeout_ms: MEMBER_POLL_MS,
+        };
+        loop {
+            let outcome =
+                match poll_member(&self.state, &self.group, &self.member, MEMBER_POLL_MS).await {
+                    Ok(lease) => {
+                        let lease = self.rewound(lease);
+                        read_and_report(&self.state, &self.group, &lease, bounds).await
+                    }
+                    Err(error) => Err(error),
+                };
+            let batch = match outcome {
+                Ok(batch) => batch,
+                Err(error) if error.retriable() => {
+                    tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                    continue;
+                }
+                Err(error) => {
+                    self.done = true;
+                    return vec![Item::Error(error)];
+                }
+            };
+            self.rewind = None;
+            let mut items = Vec::new();
+            if self.told.0 != batch.generation || self.told.1 != batch.assignments {
+                self.told = (batch.generation, batch.assignments.clone());
+                items.push(Item::Assignment {
+                    generation: batch.generation,
+                    assignments: batch.assignments,
+                });
+            }
+            let mut records = Vec::new();
+            for part in batch.parts {
+                for (i, (start, end)) in part.spans.iter().enumerate() {
+                    if let Some(json) = part.json.get(*start..*end) {
+                        records.push(StreamRecord {
+                            partition: part.partition.partition,
+                            offset: part.first_offset + i as u64,
+                            json: json.to_vec(),
+                        });
+                    }
+                }
+            }
+            if !records.is_empty() {
+                items.push(Item::Records(records));
+            }
+            if !items.is_empty() {
+                return items;
+            }
+        }
+    }
+}

@@ -67,6 +67,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
                     .partition_leader
                     .with_label_values(&labels)
                     .set(leads);
+                state
+                    .metrics
+                    .partition_stored_bytes
+                    .with_label_values(&labels)
+                    .set(handle.reader.stored_bytes() as i64);
+                state
+                    .metrics
+                    .log_start_offset
+                    .with_label_values(&labels)
+                    .set(handle.reader.bounds().log_start as i64);
             }
         }
     }
@@ -74,6 +84,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state
             .metrics
             .disk_bytes
+            .with_label_values(&[&me.to_string()])
+            .set(bytes as i64);
+    }
+    let data_dir = broker.raft_node().data_dir().to_path_buf();
+    if let Ok(bytes) =
+        tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir)).await
+    {
+        state
+            .metrics
+            .data_dir_bytes
             .with_label_values(&[&me.to_string()])
             .set(bytes as i64);
     }

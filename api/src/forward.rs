@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use psubd_actors::assignment::TopicPartition;
-use psubd_actors::controller::NodeInfo;
+use psubd_actors::controller::{NodeInfo, TopicUpdate};
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
 use psubd_actors::partition::{leader_of, Appended, FetchedRecords, ReadError};
@@ -99,6 +99,13 @@ pub enum ForwardRequest {
         /// The offsets partition.
         partition: u32,
     },
+    /// Change a topic's mutable settings (the serving node must lead the controller).
+    UpdateTopic {
+        /// Name.
+        name: String,
+        /// What changes (validated by the sender).
+        update: TopicUpdate,
+    },
 }
 
 /// A replica's status.
@@ -110,6 +117,8 @@ pub struct ReplicaStatus {
     pub log_start: u64,
     /// The high watermark.
     pub high_watermark: u64,
+    /// Stored size of the retained record batches on this replica, bytes.
+    pub stored_bytes: u64,
 }
 
 /// The answer to a [`ForwardRequest`].
@@ -176,12 +185,19 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                     leader: leader_of(&handle.raft),
                     log_start: bounds.log_start,
                     high_watermark: bounds.next_offset,
+                    stored_bytes: handle.reader.stored_bytes(),
                 })
             }
             None => ForwardResponse::Partition(PartitionError::NoReplica),
         },
         ForwardRequest::CreateTopic { name, config } => {
             match broker.create_topic(name, config).await {
+                Ok(meta) => ForwardResponse::Topic(Some(meta)),
+                Err(error) => ForwardResponse::Controller(error),
+            }
+        }
+        ForwardRequest::UpdateTopic { name, update } => {
+            match broker.update_topic(name, update).await {
                 Ok(meta) => ForwardResponse::Topic(Some(meta)),
                 Err(error) => ForwardResponse::Controller(error),
             }

@@ -36,7 +36,7 @@ use tracing::{debug, instrument};
 
 use crate::error::ApiError;
 use crate::fetch::{write_record, ReadBounds};
-use crate::forward::OffsetSpec;
+use crate::forward::{OffsetSpec, ReplicaStatus};
 use crate::json;
 use crate::state::AppState;
 
@@ -691,22 +691,66 @@ async fn offsets(
             .map(|(_, _, placement)| state.edge.partition_status(placement)),
     )
     .await;
+    let below = |value: &psubd_actors::offsets::CommittedOffset, status: Option<ReplicaStatus>| {
+        status.is_some_and(|s| value.offset < s.log_start)
+    };
+    // Only when a committed offset fell below the log start: which reset policy the
+    // member holding that partition resumes with (best effort; none without members).
+    let resets = if rows
+        .iter()
+        .zip(&statuses)
+        .any(|((_, value, _), status)| below(value, *status))
+    {
+        member_resets(&state, &group).await
+    } else {
+        Vec::new()
+    };
     let offsets: Vec<Value> = rows
         .iter()
         .zip(statuses)
         .map(|((tp, value, _), status)| {
             let high_watermark = status.map(|s| s.high_watermark);
+            let committed_below_log_start = below(value, status);
+            let reset = resets
+                .iter()
+                .find(|(held, _)| held == tp)
+                .map(|(_, reset)| *reset)
+                .filter(|_| committed_below_log_start);
             json!({
                 "topic": tp.topic,
                 "partition": tp.partition,
                 "offset": value.offset,
+                "log_start_offset": status.map(|s| s.log_start),
                 "high_watermark": high_watermark,
                 "lag": high_watermark.map(|h| h.saturating_sub(value.offset)),
                 "commit_timestamp_ms": value.commit_ms,
+                "committed_below_log_start": committed_below_log_start,
+                "reset": reset.map(|r| r.as_str()),
+                "resumes_at": match (reset, status) {
+                    (Some(AutoOffsetReset::Earliest), Some(s)) => Some(s.log_start),
+                    (Some(AutoOffsetReset::Latest), Some(s)) => Some(s.high_watermark),
+                    _ => None,
+                },
             })
         })
         .collect();
     Ok(Json(json!({"group": group, "offsets": offsets})))
+}
+
+/// The `auto_offset_reset` of the member holding each assigned partition now; empty when
+/// the coordinator cannot be asked (the offsets view is then still served).
+async fn member_resets(state: &AppState, group: &str) -> Vec<(TopicPartition, AutoOffsetReset)> {
+    match state.edge.group(group, GroupRequest::Describe).await {
+        Ok(GroupAnswer::Described(d)) => d
+            .members
+            .into_iter()
+            .flat_map(|m| {
+                let reset = m.auto_offset_reset;
+                m.assignments.into_iter().map(move |tp| (tp, reset))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[derive(Deserialize)]

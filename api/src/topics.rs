@@ -1,4 +1,5 @@
-//! `/v1/topics`: create, list, describe, delete, and partition status.
+//! `/v1/topics`: create, list, describe, change (`PATCH`: the retention settings), delete,
+//! and partition status with disk usage.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -6,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{
     is_internal, validate_name, CleanupPolicy, TopicConfig, TopicMeta, DEFAULT_RETENTION_MS,
     MAX_PARTITIONS,
@@ -26,7 +28,10 @@ const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/topics", get(list).post(create))
-        .route("/v1/topics/{topic}", get(describe).delete(delete))
+        .route(
+            "/v1/topics/{topic}",
+            get(describe).patch(update).delete(delete),
+        )
         .route("/v1/topics/{topic}/partitions", get(partitions))
         .with_state(state)
 }
@@ -83,6 +88,9 @@ impl From<&TopicMeta> for TopicView {
     }
 }
 
+/// Settings `PATCH` may change; the others are fixed at creation.
+const MUTABLE_SETTINGS: [&str; 2] = ["retention_ms", "retention_bytes"];
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidConfig {
         message: message.into(),
@@ -109,16 +117,8 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
             "replication_factor must be between 1 and the {nodes} nodes of the cluster"
         )));
     }
-    if request.retention_ms < -1 || request.retention_ms == 0 {
-        return Err(invalid(
-            "retention_ms must be positive, or -1 for unlimited",
-        ));
-    }
-    if request.retention_bytes < -1 || request.retention_bytes == 0 {
-        return Err(invalid(
-            "retention_bytes must be positive, or -1 for unlimited",
-        ));
-    }
+    validate_retention_ms(request.retention_ms)?;
+    validate_retention_bytes(request.retention_bytes)?;
     let cleanup_policy = match request.cleanup_policy.as_deref() {
         None | Some("delete") => CleanupPolicy::Delete,
         Some("compact") => CleanupPolicy::Compact,
@@ -138,6 +138,88 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
             cleanup_policy,
         },
     ))
+}
+
+fn validate_retention_ms(value: i64) -> Result<(), ApiError> {
+    if value < -1 || value == 0 {
+        return Err(invalid(
+            "retention_ms must be positive, or -1 for unlimited",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_retention_bytes(value: i64) -> Result<(), ApiError> {
+    if value < -1 || value == 0 {
+        return Err(invalid(
+            "retention_bytes must be positive, or -1 for unlimited",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a `PATCH` body: an object with only mutable settings, each validated as at create.
+fn validate_update(body: serde_json::Value) -> Result<TopicUpdate, ApiError> {
+    let serde_json::Value::Object(fields) = body else {
+        return Err(invalid(
+            "the body must be a JSON object of settings to change",
+        ));
+    };
+    let mut update = TopicUpdate::default();
+    for (name, value) in fields {
+        if !MUTABLE_SETTINGS.contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "'{name}' cannot be changed: only {} can (partitions, replication_factor and \
+                 cleanup_policy are fixed at creation)",
+                MUTABLE_SETTINGS.join(" and ")
+            )));
+        }
+        let number = value
+            .as_i64()
+            .ok_or_else(|| invalid(format!("{name} must be an integer")))?;
+        if name == "retention_ms" {
+            validate_retention_ms(number)?;
+            update.retention_ms = Some(number);
+        } else {
+            validate_retention_bytes(number)?;
+            update.retention_bytes = Some(number);
+        }
+    }
+    if update == TopicUpdate::default() {
+        return Err(invalid(format!(
+            "nothing to change: give {}",
+            MUTABLE_SETTINGS.join(" and/or ")
+        )));
+    }
+    Ok(update)
+}
+
+#[instrument(skip_all, fields(topic = %topic))]
+async fn update(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TopicView>, ApiError> {
+    // 404 for unknown and internal topics before anything is proposed.
+    state.edge.topic(&topic).await?;
+    let update = validate_update(json::parse(&headers, &body)?)?;
+    let response = state
+        .edge
+        .controller(
+            ForwardRequest::UpdateTopic {
+                name: topic.clone(),
+                update,
+            },
+            &topic,
+        )
+        .await?;
+    match response {
+        ForwardResponse::Topic(Some(meta)) => Ok(Json(TopicView::from(&meta))),
+        other => Err(ApiError::Internal {
+            detail: format!("update topic answered {other:?}"),
+        }),
+    }
 }
 
 #[instrument(skip_all)]
@@ -234,8 +316,42 @@ async fn partitions(
                 "replicas": placement.replicas,
                 "log_start_offset": status.map(|s| s.log_start),
                 "high_watermark": status.map(|s| s.high_watermark),
+                "stored_bytes": status.map(|s| s.stored_bytes),
             })
         })
         .collect();
     Ok(Json(serde_json::Value::Array(rows)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_takes_only_valid_retention_settings() {
+        let update = validate_update(json!({"retention_ms": 2000})).unwrap();
+        assert_eq!(update.retention_ms, Some(2000));
+        assert_eq!(update.retention_bytes, None);
+        let update = validate_update(json!({"retention_bytes": -1, "retention_ms": -1})).unwrap();
+        assert_eq!(
+            (update.retention_ms, update.retention_bytes),
+            (Some(-1), Some(-1))
+        );
+        for bad in [
+            json!({"partitions": 3}),
+            json!({"retention_ms": 0}),
+            json!({"retention_bytes": -2}),
+            json!({"retention_ms": "1000"}),
+            json!({}),
+            json!([1]),
+        ] {
+            assert!(
+                matches!(
+                    validate_update(bad.clone()),
+                    Err(ApiError::InvalidConfig { .. })
+                ),
+                "{bad} must be refused"
+            );
+        }
+    }
 }

@@ -251,6 +251,11 @@ impl RaftNode {
         &self.inner.config.peers
     }
 
+    /// The node's data directory (disk usage reports walk it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.config.data_dir
+    }
+
     /// The node's storage (the api and actors read partition state through it).
     pub fn storage(&self) -> &NodeStorage {
         &self.inner.storage

@@ -66,6 +66,8 @@ pub struct Cluster {
     peers: String,
     client: reqwest::Client,
     ready_in: Duration,
+    /// Extra environment of every node process (e.g. `PSUBD_MAX_STREAMS`).
+    env: Vec<(String, String)>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -107,6 +109,16 @@ impl Cluster {
     /// When the binary is missing, a process cannot be spawned or exits early, or the
     /// nodes are not ready in time; the message carries each node's log tail.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with_env(n, &[]).await
+    }
+
+    /// As [`Self::start`], with extra environment for every node process (settings by
+    /// their `PSUBD_*` variables), kept across restarts.
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::start`].
+    pub async fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
         let bin = psubd_bin();
@@ -147,6 +159,10 @@ impl Cluster {
             peers,
             client,
             ready_in: Duration::ZERO,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _serial: serial,
         };
         // Release every port first, then spawn: a node dials its peers at once, and a
@@ -163,6 +179,11 @@ impl Cluster {
         cluster.wait_ready(&ids, READY_TIMEOUT).await;
         cluster.ready_in = spawned.elapsed();
         cluster
+    }
+
+    /// The process id of node `id` while it runs (to read its memory use in /proc).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node_ref(id).child.as_ref().map(Child::id)
     }
 
     /// Time from spawning the first process to every node answering `/readyz` 200.
@@ -426,6 +447,7 @@ impl Cluster {
     fn spawn(&mut self, id: u64) {
         let bin = self.bin.clone();
         let peers = self.peers.clone();
+        let env = self.env.clone();
         let node = self.node_mut(id);
         node.mark_log(&format!("psubd-tests: starting node {id}"));
         let log = OpenOptions::new()
@@ -452,6 +474,7 @@ impl Cluster {
         if std::env::var_os("RUST_LOG").is_none() && std::env::var_os("PSUBD_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} for node {id}: {e}", bin.display()));

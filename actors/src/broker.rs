@@ -344,6 +344,7 @@ async fn create_offsets_topic(inner: Weak<Inner>) {
             retention_ms: -1,
             retention_bytes: -1,
             cleanup_policy: CleanupPolicy::Compact,
+            delete_retention_ms: crate::topic::DEFAULT_DELETE_RETENTION_MS,
         };
         match broker.create_topic(OFFSETS_TOPIC.to_string(), config).await {
             Ok(_) | Err(ControllerError::TopicExists) => {

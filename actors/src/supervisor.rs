@@ -22,6 +22,7 @@ use crate::partition::{
     BatchLimits, MaintenanceArgs, PartitionActor, PartitionArgs, PartitionHandle, PartitionLogic,
     PartitionReader, MAX_QUEUED_REQUESTS,
 };
+use crate::topic::CleanupPolicy;
 
 /// The local partition replicas, shared with the edge. Written only by the supervisor.
 pub type PartitionTable = Arc<RwLock<HashMap<GroupId, PartitionHandle>>>;
@@ -67,6 +68,9 @@ struct WantedReplica {
     replicas: Vec<NodeId>,
     /// True for the partitions of the consumer offsets topic.
     offsets: bool,
+    /// The topic's cleanup policy (fixed at creation): compacted partitions keep a key
+    /// index.
+    cleanup_policy: CleanupPolicy,
 }
 
 /// The groups this node should hold.
@@ -90,6 +94,7 @@ fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, WantedReplica
                     partition,
                     replicas: placement.replicas.clone(),
                     offsets: topic.name == OFFSETS_TOPIC,
+                    cleanup_policy: topic.config.cleanup_policy,
                 },
             )
         })
@@ -140,10 +145,11 @@ impl SupervisorState {
             partition: number,
             replicas,
             offsets,
+            cleanup_policy,
         } = wanted;
         let offsets_partition = offsets.then_some(number);
         let me = self.args.raft_node.id();
-        let (logic, reader) = PartitionLogic::new();
+        let (logic, reader) = PartitionLogic::with_policy(cleanup_policy);
         let (offsets_logic, offsets_reader) = OffsetsLogic::new();
         let logic: Box<dyn psubd_raft::GroupLogic> = match offsets_partition {
             Some(_) => Box::new(offsets_logic),

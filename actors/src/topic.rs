@@ -9,6 +9,9 @@ pub const MAX_NAME_LEN: usize = 249;
 /// Retention default: seven days, as Kafka.
 pub const DEFAULT_RETENTION_MS: i64 = 604_800_000;
 
+/// Tombstone retention default: one day, as Kafka.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
+
 /// Most partitions one topic may have: each is a Raft group on every replica node.
 pub const MAX_PARTITIONS: u32 = 1024;
 
@@ -68,6 +71,9 @@ pub struct TopicConfig {
     pub retention_bytes: i64,
     /// Delete or compact.
     pub cleanup_policy: CleanupPolicy,
+    /// Compacted topics: how long a tombstone stays readable before compaction removes
+    /// it (and its key), so consumers that read the log see deletions. -1 is forever.
+    pub delete_retention_ms: i64,
 }
 
 /// One partition's placement.

@@ -49,6 +49,12 @@ struct CreateTopic {
     retention_bytes: i64,
     #[serde(default)]
     cleanup_policy: Option<String>,
+    #[serde(default = "default_delete_retention_ms")]
+    delete_retention_ms: i64,
+}
+
+fn default_delete_retention_ms() -> i64 {
+    psubd_actors::topic::DEFAULT_DELETE_RETENTION_MS
 }
 
 fn one() -> i64 {
@@ -70,6 +76,7 @@ pub struct TopicView {
     retention_ms: i64,
     retention_bytes: i64,
     cleanup_policy: &'static str,
+    delete_retention_ms: i64,
 }
 
 impl From<&TopicMeta> for TopicView {
@@ -84,6 +91,7 @@ impl From<&TopicMeta> for TopicView {
                 CleanupPolicy::Delete => "delete",
                 CleanupPolicy::Compact => "compact",
             },
+            delete_retention_ms: meta.config.delete_retention_ms,
         }
     }
 }
@@ -128,6 +136,11 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
             )))
         }
     };
+    if request.delete_retention_ms < -1 {
+        return Err(invalid(
+            "delete_retention_ms must be 0 or more, or -1 to keep tombstones forever",
+        ));
+    }
     Ok((
         request.name,
         TopicConfig {
@@ -136,6 +149,7 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
             retention_ms: request.retention_ms,
             retention_bytes: request.retention_bytes,
             cleanup_policy,
+            delete_retention_ms: request.delete_retention_ms,
         },
     ))
 }

@@ -276,6 +276,7 @@ mod tests {
             retention_ms: 1_000,
             retention_bytes: -1,
             cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 1,
         };
         logic.execute(ControllerCommand::CreateTopic {
             name: "t".into(),

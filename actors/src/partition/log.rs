@@ -7,6 +7,14 @@
 //!   key per record.
 //! - `b"m"` → [`LogBounds`] (postcard).
 //!
+//! - `b"k" ++ key` → the key index of a compacted topic (see [`super::key_index`]).
+//! - `b"n"` → compaction progress of a compacted topic (see [`super::compaction`]); local
+//!   to the replica, not part of snapshots.
+//!
+//! A batch is either dense (the Raft entry's bytes, offsets `base..base + count`) or sparse
+//! (compaction's output, explicit offsets, stored under the key of the last batch it
+//! replaced): see [`super::compaction`] for the forms and why readers scan upwards.
+//!
 //! Retention (see [`super::retention`]) moves the log start forward with a replicated
 //! `Trim` command; the batches wholly below it leave the tree at apply. While a snapshot
 //! build is reading the batch range, those removals wait (a snapshot must hold every batch
@@ -24,16 +32,23 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::compaction::{CompactCommand, CompactionProgress, StoredBatch, SPARSE_FLAG};
+use super::key_index::{StagedIndex, INDEX_END};
 use super::retention::{BatchIndex, BatchSummary};
-use crate::record::{batch_count, RecordIter};
+use crate::record::batch_count;
+use crate::topic::CleanupPolicy;
 
 const BATCH_PREFIX: u8 = b'b';
 const BOUNDS_KEY: &[u8] = b"m";
+/// Compaction progress (compacted topics).
+pub(super) const PROGRESS_KEY: &[u8] = b"n";
 
 /// Tag of an append command: the rest of the command is a stored batch.
 const TAG_APPEND: u8 = 1;
 /// Tag of a trim command: the rest is the new log start (u64 LE).
 const TAG_TRIM: u8 = 2;
+/// Tag of a compact command: the rest is a postcard [`CompactCommand`].
+const TAG_COMPACT: u8 = 3;
 
 /// The replicated bounds of a partition's log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,14 +60,14 @@ pub struct LogBounds {
     pub next_offset: u64,
 }
 
-fn batch_key(base_offset: u64) -> [u8; 9] {
+pub(super) fn batch_key(base_offset: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = BATCH_PREFIX;
     key[1..].copy_from_slice(&base_offset.to_be_bytes());
     key
 }
 
-fn base_offset_of(key: &[u8]) -> Option<u64> {
+pub(super) fn base_offset_of(key: &[u8]) -> Option<u64> {
     match key {
         [BATCH_PREFIX, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
         _ => None,
@@ -77,6 +92,14 @@ pub fn trim_command(new_log_start: u64) -> Command {
     Command(out.freeze())
 }
 
+/// Builds the Raft command that compacts the next chunk of a compacted topic's log.
+pub fn compact_command(compact: &CompactCommand) -> Command {
+    let mut out = vec![TAG_COMPACT];
+    // Encoding three integers cannot fail; an empty command would be skipped at apply.
+    out.extend(postcard::to_stdvec(compact).unwrap_or_default());
+    Command(Bytes::from(out))
+}
+
 /// Decodes the response to an append: the base offset of the batch.
 pub fn decode_append_response(response: &CommandResponse) -> Option<u64> {
     let raw: [u8; 8] = response.0.get(..8)?.try_into().ok()?;
@@ -86,18 +109,21 @@ pub fn decode_append_response(response: &CommandResponse) -> Option<u64> {
 /// What the state machine shares with readers. Readers only ever see written state:
 /// `bounds` is published after the apply batch that produced it is written.
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     tree: OnceLock<Tree>,
-    bounds: watch::Sender<LogBounds>,
+    pub(super) bounds: watch::Sender<LogBounds>,
     /// The retained batches as written, for the retention tick and disk usage.
     index: Mutex<BatchIndex>,
     /// Snapshot builds reading the batch range right now (see [`SnapshotRangeHold`]).
-    snapshot_holds: AtomicUsize,
+    pub(super) snapshot_holds: AtomicUsize,
+    /// Compaction progress as written (compacted topics), for the leader's tick.
+    pub(super) compaction: Mutex<CompactionProgress>,
 }
 
 /// A change to the batch index, staged at apply and published in `applied`.
-enum IndexChange {
+pub(super) enum IndexChange {
     Insert(u64, BatchSummary),
+    Remove(u64),
     TrimTo(u64),
     Reset(BatchIndex),
 }
@@ -113,13 +139,19 @@ impl Drop for SnapshotRangeHold {
 
 /// The state machine logic of one partition group.
 pub struct PartitionLogic {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     /// Bounds including the entries applied but not yet written.
-    staged: LogBounds,
+    pub(super) staged: LogBounds,
     /// The retained batches including those applied but not yet written.
-    index: BatchIndex,
+    pub(super) index: BatchIndex,
     /// Index changes not yet published to readers.
-    changes: Vec<IndexChange>,
+    pub(super) changes: Vec<IndexChange>,
+    /// The topic is compacted: keep the key index and apply `Compact` commands.
+    pub(super) compacted: bool,
+    /// The key index as staged in the current apply call (compacted topics).
+    pub(super) keys: StagedIndex,
+    /// Compaction progress including the current apply call (compacted topics).
+    pub(super) progress: CompactionProgress,
     /// Base offsets of batches below the log start still in the tree: removed at the first
     /// apply with no snapshot build holding the range. Never read (reads check the bounds).
     garbage: Vec<u64>,
@@ -146,6 +178,29 @@ pub struct FetchedRecords {
     pub high_watermark: u64,
 }
 
+/// Records read across compacted gaps: see [`PartitionReader::read_sparse`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SparseRecords {
+    /// The records (`first_offset` is the first record's offset, `count` how many).
+    pub records: FetchedRecords,
+    /// The offset of each record, ascending; empty when they are dense (`first_offset`,
+    /// `first_offset + 1`, …).
+    pub offsets: Vec<u64>,
+    /// Where the next read starts: past the last record returned, or at the high
+    /// watermark when the read reached it.
+    pub next_offset: u64,
+}
+
+impl SparseRecords {
+    /// The offset of the `i`-th record.
+    pub fn offset_of(&self, i: usize) -> u64 {
+        self.offsets
+            .get(i)
+            .copied()
+            .unwrap_or(self.records.first_offset + i as u64)
+    }
+}
+
 /// Why a read could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -168,14 +223,21 @@ pub enum ReadError {
 }
 
 impl PartitionLogic {
-    /// A logic and the reader that shares its state.
+    /// A logic (of a `delete` topic) and the reader that shares its state.
     pub fn new() -> (Self, PartitionReader) {
+        Self::with_policy(CleanupPolicy::Delete)
+    }
+
+    /// A logic for a topic with `policy` and the reader that shares its state. Only
+    /// compacted topics keep a key index and apply `Compact` commands.
+    pub fn with_policy(policy: CleanupPolicy) -> (Self, PartitionReader) {
         let (bounds, _) = watch::channel(LogBounds::default());
         let shared = Arc::new(Shared {
             tree: OnceLock::new(),
             bounds,
             index: Mutex::new(BatchIndex::default()),
             snapshot_holds: AtomicUsize::new(0),
+            compaction: Mutex::new(CompactionProgress::default()),
         });
         (
             Self {
@@ -184,6 +246,9 @@ impl PartitionLogic {
                 index: BatchIndex::default(),
                 changes: Vec::new(),
                 garbage: Vec::new(),
+                compacted: policy == CleanupPolicy::Compact,
+                keys: StagedIndex::default(),
+                progress: CompactionProgress::default(),
             },
             PartitionReader { shared },
         )
@@ -225,6 +290,27 @@ impl PartitionLogic {
 
 /// Summarises a stored batch; one that does not decode (it cannot, the leader validated it)
 /// counts as expired, alike on every replica.
+/// A sparse batch (compaction's output) counts as spanning from its key to its end, so
+/// that `base + count` is where the next batch starts, as for a dense one.
+pub(super) fn summarize_at(base: u64, stored: &[u8]) -> BatchSummary {
+    match StoredBatch::parse(base, stored) {
+        Ok(sparse @ StoredBatch::Sparse { .. }) => {
+            let max_timestamp_ms = sparse
+                .records()
+                .filter_map(Result::ok)
+                .map(|r| r.view.timestamp_ms)
+                .max()
+                .unwrap_or(i64::MIN);
+            BatchSummary {
+                count: u32::try_from(sparse.end().saturating_sub(base)).unwrap_or(u32::MAX),
+                bytes: stored.len() as u64 + 9,
+                max_timestamp_ms,
+            }
+        }
+        _ => summarize(stored, batch_count(stored).unwrap_or(0)),
+    }
+}
+
 fn summarize(stored: &[u8], count: u32) -> BatchSummary {
     BatchSummary::of_stored(stored).unwrap_or(BatchSummary {
         count,
@@ -251,14 +337,24 @@ impl GroupLogic for PartitionLogic {
             let Some(base) = base_offset_of(&key) else {
                 continue;
             };
-            let count = batch_count(&stored).unwrap_or(0);
-            if base + u64::from(count) <= self.staged.log_start {
+            let summary = summarize_at(base, &stored);
+            if base + u64::from(summary.count) <= self.staged.log_start {
                 // Trimmed before a restart, or received in an older snapshot.
                 self.garbage.push(base);
             } else {
-                self.index.insert(base, summarize(&stored, count));
+                self.index.insert(base, summary);
             }
         }
+        self.keys.written();
+        self.progress = match state.get(PROGRESS_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).unwrap_or_default(),
+            None => CompactionProgress::default(),
+        };
+        *self
+            .shared
+            .compaction
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = self.progress;
         self.changes.clear();
         self.changes.push(IndexChange::Reset(self.index.clone()));
         self.shared.bounds.send_replace(self.staged);
@@ -269,7 +365,7 @@ impl GroupLogic for PartitionLogic {
         &mut self,
         _index: u64,
         command: &Command,
-        _state: &Tree,
+        state: &Tree,
         batch: &mut WriteBatch,
     ) -> Result<CommandResponse, StorageIoError> {
         self.collect_garbage(batch);
@@ -277,6 +373,11 @@ impl GroupLogic for PartitionLogic {
             Some(&TAG_APPEND) => {
                 let stored = command.0.slice(1..);
                 let count = match batch_count(&stored) {
+                    // The sparse flag is reserved for compaction's output.
+                    Ok(count) if count & SPARSE_FLAG != 0 => {
+                        warn!("skipping append command with a reserved count");
+                        return Ok(CommandResponse::default());
+                    }
                     Ok(count) => count,
                     Err(error) => {
                         // The leader validated this batch; a bad one is skipped on every
@@ -287,6 +388,12 @@ impl GroupLogic for PartitionLogic {
                 };
                 let base = self.staged.next_offset;
                 if count > 0 {
+                    if self.compacted {
+                        if let Err(error) = self.keys.index_appended(base, &stored, batch) {
+                            // Undecodable records index nothing, alike on every replica.
+                            warn!(%error, "append command's records did not decode for the key index");
+                        }
+                    }
                     let summary = summarize(&stored, count);
                     batch.insert(batch_key(base).to_vec(), stored.to_vec());
                     self.staged.next_offset += u64::from(count);
@@ -311,6 +418,13 @@ impl GroupLogic for PartitionLogic {
                     &log_start.to_le_bytes(),
                 )))
             }
+            Some(&TAG_COMPACT) => {
+                let Ok(compact) = postcard::from_bytes::<CompactCommand>(&command.0[1..]) else {
+                    warn!("skipping undecodable compact command");
+                    return Ok(CommandResponse::default());
+                };
+                self.compact(&compact, state, batch)
+            }
             _ => {
                 warn!("skipping unknown partition command");
                 Ok(CommandResponse::default())
@@ -328,10 +442,19 @@ impl GroupLogic for PartitionLogic {
             for change in self.changes.drain(..) {
                 match change {
                     IndexChange::Insert(base, summary) => index.insert(base, summary),
+                    IndexChange::Remove(base) => index.remove(base),
                     IndexChange::TrimTo(log_start) => drop(index.trim_to(log_start)),
                     IndexChange::Reset(fresh) => *index = fresh,
                 }
             }
+        }
+        if self.compacted {
+            self.keys.written();
+            *self
+                .shared
+                .compaction
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = self.progress;
         }
         self.shared.bounds.send_if_modified(|current| {
             let changed = *current != self.staged;
@@ -355,12 +478,18 @@ impl GroupLogic for PartitionLogic {
         // be streamed after this point while appends and trims continue. The range starts
         // at the oldest retained batch (it may straddle the log start), not at the log start.
         let first = self.index.first_base().unwrap_or(self.staged.next_offset);
+        // A compacted topic's snapshot also carries the key index, read after the batches
+        // (see `key_index`); compaction pauses while the hold is alive, so the batches are
+        // a consistent cut. Batches appended meanwhile may come along: replay writes the
+        // same bytes under the same keys.
+        let end = if self.compacted {
+            INDEX_END.to_vec()
+        } else {
+            batch_key(self.staged.next_offset).to_vec()
+        };
         Ok(SnapshotPlan {
             pinned: vec![(BOUNDS_KEY.to_vec(), bounds)],
-            lazy: Some((
-                batch_key(first).to_vec(),
-                Some(batch_key(self.staged.next_offset).to_vec()),
-            )),
+            lazy: Some((batch_key(first).to_vec(), Some(end))),
         })
     }
 
@@ -397,8 +526,21 @@ impl PartitionReader {
         self.shared.bounds.subscribe()
     }
 
-    /// Reads committed records from `offset`: at most `max_records`, and at most
-    /// `max_bytes` of encodings except that one record is always returned.
+    /// The state shared with the logic (compaction progress).
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The partition's state tree, once loaded (key views read the index from it).
+    pub(super) fn state_tree(&self) -> Option<&Tree> {
+        self.shared.tree.get()
+    }
+
+    /// Reads committed records from `offset` as one dense run: records at `first_offset,
+    /// first_offset + 1, …` (the run stops at the first offset compaction removed; a
+    /// leading gap moves `first_offset` forward). At most `max_records`, and at most
+    /// `max_bytes` of encodings except that one record is always returned. An empty answer
+    /// (nothing from `offset` on) has `first_offset` at the high watermark.
     ///
     /// # Errors
     /// [`ReadError::OutOfRange`] outside `[log_start, high_watermark]`.
@@ -408,6 +550,32 @@ impl PartitionReader {
         max_records: u32,
         max_bytes: usize,
     ) -> Result<FetchedRecords, ReadError> {
+        self.scan(offset, max_records, max_bytes, true)
+            .map(|sparse| sparse.records)
+    }
+
+    /// Reads committed records from `offset` with their offsets, across compacted gaps:
+    /// a compacted range yields its survivors with their original offsets, and
+    /// `next_offset` moves past what was read. Limits as [`PartitionReader::read`].
+    ///
+    /// # Errors
+    /// [`ReadError::OutOfRange`] outside `[log_start, high_watermark]`.
+    pub fn read_sparse(
+        &self,
+        offset: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<SparseRecords, ReadError> {
+        self.scan(offset, max_records, max_bytes, false)
+    }
+
+    fn scan(
+        &self,
+        offset: u64,
+        max_records: u32,
+        max_bytes: usize,
+        dense_only: bool,
+    ) -> Result<SparseRecords, ReadError> {
         let tree = self.shared.tree.get().ok_or(ReadError::NotReady)?;
         let bounds = self.bounds();
         if offset < bounds.log_start || offset > bounds.next_offset {
@@ -417,69 +585,98 @@ impl PartitionReader {
                 high_watermark: bounds.next_offset,
             });
         }
-        let mut out = FetchedRecords {
-            first_offset: offset,
-            count: 0,
-            bytes: Bytes::new(),
-            log_start: bounds.log_start,
-            high_watermark: bounds.next_offset,
+        let mut out = SparseRecords {
+            records: FetchedRecords {
+                first_offset: bounds.next_offset,
+                count: 0,
+                bytes: Bytes::new(),
+                log_start: bounds.log_start,
+                high_watermark: bounds.next_offset,
+            },
+            offsets: Vec::new(),
+            next_offset: bounds.next_offset,
         };
         if offset == bounds.next_offset || max_records == 0 {
+            out.records.first_offset = offset;
+            out.next_offset = offset;
             return Ok(out);
         }
         let storage = |e: StorageIoError| ReadError::Storage(e.to_string());
+        let decode = |e: crate::record::RecordCodecError| ReadError::Storage(e.to_string());
+        // The greatest batch key at or below `offset`: no batch keyed lower holds an offset
+        // at or above it. A sparse batch is keyed above its first offsets, so the one
+        // holding `offset` may come later in key order: scan upwards from here.
         let start_key = match tree.get_at_or_before(&batch_key(offset)).map_err(storage)? {
             Some((key, _)) if base_offset_of(&key).is_some() => key.to_vec(),
             _ => batch_key(bounds.log_start).to_vec(),
         };
         let end_key = batch_key(bounds.next_offset);
         let mut buf = BytesMut::new();
+        // The next offset wanted: records below it are skipped (before `offset`, or a second
+        // copy met while a compaction rewrote batches under the scan).
+        let mut expected = offset;
+        let mut stopped = false;
         'batches: for item in tree.range(&start_key, Some(&end_key)) {
             let (key, stored) = item.map_err(storage)?;
             let Some(base) = base_offset_of(&key) else {
                 break;
             };
-            let mut records =
-                RecordIter::batch(&stored).map_err(|e| ReadError::Storage(e.to_string()))?;
-            let mut position = base;
-            loop {
-                let before = records.remaining();
-                let Some(record) = records.next() else { break };
-                record.map_err(|e| ReadError::Storage(e.to_string()))?;
-                if position >= offset {
-                    if out.count == 0 && position != offset {
-                        // The batch holding `offset` left the tree after the bounds were
-                        // read (a trim): answer as if the trim had come first.
-                        let bounds = self.bounds();
+            for record in StoredBatch::parse(base, &stored).map_err(decode)?.records() {
+                let record = record.map_err(decode)?;
+                if record.offset < expected {
+                    continue;
+                }
+                if out.records.count == 0 && record.offset != offset {
+                    // Either compaction removed `offset` (fine: start at the survivor), or
+                    // the batch holding it left the tree after the bounds were read (a trim):
+                    // then answer as if the trim had come first.
+                    let now = self.bounds();
+                    if offset < now.log_start {
                         return Err(ReadError::OutOfRange {
                             offset,
-                            log_start: bounds.log_start,
-                            high_watermark: bounds.next_offset,
+                            log_start: now.log_start,
+                            high_watermark: now.next_offset,
                         });
                     }
-                    let encoded = &before[..before.len() - records.remaining().len()];
-                    if out.count > 0 && buf.len() + encoded.len() > max_bytes {
-                        break 'batches;
-                    }
-                    buf.extend_from_slice(encoded);
-                    out.count += 1;
-                    if out.count >= max_records {
-                        break 'batches;
-                    }
                 }
-                position += 1;
+                if out.records.count > 0 {
+                    let gap = record.offset != expected;
+                    if (dense_only && gap) || buf.len() + record.encoded.len() > max_bytes {
+                        stopped = true;
+                        break 'batches;
+                    }
+                } else {
+                    out.records.first_offset = record.offset;
+                }
+                buf.extend_from_slice(record.encoded);
+                out.offsets.push(record.offset);
+                out.records.count += 1;
+                expected = record.offset + 1;
+                if out.records.count >= max_records {
+                    stopped = true;
+                    break 'batches;
+                }
             }
         }
-        if out.count == 0 {
-            // Every batch from `offset` on left the tree after the bounds were read.
-            let bounds = self.bounds();
-            return Err(ReadError::OutOfRange {
-                offset,
-                log_start: bounds.log_start,
-                high_watermark: bounds.next_offset,
-            });
+        if out.records.count == 0 {
+            // Nothing from `offset` on: compacted away, or trimmed after the bounds were read.
+            let now = self.bounds();
+            if offset < now.log_start {
+                return Err(ReadError::OutOfRange {
+                    offset,
+                    log_start: now.log_start,
+                    high_watermark: now.next_offset,
+                });
+            }
         }
-        out.bytes = buf.freeze();
+        if stopped {
+            out.next_offset = expected;
+        }
+        if out.offsets.windows(2).all(|w| w[1] == w[0] + 1) {
+            // Dense: the offsets are implied by `first_offset`.
+            out.offsets.clear();
+        }
+        out.records.bytes = buf.freeze();
         Ok(out)
     }
 }
@@ -491,7 +688,7 @@ mod tests {
     use psubd_raft::NodeStorage;
 
     use super::*;
-    use crate::record::{join_batch, EncodedRecords, Record, ValueKind};
+    use crate::record::{join_batch, EncodedRecords, Record, RecordIter, ValueKind};
 
     fn records(from: u32, count: u32, size: usize) -> EncodedRecords {
         let records: Vec<Record> = (from..from + count)
@@ -727,5 +924,139 @@ mod tests {
             assert_eq!(reader.bounds().next_offset, 5);
             assert_eq!(reader.read(0, 100, 1 << 20).unwrap().count, 5);
         });
+    }
+
+    fn keyed(key: &str, value: Option<&str>, ts: i64) -> Record {
+        Record {
+            timestamp_ms: ts,
+            kind: ValueKind::String,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: Vec::new(),
+        }
+    }
+
+    fn append(records: &[Record]) -> Command {
+        let encoded = EncodedRecords::encode(records).unwrap();
+        append_command(&join_batch([&encoded].into_iter()))
+    }
+
+    fn compact(up_to_offset: u64, now_ms: i64) -> Command {
+        compact_command(&super::super::compaction::CompactCommand {
+            up_to_offset,
+            now_ms,
+            delete_retention_ms: 100,
+        })
+    }
+
+    fn value_of(reader: &PartitionReader, key: &str) -> Option<(u64, String)> {
+        reader.latest(key.as_bytes()).unwrap().map(|r| {
+            let record = RecordIter::run(&r.encoded).next().unwrap().unwrap();
+            (
+                r.offset,
+                String::from_utf8(record.value.unwrap().to_vec()).unwrap(),
+            )
+        })
+    }
+
+    /// The key index follows appends; a compact command (even in the same apply call as
+    /// the appends it compacts) keeps the latest record per key at its original offset,
+    /// drops old tombstones with their key, and reads slice the sparse batch.
+    #[tokio::test]
+    async fn compaction_keeps_latest_per_key_and_reads_slice_sparse_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
+        let (logic, reader) = PartitionLogic::with_policy(CleanupPolicy::Compact);
+        let mut sm = storage.state_machine(7, Box::new(logic)).unwrap();
+        sm.apply(vec![
+            // 0..3
+            entry(
+                1,
+                append(&[
+                    keyed("a", Some("a0"), 0),
+                    keyed("b", Some("b1"), 0),
+                    keyed("c", Some("c2"), 0),
+                ]),
+            ),
+            // 3..6: c deleted long ago, a updated, d deleted just now
+            entry(
+                2,
+                append(&[
+                    keyed("c", None, 0),
+                    keyed("a", Some("a4"), 0),
+                    keyed("d", None, 1_000),
+                ]),
+            ),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(value_of(&reader, "a"), Some((4, "a4".into())));
+        assert_eq!(value_of(&reader, "c"), None, "tombstoned");
+        // Same apply call: an append of b, then a compaction up to 6 (written end 6).
+        sm.apply(vec![
+            entry(3, append(&[keyed("b", Some("b6"), 0)])),
+            entry(4, compact(6, 1_050)),
+        ])
+        .await
+        .unwrap();
+        // The pass covered 0..6 in one chunk: survivors a@4 and d@5 (tombstone too young);
+        // b@1 dropped (b6 is newer), c's tombstone purged.
+        let fetched = reader.read_sparse(0, 100, 1 << 20).unwrap();
+        assert_eq!(
+            (fetched.records.first_offset, fetched.records.count),
+            (4, 3)
+        );
+        assert!(
+            fetched.offsets.is_empty(),
+            "4, 5, 6 are consecutive: implied"
+        );
+        assert_eq!(fetched.next_offset, 7);
+        assert_eq!(
+            (0..3).map(|i| fetched.offset_of(i)).collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
+        assert_eq!(value_of(&reader, "b"), Some((6, "b6".into())));
+        assert_eq!(value_of(&reader, "a"), Some((4, "a4".into())));
+        assert_eq!(value_of(&reader, "c"), None);
+        assert!(
+            super::super::key_index::lookup(reader.state_tree().unwrap(), b"c")
+                .unwrap()
+                .is_none(),
+            "c's index entry went with its tombstone"
+        );
+        // Offsets never move: reads from inside the gap start at the next survivor.
+        let from_one = reader.read_sparse(1, 100, 1 << 20).unwrap();
+        assert_eq!(from_one.records.first_offset, 4);
+        // A dense read stops at the first gap (4, 5, 6 are consecutive here).
+        let dense = reader.read(0, 100, 1 << 20).unwrap();
+        assert_eq!((dense.first_offset, dense.count), (4, 3));
+        // max_records stops the read; next_offset then follows the last record.
+        let one = reader.read_sparse(0, 1, 1 << 20).unwrap();
+        assert_eq!(
+            (one.offsets.len(), one.records.count, one.next_offset),
+            (0, 1, 5)
+        );
+        // A later pass (after the tombstone aged) drops d and its key.
+        sm.apply(vec![entry(5, compact(7, 5_000))]).await.unwrap();
+        let fetched = reader.read_sparse(0, 100, 1 << 20).unwrap();
+        assert_eq!(fetched.offsets, vec![4, 6]);
+        assert_eq!(
+            reader.bounds().next_offset,
+            7,
+            "the high watermark never moves back"
+        );
+        // New appends continue the offsets.
+        let responses = sm
+            .apply(vec![entry(6, append(&[keyed("a", Some("a7"), 0)]))])
+            .await
+            .unwrap();
+        assert_eq!(decode_append_response(&responses[0]), Some(7));
+        assert_eq!(value_of(&reader, "a"), Some((7, "a7".into())));
+        let scan = reader.scan_keys(b"", b"", 10).unwrap();
+        let keys: Vec<_> = scan.records.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(
+            keys,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
     }
 }

@@ -19,8 +19,12 @@
 //! Maintenance: a timer sends [`PartitionMsg::Maintenance`] every
 //! [`MaintenanceArgs::interval`]; on the leader it reads the topic's current settings from
 //! the controller state and proposes what retention ([`retention`]) asks for. One trim is
-//! in flight at a time; its outcome comes back as [`PartitionMsg::TrimDone`].
+//! in flight at a time; its outcome comes back as [`PartitionMsg::TrimDone`]. On a
+//! compacted topic it proposes the next compaction chunk ([`compaction`]); while a pass is
+//! under way, each committed chunk proposes the next one ([`PartitionMsg::CompactDone`]).
 
+pub mod compaction;
+pub mod key_index;
 pub mod log;
 pub mod retention;
 
@@ -38,7 +42,9 @@ use tracing::{debug, warn};
 use crate::controller::ControllerState;
 use crate::error::PartitionError;
 use crate::record::{join_batch, EncodedRecords};
-pub use log::{FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError};
+pub use log::{
+    FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError, SparseRecords,
+};
 
 /// How a publish is acknowledged (API.md § Publish).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -104,7 +110,12 @@ pub enum PartitionMsg {
     Maintenance,
     /// The trim in flight finished (committed or not).
     TrimDone,
+    /// The compaction command in flight finished (committed or not).
+    CompactDone,
 }
+
+/// Maintenance ticks between the starts of two compaction passes of one partition.
+pub const COMPACTION_PASS_TICKS: u32 = 5;
 
 /// Default period of the maintenance tick: retention reacts within about a second, and an
 /// idle tick costs one leadership check.
@@ -156,6 +167,15 @@ pub struct PartitionState {
     maintenance: MaintenanceArgs,
     /// A trim proposed and not yet answered: the next waits for it, so trims never pile up.
     trim_in_flight: bool,
+    /// A compaction command proposed and not yet answered (one at a time).
+    compact_in_flight: bool,
+    /// Compaction progress when the command in flight was proposed: the next chunk is
+    /// proposed at once only if that one moved it (a replica skips compaction while a
+    /// snapshot build reads its batches; then the next tick retries).
+    compact_proposed_at: crate::partition::compaction::CompactionProgress,
+    /// When this leader last started a compaction pass: a new pass waits
+    /// [`COMPACTION_PASS_TICKS`] ticks, so a busy topic is not re-walked on every tick.
+    last_pass_started: Option<tokio::time::Instant>,
 }
 
 /// One partition replica's actor. See the module docs.
@@ -233,6 +253,7 @@ impl PartitionState {
             return;
         };
         self.retain(&config, myself).await;
+        self.compact(&config, myself).await;
     }
 
     /// Proposes the trim retention asks for, if any and none is in flight.
@@ -270,6 +291,50 @@ impl PartitionState {
                 _ => warn!(group, new_log_start, "retention trim not confirmed"),
             }
             let _ = myself.send_message(PartitionMsg::TrimDone);
+        });
+    }
+
+    /// Proposes the next compaction chunk of a compacted topic, if one is due and none is
+    /// in flight (see [`compaction::due_compaction`]).
+    async fn compact(
+        &mut self,
+        config: &crate::topic::TopicConfig,
+        myself: &ActorRef<PartitionMsg>,
+    ) {
+        if self.compact_in_flight {
+            return;
+        }
+        let reader = &self.maintenance.reader;
+        let Some(command) = compaction::due_compaction(reader, config, now_ms()) else {
+            return;
+        };
+        let reader_progress = reader.compaction_progress();
+        if !reader_progress.active {
+            let pause = self.maintenance.interval * COMPACTION_PASS_TICKS;
+            if self
+                .last_pass_started
+                .is_some_and(|started| started.elapsed() < pause)
+            {
+                return;
+            }
+            self.last_pass_started = Some(tokio::time::Instant::now());
+        }
+        let Ok(receiver) = self
+            .raft
+            .client_write_ff(log::compact_command(&command))
+            .await
+        else {
+            return;
+        };
+        self.compact_in_flight = true;
+        self.compact_proposed_at = reader_progress;
+        let timeout = self.limits.write_timeout;
+        let (myself, group) = (myself.clone(), self.group);
+        tokio::spawn(async move {
+            if !matches!(tokio::time::timeout(timeout, receiver).await, Ok(Ok(Ok(_)))) {
+                warn!(group, "compaction command not confirmed");
+            }
+            let _ = myself.send_message(PartitionMsg::CompactDone);
         });
     }
 
@@ -394,6 +459,9 @@ impl Actor for PartitionActor {
             in_flight: 0,
             maintenance: args.maintenance,
             trim_in_flight: false,
+            compact_in_flight: false,
+            compact_proposed_at: Default::default(),
+            last_pass_started: None,
         })
     }
 
@@ -425,6 +493,19 @@ impl Actor for PartitionActor {
             }
             PartitionMsg::Maintenance => state.maintain(&myself).await,
             PartitionMsg::TrimDone => state.trim_in_flight = false,
+            PartitionMsg::CompactDone => {
+                state.compact_in_flight = false;
+                // A pass under way goes on at once, one bounded chunk per command.
+                let progress = state.maintenance.reader.compaction_progress();
+                if progress.active
+                    && progress != state.compact_proposed_at
+                    && check_leader(&state.raft, &state.limits).is_ok()
+                {
+                    if let Some(config) = state.topic_config() {
+                        state.compact(&config, &myself).await;
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -84,6 +84,13 @@ impl BatchIndex {
         removed
     }
 
+    /// Forgets the batch stored at `base` (compaction replaced it).
+    pub fn remove(&mut self, base: u64) {
+        if let Some(old) = self.batches.remove(&base) {
+            self.stored_bytes = self.stored_bytes.saturating_sub(old.bytes);
+        }
+    }
+
     /// Total stored size of the retained batches, in bytes.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes
@@ -259,6 +266,7 @@ mod tests {
             retention_ms: 1,
             retention_bytes: 1,
             cleanup_policy: CleanupPolicy::Compact,
+            delete_retention_ms: 1,
         };
         assert_eq!(RetentionPolicy::of_topic(&config), None);
     }

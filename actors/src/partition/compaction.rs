@@ -1,0 +1,714 @@
+//! Log compaction of `cleanup_policy: compact` topics: the stored batch forms a reader must
+//! slice (dense and sparse), and the rewrite of a chunk of batches that keeps only the latest
+//! record of each key.
+//!
+//! # Stored batch forms
+//!
+//! ```text
+//! dense   [count u32 LE][records…]                       offsets base .. base + count
+//! sparse  [count | SPARSE_FLAG u32 LE][end u64 LE]
+//!         [count × offset u64 LE][records…]              explicit offsets, covers .. end
+//! ```
+//!
+//! A dense batch is the bytes of the Raft entry that carried it, stored under its base
+//! offset. A sparse batch is compaction's output: the survivors of several consecutive
+//! batches with their ORIGINAL offsets (offsets never change and are never reused), stored
+//! under the key of the LAST batch it replaced. That key choice is what keeps concurrent
+//! readers correct: a reader walks batch keys upwards, and a rewrite moves records only to a
+//! key at or after every key it removes, atomically; so a reader that finds a replaced key
+//! gone still meets its records further on (possibly twice, which readers skip by offset).
+//! Readers therefore find the batch holding an offset by scanning upwards from the greatest
+//! key at or below it, and skip records below the offset they want.
+//!
+//! # The rewrite
+//!
+//! The partition leader proposes `Compact { up_to_offset, now_ms, delete_retention_ms }`
+//! through Raft on its maintenance tick. Apply walks the batches in key order, one bounded
+//! chunk per command, in *passes*: a pass starts at the first batch with `pass_end =
+//! up_to_offset` and ends when it has walked every batch keyed below it. A record survives
+//! when the key index ([`super::key_index`]) names its offset as its key's latest, except a
+//! tombstone older than `now_ms - delete_retention_ms`, which is dropped together with its
+//! index entry. Keyless records are dropped: a compacted topic keeps the latest value per
+//! key, and a record without a key is nobody's latest.
+//!
+//! Why dropping a tombstone is safe: every record of its key below it was in the log when the
+//! pass started (the pass only walks keys below what was applied then), and the index then
+//! already named the tombstone (or something newer) as latest, so the pass dropped those
+//! records at their turn, before it reached the tombstone. A reader of the log never sees a
+//! key come back after its tombstone is gone.
+//!
+//! Compaction is skipped on a replica while a snapshot build reads its batches (see
+//! `GroupLogic::snapshot_hold`), so a snapshot is a consistent cut. Replicas therefore may
+//! differ in how far compaction got (as Kafka's replicas do); what every replica agrees on
+//! is the index and that the latest record of every key is stored with its offset.
+
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use psubd_raft::{CommandResponse, StorageIoError, Tree, WriteBatch};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use super::log::{
+    base_offset_of, batch_key, summarize_at, IndexChange, PartitionLogic, PartitionReader,
+    PROGRESS_KEY,
+};
+use crate::record::{RecordCodecError, RecordIter, RecordView, BATCH_HEADER_LEN};
+use crate::topic::{CleanupPolicy, TopicConfig};
+
+/// Set in a stored batch's count word when the batch is sparse. Dense counts never reach
+/// it (an entry holds at most a few thousand records; apply refuses a count with it set).
+pub const SPARSE_FLAG: u32 = 0x8000_0000;
+
+/// Bytes of a sparse batch's header: count word and end offset.
+const SPARSE_HEADER_LEN: usize = BATCH_HEADER_LEN + 8;
+
+/// Most batches one `Compact` command rewrites: bounds the work of one apply.
+pub const MAX_CHUNK_BATCHES: usize = 64;
+
+/// Most stored bytes one `Compact` command reads (at least one batch is always taken).
+pub const MAX_CHUNK_BYTES: usize = 4 << 20;
+
+/// Below this many stored bytes, consecutive batches that lost nothing are still merged
+/// into one, so a compacted log does not stay split into many tiny batches.
+pub const MERGE_BELOW_BYTES: usize = 1 << 20;
+
+/// One stored batch, parsed enough to walk its records with their offsets.
+#[derive(Clone, Copy, Debug)]
+pub enum StoredBatch<'a> {
+    /// Offsets `base .. base + count`.
+    Dense {
+        /// First offset (the batch's key).
+        base: u64,
+        /// Records.
+        count: u32,
+        /// The record run.
+        records: &'a [u8],
+    },
+    /// Explicit offsets; the batch covers offsets up to `end` (exclusive).
+    Sparse {
+        /// One past the last offset the replaced batches held.
+        end: u64,
+        /// `count` offsets, u64 LE each, ascending.
+        offsets: &'a [u8],
+        /// The record run.
+        records: &'a [u8],
+    },
+}
+
+impl<'a> StoredBatch<'a> {
+    /// Parses a stored batch found under key `key_base`.
+    ///
+    /// # Errors
+    /// [`RecordCodecError::Truncated`] when the header or offset table is cut short.
+    pub fn parse(key_base: u64, stored: &'a [u8]) -> Result<Self, RecordCodecError> {
+        let word: [u8; 4] = stored
+            .get(..BATCH_HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(RecordCodecError::Truncated)?;
+        let word = u32::from_le_bytes(word);
+        if word & SPARSE_FLAG == 0 {
+            return Ok(StoredBatch::Dense {
+                base: key_base,
+                count: word,
+                records: &stored[BATCH_HEADER_LEN..],
+            });
+        }
+        let count = (word & !SPARSE_FLAG) as usize;
+        let end: [u8; 8] = stored
+            .get(BATCH_HEADER_LEN..SPARSE_HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(RecordCodecError::Truncated)?;
+        let table_end = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(SPARSE_HEADER_LEN))
+            .ok_or(RecordCodecError::Truncated)?;
+        let offsets = stored
+            .get(SPARSE_HEADER_LEN..table_end)
+            .ok_or(RecordCodecError::Truncated)?;
+        Ok(StoredBatch::Sparse {
+            end: u64::from_le_bytes(end),
+            offsets,
+            records: &stored[table_end..],
+        })
+    }
+
+    /// Number of records stored.
+    pub fn count(&self) -> u32 {
+        match self {
+            StoredBatch::Dense { count, .. } => *count,
+            StoredBatch::Sparse { offsets, .. } => (offsets.len() / 8) as u32,
+        }
+    }
+
+    /// One past the last offset this batch covers.
+    pub fn end(&self) -> u64 {
+        match self {
+            StoredBatch::Dense { base, count, .. } => base + u64::from(*count),
+            StoredBatch::Sparse { end, .. } => *end,
+        }
+    }
+
+    /// The records with their offsets and encodings, in offset order.
+    pub fn records(&self) -> BatchRecords<'a> {
+        match *self {
+            StoredBatch::Dense { base, records, .. } => BatchRecords {
+                iter: RecordIter::run(records),
+                next_dense: Some(base),
+                offsets: &[],
+            },
+            StoredBatch::Sparse {
+                offsets, records, ..
+            } => BatchRecords {
+                iter: RecordIter::run(records),
+                next_dense: None,
+                offsets,
+            },
+        }
+    }
+}
+
+/// A record of a stored batch: its offset, its encoding, and the decoded view.
+pub struct StoredRecord<'a> {
+    /// The record's offset.
+    pub offset: u64,
+    /// Its postcard encoding (a slice of the stored batch).
+    pub encoded: &'a [u8],
+    /// The decoded record, borrowing `encoded`.
+    pub view: RecordView<'a>,
+}
+
+/// Iterator over a stored batch's records; see [`StoredBatch::records`].
+pub struct BatchRecords<'a> {
+    iter: RecordIter<'a>,
+    /// The next offset of a dense batch; `None` for a sparse one.
+    next_dense: Option<u64>,
+    offsets: &'a [u8],
+}
+
+impl<'a> Iterator for BatchRecords<'a> {
+    type Item = Result<StoredRecord<'a>, RecordCodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let before = self.iter.remaining();
+        let view = match self.iter.next()? {
+            Ok(view) => view,
+            Err(error) => return Some(Err(error)),
+        };
+        let encoded = &before[..before.len() - self.iter.remaining().len()];
+        let offset = match self.next_dense.as_mut() {
+            Some(next) => {
+                let offset = *next;
+                *next += 1;
+                offset
+            }
+            None => {
+                let Some((raw, rest)) = self.offsets.split_first_chunk::<8>() else {
+                    // More records than offsets: the batch is corrupt.
+                    self.iter = RecordIter::run(&[]);
+                    return Some(Err(RecordCodecError::Truncated));
+                };
+                self.offsets = rest;
+                u64::from_le_bytes(*raw)
+            }
+        };
+        Some(Ok(StoredRecord {
+            offset,
+            encoded,
+            view,
+        }))
+    }
+}
+
+/// Encodes a sparse batch from survivors (ascending offsets) covering offsets up to `end`.
+pub fn encode_sparse(survivors: &[(u64, &[u8])], end: u64) -> Bytes {
+    let body: usize = survivors.iter().map(|(_, e)| e.len()).sum();
+    let mut out = BytesMut::with_capacity(SPARSE_HEADER_LEN + survivors.len() * 8 + body);
+    out.put_u32_le(survivors.len() as u32 | SPARSE_FLAG);
+    out.put_u64_le(end);
+    for (offset, _) in survivors {
+        out.put_u64_le(*offset);
+    }
+    for (_, encoded) in survivors {
+        out.put_slice(encoded);
+    }
+    out.freeze()
+}
+
+/// The command a partition leader proposes to compact a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactCommand {
+    /// A pass started by this command covers batches keyed below it (the leader's high
+    /// watermark when it proposed).
+    pub up_to_offset: u64,
+    /// The leader's clock: tombstones older than `now_ms - delete_retention_ms` go.
+    pub now_ms: i64,
+    /// The topic's `delete_retention_ms` when proposed.
+    pub delete_retention_ms: i64,
+}
+
+impl CompactCommand {
+    /// Tombstones with a timestamp below this are dropped.
+    pub fn purge_before_ms(&self) -> i64 {
+        if self.delete_retention_ms < 0 {
+            // -1: tombstones are kept forever.
+            return i64::MIN;
+        }
+        self.now_ms.saturating_sub(self.delete_retention_ms)
+    }
+}
+
+/// Where compaction stands on one replica. Stored in the partition's state tree (so a
+/// restart resumes the pass) and published to the leader's maintenance tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionProgress {
+    /// A pass is under way.
+    pub active: bool,
+    /// The pass walks batch keys below this.
+    pub pass_end: u64,
+    /// The next batch key (a base offset) the pass looks at.
+    pub cursor: u64,
+    /// Offsets below this were already kept by this pass: a second copy (left by a reader
+    /// race, see the module docs) is dropped.
+    pub kept_below: u64,
+    /// `pass_end` of the last pass that finished: the leader starts a new pass once the log
+    /// grew past it.
+    pub last_pass_end: u64,
+    /// The pass kept a tombstone that was not old enough to drop: another pass is due
+    /// later even if nothing new arrives.
+    pub tombstones_kept: bool,
+    /// Records dropped since the partition opened (a figure for logs and tests).
+    pub dropped: u64,
+}
+
+/// What one record's fate is, given the key index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep it: it is its key's latest.
+    Keep,
+    /// Keep it: the latest, a tombstone too young to drop.
+    KeepTombstone,
+    /// Drop it: a newer record of its key exists, it has no key, or it is a duplicate.
+    Drop,
+    /// Drop it and its key's index entry: an old tombstone that is its key's latest.
+    Purge,
+}
+
+/// Decides one record's fate. `latest` is the key index's offset for the record's key.
+pub fn verdict(
+    offset: u64,
+    view: &RecordView<'_>,
+    latest: Option<u64>,
+    purge_before_ms: i64,
+) -> Verdict {
+    if view.key.is_none() || latest != Some(offset) {
+        return Verdict::Drop;
+    }
+    match view.value {
+        Some(_) => Verdict::Keep,
+        None if view.timestamp_ms < purge_before_ms => Verdict::Purge,
+        None => Verdict::KeepTombstone,
+    }
+}
+
+/// The result of compacting one chunk of consecutive batches.
+#[derive(Debug, Default)]
+pub struct ChunkRewrite {
+    /// The chunk's batches should be replaced (something was dropped, or small batches are
+    /// merged). When false, nothing is written.
+    pub rewrite: bool,
+    /// The replacement (a sparse batch), stored under the chunk's last key; `None` when
+    /// nothing survived (every key of the chunk is removed).
+    pub replacement: Option<Bytes>,
+    /// Keys whose index entry goes (purged tombstones).
+    pub purged: Vec<Bytes>,
+    /// Records dropped.
+    pub dropped: u64,
+    /// A tombstone too young to drop was kept.
+    pub tombstones_kept: bool,
+    /// Offsets below this were kept (the chunk's highest survivor + 1, or the input value).
+    pub kept_below: u64,
+}
+
+/// Compacts one chunk: `batches` are consecutive stored batches `(key base, bytes)` in key
+/// order. `latest(key)` answers the key index (as staged so far in this apply).
+///
+/// # Errors
+/// [`RecordCodecError`] when a stored batch does not decode.
+pub fn compact_chunk<F>(
+    batches: &[(u64, Bytes)],
+    mut latest: F,
+    purge_before_ms: i64,
+    kept_below: u64,
+) -> Result<ChunkRewrite, RecordCodecError>
+where
+    F: FnMut(&[u8]) -> Option<u64>,
+{
+    let mut out = ChunkRewrite {
+        kept_below,
+        ..ChunkRewrite::default()
+    };
+    let mut survivors: Vec<(u64, &[u8])> = Vec::new();
+    let mut end = 0u64;
+    let mut stored_bytes = 0usize;
+    for (base, stored) in batches {
+        stored_bytes += stored.len();
+        let batch = StoredBatch::parse(*base, stored)?;
+        end = end.max(batch.end());
+        for record in batch.records() {
+            let record = record?;
+            if record.offset < out.kept_below {
+                out.dropped += 1;
+                continue;
+            }
+            let latest = record.view.key.and_then(&mut latest);
+            match verdict(record.offset, &record.view, latest, purge_before_ms) {
+                Verdict::Keep => survivors.push((record.offset, record.encoded)),
+                Verdict::KeepTombstone => {
+                    out.tombstones_kept = true;
+                    survivors.push((record.offset, record.encoded));
+                }
+                Verdict::Drop => out.dropped += 1,
+                Verdict::Purge => {
+                    out.dropped += 1;
+                    if let Some(key) = record.view.key {
+                        out.purged.push(Bytes::copy_from_slice(key));
+                    }
+                }
+            }
+            if let Some((offset, _)) = survivors.last() {
+                out.kept_below = out.kept_below.max(offset + 1);
+            }
+        }
+    }
+    let merge = batches.len() > 1 && stored_bytes < MERGE_BELOW_BYTES;
+    out.rewrite = out.dropped > 0 || merge;
+    if out.rewrite && !survivors.is_empty() {
+        out.replacement = Some(encode_sparse(&survivors, end));
+    }
+    Ok(out)
+}
+
+impl PartitionLogic {
+    /// Applies a `Compact` command: one bounded chunk of the current pass (starting a pass
+    /// when none is under way). Skipped while a snapshot build reads the batches, and on a
+    /// topic that is not compacted. The response is empty.
+    ///
+    /// # Errors
+    /// Storage I/O only; a batch that does not decode ends the chunk before it, alike on
+    /// every replica holding it.
+    pub(super) fn compact(
+        &mut self,
+        command: &CompactCommand,
+        state: &Tree,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageIoError> {
+        if !self.compacted || self.shared.snapshot_holds.load(Ordering::Acquire) > 0 {
+            return Ok(CommandResponse::default());
+        }
+        let progress = &mut self.progress;
+        if !progress.active {
+            *progress = CompactionProgress {
+                active: true,
+                pass_end: command.up_to_offset.min(self.staged.next_offset),
+                cursor: 0,
+                kept_below: 0,
+                last_pass_end: progress.last_pass_end,
+                tombstones_kept: false,
+                dropped: progress.dropped,
+            };
+        }
+        // Batches applied earlier in this same apply call are not in the tree yet: this
+        // chunk stops below what was written (the next command goes on from there).
+        let written_end = self.shared.bounds.borrow().next_offset;
+        let walk_end = progress.pass_end.min(written_end);
+        let mut chunk: Vec<(u64, Bytes)> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut exhausted = true;
+        for item in state.range(&batch_key(progress.cursor), Some(&batch_key(walk_end))) {
+            let (key, stored) = item?;
+            let Some(base) = base_offset_of(&key) else {
+                break;
+            };
+            if !chunk.is_empty()
+                && (chunk.len() >= MAX_CHUNK_BATCHES
+                    || chunk_bytes + stored.len() > MAX_CHUNK_BYTES)
+            {
+                exhausted = false;
+                break;
+            }
+            chunk_bytes += stored.len();
+            chunk.push((base, stored.into_bytes()));
+        }
+        // Trimmed batches still in the tree are not compaction's to touch.
+        let log_start = self.staged.log_start;
+        chunk.retain(|(base, stored)| {
+            StoredBatch::parse(*base, stored).map_or(true, |b| b.end() > log_start)
+        });
+        let last_key = chunk.last().map(|(base, _)| *base);
+        let keys = &self.keys;
+        let mut lookup_error = None;
+        let rewrite = compact_chunk(
+            &chunk,
+            |key| match keys.get(state, key) {
+                Ok(entry) => entry.map(|e| e.offset),
+                Err(error) => {
+                    lookup_error.get_or_insert(error);
+                    // Treated as "latest" so nothing is dropped on an I/O error.
+                    None
+                }
+            },
+            command.purge_before_ms(),
+            progress.kept_below,
+        );
+        if let Some(error) = lookup_error {
+            return Err(error);
+        }
+        let rewrite = match rewrite {
+            Ok(rewrite) => rewrite,
+            Err(error) => {
+                warn!(%error, "a stored batch did not decode; compaction pass ended");
+                progress.active = false;
+                progress.last_pass_end = progress.pass_end;
+                self.stage_progress(batch)?;
+                return Ok(CommandResponse::default());
+            }
+        };
+        let progress = &mut self.progress;
+        progress.kept_below = rewrite.kept_below;
+        progress.tombstones_kept |= rewrite.tombstones_kept;
+        progress.dropped += rewrite.dropped;
+        if rewrite.rewrite {
+            // Replace the chunk under its LAST key (see the module docs): every other key
+            // goes, the last one gets the survivors, or goes too when none survived.
+            for (base, _) in &chunk {
+                if Some(*base) != last_key || rewrite.replacement.is_none() {
+                    batch.remove(batch_key(*base).to_vec());
+                    self.index.remove(*base);
+                    self.changes.push(IndexChange::Remove(*base));
+                }
+            }
+            if let (Some(last), Some(replacement)) = (last_key, rewrite.replacement.as_ref()) {
+                let summary = summarize_at(last, replacement);
+                batch.insert(batch_key(last).to_vec(), replacement.to_vec());
+                self.index.insert(last, summary);
+                self.changes.push(IndexChange::Insert(last, summary));
+            }
+            for key in rewrite.purged {
+                self.keys.remove(key, batch);
+            }
+        }
+        let progress = &mut self.progress;
+        match last_key {
+            Some(last) if !exhausted => progress.cursor = last + 1,
+            _ if walk_end < progress.pass_end => {
+                progress.cursor = last_key.map_or(progress.cursor, |last| last + 1)
+            }
+            _ => {
+                progress.active = false;
+                progress.last_pass_end = progress.pass_end;
+            }
+        }
+        debug!(
+            batches = chunk.len(),
+            dropped = rewrite.dropped,
+            active = progress.active,
+            "compaction chunk applied"
+        );
+        self.stage_progress(batch)?;
+        Ok(CommandResponse::default())
+    }
+
+    fn stage_progress(&self, batch: &mut WriteBatch) -> Result<(), StorageIoError> {
+        let raw = postcard::to_stdvec(&self.progress).map_err(|e| StorageIoError::Codec {
+            what: "compaction progress",
+            source: e,
+        })?;
+        batch.insert(PROGRESS_KEY, raw);
+        Ok(())
+    }
+}
+
+impl PartitionReader {
+    /// Compaction progress as written on this replica (the leader's tick reads it).
+    pub fn compaction_progress(&self) -> CompactionProgress {
+        *self
+            .shared()
+            .compaction
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The compaction command the leader's maintenance tick should propose now, if any: when a
+/// pass is under way, when the log grew since the last pass, or when the last pass kept a
+/// tombstone that may have aged since. `None` for topics that are not compacted.
+pub fn due_compaction(
+    reader: &PartitionReader,
+    config: &TopicConfig,
+    now_ms: i64,
+) -> Option<CompactCommand> {
+    if config.cleanup_policy != CleanupPolicy::Compact {
+        return None;
+    }
+    let progress = reader.compaction_progress();
+    let high_watermark = reader.bounds().next_offset;
+    let due =
+        progress.active || high_watermark > progress.last_pass_end || progress.tombstones_kept;
+    due.then_some(CompactCommand {
+        up_to_offset: high_watermark,
+        now_ms,
+        delete_retention_ms: config.delete_retention_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::record::{join_batch, EncodedRecords, Record, ValueKind};
+
+    fn record(key: Option<&str>, value: Option<&str>, ts: i64) -> Record {
+        Record {
+            timestamp_ms: ts,
+            kind: ValueKind::String,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: Vec::new(),
+        }
+    }
+
+    fn dense(records: &[Record]) -> Bytes {
+        let encoded = EncodedRecords::encode(records).unwrap();
+        join_batch([&encoded].into_iter())
+    }
+
+    fn offsets_and_values(base: u64, stored: &[u8]) -> Vec<(u64, Option<String>)> {
+        StoredBatch::parse(base, stored)
+            .unwrap()
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (
+                    r.offset,
+                    r.view.value.map(|v| String::from_utf8(v.to_vec()).unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    /// The latest offset per key over the given batches, as the key index holds it.
+    fn index_of(batches: &[(u64, Bytes)]) -> HashMap<Vec<u8>, u64> {
+        let mut index = HashMap::new();
+        for (base, stored) in batches {
+            for r in StoredBatch::parse(*base, stored).unwrap().records() {
+                let r = r.unwrap();
+                if let Some(key) = r.view.key {
+                    index.insert(key.to_vec(), r.offset);
+                }
+            }
+        }
+        index
+    }
+
+    #[test]
+    fn dense_and_sparse_batches_yield_their_offsets() {
+        let stored = dense(&[record(Some("a"), Some("1"), 0), record(None, Some("2"), 0)]);
+        let batch = StoredBatch::parse(40, &stored).unwrap();
+        assert_eq!((batch.count(), batch.end()), (2, 42));
+        assert_eq!(
+            offsets_and_values(40, &stored),
+            vec![(40, Some("1".into())), (41, Some("2".into()))]
+        );
+
+        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"), 0)]).unwrap();
+        let b = EncodedRecords::encode(&[record(Some("b"), None, 0)]).unwrap();
+        let sparse = encode_sparse(&[(3, &a.bytes), (17, &b.bytes)], 25);
+        let batch = StoredBatch::parse(10, &sparse).unwrap();
+        assert_eq!((batch.count(), batch.end()), (2, 25));
+        assert_eq!(
+            offsets_and_values(10, &sparse),
+            vec![(3, Some("x".into())), (17, None)]
+        );
+    }
+
+    #[test]
+    fn a_truncated_sparse_batch_is_an_error_not_a_panic() {
+        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"), 0)]).unwrap();
+        let sparse = encode_sparse(&[(3, &a.bytes)], 4);
+        assert!(StoredBatch::parse(0, &sparse[..10]).is_err());
+        // A count that promises more offsets than stored.
+        let mut lying = sparse.to_vec();
+        lying[0] = 9;
+        assert!(StoredBatch::parse(0, &lying).is_err());
+    }
+
+    #[test]
+    fn compaction_keeps_the_latest_per_key_with_original_offsets() {
+        // Offsets 0..4: a=1 b=1 (no key) a=2 ; 4..7: b=2 c=tombstone(old) d=tombstone(new)
+        let first = dense(&[
+            record(Some("a"), Some("a1"), 10),
+            record(Some("b"), Some("b1"), 10),
+            record(None, Some("nokey"), 10),
+            record(Some("a"), Some("a2"), 10),
+        ]);
+        let second = dense(&[
+            record(Some("b"), Some("b2"), 10),
+            record(Some("c"), None, 10),
+            record(Some("d"), None, 5_000),
+        ]);
+        let batches = vec![(0u64, first), (4u64, second)];
+        let index = index_of(&batches);
+        let rewrite = compact_chunk(&batches, |k| index.get(k).copied(), 1_000, 0).unwrap();
+        assert!(rewrite.rewrite);
+        assert_eq!(
+            rewrite.dropped, 4,
+            "a1, b1, the keyless record and c's old tombstone"
+        );
+        assert_eq!(rewrite.purged, vec![Bytes::from_static(b"c")]);
+        assert!(
+            rewrite.tombstones_kept,
+            "d's tombstone is too young to drop"
+        );
+        let sparse = rewrite.replacement.unwrap();
+        assert_eq!(
+            offsets_and_values(4, &sparse),
+            vec![(3, Some("a2".into())), (4, Some("b2".into())), (6, None)]
+        );
+        assert_eq!(StoredBatch::parse(4, &sparse).unwrap().end(), 7);
+        assert_eq!(rewrite.kept_below, 7);
+
+        // Compacting the result again changes nothing.
+        let again = vec![(4u64, sparse)];
+        let rewrite = compact_chunk(&again, |k| index.get(k).copied(), 1_000, 0).unwrap();
+        assert!(!rewrite.rewrite);
+        assert_eq!(rewrite.dropped, 0);
+    }
+
+    #[test]
+    fn nothing_surviving_removes_the_chunk_and_duplicates_are_dropped() {
+        let stored = dense(&[record(Some("a"), Some("a1"), 0)]);
+        let batches = vec![(0u64, stored.clone())];
+        let gone = compact_chunk(&batches, |_| Some(99), 0, 0).unwrap();
+        assert!(gone.rewrite && gone.replacement.is_none());
+
+        // A second copy of offset 0 after the pass kept it is dropped.
+        let dup = compact_chunk(&batches, |_| Some(0), 0, 1).unwrap();
+        assert_eq!(dup.dropped, 1);
+    }
+
+    #[test]
+    fn small_batches_that_lost_nothing_are_merged_once() {
+        let a = dense(&[record(Some("a"), Some("1"), 0)]);
+        let b = dense(&[record(Some("b"), Some("1"), 0)]);
+        let batches = vec![(0u64, a), (1u64, b)];
+        let index = index_of(&batches);
+        let merged = compact_chunk(&batches, |k| index.get(k).copied(), 0, 0).unwrap();
+        assert!(merged.rewrite);
+        let sparse = merged.replacement.unwrap();
+        assert_eq!(offsets_and_values(1, &sparse).len(), 2);
+        let once = compact_chunk(&[(1, sparse)], |k| index.get(k).copied(), 0, 0).unwrap();
+        assert!(!once.rewrite);
+    }
+}

@@ -275,3 +275,253 @@ async fn issue_07_stream_resumes_on_another_node_after_kill() {
         "nothing lost across the reconnect"
     );
 }
+
+/// Joins `group` through `node` (retrying 503 while the offsets topic settles); returns
+/// the member id.
+async fn join(client: &reqwest::Client, base: &str, group: &str, topic: &str) -> String {
+    let url = format!("{base}/v1/groups/{group}/members");
+    eventually(Duration::from_secs(20), "a join answered 201", || {
+        let request = client.post(&url).json(&json!({
+            "topics": [topic],
+            "session_timeout_ms": 30_000,
+            "auto_offset_reset": "earliest",
+        }));
+        async move {
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body: Value = response.json().await.map_err(|e| e.to_string())?;
+            if status == 201 {
+                Ok(body["member_id"].as_str().unwrap().to_string())
+            } else {
+                Err(format!("{status}: {body}"))
+            }
+        }
+    })
+    .await
+}
+
+/// Reads events until an `assignment` event; returns its data (records before it are
+/// re-deliveries, which at-least-once allows).
+async fn next_assignment(reader: &mut SseReader) -> Value {
+    loop {
+        let event = reader
+            .next_event()
+            .await
+            .expect("an assignment event before the stream ends");
+        if event.event.as_deref() == Some("assignment") {
+            return serde_json::from_str(&event.data).unwrap();
+        }
+    }
+}
+
+// API.md § Streams (member streams): records of the member's partitions with
+// `id: <partition>-<offset>`; an `assignment` event first and when a second member joins;
+// closing the stream leaves the group promptly (the other member takes every partition
+// long before the 30 s session timeout); the stream never commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_07_member_stream_assignment_events_and_leave_on_close() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    cluster.node(1).create_topic("mt", 2, 3).await;
+    let a = join(&client, &cluster.http(1), "mg", "mt").await;
+    let mut stream_a = open_sse(
+        &client,
+        &format!("{}/v1/groups/mg/members/{a}/stream", cluster.http(2)),
+        None,
+    )
+    .await;
+    let first = next_assignment(&mut stream_a).await;
+    assert_eq!(first["event"], "assignment");
+    assert_eq!(
+        first["assignments"].as_array().unwrap().len(),
+        2,
+        "a lone member owns both partitions: {first}"
+    );
+    let first_generation = first["generation"].as_u64().unwrap();
+
+    for n in 0..4 {
+        cluster
+            .node(3)
+            .publish("mt", &[value_record(n as u32 % 2, n)])
+            .await;
+    }
+    let mut got = read_records(&mut stream_a, 4).await;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("0-0".to_string(), 0),
+            ("0-1".to_string(), 2),
+            ("1-0".to_string(), 1),
+            ("1-1".to_string(), 3)
+        ],
+        "every record once, ids <partition>-<offset>"
+    );
+
+    // A second member joins: the open stream announces the new generation.
+    let b = join(&client, &cluster.http(3), "mg", "mt").await;
+    let second = next_assignment(&mut stream_a).await;
+    assert!(
+        second["generation"].as_u64().unwrap() > first_generation,
+        "a new generation: {second}"
+    );
+    assert_eq!(
+        second["assignments"].as_array().unwrap().len(),
+        1,
+        "the partitions are split: {second}"
+    );
+
+    // Closing A's stream leaves the group: B owns both partitions well before A's session
+    // (30 s) could have expired.
+    let closed = std::time::Instant::now();
+    drop(stream_a);
+    let group_url = format!("{}/v1/groups/mg", cluster.http(1));
+    eventually(
+        Duration::from_secs(8),
+        "B alone owns both partitions",
+        || {
+            let request = client.get(&group_url);
+            let b = b.clone();
+            async move {
+                let group: Value = request
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let members = group["members"].as_array().cloned().unwrap_or_default();
+                if members.len() == 1
+                    && members[0]["member_id"] == b.as_str()
+                    && members[0]["assignments"].as_array().map(Vec::len) == Some(2)
+                {
+                    Ok(())
+                } else {
+                    Err(format!("group: {group}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        closed.elapsed() < Duration::from_secs(10),
+        "the leave was prompt: {:?}",
+        closed.elapsed()
+    );
+
+    // NDJSON member stream: the assignment line has its own shape.
+    let response = client
+        .get(format!(
+            "{}/v1/groups/mg/members/{b}/stream",
+            cluster.http(2)
+        ))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains('\n') {
+        let chunk = tokio::time::timeout(RECORD_WITHIN, body.next())
+            .await
+            .expect("an NDJSON line in time")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["event"], "assignment", "first line: {line}");
+    assert_eq!(line["assignments"].as_array().unwrap().len(), 2);
+    drop(body);
+
+    // Nothing was committed by any stream: only an explicit commit moves offsets.
+    let offsets: Value = client
+        .get(format!("{}/v1/groups/mg/offsets", cluster.http(1)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets["offsets"].as_array().map(Vec::len),
+        Some(0),
+        "streams never commit: {offsets}"
+    );
+}
+
+// Issue 7: concurrent streams per node are bounded (429 `too_many_streams` with
+// Retry-After, for SSE and WebSocket alike), and a graceful shutdown (SIGTERM) ends an
+// open SSE stream cleanly and closes a WebSocket with a close frame (1001).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_07_stream_limit_and_graceful_shutdown() {
+    use tokio_tungstenite::tungstenite;
+
+    let mut cluster = Cluster::start_with_env(3, &[("PSUBD_MAX_STREAMS", "2")]).await;
+    let client = cluster.client();
+    cluster.node(1).create_topic("lim", 1, 3).await;
+    let url = format!("{}/v1/topics/lim/partitions/0/stream", cluster.http(3));
+    let sse = open_sse(&client, &url, None).await;
+    let ws_url = format!("{}/v1/ws", cluster.http(3).replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("a WebSocket within the limit");
+
+    let refused = client
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        429,
+        "a third stream on the node is refused"
+    );
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_streams");
+    match tokio_tungstenite::connect_async(&ws_url).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("a WebSocket past the limit must be refused with 429: {other:?}"),
+    }
+    // Other nodes have their own limit.
+    let elsewhere = client
+        .get(format!(
+            "{}/v1/topics/lim/partitions/0/stream",
+            cluster.http(1)
+        ))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 200);
+    drop(elsewhere);
+
+    // SIGTERM: the SSE body ends (not an aborted connection), the WebSocket gets 1001.
+    let status = cluster.stop(3).await;
+    assert!(status.success(), "node 3 exits cleanly: {status}");
+    let mut body = sse.body;
+    loop {
+        match tokio::time::timeout(RECORD_WITHIN, body.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => panic!("the SSE stream broke instead of ending: {e}"),
+            Err(_) => panic!("the SSE stream did not end on shutdown"),
+        }
+    }
+    let close = loop {
+        match tokio::time::timeout(RECORD_WITHIN, ws.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("the close frame carries a code");
+    assert_eq!(u16::from(close.code), 1001, "going away: {close:?}");
+    assert!(
+        close.reason.as_str().contains("shutting down"),
+        "clear reason: {close:?}"
+    );
+}

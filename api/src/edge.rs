@@ -27,7 +27,7 @@ const MAX_ATTEMPTS: usize = 3;
 const FORWARD_SLACK: Duration = Duration::from_secs(2);
 
 /// The outcome of sending a request to a node.
-enum Delivery {
+pub(crate) enum Delivery {
     /// The node answered.
     Answered(ForwardResponse),
     /// The request certainly did not reach the node's logic: try another node.
@@ -61,7 +61,7 @@ impl Edge {
         &self.broker
     }
 
-    async fn deliver(
+    pub(crate) async fn deliver(
         &self,
         target: NodeId,
         request: ForwardRequest,
@@ -103,7 +103,7 @@ impl Edge {
 
     /// Nodes to try for a partition's leader, best guess first: the local replica's view,
     /// the hint cache, then every replica in placement order.
-    fn leader_candidates(&self, placement: &PartitionPlacement) -> Vec<NodeId> {
+    pub(crate) fn leader_candidates(&self, placement: &PartitionPlacement) -> Vec<NodeId> {
         let mut order = Vec::with_capacity(placement.replicas.len() + 2);
         if let Some(leader) = self
             .broker

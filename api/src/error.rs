@@ -187,6 +187,21 @@ pub enum ApiError {
         /// What happened.
         reason: String,
     },
+    /// A key view found no live value: the key was never written, or its latest record
+    /// is a tombstone.
+    #[error("key '{key}' not found in topic '{topic}'")]
+    KeyNotFound {
+        /// The topic.
+        topic: String,
+        /// The key (lossily shown as UTF-8).
+        key: String,
+    },
+    /// Key views need a compacted topic (`cleanup_policy: "compact"`).
+    #[error("topic '{topic}' is not compacted: key views need cleanup_policy 'compact'")]
+    TopicNotCompacted {
+        /// The topic.
+        topic: String,
+    },
     /// A bug or a broken node; logged, not shown.
     #[error("internal error")]
     Internal {
@@ -247,6 +262,10 @@ impl ApiError {
             }
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_available", 1),
             ApiError::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", 1),
+            ApiError::KeyNotFound { .. } => (StatusCode::NOT_FOUND, "key_not_found", 4),
+            ApiError::TopicNotCompacted { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "topic_not_compacted", 2)
+            }
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }

@@ -106,6 +106,11 @@ pub enum ForwardRequest {
         /// What changes (validated by the sender).
         update: TopicUpdate,
     },
+    /// A key's latest record from the serving node's replica of a compacted partition
+    /// (any replica that applied `min_offset`; see `keys`).
+    KeyLookup(crate::keys::KeyRead),
+    /// A page of live keys from the serving node's replica (see `keys`).
+    KeyScan(crate::keys::KeyRead),
 }
 
 /// A replica's status.
@@ -160,6 +165,10 @@ pub enum ForwardResponse {
     Broken(String),
     /// The request did not decode (nodes of different versions).
     Malformed,
+    /// A key's latest live record; `None` when absent or deleted.
+    Key(Option<psubd_actors::partition::key_index::KeyRecord>),
+    /// A page of live keys.
+    Keys(psubd_actors::partition::key_index::KeyScan),
 }
 
 /// Serves a request on this node's replicas.
@@ -234,6 +243,8 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                 .await
                 .map(ForwardResponse::Groups),
         ),
+        ForwardRequest::KeyLookup(read) => crate::keys::serve_lookup(broker, read).await,
+        ForwardRequest::KeyScan(read) => crate::keys::serve_scan(broker, read).await,
     }
 }
 

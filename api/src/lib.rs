@@ -12,6 +12,7 @@
 //!   [`group_stream`]: group member streams; [`ws`]: the WebSocket API.
 //! - [`groups`]: consumer groups (join, member fetch, commit, offsets, admin), and in
 //!   [`group_routing`] how the edge reaches a group's coordinator.
+//! - [`keys`]: key views of compacted topics (latest value per key, scan, put, delete).
 //! - [`json`]: JSON body extraction with the project's error bodies.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`state`]: what handlers share, and the request limits.
@@ -25,6 +26,7 @@ pub mod group_routing;
 pub mod group_stream;
 pub mod groups;
 pub mod json;
+pub mod keys;
 pub mod metrics;
 pub mod publish;
 pub mod state;
@@ -57,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stream::router(state.clone()))
         .merge(group_stream::router(state.clone()))
         .merge(ws::router(state.clone()))
+        .merge(keys::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, observe))

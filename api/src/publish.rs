@@ -143,7 +143,7 @@ fn choose_partition(
     }
 }
 
-fn check_sizes(limits: &Limits, record: &Record) -> Result<(), ApiError> {
+pub(crate) fn check_sizes(limits: &Limits, record: &Record) -> Result<(), ApiError> {
     let size =
         record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len());
     if size > limits.max_record_bytes {

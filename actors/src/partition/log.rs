@@ -20,7 +20,7 @@
 //! build is reading the batch range, those removals wait (a snapshot must hold every batch
 //! its bounds claim) and happen at the first apply after the build lets go.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -116,6 +116,9 @@ pub(super) struct Shared {
     index: Mutex<BatchIndex>,
     /// Snapshot builds reading the batch range right now (see [`SnapshotRangeHold`]).
     pub(super) snapshot_holds: AtomicUsize,
+    /// Bytes of batches appended since the last snapshot was planned: about what the Raft
+    /// log holds that no snapshot covers yet (the maintenance tick snapshots by bytes).
+    log_bytes_since_snapshot: AtomicU64,
     /// Compaction progress as written (compacted topics), for the leader's tick.
     pub(super) compaction: Mutex<CompactionProgress>,
 }
@@ -237,6 +240,7 @@ impl PartitionLogic {
             bounds,
             index: Mutex::new(BatchIndex::default()),
             snapshot_holds: AtomicUsize::new(0),
+            log_bytes_since_snapshot: AtomicU64::new(0),
             compaction: Mutex::new(CompactionProgress::default()),
         });
         (
@@ -395,6 +399,9 @@ impl GroupLogic for PartitionLogic {
                         }
                     }
                     let summary = summarize(&stored, count);
+                    self.shared
+                        .log_bytes_since_snapshot
+                        .fetch_add(stored.len() as u64, Ordering::Relaxed);
                     batch.insert(batch_key(base).to_vec(), stored.to_vec());
                     self.staged.next_offset += u64::from(count);
                     self.stage_bounds(batch)?;
@@ -464,6 +471,9 @@ impl GroupLogic for PartitionLogic {
     }
 
     fn snapshot_plan(&self, state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
+        self.shared
+            .log_bytes_since_snapshot
+            .store(0, Ordering::Relaxed);
         let bounds = match state.get(BOUNDS_KEY)? {
             Some(raw) => raw.to_vec(),
             None => {
@@ -503,6 +513,12 @@ impl PartitionReader {
     /// The current bounds (high watermark and log start) of this replica.
     pub fn bounds(&self) -> LogBounds {
         *self.shared.bounds.borrow()
+    }
+
+    /// Bytes of batches applied since this replica last planned a snapshot: roughly what its
+    /// Raft log holds beyond the snapshot (it is purged only behind one).
+    pub fn log_bytes_since_snapshot(&self) -> u64 {
+        self.shared.log_bytes_since_snapshot.load(Ordering::Relaxed)
     }
 
     /// Stored size of the retained batches on this replica, in bytes.

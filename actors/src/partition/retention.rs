@@ -170,7 +170,7 @@ pub fn plan_trim(
 /// Least log growth (bytes of batches since the last snapshot) that makes a replica take a
 /// snapshot before openraft's entry-count policy would. Below it, snapshots by bytes would
 /// churn for small partitions.
-pub const MIN_SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
+pub const MIN_SNAPSHOT_LOG_BYTES: u64 = 16 << 20;
 
 /// Whether a replica should snapshot now so its Raft log can be purged: the log is only
 /// purged behind a snapshot, so records retention removed stay on disk in the log until

@@ -37,7 +37,7 @@ use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::ControllerState;
 use crate::error::PartitionError;
@@ -267,9 +267,12 @@ impl PartitionState {
         let reader = &self.maintenance.reader;
         let log_bytes = reader.log_bytes_since_snapshot();
         if retention::snapshot_due(log_bytes, reader.stored_bytes()) {
-            debug!(
+            // Once per snapshot at most: the counter restarts when the snapshot is planned.
+            info!(
                 group = self.group,
-                log_bytes, "log outgrew the retained data; snapshotting"
+                log_bytes,
+                stored_bytes = reader.stored_bytes(),
+                "raft log outgrew the retained data; snapshotting"
             );
             if let Err(error) = self.raft.trigger().snapshot().await {
                 warn!(group = self.group, %error, "snapshot request refused");

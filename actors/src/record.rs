@@ -54,6 +54,59 @@ pub struct RecordView<'a> {
     pub headers: Vec<(&'a str, &'a [u8])>,
 }
 
+/// A record to encode, borrowing its parts from wherever they are (the request body,
+/// usually): the edge encodes each record straight from the parsed JSON into its
+/// partition's run, with no owned [`Record`] in between. Its encoding is byte for byte
+/// that of the equal [`Record`] (field order and serde shapes match; a test checks it).
+#[derive(Debug, Serialize)]
+pub struct RecordRef<'a> {
+    /// See [`Record::timestamp_ms`].
+    pub timestamp_ms: i64,
+    /// See [`Record::kind`].
+    pub kind: ValueKind,
+    /// See [`Record::key`].
+    pub key: Option<RawBytes<'a>>,
+    /// See [`Record::value`].
+    pub value: Option<RawBytes<'a>>,
+    /// See [`Record::headers`].
+    pub headers: Vec<(&'a str, RawBytes<'a>)>,
+}
+
+/// Borrowed bytes that serialise as serde bytes, as [`Bytes`] does (a plain `&[u8]`
+/// serialises as a sequence, which would change the encoding's meaning elsewhere).
+#[derive(Clone, Copy, Debug)]
+pub struct RawBytes<'a>(pub &'a [u8]);
+
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+impl RecordRef<'_> {
+    /// Bytes of key and value, the size the record limit applies to.
+    pub fn payload_len(&self) -> usize {
+        self.key.map_or(0, |k| k.0.len()) + self.value.map_or(0, |v| v.0.len())
+    }
+
+    /// Bytes of header names and values, the size the header limit applies to.
+    pub fn headers_len(&self) -> usize {
+        self.headers.iter().map(|(k, v)| k.len() + v.0.len()).sum()
+    }
+
+    /// Appends this record's encoding to `run` (one record of an [`EncodedRecords`] run).
+    ///
+    /// # Errors
+    /// Only if postcard fails to serialise, which for these types means out of memory.
+    pub fn encode_into(&self, run: &mut Vec<u8>) -> Result<(), RecordCodecError> {
+        run.reserve(16 + self.payload_len() + self.headers_len() + 4 * self.headers.len());
+        let out = postcard::to_extend(self, std::mem::take(run))
+            .map_err(|source| RecordCodecError::Decode { source })?;
+        *run = out;
+        Ok(())
+    }
+}
+
 /// Errors decoding stored or forwarded record bytes. Stored bytes were encoded by this
 /// code, so a decode failure means corruption or a version mismatch, never user input.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +151,14 @@ impl EncodedRecords {
             count,
             bytes: Bytes::from(out),
         })
+    }
+
+    /// A run built record by record with [`RecordRef::encode_into`].
+    pub fn from_run(count: u32, run: Vec<u8>) -> Self {
+        Self {
+            count,
+            bytes: Bytes::from(run),
+        }
     }
 
     /// Size in bytes, for batching limits.
@@ -237,6 +298,37 @@ mod tests {
         assert_eq!(view.key, original.key.as_deref());
         assert_eq!(view.value, None);
         assert_eq!(view.headers, vec![("h", &b"v"[..])]);
+    }
+
+    #[test]
+    fn a_borrowed_record_encodes_exactly_as_the_owned_one() {
+        for original in [
+            record(3),
+            Record {
+                key: None,
+                value: None,
+                headers: Vec::new(),
+                kind: ValueKind::Binary,
+                timestamp_ms: -5,
+            },
+        ] {
+            let borrowed = RecordRef {
+                timestamp_ms: original.timestamp_ms,
+                kind: original.kind,
+                key: original.key.as_deref().map(RawBytes),
+                value: original.value.as_deref().map(RawBytes),
+                headers: original
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), RawBytes(v)))
+                    .collect(),
+            };
+            let mut run = Vec::new();
+            borrowed.encode_into(&mut run).unwrap();
+            borrowed.encode_into(&mut run).unwrap();
+            let owned = EncodedRecords::encode([&original, &original]).unwrap();
+            assert_eq!(run, owned.bytes.to_vec());
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! means a 4xx and nothing written. Records are grouped by partition, each group goes to
 //! its partition leader as one append, and offsets come back in request order.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
@@ -16,7 +18,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 use psubd_actors::partition::Appended;
-use psubd_actors::record::{EncodedRecords, Record, ValueKind};
+use psubd_actors::record::{EncodedRecords, RawBytes, Record, RecordRef, ValueKind};
 use psubd_actors::topic::TopicMeta;
 use serde::Deserialize;
 use serde_json::json;
@@ -75,10 +77,16 @@ struct PublishBody<'a> {
     encoding: Encoding,
 }
 
+/// A JSON string, borrowed from the body unless it holds escapes (which must be decoded):
+/// most keys and `encoding: string` values are copied once, into their encoding.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
 #[derive(Deserialize)]
 struct PublishRecord<'a> {
-    #[serde(default)]
-    key: Option<String>,
+    #[serde(borrow, default)]
+    key: Option<Text<'a>>,
     #[serde(borrow, default)]
     value: Option<&'a RawValue>,
     #[serde(default)]
@@ -89,10 +97,72 @@ struct PublishRecord<'a> {
     timestamp_ms: Option<i64>,
 }
 
-/// A validated record with its partition.
-struct Routed {
+/// A validated record and its partition, borrowing what it can from the request body.
+struct Checked<'a> {
     partition: u32,
-    record: Record,
+    timestamp_ms: i64,
+    kind: ValueKind,
+    key: Option<Cow<'a, [u8]>>,
+    value: Option<Cow<'a, [u8]>>,
+    /// Sorted by name (a JSON object's names are unique).
+    headers: Vec<(String, String)>,
+}
+
+/// Where one record of a request went: its partition and its place in that partition's
+/// run (its offset is the run's base offset plus `position`).
+struct Slot {
+    partition: u32,
+    position: u32,
+    timestamp_ms: i64,
+}
+
+/// One partition's share of a request: its records, encoded back to back.
+#[derive(Default)]
+struct Run {
+    count: u32,
+    bytes: Vec<u8>,
+}
+
+/// A request's records, encoded into one run per partition as they are validated: no
+/// owned copy of a record is kept, and nothing is grouped afterwards.
+#[derive(Default)]
+struct Batches {
+    runs: BTreeMap<u32, Run>,
+    /// One per record, in request order.
+    slots: Vec<Slot>,
+}
+
+impl Batches {
+    /// Encodes a validated record into its partition's run; returns its slot index.
+    fn push(&mut self, record: &Checked<'_>) -> Result<usize, ApiError> {
+        let run = self.runs.entry(record.partition).or_default();
+        RecordRef {
+            timestamp_ms: record.timestamp_ms,
+            kind: record.kind,
+            key: record.key.as_deref().map(RawBytes),
+            value: record.value.as_deref().map(RawBytes),
+            headers: record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), RawBytes(v.as_bytes())))
+                .collect(),
+        }
+        .encode_into(&mut run.bytes)
+        .map_err(|e| ApiError::Internal {
+            detail: format!("record encoding: {e}"),
+        })?;
+        self.slots.push(Slot {
+            partition: record.partition,
+            position: run.count,
+            timestamp_ms: record.timestamp_ms,
+        });
+        run.count += 1;
+        Ok(self.slots.len() - 1)
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
 }
 
 fn now_ms() -> i64 {
@@ -146,13 +216,24 @@ fn choose_partition(
 pub(crate) fn check_sizes(limits: &Limits, record: &Record) -> Result<(), ApiError> {
     let size =
         record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len());
+    let header_size: usize = record.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    check_lengths(limits, size, header_size)
+}
+
+fn check_checked(limits: &Limits, record: &Checked<'_>) -> Result<(), ApiError> {
+    let size =
+        record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len());
+    let header_size: usize = record.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    check_lengths(limits, size, header_size)
+}
+
+fn check_lengths(limits: &Limits, size: usize, header_size: usize) -> Result<(), ApiError> {
     if size > limits.max_record_bytes {
         return Err(ApiError::RecordTooLarge {
             size,
             limit: limits.max_record_bytes,
         });
     }
-    let header_size: usize = record.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     if header_size > limits.max_header_bytes {
         return Err(ApiError::HeadersTooLarge {
             size: header_size,
@@ -162,76 +243,81 @@ pub(crate) fn check_sizes(limits: &Limits, record: &Record) -> Result<(), ApiErr
     Ok(())
 }
 
-fn decode_base64(what: &str, text: &str) -> Result<Bytes, ApiError> {
+fn decode_base64(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map(Bytes::from)
         .map_err(|e| ApiError::InvalidRequest {
             message: format!("{what} is not valid base64: {e}"),
         })
 }
 
-fn to_record(
+/// A key or value: borrowed from the body, or decoded (escapes, base64).
+type Part<'a> = Cow<'a, [u8]>;
+
+/// Validates one record of a JSON body, borrowing key and value from it where it can.
+fn to_record<'a>(
     state: &AppState,
     topic: &TopicMeta,
     encoding: Encoding,
-    raw: PublishRecord<'_>,
-) -> Result<Routed, ApiError> {
-    let (kind, key, value) = match encoding {
+    raw: PublishRecord<'a>,
+) -> Result<Checked<'a>, ApiError> {
+    let key_text = raw.key.map(|k| k.0);
+    let (kind, key, value): (ValueKind, Option<Part<'a>>, Option<Part<'a>>) = match encoding {
         Encoding::Json => (
             ValueKind::Json,
-            raw.key.map(Bytes::from),
-            raw.value
-                .map(|v| Bytes::copy_from_slice(v.get().as_bytes())),
+            key_text.map(cow_bytes),
+            raw.value.map(|v| Cow::Borrowed(v.get().as_bytes())),
         ),
         Encoding::String => {
             let value = match raw.value {
                 None => None,
-                Some(v) => Some(Bytes::from(
-                    serde_json::from_str::<String>(v.get()).map_err(|_| {
-                        ApiError::InvalidRequest {
+                Some(v) => Some(cow_bytes(
+                    serde_json::from_str::<Text<'a>>(v.get())
+                        .map_err(|_| ApiError::InvalidRequest {
                             message: "with encoding 'string', value must be a JSON string".into(),
-                        }
-                    })?,
+                        })?
+                        .0,
                 )),
             };
-            (ValueKind::String, raw.key.map(Bytes::from), value)
+            (ValueKind::String, key_text.map(cow_bytes), value)
         }
         Encoding::Base64 => {
             let value = match raw.value {
                 None => None,
                 Some(v) => {
-                    let text = serde_json::from_str::<String>(v.get()).map_err(|_| {
+                    let text = serde_json::from_str::<Text<'_>>(v.get()).map_err(|_| {
                         ApiError::InvalidRequest {
                             message: "with encoding 'base64', value must be a base64 string".into(),
                         }
                     })?;
-                    Some(decode_base64("value", &text)?)
+                    Some(Cow::Owned(decode_base64("value", &text.0)?))
                 }
             };
-            let key = raw
-                .key
+            let key = key_text
                 .as_deref()
-                .map(|k| decode_base64("key", k))
+                .map(|k| decode_base64("key", k).map(Cow::Owned))
                 .transpose()?;
             (ValueKind::Binary, key, value)
         }
     };
     let partition = choose_partition(state, topic, raw.partition, key.as_deref())?;
-    let record = Record {
+    let record = Checked {
+        partition,
         timestamp_ms: raw.timestamp_ms.unwrap_or_else(now_ms),
         kind,
         key,
         value,
-        headers: raw
-            .headers
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, Bytes::from(v)))
-            .collect(),
+        headers: raw.headers.unwrap_or_default().into_iter().collect(),
     };
-    check_sizes(&state.limits, &record)?;
-    Ok(Routed { partition, record })
+    check_checked(&state.limits, &record)?;
+    Ok(record)
+}
+
+fn cow_bytes(text: Cow<'_, str>) -> Cow<'_, [u8]> {
+    match text {
+        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+    }
 }
 
 async fn read_body(limits: &Limits, body: Body) -> Result<Bytes, ApiError> {
@@ -249,51 +335,58 @@ struct Delivered {
     timestamp_ms: i64,
 }
 
-/// Appends validated records, one append per partition, concurrently; reports per record
-/// in request order.
-async fn append_all(state: &AppState, topic: &TopicMeta, routed: Vec<Routed>) -> Vec<Delivered> {
-    let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (index, r) in routed.iter().enumerate() {
-        by_partition.entry(r.partition).or_default().push(index);
-    }
-    let appends = by_partition.iter().map(|(partition, indexes)| {
-        let records = indexes.iter().map(|i| &routed[*i].record);
-        let placement = &topic.partitions[*partition as usize];
-        let encoded = EncodedRecords::encode(records);
+/// Appends a request's records, one append per partition, concurrently; reports per
+/// record in request order.
+async fn append_all(state: &AppState, topic: &TopicMeta, batches: Batches) -> Vec<Delivered> {
+    let Batches { runs, slots } = batches;
+    let partitions: Vec<u32> = runs.keys().copied().collect();
+    let appends = runs.into_iter().map(|(partition, run)| {
+        let placement = topic.partitions.get(partition as usize);
+        let encoded = EncodedRecords::from_run(run.count, run.bytes);
         async move {
-            let encoded = encoded.map_err(|e| ApiError::Internal {
-                detail: format!("record encoding: {e}"),
-            })?;
-            state.edge.append(placement, encoded).await
+            match placement {
+                Some(placement) => state.edge.append(placement, encoded).await,
+                None => Err(ApiError::PartitionNotFound {
+                    topic: topic.name.clone(),
+                    partition: u64::from(partition),
+                }),
+            }
         }
     });
     let results: Vec<Result<Appended, ApiError>> = futures::future::join_all(appends).await;
-    let mut reports: Vec<Option<Delivered>> = routed.iter().map(|_| None).collect();
-    for ((partition, indexes), result) in by_partition.into_iter().zip(results) {
-        for (position, index) in indexes.into_iter().enumerate() {
-            let result = match &result {
-                Ok(appended) => Ok(appended.base_offset + position as u64),
-                Err(error) => Err(clone_error(error)),
+    let outcome = |partition: u32| {
+        partitions
+            .binary_search(&partition)
+            .ok()
+            .and_then(|i| results.get(i))
+    };
+    let mut published = 0u64;
+    let reports: Vec<Delivered> = slots
+        .iter()
+        .map(|slot| {
+            let result = match outcome(slot.partition) {
+                Some(Ok(appended)) => {
+                    published += 1;
+                    Ok(appended.base_offset + u64::from(slot.position))
+                }
+                Some(Err(error)) => Err(clone_error(error)),
+                None => Err(ApiError::Internal {
+                    detail: "no append for a partition of the request".into(),
+                }),
             };
-            reports[index] = Some(Delivered {
-                partition,
+            Delivered {
+                partition: slot.partition,
                 result,
-                timestamp_ms: routed[index].record.timestamp_ms,
-            });
-        }
-    }
+                timestamp_ms: slot.timestamp_ms,
+            }
+        })
+        .collect();
     state
         .metrics
         .records_published
         .with_label_values(&[&topic.name])
-        .inc_by(
-            reports
-                .iter()
-                .flatten()
-                .filter(|d| d.result.is_ok())
-                .count() as u64,
-        );
-    reports.into_iter().flatten().collect()
+        .inc_by(published);
+    reports
 }
 
 /// Errors are reported once per record; this rebuilds one for each.
@@ -346,8 +439,15 @@ fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {
     } else {
         StatusCode::MULTI_STATUS
     };
-    let offsets: Vec<serde_json::Value> = reports.iter().map(report_json).collect();
-    let mut response = (status, Json(json!({ "offsets": offsets }))).into_response();
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        offsets_json(&reports),
+    )
+        .into_response();
     if raw_mode {
         if let Some(Delivered {
             partition,
@@ -361,6 +461,31 @@ fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {
         }
     }
     response
+}
+
+/// `{"offsets":[...]}`, written straight into the body: the same JSON `report_json`
+/// gives (names in the same order), without a `serde_json::Value` map per record.
+fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + reports.len() * 64);
+    out.extend_from_slice(b"{\"offsets\":[");
+    for (i, d) in reports.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing into a Vec cannot fail.
+        let _ = match &d.result {
+            Ok(offset) => write!(
+                out,
+                "{{\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
+                d.partition, d.timestamp_ms
+            ),
+            Err(_) => {
+                serde_json::to_writer(&mut out, &report_json(d)).map_err(std::io::Error::other)
+            }
+        };
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -385,11 +510,12 @@ async fn publish(
     };
     let body = read_body(&state.limits, body).await?;
     let meta = state.edge.topic(&topic).await?;
-    let routed = if raw_mode {
-        let key = headers
+    let mut batches = Batches::default();
+    if raw_mode {
+        let key: Option<&[u8]> = headers
             .get("x-key")
-            .map(|v| Bytes::copy_from_slice(v.as_bytes()))
-            .or(params.key.map(Bytes::from));
+            .map(|v| v.as_bytes())
+            .or(params.key.as_deref().map(str::as_bytes));
         let partition = params
             .partition
             .map(|p| {
@@ -406,16 +532,16 @@ async fn publish(
         } else {
             ValueKind::Binary
         };
-        let partition = choose_partition(&state, &meta, partition, key.as_deref())?;
-        let record = Record {
+        let record = Checked {
+            partition: choose_partition(&state, &meta, partition, key)?,
             timestamp_ms: now_ms(),
             kind,
-            key,
-            value: Some(body),
+            key: key.map(Cow::Borrowed),
+            value: Some(Cow::Borrowed(&body[..])),
             headers: Vec::new(),
         };
-        check_sizes(&state.limits, &record)?;
-        vec![Routed { partition, record }]
+        check_checked(&state.limits, &record)?;
+        batches.push(&record)?;
     } else {
         let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson {
             message: "body is not UTF-8".into(),
@@ -436,12 +562,12 @@ async fn publish(
             });
         }
         let encoding = params.encoding.unwrap_or(parsed.encoding);
-        parsed
-            .records
-            .into_iter()
-            .map(|r| to_record(&state, &meta, encoding, r))
-            .collect::<Result<Vec<_>, _>>()?
-    };
+        // Every record is validated before anything is sent: a bad one anywhere means a
+        // 4xx and nothing written.
+        for raw in parsed.records {
+            batches.push(&to_record(&state, &meta, encoding, raw)?)?;
+        }
+    }
     if acks == AcksParam::None {
         let permit =
             state
@@ -452,15 +578,15 @@ async fn publish(
                 .map_err(|_| ApiError::Unavailable {
                     reason: "node shutting down".into(),
                 })?;
-        let count = routed.len();
+        let count = batches.len();
         let background = state.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            append_all(&background, &meta, routed).await;
+            append_all(&background, &meta, batches).await;
         });
         return Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": count }))).into_response());
     }
-    Ok(answer(append_all(&state, &meta, routed).await, raw_mode))
+    Ok(answer(append_all(&state, &meta, batches).await, raw_mode))
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -520,7 +646,7 @@ async fn publish_lines(
 ) -> Vec<serde_json::Value> {
     // Each line is either refused on its own (its report is ready) or routed.
     let mut slots: Vec<Result<usize, serde_json::Value>> = Vec::with_capacity(lines.len());
-    let mut routed = Vec::new();
+    let mut batches = Batches::default();
     for line in &lines {
         let slot = match line {
             Ok(line) if line.trim().is_empty() => continue,
@@ -529,10 +655,7 @@ async fn publish_lines(
                     message: format!("invalid JSON line: {e}"),
                 })
                 .and_then(|parsed| to_record(state, meta, encoding, parsed))
-                .map(|r| {
-                    routed.push(r);
-                    routed.len() - 1
-                })
+                .and_then(|record| batches.push(&record))
                 .map_err(|error| error.body()),
             Err(LinesCodecError::MaxLineLengthExceeded) => Err(ApiError::RecordTooLarge {
                 size: max_line,
@@ -546,10 +669,10 @@ async fn publish_lines(
         };
         slots.push(slot);
     }
-    let delivered = if routed.is_empty() {
+    let delivered = if batches.len() == 0 {
         Vec::new()
     } else {
-        append_all(state, meta, routed).await
+        append_all(state, meta, batches).await
     };
     slots
         .into_iter()

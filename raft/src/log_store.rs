@@ -43,7 +43,11 @@ pub(crate) fn encode<T: Serialize>(
     what: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, StorageIoError> {
-    postcard::to_allocvec(value).map_err(|e| StorageIoError::codec(what, e))
+    // Sized first, so a record-batch entry (tens of KiB) is written once into a buffer of
+    // its exact size, not copied through every doubling of a growing one.
+    let size = postcard::experimental::serialized_size(value)
+        .map_err(|e| StorageIoError::codec(what, e))?;
+    postcard::to_extend(value, Vec::with_capacity(size)).map_err(|e| StorageIoError::codec(what, e))
 }
 
 /// Postcard-decodes `bytes`.

@@ -275,6 +275,9 @@ struct SledEngine {
     db: sled::Db,
     /// Where the segment log and blob files are; only the flush's syncs use it.
     dir: PathBuf,
+    /// sled's segment log, opened once: every flush fdatasyncs it, and sled never replaces
+    /// the file (it only grows and reuses it), so one handle serves for the database's life.
+    log_file: Arc<std::fs::File>,
     /// Blob files already fsynced, so each is synced once. Replaced by the current listing
     /// on every flush, so it never holds more names than the directory does.
     synced_blobs: Arc<std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>>,
@@ -299,12 +302,12 @@ fn existing_segment_size(dir: &Path) -> Option<usize> {
 /// Makes everything sled wrote under `dir` durable after its own flush (see [`SledEngine`]).
 fn sync_sled_files(
     dir: &Path,
+    log_file: &std::fs::File,
     synced_blobs: &std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 ) -> Result<(), StorageIoError> {
-    let log = dir.join(SLED_LOG_FILE);
-    std::fs::File::open(&log)
-        .and_then(|f| f.sync_data())
-        .map_err(|e| StorageIoError::file("fsync the segment log", &log, e))?;
+    log_file
+        .sync_data()
+        .map_err(|e| StorageIoError::file("fsync the segment log", dir.join(SLED_LOG_FILE), e))?;
     let blobs = dir.join(SLED_BLOBS_DIR);
     let entries = match std::fs::read_dir(&blobs) {
         Ok(entries) => entries,
@@ -352,9 +355,13 @@ impl SledEngine {
             .flush_every_ms(None)
             .open()
             .map_err(sled_err("open the database"))?;
+        let log_path = dir.join(SLED_LOG_FILE);
+        let log_file = std::fs::File::open(&log_path)
+            .map_err(|e| StorageIoError::file("open the segment log", &log_path, e))?;
         Ok(SledEngine {
             db,
             dir: dir.to_path_buf(),
+            log_file: Arc::new(log_file),
             synced_blobs: Arc::default(),
         })
     }
@@ -385,6 +392,7 @@ impl Engine for SledEngine {
     fn flush(&self) -> BoxFuture<'static, Result<(), StorageIoError>> {
         let db = self.db.clone();
         let dir = self.dir.clone();
+        let log_file = self.log_file.clone();
         let synced_blobs = self.synced_blobs.clone();
         Box::pin(async move {
             db.flush_async()
@@ -393,7 +401,7 @@ impl Engine for SledEngine {
                 .map_err(sled_err("flush"))?;
             // sled's flush wrote and range-synced the log; now make it durable for real.
             crate::snapshot::blocking("fsync the database", move || {
-                sync_sled_files(&dir, &synced_blobs)
+                sync_sled_files(&dir, &log_file, &synced_blobs)
             })
             .await
         })

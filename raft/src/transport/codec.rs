@@ -153,7 +153,10 @@ pub(crate) fn length_codec() -> LengthDelimitedCodec {
 /// [`TransportError::Codec`] if postcard fails, [`TransportError::FrameTooLarge`] if the
 /// result exceeds [`MAX_FRAME_BYTES`].
 pub(crate) fn encode(frame: &Frame) -> Result<Bytes, TransportError> {
-    let body = postcard::to_allocvec(frame)?;
+    // Sized first: an AppendEntries frame carries whole record batches, and a growing
+    // buffer would copy them once per doubling.
+    let size = postcard::experimental::serialized_size(frame)?;
+    let body = postcard::to_extend(frame, Vec::with_capacity(size))?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(TransportError::FrameTooLarge {
             bytes: body.len(),

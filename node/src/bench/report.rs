@@ -115,6 +115,21 @@ pub struct RateDrift {
     pub last_tenth_per_s: f64,
     /// `(last - first) / first`, percent.
     pub change_pct: f64,
+    /// Mean publish rate over each tenth of the window, in order: how the rate moved as
+    /// the log grew (the "10 million records" row).
+    pub tenths_per_s: Vec<f64>,
+}
+
+/// CPU the nodes (and the load generator) used in the window, per record published:
+/// unlike records/s, hardly moved by other work on a shared machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuCost {
+    /// CPU seconds of all local node processes in the window.
+    pub node_cpu_s: f64,
+    /// CPU seconds of the load generator in the window.
+    pub bench_cpu_s: f64,
+    /// Node CPU milliseconds per 1,000 records published in the window.
+    pub node_ms_per_1k_records: f64,
 }
 
 /// One measurement.
@@ -137,6 +152,8 @@ pub struct RunResult {
     pub series: Vec<SeriesPoint>,
     /// Highest resident memory per node during the run, bytes.
     pub node_rss_max_bytes: BTreeMap<String, u64>,
+    /// CPU per record, when the nodes are local processes and records were published.
+    pub cpu: Option<CpuCost>,
 }
 
 impl RunResult {
@@ -153,6 +170,9 @@ impl RunResult {
         }
         let tenth = points.len() / 10;
         let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+        let tenths_per_s = (0..10)
+            .map(|i| mean(&points[i * points.len() / 10..(i + 1) * points.len() / 10]))
+            .collect();
         let first = mean(&points[..tenth]);
         let last = mean(&points[points.len() - tenth..]);
         Some(RateDrift {
@@ -163,6 +183,28 @@ impl RunResult {
             } else {
                 0.0
             },
+            tenths_per_s,
+        })
+    }
+
+    /// Node CPU per record over the window's whole seconds (from the per-second series).
+    pub fn cpu_cost(series: &[SeriesPoint], window: Duration) -> Option<CpuCost> {
+        let w = window.as_secs_f64();
+        let inside: Vec<&SeriesPoint> = series
+            .iter()
+            .filter(|p| p.t_s >= 0.0 && p.t_s <= w + 0.5)
+            .collect();
+        let (first, last) = (inside.first()?, inside.last()?);
+        let records = last.published.checked_sub(first.published)?;
+        let node_cpu_s = last.node_cpu_s? - first.node_cpu_s?;
+        let bench_cpu_s = match (last.bench_cpu_s, first.bench_cpu_s) {
+            (Some(l), Some(f)) => l - f,
+            _ => 0.0,
+        };
+        (records > 0).then(|| CpuCost {
+            node_cpu_s,
+            bench_cpu_s,
+            node_ms_per_1k_records: node_cpu_s * 1000.0 / (records as f64 / 1000.0),
         })
     }
 }
@@ -388,6 +430,12 @@ pub fn print_details(runs: &[RunResult]) {
         println!("node RSS max: {}", list.join(", "));
     }
     for r in runs {
+        if let Some(c) = &r.cpu {
+            println!(
+                "run {}: node CPU {:.1} s ({:.2} ms per 1,000 records), load generator CPU {:.1} s",
+                r.run, c.node_cpu_s, c.node_ms_per_1k_records, c.bench_cpu_s
+            );
+        }
         if let Some(d) = &r.rate_drift {
             println!(
                 "run {}: publish rate first tenth {} rec/s, last tenth {} rec/s ({:+.1} %)",
@@ -395,6 +443,12 @@ pub fn print_details(runs: &[RunResult]) {
                 thousands(d.first_tenth_per_s),
                 thousands(d.last_tenth_per_s),
                 d.change_pct
+            );
+            let tenths: Vec<String> = d.tenths_per_s.iter().map(|v| thousands(*v)).collect();
+            println!(
+                "run {}: publish rate by tenth of the window (rec/s): {}",
+                r.run,
+                tenths.join(", ")
             );
         }
     }
@@ -582,9 +636,19 @@ mod tests {
                 t_s: t as f64,
                 publish_per_s: if t <= 10 { 100.0 } else { 80.0 },
                 consume_per_s: 0.0,
+                published: 90 * t,
+                node_cpu_s: Some(0.5 * t as f64),
+                bench_cpu_s: None,
             })
             .collect();
         let d = RunResult::drift(&series, Duration::from_secs(20)).unwrap();
+        assert_eq!(d.tenths_per_s.len(), 10);
+        assert_eq!(d.tenths_per_s[0], 100.0);
+        assert_eq!(d.tenths_per_s[9], 80.0);
+        // 19 s of the window: 9.5 CPU s for 1,710 records = 5,555.6 ms per 1,000.
+        let c = RunResult::cpu_cost(&series, Duration::from_secs(20)).unwrap();
+        assert!((c.node_cpu_s - 9.5).abs() < 1e-9);
+        assert!((c.node_ms_per_1k_records - 9_500.0 / 1.71).abs() < 1e-6);
         assert_eq!(d.first_tenth_per_s, 100.0);
         assert_eq!(d.last_tenth_per_s, 80.0);
         assert!((d.change_pct + 20.0).abs() < 1e-9);

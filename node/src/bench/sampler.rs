@@ -1,5 +1,6 @@
-//! Once a second: the rates so far (for progress lines and the JSON series) and the
-//! nodes' resident memory (for the "RSS under load" target).
+//! Once a second: the rates so far (for progress lines and the JSON series), the
+//! nodes' resident memory (for the "RSS under load" target) and, for local nodes, the CPU
+//! time they used (CPU per record is a steadier figure than records/s on a shared machine).
 //!
 //! Producers and consumers bump two relaxed atomics per request; nothing else is shared
 //! with the hot loops.
@@ -61,6 +62,13 @@ pub struct SeriesPoint {
     pub publish_per_s: f64,
     /// Records/s received by consumers in this second.
     pub consume_per_s: f64,
+    /// Records acknowledged to producers since the run began (warm-up included).
+    pub published: u64,
+    /// CPU seconds (user + system) the local node processes have used since they started;
+    /// `None` when the nodes are not local processes.
+    pub node_cpu_s: Option<f64>,
+    /// CPU seconds this load generator has used since it started.
+    pub bench_cpu_s: Option<f64>,
 }
 
 /// What the sampler saw over a run.
@@ -107,10 +115,20 @@ pub async fn sample(
         } else {
             -(clock.window_start() - now).as_secs_f64()
         };
+        let node_cpu_s = match &rss {
+            Some(RssSource::Pids(pids)) => pids
+                .iter()
+                .map(|(_, pid)| cpu_seconds_of(&pid.to_string()))
+                .sum::<Option<f64>>(),
+            _ => None,
+        };
         samples.series.push(SeriesPoint {
             t_s,
             publish_per_s: (counts.0 - last.1 .0) as f64 / secs,
             consume_per_s: (counts.1 - last.1 .1) as f64 / secs,
+            published: counts.0,
+            node_cpu_s,
+            bench_cpu_s: cpu_seconds_of("self"),
         });
         last = (now, counts);
         if let Some(source) = rss.as_mut() {
@@ -209,6 +227,20 @@ pub fn process_ids() -> Vec<u32> {
         .collect()
 }
 
+/// User + system CPU seconds a local process has used (`/proc/<pid>/stat` fields 14
+/// and 15); `pid` may be `self`.
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
+}
+
 /// `VmRSS` of a local process, bytes.
 fn rss_of_pid(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -246,6 +278,18 @@ mod tests {
                     process_resident_memory_bytes 1.23456e+08\n";
         assert_eq!(parse_rss_metric(text), Some(123_456_000));
         assert_eq!(parse_rss_metric("up 1\n"), None);
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        // Burn a little CPU so the figure cannot be zero at tick resolution.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        assert!(x != 1);
+        assert!(cpu_seconds_of("self").is_some_and(|s| s > 0.0));
     }
 
     #[test]

@@ -393,6 +393,9 @@ impl Session<'_> {
             rate_drift: (a.producers > 0)
                 .then(|| RunResult::drift(&samples.series, window))
                 .flatten(),
+            cpu: (a.producers > 0)
+                .then(|| RunResult::cpu_cost(&samples.series, window))
+                .flatten(),
             series: samples.series,
             node_rss_max_bytes: samples.rss_max,
         })

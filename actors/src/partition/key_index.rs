@@ -259,8 +259,8 @@ impl PartitionReader {
         if offset < bounds.log_start {
             return Ok(None);
         }
-        let fetched = match self.read_sparse(offset, 1, usize::MAX) {
-            Ok(fetched) => fetched.records,
+        let fetched = match self.read(offset, 1, usize::MAX) {
+            Ok(fetched) => fetched,
             Err(ReadError::OutOfRange { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };

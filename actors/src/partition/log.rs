@@ -35,7 +35,7 @@ use tracing::warn;
 use super::compaction::{CompactCommand, CompactionProgress, StoredBatch, SPARSE_FLAG};
 use super::key_index::{StagedIndex, INDEX_END};
 use super::retention::{BatchIndex, BatchSummary};
-use crate::record::batch_count;
+use crate::record::{batch_count, RecordCodecError, RecordIter, RecordView};
 use crate::topic::CleanupPolicy;
 
 const BATCH_PREFIX: u8 = b'b';
@@ -166,41 +166,76 @@ pub struct PartitionReader {
     shared: Arc<Shared>,
 }
 
-/// A run of fetched records: `count` encoded records starting at `first_offset`.
+/// Records read from a partition, with their offsets. Compaction leaves gaps in a
+/// compacted topic's offsets, so a read may carry records whose offsets are not
+/// consecutive: take offsets from [`FetchedRecords::iter`] (or
+/// [`FetchedRecords::offset_of`]), never as `first_offset + i`, and continue from
+/// `next_offset`, never from the last offset plus one. Travels between nodes in forward
+/// answers (serde).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FetchedRecords {
-    /// Offset of the first record in `bytes`.
+    /// Offset of the first record in `bytes`; when there is none, equal to `next_offset`.
     pub first_offset: u64,
     /// Records in `bytes`.
     pub count: u32,
     /// Concatenated record encodings (see [`crate::record::RecordIter::run`]).
     pub bytes: Bytes,
+    /// The offset of each record, ascending. Empty when the records are dense
+    /// (`first_offset`, `first_offset + 1`, …), as they are on every topic that was never
+    /// compacted. Invariant: empty or `count` long.
+    pub offsets: Vec<u64>,
+    /// Where the next read starts: past the last record returned and past any gap
+    /// compaction left after it that this read crossed (at the high watermark when the
+    /// read reached it). Never below a returned offset, so continuing from it re-reads
+    /// nothing.
+    pub next_offset: u64,
     /// First offset stored when read.
     pub log_start: u64,
     /// High watermark when read.
     pub high_watermark: u64,
 }
 
-/// Records read across compacted gaps: see [`PartitionReader::read_sparse`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SparseRecords {
-    /// The records (`first_offset` is the first record's offset, `count` how many).
-    pub records: FetchedRecords,
-    /// The offset of each record, ascending; empty when they are dense (`first_offset`,
-    /// `first_offset + 1`, …).
-    pub offsets: Vec<u64>,
-    /// Where the next read starts: past the last record returned, or at the high
-    /// watermark when the read reached it.
-    pub next_offset: u64,
-}
-
-impl SparseRecords {
+impl FetchedRecords {
     /// The offset of the `i`-th record.
     pub fn offset_of(&self, i: usize) -> u64 {
         self.offsets
             .get(i)
             .copied()
-            .unwrap_or(self.records.first_offset + i as u64)
+            .unwrap_or(self.first_offset + i as u64)
+    }
+
+    /// The records with their offsets, in offset order, decoded in place.
+    pub fn iter(&self) -> FetchedIter<'_> {
+        FetchedIter {
+            fetched: self,
+            records: RecordIter::run(&self.bytes),
+            index: 0,
+        }
+    }
+}
+
+/// Iterates a [`FetchedRecords`] as `(offset, record)` pairs: see [`FetchedRecords::iter`].
+pub struct FetchedIter<'a> {
+    fetched: &'a FetchedRecords,
+    records: RecordIter<'a>,
+    index: usize,
+}
+
+impl<'a> FetchedIter<'a> {
+    /// The encodings of the records not yet returned (callers budget by their size).
+    pub fn remaining(&self) -> &'a [u8] {
+        self.records.remaining()
+    }
+}
+
+impl<'a> Iterator for FetchedIter<'a> {
+    type Item = Result<(u64, RecordView<'a>), RecordCodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let record = self.records.next()?;
+        let offset = self.fetched.offset_of(self.index);
+        self.index += 1;
+        Some(record.map(|view| (offset, view)))
     }
 }
 
@@ -552,11 +587,12 @@ impl PartitionReader {
         self.shared.tree.get()
     }
 
-    /// Reads committed records from `offset` as one dense run: records at `first_offset,
-    /// first_offset + 1, …` (the run stops at the first offset compaction removed; a
-    /// leading gap moves `first_offset` forward). At most `max_records`, and at most
-    /// `max_bytes` of encodings except that one record is always returned. An empty answer
-    /// (nothing from `offset` on) has `first_offset` at the high watermark.
+    /// Reads committed records from `offset` on, with their offsets: at most
+    /// `max_records`, and at most `max_bytes` of encodings except that one record is
+    /// always returned. The read crosses the gaps compaction left (a compacted range
+    /// yields its survivors at their original offsets; an `offset` inside a gap starts at
+    /// the next survivor), so a compacted topic reads in full pages. An empty answer
+    /// (nothing from `offset` on) has `next_offset` at the high watermark.
     ///
     /// # Errors
     /// [`ReadError::OutOfRange`] outside `[log_start, high_watermark]`.
@@ -566,32 +602,6 @@ impl PartitionReader {
         max_records: u32,
         max_bytes: usize,
     ) -> Result<FetchedRecords, ReadError> {
-        self.scan(offset, max_records, max_bytes, true)
-            .map(|sparse| sparse.records)
-    }
-
-    /// Reads committed records from `offset` with their offsets, across compacted gaps:
-    /// a compacted range yields its survivors with their original offsets, and
-    /// `next_offset` moves past what was read. Limits as [`PartitionReader::read`].
-    ///
-    /// # Errors
-    /// [`ReadError::OutOfRange`] outside `[log_start, high_watermark]`.
-    pub fn read_sparse(
-        &self,
-        offset: u64,
-        max_records: u32,
-        max_bytes: usize,
-    ) -> Result<SparseRecords, ReadError> {
-        self.scan(offset, max_records, max_bytes, false)
-    }
-
-    fn scan(
-        &self,
-        offset: u64,
-        max_records: u32,
-        max_bytes: usize,
-        dense_only: bool,
-    ) -> Result<SparseRecords, ReadError> {
         let tree = self.shared.tree.get().ok_or(ReadError::NotReady)?;
         let bounds = self.bounds();
         if offset < bounds.log_start || offset > bounds.next_offset {
@@ -601,24 +611,22 @@ impl PartitionReader {
                 high_watermark: bounds.next_offset,
             });
         }
-        let mut out = SparseRecords {
-            records: FetchedRecords {
-                first_offset: bounds.next_offset,
-                count: 0,
-                bytes: Bytes::new(),
-                log_start: bounds.log_start,
-                high_watermark: bounds.next_offset,
-            },
+        let mut out = FetchedRecords {
+            first_offset: bounds.next_offset,
+            count: 0,
+            bytes: Bytes::new(),
             offsets: Vec::new(),
             next_offset: bounds.next_offset,
+            log_start: bounds.log_start,
+            high_watermark: bounds.next_offset,
         };
         if offset == bounds.next_offset || max_records == 0 {
-            out.records.first_offset = offset;
+            out.first_offset = offset;
             out.next_offset = offset;
             return Ok(out);
         }
         let storage = |e: StorageIoError| ReadError::Storage(e.to_string());
-        let decode = |e: crate::record::RecordCodecError| ReadError::Storage(e.to_string());
+        let decode = |e: RecordCodecError| ReadError::Storage(e.to_string());
         // The greatest batch key at or below `offset`: no batch keyed lower holds an offset
         // at or above it. A sparse batch is keyed above its first offsets, so the one
         // holding `offset` may come later in key order: scan upwards from here.
@@ -631,7 +639,8 @@ impl PartitionReader {
         // The next offset wanted: records below it are skipped (before `offset`, or a second
         // copy met while a compaction rewrote batches under the scan).
         let mut expected = offset;
-        let mut stopped = false;
+        // Where a read stopped by a limit continues; `None` when it ran to the end.
+        let mut stopped_at = None;
         'batches: for item in tree.range(&start_key, Some(&end_key)) {
             let (key, stored) = item.map_err(storage)?;
             let Some(base) = base_offset_of(&key) else {
@@ -642,39 +651,37 @@ impl PartitionReader {
                 if record.offset < expected {
                     continue;
                 }
-                if out.records.count == 0 && record.offset != offset {
-                    // Either compaction removed `offset` (fine: start at the survivor), or
-                    // the batch holding it left the tree after the bounds were read (a trim):
-                    // then answer as if the trim had come first.
-                    let now = self.bounds();
-                    if offset < now.log_start {
-                        return Err(ReadError::OutOfRange {
-                            offset,
-                            log_start: now.log_start,
-                            high_watermark: now.next_offset,
-                        });
+                if out.count == 0 {
+                    if record.offset != offset {
+                        // Either compaction removed `offset` (fine: start at the survivor),
+                        // or the batch holding it left the tree after the bounds were read
+                        // (a trim): then answer as if the trim had come first.
+                        let now = self.bounds();
+                        if offset < now.log_start {
+                            return Err(ReadError::OutOfRange {
+                                offset,
+                                log_start: now.log_start,
+                                high_watermark: now.next_offset,
+                            });
+                        }
                     }
-                }
-                if out.records.count > 0 {
-                    let gap = record.offset != expected;
-                    if (dense_only && gap) || buf.len() + record.encoded.len() > max_bytes {
-                        stopped = true;
-                        break 'batches;
-                    }
-                } else {
-                    out.records.first_offset = record.offset;
+                    out.first_offset = record.offset;
+                } else if buf.len() + record.encoded.len() > max_bytes {
+                    // The record that did not fit is the next to read: past any gap before it.
+                    stopped_at = Some(record.offset);
+                    break 'batches;
                 }
                 buf.extend_from_slice(record.encoded);
                 out.offsets.push(record.offset);
-                out.records.count += 1;
+                out.count += 1;
                 expected = record.offset + 1;
-                if out.records.count >= max_records {
-                    stopped = true;
+                if out.count >= max_records {
+                    stopped_at = Some(expected);
                     break 'batches;
                 }
             }
         }
-        if out.records.count == 0 {
+        if out.count == 0 {
             // Nothing from `offset` on: compacted away, or trimmed after the bounds were read.
             let now = self.bounds();
             if offset < now.log_start {
@@ -685,14 +692,14 @@ impl PartitionReader {
                 });
             }
         }
-        if stopped {
-            out.next_offset = expected;
+        if let Some(next) = stopped_at {
+            out.next_offset = next;
         }
         if out.offsets.windows(2).all(|w| w[1] == w[0] + 1) {
             // Dense: the offsets are implied by `first_offset`.
             out.offsets.clear();
         }
-        out.records.bytes = buf.freeze();
+        out.bytes = buf.freeze();
         Ok(out)
     }
 }
@@ -724,6 +731,11 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(command),
         }
+    }
+
+    /// The offsets of a read, as its iterator yields them.
+    fn offsets(fetched: &FetchedRecords) -> Vec<u64> {
+        fetched.iter().map(|r| r.unwrap().0).collect()
     }
 
     fn values(fetched: &FetchedRecords) -> Vec<String> {
@@ -1017,20 +1029,14 @@ mod tests {
         .unwrap();
         // The pass covered 0..6 in one chunk: survivors a@4 and d@5 (tombstone too young);
         // b@1 dropped (b6 is newer), c's tombstone purged.
-        let fetched = reader.read_sparse(0, 100, 1 << 20).unwrap();
-        assert_eq!(
-            (fetched.records.first_offset, fetched.records.count),
-            (4, 3)
-        );
+        let fetched = reader.read(0, 100, 1 << 20).unwrap();
+        assert_eq!((fetched.first_offset, fetched.count), (4, 3));
         assert!(
             fetched.offsets.is_empty(),
             "4, 5, 6 are consecutive: implied"
         );
         assert_eq!(fetched.next_offset, 7);
-        assert_eq!(
-            (0..3).map(|i| fetched.offset_of(i)).collect::<Vec<_>>(),
-            vec![4, 5, 6]
-        );
+        assert_eq!(offsets(&fetched), vec![4, 5, 6]);
         assert_eq!(value_of(&reader, "b"), Some((6, "b6".into())));
         assert_eq!(value_of(&reader, "a"), Some((4, "a4".into())));
         assert_eq!(value_of(&reader, "c"), None);
@@ -1041,21 +1047,16 @@ mod tests {
             "c's index entry went with its tombstone"
         );
         // Offsets never move: reads from inside the gap start at the next survivor.
-        let from_one = reader.read_sparse(1, 100, 1 << 20).unwrap();
-        assert_eq!(from_one.records.first_offset, 4);
-        // A dense read stops at the first gap (4, 5, 6 are consecutive here).
-        let dense = reader.read(0, 100, 1 << 20).unwrap();
-        assert_eq!((dense.first_offset, dense.count), (4, 3));
+        let from_one = reader.read(1, 100, 1 << 20).unwrap();
+        assert_eq!(from_one.first_offset, 4);
         // max_records stops the read; next_offset then follows the last record.
-        let one = reader.read_sparse(0, 1, 1 << 20).unwrap();
-        assert_eq!(
-            (one.offsets.len(), one.records.count, one.next_offset),
-            (0, 1, 5)
-        );
+        let one = reader.read(0, 1, 1 << 20).unwrap();
+        assert_eq!((one.offsets.len(), one.count, one.next_offset), (0, 1, 5));
         // A later pass (after the tombstone aged) drops d and its key.
         sm.apply(vec![entry(5, compact(7, 5_000))]).await.unwrap();
-        let fetched = reader.read_sparse(0, 100, 1 << 20).unwrap();
+        let fetched = reader.read(0, 100, 1 << 20).unwrap();
         assert_eq!(fetched.offsets, vec![4, 6]);
+        assert_eq!(offsets(&fetched), vec![4, 6]);
         assert_eq!(
             reader.bounds().next_offset,
             7,
@@ -1074,5 +1075,110 @@ mod tests {
             keys,
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
         );
+    }
+
+    /// Reads cross compacted gaps and sparse batches up to the limits (issue 8): every
+    /// record comes with its original offset, `next_offset` continues past the gaps, and
+    /// paging by records or by bytes yields every survivor exactly once.
+    #[tokio::test]
+    async fn issue_08_reads_cross_sparse_batches_with_original_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
+        let (logic, reader) = PartitionLogic::with_policy(CleanupPolicy::Compact);
+        let mut sm = storage.state_machine(7, Box::new(logic)).unwrap();
+        // Entry i holds x{i}, hot, y{i} at 3i, 3i+1, 3i+2 (values name their offset); the
+        // last entry a value and an old tombstone of "gone" at 300, 301.
+        let value = |offset: u64| format!("v{offset:05}");
+        let mut entries: Vec<_> = (0..100u64)
+            .map(|i| {
+                entry(
+                    i + 1,
+                    append(&[
+                        keyed(&format!("x{i:03}"), Some(&value(3 * i)), 0),
+                        keyed("hot", Some(&value(3 * i + 1)), 0),
+                        keyed(&format!("y{i:03}"), Some(&value(3 * i + 2)), 0),
+                    ]),
+                )
+            })
+            .collect();
+        entries.push(entry(
+            101,
+            append(&[keyed("gone", Some(&value(300)), 0), keyed("gone", None, 0)]),
+        ));
+        sm.apply(entries).await.unwrap();
+        // One chunk per command (at most 64 batches): enough commands to finish the pass.
+        let compacts: Vec<_> = (0..4)
+            .map(|i| entry(102 + i, compact(302, 5_000)))
+            .collect();
+        sm.apply(compacts).await.unwrap();
+        assert!(
+            batch_keys(sm.tree()).len() > 1,
+            "the survivors span several stored batches"
+        );
+        // Survivors: x{i} and y{i}, hot only at 298; 300 and 301 gone (a trailing gap).
+        let mut survivors: Vec<u64> = (0..100u64).flat_map(|i| [3 * i, 3 * i + 2]).collect();
+        survivors.push(298);
+        survivors.sort_unstable();
+        let check = |fetched: &FetchedRecords| {
+            for record in fetched.iter() {
+                let (offset, view) = record.unwrap();
+                assert_eq!(view.value, Some(value(offset).as_bytes()), "at {offset}");
+            }
+        };
+
+        // One read returns every survivor at its offset and continues past the trailing gap.
+        let all = reader.read(0, 1_000, 1 << 20).unwrap();
+        check(&all);
+        assert_eq!(offsets(&all), survivors);
+        assert_eq!((all.first_offset, all.count as usize), (0, survivors.len()));
+        assert_eq!((all.next_offset, all.high_watermark), (302, 302));
+
+        // Limited by records: next_offset follows the last record; pages cover all once.
+        let some = reader.read(0, 50, 1 << 20).unwrap();
+        assert_eq!(offsets(&some), survivors[..50]);
+        assert_eq!(some.next_offset, survivors[49] + 1);
+        let page_through = |max_records: u32, max_bytes: usize| {
+            let (mut offset, mut seen, mut pages) = (0, Vec::new(), 0);
+            loop {
+                let page = reader.read(offset, max_records, max_bytes).unwrap();
+                check(&page);
+                assert!(page.next_offset > offset || page.count == 0);
+                if page.count == 0 {
+                    assert_eq!(page.next_offset, 302);
+                    return (seen, pages);
+                }
+                seen.extend(offsets(&page));
+                offset = page.next_offset;
+                pages += 1;
+            }
+        };
+        assert_eq!(page_through(7, 1 << 20), (survivors.clone(), 29));
+
+        // Limited by bytes: the record that did not fit is where the next read starts
+        // (past the gap before it); one record always fits.
+        let size = reader.read(0, 1, 1 << 20).unwrap().bytes.len();
+        let ten = reader.read(0, 1_000, 10 * size).unwrap();
+        assert_eq!(offsets(&ten), survivors[..10]);
+        assert_eq!(ten.next_offset, survivors[10]);
+        assert_eq!(page_through(1_000, 10 * size), (survivors.clone(), 21));
+        let tiny = reader.read(0, 1_000, 1).unwrap();
+        assert_eq!((offsets(&tiny), tiny.next_offset), (vec![0], 2));
+
+        // From inside a gap: the next survivor; from inside the trailing gap: empty, at
+        // the high watermark.
+        let from_gap = reader.read(1, 3, 1 << 20).unwrap();
+        assert_eq!(
+            (offsets(&from_gap), from_gap.next_offset),
+            (vec![2, 3, 5], 6)
+        );
+        let last = reader.read(299, 100, 1 << 20).unwrap();
+        assert_eq!((offsets(&last), last.next_offset), (vec![299], 302));
+        let trailing = reader.read(300, 100, 1 << 20).unwrap();
+        assert_eq!(
+            (trailing.count, trailing.first_offset, trailing.next_offset),
+            (0, 302, 302)
+        );
+        let end = reader.read(302, 100, 1 << 20).unwrap();
+        assert_eq!((end.count, end.next_offset), (0, 302));
     }
 }

@@ -42,9 +42,7 @@ use tracing::{debug, info, warn};
 use crate::controller::ControllerState;
 use crate::error::PartitionError;
 use crate::record::{join_batch, EncodedRecords};
-pub use log::{
-    FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError, SparseRecords,
-};
+pub use log::{FetchedIter, FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError};
 
 /// How a publish is acknowledged (API.md § Publish).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

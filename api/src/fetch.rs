@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use base64::Engine as _;
 use psubd_actors::partition::FetchedRecords;
-use psubd_actors::record::{RecordIter, RecordView, ValueKind};
+use psubd_actors::record::{RecordView, ValueKind};
 use serde::Deserialize;
 use tracing::instrument;
 
@@ -169,28 +169,28 @@ async fn fetch(
     Ok(response)
 }
 
-/// Renders a fetch answer: `{"records":[…],"next_offset":N,"high_watermark":H}`.
+/// Renders a fetch answer: `{"records":[…],"next_offset":N,"high_watermark":H}`. Each
+/// record carries its own offset (a compacted topic's are not consecutive), and
+/// `next_offset` is the read's: past any compacted gap it crossed.
 ///
 /// # Errors
 /// 500 when stored bytes do not decode (logged).
 pub fn render(topic: &str, partition: u32, fetched: &FetchedRecords) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(fetched.bytes.len() * 2 + 128);
     out.extend_from_slice(b"{\"records\":[");
-    let mut offset = fetched.first_offset;
-    for (i, record) in RecordIter::run(&fetched.bytes).enumerate() {
-        let record = record.map_err(|e| ApiError::Internal {
+    for (i, record) in fetched.iter().enumerate() {
+        let (offset, record) = record.map_err(|e| ApiError::Internal {
             detail: format!("stored record: {e}"),
         })?;
         if i > 0 {
             out.push(b',');
         }
         write_record(&mut out, topic, partition, offset, &record);
-        offset += 1;
     }
     let _ = write!(
         out,
-        "],\"next_offset\":{offset},\"high_watermark\":{}}}",
-        fetched.high_watermark
+        "],\"next_offset\":{},\"high_watermark\":{}}}",
+        fetched.next_offset, fetched.high_watermark
     );
     Ok(out)
 }
@@ -287,7 +287,9 @@ mod tests {
         let fetched = FetchedRecords {
             first_offset: 10,
             count: 3,
-            bytes: encoded.bytes,
+            bytes: encoded.bytes.clone(),
+            offsets: Vec::new(),
+            next_offset: 13,
             log_start: 0,
             high_watermark: 13,
         };
@@ -295,6 +297,7 @@ mod tests {
             serde_json::from_slice(&render("t", 2, &fetched).unwrap()).unwrap();
         assert_eq!(body["next_offset"], 13);
         assert_eq!(body["records"][0]["offset"], 10);
+        assert_eq!(body["records"][2]["offset"], 12);
         assert_eq!(body["records"][0]["key"], "k\"1");
         assert_eq!(body["records"][0]["value"]["a"][1], 2);
         assert_eq!(body["records"][0]["headers"]["h"], "v");
@@ -302,5 +305,23 @@ mod tests {
         assert_eq!(body["records"][1]["key"], serde_json::Value::Null);
         assert_eq!(body["records"][1]["encoding"], "base64");
         assert_eq!(body["records"][2]["value"], serde_json::Value::Null);
+
+        // Compacted (issue 8): each record at its own offset, next_offset past the gaps.
+        let sparse = FetchedRecords {
+            offsets: vec![10, 14, 20],
+            next_offset: 25,
+            high_watermark: 25,
+            ..fetched
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&render("t", 2, &sparse).unwrap()).unwrap();
+        let offsets: Vec<u64> = body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, vec![10, 14, 20]);
+        assert_eq!(body["next_offset"], 25);
     }
 }

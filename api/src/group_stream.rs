@@ -263,11 +263,11 @@ impl MemberCursor {
             }
             let mut records = Vec::new();
             for part in batch.parts {
-                for (i, (start, end)) in part.spans.iter().enumerate() {
-                    if let Some(json) = part.json.get(*start..*end) {
+                for span in &part.spans {
+                    if let Some(json) = part.json.get(span.start..span.end) {
                         records.push(StreamRecord {
                             partition: part.partition.partition,
-                            offset: part.first_offset + i as u64,
+                            offset: span.offset,
                             json: json.to_vec(),
                         });
                     }

@@ -357,7 +357,7 @@ async fn fetch_assigned(
             .enumerate()
             .map(|(i, (_, placement, fetched))| {
                 let placement = placement.clone();
-                let from = OffsetSpec::At(fetched.first_offset);
+                let from = OffsetSpec::At(fetched.next_offset);
                 async move {
                     let outcome = fetch_one(
                         state,
@@ -399,16 +399,29 @@ pub(crate) struct Rendered {
     pub(crate) partition: TopicPartition,
     /// Its records as JSON objects, comma-separated.
     pub(crate) json: Vec<u8>,
-    /// Where each record's object lies in `json` (streams send records one by one).
-    pub(crate) spans: Vec<(usize, usize)>,
-    /// Offset of the first record.
-    pub(crate) first_offset: u64,
-    /// The next offset to read: what this answer delivers up to.
+    /// Each record's offset and where its object lies in `json` (streams send records one
+    /// by one, with their offsets: a compacted topic's are not consecutive).
+    pub(crate) spans: Vec<RecordSpan>,
+    /// The next offset to read: what this answer delivers up to. Past every record
+    /// rendered and any compacted gap after them that the read crossed, never below an
+    /// offset not rendered.
     pub(crate) next_offset: u64,
 }
 
+/// One rendered record of a [`Rendered`] part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordSpan {
+    /// The record's offset.
+    pub(crate) offset: u64,
+    /// Start of its JSON object in the part's `json`.
+    pub(crate) start: usize,
+    /// End (exclusive) of its JSON object.
+    pub(crate) end: usize,
+}
+
 /// Renders up to the request's budget, partition by partition; each partition's next
-/// offset is what this answer delivers.
+/// offset is what this answer delivers: the read's `next_offset` when all of it fits,
+/// else the offset of the first record left out.
 fn render_within_budget(
     fetched: &[(TopicPartition, FetchedRecords)],
     max_records: u32,
@@ -421,17 +434,18 @@ fn render_within_budget(
     for (tp, run) in fetched {
         let mut json = Vec::new();
         let mut spans = Vec::new();
-        let mut offset = run.first_offset;
-        let mut iter = RecordIter::run(&run.bytes);
-        while records_left > 0 {
+        let mut next_offset = run.next_offset;
+        let mut iter = run.iter();
+        loop {
             let before = iter.remaining().len();
             let Some(record) = iter.next() else { break };
-            let record = record.map_err(|e| ApiError::Internal {
+            let (offset, record) = record.map_err(|e| ApiError::Internal {
                 detail: format!("stored record: {e}"),
             })?;
             let size = before - iter.remaining().len();
-            if wrote_any && size > bytes_left {
+            if records_left == 0 || (wrote_any && size > bytes_left) {
                 records_left = 0;
+                next_offset = offset;
                 break;
             }
             if !json.is_empty() {
@@ -439,8 +453,11 @@ fn render_within_budget(
             }
             let start = json.len();
             write_record(&mut json, &tp.topic, tp.partition, offset, &record);
-            spans.push((start, json.len()));
-            offset += 1;
+            spans.push(RecordSpan {
+                offset,
+                start,
+                end: json.len(),
+            });
             records_left -= 1;
             bytes_left = bytes_left.saturating_sub(size);
             wrote_any = true;
@@ -449,8 +466,7 @@ fn render_within_budget(
             partition: tp.clone(),
             json,
             spans,
-            first_offset: run.first_offset,
-            next_offset: offset,
+            next_offset,
         });
     }
     Ok(out)
@@ -542,7 +558,7 @@ pub(crate) async fn read_and_report(
             .metrics
             .records_fetched
             .with_label_values(&[&part.partition.topic])
-            .inc_by(part.next_offset.saturating_sub(part.first_offset));
+            .inc_by(part.spans.len() as u64);
     }
     Ok(MemberBatch {
         generation: report.generation,
@@ -1029,9 +1045,51 @@ mod tests {
             first_offset,
             count: u32::from(n),
             bytes: encoded.bytes,
+            offsets: Vec::new(),
+            next_offset: first_offset + u64::from(n),
             log_start: 0,
             high_watermark: first_offset + u64::from(n),
         }
+    }
+
+    /// A compacted topic's read (issue 8): records at 3, 8 and 9, read up to 20.
+    fn sparse_run() -> FetchedRecords {
+        FetchedRecords {
+            offsets: vec![3, 8, 9],
+            next_offset: 20,
+            high_watermark: 20,
+            ..run(3, 3)
+        }
+    }
+
+    #[test]
+    fn issue_08_compacted_offsets_are_rendered_and_positions_skip_the_gaps() {
+        let rendered = render_within_budget(&[(tp(0), sparse_run())], 10, 1 << 20).unwrap();
+        let offsets: Vec<u64> = rendered[0].spans.iter().map(|s| s.offset).collect();
+        assert_eq!(offsets, vec![3, 8, 9]);
+        assert_eq!(rendered[0].next_offset, 20, "past the trailing gap");
+        let parsed: Vec<Value> =
+            serde_json::from_str(&format!("[{}]", String::from_utf8_lossy(&rendered[0].json)))
+                .unwrap();
+        let in_json: Vec<u64> = parsed
+            .iter()
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(in_json, vec![3, 8, 9]);
+        let span = rendered[0].spans[1];
+        let second: Value =
+            serde_json::from_slice(&rendered[0].json[span.start..span.end]).unwrap();
+        assert_eq!(second["offset"], 8);
+
+        // Cut by the budget: the position is the first record left out, past the gap.
+        let cut = render_within_budget(&[(tp(0), sparse_run())], 1, 1 << 20).unwrap();
+        assert_eq!(cut[0].spans.len(), 1);
+        assert_eq!(cut[0].next_offset, 8);
+        // A partition the budget never reached starts at its first record.
+        let later =
+            render_within_budget(&[(tp(0), run(0, 1)), (tp(1), sparse_run())], 1, 1 << 20).unwrap();
+        assert_eq!(later[1].next_offset, 3);
+        assert!(later[1].spans.is_empty());
     }
 
     fn tp(partition: u32) -> TopicPartition {

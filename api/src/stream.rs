@@ -25,7 +25,6 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
 use psubd_actors::assignment::TopicPartition;
-use psubd_actors::record::RecordIter;
 use psubd_actors::topic::PartitionPlacement;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
@@ -210,13 +209,12 @@ pub(crate) fn partition_records(
                 .await;
             match fetched {
                 Ok(fetched) if fetched.count == 0 => {
-                    cursor.offset = OffsetSpec::At(fetched.first_offset);
+                    cursor.offset = OffsetSpec::At(fetched.next_offset);
                 }
                 Ok(fetched) => {
                     let mut rendered = Vec::with_capacity(fetched.count as usize);
-                    let mut offset = fetched.first_offset;
-                    for record in RecordIter::run(&fetched.bytes) {
-                        let Ok(record) = record else {
+                    for record in fetched.iter() {
+                        let Ok((offset, record)) = record else {
                             cursor.done = true;
                             let error = ApiError::Internal {
                                 detail: "stored record did not decode".into(),
@@ -230,7 +228,6 @@ pub(crate) fn partition_records(
                             offset,
                             json,
                         });
-                        offset += 1;
                     }
                     cursor
                         .state
@@ -238,7 +235,8 @@ pub(crate) fn partition_records(
                         .records_fetched
                         .with_label_values(&[&cursor.topic])
                         .inc_by(rendered.len() as u64);
-                    cursor.offset = OffsetSpec::At(offset);
+                    // Past the records and any compacted gap the read crossed.
+                    cursor.offset = OffsetSpec::At(fetched.next_offset);
                     return Some((Item::Records(rendered), cursor));
                 }
                 Err(error) if error.retriable() => tokio::time::sleep(UNAVAILABLE_BACKOFF).await,

@@ -9,12 +9,19 @@
 //! - after compaction, reading each partition from offset 0 returns about one record per
 //!   key instead of 100: offsets strictly increasing, each the acknowledged latest of its
 //!   key (DESIGN.md § Fetch path: offsets are never changed or reused);
+//! - after compaction a consumer building a table from the topic reads in full pages (the
+//!   read crosses compacted gaps): ONE fetch per partition from offset 0 returns every
+//!   survivor at its original offset with `next_offset` past the trailing gap; a group
+//!   member gets every survivor in one fetch per partition at most, never twice, commits
+//!   past them and a new member resumes with nothing to re-read; the partition SSE stream
+//!   yields the survivors with `id: <partition>-<offset>` of the real offsets and then a
+//!   record published after them;
 //! - `PUT` stores a value, scans page through a prefix in key order, a delete-policy topic
 //!   answers 422 `topic_not_compacted`.
 //!
 //! Nodes run with a 200 ms maintenance tick so compaction starts within about a second.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -252,6 +259,22 @@ async fn issue_08_compacted_topic_key_views_survive_kill_and_compaction() {
     );
     let _ = acked_ref;
 
+    // Issue 8: consumers of the compacted topic read it in full pages.
+    let table: BTreeMap<u32, Vec<(u64, String)>> = (0..3u32)
+        .map(|partition| {
+            let mut rows: Vec<(u64, String)> = acked
+                .iter()
+                .filter(|(_, a)| a.partition == partition && a.value.is_some())
+                .map(|(k, a)| (a.offset, k.clone()))
+                .collect();
+            rows.sort_unstable();
+            (partition, rows)
+        })
+        .collect();
+    one_fetch_reads_every_survivor(&node, &table).await;
+    member_reads_every_survivor_and_commits_past_them(&node, &table).await;
+    sse_ids_are_the_survivors_offsets(&node, &table).await;
+
     // kill -9 and restart a node: every view still answers on every node.
     cluster.kill(2);
     check_views(&cluster.node(3), &acked).await;
@@ -312,4 +335,281 @@ async fn issue_08_compacted_topic_key_views_survive_kill_and_compaction() {
         "key view of a delete topic",
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 8: reading a compacted topic in full pages
+// ---------------------------------------------------------------------------------------
+
+/// ONE fetch from offset 0 per partition returns every survivor at its original offset;
+/// `next_offset` is the high watermark (past the trailing gap of purged tombstones), and a
+/// fetch from there is empty. `node` is a replica of every partition, so it serves the
+/// read from the log the survivor check above just read.
+async fn one_fetch_reads_every_survivor(
+    node: &NodeClient,
+    table: &BTreeMap<u32, Vec<(u64, String)>>,
+) {
+    for (partition, want) in table {
+        let page = node.fetch(TOPIC, *partition, 0, 10_000, 0).await;
+        let got: Vec<(u64, String)> = page
+            .records
+            .iter()
+            .map(|r| (r.offset, r.key.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            &got, want,
+            "partition {partition}: one fetch returns every survivor at its offset"
+        );
+        assert_eq!(
+            page.next_offset, page.high_watermark,
+            "partition {partition}: next_offset past the compacted tail"
+        );
+        let rest = node
+            .fetch(TOPIC, *partition, page.next_offset, 10_000, 0)
+            .await;
+        assert!(
+            rest.records.is_empty(),
+            "partition {partition}: nothing after"
+        );
+    }
+}
+
+/// A member of a fresh group (earliest) gets every survivor, each once, in at most one
+/// fetch per partition (not one per gap); commits one past the last of each partition;
+/// keeps reading nothing; and a new member of the group resumes with nothing to re-read.
+async fn member_reads_every_survivor_and_commits_past_them(
+    node: &NodeClient,
+    table: &BTreeMap<u32, Vec<(u64, String)>>,
+) {
+    const GROUP: &str = "table-builder";
+    let member = join(node, GROUP).await;
+    let want: BTreeSet<(u32, u64, String)> = table
+        .iter()
+        .flat_map(|(p, rows)| rows.iter().map(|(o, k)| (*p, *o, k.clone())))
+        .collect();
+    let mut got: BTreeSet<(u32, u64, String)> = BTreeSet::new();
+    let mut fetches_with_records = 0;
+    let deadline = std::time::Instant::now() + SETTLE;
+    while got.len() < want.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member got {} of {} survivors",
+            got.len(),
+            want.len()
+        );
+        let records = member_fetch(node, GROUP, &member, 200).await;
+        if !records.is_empty() {
+            fetches_with_records += 1;
+        }
+        for r in records {
+            let row = (
+                field(&r, "partition") as u32,
+                field(&r, "offset"),
+                r["key"].as_str().unwrap_or_default().to_string(),
+            );
+            assert!(want.contains(&row), "{row:?} is not a survivor");
+            assert!(got.insert(row.clone()), "{row:?} delivered twice");
+        }
+    }
+    assert!(
+        fetches_with_records <= table.len(),
+        "{fetches_with_records} fetches for {} partitions: pages stop at compacted gaps",
+        table.len()
+    );
+    // Its position moved past the survivors (and the gaps): nothing more, nothing again.
+    let again = member_fetch(node, GROUP, &member, 500).await;
+    assert!(again.is_empty(), "nothing re-read: {again:?}");
+
+    let commits: Vec<Value> = table
+        .iter()
+        .map(|(p, rows)| json!({"topic": TOPIC, "partition": p, "offset": rows.last().unwrap().0 + 1}))
+        .collect();
+    let resp = node
+        .http()
+        .post(node.url(&format!("/v1/groups/{GROUP}/offsets")))
+        .json(&json!({"member_id": member.0, "generation": member.1, "offsets": commits}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        204,
+        "commit: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    let view: Value = expect_json(
+        node.http()
+            .get(node.url(&format!("/v1/groups/{GROUP}/offsets")))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await
+    .unwrap();
+    for row in view["offsets"].as_array().unwrap() {
+        let partition = field(row, "partition") as u32;
+        assert_eq!(
+            field(row, "offset"),
+            table[&partition].last().unwrap().0 + 1,
+            "committed past the last survivor of {partition}"
+        );
+    }
+    let resp = node
+        .http()
+        .delete(node.url(&format!("/v1/groups/{GROUP}/members/{}", member.0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let next = join(node, GROUP).await;
+    let resumed = member_fetch(node, GROUP, &next, 500).await;
+    assert!(
+        resumed.is_empty(),
+        "resumes past the survivors: {resumed:?}"
+    );
+}
+
+/// Joins `group` for the topic (earliest): (member_id, generation), owning all partitions.
+async fn join(node: &NodeClient, group: &str) -> (String, u64) {
+    let body =
+        json!({"topics": [TOPIC], "session_timeout_ms": 30_000, "auto_offset_reset": "earliest"});
+    let joined: Value = eventually(SETTLE, "member joined", || {
+        let request = node
+            .http()
+            .post(node.url(&format!("/v1/groups/{group}/members")))
+            .json(&body);
+        async move {
+            let resp = request.send().await.map_err(|e| e.to_string())?;
+            expect_json::<Value>(resp, 201).await
+        }
+    })
+    .await;
+    assert_eq!(
+        joined["assignments"].as_array().map(Vec::len),
+        Some(3),
+        "the only member owns every partition"
+    );
+    (
+        joined["member_id"].as_str().unwrap().to_string(),
+        field(&joined, "generation"),
+    )
+}
+
+/// One member fetch: its records.
+async fn member_fetch(
+    node: &NodeClient,
+    group: &str,
+    member: &(String, u64),
+    timeout_ms: u64,
+) -> Vec<Value> {
+    let url = node.url(&format!(
+        "/v1/groups/{group}/members/{}/records?max_records=10000&timeout_ms={timeout_ms}",
+        member.0
+    ));
+    let resp = node.http().get(url).send().await.unwrap();
+    let body: Value = expect_json(resp, 200).await.unwrap();
+    assert_eq!(field(&body, "generation"), member.1, "no rebalance");
+    body["records"].as_array().unwrap().clone()
+}
+
+fn field(value: &Value, name: &str) -> u64 {
+    value[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} in {value}"))
+}
+
+/// The partition SSE stream from offset 0 yields every survivor with `id:
+/// <partition>-<offset>` of its real offset, then (its cursor past the compacted tail) a
+/// record published afterwards.
+async fn sse_ids_are_the_survivors_offsets(
+    node: &NodeClient,
+    table: &BTreeMap<u32, Vec<(u64, String)>>,
+) {
+    let mut streams = Vec::new();
+    for (partition, want) in table {
+        let resp = node
+            .http()
+            .get(node.url(&format!(
+                "/v1/topics/{TOPIC}/partitions/{partition}/stream?offset=0"
+            )))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut events = SseEvents::new(resp);
+        for (offset, key) in want {
+            let (id, record) = events.next_record().await;
+            assert_eq!(id, format!("{partition}-{offset}"), "{key}");
+            assert_eq!(
+                (field(&record, "offset"), record["key"].as_str()),
+                (*offset, Some(key.as_str()))
+            );
+        }
+        streams.push(events);
+    }
+    let tail = node
+        .publish(
+            TOPIC,
+            &[NewRecord::keyed("sse-tail", json!("after the gap"))],
+        )
+        .await;
+    let (partition, offset) = (tail[0].partition, tail[0].offset);
+    let (id, record) = streams[partition as usize].next_record().await;
+    assert_eq!(
+        id,
+        format!("{partition}-{offset}"),
+        "the record published afterwards"
+    );
+    assert_eq!(record["value"], "after the gap");
+}
+
+/// Record events read off an SSE response as they arrive.
+struct SseEvents {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buffer: String,
+}
+
+impl SseEvents {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: response
+                .bytes_stream()
+                .map(|r| r.map(|b| b.to_vec()))
+                .boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next `record` event: its id and record (other events and comments skipped).
+    async fn next_record(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if event.as_deref() == Some("record") {
+                    let record = serde_json::from_str(&data).expect("record data is JSON");
+                    return (id.expect("record events carry an id"), record);
+                }
+                assert_ne!(event.as_deref(), Some("error"), "stream error: {data}");
+                continue;
+            }
+            let chunk = tokio::time::timeout(SETTLE, self.body.next())
+                .await
+                .expect("a record event in time")
+                .expect("the stream stays open")
+                .expect("stream body");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
 }

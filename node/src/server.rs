@@ -70,7 +70,9 @@ pub async fn run(
         ..Limits::default()
     };
     let root = CancellationToken::new();
-    let app = psubd_api::router(AppState::new(edge.clone(), limits, root.child_token()));
+    let state = AppState::new(edge.clone(), limits, root.child_token());
+    let open_streams = state.streams.clone();
+    let app = psubd_api::router(state);
     let listener = tokio::net::TcpListener::bind(raw.http)
         .await
         .with_context(|| format!("binding the HTTP address {}", raw.http))?;
@@ -95,7 +97,8 @@ pub async fn run(
     info!("shutting down: draining HTTP");
     root.cancel();
     let drain = Duration::from_millis(raw.shutdown_timeout_ms);
-    match tokio::time::timeout(drain, server).await {
+    let deadline = tokio::time::Instant::now() + drain;
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed while draining"),
         Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
@@ -103,6 +106,18 @@ pub async fn run(
             after_ms = raw.shutdown_timeout_ms,
             "HTTP drain timed out; stopping anyway"
         ),
+    }
+    // The HTTP server's drain does not see upgraded (WebSocket) connections; every
+    // stream holds a slot until it has said goodbye, so wait for all slots to return.
+    let all_slots = u32::try_from(raw.max_streams).unwrap_or(u32::MAX);
+    if tokio::time::timeout_at(deadline, open_streams.acquire_many(all_slots))
+        .await
+        .is_err()
+    {
+        warn!(
+            open = raw.max_streams - open_streams.available_permits(),
+            "streams still open at the drain deadline; stopping anyway"
+        );
     }
     info!("shutting down: stopping actors and Raft groups");
     broker.shutdown().await;

@@ -700,6 +700,103 @@ mod tests {
     }
 
     #[test]
+    fn json_strings_are_borrowed_unless_escaped() {
+        let plain: Text<'_> = serde_json::from_str(r#""hello""#).unwrap();
+        assert!(matches!(plain.0, Cow::Borrowed("hello")));
+        let escaped: Text<'_> = serde_json::from_str(r#""a\"b\u00e9""#).unwrap();
+        assert!(matches!(&escaped.0, Cow::Owned(s) if s == "a\"bé"));
+        assert!(serde_json::from_str::<Text<'_>>("42").is_err());
+        let record: PublishRecord<'_> =
+            serde_json::from_str(r#"{"key":"k1","value":{"n":1},"headers":{"b":"2","a":"1"}}"#)
+                .unwrap();
+        assert!(matches!(record.key.map(|k| k.0), Some(Cow::Borrowed("k1"))));
+        assert_eq!(record.value.map(|v| v.get()), Some(r#"{"n":1}"#));
+    }
+
+    fn checked(partition: u32, key: &'static str, value: &'static str) -> Checked<'static> {
+        Checked {
+            partition,
+            timestamp_ms: 1_700_000_000_000 + i64::from(partition),
+            kind: ValueKind::String,
+            key: Some(Cow::Borrowed(key.as_bytes())),
+            value: Some(Cow::Owned(value.as_bytes().to_vec())),
+            headers: vec![("h".into(), "v".into())],
+        }
+    }
+
+    #[test]
+    fn batches_keep_request_order_per_partition_and_encode_every_record() {
+        let mut batches = Batches::default();
+        for (p, k, v) in [(1, "a", "x"), (0, "b", "y"), (1, "c", "z")] {
+            batches.push(&checked(p, k, v)).unwrap();
+        }
+        let places: Vec<(u32, u32)> = batches
+            .slots
+            .iter()
+            .map(|s| (s.partition, s.position))
+            .collect();
+        assert_eq!(places, vec![(1, 0), (0, 0), (1, 1)]);
+        let run = &batches.runs[&1];
+        assert_eq!(run.count, 2);
+        let decoded: Vec<(Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> =
+            psubd_actors::record::RecordIter::run(&run.bytes)
+                .map(|r| {
+                    let r = r.unwrap();
+                    assert_eq!(r.kind, ValueKind::String);
+                    (
+                        r.key.unwrap().to_vec(),
+                        r.value.unwrap().to_vec(),
+                        r.headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_vec()))
+                            .collect(),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            decoded,
+            vec![
+                (
+                    b"a".to_vec(),
+                    b"x".to_vec(),
+                    vec![("h".into(), b"v".to_vec())]
+                ),
+                (
+                    b"c".to_vec(),
+                    b"z".to_vec(),
+                    vec![("h".into(), b"v".to_vec())]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn written_offsets_answer_equals_the_serde_json_one() {
+        let reports = vec![
+            Delivered {
+                partition: 2,
+                result: Ok(41),
+                timestamp_ms: 1_700_000_000_123,
+            },
+            Delivered {
+                partition: 0,
+                result: Err(ApiError::Unavailable {
+                    reason: "no leader".into(),
+                }),
+                timestamp_ms: -1,
+            },
+        ];
+        let written: serde_json::Value = serde_json::from_slice(&offsets_json(&reports)).unwrap();
+        let offsets: Vec<serde_json::Value> = reports.iter().map(report_json).collect();
+        assert_eq!(written, json!({ "offsets": offsets }));
+        let text = String::from_utf8(offsets_json(&reports[..1])).unwrap();
+        assert_eq!(
+            text,
+            r#"{"offsets":[{"offset":41,"partition":2,"timestamp_ms":1700000000123}]}"#
+        );
+    }
+
+    #[test]
     fn acks_values() {
         assert_eq!(parse_acks(None).unwrap(), AcksParam::All);
         assert_eq!(parse_acks(Some("1")).unwrap(), AcksParam::Leader);

@@ -738,21 +738,21 @@ mod tests {
         assert_eq!(places, vec![(1, 0), (0, 0), (1, 1)]);
         let run = &batches.runs[&1];
         assert_eq!(run.count, 2);
-        let decoded: Vec<(Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> =
-            psubd_actors::record::RecordIter::run(&run.bytes)
-                .map(|r| {
-                    let r = r.unwrap();
-                    assert_eq!(r.kind, ValueKind::String);
-                    (
-                        r.key.unwrap().to_vec(),
-                        r.value.unwrap().to_vec(),
-                        r.headers
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_vec()))
-                            .collect(),
-                    )
-                })
-                .collect();
+        type Decoded = (Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>);
+        let decoded: Vec<Decoded> = psubd_actors::record::RecordIter::run(&run.bytes)
+            .map(|r| {
+                let r = r.unwrap();
+                assert_eq!(r.kind, ValueKind::String);
+                (
+                    r.key.unwrap().to_vec(),
+                    r.value.unwrap().to_vec(),
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_vec()))
+                        .collect(),
+                )
+            })
+            .collect();
         assert_eq!(
             decoded,
             vec![

@@ -58,6 +58,13 @@ struct Member {
     generation: u64,
 }
 
+/// How long a new cluster may answer 503 to the first join (the consumer offsets topic
+/// is created by the controller shortly after the nodes report ready).
+const GROUPS_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause between those first joins.
+const GROUPS_READY_POLL: Duration = Duration::from_millis(250);
+
 /// Joins and leaves once, so that a server without consumer groups is reported before
 /// the run instead of as a column of errors.
 ///
@@ -68,12 +75,24 @@ struct Member {
 pub async fn check_supported(target: &Target, plan: &GroupPlan) -> anyhow::Result<()> {
     let client = target.control();
     let base = target.url(0);
-    let resp = client
-        .post(format!("{base}/v1/groups/{}/members", plan.group))
-        .json(&join_body(plan))
-        .send()
-        .await
-        .context("joining the consumer group failed")?;
+    // A cluster that has just become ready may still be creating the consumer offsets
+    // topic (503, retriable): wait for it rather than fail the whole bench.
+    let deadline = tokio::time::Instant::now() + GROUPS_READY_TIMEOUT;
+    let resp = loop {
+        let resp = client
+            .post(format!("{base}/v1/groups/{}/members", plan.group))
+            .json(&join_body(plan))
+            .send()
+            .await
+            .context("joining the consumer group failed")?;
+        if resp.status() != StatusCode::SERVICE_UNAVAILABLE
+            || tokio::time::Instant::now() >= deadline
+        {
+            break resp;
+        }
+        let _ = resp.bytes().await;
+        tokio::time::sleep(GROUPS_READY_POLL).await;
+    };
     let status = resp.status();
     if status == StatusCode::CREATED || status == StatusCode::OK {
         let member: Member = resp

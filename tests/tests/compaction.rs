@@ -19,6 +19,13 @@
 //! - `PUT` stores a value, scans page through a prefix in key order, a delete-policy topic
 //!   answers 422 `topic_not_compacted`.
 //!
+//! `issue_08_wiped_node_rejoins_a_compacted_topic_through_a_snapshot`: with snapshots every
+//! 20 entries and no log kept after them, 320 publishes over 20 keys plus deletes make the
+//! leader snapshot and purge its Raft log; once compacted, a follower is killed and wiped,
+//! a few more updates land, and the rejoined node (which must install a partition snapshot)
+//! answers every key view with the last acknowledged value (404 for deleted keys) and serves
+//! from offset 0 exactly the survivors at their original offsets, as the leader does.
+//!
 //! Nodes run with a 200 ms maintenance tick so compaction starts within about a second.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -47,9 +54,9 @@ struct Acked {
     value: Option<Value>,
 }
 
-async fn create_compacted(node: &NodeClient) {
+async fn create_compacted(node: &NodeClient, partitions: u32) {
     let body = json!({
-        "name": TOPIC, "partitions": 3, "replication_factor": 3,
+        "name": TOPIC, "partitions": partitions, "replication_factor": 3,
         "cleanup_policy": "compact", "delete_retention_ms": 1_000,
     });
     let created: Value = eventually(SETTLE, "compacted topic created", || {
@@ -94,10 +101,24 @@ async fn view(node: &NodeClient, key: &str, min_offset: u64) -> Result<Option<Va
 
 /// Every key view on `node` matches what was acknowledged.
 async fn check_views(node: &NodeClient, acked: &HashMap<String, Acked>) {
+    check_views_from(node, acked, &HashMap::new()).await;
+}
+
+/// Every key view on `node` matches what was acknowledged, asked with `min_offset` = the
+/// greater of the key's acknowledged offset and `floor[partition]` (read-your-writes of
+/// everything acknowledged in the key's partition).
+async fn check_views_from(
+    node: &NodeClient,
+    acked: &HashMap<String, Acked>,
+    floor: &HashMap<u32, u64>,
+) {
     let checks = futures::stream::iter(acked.iter())
         .map(|(key, want)| async move {
+            let min_offset = floor
+                .get(&want.partition)
+                .map_or(want.offset, |f| want.offset.max(*f));
             let got = eventually(SETTLE, &format!("view of {key} on {}", node.base()), || {
-                view(node, key, want.offset)
+                view(node, key, min_offset)
             })
             .await;
             match (&want.value, got) {
@@ -148,7 +169,7 @@ async fn read_partition(node: &NodeClient, partition: u32) -> Result<Vec<(u64, S
 async fn issue_08_compacted_topic_key_views_survive_kill_and_compaction() {
     let mut cluster = Cluster::start_with_env(3, &[FAST_TICK]).await;
     let node = cluster.node(1);
-    create_compacted(&node).await;
+    create_compacted(&node, 3).await;
 
     // 100 rounds of one update per key, one request per round (1,000 records).
     let mut acked: HashMap<String, Acked> = HashMap::new();
@@ -612,4 +633,219 @@ impl SseEvents {
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 8: a wiped node rejoins a compacted topic through a snapshot
+// ---------------------------------------------------------------------------------------
+
+/// Keys of the wiped-node test: few, so each is updated many times.
+const SNAP_KEYS: usize = 20;
+/// Publish requests before the wipe: one Raft entry each, well over openraft's purge batch
+/// of 256 entries, so the leader snapshots (every 20 entries) and purges its log.
+const SNAP_REQUESTS: usize = 320;
+/// Records per publish request.
+const SNAP_BATCH: usize = 5;
+/// Keys deleted (tombstones) before the wipe.
+const SNAP_DELETED: std::ops::Range<usize> = 15..20;
+
+/// `DELETE /keys/{key}` through `node`: the tombstone's (partition, offset).
+async fn delete_key(node: &NodeClient, key: &str) -> (u32, u64) {
+    let resp = node
+        .http()
+        .delete(node.url(&format!("/v1/topics/{TOPIC}/keys/{key}")))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = expect_json(resp, 200).await.unwrap();
+    (field(&body, "partition") as u32, field(&body, "offset"))
+}
+
+/// Publishes `records` through `node`, recording each acknowledgement in `acked`.
+async fn publish_acked(
+    node: &NodeClient,
+    records: Vec<(String, Value)>,
+    acked: &mut HashMap<String, Acked>,
+) {
+    let batch: Vec<NewRecord> = records
+        .iter()
+        .map(|(k, v)| NewRecord::keyed(k.clone(), v.clone()))
+        .collect();
+    let reports = node.publish(TOPIC, &batch).await;
+    assert_eq!(reports.len(), records.len());
+    for ((k, v), report) in records.into_iter().zip(reports) {
+        acked.insert(
+            k,
+            Acked {
+                partition: report.partition,
+                offset: report.offset,
+                value: Some(v),
+            },
+        );
+    }
+}
+
+/// The survivors compaction must leave in partition 0: (offset, key) of every live key's
+/// acknowledged latest, in offset order.
+fn survivors_of(acked: &HashMap<String, Acked>) -> Vec<(u64, String)> {
+    let mut rows: Vec<(u64, String)> = acked
+        .iter()
+        .filter(|(_, a)| a.value.is_some())
+        .map(|(k, a)| (a.offset, k.clone()))
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+/// Partition 0 read from offset 0 through `node`, once it is exactly `want`.
+async fn wait_compacted(node: &NodeClient, want: &[(u64, String)], what: &str) {
+    eventually(SETTLE, what, || async {
+        let got = read_partition(node, 0).await?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{} records: {got:?}", got.len()))
+        }
+    })
+    .await;
+}
+
+/// `snapshot installed` lines of a partition group (ids from 1000 up) in node `id`'s log
+/// since its data dir was last wiped.
+fn partition_snapshots_installed_since_wipe(cluster: &Cluster, id: u64) -> usize {
+    let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+    let lines: Vec<String> = log.lines().map(without_ansi).collect();
+    let start = lines
+        .iter()
+        .rposition(|line| line.contains("data dir wiped"))
+        .map_or(0, |i| i + 1);
+    lines[start..]
+        .iter()
+        .filter(|line| line.contains("snapshot installed"))
+        .filter(|line| {
+            line.split_whitespace()
+                .filter_map(|field| field.strip_prefix("group="))
+                .filter_map(|g| g.parse::<u64>().ok())
+                .any(|g| g >= 1000)
+        })
+        .count()
+}
+
+/// A log line without its ANSI colour codes.
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// Issue 8: a node that lost its disk rejoins a compacted topic whose Raft log was purged: it
+// installs a snapshot and then serves the same key views and the same compacted log.
+#[ignore = "fails: the wiped follower keeps a tombstone (past delete_retention_ms) that the idle leader dropped; compaction never reaches it (see the engineer's report)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue_08_wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {
+    let mut cluster = Cluster::start_with_env(
+        3,
+        &[
+            FAST_TICK,
+            ("PSUBD_SNAPSHOT_EVERY_ENTRIES", "20"),
+            ("PSUBD_KEEP_LOGS_AFTER_SNAPSHOT", "0"),
+        ],
+    )
+    .await;
+    create_compacted(&cluster.node(1), 1).await;
+    let leader = cluster.leader_of(TOPIC, 0).await;
+    let victim = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let writer = cluster.node(leader);
+
+    // 320 requests of 5 updates over 20 keys (1,600 records, 80 per key), then 5 deletes.
+    let mut acked: HashMap<String, Acked> = HashMap::new();
+    for request in 0..SNAP_REQUESTS {
+        let records = (0..SNAP_BATCH)
+            .map(|j| {
+                let i = (request * SNAP_BATCH + j) % SNAP_KEYS;
+                (key(i), json!({ "key": i, "request": request }))
+            })
+            .collect();
+        publish_acked(&writer, records, &mut acked).await;
+    }
+    for i in SNAP_DELETED {
+        let (partition, offset) = delete_key(&writer, &key(i)).await;
+        let entry = acked.get_mut(&key(i)).unwrap();
+        assert_eq!(partition, entry.partition);
+        assert!(offset > entry.offset);
+        entry.offset = offset;
+        entry.value = None;
+    }
+    // Compaction ran: one record per live key from offset 0 (tombstones gone after 1 s).
+    let before = survivors_of(&acked);
+    assert_eq!(before.len(), SNAP_KEYS - SNAP_DELETED.len());
+    wait_compacted(&writer, &before, "the leader compacted the topic").await;
+
+    // The follower loses its disk; a few more updates while it is away: two keys updated,
+    // one more deleted, one deleted key written again.
+    cluster.kill(victim);
+    cluster.wipe(victim);
+    publish_acked(
+        &writer,
+        vec![
+            (key(0), json!("zero, after the wipe")),
+            (key(1), json!("one, after the wipe")),
+            (key(15), json!("fifteen is back")),
+        ],
+        &mut acked,
+    )
+    .await;
+    let (_, offset) = delete_key(&writer, &key(2)).await;
+    let entry = acked.get_mut(&key(2)).unwrap();
+    entry.offset = offset;
+    entry.value = None;
+    let last_acked = acked.values().map(|a| a.offset).max().unwrap();
+    let floor: HashMap<u32, u64> = HashMap::from([(0, last_acked)]);
+
+    cluster.restart(victim).await;
+    let victim_node = cluster.node(victim);
+
+    // Key views on the wiped node: read-your-writes of everything acknowledged.
+    check_views_from(&victim_node, &acked, &floor).await;
+
+    // Its log from offset 0: exactly the survivors at their original offsets, as the
+    // leader's.
+    let after = survivors_of(&acked);
+    assert_eq!(after.len(), SNAP_KEYS - SNAP_DELETED.len());
+    wait_compacted(&writer, &after, "the leader compacted the new updates").await;
+    wait_compacted(&victim_node, &after, "the wiped node holds the survivors").await;
+    let leader_page = writer.fetch(TOPIC, 0, 0, 10_000, 0).await;
+    let victim_page = victim_node.fetch(TOPIC, 0, 0, 10_000, 0).await;
+    let rows = |page: &psubd_tests::FetchResponse| -> Vec<(u64, String, Value)> {
+        page.records
+            .iter()
+            .map(|r| (r.offset, r.key.clone().unwrap_or_default(), r.value.clone()))
+            .collect()
+    };
+    assert_eq!(
+        rows(&victim_page),
+        rows(&leader_page),
+        "the wiped node serves what the leader serves"
+    );
+    assert_eq!(victim_page.high_watermark, leader_page.high_watermark);
+    for (offset, key, value) in rows(&victim_page) {
+        assert_eq!(acked[&key].offset, offset, "{key}");
+        assert_eq!(acked[&key].value.as_ref(), Some(&value), "{key}");
+    }
+
+    assert!(
+        partition_snapshots_installed_since_wipe(&cluster, victim) > 0,
+        "the wiped node caught up through a partition snapshot (see its log)"
+    );
 }

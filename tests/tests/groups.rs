@@ -357,6 +357,9 @@ async fn issue_04_split_expire_resume_fence() {
     let mut got_b: BTreeMap<Tp, Vec<u64>> = BTreeMap::new();
     let want_total = PER_PARTITION * 2;
     let start = Instant::now();
+    // a's session runs from its last fetch (a commit is not a heartbeat); the coordinator
+    // saw that fetch no earlier than it was sent.
+    let mut a_last_fetch_sent = Instant::now();
     while got_a.values().map(Vec::len).sum::<usize>() < want_total as usize
         || got_b.values().map(Vec::len).sum::<usize>() < want_total as usize
     {
@@ -364,6 +367,7 @@ async fn issue_04_split_expire_resume_fence() {
             start.elapsed() < SETTLE,
             "members did not receive their records: a {got_a:?} b {got_b:?}"
         );
+        a_last_fetch_sent = Instant::now();
         for r in a.fetch(200).await {
             got_a
                 .entry((r.topic, r.partition))
@@ -441,7 +445,7 @@ async fn issue_04_split_expire_resume_fence() {
         );
         let records = b.fetch(200).await;
         if took_over.is_none() && b.owned == all {
-            took_over = Some(silent_since.elapsed());
+            took_over = Some(a_last_fetch_sent.elapsed());
         }
         for r in records {
             let tp = (r.topic.clone(), r.partition);

@@ -235,6 +235,28 @@ impl Cluster {
         &self.node_ref(id).log_path
     }
 
+    /// How many `snapshot installed` lines of a partition group (ids from 1000 up) node
+    /// `id`'s log holds since its data dir was last wiped: proof that a rejoining node
+    /// caught up through a snapshot rather than by replaying the log.
+    pub fn partition_snapshots_installed_since_wipe(&self, id: u64) -> usize {
+        let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let lines: Vec<String> = log.lines().map(without_ansi).collect();
+        let start = lines
+            .iter()
+            .rposition(|line| line.contains("data dir wiped"))
+            .map_or(0, |i| i + 1);
+        lines[start..]
+            .iter()
+            .filter(|line| line.contains("snapshot installed"))
+            .filter(|line| {
+                line.split_whitespace()
+                    .filter_map(|field| field.strip_prefix("group="))
+                    .filter_map(|g| g.parse::<u64>().ok())
+                    .any(|g| g >= 1000)
+            })
+            .count()
+    }
+
     /// The leader of partition `partition` of `topic` per `GET /v1/topics/{t}/partitions`
     /// on a running node, waiting (up to 15 s) until one is reported and it is a running
     /// node.
@@ -631,4 +653,22 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = String::from_utf8_lossy(&buf);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A log line without its ANSI colour codes.
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -710,45 +710,6 @@ async fn wait_compacted(node: &NodeClient, want: &[(u64, String)], what: &str) {
     .await;
 }
 
-/// `snapshot installed` lines of a partition group (ids from 1000 up) in node `id`'s log
-/// since its data dir was last wiped.
-fn partition_snapshots_installed_since_wipe(cluster: &Cluster, id: u64) -> usize {
-    let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
-    let lines: Vec<String> = log.lines().map(without_ansi).collect();
-    let start = lines
-        .iter()
-        .rposition(|line| line.contains("data dir wiped"))
-        .map_or(0, |i| i + 1);
-    lines[start..]
-        .iter()
-        .filter(|line| line.contains("snapshot installed"))
-        .filter(|line| {
-            line.split_whitespace()
-                .filter_map(|field| field.strip_prefix("group="))
-                .filter_map(|g| g.parse::<u64>().ok())
-                .any(|g| g >= 1000)
-        })
-        .count()
-}
-
-/// A log line without its ANSI colour codes.
-fn without_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 // Issue 8: a node that lost its disk rejoins a compacted topic whose Raft log was purged: it
 // installs a snapshot and then serves the same key views and the same compacted log.
 #[ignore = "fails: the wiped follower keeps a tombstone (past delete_retention_ms) that the idle leader dropped; compaction never reaches it (see the engineer's report)"]
@@ -845,7 +806,7 @@ async fn issue_08_wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {
     }
 
     assert!(
-        partition_snapshots_installed_since_wipe(&cluster, victim) > 0,
+        cluster.partition_snapshots_installed_since_wipe(victim) > 0,
         "the wiped node caught up through a partition snapshot (see its log)"
     );
 }

@@ -372,39 +372,6 @@ async fn node_gauge(node: &NodeClient, metric: &str) -> u64 {
         .unwrap_or_else(|| panic!("{metric} missing"))
 }
 
-/// Removes ANSI colour sequences from a log line.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Partition groups (ids ≥ 1000) for which `id`'s log reports an installed snapshot.
-fn installed_partition_snapshots(cluster: &Cluster, id: u64) -> usize {
-    let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
-    log.lines()
-        .map(plain)
-        .filter(|line| line.contains("snapshot installed"))
-        .filter(|line| {
-            line.split_whitespace()
-                .filter_map(|field| field.strip_prefix("group="))
-                .filter_map(|g| g.parse::<u64>().ok())
-                .any(|g| g >= 1000)
-        })
-        .count()
-}
-
 // Issue 8: "A node wiped and rejoined catches up through snapshots that carry only what
 // retention kept."
 #[tokio::test]
@@ -484,7 +451,7 @@ async fn issue_08_wiped_node_catches_up_through_a_retained_snapshot() {
         "log start {start} never goes back below {trimmed}"
     );
     assert!(
-        installed_partition_snapshots(&cluster, victim) > 0,
+        cluster.partition_snapshots_installed_since_wipe(victim) > 0,
         "the wiped node caught up through a partition snapshot (see its log)"
     );
     // It serves the retained range itself and refuses what retention removed.

@@ -225,6 +225,19 @@ fn json_response(body: Vec<u8>) -> Response {
     response
 }
 
+/// The read-your-writes parameters of key reads: the offset the answering replica must
+/// have applied, and how long to wait for it (capped like every long-poll).
+fn read_your_writes(
+    min_offset: Option<&str>,
+    timeout_ms: Option<&str>,
+) -> Result<(Option<u64>, u64), ApiError> {
+    let min_offset = min_offset
+        .map(|raw| number::<u64>("min_offset", Some(raw), 0))
+        .transpose()?;
+    let timeout_ms = number("timeout_ms", timeout_ms, DEFAULT_KEY_TIMEOUT_MS)?.min(MAX_TIMEOUT_MS);
+    Ok((min_offset, timeout_ms))
+}
+
 #[derive(Deserialize)]
 struct LookupParams {
     min_offset: Option<String>,
@@ -238,17 +251,8 @@ async fn lookup(
     Query(params): Query<LookupParams>,
 ) -> Result<Response, ApiError> {
     let meta = compacted_topic(&state, &topic).await?;
-    let min_offset = params
-        .min_offset
-        .as_deref()
-        .map(|raw| number::<u64>("min_offset", Some(raw), 0))
-        .transpose()?;
-    let timeout_ms = number(
-        "timeout_ms",
-        params.timeout_ms.as_deref(),
-        DEFAULT_KEY_TIMEOUT_MS,
-    )?
-    .min(MAX_TIMEOUT_MS);
+    let (min_offset, timeout_ms) =
+        read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
     let partition = partition_of(&meta, key.as_bytes());
     let placement = &meta.partitions[partition as usize];
     let read = KeyRead {
@@ -297,17 +301,8 @@ async fn scan(
     let meta = compacted_topic(&state, &topic).await?;
     let limit =
         number("limit", params.limit.as_deref(), DEFAULT_SCAN_LIMIT)?.clamp(1, MAX_SCAN_LIMIT);
-    let min_offset = params
-        .min_offset
-        .as_deref()
-        .map(|raw| number::<u64>("min_offset", Some(raw), 0))
-        .transpose()?;
-    let timeout_ms = number(
-        "timeout_ms",
-        params.timeout_ms.as_deref(),
-        DEFAULT_KEY_TIMEOUT_MS,
-    )?
-    .min(MAX_TIMEOUT_MS);
+    let (min_offset, timeout_ms) =
+        read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
     let prefix = Bytes::from(params.prefix.unwrap_or_default().into_bytes());
     let start = Bytes::from(params.start.unwrap_or_default().into_bytes());
     let pages = futures::future::join_all(meta.partitions.iter().enumerate().map(

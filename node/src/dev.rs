@@ -181,6 +181,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (i, url) in cluster.urls.iter().enumerate() {
         say!("  node {}: {url}", i + 1);
     }
+    // One listener for the whole run: a signal that arrives between two listeners is
+    // lost (the nodes would be orphaned when the caller then kills `dev`).
+    let stop = crate::signal::terminated();
+    tokio::pin!(stop);
     tokio::select! {
         ready = cluster.wait_ready(READY_WAIT) => match ready {
             Ok(()) => say!("cluster ready (Ctrl-C to stop)"),
@@ -189,12 +193,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 anyhow::bail!("{error} (logs under {})", args.data_dir.display());
             }
         },
-        _ = crate::signal::terminated() => {
+        _ = &mut stop => {
             cluster.stop().await;
             return Ok(());
         }
     }
-    crate::signal::terminated().await;
+    stop.await;
     say!("stopping...");
     cluster.stop().await;
     say!("stopped");

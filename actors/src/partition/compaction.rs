@@ -22,14 +22,17 @@
 //!
 //! # The rewrite
 //!
-//! The partition leader proposes `Compact { up_to_offset, now_ms, delete_retention_ms }`
-//! through Raft on its maintenance tick. Apply walks the batches in key order, one bounded
-//! chunk per command, in *passes*: a pass starts at the first batch with `pass_end =
-//! up_to_offset` and ends when it has walked every batch keyed below it. A record survives
-//! when the key index ([`super::key_index`]) names its offset as its key's latest, except a
-//! tombstone older than `now_ms - delete_retention_ms`, which is dropped together with its
-//! index entry. Keyless records are dropped: a compacted topic keeps the latest value per
-//! key, and a record without a key is nobody's latest.
+//! The partition leader proposes `Compact { pass_end, from, to, purge_before_ms }` through
+//! Raft on its maintenance tick. A *pass* walks every batch keyed below `pass_end` (the
+//! leader's high watermark when the pass started) in *windows*: the command names its window
+//! of batch keys `[from, to)`, chosen by the leader from its own batches (at most
+//! [`MAX_CHUNK_BATCHES`] batches or [`MAX_CHUNK_BYTES`] bytes there), and a window with
+//! `from == 0` starts a new pass. The tombstone cut-off `purge_before_ms` is fixed when the
+//! pass starts and carried by every window of it. A record survives when the key index
+//! ([`super::key_index`]) names its offset as its key's latest, except a tombstone older than
+//! the cut-off, which is dropped together with its index entry. Keyless records are dropped:
+//! a compacted topic keeps the latest value per key, and a record without a key is nobody's
+//! latest.
 //!
 //! Why dropping a tombstone is safe: every record of its key below it was in the log when the
 //! pass started (the pass only walks keys below what was applied then), and the index then
@@ -37,12 +40,38 @@
 //! records at their turn, before it reached the tombstone. A reader of the log never sees a
 //! key come back after its tombstone is gone.
 //!
-//! Compaction is skipped on a replica while a snapshot build reads its batches (see
-//! `GroupLogic::snapshot_hold`), so a snapshot is a consistent cut. Replicas therefore may
-//! differ in how far compaction got (as Kafka's replicas do); what every replica agrees on
-//! is the index and that the latest record of every key is stored with its offset.
+//! # Every replica converges
+//!
+//! Every replica applies every `Compact` command, at once, snapshot build or not, and what a
+//! command does depends only on the command, the key index and the records stored in its
+//! window, never on how this replica's batches happen to be laid out (compaction may have
+//! merged them differently on a replica that installed a snapshot) nor on its own progress:
+//! the window and the cut-off travel in the command. So once the leader's last pass (started
+//! after the last write) is applied, every replica has walked every record below the high
+//! watermark with the same index and the same cut-off, and stores the same records at the
+//! same offsets. The leader proposes passes from its own progress, which is therefore
+//! enough: there is no replica-local catch-up that only a later write would trigger.
+//!
+//! Why compaction does not pause while a snapshot build reads the batches (an earlier
+//! version skipped the command then, and a replica that skipped the last pass kept records
+//! the leader had dropped until the next write; deferring the command instead would wait
+//! for an apply, and an idle topic gets none). The build reads the batches after its plan,
+//! key by key, so it may see some windows applied after the plan: a rewrite is atomic and
+//! only moves records to a key at or above every key it removes, so the build sees each
+//! record of the plan at least once, sometimes twice (a removed batch read before the
+//! rewrite and the replacement read after), and misses only records a later window dropped.
+//! A replica that installs the snapshot replays every command after the plan, those windows
+//! included: the window that made a duplicate processes both copies and keeps one, and a
+//! record dropped early would have been dropped by that window anyway (the index read by the
+//! build can only be newer, which drops a record no sooner than the replay would). One
+//! thing replay could not repair: survivors of batches below the plan's high watermark moved
+//! into a batch keyed above it, which replaying the appends above it overwrites. So while a
+//! build holds the range ([`super::log`] `snapshot_hold`), a window that spans the plan's
+//! high watermark is rewritten as two parts, one on each side. The snapshot also pins the
+//! replica's [`CompactionProgress`], so a replica that installs it knows what the pass it
+//! joins has found (young tombstones kept) should it become the leader.
 
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use psubd_raft::{CommandResponse, StorageIoError, Tree, WriteBatch};
@@ -235,42 +264,46 @@ pub fn encode_sparse(survivors: &[(u64, &[u8])], end: u64) -> Bytes {
     out.freeze()
 }
 
-/// The command a partition leader proposes to compact a chunk.
+/// The command a partition leader proposes to compact one window of a pass (see the module
+/// docs). Everything a replica needs is in it, so every replica does the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactCommand {
-    /// A pass started by this command covers batches keyed below it (the leader's high
-    /// watermark when it proposed).
-    pub up_to_offset: u64,
-    /// The leader's clock: tombstones older than `now_ms - delete_retention_ms` go.
-    pub now_ms: i64,
-    /// The topic's `delete_retention_ms` when proposed.
-    pub delete_retention_ms: i64,
+    /// The pass walks batches keyed below this: the leader's high watermark when the pass
+    /// started.
+    pub pass_end: u64,
+    /// First batch key of this window; 0 starts a new pass.
+    pub from: u64,
+    /// Batch keys below this (and below `pass_end`) are this window's. At `pass_end` or
+    /// above, this window ends the pass.
+    pub to: u64,
+    /// Tombstones with a timestamp below this are dropped; fixed for the whole pass
+    /// (`i64::MIN` keeps them all).
+    pub purge_before_ms: i64,
 }
 
-impl CompactCommand {
-    /// Tombstones with a timestamp below this are dropped.
-    pub fn purge_before_ms(&self) -> i64 {
-        if self.delete_retention_ms < 0 {
-            // -1: tombstones are kept forever.
-            return i64::MIN;
-        }
-        self.now_ms.saturating_sub(self.delete_retention_ms)
+/// The tombstone cut-off of a pass started at `now_ms` on a topic with
+/// `delete_retention_ms` (-1: tombstones are kept forever).
+pub fn purge_before_ms(now_ms: i64, delete_retention_ms: i64) -> i64 {
+    if delete_retention_ms < 0 {
+        return i64::MIN;
     }
+    now_ms.saturating_sub(delete_retention_ms)
 }
 
 /// Where compaction stands on one replica. Stored in the partition's state tree (so a
-/// restart resumes the pass) and published to the leader's maintenance tick.
+/// restart knows it), pinned in snapshots, and read by the leader's maintenance tick to
+/// choose the next window. Every field but `tombstones_kept` and `dropped` follows from the
+/// commands alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactionProgress {
     /// A pass is under way.
     pub active: bool,
     /// The pass walks batch keys below this.
     pub pass_end: u64,
-    /// The next batch key (a base offset) the pass looks at.
+    /// The next batch key (a base offset) the pass looks at: where the next window starts.
     pub cursor: u64,
-    /// Offsets below this were already kept by this pass: a second copy (left by a reader
-    /// race, see the module docs) is dropped.
-    pub kept_below: u64,
+    /// The pass's tombstone cut-off (see [`CompactCommand::purge_before_ms`]).
+    pub purge_before_ms: i64,
     /// `pass_end` of the last pass that finished: the leader starts a new pass once the log
     /// grew past it.
     pub last_pass_end: u64,
@@ -390,66 +423,142 @@ where
 }
 
 impl PartitionLogic {
-    /// Applies a `Compact` command: one bounded chunk of the current pass (starting a pass
-    /// when none is under way). Skipped while a snapshot build reads the batches, and on a
-    /// topic that is not compacted. The response is empty.
+    /// Applies a `Compact` command on a compacted topic (a no-op on others): rewrites the
+    /// batches of its window as the module docs say, snapshot build or not. The response is
+    /// empty.
+    ///
+    /// The window is read whole (the batches in the tree and those staged by earlier
+    /// commands of this apply call): its size is bounded by the leader's choice, and a
+    /// replica whose batches are laid out differently holds the same offsets in it.
     ///
     /// # Errors
-    /// Storage I/O only; a batch that does not decode ends the chunk before it, alike on
-    /// every replica holding it.
+    /// Storage I/O only; a batch that does not decode leaves its part of the window as it
+    /// is, alike on every replica holding it.
     pub(super) fn compact(
         &mut self,
         command: &CompactCommand,
         state: &Tree,
         batch: &mut WriteBatch,
     ) -> Result<CommandResponse, StorageIoError> {
-        if !self.compacted || self.shared.snapshot_holds.load(Ordering::Acquire) > 0 {
+        if !self.compacted {
             return Ok(CommandResponse::default());
         }
+        let follows_pass = self.start_window(command);
+        let end = command.to.min(command.pass_end);
+        let mut window = self.window_batches(state, command.from, end)?;
+        // Trimmed batches still in the tree are not compaction's to touch.
+        let log_start = self.staged.log_start;
+        window.retain(|(base, stored)| {
+            StoredBatch::parse(*base, stored).map_or(true, |b| b.end() > log_start)
+        });
+        // While a snapshot build holds the range, no rewrite moves records across the high
+        // watermark of its plan (see the module docs).
+        let holds = self.shared.hold_bounds();
+        let side = |base: u64| holds.iter().filter(|bound| **bound <= base).count();
+        let mut kept_below = 0u64;
+        let (mut dropped, mut tombstones_kept) = (0u64, false);
+        for part in window.chunk_by(|a, b| side(a.0) == side(b.0)) {
+            let Some(rewrite) = self.rewrite_of(part, state, command, kept_below)? else {
+                continue;
+            };
+            kept_below = rewrite.kept_below;
+            dropped += rewrite.dropped;
+            tombstones_kept |= rewrite.tombstones_kept;
+            if rewrite.rewrite {
+                self.stage_rewrite(part, rewrite, batch);
+            }
+        }
         let progress = &mut self.progress;
-        if !progress.active {
+        progress.dropped += dropped;
+        if follows_pass {
+            progress.tombstones_kept |= tombstones_kept;
+            progress.cursor = progress.cursor.max(command.to);
+            if command.to >= command.pass_end {
+                progress.active = false;
+                progress.last_pass_end = command.pass_end;
+            }
+        }
+        debug!(
+            batches = window.len(),
+            dropped,
+            active = progress.active,
+            "compaction window applied"
+        );
+        self.stage_progress(batch)?;
+        Ok(CommandResponse::default())
+    }
+
+    /// Moves the progress to the command's window. Returns false for a late copy of a
+    /// window of the pass that already ended (the leader proposed it again after a timeout):
+    /// redoing its window is harmless, reopening its pass would walk it twice.
+    fn start_window(&mut self, command: &CompactCommand) -> bool {
+        let progress = &mut self.progress;
+        if command.from == 0 {
             *progress = CompactionProgress {
                 active: true,
-                pass_end: command.up_to_offset.min(self.staged.next_offset),
+                pass_end: command.pass_end,
                 cursor: 0,
-                kept_below: 0,
+                purge_before_ms: command.purge_before_ms,
                 last_pass_end: progress.last_pass_end,
                 tombstones_kept: false,
                 dropped: progress.dropped,
             };
+        } else if progress.active && progress.pass_end == command.pass_end {
+            // The pass goes on.
+        } else if !progress.active && progress.last_pass_end == command.pass_end {
+            return false;
+        } else {
+            // Joining a pass under way: after a snapshot install from before its start, or a
+            // restart whose stored progress did not decode.
+            progress.active = true;
+            progress.pass_end = command.pass_end;
+            progress.cursor = command.from;
+            progress.purge_before_ms = command.purge_before_ms;
         }
-        // Batches applied earlier in this same apply call are not in the tree yet: this
-        // chunk stops below what was written (the next command goes on from there).
-        let written_end = self.shared.bounds.borrow().next_offset;
-        let walk_end = progress.pass_end.min(written_end);
-        let mut chunk: Vec<(u64, Bytes)> = Vec::new();
-        let mut chunk_bytes = 0usize;
-        let mut exhausted = true;
-        for item in state.range(&batch_key(progress.cursor), Some(&batch_key(walk_end))) {
+        true
+    }
+
+    /// The batches keyed in `[from, end)` as this apply call sees them: the tree, then what
+    /// earlier commands of the call staged (appends, rewrites).
+    fn window_batches(
+        &self,
+        state: &Tree,
+        from: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, Bytes)>, StorageIoError> {
+        let mut found = BTreeMap::new();
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        for item in state.range(&batch_key(from), Some(&batch_key(end))) {
             let (key, stored) = item?;
             let Some(base) = base_offset_of(&key) else {
                 break;
             };
-            if !chunk.is_empty()
-                && (chunk.len() >= MAX_CHUNK_BATCHES
-                    || chunk_bytes + stored.len() > MAX_CHUNK_BYTES)
-            {
-                exhausted = false;
-                break;
-            }
-            chunk_bytes += stored.len();
-            chunk.push((base, stored.into_bytes()));
+            found.insert(base, stored.into_bytes());
         }
-        // Trimmed batches still in the tree are not compaction's to touch.
-        let log_start = self.staged.log_start;
-        chunk.retain(|(base, stored)| {
-            StoredBatch::parse(*base, stored).map_or(true, |b| b.end() > log_start)
-        });
-        let last_key = chunk.last().map(|(base, _)| *base);
+        for (base, staged) in self.staged_batches.range(from..end) {
+            match staged {
+                Some(stored) => found.insert(*base, stored.clone()),
+                None => found.remove(base),
+            };
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Compacts one part of a window against the key index as staged. `None` when a batch
+    /// of the part does not decode (the part is left as it is).
+    fn rewrite_of(
+        &self,
+        part: &[(u64, Bytes)],
+        state: &Tree,
+        command: &CompactCommand,
+        kept_below: u64,
+    ) -> Result<Option<ChunkRewrite>, StorageIoError> {
         let keys = &self.keys;
         let mut lookup_error = None;
         let rewrite = compact_chunk(
-            &chunk,
+            part,
             |key| match keys.get(state, key) {
                 Ok(entry) => entry.map(|e| e.offset),
                 Err(error) => {
@@ -458,65 +567,48 @@ impl PartitionLogic {
                     None
                 }
             },
-            command.purge_before_ms(),
-            progress.kept_below,
+            command.purge_before_ms,
+            kept_below,
         );
         if let Some(error) = lookup_error {
             return Err(error);
         }
-        let rewrite = match rewrite {
-            Ok(rewrite) => rewrite,
+        match rewrite {
+            Ok(rewrite) => Ok(Some(rewrite)),
             Err(error) => {
-                warn!(%error, "a stored batch did not decode; compaction pass ended");
-                progress.active = false;
-                progress.last_pass_end = progress.pass_end;
-                self.stage_progress(batch)?;
-                return Ok(CommandResponse::default());
-            }
-        };
-        let progress = &mut self.progress;
-        progress.kept_below = rewrite.kept_below;
-        progress.tombstones_kept |= rewrite.tombstones_kept;
-        progress.dropped += rewrite.dropped;
-        if rewrite.rewrite {
-            // Replace the chunk under its LAST key (see the module docs): every other key
-            // goes, the last one gets the survivors, or goes too when none survived.
-            for (base, _) in &chunk {
-                if Some(*base) != last_key || rewrite.replacement.is_none() {
-                    batch.remove(batch_key(*base).to_vec());
-                    self.index.remove(*base);
-                    self.changes.push(IndexChange::Remove(*base));
-                }
-            }
-            if let (Some(last), Some(replacement)) = (last_key, rewrite.replacement.as_ref()) {
-                let summary = summarize_at(last, replacement);
-                batch.insert(batch_key(last).to_vec(), replacement.to_vec());
-                self.index.insert(last, summary);
-                self.changes.push(IndexChange::Insert(last, summary));
-            }
-            for key in rewrite.purged {
-                self.keys.remove(key, batch);
+                warn!(%error, "a stored batch did not decode; its part of the compaction window is left as is");
+                Ok(None)
             }
         }
-        let progress = &mut self.progress;
-        match last_key {
-            Some(last) if !exhausted => progress.cursor = last + 1,
-            _ if walk_end < progress.pass_end => {
-                progress.cursor = last_key.map_or(progress.cursor, |last| last + 1)
-            }
-            _ => {
-                progress.active = false;
-                progress.last_pass_end = progress.pass_end;
+    }
+
+    /// Stages the replacement of `part` (see the module docs): every key but the last goes,
+    /// the last one gets the survivors, or goes too when none survived.
+    fn stage_rewrite(
+        &mut self,
+        part: &[(u64, Bytes)],
+        rewrite: ChunkRewrite,
+        batch: &mut WriteBatch,
+    ) {
+        let last_key = part.last().map(|(base, _)| *base);
+        for (base, _) in part {
+            if Some(*base) != last_key || rewrite.replacement.is_none() {
+                batch.remove(batch_key(*base).to_vec());
+                self.staged_batches.insert(*base, None);
+                self.index.remove(*base);
+                self.changes.push(IndexChange::Remove(*base));
             }
         }
-        debug!(
-            batches = chunk.len(),
-            dropped = rewrite.dropped,
-            active = progress.active,
-            "compaction chunk applied"
-        );
-        self.stage_progress(batch)?;
-        Ok(CommandResponse::default())
+        if let (Some(last), Some(replacement)) = (last_key, rewrite.replacement) {
+            let summary = summarize_at(last, &replacement);
+            batch.insert(batch_key(last).to_vec(), replacement.to_vec());
+            self.staged_batches.insert(last, Some(replacement));
+            self.index.insert(last, summary);
+            self.changes.push(IndexChange::Insert(last, summary));
+        }
+        for key in rewrite.purged {
+            self.keys.remove(key, batch);
+        }
     }
 
     fn stage_progress(&self, batch: &mut WriteBatch) -> Result<(), StorageIoError> {
@@ -540,9 +632,36 @@ impl PartitionReader {
     }
 }
 
-/// The compaction command the leader's maintenance tick should propose now, if any: when a
-/// pass is under way, when the log grew since the last pass, or when the last pass kept a
-/// tombstone that may have aged since. `None` for topics that are not compacted.
+/// Where a window starting at batch key `from` ends, on the batches of `tree`: before the
+/// first batch past [`MAX_CHUNK_BATCHES`] batches or [`MAX_CHUNK_BYTES`] bytes (at least one
+/// batch is always taken), or at `pass_end`. Always above `from` when `from < pass_end`.
+///
+/// # Errors
+/// Storage I/O.
+pub fn next_window_end(tree: &Tree, from: u64, pass_end: u64) -> Result<u64, StorageIoError> {
+    if from >= pass_end {
+        return Ok(pass_end);
+    }
+    let (mut batches, mut bytes) = (0usize, 0usize);
+    for item in tree.range(&batch_key(from), Some(&batch_key(pass_end))) {
+        let (key, stored) = item?;
+        let Some(base) = base_offset_of(&key) else {
+            break;
+        };
+        if batches > 0 && (batches >= MAX_CHUNK_BATCHES || bytes + stored.len() > MAX_CHUNK_BYTES) {
+            return Ok(base);
+        }
+        batches += 1;
+        bytes += stored.len();
+    }
+    Ok(pass_end)
+}
+
+/// The compaction command the leader's maintenance tick should propose now, if any: the
+/// next window of the pass under way, or the first window of a new pass when the log grew
+/// since the last pass or the last pass kept a tombstone that may have aged since. `None`
+/// for topics that are not compacted, and when this replica's batches cannot be read (the
+/// next tick tries again).
 pub fn due_compaction(
     reader: &PartitionReader,
     config: &TopicConfig,
@@ -553,12 +672,29 @@ pub fn due_compaction(
     }
     let progress = reader.compaction_progress();
     let high_watermark = reader.bounds().next_offset;
-    let due =
-        progress.active || high_watermark > progress.last_pass_end || progress.tombstones_kept;
-    due.then_some(CompactCommand {
-        up_to_offset: high_watermark,
-        now_ms,
-        delete_retention_ms: config.delete_retention_ms,
+    let (pass_end, from, purge_before) = if progress.active {
+        (progress.pass_end, progress.cursor, progress.purge_before_ms)
+    } else if high_watermark > progress.last_pass_end || progress.tombstones_kept {
+        (
+            high_watermark,
+            0,
+            purge_before_ms(now_ms, config.delete_retention_ms),
+        )
+    } else {
+        return None;
+    };
+    let to = match next_window_end(reader.state_tree()?, from, pass_end) {
+        Ok(to) => to,
+        Err(error) => {
+            warn!(%error, "could not read the batches to choose a compaction window");
+            return None;
+        }
+    };
+    Some(CompactCommand {
+        pass_end,
+        from,
+        to,
+        purge_before_ms: purge_before,
     })
 }
 

@@ -14,10 +14,12 @@
 //! Snapshots carry the index (the partition's snapshot range covers `k` keys after the
 //! batches) instead of rebuilding it from the batches on install: the index is not a pure
 //! function of the stored batches once compaction has dropped tombstones, and carrying it
-//! costs nothing at install time. While a snapshot build reads the range, compaction is
-//! paused on that replica, so batches are a consistent cut; index entries read later may be
-//! newer (they then name offsets the installing replica applies when it replays the log
-//! after the snapshot), which a key view treats as "not applied yet".
+//! costs nothing at install time. The build reads the range while applies go on, so index
+//! entries may be newer than the plan: they then name offsets the installing replica
+//! applies when it replays the log after the snapshot (a key view treats them as "not
+//! applied yet"), or miss a tombstone's entry that a later compaction window purged, which
+//! that window's replay drops with its tombstone (see [`super::compaction`], "Every replica
+//! converges").
 
 use std::collections::HashMap;
 

@@ -8,8 +8,8 @@
 //! - `b"m"` → [`LogBounds`] (postcard).
 //!
 //! - `b"k" ++ key` → the key index of a compacted topic (see [`super::key_index`]).
-//! - `b"n"` → compaction progress of a compacted topic (see [`super::compaction`]); local
-//!   to the replica, not part of snapshots.
+//! - `b"n"` → compaction progress of a compacted topic (see [`super::compaction`]); pinned
+//!   in snapshots.
 //!
 //! A batch is either dense (the Raft entry's bytes, offsets `base..base + count`) or sparse
 //! (compaction's output, explicit offsets, stored under the key of the last batch it
@@ -20,7 +20,8 @@
 //! build is reading the batch range, those removals wait (a snapshot must hold every batch
 //! its bounds claim) and happen at the first apply after the build lets go.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -47,8 +48,10 @@ pub(super) const PROGRESS_KEY: &[u8] = b"n";
 const TAG_APPEND: u8 = 1;
 /// Tag of a trim command: the rest is the new log start (u64 LE).
 const TAG_TRIM: u8 = 2;
+/// Tag of a compact command of an earlier format (no window): skipped on every replica.
+const TAG_COMPACT_UNWINDOWED: u8 = 3;
 /// Tag of a compact command: the rest is a postcard [`CompactCommand`].
-const TAG_COMPACT: u8 = 3;
+const TAG_COMPACT: u8 = 4;
 
 /// The replicated bounds of a partition's log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +98,7 @@ pub fn trim_command(new_log_start: u64) -> Command {
 /// Builds the Raft command that compacts the next chunk of a compacted topic's log.
 pub fn compact_command(compact: &CompactCommand) -> Command {
     let mut out = vec![TAG_COMPACT];
-    // Encoding three integers cannot fail; an empty command would be skipped at apply.
+    // Encoding four integers cannot fail; an empty command would be skipped at apply.
     out.extend(postcard::to_stdvec(compact).unwrap_or_default());
     Command(Bytes::from(out))
 }
@@ -114,8 +117,9 @@ pub(super) struct Shared {
     pub(super) bounds: watch::Sender<LogBounds>,
     /// The retained batches as written, for the retention tick and disk usage.
     index: Mutex<BatchIndex>,
-    /// Snapshot builds reading the batch range right now (see [`SnapshotRangeHold`]).
-    pub(super) snapshot_holds: AtomicUsize,
+    /// The high watermark of the plan of each snapshot build reading the batch range right
+    /// now (see [`SnapshotRangeHold`]). Taken alone, never with another lock of `Shared`.
+    holds: Mutex<Vec<u64>>,
     /// Bytes of batches appended since the last snapshot was planned: about what the Raft
     /// log holds that no snapshot covers yet (the maintenance tick snapshots by bytes).
     log_bytes_since_snapshot: AtomicU64,
@@ -131,12 +135,33 @@ pub(super) enum IndexChange {
     Reset(BatchIndex),
 }
 
-/// Keeps trimmed batches in the tree while a snapshot build reads the batch range.
-struct SnapshotRangeHold(Arc<Shared>);
+impl Shared {
+    fn holds(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.holds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The plan high watermarks of the snapshot builds reading the batch range now: empty
+    /// when none is.
+    pub(super) fn hold_bounds(&self) -> Vec<u64> {
+        self.holds().clone()
+    }
+}
+
+/// While a snapshot build reads the batch range: keeps trimmed batches in the tree, and
+/// keeps compaction from moving records across the plan's high watermark (`bound`).
+struct SnapshotRangeHold {
+    shared: Arc<Shared>,
+    bound: u64,
+}
 
 impl Drop for SnapshotRangeHold {
     fn drop(&mut self) {
-        self.0.snapshot_holds.fetch_sub(1, Ordering::AcqRel);
+        let mut holds = self.shared.holds();
+        if let Some(at) = holds.iter().position(|bound| *bound == self.bound) {
+            holds.swap_remove(at);
+        }
     }
 }
 
@@ -155,6 +180,9 @@ pub struct PartitionLogic {
     pub(super) keys: StagedIndex,
     /// Compaction progress including the current apply call (compacted topics).
     pub(super) progress: CompactionProgress,
+    /// Batches staged by the current apply call and not yet in the tree (compacted topics):
+    /// a `Compact` later in the call reads its window through them. `None` = removed.
+    pub(super) staged_batches: BTreeMap<u64, Option<Bytes>>,
     /// Base offsets of batches below the log start still in the tree: removed at the first
     /// apply with no snapshot build holding the range. Never read (reads check the bounds).
     garbage: Vec<u64>,
@@ -274,7 +302,7 @@ impl PartitionLogic {
             tree: OnceLock::new(),
             bounds,
             index: Mutex::new(BatchIndex::default()),
-            snapshot_holds: AtomicUsize::new(0),
+            holds: Mutex::new(Vec::new()),
             log_bytes_since_snapshot: AtomicU64::new(0),
             compaction: Mutex::new(CompactionProgress::default()),
         });
@@ -288,6 +316,7 @@ impl PartitionLogic {
                 compacted: policy == CleanupPolicy::Compact,
                 keys: StagedIndex::default(),
                 progress: CompactionProgress::default(),
+                staged_batches: BTreeMap::new(),
             },
             PartitionReader { shared },
         )
@@ -318,7 +347,7 @@ impl PartitionLogic {
 
     /// Removes trimmed batches from the tree unless a snapshot build is reading the range.
     fn collect_garbage(&mut self, batch: &mut WriteBatch) {
-        if self.garbage.is_empty() || self.shared.snapshot_holds.load(Ordering::Acquire) > 0 {
+        if self.garbage.is_empty() || !self.shared.holds().is_empty() {
             return;
         }
         for base in self.garbage.drain(..) {
@@ -370,6 +399,7 @@ impl GroupLogic for PartitionLogic {
         };
         self.index = BatchIndex::default();
         self.garbage.clear();
+        self.staged_batches.clear();
         let end = [BATCH_PREFIX + 1];
         for item in state.range(&[BATCH_PREFIX], Some(&end)) {
             let (key, stored) = item?;
@@ -438,6 +468,9 @@ impl GroupLogic for PartitionLogic {
                         .log_bytes_since_snapshot
                         .fetch_add(stored.len() as u64, Ordering::Relaxed);
                     batch.insert(batch_key(base).to_vec(), stored.to_vec());
+                    if self.compacted {
+                        self.staged_batches.insert(base, Some(stored.clone()));
+                    }
                     self.staged.next_offset += u64::from(count);
                     self.stage_bounds(batch)?;
                     self.index.insert(base, summary);
@@ -459,6 +492,10 @@ impl GroupLogic for PartitionLogic {
                 Ok(CommandResponse(Bytes::copy_from_slice(
                     &log_start.to_le_bytes(),
                 )))
+            }
+            Some(&TAG_COMPACT_UNWINDOWED) => {
+                warn!("skipping compact command of an earlier format");
+                Ok(CommandResponse::default())
             }
             Some(&TAG_COMPACT) => {
                 let Ok(compact) = postcard::from_bytes::<CompactCommand>(&command.0[1..]) else {
@@ -492,6 +529,7 @@ impl GroupLogic for PartitionLogic {
         }
         if self.compacted {
             self.keys.written();
+            self.staged_batches.clear();
             *self
                 .shared
                 .compaction
@@ -524,23 +562,34 @@ impl GroupLogic for PartitionLogic {
         // at the oldest retained batch (it may straddle the log start), not at the log start.
         let first = self.index.first_base().unwrap_or(self.staged.next_offset);
         // A compacted topic's snapshot also carries the key index, read after the batches
-        // (see `key_index`); compaction pauses while the hold is alive, so the batches are
-        // a consistent cut. Batches appended meanwhile may come along: replay writes the
-        // same bytes under the same keys.
+        // (see `key_index`), and pins the compaction progress. Compaction goes on while the
+        // range is read, so a compacted topic's batches are not a cut at the plan but one
+        // that replaying the log after it repairs (see `compaction`, "Every replica
+        // converges"). Batches appended meanwhile may come along: replay writes the same
+        // bytes under the same keys.
+        let mut pinned = vec![(BOUNDS_KEY.to_vec(), bounds)];
         let end = if self.compacted {
+            if let Some(progress) = state.get(PROGRESS_KEY)? {
+                pinned.push((PROGRESS_KEY.to_vec(), progress.to_vec()));
+            }
             INDEX_END.to_vec()
         } else {
             batch_key(self.staged.next_offset).to_vec()
         };
         Ok(SnapshotPlan {
-            pinned: vec![(BOUNDS_KEY.to_vec(), bounds)],
+            pinned,
             lazy: Some((batch_key(first).to_vec(), Some(end))),
         })
     }
 
     fn snapshot_hold(&self) -> Option<SnapshotHold> {
-        self.shared.snapshot_holds.fetch_add(1, Ordering::AcqRel);
-        Some(Box::new(SnapshotRangeHold(self.shared.clone())))
+        // Right after the plan, with no apply in between: the plan's high watermark.
+        let bound = self.staged.next_offset;
+        self.shared.holds().push(bound);
+        Some(Box::new(SnapshotRangeHold {
+            shared: self.shared.clone(),
+            bound,
+        }))
     }
 }
 
@@ -710,6 +759,7 @@ mod tests {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use psubd_raft::NodeStorage;
 
+    use super::super::compaction::next_window_end;
     use super::*;
     use crate::record::{join_batch, EncodedRecords, Record, RecordIter, ValueKind};
 
@@ -969,12 +1019,35 @@ mod tests {
         append_command(&join_batch([&encoded].into_iter()))
     }
 
-    fn compact(up_to_offset: u64, now_ms: i64) -> Command {
-        compact_command(&super::super::compaction::CompactCommand {
-            up_to_offset,
-            now_ms,
-            delete_retention_ms: 100,
+    /// A whole pass over the batches below `pass_end` in one window, on a topic whose
+    /// `delete_retention_ms` is 100.
+    fn compact(pass_end: u64, now_ms: i64) -> Command {
+        compact_command(&CompactCommand {
+            pass_end,
+            from: 0,
+            to: pass_end,
+            purge_before_ms: now_ms - 100,
         })
+    }
+
+    /// A pass over the batches below `pass_end` in the windows a leader holding `tree`
+    /// would choose (at most 64 batches each), with `delete_retention_ms` 100.
+    fn pass_in_windows(tree: &Tree, pass_end: u64, now_ms: i64) -> Vec<Command> {
+        let mut commands = Vec::new();
+        let mut from = 0;
+        loop {
+            let to = next_window_end(tree, from, pass_end).unwrap();
+            commands.push(compact_command(&CompactCommand {
+                pass_end,
+                from,
+                to,
+                purge_before_ms: now_ms - 100,
+            }));
+            if to >= pass_end {
+                return commands;
+            }
+            from = to;
+        }
     }
 
     fn value_of(reader: &PartitionReader, key: &str) -> Option<(u64, String)> {
@@ -1106,10 +1179,13 @@ mod tests {
             append(&[keyed("gone", Some(&value(300)), 0), keyed("gone", None, 0)]),
         ));
         sm.apply(entries).await.unwrap();
-        // One chunk per command (at most 64 batches): enough commands to finish the pass.
-        let compacts: Vec<_> = (0..4)
-            .map(|i| entry(102 + i, compact(302, 5_000)))
+        // One window per command (at most 64 batches).
+        let compacts: Vec<_> = pass_in_windows(sm.tree(), 302, 5_000)
+            .into_iter()
+            .enumerate()
+            .map(|(i, command)| entry(102 + i as u64, command))
             .collect();
+        assert_eq!(compacts.len(), 2);
         sm.apply(compacts).await.unwrap();
         assert!(
             batch_keys(sm.tree()).len() > 1,

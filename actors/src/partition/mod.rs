@@ -20,8 +20,8 @@
 //! [`MaintenanceArgs::interval`]; on the leader it reads the topic's current settings from
 //! the controller state and proposes what retention ([`retention`]) asks for. One trim is
 //! in flight at a time; its outcome comes back as [`PartitionMsg::TrimDone`]. On a
-//! compacted topic it proposes the next compaction chunk ([`compaction`]); while a pass is
-//! under way, each committed chunk proposes the next one ([`PartitionMsg::CompactDone`]).
+//! compacted topic it proposes the next compaction window ([`compaction`]); while a pass is
+//! under way, each committed window proposes the next one ([`PartitionMsg::CompactDone`]).
 
 pub mod compaction;
 pub mod key_index;
@@ -167,9 +167,9 @@ pub struct PartitionState {
     trim_in_flight: bool,
     /// A compaction command proposed and not yet answered (one at a time).
     compact_in_flight: bool,
-    /// Compaction progress when the command in flight was proposed: the next chunk is
-    /// proposed at once only if that one moved it (a replica skips compaction while a
-    /// snapshot build reads its batches; then the next tick retries).
+    /// Compaction progress when the command in flight was proposed: the next window is
+    /// proposed at once only if that one moved it (it did not commit otherwise; then the
+    /// next tick retries).
     compact_proposed_at: crate::partition::compaction::CompactionProgress,
     /// When this leader last started a compaction pass: a new pass waits
     /// [`COMPACTION_PASS_TICKS`] ticks, so a busy topic is not re-walked on every tick.
@@ -316,7 +316,7 @@ impl PartitionState {
         });
     }
 
-    /// Proposes the next compaction chunk of a compacted topic, if one is due and none is
+    /// Proposes the next compaction window of a compacted topic, if one is due and none is
     /// in flight (see [`compaction::due_compaction`]).
     async fn compact(
         &mut self,
@@ -517,7 +517,7 @@ impl Actor for PartitionActor {
             PartitionMsg::TrimDone => state.trim_in_flight = false,
             PartitionMsg::CompactDone => {
                 state.compact_in_flight = false;
-                // A pass under way goes on at once, one bounded chunk per command.
+                // A pass under way goes on at once, one bounded window per command.
                 let progress = state.maintenance.reader.compaction_progress();
                 if progress.active
                     && progress != state.compact_proposed_at

@@ -1257,4 +1257,151 @@ mod tests {
         let end = reader.read(302, 100, 1 << 20).unwrap();
         assert_eq!((end.count, end.next_offset), (0, 302));
     }
+
+    /// Records and key views of a replica, for comparing replicas: every stored record with
+    /// its offset and value (`None` for a tombstone), and the view of keys k0..k9.
+    type Content = (Vec<(u64, Option<String>)>, Vec<Option<(u64, String)>>);
+
+    fn content(reader: &PartitionReader) -> Content {
+        let fetched = reader
+            .read(reader.bounds().log_start, 10_000, 1 << 30)
+            .unwrap();
+        let records = fetched
+            .iter()
+            .map(|r| {
+                let (offset, view) = r.unwrap();
+                let value = view.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                (offset, value)
+            })
+            .collect();
+        let views = (0..10)
+            .map(|k| value_of(reader, &format!("k{k}")))
+            .collect();
+        (records, views)
+    }
+
+    /// Issue 8: a compaction pass applied while a snapshot build holds the batch range runs
+    /// at once (it is not skipped, so no later write is needed for this replica to catch
+    /// up) and leaves the same records and key views as on a replica with no build; a
+    /// replica that installs the snapshot built meanwhile and replays the log after it ends
+    /// up with them too — including the survivors below the plan's high watermark, which a
+    /// rewrite into the batch above it would have let the replayed appends overwrite.
+    #[tokio::test]
+    async fn issue_08_compaction_under_a_snapshot_hold_converges_with_other_replicas() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let storages: Vec<_> = dirs
+            .iter()
+            .map(|d| NodeStorage::open(d.path(), 1 << 20).unwrap())
+            .collect();
+        let mut replicas = Vec::new();
+        for storage in &storages {
+            let (logic, reader) = PartitionLogic::with_policy(CleanupPolicy::Compact);
+            replicas.push((storage.state_machine(7, Box::new(logic)).unwrap(), reader));
+        }
+        let (mut held, mut free, mut fresh) = {
+            let mut it = replicas.into_iter();
+            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+        };
+        // Before the plan: 40 batches of 3 updates over k0..k9 (values name their offset),
+        // then old tombstones of k8 and k9.
+        let value = |offset: u64| format!("v{offset}");
+        let mut before: Vec<_> = (0..40u64)
+            .map(|i| {
+                let records: Vec<Record> = (0..3)
+                    .map(|j| {
+                        keyed(
+                            &format!("k{}", (3 * i + j) % 10),
+                            Some(&value(3 * i + j)),
+                            0,
+                        )
+                    })
+                    .collect();
+                entry(i + 1, append(&records))
+            })
+            .collect();
+        before.push(entry(
+            41,
+            append(&[keyed("k8", None, 0), keyed("k9", None, 0)]),
+        ));
+        for sm in [&mut held.0, &mut free.0] {
+            sm.apply(before.clone()).await.unwrap();
+        }
+        let plan_high_watermark = held.1.bounds().next_offset;
+        assert_eq!(plan_high_watermark, 122);
+
+        // A snapshot build on `held` plans now and reads the range later.
+        let mut builder = held.0.get_snapshot_builder().await;
+        // After the plan: updates of k0 and k1, a fresh tombstone of k2, then one pass over
+        // everything (the window spans the plan's high watermark), as the leader `free`
+        // chooses it; k8's and k9's tombstones are old, k2's is young.
+        let mut after = vec![
+            entry(42, append(&[keyed("k0", Some(&value(122)), 0)])),
+            entry(
+                43,
+                append(&[keyed("k1", Some(&value(123)), 0), keyed("k2", None, 1_000)]),
+            ),
+        ];
+        for sm in [&mut held.0, &mut free.0] {
+            sm.apply(after.clone()).await.unwrap();
+        }
+        let pass = pass_in_windows(free.0.tree(), 125, 1_000);
+        assert_eq!(
+            pass.len(),
+            1,
+            "one window, across the plan's high watermark"
+        );
+        after.push(entry(44, pass[0].clone()));
+        for sm in [&mut held.0, &mut free.0] {
+            sm.apply(vec![after[2].clone()]).await.unwrap();
+        }
+
+        // The held replica compacted at once, to what the free one holds: k3..k7 at their
+        // last offsets, k0 and k1 updated, k2's young tombstone; k8, k9 gone with their keys.
+        let want = content(&free.1);
+        assert_eq!(content(&held.1), want);
+        let offsets_kept: Vec<u64> = want.0.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets_kept, vec![113, 114, 115, 116, 117, 122, 123, 124]);
+        assert_eq!(want.0[7], (124, None), "k2's tombstone is young: kept");
+        assert_eq!(want.1[8], None);
+        assert!(
+            super::super::key_index::lookup(held.1.state_tree().unwrap(), b"k9")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(held.1.compaction_progress(), free.1.compaction_progress());
+        // Only the layout differs: the held replica kept its survivors below the plan's high
+        // watermark in a batch below it.
+        assert_eq!(batch_keys(free.0.tree()), vec![123]);
+        assert_eq!(batch_keys(held.0.tree()), vec![120, 123]);
+
+        // The snapshot read now sees the rewritten batches under the plan's bounds. A fresh
+        // replica installs it and replays the log after the plan: it ends up alike.
+        let snapshot = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder)
+            .await
+            .unwrap();
+        drop(builder);
+        fresh
+            .0
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(fresh.1.bounds().next_offset, plan_high_watermark);
+        fresh.0.apply(after.clone()).await.unwrap();
+        assert_eq!(content(&fresh.1), want);
+
+        // The hold is over: a later pass (k2's tombstone aged) is applied alike everywhere.
+        let later = entry(45, pass_in_windows(free.0.tree(), 125, 5_000)[0].clone());
+        for sm in [&mut held.0, &mut free.0, &mut fresh.0] {
+            sm.apply(vec![later.clone()]).await.unwrap();
+        }
+        let want = content(&free.1);
+        assert_eq!(want.0.len(), 7, "k2's tombstone is gone");
+        assert_eq!(content(&held.1), want);
+        assert_eq!(content(&fresh.1), want);
+        assert_eq!(
+            batch_keys(held.0.tree()),
+            vec![123],
+            "no hold: merged again"
+        );
+    }
 }

@@ -712,7 +712,6 @@ async fn wait_compacted(node: &NodeClient, want: &[(u64, String)], what: &str) {
 
 // Issue 8: a node that lost its disk rejoins a compacted topic whose Raft log was purged: it
 // installs a snapshot and then serves the same key views and the same compacted log.
-#[ignore = "fails: the wiped follower keeps a tombstone (past delete_retention_ms) that the idle leader dropped; compaction never reaches it (see the engineer's report)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issue_08_wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {
     let mut cluster = Cluster::start_with_env(

@@ -52,24 +52,29 @@
 //! same offsets. The leader proposes passes from its own progress, which is therefore
 //! enough: there is no replica-local catch-up that only a later write would trigger.
 //!
-//! Why compaction does not pause while a snapshot build reads the batches (an earlier
-//! version skipped the command then, and a replica that skipped the last pass kept records
-//! the leader had dropped until the next write; deferring the command instead would wait
-//! for an apply, and an idle topic gets none). The build reads the batches after its plan,
-//! key by key, so it may see some windows applied after the plan: a rewrite is atomic and
-//! only moves records to a key at or above every key it removes, so the build sees each
-//! record of the plan at least once, sometimes twice (a removed batch read before the
-//! rewrite and the replacement read after), and misses only records a later window dropped.
-//! A replica that installs the snapshot replays every command after the plan, those windows
-//! included: the window that made a duplicate processes both copies and keeps one, and a
-//! record dropped early would have been dropped by that window anyway (the index read by the
-//! build can only be newer, which drops a record no sooner than the replay would). One
-//! thing replay could not repair: survivors of batches below the plan's high watermark moved
-//! into a batch keyed above it, which replaying the appends above it overwrites. So while a
-//! build holds the range ([`super::log`] `snapshot_hold`), a window that spans the plan's
-//! high watermark is rewritten as two parts, one on each side. The snapshot also pins the
-//! replica's [`CompactionProgress`], so a replica that installs it knows what the pass it
-//! joins has found (young tombstones kept) should it become the leader.
+//! Compaction does not pause while a snapshot build reads the batches. An earlier version
+//! skipped the command then, and a replica that skipped the last pass kept records the leader
+//! had dropped until the next write. Deferring the command to the end of the build would not do
+//! either: only an apply can write, only the leader proposes, and an idle topic gets no further
+//! apply. Pausing is not needed. This takes more latitude than `GroupLogic::snapshot_plan`
+//! describes (keys of the lazy range only ever removed); appends already add keys there, and
+//! this logic relies on replaying the log after the snapshot to repair its cut, as follows. The
+//! build reads the batches after its plan, key by key, so it may see some windows applied after
+//! the plan: a rewrite is atomic and only moves records to a key at or above every key it
+//! removes, so the build sees each record of the plan at least once, sometimes twice (a removed
+//! batch read before the rewrite and the replacement read after), and misses only records a
+//! later window dropped. A replica that installs the snapshot replays every command after the
+//! plan, those windows included: the window that made a duplicate processes both copies and
+//! keeps one (all copies lie in its window), and a record missing from the cut was dropped by
+//! one of those windows, whose replay drops it anyway. The key index the build reads can only
+//! be newer than the plan: a replayed window may then drop a superseded record earlier than the
+//! leader did, never keep one the leader drops, and the leader's next pass (due, since the log
+//! grew) drops it too. One thing replay could not repair: survivors of batches below the plan's
+//! high watermark moved into a batch keyed above it, which replaying the appends above it
+//! overwrites. So while a build holds the range ([`super::log`] `snapshot_hold`), a window that
+//! spans the plan's high watermark is rewritten as two parts, one on each side. The snapshot
+//! also pins the replica's [`CompactionProgress`], so a replica that installs it knows what the
+//! pass it joins has found (young tombstones kept) should it become the leader.
 
 use std::collections::BTreeMap;
 

@@ -1404,4 +1404,48 @@ mod tests {
             "no hold: merged again"
         );
     }
+
+    /// A window reads the batches that earlier commands of the same apply call staged
+    /// (appends and rewrites not yet in the tree): two passes and the appends between them in
+    /// one apply call leave what they leave when applied one by one.
+    #[tokio::test]
+    async fn windows_in_one_apply_call_see_what_earlier_commands_staged() {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut replicas = Vec::new();
+        for dir in &dirs {
+            let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
+            let (logic, reader) = PartitionLogic::with_policy(CleanupPolicy::Compact);
+            let sm = storage.state_machine(7, Box::new(logic)).unwrap();
+            replicas.push((storage, sm, reader));
+        }
+        let value = |offset: u64| format!("v{offset}");
+        let entries: Vec<_> = vec![
+            append(&[
+                keyed("k0", Some(&value(0)), 0),
+                keyed("k1", Some(&value(1)), 0),
+            ]),
+            append(&[keyed("k0", Some(&value(2)), 0), keyed("k2", None, 0)]),
+            compact(4, 1_000),
+            append(&[keyed("k1", Some(&value(4)), 0)]),
+            compact(5, 1_000),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, command)| entry(i as u64 + 1, command))
+        .collect();
+        let (_, together, together_reader) = &mut replicas[0];
+        together.apply(entries.clone()).await.unwrap();
+        let want = content(together_reader);
+        let (_, one_by_one, one_by_one_reader) = &mut replicas[1];
+        for entry in entries {
+            one_by_one.apply(vec![entry]).await.unwrap();
+        }
+        assert_eq!(content(one_by_one_reader), want);
+        let offsets: Vec<u64> = want.0.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            vec![2, 4],
+            "k0 and k1 at their latest; k2's old tombstone gone"
+        );
+    }
 }

@@ -75,6 +75,7 @@ async fn issue_03_cluster_contracts() {
     checks
         .run("long_poll_wakes_on_publish", long_poll_wakes_on_publish(c))
         .await;
+    checks.run("acks_levels", acks_levels(c)).await;
 
     c.node(1).create_topic(BAD, 3, 3).await;
     for p in 0..3 {
@@ -384,6 +385,50 @@ async fn publish_batch_to_fresh_topic(c: &Cluster) {
         }
     }
     assert_all_present(c, TOPIC, &acked, &[1], CATCH_UP).await;
+}
+
+/// README § Publish, acks: `acks=0` answers 202 with the count before anything is written,
+/// and the records still arrive; `acks=1` answers 200 with offsets like `all`.
+async fn acks_levels(c: &Cluster) {
+    const TOPIC: &str = "acks";
+    c.node(1).create_topic(TOPIC, 1, 3).await;
+    // A first acknowledged write, so the partition has a leader before the fire-and-forget.
+    c.node(1)
+        .publish(TOPIC, &[NewRecord::keyed("a1", json!("leader"))])
+        .await;
+    let node = c.node(3);
+    let url = node.url(&format!("/v1/topics/{TOPIC}/records?acks=0"));
+    let body = json!({ "records": (0..5).map(|i| json!({"key": format!("a0-{i}"), "value": i})).collect::<Vec<_>>() });
+    let resp = node.http().post(&url).json(&body).send().await.unwrap();
+    let answer: Value = expect_json(resp, 202)
+        .await
+        .unwrap_or_else(|e| panic!("acks=0 publish: {e}"));
+    assert_eq!(answer["accepted"], json!(5), "acks=0 answer: {answer}");
+    let keys = eventually(CATCH_UP, "the acks=0 records on node 1", || async {
+        let records = c.node(1).try_fetch_all(TOPIC, 0).await?;
+        let keys: Vec<String> = records.iter().filter_map(|r| r.key.clone()).collect();
+        if keys.len() < 6 {
+            return Err(format!("{} of 6 records so far", keys.len()));
+        }
+        Ok::<_, String>(keys)
+    })
+    .await;
+    let expected: Vec<String> = std::iter::once("a1".to_string())
+        .chain((0..5).map(|i| format!("a0-{i}")))
+        .collect();
+    assert_eq!(keys, expected, "acks=0 records, in order, once each");
+
+    let url = node.url(&format!("/v1/topics/{TOPIC}/records?acks=1"));
+    let body = json!({ "records": [{"key": "a-one", "value": 1}] });
+    let resp = node.http().post(&url).json(&body).send().await.unwrap();
+    let answer: Value = expect_json(resp, 200)
+        .await
+        .unwrap_or_else(|e| panic!("acks=1 publish: {e}"));
+    assert_eq!(
+        answer["offsets"][0]["offset"],
+        json!(6),
+        "acks=1 answer: {answer}"
+    );
 }
 
 /// API.md § Publish, raw mode: a 200 whose JSON report and `X-Partition`/`X-Offset`

@@ -31,6 +31,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 /// Most records asked for per fetch by [`NodeClient::fetch_all`] (API.md's default).
 const FETCH_PAGE: u32 = 500;
 
+/// Which failed publish answers [`NodeClient::publish_retrying`] sends again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retries {
+    /// Only what certainly was not written: exactly one copy of each record.
+    OnlyUnwritten,
+    /// Also an unknown outcome: at least one copy of each record.
+    AlsoUnknownOutcome,
+}
+
 /// Result of one publish attempt, for tests about availability.
 #[derive(Debug)]
 pub enum PublishOutcome {
@@ -254,6 +263,35 @@ impl NodeClient {
     /// On any other answer (including 504: a retry could write twice), or when the
     /// answer does not carry one report per record.
     pub async fn publish(&self, topic: &str, records: &[NewRecord]) -> Vec<DeliveryReport> {
+        self.publish_retrying(topic, records, Retries::OnlyUnwritten)
+            .await
+    }
+
+    /// Publishes `records` at least once, as a client of a compacted topic may: like
+    /// [`NodeClient::publish`], and an `outcome_unknown` answer (504, or a 207 row) is
+    /// retried too, so a record may be stored twice; the reports are those of the attempt
+    /// that was acknowledged (the latest copy). For tests where a duplicate is harmless
+    /// (key views), so a leadership change mid-write does not fail them.
+    ///
+    /// # Panics
+    ///
+    /// On any other answer, or when the answer does not carry one report per record.
+    pub async fn publish_at_least_once(
+        &self,
+        topic: &str,
+        records: &[NewRecord],
+    ) -> Vec<DeliveryReport> {
+        self.publish_retrying(topic, records, Retries::AlsoUnknownOutcome)
+            .await
+    }
+
+    async fn publish_retrying(
+        &self,
+        topic: &str,
+        records: &[NewRecord],
+        retries: Retries,
+    ) -> Vec<DeliveryReport> {
+        let at_least_once = retries == Retries::AlsoUnknownOutcome;
         let start = Instant::now();
         let mut reports: Vec<Option<DeliveryReport>> = vec![None; records.len()];
         let mut pending: Vec<usize> = (0..records.len()).collect();
@@ -290,6 +328,9 @@ impl NodeClient {
                                 reports[*index] = Some(DeliveryReport { partition: partition as u32, offset });
                             }
                             _ if row["error"] == "not_available" => still.push(*index),
+                            _ if at_least_once && row["error"] == "outcome_unknown" => {
+                                still.push(*index)
+                            }
                             _ => panic!("publish to {topic} on {}: a record failed in a way a retry could duplicate: {row}", self.base),
                         }
                     }
@@ -299,6 +340,11 @@ impl NodeClient {
                 PublishOutcome::Unavailable { .. }
                 | PublishOutcome::Transport { not_sent: true, .. }
                     if retry_allowed =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                PublishOutcome::OutcomeUnknown { .. } | PublishOutcome::Transport { .. }
+                    if retry_allowed && at_least_once =>
                 {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }

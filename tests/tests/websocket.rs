@@ -280,4 +280,30 @@ async fn issue_07_websocket_publish_subscribe_credit_commit_resume() {
         committed["offsets"][0]["offset"], 3,
         "delivery never commits: {committed}"
     );
+
+    // A message past the node's request limit (10 MiB by default) closes that connection
+    // with 1009 (message too big); the node goes on serving others.
+    let mut big = Ws::connect(&cluster.http(3)).await;
+    let oversized = "x".repeat(11 << 20);
+    // The server may close while the message is still being written: either way the
+    // close frame it sent is what must be read.
+    let _ = big.socket.send(Message::text(oversized)).await;
+    let code = loop {
+        match tokio::time::timeout(FRAME_WITHIN, big.socket.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break u16::from(frame.code),
+            Ok(Some(Ok(Message::Close(None)))) => panic!("closed without a code"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame after an oversized message: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1009, "close code for an oversized message");
+    let mut after = Ws::connect(&cluster.http(3)).await;
+    let ack = after
+        .call(
+            "after",
+            json!({"op": "publish", "topic": "wt", "records": records(5..6)}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "the node still serves: {ack}");
 }

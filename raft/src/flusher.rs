@@ -137,11 +137,12 @@ async fn flush_all(engine: &dyn Engine, log_syncs: &LogSyncs) -> Result<(), Stor
         }
         let restore = log_syncs.clone();
         blocking("fsync log segments", move || {
-            files.sync().map_err(|(err, unsynced)| {
+            let synced = files.sync();
+            if synced.is_err() {
                 // Not durable: a later flush must sync them again.
-                restore.restore(unsynced);
-                err
-            })
+                restore.restore(files);
+            }
+            synced
         })
         .await
     };

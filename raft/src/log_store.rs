@@ -106,7 +106,9 @@ impl LogStore {
     /// The index of the durable purge mark in `tree` (a log tree), to open the segments with.
     pub(crate) fn purged_index(tree: &Tree) -> Result<Option<u64>, StorageIoError> {
         match tree.get(PURGED_KEY)? {
-            Some(bytes) => decode::<typ::LogId>("last purged log id", &bytes).map(|id| Some(id.index)),
+            Some(bytes) => {
+                decode::<typ::LogId>("last purged log id", &bytes).map(|id| Some(id.index))
+            }
             None => Ok(None),
         }
     }
@@ -272,8 +274,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if batch.is_empty() {
                 return Ok(());
             }
-            if self.read_log().append_syncs() {
-                // A roll fsyncs the full segment first: off the async threads.
+            if self.read_log().append_syncs(&batch) {
+                // A roll (or a replacing append) fsyncs first: off the async threads.
                 let log = self.log.clone();
                 blocking("append to the log", move || {
                     log.write()

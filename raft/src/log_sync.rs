@@ -82,20 +82,15 @@ impl Pending {
     /// threads). A directory removed meanwhile (group destroyed) needs nothing.
     ///
     /// # Errors
-    /// The first failure, naming the file or directory; `self` is handed back with it so the
-    /// caller can [`LogSyncs::restore`] it.
-    pub(crate) fn sync(self) -> Result<(), (StorageIoError, Pending)> {
+    /// The first failure, naming the file or directory; the caller hands `self` back with
+    /// [`LogSyncs::restore`] so a later flush retries it.
+    pub(crate) fn sync(&self) -> Result<(), StorageIoError> {
         for (path, file) in &self.files {
-            if let Err(e) = file.sync_data() {
-                let err = StorageIoError::file("fsync a log segment", path, e);
-                return Err((err, self));
-            }
+            file.sync_data()
+                .map_err(|e| StorageIoError::file("fsync a log segment", path, e))?;
         }
         for dir in &self.dirs {
-            if let Err(e) = sync_dir(dir) {
-                let err = StorageIoError::file("fsync a log directory", dir, e);
-                return Err((err, self));
-            }
+            sync_dir(dir).map_err(|e| StorageIoError::file("fsync a log directory", dir, e))?;
         }
         Ok(())
     }

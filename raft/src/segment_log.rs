@@ -451,7 +451,9 @@ impl SegmentLog {
             let item = item.map_err(|e| StorageIoError::file("list log segments", &self.dir, e))?;
             match item.file_name().to_str().and_then(parse_segment_name) {
                 Some(first) => found.push((first, item.path())),
-                None => tracing::warn!(path = %item.path().display(), "ignoring a file in a log directory"),
+                None => {
+                    tracing::warn!(path = %item.path().display(), "ignoring a file in a log directory")
+                }
             }
         }
         found.sort_unstable_by_key(|(first, _path)| *first);
@@ -551,12 +553,23 @@ impl SegmentLog {
         self.last
     }
 
-    /// True when the next append starts a new segment after syncing the full one (a
-    /// blocking fsync: the caller runs that append off the async threads).
-    pub(crate) fn append_syncs(&self) -> bool {
+    /// True when appending `batch` fsyncs: it starts a new segment after syncing the full
+    /// one, or it replaces stored entries (a durable truncate first). The caller runs such an
+    /// append off the async threads.
+    pub(crate) fn append_syncs(&self, batch: &EncodedBatch) -> bool {
         self.segments
             .back()
             .is_some_and(|active| active.len >= self.segment_bytes)
+            || self.append_truncates(batch)
+    }
+
+    /// True when `batch` starts at or before the last stored entry.
+    fn append_truncates(&self, batch: &EncodedBatch) -> bool {
+        !batch.is_empty()
+            && self
+                .segments
+                .back()
+                .is_some_and(|active| batch.first < active.end())
     }
 
     /// Writes `batch` with one write, readable at once; durable after the next flush. May
@@ -570,14 +583,24 @@ impl SegmentLog {
             return Ok(());
         };
         batch.check_consecutive()?;
+        if self.append_truncates(batch) {
+            // Raft's rule for a conflicting append: the entries from its first index on are
+            // replaced. openraft truncates before such an append itself; this keeps the same
+            // meaning for a caller that does not (the storage suite overwrites entries).
+            self.truncate(batch.first)?;
+        }
         if let Some(active) = self.segments.back() {
             if batch.first != active.end() {
                 return Err(StorageIoError::Corrupt {
-                    what: "appended log entries that do not continue the log",
+                    what: "appended log entries that leave a hole in the log",
                 });
             }
         }
-        if self.segments.is_empty() || self.append_syncs() {
+        let full = self
+            .segments
+            .back()
+            .is_none_or(|active| active.len >= self.segment_bytes);
+        if full {
             self.roll(batch.first)?;
         }
         let Some(active) = self.segments.back_mut() else {
@@ -698,7 +721,9 @@ impl SegmentLog {
                     .file
                     .set_len(len)
                     .and_then(|()| segment.file.sync_data())
-                    .map_err(|e| StorageIoError::file("truncate a log segment", &segment.path, e))?;
+                    .map_err(|e| {
+                        StorageIoError::file("truncate a log segment", &segment.path, e)
+                    })?;
                 segment.offsets.truncate(keep);
                 segment.len = len;
             }
@@ -883,7 +908,10 @@ mod tests {
         assert!(segments.iter().all(|first| first % 3 == 1));
         assert_holds(&log, &ids(1, 1..=30));
         // A range crossing two segment boundaries, and bounded ranges at the edges.
-        let middle: Vec<u64> = read(&log, 5, Some(23)).iter().map(|e| e.log_id.index).collect();
+        let middle: Vec<u64> = read(&log, 5, Some(23))
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
         assert_eq!(middle, (5..23).collect::<Vec<_>>());
         assert!(read(&log, 31, None).is_empty());
         assert_eq!(read(&log, 30, Some(31)).len(), 1);
@@ -903,7 +931,11 @@ mod tests {
         assert_ne!(holder, 17, "17 must be inside a segment for this test");
         log.truncate(17).unwrap();
         assert_holds(&log, &ids(1, 1..=16));
-        assert_eq!(files(dir.path()).last(), Some(&holder), "later segments removed");
+        assert_eq!(
+            files(dir.path()).last(),
+            Some(&holder),
+            "later segments removed"
+        );
         log.append(&batch(2, 17..=20)).unwrap();
         let mut expected = ids(1, 1..=16);
         expected.extend(ids(2, 17..=20));
@@ -950,7 +982,10 @@ mod tests {
         assert!(mark + 1 < segments[3]);
         assert_eq!(log.purge(mark), 2);
         // Hidden at once, files still there until the mark is durable.
-        assert_eq!(read(&log, 0, None).first().map(|e| e.log_id.index), Some(mark + 1));
+        assert_eq!(
+            read(&log, 0, None).first().map(|e| e.log_id.index),
+            Some(mark + 1)
+        );
         assert_eq!(files(dir.path()), segments);
 
         // A crash now: the mark is durable, the files are not yet deleted. Open deletes them.
@@ -1032,7 +1067,11 @@ mod tests {
     }
 
     fn flip_byte(path: &Path, at: u64) {
-        let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, at).unwrap();
         byte[0] ^= 0x55;
@@ -1100,12 +1139,28 @@ mod tests {
     }
 
     #[test]
-    fn non_consecutive_appends_are_refused() {
+    fn an_append_with_a_hole_is_refused() {
         let dir = TempDir::new().unwrap();
         let mut log = filled(dir.path());
         assert!(log.append(&batch(1, 32..=33)).is_err());
-        assert!(log.append(&batch(1, 30..=31)).is_err());
         assert_holds(&log, &ids(1, 1..=30));
         log.append(&batch(1, 31..=31)).unwrap();
+    }
+
+    #[test]
+    fn an_overlapping_append_replaces_the_entries_from_its_first_index() {
+        let dir = TempDir::new().unwrap();
+        let mut log = filled(dir.path());
+        let new = batch(2, 12..=13);
+        assert!(
+            log.append_syncs(&new),
+            "a replacing append truncates durably first"
+        );
+        log.append(&new).unwrap();
+        let mut expected = ids(1, 1..=11);
+        expected.extend(ids(2, 12..=13));
+        assert_holds(&log, &expected);
+        drop(log);
+        assert_holds(&open(dir.path(), None).unwrap(), &expected);
     }
 }

@@ -16,11 +16,11 @@
 //! (see [`segment_log`](crate::segment_log)), written once and purged by deleting files, and
 //! the snapshot files under `<dir>/snapshots/<group>/`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;

@@ -127,24 +127,35 @@ async fn run(
     tracing::debug!("storage flusher stopped");
 }
 
-/// One flush of everything: the engine and the recorded log files, concurrently (the two
-/// syncs wait on the disk independently).
+/// Threads that sync log segment files at once in one flush. With many groups appending, one
+/// flush has one dirty segment per group: syncing them in parallel lets the file system share
+/// journal commits between them. Bounded, as the blocking pool is shared with snapshot work.
+const MAX_PARALLEL_SYNCS: usize = 8;
+
+/// One flush of everything: the engine and the recorded log files, concurrently (the syncs
+/// wait on the disk independently).
 async fn flush_all(engine: &dyn Engine, log_syncs: &LogSyncs) -> Result<(), StorageIoError> {
     let files = log_syncs.take();
     let sync_files = async {
         if files.is_empty() {
             return Ok(());
         }
-        let restore = log_syncs.clone();
-        blocking("fsync log segments", move || {
-            let synced = files.sync();
-            if synced.is_err() {
-                // Not durable: a later flush must sync them again.
-                restore.restore(files);
-            }
-            synced
-        })
-        .await
+        let shares = files.split(MAX_PARALLEL_SYNCS).into_iter().map(|share| {
+            let restore = log_syncs.clone();
+            blocking("fsync log segments", move || {
+                let synced = share.sync();
+                if synced.is_err() {
+                    // Not durable: a later flush must sync them again.
+                    restore.restore(share);
+                }
+                synced
+            })
+        });
+        futures::future::join_all(shares)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, StorageIoError>>()
+            .map(|_| ())
     };
     let (engine_result, files_result) = futures::join!(engine.flush(), sync_files);
     engine_result.and(files_result)

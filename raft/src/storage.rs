@@ -562,12 +562,12 @@ impl NodeStorage {
         let snapshots_dir = dir.join(SNAPSHOTS_DIR);
         std::fs::create_dir_all(&snapshots_dir)
             .map_err(|e| StorageIoError::file("create snapshot directory", &snapshots_dir, e))?;
-        let logs_dir = dir.join(segment_log::LOG_DIR);
-        std::fs::create_dir_all(&logs_dir)
-            .map_err(|e| StorageIoError::file("create log directory", &logs_dir, e))?;
         let engine: Arc<dyn Engine> =
             Arc::new(SledEngine::open(&dir.join(DB_DIR), cache_capacity_bytes)?);
         refuse_legacy_logs(engine.as_ref(), dir)?;
+        let logs_dir = dir.join(segment_log::LOG_DIR);
+        std::fs::create_dir_all(&logs_dir)
+            .map_err(|e| StorageIoError::file("create log directory", &logs_dir, e))?;
         let log_syncs = LogSyncs::default();
         // The new directories must survive a crash before anything in them is acknowledged.
         log_syncs.dir_changed(dir);

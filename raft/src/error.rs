@@ -67,6 +67,30 @@ pub enum StorageIoError {
         reason: &'static str,
     },
 
+    /// A Raft log segment file is damaged somewhere a crash cannot explain (anything but a
+    /// torn write at the end of the last segment): the node refuses to start on it rather
+    /// than forget entries it acknowledged.
+    #[error("raft log segment {path} is corrupt at byte {offset}: {reason}")]
+    LogCorrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the bad frame (0 for a whole-file problem).
+        offset: u64,
+        /// Which check failed.
+        reason: &'static str,
+    },
+
+    /// The data directory holds Raft log entries in the engine, the layout of versions before
+    /// segment files. There is no migration: the node refuses to start on it.
+    #[error(
+        "data directory {dir} holds a Raft log in the old in-database layout, which this \
+         version does not read (no migration): start on an empty data directory"
+    )]
+    LegacyLog {
+        /// The node's data directory.
+        dir: PathBuf,
+    },
+
     /// The node-wide flusher task is gone (the node is shutting down), so nothing can be made
     /// durable any more.
     #[error("the storage flusher has stopped")]

@@ -2,8 +2,9 @@
 //!
 //! Each group's `append` stages its entries (readable at once) and hands its `LogFlushed`
 //! callback here; `save_vote` and [`NodeStorage::flush`](crate::NodeStorage::flush) wait on a
-//! oneshot. The flusher task takes everything pending, runs ONE engine flush that covers all of
-//! it, then answers every request with that flush's result. While a flush runs, new requests
+//! oneshot. The flusher task takes everything pending, runs ONE flush that covers all of it
+//! (the engine's flush, and an fdatasync of every Raft log segment file written since the last
+//! one, see [`LogSyncs`]), then answers every request with that flush's result. While a flush runs, new requests
 //! queue up and share the next one, so with many groups busy a single fsync acknowledges many
 //! appends (DESIGN.md § Storage: durability contract).
 
@@ -15,6 +16,8 @@ use openraft::storage::LogFlushed;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StorageIoError;
+use crate::log_sync::LogSyncs;
+use crate::snapshot::blocking;
 use crate::storage::Engine;
 use crate::types::TypeConfig;
 
@@ -43,11 +46,16 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    /// Starts the flusher task on `runtime`, flushing `engine`.
-    pub(crate) fn spawn(runtime: &tokio::runtime::Handle, engine: Arc<dyn Engine>) -> Flusher {
+    /// Starts the flusher task on `runtime`, flushing `engine` and the log files recorded in
+    /// `log_syncs`.
+    pub(crate) fn spawn(
+        runtime: &tokio::runtime::Handle,
+        engine: Arc<dyn Engine>,
+        log_syncs: LogSyncs,
+    ) -> Flusher {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
         let flushes = Arc::new(AtomicU64::new(0));
-        runtime.spawn(run(engine, rx, flushes.clone()));
+        runtime.spawn(run(engine, log_syncs, rx, flushes.clone()));
         Flusher { tx, flushes }
     }
 
@@ -88,6 +96,7 @@ impl Flusher {
 /// The flusher task: take all pending requests, flush once, answer them all.
 async fn run(
     engine: Arc<dyn Engine>,
+    log_syncs: LogSyncs,
     mut rx: mpsc::Receiver<FlushRequest>,
     flushes: Arc<AtomicU64>,
 ) {
@@ -100,9 +109,10 @@ async fn run(
                 Err(_) => break,
             }
         }
-        // Every request in `pending` was sent after its writes were applied to the engine,
-        // and the flush starts after it was received: the flush covers all of them.
-        let result = engine.flush().await;
+        // Every request in `pending` was sent after its writes were applied to the engine or
+        // written to a segment file (and that file recorded in `log_syncs`), and the flush
+        // starts after it was received: the flush covers all of them.
+        let result = flush_all(engine.as_ref(), &log_syncs).await;
         flushes.fetch_add(1, Ordering::Relaxed);
         match &result {
             Ok(()) => tracing::trace!(requests = pending.len(), "storage flushed"),
@@ -115,6 +125,40 @@ async fn run(
         }
     }
     tracing::debug!("storage flusher stopped");
+}
+
+/// Threads that sync log segment files at once in one flush. With many groups appending, one
+/// flush has one dirty segment per group: syncing them in parallel lets the file system share
+/// journal commits between them. Bounded, as the blocking pool is shared with snapshot work.
+const MAX_PARALLEL_SYNCS: usize = 8;
+
+/// One flush of everything: the engine and the recorded log files, concurrently (the syncs
+/// wait on the disk independently).
+async fn flush_all(engine: &dyn Engine, log_syncs: &LogSyncs) -> Result<(), StorageIoError> {
+    let files = log_syncs.take();
+    let sync_files = async {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let shares = files.split(MAX_PARALLEL_SYNCS).into_iter().map(|share| {
+            let restore = log_syncs.clone();
+            blocking("fsync log segments", move || {
+                let synced = share.sync();
+                if synced.is_err() {
+                    // Not durable: a later flush must sync them again.
+                    restore.restore(share);
+                }
+                synced
+            })
+        });
+        futures::future::join_all(shares)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, StorageIoError>>()
+            .map(|_| ())
+    };
+    let (engine_result, files_result) = futures::join!(engine.flush(), sync_files);
+    engine_result.and(files_result)
 }
 
 /// Answers one request with the outcome of the flush that covered it.

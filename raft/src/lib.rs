@@ -1,11 +1,14 @@
 //! # Layout
 //!
-//! `psubd-raft` runs many Raft groups per node on one sled database.
+//! `psubd-raft` runs many Raft groups per node on one sled database (state, metadata) and
+//! per-group append-only log segment files (entries).
 //!
 //! - [`types`]: the single openraft type configuration every group shares.
 //! - `storage`: the project's storage seam (engine trait, sled implementation).
 //! - `flusher`: the node-wide group-commit task that turns many pending flushes into one fsync.
-//! - `log_store`: the per-group Raft log on the engine.
+//! - `log_store`: the per-group Raft log: entries in segment files, vote and marks in the engine.
+//! - `segment_log`: a group's append-only log segment files (write once, purge by deleting).
+//! - `log_sync`: the node-wide set of log files the flusher syncs at its next flush.
 //! - `state_machine`: the generic per-group state machine; a [`GroupLogic`] gives it meaning.
 //! - `snapshot`: snapshot files (build, stream, install).
 //! - `transport`: the peer transport (one TCP connection per peer pair, postcard frames).
@@ -16,9 +19,11 @@ pub mod config;
 pub mod error;
 pub(crate) mod flusher;
 pub mod log_store;
+pub(crate) mod log_sync;
 pub mod logic;
 pub(crate) mod network;
 pub mod registry;
+pub mod segment_log;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;

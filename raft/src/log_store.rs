@@ -1,13 +1,17 @@
-//! A group's Raft log on the storage engine: entries, vote, committed and last-purged ids.
+//! A group's Raft log: entries in segment files, vote, committed and last-purged ids in the
+//! engine.
 //!
-//! Everything lives in the group's one log tree, so that a purge (remove entries, record the
-//! purged id) or a truncate is one atomic batch:
+//! The entries live in the group's [`SegmentLog`] (`<data dir>/raft-log/<group>/`): written
+//! once, sequentially, and purged by deleting whole files. The group's log tree in the engine
+//! keeps only the small metadata, under `m` + name (postcard): the vote, the committed id and
+//! the last purged id.
 //!
-//! - `e` + big-endian index (9 bytes): a postcard-encoded entry, so entries sort by index;
-//! - `m` + name: the vote, the committed id and the last purged id (postcard).
+//! Trees written by earlier versions also hold the entries, under `e` + big-endian index; a
+//! node refuses to start on such a data directory (see [`LogStore::holds_legacy_entries`]).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
@@ -16,27 +20,20 @@ use serde::Serialize;
 
 use crate::error::{IntoRaftResult, StorageIoError};
 use crate::flusher::Flusher;
+use crate::segment_log::{EncodedBatch, SegmentLog};
+use crate::snapshot::blocking;
 use crate::storage::{Tree, WriteBatch};
 use crate::types::{typ, GroupId, TypeConfig};
 
-/// Prefix of entry keys.
-const ENTRY_PREFIX: u8 = b'e';
-/// The first key after every entry key.
-const ENTRY_END: [u8; 1] = [ENTRY_PREFIX + 1];
+/// Prefix of the entry keys of the old layout (entries in the engine).
+const LEGACY_ENTRY_PREFIX: u8 = b'e';
 /// The vote.
 const VOTE_KEY: &[u8] = b"mvote";
 /// The last committed log id openraft reported.
 const COMMITTED_KEY: &[u8] = b"mcommitted";
-/// The last purged log id. Invariant: no entry at or below it is stored.
+/// The last purged log id. Invariant: no entry at or below it is visible, and a segment file
+/// holding only such entries is deleted only after the mark is durable.
 const PURGED_KEY: &[u8] = b"mpurged";
-
-/// The key of the entry at `index`.
-fn entry_key(index: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = ENTRY_PREFIX;
-    key[1..].copy_from_slice(&index.to_be_bytes());
-    key
-}
 
 /// Postcard-encodes `value`.
 pub(crate) fn encode<T: Serialize>(
@@ -62,15 +59,20 @@ pub(crate) fn decode<T: DeserializeOwned>(
 ///
 /// ### To ensure correctness:
 /// - `append` makes the entries readable before it returns, and fires its callback only after
-///   an engine flush that covers them (through the node's [`Flusher`]).
+///   a flush that covers them (through the node's [`Flusher`], which syncs the segment files
+///   written before the request together with the engine).
 /// - `save_vote` returns only after a flush that covers the vote.
-/// - Entry keys below the stored last-purged id never exist (purge removes them in the same
-///   batch that records the id).
+/// - No entry at or below the stored last-purged id is visible; a segment file is deleted only
+///   once the purge mark covering all its entries is durable.
+/// - `truncate` is durable when it returns (see [`SegmentLog::truncate`]).
 #[derive(Clone)]
 pub struct LogStore {
     group: GroupId,
     tree: Tree,
     flusher: Flusher,
+    /// Shared by every clone (the log reader openraft hands to replication tasks) and by any
+    /// later `log_store` call for the group while one is alive.
+    log: Arc<RwLock<SegmentLog>>,
 }
 
 impl Debug for LogStore {
@@ -82,11 +84,17 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn new(group: GroupId, tree: Tree, flusher: Flusher) -> Self {
+    pub(crate) fn new(
+        group: GroupId,
+        tree: Tree,
+        flusher: Flusher,
+        log: Arc<RwLock<SegmentLog>>,
+    ) -> Self {
         LogStore {
             group,
             tree,
             flusher,
+            log,
         }
     }
 
@@ -95,12 +103,30 @@ impl LogStore {
         self.group
     }
 
-    /// True when `tree` (a log tree) holds no vote, no entry and no purge mark.
-    pub(crate) fn is_pristine(tree: &Tree) -> Result<bool, StorageIoError> {
-        if tree.get(VOTE_KEY)?.is_some() || tree.get(PURGED_KEY)?.is_some() {
-            return Ok(false);
+    /// The index of the durable purge mark in `tree` (a log tree), to open the segments with.
+    pub(crate) fn purged_index(tree: &Tree) -> Result<Option<u64>, StorageIoError> {
+        match tree.get(PURGED_KEY)? {
+            Some(bytes) => {
+                decode::<typ::LogId>("last purged log id", &bytes).map(|id| Some(id.index))
+            }
+            None => Ok(None),
         }
-        Ok(tree.range(&entry_key(0), Some(&ENTRY_END)).next().is_none())
+    }
+
+    /// True when `tree` (a log tree) holds no vote and no purge mark. The caller also checks
+    /// the group's segment files.
+    pub(crate) fn meta_is_pristine(tree: &Tree) -> Result<bool, StorageIoError> {
+        Ok(tree.get(VOTE_KEY)?.is_none() && tree.get(PURGED_KEY)?.is_none())
+    }
+
+    /// True when `tree` (a log tree) holds entries in the old in-engine layout.
+    pub(crate) fn holds_legacy_entries(tree: &Tree) -> Result<bool, StorageIoError> {
+        let start = [LEGACY_ENTRY_PREFIX];
+        let end = [LEGACY_ENTRY_PREFIX + 1];
+        match tree.range(&start, Some(&end)).next() {
+            None => Ok(false),
+            Some(pair) => pair.map(|_| true),
+        }
     }
 
     fn read_meta<T: DeserializeOwned>(
@@ -114,13 +140,14 @@ impl LogStore {
         }
     }
 
-    fn last_entry(&self) -> Result<Option<typ::Entry>, StorageIoError> {
-        match self.tree.get_at_or_before(&entry_key(u64::MAX))? {
-            Some((key, value)) if key.first() == Some(&ENTRY_PREFIX) => {
-                decode("log entry", &value).map(Some)
-            }
-            _ => Ok(None),
-        }
+    fn read_log(&self) -> RwLockReadGuard<'_, SegmentLog> {
+        // A panic while holding the lock would be a bug in the segment code, which keeps its
+        // index consistent before every fallible step; reading on is the best left to do.
+        self.log.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_log(&self) -> RwLockWriteGuard<'_, SegmentLog> {
+        self.log.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read_entries(
@@ -128,41 +155,13 @@ impl LogStore {
         start: u64,
         end: Option<u64>,
     ) -> Result<Vec<typ::Entry>, StorageIoError> {
-        let start_key = entry_key(start);
-        let end_key = end.map(entry_key);
-        let end_bound: &[u8] = match &end_key {
-            Some(key) => key,
-            None => &ENTRY_END,
-        };
-        self.tree
-            .range(&start_key, Some(end_bound))
-            .map(|pair| pair.and_then(|(_key, value)| decode("log entry", &value)))
-            .collect()
-    }
-
-    /// Removes the entries with index in `[start, end)` (`end` None = to the last), plus
-    /// `extra` writes, in one atomic batch.
-    fn remove_entries(
-        &self,
-        start: u64,
-        end: Option<u64>,
-        mut batch: WriteBatch,
-    ) -> Result<(), StorageIoError> {
-        let start_key = entry_key(start);
-        let end_key = end.map(entry_key);
-        let end_bound: &[u8] = match &end_key {
-            Some(key) => key,
-            None => &ENTRY_END,
-        };
-        // Only the keys are held (9 bytes each); the batch must be one so that a crash never
-        // leaves a hole in the middle of the log.
-        let mut removals = WriteBatch::default();
-        for pair in self.tree.range(&start_key, Some(end_bound)) {
-            let (key, _value) = pair?;
-            removals.remove(key.to_vec());
+        // The lock covers only the positional reads; checksums and decoding run after it.
+        let frames = self.read_log().read(start, end)?;
+        let mut entries = Vec::new();
+        for chunk in &frames {
+            chunk.decode_into(&mut entries)?;
         }
-        removals.append(&mut batch);
-        self.tree.apply(removals)
+        Ok(entries)
     }
 }
 
@@ -205,12 +204,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<typ::LogId> = self
             .read_meta(PURGED_KEY, "last purged log id")
             .raft_err(ErrorSubject::Logs, ErrorVerb::Read)?;
-        let last_entry = self
-            .last_entry()
-            .raft_err(ErrorSubject::Logs, ErrorVerb::Read)?;
-        let last_log_id = match last_entry {
-            Some(entry) => Some(entry.log_id),
-            None => last_purged_log_id,
+        let last_entry = self.read_log().last_log_id();
+        // The last stored entry may be hidden by the mark while its file awaits deletion.
+        let last_log_id = match (last_entry, last_purged_log_id) {
+            (Some(entry), Some(purged)) if entry.index <= purged.index => Some(purged),
+            (Some(entry), _) => Some(entry),
+            (None, purged) => purged,
         };
         Ok(LogState {
             last_purged_log_id,
@@ -270,18 +269,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = typ::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let staged = (|| {
-            let mut batch = WriteBatch::default();
-            for entry in entries {
-                batch.insert(
-                    entry_key(entry.log_id.index).to_vec(),
-                    encode("log entry", &entry)?,
-                );
+        let written = async {
+            let batch = EncodedBatch::encode(entries)?;
+            if batch.is_empty() {
+                return Ok(());
             }
-            // Readable at once; durable when the flusher's next flush completes.
-            self.tree.apply(batch)
-        })();
-        staged.raft_err(ErrorSubject::Logs, ErrorVerb::Write)?;
+            if self.read_log().append_syncs(&batch) {
+                // A roll (or a replacing append) fsyncs first: off the async threads.
+                let log = self.log.clone();
+                blocking("append to the log", move || {
+                    log.write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .append(&batch)
+                })
+                .await
+            } else {
+                // Readable at once; durable when the flusher's next flush completes.
+                self.write_log().append(&batch)
+            }
+        };
+        written
+            .await
+            .raft_err(ErrorSubject::Logs, ErrorVerb::Write)?;
         self.flusher
             .submit_log(callback)
             .await
@@ -290,28 +299,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: typ::LogId) -> Result<(), typ::StorageError> {
         tracing::debug!(group = self.group, index = log_id.index, "truncating log");
-        // No flush here. A truncate removes only uncommitted entries. Until it is durable, a
-        // crash brings them back: the same state as if the leader's conflicting request had
-        // never arrived, which Raft tolerates. Nothing built on the truncation is acknowledged
-        // before then: the entries written in place of the removed ones are acknowledged by
-        // their append's callback, after a flush, and the engine recovers a prefix of its
-        // writes, so that flush makes this removal durable too.
-        self.remove_entries(log_id.index, None, WriteBatch::default())
-            .raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete)
+        // Durable before it returns (one fdatasync and a directory sync, off the async
+        // threads): truncation is rare, and this keeps every segment but the last complete
+        // after a crash (see the segment log's module doc). A truncate removes only
+        // uncommitted entries, so it is safe at any point before that, too.
+        let log = self.log.clone();
+        let index = log_id.index;
+        blocking("truncate the log", move || {
+            log.write()
+                .unwrap_or_else(|e| e.into_inner())
+                .truncate(index)
+        })
+        .await
+        .raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete)
     }
 
     async fn purge(&mut self, log_id: typ::LogId) -> Result<(), typ::StorageError> {
         tracing::debug!(group = self.group, index = log_id.index, "purging log");
-        // No flush here. openraft purges only entries covered by a durable snapshot (or
-        // applied on every member), so losing a purge in a crash leaves extra, still valid
-        // entries, which are purged again later. The entries and the purge mark go in one
-        // batch: a crash never shows one without the other.
-        let result = (|| {
+        // openraft purges only entries covered by a durable snapshot (or applied on every
+        // member), so losing a purge in a crash leaves extra, still valid entries, which are
+        // purged again later. The mark is recorded first and hides the entries at once; whole
+        // files are deleted only after a flush made the mark durable, so a crash never leaves
+        // the files gone while the mark says they are still there (open deletes the opposite
+        // leftover). That flush costs one group commit per segment size, not per purge.
+        let result = async {
             let mut mark = WriteBatch::default();
             mark.insert(PURGED_KEY, encode("last purged log id", &log_id)?);
-            let end = log_id.index.checked_add(1);
-            self.remove_entries(0, end, mark)
-        })();
-        result.raft_err(ErrorSubject::Logs, ErrorVerb::Delete)
+            self.tree.apply(mark)?;
+            let whole_files = self.write_log().purge(log_id.index);
+            if whole_files == 0 {
+                return Ok(());
+            }
+            self.flusher.flush().await?;
+            let log = self.log.clone();
+            blocking("delete purged log segments", move || {
+                log.write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove_purged()
+            })
+            .await
+        };
+        result.await.raft_err(ErrorSubject::Logs, ErrorVerb::Delete)
     }
 }

@@ -211,7 +211,11 @@ impl RaftNode {
                 reason: format!("node id {} must be one of the peers", config.id),
             });
         }
-        let storage = NodeStorage::open(&config.data_dir, config.cache_capacity_bytes)?;
+        let storage = NodeStorage::open_with_log_segment_bytes(
+            &config.data_dir,
+            config.cache_capacity_bytes,
+            config.tuning.log_segment_bytes,
+        )?;
         let listener = Transport::bind(config.listen).await?;
         let faults = Arc::new(Faults::default());
         let limits = config.tuning.transport_limits();

@@ -7,18 +7,21 @@
 //!
 //! Layout of one node's database (one sled `Db`, bounded cache):
 //!
-//! - `log/<group>`: the group's Raft log, vote, committed and last-purged ids
-//!   (see [`LogStore`](crate::LogStore)); one tree so that a purge or truncate is one atomic batch.
+//! - `log/<group>`: the group's vote, committed and last-purged ids
+//!   (see [`LogStore`](crate::LogStore)). The log entries themselves are not in the database.
 //! - `sm/<group>`: the group's state machine: its logic's keys, plus the state machine's own
 //!   metadata under the reserved prefix `0xFF 0xFF` (see [`StateMachine`](crate::StateMachine)).
 //!
-//! Snapshot files live beside the database, under `<dir>/snapshots/<group>/`.
+//! Beside the database: the Raft log entries in segment files under `<dir>/raft-log/<group>/`
+//! (see [`segment_log`](crate::segment_log)), written once and purged by deleting files, and
+//! the snapshot files under `<dir>/snapshots/<group>/`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -26,7 +29,9 @@ use futures::future::BoxFuture;
 use crate::error::StorageIoError;
 use crate::flusher::Flusher;
 use crate::log_store::LogStore;
+use crate::log_sync::LogSyncs;
 use crate::logic::GroupLogic;
+use crate::segment_log::{self, SegmentLog};
 use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 use crate::types::GroupId;
@@ -182,6 +187,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn open_tree(&self, name: &str) -> Result<Tree, StorageIoError>;
     /// True when the tree `name` exists (without creating it).
     fn tree_exists(&self, name: &str) -> bool;
+    /// The names of every tree (those that are not valid UTF-8 are left out).
+    fn tree_names(&self) -> Vec<String>;
     /// Removes the tree `name` and its contents; no error if it does not exist.
     fn drop_tree(&self, name: &str) -> Result<(), StorageIoError>;
     /// Makes everything written so far durable.
@@ -382,6 +389,14 @@ impl Engine for SledEngine {
             .any(|n| n.as_ref() == name.as_bytes())
     }
 
+    fn tree_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|name| std::str::from_utf8(name).ok().map(str::to_string))
+            .collect()
+    }
+
     fn drop_tree(&self, name: &str) -> Result<(), StorageIoError> {
         self.db
             .drop_tree(name)
@@ -468,9 +483,12 @@ impl EngineTree for SledTree {
 // The node's storage handle
 // ---------------------------------------------------------------------------------------------
 
+/// The prefix of the log trees' names.
+const LOG_TREE_PREFIX: &str = "log/";
+
 /// The name of a group's log tree.
 fn log_tree_name(group: GroupId) -> String {
-    format!("log/{group}")
+    format!("{LOG_TREE_PREFIX}{group}")
 }
 
 /// The name of a group's state tree.
@@ -478,8 +496,9 @@ fn sm_tree_name(group: GroupId) -> String {
     format!("sm/{group}")
 }
 
-/// One per node: one database with a bounded cache, the node-wide flusher task (group
-/// commit), and the snapshot directory `<dir>/snapshots/<group>/`. Cheap to clone.
+/// One per node: one database with a bounded cache, the groups' log segment directories
+/// `<dir>/raft-log/<group>/`, the node-wide flusher task (group commit), and the snapshot
+/// directory `<dir>/snapshots/<group>/`. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeStorage {
     inner: Arc<NodeStorageInner>,
@@ -488,6 +507,14 @@ pub struct NodeStorage {
 struct NodeStorageInner {
     engine: Arc<dyn Engine>,
     flusher: Flusher,
+    log_syncs: LogSyncs,
+    logs_dir: PathBuf,
+    log_segment_bytes: u64,
+    /// The groups' open segment logs: a second `log_store` call for a group whose log is
+    /// still in use shares it, since two in-memory indexes of one directory would diverge.
+    /// Dead entries are dropped whenever one is added, so it holds at most the live logs
+    /// plus the ones closed since.
+    open_logs: Mutex<HashMap<GroupId, Weak<RwLock<SegmentLog>>>>,
     snapshots_dir: PathBuf,
 }
 
@@ -510,6 +537,24 @@ impl NodeStorage {
     /// database cannot be opened (e.g. another process holds it), [`StorageIoError::NoRuntime`]
     /// outside a tokio runtime.
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<NodeStorage, StorageIoError> {
+        Self::open_with_log_segment_bytes(
+            dir,
+            cache_capacity_bytes,
+            segment_log::DEFAULT_SEGMENT_BYTES,
+        )
+    }
+
+    /// As [`NodeStorage::open`], rolling the groups' log segment files at
+    /// `log_segment_bytes` (see [`RaftTuning::log_segment_bytes`](crate::RaftTuning)).
+    ///
+    /// # Errors
+    /// As [`NodeStorage::open`]; also [`StorageIoError::LegacyLog`] if the database holds
+    /// log entries in the layout of earlier versions.
+    pub fn open_with_log_segment_bytes(
+        dir: &Path,
+        cache_capacity_bytes: u64,
+        log_segment_bytes: u64,
+    ) -> Result<NodeStorage, StorageIoError> {
         let handle =
             tokio::runtime::Handle::try_current().map_err(|_| StorageIoError::NoRuntime)?;
         std::fs::create_dir_all(dir)
@@ -519,23 +564,60 @@ impl NodeStorage {
             .map_err(|e| StorageIoError::file("create snapshot directory", &snapshots_dir, e))?;
         let engine: Arc<dyn Engine> =
             Arc::new(SledEngine::open(&dir.join(DB_DIR), cache_capacity_bytes)?);
-        let flusher = Flusher::spawn(&handle, engine.clone());
+        refuse_legacy_logs(engine.as_ref(), dir)?;
+        let logs_dir = dir.join(segment_log::LOG_DIR);
+        std::fs::create_dir_all(&logs_dir)
+            .map_err(|e| StorageIoError::file("create log directory", &logs_dir, e))?;
+        let log_syncs = LogSyncs::default();
+        // The new directories must survive a crash before anything in them is acknowledged.
+        log_syncs.dir_changed(dir);
+        log_syncs.dir_changed(&logs_dir);
+        let flusher = Flusher::spawn(&handle, engine.clone(), log_syncs.clone());
         Ok(NodeStorage {
             inner: Arc::new(NodeStorageInner {
                 engine,
                 flusher,
+                log_syncs,
+                logs_dir,
+                log_segment_bytes,
+                open_logs: Mutex::new(HashMap::new()),
                 snapshots_dir,
             }),
         })
     }
 
-    /// The Raft log of `group` (created empty if new).
+    /// The Raft log of `group` (created empty if new). The first call for a group (or the
+    /// first after every handle was dropped) reads and checks its segment files, which blocks
+    /// the caller for the time of that scan; a torn write at the end is cut off there.
     ///
     /// # Errors
-    /// [`StorageIoError::Engine`] if the log tree cannot be opened.
+    /// [`StorageIoError::Engine`] if the log tree cannot be opened,
+    /// [`StorageIoError::LogCorrupt`] if a segment file is damaged, [`StorageIoError::File`]
+    /// if one cannot be read or repaired.
     pub fn log_store(&self, group: GroupId) -> Result<LogStore, StorageIoError> {
         let tree = self.inner.engine.open_tree(&log_tree_name(group))?;
-        Ok(LogStore::new(group, tree, self.inner.flusher.clone()))
+        let mut open_logs = self
+            .inner
+            .open_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let live = open_logs.get(&group).and_then(Weak::upgrade);
+        let log = match live {
+            Some(log) => log,
+            None => {
+                let purged = LogStore::purged_index(&tree)?;
+                let log = Arc::new(RwLock::new(SegmentLog::open(
+                    self.group_log_dir(group),
+                    self.inner.log_segment_bytes,
+                    purged,
+                    self.inner.log_syncs.clone(),
+                )?));
+                open_logs.retain(|_group, log| log.strong_count() > 0);
+                open_logs.insert(group, Arc::downgrade(&log));
+                log
+            }
+        };
+        Ok(LogStore::new(group, tree, self.inner.flusher.clone(), log))
     }
 
     /// The state machine of `group`, driven by `logic`. Calls `logic.load()` once the state is
@@ -556,27 +638,43 @@ impl NodeStorage {
     }
 
     /// True when the group has never stored a vote or a log entry (pristine: may initialize).
+    /// A segment file holding only a torn write (not yet cut off by opening the log) counts
+    /// as an entry: the answer errs on the side of not initializing twice.
     ///
     /// # Errors
-    /// [`StorageIoError`] if the log tree cannot be read.
+    /// [`StorageIoError`] if the log tree or the segment directory cannot be read.
     pub fn group_is_pristine(&self, group: GroupId) -> Result<bool, StorageIoError> {
         let name = log_tree_name(group);
-        if !self.inner.engine.tree_exists(&name) {
-            return Ok(true);
+        if self.inner.engine.tree_exists(&name) {
+            let tree = self.inner.engine.open_tree(&name)?;
+            if !LogStore::meta_is_pristine(&tree)? {
+                return Ok(false);
+            }
         }
-        let tree = self.inner.engine.open_tree(&name)?;
-        LogStore::is_pristine(&tree)
+        Ok(!segment_log::dir_has_entries(&self.group_log_dir(group))?)
     }
 
-    /// Removes the group's trees and snapshot files (topic deleted), then flushes.
-    /// Call after its Raft is shut down and its log store and state machine are dropped.
+    /// Removes the group's trees, log segments and snapshot files (topic deleted), then
+    /// flushes. Call after its Raft is shut down and its log store and state machine are
+    /// dropped.
     ///
     /// # Errors
-    /// [`StorageIoError`] if a tree cannot be dropped, the snapshot directory cannot be
-    /// removed, or the flush fails.
+    /// [`StorageIoError`] if a tree cannot be dropped, the log or snapshot directory cannot
+    /// be removed, or the flush fails.
     pub async fn destroy_group(&self, group: GroupId) -> Result<(), StorageIoError> {
         self.inner.engine.drop_tree(&log_tree_name(group))?;
         self.inner.engine.drop_tree(&sm_tree_name(group))?;
+        self.inner
+            .open_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group);
+        let log_dir = self.group_log_dir(group);
+        match tokio::fs::remove_dir_all(&log_dir).await {
+            Ok(()) => self.inner.log_syncs.dir_changed(&self.inner.logs_dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageIoError::file("remove log directory", log_dir, e)),
+        }
         let dir = self.group_snapshot_dir(group);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
@@ -595,12 +693,16 @@ impl NodeStorage {
         self.inner.flusher.flush().await
     }
 
-    /// Bytes on disk used by the database (metrics, retention reports).
+    /// Bytes on disk used by the database and the log segment files (metrics, retention
+    /// reports). Lists every group's log directory: meant for reports, not hot paths.
     ///
     /// # Errors
-    /// [`StorageIoError::Engine`] if the engine cannot measure it.
+    /// [`StorageIoError::Engine`] if the engine cannot measure it, [`StorageIoError::File`]
+    /// if the log directory cannot be listed.
     pub fn size_on_disk(&self) -> Result<u64, StorageIoError> {
-        self.inner.engine.size_on_disk()
+        let engine = self.inner.engine.size_on_disk()?;
+        let logs = segment_log::bytes_under(&self.inner.logs_dir)?;
+        Ok(engine.saturating_add(logs))
     }
 
     /// How many engine flushes the flusher has run since open. With many groups appending
@@ -613,4 +715,25 @@ impl NodeStorage {
     fn group_snapshot_dir(&self, group: GroupId) -> PathBuf {
         self.inner.snapshots_dir.join(group.to_string())
     }
+
+    fn group_log_dir(&self, group: GroupId) -> PathBuf {
+        self.inner.logs_dir.join(group.to_string())
+    }
+}
+
+/// Refuses a database whose log trees hold entries (the layout before segment files): this
+/// version would not see them, and a node that forgot its log could break Raft's promises.
+fn refuse_legacy_logs(engine: &dyn Engine, data_dir: &Path) -> Result<(), StorageIoError> {
+    for name in engine.tree_names() {
+        if !name.starts_with(LOG_TREE_PREFIX) {
+            continue;
+        }
+        let tree = engine.open_tree(&name)?;
+        if LogStore::holds_legacy_entries(&tree)? {
+            return Err(StorageIoError::LegacyLog {
+                dir: data_dir.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }

@@ -400,6 +400,25 @@ async fn write_concurrently(
     all
 }
 
+/// The first index of the oldest log segment file in a group's log directory (0 if none).
+fn oldest_segment(group_log: &std::path::Path) -> u64 {
+    std::fs::read_dir(group_log)
+        .map(|files| {
+            files
+                .filter_map(|f| {
+                    f.ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_suffix(".seg")?
+                        .parse()
+                        .ok()
+                })
+                .min()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 fn election_timeout(tuning: &RaftTuning) -> Duration {
     Duration::from_millis(tuning.election_max_ms)
 }
@@ -498,7 +517,12 @@ async fn leader_shutdown_elects_new_leader_within_two_election_timeouts_and_keep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarted_node_catches_up_from_its_data_dir() {
-    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    // Small log segments, so the restarted node reads its log back from many files.
+    let tuning = RaftTuning {
+        log_segment_bytes: 4096,
+        ..RaftTuning::default()
+    };
+    let mut cluster = Cluster::start(3, tuning).await;
     cluster.open_group(2).await;
     cluster.wait_leader(2, Duration::from_secs(10)).await;
     write_concurrently(&cluster.client(2), "a", 200, 8).await;
@@ -528,6 +552,8 @@ async fn wiped_node_catches_up_through_a_snapshot() {
         snapshot_every_entries: 100,
         keep_logs_after_snapshot: 10,
         purge_batch_size: 16,
+        // Small log segments, so purging behind the snapshot deletes whole files.
+        log_segment_bytes: 2048,
         ..RaftTuning::default()
     };
     let mut cluster = Cluster::start(3, tuning).await;
@@ -546,6 +572,14 @@ async fn wiped_node_catches_up_through_a_snapshot() {
             let m = cluster.raft(leader, 3).metrics().borrow().clone();
             (m.snapshot.is_some() && m.purged.map(|p| p.index).unwrap_or(0) > 10).then_some(())
         },
+    )
+    .await;
+    // The purge deleted the leader's oldest log segment files.
+    let leader_log = cluster.dirs[&leader].join("raft-log").join("3");
+    eventually(
+        Duration::from_secs(15),
+        "purged log segments deleted",
+        || async { (oldest_segment(&leader_log) > 1).then_some(()) },
     )
     .await;
 

@@ -147,9 +147,67 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     }
 }
 
+type OpenraftSuite = Suite<TypeConfig, LogStore, StateMachine, Builder, TempDir>;
+
+/// Every case of openraft's `Suite::test_all`, each on a fresh store, but one:
+/// `get_initial_state_membership_from_log_and_sm` appends index 3 to a log ending at 1. A log
+/// with a hole breaks openraft's own contract for `append` ("there must not be a hole in
+/// logs"), which openraft never does; the segment log refuses it (a key-value log would
+/// store it). The cases run one by one so a failure names its case.
 #[test]
 fn openraft_storage_suite() {
-    Suite::test_all(Builder).unwrap();
+    let mut failed = Vec::new();
+    macro_rules! case {
+        ($name:ident) => {
+            let result = tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let (_dir, log, sm) = Builder.build().await?;
+                OpenraftSuite::$name(log, sm).await
+            });
+            if let Err(err) = result {
+                failed.push(format!("{}: {err}", stringify!($name)));
+            }
+        };
+    }
+    case!(last_membership_in_log_initial);
+    case!(last_membership_in_log);
+    case!(last_membership_in_log_multi_step);
+    case!(get_membership_initial);
+    case!(get_membership_from_log_and_empty_sm);
+    case!(get_membership_from_empty_log_and_sm);
+    case!(get_membership_from_log_le_sm_last_applied);
+    case!(get_membership_from_log_gt_sm_last_applied_1);
+    case!(get_membership_from_log_gt_sm_last_applied_2);
+    case!(get_initial_state_without_init);
+    case!(get_initial_state_with_state);
+    case!(get_initial_state_last_log_gt_sm);
+    case!(get_initial_state_last_log_lt_sm);
+    case!(get_initial_state_log_ids);
+    case!(get_initial_state_re_apply_committed);
+    case!(save_vote);
+    case!(get_log_entries);
+    case!(limited_get_log_entries);
+    case!(try_get_log_entry);
+    case!(initial_logs);
+    case!(get_log_state);
+    case!(get_log_id);
+    case!(last_id_in_log);
+    case!(last_applied_state);
+    case!(purge_logs_upto_0);
+    case!(purge_logs_upto_5);
+    case!(purge_logs_upto_20);
+    case!(delete_logs_since_11);
+    case!(delete_logs_since_0);
+    case!(append_to_log);
+    case!(snapshot_meta);
+    case!(apply_single);
+    case!(apply_multiple);
+    let result = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(OpenraftSuite::transfer_snapshot(&Builder));
+    if let Err(err) = result {
+        failed.push(format!("transfer_snapshot: {err}"));
+    }
+    assert!(failed.is_empty(), "failed cases: {failed:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,12 +325,12 @@ fn snapshot_files(root: &Path, group: u64) -> Vec<std::path::PathBuf> {
 // ---------------------------------------------------------------------------------------------
 
 /// DESIGN.md § Storage, durability contract: one flusher coalesces the pending flushes of every
-/// group into one flush, and every append's callback still fires.
+/// group into one flush, and every append's callback still fires. Each group's log takes one
+/// appender (as openraft drives it), so the concurrency is across groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_coalesces_appends_of_many_groups() {
-    const GROUPS: u64 = 4;
-    const WRITERS_PER_GROUP: u64 = 25;
-    const APPENDS_PER_WRITER: u64 = 8;
+    const GROUPS: u64 = 100;
+    const APPENDS_PER_GROUP: u64 = 8;
 
     let dir = TempDir::new().unwrap();
     let storage = NodeStorage::open(dir.path(), CACHE_BYTES).unwrap();
@@ -280,25 +338,21 @@ async fn group_commit_coalesces_appends_of_many_groups() {
 
     let mut tasks = Vec::new();
     for group in 1..=GROUPS {
-        let log = storage.log_store(group).unwrap();
-        for writer in 0..WRITERS_PER_GROUP {
-            let mut log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                for k in 0..APPENDS_PER_WRITER {
-                    // Distinct indexes per writer; blocking_append waits for the callback.
-                    let index = 1 + writer * APPENDS_PER_WRITER + k;
-                    log.blocking_append([normal(1, index, put(b"x", &index.to_be_bytes()))])
-                        .await
-                        .unwrap();
-                }
-            }));
-        }
+        let mut log = storage.log_store(group).unwrap();
+        tasks.push(tokio::spawn(async move {
+            for index in 1..=APPENDS_PER_GROUP {
+                // blocking_append waits for the callback, i.e. for a flush covering it.
+                log.blocking_append([normal(1, index, put(b"x", &index.to_be_bytes()))])
+                    .await
+                    .unwrap();
+            }
+        }));
     }
     for task in tasks {
         task.await.unwrap();
     }
 
-    let appends = GROUPS * WRITERS_PER_GROUP * APPENDS_PER_WRITER;
+    let appends = GROUPS * APPENDS_PER_GROUP;
     let flushes = storage.flush_count() - flushes_before;
     println!("group commit: {appends} appends, {flushes} flushes");
     assert!(flushes >= 1, "appends were acknowledged without any flush");
@@ -309,13 +363,80 @@ async fn group_commit_coalesces_appends_of_many_groups() {
     for group in 1..=GROUPS {
         let mut log = storage.log_store(group).unwrap();
         let entries = log.try_get_log_entries(..).await.unwrap();
-        assert_eq!(entries.len() as u64, WRITERS_PER_GROUP * APPENDS_PER_WRITER);
+        assert_eq!(entries.len() as u64, APPENDS_PER_GROUP);
         let state = log.get_log_state().await.unwrap();
         assert_eq!(
             state.last_log_id.map(|id| id.index),
-            Some(WRITERS_PER_GROUP * APPENDS_PER_WRITER)
+            Some(APPENDS_PER_GROUP)
         );
     }
+}
+
+/// Entries live in segment files under `raft-log/<group>/`, not in the database; a log
+/// store opened while another handle of the group is alive sees its appends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_entries_live_in_segment_files() {
+    let dir = TempDir::new().unwrap();
+    let storage = NodeStorage::open(dir.path(), CACHE_BYTES).unwrap();
+    let mut log = storage.log_store(5).unwrap();
+    log.blocking_append((1..=20).map(|i| normal(1, i, put(&record_key(i), &record_value(i)))))
+        .await
+        .unwrap();
+    let group_dir = dir.path().join("raft-log").join("5");
+    let files: Vec<_> = std::fs::read_dir(&group_dir)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, vec![format!("{:020}.seg", 1)]);
+    let mut second = storage.log_store(5).unwrap();
+    assert_eq!(second.try_get_log_entries(..).await.unwrap().len(), 20);
+    second
+        .blocking_append([normal(1, 21, put(b"rk", b"v"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(1, 1, 21))
+    );
+}
+
+/// A data directory whose log tree holds entries in the old in-database layout is refused
+/// with an error naming it (there is no migration).
+#[test]
+fn legacy_log_layout_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().to_path_buf();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        NodeStorage::open(&root, CACHE_BYTES)
+            .unwrap()
+            .flush()
+            .await
+            .unwrap();
+    });
+    // Write an entry key the way earlier versions did, straight into the database.
+    {
+        let db = sled::Config::new()
+            .path(root.join("db"))
+            .segment_size(8 << 20)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("log/3").unwrap();
+        let mut key = vec![b'e'];
+        key.extend_from_slice(&1u64.to_be_bytes());
+        tree.insert(key, b"old entry".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let err = NodeStorage::open(&root, CACHE_BYTES).unwrap_err();
+        assert!(
+            matches!(err, StorageIoError::LegacyLog { .. }),
+            "unexpected error: {err}"
+        );
+        assert!(
+            err.to_string().contains(&root.display().to_string()),
+            "{err}"
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -610,8 +731,13 @@ async fn destroy_group_removes_log_state_and_snapshots() {
             .unwrap();
     }
     assert!(!storage.group_is_pristine(11).unwrap());
+    assert!(dir.path().join("raft-log").join("11").exists());
     storage.destroy_group(11).await.unwrap();
     assert!(storage.group_is_pristine(11).unwrap());
+    assert!(!dir.path().join("raft-log").join("11").exists());
+    let mut log = storage.log_store(11).unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+    assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
     assert!(!dir.path().join("snapshots").join("11").exists());
     let mut sm = storage.state_machine(11, KvLogic::boxed().0).unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, None);

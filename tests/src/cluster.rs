@@ -516,7 +516,27 @@ impl Cluster {
     ///
     /// When the node is not running.
     pub fn pause(&mut self, id: u64) {
-        self.signal(id, libc::SIGSTOP, "SIGSTOP");
+        let pid = self.signal(id, libc::SIGSTOP, "SIGSTOP");
+        // kill(2) only queues the signal: until every thread has stopped, the node may still
+        // answer a request sent right after this call (seen in CI: a join served 1 ms after
+        // the SIGSTOP). Wait for the stop itself; WNOWAIT leaves it (and any exit) for the
+        // reaper to see.
+        // SAFETY: `info` is a plain C struct waitid fills in; `pid` is our unreaped child.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WSTOPPED | libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "waiting for node {id} (pid {pid}) to stop: {}",
+            std::io::Error::last_os_error()
+        );
         self.node_mut(id)
             .mark_log(&format!("psubd-tests: node {id} paused with SIGSTOP"));
     }
@@ -532,7 +552,8 @@ impl Cluster {
             .mark_log(&format!("psubd-tests: node {id} resumed with SIGCONT"));
     }
 
-    fn signal(&mut self, id: u64, signal: libc::c_int, name: &str) {
+    /// Sends `signal` to node `id`'s process; returns its pid.
+    fn signal(&mut self, id: u64, signal: libc::c_int, name: &str) -> libc::pid_t {
         let pid = match &self.node_ref(id).child {
             Some(c) => c.id(),
             None => panic!("{name} to node {id}: it is not running"),
@@ -547,6 +568,7 @@ impl Cluster {
             "kill({name}) to node {id} (pid {pid}) failed: {}",
             std::io::Error::last_os_error()
         );
+        pid
     }
 
     async fn reap(&mut self, id: u64) -> ExitStatus {

@@ -1,5 +1,6 @@
 //! Replication throughput of psubd-raft: three nodes in one process over loopback TCP, each
-//! on its own on-disk sled directory (fsync on, through the node-wide group-commit flusher),
+//! on its own data directory (Raft log segment files and sled; fsync on, through the node-wide
+//! group-commit flusher),
 //! 64 KiB entries written by many concurrent writers; 1 group, then 8 groups with leaders
 //! spread over the nodes. Each configuration runs three times; the median is reported.
 //!
@@ -239,7 +240,7 @@ async fn main() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!("raft_bench: 3 nodes on loopback, sled on disk, fsync on, {entry_bytes}-byte entries, {secs}s per run, {cores} cores");
+    println!("raft_bench: 3 nodes on loopback, log segments + sled on disk, fsync on, {entry_bytes}-byte entries, {secs}s per run, {cores} cores");
     for (groups, writers_per_group) in [(1u64, 64usize), (8, 16)] {
         let mut runs = Vec::new();
         for run in 1..=3 {

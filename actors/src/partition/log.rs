@@ -599,6 +599,20 @@ impl PartitionReader {
         *self.shared.bounds.borrow()
     }
 
+    /// `OutOfRange` when `offset` is below the log start as it is now: a read that found
+    /// nothing at `offset` after a trim removed it answers as if the trim had come first.
+    fn refuse_if_trimmed(&self, offset: u64) -> Result<(), ReadError> {
+        let now = self.bounds();
+        if offset < now.log_start {
+            return Err(ReadError::OutOfRange {
+                offset,
+                log_start: now.log_start,
+                high_watermark: now.next_offset,
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes of batches applied since this replica last planned a snapshot: roughly what its
     /// Raft log holds beyond the snapshot (it is purged only behind one).
     pub fn log_bytes_since_snapshot(&self) -> u64 {
@@ -705,14 +719,7 @@ impl PartitionReader {
                         // Either compaction removed `offset` (fine: start at the survivor),
                         // or the batch holding it left the tree after the bounds were read
                         // (a trim): then answer as if the trim had come first.
-                        let now = self.bounds();
-                        if offset < now.log_start {
-                            return Err(ReadError::OutOfRange {
-                                offset,
-                                log_start: now.log_start,
-                                high_watermark: now.next_offset,
-                            });
-                        }
+                        self.refuse_if_trimmed(offset)?;
                     }
                     out.first_offset = record.offset;
                 } else if buf.len() + record.encoded.len() > max_bytes {
@@ -732,14 +739,7 @@ impl PartitionReader {
         }
         if out.count == 0 {
             // Nothing from `offset` on: compacted away, or trimmed after the bounds were read.
-            let now = self.bounds();
-            if offset < now.log_start {
-                return Err(ReadError::OutOfRange {
-                    offset,
-                    log_start: now.log_start,
-                    high_watermark: now.next_offset,
-                });
-            }
+            self.refuse_if_trimmed(offset)?;
         }
         if let Some(next) = stopped_at {
             out.next_offset = next;

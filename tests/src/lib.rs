@@ -19,10 +19,12 @@ pub mod client;
 pub mod cluster;
 pub mod eventually;
 pub mod ports;
+pub mod sse;
 pub mod wire;
 
 pub use checks::Checks;
 pub use client::{expect_error, expect_json, NodeClient, PublishOutcome};
 pub use cluster::Cluster;
 pub use eventually::eventually;
+pub use sse::{SseEvent, SseReader};
 pub use wire::{DeliveryReport, ErrorBody, FetchResponse, NewRecord, PartitionInfo, Record, Topic};

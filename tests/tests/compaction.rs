@@ -32,7 +32,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
-use psubd_tests::{eventually, expect_error, expect_json, Cluster, NewRecord, NodeClient};
+use psubd_tests::{
+    eventually, expect_error, expect_json, Cluster, NewRecord, NodeClient, SseReader,
+};
 use serde_json::{json, Value};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -560,9 +562,9 @@ async fn sse_ids_are_the_survivors_offsets(
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let mut events = SseEvents::new(resp);
+        let mut events = SseReader::new(resp);
         for (offset, key) in want {
-            let (id, record) = events.next_record().await;
+            let (id, record) = next_record(&mut events).await;
             assert_eq!(id, format!("{partition}-{offset}"), "{key}");
             assert_eq!(
                 (field(&record, "offset"), record["key"].as_str()),
@@ -578,7 +580,7 @@ async fn sse_ids_are_the_survivors_offsets(
         )
         .await;
     let (partition, offset) = (tail[0].partition, tail[0].offset);
-    let (id, record) = streams[partition as usize].next_record().await;
+    let (id, record) = next_record(&mut streams[partition as usize]).await;
     assert_eq!(
         id,
         format!("{partition}-{offset}"),
@@ -587,51 +589,20 @@ async fn sse_ids_are_the_survivors_offsets(
     assert_eq!(record["value"], "after the gap");
 }
 
-/// Record events read off an SSE response as they arrive.
-struct SseEvents {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
-    buffer: String,
-}
-
-impl SseEvents {
-    fn new(response: reqwest::Response) -> Self {
-        Self {
-            body: response
-                .bytes_stream()
-                .map(|r| r.map(|b| b.to_vec()))
-                .boxed(),
-            buffer: String::new(),
-        }
-    }
-
-    /// The next `record` event: its id and record (other events and comments skipped).
-    async fn next_record(&mut self) -> (String, Value) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, None, String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if event.as_deref() == Some("record") {
-                    let record = serde_json::from_str(&data).expect("record data is JSON");
-                    return (id.expect("record events carry an id"), record);
-                }
-                assert_ne!(event.as_deref(), Some("error"), "stream error: {data}");
-                continue;
+/// The next `record` event of an SSE stream: its id and record (other events skipped).
+async fn next_record(events: &mut SseReader) -> (String, Value) {
+    loop {
+        let event = events
+            .next_event(SETTLE)
+            .await
+            .expect("a record event in time, the stream still open");
+        match event.event.as_deref() {
+            Some("record") => {
+                let record = serde_json::from_str(&event.data).expect("record data is JSON");
+                return (event.id.expect("record events carry an id"), record);
             }
-            let chunk = tokio::time::timeout(SETTLE, self.body.next())
-                .await
-                .expect("a record event in time")
-                .expect("the stream stays open")
-                .expect("stream body");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            Some("error") => panic!("stream error: {}", event.data),
+            _ => continue,
         }
     }
 }

@@ -6,69 +6,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use psubd_tests::{eventually, Cluster, NewRecord, PublishOutcome};
+use psubd_tests::{eventually, Cluster, NewRecord, PublishOutcome, SseReader};
 use serde_json::{json, Value};
 
 /// How long a test waits for a streamed record before failing.
 const RECORD_WITHIN: Duration = Duration::from_secs(15);
-
-/// One parsed SSE event.
-#[derive(Debug)]
-struct SseEvent {
-    id: Option<String>,
-    event: Option<String>,
-    data: String,
-}
-
-/// Reads SSE events off a response body as they arrive.
-struct SseReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
-    buffer: String,
-}
-
-impl SseReader {
-    fn new(response: reqwest::Response) -> Self {
-        Self {
-            body: response
-                .bytes_stream()
-                .map(|r| r.map(|b| b.to_vec()))
-                .boxed(),
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event (comments and keep-alives skipped), or None when the stream ends.
-    async fn next_event(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent {
-                    id: None,
-                    event: None,
-                    data: String::new(),
-                };
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        event.id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event.event = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        event.data.push_str(v.trim_start());
-                    }
-                }
-                if event.event.is_some() || !event.data.is_empty() {
-                    return Some(event);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(RECORD_WITHIN, self.body.next())
-                .await
-                .ok()??
-                .ok()?;
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
 
 fn value_record(partition: u32, n: u64) -> NewRecord {
     NewRecord {
@@ -101,7 +43,7 @@ async fn read_records(reader: &mut SseReader, count: usize) -> Vec<(String, u64)
     let mut seen = Vec::with_capacity(count);
     while seen.len() < count {
         let event = reader
-            .next_event()
+            .next_event(RECORD_WITHIN)
             .await
             .expect("a record event before the stream ends");
         assert_eq!(
@@ -231,7 +173,7 @@ async fn issue_07_stream_resumes_on_another_node_after_kill() {
     cluster.kill(3);
     // The stream ends with the node; publish more meanwhile through a live node.
     assert!(
-        reader.next_event().await.is_none(),
+        reader.next_event(RECORD_WITHIN).await.is_none(),
         "the killed node's stream ends"
     );
     for n in 3..6 {
@@ -305,7 +247,7 @@ async fn join(client: &reqwest::Client, base: &str, group: &str, topic: &str) ->
 async fn next_assignment(reader: &mut SseReader) -> Value {
     loop {
         let event = reader
-            .next_event()
+            .next_event(RECORD_WITHIN)
             .await
             .expect("an assignment event before the stream ends");
         if event.event.as_deref() == Some("assignment") {
@@ -462,7 +404,7 @@ async fn issue_07_stream_limit_and_graceful_shutdown() {
     let client = cluster.client();
     cluster.node(1).create_topic("lim", 1, 3).await;
     let url = format!("{}/v1/topics/lim/partitions/0/stream", cluster.http(3));
-    let sse = open_sse(&client, &url, None).await;
+    let mut sse = open_sse(&client, &url, None).await;
     let ws_url = format!("{}/v1/ws", cluster.http(3).replace("http://", "ws://"));
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
@@ -502,15 +444,9 @@ async fn issue_07_stream_limit_and_graceful_shutdown() {
     // SIGTERM: the SSE body ends (not an aborted connection), the WebSocket gets 1001.
     let status = cluster.stop(3).await;
     assert!(status.success(), "node 3 exits cleanly: {status}");
-    let mut body = sse.body;
-    loop {
-        match tokio::time::timeout(RECORD_WITHIN, body.next()).await {
-            Ok(Some(Ok(_))) => continue,
-            Ok(None) => break,
-            Ok(Some(Err(e))) => panic!("the SSE stream broke instead of ending: {e}"),
-            Err(_) => panic!("the SSE stream did not end on shutdown"),
-        }
-    }
+    sse.read_to_end(RECORD_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("the SSE stream on shutdown: {e}"));
     let close = loop {
         match tokio::time::timeout(RECORD_WITHIN, ws.next()).await {
             Ok(Some(Ok(tungstenite::Message::Close(frame)))) => break frame,

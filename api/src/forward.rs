@@ -260,6 +260,10 @@ fn group_response(result: Result<ForwardResponse, GroupError>) -> ForwardRespons
     }
 }
 
+/// How long a leader may take to confirm its leadership with a quorum (and apply what was
+/// committed) before it calls a fetch offset beyond the end out of range.
+const LINEARIZABLE_WITHIN: Duration = Duration::from_secs(3);
+
 async fn fetch_local(
     broker: &Broker,
     group: GroupId,
@@ -279,11 +283,29 @@ async fn fetch_local(
         OffsetSpec::At(n) => n,
     };
     let leader = leader_of(&handle.raft);
-    if offset > bounds.next_offset && !broker.leads_with_quorum(group) {
-        // A follower — or a leader cut off from its quorum — may lag: only a leader in
-        // contact with a quorum may call an offset beyond the end.
-        let leader = leader.filter(|l| *l != broker.node_id());
-        return ForwardResponse::Partition(PartitionError::NotLeader { leader });
+    if offset > bounds.next_offset {
+        if !broker.leads_with_quorum(group) {
+            // A follower — or a leader cut off from its quorum — may lag: only a leader in
+            // contact with a quorum may call an offset beyond the end.
+            let leader = leader.filter(|l| *l != broker.node_id());
+            return ForwardResponse::Partition(PartitionError::NotLeader { leader });
+        }
+        // A leader may have been deposed without knowing yet, or still be applying what
+        // earlier leaders committed (CI saw a stream refused "out of range [0, 0]" right after
+        // an election): before calling an offset beyond the end, confirm leadership with a
+        // quorum and wait until everything committed so far is applied, then look again.
+        match tokio::time::timeout(LINEARIZABLE_WITHIN, handle.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                let leader = leader_of(&handle.raft).filter(|l| *l != broker.node_id());
+                return ForwardResponse::Partition(PartitionError::NotLeader { leader });
+            }
+            Err(_) => {
+                return ForwardResponse::Partition(PartitionError::Unavailable {
+                    reason: "leadership could not be confirmed in time".into(),
+                })
+            }
+        }
     }
     if offset == bounds.next_offset && timeout_ms > 0 {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);

@@ -2,15 +2,27 @@
 //!
 //! Each group's `append` stages its entries (readable at once) and hands its `LogFlushed`
 //! callback here; `save_vote` and [`NodeStorage::flush`](crate::NodeStorage::flush) wait on a
-//! oneshot. The flusher task takes everything pending, runs ONE flush that covers all of it
-//! (the engine's flush, and an fdatasync of every Raft log segment file written since the last
-//! one, see [`LogSyncs`]), then answers every request with that flush's result. While a flush runs, new requests
+//! oneshot. The flusher task takes everything pending, runs ONE flush that covers all of it,
+//! then answers every request with that flush's result. While a flush runs, new requests
 //! queue up and share the next one, so with many groups busy a single fsync acknowledges many
 //! appends (DESIGN.md § Storage: durability contract).
+//!
+//! What a flush syncs depends on what waits for it:
+//! - Log appends need only their segment files: an fdatasync of every Raft log segment file
+//!   written since the last flush (see [`LogSyncs`]).
+//! - A waiter (a vote, a purge about to delete files, shutdown) needs the engine too: the
+//!   engine's flush runs alongside the segment syncs.
+//!
+//! The engine holds the votes, the log metadata and the state machines. State-machine writes
+//! need no fsync of their own: the log keeps every entry until a durable snapshot file
+//! covers it, openraft re-applies from the log after a crash, and a state machine behind its
+//! newest snapshot file is reloaded from it at open. So appends never wait for the engine,
+//! whose flush writes every applied batch and costs several times a segment sync.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::LogFlushed;
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +40,10 @@ const FLUSH_QUEUE_CAPACITY: usize = 4_096;
 /// At most this many requests are answered by one flush; the rest wait for the next. Bounds
 /// the flusher's buffer; in practice the queue capacity is the tighter limit.
 const MAX_REQUESTS_PER_FLUSH: usize = FLUSH_QUEUE_CAPACITY;
+
+/// A flush taking this long is logged: openraft waits for its log flush before it replicates
+/// or answers, so a slow flush shows up as stalled writes on every group of the node.
+const SLOW_FLUSH: Duration = Duration::from_millis(100);
 
 /// A request for durability of everything written before it was sent.
 enum FlushRequest {
@@ -112,9 +128,21 @@ async fn run(
         // Every request in `pending` was sent after its writes were applied to the engine or
         // written to a segment file (and that file recorded in `log_syncs`), and the flush
         // starts after it was received: the flush covers all of them.
-        let result = flush_all(engine.as_ref(), &log_syncs).await;
+        let with_engine = pending
+            .iter()
+            .any(|request| matches!(request, FlushRequest::Wait(_)));
+        let started = Instant::now();
+        let result = flush_all(engine.as_ref(), &log_syncs, with_engine).await;
         flushes.fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         match &result {
+            // Every group's Raft waits for its flush: a slow one stalls them all.
+            Ok(()) if elapsed >= SLOW_FLUSH => tracing::warn!(
+                requests = pending.len(),
+                with_engine,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "slow storage flush"
+            ),
             Ok(()) => tracing::trace!(requests = pending.len(), "storage flushed"),
             Err(err) => {
                 tracing::error!(cause = %err, requests = pending.len(), "storage flush failed")
@@ -132,9 +160,13 @@ async fn run(
 /// journal commits between them. Bounded, as the blocking pool is shared with snapshot work.
 const MAX_PARALLEL_SYNCS: usize = 8;
 
-/// One flush of everything: the engine and the recorded log files, concurrently (the syncs
-/// wait on the disk independently).
-async fn flush_all(engine: &dyn Engine, log_syncs: &LogSyncs) -> Result<(), StorageIoError> {
+/// One flush of the recorded log files and, `with_engine`, of the engine, concurrently (the
+/// syncs wait on the disk independently).
+async fn flush_all(
+    engine: &dyn Engine,
+    log_syncs: &LogSyncs,
+    with_engine: bool,
+) -> Result<(), StorageIoError> {
     let files = log_syncs.take();
     let sync_files = async {
         if files.is_empty() {
@@ -157,7 +189,14 @@ async fn flush_all(engine: &dyn Engine, log_syncs: &LogSyncs) -> Result<(), Stor
             .collect::<Result<Vec<()>, StorageIoError>>()
             .map(|_| ())
     };
-    let (engine_result, files_result) = futures::join!(engine.flush(), sync_files);
+    let flush_engine = async {
+        if with_engine {
+            engine.flush().await
+        } else {
+            Ok(())
+        }
+    };
+    let (engine_result, files_result) = futures::join!(flush_engine, sync_files);
     engine_result.and(files_result)
 }
 
@@ -179,5 +218,55 @@ fn answer(request: FlushRequest, result: &Result<(), StorageIoError>) {
             // The waiter may have given up (its future dropped); nothing is lost by that.
             let _ = tx.send(reply);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Tree;
+
+    /// An engine that only counts its flushes.
+    #[derive(Default)]
+    struct CountingEngine {
+        flushes: AtomicU64,
+    }
+
+    impl Engine for CountingEngine {
+        fn open_tree(&self, _name: &str) -> Result<Tree, StorageIoError> {
+            Err(StorageIoError::FlusherStopped)
+        }
+        fn tree_exists(&self, _name: &str) -> bool {
+            false
+        }
+        fn tree_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn drop_tree(&self, _name: &str) -> Result<(), StorageIoError> {
+            Ok(())
+        }
+        fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), StorageIoError>> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn size_on_disk(&self) -> Result<u64, StorageIoError> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_answered_only_after_the_engine_flushed() {
+        let engine = Arc::new(CountingEngine::default());
+        let flusher = Flusher::spawn(
+            &tokio::runtime::Handle::current(),
+            engine.clone(),
+            LogSyncs::default(),
+        );
+        for round in 1..=3 {
+            flusher.flush().await.unwrap();
+            // Votes and purge marks live in the engine: a waiter's flush must include it.
+            assert!(engine.flushes.load(Ordering::SeqCst) >= round);
+        }
+        assert_eq!(flusher.flush_count(), 3);
     }
 }

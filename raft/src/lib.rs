@@ -11,6 +11,8 @@
 //! - `log_sync`: the node-wide set of log files the flusher syncs at its next flush.
 //! - `state_machine`: the generic per-group state machine; a [`GroupLogic`] gives it meaning.
 //! - `snapshot`: snapshot files (build, stream, install).
+//! - `write_behind`: snapshot files reach the disk in steps, so log flushes never queue behind
+//!   one large fsync.
 //! - `transport`: the peer transport (one TCP connection per peer pair, postcard frames).
 //! - `network`: openraft's outbound network over the transport.
 //! - `registry`: the groups running on this node, routing inbound RPCs by group id.
@@ -29,6 +31,7 @@ pub mod state_machine;
 pub mod storage;
 pub mod transport;
 pub mod types;
+pub mod write_behind;
 
 pub use config::{RaftNodeConfig, RaftTuning};
 pub use error::StorageIoError;

@@ -60,8 +60,8 @@ pub(crate) fn decode<T: DeserializeOwned>(
 /// ### To ensure correctness:
 /// - `append` makes the entries readable before it returns, and fires its callback only after
 ///   a flush that covers them (through the node's [`Flusher`], which syncs the segment files
-///   written before the request together with the engine).
-/// - `save_vote` returns only after a flush that covers the vote.
+///   written before the request).
+/// - `save_vote` returns only after a flush that covers the vote (the engine included).
 /// - No entry at or below the stored last-purged id is visible; a segment file is deleted only
 ///   once the purge mark covering all its entries is durable.
 /// - `truncate` is durable when it returns (see [`SegmentLog::truncate`]).

@@ -3,8 +3,8 @@
 //! A group's [`SegmentLog`](crate::segment_log::SegmentLog) writes its entries to the page
 //! cache and records the segment file here (and the directory, when it created or removed a
 //! file). The node's flusher takes the whole set at the start of each flush and syncs it
-//! together with the engine, so one flush makes every group's appends durable (group commit
-//! across groups, DESIGN.md § Storage: durability contract).
+//! (with the engine too when a waiter needs it), so one flush makes every group's appends
+//! durable (group commit across groups, DESIGN.md § Storage: durability contract).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

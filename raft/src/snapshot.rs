@@ -28,6 +28,7 @@ use crate::error::{IntoRaftResult, StorageIoError};
 use crate::logic::{SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 use crate::storage::{Tree, WriteBatch};
 use crate::types::{typ, GroupId, TypeConfig};
+use crate::write_behind::{write_out_in_steps, WriteBehind};
 
 /// The file's first bytes.
 const MAGIC: &[u8; 8] = b"PSUBSNP1";
@@ -444,8 +445,11 @@ fn write_snapshot(
 ) -> Result<PathBuf, StorageIoError> {
     let (temp, file) = store.create_temp("build")?;
     let result = (|| {
-        let mut writer =
-            SnapshotWriter::new(BufWriter::with_capacity(IO_BUFFER_BYTES, file), &temp, meta)?;
+        let mut writer = SnapshotWriter::new(
+            BufWriter::with_capacity(IO_BUFFER_BYTES, WriteBehind::new(file)),
+            &temp,
+            meta,
+        )?;
         for (key, value) in &plan.pinned {
             if !key.starts_with(&RESERVED_KEY_PREFIX) {
                 writer.pair(key, value)?;
@@ -462,7 +466,8 @@ fn write_snapshot(
         let file = writer
             .finish()?
             .into_inner()
-            .map_err(|e| StorageIoError::file("write snapshot file", &temp, e.into_error()))?;
+            .map_err(|e| StorageIoError::file("write snapshot file", &temp, e.into_error()))?
+            .into_inner();
         file.sync_all()
             .map_err(|e| StorageIoError::file("fsync snapshot file", &temp, e))?;
         store.publish(&temp, meta)
@@ -502,7 +507,8 @@ pub(crate) fn accept_received(
     }
     let temp = match own {
         Some(path) => {
-            file.sync_all()
+            write_out_in_steps(&file)
+                .and_then(|()| file.sync_all())
                 .map_err(|e| StorageIoError::file("fsync snapshot file", &path, e))?;
             path
         }
@@ -510,16 +516,18 @@ pub(crate) fn accept_received(
             if let Some(unused) = &receiving {
                 store.discard_temp(unused)?;
             }
-            let (temp, mut copy) = store.create_temp("recv")?;
+            let (temp, copy) = store.create_temp("recv")?;
             let copied = (|| {
                 file.seek(SeekFrom::Start(0))
                     .map_err(|e| StorageIoError::file("seek snapshot file", &label, e))?;
+                let mut copy = WriteBehind::new(copy);
                 io::copy(
                     &mut BufReader::with_capacity(IO_BUFFER_BYTES, &mut file),
                     &mut copy,
                 )
                 .map_err(|e| StorageIoError::file("copy snapshot file", &temp, e))?;
-                copy.sync_all()
+                copy.into_inner()
+                    .sync_all()
                     .map_err(|e| StorageIoError::file("fsync snapshot file", &temp, e))
             })();
             if let Err(err) = copied {

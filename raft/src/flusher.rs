@@ -281,16 +281,22 @@ mod tests {
         }
     }
 
-    // Paused time: the background write-back ticks once at the start and never again during
-    // the test, so each waiter must account for one engine flush of its own.
-    #[tokio::test(start_paused = true)]
-    async fn a_waiter_is_answered_only_after_the_engine_flushed() {
+    /// A flusher over a [`CountingEngine`] on the test's runtime.
+    fn start() -> (Arc<CountingEngine>, Flusher) {
         let engine = Arc::new(CountingEngine::default());
         let flusher = Flusher::spawn(
             &tokio::runtime::Handle::current(),
             engine.clone(),
             LogSyncs::default(),
         );
+        (engine, flusher)
+    }
+
+    // Paused time: the background write-back ticks once at the start and never again during
+    // the test, so each waiter must account for one engine flush of its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_answered_only_after_the_engine_flushed() {
+        let (engine, flusher) = start();
         tokio::task::yield_now().await;
         let background = engine.flushes.load(Ordering::SeqCst);
         assert!(
@@ -307,12 +313,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_engine_is_written_back_in_the_background_until_the_flusher_is_dropped() {
-        let engine = Arc::new(CountingEngine::default());
-        let flusher = Flusher::spawn(
-            &tokio::runtime::Handle::current(),
-            engine.clone(),
-            LogSyncs::default(),
-        );
+        let (engine, flusher) = start();
         tokio::time::sleep(ENGINE_WRITE_BACK_EVERY * 5).await;
         let while_running = engine.flushes.load(Ordering::SeqCst);
         assert!(

@@ -73,8 +73,14 @@ impl Flusher {
     ) -> Flusher {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
         let flushes = Arc::new(AtomicU64::new(0));
-        runtime.spawn(write_back_engine(engine.clone(), tx.downgrade()));
-        runtime.spawn(run(engine, log_syncs, rx, flushes.clone()));
+        let flushes_counter = flushes.clone();
+        let (stopped_tx, stopped) = oneshot::channel();
+        runtime.spawn(write_back_engine(engine.clone(), stopped));
+        runtime.spawn(async move {
+            run(engine, log_syncs, rx, flushes_counter).await;
+            // Ends the background write-back with the flusher, so the engine is released.
+            drop(stopped_tx);
+        });
         Flusher { tx, flushes }
     }
 
@@ -165,15 +171,16 @@ async fn run(
 /// for up to 860 ms while the kernel wrote them back.
 const ENGINE_WRITE_BACK_EVERY: Duration = Duration::from_millis(100);
 
-/// Flushes the engine every [`ENGINE_WRITE_BACK_EVERY`] until the flusher's last handle is
-/// dropped. Runs beside the flusher task, so log appends do not wait for it.
-async fn write_back_engine(engine: Arc<dyn Engine>, flusher: mpsc::WeakSender<FlushRequest>) {
+/// Flushes the engine every [`ENGINE_WRITE_BACK_EVERY`] until the flusher task ends
+/// (`stopped` resolves when it does). Runs beside the flusher task, so log appends do not
+/// wait for it.
+async fn write_back_engine(engine: Arc<dyn Engine>, mut stopped: oneshot::Receiver<()>) {
     let mut ticks = tokio::time::interval(ENGINE_WRITE_BACK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
-        if flusher.upgrade().is_none() {
-            return;
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = ticks.tick() => {}
         }
         if let Err(err) = engine.flush().await {
             // Not an acknowledgement: a waiter's flush reports its own failure.
@@ -321,9 +328,11 @@ mod tests {
             "{while_running} background flushes in 5 periods"
         );
         drop(flusher);
-        tokio::time::sleep(ENGINE_WRITE_BACK_EVERY * 2).await;
+        tokio::task::yield_now().await;
         let after_drop = engine.flushes.load(Ordering::SeqCst);
         tokio::time::sleep(ENGINE_WRITE_BACK_EVERY * 5).await;
         assert_eq!(engine.flushes.load(Ordering::SeqCst), after_drop, "stopped");
+        // Both tasks let go of the engine: a node restarted in the same process can open it.
+        assert_eq!(Arc::strong_count(&engine), 1);
     }
 }

@@ -257,6 +257,24 @@ impl Cluster {
             .count()
     }
 
+    /// Waits up to `within` until node `id` has installed a partition snapshot since its
+    /// data dir was wiped (see [`Self::partition_snapshots_installed_since_wipe`]). Reads
+    /// through a node with no replica yet are forwarded to the leader, so a test of the
+    /// rejoined replica's own content must wait for this first.
+    pub async fn await_partition_snapshot_since_wipe(&self, id: u64, within: Duration) {
+        eventually(
+            within,
+            "the wiped node installs a partition snapshot",
+            || async {
+                match self.partition_snapshots_installed_since_wipe(id) {
+                    0 => Err("no partition snapshot installed since the wipe (see its log)"),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await;
+    }
+
     /// The leader of partition `partition` of `topic` per `GET /v1/topics/{t}/partitions`
     /// on a running node, waiting (up to 15 s) until one is reported and it is a running
     /// node.

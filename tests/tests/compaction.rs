@@ -752,17 +752,9 @@ async fn issue_08_wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {
     // The leader's log is purged behind its snapshots, so the wiped node can only catch up
     // through a partition snapshot. Wait for that first: reads through it before then are
     // forwarded to the leader and would prove nothing about its own replica.
-    eventually(
-        SETTLE,
-        "the wiped node installs a partition snapshot",
-        || async {
-            match cluster.partition_snapshots_installed_since_wipe(victim) {
-                0 => Err("no partition snapshot installed yet (see its log)"),
-                _ => Ok(()),
-            }
-        },
-    )
-    .await;
+    cluster
+        .await_partition_snapshot_since_wipe(victim, SETTLE)
+        .await;
 
     // Key views on the wiped node: read-your-writes of everything acknowledged.
     check_views_from(&victim_node, &acked, &floor).await;

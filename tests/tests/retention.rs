@@ -451,17 +451,9 @@ async fn issue_08_wiped_node_catches_up_through_a_retained_snapshot() {
         "log start {start} never goes back below {trimmed}"
     );
     // The log line may trail the replica's own view by a moment.
-    eventually(
-        SETTLE,
-        "the wiped node's log shows a partition snapshot installed",
-        || async {
-            match cluster.partition_snapshots_installed_since_wipe(victim) {
-                0 => Err("no partition snapshot installed since the wipe (see its log)"),
-                _ => Ok(()),
-            }
-        },
-    )
-    .await;
+    cluster
+        .await_partition_snapshot_since_wipe(victim, SETTLE)
+        .await;
     // It serves the retained range itself and refuses what retention removed.
     let page = victim_node.fetch(topic, 0, start, 1000, 0).await;
     assert_eq!(page.records.first().map(|r| r.offset), Some(start));

@@ -77,6 +77,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
                     .log_start_offset
                     .with_label_values(&labels)
                     .set(handle.reader.bounds().log_start as i64);
+                let last_log_index = handle.raft.metrics().borrow().last_log_index;
+                state
+                    .metrics
+                    .raft_last_log_index
+                    .with_label_values(&labels)
+                    .set(last_log_index.unwrap_or(0) as i64);
             }
         }
     }

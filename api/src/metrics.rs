@@ -28,6 +28,9 @@ pub struct Metrics {
     pub log_start_offset: IntGaugeVec,
     /// Bytes allocated on disk under the node's data directory (database, snapshots).
     pub data_dir_bytes: IntGaugeVec,
+    /// Last Raft log index of each local replica: beside the high watermark it shows how
+    /// many records the partition actor packs into one entry (the batching at work).
+    pub raft_last_log_index: IntGaugeVec,
 }
 
 impl Metrics {
@@ -104,6 +107,14 @@ impl Metrics {
             &["node"],
         )
         .expect("valid metric");
+        let raft_last_log_index = IntGaugeVec::new(
+            Opts::new(
+                "psubd_partition_raft_last_log_index",
+                "Last Raft log index of local replicas",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -115,6 +126,7 @@ impl Metrics {
             Box::new(partition_stored_bytes.clone()),
             Box::new(log_start_offset.clone()),
             Box::new(data_dir_bytes.clone()),
+            Box::new(raft_last_log_index.clone()),
         ] {
             registry
                 .register(collector)
@@ -132,6 +144,7 @@ impl Metrics {
             partition_stored_bytes,
             log_start_offset,
             data_dir_bytes,
+            raft_last_log_index,
         }
     }
 

@@ -18,6 +18,7 @@
 //! - `registry`: the groups running on this node, routing inbound RPCs by group id.
 
 pub mod config;
+pub(crate) mod deferred_tree;
 pub mod error;
 pub(crate) mod flusher;
 pub mod log_store;

@@ -11,6 +11,8 @@
 //!   (see [`LogStore`](crate::LogStore)). The log entries themselves are not in the database.
 //! - `sm/<group>`: the group's state machine: its logic's keys, plus the state machine's own
 //!   metadata under the reserved prefix `0xFF 0xFF` (see [`StateMachine`](crate::StateMachine)).
+//!   Its batches are staged in memory and reach the database in bulk, at the next flush
+//!   (see [`deferred_tree`](crate::deferred_tree)).
 //!
 //! Beside the database: the Raft log entries in segment files under `<dir>/raft-log/<group>/`
 //! (see [`segment_log`](crate::segment_log)), written once and purged by deleting files, and
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::deferred_tree::{DeferredTrees, DeferringEngine};
 use crate::error::StorageIoError;
 use crate::flusher::Flusher;
 use crate::log_store::LogStore;
@@ -115,7 +118,9 @@ impl fmt::Debug for Value {
 /// Operations apply in the order they were staged: a later write to the same key wins.
 #[derive(Default)]
 pub struct WriteBatch {
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Values are held as [`Value`]s, so the engine (or a deferred tree) takes them without
+    /// another copy.
+    ops: Vec<(Vec<u8>, Option<Value>)>,
     /// Sum of key and value lengths staged so far, to bound batches (e.g. snapshot loading).
     bytes: usize,
 }
@@ -123,16 +128,23 @@ pub struct WriteBatch {
 impl WriteBatch {
     /// Stages `key = value`.
     pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        let (key, value) = (key.into(), value.into());
-        self.bytes += key.len() + value.len();
-        self.ops.push((key, Some(value)));
+        self.stage(key.into(), Some(Value::from(value.into())));
     }
 
     /// Stages the removal of `key` (no error if it is absent).
     pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
-        let key = key.into();
-        self.bytes += key.len();
-        self.ops.push((key, None));
+        self.stage(key.into(), None);
+    }
+
+    /// Stages `key = value`, or its removal when `value` is None.
+    pub(crate) fn stage(&mut self, key: Vec<u8>, value: Option<Value>) {
+        self.bytes += key.len() + value.as_ref().map_or(0, |v| v.len());
+        self.ops.push((key, value));
+    }
+
+    /// The staged operations, in order.
+    pub(crate) fn into_ops(self) -> Vec<(Vec<u8>, Option<Value>)> {
+        self.ops
     }
 
     /// Number of staged operations.
@@ -179,7 +191,9 @@ pub(crate) type PairIter = Box<dyn Iterator<Item = Result<(Value, Value), Storag
 /// ### To ensure correctness:
 /// - A batch applied to one tree is atomic, also across a crash.
 /// - After a crash the database recovers a prefix of the writes made before it, in order
-///   (a write is never durable while an earlier one is lost).
+///   (a write is never durable while an earlier one is lost). A deferred state tree
+///   ([`crate::deferred_tree`]) writes to the engine later than its applies, so after a
+///   crash it may be further behind than other trees; its own applies stay in order.
 /// - [`Engine::flush`] returns only when every write that was visible before it was called is
 ///   durable, in every tree.
 pub(crate) trait Engine: Send + Sync + 'static {
@@ -203,6 +217,8 @@ pub(crate) trait EngineTree: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageIoError>;
     /// The greatest pair with key `<= key`.
     fn get_at_or_before(&self, key: &[u8]) -> Result<Option<(Value, Value)>, StorageIoError>;
+    /// The greatest pair with key `< key`.
+    fn get_before(&self, key: &[u8]) -> Result<Option<(Value, Value)>, StorageIoError>;
     /// Ascending pairs in `[start, end)`; `end = None` is unbounded.
     fn range(&self, start: &[u8], end: Option<&[u8]>) -> PairIter;
     /// Applies `batch` atomically.
@@ -218,6 +234,11 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// A handle on `inner`.
+    pub(crate) fn from_engine_tree(inner: Arc<dyn EngineTree>) -> Self {
+        Tree { inner }
+    }
+
     /// The value stored at `key`.
     ///
     /// # Errors
@@ -234,10 +255,19 @@ impl Tree {
         self.inner.get_at_or_before(key)
     }
 
+    /// Greatest entry with key < `key`.
+    ///
+    /// # Errors
+    /// [`StorageIoError::Engine`] if the engine fails to read.
+    pub(crate) fn get_before(&self, key: &[u8]) -> Result<Option<(Value, Value)>, StorageIoError> {
+        self.inner.get_before(key)
+    }
+
     /// Ascending iteration over `[start, end)` (`end` None = unbounded).
     ///
     /// The iterator owns its bounds and reads lazily, so it may outlive this call and move
-    /// into another task; it sees writes made while it runs, key by key.
+    /// into another task. Writes made while it runs may or may not be seen (a state tree's
+    /// staged writes are taken as they are when it starts, its stored pairs key by key).
     pub fn range(
         &self,
         start: &[u8],
@@ -429,6 +459,21 @@ impl Engine for SledEngine {
     }
 }
 
+/// A sled engine in `dir`, for the tests of the layers above it.
+#[cfg(test)]
+pub(crate) fn sled_engine_for_tests(dir: &Path) -> Arc<dyn Engine> {
+    Arc::new(SledEngine::open(dir, 1 << 20).expect("open a sled database"))
+}
+
+/// The last pair of a sled range.
+fn last_pair(mut range: sled::Iter) -> Result<Option<(Value, Value)>, StorageIoError> {
+    match range.next_back() {
+        None => Ok(None),
+        Some(Ok((k, v))) => Ok(Some((Value(k), Value(v)))),
+        Some(Err(e)) => Err(sled_err("read a key")(e)),
+    }
+}
+
 /// One sled tree.
 struct SledTree {
     tree: sled::Tree,
@@ -443,11 +488,11 @@ impl EngineTree for SledTree {
     }
 
     fn get_at_or_before(&self, key: &[u8]) -> Result<Option<(Value, Value)>, StorageIoError> {
-        match self.tree.range(..=key).next_back() {
-            None => Ok(None),
-            Some(Ok((k, v))) => Ok(Some((Value(k), Value(v)))),
-            Some(Err(e)) => Err(sled_err("read a key")(e)),
-        }
+        last_pair(self.tree.range(..=key))
+    }
+
+    fn get_before(&self, key: &[u8]) -> Result<Option<(Value, Value)>, StorageIoError> {
+        last_pair(self.tree.range(..key))
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>) -> PairIter {
@@ -465,7 +510,7 @@ impl EngineTree for SledTree {
         let mut sled_batch = sled::Batch::default();
         for (key, value) in batch.ops {
             match value {
-                Some(value) => sled_batch.insert(key, value),
+                Some(value) => sled_batch.insert(key, value.0),
                 None => sled_batch.remove(key),
             }
         }
@@ -505,7 +550,10 @@ pub struct NodeStorage {
 }
 
 struct NodeStorageInner {
+    /// The database, with the state trees' staged writes written out before each flush.
     engine: Arc<dyn Engine>,
+    /// The state trees (see [`crate::deferred_tree`]).
+    state_trees: DeferredTrees,
     flusher: Flusher,
     log_syncs: LogSyncs,
     logs_dir: PathBuf,
@@ -562,9 +610,11 @@ impl NodeStorage {
         let snapshots_dir = dir.join(SNAPSHOTS_DIR);
         std::fs::create_dir_all(&snapshots_dir)
             .map_err(|e| StorageIoError::file("create snapshot directory", &snapshots_dir, e))?;
-        let engine: Arc<dyn Engine> =
+        let sled: Arc<dyn Engine> =
             Arc::new(SledEngine::open(&dir.join(DB_DIR), cache_capacity_bytes)?);
-        refuse_legacy_logs(engine.as_ref(), dir)?;
+        refuse_legacy_logs(sled.as_ref(), dir)?;
+        let state_trees = DeferredTrees::default();
+        let engine: Arc<dyn Engine> = Arc::new(DeferringEngine::new(sled, state_trees.clone()));
         let logs_dir = dir.join(segment_log::LOG_DIR);
         std::fs::create_dir_all(&logs_dir)
             .map_err(|e| StorageIoError::file("create log directory", &logs_dir, e))?;
@@ -576,6 +626,7 @@ impl NodeStorage {
         Ok(NodeStorage {
             inner: Arc::new(NodeStorageInner {
                 engine,
+                state_trees,
                 flusher,
                 log_syncs,
                 logs_dir,
@@ -632,7 +683,10 @@ impl NodeStorage {
         group: GroupId,
         logic: Box<dyn GroupLogic>,
     ) -> Result<StateMachine, StorageIoError> {
-        let tree = self.inner.engine.open_tree(&sm_tree_name(group))?;
+        let tree = self
+            .inner
+            .state_trees
+            .open(self.inner.engine.as_ref(), &sm_tree_name(group))?;
         let snapshots = SnapshotStore::open(self.group_snapshot_dir(group))?;
         StateMachine::open(group, tree, Arc::new(snapshots), logic)
     }

@@ -7,9 +7,13 @@
 //! bytes and records). Offsets are assigned at apply, so each waiting request gets
 //! `base + records before it in the entry`.
 //!
-//! More than one entry in flight keeps the replication pipeline busy: the next entry is
-//! appended and fsynced while the previous one is still on its way to the followers,
-//! instead of every entry paying the whole commit round trip alone.
+//! One entry in flight by default. More would not overlap: openraft 0.9 appends a group's
+//! entries one at a time, each waiting for its own log flush, so a second entry proposed
+//! during a commit waits in the Raft core anyway, and splitting what queued meanwhile into
+//! several entries only multiplies the per-entry work (a flush, AppendEntries, an apply on
+//! every replica). Measured on a 3-node cluster (two runs each): single-record publishes
+//! with 64 in flight went from 6,730 and 6,500 to 7,549 and 9,020 records/s, p99 from
+//! about 20 to 14–17 ms, going from 4 entries in flight to 1 (README § Benchmarks).
 //!
 //! The actor never awaits a Raft commit inside `handle`: it hands the entry to Raft (which
 //! only enqueues it, so entries are proposed in the order the actor built them, and offsets
@@ -64,8 +68,8 @@ pub struct BatchLimits {
     pub max_entry_bytes: usize,
     /// An entry stops growing past this many records.
     pub max_entry_records: u32,
-    /// Most entries of one partition being replicated at once. 1 makes every entry wait for
-    /// the previous one's whole commit round trip; a few keep the pipeline full.
+    /// Most entries of one partition being replicated at once; see the module docs for why
+    /// the default is 1.
     pub max_entries_in_flight: usize,
     /// How long a proposed write may take before it is answered `outcome_unknown`.
     pub write_timeout: Duration,
@@ -79,7 +83,7 @@ impl Default for BatchLimits {
         Self {
             max_entry_bytes: 1 << 20,
             max_entry_records: 10_000,
-            max_entries_in_flight: 4,
+            max_entries_in_flight: 1,
             write_timeout: Duration::from_secs(10),
             quorum_stale_after: Duration::from_millis(2_500),
         }

@@ -513,6 +513,9 @@ mod tests {
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut rng = StdRng::seed_from_u64(7);
         let key = |rng: &mut StdRng| vec![rng.gen_range(b'a'..=b'p'), rng.gen_range(b'0'..=b'3')];
+        let stored = |pair: Option<(Value, Value)>| pair.map(|(k, v)| (k.to_vec(), v.to_vec()));
+        let modeled =
+            |pair: Option<(&Vec<u8>, &Vec<u8>)>| pair.map(|(k, v)| (k.clone(), v.clone()));
         for step in 0..2_000u32 {
             match rng.gen_range(0..10) {
                 0 => f.trees.write_out_all().unwrap(),
@@ -538,20 +541,14 @@ mod tests {
                 model.get(&probe).cloned(),
                 "get at step {step}"
             );
-            let at_or_before = model.range(..=probe.clone()).next_back();
             assert_eq!(
-                tree.get_at_or_before(&probe)
-                    .unwrap()
-                    .map(|(k, v)| (k.to_vec(), v.to_vec())),
-                at_or_before.map(|(k, v)| (k.clone(), v.clone())),
+                stored(tree.get_at_or_before(&probe).unwrap()),
+                modeled(model.range(..=probe.clone()).next_back()),
                 "get_at_or_before at step {step}"
             );
-            let before = model.range(..probe.clone()).next_back();
             assert_eq!(
-                tree.get_before(&probe)
-                    .unwrap()
-                    .map(|(k, v)| (k.to_vec(), v.to_vec())),
-                before.map(|(k, v)| (k.clone(), v.clone())),
+                stored(tree.get_before(&probe).unwrap()),
+                modeled(model.range(..probe.clone()).next_back()),
                 "get_before at step {step}"
             );
             let end = key(&mut rng);

@@ -93,14 +93,12 @@ impl DeferredTree {
             if staging.dropped || staging.writes.is_empty() {
                 return Ok(());
             }
+            let mut written = Vec::with_capacity(staging.writes.len());
             for (key, staged) in &staging.writes {
                 batch.stage(key.clone(), staged.value.clone());
+                written.push((key.clone(), staged.seq));
             }
-            staging
-                .writes
-                .iter()
-                .map(|(key, staged)| (key.clone(), staged.seq))
-                .collect()
+            written
         };
         self.engine_tree.apply(batch)?;
         let mut staging = self.staging_mut();

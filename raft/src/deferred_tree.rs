@@ -484,6 +484,16 @@ mod tests {
         tree.apply(batch(&[(b"later", Some(b"v"))])).unwrap();
         f.engine.flush().await.unwrap();
         assert!(!f.sled.tree_exists("sm/1"));
+        // A tree made again under that name starts empty: nothing staged before the drop
+        // is read or written there.
+        let fresh = f.trees.open(f.sled.as_ref(), "sm/1").unwrap();
+        assert_eq!(fresh.get(b"late").unwrap(), None);
+        assert_eq!(fresh.get(b"later").unwrap(), None);
+        f.engine.flush().await.unwrap();
+        assert_eq!(
+            f.sled.open_tree("sm/1").unwrap().get(b"late").unwrap(),
+            None
+        );
     }
 
     #[test]

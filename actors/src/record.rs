@@ -198,6 +198,63 @@ pub fn join_batch<'a>(parts: impl Iterator<Item = &'a EncodedRecords> + Clone) -
     out.freeze()
 }
 
+/// One stretch of a stored batch, cut at record boundaries by [`split_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchPiece<'a> {
+    /// Records before this piece in the batch: its base offset is the batch's plus this.
+    pub skip: u32,
+    /// Records in the piece (the count its stored header gets).
+    pub count: u32,
+    /// The piece's record run, without header.
+    pub run: &'a [u8],
+    /// Newest record timestamp in the piece, or `i64::MIN` if a record did not decode.
+    pub max_timestamp_ms: i64,
+}
+
+/// Cuts the record run of a stored batch whose header says `total` records into pieces
+/// whose runs stay within `max_run_bytes`, at record boundaries; a record larger than that
+/// is a piece of its own.
+///
+/// The header's count is authoritative, so every replica cuts alike whatever the bytes
+/// hold: the pieces' counts add up to `total`, and a run that stops decoding (or bytes
+/// beyond the last counted record) stay whole in the last piece.
+pub fn split_run(run: &[u8], total: u32, max_run_bytes: usize) -> Vec<BatchPiece<'_>> {
+    let mut records = RecordIter::run(run);
+    let mut pieces = Vec::new();
+    // The piece being gathered: where its run starts, its records, its newest timestamp.
+    let mut start = run;
+    let (mut skip, mut count, mut max_timestamp_ms) = (0u32, 0u32, i64::MIN);
+    while skip + count < total {
+        let before = records.remaining();
+        let Some(Ok(view)) = records.next() else {
+            // Undecodable: the rest of the bytes and of the count form the last piece.
+            max_timestamp_ms = i64::MIN;
+            break;
+        };
+        let gathered = start.len() - records.remaining().len();
+        if count > 0 && gathered > max_run_bytes {
+            // This record would overflow the piece: close the piece before it.
+            let len = start.len() - before.len();
+            pieces.push(BatchPiece {
+                skip,
+                count,
+                run: &start[..len],
+                max_timestamp_ms,
+            });
+            (start, skip, count, max_timestamp_ms) = (before, skip + count, 0, i64::MIN);
+        }
+        count += 1;
+        max_timestamp_ms = max_timestamp_ms.max(view.timestamp_ms);
+    }
+    pieces.push(BatchPiece {
+        skip,
+        count: total - skip,
+        run: start,
+        max_timestamp_ms,
+    });
+    pieces
+}
+
 /// Reads a stored batch's record count.
 ///
 /// # Errors
@@ -329,6 +386,74 @@ mod tests {
             let owned = EncodedRecords::encode([&original, &original]).unwrap();
             assert_eq!(run, owned.bytes.to_vec());
         }
+    }
+
+    /// A batch of records whose values are `sizes` bytes long, timestamps 1, 2, 3...
+    fn sized_batch(sizes: &[usize]) -> Bytes {
+        let records: Vec<Record> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| Record {
+                timestamp_ms: i as i64 + 1,
+                value: Some(Bytes::from(vec![b'v'; size])),
+                ..record(i as u8)
+            })
+            .collect();
+        join_batch(std::iter::once(&EncodedRecords::encode(&records).unwrap()))
+    }
+
+    fn split(batch: &[u8], max: usize) -> Vec<BatchPiece<'_>> {
+        split_run(&batch[BATCH_HEADER_LEN..], batch_count(batch).unwrap(), max)
+    }
+
+    #[test]
+    fn split_pieces_stay_within_the_bound_and_rejoin_to_the_batch() {
+        let sizes: Vec<usize> = (0..200).map(|i| (i * 37) % 300).collect();
+        let batch = sized_batch(&sizes);
+        for max in [1, 100, 1000, 4096, 1 << 20] {
+            let pieces = split(&batch, max);
+            let mut rejoined = Vec::new();
+            let mut next = 0u32;
+            for piece in &pieces {
+                assert_eq!(piece.skip, next, "pieces are contiguous");
+                let views: Vec<_> = RecordIter::run(piece.run).map(|r| r.unwrap()).collect();
+                assert_eq!(views.len(), piece.count as usize);
+                assert!(piece.run.len() <= max || piece.count == 1, "max {max}");
+                let newest = views.iter().map(|v| v.timestamp_ms).max().unwrap();
+                assert_eq!(piece.max_timestamp_ms, newest);
+                assert_eq!(views[0].timestamp_ms, i64::from(piece.skip) + 1);
+                rejoined.extend_from_slice(piece.run);
+                next += piece.count;
+            }
+            assert_eq!(next, 200);
+            assert_eq!(rejoined, batch[BATCH_HEADER_LEN..].to_vec());
+        }
+        assert_eq!(split(&batch, 1 << 20).len(), 1);
+        assert_eq!(split(&batch, 1).len(), 200);
+    }
+
+    #[test]
+    fn split_keeps_an_undecodable_tail_and_the_header_count_in_the_last_piece() {
+        let batch = sized_batch(&[50, 50, 50]);
+        let mut damaged = batch.to_vec();
+        damaged[0] = 5; // claims 5 records
+        damaged.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let pieces = split(&damaged, 60);
+        let counts: Vec<u32> = pieces.iter().map(|p| p.count).collect();
+        assert_eq!(counts.iter().sum::<u32>(), 5);
+        let last = pieces.last().unwrap();
+        assert!(last.run.ends_with(&[0xff, 0xff, 0xff]));
+        assert_eq!(last.max_timestamp_ms, i64::MIN);
+
+        // Fewer records claimed than stored: the extra bytes ride in the last piece.
+        let mut short = batch.to_vec();
+        short[0] = 2;
+        let pieces = split(&short, 60);
+        assert_eq!(pieces.iter().map(|p| p.count).sum::<u32>(), 2);
+        assert_eq!(
+            pieces.last().unwrap().run.len() + pieces[0].run.len(),
+            short.len() - 4
+        );
     }
 
     #[test]

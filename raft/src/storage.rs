@@ -131,6 +131,11 @@ impl WriteBatch {
         self.stage(key.into(), Some(Value::from(value.into())));
     }
 
+    /// Stages `key = value` for a value already made (e.g. copied once from a slice).
+    pub fn insert_value(&mut self, key: impl Into<Vec<u8>>, value: Value) {
+        self.stage(key.into(), Some(value));
+    }
+
     /// Stages the removal of `key` (no error if it is absent).
     pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.stage(key.into(), None);

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use crate::partition::log::{LogBounds, PartitionReader};
-use crate::record::{batch_count, RecordCodecError, RecordIter};
+use crate::record::{batch_count, BatchPiece, RecordCodecError, RecordIter, BATCH_HEADER_LEN};
 use crate::topic::{CleanupPolicy, TopicConfig};
 
 /// Bytes a stored batch's key adds to its value (prefix + base offset).
@@ -50,11 +50,22 @@ impl BatchSummary {
     }
 }
 
+impl BatchSummary {
+    /// Summarises a piece of an appended batch, stored as a batch of its own.
+    pub fn of_piece(piece: &BatchPiece<'_>) -> Self {
+        Self {
+            count: piece.count,
+            bytes: (BATCH_HEADER_LEN + piece.run.len()) as u64 + BATCH_KEY_BYTES,
+            max_timestamp_ms: piece.max_timestamp_ms,
+        }
+    }
+}
+
 /// The retained batches of a partition replica, by base offset, with their total size.
 ///
 /// Invariant: holds exactly the stored batches that still hold an offset at or above the
 /// log start, and `stored_bytes` is the sum of their sizes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchIndex {
     batches: BTreeMap<u64, BatchSummary>,
     stored_bytes: u64,

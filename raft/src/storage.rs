@@ -41,11 +41,13 @@ use crate::types::GroupId;
 
 /// sled's segment size for a new database (an existing one keeps the size it was created
 /// with: sled refuses to open it with another). sled writes any page larger than a quarter
-/// segment to a file of its own ("blob"): with sled's default 512 KiB, every record-batch
-/// entry (tens of KiB to 1 MiB) and every log leaf holding a few became a new file, created,
-/// written and later deleted, costing inode allocation and directory updates per entry.
-/// 8 MiB segments keep pages up to 2 MiB inside the segment log.
-const SLED_SEGMENT_BYTES: usize = 8 << 20;
+/// segment to a file of its own ("blob"), created, written and later deleted, which costs
+/// inode allocation and directory updates per page; and it keeps a segment-sized write
+/// buffer per segment being filled or written (a heap profile under the batch load found
+/// 64 MB of them with 8 MiB segments). Stored batches are at most 8 KiB of records (see
+/// the partition log), so a leaf of 16 is well under the 512 KiB a 2 MiB segment writes
+/// inline; only records larger than that become blobs.
+const SLED_SEGMENT_BYTES: usize = 2 << 20;
 
 /// sled's configuration file inside its directory (text, `name: value` lines).
 const SLED_CONF_FILE: &str = "conf";

@@ -417,7 +417,7 @@ fn legacy_log_layout_is_refused() {
     {
         let db = sled::Config::new()
             .path(root.join("db"))
-            .segment_size(8 << 20)
+            .segment_size(2 << 20) // the size NodeStorage creates databases with
             .open()
             .unwrap();
         let tree = db.open_tree("log/3").unwrap();

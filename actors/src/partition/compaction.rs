@@ -104,8 +104,10 @@ pub const MAX_CHUNK_BATCHES: usize = 64;
 pub const MAX_CHUNK_BYTES: usize = 4 << 20;
 
 /// Below this many stored bytes, consecutive batches that lost nothing are still merged
-/// into one, so a compacted log does not stay split into many tiny batches.
-pub const MERGE_BELOW_BYTES: usize = 1 << 20;
+/// into one, so a compacted log does not stay split into many tiny batches; no larger than
+/// an appended batch is stored, so merging does not bring back the large values the piece
+/// bound keeps out of sled (see [`super::log::MAX_STORED_RUN_BYTES`]).
+pub const MERGE_BELOW_BYTES: usize = super::log::MAX_STORED_RUN_BYTES;
 
 /// One stored batch, parsed enough to walk its records with their offsets.
 #[derive(Clone, Copy, Debug)]

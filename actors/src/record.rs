@@ -2,8 +2,9 @@
 //!
 //! A publish request's records are encoded once, at the edge, as concatenated postcard
 //! [`Record`]s. The partition actor joins the encodings of every request it batches into
-//! one Raft entry; the partition's state machine stores that byte run unchanged as one
-//! batch keyed by its base offset. A fetch decodes a stored batch as borrowed
+//! one Raft entry; the partition's state machine stores that byte run as stored batches
+//! of at most a few KiB each ([`split_run`] cuts it at record boundaries), keyed by their
+//! base offsets. A fetch decodes a stored batch as borrowed
 //! [`RecordView`]s (no copy of keys or values) and slices out the offsets it wants.
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -2,9 +2,10 @@
 //! and the reader the fetch path uses without going through the actor.
 //!
 //! State tree layout (one tree per partition group):
-//! - `b"b" ++ base_offset (u64 BE)` → a stored record batch (`[count u32 LE][records…]`),
-//!   exactly the bytes of the Raft entry that carried it: one value per batch, never one
-//!   key per record.
+//! - `b"b" ++ base_offset (u64 BE)` → a stored record batch (`[count u32 LE][records…]`):
+//!   the Raft entry that carried it, cut into pieces of at most [`MAX_STORED_RUN_BYTES`]
+//!   of records when it is larger: one value per few KiB of records, never one key per
+//!   record.
 //! - `b"m"` → [`LogBounds`] (postcard).
 //!
 //! - `b"k" ++ key` → the key index of a compacted topic (see [`super::key_index`]).

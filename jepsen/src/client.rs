@@ -282,7 +282,8 @@ impl Client {
         Ok(v.get("controller_leader").and_then(Value::as_u64))
     }
 
-    /// Publishes one record with value `value` to an explicit partition, `acks=all`.
+    /// Publishes one record with value `value` to an explicit partition, `acks=all`, with a
+    /// `pad` header unless `pad` is empty.
     ///
     /// # Errors
     /// Any failure, or a 200 whose `offsets` does not hold exactly one offset for this
@@ -293,15 +294,19 @@ impl Client {
         topic: &str,
         partition: u32,
         value: u64,
+        pad: &str,
         timeout: Duration,
     ) -> Result<Published, Failure> {
         let base = self.base(node)?;
+        let mut record =
+            json!({"key": format!("v{value}"), "value": value, "partition": partition});
+        if !pad.is_empty() {
+            record["headers"] = json!({ "pad": pad });
+        }
         let req = self
             .http
             .post(format!("{base}/v1/topics/{topic}/records?acks=all"))
-            .json(&json!({
-                "records": [{"key": format!("v{value}"), "value": value, "partition": partition}]
-            }));
+            .json(&json!({ "records": [record] }));
         let (_, v) = self.send(req, timeout).await?;
         let offsets =
             v.get("offsets")

@@ -62,6 +62,10 @@ struct TestArgs {
     /// Leave out the consumer-group workload.
     #[arg(long)]
     no_groups: bool,
+    /// Bytes of padding (a header) on every published record, so that records coalesced
+    /// into one Raft entry outgrow a stored batch and are stored in several pieces.
+    #[arg(long, default_value_t = 0)]
+    pad_bytes: usize,
 }
 
 #[derive(Args)]
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
                 binary: a.binary,
                 no_netns: a.no_netns,
                 no_groups: a.no_groups,
+                pad_bytes: a.pad_bytes,
             })
             .map(|r| (r, a.out))
         }),

@@ -60,6 +60,8 @@ pub struct TestOptions {
     pub no_netns: bool,
     /// Disable the consumer-group workload.
     pub no_groups: bool,
+    /// Padding bytes on every published record (see [`WorkloadConfig::pad_bytes`]).
+    pub pad_bytes: usize,
 }
 
 /// Runs a whole test and returns the checker's results (also in `out/results.json`).
@@ -222,6 +224,7 @@ async fn run_body(
         },
         group: "jepsen-group".into(),
         seed: opts.seed,
+        pad_bytes: opts.pad_bytes,
     };
     let keys = config.keys();
     let steps = nemesis::plan(opts.seed, &kinds, opts.time, &keys, &cluster.ids());

@@ -55,6 +55,9 @@ pub struct WorkloadConfig {
     pub group: String,
     /// Seed of every process's choices.
     pub seed: u64,
+    /// Bytes of a `pad` header on every published record (0: none). Readers ignore it; it
+    /// makes entries large enough to be stored as several batches.
+    pub pad_bytes: usize,
 }
 
 impl WorkloadConfig {
@@ -80,6 +83,8 @@ pub struct Workload {
     pub config: WorkloadConfig,
     /// Source of unique publish values: every value is published at most once per run.
     next_value: AtomicU64,
+    /// The `pad` header's value, `config.pad_bytes` long.
+    pad: String,
 }
 
 /// Records `f`'s completion from a request result.
@@ -100,11 +105,13 @@ fn complete_err(f: Op, failure: &Failure) -> EventType {
 impl Workload {
     /// A workload; values start at 1.
     pub fn new(client: Client, history: Arc<History>, config: WorkloadConfig) -> Self {
+        let pad = "p".repeat(config.pad_bytes);
         Workload {
             client,
             history,
             config,
             next_value: AtomicU64::new(1),
+            pad,
         }
     }
 
@@ -178,7 +185,7 @@ impl Workload {
         let inv = self.history.record(inv);
         let res = self
             .client
-            .publish(node, topic, partition, value, PUBLISH_TIMEOUT)
+            .publish(node, topic, partition, value, &self.pad, PUBLISH_TIMEOUT)
             .await;
         let done = match res {
             Ok(p) => {

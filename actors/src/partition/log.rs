@@ -53,8 +53,9 @@ const BOUNDS_KEY: &[u8] = b"m";
 /// A leaf page holds up to 16 values: with whole entries as values the nodes' resident
 /// memory grew with everything written (over 600 MB per node after 20 s of the batch
 /// load, a heap profile showed the stored values as 85 % of it). Measured with sled
-/// alone, three trees written in batches: 8 KB values level off near 110 MB resident,
-/// 16 KB near 175 MB, 32 KB near 255 MB. A fetch reads a few more, smaller values.
+/// alone, three trees written in batches: 8 KB values level off near 110 MB resident
+/// (16 MiB cache), 16 KB near 175 MB, 32 KB near 255 MB, 200 KB values never. A fetch
+/// reads a few more, smaller values.
 pub(super) const MAX_STORED_RUN_BYTES: usize = 8 << 10;
 /// Compaction progress (compacted topics).
 pub(super) const PROGRESS_KEY: &[u8] = b"n";
@@ -805,7 +806,7 @@ impl PartitionReader {
 mod tests {
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-    use psubd_raft::NodeStorage;
+    use psubd_raft::{NodeStorage, StateMachine};
 
     use super::super::compaction::next_window_end;
     use super::*;
@@ -847,12 +848,24 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn offsets_are_dense_across_batches_and_reads_slice_them() {
+    /// A fresh partition replica (group 7) in a temporary directory: the directory (kept
+    /// alive), its storage (to reopen the replica), the reader and the state machine.
+    fn open_partition() -> (
+        tempfile::TempDir,
+        NodeStorage,
+        PartitionReader,
+        StateMachine,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
         let (logic, reader) = PartitionLogic::new();
-        let mut sm = storage.state_machine(7, Box::new(logic)).unwrap();
+        let sm = storage.state_machine(7, Box::new(logic)).unwrap();
+        (dir, storage, reader, sm)
+    }
+
+    #[tokio::test]
+    async fn offsets_are_dense_across_batches_and_reads_slice_them() {
+        let (_dir, _storage, reader, mut sm) = open_partition();
         // Entry 1 carries two requests (3 + 2 records), entry 2 one request (4 records).
         let a = records(1, 3, 4);
         let b = records(4, 2, 4);
@@ -899,10 +912,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_entry_is_stored_in_bounded_batches_that_read_as_one_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
-        let (logic, reader) = PartitionLogic::new();
-        let mut sm = storage.state_machine(7, Box::new(logic)).unwrap();
+        let (_dir, storage, reader, mut sm) = open_partition();
         // 40 records of 1,000 bytes in one entry, then a small entry.
         let large = join_batch([&records(1, 40, 1000)].into_iter());
         assert!(large.len() > 4 * MAX_STORED_RUN_BYTES);
@@ -964,10 +974,7 @@ mod tests {
 
     #[tokio::test]
     async fn trim_moves_the_log_start_removes_whole_batches_and_accounts_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
-        let (logic, reader) = PartitionLogic::new();
-        let mut sm = storage.state_machine(7, Box::new(logic)).unwrap();
+        let (_dir, _storage, reader, mut sm) = open_partition();
         let batches: Vec<Bytes> = (0..3)
             .map(|i| join_batch([&records(i * 5, 5, 8)].into_iter()))
             .collect();
@@ -1024,10 +1031,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_snapshot_keeps_every_batch_its_bounds_claim_while_trims_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
-        let (logic, reader) = PartitionLogic::new();
-        let mut sm = storage.state_machine(7, Box::new(logic)).unwrap();
+        let (_dir, _storage, reader, mut sm) = open_partition();
         let batches: Vec<Bytes> = (0..4)
             .map(|i| join_batch([&records(i * 5, 5, 8)].into_iter()))
             .collect();

@@ -46,7 +46,8 @@ use crate::types::GroupId;
 /// buffer per segment being filled or written (a heap profile under the batch load found
 /// 64 MB of them with 8 MiB segments). Stored batches are at most 8 KiB of records (see
 /// the partition log), so a leaf of 16 is well under the 512 KiB a 2 MiB segment writes
-/// inline; only records larger than that become blobs.
+/// inline; only pages holding larger records, or compaction's larger rewrites, become
+/// blobs.
 const SLED_SEGMENT_BYTES: usize = 2 << 20;
 
 /// sled's configuration file inside its directory (text, `name: value` lines).

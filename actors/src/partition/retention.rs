@@ -48,9 +48,7 @@ impl BatchSummary {
             max_timestamp_ms,
         })
     }
-}
 
-impl BatchSummary {
     /// Summarises a piece of an appended batch, stored as a batch of its own.
     pub fn of_piece(piece: &BatchPiece<'_>) -> Self {
         Self {

@@ -40,8 +40,9 @@ struct Staged {
 }
 
 impl Staged {
-    fn bytes(&self, key: &[u8]) -> usize {
-        key.len() + self.value.as_ref().map_or(0, |v| v.len())
+    /// Bytes this write stages under a key of `key_len` bytes.
+    fn bytes(&self, key_len: usize) -> usize {
+        key_len + self.value.as_ref().map_or(0, |v| v.len())
     }
 }
 
@@ -54,6 +55,14 @@ struct Staging {
     seq: u64,
     /// The tree was dropped: nothing is written out any more.
     dropped: bool,
+}
+
+impl Staging {
+    /// Forgets every staged write.
+    fn clear(&mut self) {
+        self.writes.clear();
+        self.bytes = 0;
+    }
 }
 
 /// A tree whose applied batches are staged in memory and written to the engine in bulk. See
@@ -106,7 +115,7 @@ impl DeferredTree {
             // Applied again since the snapshot above: the newer write stays staged.
             if staging.writes.get(&key).is_some_and(|s| s.seq == seq) {
                 if let Some(staged) = staging.writes.remove(&key) {
-                    staging.bytes -= staged.bytes(&key);
+                    staging.bytes -= staged.bytes(key.len());
                 }
             }
         }
@@ -117,8 +126,7 @@ impl DeferredTree {
     fn discard(&self) {
         let _writing = self.writing();
         let mut staging = self.staging_mut();
-        staging.writes.clear();
-        staging.bytes = 0;
+        staging.clear();
         staging.dropped = true;
     }
 
@@ -210,14 +218,13 @@ impl EngineTree for DeferredTree {
             staging.seq += 1;
             let seq = staging.seq;
             for (key, value) in batch.into_ops() {
+                let key_len = key.len();
                 let staged = Staged { value, seq };
-                let added = staged.bytes(&key);
-                if let Some(old) = staging.writes.get(&key) {
-                    let old_bytes = old.bytes(&key);
-                    staging.bytes -= old_bytes;
+                staging.bytes += staged.bytes(key_len);
+                // One map lookup per write: the replaced write's bytes come back with it.
+                if let Some(old) = staging.writes.insert(key, staged) {
+                    staging.bytes -= old.bytes(key_len);
                 }
-                staging.bytes += added;
-                staging.writes.insert(key, staged);
             }
             staging.bytes > MAX_STAGED_BYTES
         };
@@ -229,11 +236,7 @@ impl EngineTree for DeferredTree {
 
     fn clear(&self) -> Result<(), StorageIoError> {
         let _writing = self.writing();
-        {
-            let mut staging = self.staging_mut();
-            staging.writes.clear();
-            staging.bytes = 0;
-        }
+        self.staging_mut().clear();
         self.engine_tree.clear()
     }
 }
@@ -399,6 +402,16 @@ mod tests {
         engine: DeferringEngine,
     }
 
+    impl Fixture {
+        /// The deferred tree `name` and the engine's own tree under it.
+        fn open(&self, name: &str) -> (Tree, Tree) {
+            (
+                self.trees.open(self.sled.as_ref(), name).unwrap(),
+                self.sled.open_tree(name).unwrap(),
+            )
+        }
+    }
+
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let sled = sled_engine_for_tests(dir.path());
@@ -436,8 +449,7 @@ mod tests {
     #[test]
     fn applies_are_read_at_once_and_reach_the_engine_only_when_written_out() {
         let f = fixture();
-        let tree = f.trees.open(f.sled.as_ref(), "sm/1").unwrap();
-        let stored = f.sled.open_tree("sm/1").unwrap();
+        let (tree, stored) = f.open("sm/1");
         tree.apply(batch(&[(b"a", Some(b"1")), (b"b", Some(b"2"))]))
             .unwrap();
         tree.apply(batch(&[(b"a", None), (b"c", Some(b"3"))]))
@@ -472,8 +484,7 @@ mod tests {
     #[tokio::test]
     async fn an_engine_flush_writes_out_first_and_a_dropped_tree_writes_nothing() {
         let f = fixture();
-        let tree = f.trees.open(f.sled.as_ref(), "sm/1").unwrap();
-        let stored = f.sled.open_tree("sm/1").unwrap();
+        let (tree, stored) = f.open("sm/1");
         tree.apply(batch(&[(b"k", Some(b"v"))])).unwrap();
         f.engine.flush().await.unwrap();
         assert_eq!(stored.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
@@ -499,8 +510,7 @@ mod tests {
     #[test]
     fn a_large_apply_is_written_out_at_once() {
         let f = fixture();
-        let tree = f.trees.open(f.sled.as_ref(), "sm/1").unwrap();
-        let stored = f.sled.open_tree("sm/1").unwrap();
+        let (tree, stored) = f.open("sm/1");
         tree.apply(batch(&[(b"small", Some(b"v"))])).unwrap();
         assert_eq!(stored.get(b"small").unwrap(), None);
         let large = vec![7u8; MAX_STAGED_BYTES];

@@ -27,10 +27,15 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
 /// second of expiring, and an idle tick costs one leadership check per partition.
 pub const DEFAULT_MAINTENANCE_INTERVAL_MS: u64 = 1_000;
 
-/// Raft entries between snapshots of a group (the log behind a snapshot is purged). 5 000
-/// keeps the replay after a restart short without rebuilding snapshots often; tests lower it
-/// to exercise snapshot transfers.
+/// Least Raft entries between snapshots of a group (the log behind a snapshot is purged).
+/// 5 000 keeps the replay after a restart short without rebuilding snapshots often; tests
+/// lower it to exercise snapshot transfers.
 pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+
+/// A snapshot is also due only once the commands applied since the last one reach this
+/// percentage of its size: snapshot writes then cost at most as much again as the appends,
+/// however large a partition grows (0: entries alone decide).
+pub const DEFAULT_SNAPSHOT_GROWTH_PERCENT: u64 = 100;
 
 /// Raft entries kept behind a snapshot, so a follower a little behind catches up from the
 /// log instead of a whole snapshot transfer.
@@ -126,9 +131,13 @@ pub struct NodeConfig {
     /// How often each partition leader checks retention (the maintenance tick), ms.
     #[arg(long, env = "PSUBD_MAINTENANCE_INTERVAL_MS", default_value_t = DEFAULT_MAINTENANCE_INTERVAL_MS)]
     pub maintenance_interval_ms: u64,
-    /// Raft entries between snapshots of a group; the log behind a snapshot is purged.
+    /// Least Raft entries between snapshots of a group; the log behind a snapshot is purged.
     #[arg(long, env = "PSUBD_SNAPSHOT_EVERY_ENTRIES", default_value_t = DEFAULT_SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every_entries: u64,
+    /// ...and once the commands applied since the last snapshot reach this percentage of
+    /// its size (0: entries alone decide).
+    #[arg(long, env = "PSUBD_SNAPSHOT_GROWTH_PERCENT", default_value_t = DEFAULT_SNAPSHOT_GROWTH_PERCENT)]
+    pub snapshot_growth_percent: u64,
     /// Raft entries kept behind a snapshot for followers a little behind.
     #[arg(long, env = "PSUBD_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = DEFAULT_KEEP_LOGS_AFTER_SNAPSHOT)]
     pub keep_logs_after_snapshot: u64,

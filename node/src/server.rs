@@ -48,6 +48,7 @@ pub async fn run(
         cache_capacity_bytes: raw.cache_mb << 20,
         tuning: RaftTuning {
             snapshot_every_entries: raw.snapshot_every_entries,
+            snapshot_growth_percent: raw.snapshot_growth_percent,
             keep_logs_after_snapshot: raw.keep_logs_after_snapshot,
             ..RaftTuning::default()
         },

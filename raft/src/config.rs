@@ -38,9 +38,15 @@ pub struct RaftTuning {
     /// (clearing and reloading the state tree), which for a large partition takes seconds;
     /// openraft's 200 ms would make big installs fail forever.
     pub install_snapshot_timeout_ms: u64,
-    /// A snapshot is built after this many entries since the last one. 5 000 keeps the
-    /// replay after a restart short without rebuilding snapshots often.
+    /// A snapshot is due no sooner than this many entries after the last one. 5 000 keeps
+    /// the replay after a restart short without rebuilding snapshots often.
     pub snapshot_every_entries: u64,
+    /// ...and once the commands applied since the last snapshot add up to this share of its
+    /// size, in percent. 100: snapshot writes cost at most as much again as the appends,
+    /// however large the state (the entry count alone rewrote a large partition every
+    /// 5 000 small publishes); 0 leaves the entry count alone (tests). See
+    /// `snapshot_schedule`.
+    pub snapshot_growth_percent: u64,
     /// Entries kept in the log behind a snapshot, so a follower a little behind catches up
     /// from the log instead of a full snapshot transfer.
     pub keep_logs_after_snapshot: u64,
@@ -91,6 +97,7 @@ impl Default for RaftTuning {
             election_max_ms: 1_500,
             install_snapshot_timeout_ms: 10_000,
             snapshot_every_entries: 5_000,
+            snapshot_growth_percent: 100,
             keep_logs_after_snapshot: 1_000,
             max_payload_entries: 32,
             max_append_bytes: 4 * 1024 * 1024,
@@ -120,7 +127,8 @@ impl RaftTuning {
             election_timeout_max: self.election_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             max_payload_entries: self.max_payload_entries,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            // Each state machine asks for snapshots itself (`snapshot_schedule`).
+            snapshot_policy: SnapshotPolicy::Never,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
             max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,
             purge_batch_size: self.purge_batch_size,
@@ -211,7 +219,7 @@ mod tests {
         let config = tuning.validate().unwrap();
         assert_eq!(config.heartbeat_interval, 300);
         assert_eq!(config.election_timeout_min, 1_000);
-        assert_eq!(config.snapshot_policy, SnapshotPolicy::LogsSinceLast(5_000));
+        assert_eq!(config.snapshot_policy, SnapshotPolicy::Never);
         assert_eq!(config.max_in_snapshot_log_to_keep, 1_000);
         assert_eq!(config.snapshot_max_chunk_size, 1024 * 1024);
     }

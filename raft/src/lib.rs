@@ -11,6 +11,7 @@
 //! - `log_sync`: the node-wide set of log files the flusher syncs at its next flush.
 //! - `state_machine`: the generic per-group state machine; a [`GroupLogic`] gives it meaning.
 //! - `snapshot`: snapshot files (build, stream, install).
+//! - `snapshot_schedule`: when a state machine asks for a snapshot (entries and bytes).
 //! - `write_behind`: snapshot files reach the disk in steps, so log flushes never queue behind
 //!   one large fsync.
 //! - `transport`: the peer transport (one TCP connection per peer pair, postcard frames).
@@ -28,6 +29,7 @@ pub(crate) mod network;
 pub mod registry;
 pub mod segment_log;
 pub mod snapshot;
+pub mod snapshot_schedule;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

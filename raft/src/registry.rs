@@ -22,6 +22,7 @@ use crate::config::RaftNodeConfig;
 use crate::error::StorageIoError;
 use crate::logic::GroupLogic;
 use crate::network::GroupNetworkFactory;
+use crate::snapshot_schedule::{SnapshotRequests, SnapshotSchedule};
 use crate::storage::NodeStorage;
 use crate::transport::codec::{PeerRequest, PeerResponse, RaftRequest, RaftResponse, Refusal};
 use crate::transport::{Faults, InboundHandler, Transport, TransportError};
@@ -194,6 +195,16 @@ fn fatal_only(err: RaftError<NodeId>) -> RaftResponse {
     }
 }
 
+/// Turns a group's snapshot requests (from its state machine's schedule) into openraft
+/// triggers, until the state machine is dropped with the group or the group stops.
+async fn ask_for_snapshots(raft: typ::Raft, mut requests: SnapshotRequests) {
+    while requests.recv().await.is_some() {
+        if raft.trigger().snapshot().await.is_err() {
+            break;
+        }
+    }
+}
+
 impl RaftNode {
     /// Opens the storage, binds the listen address and starts dialing peers.
     ///
@@ -323,7 +334,11 @@ impl RaftNode {
         }
         let pristine = inner.storage.group_is_pristine(group)?;
         let log_store = inner.storage.log_store(group)?;
-        let state_machine = inner.storage.state_machine(group, logic)?;
+        let (schedule, snapshot_requests) = SnapshotSchedule::new(&inner.config.tuning);
+        let state_machine = inner
+            .storage
+            .state_machine(group, logic)?
+            .with_snapshot_schedule(schedule);
         let network = GroupNetworkFactory::new(
             group,
             inner.transport.clone(),
@@ -339,6 +354,7 @@ impl RaftNode {
         .await
         .map_err(|source| RaftNodeError::GroupStart { group, source })?;
         inner.write_groups().insert(group, raft.clone());
+        tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
         tracing::info!(pristine, "group opened");
 
         if initialize && pristine {

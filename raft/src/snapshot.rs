@@ -20,6 +20,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::{ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
@@ -289,6 +290,9 @@ pub(crate) struct SnapshotStore {
     /// that pick it (open current), so a reader never picks a file being deleted. Held only
     /// for short, non-async file operations; never held together with another lock.
     lock: Mutex<()>,
+    /// Length in bytes of the current snapshot file, 0 without one (the snapshot schedule
+    /// weighs the state's growth against it).
+    current_bytes: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -299,6 +303,7 @@ impl SnapshotStore {
         let store = SnapshotStore {
             dir,
             lock: Mutex::new(()),
+            current_bytes: AtomicU64::new(0),
         };
         for path in store.list(TEMP_EXT)? {
             remove_if_exists(&path)?;
@@ -306,8 +311,25 @@ impl SnapshotStore {
         {
             let _guard = store.guard();
             store.retain_newest()?;
+            if let Some(path) = store.newest_path()? {
+                store.note_current(&path)?;
+            }
         }
         Ok(store)
+    }
+
+    /// Length in bytes of the current snapshot file (0 without one).
+    pub(crate) fn current_bytes(&self) -> u64 {
+        self.current_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records `path` as the current snapshot file. Call with the lock held.
+    fn note_current(&self, path: &Path) -> Result<(), StorageIoError> {
+        let len = fs::metadata(path)
+            .map_err(|e| StorageIoError::file("stat snapshot file", path, e))?
+            .len();
+        self.current_bytes.store(len, Ordering::Relaxed);
+        Ok(())
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -398,6 +420,7 @@ impl SnapshotStore {
             .map_err(|e| StorageIoError::file("rename snapshot file", &path, e))?;
         sync_dir(&self.dir)?;
         self.retain_newest()?;
+        self.note_current(&path)?;
         Ok(path)
     }
 }

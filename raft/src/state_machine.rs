@@ -2,9 +2,10 @@
 //! keeps the last-applied log id and the membership, and takes and installs snapshots.
 //!
 //! The state tree holds the logic's keys plus, under the reserved prefix
-//! [`RESERVED_KEY_PREFIX`] (0xFF 0xFF), the state machine's own metadata: `last_applied` and
-//! `membership`. Both are written in the same batch as the logic's writes of an apply call,
-//! so the tree never claims to have applied an entry whose effects it lacks.
+//! [`RESERVED_KEY_PREFIX`] (0xFF 0xFF), the state machine's own metadata: `last_applied`,
+//! `membership` and the command bytes applied since the newest snapshot (which the
+//! [`SnapshotSchedule`] weighs). All are written in the same batch as the logic's writes of
+//! an apply call, so the tree never claims to have applied an entry whose effects it lacks.
 //!
 //! No fsync of its own (DESIGN.md § Storage): the log keeps every entry until a durable
 //! snapshot covers it, and openraft re-applies from the log after a crash.
@@ -20,6 +21,7 @@ use crate::error::{IntoRaftResult, StorageIoError};
 use crate::log_store::{decode, encode};
 use crate::logic::{GroupLogic, RESERVED_KEY_PREFIX};
 use crate::snapshot::{self, blocking, SnapshotBuilder, SnapshotStore};
+use crate::snapshot_schedule::{SnapshotProgress, SnapshotSchedule};
 use crate::storage::{Tree, WriteBatch};
 use crate::types::{typ, CommandResponse, GroupId, TypeConfig};
 
@@ -27,6 +29,8 @@ use crate::types::{typ, CommandResponse, GroupId, TypeConfig};
 const LAST_APPLIED_KEY: [u8; 3] = [RESERVED_KEY_PREFIX[0], RESERVED_KEY_PREFIX[1], b'a'];
 /// Key of the last applied membership.
 const MEMBERSHIP_KEY: [u8; 3] = [RESERVED_KEY_PREFIX[0], RESERVED_KEY_PREFIX[1], b'm'];
+/// Key of the command bytes applied since the newest snapshot.
+const BYTES_SINCE_SNAPSHOT_KEY: [u8; 3] = [RESERVED_KEY_PREFIX[0], RESERVED_KEY_PREFIX[1], b'b'];
 
 /// One group's state machine.
 pub struct StateMachine {
@@ -40,6 +44,15 @@ pub struct StateMachine {
     snapshots: Arc<SnapshotStore>,
     /// The temporary file handed out by the last `begin_receiving_snapshot`, if not installed.
     receiving: Option<PathBuf>,
+    /// Entries the newest snapshot (built from here, installed or reloaded) covers.
+    covered_entries: u64,
+    /// Command bytes applied since the newest snapshot. Invariant: equals the count stored in
+    /// the tree (both change in one write).
+    bytes_since_snapshot: u64,
+    /// When to ask for a snapshot; `None` never asks (openraft's policy, or a test, decides).
+    schedule: Option<SnapshotSchedule>,
+    /// Applied entries when a snapshot was last asked for and not yet planned.
+    asked_at: Option<u64>,
 }
 
 impl fmt::Debug for StateMachine {
@@ -51,10 +64,16 @@ impl fmt::Debug for StateMachine {
     }
 }
 
-/// The stored `(last_applied, membership)` of a state tree.
-fn read_applied(
-    tree: &Tree,
-) -> Result<(Option<typ::LogId>, typ::StoredMembership), StorageIoError> {
+/// The state machine's metadata as a state tree stores it.
+struct Applied {
+    last_applied: Option<typ::LogId>,
+    membership: typ::StoredMembership,
+    bytes_since_snapshot: u64,
+}
+
+/// The stored metadata of a state tree (a tree written before the byte count existed
+/// reads as 0 bytes since the snapshot).
+fn read_applied(tree: &Tree) -> Result<Applied, StorageIoError> {
     let last_applied = match tree.get(&LAST_APPLIED_KEY)? {
         Some(bytes) => Some(decode("last applied log id", &bytes)?),
         None => None,
@@ -63,13 +82,22 @@ fn read_applied(
         Some(bytes) => decode("membership", &bytes)?,
         None => typ::StoredMembership::default(),
     };
-    Ok((last_applied, membership))
+    let bytes_since_snapshot = match tree.get(&BYTES_SINCE_SNAPSHOT_KEY)? {
+        Some(bytes) => decode("bytes since snapshot", &bytes)?,
+        None => 0,
+    };
+    Ok(Applied {
+        last_applied,
+        membership,
+        bytes_since_snapshot,
+    })
 }
 
-/// A batch writing `last_applied` and, if given, `membership`.
+/// A batch writing `last_applied`, `bytes_since_snapshot` and, if given, `membership`.
 fn applied_batch(
     last_applied: &Option<typ::LogId>,
     membership: Option<&typ::StoredMembership>,
+    bytes_since_snapshot: u64,
 ) -> Result<WriteBatch, StorageIoError> {
     let mut batch = WriteBatch::default();
     match last_applied {
@@ -79,7 +107,16 @@ fn applied_batch(
     if let Some(membership) = membership {
         batch.insert(MEMBERSHIP_KEY, encode("membership", membership)?);
     }
+    batch.insert(
+        BYTES_SINCE_SNAPSHOT_KEY,
+        encode("bytes since snapshot", &bytes_since_snapshot)?,
+    );
     Ok(batch)
+}
+
+/// Entries a snapshot ending at `last` covers.
+fn entries_through(last: Option<typ::LogId>) -> u64 {
+    last.map_or(0, |id| id.index.saturating_add(1))
 }
 
 impl StateMachine {
@@ -91,8 +128,14 @@ impl StateMachine {
         snapshots: Arc<SnapshotStore>,
         mut logic: Box<dyn GroupLogic>,
     ) -> Result<Self, StorageIoError> {
-        let (mut last_applied, mut membership) = read_applied(&tree)?;
+        let Applied {
+            mut last_applied,
+            mut membership,
+            mut bytes_since_snapshot,
+        } = read_applied(&tree)?;
+        let mut covered_entries = 0;
         if let Some((path, meta, _file)) = snapshots.open_current()? {
+            covered_entries = entries_through(meta.last_log_id);
             // The state tree is not fsynced and a snapshot install is not atomic: after a
             // crash the tree may be behind the newest durable snapshot. That snapshot is
             // committed state, so reload it; openraft re-applies the log after it.
@@ -102,10 +145,11 @@ impl StateMachine {
                     snapshot_id = %meta.snapshot_id,
                     "state behind the newest snapshot, reloading it"
                 );
-                let last = applied_batch(&meta.last_log_id, Some(&meta.last_membership))?;
+                let last = applied_batch(&meta.last_log_id, Some(&meta.last_membership), 0)?;
                 snapshot::load(&path, &tree, last)?;
                 last_applied = meta.last_log_id;
                 membership = meta.last_membership;
+                bytes_since_snapshot = 0;
             }
         }
         logic.load(&tree)?;
@@ -118,7 +162,35 @@ impl StateMachine {
             membership,
             snapshots,
             receiving: None,
+            covered_entries,
+            bytes_since_snapshot,
+            schedule: None,
+            asked_at: None,
         })
+    }
+
+    /// Lets this state machine ask for snapshots on `schedule` (the registry sets it; a
+    /// state machine without one leaves snapshots to openraft's policy).
+    #[must_use]
+    pub fn with_snapshot_schedule(mut self, schedule: SnapshotSchedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    /// How far this state machine is past its newest snapshot.
+    pub fn snapshot_progress(&self) -> SnapshotProgress {
+        SnapshotProgress {
+            applied_entries: entries_through(self.last_applied),
+            covered_entries: self.covered_entries,
+            bytes_since: self.bytes_since_snapshot,
+        }
+    }
+
+    /// Records that the newest snapshot ends at `last` (planned here or installed).
+    fn snapshot_taken(&mut self, last: Option<typ::LogId>) {
+        self.covered_entries = entries_through(last);
+        self.bytes_since_snapshot = 0;
+        self.asked_at = None;
     }
 
     /// The group this state machine belongs to.
@@ -140,12 +212,14 @@ impl StateMachine {
         let mut responses = Vec::new();
         let mut last = None;
         let mut membership = None;
+        let mut command_bytes = 0u64;
         for entry in entries {
             let log_id = entry.log_id;
             last = Some(log_id);
             match entry.payload {
                 EntryPayload::Blank => responses.push(CommandResponse::default()),
                 EntryPayload::Normal(command) => {
+                    command_bytes = command_bytes.saturating_add(command.0.len() as u64);
                     let response = self
                         .logic
                         .apply(log_id.index, &command, &self.tree, &mut batch)
@@ -161,16 +235,25 @@ impl StateMachine {
         let Some(last) = last else {
             return Ok(responses);
         };
+        let bytes_since_snapshot = self.bytes_since_snapshot.saturating_add(command_bytes);
         // Staged after the logic's writes: a logic writing a reserved key cannot clobber them.
-        let mut meta =
-            applied_batch(&Some(last), membership.as_ref()).map_err(|e| (Some(last), e))?;
+        let mut meta = applied_batch(&Some(last), membership.as_ref(), bytes_since_snapshot)
+            .map_err(|e| (Some(last), e))?;
         batch.append(&mut meta);
         self.tree.apply(batch).map_err(|e| (Some(last), e))?;
         self.last_applied = Some(last);
+        self.bytes_since_snapshot = bytes_since_snapshot;
         if let Some(membership) = membership {
             self.membership = membership;
         }
         self.logic.applied();
+        if let Some(schedule) = &self.schedule {
+            self.asked_at = schedule.ask_if_due(
+                self.snapshot_progress(),
+                self.snapshots.current_bytes(),
+                self.asked_at,
+            );
+        }
         Ok(responses)
     }
 }
@@ -201,6 +284,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let plan = self.logic.snapshot_plan(&self.tree);
         // Taken in the same exclusive section as the plan: no apply can run in between.
         let hold = self.logic.snapshot_hold();
+        // Counted from here even if the build fails: the next one is then a whole interval
+        // away, which beats retrying a failing build at every apply.
+        self.snapshot_taken(self.last_applied);
+        let reset = applied_batch(&self.last_applied, None, 0).and_then(|b| self.tree.apply(b));
+        if let Err(err) = reset {
+            // Only the schedule's count is lost; the next apply writes it again.
+            tracing::warn!(group = self.group, %err, "could not reset the snapshot byte count");
+        }
         SnapshotBuilder::new(
             self.group,
             self.tree.clone(),
@@ -246,13 +337,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         blocking("install snapshot", move || {
             // The file is verified and durable in place before the tree is touched.
             let path = snapshot::accept_received(&store, file, &owned_meta, receiving)?;
-            let last = applied_batch(&owned_meta.last_log_id, Some(&owned_meta.last_membership))?;
+            let last = applied_batch(
+                &owned_meta.last_log_id,
+                Some(&owned_meta.last_membership),
+                0,
+            )?;
             snapshot::load(&path, &tree, last)
         })
         .await
         .raft_err(subject.clone(), ErrorVerb::Write)?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.snapshot_taken(meta.last_log_id);
         self.logic
             .load(&self.tree)
             .raft_err(subject, ErrorVerb::Read)?;

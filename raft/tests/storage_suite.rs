@@ -13,10 +13,11 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{
     Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership,
 };
+use psubd_raft::snapshot_schedule::SnapshotSchedule;
 use psubd_raft::types::typ;
 use psubd_raft::{
-    Command, CommandResponse, GroupLogic, LogStore, NodeStorage, SnapshotPlan, StateMachine,
-    StorageIoError, Tree, TypeConfig, WriteBatch,
+    Command, CommandResponse, GroupLogic, LogStore, NodeStorage, RaftTuning, SnapshotPlan,
+    StateMachine, StorageIoError, Tree, TypeConfig, WriteBatch,
 };
 use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
@@ -743,4 +744,86 @@ async fn destroy_group_removes_log_state_and_snapshots() {
     assert_eq!(sm.applied_state().await.unwrap().0, None);
     assert!(sm.get_current_snapshot().await.unwrap().is_none());
     assert!(storage.size_on_disk().unwrap() > 0);
+}
+
+/// The state machine asks for a snapshot once both the entries and the command bytes since
+/// its newest snapshot are due (so a large state is not rewritten every few small entries),
+/// counts afresh from a snapshot it plans, and keeps its count across a reopen.
+#[tokio::test]
+async fn snapshot_requests_wait_for_entries_and_growth() {
+    let dir = TempDir::new().unwrap();
+    let storage = NodeStorage::open(dir.path(), CACHE_BYTES).unwrap();
+    let tuning = RaftTuning {
+        snapshot_every_entries: 10,
+        snapshot_growth_percent: 100,
+        ..RaftTuning::default()
+    };
+    let open = |schedule| {
+        storage
+            .state_machine(4, KvLogic::boxed().0)
+            .unwrap()
+            .with_snapshot_schedule(schedule)
+    };
+    let (schedule, mut requests) = SnapshotSchedule::new(&tuning);
+    let mut sm = open(schedule);
+    let big = |i: u64| normal(1, i, put(&record_key(i), &[7u8; 4096]));
+    let small = |i: u64| normal(1, i, put(&record_key(i), b"v"));
+
+    // No snapshot yet: the entry count alone decides (applied through index 9 = 10 entries).
+    sm.apply(vec![membership(1, 1, &[1])]).await.unwrap();
+    sm.apply((2..=8).map(big).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(requests.try_recv().is_err(), "asked before 10 entries");
+    sm.apply(vec![big(9)]).await.unwrap();
+    assert!(requests.try_recv().is_ok(), "not asked at 10 entries");
+
+    // Planning the snapshot restarts the count.
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let progress = sm.snapshot_progress();
+    assert_eq!((progress.entries_since(), progress.bytes_since), (0, 0));
+    let snapshot_bytes = {
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        current.snapshot.metadata().await.unwrap().len()
+    };
+    assert!(snapshot_bytes > 8 * 4096, "{snapshot_bytes}");
+
+    // 200 small entries: far past the entry count, far short of the snapshot's size.
+    sm.apply((10..210).map(small).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(requests.try_recv().is_err(), "asked with little growth");
+    let progress = sm.snapshot_progress();
+    assert_eq!(progress.entries_since(), 200);
+    assert!(progress.bytes_since > 0 && progress.bytes_since < snapshot_bytes);
+
+    // The count survives a reopen.
+    drop(sm);
+    storage.flush().await.unwrap();
+    let (schedule, mut requests) = SnapshotSchedule::new(&tuning);
+    let mut sm = open(schedule);
+    assert_eq!(sm.snapshot_progress(), progress);
+
+    // Large entries: asked exactly when the bytes since reach the snapshot's size.
+    let mut index = 210;
+    loop {
+        let before = sm.snapshot_progress().bytes_since;
+        sm.apply(vec![big(index)]).await.unwrap();
+        index += 1;
+        let asked = requests.try_recv().is_ok();
+        let after = sm.snapshot_progress().bytes_since;
+        assert_eq!(
+            asked,
+            after >= snapshot_bytes,
+            "at {after} of {snapshot_bytes} bytes"
+        );
+        if asked {
+            assert!(before < snapshot_bytes);
+            break;
+        }
+    }
 }

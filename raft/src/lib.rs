@@ -9,6 +9,7 @@
 //! - `log_store`: the per-group Raft log: entries in segment files, vote and marks in the engine.
 //! - `segment_log`: a group's append-only log segment files (write once, purge by deleting).
 //! - `log_sync`: the node-wide set of log files the flusher syncs at its next flush.
+//! - `log_tail`: a group's newest entries kept decoded, for the reads that follow an append.
 //! - `state_machine`: the generic per-group state machine; a [`GroupLogic`] gives it meaning.
 //! - `snapshot`: snapshot files (build, stream, install).
 //! - `snapshot_schedule`: when a state machine asks for a snapshot (entries and bytes).
@@ -24,6 +25,7 @@ pub mod error;
 pub(crate) mod flusher;
 pub mod log_store;
 pub(crate) mod log_sync;
+pub(crate) mod log_tail;
 pub mod logic;
 pub(crate) mod network;
 pub mod registry;

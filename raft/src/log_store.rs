@@ -156,7 +156,13 @@ impl LogStore {
         end: Option<u64>,
     ) -> Result<Vec<typ::Entry>, StorageIoError> {
         // The lock covers only the positional reads; checksums and decoding run after it.
-        let frames = self.read_log().read(start, end)?;
+        let frames = {
+            let log = self.read_log();
+            if let Some(entries) = log.read_tail(start, end) {
+                return Ok(entries);
+            }
+            log.read(start, end)?
+        };
         let mut entries = Vec::new();
         for chunk in &frames {
             chunk.decode_into(&mut entries)?;

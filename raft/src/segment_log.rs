@@ -59,6 +59,7 @@ use std::sync::Arc;
 
 use crate::error::StorageIoError;
 use crate::log_sync::{sync_dir, LogSyncs};
+use crate::log_tail::{self, LogTail};
 use crate::types::typ;
 
 /// The segment size limit if the tuning does not say otherwise (16 MiB): a few hundred
@@ -166,6 +167,8 @@ pub(crate) struct EncodedBatch {
     first: u64,
     /// Log id of the last entry.
     last: Option<typ::LogId>,
+    /// The entries after the last one too large for the log's tail (see [`LogTail`]).
+    kept: Vec<typ::Entry>,
 }
 
 impl EncodedBatch {
@@ -182,10 +185,16 @@ impl EncodedBatch {
             starts: Vec::new(),
             first: 0,
             last: None,
+            kept: Vec::new(),
         };
         for entry in entries {
             if batch.last.is_none() {
                 batch.first = entry.log_id.index;
+            }
+            if log_tail::fits(&entry) {
+                batch.kept.push(entry.clone());
+            } else {
+                batch.kept.clear();
             }
             let size = postcard::experimental::serialized_size(&entry)
                 .map_err(|e| StorageIoError::codec("log entry", e))?;
@@ -358,6 +367,8 @@ pub(crate) struct SegmentLog {
     /// Log id of the last stored entry (it may be hidden by the purge mark).
     last: Option<typ::LogId>,
     syncs: LogSyncs,
+    /// The newest entries, decoded, for the reads that follow an append.
+    tail: LogTail,
 }
 
 impl SegmentLog {
@@ -382,6 +393,7 @@ impl SegmentLog {
             purged,
             last: None,
             syncs,
+            tail: LogTail::default(),
         };
         let mut found = log.list()?;
         let mut changed = false;
@@ -620,7 +632,21 @@ impl SegmentLog {
         active.len += batch.buf.len() as u64;
         self.last = Some(last);
         self.syncs.file_written(&active.path, &active.file);
+        self.tail.appended(batch.first, &batch.kept);
         Ok(())
+    }
+
+    /// The visible entries with index in `[start, end)` (`end` None = to the last) if the
+    /// log's tail holds them all: what replication and apply read just after an append.
+    /// `None` means "read them with [`SegmentLog::read`]" (also for an empty range).
+    pub(crate) fn read_tail(&self, start: u64, end: Option<u64>) -> Option<Vec<typ::Entry>> {
+        let last = self.last?.index;
+        if self.tail.last_index() != Some(last) {
+            return None;
+        }
+        let visible = self.purged.map_or(0, |p| p.saturating_add(1));
+        let end = end.unwrap_or(u64::MAX).min(last.saturating_add(1));
+        self.tail.range(start.max(visible), end)
     }
 
     /// Starts a new segment at `first`, after making the current one durable and complete.
@@ -704,6 +730,8 @@ impl SegmentLog {
     /// # Errors
     /// [`StorageIoError::File`] if a file cannot be cut, removed or synced.
     pub(crate) fn truncate(&mut self, index: u64) -> Result<(), StorageIoError> {
+        // Rare: forget the whole tail rather than reason about a truncation that fails midway.
+        self.tail.clear();
         let mut removed = false;
         while let Some(segment) = self.segments.back() {
             if segment.first < index {
@@ -765,6 +793,7 @@ impl SegmentLog {
         if self.purged.is_none_or(|p| p < index) {
             self.purged = Some(index);
         }
+        self.tail.purged(index);
         self.purgeable()
     }
 
@@ -855,6 +884,58 @@ mod tests {
             chunk.decode_into(&mut out).unwrap();
         }
         out
+    }
+
+    /// Asserts that every range the tail serves equals what the segment files hold.
+    fn assert_tail_matches_files(log: &SegmentLog) {
+        let last = log.last_log_id().map_or(0, |id| id.index);
+        for start in 0..=last + 1 {
+            for end in [Some(start + 1), Some(start + 3), None] {
+                if let Some(hit) = log.read_tail(start, end) {
+                    assert_eq!(hit, read(log, start, end), "[{start}, {end:?})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_tail_serves_what_the_files_hold() {
+        let dir = TempDir::new().unwrap();
+        let mut log = open(dir.path(), None).unwrap();
+        let served = |log: &SegmentLog, start: u64| {
+            log.read_tail(start, None)
+                .map(|entries| entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>())
+        };
+        log.append(&batch(1, 1..=5)).unwrap();
+        assert_tail_matches_files(&log);
+        assert_eq!(served(&log, 3), Some(vec![3, 4, 5]));
+
+        // An entry too large for the tail: only what follows it is served from memory.
+        let mut big = entry(1, 6);
+        big.payload = EntryPayload::Normal(Command(Bytes::from(vec![6u8; 200 << 10])));
+        log.append(&EncodedBatch::encode(vec![big, entry(1, 7)]).unwrap())
+            .unwrap();
+        assert_tail_matches_files(&log);
+        assert_eq!(served(&log, 6), None);
+        assert_eq!(served(&log, 7), Some(vec![7]));
+
+        // A truncation and a new term's entries at the same indexes.
+        log.truncate(7).unwrap();
+        assert_eq!(served(&log, 6), None);
+        log.append(&batch(2, 7..=9)).unwrap();
+        assert_tail_matches_files(&log);
+        let terms: Vec<u64> = log
+            .read_tail(7, None)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.leader_id.term)
+            .collect();
+        assert_eq!(terms, vec![2, 2, 2]);
+
+        // A purge hides entries from the tail as from the files.
+        log.purge(8);
+        assert_tail_matches_files(&log);
+        assert_eq!(served(&log, 0), Some(vec![9]));
     }
 
     /// Asserts the log holds exactly `expected` (term, index) pairs, with intact payloads.

@@ -46,8 +46,9 @@ pub struct StateMachine {
     receiving: Option<PathBuf>,
     /// Entries the newest snapshot (built from here, installed or reloaded) covers.
     covered_entries: u64,
-    /// Command bytes applied since the newest snapshot. Invariant: equals the count stored in
-    /// the tree (both change in one write).
+    /// Command bytes applied since the newest snapshot. Equals the count stored in the tree
+    /// (written with `last_applied`), but for a reset whose write failed, which the next
+    /// apply writes again.
     bytes_since_snapshot: u64,
     /// When to ask for a snapshot; `None` never asks (openraft's policy, or a test, decides).
     schedule: Option<SnapshotSchedule>,

@@ -155,7 +155,8 @@ impl LogStore {
         start: u64,
         end: Option<u64>,
     ) -> Result<Vec<typ::Entry>, StorageIoError> {
-        // The lock covers only the positional reads; checksums and decoding run after it.
+        // The lock covers the tail lookup (refcounted clones) and the positional reads;
+        // checksums and decoding run after it.
         let frames = {
             let log = self.read_log();
             if let Some(entries) = log.read_tail(start, end) {

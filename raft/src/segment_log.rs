@@ -21,6 +21,8 @@
 //!
 //! In memory, per segment: its first index and the byte offset of each entry, so a read of a
 //! range is one positional read per segment it touches, then a checksum check per frame.
+//! The newest entries are also kept decoded (`log_tail`): the reads that follow an append
+//! (replication, apply) are served from there.
 //!
 //! ## Durability (with the node's flusher)
 //!

@@ -69,6 +69,14 @@ pub trait GroupLogic: Send + Sync + 'static {
     fn snapshot_hold(&self) -> Option<SnapshotHold> {
         None
     }
+
+    /// Bytes of state the logic retains, if it tracks them (a partition: its retained
+    /// batches). A snapshot is then also due once the commands applied since the last one
+    /// outgrow them (see `snapshot_schedule`), so a log holding mostly what retention has
+    /// already removed is purged. The default tracks nothing.
+    fn retained_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Kept alive by a snapshot builder while it reads a plan's lazy range; see

@@ -27,6 +27,7 @@ use openraft::{ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 
 use crate::error::{IntoRaftResult, StorageIoError};
 use crate::logic::{SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
+use crate::snapshot_schedule::CurrentSnapshot;
 use crate::storage::{Tree, WriteBatch};
 use crate::types::{typ, GroupId, TypeConfig};
 use crate::write_behind::{write_out_in_steps, WriteBehind};
@@ -293,6 +294,9 @@ pub(crate) struct SnapshotStore {
     /// Length in bytes of the current snapshot file, 0 without one (the snapshot schedule
     /// weighs the state's growth against it).
     current_bytes: AtomicU64,
+    /// Snapshots published since the store was opened (the schedule repeats a request
+    /// openraft may have dropped once one was).
+    published: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -304,6 +308,7 @@ impl SnapshotStore {
             dir,
             lock: Mutex::new(()),
             current_bytes: AtomicU64::new(0),
+            published: AtomicU64::new(0),
         };
         for path in store.list(TEMP_EXT)? {
             remove_if_exists(&path)?;
@@ -318,9 +323,12 @@ impl SnapshotStore {
         Ok(store)
     }
 
-    /// Length in bytes of the current snapshot file (0 without one).
-    pub(crate) fn current_bytes(&self) -> u64 {
-        self.current_bytes.load(Ordering::Relaxed)
+    /// The current snapshot file's length and how many were published so far.
+    pub(crate) fn current(&self) -> CurrentSnapshot {
+        CurrentSnapshot {
+            bytes: self.current_bytes.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+        }
     }
 
     /// Records `path` as the current snapshot file. Call with the lock held.
@@ -421,6 +429,7 @@ impl SnapshotStore {
         sync_dir(&self.dir)?;
         self.retain_newest()?;
         self.note_current(&path)?;
+        self.published.fetch_add(1, Ordering::Relaxed);
         Ok(path)
     }
 }

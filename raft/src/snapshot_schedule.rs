@@ -9,6 +9,12 @@
 //! newest snapshot (at most that share of the state, or `min_entries` entries), which a
 //! restart replays.
 //!
+//! A logic that knows how much state it retains ([`GroupLogic::retained_bytes`]: a
+//! partition after retention removed records) also gets a snapshot once the commands
+//! applied since the last one outgrow it (and [`MIN_BYTES_OVER_RETAINED`]), whatever the
+//! entry count: the log is purged only behind a snapshot, so without this it would keep
+//! every record retention removed.
+//!
 //! The state machine keeps the counts ([`crate::StateMachine`]) and calls
 //! [`SnapshotSchedule::ask_if_due`] after each apply; the registry's per-group task turns a
 //! request into `Raft::trigger().snapshot()`.
@@ -16,6 +22,12 @@
 use tokio::sync::mpsc;
 
 use crate::config::RaftTuning;
+#[cfg(doc)]
+use crate::logic::GroupLogic;
+
+/// Least bytes applied since the last snapshot for the retained-state rule: below it,
+/// snapshots by bytes would churn for small partitions.
+pub const MIN_BYTES_OVER_RETAINED: u64 = 16 << 20;
 
 /// A group's snapshot policy and the channel its requests go out on.
 #[derive(Debug)]
@@ -44,42 +56,65 @@ impl SnapshotSchedule {
         (schedule, receiver)
     }
 
-    /// Whether a snapshot is due after `entries` entries and `bytes` command bytes applied
-    /// since the newest snapshot, which is `snapshot_bytes` long (0 without one).
-    pub fn is_due(&self, entries: u64, bytes: u64, snapshot_bytes: u64) -> bool {
-        entries >= self.min_entries
+    /// Whether a snapshot is due at `progress`, the newest snapshot file being
+    /// `snapshot_bytes` long (0 without one).
+    pub fn is_due(&self, progress: &SnapshotProgress, snapshot_bytes: u64) -> bool {
+        let bytes = progress.bytes_since;
+        let grown = progress.entries_since() >= self.min_entries
             && u128::from(bytes) * 100
-                >= u128::from(snapshot_bytes) * u128::from(self.growth_percent)
+                >= u128::from(snapshot_bytes) * u128::from(self.growth_percent);
+        let outgrew_retained = progress
+            .retained_bytes
+            .is_some_and(|retained| bytes >= retained.max(MIN_BYTES_OVER_RETAINED));
+        grown || outgrew_retained
     }
 
-    /// Asks for a snapshot if one is due, unless one was asked for fewer than `min_entries`
-    /// entries ago (`asked_at`, in applied entries, is then left alone; openraft drops a
-    /// request that arrives while it builds one, so an unanswered request is repeated).
-    /// Returns the new `asked_at`.
+    /// Asks for a snapshot if one is due and no earlier request is still pending; returns
+    /// the pending request. A request is answered when a snapshot is planned (the state
+    /// machine then forgets it). openraft drops one that arrives while it builds another
+    /// snapshot, so a request counts as pending only until a snapshot is published (that
+    /// build's end) or, should that build fail, for `min_entries` more entries.
     pub fn ask_if_due(
         &self,
         progress: SnapshotProgress,
-        snapshot_bytes: u64,
-        asked_at: Option<u64>,
-    ) -> Option<u64> {
+        current: CurrentSnapshot,
+        asked: Option<Asked>,
+    ) -> Option<Asked> {
         let applied = progress.applied_entries;
-        let waiting = asked_at.is_some_and(|at| applied < at.saturating_add(self.min_entries));
-        if waiting
-            || !self.is_due(
-                progress.entries_since(),
-                progress.bytes_since,
-                snapshot_bytes,
-            )
-        {
-            return asked_at;
+        let pending = asked.is_some_and(|a| {
+            a.published == current.published && applied < a.applied.saturating_add(self.min_entries)
+        });
+        if pending || !self.is_due(&progress, current.bytes) {
+            return asked;
         }
         match self.requests.try_send(()) {
             // Full: a request is already queued, which is as good as this one.
-            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Some(applied),
+            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Some(Asked {
+                applied,
+                published: current.published,
+            }),
             // Closed: the group is shutting down.
-            Err(mpsc::error::TrySendError::Closed(())) => asked_at,
+            Err(mpsc::error::TrySendError::Closed(())) => asked,
         }
     }
+}
+
+/// The newest snapshot file of a group, as the schedule weighs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CurrentSnapshot {
+    /// Its length in bytes (0 without one).
+    pub bytes: u64,
+    /// How many snapshots were published (built or installed) since the group opened.
+    pub published: u64,
+}
+
+/// A snapshot request not yet answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked {
+    /// Entries applied when it was sent.
+    applied: u64,
+    /// [`CurrentSnapshot::published`] when it was sent.
+    published: u64,
 }
 
 /// How far a state machine is past its newest snapshot.
@@ -91,6 +126,8 @@ pub struct SnapshotProgress {
     pub covered_entries: u64,
     /// Command bytes applied since the newest snapshot.
     pub bytes_since: u64,
+    /// Bytes of state the logic retains, if it tracks them.
+    pub retained_bytes: Option<u64>,
 }
 
 impl SnapshotProgress {
@@ -117,6 +154,7 @@ mod tests {
             applied_entries: applied,
             covered_entries: covered,
             bytes_since: bytes,
+            retained_bytes: None,
         }
     }
 
@@ -124,43 +162,89 @@ mod tests {
     fn due_needs_both_the_entries_and_the_growth() {
         let (s, _rx) = schedule(100, 100);
         // No snapshot yet: entries alone decide.
-        assert!(!s.is_due(99, 1 << 30, 0));
-        assert!(s.is_due(100, 0, 0));
+        assert!(!s.is_due(&progress(99, 0, 1 << 30), 0));
+        assert!(s.is_due(&progress(100, 0, 0), 0));
         // A 1 MB snapshot: 1 MB of commands applied since is needed as well.
-        assert!(!s.is_due(10_000, 999_999, 1_000_000));
-        assert!(s.is_due(100, 1_000_000, 1_000_000));
-        assert!(!s.is_due(99, 1_000_000, 1_000_000));
+        assert!(!s.is_due(&progress(10_000, 0, 999_999), 1_000_000));
+        assert!(s.is_due(&progress(100, 0, 1_000_000), 1_000_000));
+        assert!(!s.is_due(&progress(1_099, 1_000, 1_000_000), 1_000_000));
         // Half the size at 50 %; entries only at 0 %.
         let (half, _rx) = schedule(100, 50);
-        assert!(half.is_due(100, 500_000, 1_000_000));
-        assert!(!half.is_due(100, 499_999, 1_000_000));
+        assert!(half.is_due(&progress(100, 0, 500_000), 1_000_000));
+        assert!(!half.is_due(&progress(100, 0, 499_999), 1_000_000));
         let (count_only, _rx) = schedule(100, 0);
-        assert!(count_only.is_due(100, 0, u64::MAX));
+        assert!(count_only.is_due(&progress(100, 0, 0), u64::MAX));
     }
 
     #[test]
-    fn a_request_is_sent_once_and_repeated_only_after_another_interval() {
+    fn due_once_the_log_outgrows_the_retained_state() {
+        let (s, _rx) = schedule(100_000, 100);
+        let with_retained = |bytes: u64, retained: u64| SnapshotProgress {
+            retained_bytes: Some(retained),
+            ..progress(10, 0, bytes)
+        };
+        // Retention left 1 MiB of a 1 GiB snapshot: due at 16 MiB applied, few entries.
+        let snapshot = 1 << 30;
+        assert!(!s.is_due(
+            &with_retained(MIN_BYTES_OVER_RETAINED - 1, 1 << 20),
+            snapshot
+        ));
+        assert!(s.is_due(&with_retained(MIN_BYTES_OVER_RETAINED, 1 << 20), snapshot));
+        // A large retained state: due once as much was applied.
+        assert!(!s.is_due(&with_retained((1 << 30) - 1, 1 << 30), snapshot));
+        assert!(s.is_due(&with_retained(1 << 30, 1 << 30), snapshot));
+        // A logic that tracks nothing: only the growth rule.
+        assert!(!s.is_due(&progress(10, 0, 1 << 40), snapshot));
+    }
+
+    fn asked(applied: u64, published: u64) -> Option<Asked> {
+        Some(Asked { applied, published })
+    }
+
+    #[test]
+    fn a_request_stands_until_a_snapshot_is_published_or_another_interval() {
         let (s, mut rx) = schedule(10, 100);
+        let none = CurrentSnapshot::default();
         // Not due: nothing sent.
-        assert_eq!(s.ask_if_due(progress(5, 0, 0), 0, None), None);
+        assert_eq!(s.ask_if_due(progress(5, 0, 0), none, None), None);
         assert!(rx.try_recv().is_err());
         // Due: one request, remembered at 10 applied entries.
-        assert_eq!(s.ask_if_due(progress(10, 0, 0), 0, None), Some(10));
+        assert_eq!(s.ask_if_due(progress(10, 0, 0), none, None), asked(10, 0));
         assert!(rx.try_recv().is_ok());
-        // Still due a little later: not asked again while the first may be building.
-        assert_eq!(s.ask_if_due(progress(19, 0, 0), 0, Some(10)), Some(10));
+        // Still due a little later: not asked again while it may be building.
+        assert_eq!(
+            s.ask_if_due(progress(19, 0, 0), none, asked(10, 0)),
+            asked(10, 0)
+        );
         assert!(rx.try_recv().is_err());
-        // Unanswered for another interval: asked again.
-        assert_eq!(s.ask_if_due(progress(20, 0, 0), 0, Some(10)), Some(20));
+        // Unanswered for another interval (a failed build): asked again.
+        assert_eq!(
+            s.ask_if_due(progress(20, 0, 0), none, asked(10, 0)),
+            asked(20, 0)
+        );
+        assert!(rx.try_recv().is_ok());
+        // A snapshot published since (the build openraft was busy with, which dropped the
+        // request): asked again at once.
+        let one = CurrentSnapshot {
+            bytes: 0,
+            published: 1,
+        };
+        assert_eq!(
+            s.ask_if_due(progress(21, 0, 0), one, asked(20, 0)),
+            asked(21, 1)
+        );
         assert!(rx.try_recv().is_ok());
         // A queued request stands for a new one.
-        assert_eq!(s.ask_if_due(progress(30, 0, 0), 0, None), Some(30));
-        assert_eq!(s.ask_if_due(progress(40, 0, 0), 0, Some(30)), Some(40));
+        assert_eq!(s.ask_if_due(progress(30, 0, 0), one, None), asked(30, 1));
+        assert_eq!(
+            s.ask_if_due(progress(40, 0, 0), one, asked(30, 1)),
+            asked(40, 1)
+        );
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
         // The group is gone: nothing is remembered.
         drop(rx);
-        assert_eq!(s.ask_if_due(progress(50, 0, 0), 0, None), None);
+        assert_eq!(s.ask_if_due(progress(50, 0, 0), one, None), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::error::{IntoRaftResult, StorageIoError};
 use crate::log_store::{decode, encode};
 use crate::logic::{GroupLogic, RESERVED_KEY_PREFIX};
 use crate::snapshot::{self, blocking, SnapshotBuilder, SnapshotStore};
-use crate::snapshot_schedule::{SnapshotProgress, SnapshotSchedule};
+use crate::snapshot_schedule::{Asked, SnapshotProgress, SnapshotSchedule};
 use crate::storage::{Tree, WriteBatch};
 use crate::types::{typ, CommandResponse, GroupId, TypeConfig};
 
@@ -52,8 +52,8 @@ pub struct StateMachine {
     bytes_since_snapshot: u64,
     /// When to ask for a snapshot; `None` never asks (openraft's policy, or a test, decides).
     schedule: Option<SnapshotSchedule>,
-    /// Applied entries when a snapshot was last asked for and not yet planned.
-    asked_at: Option<u64>,
+    /// The snapshot request not yet answered by a plan, if any.
+    asked: Option<Asked>,
 }
 
 impl fmt::Debug for StateMachine {
@@ -166,7 +166,7 @@ impl StateMachine {
             covered_entries,
             bytes_since_snapshot,
             schedule: None,
-            asked_at: None,
+            asked: None,
         })
     }
 
@@ -184,6 +184,7 @@ impl StateMachine {
             applied_entries: entries_through(self.last_applied),
             covered_entries: self.covered_entries,
             bytes_since: self.bytes_since_snapshot,
+            retained_bytes: self.logic.retained_bytes(),
         }
     }
 
@@ -191,7 +192,7 @@ impl StateMachine {
     fn snapshot_taken(&mut self, last: Option<typ::LogId>) {
         self.covered_entries = entries_through(last);
         self.bytes_since_snapshot = 0;
-        self.asked_at = None;
+        self.asked = None;
     }
 
     /// The group this state machine belongs to.
@@ -249,10 +250,10 @@ impl StateMachine {
         }
         self.logic.applied();
         if let Some(schedule) = &self.schedule {
-            self.asked_at = schedule.ask_if_due(
+            self.asked = schedule.ask_if_due(
                 self.snapshot_progress(),
-                self.snapshots.current_bytes(),
-                self.asked_at,
+                self.snapshots.current(),
+                self.asked,
             );
         }
         Ok(responses)

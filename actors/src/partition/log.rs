@@ -22,7 +22,6 @@
 //! its bounds claim) and happen at the first apply after the build lets go.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -136,9 +135,6 @@ pub(super) struct Shared {
     /// The high watermark of the plan of each snapshot build reading the batch range right
     /// now (see [`SnapshotRangeHold`]). Taken alone, never with another lock of `Shared`.
     holds: Mutex<Vec<u64>>,
-    /// Bytes of batches appended since the last snapshot was planned: about what the Raft
-    /// log holds that no snapshot covers yet (the maintenance tick snapshots by bytes).
-    log_bytes_since_snapshot: AtomicU64,
     /// Compaction progress as written (compacted topics), for the leader's tick.
     pub(super) compaction: Mutex<CompactionProgress>,
 }
@@ -319,7 +315,6 @@ impl PartitionLogic {
             bounds,
             index: Mutex::new(BatchIndex::default()),
             holds: Mutex::new(Vec::new()),
-            log_bytes_since_snapshot: AtomicU64::new(0),
             compaction: Mutex::new(CompactionProgress::default()),
         });
         (
@@ -518,9 +513,6 @@ impl GroupLogic for PartitionLogic {
                             warn!(%error, "append command's records did not decode for the key index");
                         }
                     }
-                    self.shared
-                        .log_bytes_since_snapshot
-                        .fetch_add(stored.len() as u64, Ordering::Relaxed);
                     self.store_pieces(base, &stored, count, batch);
                     self.staged.next_offset += u64::from(count);
                     self.stage_bounds(batch)?;
@@ -593,9 +585,6 @@ impl GroupLogic for PartitionLogic {
     }
 
     fn snapshot_plan(&self, state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
-        self.shared
-            .log_bytes_since_snapshot
-            .store(0, Ordering::Relaxed);
         let bounds = match state.get(BOUNDS_KEY)? {
             Some(raw) => raw.to_vec(),
             None => {
@@ -631,6 +620,10 @@ impl GroupLogic for PartitionLogic {
         })
     }
 
+    fn retained_bytes(&self) -> Option<u64> {
+        Some(self.index.stored_bytes())
+    }
+
     fn snapshot_hold(&self) -> Option<SnapshotHold> {
         // Right after the plan, with no apply in between: the plan's high watermark.
         let bound = self.staged.next_offset;
@@ -660,12 +653,6 @@ impl PartitionReader {
             });
         }
         Ok(())
-    }
-
-    /// Bytes of batches applied since this replica last planned a snapshot: roughly what its
-    /// Raft log holds beyond the snapshot (it is purged only behind one).
-    pub fn log_bytes_since_snapshot(&self) -> u64 {
-        self.shared.log_bytes_since_snapshot.load(Ordering::Relaxed)
     }
 
     /// Stored size of the retained batches on this replica, in bytes.

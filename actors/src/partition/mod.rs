@@ -41,7 +41,7 @@ use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::controller::ControllerState;
 use crate::error::PartitionError;
@@ -246,10 +246,9 @@ impl PartitionState {
         (placement.group == self.group).then(|| topic.config.clone())
     }
 
-    /// The maintenance tick: a snapshot by log bytes on every replica, then retention (and
-    /// compaction) on the leader. Never awaits a commit.
+    /// The maintenance tick: retention (and compaction) on the leader. Never awaits a
+    /// commit. (Snapshots by log bytes are the state machine's: `GroupLogic::retained_bytes`.)
     async fn maintain(&mut self, myself: &ActorRef<PartitionMsg>) {
-        self.snapshot_if_log_heavy().await;
         if check_leader(&self.raft, &self.limits).is_err() {
             return;
         }
@@ -258,28 +257,6 @@ impl PartitionState {
         };
         self.retain(&config, myself).await;
         self.compact(&config, myself).await;
-    }
-
-    /// Asks this replica's Raft for a snapshot when its log has outgrown the retained data
-    /// ([`retention::snapshot_due`]), so the log behind it is purged: without this a
-    /// partition's log keeps every entry (trimmed records included) for
-    /// `snapshot_every_entries` entries. openraft ignores the request while a snapshot is
-    /// being built.
-    async fn snapshot_if_log_heavy(&self) {
-        let reader = &self.maintenance.reader;
-        let log_bytes = reader.log_bytes_since_snapshot();
-        if retention::snapshot_due(log_bytes, reader.stored_bytes()) {
-            // Once per snapshot at most: the counter restarts when the snapshot is planned.
-            info!(
-                group = self.group,
-                log_bytes,
-                stored_bytes = reader.stored_bytes(),
-                "raft log outgrew the retained data; snapshotting"
-            );
-            if let Err(error) = self.raft.trigger().snapshot().await {
-                warn!(group = self.group, %error, "snapshot request refused");
-            }
-        }
     }
 
     /// Proposes the trim retention asks for, if any and none is in flight.

@@ -176,21 +176,6 @@ pub fn plan_trim(
     (new_start > bounds.log_start).then_some(new_start)
 }
 
-/// Least log growth (bytes of batches since the last snapshot) that makes a replica take a
-/// snapshot before openraft's entry-count policy would. Below it, snapshots by bytes would
-/// churn for small partitions.
-pub const MIN_SNAPSHOT_LOG_BYTES: u64 = 16 << 20;
-
-/// Whether a replica should snapshot now so its Raft log can be purged: the log is only
-/// purged behind a snapshot, so records retention removed stay on disk in the log until
-/// one is taken. A snapshot costs about the retained bytes, so one is due once the log has
-/// grown by at least that much (and [`MIN_SNAPSHOT_LOG_BYTES`]): snapshot writes then cost
-/// at most about as much again as the appends, and the log stays bounded by bytes, not
-/// only by openraft's entry count.
-pub fn snapshot_due(log_bytes_since_snapshot: u64, stored_bytes: u64) -> bool {
-    log_bytes_since_snapshot >= stored_bytes.max(MIN_SNAPSHOT_LOG_BYTES)
-}
-
 /// The trim the leader's maintenance tick should propose now for a topic with `config`,
 /// if any: `None` for compacted topics, or when nothing has expired.
 pub fn due_trim(reader: &PartitionReader, config: &TopicConfig, now_ms: i64) -> Option<u64> {
@@ -315,14 +300,6 @@ mod tests {
             next_offset: 30,
         };
         assert_eq!(plan_trim(&index, at_end, size(0), 0), None);
-    }
-
-    #[test]
-    fn a_snapshot_is_due_once_the_log_outgrows_the_retained_data() {
-        assert!(!snapshot_due(MIN_SNAPSHOT_LOG_BYTES - 1, 0));
-        assert!(snapshot_due(MIN_SNAPSHOT_LOG_BYTES, 1 << 20));
-        assert!(!snapshot_due(MIN_SNAPSHOT_LOG_BYTES, 1 << 30));
-        assert!(snapshot_due(1 << 30, 1 << 30));
     }
 
     #[test]

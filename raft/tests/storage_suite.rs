@@ -13,7 +13,7 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{
     Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership,
 };
-use psubd_raft::snapshot_schedule::SnapshotSchedule;
+use psubd_raft::snapshot_schedule::{SnapshotSchedule, MIN_BYTES_OVER_RETAINED};
 use psubd_raft::types::typ;
 use psubd_raft::{
     Command, CommandResponse, GroupLogic, LogStore, NodeStorage, RaftTuning, SnapshotPlan,
@@ -826,4 +826,75 @@ async fn snapshot_requests_wait_for_entries_and_growth() {
             break;
         }
     }
+}
+
+/// A [`KvLogic`] that says it retains a fixed number of bytes, as a partition does once
+/// retention removed most of what its log holds.
+struct RetainingLogic {
+    inner: Box<dyn GroupLogic>,
+    retained: u64,
+}
+
+impl GroupLogic for RetainingLogic {
+    fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
+        self.inner.load(state)
+    }
+
+    fn apply(
+        &mut self,
+        index: u64,
+        command: &Command,
+        state: &Tree,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageIoError> {
+        self.inner.apply(index, command, state, batch)
+    }
+
+    fn applied(&mut self) {
+        self.inner.applied();
+    }
+
+    fn snapshot_plan(&self, state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
+        self.inner.snapshot_plan(state)
+    }
+
+    fn retained_bytes(&self) -> Option<u64> {
+        Some(self.retained)
+    }
+}
+
+/// A logic that retains little gets a snapshot once the commands applied since the last
+/// one outgrow what it retains (at least 16 MiB), long before the entry count is reached.
+#[tokio::test]
+async fn a_log_that_outgrows_the_retained_state_asks_for_a_snapshot() {
+    let dir = TempDir::new().unwrap();
+    let storage = NodeStorage::open(dir.path(), CACHE_BYTES).unwrap();
+    let tuning = RaftTuning {
+        snapshot_every_entries: 1_000_000,
+        ..RaftTuning::default()
+    };
+    let (schedule, mut requests) = SnapshotSchedule::new(&tuning);
+    let logic = Box::new(RetainingLogic {
+        inner: KvLogic::boxed().0,
+        retained: 1 << 20,
+    });
+    let mut sm = storage
+        .state_machine(6, logic)
+        .unwrap()
+        .with_snapshot_schedule(schedule);
+    let value = vec![3u8; 256 << 10];
+    let mut index = 1;
+    loop {
+        sm.apply(vec![normal(1, index, put(&record_key(index), &value))])
+            .await
+            .unwrap();
+        index += 1;
+        let asked = requests.try_recv().is_ok();
+        let bytes = sm.snapshot_progress().bytes_since;
+        assert_eq!(asked, bytes >= MIN_BYTES_OVER_RETAINED, "at {bytes} bytes");
+        if asked {
+            break;
+        }
+    }
+    assert!(index < 100, "asked after {index} entries");
 }

@@ -13,7 +13,7 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{
     Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership,
 };
-use psubd_raft::snapshot_schedule::{SnapshotSchedule, MIN_BYTES_OVER_RETAINED};
+use psubd_raft::snapshot_schedule::{SnapshotRequests, SnapshotSchedule, MIN_BYTES_OVER_RETAINED};
 use psubd_raft::types::typ;
 use psubd_raft::{
     Command, CommandResponse, GroupLogic, LogStore, NodeStorage, RaftTuning, SnapshotPlan,
@@ -746,6 +746,21 @@ async fn destroy_group_removes_log_state_and_snapshots() {
     assert!(storage.size_on_disk().unwrap() > 0);
 }
 
+/// Group 4's state machine on `storage`, asking for snapshots on `tuning`'s schedule, and
+/// the receiver its requests arrive on.
+fn scheduled(
+    storage: &NodeStorage,
+    logic: Box<dyn GroupLogic>,
+    tuning: &RaftTuning,
+) -> (StateMachine, SnapshotRequests) {
+    let (schedule, requests) = SnapshotSchedule::new(tuning);
+    let sm = storage
+        .state_machine(4, logic)
+        .unwrap()
+        .with_snapshot_schedule(schedule);
+    (sm, requests)
+}
+
 /// The state machine asks for a snapshot once both the entries and the command bytes since
 /// its newest snapshot are due (so a large state is not rewritten every few small entries),
 /// counts afresh from a snapshot it plans, and keeps its count across a reopen.
@@ -758,14 +773,7 @@ async fn snapshot_requests_wait_for_entries_and_growth() {
         snapshot_growth_percent: 100,
         ..RaftTuning::default()
     };
-    let open = |schedule| {
-        storage
-            .state_machine(4, KvLogic::boxed().0)
-            .unwrap()
-            .with_snapshot_schedule(schedule)
-    };
-    let (schedule, mut requests) = SnapshotSchedule::new(&tuning);
-    let mut sm = open(schedule);
+    let (mut sm, mut requests) = scheduled(&storage, KvLogic::boxed().0, &tuning);
     let big = |i: u64| normal(1, i, put(&record_key(i), &[7u8; 4096]));
     let small = |i: u64| normal(1, i, put(&record_key(i), b"v"));
 
@@ -804,8 +812,7 @@ async fn snapshot_requests_wait_for_entries_and_growth() {
     // The count survives a reopen.
     drop(sm);
     storage.flush().await.unwrap();
-    let (schedule, mut requests) = SnapshotSchedule::new(&tuning);
-    let mut sm = open(schedule);
+    let (mut sm, mut requests) = scheduled(&storage, KvLogic::boxed().0, &tuning);
     assert_eq!(sm.snapshot_progress(), progress);
 
     // Large entries: asked exactly when the bytes since reach the snapshot's size.
@@ -873,15 +880,11 @@ async fn a_log_that_outgrows_the_retained_state_asks_for_a_snapshot() {
         snapshot_every_entries: 1_000_000,
         ..RaftTuning::default()
     };
-    let (schedule, mut requests) = SnapshotSchedule::new(&tuning);
     let logic = Box::new(RetainingLogic {
         inner: KvLogic::boxed().0,
         retained: 1 << 20,
     });
-    let mut sm = storage
-        .state_machine(6, logic)
-        .unwrap()
-        .with_snapshot_schedule(schedule);
+    let (mut sm, mut requests) = scheduled(&storage, logic, &tuning);
     let value = vec![3u8; 256 << 10];
     let mut index = 1;
     loop {

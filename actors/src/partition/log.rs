@@ -401,22 +401,24 @@ fn summarize(stored: &[u8], count: u32) -> BatchSummary {
 impl PartitionLogic {
     /// Stages an appended batch of `count > 0` records at `base` as stored batches of at
     /// most [`MAX_STORED_RUN_BYTES`] of records each (one record may be larger), and
-    /// indexes them.
-    fn store_pieces(&mut self, base: u64, stored: &Bytes, count: u32, batch: &mut WriteBatch) {
+    /// indexes them. Each stored batch is copied once into the engine's value; the pieces
+    /// of a large batch are assembled in one reused buffer first.
+    fn store_pieces(&mut self, base: u64, stored: &[u8], count: u32, batch: &mut WriteBatch) {
         let run = stored.get(BATCH_HEADER_LEN..).unwrap_or_default();
         let pieces = split_run(run, count, MAX_STORED_RUN_BYTES);
-        let whole = pieces.len() == 1;
-        for piece in pieces {
-            let summary = BatchSummary::of_piece(&piece);
-            let bytes = if whole {
-                stored.clone()
-            } else {
-                let mut bytes = BytesMut::with_capacity(BATCH_HEADER_LEN + piece.run.len());
-                bytes.put_u32_le(piece.count);
-                bytes.put_slice(piece.run);
-                bytes.freeze()
-            };
-            self.stage_batch(base + u64::from(piece.skip), bytes, summary, batch);
+        if let [piece] = pieces.as_slice() {
+            let summary = BatchSummary::of_piece(piece);
+            self.stage_batch(base, Value::from(stored), summary, batch);
+            return;
+        }
+        let mut assembled = Vec::with_capacity(BATCH_HEADER_LEN + MAX_STORED_RUN_BYTES);
+        for piece in &pieces {
+            assembled.clear();
+            assembled.put_u32_le(piece.count);
+            assembled.extend_from_slice(piece.run);
+            let summary = BatchSummary::of_piece(piece);
+            let at = base + u64::from(piece.skip);
+            self.stage_batch(at, Value::from(&assembled[..]), summary, batch);
         }
     }
 
@@ -424,14 +426,16 @@ impl PartitionLogic {
     fn stage_batch(
         &mut self,
         base: u64,
-        stored: Bytes,
+        stored: Value,
         summary: BatchSummary,
         batch: &mut WriteBatch,
     ) {
-        batch.insert_value(batch_key(base).to_vec(), Value::from(&stored[..]));
         if self.compacted {
-            self.staged_batches.insert(base, Some(stored));
+            // Shares the value's buffer.
+            self.staged_batches
+                .insert(base, Some(stored.clone().into_bytes()));
         }
+        batch.insert_value(batch_key(base).to_vec(), stored);
         self.index.insert(base, summary);
         self.changes.push(IndexChange::Insert(base, summary));
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use psubd_raft::NodeId;
+use psubd_raft::{NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
 
 /// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
 pub const DEFAULT_CACHE_MB: u64 = 64;
@@ -36,6 +36,11 @@ pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
 /// percentage of its size: snapshot writes then cost at most as much again as the appends,
 /// however large a partition grows (0: entries alone decide).
 pub const DEFAULT_SNAPSHOT_GROWTH_PERCENT: u64 = 100;
+
+/// Spread of the snapshot thresholds across replicas, percent. 50: replicas and partitions
+/// under the same load build their snapshots (each a copy of the whole partition) over half
+/// an interval instead of all at one entry, which stalled a 2-core dev cluster for seconds.
+pub const DEFAULT_SNAPSHOT_STAGGER_PERCENT: u64 = 50;
 
 /// Raft entries kept behind a snapshot, so a follower a little behind catches up from the
 /// log instead of a whole snapshot transfer.
@@ -138,6 +143,11 @@ pub struct NodeConfig {
     /// its size (0: entries alone decide).
     #[arg(long, env = "PSUBD_SNAPSHOT_GROWTH_PERCENT", default_value_t = DEFAULT_SNAPSHOT_GROWTH_PERCENT)]
     pub snapshot_growth_percent: u64,
+    /// Each replica waits for both snapshot thresholds scaled by its own random factor,
+    /// from 100 % to 100 % + this, so replicas and partitions under the same load do not
+    /// all build their snapshots at once (0: exact thresholds).
+    #[arg(long, env = "PSUBD_SNAPSHOT_STAGGER_PERCENT", default_value_t = DEFAULT_SNAPSHOT_STAGGER_PERCENT)]
+    pub snapshot_stagger_percent: u64,
     /// Raft entries kept behind a snapshot for followers a little behind.
     #[arg(long, env = "PSUBD_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = DEFAULT_KEEP_LOGS_AFTER_SNAPSHOT)]
     pub keep_logs_after_snapshot: u64,
@@ -197,6 +207,11 @@ impl NodeConfig {
             return Err(ConfigError::OutOfRange(
                 "--snapshot-every-entries must be at least 10".into(),
             ));
+        }
+        if self.snapshot_stagger_percent > MAX_SNAPSHOT_STAGGER_PERCENT {
+            return Err(ConfigError::OutOfRange(format!(
+                "--snapshot-stagger-percent must be at most {MAX_SNAPSHOT_STAGGER_PERCENT}"
+            )));
         }
         Ok(ValidNodeConfig { raw: self, peers })
     }

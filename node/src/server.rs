@@ -49,6 +49,7 @@ pub async fn run(
         tuning: RaftTuning {
             snapshot_every_entries: raw.snapshot_every_entries,
             snapshot_growth_percent: raw.snapshot_growth_percent,
+            snapshot_stagger_percent: raw.snapshot_stagger_percent,
             keep_logs_after_snapshot: raw.keep_logs_after_snapshot,
             ..RaftTuning::default()
         },

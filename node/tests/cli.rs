@@ -57,6 +57,24 @@ fn a_node_missing_from_its_peers_is_refused_with_the_rule() {
 }
 
 #[test]
+fn a_snapshot_stagger_past_its_bound_is_refused_with_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(PSUBD)
+        .args(["node", "--id", "1", "--peers", "1=127.0.0.1:9"])
+        .args(["--snapshot-stagger-percent", "1001"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--snapshot-stagger-percent must be at most 1000"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_malformed_peer_list_names_the_entry() {
     let out = Command::new(PSUBD)
         .args(["node", "--id", "1", "--peers", "1=localhost"])

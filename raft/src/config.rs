@@ -14,6 +14,9 @@ use openraft::SnapshotPolicy;
 use crate::transport::TransportLimits;
 use crate::types::NodeId;
 
+/// Largest `RaftTuning::snapshot_stagger_percent`: a replica waits at most 11 intervals.
+pub const MAX_SNAPSHOT_STAGGER_PERCENT: u64 = 1_000;
+
 /// Raft timing and batching, tuned for groups sharing one disk (not openraft defaults).
 ///
 /// One value is shared by every group on the node. Defaults are the production choice;
@@ -47,6 +50,12 @@ pub struct RaftTuning {
     /// 5 000 small publishes); 0 leaves the entry count alone (tests). See
     /// `snapshot_schedule`.
     pub snapshot_growth_percent: u64,
+    /// Each replica scales both thresholds above (and the retained-state rule of
+    /// `snapshot_schedule`) by a random factor between 100 % and 100 % + this, drawn when
+    /// it opens the group. 50: the replicas of a partition, and partitions under the same
+    /// load, reach their thresholds at the same entry and would otherwise build their
+    /// snapshots (each a copy of the whole partition) at once; 0 disables it (tests).
+    pub snapshot_stagger_percent: u64,
     /// Entries kept in the log behind a snapshot, so a follower a little behind catches up
     /// from the log instead of a full snapshot transfer.
     pub keep_logs_after_snapshot: u64,
@@ -98,6 +107,7 @@ impl Default for RaftTuning {
             install_snapshot_timeout_ms: 10_000,
             snapshot_every_entries: 5_000,
             snapshot_growth_percent: 100,
+            snapshot_stagger_percent: 50,
             keep_logs_after_snapshot: 1_000,
             max_payload_entries: 32,
             max_append_bytes: 4 * 1024 * 1024,
@@ -144,6 +154,11 @@ impl RaftTuning {
     pub fn validate(&self) -> Result<openraft::Config, String> {
         if self.snapshot_every_entries == 0 {
             return Err("snapshot_every_entries must be at least 1".to_string());
+        }
+        if self.snapshot_stagger_percent > MAX_SNAPSHOT_STAGGER_PERCENT {
+            return Err(format!(
+                "snapshot_stagger_percent must be at most {MAX_SNAPSHOT_STAGGER_PERCENT}"
+            ));
         }
         if self.log_segment_bytes == 0 {
             return Err("log_segment_bytes must be at least 1".to_string());

@@ -38,7 +38,7 @@ pub mod transport;
 pub mod types;
 pub mod write_behind;
 
-pub use config::{RaftNodeConfig, RaftTuning};
+pub use config::{RaftNodeConfig, RaftTuning, MAX_SNAPSHOT_STAGGER_PERCENT};
 pub use error::StorageIoError;
 pub use log_store::LogStore;
 pub use logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};

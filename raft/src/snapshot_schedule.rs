@@ -15,10 +15,15 @@
 //! entry count: the log is purged only behind a snapshot, so without this it would keep
 //! every record retention removed.
 //!
+//! Each replica scales these thresholds by its own random factor (up to
+//! `RaftTuning::snapshot_stagger_percent` above them), so the replicas of a partition, and
+//! partitions under the same load, do not all copy their state out at the same entry.
+//!
 //! The state machine keeps the counts ([`crate::StateMachine`]) and calls
 //! [`SnapshotSchedule::ask_if_due`] after each apply; the registry's per-group task turns a
 //! request into `Raft::trigger().snapshot()`.
 
+use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::RaftTuning;
@@ -37,6 +42,9 @@ pub struct SnapshotSchedule {
     /// Bytes of commands applied since the newest snapshot, in percent of its size, before
     /// another is due.
     growth_percent: u64,
+    /// This replica's thresholds, in percent of the configured ones (100 to 100 + the
+    /// stagger).
+    scale_percent: u64,
     /// Capacity 1: a full channel means a request is already waiting.
     requests: mpsc::Sender<()>,
 }
@@ -48,9 +56,11 @@ impl SnapshotSchedule {
     /// A schedule following `tuning`, and the receiver its requests arrive on.
     pub fn new(tuning: &RaftTuning) -> (Self, SnapshotRequests) {
         let (requests, receiver) = mpsc::channel(1);
+        let stagger = rand::thread_rng().gen_range(0..=tuning.snapshot_stagger_percent);
         let schedule = SnapshotSchedule {
             min_entries: tuning.snapshot_every_entries,
             growth_percent: tuning.snapshot_growth_percent,
+            scale_percent: 100 + stagger,
             requests,
         };
         (schedule, receiver)
@@ -59,13 +69,18 @@ impl SnapshotSchedule {
     /// Whether a snapshot is due at `progress`, the newest snapshot file being
     /// `snapshot_bytes` long (0 without one).
     pub fn is_due(&self, progress: &SnapshotProgress, snapshot_bytes: u64) -> bool {
-        let bytes = progress.bytes_since;
-        let grown = progress.entries_since() >= self.min_entries
-            && u128::from(bytes) * 100
-                >= u128::from(snapshot_bytes) * u128::from(self.growth_percent);
+        // `at_least(value, threshold)`: value ≥ threshold × this replica's scale.
+        let scale = u128::from(self.scale_percent);
+        let at_least = |value: u128, threshold: u128| value * 100 >= threshold * scale;
+        let bytes = u128::from(progress.bytes_since);
+        let grown = at_least(progress.entries_since().into(), self.min_entries.into())
+            && at_least(
+                bytes * 100,
+                u128::from(snapshot_bytes) * u128::from(self.growth_percent),
+            );
         let outgrew_retained = progress
             .retained_bytes
-            .is_some_and(|retained| bytes >= retained.max(MIN_BYTES_OVER_RETAINED));
+            .is_some_and(|retained| at_least(bytes, retained.max(MIN_BYTES_OVER_RETAINED).into()));
         grown || outgrew_retained
     }
 
@@ -145,6 +160,7 @@ mod tests {
         SnapshotSchedule::new(&RaftTuning {
             snapshot_every_entries: min_entries,
             snapshot_growth_percent: growth_percent,
+            snapshot_stagger_percent: 0,
             ..RaftTuning::default()
         })
     }
@@ -245,6 +261,34 @@ mod tests {
         // The group is gone: nothing is remembered.
         drop(rx);
         assert_eq!(s.ask_if_due(progress(50, 0, 0), one, None), None);
+    }
+
+    /// Replicas draw their own scale: each waits at least the configured thresholds and at
+    /// most half again, and they do not all come due at the same entry.
+    #[test]
+    fn a_staggered_replica_waits_up_to_half_again() {
+        let tuning = RaftTuning {
+            snapshot_every_entries: 100,
+            snapshot_growth_percent: 100,
+            snapshot_stagger_percent: 50,
+            ..RaftTuning::default()
+        };
+        let mut due_at_120 = 0;
+        for _ in 0..200 {
+            let (s, _rx) = SnapshotSchedule::new(&tuning);
+            assert!(!s.is_due(&progress(99, 0, 1 << 30), 0));
+            assert!(s.is_due(&progress(150, 0, 0), 0));
+            // The growth rule is scaled alike: a 1 MB snapshot needs 1–1.5 MB applied.
+            assert!(!s.is_due(&progress(150, 0, 999_999), 1_000_000));
+            assert!(s.is_due(&progress(150, 0, 1_500_000), 1_000_000));
+            due_at_120 += usize::from(s.is_due(&progress(120, 0, 0), 0));
+        }
+        // 21 of the 51 scales are due at 120 entries; 200 draws all landing on one side
+        // has a chance below 1e-40.
+        assert!(
+            (1..200).contains(&due_at_120),
+            "{due_at_120} of 200 replicas due at 120 entries"
+        );
     }
 
     #[test]

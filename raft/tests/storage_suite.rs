@@ -771,6 +771,7 @@ async fn snapshot_requests_wait_for_entries_and_growth() {
     let tuning = RaftTuning {
         snapshot_every_entries: 10,
         snapshot_growth_percent: 100,
+        snapshot_stagger_percent: 0,
         ..RaftTuning::default()
     };
     let (mut sm, mut requests) = scheduled(&storage, KvLogic::boxed().0, &tuning);
@@ -878,6 +879,7 @@ async fn a_log_that_outgrows_the_retained_state_asks_for_a_snapshot() {
     let storage = NodeStorage::open(dir.path(), CACHE_BYTES).unwrap();
     let tuning = RaftTuning {
         snapshot_every_entries: 1_000_000,
+        snapshot_stagger_percent: 0,
         ..RaftTuning::default()
     };
     let logic = Box::new(RetainingLogic {

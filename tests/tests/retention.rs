@@ -383,6 +383,7 @@ async fn issue_08_wiped_node_catches_up_through_a_retained_snapshot() {
             ("PSUBD_SNAPSHOT_EVERY_ENTRIES", "20"),
             // Every 20 entries whatever their size, so the log is purged early.
             ("PSUBD_SNAPSHOT_GROWTH_PERCENT", "0"),
+            ("PSUBD_SNAPSHOT_STAGGER_PERCENT", "0"),
             ("PSUBD_KEEP_LOGS_AFTER_SNAPSHOT", "0"),
         ],
     )

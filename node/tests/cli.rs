@@ -42,32 +42,36 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn a_node_missing_from_its_peers_is_refused_with_the_rule() {
+/// Runs `psubd` with `args` and a fresh data dir, expects it to fail, and returns its stderr.
+fn refused(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(PSUBD)
-        .args(["node", "--id", "4", "--peers", "1=127.0.0.1:9"])
+        .args(args)
         .arg("--data-dir")
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "psubd {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_node_missing_from_its_peers_is_refused_with_the_rule() {
+    let stderr = refused(&["node", "--id", "4", "--peers", "1=127.0.0.1:9"]);
     assert!(stderr.contains("--id 4 must appear in --peers"), "{stderr}");
 }
 
 #[test]
 fn a_snapshot_stagger_past_its_bound_is_refused_with_the_rule() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(PSUBD)
-        .args(["node", "--id", "1", "--peers", "1=127.0.0.1:9"])
-        .args(["--snapshot-stagger-percent", "1001"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9",
+        "--snapshot-stagger-percent",
+        "1001",
+    ]);
     assert!(
         stderr.contains("--snapshot-stagger-percent must be at most 1000"),
         "{stderr}"
@@ -89,15 +93,7 @@ fn a_malformed_peer_list_names_the_entry() {
 fn dev_refuses_a_taken_port() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(PSUBD)
-        .args(["dev", "--nodes", "1", "--base-port", &port.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&["dev", "--nodes", "1", "--base-port", &port.to_string()]);
     assert!(
         stderr.contains(&format!("port {port} on 127.0.0.1 is in use")),
         "{stderr}"

@@ -51,8 +51,12 @@ const SLOW_FLUSH: Duration = Duration::from_millis(100);
 enum FlushRequest {
     /// A log append: openraft learns the entries are durable through the callback.
     Log(LogFlushed<TypeConfig>),
-    /// A caller awaiting the flush (vote, shutdown).
+    /// A caller awaiting the flush (vote, purge).
     Wait(oneshot::Sender<Result<(), StorageIoError>>),
+    /// Shutdown: a last flush as for a waiter, then the flusher and its background write-back
+    /// stop. Answered only once both have let go of the engine, so the caller can release the
+    /// database (and a node restarted in the same process can open it again).
+    Close(oneshot::Sender<Result<(), StorageIoError>>),
 }
 
 /// A handle on the node's flusher task. Cheap to clone; the task ends when every handle is
@@ -75,11 +79,20 @@ impl Flusher {
         let flushes = Arc::new(AtomicU64::new(0));
         let flushes_counter = flushes.clone();
         let (stopped_tx, stopped) = oneshot::channel();
-        runtime.spawn(write_back_engine(engine.clone(), stopped));
+        let write_back = runtime.spawn(write_back_engine(engine.clone(), stopped));
         runtime.spawn(async move {
-            run(engine, log_syncs, rx, flushes_counter).await;
-            // Ends the background write-back with the flusher, so the engine is released.
+            // `run` owns its engine handle and drops it when it returns.
+            let closers = run(engine, log_syncs, rx, flushes_counter).await;
+            // Ends the background write-back with the flusher, so the engine is released. It
+            // finishes the flush it is in first: a flush abandoned half way would leave the
+            // engine's own worker thread holding the database.
             drop(stopped_tx);
+            if let Err(join) = write_back.await {
+                tracing::warn!(cause = %join, "background engine write-back failed");
+            }
+            for (closer, reply) in closers {
+                let _ = closer.send(reply);
+            }
         });
         Flusher { tx, flushes }
     }
@@ -112,20 +125,45 @@ impl Flusher {
         rx.await.map_err(|_| StorageIoError::FlusherStopped)?
     }
 
+    /// A last flush of everything written before this call, then the flusher stops; returns
+    /// once its tasks have dropped their engine handles. Requests sent afterwards fail with
+    /// [`StorageIoError::FlusherStopped`].
+    ///
+    /// # Errors
+    /// The last flush's error, or [`StorageIoError::FlusherStopped`] if the flusher was
+    /// already stopped.
+    pub(crate) async fn close(&self) -> Result<(), StorageIoError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(FlushRequest::Close(tx))
+            .await
+            .map_err(|_| StorageIoError::FlusherStopped)?;
+        rx.await.map_err(|_| StorageIoError::FlusherStopped)?
+    }
+
     /// Flushes run since the task started.
     pub(crate) fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
     }
 }
 
-/// The flusher task: take all pending requests, flush once, answer them all.
+/// A close request's reply channel with the reply it gets once the flusher's tasks ended.
+type Closer = (
+    oneshot::Sender<Result<(), StorageIoError>>,
+    Result<(), StorageIoError>,
+);
+
+/// The flusher task: take all pending requests, flush once, answer them all. Returns when
+/// every handle is dropped, or after the flush that covers a close request, with the close
+/// requests still to answer.
 async fn run(
     engine: Arc<dyn Engine>,
     log_syncs: LogSyncs,
     mut rx: mpsc::Receiver<FlushRequest>,
     flushes: Arc<AtomicU64>,
-) {
+) -> Vec<Closer> {
     let mut pending: Vec<FlushRequest> = Vec::new();
+    let mut closers: Vec<Closer> = Vec::new();
     while let Some(first) = rx.recv().await {
         pending.push(first);
         while pending.len() < MAX_REQUESTS_PER_FLUSH {
@@ -139,7 +177,7 @@ async fn run(
         // starts after it was received: the flush covers all of them.
         let with_engine = pending
             .iter()
-            .any(|request| matches!(request, FlushRequest::Wait(_)));
+            .any(|request| matches!(request, FlushRequest::Wait(_) | FlushRequest::Close(_)));
         let started = Instant::now();
         let result = flush_all(engine.as_ref(), &log_syncs, with_engine).await;
         flushes.fetch_add(1, Ordering::Relaxed);
@@ -158,10 +196,32 @@ async fn run(
             }
         }
         for request in pending.drain(..) {
-            answer(request, &result);
+            match request {
+                FlushRequest::Close(tx) => closers.push((tx, waiter_reply(&result))),
+                request => answer(request, &result),
+            }
+        }
+        if !closers.is_empty() {
+            // Whatever was queued behind the close is refused, not silently dropped.
+            rx.close();
+            while let Ok(request) = rx.try_recv() {
+                match request {
+                    FlushRequest::Log(callback) => callback.log_io_completed(Err(
+                        io::Error::other(StorageIoError::FlusherStopped.to_string()),
+                    )),
+                    FlushRequest::Wait(tx) => {
+                        let _ = tx.send(Err(StorageIoError::FlusherStopped));
+                    }
+                    FlushRequest::Close(tx) => {
+                        closers.push((tx, Err(StorageIoError::FlusherStopped)))
+                    }
+                }
+            }
+            break;
         }
     }
     tracing::debug!("storage flusher stopped");
+    closers
 }
 
 /// How often the engine is flushed in the background. Appends never wait for the engine,
@@ -241,17 +301,22 @@ fn answer(request: FlushRequest, result: &Result<(), StorageIoError>) {
             Ok(()) => Ok(()),
             Err(err) => Err(io::Error::other(err.to_string())),
         }),
-        FlushRequest::Wait(tx) => {
-            let reply = match result {
-                Ok(()) => Ok(()),
-                Err(err) => Err(StorageIoError::Engine {
-                    op: "flush",
-                    source: io::Error::other(err.to_string()),
-                }),
-            };
-            // The waiter may have given up (its future dropped); nothing is lost by that.
-            let _ = tx.send(reply);
+        // The waiter may have given up (its future dropped); nothing is lost by that.
+        FlushRequest::Wait(tx) | FlushRequest::Close(tx) => {
+            let _ = tx.send(waiter_reply(result));
         }
+    }
+}
+
+/// What a waiter is told about the flush that covered it (the error is re-made: one flush
+/// answers many waiters).
+fn waiter_reply(result: &Result<(), StorageIoError>) -> Result<(), StorageIoError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) => Err(StorageIoError::Engine {
+            op: "flush",
+            source: io::Error::other(err.to_string()),
+        }),
     }
 }
 
@@ -334,5 +399,27 @@ mod tests {
         assert_eq!(engine.flushes.load(Ordering::SeqCst), after_drop, "stopped");
         // Both tasks let go of the engine: a node restarted in the same process can open it.
         assert_eq!(Arc::strong_count(&engine), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_flushes_the_engine_and_returns_only_after_both_tasks_let_go_of_it() {
+        let (engine, flusher) = start();
+        let before = engine.flushes.load(Ordering::SeqCst);
+        let still_held = flusher.clone();
+        flusher.close().await.unwrap();
+        assert!(
+            engine.flushes.load(Ordering::SeqCst) > before,
+            "a last flush"
+        );
+        // No yield, no sleep: the tasks were gone when close returned, though a handle lives.
+        assert_eq!(Arc::strong_count(&engine), 1);
+        assert!(matches!(
+            still_held.flush().await,
+            Err(StorageIoError::FlusherStopped)
+        ));
+        assert!(matches!(
+            still_held.close().await,
+            Err(StorageIoError::FlusherStopped)
+        ));
     }
 }

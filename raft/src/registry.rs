@@ -513,8 +513,9 @@ impl RaftNode {
         &self.inner.faults
     }
 
-    /// Shuts every group down (`Raft::shutdown`), stops the transport, and flushes the
-    /// storage once more. Idempotent: later calls wait for the first and return.
+    /// Shuts every group down (`Raft::shutdown`), stops the transport, and closes the
+    /// storage (a last flush; the database is released once the node is dropped).
+    /// Idempotent: later calls wait for the first and return.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         let mut done = inner.shutdown_done.lock().await;
@@ -531,7 +532,7 @@ impl RaftNode {
         });
         futures::future::join_all(stops).await;
         inner.transport.shutdown().await;
-        if let Err(err) = inner.storage.flush().await {
+        if let Err(err) = inner.storage.close().await {
             tracing::error!(cause = %err, "final storage flush failed");
         }
         *done = true;

@@ -24,6 +24,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -657,6 +658,48 @@ impl NodeStorage {
         })
     }
 
+    /// Waits, at most `timeout`, until nothing holds the database lock under `dir`; returns
+    /// at once if there is no database. sled lets go of its lock from its own worker
+    /// threads a moment after the last handle is dropped, so a directory reopened in the
+    /// same process (a test restarting a node) must wait for that here first; a process
+    /// that exits releases it at once. The wait is on the lock itself, not a poll.
+    ///
+    /// # Errors
+    /// [`StorageIoError::File`] if the lock file cannot be opened or locked, or if the lock
+    /// is still held after `timeout` (kind [`io::ErrorKind::TimedOut`]).
+    pub fn wait_until_released(dir: &Path, timeout: Duration) -> Result<(), StorageIoError> {
+        let lock_path = dir.join(DB_DIR).join(SLED_LOG_FILE);
+        let file = match std::fs::File::open(&lock_path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(StorageIoError::file(
+                    "open the database lock",
+                    &lock_path,
+                    e,
+                ))
+            }
+        };
+        let (locked_tx, locked) = std::sync::mpsc::sync_channel(1);
+        // A blocking lock has no timeout of its own: it waits on a thread of its own, which
+        // releases the lock (drops the file) as soon as it has it.
+        std::thread::spawn(move || {
+            let _ = locked_tx.send(file.lock().and_then(|()| file.unlock()));
+        });
+        match locked.recv_timeout(timeout) {
+            Ok(result) => result
+                .map_err(|e| StorageIoError::file("wait for the database lock", &lock_path, e)),
+            Err(_) => Err(StorageIoError::file(
+                "wait for the database lock",
+                &lock_path,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("still held after {timeout:?}"),
+                ),
+            )),
+        }
+    }
+
     /// The Raft log of `group` (created empty if new). The first call for a group (or the
     /// first after every handle was dropped) reads and checks its segment files, which blocks
     /// the caller for the time of that scan; a torn write at the end is cut off there.
@@ -758,13 +801,25 @@ impl NodeStorage {
         self.flush().await
     }
 
-    /// One fsync of everything written so far (goes through the flusher; used at shutdown).
+    /// One fsync of everything written so far (goes through the flusher).
     ///
     /// # Errors
     /// [`StorageIoError::Engine`] if the flush fails, [`StorageIoError::FlusherStopped`] if
     /// the flusher is gone.
     pub async fn flush(&self) -> Result<(), StorageIoError> {
         self.inner.flusher.flush().await
+    }
+
+    /// Shutdown: one last fsync of everything written, then the flusher and its background
+    /// write-back stop. Returns once they have let go of the database, so that dropping the
+    /// last handle releases its lock at once and the directory can be opened again in this
+    /// process. Dropping the runtime instead may abandon a flush whose worker thread still
+    /// holds the database. Every later flush or append fails.
+    ///
+    /// # Errors
+    /// As [`NodeStorage::flush`]; [`StorageIoError::FlusherStopped`] if already closed.
+    pub async fn close(&self) -> Result<(), StorageIoError> {
+        self.inner.flusher.close().await
     }
 
     /// Bytes on disk used by the database and the log segment files (metrics, retention

@@ -16,8 +16,8 @@ use futures::future::BoxFuture;
 use openraft::ServerState;
 use psubd_raft::types::typ;
 use psubd_raft::{
-    Command, CommandResponse, GroupId, GroupLogic, NodeId, PeerService, RaftNode, RaftNodeConfig,
-    RaftTuning, SnapshotPlan, StorageIoError, TransportError, Tree, WriteBatch,
+    Command, CommandResponse, GroupId, GroupLogic, NodeId, NodeStorage, PeerService, RaftNode,
+    RaftNodeConfig, RaftTuning, SnapshotPlan, StorageIoError, TransportError, Tree, WriteBatch,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -167,6 +167,9 @@ impl Cluster {
             cache_capacity_bytes: 16 * 1024 * 1024,
             tuning: self.tuning.clone(),
         };
+        // A restarted node reopens the directory its previous incarnation, in this same
+        // process, released a moment ago.
+        NodeStorage::wait_until_released(&config.data_dir, Duration::from_secs(10)).unwrap();
         let node = RaftNode::start(config).await.unwrap();
         self.nodes.insert(
             id,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
@@ -25,6 +26,9 @@ use tokio::io::AsyncWriteExt;
 
 /// A small cache, so the 20k-pair snapshot test does not fit in it.
 const CACHE_BYTES: u64 = 1 << 20;
+
+/// How long a reopen waits for the previous handle's database lock to be released.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // A test logic: a key-value map
@@ -410,12 +414,13 @@ fn legacy_log_layout_is_refused() {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         NodeStorage::open(&root, CACHE_BYTES)
             .unwrap()
-            .flush()
+            .close()
             .await
             .unwrap();
     });
     // Write an entry key the way earlier versions did, straight into the database.
     {
+        NodeStorage::wait_until_released(&root, RELEASE_WAIT).unwrap();
         let db = sled::Config::new()
             .path(root.join("db"))
             .segment_size(2 << 20) // the size NodeStorage creates databases with
@@ -427,6 +432,7 @@ fn legacy_log_layout_is_refused() {
         tree.insert(key, b"old entry".to_vec()).unwrap();
         db.flush().unwrap();
     }
+    NodeStorage::wait_until_released(&root, RELEASE_WAIT).unwrap();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let err = NodeStorage::open(&root, CACHE_BYTES).unwrap_err();
         assert!(
@@ -629,11 +635,12 @@ fn state_survives_reopen() {
             .await
             .unwrap();
         sm.apply(entries[40..45].to_vec()).await.unwrap();
-        storage.flush().await.unwrap();
+        storage.close().await.unwrap();
         assert!(!storage.group_is_pristine(9).unwrap());
         (sm.applied_state().await.unwrap(), dump(sm.tree()))
     });
 
+    NodeStorage::wait_until_released(&root, RELEASE_WAIT).unwrap();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let storage = NodeStorage::open(&root, CACHE_BYTES).unwrap();
         assert!(!storage.group_is_pristine(9).unwrap());

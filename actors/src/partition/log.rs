@@ -1080,8 +1080,8 @@ mod tests {
         assert_eq!(other_reader.stored_bytes(), retained);
     }
 
-    /// Each phase runs in its own runtime: dropping it stops the storage's flusher
-    /// task, which releases the database lock, as a process exit would.
+    /// Each phase runs in its own runtime; the first closes its storage, and the second
+    /// waits for the database lock to be released, as a restarted process would find it.
     #[test]
     fn state_survives_reopen_and_a_bad_command_is_skipped_alike() {
         let dir = tempfile::tempdir().unwrap();
@@ -1095,8 +1095,9 @@ mod tests {
             sm.apply(vec![entry(1, append_command(&batch)), entry(2, garbage)])
                 .await
                 .unwrap();
-            storage.flush().await.unwrap();
+            storage.close().await.unwrap();
         });
+        NodeStorage::wait_until_released(&path, std::time::Duration::from_secs(10)).unwrap();
         tokio::runtime::Runtime::new().unwrap().block_on(async {
             let storage = NodeStorage::open(&path, 1 << 20).unwrap();
             let (logic, reader) = PartitionLogic::new();

@@ -117,12 +117,7 @@ impl Flusher {
     /// # Errors
     /// The flush's error, or [`StorageIoError::FlusherStopped`] if the task is gone.
     pub(crate) async fn flush(&self) -> Result<(), StorageIoError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(FlushRequest::Wait(tx))
-            .await
-            .map_err(|_| StorageIoError::FlusherStopped)?;
-        rx.await.map_err(|_| StorageIoError::FlusherStopped)?
+        self.wait_for(FlushRequest::Wait).await
     }
 
     /// A last flush of everything written before this call, then the flusher stops; returns
@@ -133,9 +128,17 @@ impl Flusher {
     /// The last flush's error, or [`StorageIoError::FlusherStopped`] if the flusher was
     /// already stopped.
     pub(crate) async fn close(&self) -> Result<(), StorageIoError> {
+        self.wait_for(FlushRequest::Close).await
+    }
+
+    /// Sends the request `make` builds around a reply channel, and waits for the reply.
+    async fn wait_for(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), StorageIoError>>) -> FlushRequest,
+    ) -> Result<(), StorageIoError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(FlushRequest::Close(tx))
+            .send(make(tx))
             .await
             .map_err(|_| StorageIoError::FlusherStopped)?;
         rx.await.map_err(|_| StorageIoError::FlusherStopped)?

@@ -168,8 +168,14 @@ impl Cluster {
             tuning: self.tuning.clone(),
         };
         // A restarted node reopens the directory its previous incarnation, in this same
-        // process, released a moment ago.
-        NodeStorage::wait_until_released(&config.data_dir, Duration::from_secs(10)).unwrap();
+        // process, released a moment ago. (The wait blocks: off the runtime's workers.)
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            NodeStorage::wait_until_released(&dir, Duration::from_secs(10))
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let node = RaftNode::start(config).await.unwrap();
         self.nodes.insert(
             id,

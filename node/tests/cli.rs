@@ -80,12 +80,7 @@ fn a_snapshot_stagger_past_its_bound_is_refused_with_the_rule() {
 
 #[test]
 fn a_malformed_peer_list_names_the_entry() {
-    let out = Command::new(PSUBD)
-        .args(["node", "--id", "1", "--peers", "1=localhost"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&["node", "--id", "1", "--peers", "1=localhost"]);
     assert!(stderr.contains("'1=localhost'"), "{stderr}");
 }
 

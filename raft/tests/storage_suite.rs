@@ -446,6 +446,33 @@ fn legacy_log_layout_is_refused() {
     });
 }
 
+/// A reopen in the same process waits for the database lock: it times out while the lock
+/// is held, returns once it is free, and at once where there is no database.
+#[test]
+fn waiting_for_the_database_lock_ends_only_when_it_is_free() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().to_path_buf();
+    NodeStorage::wait_until_released(&root, Duration::ZERO).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let storage = NodeStorage::open(&root, CACHE_BYTES).unwrap();
+        // Held by a live handle: the wait gives up after its timeout, naming the lock.
+        let err = NodeStorage::wait_until_released(&root, Duration::from_millis(50)).unwrap_err();
+        assert!(
+            matches!(&err, StorageIoError::File { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+            "{err}"
+        );
+        storage.close().await.unwrap();
+    });
+    NodeStorage::wait_until_released(&root, RELEASE_WAIT).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        NodeStorage::open(&root, CACHE_BYTES)
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Snapshots
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use psubd_raft::types::typ::Raft;
+use psubd_raft::types::typ::{Raft, RaftMetrics};
 use psubd_raft::{GroupId, NodeId, RaftNode, CONTROLLER_GROUP};
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
 use crate::partition::{
-    check_leader, Appended, BatchLimits, PartitionHandle, PartitionMsg,
+    check_leader, leader_status, Appended, BatchLimits, PartitionHandle, PartitionMsg,
     DEFAULT_MAINTENANCE_INTERVAL,
 };
 use crate::record::EncodedRecords;
@@ -206,6 +206,31 @@ impl Broker {
             .and_then(|h| crate::partition::leader_of(&h.raft))
     }
 
+    /// Waits until this node's replica of `group` knows a leader that can take writes:
+    /// another node it has heard from as leader, or itself once it leads with a fresh
+    /// quorum. Waits for the replica to open first (a topic created an instant ago).
+    /// `None` when `wait` passes first, or this node holds no such group.
+    pub async fn await_leader(&self, group: GroupId, wait: Duration) -> Option<NodeId> {
+        let until = tokio::time::Instant::now() + wait;
+        let raft = self.inner.raft_node.await_group(group, wait).await?;
+        let limits = self.inner.limits;
+        watch_for_leader(&raft, until, |metrics| match metrics.current_leader {
+            Some(leader) if leader != metrics.id => Some(leader),
+            Some(me) => leader_status(metrics, &limits).is_ok().then_some(me),
+            None => None,
+        })
+        .await
+    }
+
+    /// Waits until this node knows a controller leader, up to `wait`.
+    pub async fn await_controller_leader(&self, wait: Duration) -> Option<NodeId> {
+        let until = tokio::time::Instant::now() + wait;
+        watch_for_leader(&self.inner.controller_raft, until, |metrics| {
+            metrics.current_leader
+        })
+        .await
+    }
+
     /// Appends one request's records on this node's replica, which must lead.
     ///
     /// # Errors
@@ -316,6 +341,25 @@ impl Broker {
         self.inner.supervisor.stop(Some("shutdown".into()));
         self.inner.controller.stop(Some("shutdown".into()));
         self.inner.raft_node.shutdown().await;
+    }
+}
+
+/// Waits on a group's metrics until `leader` picks one from them, or `until` passes.
+async fn watch_for_leader(
+    raft: &Raft,
+    until: tokio::time::Instant,
+    leader: impl Fn(&RaftMetrics) -> Option<NodeId>,
+) -> Option<NodeId> {
+    let mut metrics = raft.metrics();
+    loop {
+        let found = leader(&metrics.borrow_and_update());
+        if found.is_some() {
+            return found;
+        }
+        match tokio::time::timeout_at(until, metrics.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return None,
+        }
     }
 }
 

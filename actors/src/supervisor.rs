@@ -156,15 +156,30 @@ impl SupervisorState {
             None => Box::new(logic),
         };
         let members: BTreeSet<NodeId> = replicas.iter().copied().collect();
-        // Only the preferred replica initialises at once, so it usually wins the first
-        // election and leaders spread as placement intended.
+        // Only the preferred replica initialises, so it usually wins the first election
+        // and leaders spread as placement intended. It does so once the other replicas
+        // run the group (in a task: they open it as they apply the same metadata), so the
+        // first election is not lost to a replica that has not opened it yet.
         let preferred = replicas.first() == Some(&me);
         let raft = self
             .args
             .raft_node
-            .open_group(group, logic, members.clone(), preferred)
+            .open_group(group, logic, members.clone(), false)
             .await?;
-        if !preferred {
+        if preferred {
+            let raft_node = self.args.raft_node.clone();
+            let raft = raft.clone();
+            let members = members.clone();
+            let wait = self.args.init_fallback_after / 2;
+            tokio::spawn(async move {
+                if let Err(error) = raft_node
+                    .initialize_when_members_run(group, &raft, &members, wait)
+                    .await
+                {
+                    warn!(group, %error, "initialising a new partition group failed");
+                }
+            });
+        } else {
             let raft = raft.clone();
             let wait = self.args.init_fallback_after;
             tokio::spawn(async move {

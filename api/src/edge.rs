@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use psubd_actors::partition::{leader_of, Appended, FetchedRecords};
 use psubd_actors::record::EncodedRecords;
 use psubd_actors::topic::{PartitionPlacement, TopicMeta};
@@ -25,6 +27,23 @@ const MAX_ATTEMPTS: usize = 3;
 
 /// Slack added to a forwarded request's own deadline before the transport gives up.
 const FORWARD_SLACK: Duration = Duration::from_secs(2);
+
+/// The shortest and longest pause between two rounds of looking for a leader: the
+/// pause doubles each round.
+const LEADER_RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
+const LEADER_RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// The least a read waits for a leader, whatever its `timeout_ms` (an election takes
+/// about one election timeout, 1 to 1.5 s by default).
+const READ_LEADER_WAIT_MIN: Duration = Duration::from_secs(2);
+
+/// What one pass over a partition's leader candidates came to.
+enum Round {
+    /// A node answered (or the outcome is unknown): the request is done.
+    Served(Result<ForwardResponse, ApiError>),
+    /// No candidate leads with a quorum right now; nothing was written.
+    NoLeader(PartitionError),
+}
 
 /// The outcome of sending a request to a node.
 pub(crate) enum Delivery {
@@ -59,6 +78,11 @@ impl Edge {
     /// This node's broker.
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// How long a write may take, and how long any request waits for a leader.
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
     }
 
     pub(crate) async fn deliver(
@@ -104,7 +128,17 @@ impl Edge {
     /// Nodes to try for a partition's leader, best guess first: the local replica's view,
     /// the hint cache, then every replica in placement order.
     pub(crate) fn leader_candidates(&self, placement: &PartitionPlacement) -> Vec<NodeId> {
-        let mut order = Vec::with_capacity(placement.replicas.len() + 2);
+        self.candidates_after(None, placement)
+    }
+
+    /// [`Edge::leader_candidates`] after `first`, a leader just learnt of.
+    fn candidates_after(
+        &self,
+        first: Option<NodeId>,
+        placement: &PartitionPlacement,
+    ) -> Vec<NodeId> {
+        let mut order = Vec::with_capacity(placement.replicas.len() + 3);
+        order.extend(first);
         if let Some(leader) = self
             .broker
             .partition(placement.group)
@@ -126,21 +160,60 @@ impl Edge {
     }
 
     /// Sends `request` to the partition's leader, following hints, retrying only where
-    /// nothing can have been written.
+    /// nothing can have been written. While no replica knows a leader (an election, a
+    /// topic created an instant ago), it waits for one up to `leader_wait` and then
+    /// tries again; only then does "no leader" reach the caller (503).
+    ///
+    /// `deadline` bounds how long the serving node may take with the request itself.
     pub(crate) async fn to_leader(
         &self,
         placement: &PartitionPlacement,
         request: ForwardRequest,
         deadline: Duration,
+        leader_wait: Duration,
     ) -> Result<ForwardResponse, ApiError> {
-        let mut candidates = self.leader_candidates(placement).into_iter();
+        let give_up = Instant::now() + leader_wait;
+        let mut pause = LEADER_RETRY_PAUSE_MIN;
+        let mut found = None;
+        loop {
+            let round = Instant::now();
+            let refusal = match self
+                .leader_round(placement, &request, deadline, found)
+                .await
+            {
+                Round::Served(answer) => return answer,
+                Round::NoLeader(refusal) => refusal,
+            };
+            if round >= give_up {
+                return Err(refusal.into());
+            }
+            found = self.await_leader(placement, give_up).await;
+            // A leader that was just named may refuse again at once (it stepped down, or
+            // lost its quorum): never turn that into a busy loop.
+            tokio::time::sleep_until((round + pause).min(give_up)).await;
+            pause = (pause * 2).min(LEADER_RETRY_PAUSE_MAX);
+        }
+    }
+
+    /// One pass over the leader candidates (`first`, then the usual order), following
+    /// hints, at most [`MAX_ATTEMPTS`] nodes.
+    async fn leader_round(
+        &self,
+        placement: &PartitionPlacement,
+        request: &ForwardRequest,
+        deadline: Duration,
+        first: Option<NodeId>,
+    ) -> Round {
+        let mut candidates = self.candidates_after(first, placement).into_iter();
         let mut next = candidates.next();
         let mut last_refusal = PartitionError::NotLeader { leader: None };
         for _ in 0..MAX_ATTEMPTS {
             let Some(target) = next else { break };
             match self.deliver(target, request.clone(), deadline).await {
                 Delivery::Answered(ForwardResponse::Partition(
-                    refusal @ (PartitionError::NotLeader { .. } | PartitionError::NoReplica),
+                    refusal @ (PartitionError::NotLeader { .. }
+                    | PartitionError::NoReplica
+                    | PartitionError::NoQuorum),
                 )) => {
                     next = match &refusal {
                         PartitionError::NotLeader {
@@ -157,13 +230,80 @@ impl Edge {
                     if !matches!(response, ForwardResponse::Partition(_)) {
                         self.learn(placement.group, target);
                     }
-                    return Ok(response);
+                    return Round::Served(Ok(response));
                 }
                 Delivery::NotDelivered => next = candidates.next(),
-                Delivery::Lost(reason) => return Err(ApiError::OutcomeUnknown { reason }),
+                Delivery::Lost(reason) => {
+                    return Round::Served(Err(ApiError::OutcomeUnknown { reason }))
+                }
             }
         }
-        Err(last_refusal.into())
+        Round::NoLeader(last_refusal)
+    }
+
+    /// Waits until a replica of the partition names a leader that can take writes, and
+    /// that leader confirms it, or `until` passes. Asks this node's replica first, else
+    /// the replicas in placement order (the first that answers).
+    pub(crate) async fn await_leader(
+        &self,
+        placement: &PartitionPlacement,
+        until: Instant,
+    ) -> Option<NodeId> {
+        let me = self.broker.node_id();
+        let local = placement.replicas.contains(&me).then_some(me);
+        let replicas = local
+            .into_iter()
+            .chain(placement.replicas.iter().copied().filter(|r| *r != me));
+        for replica in replicas {
+            let Delivery::Answered(ForwardResponse::Leader(named)) =
+                self.ask_leader(placement.group, replica, until).await
+            else {
+                continue;
+            };
+            let leader = match named {
+                // The replica named another node: that node confirms it leads and can
+                // take writes (the replica's view may be a term old).
+                Some(other) if other != replica => {
+                    match self.ask_leader(placement.group, other, until).await {
+                        Delivery::Answered(ForwardResponse::Leader(Some(confirmed)))
+                            if confirmed == other =>
+                        {
+                            Some(other)
+                        }
+                        _ => None,
+                    }
+                }
+                named => named,
+            };
+            if let Some(leader) = leader {
+                self.learn(placement.group, leader);
+            }
+            return leader;
+        }
+        None
+    }
+
+    async fn ask_leader(&self, group: GroupId, target: NodeId, until: Instant) -> Delivery {
+        let wait = until.saturating_duration_since(Instant::now());
+        let request = ForwardRequest::AwaitLeader {
+            group,
+            wait_ms: wait.as_millis() as u64,
+        };
+        self.deliver(target, request, wait).await
+    }
+
+    /// Waits until every partition of a just-created topic has a leader that can take a
+    /// write, up to the write timeout. Returns whether all did.
+    pub async fn await_leaders(&self, meta: &TopicMeta) -> bool {
+        let until = Instant::now() + self.write_timeout;
+        let waits = meta
+            .partitions
+            .iter()
+            .map(|placement| self.await_leader(placement, until));
+        futures::future::join_all(waits)
+            .await
+            .iter()
+            .all(Option::is_some)
     }
 
     /// Appends one request's records to a partition through its leader.
@@ -180,7 +320,7 @@ impl Edge {
             records,
         };
         match self
-            .to_leader(placement, request, self.write_timeout)
+            .to_leader(placement, request, self.write_timeout, self.write_timeout)
             .await?
         {
             ForwardResponse::Appended(appended) => Ok(appended),
@@ -222,7 +362,9 @@ impl Edge {
         let response = if served_here {
             serve_local(&self.broker, request).await
         } else {
-            self.to_leader(placement, request, deadline).await?
+            let leader_wait = deadline.max(READ_LEADER_WAIT_MIN);
+            self.to_leader(placement, request, deadline, leader_wait)
+                .await?
         };
         match response {
             ForwardResponse::Fetched(records) => Ok(records),
@@ -276,29 +418,49 @@ impl Edge {
         topic: &str,
     ) -> Result<ForwardResponse, ApiError> {
         let me = self.broker.node_id();
+        let give_up = Instant::now() + self.write_timeout;
+        let mut pause = LEADER_RETRY_PAUSE_MIN;
         let mut target = self.broker.controller_leader().unwrap_or(me);
-        for _ in 0..MAX_ATTEMPTS {
+        let mut hops = 0;
+        loop {
+            let round = Instant::now();
             match self
                 .deliver(target, request.clone(), self.write_timeout)
                 .await
             {
                 Delivery::Answered(ForwardResponse::Controller(ControllerError::NotLeader {
-                    leader,
-                })) => match leader.filter(|l| *l != target) {
-                    Some(leader) => target = leader,
-                    None => break,
-                },
+                    leader: Some(leader),
+                })) if leader != target && hops < MAX_ATTEMPTS => {
+                    hops += 1;
+                    target = leader;
+                    continue;
+                }
+                // No leader known there, or no quorum: wait below for an election.
+                Delivery::Answered(ForwardResponse::Controller(
+                    ControllerError::NotLeader { .. } | ControllerError::NoQuorum,
+                ))
+                | Delivery::NotDelivered => {}
                 Delivery::Answered(ForwardResponse::Controller(error)) => {
                     return Err(ApiError::from_controller(error, topic))
                 }
                 Delivery::Answered(response) => return Ok(response),
-                Delivery::NotDelivered => break,
                 Delivery::Lost(reason) => return Err(ApiError::OutcomeUnknown { reason }),
             }
+            if round >= give_up {
+                return Err(ApiError::Unavailable {
+                    reason: "the controller has no reachable leader".into(),
+                });
+            }
+            let wait = give_up.saturating_duration_since(Instant::now());
+            target = self
+                .broker
+                .await_controller_leader(wait)
+                .await
+                .unwrap_or(me);
+            hops = 0;
+            tokio::time::sleep_until((round + pause).min(give_up)).await;
+            pause = (pause * 2).min(LEADER_RETRY_PAUSE_MAX);
         }
-        Err(ApiError::Unavailable {
-            reason: "the controller has no reachable leader".into(),
-        })
     }
 
     /// A user topic's metadata: this node's copy, or — when missing here, e.g. created an

@@ -111,7 +111,19 @@ pub enum ForwardRequest {
     KeyLookup(crate::keys::KeyRead),
     /// A page of live keys from the serving node's replica (see `keys`).
     KeyScan(crate::keys::KeyRead),
+    /// The partition's leader as the serving node's replica sees it, once it sees one
+    /// that can take writes (itself only with a fresh quorum), waiting up to `wait_ms`.
+    AwaitLeader {
+        /// The partition's group.
+        group: GroupId,
+        /// How long the serving node may wait (capped there).
+        wait_ms: u64,
+    },
 }
+
+/// The longest a node holds an [`ForwardRequest::AwaitLeader`]: the asker's wait is
+/// untrusted input, and a held request keeps a task alive.
+const MAX_LEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// A replica's status.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -169,6 +181,9 @@ pub enum ForwardResponse {
     Key(Option<psubd_actors::partition::key_index::KeyRecord>),
     /// A page of live keys.
     Keys(psubd_actors::partition::key_index::KeyScan),
+    /// The answer to [`ForwardRequest::AwaitLeader`]: `None` when no leader appeared in
+    /// time, or the serving node holds no replica.
+    Leader(Option<NodeId>),
 }
 
 /// Serves a request on this node's replicas.
@@ -245,6 +260,10 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
         ),
         ForwardRequest::KeyLookup(read) => crate::keys::serve_lookup(broker, read).await,
         ForwardRequest::KeyScan(read) => crate::keys::serve_scan(broker, read).await,
+        ForwardRequest::AwaitLeader { group, wait_ms } => {
+            let wait = Duration::from_millis(wait_ms).min(MAX_LEADER_WAIT);
+            ForwardResponse::Leader(broker.await_leader(group, wait).await)
+        }
     }
 }
 

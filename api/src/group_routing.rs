@@ -8,9 +8,11 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use psubd_actors::assignment::TopicPartition;
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
-use psubd_actors::offsets::{CommittedOffset, OFFSETS_PARTITIONS};
+use psubd_actors::offsets::{CommittedOffset, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use psubd_actors::topic::PartitionPlacement;
 
 use crate::edge::Edge;
@@ -43,7 +45,28 @@ fn refused(response: ForwardResponse, group: &str) -> ApiError {
 }
 
 impl Edge {
-    fn offsets_placement(&self, group: &str) -> Result<PartitionPlacement, ApiError> {
+    /// Waits until the consumer offsets topic exists (a cluster's first seconds: the
+    /// controller creates it once elected), up to the write timeout.
+    async fn offsets_topic_created(&self) -> Result<(), ApiError> {
+        let until = Instant::now() + self.write_timeout();
+        let mut metadata = self.broker().subscribe_metadata();
+        loop {
+            if metadata
+                .borrow_and_update()
+                .topics
+                .contains_key(OFFSETS_TOPIC)
+            {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(until, metadata.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Err(not_ready()),
+            }
+        }
+    }
+
+    async fn offsets_placement(&self, group: &str) -> Result<PartitionPlacement, ApiError> {
+        self.offsets_topic_created().await?;
         self.broker()
             .groups()
             .offsets_placement(group)
@@ -56,13 +79,18 @@ impl Edge {
     /// The coordinator's refusals (409 `member_fenced`, ...), 503 when no coordinator is
     /// reachable (nothing changed), 504 when a commit's outcome is unknown.
     pub async fn group(&self, group: &str, request: GroupRequest) -> Result<GroupAnswer, ApiError> {
-        let placement = self.offsets_placement(group)?;
+        let placement = self.offsets_placement(group).await?;
         let request = ForwardRequest::Group {
             group: group.to_string(),
             request,
         };
         match self
-            .to_leader(&placement, request, GROUP_REQUEST_DEADLINE)
+            .to_leader(
+                &placement,
+                request,
+                GROUP_REQUEST_DEADLINE,
+                self.write_timeout(),
+            )
             .await?
         {
             ForwardResponse::Group(answer) => Ok(answer),
@@ -79,12 +107,17 @@ impl Edge {
         &self,
         group: &str,
     ) -> Result<Vec<(TopicPartition, CommittedOffset)>, ApiError> {
-        let placement = self.offsets_placement(group)?;
+        let placement = self.offsets_placement(group).await?;
         let request = ForwardRequest::CommittedOffsets {
             group: group.to_string(),
         };
         match self
-            .to_leader(&placement, request, GROUP_READ_DEADLINE)
+            .to_leader(
+                &placement,
+                request,
+                GROUP_READ_DEADLINE,
+                self.write_timeout(),
+            )
             .await?
         {
             ForwardResponse::Committed(offsets) => Ok(offsets),
@@ -98,6 +131,7 @@ impl Edge {
     /// 503 when an offsets partition has no reachable leader (a partial list would look
     /// like deleted groups).
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ApiError> {
+        self.offsets_topic_created().await?;
         let groups = self.broker().groups();
         let placements: Vec<PartitionPlacement> = (0..OFFSETS_PARTITIONS)
             .map(|p| groups.offsets_partition(p).ok_or_else(not_ready))
@@ -110,6 +144,7 @@ impl Edge {
                         partition: partition as u32,
                     },
                     GROUP_READ_DEADLINE,
+                    self.write_timeout(),
                 )
             },
         ))

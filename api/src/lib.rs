@@ -41,7 +41,8 @@ use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 pub use edge::Edge;
 pub use error::ApiError;
@@ -64,14 +65,19 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, observe))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default();
-                tracing::debug_span!("http", method = %request.method(), matched_path = %route)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default();
+                    tracing::debug_span!("http", method = %request.method(), matched_path = %route)
+                })
+                // A 5xx answered to a client (503 while electing, 504 outcome unknown) is
+                // not by itself something an operator must act on: it is counted in the
+                // metrics, and internal errors are logged where they happen (`error.rs`).
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
 }
 

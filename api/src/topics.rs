@@ -257,6 +257,12 @@ async fn create(
         .await?;
     match response {
         ForwardResponse::Topic(Some(meta)) => {
+            // Usable when created: answer once every partition can take a write. Past
+            // the write timeout the topic still exists and answers 201; its remaining
+            // partitions are electing, and requests to them wait for their leader.
+            if !state.edge.await_leaders(&meta).await {
+                tracing::debug!(topic = %meta.name, "partitions still electing at the write timeout");
+            }
             Ok((StatusCode::CREATED, Json(TopicView::from(&meta))).into_response())
         }
         other => Err(ApiError::Internal {

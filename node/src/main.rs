@@ -53,12 +53,20 @@ enum Command {
     Bench(Box<psubd::bench::BenchArgs>),
 }
 
+/// The log filter unless `PSUBD_LOG` (or `RUST_LOG`) sets one. openraft is left out:
+/// it logs a peer's every failed heartbeat and a late vote answer at WARN or ERROR, while
+/// for psubd those are routine; what matters of it (a group stopped by a storage failure)
+/// the node reports itself. `PSUBD_LOG=info,openraft=warn` brings its messages back.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=off,sled=warn";
+
 fn init_logging() {
     let filter = EnvFilter::try_from_env("PSUBD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn"));
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Colour only on a terminal: `psubd dev` and service managers write logs to files.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -97,6 +97,9 @@ struct Inner {
     /// The running groups. Invariant: a group is in the map from the moment its `Raft` is
     /// built until `close_group`/`shutdown` takes it out to shut it down.
     groups: RwLock<HashMap<GroupId, typ::Raft>>,
+    /// Bumped whenever a group opens, so [`RaftNode::await_group`] waits for the event
+    /// instead of polling the map.
+    opened: tokio::sync::watch::Sender<u64>,
     service: RwLock<Option<Arc<dyn PeerService>>>,
     /// Serialises open / close / shutdown (held across awaits, hence async).
     lifecycle: tokio::sync::Mutex<()>,
@@ -162,10 +165,23 @@ impl InboundHandler for Router {
                     Some(service) => PeerResponse::Service(service.handle(from, body).await),
                     None => PeerResponse::Refused(Refusal::NoService),
                 },
+                PeerRequest::AwaitGroup { group, wait_ms } => {
+                    let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_GROUP_WAIT);
+                    let running = RaftNode { inner }.await_group(group, wait).await.is_some();
+                    PeerResponse::GroupRunning { running }
+                }
             }
         })
     }
 }
+
+/// Slack beyond the asked wait before the asker's transport gives up on an
+/// [`PeerRequest::AwaitGroup`].
+const AWAIT_GROUP_SLACK: Duration = Duration::from_millis(500);
+
+/// The longest a peer's [`PeerRequest::AwaitGroup`] is held: the asker's wait is
+/// untrusted input, and a held request keeps a task alive.
+const MAX_GROUP_WAIT: Duration = Duration::from_secs(10);
 
 /// Hands one Raft RPC to its group and wraps the answer.
 async fn serve_raft(raft: &typ::Raft, rpc: RaftRequest) -> RaftResponse {
@@ -192,6 +208,25 @@ fn fatal_only(err: RaftError<NodeId>) -> RaftResponse {
     match err {
         RaftError::Fatal(fatal) => RaftResponse::Fatal(fatal),
         RaftError::APIError(never) => match never {},
+    }
+}
+
+/// Logs, once and at ERROR, a group whose Raft stopped on a fatal error (a storage
+/// failure or a panic): the node's default log filter leaves openraft's own messages out,
+/// since nearly all of them are routine (a peer down, a late vote answer). A group shut
+/// down on purpose stops with `Fatal::Stopped` and is not reported.
+async fn report_fatal(raft: typ::Raft) {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            if !matches!(fatal, Fatal::Stopped) {
+                tracing::error!(cause = %fatal, "raft group stopped on a fatal error");
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -246,6 +281,7 @@ impl RaftNode {
                 transport,
                 faults,
                 groups: RwLock::new(HashMap::new()),
+                opened: tokio::sync::watch::Sender::new(0),
                 service: RwLock::new(None),
                 lifecycle: tokio::sync::Mutex::new(()),
                 closing: AtomicBool::new(false),
@@ -319,19 +355,7 @@ impl RaftNode {
         if let Some(raft) = self.group(group) {
             return Ok(raft);
         }
-        let mut nodes = BTreeMap::new();
-        for member in &members {
-            match inner.config.peers.get(member) {
-                Some(addr) => {
-                    nodes.insert(*member, BasicNode::new(addr.to_string()));
-                }
-                None => {
-                    return Err(RaftNodeError::InvalidConfig {
-                        reason: format!("group {group} member {member} is not a known peer"),
-                    })
-                }
-            }
-        }
+        let nodes = self.member_nodes(group, &members)?;
         let pristine = inner.storage.group_is_pristine(group)?;
         let log_store = inner.storage.log_store(group)?;
         let (schedule, snapshot_requests) = SnapshotSchedule::new(&inner.config.tuning);
@@ -354,7 +378,9 @@ impl RaftNode {
         .await
         .map_err(|source| RaftNodeError::GroupStart { group, source })?;
         inner.write_groups().insert(group, raft.clone());
+        inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
+        tokio::spawn(report_fatal(raft.clone()).in_current_span());
         tracing::info!(pristine, "group opened");
 
         if initialize && pristine {
@@ -381,6 +407,85 @@ impl RaftNode {
     /// The running group, if any.
     pub fn group(&self, group: GroupId) -> Option<typ::Raft> {
         self.inner.read_groups().get(&group).cloned()
+    }
+
+    /// The group once it runs on this node, waiting up to `wait` for it to open; `None`
+    /// when it did not open in time.
+    pub async fn await_group(&self, group: GroupId, wait: Duration) -> Option<typ::Raft> {
+        let mut opened = self.inner.opened.subscribe();
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            // Marked seen before the map is read: an open after this read wakes the wait.
+            opened.borrow_and_update();
+            if let Some(raft) = self.group(group) {
+                return Some(raft);
+            }
+            match tokio::time::timeout_at(until, opened.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Initialises a new group once every other member runs it, so the first election's
+    /// votes reach open replicas (a vote refused with "group not running" costs a whole
+    /// election timeout). Members that cannot be reached, or that did not open the group
+    /// within `wait`, are not waited for further: a majority elects without them.
+    /// Initialising a group that already has state is a no-op.
+    ///
+    /// # Errors
+    /// [`RaftNodeError::Initialize`] if openraft refuses for a reason other than "already
+    /// initialised"; [`RaftNodeError::InvalidConfig`] if a member is not a known peer.
+    pub async fn initialize_when_members_run(
+        &self,
+        group: GroupId,
+        raft: &typ::Raft,
+        members: &BTreeSet<NodeId>,
+        wait: Duration,
+    ) -> Result<(), RaftNodeError> {
+        if !self.inner.storage.group_is_pristine(group)? {
+            return Ok(());
+        }
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let asks = members.iter().filter(|m| **m != self.id()).map(|member| {
+            self.inner.transport.request(
+                *member,
+                PeerRequest::AwaitGroup { group, wait_ms },
+                wait + AWAIT_GROUP_SLACK,
+            )
+        });
+        let answers = futures::future::join_all(asks).await;
+        let waiting = answers
+            .iter()
+            .filter(|a| !matches!(a, Ok(PeerResponse::GroupRunning { running: true })))
+            .count();
+        tracing::debug!(group, not_running = waiting, "initialising a new group");
+        let nodes = self.member_nodes(group, members)?;
+        match raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(err) => Err(RaftNodeError::Initialize {
+                group,
+                message: err.to_string(),
+            }),
+        }
+    }
+
+    /// The members with their transport addresses, as openraft's membership wants them.
+    fn member_nodes(
+        &self,
+        group: GroupId,
+        members: &BTreeSet<NodeId>,
+    ) -> Result<BTreeMap<NodeId, BasicNode>, RaftNodeError> {
+        members
+            .iter()
+            .map(|member| match self.inner.config.peers.get(member) {
+                Some(addr) => Ok((*member, BasicNode::new(addr.to_string()))),
+                None => Err(RaftNodeError::InvalidConfig {
+                    reason: format!("group {group} member {member} is not a known peer"),
+                }),
+            })
+            .collect()
     }
 
     /// Ids of the running groups, ascending.

@@ -71,6 +71,8 @@ pub mod typ {
 
     /// A running Raft group.
     pub type Raft = openraft::Raft<TypeConfig>;
+    /// A group's metrics (its role, leader, indexes), as its watch publishes them.
+    pub type RaftMetrics = openraft::RaftMetrics<super::NodeId, openraft::BasicNode>;
     /// A log entry.
     pub type Entry = openraft::Entry<TypeConfig>;
     /// A log id.

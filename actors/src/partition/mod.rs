@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::ClientWriteError;
 use openraft::ServerState;
-use psubd_raft::types::typ::Raft;
+use psubd_raft::types::typ::{Raft, RaftMetrics};
 use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
@@ -214,6 +214,14 @@ pub fn check_leader(raft: &Raft, limits: &BatchLimits) -> Result<(), PartitionEr
     // metrics would copy the membership and replication maps each time.
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
+    leader_status(&metrics, limits)
+}
+
+/// [`check_leader`] on metrics already borrowed (a caller watching them for a change).
+///
+/// # Errors
+/// As [`check_leader`].
+pub fn leader_status(metrics: &RaftMetrics, limits: &BatchLimits) -> Result<(), PartitionError> {
     if metrics.state != ServerState::Leader {
         return Err(PartitionError::NotLeader {
             leader: metrics.current_leader.filter(|l| *l != metrics.id),

@@ -15,7 +15,7 @@ use crate::types::{typ, GroupId, NodeId};
 
 /// Bumped whenever a change to these types changes the encoding; peers with another
 /// version are refused at hello instead of misreading each other's frames.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side sends or accepts. Big enough for any Raft message the
 /// tuning allows (appends are capped in bytes well below it, snapshot chunks are 1 MiB by
@@ -69,6 +69,15 @@ pub(crate) enum PeerRequest {
     },
     /// An application request for the peer's [`PeerService`](crate::PeerService).
     Service(Bytes),
+    /// Is `group` running on the peer? The peer answers once it is, or after `wait_ms`
+    /// (capped by the peer): a new group's preferred replica asks before its first
+    /// election, so no vote meets a replica that has not opened the group yet.
+    AwaitGroup {
+        /// The group asked about.
+        group: GroupId,
+        /// How long the peer may wait for the group to open.
+        wait_ms: u32,
+    },
 }
 
 /// The Raft RPCs openraft sends.
@@ -94,6 +103,11 @@ pub(crate) enum PeerResponse {
     },
     /// The peer service's answer.
     Service(Bytes),
+    /// The answer to [`PeerRequest::AwaitGroup`].
+    GroupRunning {
+        /// True when the group runs on the peer.
+        running: bool,
+    },
     /// The request could not be served at all.
     Refused(Refusal),
 }

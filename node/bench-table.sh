@@ -21,7 +21,7 @@ DURATION=${DURATION:-30s}
 WARMUP=${WARMUP:-5s}
 RUNS=${RUNS:-3}
 OUT=${1:-$PWD/bench-out-$(date +%Y%m%d-%H%M%S)}
-ONLY=${ONLY:-"batch single64 single1 fetch group acks1 v1k v16k p1 p12 growth"}
+ONLY=${ONLY:-"batch single64 single1 fetch group v1k v16k p1 p12 growth"}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -71,17 +71,15 @@ if want group; then
     HALF=$(printf '%.0f' "$(echo "$PEAK / 2" | bc -l)")
     row group --producers 64 --records-per-request 100 --rate "$HALF" --group-consumers 3
 fi
-# 6. acks=1.
-want acks1 && row acks1 --producers 64 --records-per-request 100 --acks 1
-# 7. Value sizes: 1 KiB (100 per request = 100 KiB) and 16 KiB (10 per request = 160 KiB;
+# 6. Value sizes: 1 KiB (100 per request = 100 KiB) and 16 KiB (10 per request = 160 KiB;
 #    at 100 per request each 1.6 MB request is an entry of its own and sled writes it as a
 #    blob file: ~1,600 records/s, p50 3.4 s in a 5 s trial — worth a line in the README).
 want v1k && row v1k --producers 64 --records-per-request 100 --record-size 1024
 want v16k && row v16k --producers 64 --records-per-request 10 --record-size 16384
-# 8. Partitions: 1 vs 12.
+# 7. Partitions: 1 vs 12.
 want p1 && row p1 --producers 64 --records-per-request 100 --partitions 1
 want p12 && row p12 --producers 64 --records-per-request 100 --partitions 12
-# 9. The stored log grows from 0 to 10 million records: the window ends at 10 M acknowledged
+# 8. The stored log grows from 0 to 10 million records: the window ends at 10 M acknowledged
 #    records; "publish rate by tenth of the window" shows the rate as the log grows. A
 #    fresh cluster, so that the run starts from an empty log.
 if want growth; then

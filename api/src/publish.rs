@@ -43,10 +43,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Acknowledgement level, from `?acks=`.
+///
+/// There is no leader-only level (Kafka's `acks=1`): offsets are assigned when an entry is
+/// committed and applied, so a leader could not report them before the commit, and an
+/// answer without offsets is what `acks=0` already gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AcksParam {
     All,
-    Leader,
     None,
 }
 
@@ -175,10 +178,14 @@ fn now_ms() -> i64 {
 fn parse_acks(raw: Option<&str>) -> Result<AcksParam, ApiError> {
     match raw {
         None | Some("all") | Some("-1") => Ok(AcksParam::All),
-        Some("1") => Ok(AcksParam::Leader),
         Some("0") => Ok(AcksParam::None),
+        Some("1") => Err(ApiError::InvalidRequest {
+            message: "acks=1 is not supported: offsets are assigned at commit, so use \
+                      acks=all (the default) or acks=0"
+                .into(),
+        }),
         Some(other) => Err(ApiError::InvalidRequest {
-            message: format!("acks must be all, 1 or 0, not '{other}'"),
+            message: format!("acks must be all or 0, not '{other}'"),
         }),
     }
 }
@@ -799,7 +806,7 @@ mod tests {
     #[test]
     fn acks_values() {
         assert_eq!(parse_acks(None).unwrap(), AcksParam::All);
-        assert_eq!(parse_acks(Some("1")).unwrap(), AcksParam::Leader);
+        assert!(parse_acks(Some("1")).is_err());
         assert_eq!(parse_acks(Some("0")).unwrap(), AcksParam::None);
         assert!(parse_acks(Some("2")).is_err());
     }

@@ -1,9 +1,11 @@
-//! Typed calls to one node's HTTP API (API.md), for tests.
+//! Typed calls to one node's HTTP API (docs/api.md), for tests.
 //!
 //! Helpers whose name has no `try_` assert success and panic with the status and body
-//! otherwise; they retry `503` (the documented "no leader yet / no quorum" answer) for a
-//! bounded time, because the tests that use them are not about availability. Tests that
-//! *are* about availability use the `try_` forms, which never retry and never panic.
+//! otherwise. They do not retry `503`: a node waits for a partition's leader itself (up
+//! to its write timeout) before answering it, so a user of a healthy cluster never sees
+//! one, and neither may a test. They retry only a refused connection (a node restarting in
+//! a fault test), and the publish helpers the records a `207` reports as `not_available`.
+//! Tests about availability use the `try_` forms, which never retry and never panic.
 
 use std::fmt::Display;
 use std::time::{Duration, Instant};
@@ -16,13 +18,11 @@ use crate::wire::{
     PublishResponse, Record, Topic,
 };
 
-/// How long the asserting helpers keep retrying `503` before giving up: longer than a
-/// partition election after topic creation or a failover.
+/// How long the asserting helpers keep retrying a refused connection (or a record a node
+/// could not place) before giving up: longer than a node's restart.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
-/// Pause between retries of a `503`. The node's `Retry-After` is in whole seconds, too
-/// coarse for tests that measure convergence, so the helpers poll faster (bounded by
-/// [`RETRY_WINDOW`]).
+/// Pause between retries (bounded by [`RETRY_WINDOW`]).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Client-side bound on one request, above the longest server-side long-poll (30 s).
@@ -133,7 +133,7 @@ impl NodeClient {
         expect_json(resp, 200).await
     }
 
-    /// `POST /v1/topics`; asserts 201 (retrying 503).
+    /// `POST /v1/topics`; asserts 201 .
     ///
     /// # Panics
     ///
@@ -150,7 +150,7 @@ impl NodeClient {
             "replication_factor": replication_factor,
         });
         let resp = self
-            .retry_unavailable(&format!("create topic {name}"), || {
+            .retry_refused(&format!("create topic {name}"), || {
                 self.client.post(self.url("/v1/topics")).json(&body)
             })
             .await;
@@ -177,14 +177,14 @@ impl NodeClient {
         expect_json(resp, 200).await
     }
 
-    /// `GET /v1/topics/{t}/partitions`; asserts 200 (retrying 503).
+    /// `GET /v1/topics/{t}/partitions`; asserts 200 .
     ///
     /// # Panics
     ///
     /// On any other answer.
     pub async fn partitions(&self, topic: &str) -> Vec<PartitionInfo> {
         let resp = self
-            .retry_unavailable(&format!("partitions of {topic}"), || {
+            .retry_refused(&format!("partitions of {topic}"), || {
                 self.client
                     .get(self.url(&format!("/v1/topics/{topic}/partitions")))
             })
@@ -254,7 +254,7 @@ impl NodeClient {
     }
 
     /// Publishes `records` (`acks=all`) and returns their delivery reports, retrying
-    /// what certainly was not written: a `503`, a refused connection, and the records a
+    /// what certainly was not written: a refused connection, and the records a
     /// `207` reports as `not_available` (the committed ones keep their offsets; a
     /// partition's records fail or succeed together, so their order is kept).
     ///
@@ -337,10 +337,7 @@ impl NodeClient {
                     pending = still;
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                PublishOutcome::Unavailable { .. }
-                | PublishOutcome::Transport { not_sent: true, .. }
-                    if retry_allowed =>
-                {
+                PublishOutcome::Transport { not_sent: true, .. } if retry_allowed => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 PublishOutcome::OutcomeUnknown { .. } | PublishOutcome::Transport { .. }
@@ -385,7 +382,7 @@ impl NodeClient {
         expect_json(resp, 200).await
     }
 
-    /// One fetch by offset; asserts 200 (retrying 503).
+    /// One fetch by offset; asserts 200 .
     ///
     /// # Panics
     ///
@@ -400,7 +397,7 @@ impl NodeClient {
     ) -> FetchResponse {
         let url = self.fetch_url(topic, partition, offset, max_records, timeout_ms);
         let resp = self
-            .retry_unavailable(&format!("fetch {topic}/{partition}"), || {
+            .retry_refused(&format!("fetch {topic}/{partition}"), || {
                 self.client.get(&url)
             })
             .await;
@@ -502,9 +499,9 @@ impl NodeClient {
             .map_err(|e| format!("request to {} failed: {e}", self.base))
     }
 
-    /// Sends the request built by `build` until it answers something other than 503
-    /// (or the connection is refused), for at most [`RETRY_WINDOW`].
-    async fn retry_unavailable(
+    /// Sends the request built by `build` until the connection is accepted, for at most
+    /// [`RETRY_WINDOW`]; any answer, 503 included, is returned as it is.
+    async fn retry_refused(
         &self,
         what: &str,
         mut build: impl FnMut() -> reqwest::RequestBuilder,
@@ -512,10 +509,7 @@ impl NodeClient {
         let start = Instant::now();
         loop {
             let result = build().timeout(REQUEST_TIMEOUT).send().await;
-            let retry = match &result {
-                Ok(r) => r.status().as_u16() == 503,
-                Err(e) => e.is_connect(),
-            };
+            let retry = matches!(&result, Err(e) if e.is_connect());
             if !retry || start.elapsed() >= RETRY_WINDOW {
                 return result.unwrap_or_else(|e| {
                     panic!(

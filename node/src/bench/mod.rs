@@ -233,10 +233,6 @@ pub enum Acks {
     #[value(name = "all")]
     #[serde(rename = "all")]
     All,
-    /// Appended on the leader.
-    #[value(name = "1")]
-    #[serde(rename = "1")]
-    One,
     /// Answered at once with 202.
     #[value(name = "0")]
     #[serde(rename = "0")]
@@ -248,7 +244,6 @@ impl Acks {
     fn as_query(self) -> &'static str {
         match self {
             Acks::All => "all",
-            Acks::One => "1",
             Acks::Zero => "0",
         }
     }

@@ -10,7 +10,7 @@ use psubd_raft::types::typ::{Raft, RaftMetrics};
 use psubd_raft::{GroupId, NodeId, RaftNode, CONTROLLER_GROUP};
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::{
     ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo,
@@ -395,7 +395,9 @@ async fn create_offsets_topic(inner: Weak<Inner>) {
                 info!("consumer offsets topic created");
                 return;
             }
-            Err(error) => warn!(%error, "creating the consumer offsets topic failed; retrying"),
+            // Retried on the next tick (a controller election, or the node stopping):
+            // nothing for an operator to do.
+            Err(error) => debug!(%error, "creating the consumer offsets topic failed; retrying"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Issue 3 "Must show": a three-node cluster of real `psubd node` processes, driven over
 //! HTTP exactly as API.md describes.
 //!
-//! The non-destructive checks share one cluster (`issue_03_cluster_contracts`); the
+//! The non-destructive checks share one cluster (`http_api_contracts_on_a_three_node_cluster`); the
 //! crash and restart scenarios each get their own. Clusters never overlap within this
 //! process (the fixture serialises them), so measured times are not inflated by another
 //! cluster competing for the two CI cores.
@@ -48,7 +48,7 @@ const CATCH_UP: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_cluster_contracts() {
+async fn http_api_contracts_on_a_three_node_cluster() {
     let cluster = Cluster::start(3).await;
     let c = &cluster;
     let mut checks = Checks::new();
@@ -1131,7 +1131,7 @@ struct Attempt {
 /// anything else; after the node restarts, every acknowledged record is on it (and on
 /// the others), at its acknowledged offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_leader_kill_failover() {
+async fn publishes_resume_and_no_acked_record_is_lost_after_leader_kill() {
     const TOPIC: &str = "failover";
     const BATCH: usize = 5;
     let mut c = Cluster::start(3).await;
@@ -1303,7 +1303,7 @@ async fn issue_03_leader_kill_failover() {
 /// acknowledged record at its offset, and new offsets continue after the old ones
 /// (never reused); the same after every node is killed with SIGKILL at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_full_cluster_restart() {
+async fn full_cluster_restart_keeps_records_and_never_reuses_offsets() {
     const TOPIC: &str = "durable";
     let mut c = Cluster::start(3).await;
     c.node(1).create_topic(TOPIC, 3, 3).await;

@@ -12,7 +12,7 @@ use psubd_tests::{eventually, Cluster, NewRecord};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_five_nodes_spread_replicas_and_leaders_and_skip_a_dead_node() {
+async fn five_nodes_spread_replicas_and_leaders_and_skip_a_dead_node() {
     let mut cluster = Cluster::start(5).await;
     let node = cluster.node(1);
     node.create_topic("wide", 5, 3).await;

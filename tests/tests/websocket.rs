@@ -126,7 +126,7 @@ fn records(range: std::ops::Range<u64>) -> Value {
 // record beyond it), joins a group, commits explicitly, and after reconnecting resumes
 // at its commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_07_websocket_publish_subscribe_credit_commit_resume() {
+async fn websocket_publish_subscribe_credit_commit_resume() {
     let cluster = Cluster::start(3).await;
     cluster.node(1).create_topic("wt", 1, 3).await;
     let mut ws = Ws::connect(&cluster.http(2)).await;

@@ -1,4 +1,4 @@
-//! `/v1/groups`: consumer groups (API.md § Consumer groups).
+//! `/v1/groups`: consumer groups (docs/api.md § Consumer groups).
 //!
 //! Every route validates its input here, then asks the group's coordinator (through
 //! [`Edge::group`](crate::edge::Edge)), wherever it runs. A member's fetch is three steps:
@@ -40,7 +40,7 @@ use crate::forward::{OffsetSpec, ReplicaStatus};
 use crate::json;
 use crate::state::AppState;
 
-/// Default session timeout (API.md's example).
+/// Default session timeout (docs/api.md).
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 30_000;
 
 /// Most topics one member may subscribe to.

@@ -8,7 +8,7 @@
 //!   answer 404 `key_not_found`; again after a kill -9 and restart of a node;
 //! - after compaction, reading each partition from offset 0 returns about one record per
 //!   key instead of 100: offsets strictly increasing, each the acknowledged latest of its
-//!   key (DESIGN.md § Fetch path: offsets are never changed or reused);
+//!   key (docs/architecture.md § Fetch path: offsets are never changed or reused);
 //! - after compaction a consumer building a table from the topic reads in full pages (the
 //!   read crosses compacted gaps): ONE fetch per partition from offset 0 returns every
 //!   survivor at its original offset with `next_offset` past the trailing gap; a group

@@ -1,5 +1,5 @@
 //! Issue 4 "Must show": consumer groups on a three-node cluster of real `psubd node`
-//! processes, driven over HTTP as API.md § Consumer groups describes.
+//! processes, driven over HTTP as docs/api.md § Consumer groups describes.
 //!
 //! - `group_splits_partitions_expires_members_resumes_and_fences`: two members joined through different nodes
 //!   split a 4-partition topic; one commits less than it received and goes silent; after
@@ -39,7 +39,7 @@ const SHORT_SESSION_MS: u64 = 2_000;
 const LONG_SESSION_MS: u64 = 60_000;
 
 // ---------------------------------------------------------------------------------------
-// Local helpers: the group API as API.md § Consumer groups gives it.
+// Local helpers: the group API as docs/api.md § Consumer groups gives it.
 // ---------------------------------------------------------------------------------------
 
 type Tp = (String, u32);
@@ -320,7 +320,7 @@ async fn group_splits_partitions_expires_members_resumes_and_fences() {
     // Bad input is refused with the documented errors and changes nothing.
     bad_input(&n3, group).await;
 
-    // API.md § Consumer groups: two members joined through different nodes split the
+    // docs/api.md § Consumer groups: two members joined through different nodes split the
     // topic, each partition owned by exactly one of them.
     let mut a = Member::join(&n1, group, SHORT_SESSION_MS).await;
     let mut b = Member::join(&n2, group, LONG_SESSION_MS).await;
@@ -524,7 +524,7 @@ async fn group_splits_partitions_expires_members_resumes_and_fences() {
     expect_error(resp, 409, "group_not_empty", "delete with members").await;
 }
 
-/// API.md § Errors: bad input gets a 4xx with the JSON error body.
+/// docs/api.md § Errors: bad input gets a 4xx with the JSON error body.
 async fn bad_input(node: &NodeClient, group: &str) {
     let join = |g: &str, body: Value| {
         node.http()
@@ -885,7 +885,7 @@ async fn members_come_and_go_with_at_least_once_delivery() {
         rejoins += consumer.await.expect("consumer task");
     }
 
-    // DESIGN.md § Consumer groups: every offset below the final commit was delivered to
+    // docs/architecture.md § Consumer groups: every offset below the final commit was delivered to
     // some member; re-deliveries are allowed and counted.
     let deliveries = deliveries.lock().expect("deliveries").clone();
     let mut distinct: BTreeSet<(u32, u64)> = BTreeSet::new();

@@ -1,7 +1,7 @@
 //! Issue 3 (controller): replica placement on clusters larger than three nodes.
-//! DESIGN.md § Raft groups: "replica sets are chosen by the controller and spread over
-//! the nodes, so a 5- or 7-node cluster holds more partitions than a 3-node one, and
-//! leaders are balanced across nodes".
+//! The controller chooses replica sets and spreads them over the nodes, so a 5- or
+//! 7-node cluster holds more partitions than a 3-node one, and leaders are balanced
+//! across nodes (docs/architecture.md § Raft groups).
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 

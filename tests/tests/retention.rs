@@ -217,8 +217,8 @@ async fn group_offsets_row(node: &NodeClient, group: &str) -> Result<Value, Stri
         .ok_or_else(|| format!("no committed offsets yet: {body}"))
 }
 
-// DESIGN.md § Fetch path ("retention moves the log start forward") and API.md § Fetch
-// (416 below the log start), issue 8 "Must show".
+// Retention moves the log start forward (docs/architecture.md § Fetch path), and a read
+// below it is 416 (docs/api.md § Fetch by offset).
 #[tokio::test]
 async fn retention_by_age_and_size_moves_the_log_start_and_resets_groups() {
     let cluster = Cluster::start_with_env(3, &[FAST_TICK]).await;

@@ -1,5 +1,5 @@
 //! Issue 7 (partition streams): SSE and NDJSON streams against real node processes.
-//! API.md § Streams.
+//! docs/api.md § Streams.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
@@ -60,7 +60,7 @@ async fn read_records(reader: &mut SseReader, count: usize) -> Vec<(String, u64)
     seen
 }
 
-// API.md § Streams: SSE records arrive as published, with `id: <partition>-<offset>`;
+// docs/api.md § Streams: SSE records arrive as published, with `id: <partition>-<offset>`;
 // a stream resumed with Last-Event-ID continues without gap or repeat; NDJSON streams
 // one record per line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +256,7 @@ async fn next_assignment(reader: &mut SseReader) -> Value {
     }
 }
 
-// API.md § Streams (member streams): records of the member's partitions with
+// docs/api.md § Streams (member streams): records of the member's partitions with
 // `id: <partition>-<offset>`; an `assignment` event first and when a second member joins;
 // closing the stream leaves the group promptly (the other member takes every partition
 // long before the 30 s session timeout); the stream never commits.

@@ -1,7 +1,7 @@
 //! Partition assignment for consumer groups: who reads which partition.
 //!
-//! Two strategies (API.md § Consumer groups, DESIGN.md § Consumer groups): `range` gives
-//! each member a contiguous run of every topic's partitions; `round_robin` deals all
+//! Two strategies (docs/api.md § Consumer groups, docs/architecture.md § Consumer groups): `range`
+//! gives each member a contiguous run of every topic's partitions; `round_robin` deals all
 //! partitions out one by one. Both are **sticky**: when membership changes, a member keeps
 //! the partitions it had (up to its fair share), and only the partitions of members that
 //! left, of new topics, or above someone's fair share move. The strategy decides where a

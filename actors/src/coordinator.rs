@@ -1,5 +1,5 @@
 //! The group coordinator: one actor per consumer group, on the node that leads the group's
-//! offsets partition (DESIGN.md § Consumer groups).
+//! offsets partition (docs/architecture.md § Consumer groups).
 //!
 //! Membership, generation, assignment and each member's read positions are soft state
 //! here; only committed offsets are replicated (through the offsets partition's Raft

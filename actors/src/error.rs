@@ -63,7 +63,7 @@ pub enum ControllerError {
     Invalid(String),
 }
 
-/// Why a consumer-group request was refused (API.md § Consumer groups).
+/// Why a consumer-group request was refused (docs/api.md § Consumer groups).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum GroupError {
     /// This node does not lead the group's offsets partition, so it is not the group's

@@ -1,5 +1,6 @@
 //! Consumer offsets: the internal topic [`OFFSETS_TOPIC`] whose partitions run
-//! [`OffsetsLogic`] instead of a record log (DESIGN.md § Raft groups, "Consumer offsets").
+//! [`OffsetsLogic`] instead of a record log (docs/architecture.md § Raft groups, "Consumer
+//! offsets").
 //!
 //! Group `g`'s commits are Raft writes on offsets partition [`offsets_partition_of`]`(g)`,
 //! and its coordinator lives on that partition's leader. The state machine keeps the
@@ -7,7 +8,7 @@
 //!
 //! State tree layout (one tree per offsets partition):
 //! `b"o" ++ group ++ 0x00 ++ topic ++ 0x00 ++ partition (u32 BE)` → [`CommittedOffset`]
-//! (postcard). Names never contain 0x00 (API.md § Names), so the key splits unambiguously
+//! (postcard). Names never contain 0x00 (docs/api.md § Names), so the key splits unambiguously
 //! and one group's keys are one contiguous range.
 //!
 //! Topic deletion: every committed offset remembers the Raft group of the partition it was
@@ -57,7 +58,7 @@ pub fn offsets_partition_of(group: &str) -> u32 {
 /// A committed offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
-    /// The next offset to read (API.md § Consumer groups).
+    /// The next offset to read (docs/api.md § Consumer groups).
     pub offset: u64,
     /// When it was committed, ms since the epoch (the coordinator's clock).
     pub commit_ms: i64,

@@ -1,5 +1,5 @@
 //! Routing: which node serves a request, and the retry at a leader hint that keeps "not
-//! leader" from ever reaching a client (DESIGN.md § Publish path, step 2).
+//! leader" from ever reaching a client (docs/architecture.md § Publish path, step 2).
 //!
 //! A request is only retried elsewhere when it certainly did not take effect (the serving
 //! node refused it before proposing, or the transport never delivered it). Anything that

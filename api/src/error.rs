@@ -1,6 +1,6 @@
 //! The only place errors become HTTP: one [`ApiError`] enum, one exhaustive mapping to
 //! status, stable `error` string and `error_code` (status × 100 + n), and the JSON body
-//! `{error_code, error, message, retriable}`. The catalog is in the README (§ Errors).
+//! `{error_code, error, message, retriable}`. The catalog is in docs/api.md (§ Errors).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -1,4 +1,4 @@
-//! Fetch by offset (API.md § Fetch by offset), with long-poll.
+//! Fetch by offset (docs/api.md § Fetch by offset), with long-poll.
 //!
 //! Records are rendered straight from their stored encodings into the response body:
 //! JSON values are written as stored (they were validated at publish), strings are

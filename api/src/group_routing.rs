@@ -1,5 +1,5 @@
 //! Routing of consumer-group requests: to the group's coordinator, which runs on the
-//! leader of the group's offsets partition (DESIGN.md § Raft groups).
+//! leader of the group's offsets partition (docs/architecture.md § Raft groups).
 //!
 //! These are methods of [`Edge`] written apart from `edge.rs` because they are one
 //! concept (group routing) on top of the edge's leader-following `to_leader`: a node that

@@ -1,4 +1,4 @@
-//! Group member streams (API.md § Streams): `GET /v1/groups/{g}/members/{m}/stream`, as
+//! Group member streams (docs/api.md § Streams): `GET /v1/groups/{g}/members/{m}/stream`, as
 //! SSE or NDJSON like partition streams, and the member side of WebSocket group
 //! subscriptions.
 //!

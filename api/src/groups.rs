@@ -1,4 +1,4 @@
-//! `/v1/groups`: consumer groups (API.md § Consumer groups).
+//! `/v1/groups`: consumer groups (docs/api.md § Consumer groups).
 //!
 //! Every route validates its input here, then asks the group's coordinator (through
 //! [`Edge::group`](crate::edge::Edge)), wherever it runs. A member's fetch is three steps:
@@ -40,7 +40,7 @@ use crate::forward::{OffsetSpec, ReplicaStatus};
 use crate::json;
 use crate::state::AppState;
 
-/// Default session timeout (API.md's example).
+/// Default session timeout (docs/api.md).
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 30_000;
 
 /// Most topics one member may subscribe to.
@@ -1011,7 +1011,7 @@ mod tests {
     /// Regression (chaos harness, seed 7): a lagging replica answered 416 above its end
     /// for a member's committed position, and the member jumped to `earliest` (offset 0).
     #[test]
-    fn issue_05_reset_applies_only_below_the_log_start() {
+    fn auto_offset_reset_applies_only_below_the_log_start() {
         let above_end = out_of_range(1530, 0, 1481);
         assert_eq!(restart_after(&above_end, AutoOffsetReset::Earliest), None);
         assert_eq!(restart_after(&above_end, AutoOffsetReset::Latest), None);
@@ -1063,7 +1063,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_08_compacted_offsets_are_rendered_and_positions_skip_the_gaps() {
+    fn compacted_offsets_are_rendered_and_positions_skip_the_gaps() {
         let rendered = render_within_budget(&[(tp(0), sparse_run())], 10, 1 << 20).unwrap();
         let offsets: Vec<u64> = rendered[0].spans.iter().map(|s| s.offset).collect();
         assert_eq!(offsets, vec![3, 8, 9]);

@@ -1,4 +1,4 @@
-//! Publishing (API.md § Publish): JSON batches, raw bodies for curl, and NDJSON streams.
+//! Publishing (docs/api.md § Publish): JSON batches, raw bodies for curl, and NDJSON streams.
 //!
 //! Every request is validated whole before anything is written: a bad record anywhere
 //! means a 4xx and nothing written. Records are grouped by partition, each group goes to

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::edge::Edge;
 use crate::metrics::Metrics;
 
-/// Request limits (API.md § Names and limits). Over a limit: 413, nothing written.
+/// Request limits (docs/api.md § Names and limits). Over a limit: 413, nothing written.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Largest record (key + value), bytes.

@@ -1,4 +1,4 @@
-//! Streams (API.md § Streams): what partition streams, member streams and WebSocket
+//! Streams (docs/api.md § Streams): what partition streams, member streams and WebSocket
 //! subscriptions share, and the partition stream route
 //! `GET /v1/topics/{t}/partitions/{p}/stream`.
 //!

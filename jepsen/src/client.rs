@@ -1,4 +1,4 @@
-//! A thin HTTP client for the psubd API (API.md), as the harness needs it: one request per
+//! A thin HTTP client for the psubd API (docs/api.md), as the harness needs it: one request per
 //! call, never a retry, and every failure described precisely enough to classify it as
 //! `fail` or `info` (history.rs).
 

@@ -22,7 +22,7 @@ use crate::workload::Workload;
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Time for every partition to have a leader.
 const LEADERS_TIMEOUT: Duration = Duration::from_secs(90);
-/// SIGTERM grace before SIGKILL at the restart (NODE_CLI.md: ~10 s).
+/// SIGTERM grace before SIGKILL at the restart (a node drains within 8 s by default).
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Rounds of full reads before giving up on stability.
 const MAX_ROUNDS: usize = 15;

@@ -184,7 +184,7 @@ pub fn key_of(topic: &str, partition: u32) -> String {
     format!("{topic}/{partition}")
 }
 
-/// Splits a `topic/partition` key. Topic names cannot contain `/` (API.md § Names).
+/// Splits a `topic/partition` key. Topic names cannot contain `/` (docs/api.md § Names).
 pub fn split_key(key: &str) -> Option<(&str, u32)> {
     let (t, p) = key.rsplit_once('/')?;
     Some((t, p.parse().ok()?))
@@ -192,12 +192,11 @@ pub fn split_key(key: &str) -> Option<(&str, u32)> {
 
 /// 503 `error` strings that guarantee nothing was appended.
 ///
-/// API.md gives 503 exactly two meanings, "no quorum / no leader" ("A minority side or a
-/// leaderless partition: 503 with Retry-After"), and keeps the case where a write was
-/// already proposed for 504 `outcome_unknown` ("A timeout after the write was proposed:
-/// 504 outcome_unknown (the record may or may not be committed)"). The error catalog
-/// names that 503 `not_available` ("no leader or no quorum reachable from here; nothing
-/// was written"). So a 503 `not_available` is a refusal before proposal: the harness
+/// The API gives 503 exactly one meaning: no leader or no quorum could take the request
+/// (a minority side, a leaderless partition), answered with Retry-After; a write that was
+/// already proposed and timed out is 504 `outcome_unknown` instead (it may or may not be
+/// committed). The error catalog (docs/api.md § Errors) names that 503 `not_available`:
+/// nothing was written. So a 503 `not_available` is a refusal before proposal: the harness
 /// records it as `fail`, and the checker treats any later read of that value as an
 /// aborted read, a violation by the node.
 ///
@@ -217,7 +216,7 @@ pub fn is_mutation(f: Op) -> bool {
 
 /// Classifies an HTTP error answer (status >= 400) of operation `f`.
 ///
-/// - 4xx: `fail`: API.md "Bad input gets a 4xx ... and changes nothing"; a fenced member
+/// - 4xx: `fail`: bad input gets a 4xx and changes nothing (docs/api.md); a fenced member
 ///   or a stale generation is a 409 refusal.
 /// - 503 with an `error` in [`NOT_APPLIED_503`] (`not_available`): `fail`.
 /// - everything else (504 `outcome_unknown`, 500, other 503s): `info` for mutations.

@@ -1,6 +1,6 @@
 //! psubd-jepsen: a chaos harness that runs real `psubd node` processes, injects real
 //! faults, records every client operation in a history and checks the history against
-//! the failure contract (DESIGN.md § Failure contract).
+//! the failure contract (docs/architecture.md § Failure contract).
 //!
 //! # Layout
 //!

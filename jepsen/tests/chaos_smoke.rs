@@ -13,7 +13,7 @@ const CHAOS_SECONDS: &str = "60";
 const SEED: &str = "1";
 
 #[test]
-fn issue_05_short_chaos_run_is_valid() {
+fn short_chaos_run_finds_no_anomaly() {
     let harness = env!("CARGO_BIN_EXE_psubd-jepsen");
     let out = tempfile::Builder::new()
         .prefix("psubd-chaos-")

@@ -1,6 +1,6 @@
 //! The checker against synthetic histories: a clean history passes, and each anomaly
 //! class of issue 5, planted on its own, is caught and makes the run invalid.
-//! (DESIGN.md § Failure contract; the classes are listed in checker.rs.)
+//! (docs/architecture.md § Failure contract; the classes are listed in checker.rs.)
 
 use psubd_jepsen::checker::{check, Results};
 use psubd_jepsen::history::{Event, EventType, KeyOffset, Op, SeenRecord};

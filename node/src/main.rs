@@ -6,8 +6,8 @@ use psubd::dev::DevArgs;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of the system allocator. Measured under the batch publish load
-/// (`psubd bench --dev --producers 64 --records-per-request 100`, 3 alternating runs each,
-/// /work/notes/perf-findings.md): about 15 % more records/s than glibc malloc, whose
+/// (`psubd bench --dev --producers 64 --records-per-request 100`, 3 alternating runs
+/// each): about 15 % more records/s than glibc malloc, whose
 /// arena locking, chunk consolidation and page faults on freshly mapped memory (sled
 /// allocates an 8 MiB buffer per log segment) were a fifth of the nodes' CPU. mimalloc
 /// was as fast but its resident memory grew to twice glibc's and kept growing.
@@ -24,7 +24,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `dirty_decay_ms:2000` (default 10 s): freed segment buffers are kept for reuse about
 ///   2 s instead of 10 s, which keeps resident memory where it was with the default.
 ///
-/// Measured (perf-findings.md § 2d, alternating runs): node CPU per 1,000 records
+/// Measured (alternating runs): node CPU per 1,000 records
 /// 8.3 / 9.5 ms vs 11.5 / 10.7 ms with jemalloc's defaults, page faults ~81,000 vs
 /// ~215,000 per 5 s per node; RSS max 332–467 MB vs 322–334 MB. `oversize_threshold`
 /// alone (10 s decay) saved as much CPU but kept ~100 MB more resident.

@@ -3,9 +3,9 @@
 //! Why: an engine batch has a fixed price well above its bytes (sled rolls its I/O buffer
 //! twice per batch and range-syncs each roll), and a state machine applied one committed
 //! entry per call, so small entries paid it once each, on every replica. A state machine
-//! needs no durability of its own (DESIGN.md § Storage: the log keeps every entry until a
-//! durable snapshot file covers it, and openraft re-applies the log after a crash), so its
-//! batches may wait.
+//! needs no durability of its own (docs/architecture.md § Storage and durability: the log keeps
+//! every entry until a durable snapshot file covers it, and openraft re-applies the log after a
+//! crash), so its batches may wait.
 //!
 //! A [`DeferredTree`] stages every applied batch in memory, where readers see it at once,
 //! and writes what is staged to the engine as one batch: at every engine flush (the

@@ -5,7 +5,7 @@
 //! oneshot. The flusher task takes everything pending, runs ONE flush that covers all of it,
 //! then answers every request with that flush's result. While a flush runs, new requests
 //! queue up and share the next one, so with many groups busy a single fsync acknowledges many
-//! appends (DESIGN.md § Storage: durability contract).
+//! appends (docs/architecture.md § Storage and durability).
 //!
 //! What a flush syncs depends on what waits for it:
 //! - Log appends need only their segment files: an fdatasync of every Raft log segment file

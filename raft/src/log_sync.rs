@@ -4,7 +4,7 @@
 //! cache and records the segment file here (and the directory, when it created or removed a
 //! file). The node's flusher takes the whole set at the start of each flush and syncs it
 //! (with the engine too when a waiter needs it), so one flush makes every group's appends
-//! durable (group commit across groups, DESIGN.md § Storage: durability contract).
+//! durable (group commit across groups, docs/architecture.md § Storage and durability).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

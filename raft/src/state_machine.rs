@@ -7,8 +7,8 @@
 //! [`SnapshotSchedule`] weighs). All are written in the same batch as the logic's writes of
 //! an apply call, so the tree never claims to have applied an entry whose effects it lacks.
 //!
-//! No fsync of its own (DESIGN.md § Storage): the log keeps every entry until a durable
-//! snapshot covers it, and openraft re-applies from the log after a crash.
+//! No fsync of its own (docs/architecture.md § Storage and durability): the log keeps every entry
+//! until a durable snapshot covers it, and openraft re-applies from the log after a crash.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -1,9 +1,9 @@
 //! The project's storage seam, its sled implementation, and the per-node storage handle.
 //!
 //! Everything else in the crate (log stores, state machines, snapshots) reaches the disk only
-//! through [`Engine`] and [`EngineTree`], as DESIGN.md § Storage asks: if the chaos tests ever
-//! find sled wanting, another engine can be put under these two traits without touching the
-//! Raft code. `sled::` appears in this file only.
+//! through [`Engine`] and [`EngineTree`], as docs/architecture.md § Storage and durability asks: if
+//! the chaos tests ever find sled wanting, another engine can be put under these two traits without
+//! touching the Raft code. `sled::` appears in this file only.
 //!
 //! Layout of one node's database (one sled `Db`, bounded cache):
 //!

@@ -2,7 +2,7 @@
 //! directory: elections, replication, failover, restart, catch-up by snapshot, partitions
 //! and several groups at once.
 //!
-//! Reference: DESIGN.md § Raft groups, § Peer transport, § Failure contract.
+//! Reference: docs/architecture.md § Raft groups, § Peer transport, § Failure contract.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -482,7 +482,7 @@ async fn ten_thousand_concurrent_writes_are_replicated_identically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_shutdown_elects_new_leader_within_two_election_timeouts_and_keeps_entries() {
-    // DESIGN.md § Failure contract: acknowledged writes survive the loss of a minority.
+    // docs/architecture.md § Failure contract: acknowledged writes survive the loss of a minority.
     let tuning = RaftTuning::default();
     let mut cluster = Cluster::start(3, tuning.clone()).await;
     cluster.open_group(1).await;
@@ -604,7 +604,7 @@ async fn wiped_node_catches_up_through_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_minority_cannot_commit_and_heals() {
-    // DESIGN.md § Failure contract: a minority side never reports a silent success.
+    // docs/architecture.md § Failure contract: a minority side never reports a silent success.
     let tuning = RaftTuning::default();
     let mut cluster = Cluster::start(3, tuning.clone()).await;
     cluster.open_group(4).await;
@@ -823,7 +823,7 @@ async fn forwarded_requests_reach_the_peer_service_and_fail_fast_when_unreachabl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_and_lossy_links_still_replicate_identically() {
-    // DESIGN.md § Failure contract: a slow peer degrades throughput, never correctness.
+    // docs/architecture.md § Failure contract: a slow peer degrades throughput, never correctness.
     let mut cluster = Cluster::start(3, RaftTuning::default()).await;
     cluster.open_group(5).await;
     let leader = cluster.wait_leader(5, Duration::from_secs(10)).await;

@@ -1,6 +1,6 @@
 //! Storage tests: openraft's own storage suite against `LogStore` + `StateMachine`, plus the
-//! contracts of DESIGN.md § Storage that the suite does not cover (group commit, snapshot
-//! files, durability across a reopen).
+//! contracts of docs/architecture.md § Storage and durability that the suite does not cover (group
+//! commit, snapshot files, durability across a reopen).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -329,8 +329,8 @@ fn snapshot_files(root: &Path, group: u64) -> Vec<std::path::PathBuf> {
 // Group commit
 // ---------------------------------------------------------------------------------------------
 
-/// DESIGN.md § Storage, durability contract: one flusher coalesces the pending flushes of every
-/// group into one flush, and every append's callback still fires. Each group's log takes one
+/// docs/architecture.md § Storage and durability: one flusher coalesces the pending flushes of
+/// every group into one flush, and every append's callback still fires. Each group's log takes one
 /// appender (as openraft drives it), so the concurrency is across groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_coalesces_appends_of_many_groups() {

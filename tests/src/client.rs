@@ -28,7 +28,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Client-side bound on one request, above the longest server-side long-poll (30 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// Most records asked for per fetch by [`NodeClient::fetch_all`] (API.md's default).
+/// Most records asked for per fetch by [`NodeClient::fetch_all`] (docs/api.md's default).
 const FETCH_PAGE: u32 = 500;
 
 /// Which failed publish answers [`NodeClient::publish_retrying`] sends again.
@@ -238,7 +238,7 @@ impl NodeClient {
                     status,
                     body: if has_per_record_errors(&body) {
                         format!(
-                            "200 whose `offsets` hold per-record errors (API.md: a 200 carries \
+                            "200 whose `offsets` hold per-record errors (docs/api.md: a 200 has \
                              an offset for every record; a leaderless partition is a 503): {}",
                             clip(&body)
                         )
@@ -548,7 +548,7 @@ pub async fn expect_json<T: DeserializeOwned>(
         .map_err(|e| format!("status {got}: body does not parse ({e}): {}", clip(&body)))
 }
 
-/// Asserts an error answer per API.md § Errors and DESIGN.md § Error body: the status,
+/// Asserts an error answer per docs/api.md § Errors: the status,
 /// a JSON body `{error_code, error, message, retriable}` whose `error_code` is
 /// status × 100 + n, the stable snake_case `error` string expected, and a non-empty
 /// `message`.

@@ -7,7 +7,7 @@
 //! - [`ports`]: ports reserved before the processes start.
 //! - [`client`]: [`NodeClient`], typed calls to one node's API (create_topic, publish,
 //!   fetch, fetch_all) and [`expect_error`] for the documented error body.
-//! - [`wire`]: the JSON shapes of API.md, written from the contract.
+//! - [`wire`]: the JSON shapes of docs/api.md, written from the contract.
 //! - [`eventually()`]: waiting for a condition instead of sleeping.
 //! - [`checks`]: many independent checks on one shared cluster, all reported.
 //!

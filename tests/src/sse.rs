@@ -1,5 +1,5 @@
 //! A Server-Sent Events reader for the end-to-end tests: parses `text/event-stream` blocks
-//! off a response body as they arrive (the partition and member streams of API.md).
+//! off a response body as they arrive (the partition and member streams of docs/api.md).
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
-//! The JSON shapes of /work/shared/API.md, as the tests read and write them.
+//! The JSON shapes of docs/api.md, as the tests read and write them.
 //!
 //! Deliberately written from the contract, not shared with the `api` crate: if the node
-//! drifts from API.md, these types fail to parse its answers and the tests say so.
+//! drifts from docs/api.md, these types fail to parse its answers and the tests say so.
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! Issue 3 "Must show": a three-node cluster of real `psubd node` processes, driven over
-//! HTTP exactly as API.md describes.
+//! HTTP exactly as docs/api.md describes.
 //!
-//! The non-destructive checks share one cluster (`issue_03_cluster_contracts`); the
+//! The non-destructive checks share one cluster (`http_api_contracts_on_a_three_node_cluster`); the
 //! crash and restart scenarios each get their own. Clusters never overlap within this
 //! process (the fixture serialises them), so measured times are not inflated by another
 //! cluster competing for the two CI cores.
@@ -28,16 +28,16 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 /// Issue 3: publishes succeed again within this long of killing a partition's leader.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(5);
 
-/// API.md § Names and limits: the default largest record.
+/// docs/api.md § Names and limits: the default largest record.
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// API.md § Names and limits: the default largest request.
+/// docs/api.md § Names and limits: the default largest request.
 const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
 
-/// API.md § Names and limits: the default most records per request.
+/// docs/api.md § Names and limits: the default most records per request.
 const MAX_RECORDS_PER_REQUEST: usize = 1000;
 
-/// API.md § Names and limits: the default largest headers per record.
+/// docs/api.md § Names and limits: the default largest headers per record.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// How long a follower may take to show what the leader acknowledged.
@@ -48,7 +48,7 @@ const CATCH_UP: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_cluster_contracts() {
+async fn http_api_contracts_on_a_three_node_cluster() {
     let cluster = Cluster::start(3).await;
     let c = &cluster;
     let mut checks = Checks::new();
@@ -121,7 +121,7 @@ async fn issue_03_cluster_contracts() {
     checks.finish();
 }
 
-/// NODE_CLI.md § Readiness; issue 3: all three nodes answer `GET /readyz` 200 within
+/// docs/operations.md § Readiness; issue 3: all three nodes answer `GET /readyz` 200 within
 /// 10 s of being spawned, and `GET /healthz` 200.
 async fn ready_within_10s(c: &Cluster) {
     let t = c.ready_in();
@@ -143,7 +143,7 @@ async fn ready_within_10s(c: &Cluster) {
     }
 }
 
-/// API.md § Cluster, NODE_CLI.md: `GET /v1/cluster` on each node names itself, lists
+/// docs/api.md § Cluster: `GET /v1/cluster` on each node names itself, lists
 /// all three nodes alive with their HTTP addresses, and a controller leader.
 async fn cluster_view(c: &Cluster) {
     for id in c.ids() {
@@ -182,8 +182,8 @@ async fn cluster_view(c: &Cluster) {
     }
 }
 
-/// DESIGN.md § Publish path and § Failure contract; API.md § Publish, § Fetch by offset:
-/// 3,000 keyed records (batches through nodes 2 and 3) plus raw-mode records land where
+/// docs/architecture.md § Publish path and § Failure contract; docs/api.md § Publish, § Fetch by
+/// offset: 3,000 keyed records (batches through nodes 2 and 3) plus raw-mode records land where
 /// the delivery reports say; every node returns every record, in order, at its
 /// acknowledged offset; equal keys share one partition.
 async fn keyed_publish_read_back(c: &Cluster) {
@@ -225,7 +225,7 @@ async fn keyed_publish_read_back(c: &Cluster) {
         measured as f64 / took.as_secs_f64()
     );
 
-    // Raw mode (API.md § Publish, "for curl"): the body is the value, the key in X-Key.
+    // Raw mode (docs/api.md § Publish, "for curl"): the body is the value, the key in X-Key.
     let node3 = c.node(3);
     let raw: Vec<u8> = vec![0x00, 0x9f, 0x92, 0x96, 0xff, 0xfe, b'r', b'a', b'w', 0x80];
     let resp = node3
@@ -299,7 +299,7 @@ async fn keyed_publish_read_back(c: &Cluster) {
         .cloned()
         .partition(|a| matches!(a.expected, Expected::Bytes(_)));
     assert_all_present(c, TOPIC, &json_acked, &c.ids(), CATCH_UP).await;
-    // API.md § Fetch by offset: binary *values* come back base64; the key published as
+    // docs/api.md § Fetch by offset: binary *values* come back base64; the key published as
     // `X-Key: key-7` stays "key-7".
     assert_all_present(c, TOPIC, &raw_acked, &c.ids(), CATCH_UP).await;
     // Nothing beyond what was acknowledged.
@@ -345,7 +345,7 @@ async fn publish_batch_to_fresh_topic(c: &Cluster) {
     }
 }
 
-/// README § Publish, acks: `acks=0` answers 202 with the count before anything is written,
+/// docs/api.md § Publish, acks: `acks=0` answers 202 with the count before anything is written,
 /// and the records still arrive; `acks=1` is refused with 400 and writes nothing.
 async fn acks_levels(c: &Cluster) {
     const TOPIC: &str = "acks";
@@ -392,7 +392,7 @@ async fn acks_levels(c: &Cluster) {
     assert_eq!(records.len(), 6, "acks=1 wrote nothing: {records:?}");
 }
 
-/// API.md § Publish, raw mode: a 200 whose JSON report and `X-Partition`/`X-Offset`
+/// docs/api.md § Publish, raw mode: a 200 whose JSON report and `X-Partition`/`X-Offset`
 /// headers agree.
 async fn raw_ack(resp: reqwest::Response, key: &str, bytes: Vec<u8>) -> Acked {
     let header = |name: &str| -> u64 {
@@ -425,7 +425,7 @@ async fn raw_ack(resp: reqwest::Response, key: &str, bytes: Vec<u8>) -> Acked {
     }
 }
 
-/// API.md § Publish, streaming mode: one delivery report per NDJSON line, in order.
+/// docs/api.md § Publish, streaming mode: one delivery report per NDJSON line, in order.
 async fn ndjson_stream_publish(c: &Cluster) {
     const TOPIC: &str = "ndjson";
     const LINES: usize = 300;
@@ -523,7 +523,7 @@ async fn ndjson_stream_publish(c: &Cluster) {
     assert_all_present(c, TOPIC, &acked, &[2], CATCH_UP).await;
 }
 
-/// API.md § Fetch by offset: an empty long-poll answers 200 `[]` once `timeout_ms` has
+/// docs/api.md § Fetch by offset: an empty long-poll answers 200 `[]` once `timeout_ms` has
 /// passed (not before, not much after); `timeout_ms=0` answers at once.
 async fn long_poll_empty_times_out(c: &Cluster) {
     const TOPIC: &str = "long-poll-empty";
@@ -575,8 +575,8 @@ async fn long_poll_empty_times_out(c: &Cluster) {
     }
 }
 
-/// API.md § Fetch by offset, DESIGN.md § Fetch path: a waiting long-poll answers as soon
-/// as a record is published (through another node), well before its timeout.
+/// docs/api.md § Fetch by offset, docs/architecture.md § Fetch path: a waiting long-poll answers as
+/// soon as a record is published (through another node), well before its timeout.
 async fn long_poll_wakes_on_publish(c: &Cluster) {
     const TOPIC: &str = "long-poll-wake";
     const TIMEOUT_MS: u64 = 10_000;
@@ -624,9 +624,9 @@ async fn long_poll_wakes_on_publish(c: &Cluster) {
     );
 }
 
-// --- bad input: DESIGN.md § Failure contract, "Bad input gets a 4xx with the JSON error
-// --- body and changes nothing"; API.md § Errors for the status. The `error` strings are
-// --- the project's stable catalog (api/src/error.rs, STYLE.md § Errors): clients match on
+// --- bad input gets a 4xx with the JSON error body and changes nothing
+// --- (docs/architecture.md § Failure contract; docs/api.md § Errors for the status). The
+// --- `error` strings are the project's stable catalog (api/src/error.rs): clients match on
 // --- them, so a rename is a breaking change these checks catch.
 
 /// Topic the bad-input checks aim at (3 partitions, one seed record each).
@@ -657,7 +657,7 @@ async fn post_records(
         })
 }
 
-/// API.md § Errors: 400 invalid, for a body that is not JSON.
+/// docs/api.md § Errors: 400 invalid, for a body that is not JSON.
 async fn bad_input_malformed_json(c: &Cluster) {
     let before = converged_high_watermarks(c, BAD).await;
     let node = c.node(2);
@@ -679,7 +679,7 @@ async fn bad_input_malformed_json(c: &Cluster) {
     assert_unchanged(c, BAD, &before, "malformed JSON").await;
 }
 
-/// API.md § Errors: 404 `topic_not_found` (error_code 40401) for publish, fetch and
+/// docs/api.md § Errors: 404 `topic_not_found` (error_code 40401) for publish, fetch and
 /// describe; publishing does not create the topic.
 async fn bad_input_unknown_topic(c: &Cluster) {
     const MISSING: &str = "no-such-topic";
@@ -724,7 +724,7 @@ async fn bad_input_unknown_topic(c: &Cluster) {
     }
 }
 
-/// API.md § Names and limits: a record over 1 MiB, a request over 10 MiB, headers over
+/// docs/api.md § Names and limits: a record over 1 MiB, a request over 10 MiB, headers over
 /// 8 KiB: 413, nothing written (not even the valid records of the same request).
 async fn bad_input_oversized(c: &Cluster) {
     let before = converged_high_watermarks(c, BAD).await;
@@ -900,7 +900,7 @@ async fn read_response(
     }
 }
 
-/// API.md § Names and limits and § Topics: a name outside `^[A-Za-z0-9._-]{1,249}$`,
+/// docs/api.md § Names and limits and § Topics: a name outside `^[A-Za-z0-9._-]{1,249}$`,
 /// or `.`/`..`, is 400 invalid and creates nothing; a 249-character name is fine.
 async fn bad_input_topic_name(c: &Cluster) {
     let node = c.node(2);
@@ -937,7 +937,7 @@ async fn bad_input_topic_name(c: &Cluster) {
 }
 
 /// Every `"name"` string anywhere in a JSON document (`GET /v1/topics`'s exact shape is
-/// not fixed by API.md).
+/// not fixed by docs/api.md).
 fn collect_names(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
@@ -951,7 +951,7 @@ fn collect_names(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// API.md § Errors: a partition the topic does not have is not found (404
+/// docs/api.md § Errors: a partition the topic does not have is not found (404
 /// `partition_not_found`, as Kafka REST proxies answer), for publish and fetch, and
 /// writes nothing.
 async fn bad_input_partition_out_of_range(c: &Cluster) {
@@ -983,7 +983,7 @@ async fn bad_input_partition_out_of_range(c: &Cluster) {
     assert_unchanged(c, BAD, &before, "a publish to a missing partition").await;
 }
 
-/// API.md § Fetch by offset: an offset above the end is 416 with `log_start_offset` and
+/// docs/api.md § Fetch by offset: an offset above the end is 416 with `log_start_offset` and
 /// `high_watermark`; the high watermark itself is a valid (empty) position.
 async fn bad_input_offset_out_of_range(c: &Cluster) {
     let hws = converged_high_watermarks(c, BAD).await;
@@ -1024,7 +1024,7 @@ async fn bad_input_offset_out_of_range(c: &Cluster) {
     assert_eq!(page.next_offset, hw);
 }
 
-/// API.md § Errors: 415 for a media type the publish endpoint does not take.
+/// docs/api.md § Errors: 415 for a media type the publish endpoint does not take.
 async fn bad_input_wrong_content_type(c: &Cluster) {
     let before = converged_high_watermarks(c, BAD).await;
     let node = c.node(1);
@@ -1045,7 +1045,7 @@ async fn bad_input_wrong_content_type(c: &Cluster) {
     assert_unchanged(c, BAD, &before, "a publish as application/xml").await;
 }
 
-/// API.md § Names and limits: more than 1,000 records in one request is 413 and writes
+/// docs/api.md § Names and limits: more than 1,000 records in one request is 413 and writes
 /// none of them; exactly 1,000 is accepted.
 async fn bad_input_too_many_records(c: &Cluster) {
     let before = converged_high_watermarks(c, BAD).await;
@@ -1086,13 +1086,13 @@ struct Attempt {
     outcome: PublishOutcome,
 }
 
-/// DESIGN.md § Failure contract; issue 3: kill -9 of a partition's leader while
+/// docs/architecture.md § Failure contract; issue 3: kill -9 of a partition's leader while
 /// publishing through the other nodes. Publishes succeed again within 5 s; the
 /// unavailable window answers 503 with `Retry-After` (or 504 outcome unknown), never
 /// anything else; after the node restarts, every acknowledged record is on it (and on
 /// the others), at its acknowledged offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_leader_kill_failover() {
+async fn publishes_resume_and_no_acked_record_is_lost_after_leader_kill() {
     const TOPIC: &str = "failover";
     const BATCH: usize = 5;
     let mut c = Cluster::start(3).await;
@@ -1259,12 +1259,12 @@ async fn issue_03_leader_kill_failover() {
     assert_all_present(&c, TOPIC, &acked, &[leader], Duration::from_secs(30)).await;
 }
 
-/// DESIGN.md § Failure contract, NODE_CLI.md (SIGTERM: exit 0; a restarted node keeps
-/// its data dir and rejoins): stopping every node and starting them again keeps every
+/// docs/architecture.md § Failure contract, docs/operations.md (SIGTERM: exit 0; a restarted node
+/// keeps its data dir and rejoins): stopping every node and starting them again keeps every
 /// acknowledged record at its offset, and new offsets continue after the old ones
 /// (never reused); the same after every node is killed with SIGKILL at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_full_cluster_restart() {
+async fn full_cluster_restart_keeps_records_and_never_reuses_offsets() {
     const TOPIC: &str = "durable";
     let mut c = Cluster::start(3).await;
     c.node(1).create_topic(TOPIC, 3, 3).await;
@@ -1314,7 +1314,7 @@ async fn publish_keyed(c: &Cluster, topic: &str, range: std::ops::Range<usize>) 
     acked
 }
 
-/// DESIGN.md § Fetch path: offsets are dense and never reused — one more record per
+/// docs/architecture.md § Fetch path: offsets are dense and never reused — one more record per
 /// partition lands exactly at the partition's old end.
 async fn assert_offsets_continue(c: &Cluster, topic: &str, acked: &mut Vec<Acked>) {
     let ends: BTreeMap<u32, u64> = by_partition(acked)

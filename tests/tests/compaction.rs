@@ -1,6 +1,6 @@
 //! Compacted topics and key views end to end (issue 8): real nodes, HTTP only.
 //!
-//! `issue_08_compacted_topic_key_views_survive_kill_and_compaction`: 100,000 updates over
+//! `compacted_topic_key_views_survive_kill_and_compaction`: 100,000 updates over
 //! 1,000 keys (batched publishes) into a three-partition compacted topic, then 100 keys
 //! deleted through `DELETE /keys/{key}`:
 //! - every key view, on every node, answers the last acknowledged value at its offset
@@ -8,7 +8,7 @@
 //!   answer 404 `key_not_found`; again after a kill -9 and restart of a node;
 //! - after compaction, reading each partition from offset 0 returns about one record per
 //!   key instead of 100: offsets strictly increasing, each the acknowledged latest of its
-//!   key (DESIGN.md § Fetch path: offsets are never changed or reused);
+//!   key (docs/architecture.md § Fetch path: offsets are never changed or reused);
 //! - after compaction a consumer building a table from the topic reads in full pages (the
 //!   read crosses compacted gaps): ONE fetch per partition from offset 0 returns every
 //!   survivor at its original offset with `next_offset` past the trailing gap; a group
@@ -19,7 +19,7 @@
 //! - `PUT` stores a value, scans page through a prefix in key order, a delete-policy topic
 //!   answers 422 `topic_not_compacted`.
 //!
-//! `issue_08_wiped_node_rejoins_a_compacted_topic_through_a_snapshot`: with snapshots every
+//! `wiped_node_rejoins_a_compacted_topic_through_a_snapshot`: with snapshots every
 //! 20 entries and no log kept after them, 320 publishes over 20 keys plus deletes make the
 //! leader snapshot and purge its Raft log; once compacted, a follower is killed and wiped,
 //! a few more updates land, and the rejoined node (which must install a partition snapshot)
@@ -168,7 +168,7 @@ async fn read_partition(node: &NodeClient, partition: u32) -> Result<Vec<(u64, S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn issue_08_compacted_topic_key_views_survive_kill_and_compaction() {
+async fn compacted_topic_key_views_survive_kill_and_compaction() {
     let mut cluster = Cluster::start_with_env(3, &[FAST_TICK]).await;
     let node = cluster.node(1);
     create_compacted(&node, 3).await;
@@ -687,7 +687,7 @@ async fn wait_compacted(node: &NodeClient, want: &[(u64, String)], what: &str) {
 // Issue 8: a node that lost its disk rejoins a compacted topic whose Raft log was purged: it
 // installs a snapshot and then serves the same key views and the same compacted log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn issue_08_wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {
+async fn wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {
     let mut cluster = Cluster::start_with_env(
         3,
         &[

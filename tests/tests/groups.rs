@@ -1,16 +1,16 @@
 //! Issue 4 "Must show": consumer groups on a three-node cluster of real `psubd node`
-//! processes, driven over HTTP as API.md § Consumer groups describes.
+//! processes, driven over HTTP as docs/api.md § Consumer groups describes.
 //!
-//! - `issue_04_split_expire_resume_fence`: two members joined through different nodes
+//! - `group_splits_partitions_expires_members_resumes_and_fences`: two members joined through different nodes
 //!   split a 4-partition topic; one commits less than it received and goes silent; after
 //!   its session timeout the other owns its partitions and resumes exactly at the
 //!   committed offsets; the expired member's commit and fetch are answered 409; lag is
 //!   `high_watermark - offset`; a member that leaves hands its partitions over at once.
-//! - `issue_04_members_come_and_go_at_least_once`: three members, one partition each,
+//! - `members_come_and_go_with_at_least_once_delivery`: three members, one partition each,
 //!   under continuous publishing while one leaves and re-joins and one dies and re-joins:
 //!   every offset below the final commit was delivered to some member (re-deliveries are
 //!   counted and reported).
-//! - `issue_04_offsets_survive_kill_of_any_node`: committed offsets survive kill -9 of each
+//! - `committed_offsets_survive_kill_of_any_node`: committed offsets survive kill -9 of each
 //!   node in turn (the coordinator's first) and read back equal from every node.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
@@ -39,7 +39,7 @@ const SHORT_SESSION_MS: u64 = 2_000;
 const LONG_SESSION_MS: u64 = 60_000;
 
 // ---------------------------------------------------------------------------------------
-// Local helpers: the group API as API.md § Consumer groups gives it.
+// Local helpers: the group API as docs/api.md § Consumer groups gives it.
 // ---------------------------------------------------------------------------------------
 
 type Tp = (String, u32);
@@ -311,7 +311,7 @@ async fn publish_per_partition(node: &NodeClient, from: u64, count: u64) {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_04_split_expire_resume_fence() {
+async fn group_splits_partitions_expires_members_resumes_and_fences() {
     let cluster = Cluster::start(3).await;
     let (n1, n2, n3) = (cluster.node(1), cluster.node(2), cluster.node(3));
     create_topic(&cluster).await;
@@ -320,7 +320,7 @@ async fn issue_04_split_expire_resume_fence() {
     // Bad input is refused with the documented errors and changes nothing.
     bad_input(&n3, group).await;
 
-    // API.md § Consumer groups: two members joined through different nodes split the
+    // docs/api.md § Consumer groups: two members joined through different nodes split the
     // topic, each partition owned by exactly one of them.
     let mut a = Member::join(&n1, group, SHORT_SESSION_MS).await;
     let mut b = Member::join(&n2, group, LONG_SESSION_MS).await;
@@ -524,7 +524,7 @@ async fn issue_04_split_expire_resume_fence() {
     expect_error(resp, 409, "group_not_empty", "delete with members").await;
 }
 
-/// API.md § Errors: bad input gets a 4xx with the JSON error body.
+/// docs/api.md § Errors: bad input gets a 4xx with the JSON error body.
 async fn bad_input(node: &NodeClient, group: &str) {
     let join = |g: &str, body: Value| {
         node.http()
@@ -651,7 +651,7 @@ async fn assert_read_back(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_04_offsets_survive_kill_of_any_node() {
+async fn committed_offsets_survive_kill_of_any_node() {
     let mut cluster = Cluster::start(3).await;
     create_topic(&cluster).await;
     publish_per_partition(&cluster.node(2), 0, 50).await;
@@ -818,7 +818,7 @@ async fn churn_consumer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_04_members_come_and_go_at_least_once() {
+async fn members_come_and_go_with_at_least_once_delivery() {
     let cluster = Cluster::start(3).await;
     cluster
         .node(1)
@@ -885,7 +885,7 @@ async fn issue_04_members_come_and_go_at_least_once() {
         rejoins += consumer.await.expect("consumer task");
     }
 
-    // DESIGN.md § Consumer groups: every offset below the final commit was delivered to
+    // docs/architecture.md § Consumer groups: every offset below the final commit was delivered to
     // some member; re-deliveries are allowed and counted.
     let deliveries = deliveries.lock().expect("deliveries").clone();
     let mut distinct: BTreeSet<(u32, u64)> = BTreeSet::new();
@@ -925,7 +925,7 @@ async fn issue_04_members_come_and_go_at_least_once() {
 /// stale replica right after resuming — offsets older than a commit acknowledged while it
 /// was away. A committed read must never go back (a 503 while it catches up is fine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_05_committed_offsets_never_read_back_older_after_a_pause() {
+async fn committed_offsets_never_read_back_older_after_a_pause() {
     let mut cluster = Cluster::start(3).await;
     create_topic(&cluster).await;
     publish_per_partition(&cluster.node(1), 0, PER_PARTITION).await;

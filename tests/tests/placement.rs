@@ -1,7 +1,7 @@
 //! Issue 3 (controller): replica placement on clusters larger than three nodes.
-//! DESIGN.md § Raft groups: "replica sets are chosen by the controller and spread over
-//! the nodes, so a 5- or 7-node cluster holds more partitions than a 3-node one, and
-//! leaders are balanced across nodes".
+//! The controller chooses replica sets and spreads them over the nodes, so a 5- or
+//! 7-node cluster holds more partitions than a 3-node one, and leaders are balanced
+//! across nodes (docs/architecture.md § Raft groups).
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
@@ -12,7 +12,7 @@ use psubd_tests::{eventually, Cluster, NewRecord};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_03_five_nodes_spread_replicas_and_leaders_and_skip_a_dead_node() {
+async fn five_nodes_spread_replicas_and_leaders_and_skip_a_dead_node() {
     let mut cluster = Cluster::start(5).await;
     let node = cluster.node(1);
     node.create_topic("wide", 5, 3).await;

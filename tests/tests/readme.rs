@@ -5,7 +5,7 @@
 //! for the whole run must hold no WARN or ERROR line: a healthy cluster gives an operator
 //! nothing to act on.
 //!
-//! This test binary holds only this test: it uses the README's fixed ports (8081-8083,
+//! This test binary holds no other cluster test: it uses the README's fixed ports (8081-8083,
 //! 9081-9083), which must be free.
 
 use std::net::TcpListener;

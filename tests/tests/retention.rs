@@ -1,12 +1,12 @@
 //! Retention end to end (issue 8): real nodes, HTTP only.
 //!
-//! - `issue_08_retention_by_age_size_and_group_reset`: a topic whose retention is changed
+//! - `retention_by_age_and_size_moves_the_log_start_and_resets_groups`: a topic whose retention is changed
 //!   to 2 s with `PATCH` loses its old records on every replica (the log start advances on
 //!   each node), old offsets answer 416 with `log_start_offset`, new publishes continue the
 //!   offset sequence; a group committed below the log start resumes per its
 //!   `auto_offset_reset` and its offsets view says so; `retention_bytes` set on the running
 //!   topic trims it by size on every node.
-//! - `issue_08_wiped_node_catches_up_through_a_retained_snapshot`: with snapshots every 20
+//! - `wiped_node_catches_up_through_a_retained_snapshot`: with snapshots every 20
 //!   entries, a wiped node rejoins after a trim and installs a snapshot holding only the
 //!   retained range: same log start, high watermark and stored bytes as the others.
 //!
@@ -217,10 +217,10 @@ async fn group_offsets_row(node: &NodeClient, group: &str) -> Result<Value, Stri
         .ok_or_else(|| format!("no committed offsets yet: {body}"))
 }
 
-// DESIGN.md § Fetch path ("retention moves the log start forward") and API.md § Fetch
-// (416 below the log start), issue 8 "Must show".
+// Retention moves the log start forward (docs/architecture.md § Fetch path), and a read
+// below it is 416 (docs/api.md § Fetch by offset).
 #[tokio::test]
-async fn issue_08_retention_by_age_size_and_group_reset() {
+async fn retention_by_age_and_size_moves_the_log_start_and_resets_groups() {
     let cluster = Cluster::start_with_env(3, &[FAST_TICK]).await;
     let n1 = cluster.node(1);
     let topic = "aging";
@@ -375,7 +375,7 @@ async fn node_gauge(node: &NodeClient, metric: &str) -> u64 {
 // Issue 8: "A node wiped and rejoined catches up through snapshots that carry only what
 // retention kept."
 #[tokio::test]
-async fn issue_08_wiped_node_catches_up_through_a_retained_snapshot() {
+async fn wiped_node_catches_up_through_a_retained_snapshot() {
     let mut cluster = Cluster::start_with_env(
         3,
         &[

@@ -1,5 +1,5 @@
 //! Issue 7 (partition streams): SSE and NDJSON streams against real node processes.
-//! API.md § Streams.
+//! docs/api.md § Streams.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
@@ -60,11 +60,11 @@ async fn read_records(reader: &mut SseReader, count: usize) -> Vec<(String, u64)
     seen
 }
 
-// API.md § Streams: SSE records arrive as published, with `id: <partition>-<offset>`;
+// docs/api.md § Streams: SSE records arrive as published, with `id: <partition>-<offset>`;
 // a stream resumed with Last-Event-ID continues without gap or repeat; NDJSON streams
 // one record per line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_07_sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap() {
+async fn sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap() {
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
     cluster.node(1).create_topic("ev", 1, 3).await;
@@ -151,7 +151,7 @@ async fn issue_07_sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap
 // Issue 7: killing the node serving a stream — the client reconnects to another node with
 // its Last-Event-ID and resumes without losing a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_07_stream_resumes_on_another_node_after_kill() {
+async fn stream_resumes_on_another_node_after_kill() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
     cluster.node(1).create_topic("ks", 1, 3).await;
@@ -256,12 +256,12 @@ async fn next_assignment(reader: &mut SseReader) -> Value {
     }
 }
 
-// API.md § Streams (member streams): records of the member's partitions with
+// docs/api.md § Streams (member streams): records of the member's partitions with
 // `id: <partition>-<offset>`; an `assignment` event first and when a second member joins;
 // closing the stream leaves the group promptly (the other member takes every partition
 // long before the 30 s session timeout); the stream never commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_07_member_stream_assignment_events_and_leave_on_close() {
+async fn member_stream_sends_assignment_events_and_leaves_on_close() {
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
     cluster.node(1).create_topic("mt", 2, 3).await;
@@ -397,7 +397,7 @@ async fn issue_07_member_stream_assignment_events_and_leave_on_close() {
 // Retry-After, for SSE and WebSocket alike), and a graceful shutdown (SIGTERM) ends an
 // open SSE stream cleanly and closes a WebSocket with a close frame (1001).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_07_stream_limit_and_graceful_shutdown() {
+async fn stream_limit_and_graceful_shutdown() {
     use tokio_tungstenite::tungstenite;
 
     let mut cluster = Cluster::start_with_env(3, &[("PSUBD_MAX_STREAMS", "2")]).await;

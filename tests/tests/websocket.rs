@@ -1,5 +1,5 @@
 //! Issue 7 (WebSocket): `GET /v1/ws` against real node processes, with a
-//! tokio-tungstenite client. API.md § Streams.
+//! tokio-tungstenite client. docs/api.md § Streams.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
@@ -121,12 +121,12 @@ fn records(range: std::ops::Range<u64>) -> Value {
     )
 }
 
-// API.md § Streams: over one WebSocket a client publishes (ack with offsets, errors with
+// docs/api.md § Streams: over one WebSocket a client publishes (ack with offsets, errors with
 // the request id and the catalog's body), subscribes to a partition under credit (never a
 // record beyond it), joins a group, commits explicitly, and after reconnecting resumes
 // at its commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_07_websocket_publish_subscribe_credit_commit_resume() {
+async fn websocket_publish_subscribe_credit_commit_resume() {
     let cluster = Cluster::start(3).await;
     cluster.node(1).create_topic("wt", 1, 3).await;
     let mut ws = Ws::connect(&cluster.http(2)).await;

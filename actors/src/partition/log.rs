@@ -1257,7 +1257,7 @@ mod tests {
     /// record comes with its original offset, `next_offset` continues past the gaps, and
     /// paging by records or by bytes yields every survivor exactly once.
     #[tokio::test]
-    async fn issue_08_reads_cross_sparse_batches_with_original_offsets() {
+    async fn reads_cross_sparse_batches_with_original_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let storage = NodeStorage::open(dir.path(), 1 << 20).unwrap();
         let (logic, reader) = PartitionLogic::with_policy(CleanupPolicy::Compact);
@@ -1390,7 +1390,7 @@ mod tests {
     /// up with them too — including the survivors below the plan's high watermark, which a
     /// rewrite into the batch above it would have let the replayed appends overwrite.
     #[tokio::test]
-    async fn issue_08_compaction_under_a_snapshot_hold_converges_with_other_replicas() {
+    async fn compaction_under_a_snapshot_hold_converges_with_other_replicas() {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let storages: Vec<_> = dirs
             .iter()

@@ -1,7 +1,7 @@
 //! The partition actor: owns one partition replica's Raft handle and turns concurrent
 //! publishes into few Raft entries.
 //!
-//! Batching (DESIGN.md § Publish path): at most [`BatchLimits::max_entries_in_flight`]
+//! Batching (docs/architecture.md § Publish path): at most [`BatchLimits::max_entries_in_flight`]
 //! entries are being replicated at once; while that many are, every publish that arrives is
 //! queued, and when one commits, the queued publishes go out as the next entry (bounded by
 //! bytes and records). Offsets are assigned at apply, so each waiting request gets
@@ -13,7 +13,7 @@
 //! several entries only multiplies the per-entry work (a flush, AppendEntries, an apply on
 //! every replica). Measured on a 3-node cluster (two runs each): single-record publishes
 //! with 64 in flight went from 6,730 and 6,500 to 7,549 and 9,020 records/s, p99 from
-//! about 20 to 14–17 ms, going from 4 entries in flight to 1 (README § Benchmarks).
+//! about 20 to 14–17 ms, going from 4 entries in flight to 1 (docs/benchmarks.md).
 //!
 //! The actor never awaits a Raft commit inside `handle`: it hands the entry to Raft (which
 //! only enqueues it, so entries are proposed in the order the actor built them, and offsets
@@ -48,13 +48,13 @@ use crate::error::PartitionError;
 use crate::record::{join_batch, EncodedRecords};
 pub use log::{FetchedIter, FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError};
 
-/// How a publish is acknowledged (API.md § Publish).
+/// How a publish is acknowledged (docs/api.md § Publish).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Acks {
     /// After the entry is committed on a majority and applied.
     All,
     /// After the leader's own append. psubd currently answers `acks=1` at commit, like
-    /// `all`: never weaker than asked (see README § Publish).
+    /// `all`: never weaker than asked (see docs/api.md § Publish).
     Leader,
     /// At once, before any write.
     None,

@@ -3,7 +3,7 @@
 //! The decision is the leader's alone: its maintenance tick runs [`plan_trim`] over the
 //! [`BatchIndex`] of its applied state and proposes a `Trim { new_log_start }` through
 //! Raft, so every replica removes exactly the same batches at the same log position
-//! (DESIGN.md § Fetch path: retention moves the log start forward, offsets are never
+//! (docs/architecture.md § Fetch path: retention moves the log start forward, offsets are never
 //! reused). Replicas never decide on their own, so clocks may differ between nodes.
 //!
 //! Whole batches only: a batch is the unit of storage, and a trim never splits one. The

@@ -1,4 +1,4 @@
-//! `GET /v1/ws`: the WebSocket API (API.md § Streams).
+//! `GET /v1/ws`: the WebSocket API (docs/api.md § Streams).
 //!
 //! The client sends JSON operations as text messages, each with an optional `id` that the
 //! answer echoes:

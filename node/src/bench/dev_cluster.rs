@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// Raft ports are this far above HTTP ports (NODE_CLI.md, `psubd dev`).
+/// Raft ports are this far above HTTP ports (docs/operations.md, `psubd dev`).
 const RAFT_PORT_OFFSET: u16 = 1000;
 
 /// How long the launcher gets to stop its nodes after SIGTERM before the group is killed

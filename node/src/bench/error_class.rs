@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use reqwest::StatusCode;
 
-/// Why one HTTP exchange did not succeed. The classes follow API.md § Errors, so that a
+/// Why one HTTP exchange did not succeed. The classes follow docs/api.md § Errors, so that a
 /// reader of the table knows what the server meant (503 = no leader or no quorum, 504 =
 /// outcome unknown) without reading logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Consumer-group members (API.md § Consumer groups): join, long-poll the member's
+//! Consumer-group members (docs/api.md § Consumer groups): join, long-poll the member's
 //! records (which is also the heartbeat), commit positions every `--commit-interval`,
 //! re-join when fenced, leave at the end.
 //!

@@ -1,11 +1,11 @@
-//! `psubd bench`: the load generator behind the README's benchmark table.
+//! `psubd bench`: the load generator behind the tables of docs/benchmarks.md.
 //!
 //! In the spirit of `kafka-producer-perf-test` and `nats bench`: producers publish
 //! pre-built request bodies over keep-alive HTTP connections, consumers read by offset
 //! (long-poll fetch) or as members of a consumer group, and the tool prints records/s,
 //! MB/s, request latency percentiles, end-to-end latency (publish → consume), errors by
 //! class and duplicates seen by consumers. `--json` writes the same figures with the
-//! machine and the parameters, so a table in the README can be traced to a run.
+//! machine and the parameters, so a table in docs/benchmarks.md can be traced to a run.
 //!
 //! # Layout
 //!
@@ -47,7 +47,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-/// Arguments of `psubd bench`; every figure the README quotes is reproducible from them.
+/// Arguments of `psubd bench`; every figure docs/benchmarks.md quotes is reproducible from them.
 ///
 /// Concurrency model: each of a producer's `--in-flight` requests is a sequential loop on
 /// its own keep-alive connection (HTTP/1.1 does not pipeline), so the load is
@@ -162,7 +162,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub consumers: u32,
 
-    /// Members of one consumer group (API.md § Consumer groups), committing offsets
+    /// Members of one consumer group (docs/api.md § Consumer groups), committing offsets
     /// every `--commit-interval`.
     #[arg(long, default_value_t = 0)]
     pub group_consumers: u32,
@@ -269,7 +269,7 @@ pub enum StartFrom {
     Earliest,
 }
 
-/// The API's limit on records per publish request (API.md § Names and limits).
+/// The API's limit on records per publish request (docs/api.md § Names and limits).
 const MAX_RECORDS_PER_REQUEST: u32 = 1000;
 
 /// Most producer loops the value header can name (its producer field is 4 hex digits).
@@ -366,7 +366,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Topic and group names as API.md § Names and limits allows them (so they go into
+/// Topic and group names as docs/api.md § Names and limits allows them (so they go into
 /// URLs without escaping).
 fn is_valid_name(name: &str) -> bool {
     (1..=249).contains(&name.len())

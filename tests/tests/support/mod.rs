@@ -37,7 +37,7 @@ pub struct Acked {
 }
 
 impl Acked {
-    /// Pairs published records with their delivery reports (same order, per API.md).
+    /// Pairs published records with their delivery reports (same order, per docs/api.md).
     pub fn from_publish(records: &[NewRecord], reports: &[DeliveryReport]) -> Vec<Acked> {
         assert_eq!(
             records.len(),
@@ -102,7 +102,7 @@ pub fn by_partition(acked: &[Acked]) -> BTreeMap<u32, BTreeMap<u64, &Acked>> {
     out
 }
 
-/// DESIGN.md § Failure contract: every acknowledged record is readable from each of
+/// docs/architecture.md § Failure contract: every acknowledged record is readable from each of
 /// `nodes`, in order, at its acknowledged offset. Waits up to `timeout` for a node to
 /// catch up (a follower may apply a moment after the leader acknowledged); a record
 /// that is there but different fails at once.

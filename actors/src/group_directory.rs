@@ -315,7 +315,7 @@ async fn purge_deleted_topics(inner: Weak<Inner>) {
                 };
                 match propose(&handle.raft, &command, inner.limits.write_timeout).await {
                     Ok(()) => info!(topic = %topic, "purged committed offsets of a deleted topic"),
-                    Err(error) => warn!(topic = %topic, %error, "offsets purge failed; will retry"),
+                    Err(error) => info!(topic = %topic, %error, "offsets purge failed; will retry"),
                 }
             }
         }

@@ -41,7 +41,7 @@ use psubd_raft::types::typ::{Raft, RaftMetrics};
 use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::ControllerState;
 use crate::error::PartitionError;
@@ -299,7 +299,7 @@ impl PartitionState {
                 Ok(Ok(Ok(_))) => {}
                 // Not committed (leadership moved, timeout): the next leader's tick decides
                 // again from its own applied state.
-                _ => warn!(group, new_log_start, "retention trim not confirmed"),
+                _ => info!(group, new_log_start, "retention trim not confirmed"),
             }
             let _ = myself.send_message(PartitionMsg::TrimDone);
         });
@@ -342,8 +342,9 @@ impl PartitionState {
         let timeout = self.limits.write_timeout;
         let (myself, group) = (myself.clone(), self.group);
         tokio::spawn(async move {
+            // Not committed (leadership moved): the next leader decides again. Routine.
             if !matches!(tokio::time::timeout(timeout, receiver).await, Ok(Ok(Ok(_)))) {
-                warn!(group, "compaction command not confirmed");
+                info!(group, "compaction command not confirmed");
             }
             let _ = myself.send_message(PartitionMsg::CompactDone);
         });

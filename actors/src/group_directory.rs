@@ -15,7 +15,7 @@ use std::time::Duration;
 use psubd_raft::GroupId;
 use ractor::{Actor, ActorRef, ActorStatus};
 use tokio::sync::{watch, Mutex};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::assignment::TopicPartition;
 use crate::controller::ControllerState;

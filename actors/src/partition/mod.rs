@@ -41,7 +41,7 @@ use psubd_raft::types::typ::{Raft, RaftMetrics};
 use psubd_raft::{GroupId, NodeId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::controller::ControllerState;
 use crate::error::PartitionError;

@@ -268,13 +268,17 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
 }
 
 /// A coordinator's "not here" becomes a partition's "not leader" (nothing changed in
-/// either case), so the edge's leader-following retry finds the coordinator.
+/// either case), so the edge's leader-following retry finds the coordinator, or waits for
+/// one.
 fn group_response(result: Result<ForwardResponse, GroupError>) -> ForwardResponse {
     match result {
         Ok(response) => response,
         Err(GroupError::NotCoordinator { leader }) => {
             ForwardResponse::Partition(PartitionError::NotLeader { leader })
         }
+        // Likewise a coordinator without a quorum: the edge waits for one, as for a
+        // partition leader on a minority side.
+        Err(GroupError::NoQuorum) => ForwardResponse::Partition(PartitionError::NoQuorum),
         Err(error) => ForwardResponse::GroupRefused(error),
     }
 }

@@ -199,6 +199,8 @@ impl RaftTuning {
             outbound_queue: self.outbound_queue_frames,
             keepalive: Duration::from_millis(self.keepalive_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            suspect_after: Duration::from_millis(2 * self.keepalive_ms)
+                .min(Duration::from_millis(self.idle_timeout_ms)),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             reconnect_min: Duration::from_millis(self.reconnect_min_ms),

@@ -534,7 +534,8 @@ impl RaftNode {
     /// is this node).
     ///
     /// # Errors
-    /// [`TransportError::Unreachable`] at once if there is no connection to `to`;
+    /// [`TransportError::Unreachable`] at once if there is no connection to `to`, or the
+    /// peer has been silent on it for twice the keepalive (nothing is sent then);
     /// [`TransportError::Timeout`] after `timeout`; [`TransportError::Refused`] if the peer
     /// has no service installed.
     pub async fn call_peer(
@@ -557,6 +558,9 @@ impl RaftNode {
                     peer: to,
                     after: timeout,
                 });
+        }
+        if self.inner.transport.is_silent(to) {
+            return Err(TransportError::Unreachable { peer: to });
         }
         match self
             .inner

@@ -821,6 +821,59 @@ async fn forwarded_requests_reach_the_peer_service_and_fail_fast_when_unreachabl
     cluster.shutdown().await;
 }
 
+/// A peer not heard from for twice the keepalive (cut off, or stopped without closing the
+/// socket) gets no forwarded request: the call fails at once as unreachable (nothing was
+/// sent, so the caller may go elsewhere) instead of waiting until the connection is given
+/// up; once the peer is heard again, calls go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_requests_skip_a_silent_peer() {
+    let tuning = RaftTuning::default();
+    let suspect_after = Duration::from_millis(2 * tuning.keepalive_ms);
+    let mut cluster = Cluster::start(3, tuning).await;
+    eventually(
+        Duration::from_secs(10),
+        "1 connected to 2 and 3",
+        || async { (cluster.node(1).connected_peers() == vec![2, 3]).then_some(()) },
+    )
+    .await;
+    cluster.node(2).set_service(Arc::new(Echo));
+    // Short, so the probes below end well before the connection is given up (5 s).
+    let timeout = Duration::from_millis(300);
+    // Node 1 stops taking in what node 2 sends: node 2 falls silent, the connection stays.
+    cluster.node(1).faults().cut(2);
+    let refused = eventually(Duration::from_secs(10), "2 suspected by 1", || async {
+        let started = Instant::now();
+        match cluster
+            .node(1)
+            .call_peer(2, Bytes::from_static(b"x"), timeout)
+            .await
+        {
+            Err(TransportError::Unreachable { peer: 2 }) => Some(started.elapsed()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        refused < Duration::from_millis(100),
+        "refused after {refused:?}"
+    );
+    assert!(
+        cluster.node(1).connected_peers().contains(&2),
+        "suspected within {suspect_after:?}, before the connection is given up"
+    );
+    cluster.node(1).faults().heal_all();
+    let answer = eventually(Duration::from_secs(10), "2 heard again", || async {
+        cluster
+            .node(1)
+            .call_peer(2, Bytes::from_static(b"hi"), timeout)
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(&answer[..], b"from 1: hi");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_and_lossy_links_still_replicate_identically() {
     // docs/architecture.md § Failure contract: a slow peer degrades throughput, never correctness.

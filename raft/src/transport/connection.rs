@@ -69,6 +69,12 @@ pub(crate) struct Connection {
     next_id: AtomicU64,
     inflight: Semaphore,
     closed: CancellationToken,
+    /// When the connection was opened: the origin of `last_heard_ms`.
+    opened: Instant,
+    /// Milliseconds after `opened` at which the last frame from the peer was taken in (a
+    /// dropped frame of an injected fault does not count). A healthy peer is heard at least
+    /// every keepalive: it pings when it has nothing else to say.
+    last_heard_ms: AtomicU64,
 }
 
 impl Connection {
@@ -96,6 +102,8 @@ impl Connection {
             next_id: AtomicU64::new(0),
             inflight: Semaphore::new(limits.max_inflight),
             closed: shutdown.child_token(),
+            opened: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
         });
         tokio::spawn(write_loop(
             conn.clone(),
@@ -128,6 +136,17 @@ impl Connection {
     /// True once the connection is closed (it never reopens).
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// How long since the peer was last heard on this connection.
+    pub(crate) fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(heard)
+    }
+
+    fn heard(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_heard_ms.store(now, Ordering::Relaxed);
     }
 
     /// Resolves when the connection is closed.
@@ -321,6 +340,7 @@ async fn read_loop(
                 }
             }
         }
+        conn.heard();
         let frame = match codec::decode(&body) {
             Ok(frame) => frame,
             Err(err) => {

@@ -61,6 +61,9 @@ pub(crate) struct TransportLimits {
     pub keepalive: Duration,
     /// A connection that received nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection that received nothing for this long is suspect: forwarded requests
+    /// are not sent on it (see [`Transport::is_silent`]). Below `idle_timeout`.
+    pub suspect_after: Duration,
     /// Deadline for a TCP connect.
     pub connect_timeout: Duration,
     /// Deadline for the hello exchange.
@@ -152,6 +155,17 @@ impl Transport {
             .collect();
         peers.sort_unstable();
         peers
+    }
+
+    /// True when a connection to `peer` exists but nothing came from the peer for
+    /// `suspect_after` (twice the keepalive): the peer is probably cut off or stopped, and
+    /// a request sent now would most likely sit until the connection is given up. The
+    /// caller can then go elsewhere, knowing nothing was sent.
+    pub(crate) fn is_silent(&self, peer: NodeId) -> bool {
+        self.inner
+            .read_connections()
+            .get(&peer)
+            .is_some_and(|c| !c.is_closed() && c.silent_for() > self.inner.limits.suspect_after)
     }
 
     /// Sends `body` to `peer` and waits for the answer, at most `timeout`.

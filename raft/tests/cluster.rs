@@ -824,7 +824,8 @@ async fn forwarded_requests_reach_the_peer_service_and_fail_fast_when_unreachabl
 /// A peer not heard from for twice the keepalive (cut off, or stopped without closing the
 /// socket) gets no forwarded request: the call fails at once as unreachable (nothing was
 /// sent, so the caller may go elsewhere) instead of waiting until the connection is given
-/// up; once the peer is heard again, calls go through.
+/// up; once the peer is heard again, calls go through. A request already waiting on a
+/// peer that falls silent fails then too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarded_requests_skip_a_silent_peer() {
     let tuning = RaftTuning::default();
@@ -871,6 +872,28 @@ async fn forwarded_requests_skip_a_silent_peer() {
     })
     .await;
     assert_eq!(&answer[..], b"from 1: hi");
+
+    // A request waiting for an answer when its peer falls silent fails once the peer is
+    // suspect, not when the connection is given up (5 s).
+    cluster.node(3).set_service(Arc::new(Hang));
+    let caller = cluster.node(1).clone();
+    let pending = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = caller
+            .call_peer(3, Bytes::from_static(b"x"), Duration::from_secs(20))
+            .await;
+        (result, started.elapsed())
+    });
+    cluster.node(1).faults().cut(3);
+    let (result, took) = pending.await.unwrap();
+    assert!(
+        matches!(result, Err(TransportError::ConnectionClosed { peer: 3 })),
+        "{result:?}"
+    );
+    assert!(
+        took < Duration::from_millis(4_000),
+        "the pending request failed only after {took:?} (suspect after {suspect_after:?})"
+    );
     cluster.shutdown().await;
 }
 

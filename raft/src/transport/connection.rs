@@ -118,7 +118,10 @@ impl Connection {
             faults.clone(),
             handler.clone(),
             Arc::new(Semaphore::new(limits.max_inflight)),
-            limits.idle_timeout,
+            ReadTimers {
+                idle_timeout: limits.idle_timeout,
+                suspect_after: limits.suspect_after,
+            },
         ));
         conn
     }
@@ -157,6 +160,11 @@ impl Connection {
     /// Closes the connection: the tasks stop and every pending request fails at once.
     pub(crate) fn close(&self) {
         self.closed.cancel();
+        self.fail_pending();
+    }
+
+    /// Fails every request waiting for an answer (as if the connection had closed).
+    fn fail_pending(&self) {
         let drained: Vec<_> = self.lock_pending().drain().collect();
         // Dropping the senders wakes every waiter with an error.
         drop(drained);
@@ -302,18 +310,41 @@ async fn write_loop(
     conn.close();
 }
 
+/// The reader's timers (from [`TransportLimits`]).
+struct ReadTimers {
+    /// Nothing received for this long (dropped frames included): the connection closes.
+    idle_timeout: Duration,
+    /// Nothing taken in from the peer for this long: pending requests fail.
+    suspect_after: Duration,
+}
+
 async fn read_loop(
     conn: Arc<Connection>,
     mut reader: FrameReader,
     faults: Arc<Faults>,
     handler: Arc<dyn InboundHandler>,
     serving: Arc<Semaphore>,
-    idle_timeout: Duration,
+    timers: ReadTimers,
 ) {
+    let mut last_frame = Instant::now();
+    let mut suspected = false;
     loop {
+        let suspect_at = conn.opened
+            + Duration::from_millis(conn.last_heard_ms.load(Ordering::Relaxed))
+            + timers.suspect_after;
         let next = tokio::select! {
             _ = conn.closed.cancelled() => break,
-            next = tokio::time::timeout(idle_timeout, reader.next()) => next,
+            // The peer fell silent (cut off, paused): the requests waiting for its answers
+            // fail now rather than when the connection is given up, so their callers learn
+            // of it (as an unknown outcome, since they may have been delivered) seconds
+            // sooner. The connection stays: the peer may only be slow.
+            _ = tokio::time::sleep_until(suspect_at), if !suspected => {
+                suspected = true;
+                tracing::debug!(peer = conn.peer, "peer silent; failing the requests waiting on it");
+                conn.fail_pending();
+                continue;
+            }
+            next = tokio::time::timeout_at(last_frame + timers.idle_timeout, reader.next()) => next,
         };
         let body = match next {
             Err(_) => {
@@ -331,6 +362,7 @@ async fn read_loop(
             Ok(Some(Ok(body))) => body,
         };
         let received_at = Instant::now();
+        last_frame = received_at;
         match faults.verdict(conn.peer) {
             Verdict::Pass => {}
             Verdict::Drop => continue,
@@ -341,6 +373,7 @@ async fn read_loop(
             }
         }
         conn.heard();
+        suspected = false;
         let frame = match codec::decode(&body) {
             Ok(frame) => frame,
             Err(err) => {

@@ -34,8 +34,9 @@ pub enum TransportError {
         /// The deadline that passed.
         after: Duration,
     },
-    /// The connection carrying the request closed before the answer came.
-    #[error("connection to peer {peer} closed before the answer")]
+    /// The connection carrying the request closed, or the peer fell silent on it, before
+    /// the answer came.
+    #[error("connection to peer {peer} closed or silent before the answer")]
     ConnectionClosed {
         /// The peer asked.
         peer: NodeId,

@@ -14,8 +14,8 @@
 //! - `send-order`: publish A completed before publish B was invoked, same partition, and
 //!   B got the lower offset.
 //! - `read-gap`: a read (by offset, by a group member within its session, or the final
-//!   read) skipped offsets that exist: offsets are dense and start at 0 (docs/architecture.md §
-//! Fetch path).
+//!   read) skipped offsets that exist: offsets are dense and start at 0
+//!   (docs/architecture.md § Fetch path).
 //! - `nonmonotonic-read`: offsets going backwards within one answer, an answer starting
 //!   below the requested offset, or a member re-delivered offsets within one session and
 //!   generation.

@@ -355,7 +355,7 @@ impl RaftNode {
         if let Some(raft) = self.group(group) {
             return Ok(raft);
         }
-        let nodes = self.member_nodes(group, &members)?;
+        let nodes = self.member_nodes(group, &members).map_err(|e| *e)?;
         let pristine = inner.storage.group_is_pristine(group)?;
         let log_store = inner.storage.log_store(group)?;
         let (schedule, snapshot_requests) = SnapshotSchedule::new(&inner.config.tuning);
@@ -460,7 +460,7 @@ impl RaftNode {
             .filter(|a| !matches!(a, Ok(PeerResponse::GroupRunning { running: true })))
             .count();
         tracing::debug!(group, not_running = waiting, "initialising a new group");
-        let nodes = self.member_nodes(group, members)?;
+        let nodes = self.member_nodes(group, members).map_err(|e| *e)?;
         match raft.initialize(nodes).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
@@ -472,20 +472,24 @@ impl RaftNode {
     }
 
     /// The members with their transport addresses, as openraft's membership wants them.
+    ///
+    /// # Errors
+    /// [`RaftNodeError::InvalidConfig`] when a member is not a known peer.
     fn member_nodes(
         &self,
         group: GroupId,
         members: &BTreeSet<NodeId>,
-    ) -> Result<BTreeMap<NodeId, BasicNode>, RaftNodeError> {
-        members
-            .iter()
-            .map(|member| match self.inner.config.peers.get(member) {
-                Some(addr) => Ok((*member, BasicNode::new(addr.to_string()))),
-                None => Err(RaftNodeError::InvalidConfig {
+    ) -> Result<BTreeMap<NodeId, BasicNode>, Box<RaftNodeError>> {
+        let mut nodes = BTreeMap::new();
+        for member in members {
+            let Some(addr) = self.inner.config.peers.get(member) else {
+                return Err(Box::new(RaftNodeError::InvalidConfig {
                     reason: format!("group {group} member {member} is not a known peer"),
-                }),
-            })
-            .collect()
+                }));
+            };
+            nodes.insert(*member, BasicNode::new(addr.to_string()));
+        }
+        Ok(nodes)
     }
 
     /// Ids of the running groups, ascending.

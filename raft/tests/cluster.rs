@@ -830,7 +830,7 @@ async fn forwarded_requests_reach_the_peer_service_and_fail_fast_when_unreachabl
 async fn forwarded_requests_skip_a_silent_peer() {
     let tuning = RaftTuning::default();
     let suspect_after = Duration::from_millis(2 * tuning.keepalive_ms);
-    let mut cluster = Cluster::start(3, tuning).await;
+    let cluster = Cluster::start(3, tuning).await;
     eventually(
         Duration::from_secs(10),
         "1 connected to 2 and 3",

@@ -923,3 +923,67 @@ impl Actor for CoordinatorActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(partition: u32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition,
+        }
+    }
+
+    fn member() -> Member {
+        Member {
+            topics: BTreeSet::from(["t".to_string()]),
+            session_timeout: Duration::from_secs(10),
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            last_seen: Instant::now(),
+            told_generation: 4,
+            assigned: BTreeSet::from([tp(0), tp(1)]),
+            confirmed: HashMap::new(),
+            delivered: HashMap::from([(tp(0), 10), (tp(1), 3)]),
+            fetches: 0,
+            detached_until: None,
+        }
+    }
+
+    fn token(generation: u64, offsets: Vec<Option<u64>>) -> PositionToken {
+        PositionToken {
+            generation,
+            offsets,
+        }
+    }
+
+    /// Issue 18: a token confirms only what was delivered, never moves back, and one of
+    /// another generation is ignored; one that does not fit the assignment is refused.
+    #[test]
+    fn issue_18_tokens_confirm_only_delivered_positions_forward() {
+        let mut m = member();
+        m.confirm(4, &token(4, vec![Some(7), Some(50)])).unwrap();
+        assert_eq!(m.confirmed[&tp(0)], 7);
+        assert_eq!(m.confirmed[&tp(1)], 3, "capped at what was delivered");
+        m.confirm(4, &token(4, vec![Some(2), None])).unwrap();
+        assert_eq!(m.confirmed[&tp(0)], 7, "never backwards");
+        m.confirm(4, &token(3, vec![Some(10), Some(3)])).unwrap();
+        assert_eq!(
+            m.confirmed[&tp(0)],
+            7,
+            "a stale generation's token is ignored"
+        );
+        assert!(matches!(
+            m.confirm(4, &token(4, vec![Some(1)])),
+            Err(GroupError::InvalidPosition { .. })
+        ));
+        assert_eq!(m.confirmed[&tp(0)], 7, "a refused token changes nothing");
+        let mut fresh = member();
+        fresh.delivered.clear();
+        fresh.confirm(4, &token(4, vec![Some(5), Some(5)])).unwrap();
+        assert!(
+            fresh.confirmed.is_empty(),
+            "nothing delivered, nothing confirmed"
+        );
+    }
+}

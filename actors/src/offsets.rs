@@ -914,16 +914,25 @@ mod tests {
             ),
             garbage,
             normal(4, &commit("g", vec![entry("t", 1, 1001, 10)])),
+            normal(5, &fenced("g", 2, 6, vec![entry("t", 1, 1001, 11)])),
         ])
         .await
         .unwrap();
-        assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(10));
+        assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(11));
         drop(sm);
         let (logic, reopened) = OffsetsLogic::new();
         let _sm = storage.state_machine(42, Box::new(logic)).unwrap();
         assert!(reopened.is_ready());
         assert_eq!(reopened.committed("g"), reader.committed("g"));
         assert_eq!(reopened.get("g", "t", 0).map(|c| c.offset), Some(5));
+        assert_eq!(
+            reopened.fence("g"),
+            Some(Fence {
+                epoch: 2,
+                generation: 6
+            }),
+            "the fence is reloaded too"
+        );
     }
 
     #[test]

@@ -755,7 +755,8 @@ impl CoordinatorState {
                 grace_ms,
             } => match self.members.get_mut(&member_id) {
                 Some(member) => {
-                    member.detached_until = Some(Instant::now() + Duration::from_millis(grace_ms));
+                    member.detached_until =
+                        Instant::now().checked_add(Duration::from_millis(grace_ms));
                     Ok(GroupAnswer::Done)
                 }
                 None => Err(GroupError::UnknownMember),
@@ -795,10 +796,11 @@ impl CoordinatorState {
                         members: self.members.len(),
                     })
                 } else {
-                    let command = OffsetsCommand::Reset {
+                    let command = OffsetsCommand::ResetFenced {
                         group: self.args.group.clone(),
                         offsets,
                         commit_ms: now_ms(),
+                        fence: self.fence(),
                     };
                     return self.spawn_write(command, reply);
                 }

@@ -17,8 +17,9 @@
 //! committed offset backwards for it, on every replica alike (the decision depends only on
 //! the replicated state and the entry). So a commit checked under generation N that is
 //! applied after generation N+1's commit changes nothing, whatever the order the
-//! coordinator's spawned proposals reached Raft in. Only [`OffsetsCommand::Reset`] moves
-//! an offset back. Compatibility: state and snapshots without fences load (no fence:
+//! coordinator's spawned proposals reached Raft in. Only a reset
+//! ([`OffsetsCommand::ResetFenced`]) moves an offset back; it raises the group's fence to
+//! the coordinator's, so a commit still in flight from before the reset cannot undo it. Compatibility: state and snapshots without fences load (no fence:
 //! every commit passes); the unfenced [`OffsetsCommand::Commit`] of older logs still
 //! decodes and applies as it did, so replaying an old log gives the same state. A node of
 //! an older version cannot decode `CommitFenced` (it answers `Invalid` and skips it), so
@@ -118,7 +119,8 @@ pub enum OffsetsCommand {
         /// Commit time.
         commit_ms: i64,
     },
-    /// An administrative reset (only proposed while the group has no members).
+    /// An administrative reset from before fencing: only decoded from older logs;
+    /// [`OffsetsCommand::ResetFenced`] is proposed instead.
     Reset {
         /// The consumer group.
         group: String,
@@ -149,6 +151,19 @@ pub enum OffsetsCommand {
         /// Commit time.
         commit_ms: i64,
         /// The coordinator's epoch and the generation the commit was checked under.
+        fence: Fence,
+    },
+    /// An administrative reset (only proposed while the group has no members): sets the
+    /// offsets, and raises the group's fence to `fence` so that commits checked before
+    /// the reset are refused.
+    ResetFenced {
+        /// The consumer group.
+        group: String,
+        /// The offsets.
+        offsets: Vec<OffsetEntry>,
+        /// Reset time.
+        commit_ms: i64,
+        /// The coordinator's epoch and generation when the reset was checked.
         fence: Fence,
     },
 }
@@ -294,6 +309,29 @@ impl OffsetsLogic {
         Ok(())
     }
 
+    /// Sets offsets as given (a reset, or a commit from before fencing).
+    fn set_offsets(
+        &mut self,
+        group: &str,
+        offsets: Vec<OffsetEntry>,
+        commit_ms: i64,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        for entry in offsets {
+            let value = CommittedOffset {
+                offset: entry.offset,
+                commit_ms,
+                topic_group: entry.topic_group,
+            };
+            self.set(
+                (group.to_string(), entry.topic, entry.partition),
+                value,
+                batch,
+            )?;
+        }
+        Ok(())
+    }
+
     /// A fenced commit: refused below the group's fence; offsets only move forward.
     fn commit_fenced(
         &mut self,
@@ -341,6 +379,17 @@ impl OffsetsLogic {
                 commit_ms,
                 fence,
             } => return self.commit_fenced(group, offsets, commit_ms, fence, batch),
+            OffsetsCommand::ResetFenced {
+                group,
+                offsets,
+                commit_ms,
+                fence,
+            } => {
+                if self.staged.fences.get(&group).is_none_or(|f| *f < fence) {
+                    self.set_fence(&group, fence, batch)?;
+                }
+                self.set_offsets(&group, offsets, commit_ms, batch)?;
+            }
             OffsetsCommand::Commit {
                 group,
                 offsets,
@@ -350,16 +399,7 @@ impl OffsetsLogic {
                 group,
                 offsets,
                 commit_ms,
-            } => {
-                for entry in offsets {
-                    let value = CommittedOffset {
-                        offset: entry.offset,
-                        commit_ms,
-                        topic_group: entry.topic_group,
-                    };
-                    self.set((group.clone(), entry.topic, entry.partition), value, batch)?;
-                }
-            }
+            } => self.set_offsets(&group, offsets, commit_ms, batch)?,
             OffsetsCommand::DeleteGroup { group } => {
                 // The fence stays: a zombie member's commit must not revive the group.
                 let keys: Vec<OffsetKey> = group_range(&self.staged.offsets, &group)
@@ -749,14 +789,22 @@ mod tests {
         assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(4));
         apply_one(
             &mut logic,
-            OffsetsCommand::Reset {
+            OffsetsCommand::ResetFenced {
                 group: "g".into(),
                 offsets: vec![entry("t", 0, 1000, 2)],
                 commit_ms: 1,
+                fence: Fence {
+                    epoch: 1,
+                    generation: 2,
+                },
             },
         );
         assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(2));
-        apply_one(&mut logic, fenced("g", 1, 2, vec![entry("t", 0, 2000, 1)]));
+        // A commit checked before the reset and applied after it cannot undo it.
+        let in_flight = apply_one(&mut logic, fenced("g", 1, 1, vec![entry("t", 0, 1000, 40)]));
+        assert!(matches!(in_flight, OffsetsResponse::Stale { .. }));
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(2));
+        apply_one(&mut logic, fenced("g", 1, 3, vec![entry("t", 0, 2000, 1)]));
         let recreated = reader.get("g", "t", 0).unwrap();
         assert_eq!((recreated.offset, recreated.topic_group), (1, 2000));
     }

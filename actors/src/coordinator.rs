@@ -165,8 +165,8 @@ pub enum GroupRequest {
         /// What each fetched partition delivered.
         positions: Vec<Delivery>,
     },
-    /// A member's stream closed: the member leaves after `grace_ms` unless a stream
-    /// re-attaches first ([`PollFrom::Committed`]).
+    /// A member's stream closed: the member leaves after `grace_ms` unless it polls
+    /// first (a stream re-attaching with [`PollFrom::Committed`], its heartbeat, a fetch).
     Detach {
         /// The member.
         member_id: String,
@@ -839,7 +839,7 @@ impl CoordinatorState {
         });
         if self.members.len() != before {
             debug!(group = %self.args.group, expired = before - self.members.len(), "members expired");
-            self.rebalance("member session expired");
+            self.rebalance("member session expired or its stream closed");
         } else if !self.members.is_empty() && self.incarnations() != self.incarnations {
             self.rebalance("subscribed topics changed");
         }

@@ -31,7 +31,9 @@ use psubd_actors::coordinator::{
 use psubd_actors::offsets::OffsetEntry;
 use psubd_actors::partition::FetchedRecords;
 use psubd_actors::record::RecordIter;
-use psubd_actors::topic::{is_internal, validate_name, PartitionPlacement, TopicMeta};
+use psubd_actors::topic::{
+    is_internal, validate_name, PartitionPlacement, TopicMeta, MAX_PARTITIONS,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, instrument};
@@ -55,8 +57,9 @@ const MAX_OFFSETS_PER_REQUEST: usize = 10_000;
 /// rebalance that gives it partitions soon after it happens.
 const IDLE_MEMBER_WAIT: Duration = Duration::from_secs(1);
 
-/// Most partitions a `position` token may name (as many as one commit may).
-const MAX_POSITION_PARTITIONS: usize = MAX_OFFSETS_PER_REQUEST;
+/// Most partitions a `position` token may name: as many as one member may be assigned,
+/// so every token the server makes parses.
+const MAX_POSITION_PARTITIONS: usize = MAX_TOPICS_PER_MEMBER * MAX_PARTITIONS as usize;
 
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {

@@ -7,11 +7,26 @@
 //! starts on the new leader with no members, and members re-join after a 409
 //! `member_fenced` (Kafka's design): nothing but offsets needs to survive.
 //!
-//! Position rule: a member's next position in a partition starts at the group's committed
-//! offset, else at its `auto_offset_reset`, and is reset to the committed offset on every
-//! rebalance. Positions only advance by what a fetch actually delivered. So nothing
-//! uncommitted is ever skipped; re-delivery after a failure or rebalance is expected
-//! (at-least-once).
+//! Position rule: a member's read position in a partition advances only when
+//! the client has shown it received the records. Each fetch answer carries a
+//! [`PositionToken`] (the generation and the next offset of every partition it read);
+//! the next fetch presents it and the coordinator *confirms* those offsets — only for
+//! partitions still assigned in the same generation, never past what was delivered, never
+//! backwards. A fetch starts at the larger of the confirmed position and the committed
+//! offset (else at `auto_offset_reset`), so a fetch whose answer was lost is served the
+//! same records again. A partition read that delivered nothing is confirmed at once (no
+//! record can be lost), which pins a `latest` start. Positions are forgotten at every
+//! rebalance, so a new generation starts at the committed offsets. Nothing uncommitted is
+//! ever skipped; re-delivery after a failure or rebalance is expected (at-least-once).
+//!
+//! Fencing: commits carry the generation they were checked under and this coordinator's
+//! epoch (the offsets partition's Raft term it started in), and the offsets state machine
+//! refuses stale ones at apply (see `offsets`). A coordinator restarted within the same
+//! term resumes its generations above the group's fence, so its commits pass.
+//!
+//! A member stream that closes detaches its member ([`GroupRequest::Detach`]): the member
+//! stays for the grace period given, so a reconnecting stream re-attaches, and leaves
+//! when no poll (a re-attached stream, its heartbeat, a fetch) came by then.
 //!
 //! The actor never awaits a Raft commit inside `handle`: commits run in a spawned task
 //! that answers the caller.
@@ -30,10 +45,10 @@ use tracing::{debug, info};
 use crate::assignment::{assign, Assignment, AssignmentStrategy, Subscriptions, TopicPartition};
 use crate::controller::ControllerState;
 use crate::error::{GroupError, PartitionError};
-use crate::offsets::{now_ms, propose, OffsetEntry, OffsetsCommand, OffsetsHandle};
+use crate::offsets::{now_ms, propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
 use crate::partition::{check_leader, BatchLimits};
 
-/// Shortest session timeout a member may ask for (issue 4: 1 s to 5 min).
+/// Shortest session timeout a member may ask for (1 s to 5 min).
 pub const MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
 
 /// Longest session timeout a member may ask for.
@@ -83,13 +98,39 @@ pub enum StartPosition {
     At(u64),
 }
 
-/// A partition with the next offset a member is to read in it.
+/// What one fetch delivered of a partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
+pub struct Delivery {
     /// The partition.
     pub partition: TopicPartition,
-    /// The next offset to read.
+    /// Where the read began: its first record's offset, or `next_offset` when it carried
+    /// no record. Nothing below it can be lost by confirming it.
+    pub floor: u64,
+    /// The next offset after what the answer carries.
     pub next_offset: u64,
+}
+
+/// A member's read positions as the client last received them: the generation of the
+/// fetch and the next offset per partition, in the order of the member's assignments in
+/// that generation (`None`: that partition was not read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionToken {
+    /// The generation of the fetch that produced it.
+    pub generation: u64,
+    /// Next offset per assigned partition.
+    pub offsets: Vec<Option<u64>>,
+}
+
+/// Where a member's fetch starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PollFrom {
+    /// The confirmed positions (a fetch without a token, a heartbeat).
+    Confirmed,
+    /// Confirm the token's positions first (a fetch presenting its last answer's token).
+    Token(PositionToken),
+    /// Forget the unconfirmed and confirmed positions and start at the committed offsets:
+    /// a member stream (re-)attaching. Ends a detach.
+    Committed,
 }
 
 /// A request to a group's coordinator. Validated by the edge before it is sent.
@@ -112,6 +153,8 @@ pub enum GroupRequest {
         member_id: String,
         /// How long the fetch may wait for records; the member is alive meanwhile.
         timeout_ms: u64,
+        /// Where to start.
+        from: PollFrom,
     },
     /// A member's fetch delivered records up to these positions.
     Delivered {
@@ -119,8 +162,16 @@ pub enum GroupRequest {
         member_id: String,
         /// The generation the fetch was made in.
         generation: u64,
-        /// Next offset per fetched partition.
-        positions: Vec<Position>,
+        /// What each fetched partition delivered.
+        positions: Vec<Delivery>,
+    },
+    /// A member's stream closed: the member leaves after `grace_ms` unless it polls
+    /// first (a stream re-attaching with [`PollFrom::Committed`], its heartbeat, a fetch).
+    Detach {
+        /// The member.
+        member_id: String,
+        /// How long the member waits for a stream to re-attach.
+        grace_ms: u64,
     },
     /// A member commits offsets (the next offsets to read).
     Commit {
@@ -165,6 +216,9 @@ pub struct Lease {
     /// For [`GroupRequest::Delivered`]: the partitions whose positions were taken (the
     /// member still owns them in the same generation). Records of the others are dropped.
     pub accepted: Vec<TopicPartition>,
+    /// Fetches this member made so far: which assigned partition a fetch serves first
+    /// rotates with it, so a backlog in one partition never starves the others.
+    pub rotation: u64,
 }
 
 /// A member as `GET /v1/groups/{g}` shows it.
@@ -261,9 +315,46 @@ struct Member {
     /// The generation this member was last told about.
     told_generation: u64,
     assigned: BTreeSet<TopicPartition>,
-    /// Next offset to hand out per assigned partition. Invariant: keys ⊆ `assigned`;
-    /// emptied at every rebalance, so a new generation starts at the committed offsets.
-    positions: HashMap<TopicPartition, u64>,
+    /// Confirmed next offset per assigned partition (see the module docs). Invariant:
+    /// keys ⊆ `assigned`; emptied at every rebalance, so a new generation starts at the
+    /// committed offsets.
+    confirmed: HashMap<TopicPartition, u64>,
+    /// Furthest next offset delivered per assigned partition in this generation: a token
+    /// never confirms beyond it. Same invariant as `confirmed`.
+    delivered: HashMap<TopicPartition, u64>,
+    /// Fetches reported so far ([`Lease::rotation`]).
+    fetches: u64,
+    /// Set when the member's stream closed: it leaves then, unless a stream re-attached.
+    detached_until: Option<Instant>,
+}
+
+impl Member {
+    /// Applies a token of the current generation: each offset, capped at what was
+    /// delivered, raises the confirmed position. A token of another generation is stale
+    /// and ignored (the fetch starts from the confirmed positions).
+    fn confirm(&mut self, generation: u64, token: &PositionToken) -> Result<(), GroupError> {
+        if token.generation != generation {
+            return Ok(());
+        }
+        if token.offsets.len() != self.assigned.len() {
+            return Err(GroupError::InvalidPosition {
+                reason: format!(
+                    "the position names {} partitions; the member has {} in generation {generation}",
+                    token.offsets.len(),
+                    self.assigned.len()
+                ),
+            });
+        }
+        for (tp, offset) in self.assigned.iter().zip(&token.offsets) {
+            let (Some(offset), Some(delivered)) = (offset, self.delivered.get(tp)) else {
+                continue;
+            };
+            let offset = (*offset).min(*delivered);
+            let confirmed = self.confirmed.entry(tp.clone()).or_insert(offset);
+            *confirmed = (*confirmed).max(offset);
+        }
+        Ok(())
+    }
 }
 
 /// State of a coordinator.
@@ -291,6 +382,14 @@ fn new_member_id() -> String {
 impl CoordinatorState {
     fn group(&self) -> &str {
         &self.args.group
+    }
+
+    /// This coordinator's fence for a commit checked now.
+    fn fence(&self) -> Fence {
+        Fence {
+            epoch: self.args.term,
+            generation: self.generation,
+        }
     }
 
     /// Whether this node still coordinates the group.
@@ -355,7 +454,8 @@ impl CoordinatorState {
         let mut result = assign(self.strategy, &subscriptions, &self.counts, &previous);
         for (id, member) in &mut self.members {
             member.assigned = result.remove(id).unwrap_or_default();
-            member.positions.clear();
+            member.confirmed.clear();
+            member.delivered.clear();
         }
         self.args
             .member_count
@@ -400,14 +500,12 @@ impl CoordinatorState {
             .assigned
             .iter()
             .map(|tp| {
-                let start = match member.positions.get(tp) {
-                    Some(next) => StartPosition::At(*next),
-                    None => match self.committed(tp) {
-                        Some(offset) => StartPosition::At(offset),
-                        None => match member.auto_offset_reset {
-                            AutoOffsetReset::Earliest => StartPosition::Earliest,
-                            AutoOffsetReset::Latest => StartPosition::Latest,
-                        },
+                let confirmed = member.confirmed.get(tp).copied();
+                let start = match confirmed.max(self.committed(tp)) {
+                    Some(offset) => StartPosition::At(offset),
+                    None => match member.auto_offset_reset {
+                        AutoOffsetReset::Earliest => StartPosition::Earliest,
+                        AutoOffsetReset::Latest => StartPosition::Latest,
                     },
                 };
                 (tp.clone(), start)
@@ -421,6 +519,7 @@ impl CoordinatorState {
             auto_offset_reset: member.auto_offset_reset,
             changed,
             accepted,
+            rotation: member.fetches,
         }
     }
 
@@ -455,7 +554,10 @@ impl CoordinatorState {
                 last_seen: Instant::now(),
                 told_generation: 0,
                 assigned: BTreeSet::new(),
-                positions: HashMap::new(),
+                confirmed: HashMap::new(),
+                delivered: HashMap::new(),
+                fetches: 0,
+                detached_until: None,
             },
         );
         self.rebalance("member joined");
@@ -474,11 +576,28 @@ impl CoordinatorState {
         )))
     }
 
-    fn poll(&mut self, member_id: &str, timeout_ms: u64) -> Result<GroupAnswer, GroupError> {
+    fn poll(
+        &mut self,
+        member_id: &str,
+        timeout_ms: u64,
+        from: PollFrom,
+    ) -> Result<GroupAnswer, GroupError> {
+        let generation = self.generation;
         let member = self
             .members
             .get_mut(member_id)
             .ok_or(GroupError::UnknownMember)?;
+        match &from {
+            PollFrom::Confirmed => {}
+            PollFrom::Token(token) => member.confirm(generation, token)?,
+            PollFrom::Committed => {
+                member.confirmed.clear();
+                member.delivered.clear();
+            }
+        }
+        // Any poll shows a live client: a stream re-attached (or its heartbeat runs) after
+        // a detach that arrived late.
+        member.detached_until = None;
         member.last_seen = Instant::now() + Duration::from_millis(timeout_ms).min(MAX_POLL);
         let member = &self.members[member_id];
         let changed = member.told_generation != self.generation;
@@ -494,7 +613,7 @@ impl CoordinatorState {
         &mut self,
         member_id: &str,
         generation: u64,
-        positions: Vec<Position>,
+        positions: Vec<Delivery>,
     ) -> Result<GroupAnswer, GroupError> {
         let current = self.generation;
         let member = self
@@ -502,14 +621,24 @@ impl CoordinatorState {
             .get_mut(member_id)
             .ok_or(GroupError::UnknownMember)?;
         member.last_seen = Instant::now();
+        member.fetches = member.fetches.wrapping_add(1);
         let mut accepted = Vec::new();
         if generation == current {
-            for position in positions {
-                if member.assigned.contains(&position.partition) {
-                    member
-                        .positions
-                        .insert(position.partition.clone(), position.next_offset);
-                    accepted.push(position.partition);
+            for delivery in positions {
+                if member.assigned.contains(&delivery.partition) {
+                    let delivered = member
+                        .delivered
+                        .entry(delivery.partition.clone())
+                        .or_insert(delivery.next_offset);
+                    *delivered = (*delivered).max(delivery.next_offset);
+                    // Where the read began is safe to confirm: it pins a start resolved
+                    // from `auto_offset_reset`, and an empty read loses nothing.
+                    let confirmed = member
+                        .confirmed
+                        .entry(delivery.partition.clone())
+                        .or_insert(delivery.floor);
+                    *confirmed = (*confirmed).max(delivery.floor);
+                    accepted.push(delivery.partition);
                 }
             }
         }
@@ -619,7 +748,19 @@ impl CoordinatorState {
             GroupRequest::Poll {
                 member_id,
                 timeout_ms,
-            } => self.poll(&member_id, timeout_ms),
+                from,
+            } => self.poll(&member_id, timeout_ms, from),
+            GroupRequest::Detach {
+                member_id,
+                grace_ms,
+            } => match self.members.get_mut(&member_id) {
+                Some(member) => {
+                    member.detached_until =
+                        Instant::now().checked_add(Duration::from_millis(grace_ms));
+                    Ok(GroupAnswer::Done)
+                }
+                None => Err(GroupError::UnknownMember),
+            },
             GroupRequest::Delivered {
                 member_id,
                 generation,
@@ -631,10 +772,11 @@ impl CoordinatorState {
                 offsets,
             } => match self.check_commit(&member_id, generation, &offsets) {
                 Ok(()) => {
-                    let command = OffsetsCommand::Commit {
+                    let command = OffsetsCommand::CommitFenced {
                         group: self.args.group.clone(),
                         offsets,
                         commit_ms: now_ms(),
+                        fence: self.fence(),
                     };
                     return self.spawn_write(command, reply);
                 }
@@ -654,10 +796,11 @@ impl CoordinatorState {
                         members: self.members.len(),
                     })
                 } else {
-                    let command = OffsetsCommand::Reset {
+                    let command = OffsetsCommand::ResetFenced {
                         group: self.args.group.clone(),
                         offsets,
                         commit_ms: now_ms(),
+                        fence: self.fence(),
                     };
                     return self.spawn_write(command, reply);
                 }
@@ -690,11 +833,13 @@ impl CoordinatorState {
         }
         let now = Instant::now();
         let before = self.members.len();
-        self.members
-            .retain(|_, m| now.saturating_duration_since(m.last_seen) <= m.session_timeout);
+        self.members.retain(|_, m| {
+            now.saturating_duration_since(m.last_seen) <= m.session_timeout
+                && m.detached_until.is_none_or(|until| now < until)
+        });
         if self.members.len() != before {
             debug!(group = %self.args.group, expired = before - self.members.len(), "members expired");
-            self.rebalance("member session expired");
+            self.rebalance("member session expired or its stream closed");
         } else if !self.members.is_empty() && self.incarnations() != self.incarnations {
             self.rebalance("subscribed topics changed");
         }
@@ -724,10 +869,18 @@ impl Actor for CoordinatorActor {
                 }
             }
         });
-        info!(group = %args.group, term = args.term, "group coordinator started");
+        // Restarted within the same term (after idling): continue above the generation
+        // that last committed, or the fence would refuse this coordinator's commits.
+        let generation = args
+            .offsets
+            .reader
+            .fence(&args.group)
+            .filter(|fence| fence.epoch == args.term)
+            .map_or(0, |fence| fence.generation);
+        info!(group = %args.group, term = args.term, generation, "group coordinator started");
         Ok(CoordinatorState {
             args,
-            generation: 0,
+            generation,
             strategy: AssignmentStrategy::default(),
             members: BTreeMap::new(),
             counts: BTreeMap::new(),
@@ -770,5 +923,69 @@ impl Actor for CoordinatorActor {
     ) -> Result<(), ActorProcessingErr> {
         state.args.member_count.store(0, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(partition: u32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition,
+        }
+    }
+
+    fn member() -> Member {
+        Member {
+            topics: BTreeSet::from(["t".to_string()]),
+            session_timeout: Duration::from_secs(10),
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            last_seen: Instant::now(),
+            told_generation: 4,
+            assigned: BTreeSet::from([tp(0), tp(1)]),
+            confirmed: HashMap::new(),
+            delivered: HashMap::from([(tp(0), 10), (tp(1), 3)]),
+            fetches: 0,
+            detached_until: None,
+        }
+    }
+
+    fn token(generation: u64, offsets: Vec<Option<u64>>) -> PositionToken {
+        PositionToken {
+            generation,
+            offsets,
+        }
+    }
+
+    /// Issue 18: a token confirms only what was delivered, never moves back, and one of
+    /// another generation is ignored; one that does not fit the assignment is refused.
+    #[test]
+    fn tokens_confirm_only_delivered_positions_forward() {
+        let mut m = member();
+        m.confirm(4, &token(4, vec![Some(7), Some(50)])).unwrap();
+        assert_eq!(m.confirmed[&tp(0)], 7);
+        assert_eq!(m.confirmed[&tp(1)], 3, "capped at what was delivered");
+        m.confirm(4, &token(4, vec![Some(2), None])).unwrap();
+        assert_eq!(m.confirmed[&tp(0)], 7, "never backwards");
+        m.confirm(4, &token(3, vec![Some(10), Some(3)])).unwrap();
+        assert_eq!(
+            m.confirmed[&tp(0)],
+            7,
+            "a stale generation's token is ignored"
+        );
+        assert!(matches!(
+            m.confirm(4, &token(4, vec![Some(1)])),
+            Err(GroupError::InvalidPosition { .. })
+        ));
+        assert_eq!(m.confirmed[&tp(0)], 7, "a refused token changes nothing");
+        let mut fresh = member();
+        fresh.delivered.clear();
+        fresh.confirm(4, &token(4, vec![Some(5), Some(5)])).unwrap();
+        assert!(
+            fresh.confirmed.is_empty(),
+            "nothing delivered, nothing confirmed"
+        );
     }
 }

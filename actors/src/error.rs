@@ -129,4 +129,11 @@ pub enum GroupError {
         /// The limit.
         limit: usize,
     },
+    /// A fetch's position token does not fit the member's assignment in its generation
+    /// (forged or corrupted); nothing changed.
+    #[error("invalid position: {reason}")]
+    InvalidPosition {
+        /// What does not fit.
+        reason: String,
+    },
 }

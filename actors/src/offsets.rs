@@ -9,7 +9,22 @@
 //! State tree layout (one tree per offsets partition):
 //! `b"o" ++ group ++ 0x00 ++ topic ++ 0x00 ++ partition (u32 BE)` → [`CommittedOffset`]
 //! (postcard). Names never contain 0x00 (docs/api.md § Names), so the key splits unambiguously
-//! and one group's keys are one contiguous range.
+//! and one group's keys are one contiguous range. `b"f" ++ group` → [`Fence`] (postcard):
+//! the newest (coordinator epoch, generation) that committed for the group.
+//!
+//! Fencing at apply: a member commit ([`OffsetsCommand::CommitFenced`]) carries
+//! the coordinator's epoch (its Raft term) and the group generation it was checked under.
+//! The state machine refuses one older than the group's [`Fence`] and never moves a
+//! committed offset backwards for it, on every replica alike (the decision depends only on
+//! the replicated state and the entry). So a commit checked under generation N that is
+//! applied after generation N+1's commit changes nothing, whatever the order the
+//! coordinator's spawned proposals reached Raft in. Only a reset
+//! ([`OffsetsCommand::ResetFenced`]) moves an offset back; it raises the group's fence to
+//! the coordinator's, so a commit still in flight from before the reset cannot undo it. Compatibility: state and snapshots without fences load (no fence:
+//! every commit passes); the unfenced [`OffsetsCommand::Commit`] of older logs still
+//! decodes and applies as it did, so replaying an old log gives the same state. A node of
+//! an older version cannot decode `CommitFenced` (it answers `Invalid` and skips it), so
+//! every node of a cluster must run this version before members commit.
 //!
 //! Topic deletion: every committed offset remembers the Raft group of the partition it was
 //! committed for ([`CommittedOffset::topic_group`]; group ids are never reused). Readers
@@ -80,10 +95,23 @@ pub struct OffsetEntry {
     pub offset: u64,
 }
 
-/// A change to an offsets partition, proposed through Raft.
+/// Who committed last for a group: ordered by epoch (the coordinator's Raft term), then
+/// generation, so a new coordinator (higher term, generations from 0) outranks every
+/// older one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Fence {
+    /// The coordinator's epoch: the offsets partition's Raft term it was started in.
+    pub epoch: u64,
+    /// The group generation the commit was checked under.
+    pub generation: u64,
+}
+
+/// A change to an offsets partition, proposed through Raft. New variants go at the end:
+/// postcard encodes the variant's index, and old log entries must keep decoding.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum OffsetsCommand {
-    /// A member's commit (its membership and generation were checked by the coordinator).
+    /// A member's commit from before fencing at apply: applied unconditionally. Only
+    /// decoded from older logs; [`OffsetsCommand::CommitFenced`] is proposed instead.
     Commit {
         /// The consumer group.
         group: String,
@@ -92,7 +120,8 @@ pub enum OffsetsCommand {
         /// Commit time.
         commit_ms: i64,
     },
-    /// An administrative reset (only proposed while the group has no members).
+    /// An administrative reset from before fencing: only decoded from older logs;
+    /// [`OffsetsCommand::ResetFenced`] is proposed instead.
     Reset {
         /// The consumer group.
         group: String,
@@ -113,6 +142,31 @@ pub enum OffsetsCommand {
         /// The Raft groups of the partitions that no longer exist.
         topic_groups: Vec<GroupId>,
     },
+    /// A member's commit, fenced at apply: refused when `fence` is older than the group's,
+    /// and an offset below the one committed (for the same topic incarnation) stays.
+    CommitFenced {
+        /// The consumer group.
+        group: String,
+        /// The offsets.
+        offsets: Vec<OffsetEntry>,
+        /// Commit time.
+        commit_ms: i64,
+        /// The coordinator's epoch and the generation the commit was checked under.
+        fence: Fence,
+    },
+    /// An administrative reset (only proposed while the group has no members): sets the
+    /// offsets, and raises the group's fence to `fence` so that commits checked before
+    /// the reset are refused.
+    ResetFenced {
+        /// The consumer group.
+        group: String,
+        /// The offsets.
+        offsets: Vec<OffsetEntry>,
+        /// Reset time.
+        commit_ms: i64,
+        /// The coordinator's epoch and generation when the reset was checked.
+        fence: Fence,
+    },
 }
 
 /// The state machine's answer.
@@ -122,10 +176,38 @@ pub enum OffsetsResponse {
     Done,
     /// The command did not decode (nodes of different versions); nothing changed.
     Invalid,
+    /// A fenced commit older than the group's fence; nothing changed.
+    Stale {
+        /// The group's fence.
+        current: Fence,
+    },
 }
 
 type OffsetKey = (String, String, u32);
 type OffsetMap = BTreeMap<OffsetKey, CommittedOffset>;
+
+const FENCE_PREFIX: u8 = b'f';
+const FENCE_END: u8 = b'g';
+
+fn fence_key(group: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(group.len() + 1);
+    out.push(FENCE_PREFIX);
+    out.extend_from_slice(group.as_bytes());
+    out
+}
+
+/// The replicated state: committed offsets and each group's fence.
+#[derive(Clone, Debug, Default)]
+struct OffsetsState {
+    offsets: OffsetMap,
+    fences: BTreeMap<String, Fence>,
+}
+
+/// One staged change, published in `applied`.
+enum Change {
+    Offset(OffsetKey, Option<CommittedOffset>),
+    Fence(String, Fence),
+}
 
 fn encode_key(key: &OffsetKey) -> Vec<u8> {
     let (group, topic, partition) = key;
@@ -159,17 +241,17 @@ fn codec(what: &'static str) -> impl FnOnce(postcard::Error) -> StorageIoError {
 struct Shared {
     /// Set at the first `load`: before it, reads answer "not ready".
     loaded: OnceLock<()>,
-    offsets: RwLock<OffsetMap>,
+    state: RwLock<OffsetsState>,
 }
 
 /// The state machine logic of one offsets partition.
 ///
-/// Invariant: `staged` is `shared.offsets` plus the changes in `pending`, which are
+/// Invariant: `staged` is `shared.state` plus the changes in `pending`, which are
 /// written (and so published in `applied`) at the end of the current apply call.
 pub struct OffsetsLogic {
     shared: Arc<Shared>,
-    staged: OffsetMap,
-    pending: Vec<(OffsetKey, Option<CommittedOffset>)>,
+    staged: OffsetsState,
+    pending: Vec<Change>,
 }
 
 /// Reads an offsets partition's committed state on this replica.
@@ -185,7 +267,7 @@ impl OffsetsLogic {
         (
             Self {
                 shared: shared.clone(),
-                staged: OffsetMap::new(),
+                staged: OffsetsState::default(),
                 pending: Vec::new(),
             },
             OffsetsReader { shared },
@@ -202,23 +284,113 @@ impl OffsetsLogic {
             encode_key(&key),
             postcard::to_stdvec(&value).map_err(codec("committed offset"))?,
         );
-        self.staged.insert(key.clone(), value);
-        self.pending.push((key, Some(value)));
+        self.staged.offsets.insert(key.clone(), value);
+        self.pending.push(Change::Offset(key, Some(value)));
         Ok(())
     }
 
     fn remove(&mut self, key: OffsetKey, batch: &mut WriteBatch) {
         batch.remove(encode_key(&key));
-        self.staged.remove(&key);
-        self.pending.push((key, None));
+        self.staged.offsets.remove(&key);
+        self.pending.push(Change::Offset(key, None));
+    }
+
+    fn set_fence(
+        &mut self,
+        group: &str,
+        fence: Fence,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        batch.insert(
+            fence_key(group),
+            postcard::to_stdvec(&fence).map_err(codec("fence"))?,
+        );
+        self.staged.fences.insert(group.to_string(), fence);
+        self.pending.push(Change::Fence(group.to_string(), fence));
+        Ok(())
+    }
+
+    /// Sets offsets as given (a reset, or a commit from before fencing).
+    fn set_offsets(
+        &mut self,
+        group: &str,
+        offsets: Vec<OffsetEntry>,
+        commit_ms: i64,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        for entry in offsets {
+            let value = CommittedOffset {
+                offset: entry.offset,
+                commit_ms,
+                topic_group: entry.topic_group,
+            };
+            self.set(
+                (group.to_string(), entry.topic, entry.partition),
+                value,
+                batch,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A fenced commit: refused below the group's fence; offsets only move forward.
+    fn commit_fenced(
+        &mut self,
+        group: String,
+        offsets: Vec<OffsetEntry>,
+        commit_ms: i64,
+        fence: Fence,
+        batch: &mut WriteBatch,
+    ) -> Result<OffsetsResponse, StorageIoError> {
+        match self.staged.fences.get(&group) {
+            Some(current) if fence < *current => {
+                return Ok(OffsetsResponse::Stale { current: *current })
+            }
+            Some(current) if fence == *current => {}
+            _ => self.set_fence(&group, fence, batch)?,
+        }
+        for entry in offsets {
+            let key = (group.clone(), entry.topic, entry.partition);
+            let behind = self.staged.offsets.get(&key).is_some_and(|current| {
+                current.topic_group == entry.topic_group && current.offset > entry.offset
+            });
+            if behind {
+                // A late or repeated commit: what it covers is committed already.
+                continue;
+            }
+            let value = CommittedOffset {
+                offset: entry.offset,
+                commit_ms,
+                topic_group: entry.topic_group,
+            };
+            self.set(key, value, batch)?;
+        }
+        Ok(OffsetsResponse::Done)
     }
 
     fn execute(
         &mut self,
         command: OffsetsCommand,
         batch: &mut WriteBatch,
-    ) -> Result<(), StorageIoError> {
+    ) -> Result<OffsetsResponse, StorageIoError> {
         match command {
+            OffsetsCommand::CommitFenced {
+                group,
+                offsets,
+                commit_ms,
+                fence,
+            } => return self.commit_fenced(group, offsets, commit_ms, fence, batch),
+            OffsetsCommand::ResetFenced {
+                group,
+                offsets,
+                commit_ms,
+                fence,
+            } => {
+                if self.staged.fences.get(&group).is_none_or(|f| *f < fence) {
+                    self.set_fence(&group, fence, batch)?;
+                }
+                self.set_offsets(&group, offsets, commit_ms, batch)?;
+            }
             OffsetsCommand::Commit {
                 group,
                 offsets,
@@ -228,18 +400,10 @@ impl OffsetsLogic {
                 group,
                 offsets,
                 commit_ms,
-            } => {
-                for entry in offsets {
-                    let value = CommittedOffset {
-                        offset: entry.offset,
-                        commit_ms,
-                        topic_group: entry.topic_group,
-                    };
-                    self.set((group.clone(), entry.topic, entry.partition), value, batch)?;
-                }
-            }
+            } => self.set_offsets(&group, offsets, commit_ms, batch)?,
             OffsetsCommand::DeleteGroup { group } => {
-                let keys: Vec<OffsetKey> = group_range(&self.staged, &group)
+                // The fence stays: a zombie member's commit must not revive the group.
+                let keys: Vec<OffsetKey> = group_range(&self.staged.offsets, &group)
                     .map(|(key, _)| key.clone())
                     .collect();
                 for key in keys {
@@ -252,6 +416,7 @@ impl OffsetsLogic {
             } => {
                 let keys: Vec<OffsetKey> = self
                     .staged
+                    .offsets
                     .iter()
                     .filter(|((_, t, _), value)| {
                         *t == topic && topic_groups.contains(&value.topic_group)
@@ -263,7 +428,7 @@ impl OffsetsLogic {
                 }
             }
         }
-        Ok(())
+        Ok(OffsetsResponse::Done)
     }
 }
 
@@ -278,21 +443,37 @@ fn group_range<'a>(
 
 impl GroupLogic for OffsetsLogic {
     fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
-        let mut map = OffsetMap::new();
+        let mut loaded = OffsetsState::default();
         for item in state.range(&[KEY_PREFIX], Some(&[KEY_END])) {
             let (key, value) = item?;
             let Some(key) = decode_key(&key) else {
                 warn!("skipping an undecodable committed-offset key");
                 continue;
             };
-            map.insert(
+            loaded.offsets.insert(
                 key,
                 postcard::from_bytes(&value).map_err(codec("committed offset"))?,
             );
         }
-        self.staged = map.clone();
+        // State written before fences existed has none: every commit passes until one is
+        // recorded.
+        for item in state.range(&[FENCE_PREFIX], Some(&[FENCE_END])) {
+            let (key, value) = item?;
+            let Some(group) = key
+                .strip_prefix(&[FENCE_PREFIX])
+                .and_then(|g| std::str::from_utf8(g).ok())
+            else {
+                warn!("skipping an undecodable fence key");
+                continue;
+            };
+            loaded.fences.insert(
+                group.to_string(),
+                postcard::from_bytes(&value).map_err(codec("fence"))?,
+            );
+        }
+        self.staged = loaded.clone();
         self.pending.clear();
-        *write_lock(&self.shared.offsets) = map;
+        *write_lock(&self.shared.state) = loaded;
         let _ = self.shared.loaded.set(());
         Ok(())
     }
@@ -305,10 +486,7 @@ impl GroupLogic for OffsetsLogic {
         batch: &mut WriteBatch,
     ) -> Result<CommandResponse, StorageIoError> {
         let response = match postcard::from_bytes::<OffsetsCommand>(&command.0) {
-            Ok(command) => {
-                self.execute(command, batch)?;
-                OffsetsResponse::Done
-            }
+            Ok(command) => self.execute(command, batch)?,
             Err(error) => {
                 warn!(%error, "skipping undecodable offsets command");
                 OffsetsResponse::Invalid
@@ -322,12 +500,19 @@ impl GroupLogic for OffsetsLogic {
         if self.pending.is_empty() {
             return;
         }
-        let mut shared = write_lock(&self.shared.offsets);
-        for (key, value) in self.pending.drain(..) {
-            match value {
-                Some(value) => shared.insert(key, value),
-                None => shared.remove(&key),
-            };
+        let mut shared = write_lock(&self.shared.state);
+        for change in self.pending.drain(..) {
+            match change {
+                Change::Offset(key, Some(value)) => {
+                    shared.offsets.insert(key, value);
+                }
+                Change::Offset(key, None) => {
+                    shared.offsets.remove(&key);
+                }
+                Change::Fence(group, fence) => {
+                    shared.fences.insert(group, fence);
+                }
+            }
         }
     }
 
@@ -340,8 +525,14 @@ impl OffsetsLogic {
     /// Values change in place on every commit, so nothing may be read lazily: the whole
     /// (small) map is copied when the plan is made.
     fn pinned_plan(&self) -> Result<SnapshotPlan, StorageIoError> {
-        let mut pinned = Vec::with_capacity(self.staged.len());
-        for (key, value) in &self.staged {
+        let mut pinned = Vec::with_capacity(self.staged.offsets.len() + self.staged.fences.len());
+        for (group, fence) in &self.staged.fences {
+            pinned.push((
+                fence_key(group),
+                postcard::to_stdvec(fence).map_err(codec("fence"))?,
+            ));
+        }
+        for (key, value) in &self.staged.offsets {
             pinned.push((
                 encode_key(key),
                 postcard::to_stdvec(value).map_err(codec("committed offset"))?,
@@ -352,8 +543,13 @@ impl OffsetsLogic {
 }
 
 impl OffsetsReader {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, OffsetMap> {
-        read_lock(&self.shared.offsets)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, OffsetsState> {
+        read_lock(&self.shared.state)
+    }
+
+    /// The group's fence: the newest (epoch, generation) that committed.
+    pub fn fence(&self, group: &str) -> Option<Fence> {
+        self.read().fences.get(group).copied()
     }
 
     /// True once the replica has loaded its state.
@@ -363,7 +559,7 @@ impl OffsetsReader {
 
     /// Every committed offset of a group, by topic and partition.
     pub fn committed(&self, group: &str) -> Vec<(TopicPartition, CommittedOffset)> {
-        group_range(&self.read(), group)
+        group_range(&self.read().offsets, group)
             .map(|((_, topic, partition), value)| {
                 (
                     TopicPartition {
@@ -379,19 +575,24 @@ impl OffsetsReader {
     /// One committed offset.
     pub fn get(&self, group: &str, topic: &str, partition: u32) -> Option<CommittedOffset> {
         self.read()
+            .offsets
             .get(&(group.to_string(), topic.to_string(), partition))
             .copied()
     }
 
     /// The groups with at least one committed offset.
     pub fn groups(&self) -> BTreeSet<String> {
-        self.read().keys().map(|(g, _, _)| g.clone()).collect()
+        self.read()
+            .offsets
+            .keys()
+            .map(|(g, _, _)| g.clone())
+            .collect()
     }
 
     /// The partition groups offsets were committed for, per topic (for the purge).
     pub fn topic_groups(&self) -> BTreeMap<String, BTreeSet<GroupId>> {
         let mut out: BTreeMap<String, BTreeSet<GroupId>> = BTreeMap::new();
-        for ((_, topic, _), value) in self.read().iter() {
+        for ((_, topic, _), value) in self.read().offsets.iter() {
             out.entry(topic.clone())
                 .or_default()
                 .insert(value.topic_group);
@@ -433,6 +634,7 @@ pub async fn propose(
     match tokio::time::timeout(timeout, raft.client_write(Command(Bytes::from(encoded)))).await {
         Ok(Ok(response)) => match postcard::from_bytes::<OffsetsResponse>(&response.data.0) {
             Ok(OffsetsResponse::Done) => Ok(()),
+            Ok(OffsetsResponse::Stale { current }) => Err(stale(command, current)),
             _ => Err(GroupError::OutcomeUnknown {
                 reason: "the offsets partition refused the command".into(),
             }),
@@ -448,6 +650,20 @@ pub async fn propose(
         Err(_) => Err(GroupError::OutcomeUnknown {
             reason: "the commit was not applied within the timeout".into(),
         }),
+    }
+}
+
+/// Why a fenced commit was refused at apply: a newer coordinator took over (the member
+/// must re-join), or the group moved on to a newer generation.
+fn stale(command: &OffsetsCommand, current: Fence) -> GroupError {
+    match command {
+        OffsetsCommand::CommitFenced { fence, .. } if fence.epoch == current.epoch => {
+            GroupError::StaleGeneration {
+                given: fence.generation,
+                current: current.generation,
+            }
+        }
+        _ => GroupError::UnknownMember,
     }
 }
 
@@ -488,6 +704,138 @@ mod tests {
             offsets,
             commit_ms: 7,
         }
+    }
+
+    fn fenced(
+        group: &str,
+        epoch: u64,
+        generation: u64,
+        offsets: Vec<OffsetEntry>,
+    ) -> OffsetsCommand {
+        OffsetsCommand::CommitFenced {
+            group: group.into(),
+            offsets,
+            commit_ms: 9,
+            fence: Fence { epoch, generation },
+        }
+    }
+
+    /// Applies one command alone and returns the state machine's answer.
+    fn apply_one(logic: &mut OffsetsLogic, command: OffsetsCommand) -> OffsetsResponse {
+        let mut batch = WriteBatch::default();
+        let response = logic.execute(command, &mut batch).unwrap();
+        logic.applied();
+        response
+    }
+
+    /// Issue 18: the coordinator proposes commits from spawned tasks, so generation N's
+    /// commit can reach Raft after generation N+1's. Applied in that order, the older one
+    /// is refused and the committed offset stays.
+    #[test]
+    fn a_stale_commit_applied_after_a_newer_one_changes_nothing() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        let newer = apply_one(&mut logic, fenced("g", 3, 8, vec![entry("t", 0, 1000, 50)]));
+        assert_eq!(newer, OffsetsResponse::Done);
+        let older = apply_one(&mut logic, fenced("g", 3, 7, vec![entry("t", 0, 1000, 20)]));
+        assert_eq!(
+            older,
+            OffsetsResponse::Stale {
+                current: Fence {
+                    epoch: 3,
+                    generation: 8
+                }
+            }
+        );
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(50));
+        // A commit of an older coordinator (lower epoch, higher generation) is stale too.
+        let zombie = apply_one(
+            &mut logic,
+            fenced("g", 2, 40, vec![entry("t", 0, 1000, 10)]),
+        );
+        assert!(matches!(zombie, OffsetsResponse::Stale { .. }));
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(50));
+        // A new coordinator (higher epoch, generations from 1) commits.
+        let moved = apply_one(&mut logic, fenced("g", 4, 1, vec![entry("t", 0, 1000, 60)]));
+        assert_eq!(moved, OffsetsResponse::Done);
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(60));
+        assert_eq!(
+            reader.fence("g"),
+            Some(Fence {
+                epoch: 4,
+                generation: 1
+            })
+        );
+        // Other groups have their own fences.
+        let other = apply_one(&mut logic, fenced("h", 1, 1, vec![entry("t", 0, 1000, 5)]));
+        assert_eq!(other, OffsetsResponse::Done);
+    }
+
+    /// Within one generation a late commit of a lower offset leaves the offset where it
+    /// is; a reset moves it back; a re-created topic's offset is not "behind" the old one.
+    #[test]
+    fn committed_offsets_move_back_only_by_reset() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        apply_one(&mut logic, fenced("g", 1, 1, vec![entry("t", 0, 1000, 30)]));
+        let late = apply_one(
+            &mut logic,
+            fenced(
+                "g",
+                1,
+                1,
+                vec![entry("t", 0, 1000, 10), entry("t", 1, 1001, 4)],
+            ),
+        );
+        assert_eq!(late, OffsetsResponse::Done);
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(30));
+        assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(4));
+        apply_one(
+            &mut logic,
+            OffsetsCommand::ResetFenced {
+                group: "g".into(),
+                offsets: vec![entry("t", 0, 1000, 2)],
+                commit_ms: 1,
+                fence: Fence {
+                    epoch: 1,
+                    generation: 2,
+                },
+            },
+        );
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(2));
+        // A commit checked before the reset and applied after it cannot undo it.
+        let in_flight = apply_one(&mut logic, fenced("g", 1, 1, vec![entry("t", 0, 1000, 40)]));
+        assert!(matches!(in_flight, OffsetsResponse::Stale { .. }));
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(2));
+        apply_one(&mut logic, fenced("g", 1, 3, vec![entry("t", 0, 2000, 1)]));
+        let recreated = reader.get("g", "t", 0).unwrap();
+        assert_eq!((recreated.offset, recreated.topic_group), (1, 2000));
+    }
+
+    /// State written before fences existed (no fence keys) loads, and its first fenced
+    /// commit passes; fences are in snapshots and survive a reload.
+    #[test]
+    fn fences_are_snapshotted_and_old_state_loads() {
+        let (mut logic, _) = OffsetsLogic::new();
+        run(&mut logic, &[commit("g", vec![entry("t", 0, 1000, 5)])]);
+        let old_plan = logic.pinned_plan().unwrap();
+        assert!(
+            old_plan.pinned.iter().all(|(k, _)| k[0] == KEY_PREFIX),
+            "no fence yet"
+        );
+        apply_one(&mut logic, fenced("g", 2, 3, vec![entry("t", 0, 1000, 6)]));
+        let plan = logic.pinned_plan().unwrap();
+        let fence = plan
+            .pinned
+            .iter()
+            .find(|(k, _)| k[0] == FENCE_PREFIX)
+            .expect("the fence is pinned");
+        assert_eq!(fence.0, fence_key("g"));
+        assert_eq!(
+            postcard::from_bytes::<Fence>(&fence.1).unwrap(),
+            Fence {
+                epoch: 2,
+                generation: 3
+            }
+        );
     }
 
     #[test]
@@ -615,16 +963,25 @@ mod tests {
             ),
             garbage,
             normal(4, &commit("g", vec![entry("t", 1, 1001, 10)])),
+            normal(5, &fenced("g", 2, 6, vec![entry("t", 1, 1001, 11)])),
         ])
         .await
         .unwrap();
-        assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(10));
+        assert_eq!(reader.get("g", "t", 1).map(|c| c.offset), Some(11));
         drop(sm);
         let (logic, reopened) = OffsetsLogic::new();
         let _sm = storage.state_machine(42, Box::new(logic)).unwrap();
         assert!(reopened.is_ready());
         assert_eq!(reopened.committed("g"), reader.committed("g"));
         assert_eq!(reopened.get("g", "t", 0).map(|c| c.offset), Some(5));
+        assert_eq!(
+            reopened.fence("g"),
+            Some(Fence {
+                epoch: 2,
+                generation: 6
+            }),
+            "the fence is reloaded too"
+        );
     }
 
     #[test]

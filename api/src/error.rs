@@ -169,6 +169,19 @@ pub enum ApiError {
         /// The high watermark.
         high_watermark: u64,
     },
+    /// A commit above the partition's high watermark: it would mark records that do not
+    /// exist yet as consumed (and the member's next fetch would meet 416 forever).
+    #[error("offset {offset} of partition {partition} of topic '{topic}' is beyond the high watermark {high_watermark}")]
+    OffsetBeyondHighWatermark {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset committed.
+        offset: u64,
+        /// The partition's high watermark.
+        high_watermark: u64,
+    },
     /// Well-formed but impossible configuration.
     #[error("{message}")]
     InvalidConfig {
@@ -266,6 +279,11 @@ impl ApiError {
             ApiError::TopicNotCompacted { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "topic_not_compacted", 2)
             }
+            ApiError::OffsetBeyondHighWatermark { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "offset_beyond_high_watermark",
+                3,
+            ),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -308,6 +326,9 @@ impl ApiError {
         } = self
         {
             body["log_start_offset"] = json!(log_start_offset);
+            body["high_watermark"] = json!(high_watermark);
+        }
+        if let ApiError::OffsetBeyondHighWatermark { high_watermark, .. } = self {
             body["high_watermark"] = json!(high_watermark);
         }
         body
@@ -405,6 +426,7 @@ impl ApiError {
                 ApiError::AssignmentStrategyMismatch { current }
             }
             GroupError::TooManyMembers { limit } => ApiError::GroupFull { limit },
+            GroupError::InvalidPosition { reason } => ApiError::InvalidRequest { message: reason },
         }
     }
 }

@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(body["records"][1]["encoding"], "base64");
         assert_eq!(body["records"][2]["value"], serde_json::Value::Null);
 
-        // Compacted (issue 8): each record at its own offset, next_offset past the gaps.
+        // Compacted: each record at its own offset, next_offset past the gaps.
         let sparse = FetchedRecords {
             offsets: vec![10, 14, 20],
             next_offset: 25,

@@ -12,14 +12,16 @@
 //!   nothing (a stalled reader is slow, not dead; TCP backpressure holds the fetch loop).
 //! - It starts at the group's committed offsets (a member resuming a partition starts at
 //!   the committed offset: records handed to an earlier connection but never committed
-//!   are delivered again, never skipped).
-//! - Closing it (the client goes away) leaves the group at once, so the member's
-//!   partitions move to the others without waiting for the session timeout; session
-//!   expiry remains the fallback when this node dies. A node shutting down does not
-//!   leave: the client may re-attach to the same member on another node.
+//!   are delivered again, never skipped). While it is open, its positions advance as its
+//!   records are written to it (each fetch confirms the previous fetch's position token).
+//! - Closing it (the client goes away) detaches the member: it leaves the group
+//!   [`STREAM_REATTACH_GRACE`] later unless a stream re-attached to it meanwhile (a
+//!   browser's EventSource reconnects on its own), so the member's partitions move to the
+//!   others without waiting for the session timeout, and a reconnect does not meet 409.
+//!   Session expiry remains the fallback when this node dies. A node shutting down does
+//!   not detach: the client may re-attach to the same member on another node.
 //! - It never commits: offsets move only by an explicit `POST /v1/groups/{g}/offsets`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -29,7 +31,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
 use psubd_actors::assignment::TopicPartition;
-use psubd_actors::coordinator::{GroupRequest, Lease, StartPosition};
+use psubd_actors::coordinator::{GroupRequest, PollFrom, PositionToken};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument};
 
@@ -55,6 +57,11 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(1_000);
 /// member whose node died is removed.
 const HEARTBEAT_GRACE_MS: u64 = 2_000;
 
+/// How long a member whose stream closed waits for a stream to re-attach before it leaves
+/// the group: longer than a browser EventSource's reconnect delay (about 3 s), short
+/// enough that its partitions soon move to the other members.
+pub(crate) const STREAM_REATTACH_GRACE: Duration = Duration::from_secs(5);
+
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -79,7 +86,7 @@ async fn stream_member(
     Ok(respond(items, framing, permit))
 }
 
-/// Keeps the member alive while the stream lives, and leaves the group when it is dropped.
+/// Keeps the member alive while the stream lives, and detaches it when it is dropped.
 struct MemberGuard {
     state: AppState,
     group: String,
@@ -99,7 +106,15 @@ impl MemberGuard {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
                 }
-                match poll_member(&hb_state, &hb_group, &hb_member, HEARTBEAT_GRACE_MS).await {
+                match poll_member(
+                    &hb_state,
+                    &hb_group,
+                    &hb_member,
+                    HEARTBEAT_GRACE_MS,
+                    PollFrom::Confirmed,
+                )
+                .await
+                {
                     Ok(_) => {}
                     Err(ApiError::MemberFenced { .. }) => return,
                     Err(error) => debug!(%error, "member stream heartbeat failed"),
@@ -127,12 +142,19 @@ impl Drop for MemberGuard {
         let state = self.state.clone();
         let group = std::mem::take(&mut self.group);
         let member_id = std::mem::take(&mut self.member);
+        let grace_ms = STREAM_REATTACH_GRACE.as_millis() as u64;
         runtime.spawn(async move {
             let outcome = state
                 .edge
-                .group(&group, GroupRequest::Leave { member_id })
+                .group(
+                    &group,
+                    GroupRequest::Detach {
+                        member_id,
+                        grace_ms,
+                    },
+                )
                 .await;
-            debug!(group = %group, ok = outcome.is_ok(), "member stream closed: left the group");
+            debug!(group = %group, ok = outcome.is_ok(), "member stream closed: detached");
         });
     }
 }
@@ -142,34 +164,13 @@ struct MemberCursor {
     state: AppState,
     group: String,
     member: String,
-    /// The group's committed offsets, applied to the first fetch's positions; cleared once
-    /// a fetch was reported.
-    rewind: Option<BTreeMap<TopicPartition, u64>>,
+    /// The position token of the last fetch, whose records were written to the stream:
+    /// the next fetch confirms it.
+    position: Option<PositionToken>,
     /// Generation and partitions the client was last told.
     told: (u64, Vec<TopicPartition>),
     done: bool,
     _guard: MemberGuard,
-}
-
-/// The committed offsets of the group, for the topics as they exist now.
-async fn committed_positions(
-    state: &AppState,
-    group: &str,
-) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
-    let mut out = BTreeMap::new();
-    for (tp, value) in state.edge.committed_offsets(group).await? {
-        let Ok(meta) = state.edge.topic(&tp.topic).await else {
-            continue;
-        };
-        if meta
-            .partitions
-            .get(tp.partition as usize)
-            .is_some_and(|p| p.group == value.topic_group)
-        {
-            out.insert(tp, value.offset);
-        }
-    }
-    Ok(out)
 }
 
 /// The member's records, as stream items, from its assigned partitions: an `assignment`
@@ -183,8 +184,15 @@ pub(crate) async fn member_records(
     group: String,
     member: String,
 ) -> Result<impl Stream<Item = Item> + Send + 'static, ApiError> {
-    let lease = poll_member(&state, &group, &member, HEARTBEAT_GRACE_MS).await?;
-    let rewind = committed_positions(&state, &group).await?;
+    // Attaching starts over from the committed offsets (and ends a detach).
+    let lease = poll_member(
+        &state,
+        &group,
+        &member,
+        HEARTBEAT_GRACE_MS,
+        PollFrom::Committed,
+    )
+    .await?;
     let shutdown = state.shutdown.clone();
     let first = Item::Assignment {
         generation: lease.generation,
@@ -195,7 +203,7 @@ pub(crate) async fn member_records(
         state,
         group,
         member,
-        rewind: Some(rewind),
+        position: None,
         told: (lease.generation, lease.assignments),
         done: false,
     };
@@ -213,18 +221,6 @@ pub(crate) async fn member_records(
 }
 
 impl MemberCursor {
-    /// Applies the committed offsets to the lease's starting positions (first fetch only).
-    fn rewound(&self, mut lease: Lease) -> Lease {
-        if let Some(committed) = &self.rewind {
-            for (tp, start) in &mut lease.positions {
-                if let Some(offset) = committed.get(tp) {
-                    *start = StartPosition::At(*offset);
-                }
-            }
-        }
-        lease
-    }
-
     /// One or more fetches, until there is something to emit.
     async fn step(&mut self) -> Vec<Item> {
         let bounds = ReadBounds {
@@ -233,12 +229,15 @@ impl MemberCursor {
             timeout_ms: MEMBER_POLL_MS,
         };
         loop {
+            let from = match &self.position {
+                Some(token) => PollFrom::Token(token.clone()),
+                None => PollFrom::Confirmed,
+            };
             let outcome =
-                match poll_member(&self.state, &self.group, &self.member, MEMBER_POLL_MS).await {
-                    Ok(lease) => {
-                        let lease = self.rewound(lease);
-                        read_and_report(&self.state, &self.group, &lease, bounds).await
-                    }
+                match poll_member(&self.state, &self.group, &self.member, MEMBER_POLL_MS, from)
+                    .await
+                {
+                    Ok(lease) => read_and_report(&self.state, &self.group, &lease, bounds).await,
                     Err(error) => Err(error),
                 };
             let batch = match outcome {
@@ -252,7 +251,7 @@ impl MemberCursor {
                     return vec![Item::Error(error)];
                 }
             };
-            self.rewind = None;
+            self.position = Some(batch.position.clone());
             let mut items = Vec::new();
             if self.told.0 != batch.generation || self.told.1 != batch.assignments {
                 self.told = (batch.generation, batch.assignments.clone());

@@ -2,12 +2,14 @@
 //!
 //! Every route validates its input here, then asks the group's coordinator (through
 //! [`Edge::group`](crate::edge::Edge)), wherever it runs. A member's fetch is three steps:
-//! a poll at the coordinator (the heartbeat; it answers where to read), the reads of the
-//! assigned partitions through the ordinary fetch path (long-polling), and a delivery
-//! report that advances the member's positions by exactly what this answer carries.
-//! Records of partitions the member lost in the meantime are dropped from the answer, so
-//! a member never receives a partition another member now owns from a position that
-//! would skip anything.
+//! a poll at the coordinator (the heartbeat; it confirms the `position` token the client
+//! presents and answers where to read), the reads of the assigned partitions through the
+//! ordinary fetch path (long-polling), and a delivery report of what this answer carries.
+//! The answer's `position` token is what the next fetch presents: positions advance only
+//! as far as the client shows it received (see `coordinator`'s module docs), so
+//! an answer lost on the way is delivered again. Records of partitions the member lost in
+//! the meantime are dropped from the answer, so a member never receives a partition
+//! another member now owns from a position that would skip anything.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -23,13 +25,15 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use psubd_actors::assignment::{AssignmentStrategy, TopicPartition};
 use psubd_actors::coordinator::{
-    AutoOffsetReset, GroupAnswer, GroupDescription, GroupRequest, Lease, Position, StartPosition,
-    MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
+    AutoOffsetReset, Delivery, GroupAnswer, GroupDescription, GroupRequest, Lease, PollFrom,
+    PositionToken, StartPosition, MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
 };
 use psubd_actors::offsets::OffsetEntry;
 use psubd_actors::partition::FetchedRecords;
 use psubd_actors::record::RecordIter;
-use psubd_actors::topic::{is_internal, validate_name, PartitionPlacement, TopicMeta};
+use psubd_actors::topic::{
+    is_internal, validate_name, PartitionPlacement, TopicMeta, MAX_PARTITIONS,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, instrument};
@@ -52,6 +56,10 @@ const MAX_OFFSETS_PER_REQUEST: usize = 10_000;
 /// A member without partitions waits at most this long per fetch, so it hears of a
 /// rebalance that gives it partitions soon after it happens.
 const IDLE_MEMBER_WAIT: Duration = Duration::from_secs(1);
+
+/// Most partitions a `position` token may name: as many as one member may be assigned,
+/// so every token the server makes parses.
+const MAX_POSITION_PARTITIONS: usize = MAX_TOPICS_PER_MEMBER * MAX_PARTITIONS as usize;
 
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {
@@ -247,6 +255,51 @@ struct MemberFetchParams {
     max_records: Option<String>,
     max_bytes: Option<String>,
     timeout_ms: Option<String>,
+    position: Option<String>,
+}
+
+/// Renders a position token: `<generation>` then `.<next offset>` per assigned partition
+/// in assignment order, `_` for a partition the fetch did not read. Opaque to clients;
+/// URL-safe as it is.
+pub(crate) fn encode_position(token: &PositionToken) -> String {
+    let mut out = token.generation.to_string();
+    for offset in &token.offsets {
+        out.push('.');
+        match offset {
+            Some(offset) => out.push_str(&offset.to_string()),
+            None => out.push('_'),
+        }
+    }
+    out
+}
+
+/// Parses a token made by [`encode_position`].
+///
+/// # Errors
+/// 400 `invalid_request` for anything else.
+pub(crate) fn parse_position(raw: &str) -> Result<PositionToken, ApiError> {
+    let invalid = || ApiError::InvalidRequest {
+        message: "position must be the token of an earlier fetch answer of this member".into(),
+    };
+    let mut parts = raw.split('.');
+    let generation = parts
+        .next()
+        .and_then(|g| g.parse::<u64>().ok())
+        .ok_or_else(invalid)?;
+    let mut offsets = Vec::new();
+    for part in parts {
+        if offsets.len() >= MAX_POSITION_PARTITIONS {
+            return Err(invalid());
+        }
+        offsets.push(match part {
+            "_" => None,
+            n => Some(n.parse::<u64>().map_err(|_| invalid())?),
+        });
+    }
+    Ok(PositionToken {
+        generation,
+        offsets,
+    })
 }
 
 fn spec(start: StartPosition) -> OffsetSpec {
@@ -419,55 +472,69 @@ pub(crate) struct RecordSpan {
     pub(crate) end: usize,
 }
 
-/// Renders up to the request's budget, partition by partition; each partition's next
-/// offset is what this answer delivers: the read's `next_offset` when all of it fits,
-/// else the offset of the first record left out.
+/// Renders up to the request's budget, shared fairly: one record per partition in turn,
+/// starting at partition `first` (rotated per fetch), so a backlog in one partition never
+/// starves the others. Each partition's next offset is what this answer delivers: the
+/// read's `next_offset` when all of it fits, else the offset of the first record left out.
 fn render_within_budget(
     fetched: &[(TopicPartition, FetchedRecords)],
     max_records: u32,
     max_bytes: u32,
+    first: usize,
 ) -> Result<Vec<Rendered>, ApiError> {
     let mut records_left = max_records;
     let mut bytes_left = max_bytes as usize;
     let mut wrote_any = false;
-    let mut out = Vec::with_capacity(fetched.len());
-    for (tp, run) in fetched {
-        let mut json = Vec::new();
-        let mut spans = Vec::new();
-        let mut next_offset = run.next_offset;
-        let mut iter = run.iter();
-        loop {
+    let mut iters: Vec<_> = fetched.iter().map(|(_, run)| run.iter()).collect();
+    let mut out: Vec<Rendered> = fetched
+        .iter()
+        .map(|(tp, run)| Rendered {
+            partition: tp.clone(),
+            json: Vec::new(),
+            spans: Vec::new(),
+            next_offset: run.next_offset,
+        })
+        .collect();
+    let mut open = vec![true; fetched.len()];
+    let count = fetched.len();
+    while open.iter().any(|o| *o) {
+        for k in 0..count {
+            let i = (first + k) % count;
+            if !open[i] {
+                continue;
+            }
+            let iter = &mut iters[i];
             let before = iter.remaining().len();
-            let Some(record) = iter.next() else { break };
+            let Some(record) = iter.next() else {
+                open[i] = false;
+                continue;
+            };
             let (offset, record) = record.map_err(|e| ApiError::Internal {
                 detail: format!("stored record: {e}"),
             })?;
             let size = before - iter.remaining().len();
+            let part = &mut out[i];
             if records_left == 0 || (wrote_any && size > bytes_left) {
-                records_left = 0;
-                next_offset = offset;
-                break;
+                // Left out: this partition resumes here.
+                part.next_offset = offset;
+                open[i] = false;
+                continue;
             }
-            if !json.is_empty() {
-                json.push(b',');
+            if !part.json.is_empty() {
+                part.json.push(b',');
             }
-            let start = json.len();
-            write_record(&mut json, &tp.topic, tp.partition, offset, &record);
-            spans.push(RecordSpan {
+            let start = part.json.len();
+            let (topic, partition) = (&fetched[i].0.topic, fetched[i].0.partition);
+            write_record(&mut part.json, topic, partition, offset, &record);
+            part.spans.push(RecordSpan {
                 offset,
                 start,
-                end: json.len(),
+                end: part.json.len(),
             });
             records_left -= 1;
             bytes_left = bytes_left.saturating_sub(size);
             wrote_any = true;
         }
-        out.push(Rendered {
-            partition: tp.clone(),
-            json,
-            spans,
-            next_offset,
-        });
     }
     Ok(out)
 }
@@ -483,18 +550,23 @@ pub(crate) struct MemberBatch {
     pub(crate) changed: bool,
     /// Records per partition; partitions without records or no longer owned are absent.
     pub(crate) parts: Vec<Rendered>,
+    /// What the next fetch presents to confirm this answer's positions.
+    pub(crate) position: PositionToken,
 }
 
 /// The first step of a member fetch: the poll at the coordinator, which is the member's
-/// heartbeat (alive for `timeout_ms` more) and answers where to read.
+/// heartbeat (alive for `timeout_ms` more), confirms positions as `from` says, and
+/// answers where to read.
 ///
 /// # Errors
-/// 409 `member_fenced` for an unknown member; 503 when no coordinator is reachable.
+/// 409 `member_fenced` for an unknown member; 400 for a token that does not fit the
+/// member; 503 when no coordinator is reachable.
 pub(crate) async fn poll_member(
     state: &AppState,
     group: &str,
     member: &str,
     timeout_ms: u64,
+    from: PollFrom,
 ) -> Result<Lease, ApiError> {
     lease_of(
         state
@@ -504,6 +576,7 @@ pub(crate) async fn poll_member(
                 GroupRequest::Poll {
                     member_id: member.to_string(),
                     timeout_ms,
+                    from,
                 },
             )
             .await?,
@@ -528,7 +601,11 @@ pub(crate) async fn read_and_report(
         timeout_ms,
     } = bounds;
     let fetched = fetch_assigned(state, lease, max_records, max_bytes, timeout_ms).await?;
-    let rendered = render_within_budget(&fetched, max_records, max_bytes)?;
+    let first = match fetched.len() {
+        0 => 0,
+        n => (lease.rotation % n as u64) as usize,
+    };
+    let rendered = render_within_budget(&fetched, max_records, max_bytes, first)?;
     let report = lease_of(
         state
             .edge
@@ -539,8 +616,9 @@ pub(crate) async fn read_and_report(
                     generation: lease.generation,
                     positions: rendered
                         .iter()
-                        .map(|r| Position {
+                        .map(|r| Delivery {
                             partition: r.partition.clone(),
+                            floor: r.spans.first().map_or(r.next_offset, |s| s.offset),
                             next_offset: r.next_offset,
                         })
                         .collect(),
@@ -549,6 +627,19 @@ pub(crate) async fn read_and_report(
             .await?,
     )?;
     let accepted: BTreeSet<&TopicPartition> = report.accepted.iter().collect();
+    let position = PositionToken {
+        generation: lease.generation,
+        offsets: lease
+            .assignments
+            .iter()
+            .map(|tp| {
+                rendered
+                    .iter()
+                    .find(|r| &r.partition == tp && accepted.contains(tp))
+                    .map(|r| r.next_offset)
+            })
+            .collect(),
+    };
     let parts: Vec<Rendered> = rendered
         .into_iter()
         .filter(|part| !part.json.is_empty() && accepted.contains(&part.partition))
@@ -565,6 +656,7 @@ pub(crate) async fn read_and_report(
         assignments: report.assignments,
         changed: report.changed || lease.changed,
         parts,
+        position,
     })
 }
 
@@ -581,7 +673,11 @@ async fn member_fetch(
         params.max_bytes.as_deref(),
         params.timeout_ms.as_deref(),
     )?;
-    let lease = poll_member(&state, &group, &member, bounds.timeout_ms).await?;
+    let from = match params.position.as_deref() {
+        Some(raw) => PollFrom::Token(parse_position(raw)?),
+        None => PollFrom::Confirmed,
+    };
+    let lease = poll_member(&state, &group, &member, bounds.timeout_ms, from).await?;
     let batch = read_and_report(&state, &group, &lease, bounds).await?;
     let mut body =
         Vec::with_capacity(batch.parts.iter().map(|r| r.json.len() + 1).sum::<usize>() + 128);
@@ -592,7 +688,12 @@ async fn member_fetch(
         }
         body.extend_from_slice(&part.json);
     }
-    let _ = write!(body, "],\"generation\":{}", batch.generation);
+    let _ = write!(
+        body,
+        "],\"generation\":{},\"position\":\"{}\"",
+        batch.generation,
+        encode_position(&batch.position)
+    );
     if batch.changed {
         body.extend_from_slice(b",\"assignments\":");
         serde_json::to_writer(&mut body, &batch.assignments).map_err(|e| ApiError::Internal {
@@ -637,6 +738,43 @@ fn check_offset_count(count: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a commit above a partition's high watermark (as the partition's leader reports
+/// it): it would mark records that do not exist yet as consumed, and the member's next
+/// fetch would meet 416 forever. The watermark only grows, so a check before the proposal
+/// holds when the commit applies.
+///
+/// # Errors
+/// 422 `offset_beyond_high_watermark`; 503 when a partition has no reachable replica.
+async fn check_within_high_watermarks(
+    state: &AppState,
+    entries: &[OffsetEntry],
+    placements: &[PartitionPlacement],
+) -> Result<(), ApiError> {
+    let statuses = futures::future::join_all(
+        placements
+            .iter()
+            .map(|placement| state.edge.partition_status(placement)),
+    )
+    .await;
+    for (entry, status) in entries.iter().zip(statuses) {
+        let status = status.ok_or_else(|| ApiError::Unavailable {
+            reason: format!(
+                "partition {} of topic '{}' has no reachable replica",
+                entry.partition, entry.topic
+            ),
+        })?;
+        if entry.offset > status.high_watermark {
+            return Err(ApiError::OffsetBeyondHighWatermark {
+                topic: entry.topic.clone(),
+                partition: entry.partition,
+                offset: entry.offset,
+                high_watermark: status.high_watermark,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[instrument(skip_all, fields(group = %group))]
 async fn commit(
     State(state): State<AppState>,
@@ -650,6 +788,7 @@ async fn commit(
     check_offset_count(body.offsets.len())?;
     let mut seen = BTreeSet::new();
     let mut entries = Vec::with_capacity(body.offsets.len());
+    let mut placements = Vec::with_capacity(body.offsets.len());
     for item in body.offsets {
         if !seen.insert((item.topic.clone(), item.partition)) {
             return Err(ApiError::InvalidRequest {
@@ -661,6 +800,7 @@ async fn commit(
         }
         let meta = group_topic(&state, &item.topic).await?;
         let placement = partition_of(&meta, item.partition)?;
+        placements.push(placement.clone());
         entries.push(OffsetEntry {
             topic: item.topic,
             partition: item.partition,
@@ -668,6 +808,7 @@ async fn commit(
             offset: item.offset,
         });
     }
+    check_within_high_watermarks(&state, &entries, &placements).await?;
     state
         .edge
         .group(
@@ -1052,7 +1193,7 @@ mod tests {
         }
     }
 
-    /// A compacted topic's read (issue 8): records at 3, 8 and 9, read up to 20.
+    /// A compacted topic's read: records at 3, 8 and 9, read up to 20.
     fn sparse_run() -> FetchedRecords {
         FetchedRecords {
             offsets: vec![3, 8, 9],
@@ -1064,7 +1205,7 @@ mod tests {
 
     #[test]
     fn compacted_offsets_are_rendered_and_positions_skip_the_gaps() {
-        let rendered = render_within_budget(&[(tp(0), sparse_run())], 10, 1 << 20).unwrap();
+        let rendered = render_within_budget(&[(tp(0), sparse_run())], 10, 1 << 20, 0).unwrap();
         let offsets: Vec<u64> = rendered[0].spans.iter().map(|s| s.offset).collect();
         assert_eq!(offsets, vec![3, 8, 9]);
         assert_eq!(rendered[0].next_offset, 20, "past the trailing gap");
@@ -1082,12 +1223,13 @@ mod tests {
         assert_eq!(second["offset"], 8);
 
         // Cut by the budget: the position is the first record left out, past the gap.
-        let cut = render_within_budget(&[(tp(0), sparse_run())], 1, 1 << 20).unwrap();
+        let cut = render_within_budget(&[(tp(0), sparse_run())], 1, 1 << 20, 0).unwrap();
         assert_eq!(cut[0].spans.len(), 1);
         assert_eq!(cut[0].next_offset, 8);
         // A partition the budget never reached starts at its first record.
         let later =
-            render_within_budget(&[(tp(0), run(0, 1)), (tp(1), sparse_run())], 1, 1 << 20).unwrap();
+            render_within_budget(&[(tp(0), run(0, 1)), (tp(1), sparse_run())], 1, 1 << 20, 0)
+                .unwrap();
         assert_eq!(later[1].next_offset, 3);
         assert!(later[1].spans.is_empty());
     }
@@ -1099,12 +1241,14 @@ mod tests {
         }
     }
 
+    /// Issue 18: the budget is shared in turn, so a backlog in partition 0 does not starve
+    /// partition 1; positions follow what each part carries.
     #[test]
     fn budget_caps_records_across_partitions_and_positions_follow() {
         let fetched = vec![(tp(0), run(10, 3)), (tp(1), run(5, 3))];
-        let rendered = render_within_budget(&fetched, 4, 1 << 20).unwrap();
-        assert_eq!(rendered[0].next_offset, 13, "all of partition 0");
-        assert_eq!(rendered[1].next_offset, 6, "one of partition 1");
+        let rendered = render_within_budget(&fetched, 4, 1 << 20, 0).unwrap();
+        assert_eq!(rendered[0].next_offset, 12, "two of partition 0");
+        assert_eq!(rendered[1].next_offset, 7, "two of partition 1");
         let body = format!(
             "[{},{}]",
             String::from_utf8(rendered[0].json.clone()).unwrap(),
@@ -1115,13 +1259,41 @@ mod tests {
             .iter()
             .map(|r| r["offset"].as_u64().unwrap())
             .collect();
-        assert_eq!(offsets, vec![10, 11, 12, 5]);
+        assert_eq!(offsets, vec![10, 11, 5, 6]);
+        // One record per answer: the rotation decides which partition it comes from.
+        let from_1 = render_within_budget(&fetched, 1, 1 << 20, 1).unwrap();
+        assert_eq!((from_1[0].next_offset, from_1[1].next_offset), (10, 6));
+        let from_0 = render_within_budget(&fetched, 1, 1 << 20, 0).unwrap();
+        assert_eq!((from_0[0].next_offset, from_0[1].next_offset), (11, 5));
+    }
+
+    #[test]
+    fn position_tokens_round_trip_and_bad_ones_are_refused() {
+        let token = PositionToken {
+            generation: 7,
+            offsets: vec![Some(105), None, Some(0)],
+        };
+        assert_eq!(encode_position(&token), "7.105._.0");
+        assert_eq!(parse_position("7.105._.0").unwrap(), token);
+        let empty = PositionToken {
+            generation: 3,
+            offsets: vec![],
+        };
+        assert_eq!(parse_position(&encode_position(&empty)).unwrap(), empty);
+        for bad in ["", "x", "7.", "7.-1", "7.1.2x", "7..1", "-3.1"] {
+            assert!(
+                matches!(parse_position(bad), Err(ApiError::InvalidRequest { .. })),
+                "{bad:?}"
+            );
+        }
+        let too_long = format!("1{}", ".1".repeat(MAX_POSITION_PARTITIONS + 1));
+        assert!(parse_position(&too_long).is_err());
     }
 
     #[test]
     fn an_empty_partition_keeps_its_position() {
         let fetched = vec![(tp(0), run(7, 0))];
-        let rendered = render_within_budget(&fetched, 10, 1 << 20).unwrap();
+        let rendered = render_within_budget(&fetched, 10, 1 << 20, 0).unwrap();
         assert_eq!(rendered[0].next_offset, 7);
         assert!(rendered[0].json.is_empty());
     }
@@ -1129,7 +1301,7 @@ mod tests {
     #[test]
     fn byte_budget_always_lets_one_record_through() {
         let fetched = vec![(tp(0), run(0, 3))];
-        let rendered = render_within_budget(&fetched, 10, 1).unwrap();
+        let rendered = render_within_budget(&fetched, 10, 1, 0).unwrap();
         assert_eq!(rendered[0].next_offset, 1);
     }
 

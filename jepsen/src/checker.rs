@@ -720,8 +720,9 @@ type AckedCommit<'a> = (u64, u64, Pair<'a>);
 #[derive(Default)]
 struct MemberState {
     generation: Option<i64>,
-    /// An unclear poll happened: the server-side position is unknown from here on.
-    tainted: bool,
+    /// Since the last unclear poll (an answer the member may never have received): the
+    /// keys polled successfully again. `None` before any unclear poll.
+    after_unclear: Option<BTreeSet<String>>,
     /// Last offset delivered to this member id, per key (across generations).
     last: BTreeMap<String, u64>,
     /// Keys delivered within the current generation segment.
@@ -775,12 +776,12 @@ fn check_groups(events: &[Event], pairs: &[Pair<'_>], classes: &mut BTreeMap<Str
         };
         let state = members.entry(member.to_string()).or_default();
         let Some(d) = p.done else {
-            state.tainted = true;
+            state.after_unclear = Some(BTreeSet::new());
             continue;
         };
         match d.kind {
             EventType::Info => {
-                state.tainted = true;
+                state.after_unclear = Some(BTreeSet::new());
                 continue;
             }
             EventType::Fail => continue,
@@ -818,11 +819,23 @@ fn check_groups(events: &[Event], pairs: &[Pair<'_>], classes: &mut BTreeMap<Str
             }
             let first = offs[0];
             let last = offs[offs.len() - 1];
-            if state.tainted {
-                state.last.insert(key.to_string(), last);
-                continue;
-            }
-            if state.in_segment.contains(key) {
+            let first_since_unclear = state
+                .after_unclear
+                .as_mut()
+                .is_some_and(|seen| seen.insert(key.to_string()));
+            if first_since_unclear {
+                // An answer was lost before this one: the member (which kept its id) may
+                // be re-delivered anything from what it last received or the committed
+                // offset, but must not start beyond both.
+                let committed = possible_committed(group, key, d.index);
+                let own = state.last.get(key).map(|l| l + 1).unwrap_or(0);
+                if first > committed.max(own) {
+                    get(classes, "group-skip").add(|| {
+                        json!({"what": "poll after an unclear poll starts beyond what the member received and the committed offset", "group": group, "key": key, "member": member, "max_possible_committed": committed, "last_received_next": own, "first_offset": first, "poll_invoke": brief(p.inv, None), "poll": brief(d, Some((key, first)))})
+                    });
+                }
+                state.in_segment.insert(key.to_string());
+            } else if state.in_segment.contains(key) {
                 let expect = state.last.get(key).map(|l| l + 1).unwrap_or(0);
                 if first != expect {
                     let class = if first > expect {

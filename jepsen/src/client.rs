@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::error::JepsenError;
 use crate::history::{key_of, KeyOffset, SeenRecord};
+use crate::proxy::CONNECT_FAILED_HEADER;
 
 /// Why a request did not succeed.
 #[derive(Debug, Clone)]
@@ -120,6 +121,9 @@ pub struct Polled {
     pub generation: Option<i64>,
     /// New assignments, when they changed.
     pub assignments: Option<Vec<String>>,
+    /// The position token to present at the next poll (older servers send
+    /// none).
+    pub position: Option<String>,
 }
 
 /// One partition's leader as `GET /v1/topics/{t}/partitions` reports it.
@@ -175,6 +179,13 @@ impl Client {
     ) -> Result<(u16, Value), Failure> {
         let resp = req.timeout(timeout).send().await.map_err(transport)?;
         let status = resp.status().as_u16();
+        if resp.headers().contains_key(CONNECT_FAILED_HEADER) {
+            // The lost-responses proxy could not reach the node: nothing was sent.
+            return Err(Failure::Transport {
+                connect: true,
+                detail: "proxy: the node refused the connection".into(),
+            });
+        }
         let bytes = resp.bytes().await.map_err(transport)?;
         if status >= 400 {
             let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
@@ -410,11 +421,15 @@ impl Client {
         member: &str,
         max_records: u32,
         wait_ms: u64,
+        position: Option<&str>,
     ) -> Result<Polled, Failure> {
         let base = self.base(node)?;
-        let req = self.http.get(format!(
+        let mut req = self.http.get(format!(
             "{base}/v1/groups/{group}/members/{member}/records?max_records={max_records}&timeout_ms={wait_ms}"
         ));
+        if let Some(position) = position {
+            req = req.query(&[("position", position)]);
+        }
         let (_, v) = self
             .send(req, Duration::from_millis(wait_ms + 5000))
             .await?;
@@ -422,6 +437,7 @@ impl Client {
             records: parse_records(&v, None)?,
             generation: v.get("generation").and_then(Value::as_i64),
             assignments: parse_assignments(v.get("assignments")),
+            position: v.get("position").and_then(Value::as_str).map(str::to_owned),
         })
     }
 

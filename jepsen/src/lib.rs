@@ -26,6 +26,7 @@ pub mod final_phase;
 pub mod history;
 pub mod nemesis;
 pub mod network;
+pub mod proxy;
 pub mod run;
 pub mod wait;
 pub mod workload;

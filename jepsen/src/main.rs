@@ -35,7 +35,8 @@ struct TestArgs {
     /// Seconds of workload under faults (the final phase comes after).
     #[arg(long, default_value_t = 60)]
     time: u64,
-    /// Fault kinds, comma-separated: kill, pause, partition, loss (or `none`).
+    /// Fault kinds, comma-separated: kill, pause, partition, loss, lost-responses (or
+    /// `none`).
     #[arg(long, default_value = "kill,pause")]
     nemesis: String,
     /// Seed of the fault schedule and of the workload's choices.
@@ -66,6 +67,11 @@ struct TestArgs {
     /// into one Raft entry outgrow a stored batch and are stored in several pieces.
     #[arg(long, default_value_t = 0)]
     pad_bytes: usize,
+    /// Group members keep their member id after an unclear poll or commit and simply
+    /// fetch again (presenting the last position token they received), as real clients
+    /// do; by default they are abandoned and re-join.
+    #[arg(long)]
+    naive_members: bool,
 }
 
 #[derive(Args)]
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
                 no_netns: a.no_netns,
                 no_groups: a.no_groups,
                 pad_bytes: a.pad_bytes,
+                naive_members: a.naive_members,
             })
             .map(|r| (r, a.out))
         }),

@@ -21,6 +21,7 @@ use crate::cluster::Cluster;
 use crate::error::JepsenError;
 use crate::history::{split_key, Event, EventType, History, Op};
 use crate::network::{DropRule, Namespaces};
+use crate::proxy::Proxies;
 
 /// The kinds of fault, as named on the command line (`--nemesis kill,pause,...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,6 +35,8 @@ pub enum FaultKind {
     Partition,
     /// nftables random drop of a share of peer packets.
     Loss,
+    /// A share of client requests reach a node but their answers are dropped (proxy.rs).
+    LostResponses,
 }
 
 impl FaultKind {
@@ -47,8 +50,11 @@ impl FaultKind {
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
             "loss" => Ok(FaultKind::Loss),
+            "lost-responses" => Ok(FaultKind::LostResponses),
             other => Err(JepsenError::InvalidArgument {
-                detail: format!("unknown nemesis `{other}` (kill, pause, partition, loss)"),
+                detail: format!(
+                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses)"
+                ),
             }),
         }
     }
@@ -129,6 +135,11 @@ pub enum Fault {
         /// 1..=100.
         percent: u8,
     },
+    /// Drop the answers of `percent`% of client requests after the node received them.
+    LostResponses {
+        /// 1..=100.
+        percent: u8,
+    },
 }
 
 impl Fault {
@@ -139,6 +150,7 @@ impl Fault {
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::Loss { .. } => FaultKind::Loss,
+            Fault::LostResponses { .. } => FaultKind::LostResponses,
         }
     }
 }
@@ -246,6 +258,9 @@ pub fn plan(
             FaultKind::Loss => Fault::Loss {
                 percent: rng.gen_range(10..=50),
             },
+            FaultKind::LostResponses => Fault::LostResponses {
+                percent: rng.gen_range(10..=40),
+            },
         };
         steps.push(Step {
             quiet_ms,
@@ -269,6 +284,8 @@ pub struct Nemesis {
     pub history: Arc<History>,
     /// Seed for the choices made at run time (a random node when no leader is known).
     pub seed: u64,
+    /// The client proxies, when `lost-responses` is among the faults.
+    pub proxies: Option<Arc<Proxies>>,
 }
 
 /// What an applied fault did, so it can be healed.
@@ -277,6 +294,7 @@ enum Applied {
     Killed(Vec<u64>),
     Paused(Vec<u64>),
     Network,
+    Proxies,
     Nothing,
 }
 
@@ -423,6 +441,16 @@ impl Nemesis {
                 .await?;
                 Ok((ids, Applied::Network))
             }
+            Fault::LostResponses { percent } => {
+                let proxies =
+                    self.proxies
+                        .as_ref()
+                        .ok_or_else(|| JepsenError::InvalidArgument {
+                            detail: "lost-responses needs the client proxies".into(),
+                        })?;
+                proxies.set_drop_percent(*percent);
+                Ok((self.cluster.ids(), Applied::Proxies))
+            }
         }
     }
 
@@ -453,6 +481,13 @@ impl Nemesis {
                 Ok(net) => blocking(move || net.heal_all()).await,
                 Err(e) => Err(e),
             },
+            Applied::Proxies => {
+                if let Some(proxies) = &self.proxies {
+                    proxies.set_drop_percent(0);
+                    info!(dropped = proxies.dropped(), "lost-responses healed");
+                }
+                Ok(())
+            }
             Applied::Nothing => Ok(()),
         };
         let mut done = inv.complete(if res.is_ok() {

@@ -23,6 +23,7 @@ use crate::final_phase;
 use crate::history::{Event, EventType, History, Op};
 use crate::nemesis::{self, FaultKind, Nemesis};
 use crate::network::{self, Namespaces};
+use crate::proxy::Proxies;
 use crate::wait::eventually;
 use crate::workload::{Workload, WorkloadConfig};
 
@@ -62,6 +63,9 @@ pub struct TestOptions {
     pub no_groups: bool,
     /// Padding bytes on every published record (see [`WorkloadConfig::pad_bytes`]).
     pub pad_bytes: usize,
+    /// Group members keep their member id after an unclear outcome and fetch again (see
+    /// [`WorkloadConfig::naive_members`]).
+    pub naive_members: bool,
 }
 
 /// Runs a whole test and returns the checker's results (also in `out/results.json`).
@@ -201,12 +205,27 @@ async fn run_body(
 ) -> Result<Results, JepsenError> {
     let out = &opts.out;
     let history = Arc::new(History::create(&out.join("history.jsonl"))?);
+    // With `lost-responses`, every client request goes through a proxy per node.
+    let proxy_stop = CancellationToken::new();
+    let _proxy_guard = proxy_stop.clone().drop_guard();
+    let proxies = if kinds.contains(&FaultKind::LostResponses) {
+        let upstreams: Vec<SocketAddr> = cluster.specs().iter().map(|s| s.http).collect();
+        Some(Arc::new(
+            Proxies::start(&upstreams, local, opts.seed, proxy_stop.clone()).await?,
+        ))
+    } else {
+        None
+    };
     let nodes: Vec<NodeAddr> = cluster
         .specs()
         .iter()
-        .map(|s| NodeAddr {
+        .enumerate()
+        .map(|(i, s)| NodeAddr {
             id: s.id,
-            base: format!("http://{}", s.http),
+            base: match proxies.as_ref().and_then(|p| p.addrs.get(i)) {
+                Some(proxy) => format!("http://{proxy}"),
+                None => format!("http://{}", s.http),
+            },
         })
         .collect();
     let client = Client::new(nodes, local)?;
@@ -225,6 +244,7 @@ async fn run_body(
         group: "jepsen-group".into(),
         seed: opts.seed,
         pad_bytes: opts.pad_bytes,
+        naive_members: opts.naive_members,
     };
     let keys = config.keys();
     let steps = nemesis::plan(opts.seed, &kinds, opts.time, &keys, &cluster.ids());
@@ -237,6 +257,7 @@ async fn run_body(
         "nemesis": kinds,
         "skipped_without_namespaces": dropped,
         "time_s": opts.time.as_secs(),
+        "naive_members": opts.naive_members,
         "steps": steps,
     });
     let schedule_path = out.join("schedule.json");
@@ -312,6 +333,7 @@ async fn run_body(
         client: client.clone(),
         history: history.clone(),
         seed: opts.seed,
+        proxies: proxies.clone(),
     };
     let stop = CancellationToken::new();
     let timer = {

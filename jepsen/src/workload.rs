@@ -58,6 +58,10 @@ pub struct WorkloadConfig {
     /// Bytes of a `pad` header on every published record (0: none). Readers ignore it; it
     /// makes entries large enough to be stored as several batches.
     pub pad_bytes: usize,
+    /// Group members keep their member id after an unclear poll or commit and simply
+    /// poll again, presenting the last position token they received (what real clients
+    /// do); otherwise they are abandoned like a crashed client and re-join.
+    pub naive_members: bool,
 }
 
 impl WorkloadConfig {
@@ -267,8 +271,10 @@ impl Workload {
     /// A consumer-group member process: join, poll, commit the next offset, now and then
     /// restart under a new member id (leaving first or just vanishing). After any unclear
     /// outcome (`info`) of a poll or a commit the member is abandoned like a crashed
-    /// client: its server-side position is unknown, so it must not commit past records it
-    /// never saw.
+    /// client (its server-side position is unknown, so it must not commit past records it
+    /// never saw) — unless `naive_members` is set: then it keeps its member id and polls
+    /// again with the last position token it received, and the server must not skip what
+    /// the lost answer carried.
     ///
     /// With `drain` = `Some(targets)` (final phase) it never restarts and returns once its
     /// commits have reached every target offset (`topic/partition` → high watermark) and a
@@ -282,11 +288,15 @@ impl Workload {
     ) -> bool {
         let mut rng = self.rng(0x3000 + salt);
         let group = self.config.group.clone();
+        let naive = self.config.naive_members && drain.is_none();
         let mut session: Option<(String, Option<i64>)> = None;
+        // The position token of the last answer received in this session.
+        let mut position: Option<String> = None;
         let mut committed: BTreeMap<String, u64> = BTreeMap::new();
         while !stop.is_cancelled() {
             let node = self.pick_node(&mut rng);
             let Some((member, generation)) = session.clone() else {
+                position = None;
                 session = self.join_once(process, &group, node).await;
                 if session.is_none() {
                     tokio::select! {
@@ -304,10 +314,20 @@ impl Workload {
             let inv = self.history.record(inv);
             let polled = match self
                 .client
-                .poll(node, &group, &member, MAX_RECORDS, WAIT_MS)
+                .poll(
+                    node,
+                    &group,
+                    &member,
+                    MAX_RECORDS,
+                    WAIT_MS,
+                    position.as_deref(),
+                )
                 .await
             {
                 Ok(p) => {
+                    if p.position.is_some() {
+                        position = p.position.clone();
+                    }
                     let mut e = inv.complete(EventType::Ok);
                     if p.generation.is_some() {
                         e.generation = p.generation;
@@ -325,6 +345,8 @@ impl Workload {
                     let fenced = matches!(f, Failure::Status { status: 409, .. });
                     if fenced {
                         session = None;
+                    } else if kind == EventType::Info && naive {
+                        // Just fetch again, as a real client does.
                     } else if kind == EventType::Info {
                         self.leave_once(process, &group, &member, node).await;
                         session = None;
@@ -362,6 +384,9 @@ impl Workload {
                         // A 409 (stale generation, fenced): re-join.
                         session = None;
                         continue;
+                    }
+                    _ if naive => {
+                        // Unknown outcome: carry on; the next commit covers this one.
                     }
                     _ => {
                         self.leave_once(process, &group, &member, node).await;

@@ -1,4 +1,4 @@
-//! The short chaos run CI makes (issue 5): three real `psubd node` processes under kill,
+//! The short chaos run CI makes: three real `psubd node` processes under kill,
 //! pause and — where network namespaces are allowed — partition faults for 60 s, then
 //! the checker. Any anomaly fails the test; the run's directory is kept and printed.
 //!

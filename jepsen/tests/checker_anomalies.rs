@@ -1,5 +1,5 @@
 //! The checker against synthetic histories: a clean history passes, and each anomaly
-//! class of issue 5, planted on its own, is caught and makes the run invalid.
+//! class the checker reports, planted on its own, is caught and makes the run invalid.
 //! (docs/architecture.md § Failure contract; the classes are listed in checker.rs.)
 
 use psubd_jepsen::checker::{check, Results};
@@ -97,6 +97,19 @@ impl H {
         let inv = self.push(e);
         let mut d = inv.complete(EventType::Ok);
         d.records = Some(records);
+        self.push(d);
+    }
+
+    /// A poll whose answer never reached the client (`info`).
+    fn poll_lost(&mut self, p: &str, member: &str, generation: i64) {
+        let mut e = Event::new(p, EventType::Invoke, Op::Poll);
+        e.group = Some("g".into());
+        e.member = Some(member.into());
+        e.generation = Some(generation);
+        e.node = Some(2);
+        let inv = self.push(e);
+        let mut d = inv.complete(EventType::Info);
+        d.error = Some("transport: connection closed before message completed".into());
         self.push(d);
     }
 
@@ -417,6 +430,40 @@ fn a_member_going_back_within_its_session_is_nonmonotonic() {
     h.poll("g1", "m3", 3, t0()[2..].to_vec()); // goes back to 2 within generation 3
     final_phase(&mut h);
     assert_caught(&h, "nonmonotonic-read");
+}
+
+/// Issue 18: a naive member keeps its id after a lost poll answer; its next poll may
+/// re-deliver from what it last received, but must not start beyond it.
+#[test]
+fn a_poll_after_a_lost_answer_that_skips_is_a_group_skip() {
+    let mut h = main_phase();
+    h.publish("t/1", 8, EventType::Ok, Some(2));
+    h.publish("t/1", 9, EventType::Ok, Some(3));
+    // Committed t/1 is 2; m3 receives 0-1, loses the answer carrying 2, then gets 3.
+    h.join("g1", "m3", 3, &["t/1"]);
+    h.poll("g1", "m3", 3, t1());
+    h.poll_lost("g1", "m3", 3);
+    h.poll("g1", "m3", 3, vec![rec("t/1", 3, 9)]);
+    final_phase(&mut h);
+    let r = assert_caught(&h, "group-skip");
+    assert_eq!(r.count("nonmonotonic-read"), 0);
+}
+
+#[test]
+fn a_poll_after_a_lost_answer_may_redeliver() {
+    let mut h = main_phase();
+    h.join("g1", "m3", 3, &["t/0"]);
+    h.poll("g1", "m3", 3, t0()[..2].to_vec());
+    h.poll_lost("g1", "m3", 3);
+    h.poll("g1", "m3", 3, t0()[2..].to_vec()); // from what it last received: fine
+    h.poll("g1", "m3", 3, vec![]);
+    final_phase(&mut h);
+    let r = h.check();
+    assert!(
+        r.valid,
+        "re-delivery after a lost answer flagged: {}",
+        serde_json::to_string_pretty(&r.anomalies).unwrap()
+    );
 }
 
 #[test]

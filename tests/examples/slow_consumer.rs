@@ -1,4 +1,4 @@
-//! Backpressure proof (issue 7): consumers that read nothing for 30 s while 100 MB is
+//! Backpressure proof: consumers that read nothing for 30 s while 100 MB is
 //! published must not grow node memory without bound.
 //!
 //! Starts a 3-node cluster from the release binary, opens on partition 0 an SSE stream

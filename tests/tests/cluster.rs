@@ -121,7 +121,7 @@ async fn http_api_contracts_on_a_three_node_cluster() {
     checks.finish();
 }
 
-/// docs/operations.md § Readiness; issue 3: all three nodes answer `GET /readyz` 200 within
+/// docs/operations.md § Readiness: all three nodes answer `GET /readyz` 200 within
 /// 10 s of being spawned, and `GET /healthz` 200.
 async fn ready_within_10s(c: &Cluster) {
     let t = c.ready_in();
@@ -1086,7 +1086,7 @@ struct Attempt {
     outcome: PublishOutcome,
 }
 
-/// docs/architecture.md § Failure contract; issue 3: kill -9 of a partition's leader while
+/// docs/architecture.md § Failure contract: kill -9 of a partition's leader while
 /// publishing through the other nodes. Publishes succeed again within 5 s; the
 /// unavailable window answers 503 with `Retry-After` (or 504 outcome unknown), never
 /// anything else; after the node restarts, every acknowledged record is on it (and on

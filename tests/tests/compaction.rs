@@ -1,4 +1,4 @@
-//! Compacted topics and key views end to end (issue 8): real nodes, HTTP only.
+//! Compacted topics and key views end to end: real nodes, HTTP only.
 //!
 //! `compacted_topic_key_views_survive_kill_and_compaction`: 100,000 updates over
 //! 1,000 keys (batched publishes) into a three-partition compacted topic, then 100 keys
@@ -407,6 +407,7 @@ async fn member_reads_every_survivor_and_commits_past_them(
 ) {
     const GROUP: &str = "table-builder";
     let member = join(node, GROUP).await;
+    let mut position = None;
     let want: BTreeSet<(u32, u64, String)> = table
         .iter()
         .flat_map(|(p, rows)| rows.iter().map(|(o, k)| (*p, *o, k.clone())))
@@ -421,7 +422,7 @@ async fn member_reads_every_survivor_and_commits_past_them(
             got.len(),
             want.len()
         );
-        let records = member_fetch(node, GROUP, &member, 200).await;
+        let records = member_fetch(node, GROUP, &member, &mut position, 200).await;
         if !records.is_empty() {
             fetches_with_records += 1;
         }
@@ -441,7 +442,7 @@ async fn member_reads_every_survivor_and_commits_past_them(
         table.len()
     );
     // Its position moved past the survivors (and the gaps): nothing more, nothing again.
-    let again = member_fetch(node, GROUP, &member, 500).await;
+    let again = member_fetch(node, GROUP, &member, &mut position, 500).await;
     assert!(again.is_empty(), "nothing re-read: {again:?}");
 
     let commits: Vec<Value> = table
@@ -487,7 +488,7 @@ async fn member_reads_every_survivor_and_commits_past_them(
         .unwrap();
     assert_eq!(resp.status(), 204);
     let next = join(node, GROUP).await;
-    let resumed = member_fetch(node, GROUP, &next, 500).await;
+    let resumed = member_fetch(node, GROUP, &next, &mut None, 500).await;
     assert!(
         resumed.is_empty(),
         "resumes past the survivors: {resumed:?}"
@@ -520,20 +521,26 @@ async fn join(node: &NodeClient, group: &str) -> (String, u64) {
     )
 }
 
-/// One member fetch: its records.
+/// One member fetch: its records. Presents the previous answer's `position` token and
+/// keeps the new one, as a client does (positions advance only as far as confirmed).
 async fn member_fetch(
     node: &NodeClient,
     group: &str,
     member: &(String, u64),
+    position: &mut Option<String>,
     timeout_ms: u64,
 ) -> Vec<Value> {
-    let url = node.url(&format!(
+    let mut url = node.url(&format!(
         "/v1/groups/{group}/members/{}/records?max_records=10000&timeout_ms={timeout_ms}",
         member.0
     ));
+    if let Some(token) = position.as_deref() {
+        url.push_str(&format!("&position={token}"));
+    }
     let resp = node.http().get(url).send().await.unwrap();
     let body: Value = expect_json(resp, 200).await.unwrap();
     assert_eq!(field(&body, "generation"), member.1, "no rebalance");
+    *position = body["position"].as_str().map(str::to_string);
     body["records"].as_array().unwrap().clone()
 }
 

@@ -12,6 +12,11 @@
 //!   counted and reported).
 //! - `committed_offsets_survive_kill_of_any_node`: committed offsets survive kill -9 of each
 //!   node in turn (the coordinator's first) and read back equal from every node.
+//! - `a_lost_fetch_answer_is_delivered_again`: a fetch whose answer the client
+//!   never read is served again; positions advance by the `position` token or a commit.
+//! - `a_commit_beyond_the_high_watermark_is_refused`: 422, nothing changes.
+//! - `fetches_share_the_budget_across_partitions`: two backlogs, a small
+//!   `max_records`: both partitions are served.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
@@ -71,6 +76,10 @@ struct MemberFetch {
     generation: u64,
     #[serde(default)]
     assignments: Option<Vec<Assignment>>,
+    /// Presented by the next fetch to confirm this answer's positions (optional here so
+    /// that the tests fail at their assertions against servers without it).
+    #[serde(default)]
+    position: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -102,6 +111,8 @@ struct Member {
     id: String,
     generation: u64,
     owned: BTreeSet<Tp>,
+    /// The last answer's position token (a client presents it with its next fetch).
+    position: Option<String>,
 }
 
 impl Member {
@@ -133,14 +144,19 @@ impl Member {
             id: joined.member_id,
             generation: joined.generation,
             owned: tps(&joined.assignments),
+            position: None,
         }
     }
 
     fn records_url(&self, timeout_ms: u64) -> String {
-        self.node.url(&format!(
+        let mut url = self.node.url(&format!(
             "/v1/groups/{}/members/{}/records?timeout_ms={timeout_ms}&max_records=1000",
             self.group, self.id
-        ))
+        ));
+        if let Some(position) = &self.position {
+            url.push_str(&format!("&position={position}"));
+        }
+        url
     }
 
     /// One member fetch (the heartbeat); learns generation and assignments.
@@ -160,6 +176,7 @@ impl Member {
         let answer: MemberFetch =
             serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
         self.generation = answer.generation;
+        self.position = answer.position;
         if let Some(assignments) = answer.assignments {
             self.owned = tps(&assignments);
         }
@@ -920,7 +937,7 @@ async fn members_come_and_go_with_at_least_once_delivery() {
 // Regression: committed offsets read through a node that was cut off
 // ---------------------------------------------------------------------------------------
 
-/// Regression (chaos harness, issue 5, "issues found" #1): a node that led the group's
+/// Regression (chaos harness, docs/chaos.md "What it found" #1): a node that led the group's
 /// offsets partition and was paused answered `GET /v1/groups/{g}/offsets` from its own
 /// stale replica right after resuming — offsets older than a commit acknowledged while it
 /// was away. A committed read must never go back (a 503 while it catches up is fine).
@@ -980,4 +997,279 @@ async fn committed_offsets_never_read_back_older_after_a_pause() {
         "the resumed node reads the later commit"
     );
     eprintln!("resumed node answered {answered} committed reads in the first 4 s");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 18: positions the client confirms, fair fetches, commits within the log
+// ---------------------------------------------------------------------------------------
+
+/// Creates `topic` on a one-node cluster, waits for its leaders, and publishes `count`
+/// records `{"p": partition, "i": offset}` to each partition.
+async fn topic_with_records(cluster: &Cluster, topic: &str, partitions: u32, count: u64) {
+    let node = cluster.node(1);
+    node.create_topic(topic, partitions, 1).await;
+    for p in 0..partitions {
+        cluster.leader_of(topic, p).await;
+    }
+    let records: Vec<NewRecord> = (0..partitions)
+        .flat_map(|p| {
+            (0..count).map(move |i| NewRecord {
+                partition: Some(p),
+                ..NewRecord::keyed(format!("k{i}"), json!({"p": p, "i": i}))
+            })
+        })
+        .collect();
+    node.publish(topic, &records).await;
+}
+
+/// Joins `group` for `topic` from the earliest offset (retrying 503 while the offsets
+/// topic settles); returns (member id, generation).
+async fn join_earliest(node: &NodeClient, group: &str, topic: &str) -> (String, u64) {
+    let url = node.url(&format!("/v1/groups/{group}/members"));
+    let body = json!({"topics": [topic], "auto_offset_reset": "earliest"});
+    let joined: Joined = eventually(SETTLE, "a join answered 201", || {
+        let request = node.http().post(&url).json(&body);
+        async move {
+            let resp = request.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            if status != StatusCode::CREATED {
+                return Err(format!("{status}: {text}"));
+            }
+            serde_json::from_str::<Joined>(&text).map_err(|e| format!("{e}: {text}"))
+        }
+    })
+    .await;
+    (joined.member_id, joined.generation)
+}
+
+/// One member fetch with the given query; the raw response (no retries).
+async fn member_get(
+    node: &NodeClient,
+    group: &str,
+    member: &str,
+    query: &str,
+) -> reqwest::Response {
+    node.http()
+        .get(node.url(&format!(
+            "/v1/groups/{group}/members/{member}/records?{query}"
+        )))
+        .send()
+        .await
+        .expect("member fetch")
+}
+
+/// One member fetch that must answer 200: its (partition, offset) pairs and position.
+async fn member_records(
+    node: &NodeClient,
+    group: &str,
+    member: &str,
+    query: &str,
+) -> (Vec<(u32, u64)>, String) {
+    let resp = member_get(node, group, member, query).await;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::OK, "member fetch ?{query}: {text}");
+    let answer: MemberFetch = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    for r in &answer.records {
+        assert_eq!(
+            (r.value["p"].as_u64(), r.value["i"].as_u64()),
+            (Some(u64::from(r.partition)), Some(r.offset)),
+            "the record published at its partition and offset"
+        );
+    }
+    (
+        answer
+            .records
+            .iter()
+            .map(|r| (r.partition, r.offset))
+            .collect(),
+        answer.position.unwrap_or_default(),
+    )
+}
+
+async fn commit_offset(
+    node: &NodeClient,
+    group: &str,
+    member: &str,
+    generation: u64,
+    topic: &str,
+    offset: u64,
+) -> reqwest::Response {
+    node.http()
+        .post(node.url(&format!("/v1/groups/{group}/offsets")))
+        .json(&json!({
+            "member_id": member,
+            "generation": generation,
+            "offsets": [{"topic": topic, "partition": 0, "offset": offset}],
+        }))
+        .send()
+        .await
+        .expect("commit request")
+}
+
+fn on_partition_0(range: std::ops::Range<u64>) -> Vec<(u32, u64)> {
+    range.map(|o| (0, o)).collect()
+}
+
+/// Issue 18: a fetch whose answer never reached the client (its connection dropped) must
+/// not move the member's position: the next fetch returns the same records. Positions
+/// advance by the `position` token of an answer the client read, or by a commit; a stale
+/// token never moves them back; a malformed one is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_fetch_answer_is_delivered_again() {
+    let cluster = Cluster::start(1).await;
+    let node = cluster.node(1);
+    topic_with_records(&cluster, "sk", 1, 10).await;
+    let (member, generation) = join_earliest(&node, "g1", "sk").await;
+
+    // The answer to this fetch is lost (the client never reads it).
+    let (lost, lost_position) =
+        member_records(&node, "g1", &member, "max_records=5&timeout_ms=0").await;
+    assert_eq!(lost, on_partition_0(0..5));
+    // Fetching again without confirmation delivers the same records, never 5..10 alone.
+    let (again, position) =
+        member_records(&node, "g1", &member, "max_records=100&timeout_ms=500").await;
+    assert_eq!(
+        again,
+        on_partition_0(0..10),
+        "records 0-4 are delivered again"
+    );
+
+    // A malformed token is refused and changes nothing.
+    for bad in ["nonsense", "1.x", "-1"] {
+        let resp = member_get(
+            &node,
+            "g1",
+            &member,
+            &format!("timeout_ms=0&position={bad}"),
+        )
+        .await;
+        expect_error(resp, 400, "invalid_request", "malformed position").await;
+    }
+    let (unchanged, _) = member_records(&node, "g1", &member, "timeout_ms=0").await;
+    assert_eq!(unchanged, on_partition_0(0..10), "still unconfirmed");
+
+    // Presenting the token of the answer read confirms it: nothing more to deliver, and
+    // a fetch without a token starts at the confirmed position too.
+    let (after, _) = member_records(
+        &node,
+        "g1",
+        &member,
+        &format!("timeout_ms=100&position={position}"),
+    )
+    .await;
+    assert!(after.is_empty(), "confirmed through 10: {after:?}");
+    let (plain, _) = member_records(&node, "g1", &member, "timeout_ms=0").await;
+    assert!(
+        plain.is_empty(),
+        "a fetch without a token starts at the confirmed position"
+    );
+    // An older token never moves the position back.
+    let (stale, _) = member_records(
+        &node,
+        "g1",
+        &member,
+        &format!("timeout_ms=0&position={lost_position}"),
+    )
+    .await;
+    assert!(stale.is_empty(), "a stale token is ignored: {stale:?}");
+
+    // The curl flow: fetch, commit, fetch — the commit confirms.
+    let more: Vec<NewRecord> = (10..15)
+        .map(|i| NewRecord {
+            partition: Some(0),
+            ..NewRecord::keyed(format!("k{i}"), json!({"p": 0, "i": i}))
+        })
+        .collect();
+    node.publish("sk", &more).await;
+    let (fresh, _) = member_records(&node, "g1", &member, "timeout_ms=500").await;
+    assert_eq!(fresh, on_partition_0(10..15));
+    let resp = commit_offset(&node, "g1", &member, generation, "sk", 15).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "commit 15");
+    let (done, _) = member_records(&node, "g1", &member, "timeout_ms=100").await;
+    assert!(done.is_empty(), "the commit confirmed 15: {done:?}");
+}
+
+/// Issue 18: a commit above the partition's high watermark is refused with 422 and
+/// changes nothing (before, it was accepted and the member met 416 forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_beyond_the_high_watermark_is_refused() {
+    let cluster = Cluster::start(1).await;
+    let node = cluster.node(1);
+    topic_with_records(&cluster, "hw", 1, 10).await;
+    let (member, generation) = join_earliest(&node, "g2", "hw").await;
+    let (got, _) = member_records(&node, "g2", &member, "timeout_ms=500").await;
+    assert_eq!(got, on_partition_0(0..10));
+
+    let resp = commit_offset(&node, "g2", &member, generation, "hw", 4).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "commit 4");
+    for beyond in [11, u64::MAX] {
+        let resp = commit_offset(&node, "g2", &member, generation, "hw", beyond).await;
+        let error = expect_error(resp, 422, "offset_beyond_high_watermark", "commit > hw").await;
+        assert_eq!(error.error_code, 42203);
+    }
+    let rows = group_offsets(&node, "g2").await.expect("offsets");
+    assert_eq!(committed_map(&rows)[&("hw".to_string(), 0)], 4, "unchanged");
+    // At the high watermark is fine (everything consumed), and fetches keep working.
+    let resp = commit_offset(&node, "g2", &member, generation, "hw", 10).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "commit at the high watermark"
+    );
+    let (rest, _) = member_records(&node, "g2", &member, "timeout_ms=100").await;
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// Issue 18: with backlogs in two partitions and a small `max_records`, every answer
+/// serves both partitions (before, partition 0's backlog took the whole budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_share_the_budget_across_partitions() {
+    let cluster = Cluster::start(1).await;
+    let node = cluster.node(1);
+    topic_with_records(&cluster, "fair", 2, 50).await;
+    let (member, _) = join_earliest(&node, "g3", "fair").await;
+    let mut position: Option<String> = None;
+    for round in 0..5 {
+        let query = match &position {
+            Some(p) => format!("max_records=4&timeout_ms=500&position={p}"),
+            None => "max_records=4&timeout_ms=500".to_string(),
+        };
+        let (got, next) = member_records(&node, "g3", &member, &query).await;
+        assert_eq!(got.len(), 4, "round {round}: {got:?}");
+        let per: BTreeMap<u32, Vec<u64>> = got.iter().fold(BTreeMap::new(), |mut m, (p, o)| {
+            m.entry(*p).or_default().push(*o);
+            m
+        });
+        let expect: Vec<u64> = (round * 2..round * 2 + 2).collect();
+        assert_eq!(
+            per.get(&0),
+            Some(&expect),
+            "round {round}: partition 0 in {got:?}"
+        );
+        assert_eq!(
+            per.get(&1),
+            Some(&expect),
+            "round {round}: partition 1 in {got:?}"
+        );
+        position = Some(next);
+    }
+    // One record per answer: the partitions take turns.
+    let mut served = BTreeSet::new();
+    for _ in 0..2 {
+        let query = format!(
+            "max_records=1&timeout_ms=500&position={}",
+            position.as_deref().unwrap_or_default()
+        );
+        let (got, next) = member_records(&node, "g3", &member, &query).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        served.insert(got[0].0);
+        position = Some(next);
+    }
+    assert_eq!(
+        served,
+        BTreeSet::from([0, 1]),
+        "both partitions served in turn"
+    );
 }

@@ -1,4 +1,4 @@
-//! Retention end to end (issue 8): real nodes, HTTP only.
+//! Retention end to end: real nodes, HTTP only.
 //!
 //! - `retention_by_age_and_size_moves_the_log_start_and_resets_groups`: a topic whose retention is changed
 //!   to 2 s with `PATCH` loses its old records on every replica (the log start advances on

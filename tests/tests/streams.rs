@@ -313,8 +313,8 @@ async fn member_stream_sends_assignment_events_and_leaves_on_close() {
         "the partitions are split: {second}"
     );
 
-    // Closing A's stream leaves the group: B owns both partitions well before A's session
-    // (30 s) could have expired.
+    // Closing A's stream leaves the group after the re-attach grace (5 s): B
+    // owns both partitions well before A's session (30 s) could have expired.
     let closed = std::time::Instant::now();
     drop(stream_a);
     let group_url = format!("{}/v1/groups/mg", cluster.http(1));
@@ -460,4 +460,94 @@ async fn stream_limit_and_graceful_shutdown() {
         close.reason.as_str().contains("shutting down"),
         "clear reason: {close:?}"
     );
+}
+
+/// The members of `group` as `GET /v1/groups/{g}` lists them (none when it is gone).
+async fn member_ids(
+    client: &reqwest::Client,
+    base: &str,
+    group: &str,
+) -> Result<Vec<String>, String> {
+    let response = client
+        .get(format!("{base}/v1/groups/{group}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() == 404 {
+        return Ok(Vec::new());
+    }
+    let body: Value = response.json().await.map_err(|e| e.to_string())?;
+    Ok(body["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["member_id"].as_str().map(str::to_string))
+        .collect())
+}
+
+// Issue 18: a member stream that closes keeps its member for the re-attach grace (5 s), so
+// a reconnect (a browser EventSource reconnects by itself) re-attaches instead of meeting
+// 409 and resumes at the committed offsets; without a reconnect the member leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stream_reconnect_reattaches_at_the_committed_offsets() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    let base = cluster.http(1);
+    cluster.node(1).create_topic("rt", 1, 1).await;
+    let a = join(&client, &base, "rg", "rt").await;
+    for n in 0..4 {
+        cluster.node(1).publish("rt", &[value_record(0, n)]).await;
+    }
+    let url = format!("{base}/v1/groups/rg/members/{a}/stream");
+    let mut stream = open_sse(&client, &url, None).await;
+    let generation = next_assignment(&mut stream).await["generation"]
+        .as_u64()
+        .expect("generation");
+    let first: Vec<u64> = read_records(&mut stream, 4)
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(first, vec![0, 1, 2, 3]);
+    let commit = client
+        .post(format!("{base}/v1/groups/rg/offsets"))
+        .json(&json!({"member_id": a, "generation": generation,
+                      "offsets": [{"topic": "rt", "partition": 0, "offset": 2}]}))
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(commit.status(), 204, "commit 2");
+
+    // The connection breaks; the client reconnects at once.
+    drop(stream);
+    let mut stream = open_sse(&client, &url, None).await;
+    next_assignment(&mut stream).await;
+    let resumed = read_records(&mut stream, 2).await;
+    assert_eq!(
+        resumed,
+        vec![("0-2".to_string(), 2), ("0-3".to_string(), 3)],
+        "resumes at the committed offset"
+    );
+    // Past the grace the re-attached member is still in the group and its stream works.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(member_ids(&client, &base, "rg").await, Ok(vec![a.clone()]));
+    cluster.node(1).publish("rt", &[value_record(0, 4)]).await;
+    assert_eq!(
+        read_records(&mut stream, 1).await,
+        vec![("0-4".to_string(), 4)]
+    );
+
+    // Closed for good: the member leaves once the grace is over.
+    drop(stream);
+    eventually(Duration::from_secs(10), "the member left", || {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            match member_ids(&client, &base, "rg").await? {
+                ids if ids.is_empty() => Ok(()),
+                ids => Err(format!("members {ids:?}")),
+            }
+        }
+    })
+    .await;
 }

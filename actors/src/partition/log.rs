@@ -1253,7 +1253,7 @@ mod tests {
         );
     }
 
-    /// Reads cross compacted gaps and sparse batches up to the limits (issue 8): every
+    /// Reads cross compacted gaps and sparse batches up to the limits: every
     /// record comes with its original offset, `next_offset` continues past the gaps, and
     /// paging by records or by bytes yields every survivor exactly once.
     #[tokio::test]

@@ -13,7 +13,9 @@
 //!   records of that subscription. The server never sends records beyond granted credit;
 //! - `commit` — `{"op":"commit","group","member_id","generation","offsets":[...]}`,
 //!   answered by an `ack`. Offsets move only by an explicit commit, never on delivery;
-//! - `unsubscribe` — `{"op":"unsubscribe","subscription":1}` (a group member leaves).
+//! - `unsubscribe` — `{"op":"unsubscribe","subscription":1}` (a group member leaves after
+//!   the re-attach grace, [`STREAM_REATTACH_GRACE`], unless a subscription or stream
+//!   attaches to it again meanwhile; a closed connection does the same).
 //!
 //! The server sends `ack`, `record` (`{"type":"record","subscription":1,"record":{...}}`),
 //! `assignment` (a member's generation or partitions changed) and `error` (the API's
@@ -33,6 +35,7 @@
 //!
 //! [`partition_records`]: crate::stream::partition_records
 //! [`member_records`]: crate::group_stream::member_records
+//! [`STREAM_REATTACH_GRACE`]: crate::group_stream::STREAM_REATTACH_GRACE
 
 mod ops;
 mod subscription;

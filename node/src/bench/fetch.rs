@@ -37,6 +37,9 @@ pub struct FetchAnswer<'a> {
     /// The member's partitions, when they changed (group fetch only).
     #[serde(default)]
     pub assignments: Option<Vec<Assignment>>,
+    /// The member's position token, presented by its next fetch (group fetch only).
+    #[serde(default)]
+    pub position: Option<String>,
 }
 
 /// A partition assigned to a group member.

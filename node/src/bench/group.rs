@@ -184,6 +184,8 @@ async fn member_loop(mut s: MemberLoop) -> ConsumeStats {
     let mut member: Option<Member> = None;
     // Next offset to read per partition (what a commit sends).
     let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+    // The last answer's position token, presented by the next fetch.
+    let mut position_token: Option<String> = None;
     let mut dirty = false;
     let mut last_commit = Instant::now();
     let group_url = format!("{}/v1/groups/{}", s.base, s.plan.group);
@@ -201,6 +203,7 @@ async fn member_loop(mut s: MemberLoop) -> ConsumeStats {
             match joined {
                 Ok(m) => {
                     positions.clear();
+                    position_token = None;
                     dirty = false;
                     member = Some(m);
                 }
@@ -211,10 +214,15 @@ async fn member_loop(mut s: MemberLoop) -> ConsumeStats {
             }
             continue;
         };
-        let url = format!(
+        let mut url = format!(
             "{group_url}/members/{}/records?max_records={}&max_bytes={}&timeout_ms={}",
             m.member_id, s.plan.max_records, s.plan.max_bytes, s.plan.timeout_ms
         );
+        // Confirms what the previous answer delivered (positions advance only so).
+        if let Some(token) = &position_token {
+            url.push_str("&position=");
+            url.push_str(token);
+        }
         let sent = Instant::now();
         let result = tokio::select! {
             r = get(&s.client, &url) => r,
@@ -225,6 +233,9 @@ async fn member_loop(mut s: MemberLoop) -> ConsumeStats {
         let failure = match result {
             Ok((StatusCode::OK, body)) => match serde_json::from_slice::<FetchAnswer>(&body) {
                 Ok(answer) => {
+                    if answer.position.is_some() {
+                        position_token = answer.position.clone();
+                    }
                     if let Some(m) = member.as_mut() {
                         if let Some(g) = answer.generation {
                             m.generation = g;

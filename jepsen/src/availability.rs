@@ -43,7 +43,8 @@ pub struct Recovery {
 /// What `results.json` reports under `availability`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Availability {
-    /// f → window kind (`healthy`, `kill`, `pause`, `partition`, `loss`) → share.
+    /// f → window (`healthy`, `kill`, `kill-all`, `pause`, `partition`, `loss`,
+    /// `lost-responses`) → share.
     pub by_op: BTreeMap<String, BTreeMap<String, Share>>,
     /// Publish ok share while healthy.
     pub publish_ok_share_healthy: Option<f64>,
@@ -67,10 +68,13 @@ struct Window {
     end: u64,
 }
 
+/// The fault's availability window name (`window`, else its `kind` in histories written
+/// before windows were named).
 fn fault_kind(e: &Event) -> String {
-    e.value
-        .as_ref()
-        .and_then(|v| v.get("kind"))
+    let value = e.value.as_ref();
+    value
+        .and_then(|v| v.get("window"))
+        .or_else(|| value.and_then(|v| v.get("kind")))
         .and_then(Value::as_str)
         .unwrap_or("unknown")
         .to_string()

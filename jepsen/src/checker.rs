@@ -148,6 +148,14 @@ impl Results {
         if let Some(share) = self.availability.publish_ok_share_healthy {
             s.push_str(&format!(" publish-ok-healthy={share:.2}"));
         }
+        // Per fault window, so a one-node kill is not averaged with killing every node.
+        if let Some(windows) = self.availability.by_op.get("publish") {
+            for (window, share) in windows.iter().filter(|(w, _)| *w != "healthy") {
+                if let Some(share) = share.share {
+                    s.push_str(&format!(" publish-ok[{window}]={share:.2}"));
+                }
+            }
+        }
         s.push_str(&format!(
             " longest-unavailable={:.1}s",
             self.availability.longest_publish_gap_ms as f64 / 1000.0

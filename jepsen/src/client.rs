@@ -2,8 +2,10 @@
 //! call, never a retry, and every failure described precisely enough to classify it as
 //! `fail` or `info` (history.rs).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -81,7 +83,12 @@ pub struct NodeAddr {
 pub struct Client {
     http: reqwest::Client,
     nodes: Vec<NodeAddr>,
+    /// When each node last refused a connection (shared by the clones: one client's view).
+    refused: Arc<Mutex<HashMap<u64, Instant>>>,
 }
+
+/// How long [`Client::pick_node`] avoids a node that refused a connection.
+pub const AVOID_REFUSING_NODE: Duration = Duration::from_secs(1);
 
 /// Answer of a publish: the acknowledged offset.
 #[derive(Debug, Clone)]
@@ -154,12 +161,45 @@ impl Client {
             .map_err(|e| JepsenError::Client {
                 detail: e.to_string(),
             })?;
-        Ok(Client { http, nodes })
+        Ok(Client {
+            http,
+            nodes,
+            refused: Arc::new(Mutex::new(HashMap::new())),
+        })
     }
 
     /// The nodes, in id order.
     pub fn nodes(&self) -> &[NodeAddr] {
         &self.nodes
+    }
+
+    /// A node for the next request, chosen at random among those that did not refuse a
+    /// connection in the last [`AVOID_REFUSING_NODE`] (among all when every node did): a
+    /// client given every node's address moves on from one that is down, as client
+    /// libraries do, instead of sending every third request into a refused connection.
+    /// Refusals are remembered only where nothing was sent, so no retry is hidden.
+    pub fn pick_node(&self, rng: &mut impl rand::Rng) -> u64 {
+        let refused = self.lock_refused();
+        let live: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| {
+                refused
+                    .get(id)
+                    .is_none_or(|at| at.elapsed() >= AVOID_REFUSING_NODE)
+            })
+            .collect();
+        let from: Vec<u64> = if live.is_empty() {
+            self.nodes.iter().map(|n| n.id).collect()
+        } else {
+            live
+        };
+        from[rng.gen_range(0..from.len())]
+    }
+
+    fn lock_refused(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn base(&self, node: u64) -> Result<&str, Failure> {
@@ -172,7 +212,22 @@ impl Client {
             })
     }
 
+    /// Sends a request to `node`; a refused connection is remembered (see
+    /// [`Client::pick_node`]).
     async fn send(
+        &self,
+        node: u64,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<(u16, Value), Failure> {
+        let result = self.send_once(req, timeout).await;
+        if let Err(Failure::Transport { connect: true, .. }) = &result {
+            self.lock_refused().insert(node, Instant::now());
+        }
+        result
+    }
+
+    async fn send_once(
         &self,
         req: reqwest::RequestBuilder,
         timeout: Duration,
@@ -223,7 +278,10 @@ impl Client {
             return false;
         };
         let req = self.http.get(format!("{base}/readyz"));
-        matches!(self.send(req, Duration::from_secs(2)).await, Ok((200, _)))
+        matches!(
+            self.send(node, req, Duration::from_secs(2)).await,
+            Ok((200, _))
+        )
     }
 
     /// `POST /v1/topics`. A 409 `topic_exists` counts as success (a create retried by the
@@ -244,7 +302,7 @@ impl Client {
             "partitions": partitions,
             "replication_factor": replication_factor,
         }));
-        match self.send(req, Duration::from_secs(10)).await {
+        match self.send(node, req, Duration::from_secs(10)).await {
             Ok(_) => Ok(()),
             Err(Failure::Status { status: 409, .. }) => Ok(()),
             Err(e) => Err(e),
@@ -260,7 +318,7 @@ impl Client {
         let req = self
             .http
             .get(format!("{base}/v1/topics/{topic}/partitions"));
-        let (_, v) = self.send(req, Duration::from_secs(3)).await?;
+        let (_, v) = self.send(node, req, Duration::from_secs(3)).await?;
         let arr = v.as_array().ok_or_else(|| Failure::Malformed {
             detail: "partitions: not an array".into(),
         })?;
@@ -289,7 +347,7 @@ impl Client {
     pub async fn controller_leader(&self, node: u64) -> Result<Option<u64>, Failure> {
         let base = self.base(node)?;
         let req = self.http.get(format!("{base}/v1/cluster"));
-        let (_, v) = self.send(req, Duration::from_secs(3)).await?;
+        let (_, v) = self.send(node, req, Duration::from_secs(3)).await?;
         Ok(v.get("controller_leader").and_then(Value::as_u64))
     }
 
@@ -318,7 +376,7 @@ impl Client {
             .http
             .post(format!("{base}/v1/topics/{topic}/records?acks=all"))
             .json(&json!({ "records": [record] }));
-        let (_, v) = self.send(req, timeout).await?;
+        let (_, v) = self.send(node, req, timeout).await?;
         let offsets =
             v.get("offsets")
                 .and_then(Value::as_array)
@@ -363,7 +421,7 @@ impl Client {
             "{base}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records={max_records}&timeout_ms={wait_ms}"
         ));
         let (_, v) = self
-            .send(req, Duration::from_millis(wait_ms + 5000))
+            .send(node, req, Duration::from_millis(wait_ms + 5000))
             .await?;
         let records = parse_records(&v, Some((topic, partition)))?;
         Ok(ReadAnswer {
@@ -393,7 +451,7 @@ impl Client {
                 "session_timeout_ms": session_timeout_ms,
                 "auto_offset_reset": "earliest",
             }));
-        let (_, v) = self.send(req, Duration::from_secs(10)).await?;
+        let (_, v) = self.send(node, req, Duration::from_secs(10)).await?;
         let member_id = match v.get("member_id") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
@@ -431,7 +489,7 @@ impl Client {
             req = req.query(&[("position", position)]);
         }
         let (_, v) = self
-            .send(req, Duration::from_millis(wait_ms + 5000))
+            .send(node, req, Duration::from_millis(wait_ms + 5000))
             .await?;
         Ok(Polled {
             records: parse_records(&v, None)?,
@@ -462,7 +520,9 @@ impl Client {
             .http
             .post(format!("{base}/v1/groups/{group}/offsets"))
             .json(&json!({"member_id": member, "generation": generation, "offsets": list}));
-        self.send(req, Duration::from_secs(6)).await.map(|_| ())
+        self.send(node, req, Duration::from_secs(6))
+            .await
+            .map(|_| ())
     }
 
     /// `GET /v1/groups/{g}/offsets`: the committed offsets.
@@ -476,7 +536,7 @@ impl Client {
     pub async fn committed(&self, node: u64, group: &str) -> Result<Vec<KeyOffset>, Failure> {
         let base = self.base(node)?;
         let req = self.http.get(format!("{base}/v1/groups/{group}/offsets"));
-        let (_, v) = self.send(req, Duration::from_secs(5)).await?;
+        let (_, v) = self.send(node, req, Duration::from_secs(5)).await?;
         parse_committed(&v)
     }
 
@@ -489,7 +549,9 @@ impl Client {
         let req = self
             .http
             .delete(format!("{base}/v1/groups/{group}/members/{member}"));
-        self.send(req, Duration::from_secs(5)).await.map(|_| ())
+        self.send(node, req, Duration::from_secs(5))
+            .await
+            .map(|_| ())
     }
 }
 

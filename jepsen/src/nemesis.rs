@@ -143,6 +143,22 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// The name of its availability window: the kind, except that killing every node at
+    /// once is `kill-all` (nothing can be available then, and its figure would hide how a
+    /// one-node kill does).
+    pub fn window(&self) -> &'static str {
+        match self {
+            Fault::Kill {
+                target: Target::All,
+            } => "kill-all",
+            Fault::Kill { .. } => "kill",
+            Fault::Pause { .. } => "pause",
+            Fault::Partition { .. } => "partition",
+            Fault::Loss { .. } => "loss",
+            Fault::LostResponses { .. } => "lost-responses",
+        }
+    }
+
     /// The kind, for availability windows.
     pub fn kind(&self) -> FaultKind {
         match self {
@@ -456,7 +472,7 @@ impl Nemesis {
 
     async fn heal(&self, fault: &Fault, applied: Applied) {
         let mut inv = Event::new("nemesis", EventType::Invoke, Op::Heal);
-        inv.value = Some(json!({"kind": fault.kind()}));
+        inv.value = Some(json!({"kind": fault.kind(), "window": fault.window()}));
         let inv = self.history.record(inv);
         let res: Result<(), JepsenError> = match &applied {
             Applied::Killed(nodes) => {
@@ -495,7 +511,7 @@ impl Nemesis {
         } else {
             EventType::Info
         });
-        done.value = Some(json!({"kind": fault.kind()}));
+        done.value = Some(json!({"kind": fault.kind(), "window": fault.window()}));
         if let Err(e) = &res {
             warn!(cause = %e, "heal failed");
             done.error = Some(e.to_string());

@@ -124,8 +124,7 @@ impl Workload {
     }
 
     fn pick_node(&self, rng: &mut StdRng) -> u64 {
-        let nodes = self.client.nodes();
-        nodes[rng.gen_range(0..nodes.len())].id
+        self.client.pick_node(rng)
     }
 
     /// Runs every process until `stop` fires; each finishes the operation it is in.

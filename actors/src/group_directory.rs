@@ -104,13 +104,14 @@ impl GroupDirectory {
         read_lock(&self.inner.offsets).get(&group).cloned()
     }
 
-    /// The local replica of offsets partition `partition`, if this node holds one.
+    /// The local replica of offsets partition `partition`, if this node holds one. A node
+    /// that has not applied the offsets topic's creation yet (its metadata lags the node
+    /// that sent the request) is "not the coordinator" like any other node without the
+    /// replica: nothing changed, and the sender looks for the coordinator elsewhere.
     fn local_partition(&self, partition: u32) -> Result<OffsetsHandle, GroupError> {
-        let placement =
-            self.offsets_partition(partition)
-                .ok_or_else(|| GroupError::Unavailable {
-                    reason: "the consumer offsets topic is not created yet".into(),
-                })?;
+        let placement = self
+            .offsets_partition(partition)
+            .ok_or(GroupError::NotCoordinator { leader: None })?;
         self.local(placement.group)
             .filter(|h| h.reader.is_ready())
             .ok_or(GroupError::NotCoordinator { leader: None })

@@ -740,6 +740,21 @@ impl PeerService for Hang {
     }
 }
 
+/// A forwarded request from `caller` to `peer` (20 s deadline), running on its own: its
+/// result and how long it took.
+fn call_in_background(
+    caller: RaftNode,
+    peer: NodeId,
+) -> tokio::task::JoinHandle<(Result<Bytes, TransportError>, Duration)> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = caller
+            .call_peer(peer, Bytes::from_static(b"x"), Duration::from_secs(20))
+            .await;
+        (result, started.elapsed())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarded_requests_reach_the_peer_service_and_fail_fast_when_unreachable() {
     let mut cluster = Cluster::start(3, RaftTuning::default()).await;
@@ -785,14 +800,7 @@ async fn forwarded_requests_reach_the_peer_service_and_fail_fast_when_unreachabl
 
     // A request pending on a connection that drops fails at once, not at its deadline.
     cluster.node(3).set_service(Arc::new(Hang));
-    let caller = cluster.node(1).clone();
-    let pending = tokio::spawn(async move {
-        let started = Instant::now();
-        let result = caller
-            .call_peer(3, Bytes::from_static(b"x"), Duration::from_secs(20))
-            .await;
-        (result, started.elapsed())
-    });
+    let pending = call_in_background(cluster.node(1).clone(), 3);
     // Give the request time to reach node 3 (it never answers), then stop node 3.
     tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.shutdown_node(3).await;
@@ -876,14 +884,7 @@ async fn forwarded_requests_skip_a_silent_peer() {
     // A request waiting for an answer when its peer falls silent fails once the peer is
     // suspect, not when the connection is given up (5 s).
     cluster.node(3).set_service(Arc::new(Hang));
-    let caller = cluster.node(1).clone();
-    let pending = tokio::spawn(async move {
-        let started = Instant::now();
-        let result = caller
-            .call_peer(3, Bytes::from_static(b"x"), Duration::from_secs(20))
-            .await;
-        (result, started.elapsed())
-    });
+    let pending = call_in_background(cluster.node(1).clone(), 3);
     cluster.node(1).faults().cut(3);
     let (result, took) = pending.await.unwrap();
     assert!(

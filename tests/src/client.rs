@@ -177,6 +177,33 @@ impl NodeClient {
         expect_json(resp, 200).await
     }
 
+    /// `POST /v1/groups/{group}/members` with `topics`, `auto_offset_reset: earliest` and
+    /// the given session timeout; asserts 201 at the first answer (a node waits for the
+    /// group's coordinator itself) and returns the answer (`member_id`, `generation`,
+    /// `assignments`).
+    pub async fn join_earliest(
+        &self,
+        group: &str,
+        topics: &[&str],
+        session_timeout_ms: u64,
+    ) -> Value {
+        let body = json!({
+            "topics": topics,
+            "session_timeout_ms": session_timeout_ms,
+            "auto_offset_reset": "earliest",
+        });
+        let resp = self
+            .retry_refused(&format!("join {group}"), || {
+                self.client
+                    .post(self.url(&format!("/v1/groups/{group}/members")))
+                    .json(&body)
+            })
+            .await;
+        expect_json(resp, 201)
+            .await
+            .unwrap_or_else(|e| panic!("join {group} on {}: {e}", self.base))
+    }
+
     /// `GET /v1/topics/{t}/partitions`; asserts 200 .
     ///
     /// # Panics

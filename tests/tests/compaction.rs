@@ -497,19 +497,7 @@ async fn member_reads_every_survivor_and_commits_past_them(
 
 /// Joins `group` for the topic (earliest): (member_id, generation), owning all partitions.
 async fn join(node: &NodeClient, group: &str) -> (String, u64) {
-    let body =
-        json!({"topics": [TOPIC], "session_timeout_ms": 30_000, "auto_offset_reset": "earliest"});
-    let joined: Value = eventually(SETTLE, "member joined", || {
-        let request = node
-            .http()
-            .post(node.url(&format!("/v1/groups/{group}/members")))
-            .json(&body);
-        async move {
-            let resp = request.send().await.map_err(|e| e.to_string())?;
-            expect_json::<Value>(resp, 201).await
-        }
-    })
-    .await;
+    let joined = node.join_earliest(group, &[TOPIC], 30_000).await;
     assert_eq!(
         joined["assignments"].as_array().map(Vec::len),
         Some(3),

@@ -118,25 +118,11 @@ struct Member {
 impl Member {
     /// Joins through `node`, retrying while the cluster is still settling (503).
     async fn join(node: &NodeClient, group: &str, session_timeout_ms: u64) -> Member {
-        let body = json!({
-            "topics": [TOPIC],
-            "session_timeout_ms": session_timeout_ms,
-            "auto_offset_reset": "earliest",
-        });
-        let url = node.url(&format!("/v1/groups/{group}/members"));
-        let joined: Joined = eventually(SETTLE, "a join answered 201", || {
-            let request = node.http().post(&url).json(&body);
-            async move {
-                let resp = request.send().await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let text = resp.text().await.map_err(|e| e.to_string())?;
-                if status != StatusCode::CREATED {
-                    return Err(format!("{status}: {text}"));
-                }
-                serde_json::from_str::<Joined>(&text).map_err(|e| format!("{e}: {text}"))
-            }
-        })
-        .await;
+        let joined: Joined = serde_json::from_value(
+            node.join_earliest(group, &[TOPIC], session_timeout_ms)
+                .await,
+        )
+        .expect("a join answer");
         assert_eq!(joined.member_id.len(), 32, "member_id is 128-bit hex");
         Member {
             node: node.clone(),
@@ -959,7 +945,18 @@ async fn committed_offsets_never_read_back_older_after_a_pause() {
         .expect("another node");
     cluster.pause(stale);
     // The offsets partition fails over; a member joining through a live node reaches the
-    // new coordinator and commits further while the old leader is frozen.
+    // new coordinator and commits further while the old leader is frozen. (Waiting for the
+    // failover first: a join sent to the frozen node meanwhile has an unknown outcome.)
+    eventually(SETTLE, "a coordinator other than the frozen node", || {
+        let node = cluster.node(live);
+        async move {
+            let now = coordinator_of(&node, group).await;
+            (now != stale)
+                .then_some(())
+                .ok_or(format!("still node {now}"))
+        }
+    })
+    .await;
     let mut second = Member::join(&cluster.node(live), group, LONG_SESSION_MS).await;
     let later: BTreeMap<Tp, u64> = second.owned.iter().map(|tp| (tp.clone(), 7)).collect();
     assert_eq!(
@@ -1022,24 +1019,10 @@ async fn topic_with_records(cluster: &Cluster, topic: &str, partitions: u32, cou
     node.publish(topic, &records).await;
 }
 
-/// Joins `group` for `topic` from the earliest offset (retrying 503 while the offsets
-/// topic settles); returns (member id, generation).
+/// Joins `group` for `topic` from the earliest offset; returns (member id, generation).
 async fn join_earliest(node: &NodeClient, group: &str, topic: &str) -> (String, u64) {
-    let url = node.url(&format!("/v1/groups/{group}/members"));
-    let body = json!({"topics": [topic], "auto_offset_reset": "earliest"});
-    let joined: Joined = eventually(SETTLE, "a join answered 201", || {
-        let request = node.http().post(&url).json(&body);
-        async move {
-            let resp = request.send().await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let text = resp.text().await.map_err(|e| e.to_string())?;
-            if status != StatusCode::CREATED {
-                return Err(format!("{status}: {text}"));
-            }
-            serde_json::from_str::<Joined>(&text).map_err(|e| format!("{e}: {text}"))
-        }
-    })
-    .await;
+    let joined: Joined = serde_json::from_value(node.join_earliest(group, &[topic], 30_000).await)
+        .expect("a join answer");
     (joined.member_id, joined.generation)
 }
 

@@ -156,20 +156,7 @@ async fn expect_out_of_range(
 }
 
 async fn join(node: &NodeClient, group: &str, topic: &str) -> (String, u64) {
-    let body = json!({
-        "topics": [topic],
-        "session_timeout_ms": 30_000,
-        "auto_offset_reset": "earliest",
-    });
-    let url = node.url(&format!("/v1/groups/{group}/members"));
-    let joined: Value = eventually(SETTLE, "a join answered 201", || {
-        let request = node.http().post(&url).json(&body);
-        async move {
-            let resp = request.send().await.map_err(|e| e.to_string())?;
-            expect_json::<Value>(resp, 201).await
-        }
-    })
-    .await;
+    let joined = node.join_earliest(group, &[topic], 30_000).await;
     (
         joined["member_id"].as_str().expect("member_id").to_string(),
         field_u64(&joined, "generation"),

@@ -218,28 +218,14 @@ async fn stream_resumes_on_another_node_after_kill() {
     );
 }
 
-/// Joins `group` through `node` (retrying 503 while the offsets topic settles); returns
-/// the member id.
+/// Joins `group` through the node at `base`; returns the member id.
 async fn join(client: &reqwest::Client, base: &str, group: &str, topic: &str) -> String {
-    let url = format!("{base}/v1/groups/{group}/members");
-    eventually(Duration::from_secs(20), "a join answered 201", || {
-        let request = client.post(&url).json(&json!({
-            "topics": [topic],
-            "session_timeout_ms": 30_000,
-            "auto_offset_reset": "earliest",
-        }));
-        async move {
-            let response = request.send().await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body: Value = response.json().await.map_err(|e| e.to_string())?;
-            if status == 201 {
-                Ok(body["member_id"].as_str().unwrap().to_string())
-            } else {
-                Err(format!("{status}: {body}"))
-            }
-        }
-    })
-    .await
+    let node = psubd_tests::client::NodeClient::new(client.clone(), base);
+    let joined = node.join_earliest(group, &[topic], 30_000).await;
+    joined["member_id"]
+        .as_str()
+        .expect("a join answer has member_id")
+        .to_string()
 }
 
 /// Reads events until an `assignment` event; returns its data (records before it are

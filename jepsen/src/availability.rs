@@ -44,7 +44,8 @@ pub struct Recovery {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Availability {
     /// f → window (`healthy`, `kill`, `kill-all`, `pause`, `partition`, `loss`,
-    /// `lost-responses`) → share.
+    /// `lost-responses`; and `partition-majority`: the requests of a partition that isolated
+    /// one node sent to the other nodes) → share.
     pub by_op: BTreeMap<String, BTreeMap<String, Share>>,
     /// Publish ok share while healthy.
     pub publish_ok_share_healthy: Option<f64>,
@@ -66,6 +67,16 @@ struct Window {
     kind: String,
     start: u64,
     end: u64,
+    /// The node a partition isolated (the minority side), when it isolated one.
+    minority: Option<u64>,
+}
+
+/// The node an isolating partition cut off, from its fault event.
+fn minority(e: &Event) -> Option<u64> {
+    e.value
+        .as_ref()
+        .and_then(|v| v.get("minority"))
+        .and_then(Value::as_u64)
 }
 
 /// The fault's availability window name (`window`, else its `kind` in histories written
@@ -90,19 +101,21 @@ pub fn compute(events: &[Event], pairs: &[Pair<'_>]) -> Availability {
         .unwrap_or(0);
     let mut windows: Vec<Window> = Vec::new();
     let mut heals: Vec<(String, u64)> = Vec::new();
-    let mut open: Option<(String, u64)> = None;
+    let mut open: Option<(String, u64, Option<u64>)> = None;
     for p in pairs {
         match p.inv.f {
             Op::Fault if p.outcome() != EventType::Fail => {
-                open = Some((fault_kind(p.done.unwrap_or(p.inv)), p.inv.time));
+                let event = p.done.unwrap_or(p.inv);
+                open = Some((fault_kind(event), p.inv.time, minority(event)));
             }
             Op::Heal => {
                 let end = p.done.map(|d| d.time).unwrap_or(main_end);
-                if let Some((kind, start)) = open.take() {
+                if let Some((kind, start, minority)) = open.take() {
                     windows.push(Window {
                         kind: kind.clone(),
                         start,
                         end,
+                        minority,
                     });
                     heals.push((kind, end));
                 }
@@ -110,20 +123,16 @@ pub fn compute(events: &[Event], pairs: &[Pair<'_>]) -> Availability {
             _ => {}
         }
     }
-    if let Some((kind, start)) = open {
+    if let Some((kind, start, minority)) = open {
         windows.push(Window {
             kind,
             start,
             end: main_end,
+            minority,
         });
     }
-    let window_of = |t: u64| -> &str {
-        windows
-            .iter()
-            .find(|w| w.start <= t && t <= w.end)
-            .map(|w| w.kind.as_str())
-            .unwrap_or("healthy")
-    };
+    let window_at = |t: u64| windows.iter().find(|w| w.start <= t && t <= w.end);
+    let window_of = |t: u64| -> &str { window_at(t).map(|w| w.kind.as_str()).unwrap_or("healthy") };
 
     let client_ops = [
         Op::Publish,
@@ -150,9 +159,18 @@ pub fn compute(events: &[Event], pairs: &[Pair<'_>]) -> Availability {
             .unwrap_or_default();
         let w = window_of(p.inv.time).to_string();
         let ok = p.outcome() == EventType::Ok;
-        let s = by_op.entry(f).or_default().entry(w.clone()).or_default();
+        let ops = by_op.entry(f).or_default();
+        let s = ops.entry(w.clone()).or_default();
         s.total += 1;
         s.ok += u64::from(ok);
+        // Also by side: a request sent to a node the partition did not cut off.
+        if let Some(isolated) = window_at(p.inv.time).and_then(|w| w.minority) {
+            if p.inv.node.is_some_and(|n| n != isolated) {
+                let s = ops.entry(format!("{w}-majority")).or_default();
+                s.total += 1;
+                s.ok += u64::from(ok);
+            }
+        }
         if p.inv.f == Op::Publish {
             if w == "healthy" {
                 h_total += 1;

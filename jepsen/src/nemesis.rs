@@ -338,6 +338,9 @@ impl Nemesis {
 
     async fn inject(&self, fault: &Fault, rng: &mut StdRng) -> Applied {
         let mut desc = serde_json::to_value(fault).unwrap_or(Value::Null);
+        if let Some(obj) = desc.as_object_mut() {
+            obj.insert("window".into(), json!(fault.window()));
+        }
         let mut inv = Event::new("nemesis", EventType::Invoke, Op::Fault);
         inv.value = Some(desc.clone());
         let inv = self.history.record(inv);
@@ -346,6 +349,14 @@ impl Nemesis {
             Ok((nodes, applied)) => {
                 if let Some(obj) = desc.as_object_mut() {
                     obj.insert("nodes".into(), json!(nodes));
+                    // An isolated node is the minority side: availability also reports
+                    // the requests sent to the majority side (`partition-majority`).
+                    if let Fault::Partition {
+                        shape: Shape::Isolate { .. },
+                    } = fault
+                    {
+                        obj.insert("minority".into(), json!(nodes.first()));
+                    }
                 }
                 info!(fault = %desc, "fault injected");
                 (EventType::Ok, applied)

@@ -4,7 +4,7 @@
 
 use psubd_jepsen::checker::{check, Results};
 use psubd_jepsen::history::{Event, EventType, KeyOffset, Op, SeenRecord};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Builds a history the way the harness records one: index and time assigned in order.
 #[derive(Default)]
@@ -42,10 +42,14 @@ impl H {
     }
 
     fn publish_invoke(&mut self, p: &str, key: &str, value: u64) -> Event {
+        self.publish_invoke_through(1, p, key, value)
+    }
+
+    fn publish_invoke_through(&mut self, node: u64, p: &str, key: &str, value: u64) -> Event {
         let mut e = Event::new(p, EventType::Invoke, Op::Publish);
         e.key = Some(key.into());
         e.value = Some(json!(value));
-        e.node = Some(1);
+        e.node = Some(node);
         self.push(e)
     }
 
@@ -155,8 +159,13 @@ impl H {
     }
 
     fn fault(&mut self, kind: &str) {
+        self.fault_value(json!({"kind": kind, "target": "all"}));
+    }
+
+    /// A fault whose event carries `value` as the nemesis writes it.
+    fn fault_value(&mut self, value: Value) {
         let mut e = Event::new("nemesis", EventType::Invoke, Op::Fault);
-        e.value = Some(json!({"kind": kind, "target": "all"}));
+        e.value = Some(value);
         let inv = self.push(e);
         let mut d = inv.complete(EventType::Ok);
         d.value = inv.value.clone();
@@ -591,4 +600,30 @@ fn availability_splits_healthy_and_fault_windows() {
     assert_eq!(a.recoveries.len(), 1);
     assert!(a.recoveries[0].recovery_ms.is_some());
     assert!(a.longest_publish_gap_ms > 0);
+}
+
+#[test]
+fn availability_names_kill_all_and_the_majority_side_of_a_partition() {
+    let mut h = H::default();
+    h.phase("main");
+    h.publish("t/0", 1, EventType::Ok, Some(0));
+    // Every node killed: its own window, not averaged into `kill`.
+    h.fault_value(json!({"kind": "kill", "target": "all", "window": "kill-all"}));
+    h.publish("t/0", 2, EventType::Fail, None);
+    h.heal("kill");
+    // Node 2 isolated: publishes through node 1 (the majority side) are counted apart.
+    h.fault_value(json!({"kind": "partition", "window": "partition", "minority": 2}));
+    h.publish("t/0", 3, EventType::Ok, Some(1));
+    let through_minority = h.publish_invoke_through(2, "w1", "t/0", 4);
+    h.publish_done(&through_minority, EventType::Fail, None);
+    h.heal("partition");
+    h.phase("final");
+    let a = h.check().availability;
+    let publish = &a.by_op["publish"];
+    assert_eq!(publish["kill-all"].total, 1);
+    assert!(!publish.contains_key("kill"));
+    assert_eq!(publish["partition"].total, 2);
+    assert_eq!(publish["partition"].ok, 1);
+    assert_eq!(publish["partition-majority"].total, 1);
+    assert_eq!(publish["partition-majority"].ok, 1);
 }

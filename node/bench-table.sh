@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every row of issue 6's benchmark table with `psubd bench`, one after another, and
+# Runs every row of the benchmark table (docs/benchmarks.md) with `psubd bench`, one after another, and
 # keeps each row's printed table (.txt), its progress log (.err) and its JSON report
 # (.json: machine, disk, git commit, parameters, every run, medians).
 #

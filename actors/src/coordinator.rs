@@ -959,7 +959,7 @@ mod tests {
         }
     }
 
-    /// Issue 18: a token confirms only what was delivered, never moves back, and one of
+    /// A token confirms only what was delivered, never moves back, and one of
     /// another generation is ignored; one that does not fit the assignment is refused.
     #[test]
     fn tokens_confirm_only_delivered_positions_forward() {

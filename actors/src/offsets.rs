@@ -728,7 +728,7 @@ mod tests {
         response
     }
 
-    /// Issue 18: the coordinator proposes commits from spawned tasks, so generation N's
+    /// The coordinator proposes commits from spawned tasks, so generation N's
     /// commit can reach Raft after generation N+1's. Applied in that order, the older one
     /// is refused and the committed offset stays.
     #[test]

@@ -1241,7 +1241,7 @@ mod tests {
         }
     }
 
-    /// Issue 18: the budget is shared in turn, so a backlog in partition 0 does not starve
+    /// The budget is shared in turn, so a backlog in partition 0 does not starve
     /// partition 1; positions follow what each part carries.
     #[test]
     fn budget_caps_records_across_partitions_and_positions_follow() {

@@ -441,7 +441,7 @@ fn a_member_going_back_within_its_session_is_nonmonotonic() {
     assert_caught(&h, "nonmonotonic-read");
 }
 
-/// Issue 18: a naive member keeps its id after a lost poll answer; its next poll may
+/// A naive member keeps its id after a lost poll answer; its next poll may
 /// re-deliver from what it last received, but must not start beyond it.
 #[test]
 fn a_poll_after_a_lost_answer_that_skips_is_a_group_skip() {

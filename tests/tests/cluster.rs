@@ -1,4 +1,4 @@
-//! Issue 3 "Must show": a three-node cluster of real `psubd node` processes, driven over
+//! A three-node cluster of real `psubd node` processes, driven over
 //! HTTP exactly as docs/api.md describes.
 //!
 //! The non-destructive checks share one cluster (`http_api_contracts_on_a_three_node_cluster`); the
@@ -22,10 +22,10 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{json, Value};
 use support::{assert_all_present, by_partition, converged_high_watermarks, Acked, Expected};
 
-/// Issue 3: every node ready within this long of being spawned.
+/// Every node ready within this long of being spawned.
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
-/// Issue 3: publishes succeed again within this long of killing a partition's leader.
+/// Publishes succeed again within this long of killing a partition's leader.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(5);
 
 /// docs/api.md § Names and limits: the default largest record.

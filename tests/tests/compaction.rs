@@ -283,7 +283,7 @@ async fn compacted_topic_key_views_survive_kill_and_compaction() {
     );
     let _ = acked_ref;
 
-    // Issue 8: consumers of the compacted topic read it in full pages.
+    // Consumers of the compacted topic read it in full pages.
     let table: BTreeMap<u32, Vec<(u64, String)>> = (0..3u32)
         .map(|partition| {
             let mut rows: Vec<(u64, String)> = acked
@@ -362,7 +362,7 @@ async fn compacted_topic_key_views_survive_kill_and_compaction() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Issue 8: reading a compacted topic in full pages
+// Reading a compacted topic in full pages
 // ---------------------------------------------------------------------------------------
 
 /// ONE fetch from offset 0 per partition returns every survivor at its original offset;
@@ -603,7 +603,7 @@ async fn next_record(events: &mut SseReader) -> (String, Value) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Issue 8: a wiped node rejoins a compacted topic through a snapshot
+// A wiped node rejoins a compacted topic through a snapshot
 // ---------------------------------------------------------------------------------------
 
 /// Keys of the wiped-node test: few, so each is updated many times.
@@ -679,7 +679,7 @@ async fn wait_compacted(node: &NodeClient, want: &[(u64, String)], what: &str) {
     .await;
 }
 
-// Issue 8: a node that lost its disk rejoins a compacted topic whose Raft log was purged: it
+// A node that lost its disk rejoins a compacted topic whose Raft log was purged: it
 // installs a snapshot and then serves the same key views and the same compacted log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {

@@ -1,4 +1,4 @@
-//! Issue 4 "Must show": consumer groups on a three-node cluster of real `psubd node`
+//! Consumer groups on a three-node cluster of real `psubd node`
 //! processes, driven over HTTP as docs/api.md § Consumer groups describes.
 //!
 //! - `group_splits_partitions_expires_members_resumes_and_fences`: two members joined through different nodes
@@ -997,7 +997,7 @@ async fn committed_offsets_never_read_back_older_after_a_pause() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Issue 18: positions the client confirms, fair fetches, commits within the log
+// Positions the client confirms, fair fetches, commits within the log
 // ---------------------------------------------------------------------------------------
 
 /// Creates `topic` on a one-node cluster, waits for its leaders, and publishes `count`
@@ -1095,7 +1095,7 @@ fn on_partition_0(range: std::ops::Range<u64>) -> Vec<(u32, u64)> {
     range.map(|o| (0, o)).collect()
 }
 
-/// Issue 18: a fetch whose answer never reached the client (its connection dropped) must
+/// A fetch whose answer never reached the client (its connection dropped) must
 /// not move the member's position: the next fetch returns the same records. Positions
 /// advance by the `position` token of an answer the client read, or by a commit; a stale
 /// token never moves them back; a malformed one is refused and changes nothing.
@@ -1174,7 +1174,7 @@ async fn a_lost_fetch_answer_is_delivered_again() {
     assert!(done.is_empty(), "the commit confirmed 15: {done:?}");
 }
 
-/// Issue 18: a commit above the partition's high watermark is refused with 422 and
+/// A commit above the partition's high watermark is refused with 422 and
 /// changes nothing (before, it was accepted and the member met 416 forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_beyond_the_high_watermark_is_refused() {
@@ -1205,7 +1205,7 @@ async fn a_commit_beyond_the_high_watermark_is_refused() {
     assert!(rest.is_empty(), "{rest:?}");
 }
 
-/// Issue 18: with backlogs in two partitions and a small `max_records`, every answer
+/// With backlogs in two partitions and a small `max_records`, every answer
 /// serves both partitions (before, partition 0's backlog took the whole budget).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetches_share_the_budget_across_partitions() {

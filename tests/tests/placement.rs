@@ -1,4 +1,4 @@
-//! Issue 3 (controller): replica placement on clusters larger than three nodes.
+//! Controller: replica placement on clusters larger than three nodes.
 //! The controller chooses replica sets and spreads them over the nodes, so a 5- or
 //! 7-node cluster holds more partitions than a 3-node one, and leaders are balanced
 //! across nodes (docs/architecture.md § Raft groups).

@@ -359,7 +359,7 @@ async fn node_gauge(node: &NodeClient, metric: &str) -> u64 {
         .unwrap_or_else(|| panic!("{metric} missing"))
 }
 
-// Issue 8: "A node wiped and rejoined catches up through snapshots that carry only what
+// "A node wiped and rejoined catches up through snapshots that carry only what
 // retention kept."
 #[tokio::test]
 async fn wiped_node_catches_up_through_a_retained_snapshot() {

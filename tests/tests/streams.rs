@@ -1,4 +1,4 @@
-//! Issue 7 (partition streams): SSE and NDJSON streams against real node processes.
+//! Partition streams: SSE and NDJSON streams against real node processes.
 //! docs/api.md § Streams.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
@@ -148,7 +148,7 @@ async fn sse_and_ndjson_streams_deliver_in_order_and_resume_without_gap() {
     assert_eq!(body["error"], "not_acceptable");
 }
 
-// Issue 7: killing the node serving a stream — the client reconnects to another node with
+// Killing the node serving a stream — the client reconnects to another node with
 // its Last-Event-ID and resumes without losing a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_resumes_on_another_node_after_kill() {
@@ -379,7 +379,7 @@ async fn member_stream_sends_assignment_events_and_leaves_on_close() {
     );
 }
 
-// Issue 7: concurrent streams per node are bounded (429 `too_many_streams` with
+// Concurrent streams per node are bounded (429 `too_many_streams` with
 // Retry-After, for SSE and WebSocket alike), and a graceful shutdown (SIGTERM) ends an
 // open SSE stream cleanly and closes a WebSocket with a close frame (1001).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,7 +471,7 @@ async fn member_ids(
         .collect())
 }
 
-// Issue 18: a member stream that closes keeps its member for the re-attach grace (5 s), so
+// A member stream that closes keeps its member for the re-attach grace (5 s), so
 // a reconnect (a browser EventSource reconnects by itself) re-attaches instead of meeting
 // 409 and resumes at the committed offsets; without a reconnect the member leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! Issue 7 (WebSocket): `GET /v1/ws` against real node processes, with a
+//! WebSocket: `GET /v1/ws` against real node processes, with a
 //! tokio-tungstenite client. docs/api.md § Streams.
 //!
 //! Needs the binary: `cargo build -p psubd` first.

@@ -1383,7 +1383,7 @@ mod tests {
         (records, views)
     }
 
-    /// Issue 8: a compaction pass applied while a snapshot build holds the batch range runs
+    /// A compaction pass applied while a snapshot build holds the batch range runs
     /// at once (it is not skipped, so no later write is needed for this replica to catch
     /// up) and leaves the same records and key views as on a replica with no build; a
     /// replica that installs the snapshot built meanwhile and replays the log after it ends

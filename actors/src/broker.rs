@@ -351,16 +351,9 @@ async fn watch_for_leader(
     leader: impl Fn(&RaftMetrics) -> Option<NodeId>,
 ) -> Option<NodeId> {
     let mut metrics = raft.metrics();
-    loop {
-        let found = leader(&metrics.borrow_and_update());
-        if found.is_some() {
-            return found;
-        }
-        match tokio::time::timeout_at(until, metrics.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => return None,
-        }
-    }
+    let waited = metrics.wait_for(|now| leader(now).is_some());
+    let now = tokio::time::timeout_at(until, waited).await.ok()?.ok()?;
+    leader(&now)
 }
 
 /// Creates the consumer offsets topic once the cluster has a controller: while this node

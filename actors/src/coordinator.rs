@@ -328,6 +328,12 @@ struct Member {
     detached_until: Option<Instant>,
 }
 
+/// Raises `positions[tp]` to `offset` (sets it when absent); never lowers it.
+fn raise(positions: &mut HashMap<TopicPartition, u64>, tp: &TopicPartition, offset: u64) {
+    let position = positions.entry(tp.clone()).or_insert(offset);
+    *position = (*position).max(offset);
+}
+
 impl Member {
     /// Applies a token of the current generation: each offset, capped at what was
     /// delivered, raises the confirmed position. A token of another generation is stale
@@ -349,9 +355,7 @@ impl Member {
             let (Some(offset), Some(delivered)) = (offset, self.delivered.get(tp)) else {
                 continue;
             };
-            let offset = (*offset).min(*delivered);
-            let confirmed = self.confirmed.entry(tp.clone()).or_insert(offset);
-            *confirmed = (*confirmed).max(offset);
+            raise(&mut self.confirmed, tp, (*offset).min(*delivered));
         }
         Ok(())
     }
@@ -626,18 +630,14 @@ impl CoordinatorState {
         if generation == current {
             for delivery in positions {
                 if member.assigned.contains(&delivery.partition) {
-                    let delivered = member
-                        .delivered
-                        .entry(delivery.partition.clone())
-                        .or_insert(delivery.next_offset);
-                    *delivered = (*delivered).max(delivery.next_offset);
+                    raise(
+                        &mut member.delivered,
+                        &delivery.partition,
+                        delivery.next_offset,
+                    );
                     // Where the read began is safe to confirm: it pins a start resolved
                     // from `auto_offset_reset`, and an empty read loses nothing.
-                    let confirmed = member
-                        .confirmed
-                        .entry(delivery.partition.clone())
-                        .or_insert(delivery.floor);
-                    *confirmed = (*confirmed).max(delivery.floor);
+                    raise(&mut member.confirmed, &delivery.partition, delivery.floor);
                     accepted.push(delivery.partition);
                 }
             }

@@ -349,22 +349,18 @@ impl OffsetsLogic {
             Some(current) if fence == *current => {}
             _ => self.set_fence(&group, fence, batch)?,
         }
-        for entry in offsets {
-            let key = (group.clone(), entry.topic, entry.partition);
-            let behind = self.staged.offsets.get(&key).is_some_and(|current| {
-                current.topic_group == entry.topic_group && current.offset > entry.offset
-            });
-            if behind {
-                // A late or repeated commit: what it covers is committed already.
-                continue;
-            }
-            let value = CommittedOffset {
-                offset: entry.offset,
-                commit_ms,
-                topic_group: entry.topic_group,
-            };
-            self.set(key, value, batch)?;
-        }
+        // An entry behind the committed offset (same topic incarnation) is a late or
+        // repeated commit: what it covers is committed already, so it is left out.
+        let ahead: Vec<OffsetEntry> = offsets
+            .into_iter()
+            .filter(|entry| {
+                let key = (group.clone(), entry.topic.clone(), entry.partition);
+                self.staged.offsets.get(&key).is_none_or(|current| {
+                    current.topic_group != entry.topic_group || current.offset <= entry.offset
+                })
+            })
+            .collect();
+        self.set_offsets(&group, ahead, commit_ms, batch)?;
         Ok(OffsetsResponse::Done)
     }
 

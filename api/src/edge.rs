@@ -33,6 +33,39 @@ const FORWARD_SLACK: Duration = Duration::from_secs(2);
 const LEADER_RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
 const LEADER_RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 
+/// The pace of a request that waits for a leader: how long it may, and the pause between
+/// two rounds of trying (a leader just named may refuse again at once — it stepped down,
+/// or lost its quorum — which must not turn into a busy loop).
+struct LeaderWait {
+    give_up: Instant,
+    pause: Duration,
+}
+
+impl LeaderWait {
+    fn new(budget: Duration) -> Self {
+        Self {
+            give_up: Instant::now() + budget,
+            pause: LEADER_RETRY_PAUSE_MIN,
+        }
+    }
+
+    /// True when a round that started at `round` was the last one allowed.
+    fn over(&self, round: Instant) -> bool {
+        round >= self.give_up
+    }
+
+    /// What is left of the budget.
+    fn remaining(&self) -> Duration {
+        self.give_up.saturating_duration_since(Instant::now())
+    }
+
+    /// Pauses before the next round (counted from `round`'s start), then doubles the pause.
+    async fn pause(&mut self, round: Instant) {
+        tokio::time::sleep_until((round + self.pause).min(self.give_up)).await;
+        self.pause = (self.pause * 2).min(LEADER_RETRY_PAUSE_MAX);
+    }
+}
+
 /// The least a read waits for a leader, whatever its `timeout_ms` (an election takes
 /// about one election timeout, 1 to 1.5 s by default).
 const READ_LEADER_WAIT_MIN: Duration = Duration::from_secs(2);
@@ -172,8 +205,7 @@ impl Edge {
         deadline: Duration,
         leader_wait: Duration,
     ) -> Result<ForwardResponse, ApiError> {
-        let give_up = Instant::now() + leader_wait;
-        let mut pause = LEADER_RETRY_PAUSE_MIN;
+        let mut wait = LeaderWait::new(leader_wait);
         let mut found = None;
         loop {
             let round = Instant::now();
@@ -184,14 +216,11 @@ impl Edge {
                 Round::Served(answer) => return answer,
                 Round::NoLeader(refusal) => refusal,
             };
-            if round >= give_up {
+            if wait.over(round) {
                 return Err(refusal.into());
             }
-            found = self.await_leader(placement, give_up).await;
-            // A leader that was just named may refuse again at once (it stepped down, or
-            // lost its quorum): never turn that into a busy loop.
-            tokio::time::sleep_until((round + pause).min(give_up)).await;
-            pause = (pause * 2).min(LEADER_RETRY_PAUSE_MAX);
+            found = self.await_leader(placement, wait.give_up).await;
+            wait.pause(round).await;
         }
     }
 
@@ -418,8 +447,7 @@ impl Edge {
         topic: &str,
     ) -> Result<ForwardResponse, ApiError> {
         let me = self.broker.node_id();
-        let give_up = Instant::now() + self.write_timeout;
-        let mut pause = LEADER_RETRY_PAUSE_MIN;
+        let mut wait = LeaderWait::new(self.write_timeout);
         let mut target = self.broker.controller_leader().unwrap_or(me);
         let mut hops = 0;
         loop {
@@ -446,20 +474,18 @@ impl Edge {
                 Delivery::Answered(response) => return Ok(response),
                 Delivery::Lost(reason) => return Err(ApiError::OutcomeUnknown { reason }),
             }
-            if round >= give_up {
+            if wait.over(round) {
                 return Err(ApiError::Unavailable {
                     reason: "the controller has no reachable leader".into(),
                 });
             }
-            let wait = give_up.saturating_duration_since(Instant::now());
             target = self
                 .broker
-                .await_controller_leader(wait)
+                .await_controller_leader(wait.remaining())
                 .await
                 .unwrap_or(me);
             hops = 0;
-            tokio::time::sleep_until((round + pause).min(give_up)).await;
-            pause = (pause * 2).min(LEADER_RETRY_PAUSE_MAX);
+            wait.pause(round).await;
         }
     }
 

@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use psubd_actors::assignment::TopicPartition;
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::{CommittedOffset, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
@@ -48,21 +46,12 @@ impl Edge {
     /// Waits until the consumer offsets topic exists (a cluster's first seconds: the
     /// controller creates it once elected), up to the write timeout.
     async fn offsets_topic_created(&self) -> Result<(), ApiError> {
-        let until = Instant::now() + self.write_timeout();
         let mut metadata = self.broker().subscribe_metadata();
-        loop {
-            if metadata
-                .borrow_and_update()
-                .topics
-                .contains_key(OFFSETS_TOPIC)
-            {
-                return Ok(());
-            }
-            match tokio::time::timeout_at(until, metadata.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => return Err(not_ready()),
-            }
-        }
+        let created = metadata.wait_for(|m| m.topics.contains_key(OFFSETS_TOPIC));
+        let created = tokio::time::timeout(self.write_timeout(), created)
+            .await
+            .is_ok_and(|seen| seen.is_ok());
+        created.then_some(()).ok_or_else(not_ready)
     }
 
     async fn offsets_placement(&self, group: &str) -> Result<PartitionPlacement, ApiError> {

@@ -11,7 +11,7 @@
 //! the meantime are dropped from the answer, so a member never receives a partition
 //! another member now owns from a position that would skip anything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -627,17 +627,17 @@ pub(crate) async fn read_and_report(
             .await?,
     )?;
     let accepted: BTreeSet<&TopicPartition> = report.accepted.iter().collect();
+    let delivered: BTreeMap<&TopicPartition, u64> = rendered
+        .iter()
+        .filter(|r| accepted.contains(&r.partition))
+        .map(|r| (&r.partition, r.next_offset))
+        .collect();
     let position = PositionToken {
         generation: lease.generation,
         offsets: lease
             .assignments
             .iter()
-            .map(|tp| {
-                rendered
-                    .iter()
-                    .find(|r| &r.partition == tp && accepted.contains(tp))
-                    .map(|r| r.next_offset)
-            })
+            .map(|tp| delivered.get(tp).copied())
             .collect(),
     };
     let parts: Vec<Rendered> = rendered

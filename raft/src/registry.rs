@@ -413,18 +413,10 @@ impl RaftNode {
     /// when it did not open in time.
     pub async fn await_group(&self, group: GroupId, wait: Duration) -> Option<typ::Raft> {
         let mut opened = self.inner.opened.subscribe();
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            // Marked seen before the map is read: an open after this read wakes the wait.
-            opened.borrow_and_update();
-            if let Some(raft) = self.group(group) {
-                return Some(raft);
-            }
-            match tokio::time::timeout_at(until, opened.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => return None,
-            }
-        }
+        // The map is read under the watch's lock: an open is in the map before its bump.
+        let waited = opened.wait_for(|_| self.group(group).is_some());
+        tokio::time::timeout(wait, waited).await.ok()?.ok()?;
+        self.group(group)
     }
 
     /// Initialises a new group once every other member runs it, so the first election's

@@ -141,10 +141,14 @@ impl Connection {
         self.closed.is_cancelled()
     }
 
+    /// When the peer was last heard on this connection (its opening, before any frame).
+    fn heard_at(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
+    }
+
     /// How long since the peer was last heard on this connection.
     pub(crate) fn silent_for(&self) -> Duration {
-        let heard = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(heard)
+        self.heard_at().elapsed()
     }
 
     fn heard(&self) {
@@ -329,9 +333,7 @@ async fn read_loop(
     let mut last_frame = Instant::now();
     let mut suspected = false;
     loop {
-        let suspect_at = conn.opened
-            + Duration::from_millis(conn.last_heard_ms.load(Ordering::Relaxed))
-            + timers.suspect_after;
+        let suspect_at = conn.heard_at() + timers.suspect_after;
         let next = tokio::select! {
             _ = conn.closed.cancelled() => break,
             // The peer fell silent (cut off, paused): the requests waiting for its answers

@@ -40,6 +40,9 @@ pub async fn run(
         write_timeout_ms = raw.write_timeout_ms,
         "starting node"
     );
+    if psubd_raft::SKIPS_LOG_FSYNC {
+        warn!("TEST BUILD: this node never syncs its Raft log (feature chaos-skip-log-fsync); acknowledged writes are lost on power loss");
+    }
     let raft_node = RaftNode::start(RaftNodeConfig {
         id: raw.id,
         listen: raw.raft,

@@ -38,6 +38,11 @@ pub mod transport;
 pub mod types;
 pub mod write_behind;
 
+/// True only in the test-only build with the `chaos-skip-log-fsync` feature, whose log flusher
+/// never syncs log segments: acknowledged writes are then lost on power loss. The node warns
+/// at start when it runs such a build.
+pub const SKIPS_LOG_FSYNC: bool = cfg!(feature = "chaos-skip-log-fsync");
+
 pub use config::{RaftNodeConfig, RaftTuning, MAX_SNAPSHOT_STAGGER_PERCENT};
 pub use error::StorageIoError;
 pub use log_store::LogStore;

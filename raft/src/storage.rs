@@ -32,6 +32,7 @@ use futures::future::BoxFuture;
 use crate::deferred_tree::{DeferredTrees, DeferringEngine};
 use crate::error::StorageIoError;
 use crate::flusher::Flusher;
+use crate::health::StorageHealth;
 use crate::log_store::LogStore;
 use crate::log_sync::LogSyncs;
 use crate::logic::GroupLogic;
@@ -576,6 +577,8 @@ struct NodeStorageInner {
     /// The state trees (see [`crate::deferred_tree`]).
     state_trees: DeferredTrees,
     flusher: Flusher,
+    /// Whether storage failed, free space, stopped groups (see [`crate::health`]).
+    health: StorageHealth,
     log_syncs: LogSyncs,
     logs_dir: PathBuf,
     log_segment_bytes: u64,
@@ -643,12 +646,14 @@ impl NodeStorage {
         // The new directories must survive a crash before anything in them is acknowledged.
         log_syncs.dir_changed(dir);
         log_syncs.dir_changed(&logs_dir);
-        let flusher = Flusher::spawn(&handle, engine.clone(), log_syncs.clone());
+        let health = StorageHealth::default();
+        let flusher = Flusher::spawn(&handle, engine.clone(), log_syncs.clone(), health.clone());
         Ok(NodeStorage {
             inner: Arc::new(NodeStorageInner {
                 engine,
                 state_trees,
                 flusher,
+                health,
                 log_syncs,
                 logs_dir,
                 log_segment_bytes,
@@ -832,6 +837,11 @@ impl NodeStorage {
         let engine = self.inner.engine.size_on_disk()?;
         let logs = segment_log::bytes_under(&self.inner.logs_dir)?;
         Ok(engine.saturating_add(logs))
+    }
+
+    /// The node's storage health: failure, free space, stopped groups.
+    pub fn health(&self) -> &StorageHealth {
+        &self.inner.health
     }
 
     /// How many engine flushes the flusher has run since open. With many groups appending

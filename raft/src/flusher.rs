@@ -370,6 +370,71 @@ mod tests {
         }
     }
 
+    /// An engine whose flushes fail, counting the attempts.
+    #[derive(Default)]
+    struct FailingEngine {
+        attempts: AtomicU64,
+    }
+
+    impl Engine for FailingEngine {
+        fn open_tree(&self, _name: &str) -> Result<Tree, StorageIoError> {
+            Err(StorageIoError::FlusherStopped)
+        }
+        fn tree_exists(&self, _name: &str) -> bool {
+            false
+        }
+        fn tree_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn drop_tree(&self, _name: &str) -> Result<(), StorageIoError> {
+            Ok(())
+        }
+        fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), StorageIoError>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Err(StorageIoError::file(
+                    "fsync the segment log",
+                    "/data/db/db",
+                    io::Error::from_raw_os_error(libc::EIO),
+                ))
+            })
+        }
+        fn size_on_disk(&self) -> Result<u64, StorageIoError> {
+            Ok(0)
+        }
+    }
+
+    /// After a failed sync nothing is retried and nothing more is acknowledged: the health
+    /// records the failure (naming the file) and every later flush fails without touching
+    /// the engine.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_flush_is_recorded_and_never_retried() {
+        let engine = Arc::new(FailingEngine::default());
+        let health = StorageHealth::default();
+        let flusher = Flusher::spawn(
+            &tokio::runtime::Handle::current(),
+            engine.clone(),
+            LogSyncs::default(),
+            health.clone(),
+        );
+        assert!(flusher.flush().await.is_err());
+        let failure = health.failure().expect("the failure is recorded");
+        assert!(failure.cause.contains("/data/db/db"), "{failure:?}");
+        let attempts = engine.attempts.load(Ordering::SeqCst);
+        tokio::time::sleep(ENGINE_WRITE_BACK_EVERY * 5).await;
+        for _ in 0..3 {
+            assert!(matches!(
+                flusher.flush().await,
+                Err(StorageIoError::Engine { .. })
+            ));
+        }
+        assert_eq!(
+            engine.attempts.load(Ordering::SeqCst),
+            attempts,
+            "no flush after the failure, by a waiter or in the background"
+        );
+    }
+
     /// A flusher over a [`CountingEngine`] on the test's runtime.
     fn start() -> (Arc<CountingEngine>, Flusher) {
         let engine = Arc::new(CountingEngine::default());

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use openraft::storage::LogFlushed;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::blocking::blocking;
+use crate::engine::Engine;
 use crate::error::StorageIoError;
 use crate::health::StorageHealth;
-use crate::log_sync::LogSyncs;
-use crate::snapshot::blocking;
-use crate::storage::Engine;
+use crate::log::sync::LogSyncs;
 use crate::types::TypeConfig;
 
 /// Requests that may wait for the flusher. Bounded so that a disk that falls behind slows the
@@ -340,7 +340,7 @@ fn waiter_reply(result: &Result<(), StorageIoError>) -> Result<(), StorageIoErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::Tree;
+    use crate::engine::Tree;
 
     /// An engine that only counts its flushes.
     #[derive(Default)]

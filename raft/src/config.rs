@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use openraft::SnapshotPolicy;
 
+use crate::transport::auth::ClusterSecret;
 use crate::transport::TransportLimits;
 use crate::types::NodeId;
 
@@ -222,6 +223,9 @@ pub struct RaftNodeConfig {
     pub data_dir: PathBuf,
     /// Bound of the storage engine's page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// The secret every peer must prove it holds at the hello exchange (none: peers are not
+    /// authenticated; the node configuration allows that only on loopback).
+    pub cluster_secret: ClusterSecret,
     /// Below this many free bytes on the data directory's file system the node refuses new
     /// records (see [`crate::health`]); 0 never refuses.
     pub min_free_bytes: u64,

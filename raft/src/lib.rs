@@ -52,5 +52,6 @@ pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use state::logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 pub use state::machine::StateMachine;
 pub use state::snapshot::SnapshotBuilder;
+pub use transport::auth::ClusterSecret;
 pub use transport::{Faults, TransportError};
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig, CONTROLLER_GROUP};

@@ -287,6 +287,7 @@ impl RaftNode {
                 faults.clone(),
                 Arc::new(Router(weak.clone())),
                 storage.health().low_space_watch(),
+                config.cluster_secret.clone(),
             );
             Inner {
                 config,

@@ -39,6 +39,9 @@ pub enum BrokerError {
     Spawn(String),
 }
 
+/// Longest node HTTP address taken into the metadata.
+const MAX_NODE_URL_BYTES: usize = 256;
+
 /// Settings of the broker.
 #[derive(Clone, Copy, Debug)]
 pub struct BrokerConfig {
@@ -310,11 +313,29 @@ impl Broker {
         .await
     }
 
-    /// Asks the local controller actor to record a node's HTTP address.
+    /// Asks the local controller actor to record a node's HTTP address. Checked here too, as
+    /// it may arrive from a peer: the id must be one of the cluster's nodes (no phantom
+    /// node enters the metadata) and the address a short http(s) URL.
     ///
     /// # Errors
-    /// As [`Broker::create_topic`].
+    /// [`ControllerError::Invalid`] for an unknown id or a malformed address; otherwise as
+    /// [`Broker::create_topic`].
     pub async fn register_node(&self, info: NodeInfo) -> Result<(), ControllerError> {
+        if !self.inner.raft_node.peers().contains_key(&info.id) {
+            return Err(ControllerError::Invalid(format!(
+                "node {} is not one of the cluster's nodes",
+                info.id
+            )));
+        }
+        let scheme_ok = info.http.starts_with("http://") || info.http.starts_with("https://");
+        if !scheme_ok
+            || info.http.len() > MAX_NODE_URL_BYTES
+            || info.http.chars().any(char::is_control)
+        {
+            return Err(ControllerError::Invalid(format!(
+                "a node's HTTP address must be an http(s) URL of at most {MAX_NODE_URL_BYTES} bytes"
+            )));
+        }
         self.controller_call(|reply| ControllerMsg::RegisterNode { info, reply })
             .await
     }

@@ -26,7 +26,7 @@ use crate::node_storage::NodeStorage;
 use crate::state::logic::GroupLogic;
 use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
 use crate::transport::codec::{PeerRequest, PeerResponse, RaftRequest, RaftResponse, Refusal};
-use crate::transport::{Faults, InboundHandler, Transport, TransportError};
+use crate::transport::{Faults, InboundHandler, Transport, TransportError, TransportSetup};
 use crate::types::{typ, GroupId, NodeId};
 
 /// Handles forwarded application requests arriving over the transport (set by the api
@@ -280,14 +280,16 @@ impl RaftNode {
         let limits = config.tuning.transport_limits();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let transport = Transport::start(
-                config.id,
                 listener,
-                config.peers.clone(),
-                limits,
-                faults.clone(),
-                Arc::new(Router(weak.clone())),
-                storage.health().low_space_watch(),
-                config.cluster_secret.clone(),
+                TransportSetup {
+                    id: config.id,
+                    peers: config.peers.clone(),
+                    limits,
+                    faults: faults.clone(),
+                    handler: Arc::new(Router(weak.clone())),
+                    low_space: storage.health().low_space_watch(),
+                    secret: config.cluster_secret.clone(),
+                },
             );
             Inner {
                 config,

@@ -81,6 +81,24 @@ pub(crate) struct TransportLimits {
     pub reconnect_max: Duration,
 }
 
+/// What a transport is started with.
+pub(crate) struct TransportSetup {
+    /// This node's id.
+    pub id: NodeId,
+    /// Every node's transport address; this node's own entry is ignored.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Bounds and timers.
+    pub limits: TransportLimits,
+    /// Injected faults (tests, chaos).
+    pub faults: Arc<Faults>,
+    /// Serves the peers' requests.
+    pub handler: Arc<dyn InboundHandler>,
+    /// This node's low-space state, told to every peer.
+    pub low_space: watch::Receiver<bool>,
+    /// The secret every peer must prove it holds.
+    pub secret: ClusterSecret,
+}
+
 /// The node's end of the peer transport. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Transport {
@@ -122,17 +140,16 @@ impl Transport {
     }
 
     /// Starts accepting on `listener` and dialing every peer with a higher id.
-    /// `peers` may include this node; it is ignored.
-    pub(crate) fn start(
-        id: NodeId,
-        listener: TcpListener,
-        peers: BTreeMap<NodeId, SocketAddr>,
-        limits: TransportLimits,
-        faults: Arc<Faults>,
-        handler: Arc<dyn InboundHandler>,
-        low_space: watch::Receiver<bool>,
-        secret: ClusterSecret,
-    ) -> Transport {
+    pub(crate) fn start(listener: TcpListener, setup: TransportSetup) -> Transport {
+        let TransportSetup {
+            id,
+            peers,
+            limits,
+            faults,
+            handler,
+            low_space,
+            secret,
+        } = setup;
         let inner = Arc::new(Inner {
             id,
             peers,
@@ -602,14 +619,16 @@ mod tests {
         let peers = BTreeMap::from([(1, "127.0.0.1:9".parse().unwrap()), (2, addr)]);
         let (_low_space, watch_rx) = watch::channel(false);
         let transport = Transport::start(
-            2,
             listener,
-            peers,
-            RaftTuning::default().transport_limits(),
-            Arc::new(Faults::default()),
-            Arc::new(NoService),
-            watch_rx,
-            ClusterSecret::new(secret.as_bytes()).unwrap(),
+            TransportSetup {
+                id: 2,
+                peers,
+                limits: RaftTuning::default().transport_limits(),
+                faults: Arc::new(Faults::default()),
+                handler: Arc::new(NoService),
+                low_space: watch_rx,
+                secret: ClusterSecret::new(secret.as_bytes()).unwrap(),
+            },
         );
         (transport, addr)
     }

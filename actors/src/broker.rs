@@ -177,14 +177,16 @@ impl Broker {
     }
 
     /// Ready: the controller has a leader that this node is in contact with (a leader
-    /// must have heard from a quorum recently).
+    /// must have heard from a quorum recently; a follower must be connected to the leader
+    /// and have heard from it lately, since after a restart it remembers the last leader it
+    /// knew whether or not it can reach it).
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.controller_raft.metrics().borrow().clone();
         match metrics.current_leader {
             Some(leader) if leader == metrics.id => {
                 check_leader(&self.inner.controller_raft, &self.inner.limits).is_ok()
             }
-            Some(_) => true,
+            Some(leader) => self.inner.raft_node.in_contact_with(leader),
             None => false,
         }
     }

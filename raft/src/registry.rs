@@ -329,6 +329,14 @@ impl RaftNode {
         &self.inner.storage
     }
 
+    /// True when this node has a live connection to `peer` on which it heard from it
+    /// within the last two keepalives: the two are in contact now.
+    pub fn in_contact_with(&self, peer: NodeId) -> bool {
+        peer == self.id()
+            || (self.inner.transport.connected_peers().contains(&peer)
+                && !self.inner.transport.is_silent(peer))
+    }
+
     /// The first of `nodes` known to be low on space, this node by its own measurement and
     /// peers by what their connection last told (see [`crate::health`]): a partition
     /// replicated there must not take new records now.

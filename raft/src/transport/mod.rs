@@ -535,12 +535,15 @@ async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
             },
         )
         .await?;
-        match read_frame(&mut reader).await? {
-            Frame::Proof { proof } if exchange.verify(&inner.secret, Role::Dialer, &proof) => {
+        match read_frame(&mut reader).await {
+            Ok(Frame::Proof { proof }) if exchange.verify(&inner.secret, Role::Dialer, &proof) => {
                 Ok::<_, HandshakeError>((peer, authenticated(reader), writer))
             }
-            Frame::Proof { .. } => Err(HandshakeError::BadProof(peer)),
-            _ => Err(HandshakeError::NotHello),
+            Ok(Frame::Proof { .. }) => Err(HandshakeError::BadProof(peer)),
+            // A dialer that cannot verify our proof (it holds another secret) hangs up here.
+            Err(HandshakeError::Closed) => Err(HandshakeError::BadProof(peer)),
+            Ok(_) => Err(HandshakeError::NotHello),
+            Err(other) => Err(other),
         }
     };
     match tokio::time::timeout(inner.limits.handshake_timeout, handshake).await {

@@ -654,22 +654,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_connection_claiming_a_node_id_without_the_secret_is_closed() {
-        let (transport, addr) = node_two("the real cluster secret").await;
+    /// Dials `addr` as node 1 and reads node 2's answering hello: the connection, and the
+    /// exchange both proofs cover.
+    async fn hello_as_node_one(addr: SocketAddr) -> (FrameReader, FrameWriter, Exchange, Proof) {
         let (mut reader, mut writer) = raw(addr).await;
         let dialer_nonce = fresh_nonce();
-        send_frame(
-            &mut writer,
-            &Frame::Hello {
-                version: PROTOCOL_VERSION,
-                node: 1,
-                nonce: dialer_nonce,
-                proof: None,
-            },
-        )
-        .await
-        .unwrap();
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            node: 1,
+            nonce: dialer_nonce,
+            proof: None,
+        };
+        send_frame(&mut writer, &hello).await.unwrap();
         let answer = read_hello(&mut reader).await.unwrap();
         let exchange = Exchange {
             dialer: 1,
@@ -677,9 +673,21 @@ mod tests {
             dialer_nonce,
             acceptor_nonce: answer.nonce,
         };
+        (
+            reader,
+            writer,
+            exchange,
+            answer.proof.expect("the acceptor proves itself"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_claiming_a_node_id_without_the_secret_is_closed() {
+        let (transport, addr) = node_two("the real cluster secret").await;
+        let (mut reader, mut writer, exchange, acceptor_proof) = hello_as_node_one(addr).await;
         // A stranger can neither check the acceptor's proof nor make its own.
         let guessed = ClusterSecret::new(b"a guess at the secret").unwrap();
-        assert!(!exchange.verify(&guessed, Role::Acceptor, &answer.proof.unwrap()));
+        assert!(!exchange.verify(&guessed, Role::Acceptor, &acceptor_proof));
         let proof = exchange.proof(&guessed, Role::Dialer);
         send_frame(&mut writer, &Frame::Proof { proof })
             .await
@@ -694,28 +702,9 @@ mod tests {
         );
 
         // With the secret, the same exchange is taken.
-        let (mut reader, mut writer) = raw(addr).await;
-        let dialer_nonce = fresh_nonce();
-        send_frame(
-            &mut writer,
-            &Frame::Hello {
-                version: PROTOCOL_VERSION,
-                node: 1,
-                nonce: dialer_nonce,
-                proof: None,
-            },
-        )
-        .await
-        .unwrap();
-        let answer = read_hello(&mut reader).await.unwrap();
         let secret = ClusterSecret::new(b"the real cluster secret").unwrap();
-        let exchange = Exchange {
-            dialer: 1,
-            acceptor: 2,
-            dialer_nonce,
-            acceptor_nonce: answer.nonce,
-        };
-        assert!(exchange.verify(&secret, Role::Acceptor, &answer.proof.unwrap()));
+        let (_reader, mut writer, exchange, acceptor_proof) = hello_as_node_one(addr).await;
+        assert!(exchange.verify(&secret, Role::Acceptor, &acceptor_proof));
         let proof = exchange.proof(&secret, Role::Dialer);
         send_frame(&mut writer, &Frame::Proof { proof })
             .await

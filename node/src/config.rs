@@ -171,6 +171,17 @@ pub struct NodeConfig {
     /// --peers address is loopback (or --insecure).
     #[arg(long, env = "PSUBD_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS on the --http port (with --tls-key). Plain HTTP is
+    /// then refused on that port.
+    #[arg(long, env = "PSUBD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PSUBD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with it, HTTPS clients must present a certificate signed by one
+    /// of them (mutual TLS).
+    #[arg(long, env = "PSUBD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Run without peer authentication although peers are not on loopback: anyone who can
     /// reach the --raft port can then act as a node. Logged as a warning at start.
     #[arg(long, env = "PSUBD_INSECURE")]
@@ -284,10 +295,15 @@ impl ValidNodeConfig {
 
     /// The URL this node's HTTP API is reached at.
     pub fn advertised_http(&self) -> String {
+        let scheme = if self.raw.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.raw
             .advertise_http
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.raw.http))
+            .unwrap_or_else(|| format!("{scheme}://{}", self.raw.http))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`server`]: `run(config, shutdown)` — boot and graceful shutdown of a node.
 //! - [`dev`]: the local-cluster launcher.
 //! - [`signal`]: SIGINT / SIGTERM.
+//! - [`tls`]: HTTPS on the API port (rustls).
 //! - [`bench`]: the load generator.
 
 pub mod bench;
@@ -14,5 +15,6 @@ pub mod config;
 pub mod dev;
 pub mod server;
 pub mod signal;
+pub mod tls;
 
 pub use server::run;

@@ -84,6 +84,14 @@ pub async fn run(
     let state = AppState::new(edge.clone(), limits, root.child_token());
     let open_streams = state.streams.clone();
     let app = psubd_api::router(state);
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(
+            cert,
+            key,
+            raw.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(raw.http)
         .await
         .with_context(|| format!("binding the HTTP address {}", raw.http))?;
@@ -97,11 +105,23 @@ pub async fn run(
         root.child_token(),
     ));
     let http_stop = root.child_token();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
+    let stopped = async move { http_stop.cancelled().await };
+    let server = match tls {
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)
+                .context("starting the HTTPS listener")?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
     info!(http = %config.advertised_http(), "node serving");
 
     let health = raft_node.storage().health().clone();

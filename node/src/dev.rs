@@ -189,6 +189,13 @@ impl DevCluster {
 /// # Errors
 /// When the cluster cannot start.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // The nodes inherit the environment, and `dev` checks them over plain HTTP.
+    for tls in ["PSUBD_TLS_CERT", "PSUBD_TLS_KEY", "PSUBD_TLS_CLIENT_CA"] {
+        anyhow::ensure!(
+            std::env::var_os(tls).is_none(),
+            "psubd dev runs its nodes over plain HTTP: unset {tls} (try HTTPS with `psubd node`)"
+        );
+    }
     let mut cluster = DevCluster::start(&args).await?;
     say!(
         "psubd dev: {} nodes, data and logs under {}",

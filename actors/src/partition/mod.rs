@@ -243,14 +243,13 @@ pub fn leader_status(metrics: &RaftMetrics, limits: &BatchLimits) -> Result<(), 
 /// # Errors
 /// [`PartitionError::InsufficientStorage`] naming the node low on space.
 pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionError> {
-    let replicas: Vec<NodeId> = raft
-        .metrics()
-        .borrow()
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let replicas = metrics
         .membership_config
         .membership()
         .nodes()
-        .map(|(id, _node)| *id)
-        .collect();
+        .map(|(id, _node)| *id);
     match raft_node.low_space_among(replicas) {
         Some(node) => Err(PartitionError::InsufficientStorage { node }),
         None => Ok(()),

@@ -45,7 +45,8 @@ use tracing::{debug, info};
 use crate::assignment::{assign, Assignment, AssignmentStrategy, Subscriptions, TopicPartition};
 use crate::controller::ControllerState;
 use crate::error::{GroupError, PartitionError};
-use crate::offsets::{now_ms, propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
+use crate::clock::now_ms;
+use crate::offsets::{propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
 use crate::partition::{check_leader, BatchLimits};
 
 /// Shortest session timeout a member may ask for (1 s to 5 min).

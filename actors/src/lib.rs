@@ -2,6 +2,7 @@
 //!
 //! `psubd-actors` holds the domain and the actors that act on it.
 //!
+//! - [`clock`]: the wall clock, read one way (`now_ms`).
 //! - [`record`]: records and record batches, the unit of storage and replication.
 //! - [`topic`]: topic names, configuration and replica placement.
 //! - [`partition`]: the partition actor (batches publishes into Raft entries) and, in
@@ -22,6 +23,7 @@
 
 pub mod assignment;
 pub mod broker;
+pub mod clock;
 pub mod controller;
 pub mod coordinator;
 pub mod error;

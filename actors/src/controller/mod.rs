@@ -13,6 +13,8 @@ use psubd_raft::types::typ::Raft;
 use psubd_raft::{NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::clock::now_ms;
+use crate::stable_hash::fnv1a;
 use crate::error::{ControllerError, PartitionError};
 use crate::partition::{check_leader, BatchLimits};
 use crate::topic::{place_replicas, TopicConfig, TopicMeta};
@@ -120,13 +122,6 @@ fn live_first(nodes: &[NodeId], raft_node: &RaftNode, replication_factor: u32) -
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Actor for ControllerActor {
     type Msg = ControllerMsg;
     type State = ControllerArgs;
@@ -172,10 +167,9 @@ impl Actor for ControllerActor {
                     ))));
                     return Ok(());
                 }
-                // Rotate the first replica by a hash of the name so topics' leaders spread.
-                let offset = name
-                    .bytes()
-                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                // Rotate the first replica by the stable hash of the name so topics'
+                // leaders spread.
+                let offset = fnv1a(name.as_bytes());
                 let candidates =
                     live_first(&state.nodes, &state.raft_node, config.replication_factor);
                 let replicas = place_replicas(

@@ -33,7 +33,7 @@ pub mod log;
 pub mod retention;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use openraft::ServerState;
@@ -43,6 +43,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info};
 
+use crate::clock::now_ms;
 use crate::controller::ControllerState;
 use crate::error::PartitionError;
 use crate::record::{join_batch, EncodedRecords};
@@ -236,13 +237,6 @@ pub fn leader_status(metrics: &RaftMetrics, limits: &BatchLimits) -> Result<(), 
 /// The current leader of a group as this replica sees it.
 pub fn leader_of(raft: &Raft) -> Option<NodeId> {
     raft.metrics().borrow().current_leader
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl PartitionState {

@@ -18,17 +18,13 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::forward::OffsetSpec;
+use crate::limits::{
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, MAX_MAX_BYTES, MAX_MAX_RECORDS, MAX_TIMEOUT_MS,
+};
+use crate::protocol::OffsetSpec;
+use crate::service::reads::ReadBounds;
+use crate::service::Caller;
 use crate::state::AppState;
-
-/// Default and largest `max_records`.
-const DEFAULT_MAX_RECORDS: u32 = 500;
-const MAX_MAX_RECORDS: u32 = 10_000;
-/// Default and largest `max_bytes`.
-const DEFAULT_MAX_BYTES: u32 = 1 << 20;
-const MAX_MAX_BYTES: u32 = 16 << 20;
-/// Longest long-poll.
-pub const MAX_TIMEOUT_MS: u64 = 30_000;
 
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {
@@ -65,35 +61,22 @@ pub(crate) fn number<T: std::str::FromStr>(
     }
 }
 
-/// How much one fetch may return and how long it may wait: the `max_records`,
-/// `max_bytes` and `timeout_ms` parameters of every fetch route, clamped to their limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadBounds {
-    /// Most records.
-    pub max_records: u32,
-    /// Most bytes of record encodings (one record always fits).
-    pub max_bytes: u32,
-    /// Longest long-poll.
-    pub timeout_ms: u64,
-}
-
-impl ReadBounds {
-    /// Parses the three parameters, with their defaults.
-    ///
-    /// # Errors
-    /// 400 when one is not a non-negative integer.
-    pub fn parse(
-        max_records: Option<&str>,
-        max_bytes: Option<&str>,
-        timeout_ms: Option<&str>,
-    ) -> Result<Self, ApiError> {
-        Ok(Self {
-            max_records: number("max_records", max_records, DEFAULT_MAX_RECORDS)?
-                .clamp(1, MAX_MAX_RECORDS),
-            max_bytes: number("max_bytes", max_bytes, DEFAULT_MAX_BYTES)?.clamp(1, MAX_MAX_BYTES),
-            timeout_ms: number("timeout_ms", timeout_ms, 0u64)?.min(MAX_TIMEOUT_MS),
-        })
-    }
+/// Parses the `max_records`, `max_bytes` and `timeout_ms` parameters of every fetch
+/// route, with their defaults, clamped to their limits.
+///
+/// # Errors
+/// 400 when one is not a non-negative integer.
+pub fn read_bounds(
+    max_records: Option<&str>,
+    max_bytes: Option<&str>,
+    timeout_ms: Option<&str>,
+) -> Result<ReadBounds, ApiError> {
+    Ok(ReadBounds {
+        max_records: number("max_records", max_records, DEFAULT_MAX_RECORDS)?
+            .clamp(1, MAX_MAX_RECORDS),
+        max_bytes: number("max_bytes", max_bytes, DEFAULT_MAX_BYTES)?.clamp(1, MAX_MAX_BYTES),
+        timeout_ms: number("timeout_ms", timeout_ms, 0u64)?.min(MAX_TIMEOUT_MS),
+    })
 }
 
 /// Parses `offset=N|earliest|latest`.
@@ -138,28 +121,19 @@ async fn fetch(
     Path((topic, partition)): Path<(String, String)>,
     Query(params): Query<FetchParams>,
 ) -> Result<Response, ApiError> {
-    let meta = state.edge.topic(&topic).await?;
+    let caller = Caller::http();
+    let meta = state.service.topic(&caller, &topic).await?;
     let partition = parse_partition(&topic, &partition, meta.config.partitions)?;
     let offset = parse_offset(params.offset.as_deref())?;
-    let ReadBounds {
-        max_records,
-        max_bytes,
-        timeout_ms,
-    } = ReadBounds::parse(
+    let bounds = read_bounds(
         params.max_records.as_deref(),
         params.max_bytes.as_deref(),
         params.timeout_ms.as_deref(),
     )?;
-    let placement = &meta.partitions[partition as usize];
     let fetched = state
-        .edge
-        .fetch(placement, offset, max_records, max_bytes, timeout_ms)
+        .service
+        .fetch(&caller, &meta, partition, offset, bounds)
         .await?;
-    state
-        .metrics
-        .records_fetched
-        .with_label_values(&[&topic])
-        .inc_by(u64::from(fetched.count));
     let body = render(&topic, partition, &fetched)?;
     let mut response = body.into_response();
     response.headers_mut().insert(

@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument};
 
 use crate::error::ApiError;
-use crate::fetch::ReadBounds;
-use crate::groups::{poll_member, read_and_report, validate_group, validate_member};
+use crate::groups::{poll_member, read_and_report};
+use crate::service::names;
+use crate::service::reads::ReadBounds;
 use crate::state::AppState;
 use crate::stream::{
     acquire, negotiate, respond, Item, StreamRecord, STREAM_MAX_BYTES, STREAM_MAX_RECORDS,
@@ -78,8 +79,8 @@ async fn stream_member(
     Path((group, member)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    validate_group(&group)?;
-    validate_member(&member)?;
+    names::group(&group)?;
+    names::member(&member)?;
     let framing = negotiate(&headers)?;
     let permit = acquire(&state)?;
     let items = member_records(state, group, member).await?;
@@ -145,6 +146,7 @@ impl Drop for MemberGuard {
         let grace_ms = STREAM_REATTACH_GRACE.as_millis() as u64;
         runtime.spawn(async move {
             let outcome = state
+                .service
                 .edge
                 .group(
                     &group,

@@ -21,14 +21,17 @@ pub mod cluster;
 pub mod edge;
 pub mod error;
 pub mod fetch;
-pub mod forward;
 pub mod group_routing;
 pub mod group_stream;
 pub mod groups;
 pub mod json;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
+pub mod protocol;
 pub mod publish;
+pub mod replica;
+pub mod service;
 pub mod state;
 pub mod stream;
 pub mod topics;
@@ -46,8 +49,10 @@ use tracing::Level;
 
 pub use edge::Edge;
 pub use error::ApiError;
-pub use forward::ForwardService;
-pub use state::{AppState, Limits};
+pub use limits::Limits;
+pub use replica::ForwardService;
+pub use service::{Caller, Service};
+pub use state::AppState;
 
 /// The whole HTTP API of a node.
 pub fn router(state: AppState) -> Router {
@@ -101,11 +106,13 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let started = Instant::now();
     let response = next.run(request).await.into_response();
     state
+        .service
         .metrics
         .http_latency
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     state
+        .service
         .metrics
         .http_requests
         .with_label_values(&[&route, response.status().as_str()])

@@ -32,7 +32,7 @@ use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::fetch::{parse_offset, parse_partition, write_record};
-use crate::forward::OffsetSpec;
+use crate::protocol::OffsetSpec;
 use crate::state::AppState;
 
 /// How long one fetch of a stream waits at the end of the log before polling again.
@@ -141,7 +141,7 @@ pub(crate) fn acquire(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams {
-            limit: state.limits.max_streams,
+            limit: state.service.limits.max_streams,
         })
 }
 
@@ -198,6 +198,7 @@ pub(crate) fn partition_records(
         loop {
             let fetched = cursor
                 .state
+                .service
                 .edge
                 .fetch(
                     &cursor.placement,
@@ -231,6 +232,7 @@ pub(crate) fn partition_records(
                     }
                     cursor
                         .state
+                        .service
                         .metrics
                         .records_fetched
                         .with_label_values(&[&cursor.topic])
@@ -339,7 +341,7 @@ async fn stream_partition(
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let meta = state.edge.topic(&topic).await?;
+    let meta = state.service.edge.topic(&topic).await?;
     let partition = parse_partition(&topic, &partition, meta.config.partitions)?;
     let offset = match resume_offset(&headers, partition)? {
         Some(offset) => OffsetSpec::At(offset),

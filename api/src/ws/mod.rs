@@ -94,7 +94,7 @@ async fn upgrade(
         message: format!("/v1/ws takes a WebSocket upgrade: {rejection}"),
     })?;
     let permit = acquire(&state)?;
-    let max_message = state.limits.max_request_bytes + MESSAGE_SLACK;
+    let max_message = state.service.limits.max_request_bytes + MESSAGE_SLACK;
     Ok(ws
         .max_message_size(max_message)
         .max_frame_size(max_message)

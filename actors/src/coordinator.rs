@@ -43,9 +43,9 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::assignment::{assign, Assignment, AssignmentStrategy, Subscriptions, TopicPartition};
+use crate::clock::now_ms;
 use crate::controller::ControllerState;
 use crate::error::{GroupError, PartitionError};
-use crate::clock::now_ms;
 use crate::offsets::{propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
 use crate::partition::{check_leader, BatchLimits};
 

@@ -14,9 +14,9 @@ use psubd_raft::{NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::clock::now_ms;
-use crate::stable_hash::fnv1a;
 use crate::error::{ControllerError, PartitionError};
 use crate::partition::{check_leader, BatchLimits};
+use crate::stable_hash::fnv1a;
 use crate::topic::{place_replicas, TopicConfig, TopicMeta};
 pub use state::{
     ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo, TopicUpdate,

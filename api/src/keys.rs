@@ -31,9 +31,10 @@ use serde_json::json;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::fetch::{number, write_record};
+use crate::fetch::number;
 use crate::json::media_type;
 use crate::limits::MAX_TIMEOUT_MS;
+use crate::render::write_record;
 use crate::service::keys::{KeyView, ReadYourWrites, ScanRequest};
 use crate::service::Caller;
 use crate::state::AppState;

@@ -30,6 +30,7 @@ pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod publish;
+pub mod render;
 pub mod replica;
 pub mod service;
 pub mod state;

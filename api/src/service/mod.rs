@@ -8,6 +8,7 @@
 //! - [`reads`]: fetch by offset.
 //! - [`groups`]: consumer groups (join, leave, commit).
 //! - [`names`]: the one check of topic, group and member names.
+//! - [`members`]: a member's fetch: poll (the heartbeat), read, delivery report.
 //! - [`keys`]: key views of compacted topics (lookup, scan, put, delete).
 //! - [`topics`]: topic admin (create, patch, delete, describe, list).
 //!
@@ -16,6 +17,7 @@
 
 pub mod groups;
 pub mod keys;
+pub mod members;
 pub mod names;
 pub mod publish;
 pub mod reads;

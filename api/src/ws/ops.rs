@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::error_frame;
+use super::frames::error_frame;
 use super::subscription::Subscription;
 use crate::error::ApiError;
 use crate::fetch::{parse_offset, parse_partition};
@@ -374,7 +374,7 @@ async fn subscribe(
             let raw_partition = op.partition.ok_or_else(|| ApiError::InvalidRequest {
                 message: "a partition subscription needs 'partition'".into(),
             })?;
-            let meta = state.service.edge.topic(&topic).await?;
+            let meta = state.service.topic(&caller, &topic).await?;
             let partition =
                 parse_partition(&topic, &raw_partition.to_string(), meta.config.partitions)?;
             let offset = match &op.offset {
@@ -383,10 +383,8 @@ async fn subscribe(
                 Some(Value::Number(n)) => parse_offset(Some(&n.to_string()))?,
                 Some(other) => parse_offset(Some(&other.to_string()))?,
             };
-            let placement = meta.partitions[partition as usize].clone();
             let source =
-                partition_records(state.clone(), topic.clone(), partition, placement, offset)
-                    .boxed();
+                partition_records(state.clone(), caller.clone(), meta, partition, offset).boxed();
             (source, json!({"topic": topic, "partition": partition}))
         }
         (None, Some(group)) => {
@@ -416,7 +414,8 @@ async fn subscribe(
                 }),
             };
             let name = group.as_str().to_string();
-            match member_records(state.clone(), name.clone(), member.clone()).await {
+            match member_records(state.clone(), caller.clone(), name.clone(), member.clone()).await
+            {
                 Ok(source) => (source.boxed(), json!({"group": name, "member_id": member})),
                 Err(error) => {
                     if joined {

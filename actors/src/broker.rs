@@ -21,9 +21,9 @@ use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
 use crate::partition::{
-    check_leader, leader_status, Appended, BatchLimits, PartitionHandle, PartitionMsg,
-    DEFAULT_MAINTENANCE_INTERVAL,
+    Appended, BatchLimits, PartitionHandle, PartitionMsg, DEFAULT_MAINTENANCE_INTERVAL,
 };
+use crate::proposal::{check_leader, leader_of, leader_status};
 use crate::record::EncodedRecords;
 use crate::supervisor::{NodeSupervisor, PartitionTable, SupervisorArgs, SupervisorMsg};
 use crate::topic::{CleanupPolicy, TopicConfig, TopicMeta};
@@ -106,7 +106,8 @@ impl Broker {
                 raft: controller_raft.clone(),
                 nodes: members.iter().copied().collect(),
                 raft_node: raft_node.clone(),
-                limits: config.limits,
+                write_timeout: config.limits.write_timeout,
+                quorum_stale_after: config.limits.quorum_stale_after,
             },
         )
         .await
@@ -178,9 +179,11 @@ impl Broker {
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.controller_raft.metrics().borrow().clone();
         match metrics.current_leader {
-            Some(leader) if leader == metrics.id => {
-                check_leader(&self.inner.controller_raft, &self.inner.limits).is_ok()
-            }
+            Some(leader) if leader == metrics.id => check_leader(
+                &self.inner.controller_raft,
+                self.inner.limits.quorum_stale_after,
+            )
+            .is_ok(),
             Some(_) => true,
             None => false,
         }
@@ -197,13 +200,12 @@ impl Broker {
     /// authoritative (e.g. to answer "offset beyond the end").
     pub fn leads_with_quorum(&self, group: GroupId) -> bool {
         self.partition(group)
-            .is_some_and(|h| check_leader(&h.raft, &self.inner.limits).is_ok())
+            .is_some_and(|h| check_leader(&h.raft, self.inner.limits.quorum_stale_after).is_ok())
     }
 
     /// The leader of a partition group as this node sees it (only known on replicas).
     pub fn partition_leader(&self, group: GroupId) -> Option<NodeId> {
-        self.partition(group)
-            .and_then(|h| crate::partition::leader_of(&h.raft))
+        self.partition(group).and_then(|h| leader_of(&h.raft))
     }
 
     /// Waits until this node's replica of `group` knows a leader that can take writes:
@@ -216,7 +218,9 @@ impl Broker {
         let limits = self.inner.limits;
         watch_for_leader(&raft, until, |metrics| match metrics.current_leader {
             Some(leader) if leader != metrics.id => Some(leader),
-            Some(me) => leader_status(metrics, &limits).is_ok().then_some(me),
+            Some(me) => leader_status(metrics, limits.quorum_stale_after)
+                .is_ok()
+                .then_some(me),
             None => None,
         })
         .await

@@ -45,9 +45,10 @@ use tracing::{debug, info};
 use crate::assignment::{assign, Assignment, AssignmentStrategy, Subscriptions, TopicPartition};
 use crate::clock::now_ms;
 use crate::controller::ControllerState;
-use crate::error::{GroupError, PartitionError};
+use crate::error::GroupError;
 use crate::offsets::{propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
-use crate::partition::{check_leader, BatchLimits};
+use crate::partition::BatchLimits;
+use crate::proposal::check_leader;
 
 /// Shortest session timeout a member may ask for (1 s to 5 min).
 pub const MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
@@ -399,13 +400,7 @@ impl CoordinatorState {
 
     /// Whether this node still coordinates the group.
     fn leadership(&self) -> Result<(), GroupError> {
-        match check_leader(&self.args.offsets.raft, &self.args.limits) {
-            Ok(()) => {}
-            Err(PartitionError::NotLeader { leader }) => {
-                return Err(GroupError::NotCoordinator { leader })
-            }
-            Err(_) => return Err(GroupError::NoQuorum),
-        }
+        check_leader(&self.args.offsets.raft, self.args.limits.quorum_stale_after)?;
         if self.args.offsets.raft.metrics().borrow().current_term != self.args.term {
             return Err(GroupError::Unavailable {
                 reason: "the group coordinator is restarting after a leadership change".into(),

@@ -9,6 +9,8 @@
 //!   `partition::log`, the partition's state machine logic and reader.
 //! - [`controller`]: the controller actor and, in `controller::state`, group 0's replicated
 //!   metadata.
+//! - [`proposal`]: proposing to any Raft group: the leadership check, the proposal
+//!   with a deadline, and the one mapping of openraft's outcomes.
 //! - [`supervisor`]: the node supervisor, which runs the partition replicas the controller
 //!   assigns to this node.
 //! - [`offsets`]: the consumer offsets topic's state machine (committed offsets) and reader.
@@ -31,6 +33,7 @@ pub mod group_directory;
 pub mod locks;
 pub mod offsets;
 pub mod partition;
+pub mod proposal;
 pub mod record;
 pub mod stable_hash;
 pub mod supervisor;

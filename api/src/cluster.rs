@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use psubd_actors::partition::leader_of;
+use psubd_actors::proposal::leader_of;
 use psubd_raft::CONTROLLER_GROUP;
 use serde_json::json;
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use psubd_actors::partition::{leader_of, Appended, FetchedRecords};
+use psubd_actors::partition::{Appended, FetchedRecords};
+use psubd_actors::proposal::leader_of;
 use psubd_actors::record::EncodedRecords;
 use psubd_actors::topic::{PartitionPlacement, TopicMeta};
 use psubd_actors::{Broker, ControllerError, PartitionError};

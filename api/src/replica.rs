@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use psubd_actors::partition::{leader_of, PartitionReader, ReadError};
+use psubd_actors::partition::{PartitionReader, ReadError};
+use psubd_actors::proposal::leader_of;
 use psubd_actors::{Broker, GroupError, PartitionError};
 use psubd_raft::{GroupId, NodeId, PeerService};
 

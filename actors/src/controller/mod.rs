@@ -8,14 +8,13 @@ pub mod state;
 
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::clock::now_ms;
-use crate::error::{ControllerError, PartitionError};
-use crate::partition::{check_leader, BatchLimits};
+use crate::error::ControllerError;
+use crate::proposal::{self, check_leader};
 use crate::stable_hash::fnv1a;
 use crate::topic::{place_replicas, TopicConfig, TopicMeta};
 pub use state::{
@@ -67,19 +66,17 @@ pub struct ControllerArgs {
     pub nodes: Vec<NodeId>,
     /// This node's Raft groups: which peers are connected right now.
     pub raft_node: RaftNode,
-    /// Timeouts and quorum staleness.
-    pub limits: BatchLimits,
+    /// How long a proposed change may take before it is answered "outcome unknown".
+    pub write_timeout: Duration,
+    /// A leader that has not heard from a quorum for this long refuses changes.
+    pub quorum_stale_after: Duration,
 }
 
 /// The controller actor. See the module docs.
 pub struct ControllerActor;
 
-fn map_leadership(error: PartitionError) -> ControllerError {
-    match error {
-        PartitionError::NotLeader { leader } => ControllerError::NotLeader { leader },
-        _ => ControllerError::NoQuorum,
-    }
-}
+/// How proposals name group 0 in their reasons.
+const GROUP: &str = "controller";
 
 async fn propose(
     raft: Raft,
@@ -89,20 +86,8 @@ async fn propose(
     let command = state::encode_command(&command).map_err(|_| ControllerError::OutcomeUnknown {
         reason: "command did not encode".into(),
     })?;
-    match tokio::time::timeout(timeout, raft.client_write(command)).await {
-        Ok(Ok(response)) => Ok(state::decode_response(&response.data)),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(ControllerError::OutcomeUnknown {
-                reason: "leadership changed while the write was in flight".into(),
-            })
-        }
-        Ok(Err(_)) => Err(ControllerError::OutcomeUnknown {
-            reason: "the controller's Raft group stopped".into(),
-        }),
-        Err(_) => Err(ControllerError::OutcomeUnknown {
-            reason: "the write was not committed within the timeout".into(),
-        }),
-    }
+    let response = proposal::propose(&raft, command, timeout, GROUP).await?;
+    Ok(state::decode_response(&response))
 }
 
 /// The nodes to place replicas on: the live ones (this node and every peer with a
@@ -142,9 +127,9 @@ impl Actor for ControllerActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let raft = state.raft.clone();
-        let timeout = state.limits.write_timeout;
-        if let Err(error) = check_leader(&raft, &state.limits) {
-            let error = map_leadership(error);
+        let timeout = state.write_timeout;
+        if let Err(refusal) = check_leader(&raft, state.quorum_stale_after) {
+            let error = ControllerError::from(refusal);
             match message {
                 ControllerMsg::CreateTopic { reply, .. } => drop(reply.send(Err(error))),
                 ControllerMsg::DeleteTopic { reply, .. } => drop(reply.send(Err(error))),

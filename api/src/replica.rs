@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use psubd_actors::partition::{PartitionReader, ReadError};
+use psubd_actors::partition::{PartitionHandle, PartitionReader, ReadError};
 use psubd_actors::proposal::leader_of;
 use psubd_actors::{Broker, GroupError, PartitionError};
 use psubd_raft::{GroupId, NodeId, PeerService};
@@ -230,16 +230,25 @@ fn read_failure(group: GroupId, error: ReadError) -> ForwardResponse {
     }
 }
 
+/// This node's replica of the key read's partition, once it applied `min_offset`.
+async fn caught_up(broker: &Broker, read: &KeyRead) -> Result<PartitionHandle, ForwardResponse> {
+    let Some(handle) = broker.partition(read.group) else {
+        return Err(ForwardResponse::Partition(PartitionError::NoReplica));
+    };
+    if !applied(&handle.reader, read).await {
+        return Err(ForwardResponse::Partition(PartitionError::Unavailable {
+            reason: "replica has not applied min_offset".into(),
+        }));
+    }
+    Ok(handle)
+}
+
 /// Serves a key lookup on this node's replica.
 async fn serve_lookup(broker: &Broker, read: KeyRead) -> ForwardResponse {
-    let Some(handle) = broker.partition(read.group) else {
-        return ForwardResponse::Partition(PartitionError::NoReplica);
+    let handle = match caught_up(broker, &read).await {
+        Ok(handle) => handle,
+        Err(refusal) => return refusal,
     };
-    if !applied(&handle.reader, &read).await {
-        return ForwardResponse::Partition(PartitionError::Unavailable {
-            reason: "replica has not applied min_offset".into(),
-        });
-    }
     match handle.reader.latest(&read.key) {
         Ok(record) => ForwardResponse::Key(record),
         Err(error) => read_failure(read.group, error),
@@ -248,14 +257,10 @@ async fn serve_lookup(broker: &Broker, read: KeyRead) -> ForwardResponse {
 
 /// Serves a key scan on this node's replica.
 async fn serve_scan(broker: &Broker, read: KeyRead) -> ForwardResponse {
-    let Some(handle) = broker.partition(read.group) else {
-        return ForwardResponse::Partition(PartitionError::NoReplica);
+    let handle = match caught_up(broker, &read).await {
+        Ok(handle) => handle,
+        Err(refusal) => return refusal,
     };
-    if !applied(&handle.reader, &read).await {
-        return ForwardResponse::Partition(PartitionError::Unavailable {
-            reason: "replica has not applied min_offset".into(),
-        });
-    }
     match handle
         .reader
         .scan_keys(&read.key, &read.start, read.limit as usize)

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use psubd_raft::types::typ::Raft;
-use psubd_raft::GroupId;
+use psubd_raft::{GroupId, NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info};
@@ -153,6 +153,8 @@ pub struct PartitionArgs {
     pub group: GroupId,
     /// The group's Raft handle.
     pub raft: Raft,
+    /// The node's Raft side: whether a replica is low on disk space.
+    pub raft_node: RaftNode,
     /// Entry limits.
     pub limits: BatchLimits,
     /// Retention (and other background work) settings.
@@ -163,6 +165,7 @@ pub struct PartitionArgs {
 pub struct PartitionState {
     group: GroupId,
     raft: Raft,
+    raft_node: RaftNode,
     limits: BatchLimits,
     queued: Vec<Waiter>,
     queued_bytes: usize,
@@ -207,6 +210,27 @@ pub struct PartitionHandle {
 
 /// Most publish requests queued at one partition actor; more wait at the edge.
 pub const MAX_QUEUED_REQUESTS: usize = 4_096;
+
+/// Whether the partition may take new records as far as disk space goes: not while any of
+/// its replicas is below its free-space threshold (replicas fill together; see
+/// `psubd_raft::health`).
+///
+/// # Errors
+/// [`PartitionError::InsufficientStorage`] naming the node low on space.
+pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionError> {
+    let replicas: Vec<NodeId> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _node)| *id)
+        .collect();
+    match raft_node.low_space_among(replicas) {
+        Some(node) => Err(PartitionError::InsufficientStorage { node }),
+        None => Ok(()),
+    }
+}
 
 impl PartitionState {
     /// The topic's current settings, if it still exists with this partition's group.
@@ -409,6 +433,7 @@ impl Actor for PartitionActor {
         Ok(PartitionState {
             group: args.group,
             raft: args.raft,
+            raft_node: args.raft_node,
             limits: args.limits,
             queued: Vec::new(),
             queued_bytes: 0,
@@ -434,8 +459,11 @@ impl Actor for PartitionActor {
                     state.queued.push(Waiter { records, reply });
                 } else {
                     // Fail fast before queueing when this replica cannot lead.
-                    if let Err(error) = check_leader(&state.raft, state.limits.quorum_stale_after) {
-                        let _ = reply.send(Err(error.into()));
+                    if let Err(error) = check_leader(&state.raft, state.limits.quorum_stale_after)
+                        .map_err(PartitionError::from)
+                        .and_then(|()| check_space(&state.raft_node, &state.raft))
+                    {
+                        let _ = reply.send(Err(error));
                         return Ok(());
                     }
                     state.queued_bytes += records.len();

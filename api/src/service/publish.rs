@@ -266,6 +266,9 @@ pub fn clone_error(error: &ApiError) -> ApiError {
         ApiError::Unavailable { reason } => ApiError::Unavailable {
             reason: reason.clone(),
         },
+        ApiError::InsufficientStorage { reason } => ApiError::InsufficientStorage {
+            reason: reason.clone(),
+        },
         other => ApiError::Internal {
             detail: other.to_string(),
         },

@@ -1,21 +1,30 @@
 //! # Layout
 //!
-//! `psubd-api` is the HTTP edge every node runs. Any node answers any request: the edge
-//! finds the node that owns the work and forwards it over the peer transport.
+//! `psubd-api` is the edge every node runs. Any node answers any request: the edge finds
+//! the node that owns the work and forwards it over the peer transport. Its layers, each
+//! using only those below it (docs/architecture.md § The edge's layers):
 //!
-//! - [`error`]: the one mapping from errors to HTTP status and JSON error bodies.
-//! - [`forward`]: the node-to-node request protocol and how a node serves it locally.
-//! - [`edge`]: routing — which node serves a request, and retries at leader hints.
-//! - [`topics`], [`publish`], [`fetch`], [`cluster`]: one file per resource, each with
-//!   its `router`.
-//! - [`stream`]: partition streams as SSE or NDJSON, and what every stream shares;
-//!   [`group_stream`]: group member streams; [`ws`]: the WebSocket API.
-//! - [`groups`]: consumer groups (join, member fetch, commit, offsets, admin), and in
-//!   [`group_routing`] how the edge reaches a group's coordinator.
-//! - [`keys`]: key views of compacted topics (latest value per key, scan, put, delete).
-//! - [`json`]: JSON body extraction with the project's error bodies.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`state`]: what handlers share, and the request limits.
+//! **Presentation** — parse a request, call one service operation, render the answer:
+//! - [`topics`], [`publish`], [`fetch`], [`keys`], [`groups`], [`cluster`]: the HTTP
+//!   resources, each with its `router`; [`stream`]: partition streams (SSE, NDJSON) and
+//!   what every stream shares; [`group_stream`]: member streams; [`ws`]: the WebSocket API.
+//! - [`json`]: JSON body extraction with the project's error bodies; [`render`]: the JSON
+//!   form of records, shared by every answer that carries them.
+//!
+//! **Service** — [`service`]: every operation, typed, taking the [`Caller`] (the seam for
+//! authentication, ACLs and quotas) and answering [`ApiError`].
+//!
+//! **Routing** — [`edge`]: which node serves a request, retries at leader hints, waits
+//! for a leader; [`group_routing`]: how the edge reaches a group's coordinator.
+//!
+//! **Replica** — [`replica`]: serving a request on this node's replicas, for the edge
+//! and for peers.
+//!
+//! **Protocol** — [`protocol`]: the node-to-node requests and answers.
+//!
+//! Beside them: [`error`] (the one error and its one mapping to HTTP), [`limits`] (the
+//! request limits and their defaults), [`metrics`] (Prometheus), [`state`] (what handlers
+//! share).
 
 pub mod cluster;
 pub mod edge;

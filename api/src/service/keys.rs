@@ -1,6 +1,6 @@
 //! Key views of compacted topics: the latest record per key (lookup), pages of live keys
 //! merged over the partitions (scan), and single-key writes (put, tombstone). Any replica
-//! serves reads (see [`crate::edge::Edge::read_any_replica`]).
+//! serves reads (see `Edge::read_any_replica`).
 
 use bytes::Bytes;
 use psubd_actors::clock::now_ms;

@@ -12,10 +12,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::controller::{
-    ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo,
-    TopicUpdate,
-};
+use crate::controller::{Controller, ControllerLogic, ControllerState, NodeInfo, TopicUpdate};
 use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
@@ -63,7 +60,7 @@ impl Default for BrokerConfig {
 struct Inner {
     raft_node: RaftNode,
     controller_raft: Raft,
-    controller: ActorRef<ControllerMsg>,
+    controller: Controller,
     supervisor: ActorRef<SupervisorMsg>,
     metadata: watch::Receiver<Arc<ControllerState>>,
     partitions: PartitionTable,
@@ -83,7 +80,7 @@ const ACTOR_CALL_GRACE: Duration = Duration::from_secs(2);
 
 impl Broker {
     /// Opens the controller group, bootstraps it if this node is the one to, and starts
-    /// the controller and supervisor actors.
+    /// the controller and the supervisor actor.
     ///
     /// # Errors
     /// [`BrokerError`] when the controller group or an actor fails to start.
@@ -99,19 +96,13 @@ impl Broker {
             controller_raft.clone(),
             members.clone(),
         ));
-        let (controller, _) = Actor::spawn(
-            None,
-            ControllerActor,
-            ControllerArgs {
-                raft: controller_raft.clone(),
-                nodes: members.iter().copied().collect(),
-                raft_node: raft_node.clone(),
-                write_timeout: config.limits.write_timeout,
-                quorum_stale_after: config.limits.quorum_stale_after,
-            },
-        )
-        .await
-        .map_err(|e| BrokerError::Spawn(e.to_string()))?;
+        let controller = Controller::new(
+            controller_raft.clone(),
+            members.iter().copied().collect(),
+            raft_node.clone(),
+            config.limits.write_timeout,
+            config.limits.quorum_stale_after,
+        );
         let partitions = PartitionTable::default();
         let offsets = OffsetsTable::default();
         let (supervisor, _) = Actor::spawn(
@@ -271,7 +262,7 @@ impl Broker {
         }
     }
 
-    /// Asks the local controller actor, which must lead group 0, to create a topic.
+    /// Creates a topic through this node's controller, which must lead group 0.
     ///
     /// # Errors
     /// [`ControllerError`]; `NotLeader` and `NoQuorum` mean nothing was written.
@@ -280,24 +271,18 @@ impl Broker {
         name: String,
         config: TopicConfig,
     ) -> Result<TopicMeta, ControllerError> {
-        self.controller_call(|reply| ControllerMsg::CreateTopic {
-            name,
-            config,
-            reply,
-        })
-        .await
+        self.inner.controller.create_topic(name, config).await
     }
 
-    /// Asks the local controller actor to delete a topic.
+    /// Deletes a topic through this node's controller.
     ///
     /// # Errors
     /// As [`Broker::create_topic`].
     pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
-        self.controller_call(|reply| ControllerMsg::DeleteTopic { name, reply })
-            .await
+        self.inner.controller.delete_topic(name).await
     }
 
-    /// Asks the local controller actor to change a topic's mutable settings.
+    /// Changes a topic's mutable settings through this node's controller.
     ///
     /// # Errors
     /// As [`Broker::create_topic`]; [`ControllerError::TopicNotFound`] for an unknown topic.
@@ -306,44 +291,20 @@ impl Broker {
         name: String,
         update: TopicUpdate,
     ) -> Result<TopicMeta, ControllerError> {
-        self.controller_call(|reply| ControllerMsg::UpdateTopic {
-            name,
-            update,
-            reply,
-        })
-        .await
+        self.inner.controller.update_topic(name, update).await
     }
 
-    /// Asks the local controller actor to record a node's HTTP address.
+    /// Records a node's HTTP address through this node's controller.
     ///
     /// # Errors
     /// As [`Broker::create_topic`].
     pub async fn register_node(&self, info: NodeInfo) -> Result<(), ControllerError> {
-        self.controller_call(|reply| ControllerMsg::RegisterNode { info, reply })
-            .await
-    }
-
-    async fn controller_call<T>(
-        &self,
-        message: impl FnOnce(ractor::RpcReplyPort<Result<T, ControllerError>>) -> ControllerMsg,
-    ) -> Result<T, ControllerError>
-    where
-        T: Send + 'static,
-    {
-        let wait = self.inner.limits.write_timeout + ACTOR_CALL_GRACE;
-        match self.inner.controller.call(message, Some(wait)).await {
-            Ok(ractor::rpc::CallResult::Success(answer)) => answer,
-            Ok(_) => Err(ControllerError::OutcomeUnknown {
-                reason: "controller actor did not answer in time".into(),
-            }),
-            Err(_) => Err(ControllerError::NoQuorum),
-        }
+        self.inner.controller.register_node(info).await
     }
 
     /// Stops the actors and every Raft group, then flushes storage. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.supervisor.stop(Some("shutdown".into()));
-        self.inner.controller.stop(Some("shutdown".into()));
         self.inner.raft_node.shutdown().await;
     }
 }

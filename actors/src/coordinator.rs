@@ -49,6 +49,7 @@ use crate::error::GroupError;
 use crate::offsets::{propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
 use crate::partition::BatchLimits;
 use crate::proposal::check_leader;
+use crate::timer::send_every;
 
 /// Shortest session timeout a member may ask for (1 s to 5 min).
 pub const MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
@@ -854,17 +855,7 @@ impl Actor for CoordinatorActor {
         myself: ActorRef<Self::Msg>,
         args: CoordinatorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let ticker = myself.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(TICK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                if ticker.send_message(CoordinatorMsg::Tick).is_err() {
-                    break;
-                }
-            }
-        });
+        send_every(&myself, TICK, || CoordinatorMsg::Tick);
         // Restarted within the same term (after idling): continue above the generation
         // that last committed, or the fence would refuse this coordinator's commits.
         let generation = args

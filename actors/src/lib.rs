@@ -7,8 +7,8 @@
 //! - [`topic`]: topic names, configuration and replica placement.
 //! - [`partition`]: the partition actor (batches publishes into Raft entries) and, in
 //!   `partition::log`, the partition's state machine logic and reader.
-//! - [`controller`]: the controller actor and, in `controller::state`, group 0's replicated
-//!   metadata.
+//! - [`controller`]: the controller (a plain service that proposes metadata changes) and,
+//!   in `controller::state`, group 0's replicated metadata.
 //! - [`proposal`]: proposing to any Raft group: the leadership check, the proposal
 //!   with a deadline, and the one mapping of openraft's outcomes.
 //! - [`supervisor`]: the node supervisor, which runs the partition replicas the controller
@@ -19,6 +19,7 @@
 //! - [`group_directory`]: this node's coordinators, started on demand where the group's
 //!   offsets partition leads.
 //! - [`stable_hash`]: the one stable hash (keys to partitions, groups to coordinators).
+//! - [`timer`]: periodic messages to an actor (coordinator and partition ticks).
 //! - [`broker`]: the handle the edge uses for local operations.
 //! - [`error`]: the crate's errors.
 //! - [`locks`]: replica-table locks that survive a panicked writer.
@@ -37,6 +38,7 @@ pub mod proposal;
 pub mod record;
 pub mod stable_hash;
 pub mod supervisor;
+pub mod timer;
 pub mod topic;
 
 pub use broker::{Broker, BrokerConfig, BrokerError};

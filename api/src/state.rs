@@ -36,9 +36,4 @@ impl AppState {
     pub fn broker(&self) -> &Broker {
         self.service.edge.broker()
     }
-
-    /// Prometheus metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.service.metrics
-    }
 }

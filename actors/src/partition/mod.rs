@@ -49,6 +49,7 @@ use crate::controller::ControllerState;
 use crate::error::PartitionError;
 use crate::proposal::{self, check_leader};
 use crate::record::{join_batch, EncodedRecords};
+use crate::timer::send_every;
 pub use log::{FetchedIter, FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError};
 
 /// How a publish is acknowledged (docs/api.md § Publish).
@@ -417,18 +418,8 @@ impl Actor for PartitionActor {
         myself: ActorRef<Self::Msg>,
         args: PartitionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // The timer ends when the actor does (its message can no longer be sent).
-        let mut tick = tokio::time::interval(args.maintenance.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let target = myself.clone();
-        tokio::spawn(async move {
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if target.send_message(PartitionMsg::Maintenance).is_err() {
-                    break;
-                }
-            }
+        send_every(&myself, args.maintenance.interval, || {
+            PartitionMsg::Maintenance
         });
         Ok(PartitionState {
             group: args.group,

@@ -1,5 +1,6 @@
 //! Consumer-group operations: join, leave, commit, the offsets view and reset, list,
-//! describe and delete, each sent to the group's coordinator wherever it runs (through [`crate::edge::Edge::group`]).
+//! describe and delete, each sent to the group's coordinator wherever it runs (through
+//! [`crate::edge::Edge::group`]).
 
 use std::collections::BTreeSet;
 

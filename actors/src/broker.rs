@@ -36,6 +36,9 @@ pub enum BrokerError {
     Spawn(String),
 }
 
+/// Longest node HTTP address taken into the metadata.
+const MAX_NODE_URL_BYTES: usize = 256;
+
 /// Settings of the broker.
 #[derive(Clone, Copy, Debug)]
 pub struct BrokerConfig {
@@ -166,7 +169,9 @@ impl Broker {
     }
 
     /// Ready: the controller has a leader that this node is in contact with (a leader
-    /// must have heard from a quorum recently).
+    /// must have heard from a quorum recently; a follower must be connected to the leader
+    /// and have heard from it lately, since after a restart it remembers the last leader it
+    /// knew whether or not it can reach it).
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.controller_raft.metrics().borrow().clone();
         match metrics.current_leader {
@@ -175,7 +180,7 @@ impl Broker {
                 self.inner.limits.quorum_stale_after,
             )
             .is_ok(),
-            Some(_) => true,
+            Some(leader) => self.inner.raft_node.in_contact_with(leader),
             None => false,
         }
     }
@@ -294,11 +299,29 @@ impl Broker {
         self.inner.controller.update_topic(name, update).await
     }
 
-    /// Records a node's HTTP address through this node's controller.
+    /// Records a node's HTTP address through this node's controller. Checked here too, as
+    /// it may arrive from a peer: the id must be one of the cluster's nodes (no phantom
+    /// node enters the metadata) and the address a short http(s) URL.
     ///
     /// # Errors
-    /// As [`Broker::create_topic`].
+    /// [`ControllerError::Invalid`] for an unknown id or a malformed address; otherwise as
+    /// [`Broker::create_topic`].
     pub async fn register_node(&self, info: NodeInfo) -> Result<(), ControllerError> {
+        if !self.inner.raft_node.peers().contains_key(&info.id) {
+            return Err(ControllerError::Invalid(format!(
+                "node {} is not one of the cluster's nodes",
+                info.id
+            )));
+        }
+        let scheme_ok = info.http.starts_with("http://") || info.http.starts_with("https://");
+        if !scheme_ok
+            || info.http.len() > MAX_NODE_URL_BYTES
+            || info.http.chars().any(char::is_control)
+        {
+            return Err(ControllerError::Invalid(format!(
+                "a node's HTTP address must be an http(s) URL of at most {MAX_NODE_URL_BYTES} bytes"
+            )));
+        }
         self.inner.controller.register_node(info).await
     }
 

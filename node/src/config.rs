@@ -11,7 +11,7 @@ use psubd_api::limits::{
     DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_STREAMS,
 };
-use psubd_raft::{NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
+use psubd_raft::{ClusterSecret, NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
 
 /// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
 pub const DEFAULT_CACHE_MB: u64 = 64;
@@ -73,6 +73,9 @@ pub enum ConfigError {
     /// A numeric setting is out of its range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The cluster secret cannot be used, or is missing where peers are not on loopback.
+    #[error("{0}")]
+    Secret(String),
 }
 
 /// Parses `1=127.0.0.1:9081,2=127.0.0.1:9082`.
@@ -162,6 +165,16 @@ pub struct NodeConfig {
     /// Raft entries kept behind a snapshot for followers a little behind.
     #[arg(long, env = "PSUBD_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = DEFAULT_KEEP_LOGS_AFTER_SNAPSHOT)]
     pub keep_logs_after_snapshot: u64,
+    /// A file holding the cluster secret (at least 16 bytes; surrounding whitespace is
+    /// ignored). Every node of the cluster needs the same one: peers prove they hold it at
+    /// every connection, and a node with another secret is refused. Required unless every
+    /// --peers address is loopback (or --insecure).
+    #[arg(long, env = "PSUBD_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Run without peer authentication although peers are not on loopback: anyone who can
+    /// reach the --raft port can then act as a node. Logged as a warning at start.
+    #[arg(long, env = "PSUBD_INSECURE")]
+    pub insecure: bool,
 }
 
 /// A validated node configuration.
@@ -171,6 +184,8 @@ pub struct ValidNodeConfig {
     pub raw: NodeConfig,
     /// The parsed peer list.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The cluster secret read from `--cluster-secret-file`, or none.
+    pub cluster_secret: ClusterSecret,
 }
 
 impl NodeConfig {
@@ -224,8 +239,41 @@ impl NodeConfig {
                 "--snapshot-stagger-percent must be at most {MAX_SNAPSHOT_STAGGER_PERCENT}"
             )));
         }
-        Ok(ValidNodeConfig { raw: self, peers })
+        let cluster_secret = match &self.cluster_secret_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    ConfigError::Secret(format!(
+                        "--cluster-secret-file {}: cannot read it: {e}",
+                        path.display()
+                    ))
+                })?;
+                ClusterSecret::new(&bytes).map_err(|why| {
+                    ConfigError::Secret(format!("--cluster-secret-file {}: {why}", path.display()))
+                })?
+            }
+            None => ClusterSecret::none(),
+        };
+        if !cluster_secret.is_set() && !self.insecure && !peers_on_loopback(&peers) {
+            return Err(ConfigError::Secret(
+                "the --peers addresses are not all loopback, so peers must authenticate: give \
+                 every node the same --cluster-secret-file (for example one made with \
+                 `head -c 32 /dev/urandom | base64 > cluster-secret`), or pass --insecure to \
+                 run without peer authentication"
+                    .into(),
+            ));
+        }
+        Ok(ValidNodeConfig {
+            raw: self,
+            peers,
+            cluster_secret,
+        })
     }
+}
+
+/// True when every peer address is a loopback address: only processes of this machine can
+/// reach the transport, so peers may go unauthenticated.
+pub fn peers_on_loopback(peers: &BTreeMap<NodeId, SocketAddr>) -> bool {
+    peers.values().all(|addr| addr.ip().is_loopback())
 }
 
 impl ValidNodeConfig {

@@ -41,6 +41,9 @@ pub async fn run(
         write_timeout_ms = raw.write_timeout_ms,
         "starting node"
     );
+    if !config.cluster_secret.is_set() && !crate::config::peers_on_loopback(&config.peers) {
+        warn!("peers are not authenticated (--insecure): anyone who can reach the --raft port can act as a node");
+    }
     if psubd_raft::SKIPS_LOG_FSYNC {
         warn!("TEST BUILD: this node never syncs its Raft log (feature chaos-skip-log-fsync); acknowledged writes are lost on power loss");
     }
@@ -51,6 +54,7 @@ pub async fn run(
         data_dir: raw.data_dir.clone(),
         cache_capacity_bytes: raw.cache_mb << 20,
         min_free_bytes: raw.min_free_bytes,
+        cluster_secret: config.cluster_secret.clone(),
         tuning: RaftTuning {
             snapshot_every_entries: raw.snapshot_every_entries,
             snapshot_growth_percent: raw.snapshot_growth_percent,

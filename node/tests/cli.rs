@@ -62,6 +62,38 @@ fn a_node_missing_from_its_peers_is_refused_with_the_rule() {
 }
 
 #[test]
+fn peers_off_loopback_without_a_cluster_secret_are_refused_with_the_fix() {
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9,2=10.1.2.3:9081",
+    ]);
+    assert!(
+        stderr.contains("--cluster-secret-file") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_short_cluster_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "too short\n").unwrap();
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9",
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+}
+
+#[test]
 fn a_snapshot_stagger_past_its_bound_is_refused_with_the_rule() {
     let stderr = refused(&[
         "node",

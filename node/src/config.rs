@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use psubd_api::limits::{
+    DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_STREAMS,
+};
 use psubd_raft::{ClusterSecret, NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
 
 /// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
@@ -22,10 +26,6 @@ pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
 /// How long a proposed write may take before the client is told `outcome_unknown` (504).
 /// Longer than a failover (two election timeouts) so writes ride through one.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
-
-/// Most open streams (SSE, NDJSON, WebSocket connections and subscriptions) per node:
-/// each holds a little memory and a fetch loop; more are refused with 429.
-pub const DEFAULT_MAX_STREAMS: usize = 1024;
 
 /// How long a graceful shutdown may drain HTTP requests before it stops anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
@@ -129,13 +129,13 @@ pub struct NodeConfig {
     #[arg(long, env = "PSUBD_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
     /// Largest record (key + value), bytes.
-    #[arg(long, env = "PSUBD_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "PSUBD_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
     /// Largest publish request body, bytes.
-    #[arg(long, env = "PSUBD_MAX_REQUEST_BYTES", default_value_t = 10 << 20)]
+    #[arg(long, env = "PSUBD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
     /// Most records in one publish request.
-    #[arg(long, env = "PSUBD_MAX_RECORDS_PER_REQUEST", default_value_t = 1000)]
+    #[arg(long, env = "PSUBD_MAX_RECORDS_PER_REQUEST", default_value_t = DEFAULT_MAX_RECORDS_PER_REQUEST)]
     pub max_records_per_request: usize,
     /// How long a proposed write may take before it is answered 504 outcome_unknown, ms.
     #[arg(long, env = "PSUBD_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_WRITE_TIMEOUT_MS)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use psubd_actors::controller::NodeInfo;
 use psubd_actors::{Broker, BrokerConfig};
-use psubd_api::forward::ForwardRequest;
+use psubd_api::protocol::ForwardRequest;
 use psubd_api::{AppState, Edge, ForwardService, Limits};
 use psubd_raft::{RaftNode, RaftNodeConfig, RaftTuning, StorageFailure};
 use tokio_util::sync::CancellationToken;

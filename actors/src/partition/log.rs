@@ -292,8 +292,9 @@ pub enum ReadError {
         /// The high watermark.
         high_watermark: u64,
     },
-    /// The replica has not loaded its state yet.
-    #[error("partition replica is still opening")]
+    /// The replica has not loaded its state yet, or its state changed under the read (a
+    /// snapshot being loaded): retry.
+    #[error("partition replica is still opening or reloading")]
     NotReady,
     /// Stored bytes failed to read or decode.
     #[error("stored batch unreadable: {0}")]
@@ -744,11 +745,14 @@ impl PartitionReader {
         let mut expected = offset;
         // Where a read stopped by a limit continues; `None` when it ran to the end.
         let mut stopped_at = None;
+        // Batch keys after the last one scanned (from the start key on, before any).
+        let mut unscanned_from = base_offset_of(&start_key).unwrap_or(bounds.log_start);
         'batches: for item in tree.range(&start_key, Some(&end_key)) {
             let (key, stored) = item.map_err(storage)?;
             let Some(base) = base_offset_of(&key) else {
                 break;
             };
+            unscanned_from = base + 1;
             for record in StoredBatch::parse(base, &stored).map_err(decode)?.records() {
                 let record = record.map_err(decode)?;
                 if record.offset < expected {
@@ -781,8 +785,21 @@ impl PartitionReader {
             // Nothing from `offset` on: compacted away, or trimmed after the bounds were read.
             self.refuse_if_trimmed(offset)?;
         }
-        if let Some(next) = stopped_at {
-            out.next_offset = next;
+        match stopped_at {
+            Some(next) => out.next_offset = next,
+            // The scan ran to the end, so the answer says "nothing more below the high
+            // watermark": true only if it met every batch the bounds it read account for.
+            // A batch those bounds count but the scan did not meet means the state changed
+            // under it (a snapshot reloading it): answering the high watermark as the next
+            // offset would make a reader skip that batch. Found by the chaos harness (a
+            // consumer-group member skipped 50 records).
+            None => {
+                let missed = self
+                    .with_index(|index| index.holds_batch_in(unscanned_from, bounds.next_offset));
+                if missed {
+                    return Err(ReadError::NotReady);
+                }
+            }
         }
         if out.offsets.windows(2).all(|w| w[1] == w[0] + 1) {
             // Dense: the offsets are implied by `first_offset`.
@@ -899,6 +916,42 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Regression (chaos harness, power and kill faults, seed 10): a read whose scan misses a
+    /// batch the bounds count (the state was being reloaded under it) must not answer the
+    /// high watermark as its next offset, or a group member skips that batch for good.
+    #[tokio::test]
+    async fn a_read_that_misses_a_counted_batch_is_refused_not_skipped() {
+        use super::super::retention::BatchSummary;
+        let (_dir, _storage, reader, mut sm) = open_partition();
+        sm.apply(vec![
+            entry(
+                1,
+                append_command(&join_batch([&records(0, 3, 4)].into_iter())),
+            ),
+            entry(
+                2,
+                append_command(&join_batch([&records(3, 3, 4)].into_iter())),
+            ),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(reader.read(0, 100, 1 << 20).unwrap().next_offset, 6);
+        // The index (published with the bounds) counts a batch the tree scan cannot meet,
+        // as while a snapshot load has cleared the tree and not yet written it back.
+        let summary = BatchSummary {
+            count: 1,
+            bytes: 20,
+            max_timestamp_ms: 0,
+        };
+        reader.shared.index.lock().unwrap().insert(5, summary);
+        assert!(matches!(
+            reader.read(0, 100, 1 << 20),
+            Err(ReadError::NotReady)
+        ));
+        // A read stopped by its limit before the missing batch is still exact.
+        assert_eq!(reader.read(0, 2, 1 << 20).unwrap().next_offset, 2);
     }
 
     #[tokio::test]

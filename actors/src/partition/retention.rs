@@ -105,6 +105,11 @@ impl BatchIndex {
         self.stored_bytes
     }
 
+    /// True when a retained batch is keyed in `[from, to)`.
+    pub fn holds_batch_in(&self, from: u64, to: u64) -> bool {
+        from < to && self.batches.range(from..to).next().is_some()
+    }
+
     /// Base offset of the oldest retained batch.
     pub fn first_base(&self) -> Option<u64> {
         self.batches.keys().next().copied()

@@ -46,6 +46,8 @@ struct FetchParams {
     max_records: Option<String>,
     max_bytes: Option<String>,
     timeout_ms: Option<String>,
+    /// `replica=local`: read only this node's replica (see [`read_local_replica`]).
+    replica: Option<String>,
 }
 
 /// Parses an optional non-negative integer query parameter.
@@ -151,10 +153,28 @@ async fn fetch(
         params.timeout_ms.as_deref(),
     )?;
     let placement = &meta.partitions[partition as usize];
-    let fetched = state
-        .edge
-        .fetch(placement, offset, max_records, max_bytes, timeout_ms)
-        .await?;
+    let fetched = match params.replica.as_deref() {
+        None => {
+            state
+                .edge
+                .fetch(placement, offset, max_records, max_bytes, timeout_ms)
+                .await?
+        }
+        Some("local") => read_local_replica(
+            &state,
+            &topic,
+            partition,
+            placement,
+            offset,
+            max_records,
+            max_bytes,
+        )?,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest {
+                message: format!("replica must be 'local' or absent, not '{other}'"),
+            })
+        }
+    };
     state
         .metrics
         .records_fetched
@@ -167,6 +187,59 @@ async fn fetch(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// `replica=local`: reads this node's own replica of the partition and nothing else — no
+/// forwarding to the leader, no long-poll, no leadership check — so a replica that lost a
+/// suffix is seen as it is. The answer's `high_watermark` is this replica's own end. For
+/// checking replicas against each other (the chaos harness's final reads), not for
+/// clients: a follower's replica may lag.
+///
+/// # Errors
+/// 400 when this node holds no replica of the partition, 416 outside this replica's log,
+/// 503 while the replica is opening or its stored records cannot be read.
+fn read_local_replica(
+    state: &AppState,
+    topic: &str,
+    partition: u32,
+    placement: &psubd_actors::topic::PartitionPlacement,
+    offset: OffsetSpec,
+    max_records: u32,
+    max_bytes: u32,
+) -> Result<FetchedRecords, ApiError> {
+    use psubd_actors::partition::ReadError;
+    let broker = state.edge.broker();
+    let Some(handle) = broker.partition(placement.group) else {
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "node {} holds no replica of partition {partition} of topic '{topic}' (replica=local reads only this node's replica)",
+                broker.node_id()
+            ),
+        });
+    };
+    let bounds = handle.reader.bounds();
+    let offset = match offset {
+        OffsetSpec::Earliest => bounds.log_start,
+        OffsetSpec::Latest => bounds.next_offset,
+        OffsetSpec::At(n) => n,
+    };
+    handle
+        .reader
+        .read(offset, max_records, max_bytes as usize)
+        .map_err(|e| match e {
+            ReadError::OutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+            } => ApiError::OffsetOutOfRange {
+                offset,
+                log_start_offset: log_start,
+                high_watermark,
+            },
+            other => ApiError::Unavailable {
+                reason: format!("local replica: {other}"),
+            },
+        })
 }
 
 /// Renders a fetch answer: `{"records":[…],"next_offset":N,"high_watermark":H}`. Each

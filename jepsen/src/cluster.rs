@@ -43,6 +43,9 @@ struct NodeProc {
     paused: bool,
     /// Number of starts so far.
     starts: u32,
+    /// A fault under which the node is expected to stop by itself (fail-stop on a failed
+    /// fsync): such an exit is reported as expected, and the node stays down until healed.
+    exit_expected: bool,
 }
 
 /// A node that exited without being told to.
@@ -52,6 +55,10 @@ pub struct UnexpectedExit {
     pub id: u64,
     /// The exit status as text.
     pub status: String,
+    /// Whether it exited with status 0.
+    pub success: bool,
+    /// Whether a fault in place expected it to stop (see [`Cluster::expect_exit`]).
+    pub expected: bool,
 }
 
 /// The cluster of node processes.
@@ -320,12 +327,70 @@ impl Cluster {
                 out.push(UnexpectedExit {
                     id,
                     status: status.to_string(),
+                    success: status.success(),
+                    expected: proc.exit_expected,
                 });
                 proc.child = None;
                 proc.paused = false;
             }
         }
         out
+    }
+
+    /// Reaps node `id` if it exited by itself (as [`Cluster::reap_exited`] does for all).
+    pub async fn reap_exited_node(&self, id: u64) -> Option<UnexpectedExit> {
+        let i = self.index(id).ok()?;
+        let mut procs = self.procs.lock().await;
+        let proc = &mut procs[i];
+        let child = proc.child.as_mut()?;
+        let status = child.try_wait().ok()??;
+        warn!(node = id, status = %status, "node exited by itself");
+        let exit = UnexpectedExit {
+            id,
+            status: status.to_string(),
+            success: status.success(),
+            expected: proc.exit_expected,
+        };
+        proc.child = None;
+        proc.paused = false;
+        Some(exit)
+    }
+
+    /// Marks node `id`'s exits as expected (`true`, while a fault that should make it
+    /// fail-stop is held) or not.
+    pub async fn expect_exit(&self, id: u64, expected: bool) {
+        if let Ok(i) = self.index(id) {
+            self.procs.lock().await[i].exit_expected = expected;
+        }
+    }
+
+    /// Whether node `id`'s exits are expected now.
+    pub async fn exit_expected(&self, id: u64) -> bool {
+        match self.index(id) {
+            Ok(i) => self.procs.lock().await[i].exit_expected,
+            Err(_) => false,
+        }
+    }
+
+    /// The last lines of node `id`'s log that contain `needle` (the current incarnation
+    /// and before), at most `max`.
+    pub fn log_lines(&self, id: u64, needle: &str, max: usize) -> Vec<String> {
+        let Some(path) = self.log_path(id) else {
+            return Vec::new();
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        let mut found: Vec<String> = text
+            .lines()
+            .rev()
+            .take_while(|l| !l.starts_with("=== psubd-jepsen: start #"))
+            .filter(|l| l.contains(needle))
+            .take(max)
+            .map(str::to_owned)
+            .collect();
+        found.reverse();
+        found
     }
 
     /// Whether node `id` has a live process (paused counts as live).

@@ -1021,3 +1021,60 @@ pub fn unmount_stale(path: &Path) {
         }
     }
 }
+
+/// One fault file system per node, mounted at each node's data directory over a backing
+/// directory beside it (`nN.disk`). Unmounted when dropped.
+pub struct Disks {
+    disks: Vec<(u64, FaultFs)>,
+    sessions: Mutex<Vec<fuser::BackgroundSession>>,
+}
+
+impl Disks {
+    /// Mounts one file system per `(node id, data dir)`.
+    ///
+    /// # Errors
+    /// The first mount that fails (the ones before it are unmounted).
+    pub fn mount(nodes: &[(u64, PathBuf)]) -> Result<Disks, JepsenError> {
+        let mut disks = Vec::new();
+        let mut sessions = Vec::new();
+        for (id, data_dir) in nodes {
+            let backing = data_dir.with_extension("disk");
+            let (fs, session) = FaultFs::mount(&backing, data_dir)?;
+            info!(node = id, mount = %data_dir.display(), backing = %backing.display(), "fault file system mounted");
+            disks.push((*id, fs));
+            sessions.push(session);
+        }
+        Ok(Disks {
+            disks,
+            sessions: Mutex::new(sessions),
+        })
+    }
+
+    /// Node `id`'s file system.
+    pub fn of(&self, id: u64) -> Option<&FaultFs> {
+        self.disks.iter().find(|(n, _)| *n == id).map(|(_, d)| d)
+    }
+
+    /// Restores every capacity and stops failing syncs.
+    pub fn heal_all(&self) {
+        for (_, d) in &self.disks {
+            d.set_capacity(None);
+            d.set_fail_sync(false);
+        }
+    }
+
+    /// Unmounts every file system (the nodes must be dead).
+    pub fn unmount(&self) {
+        for s in lock(&self.sessions).drain(..) {
+            if let Err(e) = s.umount_and_join() {
+                warn!(cause = %e, "unmounting a fault file system failed");
+            }
+        }
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}

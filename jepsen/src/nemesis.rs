@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::Client;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, UnexpectedExit};
 use crate::error::JepsenError;
+use crate::faultfs::Disks;
 use crate::history::{split_key, Event, EventType, History, Op};
 use crate::network::{DropRule, Namespaces};
 use crate::proxy::Proxies;
@@ -37,6 +38,17 @@ pub enum FaultKind {
     Loss,
     /// A share of client requests reach a node but their answers are dropped (proxy.rs).
     LostResponses,
+    /// Power loss of one node: SIGKILL, every write its file system did not sync is
+    /// dropped, restart at heal (faultfs.rs).
+    Power,
+    /// Power loss of every node at once.
+    PowerAll,
+    /// A node's file system shrinks to a little above its use: free space falls below the
+    /// node's threshold, then writes meet ENOSPC; the capacity is restored at heal.
+    DiskFull,
+    /// A node's fsync/fdatasync fail with EIO (their data dropped); the node is expected
+    /// to fail-stop, and is restarted at heal.
+    FsyncError,
 }
 
 impl FaultKind {
@@ -51,9 +63,13 @@ impl FaultKind {
             "partition" => Ok(FaultKind::Partition),
             "loss" => Ok(FaultKind::Loss),
             "lost-responses" => Ok(FaultKind::LostResponses),
+            "power" => Ok(FaultKind::Power),
+            "power-all" => Ok(FaultKind::PowerAll),
+            "disk-full" => Ok(FaultKind::DiskFull),
+            "fsync-error" => Ok(FaultKind::FsyncError),
             other => Err(JepsenError::InvalidArgument {
                 detail: format!(
-                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses)"
+                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error)"
                 ),
             }),
         }
@@ -62,6 +78,14 @@ impl FaultKind {
     /// Whether the fault needs network namespaces.
     pub fn needs_network(self) -> bool {
         matches!(self, FaultKind::Partition | FaultKind::Loss)
+    }
+
+    /// Whether the fault needs the fault file system (faultfs.rs).
+    pub fn needs_disk(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Power | FaultKind::PowerAll | FaultKind::DiskFull | FaultKind::FsyncError
+        )
     }
 }
 
@@ -140,6 +164,28 @@ pub enum Fault {
         /// 1..=100.
         percent: u8,
     },
+    /// SIGKILL the target(s) and drop every unsynced write of their file systems; restart
+    /// them at heal.
+    Power {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+    },
+    /// Shrink the target(s)' file system to `margin_bytes` above its use; restore at heal.
+    DiskFull {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+        /// Free bytes left.
+        margin_bytes: u64,
+    },
+    /// fsync/fdatasync on the target's file system fail with EIO; the node is expected to
+    /// fail-stop; restarted at heal.
+    FsyncError {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+    },
 }
 
 impl Fault {
@@ -156,6 +202,12 @@ impl Fault {
             Fault::Partition { .. } => "partition",
             Fault::Loss { .. } => "loss",
             Fault::LostResponses { .. } => "lost-responses",
+            Fault::Power {
+                target: Target::All,
+            } => "power-all",
+            Fault::Power { .. } => "power",
+            Fault::DiskFull { .. } => "disk-full",
+            Fault::FsyncError { .. } => "fsync-error",
         }
     }
 
@@ -167,6 +219,12 @@ impl Fault {
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::Loss { .. } => FaultKind::Loss,
             Fault::LostResponses { .. } => FaultKind::LostResponses,
+            Fault::Power {
+                target: Target::All,
+            } => FaultKind::PowerAll,
+            Fault::Power { .. } => FaultKind::Power,
+            Fault::DiskFull { .. } => FaultKind::DiskFull,
+            Fault::FsyncError { .. } => FaultKind::FsyncError,
         }
     }
 }
@@ -188,6 +246,10 @@ pub struct Step {
 const QUIET_MS: (u64, u64) = (3_000, 6_000);
 /// How long a fault is held: past election timeouts and the group session timeout.
 const HOLD_MS: (u64, u64) = (4_000, 10_000);
+
+/// Free bytes a `disk-full` fault leaves: below any sensible free-space threshold of the
+/// node, and small enough that the workload fills it within a hold.
+const DISK_MARGIN: (u64, u64) = (64 << 10, 1 << 20);
 
 /// The schedule for a run of `total` with the given kinds: a pure function of `seed`.
 pub fn plan(
@@ -277,6 +339,48 @@ pub fn plan(
             FaultKind::LostResponses => Fault::LostResponses {
                 percent: rng.gen_range(10..=40),
             },
+            FaultKind::Power => {
+                let roll = rng.gen_range(0..100);
+                let target = if roll < 40 {
+                    Target::Node {
+                        node: node(&mut rng),
+                    }
+                } else if roll < 85 {
+                    leader(&mut rng)
+                } else {
+                    Target::ControllerLeader
+                };
+                Fault::Power { target }
+            }
+            FaultKind::PowerAll => Fault::Power {
+                target: Target::All,
+            },
+            FaultKind::DiskFull => {
+                let roll = rng.gen_range(0..100);
+                let target = if roll < 40 {
+                    Target::Node {
+                        node: node(&mut rng),
+                    }
+                } else if roll < 80 {
+                    leader(&mut rng)
+                } else {
+                    Target::All
+                };
+                Fault::DiskFull {
+                    target,
+                    margin_bytes: rng.gen_range(DISK_MARGIN.0..=DISK_MARGIN.1),
+                }
+            }
+            FaultKind::FsyncError => {
+                let target = if rng.gen_range(0..100) < 50 {
+                    Target::Node {
+                        node: node(&mut rng),
+                    }
+                } else {
+                    leader(&mut rng)
+                };
+                Fault::FsyncError { target }
+            }
         };
         steps.push(Step {
             quiet_ms,
@@ -302,6 +406,8 @@ pub struct Nemesis {
     pub seed: u64,
     /// The client proxies, when `lost-responses` is among the faults.
     pub proxies: Option<Arc<Proxies>>,
+    /// The nodes' fault file systems; `None` when FUSE is unavailable (no disk faults).
+    pub disks: Option<Arc<Disks>>,
 }
 
 /// What an applied fault did, so it can be healed.
@@ -311,6 +417,13 @@ enum Applied {
     Paused(Vec<u64>),
     Network,
     Proxies,
+    /// Killed and their unsynced writes dropped: restart at heal.
+    PowerLost(Vec<u64>),
+    /// Capacity shrunk: restore at heal.
+    DiskFull(Vec<u64>),
+    /// Syncs failing, the node expected to fail-stop, with the count of failed syncs when
+    /// the fault started: stop failing, restart at heal.
+    SyncFailing(Vec<(u64, u64)>),
     Nothing,
 }
 
@@ -468,6 +581,58 @@ impl Nemesis {
                 .await?;
                 Ok((ids, Applied::Network))
             }
+            Fault::Power { target } => {
+                let disks = self.disks()?;
+                let nodes = self.resolve(target, rng).await;
+                for id in &nodes {
+                    self.cluster.kill(*id).await?;
+                }
+                for id in &nodes {
+                    if let Some(d) = disks.of(*id) {
+                        let lost = d.power_loss();
+                        info!(
+                            node = id,
+                            files = lost.files,
+                            dirty_bytes = lost.dirty_bytes,
+                            "power lost: unsynced writes dropped"
+                        );
+                    }
+                }
+                Ok((nodes.clone(), Applied::PowerLost(nodes)))
+            }
+            Fault::DiskFull {
+                target,
+                margin_bytes,
+            } => {
+                let disks = self.disks()?;
+                let nodes = self.resolve(target, rng).await;
+                for id in &nodes {
+                    if let Some(d) = disks.of(*id) {
+                        let used = d.used();
+                        d.set_capacity(Some(used + margin_bytes));
+                        info!(
+                            node = id,
+                            used,
+                            capacity = used + margin_bytes,
+                            "disk capacity shrunk"
+                        );
+                    }
+                }
+                Ok((nodes.clone(), Applied::DiskFull(nodes)))
+            }
+            Fault::FsyncError { target } => {
+                let disks = self.disks()?;
+                let nodes = self.resolve(target, rng).await;
+                let mut failing = Vec::new();
+                for id in &nodes {
+                    if let Some(d) = disks.of(*id) {
+                        self.cluster.expect_exit(*id, true).await;
+                        failing.push((*id, d.failed_syncs()));
+                        d.set_fail_sync(true);
+                    }
+                }
+                Ok((nodes, Applied::SyncFailing(failing)))
+            }
             Fault::LostResponses { percent } => {
                 let proxies =
                     self.proxies
@@ -485,6 +650,7 @@ impl Nemesis {
         let mut inv = Event::new("nemesis", EventType::Invoke, Op::Heal);
         inv.value = Some(json!({"kind": fault.kind(), "window": fault.window()}));
         let inv = self.history.record(inv);
+        let mut ignored = Vec::new();
         let res: Result<(), JepsenError> = match &applied {
             Applied::Killed(nodes) => {
                 let mut r = Ok(());
@@ -515,6 +681,48 @@ impl Nemesis {
                 }
                 Ok(())
             }
+            Applied::PowerLost(nodes) => {
+                let mut r = Ok(());
+                for id in nodes {
+                    if let Err(e) = self.cluster.start(*id).await {
+                        r = Err(e);
+                    }
+                }
+                r
+            }
+            Applied::DiskFull(nodes) => {
+                if let Some(disks) = &self.disks {
+                    for id in nodes {
+                        if let Some(d) = disks.of(*id) {
+                            d.set_capacity(None);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Applied::SyncFailing(nodes) => {
+                let mut r = Ok(());
+                for (id, before) in nodes {
+                    let Some(d) = self.disks.as_ref().and_then(|disks| disks.of(*id)) else {
+                        continue;
+                    };
+                    d.set_fail_sync(false);
+                    // An exit not yet reaped is the fail-stop this fault expects.
+                    if let Some(exit) = self.cluster.reap_exited_node(*id).await {
+                        record_exit(&self.cluster, &self.history, &exit);
+                    }
+                    let failed = d.failed_syncs().saturating_sub(*before);
+                    if failed > 0 && self.cluster.is_running(*id).await {
+                        warn!(node = id, failed, "syncs failed and the node kept running");
+                        ignored.push(json!({"node": id, "failed_syncs": failed}));
+                    }
+                    self.cluster.expect_exit(*id, false).await;
+                    if let Err(e) = self.cluster.start(*id).await {
+                        r = Err(e);
+                    }
+                }
+                r
+            }
             Applied::Nothing => Ok(()),
         };
         let mut done = inv.complete(if res.is_ok() {
@@ -522,7 +730,11 @@ impl Nemesis {
         } else {
             EventType::Info
         });
-        done.value = Some(json!({"kind": fault.kind(), "window": fault.window()}));
+        let mut value = json!({"kind": fault.kind(), "window": fault.window()});
+        if !ignored.is_empty() {
+            value["ignored_sync_failures"] = json!(ignored);
+        }
+        done.value = Some(value);
         if let Err(e) = &res {
             warn!(cause = %e, "heal failed");
             done.error = Some(e.to_string());
@@ -530,6 +742,14 @@ impl Nemesis {
             info!(kind = ?fault.kind(), "fault healed");
         }
         self.history.record(done);
+    }
+
+    fn disks(&self) -> Result<Arc<Disks>, JepsenError> {
+        self.disks
+            .clone()
+            .ok_or_else(|| JepsenError::InvalidArgument {
+                detail: "disk faults need the fault file system (FUSE)".into(),
+            })
     }
 
     fn network(&self) -> Result<Arc<Namespaces>, JepsenError> {
@@ -576,6 +796,37 @@ impl Nemesis {
             }
         }
     }
+}
+
+/// Records a node's exit nobody signalled: a `node-fail-stop` phase event when a fault
+/// expected it and the node kept the fail-stop contract (non-zero status after an ERROR
+/// line), else a `node-exit` (which the checker counts as `node-crash`).
+pub fn record_exit(cluster: &Cluster, history: &History, exit: &UnexpectedExit) {
+    let errors = cluster.log_lines(exit.id, "ERROR", 3);
+    let kept_contract = exit.expected && !exit.success && !errors.is_empty();
+    let mut e = Event::new("harness", EventType::Info, Op::Phase);
+    e.node = Some(exit.id);
+    if kept_contract {
+        e.value = Some(json!("node-fail-stop"));
+        e.error = Some(format!(
+            "fail-stop under a failing fsync: {}; {}",
+            exit.status,
+            errors.join(" | ")
+        ));
+        info!(node = exit.id, status = %exit.status, "node failed-stop as expected");
+    } else {
+        e.value = Some(json!("node-exit"));
+        e.error = Some(if exit.expected {
+            format!(
+                "exited under a failing fsync without the fail-stop contract (non-zero status after an ERROR line): {}; {}",
+                exit.status,
+                errors.join(" | ")
+            )
+        } else {
+            format!("exited by itself: {}", exit.status)
+        });
+    }
+    history.record(e);
 }
 
 fn index_of(ids: &[u64], id: u64) -> usize {

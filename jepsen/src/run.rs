@@ -19,6 +19,7 @@ use crate::checker::{self, Results};
 use crate::client::{Client, NodeAddr};
 use crate::cluster::{Cluster, NodeSpec};
 use crate::error::JepsenError;
+use crate::faultfs::{self, Disks};
 use crate::final_phase;
 use crate::history::{Event, EventType, History, Op};
 use crate::nemesis::{self, FaultKind, Nemesis};
@@ -66,6 +67,9 @@ pub struct TestOptions {
     /// Group members keep their member id after an unclear outcome and fetch again (see
     /// [`WorkloadConfig::naive_members`]).
     pub naive_members: bool,
+    /// Run the nodes on plain directories instead of the fault file system (no disk
+    /// faults then).
+    pub no_faultfs: bool,
 }
 
 /// Runs a whole test and returns the checker's results (also in `out/results.json`).
@@ -81,6 +85,10 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     }
     let out = opts.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| JepsenError::io(&out, e))?;
+    // A harness killed with -9 leaves its FUSE mounts behind (dead): unmount them first.
+    for i in 0..NODES {
+        faultfs::unmount_stale(&out.join("data").join(format!("n{}", i + 1)));
+    }
     for sub in ["data", "logs"] {
         let p = out.join(sub);
         if p.exists() {
@@ -152,6 +160,33 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     };
     std::fs::create_dir_all(out.join("logs")).map_err(|e| JepsenError::io(out.join("logs"), e))?;
 
+    // The fault file system under every node's data directory; without FUSE the nodes run
+    // on plain directories and the disk faults are left out, saying so.
+    let mut disk_fallback = None;
+    let disks = if opts.no_faultfs {
+        disk_fallback = Some("--no-faultfs".to_string());
+        None
+    } else {
+        let dirs: Vec<(u64, PathBuf)> = specs.iter().map(|s| (s.id, s.data_dir.clone())).collect();
+        match Disks::mount(&dirs) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                warn!(cause = %e, "FUSE unavailable: nodes run on plain directories; power, disk-full and fsync-error faults are skipped");
+                disk_fallback = Some(e.to_string());
+                None
+            }
+        }
+    };
+    let mut dropped = dropped;
+    if disks.is_none() {
+        let d: Vec<FaultKind> = kinds.iter().copied().filter(|k| k.needs_disk()).collect();
+        if !d.is_empty() {
+            warn!(dropped = ?d, "disk faults skipped without the fault file system");
+        }
+        kinds.retain(|k| !k.needs_disk());
+        dropped.extend(d);
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,11 +198,15 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
             &opts,
             cluster.clone(),
             net.clone(),
+            disks.clone(),
             local,
             kinds,
             dropped,
-            mode,
-            fallback_reason,
+            Modes {
+                net: mode,
+                net_fallback: fallback_reason,
+                disk_fallback,
+            },
         );
         let r = tokio::select! {
             r = body => r,
@@ -180,6 +219,9 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
         r
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(disks) = disks {
+        disks.unmount();
+    }
     if let Some(ns) = net {
         match Arc::try_unwrap(ns) {
             Ok(mut ns) => ns.teardown(),
@@ -192,17 +234,25 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     result
 }
 
+/// How the run was set up, for `schedule.json`.
+struct Modes<'a> {
+    net: &'a str,
+    net_fallback: Option<String>,
+    disk_fallback: Option<String>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_body(
     opts: &TestOptions,
     cluster: Arc<Cluster>,
     net: Option<Arc<Namespaces>>,
+    disks: Option<Arc<Disks>>,
     local: Option<IpAddr>,
     kinds: Vec<FaultKind>,
     dropped: Vec<FaultKind>,
-    mode: &str,
-    fallback_reason: Option<String>,
+    modes: Modes<'_>,
 ) -> Result<Results, JepsenError> {
+    let mode = modes.net;
     let out = &opts.out;
     let history = Arc::new(History::create(&out.join("history.jsonl"))?);
     // With `lost-responses`, every client request goes through a proxy per node.
@@ -253,9 +303,11 @@ async fn run_body(
         "git_head": git_head(),
         "seed": opts.seed,
         "mode": mode,
-        "fallback_reason": fallback_reason,
+        "fallback_reason": modes.net_fallback,
+        "faultfs": disks.is_some(),
+        "faultfs_fallback_reason": modes.disk_fallback,
         "nemesis": kinds,
-        "skipped_without_namespaces": dropped,
+        "skipped": dropped,
         "time_s": opts.time.as_secs(),
         "naive_members": opts.naive_members,
         "steps": steps,
@@ -334,6 +386,7 @@ async fn run_body(
         history: history.clone(),
         seed: opts.seed,
         proxies: proxies.clone(),
+        disks: disks.clone(),
     };
     let stop = CancellationToken::new();
     let timer = {
@@ -350,7 +403,16 @@ async fn run_body(
     );
     timer.abort();
 
-    if let Err(e) = final_phase::run(&cluster, net.as_ref(), &workload, &history, groups).await {
+    if let Err(e) = final_phase::run(
+        &cluster,
+        net.as_ref(),
+        disks.as_deref(),
+        &workload,
+        &history,
+        groups,
+    )
+    .await
+    {
         warn!(cause = %e, "final phase incomplete");
     }
     monitor_stop.cancel();
@@ -368,15 +430,16 @@ fn phase(history: &History, name: &str, error: Option<String>) {
 }
 
 /// Records nodes that exit by themselves (a `node-exit` phase event, which the checker
-/// counts as `node-crash`) and restarts them, as a process supervisor would.
+/// counts as `node-crash`) and restarts them, as a process supervisor would. A node that
+/// fail-stopped under a fault that expected it (a failing fsync) is recorded as
+/// `node-fail-stop` and stays down until the fault heals (the nemesis restarts it).
 async fn monitor_exits(cluster: Arc<Cluster>, history: Arc<History>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         for exit in cluster.reap_exited().await {
-            let mut e = Event::new("harness", EventType::Info, Op::Phase);
-            e.value = Some(json!("node-exit"));
-            e.node = Some(exit.id);
-            e.error = Some(format!("exited by itself: {}", exit.status));
-            history.record(e);
+            nemesis::record_exit(&cluster, &history, &exit);
+            if exit.expected {
+                continue;
+            }
             if let Err(err) = cluster.start(exit.id).await {
                 warn!(node = exit.id, cause = %err, "restart after exit failed");
             }

@@ -26,6 +26,13 @@ pub enum PartitionError {
     /// This node holds no replica of the partition (it moved, or is still being opened).
     #[error("no replica of this partition on this node")]
     NoReplica,
+    /// A replica of the partition (`node`) is below its free-space threshold: the partition
+    /// takes no new records until space returns. Nothing was written.
+    #[error("node {node} holding a replica of this partition is low on disk space")]
+    InsufficientStorage {
+        /// The node low on space.
+        node: NodeId,
+    },
     /// The partition's actor is overloaded or gone; nothing was written.
     #[error("partition unavailable: {reason}")]
     Unavailable {

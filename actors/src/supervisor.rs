@@ -214,6 +214,7 @@ impl SupervisorState {
             PartitionArgs {
                 group,
                 raft: raft.clone(),
+                raft_node: self.args.raft_node.clone(),
                 limits: self.args.limits,
                 maintenance: self.maintenance(&topic, number, reader.clone()),
             },
@@ -322,6 +323,7 @@ impl Actor for NodeSupervisor {
                         PartitionArgs {
                             group,
                             raft: handle.raft.clone(),
+                            raft_node: state.args.raft_node.clone(),
                             limits: state.args.limits,
                             maintenance: state.maintenance(
                                 &handle.topic,

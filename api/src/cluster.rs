@@ -30,21 +30,53 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready: a controller quorum is reachable, storage has not failed and no Raft group of
+/// this node stopped. Low disk space does not make a node unready (it still serves reads);
+/// the `storage` object says so.
 async fn readyz(State(state): State<AppState>) -> Response {
     let broker = state.broker();
-    if broker.is_ready() {
-        Json(json!({"status": "ready", "controller_leader": broker.controller_leader()}))
-            .into_response()
+    let health = broker.raft_node().storage().health();
+    let space = health.space();
+    let stopped = health.stopped_groups();
+    let storage = json!({
+        "state": match (health.failure().is_some(), space.low) {
+            (true, _) => "failed",
+            (false, true) => "low_space",
+            (false, false) => "ok",
+        },
+        "free_bytes": space.free_bytes,
+        "min_free_bytes": space.min_free_bytes,
+        "stopped_groups": stopped,
+    });
+    let not_ready = if let Some(failure) = health.failure() {
+        Some(format!("storage failed: {}", failure.cause))
+    } else if !stopped.is_empty() {
+        Some(format!(
+            "{} raft group(s) stopped on a fatal error; restart the node",
+            stopped.len()
+        ))
+    } else if !broker.is_ready() {
+        Some("no controller quorum reachable".to_string())
     } else {
+        None
+    };
+    if let Some(reason) = not_ready {
         let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "no controller quorum reachable"})),
+            Json(json!({"status": "not_ready", "reason": reason, "storage": storage})),
         )
             .into_response();
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
         response
+    } else {
+        Json(json!({
+            "status": "ready",
+            "controller_leader": broker.controller_leader(),
+            "storage": storage,
+        }))
+        .into_response()
     }
 }
 
@@ -93,6 +125,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .with_label_values(&[&me.to_string()])
             .set(bytes as i64);
     }
+    let node = [me.to_string()];
+    let health = broker.raft_node().storage().health();
+    let space = health.space();
+    if let Some(free) = space.free_bytes {
+        state
+            .metrics
+            .storage_free_bytes
+            .with_label_values(&node)
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
+    }
+    state
+        .metrics
+        .storage_low_space
+        .with_label_values(&node)
+        .set(i64::from(space.low));
+    state
+        .metrics
+        .raft_groups_stopped
+        .with_label_values(&node)
+        .set(health.stopped_groups().len() as i64);
     let data_dir = broker.raft_node().data_dir().to_path_buf();
     if let Ok(bytes) =
         tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir)).await

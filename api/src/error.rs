@@ -194,6 +194,13 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
+    /// A replica's disk is below its free-space threshold: no new records until space
+    /// returns. Nothing was written. Retry later.
+    #[error("{reason}")]
+    InsufficientStorage {
+        /// Which node is low on space.
+        reason: String,
+    },
     /// A write was proposed and its fate is unknown: it may or may not be committed.
     #[error("outcome unknown: {reason}")]
     OutcomeUnknown {
@@ -275,6 +282,9 @@ impl ApiError {
             }
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_available", 1),
             ApiError::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", 1),
+            ApiError::InsufficientStorage { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", 1)
+            }
             ApiError::KeyNotFound { .. } => (StatusCode::NOT_FOUND, "key_not_found", 4),
             ApiError::TopicNotCompacted { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "topic_not_compacted", 2)
@@ -292,7 +302,9 @@ impl ApiError {
     pub fn retriable(&self) -> bool {
         matches!(
             self,
-            ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. }
+            ApiError::Unavailable { .. }
+                | ApiError::OutcomeUnknown { .. }
+                | ApiError::InsufficientStorage { .. }
         )
     }
 
@@ -349,7 +361,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::INSUFFICIENT_STORAGE
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -368,6 +383,9 @@ impl From<PartitionError> for ApiError {
                 reason: "the partition leader cannot reach a quorum".into(),
             },
             PartitionError::Unavailable { reason } => ApiError::Unavailable { reason },
+            error @ PartitionError::InsufficientStorage { .. } => ApiError::InsufficientStorage {
+                reason: error.to_string(),
+            },
             PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason },
         }
     }

@@ -31,6 +31,12 @@ pub struct Metrics {
     /// Last Raft log index of each local replica: beside the high watermark it shows how
     /// many records the partition actor packs into one entry (the batching at work).
     pub raft_last_log_index: IntGaugeVec,
+    /// Free bytes on the data directory's file system, as last measured.
+    pub storage_free_bytes: IntGaugeVec,
+    /// 1 while the node is below its free-space threshold and refuses new records.
+    pub storage_low_space: IntGaugeVec,
+    /// Raft groups of this node stopped on a fatal error (they serve nothing until restart).
+    pub raft_groups_stopped: IntGaugeVec,
 }
 
 impl Metrics {
@@ -115,6 +121,21 @@ impl Metrics {
             &["topic", "partition"],
         )
         .expect("valid metric");
+        let node_gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["node"]).expect("valid metric")
+        };
+        let storage_free_bytes = node_gauge(
+            "psubd_storage_free_bytes",
+            "Free bytes on the data directory's file system",
+        );
+        let storage_low_space = node_gauge(
+            "psubd_storage_low_space",
+            "1 while free space is below the threshold and new records are refused",
+        );
+        let raft_groups_stopped = node_gauge(
+            "psubd_raft_groups_stopped",
+            "Raft groups stopped on a fatal error",
+        );
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -127,6 +148,9 @@ impl Metrics {
             Box::new(log_start_offset.clone()),
             Box::new(data_dir_bytes.clone()),
             Box::new(raft_last_log_index.clone()),
+            Box::new(storage_free_bytes.clone()),
+            Box::new(storage_low_space.clone()),
+            Box::new(raft_groups_stopped.clone()),
         ] {
             registry
                 .register(collector)
@@ -145,6 +169,9 @@ impl Metrics {
             log_start_offset,
             data_dir_bytes,
             raft_last_log_index,
+            storage_free_bytes,
+            storage_low_space,
+            raft_groups_stopped,
         }
     }
 

@@ -405,6 +405,9 @@ fn clone_error(error: &ApiError) -> ApiError {
         ApiError::Unavailable { reason } => ApiError::Unavailable {
             reason: reason.clone(),
         },
+        ApiError::InsufficientStorage { reason } => ApiError::InsufficientStorage {
+            reason: reason.clone(),
+        },
         other => ApiError::Internal {
             detail: other.to_string(),
         },
@@ -424,8 +427,8 @@ fn report_json(d: &Delivered) -> serde_json::Value {
     }
 }
 
-/// Builds the answer. 200: every record is committed. When every record failed: 503 if
-/// nothing can have been written, else 504. A mix of committed and failed records is
+/// Builds the answer. 200: every record is committed. When every record failed: 503 (507
+/// when a replica is short of disk space) if nothing can have been written, else 504. A mix of committed and failed records is
 /// 207 Multi-Status with a report per record, never a 200 (a client checking only the
 /// status must not lose records) nor a 503 (which promises nothing was written).
 fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {

@@ -12,6 +12,13 @@ use psubd_raft::{NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
 /// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
 pub const DEFAULT_CACHE_MB: u64 = 64;
 
+/// Free bytes below which a node refuses new records (507 insufficient_storage) on the
+/// partitions it replicates. 256 MiB leaves room for what still has to be written while
+/// space is short: Raft votes and metadata, consumer-group commits, snapshots, and the
+/// records already accepted when the threshold was crossed (free space is measured once a
+/// second).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
+
 /// How long a proposed write may take before the client is told `outcome_unknown` (504).
 /// Longer than a failover (two election timeouts) so writes ride through one.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
@@ -111,6 +118,10 @@ pub struct NodeConfig {
     /// (default: http://<--http>).
     #[arg(long, env = "PSUBD_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
+    /// Free bytes on the data directory's file system below which new records are refused
+    /// (507 insufficient_storage) until space returns; 0 never refuses.
+    #[arg(long, env = "PSUBD_MIN_FREE_BYTES", default_value_t = DEFAULT_MIN_FREE_BYTES)]
+    pub min_free_bytes: u64,
     /// Memory sled may use as page cache, MiB.
     #[arg(long, env = "PSUBD_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,

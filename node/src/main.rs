@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node of a cluster.
-    Node(NodeConfig),
+    Node(Box<NodeConfig>),
     /// Start a local cluster of node processes (Ctrl-C stops it).
     Dev(DevArgs),
     /// Measure a cluster: publish and consume load, latency and throughput.

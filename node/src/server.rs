@@ -1,4 +1,5 @@
-//! Boot and shutdown of one node: `run(config, shutdown)`.
+//! Boot and shutdown of one node: `run(config, shutdown)`. A storage failure ends the
+//! process at once instead (fail-stop, exit status [`STORAGE_FAILED_EXIT_CODE`]).
 //!
 //! Shutdown order (as a broker must): stop accepting HTTP and drain in-flight requests
 //! (bounded), then stop the actors and every Raft group, then a final storage flush.
@@ -14,7 +15,7 @@ use psubd_actors::controller::NodeInfo;
 use psubd_actors::{Broker, BrokerConfig};
 use psubd_api::forward::ForwardRequest;
 use psubd_api::{AppState, Edge, ForwardService, Limits};
-use psubd_raft::{RaftNode, RaftNodeConfig, RaftTuning};
+use psubd_raft::{RaftNode, RaftNodeConfig, RaftTuning, StorageFailure};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -49,6 +50,7 @@ pub async fn run(
         peers: config.peers.clone(),
         data_dir: raw.data_dir.clone(),
         cache_capacity_bytes: raw.cache_mb << 20,
+        min_free_bytes: raw.min_free_bytes,
         tuning: RaftTuning {
             snapshot_every_entries: raw.snapshot_every_entries,
             snapshot_growth_percent: raw.snapshot_growth_percent,
@@ -98,7 +100,11 @@ pub async fn run(
     });
     info!(http = %config.advertised_http(), "node serving");
 
-    shutdown.await;
+    let health = raft_node.storage().health().clone();
+    tokio::select! {
+        () = shutdown => {}
+        failure = health.failed() => fail_stop(&failure),
+    }
     info!("shutting down: draining HTTP");
     root.cancel();
     let drain = Duration::from_millis(raw.shutdown_timeout_ms);
@@ -128,6 +134,22 @@ pub async fn run(
     broker.shutdown().await;
     info!("node stopped");
     Ok(())
+}
+
+/// Exit status of a node that stopped because its storage failed.
+pub const STORAGE_FAILED_EXIT_CODE: i32 = 74; // EX_IOERR
+
+/// Ends the process at once after a storage failure (see `psubd_raft::health`): no
+/// graceful shutdown, whose flushes could only fail or, worse, report a retried sync as a
+/// success. A process supervisor restarts the node, which recovers from its synced data and
+/// its peers.
+fn fail_stop(failure: &StorageFailure) -> ! {
+    tracing::error!(
+        cause = %failure.cause,
+        exit_code = STORAGE_FAILED_EXIT_CODE,
+        "stopping the node now because its storage failed; restart it once the disk is sound"
+    );
+    std::process::exit(STORAGE_FAILED_EXIT_CODE)
 }
 
 /// Records this node's HTTP address with the controller, retrying with capped backoff

@@ -120,6 +120,7 @@ async fn run_once(
             peers: peers.clone(),
             data_dir: tmp.path().join(format!("node-{id}")),
             cache_capacity_bytes: 64 * 1024 * 1024,
+            min_free_bytes: 0,
             tuning: RaftTuning::default(),
         };
         nodes.push(RaftNode::start(config).await.expect("start"));

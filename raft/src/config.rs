@@ -222,6 +222,9 @@ pub struct RaftNodeConfig {
     pub data_dir: PathBuf,
     /// Bound of the storage engine's page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// Below this many free bytes on the data directory's file system the node refuses new
+    /// records (see [`crate::health`]); 0 never refuses.
+    pub min_free_bytes: u64,
     /// Timing and batching of every group.
     pub tuning: RaftTuning,
 }

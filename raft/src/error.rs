@@ -96,6 +96,14 @@ pub enum StorageIoError {
     #[error("the storage flusher has stopped")]
     FlusherStopped,
 
+    /// An earlier write or sync failed; the node's storage acknowledges nothing more and the
+    /// node stops (fail-stop, see `health`).
+    #[error("storage failed earlier: {cause}")]
+    Failed {
+        /// The first failure, naming the file.
+        cause: String,
+    },
+
     /// Storage was opened outside a tokio runtime, so the flusher task cannot be started.
     #[error("node storage must be opened inside a tokio runtime")]
     NoRuntime,

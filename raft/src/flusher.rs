@@ -20,6 +20,11 @@
 //! whose flush writes every applied batch and costs several times a segment sync; a
 //! background task flushes it every [`ENGINE_WRITE_BACK_EVERY`] so its writes reach the
 //! disk steadily instead of in one burst.
+//!
+//! A failed flush is never retried: after a failed fsync the kernel may have dropped the
+//! dirty pages and would report the next sync as a success. The failure is recorded in the
+//! node's [`StorageHealth`] (the node then fail-stops), and every later request is answered
+//! with an error without touching the disk.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +35,7 @@ use openraft::storage::LogFlushed;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StorageIoError;
+use crate::health::StorageHealth;
 use crate::log_sync::LogSyncs;
 use crate::snapshot::blocking;
 use crate::storage::Engine;
@@ -69,20 +75,21 @@ pub(crate) struct Flusher {
 
 impl Flusher {
     /// Starts the flusher task on `runtime`, flushing `engine` and the log files recorded in
-    /// `log_syncs`.
+    /// `log_syncs`; a failed flush is recorded in `health`.
     pub(crate) fn spawn(
         runtime: &tokio::runtime::Handle,
         engine: Arc<dyn Engine>,
         log_syncs: LogSyncs,
+        health: StorageHealth,
     ) -> Flusher {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_CAPACITY);
         let flushes = Arc::new(AtomicU64::new(0));
         let flushes_counter = flushes.clone();
         let (stopped_tx, stopped) = oneshot::channel();
-        let write_back = runtime.spawn(write_back_engine(engine.clone(), stopped));
+        let write_back = runtime.spawn(write_back_engine(engine.clone(), stopped, health.clone()));
         runtime.spawn(async move {
             // `run` owns its engine handle and drops it when it returns.
-            let closers = run(engine, log_syncs, rx, flushes_counter).await;
+            let closers = run(engine, log_syncs, rx, flushes_counter, health).await;
             // Ends the background write-back with the flusher, so the engine is released. It
             // finishes the flush it is in first: a flush abandoned half way would leave the
             // engine's own worker thread holding the database.
@@ -164,6 +171,7 @@ async fn run(
     log_syncs: LogSyncs,
     mut rx: mpsc::Receiver<FlushRequest>,
     flushes: Arc<AtomicU64>,
+    health: StorageHealth,
 ) -> Vec<Closer> {
     let mut pending: Vec<FlushRequest> = Vec::new();
     let mut closers: Vec<Closer> = Vec::new();
@@ -182,7 +190,13 @@ async fn run(
             .iter()
             .any(|request| matches!(request, FlushRequest::Wait(_) | FlushRequest::Close(_)));
         let started = Instant::now();
-        let result = flush_all(engine.as_ref(), &log_syncs, with_engine).await;
+        let result = match health.failure() {
+            // Never retried (see the module doc): nothing more is acknowledged.
+            Some(failure) => Err(StorageIoError::Failed {
+                cause: failure.cause,
+            }),
+            None => flush_all(engine.as_ref(), &log_syncs, with_engine).await,
+        };
         flushes.fetch_add(1, Ordering::Relaxed);
         let elapsed = started.elapsed();
         match &result {
@@ -194,9 +208,8 @@ async fn run(
                 "slow storage flush"
             ),
             Ok(()) => tracing::trace!(requests = pending.len(), "storage flushed"),
-            Err(err) => {
-                tracing::error!(cause = %err, requests = pending.len(), "storage flush failed")
-            }
+            Err(StorageIoError::Failed { .. }) => {}
+            Err(err) => health.fail(err),
         }
         for request in pending.drain(..) {
             match request {
@@ -237,7 +250,11 @@ const ENGINE_WRITE_BACK_EVERY: Duration = Duration::from_millis(100);
 /// Flushes the engine every [`ENGINE_WRITE_BACK_EVERY`] until the flusher task ends
 /// (`stopped` resolves when it does). Runs beside the flusher task, so log appends do not
 /// wait for it.
-async fn write_back_engine(engine: Arc<dyn Engine>, mut stopped: oneshot::Receiver<()>) {
+async fn write_back_engine(
+    engine: Arc<dyn Engine>,
+    mut stopped: oneshot::Receiver<()>,
+    health: StorageHealth,
+) {
     let mut ticks = tokio::time::interval(ENGINE_WRITE_BACK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -245,9 +262,13 @@ async fn write_back_engine(engine: Arc<dyn Engine>, mut stopped: oneshot::Receiv
             _ = &mut stopped => return,
             _ = ticks.tick() => {}
         }
+        if health.failure().is_some() {
+            return;
+        }
         if let Err(err) = engine.flush().await {
-            // Not an acknowledgement: a waiter's flush reports its own failure.
-            tracing::warn!(cause = %err, "background engine flush failed");
+            // Not retried, as any failed sync (see the module doc).
+            health.fail(&err);
+            return;
         }
     }
 }
@@ -269,17 +290,10 @@ async fn flush_all(
         if files.is_empty() {
             return Ok(());
         }
-        let shares = files.split(MAX_PARALLEL_SYNCS).into_iter().map(|share| {
-            let restore = log_syncs.clone();
-            blocking("fsync log segments", move || {
-                let synced = share.sync();
-                if synced.is_err() {
-                    // Not durable: a later flush must sync them again.
-                    restore.restore(share);
-                }
-                synced
-            })
-        });
+        let shares = files
+            .split(MAX_PARALLEL_SYNCS)
+            .into_iter()
+            .map(|share| blocking("fsync log segments", move || share.sync()));
         futures::future::join_all(shares)
             .await
             .into_iter()
@@ -356,6 +370,71 @@ mod tests {
         }
     }
 
+    /// An engine whose flushes fail, counting the attempts.
+    #[derive(Default)]
+    struct FailingEngine {
+        attempts: AtomicU64,
+    }
+
+    impl Engine for FailingEngine {
+        fn open_tree(&self, _name: &str) -> Result<Tree, StorageIoError> {
+            Err(StorageIoError::FlusherStopped)
+        }
+        fn tree_exists(&self, _name: &str) -> bool {
+            false
+        }
+        fn tree_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn drop_tree(&self, _name: &str) -> Result<(), StorageIoError> {
+            Ok(())
+        }
+        fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), StorageIoError>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Err(StorageIoError::file(
+                    "fsync the segment log",
+                    "/data/db/db",
+                    io::Error::from_raw_os_error(libc::EIO),
+                ))
+            })
+        }
+        fn size_on_disk(&self) -> Result<u64, StorageIoError> {
+            Ok(0)
+        }
+    }
+
+    /// After a failed sync nothing is retried and nothing more is acknowledged: the health
+    /// records the failure (naming the file) and every later flush fails without touching
+    /// the engine.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_flush_is_recorded_and_never_retried() {
+        let engine = Arc::new(FailingEngine::default());
+        let health = StorageHealth::default();
+        let flusher = Flusher::spawn(
+            &tokio::runtime::Handle::current(),
+            engine.clone(),
+            LogSyncs::default(),
+            health.clone(),
+        );
+        assert!(flusher.flush().await.is_err());
+        let failure = health.failure().expect("the failure is recorded");
+        assert!(failure.cause.contains("/data/db/db"), "{failure:?}");
+        let attempts = engine.attempts.load(Ordering::SeqCst);
+        tokio::time::sleep(ENGINE_WRITE_BACK_EVERY * 5).await;
+        for _ in 0..3 {
+            assert!(matches!(
+                flusher.flush().await,
+                Err(StorageIoError::Engine { .. })
+            ));
+        }
+        assert_eq!(
+            engine.attempts.load(Ordering::SeqCst),
+            attempts,
+            "no flush after the failure, by a waiter or in the background"
+        );
+    }
+
     /// A flusher over a [`CountingEngine`] on the test's runtime.
     fn start() -> (Arc<CountingEngine>, Flusher) {
         let engine = Arc::new(CountingEngine::default());
@@ -363,6 +442,7 @@ mod tests {
             &tokio::runtime::Handle::current(),
             engine.clone(),
             LogSyncs::default(),
+            StorageHealth::default(),
         );
         (engine, flusher)
     }

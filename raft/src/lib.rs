@@ -6,6 +6,8 @@
 //! - [`types`]: the single openraft type configuration every group shares.
 //! - `storage`: the project's storage seam (engine trait, sled implementation).
 //! - `flusher`: the node-wide group-commit task that turns many pending flushes into one fsync.
+//! - [`health`]: storage failure (fail-stop), free space (refuse writes before the disk is
+//!   full), stopped groups.
 //! - `log_store`: the per-group Raft log: entries in segment files, vote and marks in the engine.
 //! - `segment_log`: a group's append-only log segment files (write once, purge by deleting).
 //! - `log_sync`: the node-wide set of log files the flusher syncs at its next flush.
@@ -23,6 +25,7 @@ pub mod config;
 pub(crate) mod deferred_tree;
 pub mod error;
 pub(crate) mod flusher;
+pub mod health;
 pub mod log_store;
 pub(crate) mod log_sync;
 pub(crate) mod log_tail;
@@ -45,6 +48,7 @@ pub const SKIPS_LOG_FSYNC: bool = cfg!(feature = "chaos-skip-log-fsync");
 
 pub use config::{RaftNodeConfig, RaftTuning, MAX_SNAPSHOT_STAGGER_PERCENT};
 pub use error::StorageIoError;
+pub use health::{SpaceReport, StorageFailure, StorageHealth};
 pub use log_store::LogStore;
 pub use logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 pub use registry::{PeerService, RaftNode, RaftNodeError};

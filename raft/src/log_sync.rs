@@ -61,15 +61,6 @@ impl LogSyncs {
     pub(crate) fn take(&self) -> Pending {
         std::mem::take(&mut *self.lock())
     }
-
-    /// Puts back what a failed sync did not make durable, so a later flush retries it.
-    pub(crate) fn restore(&self, failed: Pending) {
-        let mut pending = self.lock();
-        for (path, file) in failed.files {
-            pending.files.entry(path).or_insert(file);
-        }
-        pending.dirs.extend(failed.dirs);
-    }
 }
 
 impl Pending {
@@ -95,8 +86,8 @@ impl Pending {
     /// threads). A directory removed meanwhile (group destroyed) needs nothing.
     ///
     /// # Errors
-    /// The first failure, naming the file or directory; the caller hands `self` back with
-    /// [`LogSyncs::restore`] so a later flush retries it.
+    /// The first failure, naming the file or directory. Never retried: the node fail-stops
+    /// (see the flusher's module doc).
     pub(crate) fn sync(&self) -> Result<(), StorageIoError> {
         for (path, file) in &self.files {
             if cfg!(feature = "chaos-skip-log-fsync") {

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::config::RaftNodeConfig;
 use crate::error::StorageIoError;
+use crate::health::StorageHealth;
 use crate::logic::GroupLogic;
 use crate::network::GroupNetworkFactory;
 use crate::snapshot_schedule::{SnapshotRequests, SnapshotSchedule};
@@ -215,12 +216,21 @@ fn fatal_only(err: RaftError<NodeId>) -> RaftResponse {
 /// failure or a panic): the node's default log filter leaves openraft's own messages out,
 /// since nearly all of them are routine (a peer down, a late vote answer). A group shut
 /// down on purpose stops with `Fatal::Stopped` and is not reported.
-async fn report_fatal(raft: typ::Raft) {
+async fn report_fatal(raft: typ::Raft, group: GroupId, health: StorageHealth) {
     let mut metrics = raft.metrics();
     loop {
         if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            if !matches!(fatal, Fatal::Stopped) {
-                tracing::error!(cause = %fatal, "raft group stopped on a fatal error");
+            match fatal {
+                Fatal::Stopped => {}
+                // The group could not write or read its storage: the node fail-stops.
+                Fatal::StorageError(err) => health.fail(&StorageIoError::Engine {
+                    op: "raft group storage",
+                    source: std::io::Error::other(format!("group {group}: {err}")),
+                }),
+                other => {
+                    tracing::error!(cause = %other, "raft group stopped on a fatal error");
+                    health.group_stopped(group);
+                }
             }
             return;
         }
@@ -262,6 +272,9 @@ impl RaftNode {
             config.cache_capacity_bytes,
             config.tuning.log_segment_bytes,
         )?;
+        storage
+            .health()
+            .watch_free_space(config.data_dir.clone(), config.min_free_bytes);
         let listener = Transport::bind(config.listen).await?;
         let faults = Arc::new(Faults::default());
         let limits = config.tuning.transport_limits();
@@ -273,6 +286,7 @@ impl RaftNode {
                 limits,
                 faults.clone(),
                 Arc::new(Router(weak.clone())),
+                storage.health().low_space_watch(),
             );
             Inner {
                 config,
@@ -310,6 +324,21 @@ impl RaftNode {
     /// The node's storage (the api and actors read partition state through it).
     pub fn storage(&self) -> &NodeStorage {
         &self.inner.storage
+    }
+
+    /// The first of `nodes` known to be low on space, this node by its own measurement and
+    /// peers by what their connection last told (see [`crate::health`]): a partition
+    /// replicated there must not take new records now.
+    pub fn low_space_among(&self, nodes: impl IntoIterator<Item = NodeId>) -> Option<NodeId> {
+        let me = self.id();
+        let health = self.inner.storage.health();
+        nodes.into_iter().find(|node| {
+            if *node == me {
+                health.is_low_on_space()
+            } else {
+                self.inner.transport.peer_low_space(*node)
+            }
+        })
     }
 
     /// The peers with a live transport connection right now (health reports, tests).
@@ -380,7 +409,9 @@ impl RaftNode {
         inner.write_groups().insert(group, raft.clone());
         inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
-        tokio::spawn(report_fatal(raft.clone()).in_current_span());
+        tokio::spawn(
+            report_fatal(raft.clone(), group, inner.storage.health().clone()).in_current_span(),
+        );
         tracing::info!(pristine, "group opened");
 
         if initialize && pristine {
@@ -500,6 +531,7 @@ impl RaftNode {
     pub async fn close_group(&self, group: GroupId, destroy: bool) -> Result<(), RaftNodeError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
         let raft = self.inner.write_groups().remove(&group);
+        self.inner.storage.health().group_closed(group);
         if let Some(raft) = raft {
             raft.shutdown()
                 .await

@@ -34,10 +34,14 @@
 //!   tell a torn write (only ever at the end of the last segment: cut off) from corruption
 //!   (anywhere else: refused). It costs one extra fdatasync per segment size per group,
 //!   run off the async threads.
-//! - `truncate` makes its removal durable before it returns (set_len and fdatasync the
-//!   segment holding the index, remove the later files, fsync the directory). Truncation is
-//!   rare (a leader change with conflicting entries); without this, a crash could keep a
-//!   later segment while losing the shortening of an earlier one, leaving a log with a hole.
+//! - `truncate` works from the end backwards and makes each step durable before the next:
+//!   remove the last segment and fsync the directory, and so on for every segment wholly at
+//!   or after the index, then set_len and fdatasync the segment holding the index. A crash
+//!   at any point leaves a prefix of the old log, which open accepts (the entries past the
+//!   index were never committed; Raft truncates them again). Removing the later files
+//!   without a directory sync before shortening an earlier one could bring a removed file
+//!   back after the shortening survived: a log with a hole, refused at open. Truncation is
+//!   rare (a leader change with conflicting entries), so the extra syncs cost nothing.
 //! - `purge` hides the entries at once; the caller makes the purge mark durable (one flush)
 //!   before whole files are deleted, so after a crash a file may be left over (deleted at
 //!   open, since the mark says it is gone) but never missing while the mark is not there.
@@ -371,6 +375,9 @@ pub(crate) struct SegmentLog {
     syncs: LogSyncs,
     /// The newest entries, decoded, for the reads that follow an append.
     tail: LogTail,
+    /// Tests: the durable steps left before a simulated crash (see [`SegmentLog::step_done`]).
+    #[cfg(test)]
+    crash_after_steps: Option<usize>,
 }
 
 impl SegmentLog {
@@ -396,6 +403,8 @@ impl SegmentLog {
             last: None,
             syncs,
             tail: LogTail::default(),
+            #[cfg(test)]
+            crash_after_steps: None,
         };
         let mut found = log.list()?;
         let mut changed = false;
@@ -734,14 +743,16 @@ impl SegmentLog {
     pub(crate) fn truncate(&mut self, index: u64) -> Result<(), StorageIoError> {
         // Rare: forget the whole tail rather than reason about a truncation that fails midway.
         self.tail.clear();
-        let mut removed = false;
+        // Newest first, each removal durable before the next step (see the module doc).
         while let Some(segment) = self.segments.back() {
             if segment.first < index {
                 break;
             }
             remove_file(&segment.path)?;
+            sync_dir(&self.dir)
+                .map_err(|e| StorageIoError::file("fsync a log directory", &self.dir, e))?;
             self.segments.pop_back();
-            removed = true;
+            self.step_done()?;
         }
         if let Some(segment) = self.segments.back_mut() {
             if index < segment.end() {
@@ -757,10 +768,6 @@ impl SegmentLog {
                 segment.offsets.truncate(keep);
                 segment.len = len;
             }
-        }
-        if removed {
-            sync_dir(&self.dir)
-                .map_err(|e| StorageIoError::file("fsync a log directory", &self.dir, e))?;
         }
         self.last = match self.segments.back() {
             Some(segment) => Some(self.read_log_id(segment, segment.end() - 1)?),
@@ -824,6 +831,23 @@ impl SegmentLog {
         }
         if self.segments.is_empty() {
             self.last = None;
+        }
+        Ok(())
+    }
+
+    /// Marks the end of one durable step of a multi-step change. Tests make the log "crash"
+    /// (return an error, leaving the files as they are) after a chosen number of steps and
+    /// reopen the directory; in other builds it does nothing.
+    #[allow(clippy::unnecessary_wraps)] // the error exists only in test builds
+    fn step_done(&mut self) -> Result<(), StorageIoError> {
+        #[cfg(test)]
+        if let Some(left) = self.crash_after_steps.as_mut() {
+            if *left == 0 {
+                return Err(StorageIoError::Corrupt {
+                    what: "simulated crash",
+                });
+            }
+            *left -= 1;
         }
         Ok(())
     }
@@ -1053,6 +1077,75 @@ mod tests {
         assert_holds(&log, &[]);
         drop(log);
         assert_holds(&open(dir.path(), None).unwrap(), &[]);
+    }
+
+    /// A crash after each durable step of a truncation that removes several segments and
+    /// cuts one: every state left behind opens as a prefix of the old log at least as long
+    /// as the truncated one, and the log takes appends from there.
+    #[test]
+    fn a_truncation_cut_by_a_crash_leaves_a_prefix_that_opens() {
+        let probe = TempDir::new().unwrap();
+        let segments = filled(probe.path()).segment_firsts();
+        assert!(
+            segments.len() >= 4,
+            "several segments to remove: {segments:?}"
+        );
+        let index = segments[1] + 1; // inside the second segment
+        let all = 30;
+        // One step per removed segment; the cut of the holder is the last act.
+        let steps = segments.iter().filter(|first| **first >= index).count();
+        for crash_after in 0..=steps {
+            let dir = TempDir::new().unwrap();
+            let mut log = filled(dir.path());
+            log.crash_after_steps = Some(crash_after);
+            let result = log.truncate(index);
+            assert_eq!(
+                result.is_ok(),
+                crash_after == steps,
+                "crash after {crash_after}"
+            );
+            drop(log);
+            let mut log = open(dir.path(), None).unwrap_or_else(|e| {
+                panic!("crash after {crash_after} steps left a log that does not open: {e}")
+            });
+            let last = log.last_log_id().map_or(0, |id| id.index);
+            assert!(
+                (index - 1..=all).contains(&last),
+                "crash after {crash_after}: last {last}"
+            );
+            assert_holds(&log, &ids(1, 1..=last));
+            // Raft truncates again and appends the leader's entries.
+            log.truncate(index).unwrap();
+            log.append(&batch(2, index..=index + 2)).unwrap();
+            let mut expected = ids(1, 1..=index - 1);
+            expected.extend(ids(2, index..=index + 2));
+            assert_holds(&log, &expected);
+            drop(log);
+            assert_holds(&open(dir.path(), None).unwrap(), &expected);
+        }
+    }
+
+    /// A purge cut by a crash once its mark is durable: whichever whole files were deleted,
+    /// the log opens with the entries after the mark and the leftovers gone.
+    #[test]
+    fn a_purge_cut_by_a_crash_opens_with_the_leftovers_removed() {
+        let probe = TempDir::new().unwrap();
+        let segments = filled(probe.path()).segment_firsts();
+        let mark = segments[3] - 1; // the first three segments wholly purged
+        for deleted in 0..=3 {
+            let dir = TempDir::new().unwrap();
+            drop(filled(dir.path()));
+            for first in &segments[..deleted] {
+                std::fs::remove_file(dir.path().join(segment_name(*first))).unwrap();
+            }
+            let log = open(dir.path(), Some(mark)).unwrap();
+            assert_eq!(
+                files(dir.path()),
+                segments[3..].to_vec(),
+                "{deleted} deleted"
+            );
+            assert_holds(&log, &ids(1, mark + 1..=30));
+        }
     }
 
     #[test]

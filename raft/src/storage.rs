@@ -18,7 +18,8 @@
 //! (see [`segment_log`](crate::segment_log)), written once and purged by deleting files, and
 //! the snapshot files under `<dir>/snapshots/<group>/`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
@@ -32,6 +33,7 @@ use futures::future::BoxFuture;
 use crate::deferred_tree::{DeferredTrees, DeferringEngine};
 use crate::error::StorageIoError;
 use crate::flusher::Flusher;
+use crate::health::StorageHealth;
 use crate::log_store::LogStore;
 use crate::log_sync::LogSyncs;
 use crate::logic::GroupLogic;
@@ -324,9 +326,10 @@ struct SledEngine {
     /// sled's segment log, opened once: every flush fdatasyncs it, and sled never replaces
     /// the file (it only grows and reuses it), so one handle serves for the database's life.
     log_file: Arc<std::fs::File>,
-    /// Blob files already fsynced, so each is synced once. Replaced by the current listing
-    /// on every flush, so it never holds more names than the directory does.
-    synced_blobs: Arc<std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>>,
+    /// Names of the blob files and of the database directory's files as of the last flush,
+    /// so each new file is synced once and a directory only when its listing changed.
+    /// Replaced by the current listings on every flush.
+    synced: Arc<SyncedNames>,
 }
 
 fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StorageIoError {
@@ -345,44 +348,64 @@ fn existing_segment_size(dir: &Path) -> Option<usize> {
         .and_then(|raw| raw.trim().parse().ok())
 }
 
-/// Makes everything sled wrote under `dir` durable after its own flush (see [`SledEngine`]).
+/// Makes everything sled wrote under `dir` durable after its own flush (see [`SledEngine`]):
+/// its segment log, the blob files, and the entries of both directories. sled renames its
+/// `snap.*` files into place and deletes old ones without syncing the directory, so a crash
+/// could bring back a deleted file or lose a renamed one (sled is known to fail at open on
+/// such leftovers); syncing the directory whenever its listing changed closes that window.
 fn sync_sled_files(
     dir: &Path,
     log_file: &std::fs::File,
-    synced_blobs: &std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    synced: &SyncedNames,
 ) -> Result<(), StorageIoError> {
     log_file
         .sync_data()
         .map_err(|e| StorageIoError::file("fsync the segment log", dir.join(SLED_LOG_FILE), e))?;
-    let blobs = dir.join(SLED_BLOBS_DIR);
-    let entries = match std::fs::read_dir(&blobs) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StorageIoError::file("list blob files", &blobs, e)),
-    };
     // A poisoned lock only means a sync panicked midway: re-syncing is always safe.
-    let mut synced = synced_blobs
+    let mut synced = synced
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut present = std::collections::HashSet::new();
-    let mut new_files = false;
+    let (blob_names, db_names) = &mut *synced;
+    sync_new_entries(&dir.join(SLED_BLOBS_DIR), blob_names)?;
+    sync_new_entries(dir, db_names)
+}
+
+/// Names in each directory as of the last flush: blobs, then the database directory.
+type SyncedNames = std::sync::Mutex<(HashSet<OsString>, HashSet<OsString>)>;
+
+/// fsyncs every file in `dir` not in `synced` (each file once), then the directory itself if
+/// its listing changed since the last call; `synced` becomes the current listing. A missing
+/// directory needs nothing.
+fn sync_new_entries(dir: &Path, synced: &mut HashSet<OsString>) -> Result<(), StorageIoError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageIoError::file("list database files", dir, e)),
+    };
+    let mut present = HashSet::new();
     for entry in entries {
-        let entry = entry.map_err(|e| StorageIoError::file("list blob files", &blobs, e))?;
+        let entry = entry.map_err(|e| StorageIoError::file("list database files", dir, e))?;
         let name = entry.file_name();
-        if !synced.contains(&name) {
+        if !synced.contains(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
             match std::fs::File::open(entry.path()).and_then(|f| f.sync_all()) {
-                Ok(()) => new_files = true,
+                Ok(()) => {}
                 // sled removed it meanwhile: nothing left to make durable.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StorageIoError::file("fsync a blob file", entry.path(), e)),
+                Err(e) => {
+                    return Err(StorageIoError::file(
+                        "fsync a database file",
+                        entry.path(),
+                        e,
+                    ))
+                }
             }
         }
         present.insert(name);
     }
-    if new_files {
-        std::fs::File::open(&blobs)
+    if present != *synced {
+        std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| StorageIoError::file("fsync the blob directory", &blobs, e))?;
+            .map_err(|e| StorageIoError::file("fsync a database directory", dir, e))?;
     }
     *synced = present;
     Ok(())
@@ -408,7 +431,7 @@ impl SledEngine {
             db,
             dir: dir.to_path_buf(),
             log_file: Arc::new(log_file),
-            synced_blobs: Arc::default(),
+            synced: Arc::default(),
         })
     }
 }
@@ -447,7 +470,7 @@ impl Engine for SledEngine {
         let db = self.db.clone();
         let dir = self.dir.clone();
         let log_file = self.log_file.clone();
-        let synced_blobs = self.synced_blobs.clone();
+        let synced = self.synced.clone();
         Box::pin(async move {
             db.flush_async()
                 .await
@@ -455,7 +478,7 @@ impl Engine for SledEngine {
                 .map_err(sled_err("flush"))?;
             // sled's flush wrote and range-synced the log; now make it durable for real.
             crate::snapshot::blocking("fsync the database", move || {
-                sync_sled_files(&dir, &log_file, &synced_blobs)
+                sync_sled_files(&dir, &log_file, &synced)
             })
             .await
         })
@@ -576,6 +599,8 @@ struct NodeStorageInner {
     /// The state trees (see [`crate::deferred_tree`]).
     state_trees: DeferredTrees,
     flusher: Flusher,
+    /// Whether storage failed, free space, stopped groups (see [`crate::health`]).
+    health: StorageHealth,
     log_syncs: LogSyncs,
     logs_dir: PathBuf,
     log_segment_bytes: u64,
@@ -643,12 +668,14 @@ impl NodeStorage {
         // The new directories must survive a crash before anything in them is acknowledged.
         log_syncs.dir_changed(dir);
         log_syncs.dir_changed(&logs_dir);
-        let flusher = Flusher::spawn(&handle, engine.clone(), log_syncs.clone());
+        let health = StorageHealth::default();
+        let flusher = Flusher::spawn(&handle, engine.clone(), log_syncs.clone(), health.clone());
         Ok(NodeStorage {
             inner: Arc::new(NodeStorageInner {
                 engine,
                 state_trees,
                 flusher,
+                health,
                 log_syncs,
                 logs_dir,
                 log_segment_bytes,
@@ -832,6 +859,11 @@ impl NodeStorage {
         let engine = self.inner.engine.size_on_disk()?;
         let logs = segment_log::bytes_under(&self.inner.logs_dir)?;
         Ok(engine.saturating_add(logs))
+    }
+
+    /// The node's storage health: failure, free space, stopped groups.
+    pub fn health(&self) -> &StorageHealth {
+        &self.inner.health
     }
 
     /// How many engine flushes the flusher has run since open. With many groups appending

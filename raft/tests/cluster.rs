@@ -165,6 +165,7 @@ impl Cluster {
             peers: self.peers.clone(),
             data_dir: self.dirs[&id].clone(),
             cache_capacity_bytes: 16 * 1024 * 1024,
+            min_free_bytes: 0,
             tuning: self.tuning.clone(),
         };
         // A restarted node reopens the directory its previous incarnation, in this same

@@ -119,6 +119,21 @@ impl Cluster {
     ///
     /// As [`Self::start`].
     pub async fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_prepared(n, env, |_id, _data_dir| {}).await
+    }
+
+    /// As [`Self::start_with_env`], calling `prepare(id, data_dir)` for every node once its
+    /// (empty) data directory exists and before any node starts: a test mounts a small file
+    /// system there, say.
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::start`].
+    pub async fn start_prepared(
+        n: usize,
+        env: &[(&str, &str)],
+        prepare: impl Fn(u64, &Path),
+    ) -> Cluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
         let bin = psubd_bin();
@@ -131,6 +146,7 @@ impl Cluster {
             let id = i as u64 + 1;
             let data_dir = dir.path().join(format!("node-{id}"));
             std::fs::create_dir_all(&data_dir).expect("create a node's data dir");
+            prepare(id, &data_dir);
             nodes.push(Node {
                 id,
                 http: reserve(),

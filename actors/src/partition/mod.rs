@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::ClientWriteError;
 use openraft::ServerState;
 use psubd_raft::types::typ::{Raft, RaftMetrics};
-use psubd_raft::{GroupId, NodeId};
+use psubd_raft::{GroupId, NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info};
@@ -150,6 +150,8 @@ pub struct PartitionArgs {
     pub group: GroupId,
     /// The group's Raft handle.
     pub raft: Raft,
+    /// The node's Raft side: whether a replica is low on disk space.
+    pub raft_node: RaftNode,
     /// Entry limits.
     pub limits: BatchLimits,
     /// Retention (and other background work) settings.
@@ -160,6 +162,7 @@ pub struct PartitionArgs {
 pub struct PartitionState {
     group: GroupId,
     raft: Raft,
+    raft_node: RaftNode,
     limits: BatchLimits,
     queued: Vec<Waiter>,
     queued_bytes: usize,
@@ -230,6 +233,27 @@ pub fn leader_status(metrics: &RaftMetrics, limits: &BatchLimits) -> Result<(), 
     match metrics.millis_since_quorum_ack {
         Some(ms) if Duration::from_millis(ms) <= limits.quorum_stale_after => Ok(()),
         _ => Err(PartitionError::NoQuorum),
+    }
+}
+
+/// Whether the partition may take new records as far as disk space goes: not while any of
+/// its replicas is below its free-space threshold (replicas fill together; see
+/// `psubd_raft::health`).
+///
+/// # Errors
+/// [`PartitionError::InsufficientStorage`] naming the node low on space.
+pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionError> {
+    let replicas: Vec<NodeId> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _node)| *id)
+        .collect();
+    match raft_node.low_space_among(replicas) {
+        Some(node) => Err(PartitionError::InsufficientStorage { node }),
+        None => Ok(()),
     }
 }
 
@@ -465,6 +489,7 @@ impl Actor for PartitionActor {
         Ok(PartitionState {
             group: args.group,
             raft: args.raft,
+            raft_node: args.raft_node,
             limits: args.limits,
             queued: Vec::new(),
             queued_bytes: 0,
@@ -490,7 +515,9 @@ impl Actor for PartitionActor {
                     state.queued.push(Waiter { records, reply });
                 } else {
                     // Fail fast before queueing when this replica cannot lead.
-                    if let Err(error) = check_leader(&state.raft, &state.limits) {
+                    if let Err(error) = check_leader(&state.raft, &state.limits)
+                        .and_then(|()| check_space(&state.raft_node, &state.raft))
+                    {
                         let _ = reply.send(Err(error));
                         return Ok(());
                     }

@@ -15,7 +15,7 @@ use crate::types::{typ, GroupId, NodeId};
 
 /// Bumped whenever a change to these types changes the encoding; peers with another
 /// version are refused at hello instead of misreading each other's frames.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame either side sends or accepts. Big enough for any Raft message the
 /// tuning allows (appends are capped in bytes well below it, snapshot chunks are 1 MiB by
@@ -50,6 +50,12 @@ pub(crate) enum Frame {
     /// Sent when a side has been idle for a while, so the other side can tell a silent
     /// connection from a dead one.
     Ping,
+    /// The sender's storage state: sent first on every connection and again whenever it
+    /// changes. A leader refuses new records for partitions replicated on a peer low on space.
+    Status {
+        /// The sender's free space is below its threshold.
+        low_space: bool,
+    },
 }
 
 /// What one node asks another.

@@ -12,14 +12,14 @@
 //! fails at once with [`TransportError::ConnectionClosed`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,8 @@ pub(crate) struct ConnectionEnv<'a> {
     pub handler: &'a Arc<dyn InboundHandler>,
     /// The transport's shutdown token; the connection's own token is its child.
     pub shutdown: &'a CancellationToken,
+    /// This node's low-space state, told to the peer (see [`Frame::Status`]).
+    pub low_space: &'a watch::Receiver<bool>,
 }
 
 /// A live connection to one peer. Shared (`Arc`) between the transport's map, the tasks
@@ -75,6 +77,8 @@ pub(crate) struct Connection {
     /// dropped frame of an injected fault does not count). A healthy peer is heard at least
     /// every keepalive: it pings when it has nothing else to say.
     last_heard_ms: AtomicU64,
+    /// What the peer last told of its free space ([`Frame::Status`]).
+    peer_low_space: AtomicBool,
 }
 
 impl Connection {
@@ -92,6 +96,7 @@ impl Connection {
             faults,
             handler,
             shutdown,
+            low_space,
         } = env;
         let (tx, rx) = mpsc::channel(limits.outbound_queue);
         let conn = Arc::new(Connection {
@@ -104,13 +109,20 @@ impl Connection {
             closed: shutdown.child_token(),
             opened: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            peer_low_space: AtomicBool::new(false),
         });
+        let mut low_space = low_space.clone();
+        // The first status goes out with the connection's first frames.
+        low_space.mark_changed();
         tokio::spawn(write_loop(
             conn.clone(),
             writer,
             rx,
             faults.clone(),
-            limits.keepalive,
+            WriterTimers {
+                keepalive: limits.keepalive,
+                low_space,
+            },
         ));
         tokio::spawn(read_loop(
             conn.clone(),
@@ -144,6 +156,11 @@ impl Connection {
     /// When the peer was last heard on this connection (its opening, before any frame).
     fn heard_at(&self) -> Instant {
         self.opened + Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
+    }
+
+    /// True when the peer last said it is low on space.
+    pub(crate) fn peer_low_space(&self) -> bool {
+        self.peer_low_space.load(Ordering::Relaxed)
     }
 
     /// How long since the peer was last heard on this connection.
@@ -257,13 +274,24 @@ async fn hold(conn: &Connection, until: Instant) -> bool {
     }
 }
 
+/// What makes the writer send frames of its own: the keepalive tick and status changes.
+struct WriterTimers {
+    keepalive: Duration,
+    low_space: watch::Receiver<bool>,
+}
+
 async fn write_loop(
     conn: Arc<Connection>,
     mut writer: FrameWriter,
     mut rx: mpsc::Receiver<Outbound>,
     faults: Arc<Faults>,
-    keepalive: Duration,
+    timers: WriterTimers,
 ) {
+    let WriterTimers {
+        keepalive,
+        mut low_space,
+    } = timers;
+    let mut status_open = true;
     let ping = match codec::encode(&Frame::Ping) {
         Ok(p) => p,
         Err(err) => {
@@ -288,6 +316,21 @@ async fn write_loop(
                     continue;
                 }
                 Outbound { frame: ping.clone(), queued_at: Instant::now() }
+            }
+            changed = low_space.changed(), if status_open => {
+                if changed.is_err() {
+                    // The node's health is gone (shutting down): nothing more to tell.
+                    status_open = false;
+                    continue;
+                }
+                let low = *low_space.borrow_and_update();
+                match codec::encode(&Frame::Status { low_space: low }) {
+                    Ok(frame) => Outbound { frame, queued_at: Instant::now() },
+                    Err(err) => {
+                        tracing::warn!(peer = conn.peer, cause = %err, "cannot encode status");
+                        continue;
+                    }
+                }
             }
         };
         match faults.verdict(conn.peer) {
@@ -402,6 +445,7 @@ async fn read_loop(
                 });
             }
             Frame::Ping => {}
+            Frame::Status { low_space } => conn.peer_low_space.store(low_space, Ordering::Relaxed),
             Frame::Hello { .. } => {
                 tracing::warn!(peer = conn.peer, "hello after handshake, closing");
                 break;

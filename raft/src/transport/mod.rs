@@ -31,6 +31,7 @@ use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,8 @@ struct Inner {
     limits: TransportLimits,
     faults: Arc<Faults>,
     handler: Arc<dyn InboundHandler>,
+    /// This node's low-space state, told to every peer.
+    low_space: watch::Receiver<bool>,
     /// The live connection to each peer. Lock order: this lock is taken alone, never held
     /// across an await.
     connections: RwLock<HashMap<NodeId, Arc<Connection>>>,
@@ -116,6 +119,7 @@ impl Transport {
         limits: TransportLimits,
         faults: Arc<Faults>,
         handler: Arc<dyn InboundHandler>,
+        low_space: watch::Receiver<bool>,
     ) -> Transport {
         let inner = Arc::new(Inner {
             id,
@@ -123,6 +127,7 @@ impl Transport {
             limits,
             faults,
             handler,
+            low_space,
             connections: RwLock::new(HashMap::new()),
             next_serial: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
@@ -155,6 +160,15 @@ impl Transport {
             .collect();
         peers.sort_unstable();
         peers
+    }
+
+    /// True when `peer`'s live connection last said the peer is low on space. A peer without
+    /// a connection counts as not low: it takes no replication from here either way.
+    pub(crate) fn peer_low_space(&self, peer: NodeId) -> bool {
+        self.inner
+            .read_connections()
+            .get(&peer)
+            .is_some_and(|c| !c.is_closed() && c.peer_low_space())
     }
 
     /// True when a connection to `peer` exists but nothing came from the peer for
@@ -250,6 +264,7 @@ impl Inner {
                 faults: &self.faults,
                 handler: &self.handler,
                 shutdown: &self.shutdown,
+                low_space: &self.low_space,
             },
         );
         let old = self.write_connections().insert(peer, conn.clone());

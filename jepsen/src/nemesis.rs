@@ -883,6 +883,33 @@ mod tests {
     }
 
     #[test]
+    fn the_ci_smoke_schedule_holds_a_power_loss_of_every_node() {
+        // jepsen/tests/chaos_smoke.rs runs seed 4 for 60 s, with namespaces (CI) or
+        // without (the partition fault left out): both schedules must cut every node's
+        // power well before the end.
+        let keys: Vec<String> = (0..2)
+            .flat_map(|t| (0..3).map(move |p| format!("jepsen-{t}/{p}")))
+            .collect();
+        for kinds in [
+            &[
+                FaultKind::Kill,
+                FaultKind::Pause,
+                FaultKind::Partition,
+                FaultKind::PowerAll,
+            ][..],
+            &[FaultKind::Kill, FaultKind::Pause, FaultKind::PowerAll][..],
+        ] {
+            let steps = plan(4, kinds, Duration::from_secs(60), &keys, &[1, 2, 3]);
+            let mut at = 0;
+            let healed = steps.iter().find_map(|s| {
+                at += s.quiet_ms + s.hold_ms;
+                (s.fault.window() == "power-all").then_some(at)
+            });
+            assert!(healed.is_some_and(|t| t < 50_000), "{kinds:?}: {steps:?}");
+        }
+    }
+
+    #[test]
     fn faults_serialize_with_their_kind() {
         let f = Fault::Kill {
             target: Target::Leader { key: "t/0".into() },

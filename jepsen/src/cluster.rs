@@ -64,6 +64,8 @@ pub struct UnexpectedExit {
 /// The cluster of node processes.
 pub struct Cluster {
     binary: PathBuf,
+    /// Flags added to every node's command line.
+    extra_args: Vec<String>,
     specs: Vec<NodeSpec>,
     procs: Mutex<Vec<NodeProc>>,
 }
@@ -74,9 +76,21 @@ impl Cluster {
         let procs = specs.iter().map(|_| NodeProc::default()).collect();
         Cluster {
             binary,
+            extra_args: Vec::new(),
             specs,
             procs: Mutex::new(procs),
         }
+    }
+
+    /// Adds flags to every node's command line (before any node starts).
+    pub fn with_node_args(mut self, args: Vec<String>) -> Self {
+        self.extra_args = args;
+        self
+    }
+
+    /// The flags added to every node's command line.
+    pub fn node_args(&self) -> &[String] {
+        &self.extra_args
     }
 
     /// The node binary.
@@ -140,7 +154,7 @@ impl Cluster {
             proc.starts, id
         );
         let err_log = log.try_clone().map_err(|e| JepsenError::io(&spec.log, e))?;
-        let node_args: Vec<String> = vec![
+        let mut node_args: Vec<String> = vec![
             "node".into(),
             "--id".into(),
             id.to_string(),
@@ -153,6 +167,7 @@ impl Cluster {
             "--data-dir".into(),
             spec.data_dir.display().to_string(),
         ];
+        node_args.extend(self.extra_args.iter().cloned());
         let mut cmd = match &spec.netns {
             // `ip netns exec` execs the command in place, so the child's pid is psubd's.
             Some(ns) => {

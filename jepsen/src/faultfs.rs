@@ -70,6 +70,8 @@ struct Inner {
     fail_sync: AtomicBool,
     /// Syncs that failed on purpose, for the log.
     failed_syncs: AtomicU64,
+    /// Received-snapshot files created (`recv-*.tmp`, raft/src/snapshot.rs).
+    snapshots_received: AtomicU64,
 }
 
 #[derive(Default)]
@@ -181,7 +183,7 @@ impl FileState {
             // Pages wholly past the new end go; the page holding it is zeroed past it.
             let first_gone = len.div_ceil(PAGE);
             self.dirty.split_off(&first_gone);
-            if len % PAGE != 0 {
+            if !len.is_multiple_of(PAGE) {
                 let index = len / PAGE;
                 if !self.dirty.contains_key(&index) {
                     let page = self.clean_page(index)?;
@@ -300,6 +302,7 @@ impl FaultFs {
                 capacity: AtomicU64::new(UNLIMITED),
                 fail_sync: AtomicBool::new(false),
                 failed_syncs: AtomicU64::new(0),
+                snapshots_received: AtomicU64::new(0),
             }),
         };
         let mut config = Config::default();
@@ -357,6 +360,12 @@ impl FaultFs {
     /// made durable.
     pub fn set_fail_sync(&self, fail: bool) {
         self.inner.fail_sync.store(fail, Ordering::SeqCst);
+    }
+
+    /// Received-snapshot files (`recv-*.tmp`) created so far: a node starting to receive
+    /// a snapshot from its leader.
+    pub fn snapshots_received(&self) -> u64 {
+        self.inner.snapshots_received.load(Ordering::SeqCst)
     }
 
     /// Syncs failed on purpose so far.
@@ -758,6 +767,9 @@ impl Filesystem for FaultFs {
         }
         if let Err(e) = opts.open(self.full(&rel)) {
             return reply.error(errno(&e));
+        }
+        if name.as_bytes().starts_with(b"recv-") {
+            self.inner.snapshots_received.fetch_add(1, Ordering::SeqCst);
         }
         let attr = match self.entry(&rel) {
             Ok(a) => a,

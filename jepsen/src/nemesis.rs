@@ -49,6 +49,9 @@ pub enum FaultKind {
     /// A node's fsync/fdatasync fail with EIO (their data dropped); the node is expected
     /// to fail-stop, and is restarted at heal.
     FsyncError,
+    /// A node cut off long enough to need a snapshot, then crashed (power loss) the moment
+    /// it starts receiving one.
+    SnapshotCrash,
 }
 
 impl FaultKind {
@@ -67,9 +70,10 @@ impl FaultKind {
             "power-all" => Ok(FaultKind::PowerAll),
             "disk-full" => Ok(FaultKind::DiskFull),
             "fsync-error" => Ok(FaultKind::FsyncError),
+            "snapshot-crash" => Ok(FaultKind::SnapshotCrash),
             other => Err(JepsenError::InvalidArgument {
                 detail: format!(
-                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error)"
+                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error, snapshot-crash)"
                 ),
             }),
         }
@@ -77,7 +81,10 @@ impl FaultKind {
 
     /// Whether the fault needs network namespaces.
     pub fn needs_network(self) -> bool {
-        matches!(self, FaultKind::Partition | FaultKind::Loss)
+        matches!(
+            self,
+            FaultKind::Partition | FaultKind::Loss | FaultKind::SnapshotCrash
+        )
     }
 
     /// Whether the fault needs the fault file system (faultfs.rs).
@@ -186,14 +193,28 @@ pub enum Fault {
         #[serde(flatten)]
         target: Target,
     },
+    /// Isolate `node` for `isolate_ms` (long enough that the leaders purge the log it
+    /// lacks), heal the network, and cut its power (or SIGKILL it without the fault file
+    /// system) the moment it starts receiving a snapshot; restart at heal.
+    SnapshotCrash {
+        /// Who.
+        node: u64,
+        /// How long it is cut off first.
+        isolate_ms: u64,
+    },
+    /// Several faults at once, injected in order, healed in reverse order.
+    Overlap {
+        /// The faults.
+        faults: Vec<Fault>,
+    },
 }
 
 impl Fault {
     /// The name of its availability window: the kind, except that killing every node at
     /// once is `kill-all` (nothing can be available then, and its figure would hide how a
     /// one-node kill does).
-    pub fn window(&self) -> &'static str {
-        match self {
+    pub fn window(&self) -> String {
+        let name = match self {
             Fault::Kill {
                 target: Target::All,
             } => "kill-all",
@@ -208,7 +229,16 @@ impl Fault {
             Fault::Power { .. } => "power",
             Fault::DiskFull { .. } => "disk-full",
             Fault::FsyncError { .. } => "fsync-error",
-        }
+            Fault::SnapshotCrash { .. } => "snapshot-crash",
+            Fault::Overlap { faults } => {
+                return faults
+                    .iter()
+                    .map(Fault::window)
+                    .collect::<Vec<_>>()
+                    .join("+")
+            }
+        };
+        name.to_string()
     }
 
     /// The kind, for availability windows.
@@ -225,6 +255,8 @@ impl Fault {
             Fault::Power { .. } => FaultKind::Power,
             Fault::DiskFull { .. } => FaultKind::DiskFull,
             Fault::FsyncError { .. } => FaultKind::FsyncError,
+            Fault::SnapshotCrash { .. } => FaultKind::SnapshotCrash,
+            Fault::Overlap { faults } => faults.first().map_or(FaultKind::Kill, Fault::kind),
         }
     }
 }
@@ -251,6 +283,12 @@ const HOLD_MS: (u64, u64) = (4_000, 10_000);
 /// node, and small enough that the workload fills it within a hold.
 const DISK_MARGIN: (u64, u64) = (64 << 10, 1 << 20);
 
+/// How long a `snapshot-crash` isolates its node: with the harness's small snapshot
+/// interval (`--snapshot-every`), long enough for the leaders to purge what it lacks.
+const SNAPSHOT_ISOLATE_MS: (u64, u64) = (12_000, 20_000);
+/// How long a `snapshot-crash` waits for its node to start receiving a snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
+
 /// The schedule for a run of `total` with the given kinds: a pure function of `seed`.
 pub fn plan(
     seed: u64,
@@ -258,6 +296,22 @@ pub fn plan(
     total: Duration,
     keys: &[String],
     nodes: &[u64],
+) -> Vec<Step> {
+    plan_with(seed, kinds, total, keys, nodes, false)
+}
+
+/// Share of steps that carry a second, overlapping fault when overlaps are asked for.
+const OVERLAP_PERCENT: u32 = 50;
+
+/// [`plan`], and with `overlap` half the steps hold two faults of different kinds at once.
+/// Without `overlap` the schedule is the same as [`plan`]'s for the seed.
+pub fn plan_with(
+    seed: u64,
+    kinds: &[FaultKind],
+    total: Duration,
+    keys: &[String],
+    nodes: &[u64],
+    overlap: bool,
 ) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
     let mut steps = Vec::new();
@@ -270,118 +324,23 @@ pub fn plan(
         let quiet_ms = rng.gen_range(QUIET_MS.0..=QUIET_MS.1);
         let hold_ms = rng.gen_range(HOLD_MS.0..=HOLD_MS.1);
         let kind = kinds[rng.gen_range(0..kinds.len())];
-        let node = |rng: &mut StdRng| nodes[rng.gen_range(0..nodes.len())];
-        let leader = |rng: &mut StdRng| -> Target {
-            if keys.is_empty() {
-                Target::ControllerLeader
-            } else {
-                Target::Leader {
-                    key: keys[rng.gen_range(0..keys.len())].clone(),
-                }
-            }
-        };
-        let fault = match kind {
-            FaultKind::Kill => {
-                let roll = rng.gen_range(0..100);
-                let target = if roll < 40 {
-                    Target::Node {
-                        node: node(&mut rng),
-                    }
-                } else if roll < 80 {
-                    leader(&mut rng)
-                } else if roll < 88 {
-                    Target::ControllerLeader
-                } else {
-                    Target::All
+        let mut fault = fault_of(kind, &mut rng, keys, nodes);
+        // Overlapping faults: now and then a second fault of another kind, injected with
+        // the first and healed with it (never two network faults: their rules would
+        // replace each other's).
+        if overlap && rng.gen_range(0..100) < OVERLAP_PERCENT {
+            let others: Vec<FaultKind> = kinds
+                .iter()
+                .copied()
+                .filter(|k| *k != kind && !(k.needs_network() && kind.needs_network()))
+                .collect();
+            if !others.is_empty() {
+                let second = others[rng.gen_range(0..others.len())];
+                fault = Fault::Overlap {
+                    faults: vec![fault, fault_of(second, &mut rng, keys, nodes)],
                 };
-                Fault::Kill { target }
             }
-            FaultKind::Pause => {
-                let roll = rng.gen_range(0..100);
-                let target = if roll < 40 {
-                    Target::Node {
-                        node: node(&mut rng),
-                    }
-                } else if roll < 85 {
-                    leader(&mut rng)
-                } else {
-                    Target::ControllerLeader
-                };
-                Fault::Pause { target }
-            }
-            FaultKind::Partition => {
-                let roll = rng.gen_range(0..100);
-                let shape = if roll < 25 {
-                    Shape::Isolate {
-                        who: Target::Node {
-                            node: node(&mut rng),
-                        },
-                    }
-                } else if roll < 60 {
-                    Shape::Isolate {
-                        who: leader(&mut rng),
-                    }
-                } else if roll < 80 || nodes.len() < 2 {
-                    Shape::Bridge {
-                        middle: node(&mut rng),
-                    }
-                } else {
-                    let deaf = node(&mut rng);
-                    let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != deaf).collect();
-                    let from = others[rng.gen_range(0..others.len())];
-                    Shape::OneWay { deaf, from }
-                };
-                Fault::Partition { shape }
-            }
-            FaultKind::Loss => Fault::Loss {
-                percent: rng.gen_range(10..=50),
-            },
-            FaultKind::LostResponses => Fault::LostResponses {
-                percent: rng.gen_range(10..=40),
-            },
-            FaultKind::Power => {
-                let roll = rng.gen_range(0..100);
-                let target = if roll < 40 {
-                    Target::Node {
-                        node: node(&mut rng),
-                    }
-                } else if roll < 85 {
-                    leader(&mut rng)
-                } else {
-                    Target::ControllerLeader
-                };
-                Fault::Power { target }
-            }
-            FaultKind::PowerAll => Fault::Power {
-                target: Target::All,
-            },
-            FaultKind::DiskFull => {
-                let roll = rng.gen_range(0..100);
-                let target = if roll < 40 {
-                    Target::Node {
-                        node: node(&mut rng),
-                    }
-                } else if roll < 80 {
-                    leader(&mut rng)
-                } else {
-                    Target::All
-                };
-                Fault::DiskFull {
-                    target,
-                    margin_bytes: rng.gen_range(DISK_MARGIN.0..=DISK_MARGIN.1),
-                }
-            }
-            FaultKind::FsyncError => {
-                let target = if rng.gen_range(0..100) < 50 {
-                    Target::Node {
-                        node: node(&mut rng),
-                    }
-                } else {
-                    leader(&mut rng)
-                };
-                Fault::FsyncError { target }
-            }
-        };
+        }
         steps.push(Step {
             quiet_ms,
             fault,
@@ -390,6 +349,110 @@ pub fn plan(
         elapsed = elapsed.saturating_add(quiet_ms + hold_ms);
     }
     steps
+}
+
+/// One fault of `kind` with its targets and parameters.
+fn fault_of(kind: FaultKind, rng: &mut StdRng, keys: &[String], nodes: &[u64]) -> Fault {
+    let node = |rng: &mut StdRng| nodes[rng.gen_range(0..nodes.len())];
+    let leader = |rng: &mut StdRng| -> Target {
+        if keys.is_empty() {
+            Target::ControllerLeader
+        } else {
+            Target::Leader {
+                key: keys[rng.gen_range(0..keys.len())].clone(),
+            }
+        }
+    };
+    match kind {
+        FaultKind::Kill => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 80 {
+                leader(rng)
+            } else if roll < 88 {
+                Target::ControllerLeader
+            } else {
+                Target::All
+            };
+            Fault::Kill { target }
+        }
+        FaultKind::Pause => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 85 {
+                leader(rng)
+            } else {
+                Target::ControllerLeader
+            };
+            Fault::Pause { target }
+        }
+        FaultKind::Partition => {
+            let roll = rng.gen_range(0..100);
+            let shape = if roll < 25 {
+                Shape::Isolate {
+                    who: Target::Node { node: node(rng) },
+                }
+            } else if roll < 60 {
+                Shape::Isolate { who: leader(rng) }
+            } else if roll < 80 || nodes.len() < 2 {
+                Shape::Bridge { middle: node(rng) }
+            } else {
+                let deaf = node(rng);
+                let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != deaf).collect();
+                let from = others[rng.gen_range(0..others.len())];
+                Shape::OneWay { deaf, from }
+            };
+            Fault::Partition { shape }
+        }
+        FaultKind::Loss => Fault::Loss {
+            percent: rng.gen_range(10..=50),
+        },
+        FaultKind::LostResponses => Fault::LostResponses {
+            percent: rng.gen_range(10..=40),
+        },
+        FaultKind::Power => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 85 {
+                leader(rng)
+            } else {
+                Target::ControllerLeader
+            };
+            Fault::Power { target }
+        }
+        FaultKind::PowerAll => Fault::Power {
+            target: Target::All,
+        },
+        FaultKind::DiskFull => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 80 {
+                leader(rng)
+            } else {
+                Target::All
+            };
+            Fault::DiskFull {
+                target,
+                margin_bytes: rng.gen_range(DISK_MARGIN.0..=DISK_MARGIN.1),
+            }
+        }
+        FaultKind::SnapshotCrash => Fault::SnapshotCrash {
+            node: node(rng),
+            isolate_ms: rng.gen_range(SNAPSHOT_ISOLATE_MS.0..=SNAPSHOT_ISOLATE_MS.1),
+        },
+        FaultKind::FsyncError => {
+            let target = if rng.gen_range(0..100) < 50 {
+                Target::Node { node: node(rng) }
+            } else {
+                leader(rng)
+            };
+            Fault::FsyncError { target }
+        }
+    }
 }
 
 /// What the nemesis acts on.
@@ -424,6 +487,8 @@ enum Applied {
     /// Syncs failing, the node expected to fail-stop, with the count of failed syncs when
     /// the fault started: stop failing, restart at heal.
     SyncFailing(Vec<(u64, u64)>),
+    /// Overlapping faults, undone in reverse order.
+    Many(Vec<Applied>),
     Nothing,
 }
 
@@ -633,6 +698,75 @@ impl Nemesis {
                 }
                 Ok((nodes, Applied::SyncFailing(failing)))
             }
+            Fault::Overlap { faults } => {
+                let mut nodes = Vec::new();
+                let mut all = Vec::new();
+                for f in faults {
+                    match Box::pin(self.apply(f, rng)).await {
+                        Ok((n, a)) => {
+                            nodes.extend(n);
+                            all.push(a);
+                        }
+                        Err(e) => {
+                            warn!(cause = %e, fault = ?f, "one of overlapping faults could not be injected");
+                        }
+                    }
+                }
+                nodes.sort_unstable();
+                nodes.dedup();
+                Ok((nodes, Applied::Many(all)))
+            }
+            Fault::SnapshotCrash { node, isolate_ms } => {
+                let net = self.network()?;
+                let ids = self.cluster.ids();
+                let x = index_of(&ids, *node);
+                let others: Vec<usize> = (0..ids.len()).filter(|i| *i != x).collect();
+                let rules: Vec<(usize, Vec<usize>)> = std::iter::once((x, others.clone()))
+                    .chain(others.iter().map(|o| (*o, vec![x])))
+                    .collect();
+                let isolate_net = net.clone();
+                blocking(move || {
+                    for (n, from) in rules {
+                        isolate_net.set_drops(n, &[DropRule::All(from)])?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_millis(*isolate_ms)).await;
+                let receiving = self.disks.as_ref().and_then(|d| d.of(*node).cloned());
+                let before = receiving.as_ref().map_or(0, |d| d.snapshots_received());
+                blocking(move || net.heal_all()).await?;
+                // The moment the node creates a received-snapshot file, crash it. Polled
+                // in-process (an atomic counter of the file system), bounded.
+                let mut caught = false;
+                if let Some(d) = &receiving {
+                    let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+                    while tokio::time::Instant::now() < deadline {
+                        if d.snapshots_received() > before {
+                            caught = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                self.cluster.kill(*node).await?;
+                if let Some(d) = &receiving {
+                    let lost = d.power_loss();
+                    info!(
+                        node,
+                        caught_install = caught,
+                        files = lost.files,
+                        dirty_bytes = lost.dirty_bytes,
+                        "snapshot-crash: power cut"
+                    );
+                } else {
+                    info!(
+                        node,
+                        "snapshot-crash: killed (no fault file system: no power loss)"
+                    );
+                }
+                Ok((vec![*node], Applied::PowerLost(vec![*node])))
+            }
             Fault::LostResponses { percent } => {
                 let proxies =
                     self.proxies
@@ -651,80 +785,7 @@ impl Nemesis {
         inv.value = Some(json!({"kind": fault.kind(), "window": fault.window()}));
         let inv = self.history.record(inv);
         let mut ignored = Vec::new();
-        let res: Result<(), JepsenError> = match &applied {
-            Applied::Killed(nodes) => {
-                let mut r = Ok(());
-                for id in nodes {
-                    if let Err(e) = self.cluster.start(*id).await {
-                        r = Err(e);
-                    }
-                }
-                r
-            }
-            Applied::Paused(nodes) => {
-                let mut r = Ok(());
-                for id in nodes {
-                    if let Err(e) = self.cluster.resume(*id).await {
-                        r = Err(e);
-                    }
-                }
-                r
-            }
-            Applied::Network => match self.network() {
-                Ok(net) => blocking(move || net.heal_all()).await,
-                Err(e) => Err(e),
-            },
-            Applied::Proxies => {
-                if let Some(proxies) = &self.proxies {
-                    proxies.set_drop_percent(0);
-                    info!(dropped = proxies.dropped(), "lost-responses healed");
-                }
-                Ok(())
-            }
-            Applied::PowerLost(nodes) => {
-                let mut r = Ok(());
-                for id in nodes {
-                    if let Err(e) = self.cluster.start(*id).await {
-                        r = Err(e);
-                    }
-                }
-                r
-            }
-            Applied::DiskFull(nodes) => {
-                if let Some(disks) = &self.disks {
-                    for id in nodes {
-                        if let Some(d) = disks.of(*id) {
-                            d.set_capacity(None);
-                        }
-                    }
-                }
-                Ok(())
-            }
-            Applied::SyncFailing(nodes) => {
-                let mut r = Ok(());
-                for (id, before) in nodes {
-                    let Some(d) = self.disks.as_ref().and_then(|disks| disks.of(*id)) else {
-                        continue;
-                    };
-                    d.set_fail_sync(false);
-                    // An exit not yet reaped is the fail-stop this fault expects.
-                    if let Some(exit) = self.cluster.reap_exited_node(*id).await {
-                        record_exit(&self.cluster, &self.history, &exit);
-                    }
-                    let failed = d.failed_syncs().saturating_sub(*before);
-                    if failed > 0 && self.cluster.is_running(*id).await {
-                        warn!(node = id, failed, "syncs failed and the node kept running");
-                        ignored.push(json!({"node": id, "failed_syncs": failed}));
-                    }
-                    self.cluster.expect_exit(*id, false).await;
-                    if let Err(e) = self.cluster.start(*id).await {
-                        r = Err(e);
-                    }
-                }
-                r
-            }
-            Applied::Nothing => Ok(()),
-        };
+        let res = self.undo(&applied, &mut ignored).await;
         let mut done = inv.complete(if res.is_ok() {
             EventType::Ok
         } else {
@@ -742,6 +803,100 @@ impl Nemesis {
             info!(kind = ?fault.kind(), "fault healed");
         }
         self.history.record(done);
+    }
+
+    /// Undoes what `apply` did (in reverse order for overlapping faults). Syncs that
+    /// failed while the node kept running are added to `ignored`.
+    fn undo<'a>(
+        &'a self,
+        applied: &'a Applied,
+        ignored: &'a mut Vec<Value>,
+    ) -> futures::future::BoxFuture<'a, Result<(), JepsenError>> {
+        Box::pin(async move {
+            match applied {
+                Applied::Killed(nodes) => {
+                    let mut r = Ok(());
+                    for id in nodes {
+                        if let Err(e) = self.cluster.start(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Paused(nodes) => {
+                    let mut r = Ok(());
+                    for id in nodes {
+                        if let Err(e) = self.cluster.resume(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Network => match self.network() {
+                    Ok(net) => blocking(move || net.heal_all()).await,
+                    Err(e) => Err(e),
+                },
+                Applied::Proxies => {
+                    if let Some(proxies) = &self.proxies {
+                        proxies.set_drop_percent(0);
+                        info!(dropped = proxies.dropped(), "lost-responses healed");
+                    }
+                    Ok(())
+                }
+                Applied::PowerLost(nodes) => {
+                    let mut r = Ok(());
+                    for id in nodes {
+                        if let Err(e) = self.cluster.start(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::DiskFull(nodes) => {
+                    if let Some(disks) = &self.disks {
+                        for id in nodes {
+                            if let Some(d) = disks.of(*id) {
+                                d.set_capacity(None);
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                Applied::SyncFailing(nodes) => {
+                    let mut r = Ok(());
+                    for (id, before) in nodes {
+                        let Some(d) = self.disks.as_ref().and_then(|disks| disks.of(*id)) else {
+                            continue;
+                        };
+                        d.set_fail_sync(false);
+                        // An exit not yet reaped is the fail-stop this fault expects.
+                        if let Some(exit) = self.cluster.reap_exited_node(*id).await {
+                            record_exit(&self.cluster, &self.history, &exit);
+                        }
+                        let failed = d.failed_syncs().saturating_sub(*before);
+                        if failed > 0 && self.cluster.is_running(*id).await {
+                            warn!(node = id, failed, "syncs failed and the node kept running");
+                            ignored.push(json!({"node": id, "failed_syncs": failed}));
+                        }
+                        self.cluster.expect_exit(*id, false).await;
+                        if let Err(e) = self.cluster.start(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Many(all) => {
+                    let mut r = Ok(());
+                    for a in all.iter().rev() {
+                        if let Err(e) = self.undo(a, ignored).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Nothing => Ok(()),
+            }
+        })
     }
 
     fn disks(&self) -> Result<Arc<Disks>, JepsenError> {

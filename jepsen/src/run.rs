@@ -36,6 +36,9 @@ const NS_HTTP_PORT: u16 = 8080;
 const NS_RAFT_PORT: u16 = 9080;
 /// Time for the fresh cluster to become ready and create topics.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// Snapshot interval of the nodes (entries) when `snapshot-crash` is among the faults and
+/// `--snapshot-every` is not given.
+const DEFAULT_SNAPSHOT_EVERY: u64 = 100;
 /// How often node processes are checked for exits nobody asked for.
 const REAP_EVERY: Duration = Duration::from_millis(500);
 
@@ -70,6 +73,12 @@ pub struct TestOptions {
     /// Run the nodes on plain directories instead of the fault file system (no disk
     /// faults then).
     pub no_faultfs: bool,
+    /// Half the fault steps hold a second fault of another kind at the same time.
+    pub overlap: bool,
+    /// `--snapshot-every-entries` of the nodes (with 10 entries kept behind a snapshot),
+    /// so a follower cut off for seconds catches up through a snapshot; default 100 with
+    /// `snapshot-crash`, else the node's default.
+    pub snapshot_every: Option<u64>,
 }
 
 /// Runs a whole test and returns the checker's results (also in `out/results.json`).
@@ -191,7 +200,19 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
         .enable_all()
         .build()
         .map_err(|e| JepsenError::io("tokio runtime", e))?;
-    let cluster = Arc::new(Cluster::new(binary, specs));
+    let snapshot_every = opts.snapshot_every.or(kinds
+        .contains(&FaultKind::SnapshotCrash)
+        .then_some(DEFAULT_SNAPSHOT_EVERY));
+    let node_args = match snapshot_every {
+        Some(n) => vec![
+            "--snapshot-every-entries".to_string(),
+            n.to_string(),
+            "--keep-logs-after-snapshot".to_string(),
+            "10".to_string(),
+        ],
+        None => Vec::new(),
+    };
+    let cluster = Arc::new(Cluster::new(binary, specs).with_node_args(node_args));
     let mode = if net.is_some() { "netns" } else { "loopback" };
     let result = runtime.block_on(async {
         let body = run_body(
@@ -297,7 +318,14 @@ async fn run_body(
         naive_members: opts.naive_members,
     };
     let keys = config.keys();
-    let steps = nemesis::plan(opts.seed, &kinds, opts.time, &keys, &cluster.ids());
+    let steps = nemesis::plan_with(
+        opts.seed,
+        &kinds,
+        opts.time,
+        &keys,
+        &cluster.ids(),
+        opts.overlap,
+    );
     let schedule = json!({
         "binary": binary_description(&cluster),
         "git_head": git_head(),
@@ -309,6 +337,8 @@ async fn run_body(
         "nemesis": kinds,
         "skipped": dropped,
         "time_s": opts.time.as_secs(),
+        "overlap": opts.overlap,
+        "node_args": cluster.node_args(),
         "naive_members": opts.naive_members,
         "steps": steps,
     });

@@ -324,9 +324,11 @@ impl FaultFs {
     pub fn power_loss(&self) -> PowerLoss {
         let files: Vec<Arc<Mutex<FileState>>> = {
             let table = lock(&self.inner.table);
+            // Detached files (unlinked, replaced) no longer count towards `used`.
             table
                 .nodes
                 .values()
+                .filter(|n| n.path.is_some())
                 .filter_map(|n| n.file.clone())
                 .collect()
         };

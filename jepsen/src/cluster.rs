@@ -32,6 +32,8 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     /// stderr/stdout of every incarnation, appended.
     pub log: PathBuf,
+    /// Environment added to the node's process (libfaketime for clock faults).
+    pub env: Vec<(String, String)>,
 }
 
 /// What the harness knows about a node process.
@@ -177,6 +179,7 @@ impl Cluster {
             }
             None => Command::new(&self.binary),
         };
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&node_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

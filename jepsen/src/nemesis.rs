@@ -6,6 +6,7 @@
 //! (the leader of a partition at that moment) are resolved when the fault starts and
 //! recorded in the history's `fault` event.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::Client;
-use crate::cluster::{Cluster, UnexpectedExit};
+use crate::cluster::{Cluster, NodeSpec, UnexpectedExit};
 use crate::error::JepsenError;
 use crate::faultfs::Disks;
 use crate::history::{split_key, Event, EventType, History, Op};
@@ -52,6 +53,9 @@ pub enum FaultKind {
     /// A node cut off long enough to need a snapshot, then crashed (power loss) the moment
     /// it starts receiving one.
     SnapshotCrash,
+    /// One node's wall clock steps an hour forward or back (libfaketime); the monotonic
+    /// clock is untouched. Stepped back at heal.
+    Clock,
 }
 
 impl FaultKind {
@@ -71,9 +75,10 @@ impl FaultKind {
             "disk-full" => Ok(FaultKind::DiskFull),
             "fsync-error" => Ok(FaultKind::FsyncError),
             "snapshot-crash" => Ok(FaultKind::SnapshotCrash),
+            "clock" => Ok(FaultKind::Clock),
             other => Err(JepsenError::InvalidArgument {
                 detail: format!(
-                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error, snapshot-crash)"
+                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error, snapshot-crash, clock)"
                 ),
             }),
         }
@@ -202,6 +207,13 @@ pub enum Fault {
         /// How long it is cut off first.
         isolate_ms: u64,
     },
+    /// Step `node`'s wall clock by `offset_s` seconds; back to 0 at heal.
+    Clock {
+        /// Who.
+        node: u64,
+        /// The step, seconds (±3600).
+        offset_s: i64,
+    },
     /// Several faults at once, injected in order, healed in reverse order.
     Overlap {
         /// The faults.
@@ -230,6 +242,7 @@ impl Fault {
             Fault::DiskFull { .. } => "disk-full",
             Fault::FsyncError { .. } => "fsync-error",
             Fault::SnapshotCrash { .. } => "snapshot-crash",
+            Fault::Clock { .. } => "clock",
             Fault::Overlap { faults } => {
                 return faults
                     .iter()
@@ -256,6 +269,7 @@ impl Fault {
             Fault::DiskFull { .. } => FaultKind::DiskFull,
             Fault::FsyncError { .. } => FaultKind::FsyncError,
             Fault::SnapshotCrash { .. } => FaultKind::SnapshotCrash,
+            Fault::Clock { .. } => FaultKind::Clock,
             Fault::Overlap { faults } => faults.first().map_or(FaultKind::Kill, Fault::kind),
         }
     }
@@ -444,6 +458,14 @@ fn fault_of(kind: FaultKind, rng: &mut StdRng, keys: &[String], nodes: &[u64]) -
             node: node(rng),
             isolate_ms: rng.gen_range(SNAPSHOT_ISOLATE_MS.0..=SNAPSHOT_ISOLATE_MS.1),
         },
+        FaultKind::Clock => Fault::Clock {
+            node: node(rng),
+            offset_s: if rng.gen_range(0..2) == 0 {
+                3600
+            } else {
+                -3600
+            },
+        },
         FaultKind::FsyncError => {
             let target = if rng.gen_range(0..100) < 50 {
                 Target::Node { node: node(rng) }
@@ -471,6 +493,8 @@ pub struct Nemesis {
     pub proxies: Option<Arc<Proxies>>,
     /// The nodes' fault file systems; `None` when FUSE is unavailable (no disk faults).
     pub disks: Option<Arc<Disks>>,
+    /// Each node's libfaketime offset file; `None` without clock faults.
+    pub clock_files: Option<Vec<(u64, PathBuf)>>,
 }
 
 /// What an applied fault did, so it can be healed.
@@ -489,6 +513,8 @@ enum Applied {
     SyncFailing(Vec<(u64, u64)>),
     /// Overlapping faults, undone in reverse order.
     Many(Vec<Applied>),
+    /// A clock stepped: back to 0 at heal.
+    Clock(u64),
     Nothing,
 }
 
@@ -698,6 +724,11 @@ impl Nemesis {
                 }
                 Ok((nodes, Applied::SyncFailing(failing)))
             }
+            Fault::Clock { node, offset_s } => {
+                set_clock(self.clock_file(*node)?, *offset_s)?;
+                info!(node, offset_s, "wall clock stepped");
+                Ok((vec![*node], Applied::Clock(*node)))
+            }
             Fault::Overlap { faults } => {
                 let mut nodes = Vec::new();
                 let mut all = Vec::new();
@@ -885,6 +916,7 @@ impl Nemesis {
                     }
                     r
                 }
+                Applied::Clock(node) => self.clock_file(*node).and_then(|f| set_clock(f, 0)),
                 Applied::Many(all) => {
                     let mut r = Ok(());
                     for a in all.iter().rev() {
@@ -897,6 +929,16 @@ impl Nemesis {
                 Applied::Nothing => Ok(()),
             }
         })
+    }
+
+    fn clock_file(&self, node: u64) -> Result<&Path, JepsenError> {
+        self.clock_files
+            .as_ref()
+            .and_then(|files| files.iter().find(|(n, _)| *n == node))
+            .map(|(_, p)| p.as_path())
+            .ok_or_else(|| JepsenError::InvalidArgument {
+                detail: "clock faults need libfaketime".into(),
+            })
     }
 
     fn disks(&self) -> Result<Arc<Disks>, JepsenError> {
@@ -951,6 +993,51 @@ impl Nemesis {
             }
         }
     }
+}
+
+/// libfaketime, as Debian's `libfaketime` package installs it (the thread-safe build).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Runs every node under libfaketime with an offset file of its own under `dir` (all at
+/// "+0"), and returns the files.
+///
+/// # Errors
+/// libfaketime is not installed, or a file cannot be written.
+pub fn prepare_clocks(
+    dir: &Path,
+    specs: &mut [NodeSpec],
+) -> Result<Vec<(u64, PathBuf)>, JepsenError> {
+    if !Path::new(LIBFAKETIME).is_file() {
+        return Err(JepsenError::InvalidArgument {
+            detail: format!("{LIBFAKETIME} not found (apt-get install libfaketime)"),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| JepsenError::io(dir, e))?;
+    let mut files = Vec::new();
+    for spec in specs.iter_mut() {
+        let file = dir.join(format!("n{}.faketime", spec.id));
+        set_clock(&file, 0)?;
+        spec.env.extend([
+            ("LD_PRELOAD".to_string(), LIBFAKETIME.to_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".to_string(),
+                file.display().to_string(),
+            ),
+            // Re-read the file at most once a second, not at every call.
+            ("FAKETIME_CACHE_DURATION".to_string(), "1".to_string()),
+            // Wall clock only: timers, timeouts and elections keep the real monotonic clock.
+            ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+        ]);
+        files.push((spec.id, file));
+    }
+    Ok(files)
+}
+
+/// Writes a libfaketime relative offset (`+3600`, `-3600`, `+0`: seconds) atomically.
+fn set_clock(file: &Path, offset_s: i64) -> Result<(), JepsenError> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{offset_s:+}\n")).map_err(|e| JepsenError::io(&tmp, e))?;
+    std::fs::rename(&tmp, file).map_err(|e| JepsenError::io(file, e))
 }
 
 /// Records a node's exit nobody signalled: a `node-fail-stop` phase event when a fault

@@ -148,6 +148,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
                     raft: SocketAddr::new(IpAddr::V4(ns.node_addr(i)), NS_RAFT_PORT),
                     data_dir: out.join("data").join(format!("n{}", i + 1)),
                     log: out.join("logs").join(format!("n{}.log", i + 1)),
+                    env: Vec::new(),
                 })
                 .collect::<Vec<_>>();
             (specs, Some(IpAddr::V4(ns.control_addr())))
@@ -162,6 +163,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
                     raft: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports[NODES + i]),
                     data_dir: out.join("data").join(format!("n{}", i + 1)),
                     log: out.join("logs").join(format!("n{}.log", i + 1)),
+                    env: Vec::new(),
                 })
                 .collect::<Vec<_>>();
             (specs, None)
@@ -200,6 +202,21 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
         .enable_all()
         .build()
         .map_err(|e| JepsenError::io("tokio runtime", e))?;
+    // Clock faults: every node runs under libfaketime, its wall clock offset by what its
+    // file under `clock/` says (re-read at most once a second); the monotonic clock is
+    // left alone. Without libfaketime the clock fault is left out, saying so.
+    let mut specs = specs;
+    let mut clock_files = None;
+    if kinds.contains(&FaultKind::Clock) {
+        match nemesis::prepare_clocks(&out.join("clock"), &mut specs) {
+            Ok(files) => clock_files = Some(files),
+            Err(e) => {
+                warn!(cause = %e, "clock faults skipped");
+                kinds.retain(|k| *k != FaultKind::Clock);
+                dropped.push(FaultKind::Clock);
+            }
+        }
+    }
     let snapshot_every = opts.snapshot_every.or(kinds
         .contains(&FaultKind::SnapshotCrash)
         .then_some(DEFAULT_SNAPSHOT_EVERY));
@@ -220,6 +237,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
             cluster.clone(),
             net.clone(),
             disks.clone(),
+            clock_files,
             local,
             kinds,
             dropped,
@@ -268,6 +286,7 @@ async fn run_body(
     cluster: Arc<Cluster>,
     net: Option<Arc<Namespaces>>,
     disks: Option<Arc<Disks>>,
+    clock_files: Option<Vec<(u64, PathBuf)>>,
     local: Option<IpAddr>,
     kinds: Vec<FaultKind>,
     dropped: Vec<FaultKind>,
@@ -417,6 +436,7 @@ async fn run_body(
         seed: opts.seed,
         proxies: proxies.clone(),
         disks: disks.clone(),
+        clock_files,
     };
     let stop = CancellationToken::new();
     let timer = {

@@ -1152,6 +1152,48 @@ mod tests {
     }
 
     #[test]
+    fn clock_offsets_are_written_as_libfaketime_reads_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("n1.faketime");
+        for (offset, text) in [(3600, "+3600\n"), (-3600, "-3600\n"), (0, "+0\n")] {
+            set_clock(&f, offset).expect("write");
+            assert_eq!(std::fs::read_to_string(&f).expect("read"), text);
+        }
+    }
+
+    #[test]
+    fn overlapping_steps_pair_different_kinds_and_never_two_network_faults() {
+        let keys = vec!["t/0".to_string()];
+        let kinds = [FaultKind::Partition, FaultKind::Loss, FaultKind::Power];
+        let plain = plan(3, &kinds, Duration::from_secs(300), &keys, &[1, 2, 3]);
+        assert_eq!(
+            plain,
+            plan_with(
+                3,
+                &kinds,
+                Duration::from_secs(300),
+                &keys,
+                &[1, 2, 3],
+                false
+            )
+        );
+        let steps = plan_with(3, &kinds, Duration::from_secs(300), &keys, &[1, 2, 3], true);
+        let pairs: Vec<&Vec<Fault>> = steps
+            .iter()
+            .filter_map(|s| match &s.fault {
+                Fault::Overlap { faults } => Some(faults),
+                _ => None,
+            })
+            .collect();
+        assert!(!pairs.is_empty());
+        for faults in pairs {
+            assert_eq!(faults.len(), 2);
+            assert_ne!(faults[0].kind(), faults[1].kind());
+            assert!(!(faults[0].kind().needs_network() && faults[1].kind().needs_network()));
+        }
+    }
+
+    #[test]
     fn faults_serialize_with_their_kind() {
         let f = Fault::Kill {
             target: Target::Leader { key: "t/0".into() },

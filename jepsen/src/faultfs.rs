@@ -16,9 +16,10 @@
 //! - **fsync errors** ([`FaultFs::set_fail_sync`]): `fsync`/`fdatasync` answer `EIO`, and the
 //!   data of that sync is dropped, as Linux drops the dirty pages of a failed writeback.
 //!
-//! Limitation: namespace operations (create, mkdir, rename, unlink, rmdir) are applied to
-//! the backing directory at once and survive a power loss even without an `fsync` of the
-//! parent directory; a file created and never synced survives as an empty file.
+//! Namespace operations (create, mkdir, rename, unlink, rmdir) are applied to the backing
+//! directory at once (removed and replaced entries are moved to a trash directory beside
+//! it) and journaled; a power loss undoes, newest first, every one whose directory (the
+//! one holding the new name) was not synced since.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -72,6 +73,65 @@ struct Inner {
     failed_syncs: AtomicU64,
     /// Received-snapshot files created (`recv-*.tmp`, raft/src/snapshot.rs).
     snapshots_received: AtomicU64,
+    /// Namespace changes not yet made durable by a sync of their directory.
+    journal: Mutex<Journal>,
+}
+
+/// The undo log of namespace operations: each is applied to the backing directory at
+/// once (removed entries are moved to a trash directory beside it), and undone at a
+/// power loss unless its directory was synced since.
+struct Journal {
+    /// Where removed and replaced entries wait (outside the mounted tree, same file system).
+    trash: PathBuf,
+    next_trash: u64,
+    undo: Vec<Undo>,
+}
+
+#[derive(Debug)]
+enum Undo {
+    /// `path` was created (file or directory): removed again.
+    Created { path: PathBuf },
+    /// `path` was removed (moved to `trash`): put back.
+    Removed { path: PathBuf, trash: PathBuf },
+    /// `from` was renamed to `to`, moving a replaced entry to `replaced`: renamed back.
+    Renamed {
+        from: PathBuf,
+        to: PathBuf,
+        replaced: Option<PathBuf>,
+    },
+}
+
+impl Undo {
+    /// Whether a sync of directory `dir` makes it durable: the directory that holds the
+    /// entry's (new) name.
+    fn made_durable_by(&self, dir: &Path) -> bool {
+        let path = match self {
+            Undo::Created { path } | Undo::Removed { path, .. } => path,
+            Undo::Renamed { to, .. } => to,
+        };
+        path.parent() == Some(dir)
+    }
+
+    /// Trash this entry holds, deleted once it is durable.
+    fn trash(&self) -> Option<&Path> {
+        match self {
+            Undo::Removed { trash, .. } => Some(trash),
+            Undo::Renamed { replaced, .. } => replaced.as_deref(),
+            Undo::Created { .. } => None,
+        }
+    }
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    let res = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match res {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 #[derive(Default)]
@@ -280,6 +340,11 @@ impl FaultFs {
         std::fs::create_dir_all(mountpoint).map_err(|e| JepsenError::io(mountpoint, e))?;
         let backing = std::fs::canonicalize(backing).map_err(|e| JepsenError::io(backing, e))?;
         let used = dir_bytes(&backing);
+        let trash = backing.with_extension("trash");
+        if trash.exists() {
+            std::fs::remove_dir_all(&trash).map_err(|e| JepsenError::io(&trash, e))?;
+        }
+        std::fs::create_dir_all(&trash).map_err(|e| JepsenError::io(&trash, e))?;
         let mut table = Table {
             next_ino: 2,
             next_fh: 1,
@@ -303,6 +368,11 @@ impl FaultFs {
                 fail_sync: AtomicBool::new(false),
                 failed_syncs: AtomicU64::new(0),
                 snapshots_received: AtomicU64::new(0),
+                journal: Mutex::new(Journal {
+                    trash,
+                    next_trash: 0,
+                    undo: Vec::new(),
+                }),
             }),
         };
         let mut config = Config::default();
@@ -320,7 +390,8 @@ impl FaultFs {
     }
 
     /// Power loss: every write not yet synced is dropped, every file goes back to its last
-    /// synced content and length. Call only while the node using it is dead.
+    /// synced content and length, and every namespace operation whose directory was not
+    /// synced since is undone. Call only while the node using it is dead.
     pub fn power_loss(&self) -> PowerLoss {
         let files: Vec<Arc<Mutex<FileState>>> = {
             let table = lock(&self.inner.table);
@@ -343,7 +414,53 @@ impl FaultFs {
             report.dirty_bytes += dirty;
             self.adjust_used(old, new);
         }
+        // Namespace changes whose directory was not synced are undone, newest first.
+        let undo: Vec<Undo> = std::mem::take(&mut lock(&self.inner.journal).undo);
+        report.namespace_ops = undo.len() as u64;
+        for u in undo.iter().rev() {
+            let res = match u {
+                Undo::Created { path } => remove_any(&self.full(path)),
+                Undo::Removed { path, trash } => std::fs::rename(trash, self.full(path)),
+                Undo::Renamed { from, to, replaced } => {
+                    std::fs::rename(self.full(to), self.full(from)).and_then(|()| match replaced {
+                        Some(r) => std::fs::rename(r, self.full(to)),
+                        None => Ok(()),
+                    })
+                }
+            };
+            if let Err(e) = res {
+                warn!(op = ?u, cause = %e, "undoing a namespace operation at a power loss failed");
+            }
+        }
+        // Names may have changed under every inode: start the table afresh (the node is
+        // dead; the kernel looks every name up again, attributes are never cached).
+        if !undo.is_empty() {
+            let mut table = lock(&self.inner.table);
+            table.nodes.retain(|ino, _| *ino == 1);
+            table.by_path.clear();
+            table.by_path.insert(PathBuf::new(), 1);
+            table.dirs.clear();
+            drop(table);
+            self.inner
+                .used
+                .store(dir_bytes(&self.inner.backing), Ordering::SeqCst);
+        }
         report
+    }
+
+    fn journal(&self, u: Undo) {
+        lock(&self.inner.journal).undo.push(u);
+    }
+
+    /// Moves `rel` to the trash and returns where it went.
+    fn to_trash(&self, rel: &Path) -> io::Result<PathBuf> {
+        let trash = {
+            let mut j = lock(&self.inner.journal);
+            j.next_trash += 1;
+            j.trash.join(j.next_trash.to_string())
+        };
+        std::fs::rename(self.full(rel), &trash)?;
+        Ok(trash)
     }
 
     /// Sets the capacity in bytes (`None`: unlimited).
@@ -537,6 +654,8 @@ pub struct PowerLoss {
     pub files: u64,
     /// Dirty bytes dropped (whole pages).
     pub dirty_bytes: u64,
+    /// Namespace operations undone (their directory was not synced).
+    pub namespace_ops: u64,
 }
 
 /// Bytes of the regular files under `dir`.
@@ -652,6 +771,9 @@ impl Filesystem for FaultFs {
         let res = std::fs::DirBuilder::new()
             .mode(mode & !umask & 0o7777)
             .create(self.full(&rel));
+        if res.is_ok() {
+            self.journal(Undo::Created { path: rel.clone() });
+        }
         match res.map_err(|e| errno(&e)).and_then(|()| self.entry(&rel)) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -663,8 +785,17 @@ impl Filesystem for FaultFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match std::fs::remove_file(self.full(&rel)) {
-            Ok(()) => {
+        match std::fs::symlink_metadata(self.full(&rel)) {
+            Ok(m) if m.is_dir() => return reply.error(Errno::EISDIR),
+            Ok(_) => {}
+            Err(e) => return reply.error(errno(&e)),
+        }
+        match self.to_trash(&rel) {
+            Ok(trash) => {
+                self.journal(Undo::Removed {
+                    path: rel.clone(),
+                    trash,
+                });
                 self.detach(&rel);
                 reply.ok();
             }
@@ -677,8 +808,20 @@ impl Filesystem for FaultFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match std::fs::remove_dir(self.full(&rel)) {
-            Ok(()) => {
+        match std::fs::read_dir(self.full(&rel)) {
+            Ok(mut it) => {
+                if it.next().is_some() {
+                    return reply.error(Errno::ENOTEMPTY);
+                }
+            }
+            Err(e) => return reply.error(errno(&e)),
+        }
+        match self.to_trash(&rel) {
+            Ok(trash) => {
+                self.journal(Undo::Removed {
+                    path: rel.clone(),
+                    trash,
+                });
                 self.detach(&rel);
                 reply.ok();
             }
@@ -706,9 +849,43 @@ impl Filesystem for FaultFs {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
+        let from_meta = match std::fs::symlink_metadata(self.full(&from)) {
+            Ok(m) => m,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // A replaced entry goes to the trash first, so a power loss can put it back.
+        let mut replaced = None;
+        if let Ok(to_meta) = std::fs::symlink_metadata(self.full(&to)) {
+            if from == to {
+                return reply.ok();
+            }
+            match (from_meta.is_dir(), to_meta.is_dir()) {
+                (true, false) => return reply.error(Errno::ENOTDIR),
+                (false, true) => return reply.error(Errno::EISDIR),
+                (true, true) => {
+                    if std::fs::read_dir(self.full(&to)).map_or(true, |mut it| it.next().is_some())
+                    {
+                        return reply.error(Errno::ENOTEMPTY);
+                    }
+                }
+                (false, false) => {}
+            }
+            match self.to_trash(&to) {
+                Ok(t) => replaced = Some(t),
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
         if let Err(e) = std::fs::rename(self.full(&from), self.full(&to)) {
+            if let Some(t) = &replaced {
+                let _ = std::fs::rename(t, self.full(&to));
+            }
             return reply.error(errno(&e));
         }
+        self.journal(Undo::Renamed {
+            from: from.clone(),
+            to: to.clone(),
+            replaced,
+        });
         self.detach(&to);
         let mut table = lock(&self.inner.table);
         // Move `from` and everything under it.
@@ -762,6 +939,7 @@ impl Filesystem for FaultFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
+        let existed = std::fs::symlink_metadata(self.full(&rel)).is_ok();
         let mut opts = OpenOptions::new();
         opts.write(true).create(true).mode(mode & !umask & 0o7777);
         if flags & libc::O_EXCL != 0 {
@@ -769,6 +947,9 @@ impl Filesystem for FaultFs {
         }
         if let Err(e) = opts.open(self.full(&rel)) {
             return reply.error(errno(&e));
+        }
+        if !existed {
+            self.journal(Undo::Created { path: rel.clone() });
         }
         if name.as_bytes().starts_with(b"recv-") {
             self.inner.snapshots_received.fetch_add(1, Ordering::SeqCst);
@@ -985,15 +1166,31 @@ impl Filesystem for FaultFs {
             self.inner.failed_syncs.fetch_add(1, Ordering::SeqCst);
             return reply.error(Errno::EIO);
         }
-        // Namespace changes are applied to the backing directory at once; make them durable.
-        match self
-            .path_of(ino)
-            .and_then(|p| File::open(self.full(&p)).map_err(|e| errno(&e)))
-            .and_then(|d| d.sync_all().map_err(|e| errno(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+        // The directory's namespace changes become durable: sync the backing directory,
+        // forget their undo entries, and empty the trash they held.
+        let dir = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = File::open(self.full(&dir)).and_then(|d| d.sync_all()) {
+            return reply.error(errno(&e));
         }
+        let durable: Vec<Undo> = {
+            let mut j = lock(&self.inner.journal);
+            let (durable, pending) = std::mem::take(&mut j.undo)
+                .into_iter()
+                .partition(|u| u.made_durable_by(&dir));
+            j.undo = pending;
+            durable
+        };
+        for u in &durable {
+            if let Some(t) = u.trash() {
+                if let Err(e) = remove_any(t) {
+                    warn!(path = %t.display(), cause = %e, "emptying the trash failed");
+                }
+            }
+        }
+        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

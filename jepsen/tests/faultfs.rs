@@ -29,6 +29,12 @@ fn read_all(p: &Path) -> Vec<u8> {
     v
 }
 
+fn sync_dir(p: &Path) {
+    File::open(p)
+        .and_then(|d| d.sync_all())
+        .expect("fsync a directory");
+}
+
 fn statvfs_free(p: &Path) -> u64 {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
     // SAFETY: a zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
@@ -51,6 +57,8 @@ fn unsynced_writes_are_lost_at_power_loss_and_synced_ones_kept() {
     let a = mnt.join("sub/a");
     {
         let mut f = File::create(&a).expect("create");
+        sync_dir(&mnt);
+        sync_dir(&mnt.join("sub"));
         f.write_all(b"hello ").expect("write");
         f.sync_data().expect("fdatasync");
         f.write_all(b"world").expect("write");
@@ -61,6 +69,7 @@ fn unsynced_writes_are_lost_at_power_loss_and_synced_ones_kept() {
     }
     let b = mnt.join("b");
     std::fs::write(&b, vec![7u8; 10_000]).expect("write b");
+    sync_dir(&mnt);
     assert_eq!(read_all(&a), b"Jello world");
     // Nothing of the unsynced data reached the backing file.
     assert_eq!(
@@ -84,6 +93,47 @@ fn unsynced_writes_are_lost_at_power_loss_and_synced_ones_kept() {
     }
     fs.power_loss();
     assert_eq!(read_all(&a), b"he\0\0!");
+    drop(session);
+}
+
+#[test]
+fn namespace_operations_are_undone_at_power_loss_unless_their_directory_was_synced() {
+    if !can_mount() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, session) =
+        FaultFs::mount(&dir.path().join("backing"), &dir.path().join("mnt")).expect("mount");
+    let mnt = dir.path().join("mnt");
+    let write_synced = |p: &Path, data: &[u8]| {
+        let mut f = File::create(p).expect("create");
+        f.write_all(data).expect("write");
+        f.sync_all().expect("fsync");
+    };
+    write_synced(&mnt.join("kept"), b"old");
+    write_synced(&mnt.join("gone"), b"x");
+    sync_dir(&mnt);
+    // Unsynced directory: a new file, a rename over `kept`, an unlink, a new directory.
+    write_synced(&mnt.join("tmp"), b"new");
+    std::fs::rename(mnt.join("tmp"), mnt.join("kept")).expect("rename");
+    std::fs::remove_file(mnt.join("gone")).expect("unlink");
+    std::fs::create_dir(mnt.join("d")).expect("mkdir");
+    assert_eq!(read_all(&mnt.join("kept")), b"new");
+    let lost = fs.power_loss();
+    assert_eq!(lost.namespace_ops, 4, "{lost:?}");
+    assert_eq!(read_all(&mnt.join("kept")), b"old");
+    assert_eq!(read_all(&mnt.join("gone")), b"x");
+    assert!(!mnt.join("tmp").exists());
+    assert!(!mnt.join("d").exists());
+    // The same with a directory sync: durable.
+    write_synced(&mnt.join("tmp"), b"new");
+    std::fs::rename(mnt.join("tmp"), mnt.join("kept")).expect("rename");
+    std::fs::remove_file(mnt.join("gone")).expect("unlink");
+    sync_dir(&mnt);
+    assert_eq!(fs.power_loss().namespace_ops, 0);
+    assert_eq!(read_all(&mnt.join("kept")), b"new");
+    assert!(!mnt.join("gone").exists());
+    assert!(!mnt.join("tmp").exists());
     drop(session);
 }
 

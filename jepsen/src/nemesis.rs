@@ -685,6 +685,7 @@ impl Nemesis {
                             node = id,
                             files = lost.files,
                             dirty_bytes = lost.dirty_bytes,
+                            namespace_ops = lost.namespace_ops,
                             "power lost: unsynced writes dropped"
                         );
                     }
@@ -788,6 +789,7 @@ impl Nemesis {
                         caught_install = caught,
                         files = lost.files,
                         dirty_bytes = lost.dirty_bytes,
+                        namespace_ops = lost.namespace_ops,
                         "snapshot-crash: power cut"
                     );
                 } else {

@@ -12,18 +12,15 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::controller::{
-    ControllerActor, ControllerArgs, ControllerLogic, ControllerMsg, ControllerState, NodeInfo,
-    TopicUpdate,
-};
+use crate::controller::{Controller, ControllerLogic, ControllerState, NodeInfo, TopicUpdate};
 use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
 use crate::partition::{
-    check_leader, leader_status, Appended, BatchLimits, PartitionHandle, PartitionMsg,
-    DEFAULT_MAINTENANCE_INTERVAL,
+    Appended, BatchLimits, PartitionHandle, PartitionMsg, DEFAULT_MAINTENANCE_INTERVAL,
 };
+use crate::proposal::{check_leader, leader_of, leader_status};
 use crate::record::EncodedRecords;
 use crate::supervisor::{NodeSupervisor, PartitionTable, SupervisorArgs, SupervisorMsg};
 use crate::topic::{CleanupPolicy, TopicConfig, TopicMeta};
@@ -38,6 +35,9 @@ pub enum BrokerError {
     #[error("actor failed to start: {0}")]
     Spawn(String),
 }
+
+/// Longest node HTTP address taken into the metadata.
+const MAX_NODE_URL_BYTES: usize = 256;
 
 /// Settings of the broker.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +63,7 @@ impl Default for BrokerConfig {
 struct Inner {
     raft_node: RaftNode,
     controller_raft: Raft,
-    controller: ActorRef<ControllerMsg>,
+    controller: Controller,
     supervisor: ActorRef<SupervisorMsg>,
     metadata: watch::Receiver<Arc<ControllerState>>,
     partitions: PartitionTable,
@@ -83,7 +83,7 @@ const ACTOR_CALL_GRACE: Duration = Duration::from_secs(2);
 
 impl Broker {
     /// Opens the controller group, bootstraps it if this node is the one to, and starts
-    /// the controller and supervisor actors.
+    /// the controller and the supervisor actor.
     ///
     /// # Errors
     /// [`BrokerError`] when the controller group or an actor fails to start.
@@ -99,18 +99,13 @@ impl Broker {
             controller_raft.clone(),
             members.clone(),
         ));
-        let (controller, _) = Actor::spawn(
-            None,
-            ControllerActor,
-            ControllerArgs {
-                raft: controller_raft.clone(),
-                nodes: members.iter().copied().collect(),
-                raft_node: raft_node.clone(),
-                limits: config.limits,
-            },
-        )
-        .await
-        .map_err(|e| BrokerError::Spawn(e.to_string()))?;
+        let controller = Controller::new(
+            controller_raft.clone(),
+            members.iter().copied().collect(),
+            raft_node.clone(),
+            config.limits.write_timeout,
+            config.limits.quorum_stale_after,
+        );
         let partitions = PartitionTable::default();
         let offsets = OffsetsTable::default();
         let (supervisor, _) = Actor::spawn(
@@ -174,14 +169,18 @@ impl Broker {
     }
 
     /// Ready: the controller has a leader that this node is in contact with (a leader
-    /// must have heard from a quorum recently).
+    /// must have heard from a quorum recently; a follower must be connected to the leader
+    /// and have heard from it lately, since after a restart it remembers the last leader it
+    /// knew whether or not it can reach it).
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.controller_raft.metrics().borrow().clone();
         match metrics.current_leader {
-            Some(leader) if leader == metrics.id => {
-                check_leader(&self.inner.controller_raft, &self.inner.limits).is_ok()
-            }
-            Some(_) => true,
+            Some(leader) if leader == metrics.id => check_leader(
+                &self.inner.controller_raft,
+                self.inner.limits.quorum_stale_after,
+            )
+            .is_ok(),
+            Some(leader) => self.inner.raft_node.in_contact_with(leader),
             None => false,
         }
     }
@@ -197,13 +196,12 @@ impl Broker {
     /// authoritative (e.g. to answer "offset beyond the end").
     pub fn leads_with_quorum(&self, group: GroupId) -> bool {
         self.partition(group)
-            .is_some_and(|h| check_leader(&h.raft, &self.inner.limits).is_ok())
+            .is_some_and(|h| check_leader(&h.raft, self.inner.limits.quorum_stale_after).is_ok())
     }
 
     /// The leader of a partition group as this node sees it (only known on replicas).
     pub fn partition_leader(&self, group: GroupId) -> Option<NodeId> {
-        self.partition(group)
-            .and_then(|h| crate::partition::leader_of(&h.raft))
+        self.partition(group).and_then(|h| leader_of(&h.raft))
     }
 
     /// Waits until this node's replica of `group` knows a leader that can take writes:
@@ -216,7 +214,9 @@ impl Broker {
         let limits = self.inner.limits;
         watch_for_leader(&raft, until, |metrics| match metrics.current_leader {
             Some(leader) if leader != metrics.id => Some(leader),
-            Some(me) => leader_status(metrics, &limits).is_ok().then_some(me),
+            Some(me) => leader_status(metrics, limits.quorum_stale_after)
+                .is_ok()
+                .then_some(me),
             None => None,
         })
         .await
@@ -267,7 +267,7 @@ impl Broker {
         }
     }
 
-    /// Asks the local controller actor, which must lead group 0, to create a topic.
+    /// Creates a topic through this node's controller, which must lead group 0.
     ///
     /// # Errors
     /// [`ControllerError`]; `NotLeader` and `NoQuorum` mean nothing was written.
@@ -276,24 +276,18 @@ impl Broker {
         name: String,
         config: TopicConfig,
     ) -> Result<TopicMeta, ControllerError> {
-        self.controller_call(|reply| ControllerMsg::CreateTopic {
-            name,
-            config,
-            reply,
-        })
-        .await
+        self.inner.controller.create_topic(name, config).await
     }
 
-    /// Asks the local controller actor to delete a topic.
+    /// Deletes a topic through this node's controller.
     ///
     /// # Errors
     /// As [`Broker::create_topic`].
     pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
-        self.controller_call(|reply| ControllerMsg::DeleteTopic { name, reply })
-            .await
+        self.inner.controller.delete_topic(name).await
     }
 
-    /// Asks the local controller actor to change a topic's mutable settings.
+    /// Changes a topic's mutable settings through this node's controller.
     ///
     /// # Errors
     /// As [`Broker::create_topic`]; [`ControllerError::TopicNotFound`] for an unknown topic.
@@ -302,44 +296,38 @@ impl Broker {
         name: String,
         update: TopicUpdate,
     ) -> Result<TopicMeta, ControllerError> {
-        self.controller_call(|reply| ControllerMsg::UpdateTopic {
-            name,
-            update,
-            reply,
-        })
-        .await
+        self.inner.controller.update_topic(name, update).await
     }
 
-    /// Asks the local controller actor to record a node's HTTP address.
+    /// Records a node's HTTP address through this node's controller. Checked here too, as
+    /// it may arrive from a peer: the id must be one of the cluster's nodes (no phantom
+    /// node enters the metadata) and the address a short http(s) URL.
     ///
     /// # Errors
-    /// As [`Broker::create_topic`].
+    /// [`ControllerError::Invalid`] for an unknown id or a malformed address; otherwise as
+    /// [`Broker::create_topic`].
     pub async fn register_node(&self, info: NodeInfo) -> Result<(), ControllerError> {
-        self.controller_call(|reply| ControllerMsg::RegisterNode { info, reply })
-            .await
-    }
-
-    async fn controller_call<T>(
-        &self,
-        message: impl FnOnce(ractor::RpcReplyPort<Result<T, ControllerError>>) -> ControllerMsg,
-    ) -> Result<T, ControllerError>
-    where
-        T: Send + 'static,
-    {
-        let wait = self.inner.limits.write_timeout + ACTOR_CALL_GRACE;
-        match self.inner.controller.call(message, Some(wait)).await {
-            Ok(ractor::rpc::CallResult::Success(answer)) => answer,
-            Ok(_) => Err(ControllerError::OutcomeUnknown {
-                reason: "controller actor did not answer in time".into(),
-            }),
-            Err(_) => Err(ControllerError::NoQuorum),
+        if !self.inner.raft_node.peers().contains_key(&info.id) {
+            return Err(ControllerError::Invalid(format!(
+                "node {} is not one of the cluster's nodes",
+                info.id
+            )));
         }
+        let scheme_ok = info.http.starts_with("http://") || info.http.starts_with("https://");
+        if !scheme_ok
+            || info.http.len() > MAX_NODE_URL_BYTES
+            || info.http.chars().any(char::is_control)
+        {
+            return Err(ControllerError::Invalid(format!(
+                "a node's HTTP address must be an http(s) URL of at most {MAX_NODE_URL_BYTES} bytes"
+            )));
+        }
+        self.inner.controller.register_node(info).await
     }
 
     /// Stops the actors and every Raft group, then flushes storage. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.supervisor.stop(Some("shutdown".into()));
-        self.inner.controller.stop(Some("shutdown".into()));
         self.inner.raft_node.shutdown().await;
     }
 }

@@ -43,10 +43,13 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::assignment::{assign, Assignment, AssignmentStrategy, Subscriptions, TopicPartition};
+use crate::clock::now_ms;
 use crate::controller::ControllerState;
-use crate::error::{GroupError, PartitionError};
-use crate::offsets::{now_ms, propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
-use crate::partition::{check_leader, BatchLimits};
+use crate::error::GroupError;
+use crate::offsets::{propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
+use crate::partition::BatchLimits;
+use crate::proposal::check_leader;
+use crate::timer::send_every;
 
 /// Shortest session timeout a member may ask for (1 s to 5 min).
 pub const MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
@@ -398,13 +401,7 @@ impl CoordinatorState {
 
     /// Whether this node still coordinates the group.
     fn leadership(&self) -> Result<(), GroupError> {
-        match check_leader(&self.args.offsets.raft, &self.args.limits) {
-            Ok(()) => {}
-            Err(PartitionError::NotLeader { leader }) => {
-                return Err(GroupError::NotCoordinator { leader })
-            }
-            Err(_) => return Err(GroupError::NoQuorum),
-        }
+        check_leader(&self.args.offsets.raft, self.args.limits.quorum_stale_after)?;
         if self.args.offsets.raft.metrics().borrow().current_term != self.args.term {
             return Err(GroupError::Unavailable {
                 reason: "the group coordinator is restarting after a leadership change".into(),
@@ -858,17 +855,7 @@ impl Actor for CoordinatorActor {
         myself: ActorRef<Self::Msg>,
         args: CoordinatorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let ticker = myself.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(TICK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                if ticker.send_message(CoordinatorMsg::Tick).is_err() {
-                    break;
-                }
-            }
-        });
+        send_every(&myself, TICK, || CoordinatorMsg::Tick);
         // Restarted within the same term (after idling): continue above the generation
         // that last committed, or the fence would refuse this coordinator's commits.
         let generation = args

@@ -1,8 +1,15 @@
 //! The errors of psubd-actors. Variants the caller can act on (a leader hint, retry
 //! later) are kept apart from "this node is broken".
+//!
+//! "Not leader", "no quorum" and "outcome unknown" are decided in one place
+//! ([`crate::proposal`]) and converted here. Each enum keeps its own variants for them:
+//! these enums travel between nodes (postcard, by variant index), so their shapes are
+//! part of the node-to-node protocol.
 
 use psubd_raft::NodeId;
 use serde::{Deserialize, Serialize};
+
+use crate::proposal::{OutcomeUnknown, Refusal};
 
 /// Why a partition could not take or serve a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -143,4 +150,57 @@ pub enum GroupError {
         /// What does not fit.
         reason: String,
     },
+}
+
+impl From<Refusal> for PartitionError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotLeader { leader } => PartitionError::NotLeader { leader },
+            Refusal::NoQuorum => PartitionError::NoQuorum,
+        }
+    }
+}
+
+impl From<OutcomeUnknown> for PartitionError {
+    fn from(unknown: OutcomeUnknown) -> Self {
+        PartitionError::OutcomeUnknown {
+            reason: unknown.reason,
+        }
+    }
+}
+
+impl From<Refusal> for ControllerError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotLeader { leader } => ControllerError::NotLeader { leader },
+            Refusal::NoQuorum => ControllerError::NoQuorum,
+        }
+    }
+}
+
+impl From<OutcomeUnknown> for ControllerError {
+    fn from(unknown: OutcomeUnknown) -> Self {
+        ControllerError::OutcomeUnknown {
+            reason: unknown.reason,
+        }
+    }
+}
+
+/// The coordinator is where the group's offsets partition leads: that partition's
+/// refusal is "not the coordinator".
+impl From<Refusal> for GroupError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotLeader { leader } => GroupError::NotCoordinator { leader },
+            Refusal::NoQuorum => GroupError::NoQuorum,
+        }
+    }
+}
+
+impl From<OutcomeUnknown> for GroupError {
+    fn from(unknown: OutcomeUnknown) -> Self {
+        GroupError::OutcomeUnknown {
+            reason: unknown.reason,
+        }
+    }
 }

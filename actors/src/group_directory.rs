@@ -22,13 +22,14 @@ use crate::controller::ControllerState;
 use crate::coordinator::{
     CoordinatorActor, CoordinatorArgs, CoordinatorMsg, GroupAnswer, GroupRequest, GroupSummary,
 };
-use crate::error::{GroupError, PartitionError};
+use crate::error::GroupError;
 use crate::locks::read_lock;
 use crate::offsets::{
     offsets_partition_of, propose, CommittedOffset, OffsetsCommand, OffsetsHandle, OffsetsTable,
     OFFSETS_TOPIC,
 };
-use crate::partition::{check_leader, BatchLimits};
+use crate::partition::BatchLimits;
+use crate::proposal::check_leader;
 use crate::topic::PartitionPlacement;
 
 /// Most coordinators one node runs at once; idle ones are stopped to make room.
@@ -119,11 +120,8 @@ impl GroupDirectory {
 
     /// Fails unless this node leads the offsets partition.
     fn check_leads(&self, handle: &OffsetsHandle) -> Result<u64, GroupError> {
-        match check_leader(&handle.raft, &self.inner.limits) {
-            Ok(()) => Ok(handle.raft.metrics().borrow().current_term),
-            Err(PartitionError::NotLeader { leader }) => Err(GroupError::NotCoordinator { leader }),
-            Err(_) => Err(GroupError::NoQuorum),
-        }
+        check_leader(&handle.raft, self.inner.limits.quorum_stale_after)?;
+        Ok(handle.raft.metrics().borrow().current_term)
     }
 
     /// The running coordinator of `group`, started if needed.
@@ -292,7 +290,7 @@ async fn purge_deleted_topics(inner: Weak<Inner>) {
         let handles: Vec<OffsetsHandle> = read_lock(&inner.offsets).values().cloned().collect();
         let metadata = inner.metadata.borrow().clone();
         for handle in handles {
-            if check_leader(&handle.raft, &inner.limits).is_err() {
+            if check_leader(&handle.raft, inner.limits.quorum_stale_after).is_err() {
                 continue;
             }
             for (topic, groups) in handle.reader.topic_groups() {

@@ -2,12 +2,15 @@
 //!
 //! `psubd-actors` holds the domain and the actors that act on it.
 //!
+//! - [`clock`]: the wall clock, read one way (`now_ms`).
 //! - [`record`]: records and record batches, the unit of storage and replication.
 //! - [`topic`]: topic names, configuration and replica placement.
 //! - [`partition`]: the partition actor (batches publishes into Raft entries) and, in
 //!   `partition::log`, the partition's state machine logic and reader.
-//! - [`controller`]: the controller actor and, in `controller::state`, group 0's replicated
-//!   metadata.
+//! - [`controller`]: the controller (a plain service that proposes metadata changes) and,
+//!   in `controller::state`, group 0's replicated metadata.
+//! - [`proposal`]: proposing to any Raft group: the leadership check, the proposal
+//!   with a deadline, and the one mapping of openraft's outcomes.
 //! - [`supervisor`]: the node supervisor, which runs the partition replicas the controller
 //!   assigns to this node.
 //! - [`offsets`]: the consumer offsets topic's state machine (committed offsets) and reader.
@@ -16,12 +19,14 @@
 //! - [`group_directory`]: this node's coordinators, started on demand where the group's
 //!   offsets partition leads.
 //! - [`stable_hash`]: the one stable hash (keys to partitions, groups to coordinators).
+//! - [`timer`]: periodic messages to an actor (coordinator and partition ticks).
 //! - [`broker`]: the handle the edge uses for local operations.
 //! - [`error`]: the crate's errors.
 //! - [`locks`]: replica-table locks that survive a panicked writer.
 
 pub mod assignment;
 pub mod broker;
+pub mod clock;
 pub mod controller;
 pub mod coordinator;
 pub mod error;
@@ -29,9 +34,11 @@ pub mod group_directory;
 pub mod locks;
 pub mod offsets;
 pub mod partition;
+pub mod proposal;
 pub mod record;
 pub mod stable_hash;
 pub mod supervisor;
+pub mod timer;
 pub mod topic;
 
 pub use broker::{Broker, BrokerConfig, BrokerError};

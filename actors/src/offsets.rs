@@ -39,7 +39,6 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, RaftError};
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{
     Command, CommandResponse, GroupId, GroupLogic, SnapshotPlan, StorageIoError, Tree, WriteBatch,
@@ -50,6 +49,7 @@ use tracing::warn;
 use crate::assignment::TopicPartition;
 use crate::error::GroupError;
 use crate::locks::{read_lock, write_lock};
+use crate::proposal;
 use crate::stable_hash::fnv1a;
 
 /// The internal topic holding consumer offsets.
@@ -627,24 +627,13 @@ pub async fn propose(
     let encoded = postcard::to_stdvec(command).map_err(|_| GroupError::OutcomeUnknown {
         reason: "offsets command did not encode".into(),
     })?;
-    match tokio::time::timeout(timeout, raft.client_write(Command(Bytes::from(encoded)))).await {
-        Ok(Ok(response)) => match postcard::from_bytes::<OffsetsResponse>(&response.data.0) {
-            Ok(OffsetsResponse::Done) => Ok(()),
-            Ok(OffsetsResponse::Stale { current }) => Err(stale(command, current)),
-            _ => Err(GroupError::OutcomeUnknown {
-                reason: "the offsets partition refused the command".into(),
-            }),
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(GroupError::OutcomeUnknown {
-                reason: "leadership changed while the commit was in flight".into(),
-            })
-        }
-        Ok(Err(_)) => Err(GroupError::OutcomeUnknown {
-            reason: "the offsets partition's Raft group stopped".into(),
-        }),
-        Err(_) => Err(GroupError::OutcomeUnknown {
-            reason: "the commit was not applied within the timeout".into(),
+    let command_bytes = Command(Bytes::from(encoded));
+    let response = proposal::propose(raft, command_bytes, timeout, "offsets partition").await?;
+    match postcard::from_bytes::<OffsetsResponse>(&response.0) {
+        Ok(OffsetsResponse::Done) => Ok(()),
+        Ok(OffsetsResponse::Stale { current }) => Err(stale(command, current)),
+        _ => Err(GroupError::OutcomeUnknown {
+            reason: "the offsets partition refused the command".into(),
         }),
     }
 }
@@ -661,14 +650,6 @@ fn stale(command: &OffsetsCommand, current: Fence) -> GroupError {
         }
         _ => GroupError::UnknownMember,
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

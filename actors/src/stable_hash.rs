@@ -1,7 +1,7 @@
 //! One stable hash for everything that must map a name to the same place on every node
 //! and in every release: a record key to its partition, a consumer group to its offsets
-//! partition (and so to its coordinator). Never change it: moved groups and keys would
-//! lose their home.
+//! partition (and so to its coordinator), a topic name to the rotation of its replica
+//! placement. Never change it: moved groups and keys would lose their home.
 
 /// FNV-1a, 64-bit.
 pub fn fnv1a(bytes: &[u8]) -> u64 {

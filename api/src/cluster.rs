@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use psubd_actors::partition::leader_of;
+use psubd_actors::proposal::leader_of;
 use psubd_raft::CONTROLLER_GROUP;
 use serde_json::json;
 
@@ -89,28 +89,33 @@ async fn metrics(State(state): State<AppState>) -> Response {
             if let Some(handle) = broker.partition(placement.group) {
                 let labels = [topic.name.as_str(), &index.to_string()];
                 state
+                    .service
                     .metrics
                     .high_watermark
                     .with_label_values(&labels)
                     .set(handle.reader.bounds().next_offset as i64);
                 let leads = i64::from(leader_of(&handle.raft) == Some(me));
                 state
+                    .service
                     .metrics
                     .partition_leader
                     .with_label_values(&labels)
                     .set(leads);
                 state
+                    .service
                     .metrics
                     .partition_stored_bytes
                     .with_label_values(&labels)
                     .set(handle.reader.stored_bytes() as i64);
                 state
+                    .service
                     .metrics
                     .log_start_offset
                     .with_label_values(&labels)
                     .set(handle.reader.bounds().log_start as i64);
                 let last_log_index = handle.raft.metrics().borrow().last_log_index;
                 state
+                    .service
                     .metrics
                     .raft_last_log_index
                     .with_label_values(&labels)
@@ -120,6 +125,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
     if let Ok(bytes) = broker.raft_node().storage().size_on_disk() {
         state
+            .service
             .metrics
             .disk_bytes
             .with_label_values(&[&me.to_string()])
@@ -130,17 +136,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let space = health.space();
     if let Some(free) = space.free_bytes {
         state
+            .service
             .metrics
             .storage_free_bytes
             .with_label_values(&node)
             .set(i64::try_from(free).unwrap_or(i64::MAX));
     }
     state
+        .service
         .metrics
         .storage_low_space
         .with_label_values(&node)
         .set(i64::from(space.low));
     state
+        .service
         .metrics
         .raft_groups_stopped
         .with_label_values(&node)
@@ -150,12 +159,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
         tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir)).await
     {
         state
+            .service
             .metrics
             .data_dir_bytes
             .with_label_values(&[&me.to_string()])
             .set(bytes as i64);
     }
-    let mut response = state.metrics.render().into_response();
+    let mut response = state.service.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -11,16 +11,18 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use psubd_actors::partition::{leader_of, Appended, FetchedRecords};
+use psubd_actors::partition::{Appended, FetchedRecords};
+use psubd_actors::proposal::leader_of;
 use psubd_actors::record::EncodedRecords;
 use psubd_actors::topic::{PartitionPlacement, TopicMeta};
 use psubd_actors::{Broker, ControllerError, PartitionError};
 use psubd_raft::{GroupId, NodeId, TransportError};
 
 use crate::error::ApiError;
-use crate::forward::{
-    encode, serve_local, ForwardRequest, ForwardResponse, OffsetSpec, ReplicaStatus,
+use crate::protocol::{
+    encode, ForwardRequest, ForwardResponse, KeyRead, OffsetSpec, ReplicaStatus,
 };
+use crate::replica::serve_local;
 
 /// How many nodes one request may visit: the first guess, a leader hint, one more hint.
 const MAX_ATTEMPTS: usize = 3;
@@ -319,6 +321,43 @@ impl Edge {
             wait_ms: wait.as_millis() as u64,
         };
         self.deliver(target, request, wait).await
+    }
+
+    /// Sends a key read to a replica that can answer it: this node's when it applied
+    /// enough, else the leader first, then every replica (each waits for `min_offset`).
+    pub(crate) async fn read_any_replica(
+        &self,
+        placement: &PartitionPlacement,
+        request: ForwardRequest,
+        read: &KeyRead,
+    ) -> Result<ForwardResponse, ApiError> {
+        let broker = &self.broker;
+        let local_enough = broker.partition(placement.group).is_some_and(|h| {
+            read.min_offset
+                .is_none_or(|min| h.reader.bounds().next_offset > min)
+        });
+        let mut last = ApiError::Unavailable {
+            reason: "no replica of the partition answered".into(),
+        };
+        if local_enough {
+            match serve_local(broker, request.clone()).await {
+                ForwardResponse::Partition(error) => last = error.into(),
+                answer => return Ok(answer),
+            }
+        }
+        let deadline = Duration::from_millis(read.timeout_ms);
+        for target in self.leader_candidates(placement) {
+            match self.deliver(target, request.clone(), deadline).await {
+                Delivery::Answered(ForwardResponse::Partition(error)) => last = error.into(),
+                Delivery::Answered(ForwardResponse::Broken(detail)) => {
+                    last = ApiError::Internal { detail }
+                }
+                Delivery::Answered(answer) => return Ok(answer),
+                Delivery::NotDelivered => {}
+                Delivery::Lost(reason) => last = ApiError::Unavailable { reason },
+            }
+        }
+        Err(last)
     }
 
     /// Waits until every partition of a just-created topic has a leader that can take a

@@ -15,7 +15,7 @@ use psubd_actors::topic::PartitionPlacement;
 
 use crate::edge::Edge;
 use crate::error::ApiError;
-use crate::forward::{ForwardRequest, ForwardResponse};
+use crate::protocol::{ForwardRequest, ForwardResponse};
 
 /// How long a group request may take at the coordinator: above the coordinator's own
 /// bound (the write timeout, 10 s by default, plus its call grace), so the coordinator

@@ -2,8 +2,8 @@
 //! SSE or NDJSON like partition streams, and the member side of WebSocket group
 //! subscriptions.
 //!
-//! A member stream is a loop of ordinary member fetches ([`poll_member`] then
-//! [`read_and_report`]), so positions, rebalances and fencing behave exactly as for
+//! A member stream is a loop of ordinary member fetches (`Service::poll_member` then
+//! `Service::read_and_report`), so positions, rebalances and fencing behave exactly as for
 //! `GET .../records`. On top of that:
 //!
 //! - The stream starts with an `assignment` item and emits another whenever the member's
@@ -31,13 +31,13 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
 use psubd_actors::assignment::TopicPartition;
-use psubd_actors::coordinator::{GroupRequest, PollFrom, PositionToken};
+use psubd_actors::coordinator::{PollFrom, PositionToken};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument};
 
 use crate::error::ApiError;
-use crate::fetch::ReadBounds;
-use crate::groups::{poll_member, read_and_report, validate_group, validate_member};
+use crate::service::reads::ReadBounds;
+use crate::service::{names, Caller};
 use crate::state::AppState;
 use crate::stream::{
     acquire, negotiate, respond, Item, StreamRecord, STREAM_MAX_BYTES, STREAM_MAX_RECORDS,
@@ -78,17 +78,18 @@ async fn stream_member(
     Path((group, member)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    validate_group(&group)?;
-    validate_member(&member)?;
+    names::group(&group)?;
+    names::member(&member)?;
     let framing = negotiate(&headers)?;
     let permit = acquire(&state)?;
-    let items = member_records(state, group, member).await?;
+    let items = member_records(state, Caller::http(), group, member).await?;
     Ok(respond(items, framing, permit))
 }
 
 /// Keeps the member alive while the stream lives, and detaches it when it is dropped.
 struct MemberGuard {
     state: AppState,
+    caller: Caller,
     group: String,
     member: String,
     /// Stops the heartbeat task.
@@ -96,24 +97,27 @@ struct MemberGuard {
 }
 
 impl MemberGuard {
-    fn start(state: AppState, group: String, member: String) -> Self {
+    fn start(state: AppState, caller: Caller, group: String, member: String) -> Self {
         let heartbeat = state.shutdown.child_token();
         let stop = heartbeat.clone();
-        let (hb_state, hb_group, hb_member) = (state.clone(), group.clone(), member.clone());
+        let (hb_state, hb_caller) = (state.clone(), caller.clone());
+        let (hb_group, hb_member) = (group.clone(), member.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
                 }
-                match poll_member(
-                    &hb_state,
-                    &hb_group,
-                    &hb_member,
-                    HEARTBEAT_GRACE_MS,
-                    PollFrom::Confirmed,
-                )
-                .await
+                match hb_state
+                    .service
+                    .poll_member(
+                        &hb_caller,
+                        &hb_group,
+                        &hb_member,
+                        HEARTBEAT_GRACE_MS,
+                        PollFrom::Confirmed,
+                    )
+                    .await
                 {
                     Ok(_) => {}
                     Err(ApiError::MemberFenced { .. }) => return,
@@ -123,6 +127,7 @@ impl MemberGuard {
         });
         Self {
             state,
+            caller,
             group,
             member,
             heartbeat,
@@ -140,19 +145,14 @@ impl Drop for MemberGuard {
             return;
         };
         let state = self.state.clone();
+        let caller = self.caller.clone();
         let group = std::mem::take(&mut self.group);
         let member_id = std::mem::take(&mut self.member);
         let grace_ms = STREAM_REATTACH_GRACE.as_millis() as u64;
         runtime.spawn(async move {
             let outcome = state
-                .edge
-                .group(
-                    &group,
-                    GroupRequest::Detach {
-                        member_id,
-                        grace_ms,
-                    },
-                )
+                .service
+                .detach_member(&caller, &group, member_id, grace_ms)
                 .await;
             debug!(group = %group, ok = outcome.is_ok(), "member stream closed: detached");
         });
@@ -162,6 +162,7 @@ impl Drop for MemberGuard {
 /// Where a member stream is.
 struct MemberCursor {
     state: AppState,
+    caller: Caller,
     group: String,
     member: String,
     /// The position token of the last fetch, whose records were written to the stream:
@@ -181,26 +182,30 @@ struct MemberCursor {
 /// 409 `member_fenced`; 503 when the coordinator or the offsets are unreachable.
 pub(crate) async fn member_records(
     state: AppState,
+    caller: Caller,
     group: String,
     member: String,
 ) -> Result<impl Stream<Item = Item> + Send + 'static, ApiError> {
     // Attaching starts over from the committed offsets (and ends a detach).
-    let lease = poll_member(
-        &state,
-        &group,
-        &member,
-        HEARTBEAT_GRACE_MS,
-        PollFrom::Committed,
-    )
-    .await?;
+    let lease = state
+        .service
+        .poll_member(
+            &caller,
+            &group,
+            &member,
+            HEARTBEAT_GRACE_MS,
+            PollFrom::Committed,
+        )
+        .await?;
     let shutdown = state.shutdown.clone();
     let first = Item::Assignment {
         generation: lease.generation,
         assignments: lease.assignments.clone(),
     };
     let cursor = MemberCursor {
-        _guard: MemberGuard::start(state.clone(), group.clone(), member.clone()),
+        _guard: MemberGuard::start(state.clone(), caller.clone(), group.clone(), member.clone()),
         state,
+        caller,
         group,
         member,
         position: None,
@@ -233,13 +238,26 @@ impl MemberCursor {
                 Some(token) => PollFrom::Token(token.clone()),
                 None => PollFrom::Confirmed,
             };
-            let outcome =
-                match poll_member(&self.state, &self.group, &self.member, MEMBER_POLL_MS, from)
-                    .await
-                {
-                    Ok(lease) => read_and_report(&self.state, &self.group, &lease, bounds).await,
-                    Err(error) => Err(error),
-                };
+            let outcome = match self
+                .state
+                .service
+                .poll_member(
+                    &self.caller,
+                    &self.group,
+                    &self.member,
+                    MEMBER_POLL_MS,
+                    from,
+                )
+                .await
+            {
+                Ok(lease) => {
+                    self.state
+                        .service
+                        .read_and_report(&self.caller, &self.group, &lease, bounds)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
             let batch = match outcome {
                 Ok(batch) => batch,
                 Err(error) if error.retriable() => {

@@ -15,7 +15,8 @@
 //! leader first, then the other replicas. Reads are retried elsewhere freely (they change
 //! nothing).
 
-use std::time::Duration;
+//!
+//! Presentation only: the operations are [`crate::service::keys`].
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -23,22 +24,19 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
-use psubd_actors::partition::ReadError;
-use psubd_actors::record::{EncodedRecords, Record, RecordIter, ValueKind};
-use psubd_actors::topic::{CleanupPolicy, PartitionPlacement, TopicMeta};
-use psubd_actors::{Broker, PartitionError};
-use psubd_raft::GroupId;
-use serde::{Deserialize, Serialize};
+use psubd_actors::partition::key_index::KeyRecord;
+use psubd_actors::record::{RecordIter, ValueKind};
+use serde::Deserialize;
 use serde_json::json;
 use tracing::instrument;
 
-use crate::edge::Delivery;
 use crate::error::ApiError;
-use crate::fetch::{number, write_record, MAX_TIMEOUT_MS};
-use crate::forward::{ForwardRequest, ForwardResponse};
+use crate::fetch::number;
 use crate::json::media_type;
-use crate::publish::check_sizes;
+use crate::limits::MAX_TIMEOUT_MS;
+use crate::render::write_record;
+use crate::service::keys::{KeyView, ReadYourWrites, ScanRequest};
+use crate::service::Caller;
 use crate::state::AppState;
 
 /// Default and largest scan page.
@@ -58,144 +56,6 @@ pub fn router(state: AppState) -> Router {
             get(lookup).put(put).delete(delete),
         )
         .with_state(state)
-}
-
-/// A key read as sent to a replica.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct KeyRead {
-    /// The partition's group.
-    pub group: GroupId,
-    /// The key (lookups), or the prefix (scans).
-    pub key: Bytes,
-    /// Scans: first key (inclusive).
-    pub start: Bytes,
-    /// Scans: most live keys.
-    pub limit: u32,
-    /// The replica must have applied this offset (the record at it is visible).
-    pub min_offset: Option<u64>,
-    /// How long to wait for that.
-    pub timeout_ms: u64,
-}
-
-/// Waits until the replica applied `min_offset` (its high watermark passed it).
-async fn applied(reader: &psubd_actors::partition::PartitionReader, read: &KeyRead) -> bool {
-    let Some(min_offset) = read.min_offset else {
-        return true;
-    };
-    let mut watch = reader.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(read.timeout_ms);
-    loop {
-        if watch.borrow_and_update().next_offset > min_offset {
-            return true;
-        }
-        match tokio::time::timeout_at(deadline, watch.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => return false,
-        }
-    }
-}
-
-fn read_failure(group: GroupId, error: ReadError) -> ForwardResponse {
-    match error {
-        ReadError::Storage(detail) => {
-            tracing::error!(group, cause = %detail, "key index unreadable");
-            ForwardResponse::Broken(detail)
-        }
-        ReadError::NotReady | ReadError::OutOfRange { .. } => {
-            ForwardResponse::Partition(PartitionError::Unavailable {
-                reason: "replica catching up".into(),
-            })
-        }
-    }
-}
-
-/// Serves a key lookup on this node's replica.
-pub(crate) async fn serve_lookup(broker: &Broker, read: KeyRead) -> ForwardResponse {
-    let Some(handle) = broker.partition(read.group) else {
-        return ForwardResponse::Partition(PartitionError::NoReplica);
-    };
-    if !applied(&handle.reader, &read).await {
-        return ForwardResponse::Partition(PartitionError::Unavailable {
-            reason: "replica has not applied min_offset".into(),
-        });
-    }
-    match handle.reader.latest(&read.key) {
-        Ok(record) => ForwardResponse::Key(record),
-        Err(error) => read_failure(read.group, error),
-    }
-}
-
-/// Serves a key scan on this node's replica.
-pub(crate) async fn serve_scan(broker: &Broker, read: KeyRead) -> ForwardResponse {
-    let Some(handle) = broker.partition(read.group) else {
-        return ForwardResponse::Partition(PartitionError::NoReplica);
-    };
-    if !applied(&handle.reader, &read).await {
-        return ForwardResponse::Partition(PartitionError::Unavailable {
-            reason: "replica has not applied min_offset".into(),
-        });
-    }
-    match handle
-        .reader
-        .scan_keys(&read.key, &read.start, read.limit as usize)
-    {
-        Ok(page) => ForwardResponse::Keys(page),
-        Err(error) => read_failure(read.group, error),
-    }
-}
-
-/// Sends a key read to a replica that can answer it: this node's when it applied
-/// enough, else the leader first, then every replica (each waits for `min_offset`).
-async fn route(
-    state: &AppState,
-    placement: &PartitionPlacement,
-    request: ForwardRequest,
-    read: &KeyRead,
-) -> Result<ForwardResponse, ApiError> {
-    let broker = state.broker();
-    let local_enough = broker.partition(placement.group).is_some_and(|h| {
-        read.min_offset
-            .is_none_or(|min| h.reader.bounds().next_offset > min)
-    });
-    let mut last = ApiError::Unavailable {
-        reason: "no replica of the partition answered".into(),
-    };
-    if local_enough {
-        match crate::forward::serve_local(broker, request.clone()).await {
-            ForwardResponse::Partition(error) => last = error.into(),
-            answer => return Ok(answer),
-        }
-    }
-    let deadline = Duration::from_millis(read.timeout_ms);
-    for target in state.edge.leader_candidates(placement) {
-        match state.edge.deliver(target, request.clone(), deadline).await {
-            Delivery::Answered(ForwardResponse::Partition(error)) => last = error.into(),
-            Delivery::Answered(ForwardResponse::Broken(detail)) => {
-                last = ApiError::Internal { detail }
-            }
-            Delivery::Answered(answer) => return Ok(answer),
-            Delivery::NotDelivered => {}
-            Delivery::Lost(reason) => last = ApiError::Unavailable { reason },
-        }
-    }
-    Err(last)
-}
-
-/// The topic, which must be compacted.
-async fn compacted_topic(state: &AppState, topic: &str) -> Result<TopicMeta, ApiError> {
-    let meta = state.edge.topic(topic).await?;
-    if meta.config.cleanup_policy != CleanupPolicy::Compact {
-        return Err(ApiError::TopicNotCompacted {
-            topic: topic.to_string(),
-        });
-    }
-    Ok(meta)
-}
-
-/// The partition of `key`: the publish path's stable hash, so a key view reads where a
-/// keyed publish wrote.
-fn partition_of(meta: &TopicMeta, key: &[u8]) -> u32 {
-    (psubd_actors::stable_hash::fnv1a(key) % u64::from(meta.config.partitions.max(1))) as u32
 }
 
 fn render(
@@ -230,12 +90,15 @@ fn json_response(body: Vec<u8>) -> Response {
 fn read_your_writes(
     min_offset: Option<&str>,
     timeout_ms: Option<&str>,
-) -> Result<(Option<u64>, u64), ApiError> {
+) -> Result<ReadYourWrites, ApiError> {
     let min_offset = min_offset
         .map(|raw| number::<u64>("min_offset", Some(raw), 0))
         .transpose()?;
     let timeout_ms = number("timeout_ms", timeout_ms, DEFAULT_KEY_TIMEOUT_MS)?.min(MAX_TIMEOUT_MS);
-    Ok((min_offset, timeout_ms))
+    Ok(ReadYourWrites {
+        min_offset,
+        timeout_ms,
+    })
 }
 
 #[derive(Deserialize)]
@@ -250,37 +113,12 @@ async fn lookup(
     Path((topic, key)): Path<(String, String)>,
     Query(params): Query<LookupParams>,
 ) -> Result<Response, ApiError> {
-    let meta = compacted_topic(&state, &topic).await?;
-    let (min_offset, timeout_ms) =
-        read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
-    let partition = partition_of(&meta, key.as_bytes());
-    let placement = &meta.partitions[partition as usize];
-    let read = KeyRead {
-        group: placement.group,
-        key: Bytes::from(key.clone().into_bytes()),
-        start: Bytes::new(),
-        limit: 1,
-        min_offset,
-        timeout_ms,
-    };
-    match route(
-        &state,
-        placement,
-        ForwardRequest::KeyLookup(read.clone()),
-        &read,
-    )
-    .await?
-    {
-        ForwardResponse::Key(Some(record)) => {
-            let mut out = Vec::with_capacity(record.encoded.len() + 128);
-            render(&topic, partition, &record, &mut out)?;
-            Ok(json_response(out))
-        }
-        ForwardResponse::Key(None) => Err(ApiError::KeyNotFound { topic, key }),
-        other => Err(ApiError::Internal {
-            detail: format!("key lookup answered {other:?}"),
-        }),
-    }
+    let view = state.service.key_view(&Caller::http(), &topic).await?;
+    let fresh = read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
+    let found = view.lookup(key, fresh).await?;
+    let mut out = Vec::with_capacity(found.record.encoded.len() + 128);
+    render(&topic, found.partition, &found.record, &mut out)?;
+    Ok(json_response(out))
 }
 
 #[derive(Deserialize)]
@@ -298,81 +136,21 @@ async fn scan(
     Path(topic): Path<String>,
     Query(params): Query<ScanParams>,
 ) -> Result<Response, ApiError> {
-    let meta = compacted_topic(&state, &topic).await?;
+    let view = state.service.key_view(&Caller::http(), &topic).await?;
     let limit =
         number("limit", params.limit.as_deref(), DEFAULT_SCAN_LIMIT)?.clamp(1, MAX_SCAN_LIMIT);
-    let (min_offset, timeout_ms) =
-        read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
-    let prefix = Bytes::from(params.prefix.unwrap_or_default().into_bytes());
-    let start = Bytes::from(params.start.unwrap_or_default().into_bytes());
-    let pages = futures::future::join_all(meta.partitions.iter().enumerate().map(
-        |(partition, placement)| {
-            let read = KeyRead {
-                group: placement.group,
-                key: prefix.clone(),
-                start: start.clone(),
-                limit,
-                min_offset,
-                timeout_ms,
-            };
-            let state = &state;
-            async move {
-                let answer = route(
-                    state,
-                    placement,
-                    ForwardRequest::KeyScan(read.clone()),
-                    &read,
-                )
-                .await;
-                (partition as u32, answer)
-            }
-        },
-    ))
-    .await;
-    let mut merged: Vec<(u32, KeyRecord)> = Vec::new();
-    // Keys at or below this bound are complete over every partition.
-    let mut bound: Option<Bytes> = None;
-    for (partition, answer) in pages {
-        let page: KeyScan = match answer? {
-            ForwardResponse::Keys(page) => page,
-            other => {
-                return Err(ApiError::Internal {
-                    detail: format!("key scan answered {other:?}"),
-                })
-            }
-        };
-        if page.more {
-            if let Some(last) = page.last_examined {
-                bound = Some(match bound {
-                    Some(b) if b <= last => b,
-                    _ => last,
-                });
-            }
-        }
-        merged.extend(page.records.into_iter().map(|r| (partition, r)));
-    }
-    merged.sort_by(|a, b| a.1.key.cmp(&b.1.key));
-    if let Some(bound) = &bound {
-        merged.retain(|(_, r)| r.key <= *bound);
-    }
-    let full = merged.len() > limit as usize;
-    merged.truncate(limit as usize);
-    let next = if full || bound.is_some() {
-        merged
-            .last()
-            .map(|(_, r)| r.key.clone())
-            .or(bound)
-            .map(|last| {
-                let mut next = String::from_utf8_lossy(&last).into_owned();
-                next.push('\0');
-                next
-            })
-    } else {
-        None
-    };
+    let fresh = read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
+    let page = view
+        .scan(ScanRequest {
+            prefix: Bytes::from(params.prefix.unwrap_or_default().into_bytes()),
+            start: Bytes::from(params.start.unwrap_or_default().into_bytes()),
+            limit,
+            fresh,
+        })
+        .await?;
     let mut out = Vec::new();
     out.extend_from_slice(b"{\"keys\":[");
-    for (i, (partition, record)) in merged.iter().enumerate() {
+    for (i, (partition, record)) in page.keys.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -380,58 +158,31 @@ async fn scan(
     }
     out.extend_from_slice(b"],\"next\":");
     // Serialising an Option<String> into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &next);
+    let _ = serde_json::to_writer(&mut out, &page.next);
     out.push(b'}');
     Ok(json_response(out))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Publishes one record of `key` (a value, or a tombstone) and answers its offset.
 async fn write(
-    state: &AppState,
-    meta: &TopicMeta,
+    view: &KeyView<'_>,
     key: String,
     kind: ValueKind,
     value: Option<Bytes>,
 ) -> Result<Response, ApiError> {
-    let record = Record {
-        timestamp_ms: now_ms(),
-        kind,
-        key: Some(Bytes::from(key.into_bytes())),
-        value,
-        headers: Vec::new(),
-    };
-    check_sizes(&state.limits, &record)?;
-    let partition = partition_of(meta, record.key.as_deref().unwrap_or_default());
-    let placement = &meta.partitions[partition as usize];
-    let encoded =
-        EncodedRecords::encode(std::slice::from_ref(&record)).map_err(|e| ApiError::Internal {
-            detail: format!("record encoding: {e}"),
-        })?;
-    let appended = state.edge.append(placement, encoded).await?;
-    state
-        .metrics
-        .records_published
-        .with_label_values(&[&meta.name])
-        .inc();
+    let written = view.write(key, kind, value).await?;
     let mut response = (
         StatusCode::OK,
         Json(json!({
-            "partition": partition,
-            "offset": appended.base_offset,
-            "timestamp_ms": record.timestamp_ms,
+            "partition": written.partition,
+            "offset": written.offset,
+            "timestamp_ms": written.timestamp_ms,
         })),
     )
         .into_response();
     let headers = response.headers_mut();
-    headers.insert("x-partition", HeaderValue::from(partition));
-    headers.insert("x-offset", HeaderValue::from(appended.base_offset));
+    headers.insert("x-partition", HeaderValue::from(written.partition));
+    headers.insert("x-offset", HeaderValue::from(written.offset));
     Ok(response)
 }
 
@@ -442,7 +193,7 @@ async fn put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let meta = compacted_topic(&state, &topic).await?;
+    let view = state.service.key_view(&Caller::http(), &topic).await?;
     let kind = match media_type(&headers).as_deref() {
         Some("application/json") => {
             serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| {
@@ -467,7 +218,7 @@ async fn put(
             })
         }
     };
-    write(&state, &meta, key, kind, Some(body)).await
+    write(&view, key, kind, Some(body)).await
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -475,6 +226,6 @@ async fn delete(
     State(state): State<AppState>,
     Path((topic, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let meta = compacted_topic(&state, &topic).await?;
-    write(&state, &meta, key, ValueKind::String, None).await
+    let view = state.service.key_view(&Caller::http(), &topic).await?;
+    write(&view, key, ValueKind::String, None).await
 }

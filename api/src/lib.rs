@@ -1,34 +1,47 @@
 //! # Layout
 //!
-//! `psubd-api` is the HTTP edge every node runs. Any node answers any request: the edge
-//! finds the node that owns the work and forwards it over the peer transport.
+//! `psubd-api` is the edge every node runs. Any node answers any request: the edge finds
+//! the node that owns the work and forwards it over the peer transport. Its layers, each
+//! using only those below it (docs/architecture.md § The edge's layers):
 //!
-//! - [`error`]: the one mapping from errors to HTTP status and JSON error bodies.
-//! - [`forward`]: the node-to-node request protocol and how a node serves it locally.
-//! - [`edge`]: routing — which node serves a request, and retries at leader hints.
-//! - [`topics`], [`publish`], [`fetch`], [`cluster`]: one file per resource, each with
-//!   its `router`.
-//! - [`stream`]: partition streams as SSE or NDJSON, and what every stream shares;
-//!   [`group_stream`]: group member streams; [`ws`]: the WebSocket API.
-//! - [`groups`]: consumer groups (join, member fetch, commit, offsets, admin), and in
-//!   [`group_routing`] how the edge reaches a group's coordinator.
-//! - [`keys`]: key views of compacted topics (latest value per key, scan, put, delete).
-//! - [`json`]: JSON body extraction with the project's error bodies.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`state`]: what handlers share, and the request limits.
+//! **Presentation** — parse a request, call one service operation, render the answer:
+//! - [`topics`], [`publish`], [`fetch`], [`keys`], [`groups`], [`cluster`]: the HTTP
+//!   resources, each with its `router`; [`stream`]: partition streams (SSE, NDJSON) and
+//!   what every stream shares; [`group_stream`]: member streams; [`ws`]: the WebSocket API.
+//! - [`json`]: JSON body extraction with the project's error bodies; [`render`]: the JSON
+//!   form of records, shared by every answer that carries them.
+//!
+//! **Service** — [`service`]: every operation, typed, taking the [`Caller`] (the seam for
+//! authentication, ACLs and quotas) and answering [`ApiError`].
+//!
+//! **Routing** — [`edge`]: which node serves a request, retries at leader hints, waits
+//! for a leader; [`group_routing`]: how the edge reaches a group's coordinator.
+//!
+//! **Replica** — [`replica`]: serving a request on this node's replicas, for the edge
+//! and for peers.
+//!
+//! **Protocol** — [`protocol`]: the node-to-node requests and answers.
+//!
+//! Beside them: [`error`] (the one error and its one mapping to HTTP), [`limits`] (the
+//! request limits and their defaults), [`metrics`] (Prometheus), [`state`] (what handlers
+//! share).
 
 pub mod cluster;
 pub mod edge;
 pub mod error;
 pub mod fetch;
-pub mod forward;
 pub mod group_routing;
 pub mod group_stream;
 pub mod groups;
 pub mod json;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
+pub mod protocol;
 pub mod publish;
+pub mod render;
+pub mod replica;
+pub mod service;
 pub mod state;
 pub mod stream;
 pub mod topics;
@@ -46,8 +59,10 @@ use tracing::Level;
 
 pub use edge::Edge;
 pub use error::ApiError;
-pub use forward::ForwardService;
-pub use state::{AppState, Limits};
+pub use limits::Limits;
+pub use replica::ForwardService;
+pub use service::{Caller, Service};
+pub use state::AppState;
 
 /// The whole HTTP API of a node.
 pub fn router(state: AppState) -> Router {
@@ -101,11 +116,13 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let started = Instant::now();
     let response = next.run(request).await.into_response();
     state
+        .service
         .metrics
         .http_latency
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     state
+        .service
         .metrics
         .http_requests
         .with_label_values(&[&route, response.status().as_str()])

@@ -156,6 +156,13 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        // The process's memory, CPU seconds and file descriptors, as every Prometheus
+        // exporter names them (`process_*`), read from /proc at each scrape.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         Self {
             registry,
             http_requests,
@@ -235,5 +242,12 @@ mod tests {
             .inc_by(3);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains("psubd_records_published_total{topic=\"orders\"} 3"));
+        for process_metric in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(process_metric), "{process_metric} missing");
+        }
     }
 }

@@ -25,14 +25,17 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
 use psubd_actors::assignment::TopicPartition;
-use psubd_actors::topic::PartitionPlacement;
+use psubd_actors::topic::TopicMeta;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::fetch::{parse_offset, parse_partition, write_record};
-use crate::forward::OffsetSpec;
+use crate::fetch::{parse_offset, parse_partition};
+use crate::protocol::OffsetSpec;
+use crate::render::write_record;
+use crate::service::reads::ReadBounds;
+use crate::service::Caller;
 use crate::state::AppState;
 
 /// How long one fetch of a stream waits at the end of the log before polling again.
@@ -141,7 +144,7 @@ pub(crate) fn acquire(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams {
-            limit: state.limits.max_streams,
+            limit: state.service.limits.max_streams,
         })
 }
 
@@ -166,9 +169,9 @@ fn resume_offset(headers: &HeaderMap, partition: u32) -> Result<Option<u64>, Api
 /// Where a partition stream reads next.
 struct Cursor {
     state: AppState,
-    topic: String,
+    caller: Caller,
+    topic: TopicMeta,
     partition: u32,
-    placement: PartitionPlacement,
     offset: OffsetSpec,
     done: bool,
 }
@@ -177,17 +180,17 @@ struct Cursor {
 /// partition streams and WebSocket partition subscriptions.
 pub(crate) fn partition_records(
     state: AppState,
-    topic: String,
+    caller: Caller,
+    topic: TopicMeta,
     partition: u32,
-    placement: PartitionPlacement,
     offset: OffsetSpec,
 ) -> impl Stream<Item = Item> + Send + 'static {
     let shutdown = state.shutdown.clone();
     let cursor = Cursor {
         state,
+        caller,
         topic,
         partition,
-        placement,
         offset,
         done: false,
     };
@@ -196,15 +199,20 @@ pub(crate) fn partition_records(
             return None;
         }
         loop {
+            let bounds = ReadBounds {
+                max_records: STREAM_MAX_RECORDS,
+                max_bytes: STREAM_MAX_BYTES,
+                timeout_ms: STREAM_POLL_MS,
+            };
             let fetched = cursor
                 .state
-                .edge
+                .service
                 .fetch(
-                    &cursor.placement,
+                    &cursor.caller,
+                    &cursor.topic,
+                    cursor.partition,
                     cursor.offset,
-                    STREAM_MAX_RECORDS,
-                    STREAM_MAX_BYTES,
-                    STREAM_POLL_MS,
+                    bounds,
                 )
                 .await;
             match fetched {
@@ -222,19 +230,14 @@ pub(crate) fn partition_records(
                             return Some((Item::Error(error), cursor));
                         };
                         let mut json = Vec::with_capacity(128);
-                        write_record(&mut json, &cursor.topic, cursor.partition, offset, &record);
+                        let topic = &cursor.topic.name;
+                        write_record(&mut json, topic, cursor.partition, offset, &record);
                         rendered.push(StreamRecord {
                             partition: cursor.partition,
                             offset,
                             json,
                         });
                     }
-                    cursor
-                        .state
-                        .metrics
-                        .records_fetched
-                        .with_label_values(&[&cursor.topic])
-                        .inc_by(rendered.len() as u64);
                     // Past the records and any compacted gap the read crossed.
                     cursor.offset = OffsetSpec::At(fetched.next_offset);
                     return Some((Item::Records(rendered), cursor));
@@ -339,7 +342,8 @@ async fn stream_partition(
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let meta = state.edge.topic(&topic).await?;
+    let caller = Caller::http();
+    let meta = state.service.topic(&caller, &topic).await?;
     let partition = parse_partition(&topic, &partition, meta.config.partitions)?;
     let offset = match resume_offset(&headers, partition)? {
         Some(offset) => OffsetSpec::At(offset),
@@ -347,8 +351,7 @@ async fn stream_partition(
     };
     let framing = negotiate(&headers)?;
     let permit = acquire(&state)?;
-    let placement = meta.partitions[partition as usize].clone();
-    let items = partition_records(state, topic, partition, placement, offset);
+    let items = partition_records(state, caller, meta, partition, offset);
     Ok(respond(items, framing, permit))
 }
 

@@ -9,16 +9,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{
-    is_internal, validate_name, CleanupPolicy, TopicConfig, TopicMeta, DEFAULT_RETENTION_MS,
-    MAX_PARTITIONS,
+    CleanupPolicy, TopicConfig, TopicMeta, DEFAULT_RETENTION_MS, MAX_PARTITIONS,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::forward::{ForwardRequest, ForwardResponse};
 use crate::json;
+use crate::service::{names, Caller};
 use crate::state::AppState;
 
 /// Default replication factor when a create request gives none (capped by the nodes).
@@ -106,12 +105,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig), ApiError> {
-    validate_name("topic", &request.name).map_err(|e| ApiError::InvalidName { message: e.0 })?;
-    if is_internal(&request.name) {
-        return Err(ApiError::InvalidName {
-            message: "topic names starting with '__' are reserved".into(),
-        });
-    }
+    names::new_topic(&request.name)?;
     if !(1..=i64::from(MAX_PARTITIONS)).contains(&request.partitions) {
         return Err(invalid(format!(
             "partitions must be between 1 and {MAX_PARTITIONS}"
@@ -215,25 +209,12 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TopicView>, ApiError> {
+    let caller = Caller::http();
     // 404 for unknown and internal topics before anything is proposed.
-    state.edge.topic(&topic).await?;
+    state.service.topic(&caller, &topic).await?;
     let update = validate_update(json::parse(&headers, &body)?)?;
-    let response = state
-        .edge
-        .controller(
-            ForwardRequest::UpdateTopic {
-                name: topic.clone(),
-                update,
-            },
-            &topic,
-        )
-        .await?;
-    match response {
-        ForwardResponse::Topic(Some(meta)) => Ok(Json(TopicView::from(&meta))),
-        other => Err(ApiError::Internal {
-            detail: format!("update topic answered {other:?}"),
-        }),
-    }
+    let meta = state.service.update_topic(&caller, &topic, update).await?;
+    Ok(Json(TopicView::from(&meta)))
 }
 
 #[instrument(skip_all)]
@@ -243,51 +224,24 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: CreateTopic = json::parse(&headers, &body)?;
-    let nodes = state.broker().raft_node().peers().len();
-    let (name, config) = validate(request, nodes)?;
-    let response = state
-        .edge
-        .controller(
-            ForwardRequest::CreateTopic {
-                name: name.clone(),
-                config,
-            },
-            &name,
-        )
+    let (name, config) = validate(request, state.service.cluster_size())?;
+    let meta = state
+        .service
+        .create_topic(&Caller::http(), name, config)
         .await?;
-    match response {
-        ForwardResponse::Topic(Some(meta)) => {
-            // Usable when created: answer once every partition can take a write. Past
-            // the write timeout the topic still exists and answers 201; its remaining
-            // partitions are electing, and requests to them wait for their leader.
-            if !state.edge.await_leaders(&meta).await {
-                tracing::debug!(topic = %meta.name, "partitions still electing at the write timeout");
-            }
-            Ok((StatusCode::CREATED, Json(TopicView::from(&meta))).into_response())
-        }
-        other => Err(ApiError::Internal {
-            detail: format!("create topic answered {other:?}"),
-        }),
-    }
+    Ok((StatusCode::CREATED, Json(TopicView::from(&meta))).into_response())
 }
 
 async fn list(State(state): State<AppState>) -> Json<Vec<TopicView>> {
-    let metadata = state.broker().metadata();
-    Json(
-        metadata
-            .topics
-            .values()
-            .filter(|t| !is_internal(&t.name))
-            .map(TopicView::from)
-            .collect(),
-    )
+    let topics = state.service.list_topics(&Caller::http());
+    Json(topics.iter().map(TopicView::from).collect())
 }
 
 async fn describe(
     State(state): State<AppState>,
     Path(topic): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
-    let meta = state.edge.topic(&topic).await?;
+    let meta = state.service.topic(&Caller::http(), &topic).await?;
     Ok(Json(TopicView::from(&meta)))
 }
 
@@ -296,20 +250,7 @@ async fn delete(
     State(state): State<AppState>,
     Path(topic): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if is_internal(&topic) {
-        return Err(ApiError::InvalidName {
-            message: "internal topics cannot be deleted".into(),
-        });
-    }
-    state
-        .edge
-        .controller(
-            ForwardRequest::DeleteTopic {
-                name: topic.clone(),
-            },
-            &topic,
-        )
-        .await?;
+    state.service.delete_topic(&Caller::http(), &topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -317,17 +258,12 @@ async fn partitions(
     State(state): State<AppState>,
     Path(topic): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let meta = state.edge.topic(&topic).await?;
-    let statuses = futures::future::join_all(
-        meta.partitions
-            .iter()
-            .map(|p| state.edge.partition_status(p)),
-    )
-    .await;
-    let rows: Vec<serde_json::Value> = meta
-        .partitions
+    let partitions = state
+        .service
+        .partition_statuses(&Caller::http(), &topic)
+        .await?;
+    let rows: Vec<serde_json::Value> = partitions
         .iter()
-        .zip(statuses)
         .enumerate()
         .map(|(index, (placement, status))| {
             json!({

@@ -220,15 +220,24 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     let snapshot_every = opts.snapshot_every.or(kinds
         .contains(&FaultKind::SnapshotCrash)
         .then_some(DEFAULT_SNAPSHOT_EVERY));
-    let node_args = match snapshot_every {
-        Some(n) => vec![
+    // Peers in namespaces are not on loopback: the nodes need a cluster secret (peer
+    // authentication), a fresh one per run.
+    let secret = out.join("cluster-secret");
+    let key: [u8; 32] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&secret, format!("{hex}\n")).map_err(|e| JepsenError::io(&secret, e))?;
+    let mut node_args = vec![
+        "--cluster-secret-file".to_string(),
+        secret.display().to_string(),
+    ];
+    if let Some(n) = snapshot_every {
+        node_args.extend([
             "--snapshot-every-entries".to_string(),
             n.to_string(),
             "--keep-logs-after-snapshot".to_string(),
             "10".to_string(),
-        ],
-        None => Vec::new(),
-    };
+        ]);
+    }
     let cluster = Arc::new(Cluster::new(binary, specs).with_node_args(node_args));
     let mode = if net.is_some() { "netns" } else { "loopback" };
     let result = runtime.block_on(async {

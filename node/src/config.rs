@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use psubd_raft::{NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
+use psubd_api::limits::{
+    DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_STREAMS,
+};
+use psubd_raft::{ClusterSecret, NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
 
 /// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
 pub const DEFAULT_CACHE_MB: u64 = 64;
@@ -22,10 +26,6 @@ pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
 /// How long a proposed write may take before the client is told `outcome_unknown` (504).
 /// Longer than a failover (two election timeouts) so writes ride through one.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
-
-/// Most open streams (SSE, NDJSON, WebSocket connections and subscriptions) per node:
-/// each holds a little memory and a fetch loop; more are refused with 429.
-pub const DEFAULT_MAX_STREAMS: usize = 1024;
 
 /// How long a graceful shutdown may drain HTTP requests before it stops anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
@@ -73,6 +73,9 @@ pub enum ConfigError {
     /// A numeric setting is out of its range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The cluster secret cannot be used, or is missing where peers are not on loopback.
+    #[error("{0}")]
+    Secret(String),
 }
 
 /// Parses `1=127.0.0.1:9081,2=127.0.0.1:9082`.
@@ -126,13 +129,13 @@ pub struct NodeConfig {
     #[arg(long, env = "PSUBD_CACHE_MB", default_value_t = DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
     /// Largest record (key + value), bytes.
-    #[arg(long, env = "PSUBD_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "PSUBD_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
     /// Largest publish request body, bytes.
-    #[arg(long, env = "PSUBD_MAX_REQUEST_BYTES", default_value_t = 10 << 20)]
+    #[arg(long, env = "PSUBD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
     /// Most records in one publish request.
-    #[arg(long, env = "PSUBD_MAX_RECORDS_PER_REQUEST", default_value_t = 1000)]
+    #[arg(long, env = "PSUBD_MAX_RECORDS_PER_REQUEST", default_value_t = DEFAULT_MAX_RECORDS_PER_REQUEST)]
     pub max_records_per_request: usize,
     /// How long a proposed write may take before it is answered 504 outcome_unknown, ms.
     #[arg(long, env = "PSUBD_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_WRITE_TIMEOUT_MS)]
@@ -162,6 +165,27 @@ pub struct NodeConfig {
     /// Raft entries kept behind a snapshot for followers a little behind.
     #[arg(long, env = "PSUBD_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = DEFAULT_KEEP_LOGS_AFTER_SNAPSHOT)]
     pub keep_logs_after_snapshot: u64,
+    /// A file holding the cluster secret (at least 16 bytes; surrounding whitespace is
+    /// ignored). Every node of the cluster needs the same one: peers prove they hold it at
+    /// every connection, and a node with another secret is refused. Required unless every
+    /// --peers address is loopback (or --insecure).
+    #[arg(long, env = "PSUBD_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS on the --http port (with --tls-key). Plain HTTP is
+    /// then refused on that port.
+    #[arg(long, env = "PSUBD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PSUBD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with it, HTTPS clients must present a certificate signed by one
+    /// of them (mutual TLS).
+    #[arg(long, env = "PSUBD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Run without peer authentication although peers are not on loopback: anyone who can
+    /// reach the --raft port can then act as a node. Logged as a warning at start.
+    #[arg(long, env = "PSUBD_INSECURE")]
+    pub insecure: bool,
 }
 
 /// A validated node configuration.
@@ -171,6 +195,8 @@ pub struct ValidNodeConfig {
     pub raw: NodeConfig,
     /// The parsed peer list.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The cluster secret read from `--cluster-secret-file`, or none.
+    pub cluster_secret: ClusterSecret,
 }
 
 impl NodeConfig {
@@ -224,8 +250,41 @@ impl NodeConfig {
                 "--snapshot-stagger-percent must be at most {MAX_SNAPSHOT_STAGGER_PERCENT}"
             )));
         }
-        Ok(ValidNodeConfig { raw: self, peers })
+        let cluster_secret = match &self.cluster_secret_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    ConfigError::Secret(format!(
+                        "--cluster-secret-file {}: cannot read it: {e}",
+                        path.display()
+                    ))
+                })?;
+                ClusterSecret::new(&bytes).map_err(|why| {
+                    ConfigError::Secret(format!("--cluster-secret-file {}: {why}", path.display()))
+                })?
+            }
+            None => ClusterSecret::none(),
+        };
+        if !cluster_secret.is_set() && !self.insecure && !peers_on_loopback(&peers) {
+            return Err(ConfigError::Secret(
+                "the --peers addresses are not all loopback, so peers must authenticate: give \
+                 every node the same --cluster-secret-file (for example one made with \
+                 `head -c 32 /dev/urandom | base64 > cluster-secret`), or pass --insecure to \
+                 run without peer authentication"
+                    .into(),
+            ));
+        }
+        Ok(ValidNodeConfig {
+            raw: self,
+            peers,
+            cluster_secret,
+        })
     }
+}
+
+/// True when every peer address is a loopback address: only processes of this machine can
+/// reach the transport, so peers may go unauthenticated.
+pub fn peers_on_loopback(peers: &BTreeMap<NodeId, SocketAddr>) -> bool {
+    peers.values().all(|addr| addr.ip().is_loopback())
 }
 
 impl ValidNodeConfig {
@@ -236,10 +295,15 @@ impl ValidNodeConfig {
 
     /// The URL this node's HTTP API is reached at.
     pub fn advertised_http(&self) -> String {
+        let scheme = if self.raw.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.raw
             .advertise_http
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.raw.http))
+            .unwrap_or_else(|| format!("{scheme}://{}", self.raw.http))
     }
 }
 

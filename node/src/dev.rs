@@ -78,6 +78,7 @@ impl DevCluster {
             }
         }
         let exe = std::env::current_exe().context("locating the psubd binary")?;
+        let secret = cluster_secret_file(&args.data_dir)?;
         let mut children = Vec::new();
         let mut urls = Vec::new();
         for n in 1..=args.nodes {
@@ -111,6 +112,8 @@ impl DevCluster {
                 .args(["--peers", &peers])
                 .arg("--data-dir")
                 .arg(&dir)
+                .arg("--cluster-secret-file")
+                .arg(&secret)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -186,6 +189,13 @@ impl DevCluster {
 /// # Errors
 /// When the cluster cannot start.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // The nodes inherit the environment, and `dev` checks them over plain HTTP.
+    for tls in ["PSUBD_TLS_CERT", "PSUBD_TLS_KEY", "PSUBD_TLS_CLIENT_CA"] {
+        anyhow::ensure!(
+            std::env::var_os(tls).is_none(),
+            "psubd dev runs its nodes over plain HTTP: unset {tls} (try HTTPS with `psubd node`)"
+        );
+    }
     let mut cluster = DevCluster::start(&args).await?;
     say!(
         "psubd dev: {} nodes, data and logs under {}",
@@ -217,4 +227,32 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     cluster.stop().await;
     say!("stopped");
     Ok(())
+}
+
+/// The local cluster's secret: `<data-dir>/cluster-secret`, made (random, readable by the
+/// owner only) the first time. The nodes are on loopback and could go without one, but a
+/// dev cluster runs the peers' authentication as a deployed one does.
+fn cluster_secret_file(data_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("cluster-secret");
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let bytes: [u8; 32] = rand::random();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            file.write_all(hex.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    Ok(path)
 }

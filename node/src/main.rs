@@ -6,7 +6,7 @@ use psubd::dev::DevArgs;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of the system allocator. Measured under the batch publish load
-/// (`psubd bench --dev --producers 64 --records-per-request 100`, 3 alternating runs
+/// (`psubd-bench --dev --producers 64 --records-per-request 100`, 3 alternating runs
 /// each): about 15 % more records/s than glibc malloc, whose
 /// arena locking, chunk consolidation and page faults on freshly mapped memory (sled
 /// allocates an 8 MiB buffer per log segment) were a fifth of the nodes' CPU. mimalloc
@@ -49,8 +49,6 @@ enum Command {
     Node(Box<NodeConfig>),
     /// Start a local cluster of node processes (Ctrl-C stops it).
     Dev(DevArgs),
-    /// Measure a cluster: publish and consume load, latency and throughput.
-    Bench(Box<psubd::bench::BenchArgs>),
 }
 
 /// The log filter unless `PSUBD_LOG` (or `RUST_LOG`) sets one. openraft is left out:
@@ -91,7 +89,6 @@ fn main() -> std::process::ExitCode {
                 psubd::run(config, psubd::signal::terminated()).await
             }
             Command::Dev(args) => psubd::dev::run(args).await,
-            Command::Bench(args) => psubd::bench::run(*args).await,
         }
     });
     match result {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use psubd_actors::controller::NodeInfo;
 use psubd_actors::{Broker, BrokerConfig};
-use psubd_api::forward::ForwardRequest;
+use psubd_api::protocol::ForwardRequest;
 use psubd_api::{AppState, Edge, ForwardService, Limits};
 use psubd_raft::{RaftNode, RaftNodeConfig, RaftTuning, StorageFailure};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,9 @@ pub async fn run(
         write_timeout_ms = raw.write_timeout_ms,
         "starting node"
     );
+    if !config.cluster_secret.is_set() && !crate::config::peers_on_loopback(&config.peers) {
+        warn!("peers are not authenticated (--insecure): anyone who can reach the --raft port can act as a node");
+    }
     if psubd_raft::SKIPS_LOG_FSYNC {
         warn!("TEST BUILD: this node never syncs its Raft log (feature chaos-skip-log-fsync); acknowledged writes are lost on power loss");
     }
@@ -51,6 +54,7 @@ pub async fn run(
         data_dir: raw.data_dir.clone(),
         cache_capacity_bytes: raw.cache_mb << 20,
         min_free_bytes: raw.min_free_bytes,
+        cluster_secret: config.cluster_secret.clone(),
         tuning: RaftTuning {
             snapshot_every_entries: raw.snapshot_every_entries,
             snapshot_growth_percent: raw.snapshot_growth_percent,
@@ -80,6 +84,14 @@ pub async fn run(
     let state = AppState::new(edge.clone(), limits, root.child_token());
     let open_streams = state.streams.clone();
     let app = psubd_api::router(state);
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(
+            cert,
+            key,
+            raw.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(raw.http)
         .await
         .with_context(|| format!("binding the HTTP address {}", raw.http))?;
@@ -93,11 +105,23 @@ pub async fn run(
         root.child_token(),
     ));
     let http_stop = root.child_token();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
+    let stopped = async move { http_stop.cancelled().await };
+    let server = match tls {
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)
+                .context("starting the HTTPS listener")?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
     info!(http = %config.advertised_http(), "node serving");
 
     let health = raft_node.storage().health().clone();

@@ -62,6 +62,38 @@ fn a_node_missing_from_its_peers_is_refused_with_the_rule() {
 }
 
 #[test]
+fn peers_off_loopback_without_a_cluster_secret_are_refused_with_the_fix() {
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9,2=10.1.2.3:9081",
+    ]);
+    assert!(
+        stderr.contains("--cluster-secret-file") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_short_cluster_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "too short\n").unwrap();
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9",
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+}
+
+#[test]
 fn a_snapshot_stagger_past_its_bound_is_refused_with_the_rule() {
     let stderr = refused(&[
         "node",
@@ -203,4 +235,103 @@ fn dev_starts_three_ready_nodes_and_stops_them_on_sigterm() {
             "node {n} shut down gracefully:\n{log}"
         );
     }
+}
+
+/// Runs `curl` with `args`; returns its exit status and what it printed.
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// docs/operations.md § Security: with --tls-cert and --tls-key the API port speaks HTTPS
+/// (checked with a self-signed certificate made by openssl), and plain HTTP there gets no
+/// answer.
+#[test]
+fn the_api_speaks_https_with_a_certificate_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=psubd-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (http, raft) = (free_port(), free_port());
+    let mut child = Command::new(PSUBD)
+        .args(["node", "--id", "1"])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--raft", &format!("127.0.0.1:{raft}")])
+        .args(["--peers", &format!("1=127.0.0.1:{raft}")])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cacert = cert.to_str().unwrap();
+    let https = format!("https://127.0.0.1:{http}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut ready = false;
+    while !ready && Instant::now() < deadline {
+        let (ok, code) = curl(&[
+            "--cacert",
+            cacert,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &https,
+        ]);
+        ready = ok && code == "200";
+        if !ready {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (plain_ok, plain_body) = curl(&[&format!("http://127.0.0.1:{http}/healthz")]);
+    let (unverified_ok, _) = curl(&[&format!("https://127.0.0.1:{http}/healthz")]);
+    let status = terminate(&mut child, Duration::from_secs(15));
+    assert!(
+        ready,
+        "HTTPS with the node's certificate answers /readyz 200"
+    );
+    assert!(
+        !plain_ok && plain_body.is_empty(),
+        "plain HTTP got an answer: {plain_body}"
+    );
+    assert!(
+        !unverified_ok,
+        "a client that does not trust the certificate must fail"
+    );
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "SIGTERM stops it cleanly"
+    );
 }

@@ -121,6 +121,7 @@ async fn run_once(
             data_dir: tmp.path().join(format!("node-{id}")),
             cache_capacity_bytes: 64 * 1024 * 1024,
             min_free_bytes: 0,
+            cluster_secret: psubd_raft::ClusterSecret::none(),
             tuning: RaftTuning::default(),
         };
         nodes.push(RaftNode::start(config).await.expect("start"));

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use psubd_raft::write_behind::WriteBehind;
+use psubd_raft::state::write_behind::WriteBehind;
 
 /// Flush latencies recorded by the probe, in microseconds.
 type Samples = Arc<Mutex<Vec<u64>>>;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use openraft::SnapshotPolicy;
 
+use crate::transport::auth::ClusterSecret;
 use crate::transport::TransportLimits;
 use crate::types::NodeId;
 
@@ -48,10 +49,10 @@ pub struct RaftTuning {
     /// size, in percent. 100: snapshot writes cost at most as much again as the appends,
     /// however large the state (the entry count alone rewrote a large partition every
     /// 5 000 small publishes); 0 leaves the entry count alone (tests). See
-    /// `snapshot_schedule`.
+    /// `state::schedule`.
     pub snapshot_growth_percent: u64,
     /// Each replica scales both thresholds above (and the retained-state rule of
-    /// `snapshot_schedule`) by a random factor between 100 % and 100 % + this, drawn when
+    /// `state::schedule`) by a random factor between 100 % and 100 % + this, drawn when
     /// it opens the group. 50: the replicas of a partition, and partitions under the same
     /// load, reach their thresholds at the same entry and would otherwise build their
     /// snapshots (each a copy of the whole partition) at once; 0 disables it (tests).
@@ -112,7 +113,7 @@ impl Default for RaftTuning {
             max_payload_entries: 32,
             max_append_bytes: 4 * 1024 * 1024,
             purge_batch_size: 256,
-            log_segment_bytes: crate::segment_log::DEFAULT_SEGMENT_BYTES,
+            log_segment_bytes: crate::log::segments::DEFAULT_SEGMENT_BYTES,
             snapshot_chunk_bytes: 1024 * 1024,
             max_inflight_per_peer: 1024,
             outbound_queue_frames: 1024,
@@ -137,7 +138,7 @@ impl RaftTuning {
             election_timeout_max: self.election_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             max_payload_entries: self.max_payload_entries,
-            // Each state machine asks for snapshots itself (`snapshot_schedule`).
+            // Each state machine asks for snapshots itself (`state::schedule`).
             snapshot_policy: SnapshotPolicy::Never,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
             max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,
@@ -222,6 +223,9 @@ pub struct RaftNodeConfig {
     pub data_dir: PathBuf,
     /// Bound of the storage engine's page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// The secret every peer must prove it holds at the hello exchange (none: peers are not
+    /// authenticated; the node configuration allows that only on loopback).
+    pub cluster_secret: ClusterSecret,
     /// Below this many free bytes on the data directory's file system the node refuses new
     /// records (see [`crate::health`]); 0 never refuses.
     pub min_free_bytes: u64,

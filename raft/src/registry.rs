@@ -21,12 +21,12 @@ use tracing::Instrument;
 use crate::config::RaftNodeConfig;
 use crate::error::StorageIoError;
 use crate::health::StorageHealth;
-use crate::logic::GroupLogic;
 use crate::network::GroupNetworkFactory;
-use crate::snapshot_schedule::{SnapshotRequests, SnapshotSchedule};
-use crate::storage::NodeStorage;
+use crate::node_storage::NodeStorage;
+use crate::state::logic::GroupLogic;
+use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
 use crate::transport::codec::{PeerRequest, PeerResponse, RaftRequest, RaftResponse, Refusal};
-use crate::transport::{Faults, InboundHandler, Transport, TransportError};
+use crate::transport::{Faults, InboundHandler, Transport, TransportError, TransportSetup};
 use crate::types::{typ, GroupId, NodeId};
 
 /// Handles forwarded application requests arriving over the transport (set by the api
@@ -280,13 +280,16 @@ impl RaftNode {
         let limits = config.tuning.transport_limits();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let transport = Transport::start(
-                config.id,
                 listener,
-                config.peers.clone(),
-                limits,
-                faults.clone(),
-                Arc::new(Router(weak.clone())),
-                storage.health().low_space_watch(),
+                TransportSetup {
+                    id: config.id,
+                    peers: config.peers.clone(),
+                    limits,
+                    faults: faults.clone(),
+                    handler: Arc::new(Router(weak.clone())),
+                    low_space: storage.health().low_space_watch(),
+                    secret: config.cluster_secret.clone(),
+                },
             );
             Inner {
                 config,
@@ -324,6 +327,14 @@ impl RaftNode {
     /// The node's storage (the api and actors read partition state through it).
     pub fn storage(&self) -> &NodeStorage {
         &self.inner.storage
+    }
+
+    /// True when this node has a live connection to `peer` on which it heard from it
+    /// within the last two keepalives: the two are in contact now.
+    pub fn in_contact_with(&self, peer: NodeId) -> bool {
+        peer == self.id()
+            || (self.inner.transport.connected_peers().contains(&peer)
+                && !self.inner.transport.is_silent(peer))
     }
 
     /// The first of `nodes` known to be low on space, this node by its own measurement and

@@ -16,8 +16,9 @@ use futures::future::BoxFuture;
 use openraft::ServerState;
 use psubd_raft::types::typ;
 use psubd_raft::{
-    Command, CommandResponse, GroupId, GroupLogic, NodeId, NodeStorage, PeerService, RaftNode,
-    RaftNodeConfig, RaftTuning, SnapshotPlan, StorageIoError, TransportError, Tree, WriteBatch,
+    ClusterSecret, Command, CommandResponse, GroupId, GroupLogic, NodeId, NodeStorage, PeerService,
+    RaftNode, RaftNodeConfig, RaftTuning, SnapshotPlan, StorageIoError, TransportError, Tree,
+    WriteBatch,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -122,7 +123,14 @@ struct Cluster {
     dirs: BTreeMap<NodeId, PathBuf>,
     peers: BTreeMap<NodeId, SocketAddr>,
     tuning: RaftTuning,
+    /// The cluster secret each node holds.
+    secrets: BTreeMap<NodeId, ClusterSecret>,
     nodes: BTreeMap<NodeId, Option<Running>>,
+}
+
+/// The secret every node of a test cluster holds unless a test says otherwise.
+fn our_secret() -> ClusterSecret {
+    ClusterSecret::new(b"the in-process test cluster's secret").unwrap()
 }
 
 fn init_tracing() {
@@ -134,6 +142,15 @@ fn init_tracing() {
 
 impl Cluster {
     async fn start(n: u64, tuning: RaftTuning) -> Cluster {
+        Self::start_with_secrets(n, tuning, |_id| our_secret()).await
+    }
+
+    /// As [`Cluster::start`], node `id` holding `secret(id)`.
+    async fn start_with_secrets(
+        n: u64,
+        tuning: RaftTuning,
+        secret: impl Fn(NodeId) -> ClusterSecret,
+    ) -> Cluster {
         init_tracing();
         let tmp = tempfile::tempdir().unwrap();
         let addrs = reserve_ports(n as usize);
@@ -146,6 +163,7 @@ impl Cluster {
             dirs,
             peers,
             tuning,
+            secrets: (1..=n).map(|id| (id, secret(id))).collect(),
             nodes: BTreeMap::new(),
         };
         for id in 1..=n {
@@ -166,6 +184,7 @@ impl Cluster {
             data_dir: self.dirs[&id].clone(),
             cache_capacity_bytes: 16 * 1024 * 1024,
             min_free_bytes: 0,
+            cluster_secret: self.secrets[&id].clone(),
             tuning: self.tuning.clone(),
         };
         // A restarted node reopens the directory its previous incarnation, in this same
@@ -600,6 +619,53 @@ async fn wiped_node_catches_up_through_a_snapshot() {
         .await;
     let m = cluster.raft(wiped, 3).metrics().borrow().clone();
     assert!(m.snapshot.is_some(), "the wiped node installed no snapshot");
+    cluster.shutdown().await;
+}
+
+/// docs/operations.md § Security: peers prove they hold the cluster secret. A node configured
+/// with another one is never connected, takes no part in a group, and the others go on
+/// with a quorum of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_another_cluster_secret_never_joins() {
+    let mut cluster = Cluster::start_with_secrets(3, RaftTuning::default(), |id| {
+        if id == 3 {
+            ClusterSecret::new(b"a secret from another cluster").unwrap()
+        } else {
+            our_secret()
+        }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "nodes 1 and 2 connected",
+        || async {
+            (cluster.node(1).connected_peers() == vec![2]
+                && cluster.node(2).connected_peers() == vec![1])
+            .then_some(())
+        },
+    )
+    .await;
+    cluster.open_group(6).await;
+    let majority = cluster.client_without(6, 3);
+    write_concurrently(&majority, "w", 40, 4).await;
+    eventually(
+        Duration::from_secs(10),
+        "both members applied every write",
+        || async {
+            (cluster.applied(1, 6).len() == 40 && cluster.applied(2, 6).len() == 40).then_some(())
+        },
+    )
+    .await;
+    // By now each of nodes 1 and 2 has dialled node 3 several times (a dial backs off from
+    // tens of milliseconds) and every attempt was refused.
+    assert!(cluster.node(3).connected_peers().is_empty());
+    assert!(cluster.node(1).connected_peers() == vec![2]);
+    assert!(cluster.applied(3, 6).is_empty(), "node 3 applied nothing");
+    assert_eq!(
+        cluster.raft(3, 6).metrics().borrow().current_leader,
+        None,
+        "node 3 never heard of a leader"
+    );
     cluster.shutdown().await;
 }
 

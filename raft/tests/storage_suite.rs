@@ -14,7 +14,7 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{
     Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership,
 };
-use psubd_raft::snapshot_schedule::{SnapshotRequests, SnapshotSchedule, MIN_BYTES_OVER_RETAINED};
+use psubd_raft::state::schedule::{SnapshotRequests, SnapshotSchedule, MIN_BYTES_OVER_RETAINED};
 use psubd_raft::types::typ;
 use psubd_raft::{
     Command, CommandResponse, GroupLogic, LogStore, NodeStorage, RaftTuning, SnapshotPlan,

@@ -519,6 +519,19 @@ impl NodeClient {
         ))
     }
 
+    /// `GET path` as JSON, whatever the status (`/readyz` answers JSON with 503 too).
+    ///
+    /// # Errors
+    ///
+    /// The transport error, or a body that is not JSON.
+    pub async fn try_get_json(&self, path: &str) -> Result<Value, String> {
+        self.send(self.client.get(self.url(path)))
+            .await?
+            .json()
+            .await
+            .map_err(|e| format!("GET {path} on {}: body is not JSON: {e}", self.base))
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
         req.timeout(REQUEST_TIMEOUT)
             .send()

@@ -54,6 +54,8 @@ struct Node {
     child: Option<Child>,
     /// When SIGTERM was sent to the current process, to time its shutdown.
     term_sent: Option<Instant>,
+    /// Environment of this node alone, after the cluster's (see [`Cluster::set_node_env`]).
+    env: Vec<(String, String)>,
 }
 
 /// A running cluster of `psubd node` processes. Node ids are 1..=n.
@@ -155,6 +157,7 @@ impl Cluster {
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
                 term_sent: None,
+                env: Vec::new(),
             });
         }
         let peers = nodes
@@ -376,6 +379,14 @@ impl Cluster {
         out
     }
 
+    /// Sets an environment variable for node `id` alone, from its next start on (a test
+    /// giving one node another setting, say).
+    pub fn set_node_env(&mut self, id: u64, key: &str, value: &str) {
+        let node = self.node_mut(id);
+        node.env.retain(|(k, _)| k != key);
+        node.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts node `id` again with the same ports and data dir, without waiting.
     ///
     /// # Panics
@@ -503,8 +514,9 @@ impl Cluster {
     fn spawn(&mut self, id: u64) {
         let bin = self.bin.clone();
         let peers = self.peers.clone();
-        let env = self.env.clone();
+        let mut env = self.env.clone();
         let node = self.node_mut(id);
+        env.extend(node.env.iter().cloned());
         node.mark_log(&format!("psubd-tests: starting node {id}"));
         let log = OpenOptions::new()
             .create(true)

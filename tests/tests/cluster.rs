@@ -1342,3 +1342,65 @@ async fn assert_offsets_continue(c: &Cluster, topic: &str, acked: &mut Vec<Acked
         acked.extend(Acked::from_publish(&r, &d));
     }
 }
+
+/// docs/operations.md § Security: a node restarted with another cluster secret is refused
+/// by its peers and never rejoins; the other two go on serving as a healthy majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_cluster_secret_never_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    let theirs = dir.path().join("theirs");
+    std::fs::write(&ours, "the cluster's own secret, 32 bytes\n").unwrap();
+    std::fs::write(&theirs, "a secret from somewhere else, too\n").unwrap();
+    let mut cluster =
+        Cluster::start_with_env(3, &[("PSUBD_CLUSTER_SECRET_FILE", ours.to_str().unwrap())]).await;
+    let via = cluster.node(1);
+    via.create_topic("guarded", 3, 3).await;
+
+    cluster.kill(3);
+    cluster.set_node_env(3, "PSUBD_CLUSTER_SECRET_FILE", theirs.to_str().unwrap());
+    cluster.respawn(3);
+    // Both sides say why, once: node 1 that node 3's proof failed, node 3 that node 1
+    // hung up on its proof.
+    for (id, peer) in [(1, 3), (3, 1)] {
+        let log = cluster.log_path(id).to_path_buf();
+        eventually(CATCH_UP, &format!("node {id} to log the refusal"), || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+                let refusal = format!("peer={peer}");
+                let found = text.lines().any(|line| {
+                    line.contains("WARN")
+                        && line.contains("cluster secret")
+                        && line.contains(&refusal)
+                });
+                found.then_some(()).ok_or_else(|| "not yet".to_string())
+            }
+        })
+        .await;
+    }
+
+    // The majority serves: a publish to every partition is acknowledged.
+    let records: Vec<NewRecord> = (0..30)
+        .map(|i| NewRecord::keyed(format!("k{i}"), json!(i)))
+        .collect();
+    match via.try_publish("guarded", &records, CATCH_UP).await {
+        PublishOutcome::Acked(reports) => assert_eq!(reports.len(), 30),
+        other => panic!("the majority must take writes: {other:?}"),
+    }
+    // Node 3 has no controller quorum, and holds none of those records.
+    assert!(
+        !cluster.node(3).is_ready().await,
+        "node 3 must not be ready"
+    );
+    for partition in 0..3 {
+        let on_3 = cluster
+            .node(3)
+            .try_fetch("guarded", partition, 0, 100, 0)
+            .await;
+        assert!(
+            on_3.map_or(true, |fetched| fetched.records.is_empty()),
+            "node 3 served records of partition {partition}"
+        );
+    }
+}

@@ -71,21 +71,20 @@ impl Drop for SmallDisk {
     }
 }
 
-/// `GET /readyz`'s `storage.state` on `node`.
-async fn storage_state(node: &NodeClient) -> Result<String, String> {
-    let body: Value = node
-        .http()
-        .get(node.url("/readyz"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    body.pointer("/storage/state")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no storage.state in {body}"))
+/// Waits until `GET /readyz` on `node` reports the storage state `state`.
+async fn await_storage_state(node: &NodeClient, state: &str) {
+    eventually(
+        SPACE_NOTICED_WITHIN,
+        &format!("storage state {state} on {}", node.base()),
+        || async {
+            let ready = node.try_get_json("/readyz").await?;
+            match ready.pointer("/storage/state").and_then(Value::as_str) {
+                Some(now) if now == state => Ok(()),
+                now => Err(format!("storage state {now:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 fn batch(from: usize, n: usize) -> Vec<NewRecord> {
@@ -134,17 +133,7 @@ async fn a_full_disk_refuses_new_records_keeps_reads_and_recovers_without_a_rest
     let fill = disk.free_bytes().saturating_sub(MIN_FREE_BYTES / 2);
     std::fs::write(&ballast, vec![0u8; fill as usize]).expect("write the ballast");
     let node1 = cluster.node(1);
-    eventually(
-        SPACE_NOTICED_WITHIN,
-        "node 1 to report low space",
-        || async {
-            match storage_state(&node1).await? {
-                state if state == "low_space" => Ok(()),
-                state => Err(format!("storage state {state}")),
-            }
-        },
-    )
-    .await;
+    await_storage_state(&node1, "low_space").await;
 
     // Every partition has a replica on node 1, so every leader refuses new records with
     // 507, whichever node it is on. Until node 1's word reaches a leader, a publish may
@@ -211,17 +200,7 @@ async fn a_full_disk_refuses_new_records_keeps_reads_and_recovers_without_a_rest
 
     // Space returns: publishing resumes by itself, without a restart.
     std::fs::remove_file(&ballast).expect("remove the ballast");
-    eventually(
-        SPACE_NOTICED_WITHIN,
-        "node 1 to report space back",
-        || async {
-            match storage_state(&node1).await? {
-                state if state == "ok" => Ok(()),
-                state => Err(format!("storage state {state}")),
-            }
-        },
-    )
-    .await;
+    await_storage_state(&node1, "ok").await;
     let resumed = eventually(SPACE_NOTICED_WITHIN, "publishing to resume", || {
         let via = &via;
         async move {

@@ -1,105 +1,171 @@
-//! The controller actor: proposes metadata changes to Raft group 0.
+//! The controller: proposes metadata changes to Raft group 0.
 //!
 //! Every node runs group 0 and reads the replicated [`ControllerState`] locally through a
-//! watch; only writes come here. The actor validates, chooses replica sets, and proposes
-//! without awaiting the commit in `handle` (the write runs in a task that answers).
+//! watch; only writes come here. A plain service, not an actor: it holds no state of its
+//! own (the state is group 0's), so each change is a call that checks this node leads,
+//! validates, chooses replica sets and proposes with the write timeout as its deadline.
 
 pub mod state;
 
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{NodeId, RaftNode};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::error::{ControllerError, PartitionError};
-use crate::partition::{check_leader, BatchLimits};
+use crate::clock::now_ms;
+use crate::error::ControllerError;
+use crate::proposal::{self, check_leader};
+use crate::stable_hash::fnv1a;
 use crate::topic::{place_replicas, TopicConfig, TopicMeta};
 pub use state::{
     ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo, TopicUpdate,
 };
 
-/// Messages of [`ControllerActor`].
-pub enum ControllerMsg {
-    /// Create a topic (validated by the caller); answered with its metadata.
-    CreateTopic {
-        /// The name.
-        name: String,
-        /// The configuration.
-        config: TopicConfig,
-        /// Where the answer goes.
-        reply: RpcReplyPort<Result<TopicMeta, ControllerError>>,
-    },
-    /// Delete a topic.
-    DeleteTopic {
-        /// The name.
-        name: String,
-        /// Where the answer goes.
-        reply: RpcReplyPort<Result<(), ControllerError>>,
-    },
-    /// Change a topic's mutable settings (validated by the caller); answered with the
-    /// topic's metadata after the change.
-    UpdateTopic {
-        /// The name.
-        name: String,
-        /// What changes.
-        update: TopicUpdate,
-        /// Where the answer goes.
-        reply: RpcReplyPort<Result<TopicMeta, ControllerError>>,
-    },
-    /// Register a node's HTTP address.
-    RegisterNode {
-        /// The node.
-        info: NodeInfo,
-        /// Where the answer goes.
-        reply: RpcReplyPort<Result<(), ControllerError>>,
-    },
-}
+/// How proposals name group 0 in their reasons.
+const GROUP: &str = "controller";
 
-/// Startup arguments of the controller actor.
-pub struct ControllerArgs {
+/// This node's writer of group 0. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
     /// Group 0's Raft handle.
-    pub raft: Raft,
+    raft: Raft,
     /// Every node of the cluster (the `--peers` ids): replica sets are drawn from them.
-    pub nodes: Vec<NodeId>,
+    nodes: Vec<NodeId>,
     /// This node's Raft groups: which peers are connected right now.
-    pub raft_node: RaftNode,
-    /// Timeouts and quorum staleness.
-    pub limits: BatchLimits,
+    raft_node: RaftNode,
+    /// How long a proposed change may take before it is answered "outcome unknown".
+    write_timeout: Duration,
+    /// A leader that has not heard from a quorum for this long refuses changes.
+    quorum_stale_after: Duration,
 }
 
-/// The controller actor. See the module docs.
-pub struct ControllerActor;
+impl Controller {
+    /// The controller over group 0's `raft`.
+    pub fn new(
+        raft: Raft,
+        nodes: Vec<NodeId>,
+        raft_node: RaftNode,
+        write_timeout: Duration,
+        quorum_stale_after: Duration,
+    ) -> Self {
+        Self {
+            raft,
+            nodes,
+            raft_node,
+            write_timeout,
+            quorum_stale_after,
+        }
+    }
 
-fn map_leadership(error: PartitionError) -> ControllerError {
-    match error {
-        PartitionError::NotLeader { leader } => ControllerError::NotLeader { leader },
-        _ => ControllerError::NoQuorum,
+    /// Creates a topic (validated by the caller); answers its metadata.
+    ///
+    /// # Errors
+    /// `NotLeader` / `NoQuorum` (nothing written), `Invalid` for more replicas than
+    /// nodes, `TopicExists`, `OutcomeUnknown`.
+    pub async fn create_topic(
+        &self,
+        name: String,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.check_leader()?;
+        if config.replication_factor as usize > self.nodes.len() {
+            return Err(ControllerError::Invalid(format!(
+                "replication_factor {} exceeds the {} nodes of the cluster",
+                config.replication_factor,
+                self.nodes.len()
+            )));
+        }
+        // Rotate the first replica by the stable hash of the name so topics' leaders
+        // spread.
+        let offset = fnv1a(name.as_bytes());
+        let candidates = live_first(&self.nodes, &self.raft_node, config.replication_factor);
+        let replicas = place_replicas(
+            &candidates,
+            config.partitions,
+            config.replication_factor,
+            offset,
+        );
+        let command = ControllerCommand::CreateTopic {
+            name,
+            config,
+            replicas,
+            created_ms: now_ms(),
+        };
+        match self.propose(command).await? {
+            ControllerResponse::Done(Some(meta)) => Ok(meta),
+            ControllerResponse::TopicExists => Err(ControllerError::TopicExists),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Deletes a topic.
+    ///
+    /// # Errors
+    /// As [`Controller::create_topic`]; `TopicNotFound`.
+    pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
+        self.check_leader()?;
+        match self
+            .propose(ControllerCommand::DeleteTopic { name })
+            .await?
+        {
+            ControllerResponse::Done(_) => Ok(()),
+            ControllerResponse::TopicNotFound => Err(ControllerError::TopicNotFound),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Changes a topic's mutable settings (validated by the caller); answers the topic's
+    /// metadata after the change.
+    ///
+    /// # Errors
+    /// As [`Controller::delete_topic`].
+    pub async fn update_topic(
+        &self,
+        name: String,
+        update: TopicUpdate,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.check_leader()?;
+        match self
+            .propose(ControllerCommand::UpdateTopic { name, update })
+            .await?
+        {
+            ControllerResponse::Done(Some(meta)) => Ok(meta),
+            ControllerResponse::TopicNotFound => Err(ControllerError::TopicNotFound),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Records a node's HTTP address.
+    ///
+    /// # Errors
+    /// `NotLeader` / `NoQuorum` (nothing written), `OutcomeUnknown`.
+    pub async fn register_node(&self, info: NodeInfo) -> Result<(), ControllerError> {
+        self.check_leader()?;
+        self.propose(ControllerCommand::RegisterNode(info))
+            .await
+            .map(|_| ())
+    }
+
+    fn check_leader(&self) -> Result<(), ControllerError> {
+        Ok(check_leader(&self.raft, self.quorum_stale_after)?)
+    }
+
+    async fn propose(
+        &self,
+        command: ControllerCommand,
+    ) -> Result<ControllerResponse, ControllerError> {
+        let command =
+            state::encode_command(&command).map_err(|_| ControllerError::OutcomeUnknown {
+                reason: "command did not encode".into(),
+            })?;
+        let response = proposal::propose(&self.raft, command, self.write_timeout, GROUP).await?;
+        Ok(state::decode_response(&response))
     }
 }
 
-async fn propose(
-    raft: Raft,
-    command: ControllerCommand,
-    timeout: Duration,
-) -> Result<ControllerResponse, ControllerError> {
-    let command = state::encode_command(&command).map_err(|_| ControllerError::OutcomeUnknown {
-        reason: "command did not encode".into(),
-    })?;
-    match tokio::time::timeout(timeout, raft.client_write(command)).await {
-        Ok(Ok(response)) => Ok(state::decode_response(&response.data)),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(ControllerError::OutcomeUnknown {
-                reason: "leadership changed while the write was in flight".into(),
-            })
-        }
-        Ok(Err(_)) => Err(ControllerError::OutcomeUnknown {
-            reason: "the controller's Raft group stopped".into(),
-        }),
-        Err(_) => Err(ControllerError::OutcomeUnknown {
-            reason: "the write was not committed within the timeout".into(),
-        }),
+fn unexpected() -> ControllerError {
+    ControllerError::OutcomeUnknown {
+        reason: "unexpected controller response".into(),
     }
 }
 
@@ -117,137 +183,5 @@ fn live_first(nodes: &[NodeId], raft_node: &RaftNode, replication_factor: u32) -
         live
     } else {
         nodes.to_vec()
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-impl Actor for ControllerActor {
-    type Msg = ControllerMsg;
-    type State = ControllerArgs;
-    type Arguments = ControllerArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: ControllerArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let raft = state.raft.clone();
-        let timeout = state.limits.write_timeout;
-        if let Err(error) = check_leader(&raft, &state.limits) {
-            let error = map_leadership(error);
-            match message {
-                ControllerMsg::CreateTopic { reply, .. } => drop(reply.send(Err(error))),
-                ControllerMsg::DeleteTopic { reply, .. } => drop(reply.send(Err(error))),
-                ControllerMsg::UpdateTopic { reply, .. } => drop(reply.send(Err(error))),
-                ControllerMsg::RegisterNode { reply, .. } => drop(reply.send(Err(error))),
-            }
-            return Ok(());
-        }
-        match message {
-            ControllerMsg::CreateTopic {
-                name,
-                config,
-                reply,
-            } => {
-                if config.replication_factor as usize > state.nodes.len() {
-                    let _ = reply.send(Err(ControllerError::Invalid(format!(
-                        "replication_factor {} exceeds the {} nodes of the cluster",
-                        config.replication_factor,
-                        state.nodes.len()
-                    ))));
-                    return Ok(());
-                }
-                // Rotate the first replica by a hash of the name so topics' leaders spread.
-                let offset = name
-                    .bytes()
-                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-                let candidates =
-                    live_first(&state.nodes, &state.raft_node, config.replication_factor);
-                let replicas = place_replicas(
-                    &candidates,
-                    config.partitions,
-                    config.replication_factor,
-                    offset,
-                );
-                let command = ControllerCommand::CreateTopic {
-                    name,
-                    config,
-                    replicas,
-                    created_ms: now_ms(),
-                };
-                tokio::spawn(async move {
-                    let answer = match propose(raft, command, timeout).await {
-                        Ok(ControllerResponse::Done(Some(meta))) => Ok(meta),
-                        Ok(ControllerResponse::TopicExists) => Err(ControllerError::TopicExists),
-                        Ok(_) => Err(ControllerError::OutcomeUnknown {
-                            reason: "unexpected controller response".into(),
-                        }),
-                        Err(error) => Err(error),
-                    };
-                    let _ = reply.send(answer);
-                });
-            }
-            ControllerMsg::DeleteTopic { name, reply } => {
-                tokio::spawn(async move {
-                    let answer =
-                        match propose(raft, ControllerCommand::DeleteTopic { name }, timeout).await
-                        {
-                            Ok(ControllerResponse::Done(_)) => Ok(()),
-                            Ok(ControllerResponse::TopicNotFound) => {
-                                Err(ControllerError::TopicNotFound)
-                            }
-                            Ok(_) => Err(ControllerError::OutcomeUnknown {
-                                reason: "unexpected controller response".into(),
-                            }),
-                            Err(error) => Err(error),
-                        };
-                    let _ = reply.send(answer);
-                });
-            }
-            ControllerMsg::UpdateTopic {
-                name,
-                update,
-                reply,
-            } => {
-                tokio::spawn(async move {
-                    let command = ControllerCommand::UpdateTopic { name, update };
-                    let answer = match propose(raft, command, timeout).await {
-                        Ok(ControllerResponse::Done(Some(meta))) => Ok(meta),
-                        Ok(ControllerResponse::TopicNotFound) => {
-                            Err(ControllerError::TopicNotFound)
-                        }
-                        Ok(_) => Err(ControllerError::OutcomeUnknown {
-                            reason: "unexpected controller response".into(),
-                        }),
-                        Err(error) => Err(error),
-                    };
-                    let _ = reply.send(answer);
-                });
-            }
-            ControllerMsg::RegisterNode { info, reply } => {
-                tokio::spawn(async move {
-                    let answer = propose(raft, ControllerCommand::RegisterNode(info), timeout)
-                        .await
-                        .map(|_| ());
-                    let _ = reply.send(answer);
-                });
-            }
-        }
-        Ok(())
     }
 }

@@ -32,20 +32,24 @@ pub mod key_index;
 pub mod log;
 pub mod retention;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// How proposals name this kind of group in their reasons.
+const GROUP: &str = "partition";
 
-use openraft::error::ClientWriteError;
-use openraft::ServerState;
-use psubd_raft::types::typ::{Raft, RaftMetrics};
-use psubd_raft::{GroupId, NodeId, RaftNode};
+use std::sync::Arc;
+use std::time::Duration;
+
+use psubd_raft::types::typ::Raft;
+use psubd_raft::{GroupId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info};
 
+use crate::clock::now_ms;
 use crate::controller::ControllerState;
 use crate::error::PartitionError;
+use crate::proposal::{self, check_leader};
 use crate::record::{join_batch, EncodedRecords};
+use crate::timer::send_every;
 pub use log::{FetchedIter, FetchedRecords, LogBounds, PartitionLogic, PartitionReader, ReadError};
 
 /// How a publish is acknowledged (docs/api.md § Publish).
@@ -208,34 +212,6 @@ pub struct PartitionHandle {
 /// Most publish requests queued at one partition actor; more wait at the edge.
 pub const MAX_QUEUED_REQUESTS: usize = 4_096;
 
-/// Whether this replica may take writes now.
-///
-/// # Errors
-/// [`PartitionError::NotLeader`] with the leader hint, or [`PartitionError::NoQuorum`].
-pub fn check_leader(raft: &Raft, limits: &BatchLimits) -> Result<(), PartitionError> {
-    // Read under the borrow: this runs on every publish and fetch, and cloning the
-    // metrics would copy the membership and replication maps each time.
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow();
-    leader_status(&metrics, limits)
-}
-
-/// [`check_leader`] on metrics already borrowed (a caller watching them for a change).
-///
-/// # Errors
-/// As [`check_leader`].
-pub fn leader_status(metrics: &RaftMetrics, limits: &BatchLimits) -> Result<(), PartitionError> {
-    if metrics.state != ServerState::Leader {
-        return Err(PartitionError::NotLeader {
-            leader: metrics.current_leader.filter(|l| *l != metrics.id),
-        });
-    }
-    match metrics.millis_since_quorum_ack {
-        Some(ms) if Duration::from_millis(ms) <= limits.quorum_stale_after => Ok(()),
-        _ => Err(PartitionError::NoQuorum),
-    }
-}
-
 /// Whether the partition may take new records as far as disk space goes: not while any of
 /// its replicas is below its free-space threshold (replicas fill together; see
 /// `psubd_raft::health`).
@@ -243,30 +219,17 @@ pub fn leader_status(metrics: &RaftMetrics, limits: &BatchLimits) -> Result<(), 
 /// # Errors
 /// [`PartitionError::InsufficientStorage`] naming the node low on space.
 pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionError> {
-    let replicas: Vec<NodeId> = raft
-        .metrics()
-        .borrow()
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let replicas = metrics
         .membership_config
         .membership()
         .nodes()
-        .map(|(id, _node)| *id)
-        .collect();
+        .map(|(id, _node)| *id);
     match raft_node.low_space_among(replicas) {
         Some(node) => Err(PartitionError::InsufficientStorage { node }),
         None => Ok(()),
     }
-}
-
-/// The current leader of a group as this replica sees it.
-pub fn leader_of(raft: &Raft) -> Option<NodeId> {
-    raft.metrics().borrow().current_leader
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl PartitionState {
@@ -281,7 +244,7 @@ impl PartitionState {
     /// The maintenance tick: retention (and compaction) on the leader. Never awaits a
     /// commit. (Snapshots by log bytes are the state machine's: `GroupLogic::retained_bytes`.)
     async fn maintain(&mut self, myself: &ActorRef<PartitionMsg>) {
-        if check_leader(&self.raft, &self.limits).is_err() {
+        if check_leader(&self.raft, self.limits.quorum_stale_after).is_err() {
             return;
         }
         let Some(config) = self.topic_config() else {
@@ -308,22 +271,18 @@ impl PartitionState {
             group = self.group,
             new_log_start, "proposing retention trim"
         );
-        let proposed = self
-            .raft
-            .client_write_ff(log::trim_command(new_log_start))
-            .await;
-        let Ok(receiver) = proposed else {
+        let proposed = proposal::enqueue(&self.raft, log::trim_command(new_log_start), GROUP).await;
+        let Ok(pending) = proposed else {
             return;
         };
         self.trim_in_flight = true;
         let timeout = self.limits.write_timeout;
         let (myself, group) = (myself.clone(), self.group);
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, receiver).await {
-                Ok(Ok(Ok(_))) => {}
-                // Not committed (leadership moved, timeout): the next leader's tick decides
-                // again from its own applied state.
-                _ => info!(group, new_log_start, "retention trim not confirmed"),
+            // Not committed (leadership moved, timeout): the next leader's tick decides
+            // again from its own applied state.
+            if proposal::committed(pending, timeout, GROUP).await.is_err() {
+                info!(group, new_log_start, "retention trim not confirmed");
             }
             let _ = myself.send_message(PartitionMsg::TrimDone);
         });
@@ -354,10 +313,8 @@ impl PartitionState {
             }
             self.last_pass_started = Some(tokio::time::Instant::now());
         }
-        let Ok(receiver) = self
-            .raft
-            .client_write_ff(log::compact_command(&command))
-            .await
+        let Ok(pending) =
+            proposal::enqueue(&self.raft, log::compact_command(&command), GROUP).await
         else {
             return;
         };
@@ -367,7 +324,7 @@ impl PartitionState {
         let (myself, group) = (myself.clone(), self.group);
         tokio::spawn(async move {
             // Not committed (leadership moved): the next leader decides again. Routine.
-            if !matches!(tokio::time::timeout(timeout, receiver).await, Ok(Ok(Ok(_)))) {
+            if proposal::committed(pending, timeout, GROUP).await.is_err() {
                 info!(group, "compaction command not confirmed");
             }
             let _ = myself.send_message(PartitionMsg::CompactDone);
@@ -383,10 +340,10 @@ impl PartitionState {
         if !self.may_propose() || self.queued.is_empty() {
             return;
         }
-        if let Err(error) = check_leader(&self.raft, &self.limits) {
+        if let Err(error) = check_leader(&self.raft, self.limits.quorum_stale_after) {
             // Nothing was proposed: every queued request may safely be retried elsewhere.
             for waiter in self.queued.drain(..) {
-                let _ = waiter.reply.send(Err(error.clone()));
+                let _ = waiter.reply.send(Err(error.into()));
             }
             self.queued_bytes = 0;
             return;
@@ -422,33 +379,20 @@ impl PartitionState {
         );
         // Only enqueues the entry at the Raft core (no wait for the commit), so entries are
         // proposed in the order they were built even with several in flight.
-        let proposed = self.raft.client_write_ff(command).await;
+        let proposed = proposal::enqueue(&self.raft, command, GROUP).await;
         tokio::spawn(async move {
             let outcome = match proposed {
-                Ok(receiver) => match tokio::time::timeout(timeout, receiver).await {
-                    Ok(Ok(Ok(response))) => log::decode_append_response(&response.data).ok_or(
-                        PartitionError::OutcomeUnknown {
-                            reason: "append response did not decode".into(),
-                        },
-                    ),
-                    // A ForwardToLeader after proposing means the entry was truncated here,
-                    // but another replica may still hold it and commit it later: the outcome
-                    // is unknown, never "not written".
-                    Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
-                        Err(PartitionError::OutcomeUnknown {
-                            reason: "leadership changed while the write was in flight".into(),
-                        })
-                    }
-                    Ok(Ok(Err(_))) | Ok(Err(_)) => Err(PartitionError::OutcomeUnknown {
-                        reason: "the partition's Raft group stopped".into(),
+                Ok(pending) => proposal::committed(pending, timeout, GROUP)
+                    .await
+                    .map_err(PartitionError::from)
+                    .and_then(|response| {
+                        log::decode_append_response(&response).ok_or(
+                            PartitionError::OutcomeUnknown {
+                                reason: "append response did not decode".into(),
+                            },
+                        )
                     }),
-                    Err(_) => Err(PartitionError::OutcomeUnknown {
-                        reason: "the write was not committed within the timeout".into(),
-                    }),
-                },
-                Err(_) => Err(PartitionError::OutcomeUnknown {
-                    reason: "the partition's Raft group stopped".into(),
-                }),
+                Err(unknown) => Err(unknown.into()),
             };
             let mut next = 0u64;
             for waiter in waiters {
@@ -473,18 +417,8 @@ impl Actor for PartitionActor {
         myself: ActorRef<Self::Msg>,
         args: PartitionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // The timer ends when the actor does (its message can no longer be sent).
-        let mut tick = tokio::time::interval(args.maintenance.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let target = myself.clone();
-        tokio::spawn(async move {
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if target.send_message(PartitionMsg::Maintenance).is_err() {
-                    break;
-                }
-            }
+        send_every(&myself, args.maintenance.interval, || {
+            PartitionMsg::Maintenance
         });
         Ok(PartitionState {
             group: args.group,
@@ -515,7 +449,8 @@ impl Actor for PartitionActor {
                     state.queued.push(Waiter { records, reply });
                 } else {
                     // Fail fast before queueing when this replica cannot lead.
-                    if let Err(error) = check_leader(&state.raft, &state.limits)
+                    if let Err(error) = check_leader(&state.raft, state.limits.quorum_stale_after)
+                        .map_err(PartitionError::from)
                         .and_then(|()| check_space(&state.raft_node, &state.raft))
                     {
                         let _ = reply.send(Err(error));
@@ -538,7 +473,7 @@ impl Actor for PartitionActor {
                 let progress = state.maintenance.reader.compaction_progress();
                 if progress.active
                     && progress != state.compact_proposed_at
-                    && check_leader(&state.raft, &state.limits).is_ok()
+                    && check_leader(&state.raft, state.limits.quorum_stale_after).is_ok()
                 {
                     if let Some(config) = state.topic_config() {
                         state.compact(&config, &myself).await;

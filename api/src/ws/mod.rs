@@ -37,6 +37,7 @@
 //! [`member_records`]: crate::group_stream::member_records
 //! [`STREAM_REATTACH_GRACE`]: crate::group_stream::STREAM_REATTACH_GRACE
 
+mod frames;
 mod ops;
 mod subscription;
 
@@ -47,27 +48,22 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use futures::stream::{FuturesUnordered, SplitSink};
+use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, instrument};
 
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::stream::acquire;
+use frames::{error_frame, send, End};
+pub use frames::{MAX_SUBSCRIPTIONS, SEND_STALL};
 use ops::{Done, Op};
 use subscription::Subscriptions;
 
 /// Most operations of one connection being served at once.
 pub const MAX_IN_FLIGHT: usize = 32;
-
-/// Most subscriptions on one connection.
-pub const MAX_SUBSCRIPTIONS: usize = 16;
-
-/// How long one frame (or one batch of records) may wait for the client to read before
-/// the connection is closed as not keeping up.
-pub const SEND_STALL: Duration = Duration::from_secs(60);
 
 /// Room for the operation's own fields around the largest publish body.
 const MESSAGE_SLACK: usize = 64 << 10;
@@ -94,61 +90,12 @@ async fn upgrade(
         message: format!("/v1/ws takes a WebSocket upgrade: {rejection}"),
     })?;
     let permit = acquire(&state)?;
-    let max_message = state.limits.max_request_bytes + MESSAGE_SLACK;
+    let max_message = state.service.limits.max_request_bytes + MESSAGE_SLACK;
     Ok(ws
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(2 * max_message))
         .on_upgrade(move |socket| serve(state, socket, permit)))
-}
-
-/// Why a connection ends.
-enum End {
-    /// The client closed or went away.
-    Gone,
-    /// Close with this code and reason.
-    Close(u16, String),
-}
-
-type Sink = SplitSink<WebSocket, Message>;
-
-/// Sends one frame, or gives up when the client does not take it in time.
-async fn send(sink: &mut Sink, text: String) -> Result<(), End> {
-    match tokio::time::timeout(SEND_STALL, sink.send(Message::text(text))).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Gone),
-        Err(_) => Err(stalled()),
-    }
-}
-
-fn stalled() -> End {
-    End::Close(
-        close_code::POLICY,
-        format!(
-            "client is not reading: a frame waited {} s",
-            SEND_STALL.as_secs()
-        ),
-    )
-}
-
-/// An `error` frame: the API's error body, with the request's id.
-pub(crate) fn error_frame(
-    id: &Option<Value>,
-    error: &ApiError,
-    subscription: Option<u64>,
-) -> String {
-    if let ApiError::Internal { detail } = error {
-        tracing::error!(cause = %detail, "internal error");
-    }
-    let mut body = error.body();
-    body["type"] = json!("error");
-    if let Some(id) = id {
-        body["id"] = id.clone();
-    }
-    if let Some(subscription) = subscription {
-        body["subscription"] = json!(subscription);
-    }
-    body.to_string()
 }
 
 async fn serve(state: AppState, socket: WebSocket, permit: OwnedSemaphorePermit) {

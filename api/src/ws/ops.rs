@@ -1,26 +1,26 @@
 //! The client's WebSocket operations: parsing, and serving them.
 //!
-//! `publish`, `commit` and a group `subscribe`'s join are served by the HTTP routes
-//! themselves (called in-process, no network): the WebSocket cannot drift from HTTP in
-//! validation, semantics or error bodies.
+//! `publish`, `commit` and a group `subscribe`'s join call the same service operations
+//! as the HTTP routes, and records and offsets are parsed by the same JSON shapes: the
+//! WebSocket cannot drift from HTTP in validation, semantics or error bodies.
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde::de::IgnoredAny;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-use super::error_frame;
+use super::frames::error_frame;
 use super::subscription::Subscription;
 use crate::error::ApiError;
 use crate::fetch::{parse_offset, parse_partition};
 use crate::group_stream::member_records;
-use crate::groups::{validate_group, validate_member};
+use crate::groups::CommitOffsetBody;
+use crate::publish::{push_records, report_json, Encoding, PublishRecord};
+use crate::service::groups::{CommitOffset, CommitRequest, GroupName, JoinRequest};
+use crate::service::publish::{total_failure, Acks, Published};
+use crate::service::{names, Caller};
 use crate::state::AppState;
 use crate::stream::{acquire, partition_records};
 
@@ -44,7 +44,9 @@ pub(crate) enum Op {
     Publish {
         id: Option<Value>,
         topic: String,
-        body: Bytes,
+        /// The `records` array, as sent.
+        records: Box<RawValue>,
+        encoding: Option<String>,
         acks: Option<String>,
     },
     Subscribe {
@@ -54,7 +56,10 @@ pub(crate) enum Op {
     Commit {
         id: Option<Value>,
         group: String,
-        body: Bytes,
+        member_id: String,
+        generation: u64,
+        /// The `offsets` array, as sent.
+        offsets: Box<RawValue>,
     },
     Credit {
         id: Option<Value>,
@@ -120,18 +125,6 @@ pub(crate) struct SubscribeOp {
     credit: Option<u64>,
 }
 
-/// The join body of `POST /v1/groups/{g}/members`.
-#[derive(Serialize)]
-struct JoinFields {
-    topics: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    auto_offset_reset: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    assignment_strategy: Option<String>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CommitOp<'a> {
@@ -186,18 +179,11 @@ impl Op {
         match envelope.op.as_str() {
             "publish" => {
                 let op: PublishOp<'_> = serde_json::from_str(text).map_err(fail)?;
-                let mut body = Vec::with_capacity(op.records.get().len() + 48);
-                body.extend_from_slice(b"{\"records\":");
-                body.extend_from_slice(op.records.get().as_bytes());
-                if let Some(encoding) = &op.encoding {
-                    body.extend_from_slice(b",\"encoding\":");
-                    body.extend_from_slice(json!(encoding).to_string().as_bytes());
-                }
-                body.push(b'}');
                 Ok(Op::Publish {
                     id,
                     topic: op.topic,
-                    body: Bytes::from(body),
+                    records: op.records.to_owned(),
+                    encoding: op.encoding,
                     acks: op.acks,
                 })
             }
@@ -207,16 +193,12 @@ impl Op {
             }
             "commit" => {
                 let op: CommitOp<'_> = serde_json::from_str(text).map_err(fail)?;
-                let body = format!(
-                    "{{\"member_id\":{},\"generation\":{},\"offsets\":{}}}",
-                    json!(op.member_id),
-                    op.generation,
-                    op.offsets.get()
-                );
                 Ok(Op::Commit {
                     id,
                     group: op.group,
-                    body: Bytes::from(body),
+                    member_id: op.member_id,
+                    generation: op.generation,
+                    offsets: op.offsets.to_owned(),
                 })
             }
             "credit" => {
@@ -268,42 +250,45 @@ impl Op {
                 Op::Publish {
                     id,
                     topic,
-                    body,
+                    records,
+                    encoding,
                     acks,
-                } => {
-                    let mut uri = format!("/v1/topics/{}/records", path_segment(&topic));
-                    if let Some(acks) = acks {
-                        uri.push_str("?acks=");
-                        uri.push_str(&path_segment(&acks));
-                    }
-                    Done::Reply(match call(&state, &uri, body).await {
-                        Ok((StatusCode::ACCEPTED, answer)) => {
-                            json!({"type": "ack", "id": id, "accepted": answer["accepted"]})
-                                .to_string()
+                } => Done::Reply(
+                    match publish(&state, &topic, &records, encoding, acks.as_deref()).await {
+                        Ok(Published::Accepted(count)) => {
+                            json!({"type": "ack", "id": id, "accepted": count}).to_string()
                         }
-                        Ok((status, answer)) => json!({
-                            "type": "ack",
-                            "id": id,
-                            "offsets": answer["offsets"],
-                            "partial": status == StatusCode::MULTI_STATUS,
-                        })
-                        .to_string(),
-                        Err(error) => error_reply(&id, error),
-                    })
-                }
-                Op::Commit { id, group, body } => {
-                    let uri = format!("/v1/groups/{}/offsets", path_segment(&group));
-                    Done::Reply(match call(&state, &uri, body).await {
-                        Ok(_) => json!({"type": "ack", "id": id}).to_string(),
-                        Err(error) => error_reply(&id, error),
-                    })
-                }
+                        Ok(Published::Delivered(reports)) => match total_failure(&reports) {
+                            Some(error) => error_frame(&id, &error, None),
+                            None => json!({
+                                "type": "ack",
+                                "id": id,
+                                "offsets": reports.iter().map(report_json).collect::<Vec<_>>(),
+                                "partial": reports.iter().any(|d| d.result.is_err()),
+                            })
+                            .to_string(),
+                        },
+                        Err(error) => error_frame(&id, &error, None),
+                    },
+                ),
+                Op::Commit {
+                    id,
+                    group,
+                    member_id,
+                    generation,
+                    offsets,
+                } => Done::Reply(
+                    match commit(&state, group, member_id, generation, &offsets).await {
+                        Ok(()) => json!({"type": "ack", "id": id}).to_string(),
+                        Err(error) => error_frame(&id, &error, None),
+                    },
+                ),
                 Op::Subscribe { id, body } => match subscribe(&state, &id, body, number).await {
                     Ok((reply, subscription)) => Done::Subscribed {
                         reply,
                         subscription,
                     },
-                    Err(error) => Done::SubscribeFailed(error_reply(&id, error)),
+                    Err(error) => Done::SubscribeFailed(error_frame(&id, &error, None)),
                 },
                 Op::Credit { id, .. } | Op::Unsubscribe { id, .. } => {
                     Done::Reply(json!({"type": "ack", "id": id}).to_string())
@@ -314,90 +299,60 @@ impl Op {
     }
 }
 
-/// An error answered by an HTTP route, or one of ours.
-enum CallError {
-    /// The route's error body.
-    Route(Value),
-    /// Ours.
-    Api(ApiError),
+/// Parses a JSON body part the way the HTTP routes parse their bodies.
+fn from_json<'a, T: Deserialize<'a>>(raw: &'a str) -> Result<T, ApiError> {
+    serde_json::from_str(raw).map_err(|e| ApiError::InvalidJson {
+        message: format!("invalid JSON body: {e}"),
+    })
 }
 
-impl From<ApiError> for CallError {
-    fn from(error: ApiError) -> Self {
-        CallError::Api(error)
+/// `publish`: the records of an HTTP JSON publish, through the same service operation.
+async fn publish(
+    state: &AppState,
+    topic: &str,
+    records: &RawValue,
+    encoding: Option<String>,
+    acks: Option<&str>,
+) -> Result<Published, ApiError> {
+    let caller = Caller::websocket();
+    let acks = Acks::parse(acks)?;
+    let limit = state.service.limits().max_request_bytes;
+    if records.get().len() > limit {
+        return Err(ApiError::RequestTooLarge { limit });
     }
-}
-
-fn error_reply(id: &Option<Value>, error: CallError) -> String {
-    match error {
-        CallError::Api(error) => error_frame(id, &error, None),
-        CallError::Route(mut body) => {
-            body["type"] = json!("error");
-            if let Some(id) = id {
-                body["id"] = id.clone();
-            }
-            body.to_string()
+    let mut batch = state.service.begin_publish(&caller, topic).await?;
+    let encoding: Encoding = match encoding {
+        None => Encoding::default(),
+        Some(name) => {
+            serde_json::from_value(Value::String(name)).map_err(|e| ApiError::InvalidJson {
+                message: format!("invalid JSON body: {e}"),
+            })?
         }
-    }
-}
-
-/// The routes WebSocket operations are served by.
-fn routes(state: &AppState) -> Router {
-    crate::publish::router(state.clone()).merge(crate::groups::router(state.clone()))
-}
-
-/// POSTs a JSON body to one of the API's own routes, in-process.
-async fn call(state: &AppState, uri: &str, body: Bytes) -> Result<(StatusCode, Value), CallError> {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .map_err(|e| {
-            CallError::Api(ApiError::InvalidRequest {
-                message: format!("cannot form the request: {e}"),
-            })
-        })?;
-    let response = match routes(state).oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
     };
-    let status = response.status();
-    // The routes' answers are small (offsets, member ids) or error bodies.
-    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
+    let records: Vec<PublishRecord<'_>> = from_json(records.get())?;
+    push_records(&mut batch, records, encoding)?;
+    state.service.publish(&caller, batch, acks).await
+}
+
+/// `commit`: an HTTP commit, through the same service operation.
+async fn commit(
+    state: &AppState,
+    group: String,
+    member_id: String,
+    generation: u64,
+    offsets: &RawValue,
+) -> Result<(), ApiError> {
+    let group = GroupName::parse(group)?;
+    let offsets: Vec<CommitOffsetBody> = from_json(offsets.get())?;
+    let request = CommitRequest {
+        member_id,
+        generation,
+        offsets: offsets.into_iter().map(CommitOffset::from).collect(),
+    };
+    state
+        .service
+        .commit(&Caller::websocket(), &group, request)
         .await
-        .map_err(|e| {
-            CallError::Api(ApiError::Internal {
-                detail: format!("reading an in-process answer: {e}"),
-            })
-        })?;
-    let answer: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            CallError::Api(ApiError::Internal {
-                detail: format!("in-process answer is not JSON: {e}"),
-            })
-        })?
-    };
-    if status.is_client_error() || status.is_server_error() {
-        Err(CallError::Route(answer))
-    } else {
-        Ok((status, answer))
-    }
-}
-
-/// Percent-encodes a path segment or query value (names are validated by the route).
-fn path_segment(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for byte in raw.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// Starts a subscription: a partition from an offset, or a group member (joined here,
@@ -407,18 +362,19 @@ async fn subscribe(
     id: &Option<Value>,
     op: SubscribeOp,
     number: u64,
-) -> Result<(String, Subscription), CallError> {
+) -> Result<(String, Subscription), ApiError> {
+    let caller = Caller::websocket();
     let slot = acquire(state)?;
     let credit = op.credit.unwrap_or(0);
     let (source, mut ack) = match (op.topic, op.group) {
         (Some(topic), None) => {
             if op.member_id.is_some() || op.topics.is_some() {
-                return Err(mixed().into());
+                return Err(mixed());
             }
             let raw_partition = op.partition.ok_or_else(|| ApiError::InvalidRequest {
                 message: "a partition subscription needs 'partition'".into(),
             })?;
-            let meta = state.edge.topic(&topic).await?;
+            let meta = state.service.topic(&caller, &topic).await?;
             let partition =
                 parse_partition(&topic, &raw_partition.to_string(), meta.config.partitions)?;
             let offset = match &op.offset {
@@ -427,61 +383,52 @@ async fn subscribe(
                 Some(Value::Number(n)) => parse_offset(Some(&n.to_string()))?,
                 Some(other) => parse_offset(Some(&other.to_string()))?,
             };
-            let placement = meta.partitions[partition as usize].clone();
             let source =
-                partition_records(state.clone(), topic.clone(), partition, placement, offset)
-                    .boxed();
+                partition_records(state.clone(), caller.clone(), meta, partition, offset).boxed();
             (source, json!({"topic": topic, "partition": partition}))
         }
         (None, Some(group)) => {
             if op.partition.is_some() || op.offset.is_some() {
-                return Err(mixed().into());
+                return Err(mixed());
             }
-            validate_group(&group)?;
+            let group = GroupName::parse(group)?;
             let (member, joined) = match (op.member_id, op.topics) {
                 (Some(member), None) => {
-                    validate_member(&member)?;
+                    names::member(&member)?;
                     (member, false)
                 }
                 (None, Some(topics)) => {
-                    let fields = JoinFields {
+                    let request = JoinRequest::new(
                         topics,
-                        session_timeout_ms: op.session_timeout_ms,
-                        auto_offset_reset: op.auto_offset_reset,
-                        assignment_strategy: op.assignment_strategy,
-                    };
-                    (join(state, &group, &fields).await?, true)
+                        op.session_timeout_ms,
+                        op.auto_offset_reset.as_deref(),
+                        op.assignment_strategy.as_deref(),
+                    )?;
+                    let lease = state.service.join(&caller, &group, request).await?;
+                    (lease.member_id, true)
                 }
                 _ => return Err(ApiError::InvalidRequest {
                     message:
                         "a group subscription takes either 'topics' (join) or 'member_id' (attach)"
                             .into(),
-                }
-                .into()),
+                }),
             };
-            match member_records(state.clone(), group.clone(), member.clone()).await {
-                Ok(source) => (source.boxed(), json!({"group": group, "member_id": member})),
+            let name = group.as_str().to_string();
+            match member_records(state.clone(), caller.clone(), name.clone(), member.clone()).await
+            {
+                Ok(source) => (source.boxed(), json!({"group": name, "member_id": member})),
                 Err(error) => {
                     if joined {
-                        let _ = state
-                            .edge
-                            .group(
-                                &group,
-                                psubd_actors::coordinator::GroupRequest::Leave {
-                                    member_id: member,
-                                },
-                            )
-                            .await;
+                        let _ = state.service.leave(&caller, &group, member).await;
                     }
-                    return Err(error.into());
+                    return Err(error);
                 }
             }
         }
         _ => {
             return Err(ApiError::InvalidRequest {
                 message: "subscribe takes either 'topic' and 'partition', or 'group'".into(),
-            }
-            .into())
+            })
         }
     };
     ack["type"] = json!("ack");
@@ -505,24 +452,6 @@ fn mixed() -> ApiError {
     ApiError::InvalidRequest {
         message: "subscribe takes either 'topic' and 'partition', or 'group', not both".into(),
     }
-}
-
-/// Joins through the HTTP route; returns the member id.
-async fn join(state: &AppState, group: &str, fields: &JoinFields) -> Result<String, CallError> {
-    let body = serde_json::to_vec(fields).map_err(|e| ApiError::Internal {
-        detail: format!("join body: {e}"),
-    })?;
-    let uri = format!("/v1/groups/{}/members", path_segment(group));
-    let (_, answer) = call(state, &uri, Bytes::from(body)).await?;
-    answer["member_id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| {
-            ApiError::Internal {
-                detail: "join answered without a member_id".into(),
-            }
-            .into()
-        })
 }
 
 #[cfg(test)]
@@ -550,21 +479,19 @@ mod tests {
             panic!("unknown op");
         };
         assert_eq!(error.code(), "invalid_request");
-        let Ok(Op::Publish { body, .. }) = Op::parse(
+        let Ok(Op::Publish {
+            records, encoding, ..
+        }) = Op::parse(
             r#"{"op":"publish","topic":"t","records":[{"value":1.50}],"encoding":"json"}"#,
-        ) else {
+        )
+        else {
             panic!("publish parses");
         };
         assert_eq!(
-            &body[..],
-            br#"{"records":[{"value":1.50}],"encoding":"json"}"#,
+            records.get(),
+            r#"[{"value":1.50}]"#,
             "records pass through byte for byte"
         );
-    }
-
-    #[test]
-    fn path_segments_are_escaped() {
-        assert_eq!(path_segment("orders.v1-x_y"), "orders.v1-x_y");
-        assert_eq!(path_segment("a/b?c"), "a%2Fb%3Fc");
+        assert_eq!(encoding.as_deref(), Some("json"));
     }
 }

@@ -15,7 +15,7 @@ use futures::SinkExt;
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{error_frame, stalled, End, Sink, MAX_SUBSCRIPTIONS, SEND_STALL};
+use super::frames::{error_frame, send, stalled, End, Sink, MAX_SUBSCRIPTIONS, SEND_STALL};
 use crate::error::ApiError;
 use crate::stream::{Item, StreamRecord};
 
@@ -149,12 +149,12 @@ impl Subscriptions {
                     "generation": generation,
                     "assignments": assignments,
                 });
-                super::send(sink, frame.to_string()).await
+                send(sink, frame.to_string()).await
             }
             Some(Item::Error(error)) => {
                 let id = sub.id.clone();
                 self.active.remove(&number);
-                super::send(sink, error_frame(&id, &error, Some(number))).await
+                send(sink, error_frame(&id, &error, Some(number))).await
             }
             None => {
                 // The source ended (the node is shutting down): the close frame follows.

@@ -10,12 +10,13 @@ use openraft::error::{Fatal, SnapshotMismatch};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::transport::auth::{Nonce, Proof};
 use crate::transport::error::TransportError;
 use crate::types::{typ, GroupId, NodeId};
 
 /// Bumped whenever a change to these types changes the encoding; peers with another
 /// version are refused at hello instead of misreading each other's frames.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side sends or accepts. Big enough for any Raft message the
 /// tuning allows (appends are capped in bytes well below it, snapshot chunks are 1 MiB by
@@ -32,6 +33,16 @@ pub(crate) enum Frame {
         version: u32,
         /// The sender's node id.
         node: NodeId,
+        /// The sender's fresh challenge (see `transport::auth`).
+        nonce: Nonce,
+        /// The acceptor's proof that it holds the cluster secret; none from the dialer.
+        proof: Option<Proof>,
+    },
+    /// The dialer's proof that it holds the cluster secret, its answer to the acceptor's
+    /// hello. Nothing else is taken from it before.
+    Proof {
+        /// HMAC over both ids and nonces (see `transport::auth`).
+        proof: Proof,
     },
     /// A request; the answer carries the same `id`. Ids are per connection and direction.
     Request {
@@ -164,6 +175,18 @@ pub(crate) enum Refusal {
 pub(crate) fn length_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+/// The largest frame taken before the handshake completed: a hello or a proof is well under
+/// 100 bytes, and an unauthenticated stranger must not make us buffer megabytes.
+pub(crate) const MAX_HANDSHAKE_FRAME_BYTES: usize = 1024;
+
+/// The length codec a connection reads with until the peer has proved itself; raise the
+/// limit to [`MAX_FRAME_BYTES`] afterwards.
+pub(crate) fn handshake_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_HANDSHAKE_FRAME_BYTES)
         .new_codec()
 }
 

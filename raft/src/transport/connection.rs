@@ -446,8 +446,11 @@ async fn read_loop(
             }
             Frame::Ping => {}
             Frame::Status { low_space } => conn.peer_low_space.store(low_space, Ordering::Relaxed),
-            Frame::Hello { .. } => {
-                tracing::warn!(peer = conn.peer, "hello after handshake, closing");
+            Frame::Hello { .. } | Frame::Proof { .. } => {
+                tracing::warn!(
+                    peer = conn.peer,
+                    "handshake frame after the handshake, closing"
+                );
                 break;
             }
         }

@@ -7,21 +7,24 @@
 //! An accepted connection from a peer replaces (closes) an older one from the same peer:
 //! the newest is the one the peer is using.
 //!
-//! The hello exchange: the dialer sends [`codec::Frame::Hello`] with its id and the protocol
-//! version, the acceptor checks both (known peer, lower id, same version) and answers with
-//! its own hello; only then is the connection registered. A request to a peer with no
+//! The hello exchange: the dialer sends [`codec::Frame::Hello`] with its id, the protocol
+//! version and a nonce; the acceptor checks them (known peer, lower id, same version) and
+//! answers with its own hello, proving it holds the cluster secret; the dialer checks that
+//! proof and answers with its own ([`auth`]). Only then is the connection registered, and
+//! until then no frame above [`codec::MAX_HANDSHAKE_FRAME_BYTES`] is read. A request to a peer with no
 //! registered connection fails at once with [`TransportError::Unreachable`], so openraft
 //! backs off and retries instead of every RPC waiting out its timeout.
 //!
 //! A connection silent for `idle_timeout` (each side pings when idle) is closed, so a peer
 //! that vanished without a FIN is noticed and redialed.
 
+pub mod auth;
 pub(crate) mod codec;
 mod connection;
 pub mod error;
 pub mod faults;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,7 +39,10 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::transport::codec::{Frame, PeerRequest, PeerResponse, PROTOCOL_VERSION};
+use crate::transport::auth::{fresh_nonce, ClusterSecret, Exchange, Nonce, Proof, Role};
+use crate::transport::codec::{
+    Frame, PeerRequest, PeerResponse, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
 use crate::transport::connection::{Connection, ConnectionEnv, FrameReader, FrameWriter};
 use crate::types::NodeId;
 
@@ -75,6 +81,24 @@ pub(crate) struct TransportLimits {
     pub reconnect_max: Duration,
 }
 
+/// What a transport is started with.
+pub(crate) struct TransportSetup {
+    /// This node's id.
+    pub id: NodeId,
+    /// Every node's transport address; this node's own entry is ignored.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Bounds and timers.
+    pub limits: TransportLimits,
+    /// Injected faults (tests, chaos).
+    pub faults: Arc<Faults>,
+    /// Serves the peers' requests.
+    pub handler: Arc<dyn InboundHandler>,
+    /// This node's low-space state, told to every peer.
+    pub low_space: watch::Receiver<bool>,
+    /// The secret every peer must prove it holds.
+    pub secret: ClusterSecret,
+}
+
 /// The node's end of the peer transport. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Transport {
@@ -89,6 +113,11 @@ struct Inner {
     handler: Arc<dyn InboundHandler>,
     /// This node's low-space state, told to every peer.
     low_space: watch::Receiver<bool>,
+    /// The cluster secret every peer must prove it holds.
+    secret: ClusterSecret,
+    /// Peers whose failed proof was logged: a misconfigured peer redials every few seconds,
+    /// and one WARN says it all. Cleared for a peer once it handshakes again.
+    proof_failures_logged: Mutex<HashSet<NodeId>>,
     /// The live connection to each peer. Lock order: this lock is taken alone, never held
     /// across an await.
     connections: RwLock<HashMap<NodeId, Arc<Connection>>>,
@@ -111,16 +140,16 @@ impl Transport {
     }
 
     /// Starts accepting on `listener` and dialing every peer with a higher id.
-    /// `peers` may include this node; it is ignored.
-    pub(crate) fn start(
-        id: NodeId,
-        listener: TcpListener,
-        peers: BTreeMap<NodeId, SocketAddr>,
-        limits: TransportLimits,
-        faults: Arc<Faults>,
-        handler: Arc<dyn InboundHandler>,
-        low_space: watch::Receiver<bool>,
-    ) -> Transport {
+    pub(crate) fn start(listener: TcpListener, setup: TransportSetup) -> Transport {
+        let TransportSetup {
+            id,
+            peers,
+            limits,
+            faults,
+            handler,
+            low_space,
+            secret,
+        } = setup;
         let inner = Arc::new(Inner {
             id,
             peers,
@@ -128,6 +157,8 @@ impl Transport {
             faults,
             handler,
             low_space,
+            secret,
+            proof_failures_logged: Mutex::new(HashSet::new()),
             connections: RwLock::new(HashMap::new()),
             next_serial: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
@@ -245,6 +276,34 @@ impl Inner {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Logs, once per peer until it handshakes again, that `peer` (at `addr`) failed to
+    /// prove it holds our cluster secret: a misconfiguration the operator must fix.
+    fn proof_failed(&self, peer: NodeId, addr: SocketAddr) {
+        let first = self
+            .proof_failures_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer);
+        if first {
+            tracing::warn!(
+                peer,
+                %addr,
+                "peer refused: it does not hold this node's cluster secret \
+                 (check --cluster-secret-file on both nodes); not logged again until it connects"
+            );
+        } else {
+            tracing::debug!(peer, %addr, "peer refused again: cluster secret mismatch");
+        }
+    }
+
+    /// Forgets a logged proof failure of `peer` (it handshook successfully).
+    fn proof_passed(&self, peer: NodeId) {
+        self.proof_failures_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+    }
+
     /// Makes a handshaken connection the one used for `peer`, closing any older one, and
     /// arranges for it to unregister itself when it closes.
     fn register(
@@ -294,12 +353,20 @@ impl Inner {
     }
 }
 
+/// Frames a new socket; its reader takes only handshake-sized frames until
+/// [`authenticated`] lifts the limit.
 fn framed(stream: TcpStream) -> (FrameReader, FrameWriter) {
     let (r, w) = stream.into_split();
     (
-        FramedRead::new(r, codec::length_codec()),
+        FramedRead::new(r, codec::handshake_codec()),
         FramedWrite::new(w, codec::length_codec()),
     )
+}
+
+/// Lifts the handshake frame limit once the peer has proved itself.
+fn authenticated(mut reader: FrameReader) -> FrameReader {
+    reader.decoder_mut().set_max_frame_length(MAX_FRAME_BYTES);
+    reader
 }
 
 /// Why a handshake failed (logged at debug: a down peer is routine).
@@ -319,25 +386,39 @@ enum HandshakeError {
     Version(u32),
     #[error("node {0} may not connect here")]
     Refused(NodeId),
+    #[error("node {0} did not prove it holds our cluster secret")]
+    BadProof(NodeId),
     #[error("the link is cut by an injected fault")]
     Cut,
 }
 
-async fn read_hello(reader: &mut FrameReader) -> Result<NodeId, HandshakeError> {
+/// A hello as read: the sender, its nonce and its proof (the acceptor's).
+struct Hello {
+    node: NodeId,
+    nonce: Nonce,
+    proof: Option<Proof>,
+}
+
+async fn read_frame(reader: &mut FrameReader) -> Result<Frame, HandshakeError> {
     let body = reader.next().await.ok_or(HandshakeError::Closed)??;
-    match codec::decode(&body)? {
-        Frame::Hello { version, node } if version == PROTOCOL_VERSION => Ok(node),
+    Ok(codec::decode(&body)?)
+}
+
+async fn read_hello(reader: &mut FrameReader) -> Result<Hello, HandshakeError> {
+    match read_frame(reader).await? {
+        Frame::Hello {
+            version,
+            node,
+            nonce,
+            proof,
+        } if version == PROTOCOL_VERSION => Ok(Hello { node, nonce, proof }),
         Frame::Hello { version, .. } => Err(HandshakeError::Version(version)),
         _ => Err(HandshakeError::NotHello),
     }
 }
 
-async fn write_hello(writer: &mut FrameWriter, id: NodeId) -> Result<(), HandshakeError> {
-    let hello = codec::encode(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        node: id,
-    })?;
-    writer.send(hello).await?;
+async fn send_frame(writer: &mut FrameWriter, frame: &Frame) -> Result<(), HandshakeError> {
+    writer.send(codec::encode(frame)?).await?;
     Ok(())
 }
 
@@ -355,18 +436,43 @@ async fn dial(
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = framed(stream);
     let exchange = async {
-        write_hello(&mut writer, inner.id).await?;
-        read_hello(&mut reader).await
+        let dialer_nonce = fresh_nonce();
+        send_frame(
+            &mut writer,
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                node: inner.id,
+                nonce: dialer_nonce,
+                proof: None,
+            },
+        )
+        .await?;
+        let answer = read_hello(&mut reader).await?;
+        if answer.node != peer {
+            // The address belongs to another node: a configuration error worth a loud log.
+            tracing::error!(peer, answered = answer.node, %addr, "dialed address answered as another node");
+            return Err(HandshakeError::Refused(answer.node));
+        }
+        let exchange = Exchange {
+            dialer: inner.id,
+            acceptor: peer,
+            dialer_nonce,
+            acceptor_nonce: answer.nonce,
+        };
+        let proved = answer
+            .proof
+            .is_some_and(|proof| exchange.verify(&inner.secret, Role::Acceptor, &proof));
+        if !proved {
+            return Err(HandshakeError::BadProof(peer));
+        }
+        let proof = exchange.proof(&inner.secret, Role::Dialer);
+        send_frame(&mut writer, &Frame::Proof { proof }).await
     };
-    let answered = tokio::time::timeout(inner.limits.handshake_timeout, exchange)
+    tokio::time::timeout(inner.limits.handshake_timeout, exchange)
         .await
         .map_err(|_| HandshakeError::Timeout)??;
-    if answered != peer {
-        // The address belongs to another node: a configuration error worth a loud log.
-        tracing::error!(peer, answered, %addr, "dialed address answered as another node");
-        return Err(HandshakeError::Refused(answered));
-    }
-    Ok((reader, writer))
+    inner.proof_passed(peer);
+    Ok((authenticated(reader), writer))
 }
 
 async fn dial_loop(inner: Arc<Inner>, peer: NodeId, addr: SocketAddr) {
@@ -384,6 +490,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: NodeId, addr: SocketAddr) {
                     _ = inner.shutdown.cancelled() => return,
                 }
             }
+            Err(HandshakeError::BadProof(peer)) => inner.proof_failed(peer, addr),
             Err(err) => {
                 tracing::debug!(peer, %addr, cause = %err, "dial failed");
             }
@@ -404,22 +511,49 @@ async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
     let handshake = async {
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) = framed(stream);
-        let peer = read_hello(&mut reader).await?;
+        let hello = read_hello(&mut reader).await?;
+        let peer = hello.node;
         if !inner.peers.contains_key(&peer) || peer >= inner.id {
             return Err(HandshakeError::Refused(peer));
         }
         if inner.faults.is_cut(peer) {
             return Err(HandshakeError::Cut);
         }
-        write_hello(&mut writer, inner.id).await?;
-        Ok::<_, HandshakeError>((peer, reader, writer))
+        let exchange = Exchange {
+            dialer: peer,
+            acceptor: inner.id,
+            dialer_nonce: hello.nonce,
+            acceptor_nonce: fresh_nonce(),
+        };
+        send_frame(
+            &mut writer,
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                node: inner.id,
+                nonce: exchange.acceptor_nonce,
+                proof: Some(exchange.proof(&inner.secret, Role::Acceptor)),
+            },
+        )
+        .await?;
+        match read_frame(&mut reader).await {
+            Ok(Frame::Proof { proof }) if exchange.verify(&inner.secret, Role::Dialer, &proof) => {
+                Ok::<_, HandshakeError>((peer, authenticated(reader), writer))
+            }
+            Ok(Frame::Proof { .. }) => Err(HandshakeError::BadProof(peer)),
+            // A dialer that cannot verify our proof (it holds another secret) hangs up here.
+            Err(HandshakeError::Closed) => Err(HandshakeError::BadProof(peer)),
+            Ok(_) => Err(HandshakeError::NotHello),
+            Err(other) => Err(other),
+        }
     };
     match tokio::time::timeout(inner.limits.handshake_timeout, handshake).await {
         Ok(Ok((peer, reader, writer))) => {
+            inner.proof_passed(peer);
             if !inner.shutdown.is_cancelled() {
                 inner.register(peer, reader, writer);
             }
         }
+        Ok(Err(HandshakeError::BadProof(peer))) => inner.proof_failed(peer, from),
         Ok(Err(HandshakeError::Refused(peer))) => {
             tracing::warn!(peer, %from, "refused connection from a node that may not dial here");
         }
@@ -459,5 +593,142 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::codec::Refusal;
+    use crate::RaftTuning;
+    use bytes::Bytes;
+
+    /// Refuses everything: these tests never get past the handshake.
+    struct NoService;
+
+    impl InboundHandler for NoService {
+        fn handle(&self, _from: NodeId, _request: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+            Box::pin(async { PeerResponse::Refused(Refusal::NoService) })
+        }
+    }
+
+    /// Node 2 of a two-node cluster, listening on loopback with `secret`.
+    async fn node_two(secret: &str) -> (Transport, SocketAddr) {
+        let listener = Transport::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Node 1 sits on a port nobody listens on: node 2 only accepts.
+        let peers = BTreeMap::from([(1, "127.0.0.1:9".parse().unwrap()), (2, addr)]);
+        let (_low_space, watch_rx) = watch::channel(false);
+        let transport = Transport::start(
+            listener,
+            TransportSetup {
+                id: 2,
+                peers,
+                limits: RaftTuning::default().transport_limits(),
+                faults: Arc::new(Faults::default()),
+                handler: Arc::new(NoService),
+                low_space: watch_rx,
+                secret: ClusterSecret::new(secret.as_bytes()).unwrap(),
+            },
+        );
+        (transport, addr)
+    }
+
+    async fn raw(addr: SocketAddr) -> (FrameReader, FrameWriter) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        (
+            FramedRead::new(r, codec::length_codec()),
+            FramedWrite::new(w, codec::length_codec()),
+        )
+    }
+
+    /// Whether the other side closed the connection (rather than answering).
+    async fn closed_by_peer(reader: &mut FrameReader) -> bool {
+        match tokio::time::timeout(Duration::from_secs(5), reader.next()).await {
+            Ok(None) | Ok(Some(Err(_))) => true,
+            Ok(Some(Ok(_))) => false,
+            Err(_) => panic!("the connection was neither answered nor closed within 5 s"),
+        }
+    }
+
+    /// Dials `addr` as node 1 and reads node 2's answering hello: the connection, and the
+    /// exchange both proofs cover.
+    async fn hello_as_node_one(addr: SocketAddr) -> (FrameReader, FrameWriter, Exchange, Proof) {
+        let (mut reader, mut writer) = raw(addr).await;
+        let dialer_nonce = fresh_nonce();
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            node: 1,
+            nonce: dialer_nonce,
+            proof: None,
+        };
+        send_frame(&mut writer, &hello).await.unwrap();
+        let answer = read_hello(&mut reader).await.unwrap();
+        let exchange = Exchange {
+            dialer: 1,
+            acceptor: 2,
+            dialer_nonce,
+            acceptor_nonce: answer.nonce,
+        };
+        (
+            reader,
+            writer,
+            exchange,
+            answer.proof.expect("the acceptor proves itself"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_claiming_a_node_id_without_the_secret_is_closed() {
+        let (transport, addr) = node_two("the real cluster secret").await;
+        let (mut reader, mut writer, exchange, acceptor_proof) = hello_as_node_one(addr).await;
+        // A stranger can neither check the acceptor's proof nor make its own.
+        let guessed = ClusterSecret::new(b"a guess at the secret").unwrap();
+        assert!(!exchange.verify(&guessed, Role::Acceptor, &acceptor_proof));
+        let proof = exchange.proof(&guessed, Role::Dialer);
+        send_frame(&mut writer, &Frame::Proof { proof })
+            .await
+            .unwrap();
+        assert!(
+            closed_by_peer(&mut reader).await,
+            "a wrong proof must close the connection"
+        );
+        assert!(
+            transport.connected_peers().is_empty(),
+            "nothing was registered"
+        );
+
+        // With the secret, the same exchange is taken.
+        let secret = ClusterSecret::new(b"the real cluster secret").unwrap();
+        let (_reader, mut writer, exchange, acceptor_proof) = hello_as_node_one(addr).await;
+        assert!(exchange.verify(&secret, Role::Acceptor, &acceptor_proof));
+        let proof = exchange.proof(&secret, Role::Dialer);
+        send_frame(&mut writer, &Frame::Proof { proof })
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while transport.connected_peers() != vec![1] {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the proved peer is registered");
+        transport.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_before_the_handshake_closes_the_connection() {
+        let (transport, addr) = node_two("the real cluster secret").await;
+        let (mut reader, mut writer) = raw(addr).await;
+        writer
+            .send(Bytes::from(vec![0u8; codec::MAX_HANDSHAKE_FRAME_BYTES + 1]))
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut reader).await);
+        assert!(transport.connected_peers().is_empty());
+        transport.cancel();
     }
 }

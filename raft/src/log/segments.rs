@@ -21,7 +21,7 @@
 //!
 //! In memory, per segment: its first index and the byte offset of each entry, so a read of a
 //! range is one positional read per segment it touches, then a checksum check per frame.
-//! The newest entries are also kept decoded (`log_tail`): the reads that follow an append
+//! The newest entries are also kept decoded (`log::tail`): the reads that follow an append
 //! (replication, apply) are served from there.
 //!
 //! ## Durability (with the node's flusher)
@@ -64,8 +64,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::StorageIoError;
-use crate::log_sync::{sync_dir, LogSyncs};
-use crate::log_tail::{self, LogTail};
+use crate::log::sync::{sync_dir, LogSyncs};
+use crate::log::tail::{self, LogTail};
 use crate::types::typ;
 
 /// The segment size limit if the tuning does not say otherwise (16 MiB): a few hundred
@@ -197,7 +197,7 @@ impl EncodedBatch {
             if batch.last.is_none() {
                 batch.first = entry.log_id.index;
             }
-            if log_tail::fits(&entry) {
+            if tail::fits(&entry) {
                 batch.kept.push(entry.clone());
             } else {
                 batch.kept.clear();
@@ -259,7 +259,7 @@ impl RawFrames {
         while at < self.buf.len() {
             match check_frame(&self.buf, at) {
                 Frame::Intact { payload, next } => {
-                    out.push(crate::log_store::decode("log entry", &self.buf[payload])?);
+                    out.push(crate::codec::decode("log entry", &self.buf[payload])?);
                     at = next;
                 }
                 Frame::Torn { reason } | Frame::Mismatch { reason, .. } => {

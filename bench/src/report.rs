@@ -498,7 +498,7 @@ pub fn print_preamble(
         args.warmup.as_secs_f64(),
         args.runs
     ));
-    println!("psubd bench: {}", what.join(" · "));
+    println!("psubd-bench: {}", what.join(" · "));
     let mut machine = vec![format!("{} cores", hardware.cores)];
     if let Some(m) = &hardware.cpu_model {
         machine.push(m.clone());
@@ -580,7 +580,7 @@ pub struct TopicSummary {
 /// The JSON report: enough to reproduce and to compare runs across commits.
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
-    /// Always `psubd bench`.
+    /// Always `psubd-bench`.
     pub tool: &'static str,
     /// When the bench started, ms since the Unix epoch.
     pub started_at_unix_ms: u64,

@@ -24,6 +24,17 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Bytes of the launcher's log shown when it fails.
 const LOG_TAIL_BYTES: u64 = 4096;
 
+/// The `psubd` binary beside this executable (both are built and installed together),
+/// else `psubd` as the PATH finds it.
+fn psubd_next_to_me() -> PathBuf {
+    let name = format!("psubd{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe()
+        .ok()
+        .and_then(|me| me.parent().map(|dir| dir.join(&name)))
+        .filter(|beside| beside.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// A running `psubd dev` cluster, stopped on drop.
 #[derive(Debug)]
 pub struct DevCluster {
@@ -48,6 +59,7 @@ impl DevCluster {
         base_port: u16,
         parent: Option<&Path>,
         keep_data: bool,
+        psubd: Option<&Path>,
     ) -> anyhow::Result<Self> {
         check_ports(nodes, base_port)?;
         let parent = parent
@@ -65,7 +77,7 @@ impl DevCluster {
         let log = File::create(&log_path)
             .with_context(|| format!("failed to create {}", log_path.display()))?;
         let log_err = log.try_clone().context("failed to share the log file")?;
-        let exe = std::env::current_exe().context("failed to find the psubd executable")?;
+        let exe = psubd.map_or_else(psubd_next_to_me, Path::to_path_buf);
         let child = Command::new(&exe)
             .arg("dev")
             .arg("--nodes")
@@ -87,7 +99,7 @@ impl DevCluster {
             .collect();
         let temp = if keep_data {
             let kept = temp.keep();
-            eprintln!("psubd bench: --dev data kept in {}", kept.display());
+            eprintln!("psubd-bench: --dev data kept in {}", kept.display());
             None
         } else {
             Some(temp)
@@ -178,7 +190,7 @@ impl DevCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        eprintln!("psubd bench: `psubd dev` did not stop within {STOP_GRACE:?}; killing it");
+        eprintln!("psubd-bench: `psubd dev` did not stop within {STOP_GRACE:?}; killing it");
         signal(-pid, libc::SIGKILL);
         let _ = child.wait();
     }

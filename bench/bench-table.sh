@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Runs every row of the benchmark table (docs/benchmarks.md) with `psubd bench`, one after another, and
+# Runs every row of the benchmark table (docs/benchmarks.md) with `psubd-bench`, one after another, and
 # keeps each row's printed table (.txt), its progress log (.err) and its JSON report
 # (.json: machine, disk, git commit, parameters, every run, medians).
 #
-# Usage:  bash node/bench-table.sh [OUT_DIR]      (default: ./bench-out-<time>)
+# Usage:  bash bench/bench-table.sh [OUT_DIR]      (default: ./bench-out-<time>)
 # Env:    REPO (default: this repository), DURATION (default 30s), WARMUP (default 5s),
-#         RUNS (default 3), SKIP_BUILD=1 to use the existing target/release/psubd,
+#         RUNS (default 3), SKIP_BUILD=1 to use the existing target/release/psubd and psubd-bench,
 #         ONLY="batch single64 ..." to run a subset of the rows.
 #
 # Every row starts its own fresh 3-node cluster (`--dev`: RF 3, fsync before ack,
@@ -27,12 +27,12 @@ OUT=$(cd "$OUT" && pwd)
 
 cd "$REPO" # the report's git commit is the repository's HEAD (and whether it is dirty)
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --release -p psubd
+    cargo build --release -p psubd -p psubd-bench
 fi
-PSUBD="$REPO/target/release/psubd"
-# Keep a copy: the shared target dir may be rebuilt while the table runs.
-cp "$PSUBD" "$OUT/psubd"
-PSUBD="$OUT/psubd"
+# Keep copies, side by side (psubd-bench --dev starts the psubd beside it): the shared
+# target dir may be rebuilt while the table runs.
+cp "$REPO/target/release/psubd" "$REPO/target/release/psubd-bench" "$OUT/"
+BENCH="$OUT/psubd-bench"
 
 COMMON=(--dev --runs "$RUNS" --duration "$DURATION" --warmup "$WARMUP")
 {
@@ -47,8 +47,8 @@ want() { [[ " $ONLY " == *" $1 "* ]]; }
 row() { # name, then bench arguments
     local name=$1
     shift
-    echo "== $name: psubd bench ${COMMON[*]} $*" | tee -a "$OUT/commands.txt"
-    "$PSUBD" bench "${COMMON[@]}" "$@" --json "$OUT/$name.json" \
+    echo "== $name: psubd-bench ${COMMON[*]} $*" | tee -a "$OUT/commands.txt"
+    "$BENCH" "${COMMON[@]}" "$@" --json "$OUT/$name.json" \
         >"$OUT/$name.txt" 2>"$OUT/$name.err" || echo "   (exit $? — see $OUT/$name.err)"
     grep -E "median|RSS|CPU" "$OUT/$name.txt" || true
 }
@@ -84,8 +84,8 @@ want p12 && row p12 --producers 64 --records-per-request 100 --partitions 12
 #    fresh cluster, so that the run starts from an empty log.
 if want growth; then
     for i in 1; do
-        echo "== growth-$i: psubd bench --dev --runs 1 --duration 900s --warmup 0s --max-records 10000000 --producers 64 --records-per-request 100" | tee -a "$OUT/commands.txt"
-        "$PSUBD" bench --dev --runs 1 --duration 900s --warmup 0s --max-records 10000000 \
+        echo "== growth-$i: psubd-bench --dev --runs 1 --duration 900s --warmup 0s --max-records 10000000 --producers 64 --records-per-request 100" | tee -a "$OUT/commands.txt"
+        "$BENCH" --dev --runs 1 --duration 900s --warmup 0s --max-records 10000000 \
             --producers 64 --records-per-request 100 --json "$OUT/growth-$i.json" \
             >"$OUT/growth-$i.txt" 2>"$OUT/growth-$i.err" || echo "   (exit $?)"
         grep -E "publish|tenth|RSS|CPU" "$OUT/growth-$i.txt" || true

@@ -4,8 +4,8 @@
 //! id and the membership; a logic (the controller's metadata, a partition's record batches,
 //! consumer offsets) gives the committed commands their meaning.
 
+use crate::engine::{Tree, WriteBatch};
 use crate::error::StorageIoError;
-use crate::storage::{Tree, WriteBatch};
 use crate::types::{Command, CommandResponse};
 
 /// The key prefix reserved for the state machine's own metadata in a group's state tree.
@@ -72,7 +72,7 @@ pub trait GroupLogic: Send + Sync + 'static {
 
     /// Bytes of state the logic retains, if it tracks them (a partition: its retained
     /// batches). A snapshot is then also due once the commands applied since the last one
-    /// outgrow them (see `snapshot_schedule`), so a log holding mostly what retention has
+    /// outgrow them (see `state::schedule`), so a log holding mostly what retention has
     /// already removed is purged. The default tracks nothing.
     fn retained_bytes(&self) -> Option<u64> {
         None

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use openraft::storage::LogFlushed;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::blocking::blocking;
+use crate::engine::Engine;
 use crate::error::StorageIoError;
 use crate::health::StorageHealth;
-use crate::log_sync::LogSyncs;
-use crate::snapshot::blocking;
-use crate::storage::Engine;
+use crate::log::sync::LogSyncs;
 use crate::types::TypeConfig;
 
 /// Requests that may wait for the flusher. Bounded so that a disk that falls behind slows the
@@ -340,12 +340,13 @@ fn waiter_reply(result: &Result<(), StorageIoError>) -> Result<(), StorageIoErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::Tree;
+    use crate::engine::Tree;
 
-    /// An engine that only counts its flushes.
+    /// An engine that only counts its flushes, which fail when `fails` is set.
     #[derive(Default)]
     struct CountingEngine {
         flushes: AtomicU64,
+        fails: bool,
     }
 
     impl Engine for CountingEngine {
@@ -363,40 +364,16 @@ mod tests {
         }
         fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), StorageIoError>> {
             self.flushes.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Ok(()) })
-        }
-        fn size_on_disk(&self) -> Result<u64, StorageIoError> {
-            Ok(0)
-        }
-    }
-
-    /// An engine whose flushes fail, counting the attempts.
-    #[derive(Default)]
-    struct FailingEngine {
-        attempts: AtomicU64,
-    }
-
-    impl Engine for FailingEngine {
-        fn open_tree(&self, _name: &str) -> Result<Tree, StorageIoError> {
-            Err(StorageIoError::FlusherStopped)
-        }
-        fn tree_exists(&self, _name: &str) -> bool {
-            false
-        }
-        fn tree_names(&self) -> Vec<String> {
-            Vec::new()
-        }
-        fn drop_tree(&self, _name: &str) -> Result<(), StorageIoError> {
-            Ok(())
-        }
-        fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), StorageIoError>> {
-            self.attempts.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async {
-                Err(StorageIoError::file(
-                    "fsync the segment log",
-                    "/data/db/db",
-                    io::Error::from_raw_os_error(libc::EIO),
-                ))
+            let fails = self.fails;
+            Box::pin(async move {
+                if fails {
+                    return Err(StorageIoError::file(
+                        "fsync the segment log",
+                        "/data/db/db",
+                        io::Error::from_raw_os_error(libc::EIO),
+                    ));
+                }
+                Ok(())
             })
         }
         fn size_on_disk(&self) -> Result<u64, StorageIoError> {
@@ -409,7 +386,10 @@ mod tests {
     /// the engine.
     #[tokio::test(start_paused = true)]
     async fn a_failed_flush_is_recorded_and_never_retried() {
-        let engine = Arc::new(FailingEngine::default());
+        let engine = Arc::new(CountingEngine {
+            fails: true,
+            ..CountingEngine::default()
+        });
         let health = StorageHealth::default();
         let flusher = Flusher::spawn(
             &tokio::runtime::Handle::current(),
@@ -420,7 +400,7 @@ mod tests {
         assert!(flusher.flush().await.is_err());
         let failure = health.failure().expect("the failure is recorded");
         assert!(failure.cause.contains("/data/db/db"), "{failure:?}");
-        let attempts = engine.attempts.load(Ordering::SeqCst);
+        let attempts = engine.flushes.load(Ordering::SeqCst);
         tokio::time::sleep(ENGINE_WRITE_BACK_EVERY * 5).await;
         for _ in 0..3 {
             assert!(matches!(
@@ -429,7 +409,7 @@ mod tests {
             ));
         }
         assert_eq!(
-            engine.attempts.load(Ordering::SeqCst),
+            engine.flushes.load(Ordering::SeqCst),
             attempts,
             "no flush after the failure, by a waiter or in the background"
         );

@@ -1,190 +1,24 @@
-//! Requests one node's edge sends to another over the peer transport, and how a node
-//! serves them — and its own edge's requests — against its local replicas.
-//!
-//! Both paths go through [`serve_local`], so a request means the same wherever it runs.
-//! A forwarded request is served where it lands and never forwarded again: the sender
-//! retries at a leader hint instead, which bounds every request to a few hops.
+//! How a node serves a [`ForwardRequest`] on its own replicas: requests forwarded by
+//! peers, and its own edge's requests when this node can answer them. Both go through
+//! [`serve_local`], so a request means the same wherever it runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use psubd_actors::assignment::TopicPartition;
-use psubd_actors::controller::{NodeInfo, TopicUpdate};
-use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
-use psubd_actors::offsets::CommittedOffset;
-use psubd_actors::partition::{leader_of, Appended, FetchedRecords, ReadError};
-use psubd_actors::record::EncodedRecords;
-use psubd_actors::topic::{TopicConfig, TopicMeta};
-use psubd_actors::{Broker, ControllerError, GroupError, PartitionError};
+use psubd_actors::partition::{PartitionHandle, PartitionReader, ReadError};
+use psubd_actors::proposal::leader_of;
+use psubd_actors::{Broker, GroupError, PartitionError};
 use psubd_raft::{GroupId, NodeId, PeerService};
-use serde::{Deserialize, Serialize};
 
-/// Where a fetch starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OffsetSpec {
-    /// The log start.
-    Earliest,
-    /// The high watermark: only records published from now on.
-    Latest,
-    /// A given offset.
-    At(u64),
-}
-
-/// A request served on one node's local replicas.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum ForwardRequest {
-    /// Append one request's records to a partition (the serving node must lead it).
-    Append {
-        /// The partition's group.
-        group: GroupId,
-        /// The records.
-        records: EncodedRecords,
-    },
-    /// Read committed records, long-polling up to `timeout_ms` at the end of the log.
-    Fetch {
-        /// The partition's group.
-        group: GroupId,
-        /// Where to start.
-        offset: OffsetSpec,
-        /// Most records to return.
-        max_records: u32,
-        /// Most bytes of record encodings to return (one record always fits).
-        max_bytes: u32,
-        /// How long to wait for a record at the end of the log.
-        timeout_ms: u64,
-    },
-    /// Leader, log start and high watermark of a partition replica.
-    PartitionStatus {
-        /// The partition's group.
-        group: GroupId,
-    },
-    /// Create a topic (the serving node must lead the controller).
-    CreateTopic {
-        /// Name (validated by the sender).
-        name: String,
-        /// Configuration (validated by the sender).
-        config: TopicConfig,
-    },
-    /// Delete a topic (the serving node must lead the controller).
-    DeleteTopic {
-        /// Name.
-        name: String,
-    },
-    /// Record a node's HTTP address (the serving node must lead the controller).
-    RegisterNode(NodeInfo),
-    /// Describe a topic from the serving node's metadata (the controller leader's is
-    /// the freshest: used when a topic is missing locally, e.g. just created elsewhere).
-    DescribeTopic {
-        /// Name.
-        name: String,
-    },
-    /// A consumer-group request for the group's coordinator (the serving node must lead
-    /// the group's offsets partition).
-    Group {
-        /// The consumer group.
-        group: String,
-        /// The request.
-        request: GroupRequest,
-    },
-    /// A group's committed offsets from the serving node's replica of its offsets
-    /// partition (any replica may serve committed reads).
-    CommittedOffsets {
-        /// The consumer group.
-        group: String,
-    },
-    /// The groups of one offsets partition (the serving node must lead it).
-    ListGroups {
-        /// The offsets partition.
-        partition: u32,
-    },
-    /// Change a topic's mutable settings (the serving node must lead the controller).
-    UpdateTopic {
-        /// Name.
-        name: String,
-        /// What changes (validated by the sender).
-        update: TopicUpdate,
-    },
-    /// A key's latest record from the serving node's replica of a compacted partition
-    /// (any replica that applied `min_offset`; see `keys`).
-    KeyLookup(crate::keys::KeyRead),
-    /// A page of live keys from the serving node's replica (see `keys`).
-    KeyScan(crate::keys::KeyRead),
-    /// The partition's leader as the serving node's replica sees it, once it sees one
-    /// that can take writes (itself only with a fresh quorum), waiting up to `wait_ms`.
-    AwaitLeader {
-        /// The partition's group.
-        group: GroupId,
-        /// How long the serving node may wait (capped there).
-        wait_ms: u64,
-    },
-}
+use crate::protocol::{
+    encode, ForwardRequest, ForwardResponse, KeyRead, OffsetSpec, ReplicaStatus,
+};
 
 /// The longest a node holds an [`ForwardRequest::AwaitLeader`]: the asker's wait is
 /// untrusted input, and a held request keeps a task alive.
 const MAX_LEADER_WAIT: Duration = Duration::from_secs(30);
-
-/// A replica's status.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct ReplicaStatus {
-    /// The leader as this replica knows it.
-    pub leader: Option<NodeId>,
-    /// First stored offset.
-    pub log_start: u64,
-    /// The high watermark.
-    pub high_watermark: u64,
-    /// Stored size of the retained record batches on this replica, bytes.
-    pub stored_bytes: u64,
-}
-
-/// The answer to a [`ForwardRequest`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum ForwardResponse {
-    /// Appended.
-    Appended(Appended),
-    /// Fetched records.
-    Fetched(FetchedRecords),
-    /// A replica's status.
-    Status(ReplicaStatus),
-    /// A topic's metadata (created or described); `None` when it does not exist.
-    Topic(Option<TopicMeta>),
-    /// Done.
-    Done,
-    /// A partition refused or failed.
-    Partition(PartitionError),
-    /// The controller refused or failed.
-    Controller(ControllerError),
-    /// The offset is outside the replica's log.
-    OutOfRange {
-        /// The offset asked for.
-        offset: u64,
-        /// First stored offset.
-        log_start: u64,
-        /// The high watermark.
-        high_watermark: u64,
-    },
-    /// A group coordinator's answer.
-    Group(GroupAnswer),
-    /// A group coordinator refused (never "not coordinator": that is sent as
-    /// `Partition(NotLeader)` so the edge follows the hint as for any leader).
-    GroupRefused(GroupError),
-    /// A group's committed offsets.
-    Committed(Vec<(TopicPartition, CommittedOffset)>),
-    /// Groups of an offsets partition.
-    Groups(Vec<GroupSummary>),
-    /// Stored data could not be read; logged on the serving node.
-    Broken(String),
-    /// The request did not decode (nodes of different versions).
-    Malformed,
-    /// A key's latest live record; `None` when absent or deleted.
-    Key(Option<psubd_actors::partition::key_index::KeyRecord>),
-    /// A page of live keys.
-    Keys(psubd_actors::partition::key_index::KeyScan),
-    /// The answer to [`ForwardRequest::AwaitLeader`]: `None` when no leader appeared in
-    /// time, or the serving node holds no replica.
-    Leader(Option<NodeId>),
-}
 
 /// Serves a request on this node's replicas.
 pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardResponse {
@@ -258,8 +92,8 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                 .await
                 .map(ForwardResponse::Groups),
         ),
-        ForwardRequest::KeyLookup(read) => crate::keys::serve_lookup(broker, read).await,
-        ForwardRequest::KeyScan(read) => crate::keys::serve_scan(broker, read).await,
+        ForwardRequest::KeyLookup(read) => serve_lookup(broker, read).await,
+        ForwardRequest::KeyScan(read) => serve_scan(broker, read).await,
         ForwardRequest::AwaitLeader { group, wait_ms } => {
             let wait = Duration::from_millis(wait_ms).min(MAX_LEADER_WAIT);
             ForwardResponse::Leader(broker.await_leader(group, wait).await)
@@ -364,6 +198,78 @@ async fn fetch_local(
     }
 }
 
+/// Waits until the replica applied `min_offset` (its high watermark passed it).
+async fn applied(reader: &PartitionReader, read: &KeyRead) -> bool {
+    let Some(min_offset) = read.min_offset else {
+        return true;
+    };
+    let mut watch = reader.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(read.timeout_ms);
+    loop {
+        if watch.borrow_and_update().next_offset > min_offset {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return false,
+        }
+    }
+}
+
+fn read_failure(group: GroupId, error: ReadError) -> ForwardResponse {
+    match error {
+        ReadError::Storage(detail) => {
+            tracing::error!(group, cause = %detail, "key index unreadable");
+            ForwardResponse::Broken(detail)
+        }
+        ReadError::NotReady | ReadError::OutOfRange { .. } => {
+            ForwardResponse::Partition(PartitionError::Unavailable {
+                reason: "replica catching up".into(),
+            })
+        }
+    }
+}
+
+/// This node's replica of the key read's partition, once it applied `min_offset`.
+async fn caught_up(broker: &Broker, read: &KeyRead) -> Result<PartitionHandle, ForwardResponse> {
+    let Some(handle) = broker.partition(read.group) else {
+        return Err(ForwardResponse::Partition(PartitionError::NoReplica));
+    };
+    if !applied(&handle.reader, read).await {
+        return Err(ForwardResponse::Partition(PartitionError::Unavailable {
+            reason: "replica has not applied min_offset".into(),
+        }));
+    }
+    Ok(handle)
+}
+
+/// Serves a key lookup on this node's replica.
+async fn serve_lookup(broker: &Broker, read: KeyRead) -> ForwardResponse {
+    let handle = match caught_up(broker, &read).await {
+        Ok(handle) => handle,
+        Err(refusal) => return refusal,
+    };
+    match handle.reader.latest(&read.key) {
+        Ok(record) => ForwardResponse::Key(record),
+        Err(error) => read_failure(read.group, error),
+    }
+}
+
+/// Serves a key scan on this node's replica.
+async fn serve_scan(broker: &Broker, read: KeyRead) -> ForwardResponse {
+    let handle = match caught_up(broker, &read).await {
+        Ok(handle) => handle,
+        Err(refusal) => return refusal,
+    };
+    match handle
+        .reader
+        .scan_keys(&read.key, &read.start, read.limit as usize)
+    {
+        Ok(page) => ForwardResponse::Keys(page),
+        Err(error) => read_failure(read.group, error),
+    }
+}
+
 /// Serves requests forwarded by peers: the [`PeerService`] the node installs on its
 /// transport.
 pub struct ForwardService {
@@ -388,12 +294,4 @@ impl PeerService for ForwardService {
             encode(&response)
         })
     }
-}
-
-/// Encodes a request or response for the transport. Encoding these types only fails
-/// when out of memory; an empty body then decodes as an error on the other side.
-pub fn encode<T: Serialize>(message: &T) -> Bytes {
-    postcard::to_stdvec(message)
-        .map(Bytes::from)
-        .unwrap_or_default()
 }

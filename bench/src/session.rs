@@ -60,9 +60,10 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
                 args.dev_base_port,
                 args.dev_data_dir.as_deref(),
                 args.keep_data,
+                args.psubd.as_deref(),
             )?;
             eprintln!(
-                "psubd bench: started a {}-node dev cluster (data in {})",
+                "psubd-bench: started a {}-node dev cluster (data in {})",
                 args.dev_nodes,
                 d.data_dir().display()
             );
@@ -95,7 +96,7 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
         .await?;
     if topic.partitions != args.partitions || topic.replication_factor != args.replication_factor {
         eprintln!(
-            "psubd bench: topic '{}' exists with {} partitions, rf {}: measuring those",
+            "psubd-bench: topic '{}' exists with {} partitions, rf {}: measuring those",
             args.topic, topic.partitions, topic.replication_factor
         );
     }
@@ -154,7 +155,7 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.json {
         let report = Report {
-            tool: "psubd bench",
+            tool: "psubd-bench",
             started_at_unix_ms,
             build: &build,
             hardware: &hardware,
@@ -229,7 +230,7 @@ impl Session<'_> {
             a.retries,
             a.request_timeout,
         )?);
-        eprintln!("psubd bench: prefilling {} records", a.prefill);
+        eprintln!("psubd-bench: prefilling {} records", a.prefill);
         let clock = Arc::new(RunClock::start(
             PREFILL_RUN,
             Duration::ZERO,
@@ -264,7 +265,7 @@ impl Session<'_> {
             );
         }
         eprintln!(
-            "psubd bench: prefilled {} records in {:.1} s ({:.0} records/s)",
+            "psubd-bench: prefilled {} records in {:.1} s ({:.0} records/s)",
             stats.records,
             secs,
             stats.records as f64 / secs

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use futures::future::BoxFuture;
 
+use crate::engine::{Engine, EngineTree, PairIter, Tree, Value, WriteBatch};
 use crate::error::StorageIoError;
-use crate::storage::{Engine, EngineTree, PairIter, Tree, Value, WriteBatch};
 
 /// Staged bytes (keys and values) past which an apply writes its tree out at once, so one
 /// busy tree holds at most this much in memory between two engine flushes.
@@ -376,7 +376,7 @@ impl Engine for DeferringEngine {
         let deferred = self.deferred.clone();
         let engine = self.engine.clone();
         Box::pin(async move {
-            crate::snapshot::blocking("write out deferred state", move || deferred.write_out_all())
+            crate::blocking::blocking("write out deferred state", move || deferred.write_out_all())
                 .await?;
             engine.flush().await
         })
@@ -393,7 +393,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::storage::sled_engine_for_tests;
+    use crate::engine::sled_engine::sled_engine_for_tests;
 
     struct Fixture {
         _dir: tempfile::TempDir,

@@ -1,4 +1,7 @@
-//! `psubd bench`: the load generator behind the tables of docs/benchmarks.md.
+//! `psubd-bench`: the load generator behind the tables of docs/benchmarks.md. A binary
+//! of its own, so the server binary carries none of its dependencies (its HTTP/1.1
+//! client, histograms, temporary dirs); it talks to psubd over HTTP only and imports no
+//! psubd crate.
 //!
 //! In the spirit of `kafka-producer-perf-test` and `nats bench`: producers publish
 //! pre-built request bodies over keep-alive HTTP connections, consumers read by offset
@@ -9,7 +12,8 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs`: the command-line arguments ([`BenchArgs`]) and [`run`].
+//! - `lib.rs`: the command-line arguments ([`BenchArgs`]) and [`run`]; `main.rs` the
+//!   binary.
 //! - `session.rs`: one measurement (warm-up, window, drain) and the repetition of it.
 //! - `target.rs`: the cluster under test: its URLs, topic creation, partition metadata.
 //! - `dev_cluster.rs`: a local cluster started through `psubd dev` for `--dev`.
@@ -47,7 +51,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-/// Arguments of `psubd bench`; every figure docs/benchmarks.md quotes is reproducible from them.
+/// Arguments of `psubd-bench`; every figure docs/benchmarks.md quotes is reproducible from them.
 ///
 /// Concurrency model: each of a producer's `--in-flight` requests is a sequential loop on
 /// its own keep-alive connection (HTTP/1.1 does not pipeline), so the load is
@@ -83,6 +87,11 @@ pub struct BenchArgs {
     /// Keep the `--dev` data dir after the run (its path is printed).
     #[arg(long)]
     pub keep_data: bool,
+
+    /// The `psubd` binary `--dev` starts (default: the one next to this executable,
+    /// else `psubd` on the PATH).
+    #[arg(long, env = "PSUBD_BIN")]
+    pub psubd: Option<PathBuf>,
 
     /// Data dir of the nodes of a running cluster, only to describe its disk in the
     /// report (the bench never writes there).

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RaftTuning;
 #[cfg(doc)]
-use crate::logic::GroupLogic;
+use crate::state::logic::GroupLogic;
 
 /// Least bytes applied since the last snapshot for the retained-state rule: below it,
 /// snapshots by bytes would churn for small partitions.

@@ -16,13 +16,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use crate::blocking::blocking;
+use crate::codec::{decode, encode};
+use crate::engine::{Tree, WriteBatch};
 use crate::error::{IntoRaftResult, StorageIoError};
-use crate::flusher::Flusher;
-use crate::segment_log::{EncodedBatch, SegmentLog};
-use crate::snapshot::blocking;
-use crate::storage::{Tree, WriteBatch};
+use crate::log::flusher::Flusher;
+use crate::log::segments::{EncodedBatch, SegmentLog};
 use crate::types::{typ, GroupId, TypeConfig};
 
 /// Prefix of the entry keys of the old layout (entries in the engine).
@@ -34,26 +34,6 @@ const COMMITTED_KEY: &[u8] = b"mcommitted";
 /// The last purged log id. Invariant: no entry at or below it is visible, and a segment file
 /// holding only such entries is deleted only after the mark is durable.
 const PURGED_KEY: &[u8] = b"mpurged";
-
-/// Postcard-encodes `value`.
-pub(crate) fn encode<T: Serialize>(
-    what: &'static str,
-    value: &T,
-) -> Result<Vec<u8>, StorageIoError> {
-    // Sized first, so a record-batch entry (tens of KiB) is written once into a buffer of
-    // its exact size, not copied through every doubling of a growing one.
-    let size = postcard::experimental::serialized_size(value)
-        .map_err(|e| StorageIoError::codec(what, e))?;
-    postcard::to_extend(value, Vec::with_capacity(size)).map_err(|e| StorageIoError::codec(what, e))
-}
-
-/// Postcard-decodes `bytes`.
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, StorageIoError> {
-    postcard::from_bytes(bytes).map_err(|e| StorageIoError::codec(what, e))
-}
 
 /// The Raft log of one group.
 ///

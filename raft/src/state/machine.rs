@@ -17,12 +17,13 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend};
 
+use crate::blocking::blocking;
+use crate::codec::{decode, encode};
+use crate::engine::{Tree, WriteBatch};
 use crate::error::{IntoRaftResult, StorageIoError};
-use crate::log_store::{decode, encode};
-use crate::logic::{GroupLogic, RESERVED_KEY_PREFIX};
-use crate::snapshot::{self, blocking, SnapshotBuilder, SnapshotStore};
-use crate::snapshot_schedule::{Asked, SnapshotProgress, SnapshotSchedule};
-use crate::storage::{Tree, WriteBatch};
+use crate::state::logic::{GroupLogic, RESERVED_KEY_PREFIX};
+use crate::state::schedule::{Asked, SnapshotProgress, SnapshotSchedule};
+use crate::state::snapshot::{self, SnapshotBuilder, SnapshotStore};
 use crate::types::{typ, CommandResponse, GroupId, TypeConfig};
 
 /// Key of the last applied log id.

@@ -1,6 +1,6 @@
 //! The node-wide set of Raft log files and directories written since the last flush.
 //!
-//! A group's [`SegmentLog`](crate::segment_log::SegmentLog) writes its entries to the page
+//! A group's segment log (`log::segments`) writes its entries to the page
 //! cache and records the segment file here (and the directory, when it created or removed a
 //! file). The node's flusher takes the whole set at the start of each flush and syncs it
 //! (with the engine too when a waiter needs it), so one flush makes every group's appends

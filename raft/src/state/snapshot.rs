@@ -25,12 +25,13 @@ use std::sync::{Arc, Mutex};
 
 use openraft::{ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 
+use crate::blocking::blocking;
+use crate::engine::{Tree, WriteBatch};
 use crate::error::{IntoRaftResult, StorageIoError};
-use crate::logic::{SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
-use crate::snapshot_schedule::CurrentSnapshot;
-use crate::storage::{Tree, WriteBatch};
+use crate::state::logic::{SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
+use crate::state::schedule::CurrentSnapshot;
+use crate::state::write_behind::{write_out_in_steps, WriteBehind};
 use crate::types::{typ, GroupId, TypeConfig};
-use crate::write_behind::{write_out_in_steps, WriteBehind};
 
 /// The file's first bytes.
 const MAGIC: &[u8; 8] = b"PSUBSNP1";
@@ -64,20 +65,6 @@ fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(FNV_PRIME);
     }
     hash
-}
-
-/// Runs blocking file work off the async runtime.
-pub(crate) async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, StorageIoError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StorageIoError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageIoError::TaskFailed {
-            op,
-            reason: e.to_string(),
-        })?
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,7 +685,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::sled_engine_for_tests;
+    use crate::engine::sled_engine::sled_engine_for_tests;
 
     fn pairs(tree: &Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
         tree.range(b"", None)

@@ -1,0 +1,131 @@
+//! Proposing to a Raft group, the same way for every group (partitions, the controller,
+//! the consumer offsets): whether this replica may propose now ([`check_leader`]: it
+//! leads and heard from a quorum recently), and a proposal with a deadline whose outcome
+//! maps openraft's errors once ([`propose`], [`committed`]).
+//!
+//! A refusal before proposing ([`Refusal`]) means nothing was written: the caller may
+//! retry elsewhere. Anything after proposing that is not an answer is
+//! [`OutcomeUnknown`]: the entry may still commit.
+
+use std::time::Duration;
+
+use openraft::error::ClientWriteError;
+use openraft::raft::responder::Responder;
+use openraft::{RaftTypeConfig, ServerState};
+use psubd_raft::types::typ::{Raft, RaftMetrics};
+use psubd_raft::{Command, CommandResponse, NodeId, TypeConfig};
+
+/// Why this replica may not propose now; nothing was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another replica leads (`leader` is a hint), or none is known.
+    NotLeader {
+        /// The leader this replica knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// This replica leads but has not heard from a quorum recently: it is on a minority
+    /// side.
+    NoQuorum,
+}
+
+/// A proposal got no answer: it may or may not be committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutcomeUnknown {
+    /// What happened.
+    pub reason: String,
+}
+
+/// Whether this replica may propose now.
+///
+/// # Errors
+/// [`Refusal::NotLeader`] with the leader hint, or [`Refusal::NoQuorum`].
+pub fn check_leader(raft: &Raft, quorum_stale_after: Duration) -> Result<(), Refusal> {
+    // Read under the borrow: this runs on every publish and fetch, and cloning the
+    // metrics would copy the membership and replication maps each time.
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    leader_status(&metrics, quorum_stale_after)
+}
+
+/// [`check_leader`] on metrics already borrowed (a caller watching them for a change).
+///
+/// # Errors
+/// As [`check_leader`].
+pub fn leader_status(metrics: &RaftMetrics, quorum_stale_after: Duration) -> Result<(), Refusal> {
+    if metrics.state != ServerState::Leader {
+        return Err(Refusal::NotLeader {
+            leader: metrics.current_leader.filter(|l| *l != metrics.id),
+        });
+    }
+    match metrics.millis_since_quorum_ack {
+        Some(ms) if Duration::from_millis(ms) <= quorum_stale_after => Ok(()),
+        _ => Err(Refusal::NoQuorum),
+    }
+}
+
+/// The current leader of a group as this replica sees it.
+pub fn leader_of(raft: &Raft) -> Option<NodeId> {
+    raft.metrics().borrow().current_leader
+}
+
+/// What a proposal's answer arrives on.
+pub type Pending = <<TypeConfig as RaftTypeConfig>::Responder as Responder<TypeConfig>>::Receiver;
+
+/// Proposes `command` to `group`'s Raft (named in reasons: "partition", "controller",
+/// "offsets partition") and waits up to `deadline` for it to be committed and applied.
+///
+/// # Errors
+/// [`OutcomeUnknown`] when no answer came.
+pub async fn propose(
+    raft: &Raft,
+    command: Command,
+    deadline: Duration,
+    group: &str,
+) -> Result<CommandResponse, OutcomeUnknown> {
+    let pending = enqueue(raft, command, group).await?;
+    committed(pending, deadline, group).await
+}
+
+/// Hands `command` to the Raft core without waiting for the commit: entries are proposed
+/// in the order they are enqueued, even with several in flight.
+///
+/// # Errors
+/// [`OutcomeUnknown`] when the group stopped.
+pub async fn enqueue(
+    raft: &Raft,
+    command: Command,
+    group: &str,
+) -> Result<Pending, OutcomeUnknown> {
+    raft.client_write_ff(command)
+        .await
+        .map_err(|_| stopped(group))
+}
+
+/// Waits up to `deadline` for an enqueued proposal's answer.
+///
+/// # Errors
+/// [`OutcomeUnknown`] when no answer came. A "forward to leader" after proposing means
+/// the entry was truncated here, but another replica may still hold it and commit it
+/// later: unknown, never "not written".
+pub async fn committed(
+    pending: Pending,
+    deadline: Duration,
+    group: &str,
+) -> Result<CommandResponse, OutcomeUnknown> {
+    match tokio::time::timeout(deadline, pending).await {
+        Ok(Ok(Ok(response))) => Ok(response.data),
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => Err(OutcomeUnknown {
+            reason: "leadership changed while the write was in flight".into(),
+        }),
+        Ok(Ok(Err(_))) | Ok(Err(_)) => Err(stopped(group)),
+        Err(_) => Err(OutcomeUnknown {
+            reason: "the write was not committed within the timeout".into(),
+        }),
+    }
+}
+
+fn stopped(group: &str) -> OutcomeUnknown {
+    OutcomeUnknown {
+        reason: format!("the {group}'s Raft group stopped"),
+    }
+}

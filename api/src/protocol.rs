@@ -1,0 +1,205 @@
+//! The node-to-node protocol: the requests one node's edge sends another over the peer
+//! transport, and their answers. Plain data, postcard-encoded; it depends on no other
+//! module of this crate, so every layer may speak it.
+//!
+//! A forwarded request is served where it lands and never forwarded again: the sender
+//! retries at a leader hint instead, which bounds every request to a few hops.
+
+use bytes::Bytes;
+use psubd_actors::assignment::TopicPartition;
+use psubd_actors::controller::{NodeInfo, TopicUpdate};
+use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
+use psubd_actors::offsets::CommittedOffset;
+use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
+use psubd_actors::partition::{Appended, FetchedRecords};
+use psubd_actors::record::EncodedRecords;
+use psubd_actors::topic::{TopicConfig, TopicMeta};
+use psubd_actors::{ControllerError, GroupError, PartitionError};
+use psubd_raft::{GroupId, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// Where a fetch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetSpec {
+    /// The log start.
+    Earliest,
+    /// The high watermark: only records published from now on.
+    Latest,
+    /// A given offset.
+    At(u64),
+}
+
+/// A request served on one node's local replicas.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    /// Append one request's records to a partition (the serving node must lead it).
+    Append {
+        /// The partition's group.
+        group: GroupId,
+        /// The records.
+        records: EncodedRecords,
+    },
+    /// Read committed records, long-polling up to `timeout_ms` at the end of the log.
+    Fetch {
+        /// The partition's group.
+        group: GroupId,
+        /// Where to start.
+        offset: OffsetSpec,
+        /// Most records to return.
+        max_records: u32,
+        /// Most bytes of record encodings to return (one record always fits).
+        max_bytes: u32,
+        /// How long to wait for a record at the end of the log.
+        timeout_ms: u64,
+    },
+    /// Leader, log start and high watermark of a partition replica.
+    PartitionStatus {
+        /// The partition's group.
+        group: GroupId,
+    },
+    /// Create a topic (the serving node must lead the controller).
+    CreateTopic {
+        /// Name (validated by the sender).
+        name: String,
+        /// Configuration (validated by the sender).
+        config: TopicConfig,
+    },
+    /// Delete a topic (the serving node must lead the controller).
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// Record a node's HTTP address (the serving node must lead the controller).
+    RegisterNode(NodeInfo),
+    /// Describe a topic from the serving node's metadata (the controller leader's is
+    /// the freshest: used when a topic is missing locally, e.g. just created elsewhere).
+    DescribeTopic {
+        /// Name.
+        name: String,
+    },
+    /// A consumer-group request for the group's coordinator (the serving node must lead
+    /// the group's offsets partition).
+    Group {
+        /// The consumer group.
+        group: String,
+        /// The request.
+        request: GroupRequest,
+    },
+    /// A group's committed offsets from the serving node's replica of its offsets
+    /// partition (any replica may serve committed reads).
+    CommittedOffsets {
+        /// The consumer group.
+        group: String,
+    },
+    /// The groups of one offsets partition (the serving node must lead it).
+    ListGroups {
+        /// The offsets partition.
+        partition: u32,
+    },
+    /// Change a topic's mutable settings (the serving node must lead the controller).
+    UpdateTopic {
+        /// Name.
+        name: String,
+        /// What changes (validated by the sender).
+        update: TopicUpdate,
+    },
+    /// A key's latest record from the serving node's replica of a compacted partition
+    /// (any replica that applied `min_offset`).
+    KeyLookup(KeyRead),
+    /// A page of live keys from the serving node's replica .
+    KeyScan(KeyRead),
+    /// The partition's leader as the serving node's replica sees it, once it sees one
+    /// that can take writes (itself only with a fresh quorum), waiting up to `wait_ms`.
+    AwaitLeader {
+        /// The partition's group.
+        group: GroupId,
+        /// How long the serving node may wait (capped there).
+        wait_ms: u64,
+    },
+}
+
+/// A replica's status.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The leader as this replica knows it.
+    pub leader: Option<NodeId>,
+    /// First stored offset.
+    pub log_start: u64,
+    /// The high watermark.
+    pub high_watermark: u64,
+    /// Stored size of the retained record batches on this replica, bytes.
+    pub stored_bytes: u64,
+}
+
+/// The answer to a [`ForwardRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    /// Appended.
+    Appended(Appended),
+    /// Fetched records.
+    Fetched(FetchedRecords),
+    /// A replica's status.
+    Status(ReplicaStatus),
+    /// A topic's metadata (created or described); `None` when it does not exist.
+    Topic(Option<TopicMeta>),
+    /// Done.
+    Done,
+    /// A partition refused or failed.
+    Partition(PartitionError),
+    /// The controller refused or failed.
+    Controller(ControllerError),
+    /// The offset is outside the replica's log.
+    OutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// First stored offset.
+        log_start: u64,
+        /// The high watermark.
+        high_watermark: u64,
+    },
+    /// A group coordinator's answer.
+    Group(GroupAnswer),
+    /// A group coordinator refused (never "not coordinator": that is sent as
+    /// `Partition(NotLeader)` so the edge follows the hint as for any leader).
+    GroupRefused(GroupError),
+    /// A group's committed offsets.
+    Committed(Vec<(TopicPartition, CommittedOffset)>),
+    /// Groups of an offsets partition.
+    Groups(Vec<GroupSummary>),
+    /// Stored data could not be read; logged on the serving node.
+    Broken(String),
+    /// The request did not decode (nodes of different versions).
+    Malformed,
+    /// A key's latest live record; `None` when absent or deleted.
+    Key(Option<KeyRecord>),
+    /// A page of live keys.
+    Keys(KeyScan),
+    /// The answer to [`ForwardRequest::AwaitLeader`]: `None` when no leader appeared in
+    /// time, or the serving node holds no replica.
+    Leader(Option<NodeId>),
+}
+
+/// A key read as sent to a replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyRead {
+    /// The partition's group.
+    pub group: GroupId,
+    /// The key (lookups), or the prefix (scans).
+    pub key: Bytes,
+    /// Scans: first key (inclusive).
+    pub start: Bytes,
+    /// Scans: most live keys.
+    pub limit: u32,
+    /// The replica must have applied this offset (the record at it is visible).
+    pub min_offset: Option<u64>,
+    /// How long to wait for that.
+    pub timeout_ms: u64,
+}
+
+/// Encodes a request or response for the transport. Encoding these types only fails
+/// when out of memory; an empty body then decodes as an error on the other side.
+pub fn encode<T: Serialize>(message: &T) -> Bytes {
+    postcard::to_stdvec(message)
+        .map(Bytes::from)
+        .unwrap_or_default()
+}

@@ -1,0 +1,479 @@
+//! Publishing: records are validated and encoded into one run per partition as they
+//! arrive ([`PublishBatch::push`]), then appended, one append per partition, concurrently
+//! ([`Service::publish`]). Nothing is sent before every record of a request has been
+//! accepted, so a refused record means nothing written.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use psubd_actors::clock::now_ms;
+use psubd_actors::partition::Appended;
+use psubd_actors::record::{EncodedRecords, RawBytes, RecordRef, ValueKind};
+use psubd_actors::topic::TopicMeta;
+
+use super::{Caller, Result, Service};
+use crate::error::ApiError;
+use crate::limits::Limits;
+
+/// Acknowledgement level.
+///
+/// There is no leader-only level (Kafka's `acks=1`): offsets are assigned when an entry is
+/// committed and applied, so a leader could not report them before the commit, and an
+/// answer without offsets is what `acks=0` already gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// Answer once every record is committed, with its offset.
+    All,
+    /// Answer at once; write in the background.
+    None,
+}
+
+impl Acks {
+    /// Parses `acks` as clients give it (`all`, `-1` or `0`; absent means `all`).
+    ///
+    /// # Errors
+    /// 400 for `1` (unsupported) and anything else.
+    pub fn parse(raw: Option<&str>) -> Result<Acks> {
+        match raw {
+            None | Some("all") | Some("-1") => Ok(Acks::All),
+            Some("0") => Ok(Acks::None),
+            Some("1") => Err(ApiError::InvalidRequest {
+                message: "acks=1 is not supported: offsets are assigned at commit, so use \
+                          acks=all (the default) or acks=0"
+                    .into(),
+            }),
+            Some(other) => Err(ApiError::InvalidRequest {
+                message: format!("acks must be all or 0, not '{other}'"),
+            }),
+        }
+    }
+}
+
+/// A record to publish, borrowing what it can from the request it came in.
+pub struct NewRecord<'a> {
+    /// The partition asked for; else chosen by key, else round-robin.
+    pub partition: Option<i64>,
+    /// The record's timestamp; now when absent.
+    pub timestamp_ms: Option<i64>,
+    /// How the value is typed.
+    pub kind: ValueKind,
+    /// The key.
+    pub key: Option<Cow<'a, [u8]>>,
+    /// The value (`None`: a tombstone).
+    pub value: Option<Cow<'a, [u8]>>,
+    /// Headers, sorted by name.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where one record of a request went: its partition and its place in that partition's
+/// run (its offset is the run's base offset plus `position`).
+struct Slot {
+    partition: u32,
+    position: u32,
+    timestamp_ms: i64,
+}
+
+/// One partition's share of a request: its records, encoded back to back.
+#[derive(Default)]
+struct Run {
+    count: u32,
+    bytes: Vec<u8>,
+}
+
+/// One request's records for one topic, encoded into one run per partition as they are
+/// validated: no owned copy of a record is kept, and nothing is grouped afterwards.
+pub struct PublishBatch {
+    topic: TopicMeta,
+    limits: Limits,
+    round_robin: Arc<AtomicU64>,
+    runs: BTreeMap<u32, Run>,
+    /// One per record, in request order.
+    slots: Vec<Slot>,
+}
+
+impl PublishBatch {
+    /// The topic the records go to.
+    pub fn topic(&self) -> &TopicMeta {
+        &self.topic
+    }
+
+    /// An empty batch for the same topic (a stream publishes one batch per chunk).
+    pub fn empty_like(&self) -> PublishBatch {
+        PublishBatch {
+            topic: self.topic.clone(),
+            limits: self.limits,
+            round_robin: self.round_robin.clone(),
+            runs: BTreeMap::new(),
+            slots: Vec::new(),
+        }
+    }
+
+    /// Records so far.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True before the first record.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Checks how many records one request brings, before they are parsed one by one.
+    ///
+    /// # Errors
+    /// 413 over the limit, 400 for none.
+    pub fn check_count(&self, count: usize) -> Result<()> {
+        if count > self.limits.max_records_per_request {
+            return Err(ApiError::TooManyRecords {
+                count,
+                limit: self.limits.max_records_per_request,
+            });
+        }
+        if count == 0 {
+            return Err(ApiError::InvalidRequest {
+                message: "records must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Chooses the record's partition, checks its sizes and encodes it into that
+    /// partition's run; returns its index in request order.
+    ///
+    /// # Errors
+    /// 404 for a partition the topic lacks, 413 for a record or headers over the limits.
+    pub fn push(&mut self, record: NewRecord<'_>) -> Result<usize> {
+        let partition = self.choose_partition(record.partition, record.key.as_deref())?;
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let size = record.key.as_ref().map_or(0, |k| k.len())
+            + record.value.as_ref().map_or(0, |v| v.len());
+        let header_size: usize = record.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        check_record_sizes(&self.limits, size, header_size)?;
+        let run = self.runs.entry(partition).or_default();
+        RecordRef {
+            timestamp_ms,
+            kind: record.kind,
+            key: record.key.as_deref().map(RawBytes),
+            value: record.value.as_deref().map(RawBytes),
+            headers: record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), RawBytes(v.as_bytes())))
+                .collect(),
+        }
+        .encode_into(&mut run.bytes)
+        .map_err(|e| ApiError::Internal {
+            detail: format!("record encoding: {e}"),
+        })?;
+        self.slots.push(Slot {
+            partition,
+            position: run.count,
+            timestamp_ms,
+        });
+        run.count += 1;
+        Ok(self.slots.len() - 1)
+    }
+
+    fn choose_partition(&self, explicit: Option<i64>, key: Option<&[u8]>) -> Result<u32> {
+        let count = self.topic.config.partitions;
+        match (explicit, key) {
+            (Some(p), _) => {
+                if p < 0 || p >= i64::from(count) {
+                    return Err(ApiError::PartitionNotFound {
+                        topic: self.topic.name.clone(),
+                        partition: p.max(0) as u64,
+                    });
+                }
+                Ok(p as u32)
+            }
+            (None, Some(key)) => Ok(partition_of_key(&self.topic, key)),
+            (None, None) => {
+                Ok((self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32)
+            }
+        }
+    }
+}
+
+/// The partition of `key`: the one stable hash, so a key maps to the same partition on
+/// every node and release, and a key view reads where a keyed publish wrote.
+pub fn partition_of_key(topic: &TopicMeta, key: &[u8]) -> u32 {
+    (psubd_actors::stable_hash::fnv1a(key) % u64::from(topic.config.partitions.max(1))) as u32
+}
+
+/// Checks one record's size (key + value) and its headers' size against the limits.
+///
+/// # Errors
+/// 413 `record_too_large` or `headers_too_large`.
+pub fn check_record_sizes(limits: &Limits, size: usize, header_size: usize) -> Result<()> {
+    if size > limits.max_record_bytes {
+        return Err(ApiError::RecordTooLarge {
+            size,
+            limit: limits.max_record_bytes,
+        });
+    }
+    if header_size > limits.max_header_bytes {
+        return Err(ApiError::HeadersTooLarge {
+            size: header_size,
+            limit: limits.max_header_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// One record's delivery report.
+pub struct Delivered {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset, or why it was not written (or may not have been).
+    pub result: Result<u64>,
+    /// Its timestamp.
+    pub timestamp_ms: i64,
+}
+
+/// What a publish came to.
+pub enum Published {
+    /// `acks=0`: this many records are being written in the background.
+    Accepted(usize),
+    /// One report per record, in request order.
+    Delivered(Vec<Delivered>),
+}
+
+/// The error a request answers with when every one of its records failed: an unknown
+/// outcome first (something may have been written), else the first record's. `None`
+/// when at least one record was written.
+pub fn total_failure(reports: &[Delivered]) -> Option<ApiError> {
+    let failed = reports.iter().filter(|d| d.result.is_err()).count();
+    if failed == 0 || failed != reports.len() {
+        return None;
+    }
+    let unknown = reports
+        .iter()
+        .find(|d| matches!(d.result, Err(ApiError::OutcomeUnknown { .. })));
+    unknown
+        .or(reports.first())
+        .and_then(|d| d.result.as_ref().err())
+        .map(clone_error)
+}
+
+/// Errors are reported once per record; this rebuilds one for each.
+pub fn clone_error(error: &ApiError) -> ApiError {
+    match error {
+        ApiError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown {
+            reason: reason.clone(),
+        },
+        ApiError::Unavailable { reason } => ApiError::Unavailable {
+            reason: reason.clone(),
+        },
+        ApiError::InsufficientStorage { reason } => ApiError::InsufficientStorage {
+            reason: reason.clone(),
+        },
+        other => ApiError::Internal {
+            detail: other.to_string(),
+        },
+    }
+}
+
+impl Service {
+    /// Starts a publish to `topic`: records are then pushed into the batch.
+    ///
+    /// # Errors
+    /// 404 for an unknown topic.
+    pub async fn begin_publish(&self, _caller: &Caller, topic: &str) -> Result<PublishBatch> {
+        Ok(PublishBatch {
+            topic: self.edge.topic(topic).await?,
+            limits: self.limits,
+            round_robin: self.round_robin.clone(),
+            runs: BTreeMap::new(),
+            slots: Vec::new(),
+        })
+    }
+
+    /// Publishes a batch: with `acks=all` waits for every partition's append and reports
+    /// per record; with `acks=0` starts the appends in the background (at most
+    /// `max_unacked_publishes` at once; more wait here) and answers the count.
+    ///
+    /// # Errors
+    /// 503 when the node is shutting down (`acks=0` only); per-record errors are in the
+    /// reports.
+    pub async fn publish(
+        &self,
+        caller: &Caller,
+        batch: PublishBatch,
+        acks: Acks,
+    ) -> Result<Published> {
+        if acks == Acks::All {
+            return Ok(Published::Delivered(self.deliver(caller, batch).await));
+        }
+        let permit =
+            self.unacked
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::Unavailable {
+                    reason: "node shutting down".into(),
+                })?;
+        let count = batch.len();
+        let service = self.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            service.deliver(&caller, batch).await;
+        });
+        Ok(Published::Accepted(count))
+    }
+
+    /// Appends a batch, one append per partition, concurrently; reports per record in
+    /// request order.
+    pub async fn deliver(&self, _caller: &Caller, batch: PublishBatch) -> Vec<Delivered> {
+        let PublishBatch {
+            topic, runs, slots, ..
+        } = batch;
+        let partitions: Vec<u32> = runs.keys().copied().collect();
+        let appends = runs.into_iter().map(|(partition, run)| {
+            let placement = topic.partitions.get(partition as usize);
+            let encoded = EncodedRecords::from_run(run.count, run.bytes);
+            let topic = &topic;
+            async move {
+                match placement {
+                    Some(placement) => self.edge.append(placement, encoded).await,
+                    None => Err(ApiError::PartitionNotFound {
+                        topic: topic.name.clone(),
+                        partition: u64::from(partition),
+                    }),
+                }
+            }
+        });
+        let results: Vec<Result<Appended>> = futures::future::join_all(appends).await;
+        let outcome = |partition: u32| {
+            partitions
+                .binary_search(&partition)
+                .ok()
+                .and_then(|i| results.get(i))
+        };
+        let mut published = 0u64;
+        let reports: Vec<Delivered> = slots
+            .iter()
+            .map(|slot| {
+                let result = match outcome(slot.partition) {
+                    Some(Ok(appended)) => {
+                        published += 1;
+                        Ok(appended.base_offset + u64::from(slot.position))
+                    }
+                    Some(Err(error)) => Err(clone_error(error)),
+                    None => Err(ApiError::Internal {
+                        detail: "no append for a partition of the request".into(),
+                    }),
+                };
+                Delivered {
+                    partition: slot.partition,
+                    result,
+                    timestamp_ms: slot.timestamp_ms,
+                }
+            })
+            .collect();
+        self.metrics
+            .records_published
+            .with_label_values(&[&topic.name])
+            .inc_by(published);
+        reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use psubd_actors::topic::{CleanupPolicy, TopicConfig};
+
+    fn batch(partitions: u32) -> PublishBatch {
+        PublishBatch {
+            topic: TopicMeta {
+                name: "t".into(),
+                config: TopicConfig {
+                    partitions,
+                    replication_factor: 1,
+                    retention_ms: -1,
+                    retention_bytes: -1,
+                    cleanup_policy: CleanupPolicy::Delete,
+                    delete_retention_ms: -1,
+                },
+                partitions: Vec::new(),
+                created_ms: 0,
+            },
+            limits: Limits::default(),
+            round_robin: Arc::default(),
+            runs: BTreeMap::new(),
+            slots: Vec::new(),
+        }
+    }
+
+    fn record(partition: i64, key: &'static str, value: &'static str) -> NewRecord<'static> {
+        NewRecord {
+            partition: Some(partition),
+            timestamp_ms: Some(1_700_000_000_000 + partition),
+            kind: ValueKind::String,
+            key: Some(Cow::Borrowed(key.as_bytes())),
+            value: Some(Cow::Owned(value.as_bytes().to_vec())),
+            headers: vec![("h".into(), "v".into())],
+        }
+    }
+
+    #[test]
+    fn batches_keep_request_order_per_partition_and_encode_every_record() {
+        let mut batches = batch(2);
+        for (p, k, v) in [(1, "a", "x"), (0, "b", "y"), (1, "c", "z")] {
+            batches.push(record(p, k, v)).unwrap();
+        }
+        let places: Vec<(u32, u32)> = batches
+            .slots
+            .iter()
+            .map(|s| (s.partition, s.position))
+            .collect();
+        assert_eq!(places, vec![(1, 0), (0, 0), (1, 1)]);
+        let run = &batches.runs[&1];
+        assert_eq!(run.count, 2);
+        type Decoded = (Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>);
+        let decoded: Vec<Decoded> = psubd_actors::record::RecordIter::run(&run.bytes)
+            .map(|r| {
+                let r = r.unwrap();
+                assert_eq!(r.kind, ValueKind::String);
+                (
+                    r.key.unwrap().to_vec(),
+                    r.value.unwrap().to_vec(),
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_vec()))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            vec![
+                (
+                    b"a".to_vec(),
+                    b"x".to_vec(),
+                    vec![("h".into(), b"v".to_vec())]
+                ),
+                (
+                    b"c".to_vec(),
+                    b"z".to_vec(),
+                    vec![("h".into(), b"v".to_vec())]
+                ),
+            ]
+        );
+        assert!(matches!(
+            batches.push(record(2, "d", "w")),
+            Err(ApiError::PartitionNotFound { partition: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn acks_values() {
+        assert_eq!(Acks::parse(None).unwrap(), Acks::All);
+        assert!(Acks::parse(Some("1")).is_err());
+        assert_eq!(Acks::parse(Some("0")).unwrap(), Acks::None);
+        assert!(Acks::parse(Some("2")).is_err());
+    }
+}

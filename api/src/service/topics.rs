@@ -1,0 +1,116 @@
+//! Topic admin: create, change, delete, describe and list topics, and each partition's
+//! replica status. Metadata changes go to the controller leader wherever it runs.
+
+use psubd_actors::controller::TopicUpdate;
+use psubd_actors::topic::{is_internal, PartitionPlacement, TopicConfig, TopicMeta};
+
+use super::{names, Caller, Result, Service};
+use crate::error::ApiError;
+use crate::protocol::{ForwardRequest, ForwardResponse, ReplicaStatus};
+
+impl Service {
+    /// How many nodes the cluster has (the most replicas a partition may have).
+    pub fn cluster_size(&self) -> usize {
+        self.edge.broker().raft_node().peers().len()
+    }
+
+    /// Creates a topic, and answers once every partition can take a write (past the
+    /// write timeout the topic still exists; its remaining partitions are electing, and
+    /// requests to them wait for their leader).
+    ///
+    /// # Errors
+    /// 400 for a bad name, 409 when it exists, 503 / 504 from the controller.
+    pub async fn create_topic(
+        &self,
+        _caller: &Caller,
+        name: String,
+        config: TopicConfig,
+    ) -> Result<TopicMeta> {
+        names::new_topic(&name)?;
+        let request = ForwardRequest::CreateTopic {
+            name: name.clone(),
+            config,
+        };
+        let meta = topic_answer(self.edge.controller(request, &name).await?, "create")?;
+        if !self.edge.await_leaders(&meta).await {
+            tracing::debug!(topic = %meta.name, "partitions still electing at the write timeout");
+        }
+        Ok(meta)
+    }
+
+    /// Changes a topic's mutable settings.
+    ///
+    /// # Errors
+    /// 404 for unknown and internal topics (before anything is proposed); 503 / 504 from
+    /// the controller.
+    pub async fn update_topic(
+        &self,
+        _caller: &Caller,
+        name: &str,
+        update: TopicUpdate,
+    ) -> Result<TopicMeta> {
+        let request = ForwardRequest::UpdateTopic {
+            name: name.to_string(),
+            update,
+        };
+        topic_answer(self.edge.controller(request, name).await?, "update")
+    }
+
+    /// Deletes a topic.
+    ///
+    /// # Errors
+    /// 400 for internal topics, 404 when unknown, 503 / 504 from the controller.
+    pub async fn delete_topic(&self, _caller: &Caller, name: &str) -> Result<()> {
+        if is_internal(name) {
+            return Err(ApiError::InvalidName {
+                message: "internal topics cannot be deleted".into(),
+            });
+        }
+        let request = ForwardRequest::DeleteTopic {
+            name: name.to_string(),
+        };
+        self.edge.controller(request, name).await?;
+        Ok(())
+    }
+
+    /// Every user topic in this node's metadata.
+    pub fn list_topics(&self, _caller: &Caller) -> Vec<TopicMeta> {
+        self.edge
+            .broker()
+            .metadata()
+            .topics
+            .values()
+            .filter(|t| !is_internal(&t.name))
+            .cloned()
+            .collect()
+    }
+
+    /// Each partition's placement and replica status (`None` when no replica answered).
+    ///
+    /// # Errors
+    /// 404 `topic_not_found`.
+    pub async fn partition_statuses(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Vec<(PartitionPlacement, Option<ReplicaStatus>)>> {
+        let meta = self.topic(caller, name).await?;
+        let statuses = futures::future::join_all(
+            meta.partitions
+                .iter()
+                .map(|p| self.edge.partition_status(p)),
+        )
+        .await;
+        Ok(meta.partitions.into_iter().zip(statuses).collect())
+    }
+}
+
+/// The topic a controller change answered.
+fn topic_answer(response: ForwardResponse, what: &str) -> Result<TopicMeta> {
+    match response {
+        ForwardResponse::Topic(Some(meta)) => Ok(meta),
+        other => Err(ApiError::Internal {
+            detail: format!("{what} topic answered {other:?}"),
+        }),
+    }
+}

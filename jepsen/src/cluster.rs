@@ -382,6 +382,14 @@ impl Cluster {
         }
     }
 
+    /// How many times node `id` has been started so far (0 for an unknown node).
+    pub async fn starts(&self, id: u64) -> u32 {
+        match self.index(id) {
+            Ok(i) => self.procs.lock().await[i].starts,
+            Err(_) => 0,
+        }
+    }
+
     /// Whether node `id`'s exits are expected now.
     pub async fn exit_expected(&self, id: u64) -> bool {
         match self.index(id) {

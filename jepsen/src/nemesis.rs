@@ -508,9 +508,9 @@ enum Applied {
     PowerLost(Vec<u64>),
     /// Capacity shrunk: restore at heal.
     DiskFull(Vec<u64>),
-    /// Syncs failing, the node expected to fail-stop, with the count of failed syncs when
-    /// the fault started: stop failing, restart at heal.
-    SyncFailing(Vec<(u64, u64)>),
+    /// Syncs failing, the node expected to fail-stop, with the count of failed syncs and
+    /// the node's start count when the fault started: stop failing, restart at heal.
+    SyncFailing(Vec<(u64, u64, u32)>),
     /// Overlapping faults, undone in reverse order.
     Many(Vec<Applied>),
     /// A clock stepped: back to 0 at heal.
@@ -719,7 +719,7 @@ impl Nemesis {
                 for id in &nodes {
                     if let Some(d) = disks.of(*id) {
                         self.cluster.expect_exit(*id, true).await;
-                        failing.push((*id, d.failed_syncs()));
+                        failing.push((*id, d.failed_syncs(), self.cluster.starts(*id).await));
                         d.set_fail_sync(true);
                     }
                 }
@@ -897,7 +897,7 @@ impl Nemesis {
                 }
                 Applied::SyncFailing(nodes) => {
                     let mut r = Ok(());
-                    for (id, before) in nodes {
+                    for (id, before, starts) in nodes {
                         let Some(d) = self.disks.as_ref().and_then(|disks| disks.of(*id)) else {
                             continue;
                         };
@@ -907,7 +907,10 @@ impl Nemesis {
                             record_exit(&self.cluster, &self.history, &exit);
                         }
                         let failed = d.failed_syncs().saturating_sub(*before);
-                        if failed > 0 && self.cluster.is_running(*id).await {
+                        // Only the incarnation that saw its syncs fail can have ignored
+                        // them: a node another fault killed and restarted meanwhile did not.
+                        let same_incarnation = self.cluster.starts(*id).await == *starts;
+                        if failed > 0 && same_incarnation && self.cluster.is_running(*id).await {
                             warn!(node = id, failed, "syncs failed and the node kept running");
                             ignored.push(json!({"node": id, "failed_syncs": failed}));
                         }

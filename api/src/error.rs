@@ -147,6 +147,13 @@ pub enum ApiError {
         /// What the route takes.
         expected: &'static str,
     },
+    /// A browser request from a web page whose origin is not in `--allowed-origins`: a page
+    /// the user opened must not act on a cluster it can reach. Nothing was done.
+    #[error("requests from origin '{origin}' are not allowed (see --allowed-origins)")]
+    OriginNotAllowed {
+        /// The request's `Origin` header.
+        origin: String,
+    },
     /// The `Accept` header names no representation the route can produce.
     #[error("cannot produce '{accept}'; accept text/event-stream or application/x-ndjson")]
     NotAcceptable {
@@ -271,6 +278,7 @@ impl ApiError {
                 1,
             ),
             ApiError::NotAcceptable { .. } => (StatusCode::NOT_ACCEPTABLE, "not_acceptable", 1),
+            ApiError::OriginNotAllowed { .. } => (StatusCode::FORBIDDEN, "forbidden", 1),
             ApiError::TooManyStreams { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_streams", 1)
             }

@@ -19,16 +19,17 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// Requires `application/json` (or no Content-Type at all, as curl `-d` users forget it
-/// less often than they send form encoding).
+/// Requires `application/json`. A body without a Content-Type is refused too: a web page
+/// can send one cross-site without the browser asking the server first, so taking it would
+/// let any page the user opens write to a cluster it can reach.
 ///
 /// # Errors
-/// 415 for any other media type.
+/// 415 for any other media type, or none.
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     match media_type(headers).as_deref() {
-        None | Some("application/json") => Ok(()),
-        Some(other) => Err(ApiError::UnsupportedMediaType {
-            content_type: other.to_string(),
+        Some("application/json") => Ok(()),
+        other => Err(ApiError::UnsupportedMediaType {
+            content_type: other.unwrap_or("none").to_string(),
             expected: "application/json",
         }),
     }

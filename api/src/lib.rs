@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard_origin))
         .layer(middleware::from_fn_with_state(state, observe))
         .layer(
             TraceLayer::new_for_http()
@@ -94,6 +95,31 @@ pub fn router(state: AppState) -> Router {
                 // metrics, and internal errors are logged where they happen (`error.rs`).
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
+}
+
+/// Refuses what a web page of another origin asks a browser to send here: any request but
+/// GET, HEAD and OPTIONS, and the WebSocket upgrade (a GET, but a two-way channel), when it
+/// carries an `Origin` not in `--allowed-origins`. Browsers send `Origin` with such
+/// requests; command-line clients and libraries do not, and are not affected. Reads stay
+/// open: without CORS headers a page cannot see their answers.
+async fn guard_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(origin) = request.headers().get(axum::http::header::ORIGIN) {
+        let writes = !matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        );
+        let upgrades = request.uri().path() == ws::PATH;
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| state.allowed_origins.iter().any(|o| o == origin));
+        if (writes || upgrades) && !allowed {
+            return ApiError::OriginNotAllowed {
+                origin: String::from_utf8_lossy(origin.as_bytes()).into_owned(),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn not_found(uri: Uri) -> ApiError {

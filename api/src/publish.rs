@@ -276,12 +276,13 @@ async fn publish(
     let caller = Caller::http();
     let acks = Acks::parse(params.acks.as_deref())?;
     let media = media_type(&headers);
+    // A body without a Content-Type is refused, as on every JSON route (`json.rs`).
     let raw_mode = match media.as_deref() {
-        Some("application/json") | None => false,
+        Some("application/json") => false,
         Some("application/octet-stream") | Some("text/plain") => true,
-        Some(other) => {
+        other => {
             return Err(ApiError::UnsupportedMediaType {
-                content_type: other.to_string(),
+                content_type: other.unwrap_or("none").to_string(),
                 expected: "application/json, application/octet-stream or text/plain",
             })
         }

@@ -20,6 +20,8 @@ pub struct AppState {
     pub streams: Arc<Semaphore>,
     /// Cancelled when the node shuts down: open streams end cleanly on it.
     pub shutdown: CancellationToken,
+    /// Web origins whose pages may call this API from a browser (`--allowed-origins`).
+    pub allowed_origins: Arc<[String]>,
 }
 
 impl AppState {
@@ -29,7 +31,14 @@ impl AppState {
             service: Service::new(edge, limits, Arc::new(Metrics::new())),
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             shutdown,
+            allowed_origins: Arc::from([]),
         }
+    }
+
+    /// Lets pages of these web origins (`scheme://host[:port]`) call the API from a browser.
+    pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Self {
+        self.allowed_origins = origins.into();
+        self
     }
 
     /// This node's broker.

@@ -182,6 +182,11 @@ pub struct NodeConfig {
     /// of them (mutual TLS).
     #[arg(long, env = "PSUBD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Web origins (`scheme://host[:port]`, comma separated) whose pages may call the API
+    /// from a browser; other pages' writes and WebSocket upgrades get 403. Clients that send
+    /// no `Origin` header (curl, libraries) are not affected.
+    #[arg(long, env = "PSUBD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Run without peer authentication although peers are not on loopback: anyone who can
     /// reach the --raft port can then act as a node. Logged as a warning at start.
     #[arg(long, env = "PSUBD_INSECURE")]

@@ -81,7 +81,8 @@ pub async fn run(
         ..Limits::default()
     };
     let root = CancellationToken::new();
-    let state = AppState::new(edge.clone(), limits, root.child_token());
+    let state = AppState::new(edge.clone(), limits, root.child_token())
+        .with_allowed_origins(raw.allowed_origins.clone());
     let open_streams = state.streams.clone();
     let app = psubd_api::router(state);
     let tls = match (&raw.tls_cert, &raw.tls_key) {

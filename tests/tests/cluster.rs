@@ -118,6 +118,12 @@ async fn http_api_contracts_on_a_three_node_cluster() {
     checks
         .run("bad_input_too_many_records", bad_input_too_many_records(c))
         .await;
+    checks
+        .run(
+            "pages_of_other_origins_cannot_write",
+            pages_of_other_origins_cannot_write(c),
+        )
+        .await;
     checks.finish();
 }
 
@@ -1043,6 +1049,62 @@ async fn bad_input_wrong_content_type(c: &Cluster) {
     )
     .await;
     assert_unchanged(c, BAD, &before, "a publish as application/xml").await;
+}
+
+/// docs/operations.md § Security: what a web page of another origin makes a browser send
+/// (a write, a WebSocket upgrade, a body without a JSON content type) changes nothing;
+/// clients that send no `Origin` are unaffected, and reads stay open.
+async fn pages_of_other_origins_cannot_write(c: &Cluster) {
+    let before = converged_high_watermarks(c, BAD).await;
+    let node = c.node(2);
+    let evil = "http://attacker.example";
+    let records = json!({"records": [{"value": "from a web page"}]}).to_string();
+    let post = |content_type: Option<&str>, origin: Option<&str>| {
+        let mut request = node
+            .http()
+            .post(node.url(&format!("/v1/topics/{BAD}/records")))
+            .body(records.clone());
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    for content_type in [Some("application/json"), Some("text/plain"), None] {
+        let resp = post(content_type, Some(evil)).await.unwrap();
+        expect_error(resp, 403, "forbidden", "a write from another origin").await;
+    }
+    let resp = post(None, None).await.unwrap();
+    expect_error(
+        resp,
+        415,
+        "unsupported_media_type",
+        "a JSON body without its type",
+    )
+    .await;
+    let upgrade = node
+        .http()
+        .get(node.url("/v1/ws"))
+        .header("origin", evil)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    expect_error(upgrade, 403, "forbidden", "a WebSocket from another origin").await;
+    assert_unchanged(c, BAD, &before, "requests from another origin").await;
+    let read = node
+        .http()
+        .get(node.url(&format!("/v1/topics/{BAD}/partitions")))
+        .header("origin", evil)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "reads stay open");
 }
 
 /// docs/api.md § Names and limits: more than 1,000 records in one request is 413 and writes

@@ -74,11 +74,12 @@ const MAX_WRITE_BUFFER: usize = 8 << 20;
 /// How long a close frame may take to go out.
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
 
+/// The WebSocket endpoint's path.
+pub const PATH: &str = "/v1/ws";
+
 /// The routes of this resource.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/ws", get(upgrade))
-        .with_state(state)
+    Router::new().route(PATH, get(upgrade)).with_state(state)
 }
 
 #[instrument(skip_all)]

@@ -36,6 +36,8 @@ struct FetchParams {
     max_records: Option<String>,
     max_bytes: Option<String>,
     timeout_ms: Option<String>,
+    /// `replica=local`: read only this node's replica (see [`read_local_replica`]).
+    replica: Option<String>,
 }
 
 /// Parses an optional non-negative integer query parameter.
@@ -124,10 +126,20 @@ async fn fetch(
         params.max_bytes.as_deref(),
         params.timeout_ms.as_deref(),
     )?;
-    let fetched = state
-        .service
-        .fetch(&caller, &meta, partition, offset, bounds)
-        .await?;
+    let fetched = match params.replica.as_deref() {
+        None => {
+            state
+                .service
+                .fetch(&caller, &meta, partition, offset, bounds)
+                .await?
+        }
+        Some("local") => read_local_replica(&state, &meta, partition, offset, bounds)?,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest {
+                message: format!("replica must be 'local' or absent, not '{other}'"),
+            })
+        }
+    };
     let body = render(&topic, partition, &fetched)?;
     let mut response = body.into_response();
     response.headers_mut().insert(
@@ -135,4 +147,57 @@ async fn fetch(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// `replica=local`: reads this node's own replica of the partition and nothing else — no
+/// forwarding to the leader, no long-poll, no leadership check — so a replica that lost a
+/// suffix is seen as it is. The answer's `high_watermark` is this replica's own end. For
+/// checking replicas against each other (the chaos harness's final reads), not for
+/// clients: a follower's replica may lag.
+///
+/// # Errors
+/// 400 when this node holds no replica of the partition, 416 outside this replica's log,
+/// 503 while the replica is opening or its stored records cannot be read.
+fn read_local_replica(
+    state: &AppState,
+    meta: &psubd_actors::topic::TopicMeta,
+    partition: u32,
+    offset: OffsetSpec,
+    bounds: ReadBounds,
+) -> Result<psubd_actors::partition::FetchedRecords, ApiError> {
+    use psubd_actors::partition::ReadError;
+    let broker = state.broker();
+    let placement = &meta.partitions[partition as usize];
+    let Some(handle) = broker.partition(placement.group) else {
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "node {} holds no replica of partition {partition} of topic '{}' (replica=local reads only this node's replica)",
+                broker.node_id(),
+                meta.name
+            ),
+        });
+    };
+    let log = handle.reader.bounds();
+    let offset = match offset {
+        OffsetSpec::Earliest => log.log_start,
+        OffsetSpec::Latest => log.next_offset,
+        OffsetSpec::At(n) => n,
+    };
+    handle
+        .reader
+        .read(offset, bounds.max_records, bounds.max_bytes as usize)
+        .map_err(|e| match e {
+            ReadError::OutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+            } => ApiError::OffsetOutOfRange {
+                offset,
+                log_start_offset: log_start,
+                high_watermark,
+            },
+            other => ApiError::Unavailable {
+                reason: format!("local replica: {other}"),
+            },
+        })
 }

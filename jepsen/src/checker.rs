@@ -25,13 +25,21 @@
 //!   never delivered to any member.
 //! - `commit-regression`: a committed offset read back lower than a commit acknowledged
 //!   before the read began.
-//! - `node-crash`: a node process exited without being signalled.
+//! - `replica-lost-ack`: an acknowledged value absent from one node's own replica in the
+//!   final read (which reads each replica locally, never forwarding), while other
+//!   replicas hold it.
+//! - `node-crash`: a node process exited without being signalled (a fail-stop under a
+//!   failing fsync that kept the contract — non-zero status after an ERROR line — is
+//!   counted as `fail-stops` instead).
+//! - `sync-failure-ignored`: fsyncs failed on a node's file system and the node kept
+//!   running until the fault healed.
 //! - `incomplete`: the final phase did not produce a final read of every partition on
 //!   every node (so durability cannot be judged), or the group did not drain.
 //!
 //! Counted, not failed: `duplicates` (a value stored at more than one offset, e.g. an
 //! edge retry after an unclear leader change) and `re-deliveries` (a group offset
-//! delivered more than once: at-least-once).
+//! delivered more than once: at-least-once) and `fail-stops` (a node stopped itself on
+//! a failing fsync, as it must).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -54,17 +62,19 @@ pub const INVALID_CLASSES: &[&str] = &[
     "phantom",
     "aborted-read",
     "replica-divergence",
+    "replica-lost-ack",
     "send-order",
     "read-gap",
     "nonmonotonic-read",
     "group-skip",
     "commit-regression",
     "node-crash",
+    "sync-failure-ignored",
     "incomplete",
 ];
 
 /// Classes that are counted and reported but allowed.
-pub const COUNTED_CLASSES: &[&str] = &["duplicates", "re-deliveries"];
+pub const COUNTED_CLASSES: &[&str] = &["duplicates", "re-deliveries", "fail-stops"];
 
 /// One class: how many, and the first few with their evidence.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -142,6 +152,12 @@ impl Results {
             self.count("duplicates"),
             self.count("re-deliveries"),
         );
+        s.push_str(&format!(
+            " replica-lost-acks={} sync-failures-ignored={} fail-stops={}",
+            self.count("replica-lost-ack"),
+            self.count("sync-failure-ignored"),
+            self.count("fail-stops"),
+        ));
         if let Some(share) = self.availability.publish_ok_share_during_faults {
             s.push_str(&format!(" publish-ok-during-faults={share:.2}"));
         }
@@ -318,6 +334,21 @@ pub fn check(events: &[Event]) -> Results {
         }
         if e.value.as_ref().and_then(Value::as_str) == Some("node-exit") {
             get(&mut classes, "node-crash").add(|| json!({"event": e}));
+        }
+        if e.value.as_ref().and_then(Value::as_str) == Some("node-fail-stop") {
+            get(&mut classes, "fail-stops").add(|| json!({"event": e}));
+        }
+    }
+    for e in events.iter().filter(|e| e.f == Op::Heal) {
+        if let Some(ignored) = e
+            .value
+            .as_ref()
+            .and_then(|v| v.get("ignored_sync_failures"))
+            .and_then(Value::as_array)
+        {
+            for i in ignored {
+                get(&mut classes, "sync-failure-ignored").add(|| json!({"node": i, "event": e}));
+            }
         }
     }
 
@@ -609,12 +640,32 @@ fn check_final(
             }
         }
     }
+    let replica_values: HashMap<(&str, u64), BTreeSet<String>> = views
+        .iter()
+        .flat_map(|(key, by_node)| {
+            by_node
+                .iter()
+                .map(move |(node, v)| ((*key, *node), v.values().map(|x| x.to_string()).collect()))
+        })
+        .collect();
     for p in acked {
         let present = final_values
             .get(p.key)
             .is_some_and(|vals| vals.contains(&json!(p.value).to_string()));
         if !present && views.contains_key(p.key) {
             get(classes, "unseen-after-drain").add(|| pub_evidence(p));
+        }
+        // Each replica on its own: held by some node, missing on this one.
+        if present {
+            let value = json!(p.value).to_string();
+            for node in &nodes {
+                if let Some(held) = replica_values.get(&(p.key, *node)) {
+                    if !held.contains(&value) {
+                        get(classes, "replica-lost-ack")
+                            .add(|| json!({"node": node, "publish": pub_evidence(p)}));
+                    }
+                }
+            }
         }
     }
     for (key, by_node) in &views {

@@ -416,9 +416,42 @@ impl Client {
         max_records: u32,
         wait_ms: u64,
     ) -> Result<ReadAnswer, Failure> {
+        self.read_from(node, topic, partition, offset, max_records, wait_ms, false)
+            .await
+    }
+
+    /// `GET /v1/topics/{t}/partitions/{p}/records?offset=N&replica=local`: only `node`'s
+    /// own replica, never forwarded; `high_watermark` is that replica's end.
+    ///
+    /// # Errors
+    /// As [`Client::read`]; a 400 when the node holds no replica of the partition.
+    pub async fn read_local(
+        &self,
+        node: u64,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_records: u32,
+    ) -> Result<ReadAnswer, Failure> {
+        self.read_from(node, topic, partition, offset, max_records, 0, true)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_from(
+        &self,
+        node: u64,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_records: u32,
+        wait_ms: u64,
+        local: bool,
+    ) -> Result<ReadAnswer, Failure> {
         let base = self.base(node)?;
+        let replica = if local { "&replica=local" } else { "" };
         let req = self.http.get(format!(
-            "{base}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records={max_records}&timeout_ms={wait_ms}"
+            "{base}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records={max_records}&timeout_ms={wait_ms}{replica}"
         ));
         let (_, v) = self
             .send(node, req, Duration::from_millis(wait_ms + 5000))

@@ -32,6 +32,8 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     /// stderr/stdout of every incarnation, appended.
     pub log: PathBuf,
+    /// Environment added to the node's process (libfaketime for clock faults).
+    pub env: Vec<(String, String)>,
 }
 
 /// What the harness knows about a node process.
@@ -43,6 +45,9 @@ struct NodeProc {
     paused: bool,
     /// Number of starts so far.
     starts: u32,
+    /// A fault under which the node is expected to stop by itself (fail-stop on a failed
+    /// fsync): such an exit is reported as expected, and the node stays down until healed.
+    exit_expected: bool,
 }
 
 /// A node that exited without being told to.
@@ -52,11 +57,17 @@ pub struct UnexpectedExit {
     pub id: u64,
     /// The exit status as text.
     pub status: String,
+    /// Whether it exited with status 0.
+    pub success: bool,
+    /// Whether a fault in place expected it to stop (see [`Cluster::expect_exit`]).
+    pub expected: bool,
 }
 
 /// The cluster of node processes.
 pub struct Cluster {
     binary: PathBuf,
+    /// Flags added to every node's command line.
+    extra_args: Vec<String>,
     specs: Vec<NodeSpec>,
     procs: Mutex<Vec<NodeProc>>,
 }
@@ -67,9 +78,21 @@ impl Cluster {
         let procs = specs.iter().map(|_| NodeProc::default()).collect();
         Cluster {
             binary,
+            extra_args: Vec::new(),
             specs,
             procs: Mutex::new(procs),
         }
+    }
+
+    /// Adds flags to every node's command line (before any node starts).
+    pub fn with_node_args(mut self, args: Vec<String>) -> Self {
+        self.extra_args = args;
+        self
+    }
+
+    /// The flags added to every node's command line.
+    pub fn node_args(&self) -> &[String] {
+        &self.extra_args
     }
 
     /// The node binary.
@@ -133,7 +156,7 @@ impl Cluster {
             proc.starts, id
         );
         let err_log = log.try_clone().map_err(|e| JepsenError::io(&spec.log, e))?;
-        let node_args: Vec<String> = vec![
+        let mut node_args: Vec<String> = vec![
             "node".into(),
             "--id".into(),
             id.to_string(),
@@ -146,6 +169,7 @@ impl Cluster {
             "--data-dir".into(),
             spec.data_dir.display().to_string(),
         ];
+        node_args.extend(self.extra_args.iter().cloned());
         let mut cmd = match &spec.netns {
             // `ip netns exec` execs the command in place, so the child's pid is psubd's.
             Some(ns) => {
@@ -155,6 +179,7 @@ impl Cluster {
             }
             None => Command::new(&self.binary),
         };
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&node_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -320,12 +345,78 @@ impl Cluster {
                 out.push(UnexpectedExit {
                     id,
                     status: status.to_string(),
+                    success: status.success(),
+                    expected: proc.exit_expected,
                 });
                 proc.child = None;
                 proc.paused = false;
             }
         }
         out
+    }
+
+    /// Reaps node `id` if it exited by itself (as [`Cluster::reap_exited`] does for all).
+    pub async fn reap_exited_node(&self, id: u64) -> Option<UnexpectedExit> {
+        let i = self.index(id).ok()?;
+        let mut procs = self.procs.lock().await;
+        let proc = &mut procs[i];
+        let child = proc.child.as_mut()?;
+        let status = child.try_wait().ok()??;
+        warn!(node = id, status = %status, "node exited by itself");
+        let exit = UnexpectedExit {
+            id,
+            status: status.to_string(),
+            success: status.success(),
+            expected: proc.exit_expected,
+        };
+        proc.child = None;
+        proc.paused = false;
+        Some(exit)
+    }
+
+    /// Marks node `id`'s exits as expected (`true`, while a fault that should make it
+    /// fail-stop is held) or not.
+    pub async fn expect_exit(&self, id: u64, expected: bool) {
+        if let Ok(i) = self.index(id) {
+            self.procs.lock().await[i].exit_expected = expected;
+        }
+    }
+
+    /// How many times node `id` has been started so far (0 for an unknown node).
+    pub async fn starts(&self, id: u64) -> u32 {
+        match self.index(id) {
+            Ok(i) => self.procs.lock().await[i].starts,
+            Err(_) => 0,
+        }
+    }
+
+    /// Whether node `id`'s exits are expected now.
+    pub async fn exit_expected(&self, id: u64) -> bool {
+        match self.index(id) {
+            Ok(i) => self.procs.lock().await[i].exit_expected,
+            Err(_) => false,
+        }
+    }
+
+    /// The last lines of node `id`'s log that contain `needle` (the current incarnation
+    /// and before), at most `max`.
+    pub fn log_lines(&self, id: u64, needle: &str, max: usize) -> Vec<String> {
+        let Some(path) = self.log_path(id) else {
+            return Vec::new();
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        let mut found: Vec<String> = text
+            .lines()
+            .rev()
+            .take_while(|l| !l.starts_with("=== psubd-jepsen: start #"))
+            .filter(|l| l.contains(needle))
+            .take(max)
+            .map(str::to_owned)
+            .collect();
+        found.reverse();
+        found
     }
 
     /// Whether node `id` has a live process (paused counts as live).

@@ -1,6 +1,7 @@
-//! The final phase: heal everything, restart every node, wait for leaders, read every
-//! partition from offset 0 on every node until the reads are stable, and let the
-//! consumer group drain. What it reads becomes the `final-state` events the checker
+//! The final phase: heal everything, restart every node (SIGKILL), wait for leaders, read
+//! every partition from offset 0 on every node's own replica (`replica=local`: no
+//! forwarding, so a replica that lost a suffix shows it) until the reads are stable and
+//! agree, and let the consumer group drain. What it reads becomes the `final-state` events the checker
 //! compares against every acknowledgement.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::cluster::Cluster;
 use crate::error::JepsenError;
+use crate::faultfs::Disks;
 use crate::history::{split_key, Event, EventType, History, Op, SeenRecord};
 use crate::network::Namespaces;
 use crate::wait::eventually;
@@ -22,8 +24,6 @@ use crate::workload::Workload;
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Time for every partition to have a leader.
 const LEADERS_TIMEOUT: Duration = Duration::from_secs(90);
-/// SIGTERM grace before SIGKILL at the restart (a node drains within 8 s by default).
-const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Rounds of full reads before giving up on stability.
 const MAX_ROUNDS: usize = 15;
 /// Pause between read rounds, so a lagging replica can catch up.
@@ -42,12 +42,19 @@ type View = Result<(Vec<SeenRecord>, Option<u64>), String>;
 pub async fn run(
     cluster: &Cluster,
     net: Option<&Arc<Namespaces>>,
+    disks: Option<&Disks>,
     workload: &Workload,
     history: &History,
     groups: bool,
 ) -> Result<(), JepsenError> {
     phase(history, "final", None);
     heal(cluster, net).await;
+    if let Some(disks) = disks {
+        disks.heal_all();
+        for id in cluster.ids() {
+            cluster.expect_exit(id, false).await;
+        }
+    }
     phase(history, "restart", None);
     restart_all(cluster).await?;
     let client = &workload.client;
@@ -179,15 +186,15 @@ pub async fn heal(cluster: &Cluster, net: Option<&Arc<Namespaces>>) {
     }
 }
 
+/// SIGKILL of every node, then a start: a crash, not a clean shutdown, so a node that
+/// depended on a graceful stop to make its data durable is caught (under the fault file
+/// system, unsynced data stays readable as in a page cache; power faults drop it).
 async fn restart_all(cluster: &Cluster) -> Result<(), JepsenError> {
-    let stops = cluster.ids().into_iter().map(|id| async move {
-        match cluster.stop(id, STOP_GRACE).await {
-            Ok(true) => {}
-            Ok(false) => warn!(node = id, "node needed SIGKILL at the final restart"),
-            Err(e) => warn!(node = id, cause = %e, "stopping node failed"),
+    for id in cluster.ids() {
+        if let Err(e) = cluster.kill(id).await {
+            warn!(node = id, cause = %e, "killing node failed");
         }
-    });
-    futures::future::join_all(stops).await;
+    }
     cluster.start_all().await
 }
 
@@ -239,7 +246,7 @@ async fn read_all(workload: &Workload, node: u64, key: &str) -> View {
     for _ in 0..100_000 {
         let a = workload
             .client
-            .read(node, topic, partition, offset, PAGE, 0)
+            .read_local(node, topic, partition, offset, PAGE)
             .await
             .map_err(|f| f.describe())?;
         hw = a.high_watermark.or(hw);

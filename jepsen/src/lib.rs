@@ -22,6 +22,7 @@ pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod faultfs;
 pub mod final_phase;
 pub mod history;
 pub mod nemesis;

@@ -35,8 +35,8 @@ struct TestArgs {
     /// Seconds of workload under faults (the final phase comes after).
     #[arg(long, default_value_t = 60)]
     time: u64,
-    /// Fault kinds, comma-separated: kill, pause, partition, loss, lost-responses (or
-    /// `none`).
+    /// Fault kinds, comma-separated: kill, pause, partition, loss, lost-responses, power,
+    /// power-all, disk-full, fsync-error, snapshot-crash (or `none`).
     #[arg(long, default_value = "kill,pause")]
     nemesis: String,
     /// Seed of the fault schedule and of the workload's choices.
@@ -72,6 +72,19 @@ struct TestArgs {
     /// do; by default they are abandoned and re-join.
     #[arg(long)]
     naive_members: bool,
+    /// Run the nodes on plain directories instead of the fault file system (FUSE); the
+    /// power, disk-full and fsync-error faults are then left out.
+    #[arg(long)]
+    no_faultfs: bool,
+    /// Half the fault steps hold a second fault of another kind at the same time (never
+    /// two network faults).
+    #[arg(long)]
+    overlap: bool,
+    /// Snapshot interval of the nodes in Raft entries (`--snapshot-every-entries`, with 10
+    /// entries kept behind a snapshot), so a follower cut off for seconds must catch up
+    /// through a snapshot. Default: 100 with `snapshot-crash`, else the node's default.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
 }
 
 #[derive(Args)]
@@ -106,6 +119,9 @@ fn main() -> ExitCode {
                 no_groups: a.no_groups,
                 pad_bytes: a.pad_bytes,
                 naive_members: a.naive_members,
+                no_faultfs: a.no_faultfs,
+                overlap: a.overlap,
+                snapshot_every: a.snapshot_every,
             })
             .map(|r| (r, a.out))
         }),

@@ -6,6 +6,7 @@
 //! (the leader of a partition at that moment) are resolved when the fault starts and
 //! recorded in the history's `fault` event.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::Client;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, NodeSpec, UnexpectedExit};
 use crate::error::JepsenError;
+use crate::faultfs::Disks;
 use crate::history::{split_key, Event, EventType, History, Op};
 use crate::network::{DropRule, Namespaces};
 use crate::proxy::Proxies;
@@ -37,6 +39,23 @@ pub enum FaultKind {
     Loss,
     /// A share of client requests reach a node but their answers are dropped (proxy.rs).
     LostResponses,
+    /// Power loss of one node: SIGKILL, every write its file system did not sync is
+    /// dropped, restart at heal (faultfs.rs).
+    Power,
+    /// Power loss of every node at once.
+    PowerAll,
+    /// A node's file system shrinks to a little above its use: free space falls below the
+    /// node's threshold, then writes meet ENOSPC; the capacity is restored at heal.
+    DiskFull,
+    /// A node's fsync/fdatasync fail with EIO (their data dropped); the node is expected
+    /// to fail-stop, and is restarted at heal.
+    FsyncError,
+    /// A node cut off long enough to need a snapshot, then crashed (power loss) the moment
+    /// it starts receiving one.
+    SnapshotCrash,
+    /// One node's wall clock steps an hour forward or back (libfaketime); the monotonic
+    /// clock is untouched. Stepped back at heal.
+    Clock,
 }
 
 impl FaultKind {
@@ -51,9 +70,15 @@ impl FaultKind {
             "partition" => Ok(FaultKind::Partition),
             "loss" => Ok(FaultKind::Loss),
             "lost-responses" => Ok(FaultKind::LostResponses),
+            "power" => Ok(FaultKind::Power),
+            "power-all" => Ok(FaultKind::PowerAll),
+            "disk-full" => Ok(FaultKind::DiskFull),
+            "fsync-error" => Ok(FaultKind::FsyncError),
+            "snapshot-crash" => Ok(FaultKind::SnapshotCrash),
+            "clock" => Ok(FaultKind::Clock),
             other => Err(JepsenError::InvalidArgument {
                 detail: format!(
-                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses)"
+                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error, snapshot-crash, clock)"
                 ),
             }),
         }
@@ -61,7 +86,18 @@ impl FaultKind {
 
     /// Whether the fault needs network namespaces.
     pub fn needs_network(self) -> bool {
-        matches!(self, FaultKind::Partition | FaultKind::Loss)
+        matches!(
+            self,
+            FaultKind::Partition | FaultKind::Loss | FaultKind::SnapshotCrash
+        )
+    }
+
+    /// Whether the fault needs the fault file system (faultfs.rs).
+    pub fn needs_disk(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Power | FaultKind::PowerAll | FaultKind::DiskFull | FaultKind::FsyncError
+        )
     }
 }
 
@@ -140,14 +176,57 @@ pub enum Fault {
         /// 1..=100.
         percent: u8,
     },
+    /// SIGKILL the target(s) and drop every unsynced write of their file systems; restart
+    /// them at heal.
+    Power {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+    },
+    /// Shrink the target(s)' file system to `margin_bytes` above its use; restore at heal.
+    DiskFull {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+        /// Free bytes left.
+        margin_bytes: u64,
+    },
+    /// fsync/fdatasync on the target's file system fail with EIO; the node is expected to
+    /// fail-stop; restarted at heal.
+    FsyncError {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+    },
+    /// Isolate `node` for `isolate_ms` (long enough that the leaders purge the log it
+    /// lacks), heal the network, and cut its power (or SIGKILL it without the fault file
+    /// system) the moment it starts receiving a snapshot; restart at heal.
+    SnapshotCrash {
+        /// Who.
+        node: u64,
+        /// How long it is cut off first.
+        isolate_ms: u64,
+    },
+    /// Step `node`'s wall clock by `offset_s` seconds; back to 0 at heal.
+    Clock {
+        /// Who.
+        node: u64,
+        /// The step, seconds (±3600).
+        offset_s: i64,
+    },
+    /// Several faults at once, injected in order, healed in reverse order.
+    Overlap {
+        /// The faults.
+        faults: Vec<Fault>,
+    },
 }
 
 impl Fault {
     /// The name of its availability window: the kind, except that killing every node at
     /// once is `kill-all` (nothing can be available then, and its figure would hide how a
     /// one-node kill does).
-    pub fn window(&self) -> &'static str {
-        match self {
+    pub fn window(&self) -> String {
+        let name = match self {
             Fault::Kill {
                 target: Target::All,
             } => "kill-all",
@@ -156,7 +235,23 @@ impl Fault {
             Fault::Partition { .. } => "partition",
             Fault::Loss { .. } => "loss",
             Fault::LostResponses { .. } => "lost-responses",
-        }
+            Fault::Power {
+                target: Target::All,
+            } => "power-all",
+            Fault::Power { .. } => "power",
+            Fault::DiskFull { .. } => "disk-full",
+            Fault::FsyncError { .. } => "fsync-error",
+            Fault::SnapshotCrash { .. } => "snapshot-crash",
+            Fault::Clock { .. } => "clock",
+            Fault::Overlap { faults } => {
+                return faults
+                    .iter()
+                    .map(Fault::window)
+                    .collect::<Vec<_>>()
+                    .join("+")
+            }
+        };
+        name.to_string()
     }
 
     /// The kind, for availability windows.
@@ -167,6 +262,15 @@ impl Fault {
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::Loss { .. } => FaultKind::Loss,
             Fault::LostResponses { .. } => FaultKind::LostResponses,
+            Fault::Power {
+                target: Target::All,
+            } => FaultKind::PowerAll,
+            Fault::Power { .. } => FaultKind::Power,
+            Fault::DiskFull { .. } => FaultKind::DiskFull,
+            Fault::FsyncError { .. } => FaultKind::FsyncError,
+            Fault::SnapshotCrash { .. } => FaultKind::SnapshotCrash,
+            Fault::Clock { .. } => FaultKind::Clock,
+            Fault::Overlap { faults } => faults.first().map_or(FaultKind::Kill, Fault::kind),
         }
     }
 }
@@ -189,6 +293,16 @@ const QUIET_MS: (u64, u64) = (3_000, 6_000);
 /// How long a fault is held: past election timeouts and the group session timeout.
 const HOLD_MS: (u64, u64) = (4_000, 10_000);
 
+/// Free bytes a `disk-full` fault leaves: below any sensible free-space threshold of the
+/// node, and small enough that the workload fills it within a hold.
+const DISK_MARGIN: (u64, u64) = (64 << 10, 1 << 20);
+
+/// How long a `snapshot-crash` isolates its node: with the harness's small snapshot
+/// interval (`--snapshot-every`), long enough for the leaders to purge what it lacks.
+const SNAPSHOT_ISOLATE_MS: (u64, u64) = (12_000, 20_000);
+/// How long a `snapshot-crash` waits for its node to start receiving a snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
+
 /// The schedule for a run of `total` with the given kinds: a pure function of `seed`.
 pub fn plan(
     seed: u64,
@@ -196,6 +310,22 @@ pub fn plan(
     total: Duration,
     keys: &[String],
     nodes: &[u64],
+) -> Vec<Step> {
+    plan_with(seed, kinds, total, keys, nodes, false)
+}
+
+/// Share of steps that carry a second, overlapping fault when overlaps are asked for.
+const OVERLAP_PERCENT: u32 = 50;
+
+/// [`plan`], and with `overlap` half the steps hold two faults of different kinds at once.
+/// Without `overlap` the schedule is the same as [`plan`]'s for the seed.
+pub fn plan_with(
+    seed: u64,
+    kinds: &[FaultKind],
+    total: Duration,
+    keys: &[String],
+    nodes: &[u64],
+    overlap: bool,
 ) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
     let mut steps = Vec::new();
@@ -208,76 +338,23 @@ pub fn plan(
         let quiet_ms = rng.gen_range(QUIET_MS.0..=QUIET_MS.1);
         let hold_ms = rng.gen_range(HOLD_MS.0..=HOLD_MS.1);
         let kind = kinds[rng.gen_range(0..kinds.len())];
-        let node = |rng: &mut StdRng| nodes[rng.gen_range(0..nodes.len())];
-        let leader = |rng: &mut StdRng| -> Target {
-            if keys.is_empty() {
-                Target::ControllerLeader
-            } else {
-                Target::Leader {
-                    key: keys[rng.gen_range(0..keys.len())].clone(),
-                }
-            }
-        };
-        let fault = match kind {
-            FaultKind::Kill => {
-                let roll = rng.gen_range(0..100);
-                let target = if roll < 40 {
-                    Target::Node {
-                        node: node(&mut rng),
-                    }
-                } else if roll < 80 {
-                    leader(&mut rng)
-                } else if roll < 88 {
-                    Target::ControllerLeader
-                } else {
-                    Target::All
+        let mut fault = fault_of(kind, &mut rng, keys, nodes);
+        // Overlapping faults: now and then a second fault of another kind, injected with
+        // the first and healed with it (never two network faults: their rules would
+        // replace each other's).
+        if overlap && rng.gen_range(0..100) < OVERLAP_PERCENT {
+            let others: Vec<FaultKind> = kinds
+                .iter()
+                .copied()
+                .filter(|k| *k != kind && !(k.needs_network() && kind.needs_network()))
+                .collect();
+            if !others.is_empty() {
+                let second = others[rng.gen_range(0..others.len())];
+                fault = Fault::Overlap {
+                    faults: vec![fault, fault_of(second, &mut rng, keys, nodes)],
                 };
-                Fault::Kill { target }
             }
-            FaultKind::Pause => {
-                let roll = rng.gen_range(0..100);
-                let target = if roll < 40 {
-                    Target::Node {
-                        node: node(&mut rng),
-                    }
-                } else if roll < 85 {
-                    leader(&mut rng)
-                } else {
-                    Target::ControllerLeader
-                };
-                Fault::Pause { target }
-            }
-            FaultKind::Partition => {
-                let roll = rng.gen_range(0..100);
-                let shape = if roll < 25 {
-                    Shape::Isolate {
-                        who: Target::Node {
-                            node: node(&mut rng),
-                        },
-                    }
-                } else if roll < 60 {
-                    Shape::Isolate {
-                        who: leader(&mut rng),
-                    }
-                } else if roll < 80 || nodes.len() < 2 {
-                    Shape::Bridge {
-                        middle: node(&mut rng),
-                    }
-                } else {
-                    let deaf = node(&mut rng);
-                    let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != deaf).collect();
-                    let from = others[rng.gen_range(0..others.len())];
-                    Shape::OneWay { deaf, from }
-                };
-                Fault::Partition { shape }
-            }
-            FaultKind::Loss => Fault::Loss {
-                percent: rng.gen_range(10..=50),
-            },
-            FaultKind::LostResponses => Fault::LostResponses {
-                percent: rng.gen_range(10..=40),
-            },
-        };
+        }
         steps.push(Step {
             quiet_ms,
             fault,
@@ -286,6 +363,118 @@ pub fn plan(
         elapsed = elapsed.saturating_add(quiet_ms + hold_ms);
     }
     steps
+}
+
+/// One fault of `kind` with its targets and parameters.
+fn fault_of(kind: FaultKind, rng: &mut StdRng, keys: &[String], nodes: &[u64]) -> Fault {
+    let node = |rng: &mut StdRng| nodes[rng.gen_range(0..nodes.len())];
+    let leader = |rng: &mut StdRng| -> Target {
+        if keys.is_empty() {
+            Target::ControllerLeader
+        } else {
+            Target::Leader {
+                key: keys[rng.gen_range(0..keys.len())].clone(),
+            }
+        }
+    };
+    match kind {
+        FaultKind::Kill => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 80 {
+                leader(rng)
+            } else if roll < 88 {
+                Target::ControllerLeader
+            } else {
+                Target::All
+            };
+            Fault::Kill { target }
+        }
+        FaultKind::Pause => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 85 {
+                leader(rng)
+            } else {
+                Target::ControllerLeader
+            };
+            Fault::Pause { target }
+        }
+        FaultKind::Partition => {
+            let roll = rng.gen_range(0..100);
+            let shape = if roll < 25 {
+                Shape::Isolate {
+                    who: Target::Node { node: node(rng) },
+                }
+            } else if roll < 60 {
+                Shape::Isolate { who: leader(rng) }
+            } else if roll < 80 || nodes.len() < 2 {
+                Shape::Bridge { middle: node(rng) }
+            } else {
+                let deaf = node(rng);
+                let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != deaf).collect();
+                let from = others[rng.gen_range(0..others.len())];
+                Shape::OneWay { deaf, from }
+            };
+            Fault::Partition { shape }
+        }
+        FaultKind::Loss => Fault::Loss {
+            percent: rng.gen_range(10..=50),
+        },
+        FaultKind::LostResponses => Fault::LostResponses {
+            percent: rng.gen_range(10..=40),
+        },
+        FaultKind::Power => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 85 {
+                leader(rng)
+            } else {
+                Target::ControllerLeader
+            };
+            Fault::Power { target }
+        }
+        FaultKind::PowerAll => Fault::Power {
+            target: Target::All,
+        },
+        FaultKind::DiskFull => {
+            let roll = rng.gen_range(0..100);
+            let target = if roll < 40 {
+                Target::Node { node: node(rng) }
+            } else if roll < 80 {
+                leader(rng)
+            } else {
+                Target::All
+            };
+            Fault::DiskFull {
+                target,
+                margin_bytes: rng.gen_range(DISK_MARGIN.0..=DISK_MARGIN.1),
+            }
+        }
+        FaultKind::SnapshotCrash => Fault::SnapshotCrash {
+            node: node(rng),
+            isolate_ms: rng.gen_range(SNAPSHOT_ISOLATE_MS.0..=SNAPSHOT_ISOLATE_MS.1),
+        },
+        FaultKind::Clock => Fault::Clock {
+            node: node(rng),
+            offset_s: if rng.gen_range(0..2) == 0 {
+                3600
+            } else {
+                -3600
+            },
+        },
+        FaultKind::FsyncError => {
+            let target = if rng.gen_range(0..100) < 50 {
+                Target::Node { node: node(rng) }
+            } else {
+                leader(rng)
+            };
+            Fault::FsyncError { target }
+        }
+    }
 }
 
 /// What the nemesis acts on.
@@ -302,6 +491,10 @@ pub struct Nemesis {
     pub seed: u64,
     /// The client proxies, when `lost-responses` is among the faults.
     pub proxies: Option<Arc<Proxies>>,
+    /// The nodes' fault file systems; `None` when FUSE is unavailable (no disk faults).
+    pub disks: Option<Arc<Disks>>,
+    /// Each node's libfaketime offset file; `None` without clock faults.
+    pub clock_files: Option<Vec<(u64, PathBuf)>>,
 }
 
 /// What an applied fault did, so it can be healed.
@@ -311,6 +504,17 @@ enum Applied {
     Paused(Vec<u64>),
     Network,
     Proxies,
+    /// Killed and their unsynced writes dropped: restart at heal.
+    PowerLost(Vec<u64>),
+    /// Capacity shrunk: restore at heal.
+    DiskFull(Vec<u64>),
+    /// Syncs failing, the node expected to fail-stop, with the count of failed syncs and
+    /// the node's start count when the fault started: stop failing, restart at heal.
+    SyncFailing(Vec<(u64, u64, u32)>),
+    /// Overlapping faults, undone in reverse order.
+    Many(Vec<Applied>),
+    /// A clock stepped: back to 0 at heal.
+    Clock(u64),
     Nothing,
 }
 
@@ -468,6 +672,134 @@ impl Nemesis {
                 .await?;
                 Ok((ids, Applied::Network))
             }
+            Fault::Power { target } => {
+                let disks = self.disks()?;
+                let nodes = self.resolve(target, rng).await;
+                for id in &nodes {
+                    self.cluster.kill(*id).await?;
+                }
+                for id in &nodes {
+                    if let Some(d) = disks.of(*id) {
+                        let lost = d.power_loss();
+                        info!(
+                            node = id,
+                            files = lost.files,
+                            dirty_bytes = lost.dirty_bytes,
+                            namespace_ops = lost.namespace_ops,
+                            "power lost: unsynced writes dropped"
+                        );
+                    }
+                }
+                Ok((nodes.clone(), Applied::PowerLost(nodes)))
+            }
+            Fault::DiskFull {
+                target,
+                margin_bytes,
+            } => {
+                let disks = self.disks()?;
+                let nodes = self.resolve(target, rng).await;
+                for id in &nodes {
+                    if let Some(d) = disks.of(*id) {
+                        let used = d.used();
+                        d.set_capacity(Some(used + margin_bytes));
+                        info!(
+                            node = id,
+                            used,
+                            capacity = used + margin_bytes,
+                            "disk capacity shrunk"
+                        );
+                    }
+                }
+                Ok((nodes.clone(), Applied::DiskFull(nodes)))
+            }
+            Fault::FsyncError { target } => {
+                let disks = self.disks()?;
+                let nodes = self.resolve(target, rng).await;
+                let mut failing = Vec::new();
+                for id in &nodes {
+                    if let Some(d) = disks.of(*id) {
+                        self.cluster.expect_exit(*id, true).await;
+                        failing.push((*id, d.failed_syncs(), self.cluster.starts(*id).await));
+                        d.set_fail_sync(true);
+                    }
+                }
+                Ok((nodes, Applied::SyncFailing(failing)))
+            }
+            Fault::Clock { node, offset_s } => {
+                set_clock(self.clock_file(*node)?, *offset_s)?;
+                info!(node, offset_s, "wall clock stepped");
+                Ok((vec![*node], Applied::Clock(*node)))
+            }
+            Fault::Overlap { faults } => {
+                let mut nodes = Vec::new();
+                let mut all = Vec::new();
+                for f in faults {
+                    match Box::pin(self.apply(f, rng)).await {
+                        Ok((n, a)) => {
+                            nodes.extend(n);
+                            all.push(a);
+                        }
+                        Err(e) => {
+                            warn!(cause = %e, fault = ?f, "one of overlapping faults could not be injected");
+                        }
+                    }
+                }
+                nodes.sort_unstable();
+                nodes.dedup();
+                Ok((nodes, Applied::Many(all)))
+            }
+            Fault::SnapshotCrash { node, isolate_ms } => {
+                let net = self.network()?;
+                let ids = self.cluster.ids();
+                let x = index_of(&ids, *node);
+                let others: Vec<usize> = (0..ids.len()).filter(|i| *i != x).collect();
+                let rules: Vec<(usize, Vec<usize>)> = std::iter::once((x, others.clone()))
+                    .chain(others.iter().map(|o| (*o, vec![x])))
+                    .collect();
+                let isolate_net = net.clone();
+                blocking(move || {
+                    for (n, from) in rules {
+                        isolate_net.set_drops(n, &[DropRule::All(from)])?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_millis(*isolate_ms)).await;
+                let receiving = self.disks.as_ref().and_then(|d| d.of(*node).cloned());
+                let before = receiving.as_ref().map_or(0, |d| d.snapshots_received());
+                blocking(move || net.heal_all()).await?;
+                // The moment the node creates a received-snapshot file, crash it. Polled
+                // in-process (an atomic counter of the file system), bounded.
+                let mut caught = false;
+                if let Some(d) = &receiving {
+                    let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+                    while tokio::time::Instant::now() < deadline {
+                        if d.snapshots_received() > before {
+                            caught = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                self.cluster.kill(*node).await?;
+                if let Some(d) = &receiving {
+                    let lost = d.power_loss();
+                    info!(
+                        node,
+                        caught_install = caught,
+                        files = lost.files,
+                        dirty_bytes = lost.dirty_bytes,
+                        namespace_ops = lost.namespace_ops,
+                        "snapshot-crash: power cut"
+                    );
+                } else {
+                    info!(
+                        node,
+                        "snapshot-crash: killed (no fault file system: no power loss)"
+                    );
+                }
+                Ok((vec![*node], Applied::PowerLost(vec![*node])))
+            }
             Fault::LostResponses { percent } => {
                 let proxies =
                     self.proxies
@@ -485,44 +817,18 @@ impl Nemesis {
         let mut inv = Event::new("nemesis", EventType::Invoke, Op::Heal);
         inv.value = Some(json!({"kind": fault.kind(), "window": fault.window()}));
         let inv = self.history.record(inv);
-        let res: Result<(), JepsenError> = match &applied {
-            Applied::Killed(nodes) => {
-                let mut r = Ok(());
-                for id in nodes {
-                    if let Err(e) = self.cluster.start(*id).await {
-                        r = Err(e);
-                    }
-                }
-                r
-            }
-            Applied::Paused(nodes) => {
-                let mut r = Ok(());
-                for id in nodes {
-                    if let Err(e) = self.cluster.resume(*id).await {
-                        r = Err(e);
-                    }
-                }
-                r
-            }
-            Applied::Network => match self.network() {
-                Ok(net) => blocking(move || net.heal_all()).await,
-                Err(e) => Err(e),
-            },
-            Applied::Proxies => {
-                if let Some(proxies) = &self.proxies {
-                    proxies.set_drop_percent(0);
-                    info!(dropped = proxies.dropped(), "lost-responses healed");
-                }
-                Ok(())
-            }
-            Applied::Nothing => Ok(()),
-        };
+        let mut ignored = Vec::new();
+        let res = self.undo(&applied, &mut ignored).await;
         let mut done = inv.complete(if res.is_ok() {
             EventType::Ok
         } else {
             EventType::Info
         });
-        done.value = Some(json!({"kind": fault.kind(), "window": fault.window()}));
+        let mut value = json!({"kind": fault.kind(), "window": fault.window()});
+        if !ignored.is_empty() {
+            value["ignored_sync_failures"] = json!(ignored);
+        }
+        done.value = Some(value);
         if let Err(e) = &res {
             warn!(cause = %e, "heal failed");
             done.error = Some(e.to_string());
@@ -530,6 +836,122 @@ impl Nemesis {
             info!(kind = ?fault.kind(), "fault healed");
         }
         self.history.record(done);
+    }
+
+    /// Undoes what `apply` did (in reverse order for overlapping faults). Syncs that
+    /// failed while the node kept running are added to `ignored`.
+    fn undo<'a>(
+        &'a self,
+        applied: &'a Applied,
+        ignored: &'a mut Vec<Value>,
+    ) -> futures::future::BoxFuture<'a, Result<(), JepsenError>> {
+        Box::pin(async move {
+            match applied {
+                Applied::Killed(nodes) => {
+                    let mut r = Ok(());
+                    for id in nodes {
+                        if let Err(e) = self.cluster.start(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Paused(nodes) => {
+                    let mut r = Ok(());
+                    for id in nodes {
+                        if let Err(e) = self.cluster.resume(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Network => match self.network() {
+                    Ok(net) => blocking(move || net.heal_all()).await,
+                    Err(e) => Err(e),
+                },
+                Applied::Proxies => {
+                    if let Some(proxies) = &self.proxies {
+                        proxies.set_drop_percent(0);
+                        info!(dropped = proxies.dropped(), "lost-responses healed");
+                    }
+                    Ok(())
+                }
+                Applied::PowerLost(nodes) => {
+                    let mut r = Ok(());
+                    for id in nodes {
+                        if let Err(e) = self.cluster.start(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::DiskFull(nodes) => {
+                    if let Some(disks) = &self.disks {
+                        for id in nodes {
+                            if let Some(d) = disks.of(*id) {
+                                d.set_capacity(None);
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                Applied::SyncFailing(nodes) => {
+                    let mut r = Ok(());
+                    for (id, before, starts) in nodes {
+                        let Some(d) = self.disks.as_ref().and_then(|disks| disks.of(*id)) else {
+                            continue;
+                        };
+                        d.set_fail_sync(false);
+                        // An exit not yet reaped is the fail-stop this fault expects.
+                        if let Some(exit) = self.cluster.reap_exited_node(*id).await {
+                            record_exit(&self.cluster, &self.history, &exit);
+                        }
+                        let failed = d.failed_syncs().saturating_sub(*before);
+                        // Only the incarnation that saw its syncs fail can have ignored
+                        // them: a node another fault killed and restarted meanwhile did not.
+                        let same_incarnation = self.cluster.starts(*id).await == *starts;
+                        if failed > 0 && same_incarnation && self.cluster.is_running(*id).await {
+                            warn!(node = id, failed, "syncs failed and the node kept running");
+                            ignored.push(json!({"node": id, "failed_syncs": failed}));
+                        }
+                        self.cluster.expect_exit(*id, false).await;
+                        if let Err(e) = self.cluster.start(*id).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Clock(node) => self.clock_file(*node).and_then(|f| set_clock(f, 0)),
+                Applied::Many(all) => {
+                    let mut r = Ok(());
+                    for a in all.iter().rev() {
+                        if let Err(e) = self.undo(a, ignored).await {
+                            r = Err(e);
+                        }
+                    }
+                    r
+                }
+                Applied::Nothing => Ok(()),
+            }
+        })
+    }
+
+    fn clock_file(&self, node: u64) -> Result<&Path, JepsenError> {
+        self.clock_files
+            .as_ref()
+            .and_then(|files| files.iter().find(|(n, _)| *n == node))
+            .map(|(_, p)| p.as_path())
+            .ok_or_else(|| JepsenError::InvalidArgument {
+                detail: "clock faults need libfaketime".into(),
+            })
+    }
+
+    fn disks(&self) -> Result<Arc<Disks>, JepsenError> {
+        self.disks
+            .clone()
+            .ok_or_else(|| JepsenError::InvalidArgument {
+                detail: "disk faults need the fault file system (FUSE)".into(),
+            })
     }
 
     fn network(&self) -> Result<Arc<Namespaces>, JepsenError> {
@@ -576,6 +998,82 @@ impl Nemesis {
             }
         }
     }
+}
+
+/// libfaketime, as Debian's `libfaketime` package installs it (the thread-safe build).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Runs every node under libfaketime with an offset file of its own under `dir` (all at
+/// "+0"), and returns the files.
+///
+/// # Errors
+/// libfaketime is not installed, or a file cannot be written.
+pub fn prepare_clocks(
+    dir: &Path,
+    specs: &mut [NodeSpec],
+) -> Result<Vec<(u64, PathBuf)>, JepsenError> {
+    if !Path::new(LIBFAKETIME).is_file() {
+        return Err(JepsenError::InvalidArgument {
+            detail: format!("{LIBFAKETIME} not found (apt-get install libfaketime)"),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| JepsenError::io(dir, e))?;
+    let mut files = Vec::new();
+    for spec in specs.iter_mut() {
+        let file = dir.join(format!("n{}.faketime", spec.id));
+        set_clock(&file, 0)?;
+        spec.env.extend([
+            ("LD_PRELOAD".to_string(), LIBFAKETIME.to_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".to_string(),
+                file.display().to_string(),
+            ),
+            // Re-read the file at most once a second, not at every call.
+            ("FAKETIME_CACHE_DURATION".to_string(), "1".to_string()),
+            // Wall clock only: timers, timeouts and elections keep the real monotonic clock.
+            ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+        ]);
+        files.push((spec.id, file));
+    }
+    Ok(files)
+}
+
+/// Writes a libfaketime relative offset (`+3600`, `-3600`, `+0`: seconds) atomically.
+fn set_clock(file: &Path, offset_s: i64) -> Result<(), JepsenError> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{offset_s:+}\n")).map_err(|e| JepsenError::io(&tmp, e))?;
+    std::fs::rename(&tmp, file).map_err(|e| JepsenError::io(file, e))
+}
+
+/// Records a node's exit nobody signalled: a `node-fail-stop` phase event when a fault
+/// expected it and the node kept the fail-stop contract (non-zero status after an ERROR
+/// line), else a `node-exit` (which the checker counts as `node-crash`).
+pub fn record_exit(cluster: &Cluster, history: &History, exit: &UnexpectedExit) {
+    let errors = cluster.log_lines(exit.id, "ERROR", 3);
+    let kept_contract = exit.expected && !exit.success && !errors.is_empty();
+    let mut e = Event::new("harness", EventType::Info, Op::Phase);
+    e.node = Some(exit.id);
+    if kept_contract {
+        e.value = Some(json!("node-fail-stop"));
+        e.error = Some(format!(
+            "fail-stop under a failing fsync: {}; {}",
+            exit.status,
+            errors.join(" | ")
+        ));
+        info!(node = exit.id, status = %exit.status, "node failed-stop as expected");
+    } else {
+        e.value = Some(json!("node-exit"));
+        e.error = Some(if exit.expected {
+            format!(
+                "exited under a failing fsync without the fail-stop contract (non-zero status after an ERROR line): {}; {}",
+                exit.status,
+                errors.join(" | ")
+            )
+        } else {
+            format!("exited by itself: {}", exit.status)
+        });
+    }
+    history.record(e);
 }
 
 fn index_of(ids: &[u64], id: u64) -> usize {
@@ -629,6 +1127,75 @@ mod tests {
         );
         assert!(!steps.is_empty());
         assert!(steps.iter().all(|s| s.fault.kind() == FaultKind::Pause));
+    }
+
+    #[test]
+    fn the_ci_smoke_schedule_holds_a_power_loss_of_every_node() {
+        // jepsen/tests/chaos_smoke.rs runs seed 4 for 60 s, with namespaces (CI) or
+        // without (the partition fault left out): both schedules must cut every node's
+        // power well before the end.
+        let keys: Vec<String> = (0..2)
+            .flat_map(|t| (0..3).map(move |p| format!("jepsen-{t}/{p}")))
+            .collect();
+        for kinds in [
+            &[
+                FaultKind::Kill,
+                FaultKind::Pause,
+                FaultKind::Partition,
+                FaultKind::PowerAll,
+            ][..],
+            &[FaultKind::Kill, FaultKind::Pause, FaultKind::PowerAll][..],
+        ] {
+            let steps = plan(4, kinds, Duration::from_secs(60), &keys, &[1, 2, 3]);
+            let mut at = 0;
+            let healed = steps.iter().find_map(|s| {
+                at += s.quiet_ms + s.hold_ms;
+                (s.fault.window() == "power-all").then_some(at)
+            });
+            assert!(healed.is_some_and(|t| t < 50_000), "{kinds:?}: {steps:?}");
+        }
+    }
+
+    #[test]
+    fn clock_offsets_are_written_as_libfaketime_reads_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("n1.faketime");
+        for (offset, text) in [(3600, "+3600\n"), (-3600, "-3600\n"), (0, "+0\n")] {
+            set_clock(&f, offset).expect("write");
+            assert_eq!(std::fs::read_to_string(&f).expect("read"), text);
+        }
+    }
+
+    #[test]
+    fn overlapping_steps_pair_different_kinds_and_never_two_network_faults() {
+        let keys = vec!["t/0".to_string()];
+        let kinds = [FaultKind::Partition, FaultKind::Loss, FaultKind::Power];
+        let plain = plan(3, &kinds, Duration::from_secs(300), &keys, &[1, 2, 3]);
+        assert_eq!(
+            plain,
+            plan_with(
+                3,
+                &kinds,
+                Duration::from_secs(300),
+                &keys,
+                &[1, 2, 3],
+                false
+            )
+        );
+        let steps = plan_with(3, &kinds, Duration::from_secs(300), &keys, &[1, 2, 3], true);
+        let pairs: Vec<&Vec<Fault>> = steps
+            .iter()
+            .filter_map(|s| match &s.fault {
+                Fault::Overlap { faults } => Some(faults),
+                _ => None,
+            })
+            .collect();
+        assert!(!pairs.is_empty());
+        for faults in pairs {
+            assert_eq!(faults.len(), 2);
+            assert_ne!(faults[0].kind(), faults[1].kind());
+            assert!(!(faults[0].kind().needs_network() && faults[1].kind().needs_network()));
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::checker::{self, Results};
 use crate::client::{Client, NodeAddr};
 use crate::cluster::{Cluster, NodeSpec};
 use crate::error::JepsenError;
+use crate::faultfs::{self, Disks};
 use crate::final_phase;
 use crate::history::{Event, EventType, History, Op};
 use crate::nemesis::{self, FaultKind, Nemesis};
@@ -35,6 +36,9 @@ const NS_HTTP_PORT: u16 = 8080;
 const NS_RAFT_PORT: u16 = 9080;
 /// Time for the fresh cluster to become ready and create topics.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// Snapshot interval of the nodes (entries) when `snapshot-crash` is among the faults and
+/// `--snapshot-every` is not given.
+const DEFAULT_SNAPSHOT_EVERY: u64 = 100;
 /// How often node processes are checked for exits nobody asked for.
 const REAP_EVERY: Duration = Duration::from_millis(500);
 
@@ -66,6 +70,15 @@ pub struct TestOptions {
     /// Group members keep their member id after an unclear outcome and fetch again (see
     /// [`WorkloadConfig::naive_members`]).
     pub naive_members: bool,
+    /// Run the nodes on plain directories instead of the fault file system (no disk
+    /// faults then).
+    pub no_faultfs: bool,
+    /// Half the fault steps hold a second fault of another kind at the same time.
+    pub overlap: bool,
+    /// `--snapshot-every-entries` of the nodes (with 10 entries kept behind a snapshot),
+    /// so a follower cut off for seconds catches up through a snapshot; default 100 with
+    /// `snapshot-crash`, else the node's default.
+    pub snapshot_every: Option<u64>,
 }
 
 /// Runs a whole test and returns the checker's results (also in `out/results.json`).
@@ -81,6 +94,10 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     }
     let out = opts.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| JepsenError::io(&out, e))?;
+    // A harness killed with -9 leaves its FUSE mounts behind (dead): unmount them first.
+    for i in 0..NODES {
+        faultfs::unmount_stale(&out.join("data").join(format!("n{}", i + 1)));
+    }
     for sub in ["data", "logs"] {
         let p = out.join(sub);
         if p.exists() {
@@ -131,6 +148,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
                     raft: SocketAddr::new(IpAddr::V4(ns.node_addr(i)), NS_RAFT_PORT),
                     data_dir: out.join("data").join(format!("n{}", i + 1)),
                     log: out.join("logs").join(format!("n{}.log", i + 1)),
+                    env: Vec::new(),
                 })
                 .collect::<Vec<_>>();
             (specs, Some(IpAddr::V4(ns.control_addr())))
@@ -145,6 +163,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
                     raft: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports[NODES + i]),
                     data_dir: out.join("data").join(format!("n{}", i + 1)),
                     log: out.join("logs").join(format!("n{}.log", i + 1)),
+                    env: Vec::new(),
                 })
                 .collect::<Vec<_>>();
             (specs, None)
@@ -152,22 +171,90 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     };
     std::fs::create_dir_all(out.join("logs")).map_err(|e| JepsenError::io(out.join("logs"), e))?;
 
+    // The fault file system under every node's data directory; without FUSE the nodes run
+    // on plain directories and the disk faults are left out, saying so.
+    let mut disk_fallback = None;
+    let disks = if opts.no_faultfs {
+        disk_fallback = Some("--no-faultfs".to_string());
+        None
+    } else {
+        let dirs: Vec<(u64, PathBuf)> = specs.iter().map(|s| (s.id, s.data_dir.clone())).collect();
+        match Disks::mount(&dirs) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                warn!(cause = %e, "FUSE unavailable: nodes run on plain directories; power, disk-full and fsync-error faults are skipped");
+                disk_fallback = Some(e.to_string());
+                None
+            }
+        }
+    };
+    let mut dropped = dropped;
+    if disks.is_none() {
+        let d: Vec<FaultKind> = kinds.iter().copied().filter(|k| k.needs_disk()).collect();
+        if !d.is_empty() {
+            warn!(dropped = ?d, "disk faults skipped without the fault file system");
+        }
+        kinds.retain(|k| !k.needs_disk());
+        dropped.extend(d);
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| JepsenError::io("tokio runtime", e))?;
-    let cluster = Arc::new(Cluster::new(binary, specs));
+    // Clock faults: every node runs under libfaketime, its wall clock offset by what its
+    // file under `clock/` says (re-read at most once a second); the monotonic clock is
+    // left alone. Without libfaketime the clock fault is left out, saying so.
+    let mut specs = specs;
+    let mut clock_files = None;
+    if kinds.contains(&FaultKind::Clock) {
+        match nemesis::prepare_clocks(&out.join("clock"), &mut specs) {
+            Ok(files) => clock_files = Some(files),
+            Err(e) => {
+                warn!(cause = %e, "clock faults skipped");
+                kinds.retain(|k| *k != FaultKind::Clock);
+                dropped.push(FaultKind::Clock);
+            }
+        }
+    }
+    let snapshot_every = opts.snapshot_every.or(kinds
+        .contains(&FaultKind::SnapshotCrash)
+        .then_some(DEFAULT_SNAPSHOT_EVERY));
+    // Peers in namespaces are not on loopback: the nodes need a cluster secret (peer
+    // authentication), a fresh one per run.
+    let secret = out.join("cluster-secret");
+    let key: [u8; 32] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&secret, format!("{hex}\n")).map_err(|e| JepsenError::io(&secret, e))?;
+    let mut node_args = vec![
+        "--cluster-secret-file".to_string(),
+        secret.display().to_string(),
+    ];
+    if let Some(n) = snapshot_every {
+        node_args.extend([
+            "--snapshot-every-entries".to_string(),
+            n.to_string(),
+            "--keep-logs-after-snapshot".to_string(),
+            "10".to_string(),
+        ]);
+    }
+    let cluster = Arc::new(Cluster::new(binary, specs).with_node_args(node_args));
     let mode = if net.is_some() { "netns" } else { "loopback" };
     let result = runtime.block_on(async {
         let body = run_body(
             &opts,
             cluster.clone(),
             net.clone(),
+            disks.clone(),
+            clock_files,
             local,
             kinds,
             dropped,
-            mode,
-            fallback_reason,
+            Modes {
+                net: mode,
+                net_fallback: fallback_reason,
+                disk_fallback,
+            },
         );
         let r = tokio::select! {
             r = body => r,
@@ -180,6 +267,9 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
         r
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(disks) = disks {
+        disks.unmount();
+    }
     if let Some(ns) = net {
         match Arc::try_unwrap(ns) {
             Ok(mut ns) => ns.teardown(),
@@ -192,17 +282,26 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     result
 }
 
+/// How the run was set up, for `schedule.json`.
+struct Modes<'a> {
+    net: &'a str,
+    net_fallback: Option<String>,
+    disk_fallback: Option<String>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_body(
     opts: &TestOptions,
     cluster: Arc<Cluster>,
     net: Option<Arc<Namespaces>>,
+    disks: Option<Arc<Disks>>,
+    clock_files: Option<Vec<(u64, PathBuf)>>,
     local: Option<IpAddr>,
     kinds: Vec<FaultKind>,
     dropped: Vec<FaultKind>,
-    mode: &str,
-    fallback_reason: Option<String>,
+    modes: Modes<'_>,
 ) -> Result<Results, JepsenError> {
+    let mode = modes.net;
     let out = &opts.out;
     let history = Arc::new(History::create(&out.join("history.jsonl"))?);
     // With `lost-responses`, every client request goes through a proxy per node.
@@ -247,16 +346,27 @@ async fn run_body(
         naive_members: opts.naive_members,
     };
     let keys = config.keys();
-    let steps = nemesis::plan(opts.seed, &kinds, opts.time, &keys, &cluster.ids());
+    let steps = nemesis::plan_with(
+        opts.seed,
+        &kinds,
+        opts.time,
+        &keys,
+        &cluster.ids(),
+        opts.overlap,
+    );
     let schedule = json!({
         "binary": binary_description(&cluster),
         "git_head": git_head(),
         "seed": opts.seed,
         "mode": mode,
-        "fallback_reason": fallback_reason,
+        "fallback_reason": modes.net_fallback,
+        "faultfs": disks.is_some(),
+        "faultfs_fallback_reason": modes.disk_fallback,
         "nemesis": kinds,
-        "skipped_without_namespaces": dropped,
+        "skipped": dropped,
         "time_s": opts.time.as_secs(),
+        "overlap": opts.overlap,
+        "node_args": cluster.node_args(),
         "naive_members": opts.naive_members,
         "steps": steps,
     });
@@ -334,6 +444,8 @@ async fn run_body(
         history: history.clone(),
         seed: opts.seed,
         proxies: proxies.clone(),
+        disks: disks.clone(),
+        clock_files,
     };
     let stop = CancellationToken::new();
     let timer = {
@@ -350,7 +462,16 @@ async fn run_body(
     );
     timer.abort();
 
-    if let Err(e) = final_phase::run(&cluster, net.as_ref(), &workload, &history, groups).await {
+    if let Err(e) = final_phase::run(
+        &cluster,
+        net.as_ref(),
+        disks.as_deref(),
+        &workload,
+        &history,
+        groups,
+    )
+    .await
+    {
         warn!(cause = %e, "final phase incomplete");
     }
     monitor_stop.cancel();
@@ -368,15 +489,16 @@ fn phase(history: &History, name: &str, error: Option<String>) {
 }
 
 /// Records nodes that exit by themselves (a `node-exit` phase event, which the checker
-/// counts as `node-crash`) and restarts them, as a process supervisor would.
+/// counts as `node-crash`) and restarts them, as a process supervisor would. A node that
+/// fail-stopped under a fault that expected it (a failing fsync) is recorded as
+/// `node-fail-stop` and stays down until the fault heals (the nemesis restarts it).
 async fn monitor_exits(cluster: Arc<Cluster>, history: Arc<History>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         for exit in cluster.reap_exited().await {
-            let mut e = Event::new("harness", EventType::Info, Op::Phase);
-            e.value = Some(json!("node-exit"));
-            e.node = Some(exit.id);
-            e.error = Some(format!("exited by itself: {}", exit.status));
-            history.record(e);
+            nemesis::record_exit(&cluster, &history, &exit);
+            if exit.expected {
+                continue;
+            }
             if let Err(err) = cluster.start(exit.id).await {
                 warn!(node = exit.id, cause = %err, "restart after exit failed");
             }

@@ -627,3 +627,60 @@ fn availability_names_kill_all_and_the_majority_side_of_a_partition() {
     assert_eq!(publish["partition-majority"].total, 1);
     assert_eq!(publish["partition-majority"].ok, 1);
 }
+
+#[test]
+fn a_replica_missing_an_acknowledged_value_is_caught() {
+    // Node 3's own replica of t/1 lost its last record (a suffix lost at a power loss);
+    // the other two hold it.
+    let mut h = main_phase();
+    h.phase("final");
+    h.phase("final-read");
+    for node in 1..=3 {
+        let t1_view = if node == 3 { t1()[..1].to_vec() } else { t1() };
+        h.final_state(node, "t/0", t0());
+        h.final_state(node, "t/1", t1_view);
+    }
+    let r = assert_caught(&h, "replica-lost-ack");
+    assert_eq!(r.count("replica-lost-ack"), 1);
+    assert_eq!(r.count("unseen-after-drain"), 0, "nodes 1 and 2 hold it");
+}
+
+#[test]
+fn a_fail_stop_under_failing_fsyncs_is_counted_not_failed() {
+    let mut h = main_phase();
+    h.fault_value(
+        json!({"kind": "fsync-error", "target": "node", "node": 2, "window": "fsync-error"}),
+    );
+    let mut e = Event::new("harness", EventType::Info, Op::Phase);
+    e.value = Some(json!("node-fail-stop"));
+    e.node = Some(2);
+    e.error = Some("fail-stop under a failing fsync: exit status: 74; ERROR ... seg".into());
+    h.push(e);
+    h.heal("fsync-error");
+    final_phase(&mut h);
+    let r = h.check();
+    assert!(
+        r.valid,
+        "{}",
+        serde_json::to_string_pretty(&r.anomalies).unwrap()
+    );
+    assert_eq!(r.count("fail-stops"), 1);
+    assert_eq!(r.count("node-crash"), 0);
+}
+
+#[test]
+fn a_node_that_ignores_failed_syncs_is_caught() {
+    let mut h = main_phase();
+    h.fault_value(
+        json!({"kind": "fsync-error", "target": "node", "node": 2, "window": "fsync-error"}),
+    );
+    let mut e = Event::new("nemesis", EventType::Invoke, Op::Heal);
+    e.value = Some(json!({"kind": "fsync-error", "window": "fsync-error"}));
+    let inv = h.push(e);
+    let mut d = inv.complete(EventType::Ok);
+    d.value = Some(json!({"kind": "fsync-error", "window": "fsync-error",
+        "ignored_sync_failures": [{"node": 2, "failed_syncs": 3}]}));
+    h.push(d);
+    final_phase(&mut h);
+    assert_caught(&h, "sync-failure-ignored");
+}

@@ -377,6 +377,18 @@ fn fault_of(kind: FaultKind, rng: &mut StdRng, keys: &[String], nodes: &[u64]) -
             }
         }
     };
+    // One node of the faults that strike a single process: a given node, a partition's
+    // leader, or the controller's.
+    let one_node = |rng: &mut StdRng| -> Target {
+        let roll = rng.gen_range(0..100);
+        if roll < 40 {
+            Target::Node { node: node(rng) }
+        } else if roll < 85 {
+            leader(rng)
+        } else {
+            Target::ControllerLeader
+        }
+    };
     match kind {
         FaultKind::Kill => {
             let roll = rng.gen_range(0..100);
@@ -391,17 +403,9 @@ fn fault_of(kind: FaultKind, rng: &mut StdRng, keys: &[String], nodes: &[u64]) -
             };
             Fault::Kill { target }
         }
-        FaultKind::Pause => {
-            let roll = rng.gen_range(0..100);
-            let target = if roll < 40 {
-                Target::Node { node: node(rng) }
-            } else if roll < 85 {
-                leader(rng)
-            } else {
-                Target::ControllerLeader
-            };
-            Fault::Pause { target }
-        }
+        FaultKind::Pause => Fault::Pause {
+            target: one_node(rng),
+        },
         FaultKind::Partition => {
             let roll = rng.gen_range(0..100);
             let shape = if roll < 25 {
@@ -426,17 +430,9 @@ fn fault_of(kind: FaultKind, rng: &mut StdRng, keys: &[String], nodes: &[u64]) -
         FaultKind::LostResponses => Fault::LostResponses {
             percent: rng.gen_range(10..=40),
         },
-        FaultKind::Power => {
-            let roll = rng.gen_range(0..100);
-            let target = if roll < 40 {
-                Target::Node { node: node(rng) }
-            } else if roll < 85 {
-                leader(rng)
-            } else {
-                Target::ControllerLeader
-            };
-            Fault::Power { target }
-        }
+        FaultKind::Power => Fault::Power {
+            target: one_node(rng),
+        },
         FaultKind::PowerAll => Fault::Power {
             target: Target::All,
         },

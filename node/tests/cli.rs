@@ -55,6 +55,28 @@ fn refused(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Starts a one-node cluster on free ports with its data in `data_dir` and `extra` flags;
+/// returns the process and its HTTP port.
+fn single_node(
+    data_dir: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> (std::process::Child, u16) {
+    let (http, raft) = (free_port(), free_port());
+    let child = Command::new(PSUBD)
+        .args(["node", "--id", "1"])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--raft", &format!("127.0.0.1:{raft}")])
+        .args(["--peers", &format!("1=127.0.0.1:{raft}")])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, http)
+}
+
 #[test]
 fn a_node_missing_from_its_peers_is_refused_with_the_rule() {
     let stderr = refused(&["node", "--id", "4", "--peers", "1=127.0.0.1:9"]);
@@ -130,18 +152,7 @@ fn dev_refuses_a_taken_port() {
 #[test]
 fn a_single_node_serves_becomes_ready_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, raft) = (free_port(), free_port());
-    let mut child = Command::new(PSUBD)
-        .args(["node", "--id", "1"])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(["--raft", &format!("127.0.0.1:{raft}")])
-        .args(["--peers", &format!("1=127.0.0.1:{raft}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, http) = single_node(dir.path(), &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let ready = runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -279,22 +290,15 @@ fn the_api_speaks_https_with_a_certificate_and_refuses_plain_http() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let (http, raft) = (free_port(), free_port());
-    let mut child = Command::new(PSUBD)
-        .args(["node", "--id", "1"])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(["--raft", &format!("127.0.0.1:{raft}")])
-        .args(["--peers", &format!("1=127.0.0.1:{raft}")])
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, http) = single_node(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
     let cacert = cert.to_str().unwrap();
     let https = format!("https://127.0.0.1:{http}/readyz");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -157,6 +157,10 @@ pub async fn run(
     }
     info!("shutting down: stopping actors and Raft groups");
     broker.shutdown().await;
+    // A sync that failed during the drain or the last flush: the exit status says so.
+    if let Some(failure) = health.failure() {
+        fail_stop(&failure);
+    }
     info!("node stopped");
     Ok(())
 }

@@ -334,44 +334,18 @@ impl Cluster {
     /// until someone calls [`Cluster::start`].
     pub async fn reap_exited(&self) -> Vec<UnexpectedExit> {
         let mut procs = self.procs.lock().await;
-        let mut out = Vec::new();
-        for (i, proc) in procs.iter_mut().enumerate() {
-            let Some(child) = proc.child.as_mut() else {
-                continue;
-            };
-            if let Ok(Some(status)) = child.try_wait() {
-                let id = self.specs[i].id;
-                warn!(node = id, status = %status, "node exited by itself");
-                out.push(UnexpectedExit {
-                    id,
-                    status: status.to_string(),
-                    success: status.success(),
-                    expected: proc.exit_expected,
-                });
-                proc.child = None;
-                proc.paused = false;
-            }
-        }
-        out
+        procs
+            .iter_mut()
+            .zip(&self.specs)
+            .filter_map(|(proc, spec)| reap(proc, spec.id))
+            .collect()
     }
 
     /// Reaps node `id` if it exited by itself (as [`Cluster::reap_exited`] does for all).
     pub async fn reap_exited_node(&self, id: u64) -> Option<UnexpectedExit> {
         let i = self.index(id).ok()?;
         let mut procs = self.procs.lock().await;
-        let proc = &mut procs[i];
-        let child = proc.child.as_mut()?;
-        let status = child.try_wait().ok()??;
-        warn!(node = id, status = %status, "node exited by itself");
-        let exit = UnexpectedExit {
-            id,
-            status: status.to_string(),
-            success: status.success(),
-            expected: proc.exit_expected,
-        };
-        proc.child = None;
-        proc.paused = false;
-        Some(exit)
+        reap(&mut procs[i], id)
     }
 
     /// Marks node `id`'s exits as expected (`true`, while a fault that should make it
@@ -443,6 +417,20 @@ impl Cluster {
             .find(|s| s.id == id)
             .map(|s| s.log.as_path())
     }
+}
+
+/// Reaps node `id`'s process if it exited by itself, reporting how; it stays down.
+fn reap(proc: &mut NodeProc, id: u64) -> Option<UnexpectedExit> {
+    let status = proc.child.as_mut()?.try_wait().ok()??;
+    warn!(node = id, status = %status, "node exited by itself");
+    proc.child = None;
+    proc.paused = false;
+    Some(UnexpectedExit {
+        id,
+        status: status.to_string(),
+        success: status.success(),
+        expected: proc.exit_expected,
+    })
 }
 
 fn running_child(proc: &mut NodeProc, id: u64) -> Result<&mut Child, JepsenError> {

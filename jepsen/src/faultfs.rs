@@ -452,6 +452,22 @@ impl FaultFs {
         lock(&self.inner.journal).undo.push(u);
     }
 
+    /// Removes `rel` (a file, or a directory found empty) by moving it to the trash,
+    /// journaled so a power loss puts it back, and answers the kernel.
+    fn remove_to_trash(&self, rel: &Path, reply: ReplyEmpty) {
+        match self.to_trash(rel) {
+            Ok(trash) => {
+                self.journal(Undo::Removed {
+                    path: rel.to_path_buf(),
+                    trash,
+                });
+                self.detach(rel);
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     /// Moves `rel` to the trash and returns where it went.
     fn to_trash(&self, rel: &Path) -> io::Result<PathBuf> {
         let trash = {
@@ -790,17 +806,7 @@ impl Filesystem for FaultFs {
             Ok(_) => {}
             Err(e) => return reply.error(errno(&e)),
         }
-        match self.to_trash(&rel) {
-            Ok(trash) => {
-                self.journal(Undo::Removed {
-                    path: rel.clone(),
-                    trash,
-                });
-                self.detach(&rel);
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.remove_to_trash(&rel, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -816,17 +822,7 @@ impl Filesystem for FaultFs {
             }
             Err(e) => return reply.error(errno(&e)),
         }
-        match self.to_trash(&rel) {
-            Ok(trash) => {
-                self.journal(Undo::Removed {
-                    path: rel.clone(),
-                    trash,
-                });
-                self.detach(&rel);
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.remove_to_trash(&rel, reply);
     }
 
     fn rename(

@@ -5,8 +5,9 @@
 //! - [`clock`]: the wall clock, read one way (`now_ms`).
 //! - [`record`]: records and record batches, the unit of storage and replication.
 //! - [`topic`]: topic names, configuration and replica placement.
-//! - [`partition`]: the partition actor (batches publishes into Raft entries) and, in
-//!   `partition::log`, the partition's state machine logic and reader.
+//! - [`partition`]: a topic partition — the actor that batches publishes into Raft entries,
+//!   the state machine ([`partition::PartitionLogic`]) built from typed parts (batch store,
+//!   key index, compactor, retention; its module docs map them) and the reader.
 //! - [`controller`]: the controller (a plain service that proposes metadata changes) and,
 //!   in `controller::state`, group 0's replicated metadata.
 //! - [`proposal`]: proposing to any Raft group: the leadership check, the proposal
@@ -22,7 +23,7 @@
 //! - [`timer`]: periodic messages to an actor (coordinator and partition ticks).
 //! - [`broker`]: the handle the edge uses for local operations.
 //! - [`error`]: the crate's errors.
-//! - [`locks`]: replica-table locks that survive a panicked writer.
+//! - [`locks`]: locks that survive a panicked writer.
 
 pub mod assignment;
 pub mod broker;

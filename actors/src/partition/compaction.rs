@@ -1,24 +1,9 @@
-//! Log compaction of `cleanup_policy: compact` topics: the stored batch forms a reader must
-//! slice (dense and sparse), and the rewrite of a chunk of batches that keeps only the latest
-//! record of each key.
+//! Log compaction of `cleanup_policy: compact` topics: the rewrite of a chunk of batches
+//! that keeps only the latest record of each key, and the [`Compactor`] that applies the
+//! leader's `Compact` commands on every replica.
 //!
-//! # Stored batch forms
-//!
-//! ```text
-//! dense   [count u32 LE][records…]                       offsets base .. base + count
-//! sparse  [count | SPARSE_FLAG u32 LE][end u64 LE]
-//!         [count × offset u64 LE][records…]              explicit offsets, covers .. end
-//! ```
-//!
-//! A dense batch is the bytes of the Raft entry that carried it, stored under its base
-//! offset. A sparse batch is compaction's output: the survivors of several consecutive
-//! batches with their ORIGINAL offsets (offsets never change and are never reused), stored
-//! under the key of the LAST batch it replaced. That key choice is what keeps concurrent
-//! readers correct: a reader walks batch keys upwards, and a rewrite moves records only to a
-//! key at or after every key it removes, atomically; so a reader that finds a replaced key
-//! gone still meets its records further on (possibly twice, which readers skip by offset).
-//! Readers therefore find the batch holding an offset by scanning upwards from the greatest
-//! key at or below it, and skip records below the offset they want.
+//! Compaction writes sparse batches (see [`super::stored`] for the two stored forms and why
+//! a rewrite keeps its survivors under the key of the last batch it replaced).
 //!
 //! # The rewrite
 //!
@@ -71,31 +56,22 @@
 //! leader did, never keep one the leader drops, and the leader's next pass (due, since the log
 //! grew) drops it too. One thing replay could not repair: survivors of batches below the plan's
 //! high watermark moved into a batch keyed above it, which replaying the appends above it
-//! overwrites. So while a build holds the range ([`super::log`] `snapshot_hold`), a window that
+//! overwrites. So while a build holds the range ([`super::shared`]), a window that
 //! spans the plan's high watermark is rewritten as two parts, one on each side. The snapshot
 //! also pins the replica's [`CompactionProgress`], so a replica that installs it knows what the
 //! pass it joins has found (young tombstones kept) should it become the leader.
 
-use std::collections::BTreeMap;
-
-use bytes::{BufMut, Bytes, BytesMut};
-use psubd_raft::{CommandResponse, StorageIoError, Tree, WriteBatch};
+use bytes::Bytes;
+use psubd_raft::{StorageIoError, Tree, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use super::log::{
-    base_offset_of, batch_key, summarize_at, IndexChange, PartitionLogic, PartitionReader,
-    PROGRESS_KEY,
-};
-use crate::record::{RecordCodecError, RecordIter, RecordView, BATCH_HEADER_LEN};
+use super::batch_store::BatchStore;
+use super::key_index::KeyIndex;
+use super::layout::{base_offset_of, batch_key, PROGRESS_KEY};
+use super::stored::{encode_sparse, StoredBatch, MAX_STORED_RUN_BYTES};
+use crate::record::{RecordCodecError, RecordView};
 use crate::topic::{CleanupPolicy, TopicConfig};
-
-/// Set in a stored batch's count word when the batch is sparse. Dense counts never reach
-/// it (an entry holds at most a few thousand records; apply refuses a count with it set).
-pub const SPARSE_FLAG: u32 = 0x8000_0000;
-
-/// Bytes of a sparse batch's header: count word and end offset.
-const SPARSE_HEADER_LEN: usize = BATCH_HEADER_LEN + 8;
 
 /// Most batches one `Compact` command rewrites: bounds the work of one apply.
 pub const MAX_CHUNK_BATCHES: usize = 64;
@@ -106,170 +82,8 @@ pub const MAX_CHUNK_BYTES: usize = 4 << 20;
 /// Below this many stored bytes, consecutive batches that lost nothing are still merged
 /// into one, so a compacted log does not stay split into many tiny batches; no larger than
 /// an appended batch is stored, so merging does not bring back the large values the piece
-/// bound keeps out of sled (see [`super::log::MAX_STORED_RUN_BYTES`]).
-pub const MERGE_BELOW_BYTES: usize = super::log::MAX_STORED_RUN_BYTES;
-
-/// One stored batch, parsed enough to walk its records with their offsets.
-#[derive(Clone, Copy, Debug)]
-pub enum StoredBatch<'a> {
-    /// Offsets `base .. base + count`.
-    Dense {
-        /// First offset (the batch's key).
-        base: u64,
-        /// Records.
-        count: u32,
-        /// The record run.
-        records: &'a [u8],
-    },
-    /// Explicit offsets; the batch covers offsets up to `end` (exclusive).
-    Sparse {
-        /// One past the last offset the replaced batches held.
-        end: u64,
-        /// `count` offsets, u64 LE each, ascending.
-        offsets: &'a [u8],
-        /// The record run.
-        records: &'a [u8],
-    },
-}
-
-impl<'a> StoredBatch<'a> {
-    /// Parses a stored batch found under key `key_base`.
-    ///
-    /// # Errors
-    /// [`RecordCodecError::Truncated`] when the header or offset table is cut short.
-    pub fn parse(key_base: u64, stored: &'a [u8]) -> Result<Self, RecordCodecError> {
-        let word: [u8; 4] = stored
-            .get(..BATCH_HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or(RecordCodecError::Truncated)?;
-        let word = u32::from_le_bytes(word);
-        if word & SPARSE_FLAG == 0 {
-            return Ok(StoredBatch::Dense {
-                base: key_base,
-                count: word,
-                records: &stored[BATCH_HEADER_LEN..],
-            });
-        }
-        let count = (word & !SPARSE_FLAG) as usize;
-        let end: [u8; 8] = stored
-            .get(BATCH_HEADER_LEN..SPARSE_HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or(RecordCodecError::Truncated)?;
-        let table_end = count
-            .checked_mul(8)
-            .and_then(|n| n.checked_add(SPARSE_HEADER_LEN))
-            .ok_or(RecordCodecError::Truncated)?;
-        let offsets = stored
-            .get(SPARSE_HEADER_LEN..table_end)
-            .ok_or(RecordCodecError::Truncated)?;
-        Ok(StoredBatch::Sparse {
-            end: u64::from_le_bytes(end),
-            offsets,
-            records: &stored[table_end..],
-        })
-    }
-
-    /// Number of records stored.
-    pub fn count(&self) -> u32 {
-        match self {
-            StoredBatch::Dense { count, .. } => *count,
-            StoredBatch::Sparse { offsets, .. } => (offsets.len() / 8) as u32,
-        }
-    }
-
-    /// One past the last offset this batch covers.
-    pub fn end(&self) -> u64 {
-        match self {
-            StoredBatch::Dense { base, count, .. } => base + u64::from(*count),
-            StoredBatch::Sparse { end, .. } => *end,
-        }
-    }
-
-    /// The records with their offsets and encodings, in offset order.
-    pub fn records(&self) -> BatchRecords<'a> {
-        match *self {
-            StoredBatch::Dense { base, records, .. } => BatchRecords {
-                iter: RecordIter::run(records),
-                next_dense: Some(base),
-                offsets: &[],
-            },
-            StoredBatch::Sparse {
-                offsets, records, ..
-            } => BatchRecords {
-                iter: RecordIter::run(records),
-                next_dense: None,
-                offsets,
-            },
-        }
-    }
-}
-
-/// A record of a stored batch: its offset, its encoding, and the decoded view.
-pub struct StoredRecord<'a> {
-    /// The record's offset.
-    pub offset: u64,
-    /// Its postcard encoding (a slice of the stored batch).
-    pub encoded: &'a [u8],
-    /// The decoded record, borrowing `encoded`.
-    pub view: RecordView<'a>,
-}
-
-/// Iterator over a stored batch's records; see [`StoredBatch::records`].
-pub struct BatchRecords<'a> {
-    iter: RecordIter<'a>,
-    /// The next offset of a dense batch; `None` for a sparse one.
-    next_dense: Option<u64>,
-    offsets: &'a [u8],
-}
-
-impl<'a> Iterator for BatchRecords<'a> {
-    type Item = Result<StoredRecord<'a>, RecordCodecError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let before = self.iter.remaining();
-        let view = match self.iter.next()? {
-            Ok(view) => view,
-            Err(error) => return Some(Err(error)),
-        };
-        let encoded = &before[..before.len() - self.iter.remaining().len()];
-        let offset = match self.next_dense.as_mut() {
-            Some(next) => {
-                let offset = *next;
-                *next += 1;
-                offset
-            }
-            None => {
-                let Some((raw, rest)) = self.offsets.split_first_chunk::<8>() else {
-                    // More records than offsets: the batch is corrupt.
-                    self.iter = RecordIter::run(&[]);
-                    return Some(Err(RecordCodecError::Truncated));
-                };
-                self.offsets = rest;
-                u64::from_le_bytes(*raw)
-            }
-        };
-        Some(Ok(StoredRecord {
-            offset,
-            encoded,
-            view,
-        }))
-    }
-}
-
-/// Encodes a sparse batch from survivors (ascending offsets) covering offsets up to `end`.
-pub fn encode_sparse(survivors: &[(u64, &[u8])], end: u64) -> Bytes {
-    let body: usize = survivors.iter().map(|(_, e)| e.len()).sum();
-    let mut out = BytesMut::with_capacity(SPARSE_HEADER_LEN + survivors.len() * 8 + body);
-    out.put_u32_le(survivors.len() as u32 | SPARSE_FLAG);
-    out.put_u64_le(end);
-    for (offset, _) in survivors {
-        out.put_u64_le(*offset);
-    }
-    for (_, encoded) in survivors {
-        out.put_slice(encoded);
-    }
-    out.freeze()
-}
+/// bound keeps out of sled (see [`MAX_STORED_RUN_BYTES`]).
+pub const MERGE_BELOW_BYTES: usize = MAX_STORED_RUN_BYTES;
 
 /// The command a partition leader proposes to compact one window of a pass (see the module
 /// docs). Everything a replica needs is in it, so every replica does the same.
@@ -429,10 +243,32 @@ where
     Ok(out)
 }
 
-impl PartitionLogic {
-    /// Applies a `Compact` command on a compacted topic (a no-op on others): rewrites the
-    /// batches of its window as the module docs say, snapshot build or not. The response is
-    /// empty.
+/// Applies `Compact` commands on one replica and keeps its [`CompactionProgress`].
+#[derive(Debug, Default)]
+pub(super) struct Compactor {
+    /// Progress including the current apply call.
+    progress: CompactionProgress,
+}
+
+impl Compactor {
+    /// Reads the stored progress (at open and after a snapshot install); one that does not
+    /// decode starts over, which costs a pass, never a record.
+    pub(super) fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
+        self.progress = match state.get(PROGRESS_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).unwrap_or_default(),
+            None => CompactionProgress::default(),
+        };
+        Ok(())
+    }
+
+    /// The progress as staged.
+    pub(super) fn progress(&self) -> CompactionProgress {
+        self.progress
+    }
+
+    /// Applies a `Compact` command: rewrites the batches of its window as the module docs
+    /// say, snapshot build or not. `holds` are the plan high watermarks of the snapshot
+    /// builds reading the batch range now.
     ///
     /// The window is read whole (the batches in the tree and those staged by earlier
     /// commands of this apply call): its size is bounded by the leader's choice, and a
@@ -441,38 +277,40 @@ impl PartitionLogic {
     /// # Errors
     /// Storage I/O only; a batch that does not decode leaves its part of the window as it
     /// is, alike on every replica holding it.
-    pub(super) fn compact(
+    pub(super) fn apply(
         &mut self,
         command: &CompactCommand,
+        store: &mut BatchStore,
+        keys: &mut KeyIndex,
+        holds: &[u64],
         state: &Tree,
         batch: &mut WriteBatch,
-    ) -> Result<CommandResponse, StorageIoError> {
-        if !self.compacted {
-            return Ok(CommandResponse::default());
-        }
+    ) -> Result<(), StorageIoError> {
         let follows_pass = self.start_window(command);
         let end = command.to.min(command.pass_end);
-        let mut window = self.window_batches(state, command.from, end)?;
+        let mut window = store.window(state, command.from, end)?;
         // Trimmed batches still in the tree are not compaction's to touch.
-        let log_start = self.staged.log_start;
+        let log_start = store.bounds().log_start;
         window.retain(|(base, stored)| {
             StoredBatch::parse(*base, stored).map_or(true, |b| b.end() > log_start)
         });
         // While a snapshot build holds the range, no rewrite moves records across the high
         // watermark of its plan (see the module docs).
-        let holds = self.shared.hold_bounds();
         let side = |base: u64| holds.iter().filter(|bound| **bound <= base).count();
         let mut kept_below = 0u64;
         let (mut dropped, mut tombstones_kept) = (0u64, false);
         for part in window.chunk_by(|a, b| side(a.0) == side(b.0)) {
-            let Some(rewrite) = self.rewrite_of(part, state, command, kept_below)? else {
+            let Some(rewrite) = rewrite_of(part, keys, state, command, kept_below)? else {
                 continue;
             };
             kept_below = rewrite.kept_below;
             dropped += rewrite.dropped;
             tombstones_kept |= rewrite.tombstones_kept;
             if rewrite.rewrite {
-                self.stage_rewrite(part, rewrite, batch);
+                store.replace(part, rewrite.replacement, batch);
+                for key in rewrite.purged {
+                    keys.remove(key, batch);
+                }
             }
         }
         let progress = &mut self.progress;
@@ -491,8 +329,7 @@ impl PartitionLogic {
             active = progress.active,
             "compaction window applied"
         );
-        self.stage_progress(batch)?;
-        Ok(CommandResponse::default())
+        self.stage_progress(batch)
     }
 
     /// Moves the progress to the command's window. Returns false for a late copy of a
@@ -525,99 +362,6 @@ impl PartitionLogic {
         true
     }
 
-    /// The batches keyed in `[from, end)` as this apply call sees them: the tree, then what
-    /// earlier commands of the call staged (appends, rewrites).
-    fn window_batches(
-        &self,
-        state: &Tree,
-        from: u64,
-        end: u64,
-    ) -> Result<Vec<(u64, Bytes)>, StorageIoError> {
-        let mut found = BTreeMap::new();
-        if from >= end {
-            return Ok(Vec::new());
-        }
-        for item in state.range(&batch_key(from), Some(&batch_key(end))) {
-            let (key, stored) = item?;
-            let Some(base) = base_offset_of(&key) else {
-                break;
-            };
-            found.insert(base, stored.into_bytes());
-        }
-        for (base, staged) in self.staged_batches.range(from..end) {
-            match staged {
-                Some(stored) => found.insert(*base, stored.clone()),
-                None => found.remove(base),
-            };
-        }
-        Ok(found.into_iter().collect())
-    }
-
-    /// Compacts one part of a window against the key index as staged. `None` when a batch
-    /// of the part does not decode (the part is left as it is).
-    fn rewrite_of(
-        &self,
-        part: &[(u64, Bytes)],
-        state: &Tree,
-        command: &CompactCommand,
-        kept_below: u64,
-    ) -> Result<Option<ChunkRewrite>, StorageIoError> {
-        let keys = &self.keys;
-        let mut lookup_error = None;
-        let rewrite = compact_chunk(
-            part,
-            |key| match keys.get(state, key) {
-                Ok(entry) => entry.map(|e| e.offset),
-                Err(error) => {
-                    lookup_error.get_or_insert(error);
-                    // Treated as "latest" so nothing is dropped on an I/O error.
-                    None
-                }
-            },
-            command.purge_before_ms,
-            kept_below,
-        );
-        if let Some(error) = lookup_error {
-            return Err(error);
-        }
-        match rewrite {
-            Ok(rewrite) => Ok(Some(rewrite)),
-            Err(error) => {
-                warn!(%error, "a stored batch did not decode; its part of the compaction window is left as is");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Stages the replacement of `part` (see the module docs): every key but the last goes,
-    /// the last one gets the survivors, or goes too when none survived.
-    fn stage_rewrite(
-        &mut self,
-        part: &[(u64, Bytes)],
-        rewrite: ChunkRewrite,
-        batch: &mut WriteBatch,
-    ) {
-        let last_key = part.last().map(|(base, _)| *base);
-        for (base, _) in part {
-            if Some(*base) != last_key || rewrite.replacement.is_none() {
-                batch.remove(batch_key(*base).to_vec());
-                self.staged_batches.insert(*base, None);
-                self.index.remove(*base);
-                self.changes.push(IndexChange::Remove(*base));
-            }
-        }
-        if let (Some(last), Some(replacement)) = (last_key, rewrite.replacement) {
-            let summary = summarize_at(last, &replacement);
-            batch.insert(batch_key(last).to_vec(), replacement.to_vec());
-            self.staged_batches.insert(last, Some(replacement));
-            self.index.insert(last, summary);
-            self.changes.push(IndexChange::Insert(last, summary));
-        }
-        for key in rewrite.purged {
-            self.keys.remove(key, batch);
-        }
-    }
-
     fn stage_progress(&self, batch: &mut WriteBatch) -> Result<(), StorageIoError> {
         let raw = postcard::to_stdvec(&self.progress).map_err(|e| StorageIoError::Codec {
             what: "compaction progress",
@@ -628,14 +372,38 @@ impl PartitionLogic {
     }
 }
 
-impl PartitionReader {
-    /// Compaction progress as written on this replica (the leader's tick reads it).
-    pub fn compaction_progress(&self) -> CompactionProgress {
-        *self
-            .shared()
-            .compaction
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Compacts one part of a window against the key index as staged. `None` when a batch
+/// of the part does not decode (the part is left as it is).
+fn rewrite_of(
+    part: &[(u64, Bytes)],
+    keys: &KeyIndex,
+    state: &Tree,
+    command: &CompactCommand,
+    kept_below: u64,
+) -> Result<Option<ChunkRewrite>, StorageIoError> {
+    let mut lookup_error = None;
+    let rewrite = compact_chunk(
+        part,
+        |key| match keys.get(state, key) {
+            Ok(entry) => entry.map(|e| e.offset),
+            Err(error) => {
+                lookup_error.get_or_insert(error);
+                // Treated as "latest" so nothing is dropped on an I/O error.
+                None
+            }
+        },
+        command.purge_before_ms,
+        kept_below,
+    );
+    if let Some(error) = lookup_error {
+        return Err(error);
+    }
+    match rewrite {
+        Ok(rewrite) => Ok(Some(rewrite)),
+        Err(error) => {
+            warn!(%error, "a stored batch did not decode; its part of the compaction window is left as is");
+            Ok(None)
+        }
     }
 }
 
@@ -668,17 +436,18 @@ pub fn next_window_end(tree: &Tree, from: u64, pass_end: u64) -> Result<u64, Sto
 /// next window of the pass under way, or the first window of a new pass when the log grew
 /// since the last pass or the last pass kept a tombstone that may have aged since. `None`
 /// for topics that are not compacted, and when this replica's batches cannot be read (the
-/// next tick tries again).
-pub fn due_compaction(
-    reader: &PartitionReader,
+/// next tick tries again). `progress`, `high_watermark` and `tree` are the replica's as
+/// written.
+pub(super) fn due_compaction(
+    progress: CompactionProgress,
+    high_watermark: u64,
+    tree: &Tree,
     config: &TopicConfig,
     now_ms: i64,
 ) -> Option<CompactCommand> {
     if config.cleanup_policy != CleanupPolicy::Compact {
         return None;
     }
-    let progress = reader.compaction_progress();
-    let high_watermark = reader.bounds().next_offset;
     let (pass_end, from, purge_before) = if progress.active {
         (progress.pass_end, progress.cursor, progress.purge_before_ms)
     } else if high_watermark > progress.last_pass_end || progress.tombstones_kept {
@@ -690,7 +459,7 @@ pub fn due_compaction(
     } else {
         return None;
     };
-    let to = match next_window_end(reader.state_tree()?, from, pass_end) {
+    let to = match next_window_end(tree, from, pass_end) {
         Ok(to) => to,
         Err(error) => {
             warn!(%error, "could not read the batches to choose a compaction window");
@@ -753,38 +522,6 @@ mod tests {
             }
         }
         index
-    }
-
-    #[test]
-    fn dense_and_sparse_batches_yield_their_offsets() {
-        let stored = dense(&[record(Some("a"), Some("1"), 0), record(None, Some("2"), 0)]);
-        let batch = StoredBatch::parse(40, &stored).unwrap();
-        assert_eq!((batch.count(), batch.end()), (2, 42));
-        assert_eq!(
-            offsets_and_values(40, &stored),
-            vec![(40, Some("1".into())), (41, Some("2".into()))]
-        );
-
-        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"), 0)]).unwrap();
-        let b = EncodedRecords::encode(&[record(Some("b"), None, 0)]).unwrap();
-        let sparse = encode_sparse(&[(3, &a.bytes), (17, &b.bytes)], 25);
-        let batch = StoredBatch::parse(10, &sparse).unwrap();
-        assert_eq!((batch.count(), batch.end()), (2, 25));
-        assert_eq!(
-            offsets_and_values(10, &sparse),
-            vec![(3, Some("x".into())), (17, None)]
-        );
-    }
-
-    #[test]
-    fn a_truncated_sparse_batch_is_an_error_not_a_panic() {
-        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"), 0)]).unwrap();
-        let sparse = encode_sparse(&[(3, &a.bytes)], 4);
-        assert!(StoredBatch::parse(0, &sparse[..10]).is_err());
-        // A count that promises more offsets than stored.
-        let mut lying = sparse.to_vec();
-        lying[0] = 9;
-        assert!(StoredBatch::parse(0, &lying).is_err());
     }
 
     #[test]

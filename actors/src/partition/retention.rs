@@ -10,126 +10,8 @@
 //! index keeps a small summary per batch (record count, stored size, newest timestamp)
 //! so the tick never decodes stored batches.
 
-use std::collections::BTreeMap;
-
-use crate::partition::log::{LogBounds, PartitionReader};
-use crate::record::{batch_count, BatchPiece, RecordCodecError, RecordIter, BATCH_HEADER_LEN};
+use super::batch_index::{BatchIndex, LogBounds};
 use crate::topic::{CleanupPolicy, TopicConfig};
-
-/// Bytes a stored batch's key adds to its value (prefix + base offset).
-const BATCH_KEY_BYTES: u64 = 9;
-
-/// What retention needs to know about one stored batch, computed once at apply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchSummary {
-    /// Records in the batch: it holds offsets `base .. base + count`.
-    pub count: u32,
-    /// Stored size (key and value) in bytes.
-    pub bytes: u64,
-    /// Newest record timestamp in the batch (ms since the epoch): the batch expires by
-    /// age only once its newest record has.
-    pub max_timestamp_ms: i64,
-}
-
-impl BatchSummary {
-    /// Summarises a stored batch (`[count u32 LE][records…]`).
-    ///
-    /// # Errors
-    /// [`RecordCodecError`] if the batch does not decode (corruption).
-    pub fn of_stored(stored: &[u8]) -> Result<Self, RecordCodecError> {
-        let count = batch_count(stored)?;
-        let mut max_timestamp_ms = i64::MIN;
-        for record in RecordIter::batch(stored)? {
-            max_timestamp_ms = max_timestamp_ms.max(record?.timestamp_ms);
-        }
-        Ok(Self {
-            count,
-            bytes: stored.len() as u64 + BATCH_KEY_BYTES,
-            max_timestamp_ms,
-        })
-    }
-
-    /// Summarises a piece of an appended batch, stored as a batch of its own.
-    pub fn of_piece(piece: &BatchPiece<'_>) -> Self {
-        Self {
-            count: piece.count,
-            bytes: (BATCH_HEADER_LEN + piece.run.len()) as u64 + BATCH_KEY_BYTES,
-            max_timestamp_ms: piece.max_timestamp_ms,
-        }
-    }
-}
-
-/// The retained batches of a partition replica, by base offset, with their total size.
-///
-/// Invariant: holds exactly the stored batches that still hold an offset at or above the
-/// log start, and `stored_bytes` is the sum of their sizes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchIndex {
-    batches: BTreeMap<u64, BatchSummary>,
-    stored_bytes: u64,
-}
-
-impl BatchIndex {
-    /// Records a batch stored at `base`.
-    pub fn insert(&mut self, base: u64, summary: BatchSummary) {
-        if let Some(old) = self.batches.insert(base, summary) {
-            self.stored_bytes = self.stored_bytes.saturating_sub(old.bytes);
-        }
-        self.stored_bytes += summary.bytes;
-    }
-
-    /// Forgets every batch wholly below `log_start` and returns their base offsets, in
-    /// order. A batch that straddles `log_start` stays (it is still partly readable).
-    pub fn trim_to(&mut self, log_start: u64) -> Vec<u64> {
-        let mut removed = Vec::new();
-        while let Some((&base, summary)) = self.batches.first_key_value() {
-            if base + u64::from(summary.count) > log_start {
-                break;
-            }
-            self.stored_bytes = self.stored_bytes.saturating_sub(summary.bytes);
-            self.batches.remove(&base);
-            removed.push(base);
-        }
-        removed
-    }
-
-    /// Forgets the batch stored at `base` (compaction replaced it).
-    pub fn remove(&mut self, base: u64) {
-        if let Some(old) = self.batches.remove(&base) {
-            self.stored_bytes = self.stored_bytes.saturating_sub(old.bytes);
-        }
-    }
-
-    /// Total stored size of the retained batches, in bytes.
-    pub fn stored_bytes(&self) -> u64 {
-        self.stored_bytes
-    }
-
-    /// True when a retained batch is keyed in `[from, to)`.
-    pub fn holds_batch_in(&self, from: u64, to: u64) -> bool {
-        from < to && self.batches.range(from..to).next().is_some()
-    }
-
-    /// Base offset of the oldest retained batch.
-    pub fn first_base(&self) -> Option<u64> {
-        self.batches.keys().next().copied()
-    }
-
-    /// Retained batches, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &BatchSummary)> {
-        self.batches.iter().map(|(base, summary)| (*base, summary))
-    }
-
-    /// Number of retained batches.
-    pub fn len(&self) -> usize {
-        self.batches.len()
-    }
-
-    /// True when no batch is retained.
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
-    }
-}
 
 /// A topic's deletion settings as retention applies them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,16 +64,22 @@ pub fn plan_trim(
 }
 
 /// The trim the leader's maintenance tick should propose now for a topic with `config`,
-/// if any: `None` for compacted topics, or when nothing has expired.
-pub fn due_trim(reader: &PartitionReader, config: &TopicConfig, now_ms: i64) -> Option<u64> {
+/// if any: `None` for compacted topics, or when nothing has expired. `index` and `bounds`
+/// are the replica's as written.
+pub(super) fn due_trim(
+    index: &BatchIndex,
+    bounds: LogBounds,
+    config: &TopicConfig,
+    now_ms: i64,
+) -> Option<u64> {
     let policy = RetentionPolicy::of_topic(config)?;
-    let bounds = reader.bounds();
-    reader.with_index(|index| plan_trim(index, bounds, policy, now_ms))
+    plan_trim(index, bounds, policy, now_ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition::stored::BatchSummary;
 
     fn summary(count: u32, bytes: u64, max_timestamp_ms: i64) -> BatchSummary {
         BatchSummary {
@@ -305,17 +193,5 @@ mod tests {
             next_offset: 30,
         };
         assert_eq!(plan_trim(&index, at_end, size(0), 0), None);
-    }
-
-    #[test]
-    fn the_index_accounts_bytes_and_keeps_straddling_batches() {
-        let (mut index, _) = index();
-        assert_eq!(index.stored_bytes(), 300);
-        assert_eq!(index.trim_to(12), vec![0]);
-        assert_eq!(index.stored_bytes(), 200);
-        assert_eq!(index.first_base(), Some(10));
-        assert_eq!(index.trim_to(30), vec![10, 15]);
-        assert_eq!(index.stored_bytes(), 0);
-        assert!(index.is_empty());
     }
 }

@@ -1,0 +1,129 @@
+//! The commands of a partition's Raft group, as the leader builds them and every replica
+//! decodes them: append a batch, trim the log start (retention), compact a window.
+//!
+//! A command that does not decode is skipped on every replica alike, so replicas stay
+//! identical; the leader never builds one.
+
+use bytes::{Bytes, BytesMut};
+use psubd_raft::{Command, CommandResponse};
+
+use super::compaction::CompactCommand;
+
+/// Tag of an append command: the rest of the command is a stored batch.
+const TAG_APPEND: u8 = 1;
+/// Tag of a trim command: the rest is the new log start (u64 LE).
+const TAG_TRIM: u8 = 2;
+/// Tag of a compact command of an earlier format (no window): skipped on every replica.
+const TAG_COMPACT_UNWINDOWED: u8 = 3;
+/// Tag of a compact command: the rest is a postcard [`CompactCommand`].
+const TAG_COMPACT: u8 = 4;
+
+/// Builds the Raft command that appends `batch` (a stored batch, header included).
+pub fn append_command(batch: &[u8]) -> Command {
+    let mut out = BytesMut::with_capacity(1 + batch.len());
+    out.extend_from_slice(&[TAG_APPEND]);
+    out.extend_from_slice(batch);
+    Command(out.freeze())
+}
+
+/// Builds the Raft command that moves the log start to `new_log_start` (retention). Apply
+/// never moves it backwards nor past the high watermark, so a stale or repeated trim is
+/// harmless.
+pub fn trim_command(new_log_start: u64) -> Command {
+    let mut out = BytesMut::with_capacity(9);
+    out.extend_from_slice(&[TAG_TRIM]);
+    out.extend_from_slice(&new_log_start.to_le_bytes());
+    Command(out.freeze())
+}
+
+/// Builds the Raft command that compacts the next chunk of a compacted topic's log.
+pub fn compact_command(compact: &CompactCommand) -> Command {
+    let mut out = vec![TAG_COMPACT];
+    // Encoding four integers cannot fail; an empty command would be skipped at apply.
+    out.extend(postcard::to_stdvec(compact).unwrap_or_default());
+    Command(Bytes::from(out))
+}
+
+/// Decodes the response to an append: the base offset of the batch.
+pub fn decode_append_response(response: &CommandResponse) -> Option<u64> {
+    let raw: [u8; 8] = response.0.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(raw))
+}
+
+/// The response to an append (the batch's base offset) or a trim (the log start after it).
+pub(super) fn offset_response(offset: u64) -> CommandResponse {
+    CommandResponse(Bytes::copy_from_slice(&offset.to_le_bytes()))
+}
+
+/// A decoded partition command.
+pub(super) enum PartitionCommand {
+    /// Append a stored batch (header included), validated by the leader.
+    Append(Bytes),
+    /// Move the log start to this offset.
+    Trim(u64),
+    /// Compact one window.
+    Compact(CompactCommand),
+    /// Skip it, for the reason given (every replica skips it alike).
+    Skip(&'static str),
+}
+
+impl PartitionCommand {
+    /// Decodes a command of the partition group.
+    pub(super) fn decode(command: &Command) -> Self {
+        let Some((&tag, rest)) = command.0.split_first() else {
+            return Self::Skip("empty partition command");
+        };
+        match tag {
+            TAG_APPEND => Self::Append(command.0.slice(1..)),
+            TAG_TRIM => match rest.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                Some(raw) => Self::Trim(u64::from_le_bytes(raw)),
+                None => Self::Skip("undecodable trim command"),
+            },
+            TAG_COMPACT_UNWINDOWED => Self::Skip("compact command of an earlier format"),
+            TAG_COMPACT => match postcard::from_bytes::<CompactCommand>(rest) {
+                Ok(compact) => Self::Compact(compact),
+                Err(_) => Self::Skip("undecodable compact command"),
+            },
+            _ => Self::Skip("unknown partition command"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_garbage_is_skipped() {
+        assert!(matches!(
+            PartitionCommand::decode(&append_command(b"\x01\0\0\0x")),
+            PartitionCommand::Append(stored) if stored.as_ref() == b"\x01\0\0\0x"
+        ));
+        assert!(matches!(
+            PartitionCommand::decode(&trim_command(42)),
+            PartitionCommand::Trim(42)
+        ));
+        let compact = CompactCommand {
+            pass_end: 9,
+            from: 0,
+            to: 4,
+            purge_before_ms: -1,
+        };
+        assert!(matches!(
+            PartitionCommand::decode(&compact_command(&compact)),
+            PartitionCommand::Compact(decoded) if decoded == compact
+        ));
+        for garbage in [
+            &b""[..],
+            &[TAG_TRIM, 1, 2][..],
+            &[TAG_COMPACT][..],
+            &[9][..],
+        ] {
+            let command = Command(Bytes::copy_from_slice(garbage));
+            assert!(matches!(
+                PartitionCommand::decode(&command),
+                PartitionCommand::Skip(_)
+            ));
+        }
+    }
+}

@@ -436,15 +436,6 @@ impl Edge {
         };
         match response {
             ForwardResponse::Fetched(records) => Ok(records),
-            ForwardResponse::OutOfRange {
-                offset,
-                log_start,
-                high_watermark,
-            } => Err(ApiError::OffsetOutOfRange {
-                offset,
-                log_start_offset: log_start,
-                high_watermark,
-            }),
             other => Err(unexpected(other)),
         }
     }
@@ -578,11 +569,7 @@ fn unexpected(response: ForwardResponse) -> ApiError {
             offset,
             log_start,
             high_watermark,
-        } => ApiError::OffsetOutOfRange {
-            offset,
-            log_start_offset: log_start,
-            high_watermark,
-        },
+        } => ApiError::out_of_range(offset, log_start, high_watermark),
         ForwardResponse::Broken(detail) => ApiError::Internal { detail },
         other => ApiError::Internal {
             detail: format!("unexpected peer answer: {other:?}"),

@@ -400,6 +400,15 @@ impl From<PartitionError> for ApiError {
 }
 
 impl ApiError {
+    /// 416: `offset` is outside a replica's log `[log_start, high_watermark]`.
+    pub fn out_of_range(offset: u64, log_start: u64, high_watermark: u64) -> Self {
+        ApiError::OffsetOutOfRange {
+            offset,
+            log_start_offset: log_start,
+            high_watermark,
+        }
+    }
+
     /// Maps a controller error for the topic it concerns.
     pub fn from_controller(error: ControllerError, topic: &str) -> Self {
         match error {

@@ -191,11 +191,7 @@ fn read_local_replica(
                 offset,
                 log_start,
                 high_watermark,
-            } => ApiError::OffsetOutOfRange {
-                offset,
-                log_start_offset: log_start,
-                high_watermark,
-            },
+            } => ApiError::out_of_range(offset, log_start, high_watermark),
             other => ApiError::Unavailable {
                 reason: format!("local replica: {other}"),
             },

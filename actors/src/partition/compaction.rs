@@ -479,35 +479,12 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::record::{join_batch, EncodedRecords, Record, ValueKind};
-
-    fn record(key: Option<&str>, value: Option<&str>, ts: i64) -> Record {
-        Record {
-            timestamp_ms: ts,
-            kind: ValueKind::String,
-            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            headers: Vec::new(),
-        }
-    }
+    use crate::partition::stored::tests::{offsets_and_values, record};
+    use crate::record::{join_batch, EncodedRecords, Record};
 
     fn dense(records: &[Record]) -> Bytes {
         let encoded = EncodedRecords::encode(records).unwrap();
         join_batch([&encoded].into_iter())
-    }
-
-    fn offsets_and_values(base: u64, stored: &[u8]) -> Vec<(u64, Option<String>)> {
-        StoredBatch::parse(base, stored)
-            .unwrap()
-            .records()
-            .map(|r| {
-                let r = r.unwrap();
-                (
-                    r.offset,
-                    r.view.value.map(|v| String::from_utf8(v.to_vec()).unwrap()),
-                )
-            })
-            .collect()
     }
 
     /// The latest offset per key over the given batches, as the key index holds it.

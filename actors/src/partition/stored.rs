@@ -270,13 +270,14 @@ impl BatchSummary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::record::{join_batch, EncodedRecords, Record, ValueKind};
 
-    fn record(key: Option<&str>, value: Option<&str>) -> Record {
+    /// A string record with `key` (none: keyless) and `value` (none: a tombstone).
+    pub(in crate::partition) fn record(key: Option<&str>, value: Option<&str>, ts: i64) -> Record {
         Record {
-            timestamp_ms: 0,
+            timestamp_ms: ts,
             kind: ValueKind::String,
             key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
             value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
@@ -284,7 +285,11 @@ mod tests {
         }
     }
 
-    fn offsets_and_values(base: u64, stored: &[u8]) -> Vec<(u64, Option<String>)> {
+    /// The offsets and values of the stored batch keyed `base`.
+    pub(in crate::partition) fn offsets_and_values(
+        base: u64,
+        stored: &[u8],
+    ) -> Vec<(u64, Option<String>)> {
         StoredBatch::parse(base, stored)
             .unwrap()
             .records()
@@ -301,7 +306,7 @@ mod tests {
     #[test]
     fn dense_and_sparse_batches_yield_their_offsets() {
         let encoded =
-            EncodedRecords::encode(&[record(Some("a"), Some("1")), record(None, Some("2"))])
+            EncodedRecords::encode(&[record(Some("a"), Some("1"), 0), record(None, Some("2"), 0)])
                 .unwrap();
         let stored = join_batch([&encoded].into_iter());
         let batch = StoredBatch::parse(40, &stored).unwrap();
@@ -311,8 +316,8 @@ mod tests {
             vec![(40, Some("1".into())), (41, Some("2".into()))]
         );
 
-        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"))]).unwrap();
-        let b = EncodedRecords::encode(&[record(Some("b"), None)]).unwrap();
+        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"), 0)]).unwrap();
+        let b = EncodedRecords::encode(&[record(Some("b"), None, 0)]).unwrap();
         let sparse = encode_sparse(&[(3, &a.bytes), (17, &b.bytes)], 25);
         let batch = StoredBatch::parse(10, &sparse).unwrap();
         assert_eq!((batch.records().count(), batch.end()), (2, 25));
@@ -326,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_truncated_sparse_batch_is_an_error_not_a_panic() {
-        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"))]).unwrap();
+        let a = EncodedRecords::encode(&[record(Some("a"), Some("x"), 0)]).unwrap();
         let sparse = encode_sparse(&[(3, &a.bytes)], 4);
         assert!(StoredBatch::parse(0, &sparse[..10]).is_err());
         // A count that promises more offsets than stored.

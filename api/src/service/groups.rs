@@ -560,11 +560,11 @@ impl Service {
                     ResetTo::Latest => status.high_watermark,
                     ResetTo::Offset(n) => {
                         if n < status.log_start || n > status.high_watermark {
-                            return Err(ApiError::OffsetOutOfRange {
-                                offset: n,
-                                log_start_offset: status.log_start,
-                                high_watermark: status.high_watermark,
-                            });
+                            return Err(ApiError::out_of_range(
+                                n,
+                                status.log_start,
+                                status.high_watermark,
+                            ));
                         }
                         n
                     }

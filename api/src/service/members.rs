@@ -399,22 +399,14 @@ mod tests {
 
     use super::*;
 
-    fn out_of_range(offset: u64, log_start_offset: u64, high_watermark: u64) -> ApiError {
-        ApiError::OffsetOutOfRange {
-            offset,
-            log_start_offset,
-            high_watermark,
-        }
-    }
-
     /// Regression (chaos harness, seed 7): a lagging replica answered 416 above its end
     /// for a member's committed position, and the member jumped to `earliest` (offset 0).
     #[test]
     fn auto_offset_reset_applies_only_below_the_log_start() {
-        let above_end = out_of_range(1530, 0, 1481);
+        let above_end = ApiError::out_of_range(1530, 0, 1481);
         assert_eq!(restart_after(&above_end, AutoOffsetReset::Earliest), None);
         assert_eq!(restart_after(&above_end, AutoOffsetReset::Latest), None);
-        let below_start = out_of_range(3, 10, 50);
+        let below_start = ApiError::out_of_range(3, 10, 50);
         assert_eq!(
             restart_after(&below_start, AutoOffsetReset::Earliest),
             Some(OffsetSpec::Earliest)

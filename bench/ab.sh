@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# A/B of two psubd builds (or one build under two settings) on this machine: the rows run
+# alternately, A then B in odd rounds and B then A in even ones, each run on a fresh 3-node
+# `psubd dev` cluster, all in one window, so the machine's drift falls on both sides alike.
+# Prints, per row, every run's figure for both sides and the ratio of the medians (B / A).
+#
+# Usage:  bash bench/ab.sh A_PSUBD B_PSUBD [OUT_DIR]
+# Env:    ROUNDS (default 3), DURATION (10s), WARMUP (3s),
+#         ROWS (default "batch single64 fetch"; also "single1"),
+#         BENCH (default: target/release/psubd-bench of this repository),
+#         A_NAME / B_NAME (labels; default "A" / "B"),
+#         A_ENV / B_ENV (extra environment for that side's cluster, e.g. "PSUBD_AUTH=true").
+#
+# Rows (as in bench-table.sh): batch = 64 producers × 100 records per request;
+# single64 = 64 producers × 1 record; single1 = 1 producer × 1 record (latency);
+# fetch = 3 offset consumers reading a prefilled log of 1 M records, 1,000 per request.
+set -euo pipefail
+
+A_BIN=$(realpath "$1")
+B_BIN=$(realpath "$2")
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${3:-$PWD/ab-out-$(date +%Y%m%d-%H%M%S)}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
+ROWS=${ROWS:-"batch single64 fetch"}
+BENCH=${BENCH:-$REPO/target/release/psubd-bench}
+A_NAME=${A_NAME:-A}
+B_NAME=${B_NAME:-B}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+row_args() {
+    case $1 in
+        batch) echo "--producers 64 --records-per-request 100" ;;
+        single64) echo "--producers 64 --records-per-request 1" ;;
+        single1) echo "--producers 1 --records-per-request 1" ;;
+        fetch) echo "--producers 0 --consumers 3 --from earliest --prefill 1000000 --fetch-max-records 1000" ;;
+        *) echo "unknown row $1" >&2; exit 2 ;;
+    esac
+}
+
+# The figure a row is judged by: records/s of its role, p99 ms, node CPU ms per 1,000.
+figures() { # json, role
+    jq -r --arg role "$2" '
+        [(.median[] | select(.role == $role)) as $m
+         | $m.records_per_s, $m.p50_ms, $m.p99_ms,
+           (.runs[0].cpu.node_ms_per_1k_records // "-")] | @tsv' "$1"
+}
+
+run_side() { # row, side, round
+    local row=$1 side=$2 round=$3 bin env name
+    if [ "$side" = A ]; then bin=$A_BIN env=${A_ENV:-} name=$A_NAME; else bin=$B_BIN env=${B_ENV:-} name=$B_NAME; fi
+    local json="$OUT/$row-$side-$round.json"
+    # shellcheck disable=SC2046,SC2086
+    env $env "$BENCH" --dev --psubd "$bin" --runs 1 --duration "$DURATION" --warmup "$WARMUP" \
+        $(row_args "$row") --json "$json" >"$OUT/$row-$side-$round.txt" 2>"$OUT/$row-$side-$round.err" \
+        || { echo "   $row $name round $round failed (exit $?): see $OUT/$row-$side-$round.err"; return 0; }
+    local role=publish
+    [ "$row" = fetch ] && role=fetch
+    printf '%s\t%s\t%s\t%s\n' "$row" "$name" "$round" "$(figures "$json" "$role")" | tee -a "$OUT/runs.tsv"
+}
+
+{
+    echo "A ($A_NAME): $A_BIN ${A_ENV:-}"
+    echo "B ($B_NAME): $B_BIN ${B_ENV:-}"
+    echo "cores: $(nproc); load before: $(cat /proc/loadavg)"
+} | tee "$OUT/machine.txt"
+printf 'row\tside\tround\trecords/s\tp50 ms\tp99 ms\tnode CPU ms/1k\n' | tee "$OUT/runs.tsv"
+for round in $(seq 1 "$ROUNDS"); do
+    for row in $ROWS; do
+        if [ $((round % 2)) = 1 ]; then order="A B"; else order="B A"; fi
+        for side in $order; do run_side "$row" "$side" "$round"; done
+    done
+done
+echo "load after: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt"
+
+# Medians per row and side, and B / A.
+python3 - "$OUT/runs.tsv" "$A_NAME" "$B_NAME" <<'EOF'
+import csv, statistics, sys
+path, a, b = sys.argv[1:4]
+rows = {}
+with open(path) as f:
+    for r in csv.DictReader(f, delimiter="\t"):
+        rows.setdefault(r["row"], {}).setdefault(r["side"], []).append(r)
+cols = ["records/s", "p50 ms", "p99 ms", "node CPU ms/1k"]
+print(f"\nrow\tfigure\t{a} (runs)\t{b} (runs)\tmedian {b} / {a}")
+for row, sides in rows.items():
+    for col in cols:
+        vals = {s: [float(r[col]) for r in sides.get(s, []) if r[col] not in ("", "-")] for s in (a, b)}
+        if not vals[a] or not vals[b]:
+            continue
+        ma, mb = statistics.median(vals[a]), statistics.median(vals[b])
+        fmt = lambda v: ", ".join(f"{x:,.2f}" if x < 100 else f"{x:,.0f}" for x in v)
+        ratio = f"{mb / ma:.2f}" if ma else "-"
+        spread = lambda v: f"{(max(v) - min(v)) / statistics.median(v) * 100:.0f} %" if statistics.median(v) else "-"
+        print(f"{row}\t{col}\t{fmt(vals[a])} (spread {spread(vals[a])})\t{fmt(vals[b])} (spread {spread(vals[b])})\t{ratio}")
+EOF
+echo "runs in $OUT"

@@ -11,7 +11,7 @@ use psubd_api::limits::{
     DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_STREAMS,
 };
-use psubd_raft::{ClusterSecret, NodeId, MAX_SNAPSHOT_STAGGER_PERCENT};
+use psubd_raft::{ClusterSecret, NodeId, PeerTls, MAX_SNAPSHOT_STAGGER_PERCENT};
 
 /// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
 pub const DEFAULT_CACHE_MB: u64 = 64;
@@ -171,6 +171,18 @@ pub struct NodeConfig {
     /// --peers address is loopback (or --insecure).
     #[arg(long, env = "PSUBD_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate chain of this node for TLS between nodes (with --peer-tls-key and
+    /// --peer-tls-ca). It must name the node as the DNS name `psubd-node-<id>` and allow
+    /// both server and client authentication. Peers then talk over mutually authenticated,
+    /// encrypted connections, and a node needs no --cluster-secret-file to leave loopback.
+    #[arg(long, env = "PSUBD_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, env = "PSUBD_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM certificates of the CA every node's --peer-tls-cert is signed by.
+    #[arg(long, env = "PSUBD_PEER_TLS_CA", requires = "peer_tls_cert")]
+    pub peer_tls_ca: Option<PathBuf>,
     /// PEM certificate chain for HTTPS on the --http port (with --tls-key). Plain HTTP is
     /// then refused on that port.
     #[arg(long, env = "PSUBD_TLS_CERT", requires = "tls_key")]
@@ -202,6 +214,8 @@ pub struct ValidNodeConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// The cluster secret read from `--cluster-secret-file`, or none.
     pub cluster_secret: ClusterSecret,
+    /// TLS between nodes, from `--peer-tls-*`, or none.
+    pub peer_tls: Option<PeerTls>,
 }
 
 impl NodeConfig {
@@ -269,12 +283,21 @@ impl NodeConfig {
             }
             None => ClusterSecret::none(),
         };
-        if !cluster_secret.is_set() && !self.insecure && !peers_on_loopback(&peers) {
+        let peer_tls = match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(
+                PeerTls::from_pem_files(cert, key, ca)
+                    .map_err(|e| ConfigError::Secret(format!("--peer-tls-*: {e}")))?,
+            ),
+            _ => None,
+        };
+        let authenticated = cluster_secret.is_set() || peer_tls.is_some();
+        if !authenticated && !self.insecure && !peers_on_loopback(&peers) {
             return Err(ConfigError::Secret(
                 "the --peers addresses are not all loopback, so peers must authenticate: give \
                  every node the same --cluster-secret-file (for example one made with \
-                 `head -c 32 /dev/urandom | base64 > cluster-secret`), or pass --insecure to \
-                 run without peer authentication"
+                 `head -c 32 /dev/urandom | base64 > cluster-secret`) or certificates of one CA \
+                 (--peer-tls-cert, --peer-tls-key, --peer-tls-ca), or pass --insecure to run \
+                 without peer authentication"
                     .into(),
             ));
         }
@@ -282,6 +305,7 @@ impl NodeConfig {
             raw: self,
             peers,
             cluster_secret,
+            peer_tls,
         })
     }
 }

@@ -41,7 +41,8 @@ pub async fn run(
         write_timeout_ms = raw.write_timeout_ms,
         "starting node"
     );
-    if !config.cluster_secret.is_set() && !crate::config::peers_on_loopback(&config.peers) {
+    let peers_authenticated = config.cluster_secret.is_set() || config.peer_tls.is_some();
+    if !peers_authenticated && !crate::config::peers_on_loopback(&config.peers) {
         warn!("peers are not authenticated (--insecure): anyone who can reach the --raft port can act as a node");
     }
     if psubd_raft::SKIPS_LOG_FSYNC {
@@ -55,6 +56,7 @@ pub async fn run(
         cache_capacity_bytes: raw.cache_mb << 20,
         min_free_bytes: raw.min_free_bytes,
         cluster_secret: config.cluster_secret.clone(),
+        peer_tls: config.peer_tls.clone(),
         tuning: RaftTuning {
             snapshot_every_entries: raw.snapshot_every_entries,
             snapshot_growth_percent: raw.snapshot_growth_percent,

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use psubd_raft::transport::tls;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -40,35 +39,15 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
-    // ring rather than aws-lc-rs: it builds with the C compiler alone, which the fresh-machine
-    // set-up has (aws-lc wants more). rustls marks it deprecated only for lacking
-    // post-quantum key exchange.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--tls-cert {}: not a PEM certificate chain", cert.display()))?;
-    anyhow::ensure!(
-        !chain.is_empty(),
-        "--tls-cert {}: holds no certificate",
-        cert.display()
-    );
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("--tls-key {}: not a PEM private key", key.display()))?;
+    let provider = tls::crypto_provider();
+    let chain = tls::certificate_chain(cert).context("--tls-cert")?;
+    let key_der = tls::private_key(key).context("--tls-key")?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
     let builder = match client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for der in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("--tls-client-ca {}", ca.display()))?
-            {
-                let der = der.with_context(|| format!("--tls-client-ca {}", ca.display()))?;
-                roots
-                    .add(der)
-                    .with_context(|| format!("--tls-client-ca {}", ca.display()))?;
-            }
+            let roots = tls::trust_roots(ca).context("--tls-client-ca")?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .with_context(|| format!("--tls-client-ca {}", ca.display()))?;

@@ -93,7 +93,48 @@ fn peers_off_loopback_without_a_cluster_secret_are_refused_with_the_fix() {
         "1=127.0.0.1:9,2=10.1.2.3:9081",
     ]);
     assert!(
-        stderr.contains("--cluster-secret-file") && stderr.contains("--insecure"),
+        stderr.contains("--cluster-secret-file")
+            && stderr.contains("--peer-tls-cert")
+            && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}
+
+/// Peer TLS takes its three files together, and a file that holds no certificate is named.
+#[test]
+fn peer_tls_needs_its_three_files_and_names_a_bad_one() {
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9",
+        "--peer-tls-cert",
+        "cert.pem",
+    ]);
+    assert!(
+        stderr.contains("--peer-tls-key") && stderr.contains("--peer-tls-ca"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap();
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9",
+        "--peer-tls-cert",
+        empty,
+        "--peer-tls-key",
+        empty,
+        "--peer-tls-ca",
+        empty,
+    ]);
+    assert!(
+        stderr.contains("--peer-tls-*: certificate") && stderr.contains("holds no certificate"),
         "{stderr}"
     );
 }

@@ -122,6 +122,7 @@ async fn run_once(
             cache_capacity_bytes: 64 * 1024 * 1024,
             min_free_bytes: 0,
             cluster_secret: psubd_raft::ClusterSecret::none(),
+            peer_tls: None,
             tuning: RaftTuning::default(),
         };
         nodes.push(RaftNode::start(config).await.expect("start"));

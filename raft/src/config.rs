@@ -12,6 +12,7 @@ use std::time::Duration;
 use openraft::SnapshotPolicy;
 
 use crate::transport::auth::ClusterSecret;
+use crate::transport::tls::PeerTls;
 use crate::transport::TransportLimits;
 use crate::types::NodeId;
 
@@ -226,6 +227,8 @@ pub struct RaftNodeConfig {
     /// The secret every peer must prove it holds at the hello exchange (none: peers are not
     /// authenticated; the node configuration allows that only on loopback).
     pub cluster_secret: ClusterSecret,
+    /// Mutual TLS with every peer (see [`crate::transport::tls`]), if configured.
+    pub peer_tls: Option<PeerTls>,
     /// Below this many free bytes on the data directory's file system the node refuses new
     /// records (see [`crate::health`]); 0 never refuses.
     pub min_free_bytes: u64,

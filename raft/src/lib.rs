@@ -53,5 +53,6 @@ pub use state::logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREF
 pub use state::machine::StateMachine;
 pub use state::snapshot::SnapshotBuilder;
 pub use transport::auth::ClusterSecret;
+pub use transport::tls::{PeerTls, PeerTlsError};
 pub use transport::{Faults, TransportError};
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig, CONTROLLER_GROUP};

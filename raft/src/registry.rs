@@ -289,6 +289,7 @@ impl RaftNode {
                     handler: Arc::new(Router(weak.clone())),
                     low_space: storage.health().low_space_watch(),
                     secret: config.cluster_secret.clone(),
+                    tls: config.peer_tls.clone(),
                 },
             );
             Inner {

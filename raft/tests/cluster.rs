@@ -17,8 +17,8 @@ use openraft::ServerState;
 use psubd_raft::types::typ;
 use psubd_raft::{
     ClusterSecret, Command, CommandResponse, GroupId, GroupLogic, NodeId, NodeStorage, PeerService,
-    RaftNode, RaftNodeConfig, RaftTuning, SnapshotPlan, StorageIoError, TransportError, Tree,
-    WriteBatch,
+    PeerTls, RaftNode, RaftNodeConfig, RaftTuning, SnapshotPlan, StorageIoError, TransportError,
+    Tree, WriteBatch,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -123,8 +123,8 @@ struct Cluster {
     dirs: BTreeMap<NodeId, PathBuf>,
     peers: BTreeMap<NodeId, SocketAddr>,
     tuning: RaftTuning,
-    /// The cluster secret each node holds.
-    secrets: BTreeMap<NodeId, ClusterSecret>,
+    /// The cluster secret and peer TLS each node holds.
+    auth: BTreeMap<NodeId, (ClusterSecret, Option<PeerTls>)>,
     nodes: BTreeMap<NodeId, Option<Running>>,
 }
 
@@ -151,6 +151,15 @@ impl Cluster {
         tuning: RaftTuning,
         secret: impl Fn(NodeId) -> ClusterSecret,
     ) -> Cluster {
+        Self::start_with_auth(n, tuning, |id| (secret(id), None)).await
+    }
+
+    /// As [`Cluster::start`], node `id` holding the secret and peer TLS of `auth(id)`.
+    async fn start_with_auth(
+        n: u64,
+        tuning: RaftTuning,
+        auth: impl Fn(NodeId) -> (ClusterSecret, Option<PeerTls>),
+    ) -> Cluster {
         init_tracing();
         let tmp = tempfile::tempdir().unwrap();
         let addrs = reserve_ports(n as usize);
@@ -163,7 +172,7 @@ impl Cluster {
             dirs,
             peers,
             tuning,
-            secrets: (1..=n).map(|id| (id, secret(id))).collect(),
+            auth: (1..=n).map(|id| (id, auth(id))).collect(),
             nodes: BTreeMap::new(),
         };
         for id in 1..=n {
@@ -184,7 +193,8 @@ impl Cluster {
             data_dir: self.dirs[&id].clone(),
             cache_capacity_bytes: 16 * 1024 * 1024,
             min_free_bytes: 0,
-            cluster_secret: self.secrets[&id].clone(),
+            cluster_secret: self.auth[&id].0.clone(),
+            peer_tls: self.auth[&id].1.clone(),
             tuning: self.tuning.clone(),
         };
         // A restarted node reopens the directory its previous incarnation, in this same
@@ -627,7 +637,7 @@ async fn wiped_node_catches_up_through_a_snapshot() {
 /// with a quorum of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_with_another_cluster_secret_never_joins() {
-    let mut cluster = Cluster::start_with_secrets(3, RaftTuning::default(), |id| {
+    let cluster = Cluster::start_with_secrets(3, RaftTuning::default(), |id| {
         if id == 3 {
             ClusterSecret::new(b"a secret from another cluster").unwrap()
         } else {
@@ -635,38 +645,139 @@ async fn a_node_with_another_cluster_secret_never_joins() {
         }
     })
     .await;
+    assert_never_joins(cluster, 3).await;
+}
+
+/// The other nodes of a three-node cluster connect and replicate without `outsider`, which
+/// connects to nobody, applies nothing and never hears of a leader.
+async fn assert_never_joins(mut cluster: Cluster, outsider: NodeId) {
+    let (a, b) = match outsider {
+        1 => (2, 3),
+        2 => (1, 3),
+        _ => (1, 2),
+    };
     eventually(
         Duration::from_secs(10),
-        "nodes 1 and 2 connected",
+        "the two other nodes connected",
         || async {
-            (cluster.node(1).connected_peers() == vec![2]
-                && cluster.node(2).connected_peers() == vec![1])
+            (cluster.node(a).connected_peers() == vec![b]
+                && cluster.node(b).connected_peers() == vec![a])
             .then_some(())
         },
     )
     .await;
     cluster.open_group(6).await;
-    let majority = cluster.client_without(6, 3);
+    let majority = cluster.client_without(6, outsider);
     write_concurrently(&majority, "w", 40, 4).await;
     eventually(
         Duration::from_secs(10),
         "both members applied every write",
         || async {
-            (cluster.applied(1, 6).len() == 40 && cluster.applied(2, 6).len() == 40).then_some(())
+            (cluster.applied(a, 6).len() == 40 && cluster.applied(b, 6).len() == 40).then_some(())
         },
     )
     .await;
-    // By now each of nodes 1 and 2 has dialled node 3 several times (a dial backs off from
+    // By now the outsider's link has been dialled several times (a dial backs off from
     // tens of milliseconds) and every attempt was refused.
-    assert!(cluster.node(3).connected_peers().is_empty());
-    assert!(cluster.node(1).connected_peers() == vec![2]);
-    assert!(cluster.applied(3, 6).is_empty(), "node 3 applied nothing");
+    assert!(cluster.node(outsider).connected_peers().is_empty());
+    assert!(cluster.node(a).connected_peers() == vec![b]);
+    assert!(
+        cluster.applied(outsider, 6).is_empty(),
+        "the outsider applied nothing"
+    );
     assert_eq!(
-        cluster.raft(3, 6).metrics().borrow().current_leader,
+        cluster.raft(outsider, 6).metrics().borrow().current_leader,
         None,
-        "node 3 never heard of a leader"
+        "the outsider never heard of a leader"
     );
     cluster.shutdown().await;
+}
+
+/// Test certificates: a CA and node certificates it signs, written as PEM files.
+struct TestCa {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        TestCa { dir, ca, key }
+    }
+
+    /// The peer TLS of a node holding a certificate for `name`, trusting `trusted`'s CA.
+    fn peer_tls(&self, name: &str, trusted: &TestCa) -> PeerTls {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        PeerTls::from_pem_files(&cert_path, &key_path, &trusted.dir.path().join("ca.pem")).unwrap()
+    }
+}
+
+/// docs/operations.md § Peer TLS: nodes holding certificates of the cluster's CA that name
+/// them (`psubd-node-<id>`) connect, with no cluster secret, and replicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_with_certificates_of_the_cluster_ca_replicate_over_tls() {
+    let ca = TestCa::new();
+    let mut cluster = Cluster::start_with_auth(3, RaftTuning::default(), |id| {
+        (
+            ClusterSecret::none(),
+            Some(ca.peer_tls(&format!("psubd-node-{id}"), &ca)),
+        )
+    })
+    .await;
+    cluster.open_group(6).await;
+    write_concurrently(&cluster.client(6), "w", 40, 4).await;
+    cluster.wait_identical(6, 40, Duration::from_secs(10)).await;
+    cluster.shutdown().await;
+}
+
+/// A node whose certificate (of the cluster's CA) names another node cannot pass itself off
+/// as node 1: the nodes it dials refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_certificate_names_another_node_never_joins() {
+    let ca = TestCa::new();
+    let cluster = Cluster::start_with_auth(3, RaftTuning::default(), |id| {
+        let name = if id == 1 {
+            "psubd-node-4".to_string()
+        } else {
+            format!("psubd-node-{id}")
+        };
+        (ClusterSecret::none(), Some(ca.peer_tls(&name, &ca)))
+    })
+    .await;
+    assert_never_joins(cluster, 1).await;
+}
+
+/// A node whose certificate comes from another CA is refused by the nodes that dial it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_a_certificate_of_another_ca_never_joins() {
+    let (ca, other) = (TestCa::new(), TestCa::new());
+    let cluster = Cluster::start_with_auth(3, RaftTuning::default(), |id| {
+        let issuer = if id == 3 { &other } else { &ca };
+        (
+            ClusterSecret::none(),
+            Some(issuer.peer_tls(&format!("psubd-node-{id}"), &ca)),
+        )
+    })
+    .await;
+    assert_never_joins(cluster, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -30,10 +30,14 @@ use crate::transport::faults::{Faults, Verdict};
 use crate::transport::{InboundHandler, TransportLimits};
 use crate::types::NodeId;
 
-/// The read half of a connection's socket, framed.
-pub(crate) type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
-/// The write half of a connection's socket, framed.
-pub(crate) type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+/// The read half of a connection's stream: plain TCP or TLS.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection's stream: plain TCP or TLS.
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// The read half of a connection's stream, framed.
+pub(crate) type FrameReader = FramedRead<ReadHalf, LengthDelimitedCodec>;
+/// The write half of a connection's stream, framed.
+pub(crate) type FrameWriter = FramedWrite<WriteHalf, LengthDelimitedCodec>;
 
 /// An encoded frame waiting for the writer, stamped so an injected delay is measured from
 /// when it was queued (a delay models latency, not a bandwidth cap).

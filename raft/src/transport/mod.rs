@@ -15,6 +15,9 @@
 //! registered connection fails at once with [`TransportError::Unreachable`], so openraft
 //! backs off and retries instead of every RPC waiting out its timeout.
 //!
+//! With peer TLS ([`tls`]) the hello exchange runs inside a mutually authenticated TLS
+//! session, and the dialer's claimed id must be one its certificate names.
+//!
 //! A connection silent for `idle_timeout` (each side pings when idle) is closed, so a peer
 //! that vanished without a FIN is noticed and redialed.
 
@@ -23,6 +26,7 @@ pub(crate) mod codec;
 mod connection;
 pub mod error;
 pub mod faults;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -43,7 +47,10 @@ use crate::transport::auth::{fresh_nonce, ClusterSecret, Exchange, Nonce, Proof,
 use crate::transport::codec::{
     Frame, PeerRequest, PeerResponse, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
-use crate::transport::connection::{Connection, ConnectionEnv, FrameReader, FrameWriter};
+use crate::transport::connection::{
+    Connection, ConnectionEnv, FrameReader, FrameWriter, ReadHalf, WriteHalf,
+};
+use crate::transport::tls::PeerTls;
 use crate::types::NodeId;
 
 pub use error::TransportError;
@@ -97,6 +104,8 @@ pub(crate) struct TransportSetup {
     pub low_space: watch::Receiver<bool>,
     /// The secret every peer must prove it holds.
     pub secret: ClusterSecret,
+    /// Mutual TLS with every peer, if configured.
+    pub tls: Option<PeerTls>,
 }
 
 /// The node's end of the peer transport. Cheap to clone.
@@ -115,6 +124,8 @@ struct Inner {
     low_space: watch::Receiver<bool>,
     /// The cluster secret every peer must prove it holds.
     secret: ClusterSecret,
+    /// Mutual TLS with every peer, if configured.
+    tls: Option<PeerTls>,
     /// Peers whose failed proof was logged: a misconfigured peer redials every few seconds,
     /// and one WARN says it all. Cleared for a peer once it handshakes again.
     proof_failures_logged: Mutex<HashSet<NodeId>>,
@@ -149,6 +160,7 @@ impl Transport {
             handler,
             low_space,
             secret,
+            tls,
         } = setup;
         let inner = Arc::new(Inner {
             id,
@@ -158,6 +170,7 @@ impl Transport {
             handler,
             low_space,
             secret,
+            tls,
             proof_failures_logged: Mutex::new(HashSet::new()),
             connections: RwLock::new(HashMap::new()),
             next_serial: AtomicU64::new(0),
@@ -353,14 +366,28 @@ impl Inner {
     }
 }
 
-/// Frames a new socket; its reader takes only handshake-sized frames until
+/// Frames a new stream's halves; the reader takes only handshake-sized frames until
 /// [`authenticated`] lifts the limit.
-fn framed(stream: TcpStream) -> (FrameReader, FrameWriter) {
-    let (r, w) = stream.into_split();
+fn framed((r, w): (ReadHalf, WriteHalf)) -> (FrameReader, FrameWriter) {
     (
         FramedRead::new(r, codec::handshake_codec()),
         FramedWrite::new(w, codec::length_codec()),
     )
+}
+
+/// A plain TCP stream's halves.
+fn plain(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+    let (r, w) = stream.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+/// A TLS stream's halves.
+fn encrypted<S>(stream: S) -> (ReadHalf, WriteHalf)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    (Box::new(r), Box::new(w))
 }
 
 /// Lifts the handshake frame limit once the peer has proved itself.
@@ -388,6 +415,8 @@ enum HandshakeError {
     Refused(NodeId),
     #[error("node {0} did not prove it holds our cluster secret")]
     BadProof(NodeId),
+    #[error("the dialer's certificate does not name node {0}")]
+    NotCertified(NodeId),
     #[error("the link is cut by an injected fault")]
     Cut,
 }
@@ -434,8 +463,12 @@ async fn dial(
         .await
         .map_err(|_| HandshakeError::Timeout)??;
     stream.set_nodelay(true)?;
-    let (mut reader, mut writer) = framed(stream);
     let exchange = async {
+        let halves = match &inner.tls {
+            Some(tls) => encrypted(tls.connect(peer, stream).await?),
+            None => plain(stream),
+        };
+        let (mut reader, mut writer) = framed(halves);
         let dialer_nonce = fresh_nonce();
         send_frame(
             &mut writer,
@@ -466,9 +499,10 @@ async fn dial(
             return Err(HandshakeError::BadProof(peer));
         }
         let proof = exchange.proof(&inner.secret, Role::Dialer);
-        send_frame(&mut writer, &Frame::Proof { proof }).await
+        send_frame(&mut writer, &Frame::Proof { proof }).await?;
+        Ok::<_, HandshakeError>((reader, writer))
     };
-    tokio::time::timeout(inner.limits.handshake_timeout, exchange)
+    let (reader, writer) = tokio::time::timeout(inner.limits.handshake_timeout, exchange)
         .await
         .map_err(|_| HandshakeError::Timeout)??;
     inner.proof_passed(peer);
@@ -510,11 +544,24 @@ async fn dial_loop(inner: Arc<Inner>, peer: NodeId, addr: SocketAddr) {
 async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
     let handshake = async {
         stream.set_nodelay(true)?;
-        let (mut reader, mut writer) = framed(stream);
+        let (halves, certificate) = match &inner.tls {
+            Some(tls) => {
+                let stream = tls.accept(stream).await?;
+                let certificate = tls::dialer_certificate(&stream);
+                (encrypted(stream), certificate)
+            }
+            None => (plain(stream), None),
+        };
+        let (mut reader, mut writer) = framed(halves);
         let hello = read_hello(&mut reader).await?;
         let peer = hello.node;
         if !inner.peers.contains_key(&peer) || peer >= inner.id {
             return Err(HandshakeError::Refused(peer));
+        }
+        if inner.tls.is_some()
+            && !certificate.is_some_and(|certificate| tls::certifies(&certificate, peer))
+        {
+            return Err(HandshakeError::NotCertified(peer));
         }
         if inner.faults.is_cut(peer) {
             return Err(HandshakeError::Cut);
@@ -556,6 +603,9 @@ async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
         Ok(Err(HandshakeError::BadProof(peer))) => inner.proof_failed(peer, from),
         Ok(Err(HandshakeError::Refused(peer))) => {
             tracing::warn!(peer, %from, "refused connection from a node that may not dial here");
+        }
+        Ok(Err(HandshakeError::NotCertified(peer))) => {
+            tracing::warn!(peer, %from, "refused a connection whose certificate does not name the node it claims");
         }
         Ok(Err(err)) => tracing::debug!(%from, cause = %err, "inbound handshake failed"),
         Err(_) => tracing::debug!(%from, "inbound handshake timed out"),
@@ -631,14 +681,14 @@ mod tests {
                 handler: Arc::new(NoService),
                 low_space: watch_rx,
                 secret: ClusterSecret::new(secret.as_bytes()).unwrap(),
+                tls: None,
             },
         );
         (transport, addr)
     }
 
     async fn raw(addr: SocketAddr) -> (FrameReader, FrameWriter) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (r, w) = stream.into_split();
+        let (r, w) = plain(TcpStream::connect(addr).await.unwrap());
         (
             FramedRead::new(r, codec::length_codec()),
             FramedWrite::new(w, codec::length_codec()),

@@ -423,7 +423,9 @@ impl Edge {
             match offset {
                 OffsetSpec::At(n) => is_leader || (n >= bounds.log_start && n < bounds.next_offset),
                 OffsetSpec::Earliest => is_leader || bounds.log_start < bounds.next_offset,
-                OffsetSpec::Latest => is_leader,
+                // A lagging replica would answer its own end where the leader knows a
+                // record past it that is due.
+                OffsetSpec::Latest | OffsetSpec::AtTime(_) => is_leader,
             }
         });
         let deadline = Duration::from_millis(timeout_ms);

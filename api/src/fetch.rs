@@ -75,23 +75,25 @@ pub fn read_bounds(
     })
 }
 
-/// Parses `offset=N|earliest|latest`.
+/// Parses `offset=N|earliest|latest|@TIMESTAMP_MS`.
 ///
 /// # Errors
 /// 400 for anything else.
 pub fn parse_offset(raw: Option<&str>) -> Result<OffsetSpec, ApiError> {
-    match raw {
-        None | Some("earliest") => Ok(OffsetSpec::Earliest),
-        Some("latest") => Ok(OffsetSpec::Latest),
-        Some(text) => text
-            .parse()
-            .map(OffsetSpec::At)
-            .map_err(|_| ApiError::InvalidRequest {
-                message: format!(
-                    "offset must be a non-negative integer, 'earliest' or 'latest', not '{text}'"
-                ),
-            }),
-    }
+    let parsed = match raw {
+        None | Some("earliest") => Some(OffsetSpec::Earliest),
+        Some("latest") => Some(OffsetSpec::Latest),
+        Some(text) => match text.strip_prefix('@') {
+            Some(time) => time.parse().ok().map(OffsetSpec::AtTime),
+            None => text.parse().ok().map(OffsetSpec::At),
+        },
+    };
+    parsed.ok_or_else(|| ApiError::InvalidRequest {
+        message: format!(
+            "offset must be a non-negative integer, 'earliest', 'latest' or '@' and a time in ms since the epoch, not '{}'",
+            raw.unwrap_or_default()
+        ),
+    })
 }
 
 /// Parses a partition number and checks it against the topic.
@@ -178,14 +180,12 @@ fn read_local_replica(
         });
     };
     let log = handle.reader.bounds();
-    let offset = match offset {
-        OffsetSpec::Earliest => log.log_start,
-        OffsetSpec::Latest => log.next_offset,
-        OffsetSpec::At(n) => n,
-    };
-    handle
-        .reader
-        .read(offset, bounds.max_records, bounds.max_bytes as usize)
+    crate::replica::resolve_offset(&handle.reader, log, offset)
+        .and_then(|offset| {
+            handle
+                .reader
+                .read(offset, bounds.max_records, bounds.max_bytes as usize)
+        })
         .map_err(|e| match e {
             ReadError::OutOfRange {
                 offset,

@@ -27,6 +27,9 @@ pub enum OffsetSpec {
     Latest,
     /// A given offset.
     At(u64),
+    /// The first record stamped at or after this time (ms since the epoch); the high
+    /// watermark when none is.
+    AtTime(i64),
 }
 
 /// A request served on one node's local replicas.

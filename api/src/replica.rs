@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use psubd_actors::partition::{PartitionHandle, PartitionReader, ReadError};
+use psubd_actors::partition::{LogBounds, PartitionHandle, PartitionReader, ReadError};
 use psubd_actors::proposal::leader_of;
 use psubd_actors::{Broker, GroupError, PartitionError};
 use psubd_raft::{GroupId, NodeId, PeerService};
@@ -134,10 +134,9 @@ async fn fetch_local(
     };
     let mut bounds_watch = handle.reader.subscribe();
     let bounds = *bounds_watch.borrow_and_update();
-    let offset = match offset {
-        OffsetSpec::Earliest => bounds.log_start,
-        OffsetSpec::Latest => bounds.next_offset,
-        OffsetSpec::At(n) => n,
+    let offset = match resolve_offset(&handle.reader, bounds, offset) {
+        Ok(offset) => offset,
+        Err(error) => return fetch_failure(group, error),
     };
     let leader = leader_of(&handle.raft);
     if offset > bounds.next_offset {
@@ -179,19 +178,43 @@ async fn fetch_local(
     }
     match handle.reader.read(offset, max_records, max_bytes as usize) {
         Ok(records) => ForwardResponse::Fetched(records),
-        Err(ReadError::OutOfRange {
+        Err(error) => fetch_failure(group, error),
+    }
+}
+
+/// The offset `spec` names on a replica whose bounds are `bounds`.
+///
+/// # Errors
+/// As [`PartitionReader::offset_for_time`] for a time.
+pub(crate) fn resolve_offset(
+    reader: &PartitionReader,
+    bounds: LogBounds,
+    spec: OffsetSpec,
+) -> Result<u64, ReadError> {
+    match spec {
+        OffsetSpec::Earliest => Ok(bounds.log_start),
+        OffsetSpec::Latest => Ok(bounds.next_offset),
+        OffsetSpec::At(n) => Ok(n),
+        OffsetSpec::AtTime(timestamp_ms) => reader.offset_for_time(timestamp_ms),
+    }
+}
+
+/// The answer to a fetch whose read failed.
+fn fetch_failure(group: GroupId, error: ReadError) -> ForwardResponse {
+    match error {
+        ReadError::OutOfRange {
             offset,
             log_start,
             high_watermark,
-        }) => ForwardResponse::OutOfRange {
+        } => ForwardResponse::OutOfRange {
             offset,
             log_start,
             high_watermark,
         },
-        Err(ReadError::NotReady) => ForwardResponse::Partition(PartitionError::Unavailable {
+        ReadError::NotReady => ForwardResponse::Partition(PartitionError::Unavailable {
             reason: "replica opening".into(),
         }),
-        Err(ReadError::Storage(detail)) => {
+        ReadError::Storage(detail) => {
             tracing::error!(group, cause = %detail, "stored batch unreadable");
             ForwardResponse::Broken(detail)
         }

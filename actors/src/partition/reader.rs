@@ -113,6 +113,47 @@ impl PartitionReader {
         )
     }
 
+    /// The offset of the first record on this replica stamped at or after `timestamp_ms`,
+    /// from the log start on; the high watermark when there is none. The time index finds
+    /// the batch to start from; the read then looks at a few pages at most (the batch it
+    /// names holds such a record, unless compaction dropped it since).
+    ///
+    /// # Errors
+    /// As [`PartitionReader::read`].
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<u64, ReadError> {
+        const PAGE_RECORDS: u32 = 1_000;
+        let bounds = self.bounds();
+        let Some(base) = self.with_index(|index| index.first_batch_at_or_after(timestamp_ms))
+        else {
+            return Ok(bounds.next_offset);
+        };
+        let mut offset = base.clamp(bounds.log_start, bounds.next_offset);
+        loop {
+            let page = match self.read(offset, PAGE_RECORDS, usize::MAX) {
+                // Trimmed meanwhile: the first record now is at the new log start or later.
+                Err(ReadError::OutOfRange {
+                    log_start,
+                    high_watermark,
+                    ..
+                }) if offset < log_start => {
+                    offset = log_start.min(high_watermark);
+                    continue;
+                }
+                other => other?,
+            };
+            for record in page.iter() {
+                let (at, record) = record.map_err(|e| ReadError::Storage(e.to_string()))?;
+                if record.timestamp_ms >= timestamp_ms {
+                    return Ok(at);
+                }
+            }
+            if page.count == 0 {
+                return Ok(page.next_offset);
+            }
+            offset = page.next_offset;
+        }
+    }
+
     /// The state shared with the logic (tests reach into the published index).
     #[cfg(test)]
     pub(super) fn shared(&self) -> &Shared {

@@ -118,6 +118,35 @@ async fn offsets_are_dense_across_batches_and_reads_slice_them() {
     ));
 }
 
+/// Seek by time: the first offset stamped at or after a time, through the time index and a
+/// read; past the newest stamp, the high watermark; after a trim, never below the log start.
+#[tokio::test]
+async fn offsets_are_found_by_time() {
+    let (_dir, _storage, reader, mut sm) = open_partition();
+    // `records(from, ..)` stamps record i with i: offsets 0..5 hold stamps 1..=5, 5..10
+    // hold 6..=10.
+    sm.apply(vec![
+        entry(
+            1,
+            append_command(&join_batch([&records(1, 5, 4)].into_iter())),
+        ),
+        entry(
+            2,
+            append_command(&join_batch([&records(6, 5, 4)].into_iter())),
+        ),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(reader.offset_for_time(i64::MIN).unwrap(), 0);
+    assert_eq!(reader.offset_for_time(3).unwrap(), 2);
+    assert_eq!(reader.offset_for_time(6).unwrap(), 5);
+    assert_eq!(reader.offset_for_time(10).unwrap(), 9);
+    assert_eq!(reader.offset_for_time(11).unwrap(), 10);
+    sm.apply(vec![entry(3, trim_command(7))]).await.unwrap();
+    assert_eq!(reader.offset_for_time(3).unwrap(), 7);
+    assert_eq!(reader.offset_for_time(9).unwrap(), 8);
+}
+
 /// Regression (chaos harness, power and kill faults, seed 10): a read whose scan misses a
 /// batch the bounds count (the state was being reloaded under it) must not answer the
 /// high watermark as its next offset, or a group member skips that batch for good.

@@ -10,7 +10,6 @@ use psubd_actors::coordinator::{
     MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
 };
 use psubd_actors::offsets::{CommittedOffset, OffsetEntry};
-use psubd_actors::record::RecordIter;
 use psubd_actors::topic::{PartitionPlacement, TopicMeta};
 
 use super::{names, Caller, Result, Service};
@@ -568,15 +567,7 @@ impl Service {
                         }
                         n
                     }
-                    ResetTo::Timestamp(ts) => {
-                        self.offset_for_timestamp(
-                            placement,
-                            status.log_start,
-                            status.high_watermark,
-                            ts,
-                        )
-                        .await?
-                    }
+                    ResetTo::Timestamp(ts) => self.offset_for_timestamp(placement, ts).await?,
                 };
                 entries.push(OffsetEntry {
                     topic: item.topic.clone(),
@@ -598,38 +589,17 @@ impl Service {
         Ok(entries)
     }
 
-    /// The first offset whose record's timestamp is at or after `timestamp_ms`, by binary
-    /// search over `[log_start, high_watermark)`. Exact when timestamps rise with offsets
-    /// (always so for edge-stamped records); with producer timestamps out of order it finds
-    /// one such boundary, as a time index would.
+    /// The first offset whose record's timestamp is at or after `timestamp_ms` (the high
+    /// watermark when none is), from the partition leader's time index.
     async fn offset_for_timestamp(
         &self,
         placement: &PartitionPlacement,
-        log_start: u64,
-        high_watermark: u64,
         timestamp_ms: i64,
     ) -> Result<u64> {
-        let (mut lo, mut hi) = (log_start, high_watermark);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let fetched = self
-                .edge
-                .fetch(placement, OffsetSpec::At(mid), 1, 1, 0)
-                .await?;
-            let stamp = RecordIter::run(&fetched.bytes)
-                .next()
-                .transpose()
-                .map_err(|e| ApiError::Internal {
-                    detail: format!("stored record: {e}"),
-                })?
-                .map(|r| r.timestamp_ms);
-            match stamp {
-                Some(ts) if ts < timestamp_ms => lo = mid + 1,
-                Some(_) => hi = mid,
-                // Retention moved past `mid` meanwhile: search what is left.
-                None => lo = mid + 1,
-            }
-        }
-        Ok(lo)
+        let found = self
+            .edge
+            .fetch(placement, OffsetSpec::AtTime(timestamp_ms), 0, 0, 0)
+            .await?;
+        Ok(found.next_offset)
     }
 }

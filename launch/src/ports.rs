@@ -1,4 +1,4 @@
-//! Reserving TCP ports for node processes before they start.
+//! Ports for node processes: reserved before they start, or checked free.
 //!
 //! A node is told its HTTP and Raft addresses on the command line, and every node must
 //! know every peer's Raft address at spawn, so the ports are chosen before any process
@@ -7,9 +7,13 @@
 //! that the kernel gives a local port from the ephemeral range. The reserver avoids both:
 //! it never hands out a port twice in one process, and it picks ports *below* the
 //! kernel's ephemeral range, where outbound connections never land. Each port is held
-//! bound until the fixture releases it right before spawning the node.
+//! bound until the caller releases it right before spawning the node.
+//!
+//! Fixed ports (`psubd dev`'s) are not reserved but checked with [`first_taken`], so a
+//! taken one is reported before any node starts rather than mistaken for a node.
 
 use std::collections::HashSet;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -117,6 +121,17 @@ fn reserve_any() -> ReservedPort {
     panic!("could not reserve a free TCP port on 127.0.0.1");
 }
 
+/// The first of `ports` that cannot be bound on 127.0.0.1 now, with why. Used before
+/// starting nodes on fixed ports: another process answering on one of them could
+/// otherwise pass for one of the nodes.
+pub fn first_taken(ports: impl IntoIterator<Item = u16>) -> Option<(u16, io::Error)> {
+    ports.into_iter().find_map(|port| {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+            .err()
+            .map(|e| (port, e))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +156,17 @@ mod tests {
         p.release();
         TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.port()))
             .expect("a released port is free for the node");
+    }
+
+    #[test]
+    fn first_taken_names_a_held_port() {
+        let held = reserve();
+        let mut free = reserve();
+        free.release();
+        assert_eq!(first_taken([free.port()]).map(|(p, _)| p), None);
+        assert_eq!(
+            first_taken([free.port(), held.port()]).map(|(p, _)| p),
+            Some(held.port())
+        );
     }
 }

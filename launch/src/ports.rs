@@ -66,13 +66,23 @@ fn ephemeral_low() -> u16 {
 
 /// Reserves one free port on 127.0.0.1.
 ///
+/// # Panics
+///
+/// When no port can be bound, which means the machine is out of ports (see
+/// [`try_reserve`]).
+pub fn reserve() -> ReservedPort {
+    try_reserve().expect("reserve a free TCP port on 127.0.0.1")
+}
+
+/// Reserves one free port on 127.0.0.1.
+///
 /// Concurrent test *processes* start scanning at different places (seeded from the pid
 /// and the clock), and the held bind keeps them from sharing a port.
 ///
-/// # Panics
+/// # Errors
 ///
-/// When no port in the range can be bound, which means the machine is out of ports.
-pub fn reserve() -> ReservedPort {
+/// When no port can be bound, which means the machine is out of ports.
+pub fn try_reserve() -> io::Result<ReservedPort> {
     let high = ephemeral_low();
     if high <= FIRST_PORT + 100 {
         return reserve_any();
@@ -91,10 +101,10 @@ pub fn reserve() -> ReservedPort {
         }
         if let Ok(listener) = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)) {
             taken.insert(port);
-            return ReservedPort {
+            return Ok(ReservedPort {
                 port,
                 listener: Some(listener),
-            };
+            });
         }
     }
     drop(taken);
@@ -102,23 +112,22 @@ pub fn reserve() -> ReservedPort {
 }
 
 /// Fallback: let the kernel pick (may lie in the ephemeral range).
-fn reserve_any() -> ReservedPort {
+fn reserve_any() -> io::Result<ReservedPort> {
     let mut taken = taken().lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
-        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-            .expect("bind 127.0.0.1:0 to reserve a port");
-        let port = listener
-            .local_addr()
-            .expect("local_addr of a bound listener")
-            .port();
+        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
         if taken.insert(port) {
-            return ReservedPort {
+            return Ok(ReservedPort {
                 port,
                 listener: Some(listener),
-            };
+            });
         }
     }
-    panic!("could not reserve a free TCP port on 127.0.0.1");
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no TCP port on 127.0.0.1 that this process has not handed out already",
+    ))
 }
 
 /// The first of `ports` that cannot be bound on 127.0.0.1 now, with why. Used before

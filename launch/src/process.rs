@@ -250,11 +250,8 @@ impl Process {
     pub async fn wait_exit(&mut self, within: Option<Duration>) -> io::Result<Option<ExitStatus>> {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.try_exit()? {
-                return Ok(Some(status));
-            }
-            if within.is_some_and(|w| start.elapsed() >= w) {
-                return Ok(None);
+            if let Waited::Done(exited) = self.poll_exit(start, within)? {
+                return Ok(exited);
             }
             tokio::time::sleep(POLL).await;
         }
@@ -270,14 +267,20 @@ impl Process {
     ) -> io::Result<Option<ExitStatus>> {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.try_exit()? {
-                return Ok(Some(status));
-            }
-            if within.is_some_and(|w| start.elapsed() >= w) {
-                return Ok(None);
+            if let Waited::Done(exited) = self.poll_exit(start, within)? {
+                return Ok(exited);
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// One look for the exit of a wait that began at `start` and may last `within`.
+    fn poll_exit(&mut self, start: Instant, within: Option<Duration>) -> io::Result<Waited> {
+        Ok(match self.try_exit()? {
+            Some(status) => Waited::Done(Some(status)),
+            None if within.is_some_and(|w| start.elapsed() >= w) => Waited::Done(None),
+            None => Waited::Again,
+        })
     }
 
     /// SIGKILL (a crash: no shutdown code runs) and reaps; the status if already exited.
@@ -378,6 +381,14 @@ impl Process {
             }
         }
     }
+}
+
+/// What one look for an exit found.
+enum Waited {
+    /// The exit status, or `None` when the wait's time is up.
+    Done(Option<ExitStatus>),
+    /// Not exited; look again after [`POLL`].
+    Again,
 }
 
 fn stopped(status: ExitStatus, graceful: bool, start: Instant) -> Stopped {

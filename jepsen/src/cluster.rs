@@ -164,9 +164,8 @@ impl Cluster {
         self.check(id)?;
         let mut procs = self.procs.lock().await;
         let killed = procs.nodes.kill(id).await;
-        match killed.map_err(|e| node_error(id, format!("SIGKILL: {e}")))? {
-            Some(status) => info!(node = id, status = %status, "node killed"),
-            None => {}
+        if let Some(status) = killed.map_err(|e| node_error(id, format!("SIGKILL: {e}")))? {
+            info!(node = id, status = %status, "node killed");
         }
         Ok(())
     }

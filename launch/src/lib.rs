@@ -1,9 +1,10 @@
-//! psubd-launch: local `psubd node` processes, started and controlled one way for every
-//! launcher — `psubd dev`, the end-to-end tests (`tests/`), the chaos harness (`jepsen/`)
-//! and the load generator's `--dev` (`bench/`). Each keeps only what is its own (console
-//! output, fixture API, network namespaces and fault file system, flags).
-//!
 //! # Layout
+//!
+//! `psubd-launch` starts and controls local `psubd node` processes one way for every
+//! launcher: `psubd dev`, the end-to-end tests (`tests/`), the chaos harness (`jepsen/`)
+//! and the load generator's `--dev` (`bench/`). Each keeps only what is its own (console
+//! output, fixture API, network namespaces and fault file system, flags). Modules from
+//! the bottom up:
 //!
 //! - [`ports`]: ports reserved before the processes start, or fixed ones checked free.
 //! - [`layout`]: a node's addresses, data dir and log ([`NodePlace`]), `--peers`, the

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use psubd_launch::{logs, ports, DevPorts, Launch, Process};
+use psubd_launch::{binary, logs, ports, DevPorts, Launch, Process};
 
 /// How long the launcher gets to stop its nodes after SIGTERM before the group is killed
 /// (nodes shut down gracefully within ~10 s).
@@ -21,12 +21,9 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// The `psubd` binary beside this executable (both are built and installed together),
 /// else `psubd` as the PATH finds it.
 fn psubd_next_to_me() -> PathBuf {
-    let name = format!("psubd{}", std::env::consts::EXE_SUFFIX);
-    std::env::current_exe()
-        .ok()
-        .and_then(|me| me.parent().map(|dir| dir.join(&name)))
+    binary::beside_current_exe(0)
         .filter(|beside| beside.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
+        .unwrap_or_else(|| PathBuf::from(binary::file_name()))
 }
 
 /// A running `psubd dev` cluster, stopped on drop.

@@ -547,12 +547,7 @@ fn find_binary(given: Option<&Path>) -> Result<PathBuf, JepsenError> {
     if let Some(p) = given {
         candidates.push(p.to_path_buf());
     } else {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        {
-            candidates.push(dir.join("psubd"));
-        }
+        candidates.extend(psubd_launch::binary::beside_current_exe(0));
         candidates.push(PathBuf::from("target/release/psubd"));
         candidates.push(PathBuf::from("target/debug/psubd"));
     }

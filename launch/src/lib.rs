@@ -6,6 +6,7 @@
 //! output, fixture API, network namespaces and fault file system, flags). Modules from
 //! the bottom up:
 //!
+//! - [`binary`]: the `psubd` binary beside the launcher's own executable.
 //! - [`ports`]: ports reserved before the processes start, or fixed ones checked free.
 //! - [`layout`]: a node's addresses, data dir and log ([`NodePlace`]), `--peers`, the
 //!   shared on-disk [`Layout`], `psubd dev`'s fixed ports ([`DevPorts`]).
@@ -22,6 +23,7 @@
 //! It is linked into the `psubd` binary, so it depends only on what the node already
 //! does (libc, rand, tokio).
 
+pub mod binary;
 pub mod command;
 pub mod layout;
 pub mod logs;

@@ -69,12 +69,8 @@ pub fn psubd_bin() -> PathBuf {
         assert!(p.is_file(), "{BIN_ENV}={} does not exist", p.display());
         return p;
     }
-    let exe = std::env::current_exe().expect("current_exe of the test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
+    let bin = psubd_launch::binary::beside_current_exe(1)
         .expect("the test binary lives in <target>/<profile>/deps/");
-    let bin = profile_dir.join(format!("psubd{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
         "the psubd binary is missing at {}: run `cargo build -p psubd` (with the same \

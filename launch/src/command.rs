@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::layout::NodePlace;
-use crate::process::Launch;
+use crate::spawn::Launch;
 
 /// Everything needed to start one node, and to start it again as the same node.
 #[derive(Debug, Clone)]

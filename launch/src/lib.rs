@@ -12,9 +12,10 @@
 //!   shared on-disk [`Layout`], `psubd dev`'s fixed ports ([`DevPorts`]).
 //! - [`secret`]: the cluster secret file.
 //! - [`command`]: a node's `psubd node` command line ([`NodeCommand`]).
-//! - [`process`]: spawning one process ([`Launch`]: log file, parent-death signal, own
-//!   process group) and its signals until reaped ([`Process`]: SIGKILL, SIGSTOP/SIGCONT,
-//!   graceful stop; killed and reaped on drop).
+//! - [`process`]: one process and its signals until reaped ([`Process`]: SIGKILL,
+//!   SIGSTOP/SIGCONT, graceful stop; killed and reaped on drop).
+//! - [`spawn`]: starting one ([`Launch`]: log file, parent-death signal, own process
+//!   group).
 //! - [`nodes`]: a cluster's node processes by id ([`NodeSet`]: start, restart as the same
 //!   node, kill, stop, reap, wait for readiness).
 //! - [`ready`]: the `/readyz` probe over plain HTTP.
@@ -32,8 +33,10 @@ pub mod ports;
 pub mod process;
 pub mod ready;
 pub mod secret;
+pub mod spawn;
 
 pub use command::NodeCommand;
 pub use layout::{peers, DevPorts, Layout, NodePlace};
 pub use nodes::{NodeSet, NotReady};
-pub use process::{Launch, Process, Stopped};
+pub use process::{Process, Stopped};
+pub use spawn::Launch;

@@ -328,3 +328,118 @@ impl NodeSet {
             .unwrap_or_else(|| panic!("no node {id} among {ids:?}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::layout::{peers, DevPorts, Layout};
+
+    /// A stand-in for `psubd`: a shell script that logs its arguments, then runs `body`.
+    fn fake_psubd(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("fake-psubd");
+        std::fs::write(&path, format!("#!/bin/sh\necho \"args: $*\"\n{body}\n")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    /// `n` nodes of the fake under `dir` (the ports are only named, never bound).
+    fn node_set(dir: &Path, body: &str, n: u16) -> NodeSet {
+        let program = fake_psubd(dir, body);
+        let places = DevPorts::new(40_000, n)
+            .expect("in range")
+            .places(&Layout::new(dir.join("cluster")));
+        let peers = peers(&places);
+        let commands = places
+            .into_iter()
+            .map(|p| NodeCommand::new(&program, p, peers.clone()))
+            .collect();
+        std::fs::create_dir_all(dir.join("cluster")).expect("root");
+        NodeSet::new(commands).with_start_markers("test")
+    }
+
+    #[tokio::test]
+    async fn a_restarted_node_is_the_same_node() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes = node_set(dir.path(), "exec sleep 30", 2);
+        assert!(nodes.start(1).expect("start"));
+        assert!(
+            !nodes.start(1).expect("already running"),
+            "no second process"
+        );
+        assert_eq!(nodes.running(), vec![1]);
+        let status = nodes.kill(1).await.expect("kill").expect("was running");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!nodes.is_running(1));
+        nodes.start(1).expect("restart");
+        assert_eq!(nodes.starts(1), 2);
+        assert!(nodes.command(1).place.data_dir.is_dir());
+        let stopped = nodes.stop_all(Duration::from_secs(5)).await;
+        assert_eq!(stopped.len(), 1);
+        assert!(stopped[0].1.as_ref().expect("stopped").graceful);
+        let log = std::fs::read_to_string(&nodes.command(1).place.log).expect("log");
+        let starts: Vec<&str> = log.lines().filter(|l| logs::is_start_mark(l)).collect();
+        assert_eq!(starts.len(), 2, "{log}");
+        assert!(starts[1].contains("test: start #2 of node 1"), "{log}");
+        assert!(
+            log.contains("args: node --id 1 --http 127.0.0.1:40000 --raft 127.0.0.1:41000"),
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_readiness_fails_fast_when_a_node_exits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes = node_set(dir.path(), "exit 3", 1);
+        nodes.start_all().expect("start");
+        let waited = nodes
+            .wait_ready(&[1], Duration::from_secs(10), |_| async { false })
+            .await;
+        match waited {
+            Err(NotReady::Exited(1, status)) => assert_eq!(status.code(), Some(3)),
+            other => panic!("expected an exit, got {other:?}"),
+        }
+        assert!(!nodes.is_running(1), "the exited node is reaped");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_readiness_asks_until_ready_or_timeout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes = node_set(dir.path(), "exec sleep 30", 2);
+        nodes.start_all().expect("start");
+        let mut asked = 0;
+        let ready = nodes
+            .wait_ready(&[1, 2], Duration::from_secs(10), |_| {
+                asked += 1;
+                let ready = asked > 3;
+                async move { ready }
+            })
+            .await;
+        assert!(ready.is_ok(), "{ready:?}");
+        let never = nodes
+            .wait_ready(&[2], Duration::from_millis(100), |_| async { false })
+            .await;
+        assert!(matches!(never, Err(NotReady::Timeout(ids)) if ids == vec![2]));
+    }
+
+    #[test]
+    fn a_node_that_exits_by_itself_is_reaped_and_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes = node_set(dir.path(), "exit 0", 1);
+        nodes.start(1).expect("start");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reaped = loop {
+            let reaped = nodes.reap_exited();
+            if !reaped.is_empty() || Instant::now() > deadline {
+                break reaped;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(reaped.len(), 1);
+        assert!(reaped[0].1.success());
+        assert!(nodes.running().is_empty());
+    }
+}

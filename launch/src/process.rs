@@ -1,4 +1,5 @@
-//! Spawning one process and controlling it by signals until it is reaped.
+//! [`Process`]: one spawned process (see [`crate::spawn::Launch`]), controlled by
+//! signals until it is reaped.
 //!
 //! Signals go by pid, and a pid is only ours while the child is unreaped (after that the
 //! kernel may give it to another process). [`Process`] therefore sends nothing once it
@@ -9,123 +10,13 @@
 //! runtime, which must not block a worker on a process in a stalled file system) and
 //! `_blocking` (for `Drop` and synchronous callers).
 
-use std::ffi::OsString;
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
-
-use crate::logs;
 
 /// How often an exit is polled for.
 const POLL: Duration = Duration::from_millis(20);
-
-/// How to start a process: program, arguments, environment, where its output goes and
-/// how it is tied to its parent.
-#[derive(Debug, Clone)]
-pub struct Launch {
-    program: OsString,
-    args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
-    log: Option<PathBuf>,
-    death_signal: Option<libc::c_int>,
-    own_group: bool,
-}
-
-impl Launch {
-    /// Runs `program`, stdin from /dev/null, output inherited until [`Self::log_to`].
-    pub fn new(program: impl Into<OsString>) -> Self {
-        Launch {
-            program: program.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            log: None,
-            death_signal: None,
-            own_group: false,
-        }
-    }
-
-    /// Adds arguments.
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<OsString>,
-    {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// Adds (or, later in the list, overrides) an environment variable.
-    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Appends stdout and stderr to `path`.
-    pub fn log_to(mut self, path: impl Into<PathBuf>) -> Self {
-        self.log = Some(path.into());
-        self
-    }
-
-    /// Has the kernel send `signal` to the process when the *thread* that spawned it
-    /// exits (PR_SET_PDEATHSIG), so a parent killed with SIGKILL leaves no orphan. Spawn
-    /// from a long-lived thread (a runtime worker or the main thread, never a blocking
-    /// pool thread, which exits when idle).
-    pub fn death_signal(mut self, signal: libc::c_int) -> Self {
-        self.death_signal = Some(signal);
-        self
-    }
-
-    /// Starts the process in a process group of its own: Ctrl-C on the parent's terminal
-    /// reaches the parent only, and stopping the process ends its whole group.
-    pub fn own_group(mut self) -> Self {
-        self.own_group = true;
-        self
-    }
-
-    /// The program.
-    pub fn program(&self) -> &Path {
-        Path::new(&self.program)
-    }
-
-    /// Starts the process.
-    ///
-    /// # Errors
-    /// The log cannot be opened or the program cannot be started.
-    pub fn spawn(&self) -> io::Result<Process> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null());
-        if let Some(path) = &self.log {
-            let out = logs::append(path)?;
-            cmd.stderr(out.try_clone()?).stdout(out);
-        }
-        if self.own_group {
-            cmd.process_group(0);
-        }
-        if let Some(signal) = self.death_signal {
-            // SAFETY: the closure only calls prctl, which is async-signal-safe, between
-            // fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn()?;
-        Ok(Process {
-            child,
-            exited: None,
-            paused: false,
-            own_group: self.own_group,
-        })
-    }
-}
 
 /// How a graceful stop ended.
 #[derive(Debug, Clone, Copy)]
@@ -146,11 +37,21 @@ pub struct Process {
     exited: Option<ExitStatus>,
     /// Between SIGSTOP and SIGCONT.
     paused: bool,
-    /// Leads a process group of its own ([`Launch::own_group`]).
+    /// Leads a process group of its own ([`crate::spawn::Launch::own_group`]).
     own_group: bool,
 }
 
 impl Process {
+    /// Takes charge of a just-spawned child (see [`crate::spawn::Launch::spawn`]).
+    pub(crate) fn new(child: Child, own_group: bool) -> Self {
+        Process {
+            child,
+            exited: None,
+            paused: false,
+            own_group,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -417,6 +318,7 @@ pub fn killed(status: &ExitStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spawn::Launch;
 
     fn sleeper() -> Process {
         Launch::new("sleep")

@@ -2,20 +2,14 @@
 //!
 //! The bench runs its own executable with `dev` arguments (so the cluster is the very
 //! build being measured) in a process group of its own, sends the launcher SIGTERM when
-//! dropped (the launcher stops its nodes), and kills the whole group if it lingers.
+//! dropped (the launcher stops its nodes), and kills the whole group if it lingers. The
+//! process handling, the port scheme and the port check are `psubd-launch`'s.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-
-/// Raft ports are this far above HTTP ports (docs/operations.md, `psubd dev`).
-const RAFT_PORT_OFFSET: u16 = 1000;
+use psubd_launch::{binary, logs, ports, DevPorts, Launch, Process};
 
 /// How long the launcher gets to stop its nodes after SIGTERM before the group is killed
 /// (nodes shut down gracefully within ~10 s).
@@ -27,18 +21,15 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// The `psubd` binary beside this executable (both are built and installed together),
 /// else `psubd` as the PATH finds it.
 fn psubd_next_to_me() -> PathBuf {
-    let name = format!("psubd{}", std::env::consts::EXE_SUFFIX);
-    std::env::current_exe()
-        .ok()
-        .and_then(|me| me.parent().map(|dir| dir.join(&name)))
+    binary::beside_current_exe(0)
         .filter(|beside| beside.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
+        .unwrap_or_else(|| PathBuf::from(binary::file_name()))
 }
 
 /// A running `psubd dev` cluster, stopped on drop.
 #[derive(Debug)]
 pub struct DevCluster {
-    child: Option<Child>,
+    launcher: Option<Process>,
     urls: Vec<String>,
     data_dir: PathBuf,
     /// Removes the data dir when dropped (after `Drop::drop` stopped the nodes), unless
@@ -61,7 +52,12 @@ impl DevCluster {
         keep_data: bool,
         psubd: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        check_ports(nodes, base_port)?;
+        let Some(dev_ports) = DevPorts::new(base_port, nodes) else {
+            bail!("--dev-nodes {nodes} from --dev-base-port {base_port} passes port 65535");
+        };
+        if let Some((port, _)) = ports::first_taken(dev_ports.all()) {
+            bail!("port {port} is in use: choose another --dev-base-port");
+        }
         let parent = parent
             .map(Path::to_path_buf)
             .unwrap_or_else(std::env::temp_dir);
@@ -74,29 +70,18 @@ impl DevCluster {
         let root = temp.path().to_path_buf();
         let data_dir = root.join("data");
         let log_path = root.join("dev.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("failed to create {}", log_path.display()))?;
-        let log_err = log.try_clone().context("failed to share the log file")?;
         let exe = psubd.map_or_else(psubd_next_to_me, Path::to_path_buf);
-        let child = Command::new(&exe)
-            .arg("dev")
-            .arg("--nodes")
-            .arg(nodes.to_string())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--base-port")
-            .arg(base_port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
+        let launcher = Launch::new(&exe)
+            .args(["dev", "--nodes", &nodes.to_string(), "--data-dir"])
+            .args([&data_dir])
+            .args(["--base-port", &base_port.to_string()])
+            .log_to(&log_path)
             // Its own group: Ctrl-C on the bench reaches the bench only, which then stops
             // the cluster in order; and the group can be killed as a whole.
-            .process_group(0)
+            .own_group()
             .spawn()
             .with_context(|| format!("failed to start {} dev", exe.display()))?;
-        let urls = (0..nodes)
-            .map(|i| format!("http://127.0.0.1:{}", base_port + i))
-            .collect();
+        let urls = dev_ports.ids().map(|id| dev_ports.url(id)).collect();
         let temp = if keep_data {
             let kept = temp.keep();
             eprintln!("psubd-bench: --dev data kept in {}", kept.display());
@@ -105,7 +90,7 @@ impl DevCluster {
             Some(temp)
         };
         Ok(DevCluster {
-            child: Some(child),
+            launcher: Some(launcher),
             urls,
             data_dir,
             _temp: temp,
@@ -129,8 +114,8 @@ impl DevCluster {
     ///
     /// The launcher is gone (its exit status and log tail are in the message).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(child) = self.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
+        if let Some(launcher) = self.launcher.as_mut() {
+            if let Ok(Some(status)) = launcher.try_exit() {
                 bail!(
                     "`psubd dev` exited with {status}; node logs are in {}, its own log ({}) ends with:\n{}",
                     self.data_dir.display(),
@@ -144,18 +129,12 @@ impl DevCluster {
 
     /// The last few KiB of the launcher's output.
     pub fn log_tail(&self) -> String {
-        let mut out = String::new();
-        if let Ok(mut f) = File::open(&self.log_path) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
-            let _ = f.read_to_string(&mut out);
-        }
-        out
+        logs::tail_bytes(&self.log_path, LOG_TAIL_BYTES)
     }
 
     /// Node processes (node id, pid): the launcher's children, named by their `--id`.
     pub fn node_pids(&self) -> Vec<(String, u32)> {
-        let Some(parent) = self.child.as_ref().map(Child::id) else {
+        let Some(parent) = self.launcher.as_ref().map(Process::pid) else {
             return Vec::new();
         };
         let mut nodes = Vec::new();
@@ -171,28 +150,19 @@ impl DevCluster {
     }
 
     /// Stops the cluster: SIGTERM to the launcher, then SIGKILL to its group after
-    /// [`STOP_GRACE`]. Idempotent.
+    /// [`STOP_GRACE`] (and to any node that outlived it). Idempotent.
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut launcher) = self.launcher.take() else {
             return;
         };
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        let pid = child.id() as libc::pid_t;
-        signal(pid, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                // The launcher is gone; make sure no node outlived it.
-                signal(-pid, libc::SIGKILL);
-                return;
+        match launcher.stop_blocking(STOP_GRACE) {
+            Ok(stopped) if !stopped.graceful => {
+                eprintln!("psubd-bench: `psubd dev` did not stop within {STOP_GRACE:?}; killed it")
             }
-            std::thread::sleep(Duration::from_millis(100));
+            Ok(_) => {}
+            // Dropping the handle kills and reaps the group.
+            Err(e) => eprintln!("psubd-bench: stopping `psubd dev`: {e}"),
         }
-        eprintln!("psubd-bench: `psubd dev` did not stop within {STOP_GRACE:?}; killing it");
-        signal(-pid, libc::SIGKILL);
-        let _ = child.wait();
     }
 }
 
@@ -202,27 +172,6 @@ impl Drop for DevCluster {
         // removed only once no node writes to it.
         self.stop();
     }
-}
-
-/// Sends `sig` to a process (or, with a negative pid, a process group). A missing target
-/// is not an error: it already stopped.
-fn signal(pid: libc::pid_t, sig: libc::c_int) {
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
-/// Fails early and clearly if a port the cluster needs is taken.
-fn check_ports(nodes: u16, base_port: u16) -> anyhow::Result<()> {
-    for i in 0..nodes {
-        for port in [base_port + i, base_port + RAFT_PORT_OFFSET + i] {
-            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
-                bail!("port {port} is in use: choose another --dev-base-port");
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The parent pid from `/proc/<pid>/stat` (the field after the parenthesised name).

@@ -1,7 +1,8 @@
 //! `psubd-bench`: the load generator behind the tables of docs/benchmarks.md. A binary
 //! of its own, so the server binary carries none of its dependencies (its HTTP/1.1
-//! client, histograms, temporary dirs); it talks to psubd over HTTP only and imports no
-//! psubd crate.
+//! client, histograms, temporary dirs); it talks to psubd over HTTP only. The one psubd
+//! crate it imports is `psubd-launch`, to start `--dev`'s `psubd dev` as every launcher
+//! of local psubd processes does.
 //!
 //! In the spirit of `kafka-producer-perf-test` and `nats bench`: producers publish
 //! pre-built request bodies over keep-alive HTTP connections, consumers read by offset
@@ -16,7 +17,8 @@
 //!   binary.
 //! - `session.rs`: one measurement (warm-up, window, drain) and the repetition of it.
 //! - `target.rs`: the cluster under test: its URLs, topic creation, partition metadata.
-//! - `dev_cluster.rs`: a local cluster started through `psubd dev` for `--dev`.
+//! - `dev_cluster.rs`: a local cluster started through `psubd dev` for `--dev` (the
+//!   process itself, its ports and its log tail are `psubd-launch`'s).
 //! - `payload.rs`: the value format (run, send time, producer, sequence) and request
 //!   bodies built once and patched in place.
 //! - `phase.rs`: the clock of a run (warm-up, window, stop) and the `--rate` pacer.

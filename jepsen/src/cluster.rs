@@ -1,17 +1,18 @@
 //! Control of the three `psubd node` processes: start, SIGKILL, SIGTERM, SIGSTOP/SIGCONT.
 //!
-//! The harness only ever signals the pids of children it spawned itself, and only while
-//! they are unreaped (so a pid can never have been recycled). Every node is started with
-//! a parent-death signal, so a harness that is itself killed leaves no node running.
+//! The processes are `psubd-launch`'s ([`NodeSet`]): it only ever signals the pids of
+//! children it spawned itself, and only while they are unreaped (so a pid can never have
+//! been recycled). Every node is started with a parent-death signal, so a harness that is
+//! itself killed leaves no node running. What is the harness's own: nodes in network
+//! namespaces, their environment (libfaketime), exits a fault expects, errors as
+//! [`JepsenError`].
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use psubd_launch::{logs, NodeCommand, NodePlace, NodeSet};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -36,18 +37,13 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
 }
 
-/// What the harness knows about a node process.
-#[derive(Debug, Default)]
-struct NodeProc {
-    /// The running (unreaped) child, if any.
-    child: Option<Child>,
-    /// True between SIGSTOP and SIGCONT.
-    paused: bool,
-    /// Number of starts so far.
-    starts: u32,
-    /// A fault under which the node is expected to stop by itself (fail-stop on a failed
-    /// fsync): such an exit is reported as expected, and the node stays down until healed.
-    exit_expected: bool,
+/// The node processes and what a fault expects of them.
+struct Procs {
+    nodes: NodeSet,
+    /// Ids of nodes under a fault that is expected to make them stop by themselves
+    /// (fail-stop on a failed fsync): such an exit is reported as expected, and the node
+    /// stays down until healed.
+    exit_expected: Vec<u64>,
 }
 
 /// A node that exited without being told to.
@@ -69,23 +65,31 @@ pub struct Cluster {
     /// Flags added to every node's command line.
     extra_args: Vec<String>,
     specs: Vec<NodeSpec>,
-    procs: Mutex<Vec<NodeProc>>,
+    procs: Mutex<Procs>,
 }
 
 impl Cluster {
     /// A cluster of `specs`, none started yet.
     pub fn new(binary: PathBuf, specs: Vec<NodeSpec>) -> Self {
-        let procs = specs.iter().map(|_| NodeProc::default()).collect();
+        let nodes = NodeSet::new(commands(&binary, &specs, &[])).with_start_markers("psubd-jepsen");
         Cluster {
             binary,
             extra_args: Vec::new(),
             specs,
-            procs: Mutex::new(procs),
+            procs: Mutex::new(Procs {
+                nodes,
+                exit_expected: Vec::new(),
+            }),
         }
     }
 
     /// Adds flags to every node's command line (before any node starts).
     pub fn with_node_args(mut self, args: Vec<String>) -> Self {
+        let nodes = &mut self.procs.get_mut().nodes;
+        for command in commands(&self.binary, &self.specs, &args) {
+            let id = command.id();
+            *nodes.command_mut(id) = command;
+        }
         self.extra_args = args;
         self
     }
@@ -110,22 +114,11 @@ impl Cluster {
         self.specs.iter().map(|s| s.id).collect()
     }
 
-    fn index(&self, id: u64) -> Result<usize, JepsenError> {
-        self.specs
-            .iter()
-            .position(|s| s.id == id)
-            .ok_or_else(|| JepsenError::Node {
-                node: id,
-                detail: "no such node".into(),
-            })
-    }
-
-    fn peers_arg(&self) -> String {
-        self.specs
-            .iter()
-            .map(|s| format!("{}={}", s.id, s.raft))
-            .collect::<Vec<_>>()
-            .join(",")
+    fn check(&self, id: u64) -> Result<(), JepsenError> {
+        match self.specs.iter().any(|s| s.id == id) {
+            true => Ok(()),
+            false => Err(node_error(id, "no such node")),
+        }
     }
 
     /// Starts node `id` if it is not running. Must be called from a runtime worker or
@@ -135,81 +128,20 @@ impl Cluster {
     /// # Errors
     /// The log cannot be opened or the process cannot be spawned.
     pub async fn start(&self, id: u64) -> Result<(), JepsenError> {
-        let i = self.index(id)?;
-        let spec = &self.specs[i];
+        self.check(id)?;
         let mut procs = self.procs.lock().await;
-        let proc = &mut procs[i];
-        if proc.child.is_some() {
-            return Ok(());
+        let nodes = &mut procs.nodes;
+        let started = nodes
+            .start(id)
+            .map_err(|e| node_error(id, format!("start {}: {e}", self.binary.display())))?;
+        if started {
+            info!(
+                node = id,
+                pid = nodes.pid(id).unwrap_or(0),
+                start = nodes.starts(id),
+                "node started"
+            );
         }
-        std::fs::create_dir_all(&spec.data_dir).map_err(|e| JepsenError::io(&spec.data_dir, e))?;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log)
-            .map_err(|e| JepsenError::io(&spec.log, e))?;
-        proc.starts += 1;
-        // A marker, so each incarnation's log can be found.
-        let _ = writeln!(
-            log,
-            "=== psubd-jepsen: start #{} of node {} ===",
-            proc.starts, id
-        );
-        let err_log = log.try_clone().map_err(|e| JepsenError::io(&spec.log, e))?;
-        let mut node_args: Vec<String> = vec![
-            "node".into(),
-            "--id".into(),
-            id.to_string(),
-            "--http".into(),
-            spec.http.to_string(),
-            "--raft".into(),
-            spec.raft.to_string(),
-            "--peers".into(),
-            self.peers_arg(),
-            "--data-dir".into(),
-            spec.data_dir.display().to_string(),
-        ];
-        node_args.extend(self.extra_args.iter().cloned());
-        let mut cmd = match &spec.netns {
-            // `ip netns exec` execs the command in place, so the child's pid is psubd's.
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.arg("netns").arg("exec").arg(ns).arg(&self.binary);
-                c
-            }
-            None => Command::new(&self.binary),
-        };
-        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-        cmd.args(&node_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err_log))
-            .kill_on_drop(true);
-        if std::env::var_os("RUST_LOG").is_none() && std::env::var_os("PSUBD_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        // SAFETY: the closure only calls prctl, which is async-signal-safe, between fork
-        // and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| JepsenError::Node {
-            node: id,
-            detail: format!("spawn {}: {e}", self.binary.display()),
-        })?;
-        info!(
-            node = id,
-            pid = child.id().unwrap_or(0),
-            start = proc.starts,
-            "node started"
-        );
-        proc.child = Some(child);
-        proc.paused = false;
         Ok(())
     }
 
@@ -229,23 +161,12 @@ impl Cluster {
     /// # Errors
     /// The signal cannot be sent or the child cannot be reaped.
     pub async fn kill(&self, id: u64) -> Result<(), JepsenError> {
-        let i = self.index(id)?;
+        self.check(id)?;
         let mut procs = self.procs.lock().await;
-        let proc = &mut procs[i];
-        let Some(child) = proc.child.as_mut() else {
-            return Ok(());
-        };
-        child.start_kill().map_err(|e| JepsenError::Node {
-            node: id,
-            detail: format!("SIGKILL: {e}"),
-        })?;
-        let status = child.wait().await.map_err(|e| JepsenError::Node {
-            node: id,
-            detail: format!("wait: {e}"),
-        })?;
-        info!(node = id, status = %status, "node killed");
-        proc.child = None;
-        proc.paused = false;
+        let killed = procs.nodes.kill(id).await;
+        if let Some(status) = killed.map_err(|e| node_error(id, format!("SIGKILL: {e}")))? {
+            info!(node = id, status = %status, "node killed");
+        }
         Ok(())
     }
 
@@ -255,47 +176,22 @@ impl Cluster {
     /// # Errors
     /// Signalling or reaping fails.
     pub async fn stop(&self, id: u64, grace: Duration) -> Result<bool, JepsenError> {
-        let i = self.index(id)?;
+        self.check(id)?;
         let mut procs = self.procs.lock().await;
-        let proc = &mut procs[i];
-        let Some(child) = proc.child.as_mut() else {
+        let stopped = procs.nodes.stop(id, grace).await;
+        let Some(stopped) = stopped.map_err(|e| node_error(id, format!("stop: {e}")))? else {
             return Ok(true);
         };
-        if proc.paused {
-            signal(child, id, libc::SIGCONT)?;
-            proc.paused = false;
+        if stopped.graceful {
+            info!(node = id, status = %stopped.status, "node stopped");
+        } else {
+            warn!(
+                node = id,
+                grace_ms = grace.as_millis() as u64,
+                "node ignored SIGTERM; killed"
+            );
         }
-        signal(child, id, libc::SIGTERM)?;
-        let graceful = match tokio::time::timeout(grace, child.wait()).await {
-            Ok(Ok(status)) => {
-                info!(node = id, status = %status, "node stopped");
-                true
-            }
-            Ok(Err(e)) => {
-                return Err(JepsenError::Node {
-                    node: id,
-                    detail: format!("wait: {e}"),
-                })
-            }
-            Err(_) => {
-                warn!(
-                    node = id,
-                    grace_ms = grace.as_millis() as u64,
-                    "node ignored SIGTERM; killing"
-                );
-                child.start_kill().map_err(|e| JepsenError::Node {
-                    node: id,
-                    detail: format!("SIGKILL: {e}"),
-                })?;
-                child.wait().await.map_err(|e| JepsenError::Node {
-                    node: id,
-                    detail: format!("wait: {e}"),
-                })?;
-                false
-            }
-        };
-        proc.child = None;
-        Ok(graceful)
+        Ok(stopped.graceful)
     }
 
     /// SIGSTOP to node `id`.
@@ -303,13 +199,15 @@ impl Cluster {
     /// # Errors
     /// The node is not running or the signal fails.
     pub async fn pause(&self, id: u64) -> Result<(), JepsenError> {
-        let i = self.index(id)?;
+        self.check(id)?;
         let mut procs = self.procs.lock().await;
-        let proc = &mut procs[i];
-        let child = running_child(proc, id)?;
-        signal(child, id, libc::SIGSTOP)?;
-        proc.paused = true;
-        Ok(())
+        let process = procs
+            .nodes
+            .process(id)
+            .ok_or_else(|| node_error(id, "not running"))?;
+        process
+            .pause()
+            .map_err(|e| node_error(id, format!("SIGSTOP: {e}")))
     }
 
     /// SIGCONT to node `id`, if it is paused.
@@ -317,59 +215,50 @@ impl Cluster {
     /// # Errors
     /// The signal fails.
     pub async fn resume(&self, id: u64) -> Result<(), JepsenError> {
-        let i = self.index(id)?;
+        self.check(id)?;
         let mut procs = self.procs.lock().await;
-        let proc = &mut procs[i];
-        if !proc.paused {
-            return Ok(());
+        match procs.nodes.process(id) {
+            Some(process) => process
+                .resume()
+                .map_err(|e| node_error(id, format!("SIGCONT: {e}"))),
+            None => Ok(()),
         }
-        if let Some(child) = proc.child.as_mut() {
-            signal(child, id, libc::SIGCONT)?;
-        }
-        proc.paused = false;
-        Ok(())
     }
 
     /// Reaps nodes that exited without being told to and reports them. They stay down
     /// until someone calls [`Cluster::start`].
     pub async fn reap_exited(&self) -> Vec<UnexpectedExit> {
         let mut procs = self.procs.lock().await;
-        procs
-            .iter_mut()
-            .zip(&self.specs)
-            .filter_map(|(proc, spec)| reap(proc, spec.id))
+        self.ids()
+            .into_iter()
+            .filter_map(|id| reap(&mut procs, id))
             .collect()
     }
 
     /// Reaps node `id` if it exited by itself (as [`Cluster::reap_exited`] does for all).
     pub async fn reap_exited_node(&self, id: u64) -> Option<UnexpectedExit> {
-        let i = self.index(id).ok()?;
-        let mut procs = self.procs.lock().await;
-        reap(&mut procs[i], id)
+        self.check(id).ok()?;
+        reap(&mut *self.procs.lock().await, id)
     }
 
     /// Marks node `id`'s exits as expected (`true`, while a fault that should make it
     /// fail-stop is held) or not.
     pub async fn expect_exit(&self, id: u64, expected: bool) {
-        if let Ok(i) = self.index(id) {
-            self.procs.lock().await[i].exit_expected = expected;
+        let mut procs = self.procs.lock().await;
+        procs.exit_expected.retain(|&i| i != id);
+        if expected && self.check(id).is_ok() {
+            procs.exit_expected.push(id);
         }
     }
 
     /// How many times node `id` has been started so far (0 for an unknown node).
     pub async fn starts(&self, id: u64) -> u32 {
-        match self.index(id) {
-            Ok(i) => self.procs.lock().await[i].starts,
-            Err(_) => 0,
-        }
+        self.procs.lock().await.nodes.starts(id)
     }
 
     /// Whether node `id`'s exits are expected now.
     pub async fn exit_expected(&self, id: u64) -> bool {
-        match self.index(id) {
-            Ok(i) => self.procs.lock().await[i].exit_expected,
-            Err(_) => false,
-        }
+        self.procs.lock().await.exit_expected.contains(&id)
     }
 
     /// The last lines of node `id`'s log that contain `needle` (the current incarnation
@@ -384,7 +273,7 @@ impl Cluster {
         let mut found: Vec<String> = text
             .lines()
             .rev()
-            .take_while(|l| !l.starts_with("=== psubd-jepsen: start #"))
+            .take_while(|l| !logs::is_start_mark(l))
             .filter(|l| l.contains(needle))
             .take(max)
             .map(str::to_owned)
@@ -395,18 +284,13 @@ impl Cluster {
 
     /// Whether node `id` has a live process (paused counts as live).
     pub async fn is_running(&self, id: u64) -> bool {
-        let Ok(i) = self.index(id) else {
-            return false;
-        };
-        self.procs.lock().await[i].child.is_some()
+        self.procs.lock().await.nodes.is_running(id)
     }
 
     /// Kills every node (SIGKILL) and reaps it. Used on teardown.
     pub async fn kill_all(&self) {
-        for id in self.ids() {
-            if let Err(e) = self.kill(id).await {
-                warn!(node = id, cause = %e, "failed to kill node on teardown");
-            }
+        for (id, e) in self.procs.lock().await.nodes.kill_all().await {
+            warn!(node = id, cause = %e, "failed to kill node on teardown");
         }
     }
 
@@ -419,45 +303,56 @@ impl Cluster {
     }
 }
 
+/// Every node's command line: in its namespace, under its environment, with the
+/// cluster's flags, killed with the harness.
+fn commands(binary: &Path, specs: &[NodeSpec], args: &[String]) -> Vec<NodeCommand> {
+    let places: Vec<NodePlace> = specs
+        .iter()
+        .map(|s| NodePlace {
+            id: s.id,
+            http: s.http,
+            raft: s.raft,
+            data_dir: s.data_dir.clone(),
+            log: s.log.clone(),
+        })
+        .collect();
+    let peers = psubd_launch::peers(&places);
+    specs
+        .iter()
+        .zip(places)
+        .map(|(spec, place)| {
+            let mut command = NodeCommand::new(binary, place, peers.clone());
+            if let Some(ns) = &spec.netns {
+                // `ip netns exec` execs the command in place, so the child's pid is psubd's.
+                command.wrapper = ["ip", "netns", "exec", ns.as_str()]
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect();
+            }
+            command.args = args.iter().map(OsString::from).collect();
+            command.env = spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+            command.default_log_filter = Some("info".to_string());
+            command.death_signal = Some(libc::SIGKILL);
+            command
+        })
+        .collect()
+}
+
 /// Reaps node `id`'s process if it exited by itself, reporting how; it stays down.
-fn reap(proc: &mut NodeProc, id: u64) -> Option<UnexpectedExit> {
-    let status = proc.child.as_mut()?.try_wait().ok()??;
+fn reap(procs: &mut Procs, id: u64) -> Option<UnexpectedExit> {
+    let status = procs.nodes.reap_exited_node(id)?;
     warn!(node = id, status = %status, "node exited by itself");
-    proc.child = None;
-    proc.paused = false;
     Some(UnexpectedExit {
         id,
         status: status.to_string(),
         success: status.success(),
-        expected: proc.exit_expected,
+        expected: procs.exit_expected.contains(&id),
     })
 }
 
-fn running_child(proc: &mut NodeProc, id: u64) -> Result<&mut Child, JepsenError> {
-    proc.child.as_mut().ok_or_else(|| JepsenError::Node {
+fn node_error(id: u64, detail: impl Into<String>) -> JepsenError {
+    JepsenError::Node {
         node: id,
-        detail: "not running".into(),
-    })
-}
-
-/// Sends `sig` to an unreaped child. The pid is ours: tokio keeps the child unreaped
-/// until `wait`/`try_wait` observes its exit, so it cannot have been recycled.
-fn signal(child: &mut Child, id: u64, sig: libc::c_int) -> Result<(), JepsenError> {
-    let pid = child.id().ok_or_else(|| JepsenError::Node {
-        node: id,
-        detail: "already reaped".into(),
-    })?;
-    let pid = libc::pid_t::try_from(pid).map_err(|_| JepsenError::Node {
-        node: id,
-        detail: format!("pid {pid} out of range"),
-    })?;
-    // SAFETY: kill(2) with a pid of our own unreaped child and a valid signal number.
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc != 0 {
-        return Err(JepsenError::Node {
-            node: id,
-            detail: format!("signal {sig}: {}", std::io::Error::last_os_error()),
-        });
+        detail: detail.into(),
     }
-    Ok(())
 }

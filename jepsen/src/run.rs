@@ -6,7 +6,7 @@
 //! and panic (the `Namespaces` guard deletes the namespaces on unwind; nodes carry a
 //! parent-death signal).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,9 +223,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     // Peers in namespaces are not on loopback: the nodes need a cluster secret (peer
     // authentication), a fresh one per run.
     let secret = out.join("cluster-secret");
-    let key: [u8; 32] = rand::random();
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&secret, format!("{hex}\n")).map_err(|e| JepsenError::io(&secret, e))?;
+    psubd_launch::secret::renew(&secret).map_err(|e| JepsenError::io(&secret, e))?;
     let mut node_args = vec![
         "--cluster-secret-file".to_string(),
         secret.display().to_string(),
@@ -549,12 +547,7 @@ fn find_binary(given: Option<&Path>) -> Result<PathBuf, JepsenError> {
     if let Some(p) = given {
         candidates.push(p.to_path_buf());
     } else {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        {
-            candidates.push(dir.join("psubd"));
-        }
+        candidates.extend(psubd_launch::binary::beside_current_exe(0));
         candidates.push(PathBuf::from("target/release/psubd"));
         candidates.push(PathBuf::from("target/debug/psubd"));
     }
@@ -575,17 +568,14 @@ fn find_binary(given: Option<&Path>) -> Result<PathBuf, JepsenError> {
     })
 }
 
-/// Ports the OS hands out now; bound and released at once (loopback mode only).
+/// Free ports for the nodes (loopback mode only), reserved and released at once: the
+/// nodes bind them when they start.
 fn free_ports(n: usize) -> Result<Vec<u16>, JepsenError> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| JepsenError::io("127.0.0.1:0", e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| JepsenError::io("127.0.0.1:0", e))
+    (0..n)
+        .map(|_| {
+            psubd_launch::ports::try_reserve()
+                .map(|p| p.port())
+                .map_err(|e| JepsenError::io("127.0.0.1", e))
         })
         .collect()
 }

@@ -5,22 +5,24 @@
 //! directory, waits until every node answers `GET /readyz` with 200, and kills every
 //! process when dropped. Each node's stdout and stderr go to `node-<id>.log` in that
 //! directory; when a test panics the directory is kept and the tail of each log printed.
+//! The processes themselves are `psubd-launch`'s ([`NodeSet`]); this module is the tests'
+//! API over them: panics with log tails instead of errors, a shared HTTP client, fixture
+//! events marked in the logs.
 //!
 //! Only one `Cluster` lives at a time per test process (see [`Cluster::start`]): the CI
 //! machine has two cores, and three clusters of three nodes on them would turn election
 //! timeouts and the measured failover times into noise.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
 
+use psubd_launch::{logs, peers, Layout, NodeCommand, NodeSet, NotReady, Stopped};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::client::NodeClient;
 use crate::eventually::eventually;
-use crate::ports::{reserve, ReservedPort};
+use crate::ports::reserve;
 
 /// How long [`Cluster::start`] and [`Cluster::restart`] wait for `/readyz`: generous,
 /// so that a slow start is *measured* by the tests that care, not hidden by a panic here.
@@ -42,34 +44,15 @@ pub const BIN_ENV: &str = "PSUBD_BIN";
 /// Serialises clusters within one test process (see the module doc).
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-/// One node of the cluster.
-#[derive(Debug)]
-struct Node {
-    id: u64,
-    http: ReservedPort,
-    raft: ReservedPort,
-    data_dir: PathBuf,
-    log_path: PathBuf,
-    /// `Some` while the process may be running (not yet reaped).
-    child: Option<Child>,
-    /// When SIGTERM was sent to the current process, to time its shutdown.
-    term_sent: Option<Instant>,
-    /// Environment of this node alone, after the cluster's (see [`Cluster::set_node_env`]).
-    env: Vec<(String, String)>,
-}
-
 /// A running cluster of `psubd node` processes. Node ids are 1..=n.
 #[derive(Debug)]
 pub struct Cluster {
-    nodes: Vec<Node>,
-    bin: PathBuf,
+    /// Declared before `dir`: the processes die before their directory is removed.
+    nodes: NodeSet,
     /// `None` only once the directory was kept for a failed test's post-mortem.
     dir: Option<tempfile::TempDir>,
-    peers: String,
     client: reqwest::Client,
     ready_in: Duration,
-    /// Extra environment of every node process (e.g. `PSUBD_MAX_STREAMS`).
-    env: Vec<(String, String)>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -86,12 +69,8 @@ pub fn psubd_bin() -> PathBuf {
         assert!(p.is_file(), "{BIN_ENV}={} does not exist", p.display());
         return p;
     }
-    let exe = std::env::current_exe().expect("current_exe of the test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
+    let bin = psubd_launch::binary::beside_current_exe(1)
         .expect("the test binary lives in <target>/<profile>/deps/");
-    let bin = profile_dir.join(format!("psubd{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
         "the psubd binary is missing at {}: run `cargo build -p psubd` (with the same \
@@ -143,28 +122,30 @@ impl Cluster {
             .prefix("psubd-cluster-")
             .tempdir()
             .expect("create the cluster's temporary directory");
-        let mut nodes = Vec::with_capacity(n);
+        let layout = Layout::new(dir.path());
+        let mut reserved = Vec::with_capacity(n);
+        let mut places = Vec::with_capacity(n);
         for i in 0..n {
             let id = i as u64 + 1;
-            let data_dir = dir.path().join(format!("node-{id}"));
-            std::fs::create_dir_all(&data_dir).expect("create a node's data dir");
-            prepare(id, &data_dir);
-            nodes.push(Node {
-                id,
-                http: reserve(),
-                raft: reserve(),
-                data_dir,
-                log_path: dir.path().join(format!("node-{id}.log")),
-                child: None,
-                term_sent: None,
-                env: Vec::new(),
-            });
+            let (http, raft) = (reserve(), reserve());
+            let place = layout.place(id, http.port(), raft.port());
+            std::fs::create_dir_all(&place.data_dir).expect("create a node's data dir");
+            prepare(id, &place.data_dir);
+            places.push(place);
+            reserved.push((http, raft));
         }
-        let peers = nodes
-            .iter()
-            .map(|nd| format!("{}=127.0.0.1:{}", nd.id, nd.raft.port()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers(&places);
+        let commands = places
+            .into_iter()
+            .map(|place| {
+                let mut cmd = NodeCommand::new(&bin, place, peers.clone());
+                cmd.default_log_filter = Some("info".to_string());
+                for (k, v) in env {
+                    cmd.set_env(k, v);
+                }
+                cmd
+            })
+            .collect();
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(32)
@@ -172,24 +153,15 @@ impl Cluster {
             .build()
             .expect("build the HTTP client");
         let mut cluster = Cluster {
-            nodes,
-            bin,
+            nodes: NodeSet::new(commands).with_start_markers("psubd-tests"),
             dir: Some(dir),
-            peers,
             client,
             ready_in: Duration::ZERO,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
             _serial: serial,
         };
         // Release every port first, then spawn: a node dials its peers at once, and a
         // dial into a still-held reservation would sit in its backlog.
-        for node in &mut cluster.nodes {
-            node.http.release();
-            node.raft.release();
-        }
+        drop(reserved);
         let spawned = Instant::now();
         for id in cluster.ids() {
             cluster.spawn(id);
@@ -202,7 +174,7 @@ impl Cluster {
 
     /// The process id of node `id` while it runs (to read its memory use in /proc).
     pub fn pid(&self, id: u64) -> Option<u32> {
-        self.node_ref(id).child.as_ref().map(Child::id)
+        self.nodes.pid(id)
     }
 
     /// Time from spawning the first process to every node answering `/readyz` 200.
@@ -212,26 +184,22 @@ impl Cluster {
 
     /// All node ids, 1..=n.
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes.ids()
     }
 
     /// Ids of nodes whose process has been started and not killed or stopped.
     pub fn running(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.id)
-            .collect()
+        self.nodes.running()
     }
 
     /// Base URL of node `id`'s HTTP API, e.g. `http://127.0.0.1:20123`.
     pub fn http(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.node_ref(id).http.port())
+        format!("http://{}", self.nodes.command(id).place.http)
     }
 
     /// Node `id`'s Raft address, as given to `--raft` and `--peers`.
     pub fn raft_addr(&self, id: u64) -> String {
-        format!("127.0.0.1:{}", self.node_ref(id).raft.port())
+        self.nodes.command(id).place.raft.to_string()
     }
 
     /// The shared keep-alive HTTP client.
@@ -246,12 +214,12 @@ impl Cluster {
 
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> &Path {
-        &self.node_ref(id).data_dir
+        &self.nodes.command(id).place.data_dir
     }
 
     /// Node `id`'s log file (stdout and stderr of all its runs).
     pub fn log_path(&self, id: u64) -> &Path {
-        &self.node_ref(id).log_path
+        &self.nodes.command(id).place.log
     }
 
     /// How many `snapshot installed` lines of a partition group (ids from 1000 up) node
@@ -340,15 +308,12 @@ impl Cluster {
     ///
     /// When the node is not running.
     pub fn kill(&mut self, id: u64) {
-        let node = self.node_mut(id);
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("kill({id}): node {id} is not running"));
-        // An error means it already exited; wait() reaps it either way.
-        let _ = child.kill();
-        let _ = child.wait();
-        node.mark_log(&format!("psubd-tests: node {id} killed with SIGKILL"));
+        match self.nodes.kill_blocking(id) {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("kill({id}): node {id} is not running"),
+            Err(e) => panic!("kill({id}): {e}"),
+        }
+        self.mark(id, "killed with SIGKILL");
     }
 
     /// Sends SIGTERM to node `id` and waits for it to exit (at most [`STOP_TIMEOUT`]);
@@ -358,8 +323,12 @@ impl Cluster {
     ///
     /// When the node is not running or does not exit in time (it is then SIGKILLed).
     pub async fn stop(&mut self, id: u64) -> ExitStatus {
-        self.signal_term(id);
-        self.reap(id).await
+        let stopped = self.nodes.stop(id, STOP_TIMEOUT).await;
+        match stopped {
+            Ok(Some(stopped)) => self.stopped(id, stopped),
+            Ok(None) => panic!("stop({id}): node {id} is not running"),
+            Err(e) => panic!("stop({id}): {e}"),
+        }
     }
 
     /// SIGTERMs every running node at once, then waits for each; returns `(id, status)`.
@@ -368,23 +337,38 @@ impl Cluster {
     ///
     /// As [`Self::stop`].
     pub async fn stop_all(&mut self) -> Vec<(u64, ExitStatus)> {
-        let running = self.running();
-        for &id in &running {
-            self.signal_term(id);
+        let outcomes = self.nodes.stop_all(STOP_TIMEOUT).await;
+        outcomes
+            .into_iter()
+            .map(|(id, stopped)| match stopped {
+                Ok(stopped) => (id, self.stopped(id, stopped)),
+                Err(e) => panic!("stop({id}): {e}"),
+            })
+            .collect()
+    }
+
+    /// Marks a stop in the node's log; panics with every log's tail when it was not
+    /// graceful.
+    fn stopped(&self, id: u64, stopped: Stopped) -> ExitStatus {
+        let Stopped {
+            status,
+            graceful,
+            took,
+        } = stopped;
+        if !graceful {
+            panic!(
+                "node {id} did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}",
+                self.log_tails()
+            );
         }
-        let mut out = Vec::with_capacity(running.len());
-        for id in running {
-            out.push((id, self.reap(id).await));
-        }
-        out
+        self.mark(id, &format!("exited with {status} {took:?} after SIGTERM"));
+        status
     }
 
     /// Sets an environment variable for node `id` alone, from its next start on (a test
     /// giving one node another setting, say).
     pub fn set_node_env(&mut self, id: u64, key: &str, value: &str) {
-        let node = self.node_mut(id);
-        node.env.retain(|(k, _)| k != key);
-        node.env.push((key.to_string(), value.to_string()));
+        self.nodes.command_mut(id).set_env(key, value);
     }
 
     /// Starts node `id` again with the same ports and data dir, without waiting.
@@ -394,7 +378,7 @@ impl Cluster {
     /// When the node is running.
     pub fn respawn(&mut self, id: u64) {
         assert!(
-            self.node_ref(id).child.is_none(),
+            !self.nodes.is_running(id),
             "respawn({id}): node {id} is still running; kill or stop it first"
         );
         self.spawn(id);
@@ -421,14 +405,10 @@ impl Cluster {
     /// When the nodes are not ready in time.
     pub async fn restart_all(&mut self) -> Duration {
         let t = Instant::now();
-        let down: Vec<u64> = self
-            .nodes
-            .iter()
-            .filter(|n| n.child.is_none())
-            .map(|n| n.id)
-            .collect();
-        for id in down {
-            self.spawn(id);
+        for id in self.ids() {
+            if !self.nodes.is_running(id) {
+                self.spawn(id);
+            }
         }
         let ids = self.ids();
         self.wait_ready(&ids, READY_TIMEOUT).await;
@@ -441,16 +421,16 @@ impl Cluster {
     ///
     /// When the node is running, or the directory cannot be recreated.
     pub fn wipe(&mut self, id: u64) {
-        let node = self.node_mut(id);
         assert!(
-            node.child.is_none(),
+            !self.nodes.is_running(id),
             "wipe({id}): node {id} is running; kill or stop it first"
         );
-        if node.data_dir.exists() {
-            std::fs::remove_dir_all(&node.data_dir).expect("remove a node's data dir");
+        let data_dir = self.data_dir(id);
+        if data_dir.exists() {
+            std::fs::remove_dir_all(data_dir).expect("remove a node's data dir");
         }
-        std::fs::create_dir_all(&node.data_dir).expect("recreate a node's data dir");
-        node.mark_log(&format!("psubd-tests: node {id} data dir wiped"));
+        std::fs::create_dir_all(data_dir).expect("recreate a node's data dir");
+        self.mark(id, "data dir wiped");
     }
 
     /// Waits until every node in `ids` answers `/readyz` 200.
@@ -460,131 +440,71 @@ impl Cluster {
     /// When one exits or `timeout` passes, with every node's log tail.
     pub async fn wait_ready(&mut self, ids: &[u64], timeout: Duration) {
         let start = Instant::now();
-        let mut pending: Vec<u64> = ids.to_vec();
-        loop {
-            for &id in &pending {
-                let node = self.node_mut(id);
-                let exited = match node.child.as_mut() {
-                    Some(child) => child.try_wait().ok().flatten(),
-                    None => panic!("wait_ready({id}): node {id} is not running"),
-                };
-                if let Some(status) = exited {
-                    node.child = None;
-                    panic!(
-                        "node {id} exited with {status} before it was ready ({:?} after spawn)\n{}",
-                        start.elapsed(),
-                        self.log_tails()
-                    );
+        let probes: Vec<(u64, NodeClient)> = ids.iter().map(|&id| (id, self.node(id))).collect();
+        let probes = &probes;
+        let ready = self
+            .nodes
+            .wait_ready(ids, timeout, |id| async move {
+                match probes.iter().find(|(i, _)| *i == id) {
+                    Some((_, client)) => client.is_ready().await,
+                    None => false,
                 }
-            }
-            let mut still = Vec::new();
-            for &id in &pending {
-                if !self.node(id).is_ready().await {
-                    still.push(id);
-                }
-            }
-            pending = still;
-            if pending.is_empty() {
-                return;
-            }
-            if start.elapsed() >= timeout {
-                panic!(
-                    "nodes {pending:?} not ready (GET /readyz 200) within {timeout:?}\n{}",
-                    self.log_tails()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            })
+            .await;
+        match ready {
+            Ok(()) => {}
+            Err(NotReady::NotRunning(id)) => panic!("wait_ready({id}): node {id} is not running"),
+            Err(NotReady::Exited(id, status)) => panic!(
+                "node {id} exited with {status} before it was ready ({:?} after spawn)\n{}",
+                start.elapsed(),
+                self.log_tails()
+            ),
+            Err(NotReady::Timeout(pending)) => panic!(
+                "nodes {pending:?} not ready (GET /readyz 200) within {timeout:?}\n{}",
+                self.log_tails()
+            ),
+            Err(e @ NotReady::Io(..)) => panic!("waiting for readiness: {e}"),
         }
     }
 
     /// The last lines of every node's log, for failure messages.
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
-        for node in &self.nodes {
+        for id in self.ids() {
+            let log = self.log_path(id);
             out.push_str(&format!(
-                "----- node {} log ({}), last {LOG_TAIL_LINES} lines -----\n{}\n",
-                node.id,
-                node.log_path.display(),
-                tail(&node.log_path, LOG_TAIL_LINES)
+                "----- node {id} log ({}), last {LOG_TAIL_LINES} lines -----\n{}\n",
+                log.display(),
+                logs::tail_lines(log, LOG_TAIL_LINES, LOG_TAIL_BYTES)
             ));
         }
         out
     }
 
     fn spawn(&mut self, id: u64) {
-        let bin = self.bin.clone();
-        let peers = self.peers.clone();
-        let mut env = self.env.clone();
-        let node = self.node_mut(id);
-        env.extend(node.env.iter().cloned());
-        node.mark_log(&format!("psubd-tests: starting node {id}"));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)
-            .expect("open a node's log file");
-        let log_err = log.try_clone().expect("clone a node's log file handle");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("node")
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--http")
-            .arg(format!("127.0.0.1:{}", node.http.port()))
-            .arg("--raft")
-            .arg(format!("127.0.0.1:{}", node.raft.port()))
-            .arg("--peers")
-            .arg(&peers)
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        if std::env::var_os("RUST_LOG").is_none() && std::env::var_os("PSUBD_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+        if let Err(e) = self.nodes.start(id) {
+            let bin = self.nodes.command(id).program.display().to_string();
+            panic!("spawn {bin} for node {id}: {e}");
         }
-        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} for node {id}: {e}", bin.display()));
-        node.child = Some(child);
-        node.term_sent = None;
-    }
-
-    fn signal_term(&mut self, id: u64) {
-        self.signal(id, libc::SIGTERM, "SIGTERM");
-        self.node_mut(id).term_sent = Some(Instant::now());
     }
 
     /// Freezes node `id` with SIGSTOP (a long GC pause or a stalled VM): its sockets stay
-    /// open, it answers nothing, and it resumes with its old view of the cluster.
+    /// open, it answers nothing, and it resumes with its old view of the cluster. Returns
+    /// once the process has stopped (seen in CI: a join served 1 ms after the SIGSTOP).
     ///
     /// # Panics
     ///
     /// When the node is not running.
     pub fn pause(&mut self, id: u64) {
-        let pid = self.signal(id, libc::SIGSTOP, "SIGSTOP");
-        // kill(2) only queues the signal: until every thread has stopped, the node may still
-        // answer a request sent right after this call (seen in CI: a join served 1 ms after
-        // the SIGSTOP). Wait for the stop itself; WNOWAIT leaves it (and any exit) for the
-        // reaper to see.
-        // SAFETY: `info` is a plain C struct waitid fills in; `pid` is our unreaped child.
-        let rc = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WSTOPPED | libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "waiting for node {id} (pid {pid}) to stop: {}",
-            std::io::Error::last_os_error()
-        );
-        self.node_mut(id)
-            .mark_log(&format!("psubd-tests: node {id} paused with SIGSTOP"));
+        let process = self
+            .nodes
+            .process(id)
+            .unwrap_or_else(|| panic!("SIGSTOP to node {id}: it is not running"));
+        let paused = process.pause().and_then(|()| process.await_stopped());
+        if let Err(e) = paused {
+            panic!("pausing node {id}: {e}");
+        }
+        self.mark(id, "paused with SIGSTOP");
     }
 
     /// Resumes a paused node with SIGCONT.
@@ -593,103 +513,26 @@ impl Cluster {
     ///
     /// When the node is not running.
     pub fn resume(&mut self, id: u64) {
-        self.signal(id, libc::SIGCONT, "SIGCONT");
-        self.node_mut(id)
-            .mark_log(&format!("psubd-tests: node {id} resumed with SIGCONT"));
-    }
-
-    /// Sends `signal` to node `id`'s process; returns its pid.
-    fn signal(&mut self, id: u64, signal: libc::c_int, name: &str) -> libc::pid_t {
-        let pid = match &self.node_ref(id).child {
-            Some(c) => c.id(),
-            None => panic!("{name} to node {id}: it is not running"),
-        };
-        let pid = libc::pid_t::try_from(pid).expect("a child pid fits pid_t");
-        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own
-        // unreaped child, so it cannot name a recycled process.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({name}) to node {id} (pid {pid}) failed: {}",
-            std::io::Error::last_os_error()
-        );
-        pid
-    }
-
-    async fn reap(&mut self, id: u64) -> ExitStatus {
-        let start = self.node_ref(id).term_sent.unwrap_or_else(Instant::now);
-        loop {
-            let node = self.node_mut(id);
-            let child = node
-                .child
-                .as_mut()
-                .unwrap_or_else(|| panic!("stop({id}): node {id} is not running"));
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    node.child = None;
-                    node.mark_log(&format!(
-                        "psubd-tests: node {id} exited with {status} {:?} after SIGTERM",
-                        start.elapsed()
-                    ));
-                    return status;
-                }
-                Ok(None) if start.elapsed() < STOP_TIMEOUT => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    node.child = None;
-                    panic!(
-                        "node {id} did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}",
-                        self.log_tails()
-                    );
-                }
-            }
+        let process = self
+            .nodes
+            .process(id)
+            .unwrap_or_else(|| panic!("SIGCONT to node {id}: it is not running"));
+        if let Err(e) = process.resume() {
+            panic!("resuming node {id}: {e}");
         }
+        self.mark(id, "resumed with SIGCONT");
     }
 
-    fn node_ref(&self, id: u64) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node {id} in a cluster of {}", self.nodes.len()))
-    }
-
-    fn node_mut(&mut self, id: u64) -> &mut Node {
-        let n = self.nodes.len();
-        self.nodes
-            .iter_mut()
-            .find(|nd| nd.id == id)
-            .unwrap_or_else(|| panic!("no node {id} in a cluster of {n}"))
-    }
-}
-
-impl Node {
-    /// Appends a fixture event line to the node's log so the log reads as a timeline.
-    fn mark_log(&self, what: &str) {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        if let Ok(mut f) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-        {
-            let _ = writeln!(f, "===== [{ms}] {what} =====");
-        }
+    /// Appends a fixture event line to node `id`'s log so the log reads as a timeline.
+    fn mark(&self, id: u64, what: &str) {
+        logs::mark(self.log_path(id), &format!("psubd-tests: node {id} {what}"));
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        for id in self.nodes.running() {
+            let _ = self.nodes.kill_blocking(id);
         }
         if std::thread::panicking() {
             if let Some(dir) = self.dir.take() {
@@ -702,25 +545,6 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// The last `lines` lines of a file (reading at most [`LOG_TAIL_BYTES`] from its end).
-fn tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return String::from("(no log)");
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(LOG_TAIL_BYTES);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::from("(log unreadable)");
-    }
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_err() {
-        return String::from("(log unreadable)");
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A log line without its ANSI colour codes.

@@ -4,7 +4,7 @@
 //!
 //! - [`cluster`]: the [`Cluster`] fixture (spawn, readiness, kill, stop, restart, wipe,
 //!   leader lookup; logs to files, kept when a test fails).
-//! - [`ports`]: ports reserved before the processes start.
+//! - [`ports`]: ports reserved before the processes start (from `psubd-launch`).
 //! - [`client`]: [`NodeClient`], typed calls to one node's API (create_topic, publish,
 //!   fetch, fetch_all) and [`expect_error`] for the documented error body.
 //! - [`wire`]: the JSON shapes of docs/api.md, written from the contract.
@@ -18,7 +18,7 @@ pub mod checks;
 pub mod client;
 pub mod cluster;
 pub mod eventually;
-pub mod ports;
+pub use psubd_launch::ports;
 pub mod sse;
 pub mod wire;
 

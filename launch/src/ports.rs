@@ -1,4 +1,4 @@
-//! Reserving TCP ports for node processes before they start.
+//! Ports for node processes: reserved before they start, or checked free.
 //!
 //! A node is told its HTTP and Raft addresses on the command line, and every node must
 //! know every peer's Raft address at spawn, so the ports are chosen before any process
@@ -7,9 +7,13 @@
 //! that the kernel gives a local port from the ephemeral range. The reserver avoids both:
 //! it never hands out a port twice in one process, and it picks ports *below* the
 //! kernel's ephemeral range, where outbound connections never land. Each port is held
-//! bound until the fixture releases it right before spawning the node.
+//! bound until the caller releases it right before spawning the node.
+//!
+//! Fixed ports (`psubd dev`'s) are not reserved but checked with [`first_taken`], so a
+//! taken one is reported before any node starts rather than mistaken for a node.
 
 use std::collections::HashSet;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -62,13 +66,23 @@ fn ephemeral_low() -> u16 {
 
 /// Reserves one free port on 127.0.0.1.
 ///
+/// # Panics
+///
+/// When no port can be bound, which means the machine is out of ports (see
+/// [`try_reserve`]).
+pub fn reserve() -> ReservedPort {
+    try_reserve().expect("reserve a free TCP port on 127.0.0.1")
+}
+
+/// Reserves one free port on 127.0.0.1.
+///
 /// Concurrent test *processes* start scanning at different places (seeded from the pid
 /// and the clock), and the held bind keeps them from sharing a port.
 ///
-/// # Panics
+/// # Errors
 ///
-/// When no port in the range can be bound, which means the machine is out of ports.
-pub fn reserve() -> ReservedPort {
+/// When no port can be bound, which means the machine is out of ports.
+pub fn try_reserve() -> io::Result<ReservedPort> {
     let high = ephemeral_low();
     if high <= FIRST_PORT + 100 {
         return reserve_any();
@@ -87,10 +101,10 @@ pub fn reserve() -> ReservedPort {
         }
         if let Ok(listener) = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)) {
             taken.insert(port);
-            return ReservedPort {
+            return Ok(ReservedPort {
                 port,
                 listener: Some(listener),
-            };
+            });
         }
     }
     drop(taken);
@@ -98,23 +112,33 @@ pub fn reserve() -> ReservedPort {
 }
 
 /// Fallback: let the kernel pick (may lie in the ephemeral range).
-fn reserve_any() -> ReservedPort {
+fn reserve_any() -> io::Result<ReservedPort> {
     let mut taken = taken().lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
-        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-            .expect("bind 127.0.0.1:0 to reserve a port");
-        let port = listener
-            .local_addr()
-            .expect("local_addr of a bound listener")
-            .port();
+        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
         if taken.insert(port) {
-            return ReservedPort {
+            return Ok(ReservedPort {
                 port,
                 listener: Some(listener),
-            };
+            });
         }
     }
-    panic!("could not reserve a free TCP port on 127.0.0.1");
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no TCP port on 127.0.0.1 that this process has not handed out already",
+    ))
+}
+
+/// The first of `ports` that cannot be bound on 127.0.0.1 now, with why. Used before
+/// starting nodes on fixed ports: another process answering on one of them could
+/// otherwise pass for one of the nodes.
+pub fn first_taken(ports: impl IntoIterator<Item = u16>) -> Option<(u16, io::Error)> {
+    ports.into_iter().find_map(|port| {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+            .err()
+            .map(|e| (port, e))
+    })
 }
 
 #[cfg(test)]
@@ -141,5 +165,17 @@ mod tests {
         p.release();
         TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.port()))
             .expect("a released port is free for the node");
+    }
+
+    #[test]
+    fn first_taken_names_a_held_port() {
+        let held = reserve();
+        let mut free = reserve();
+        free.release();
+        assert_eq!(first_taken([free.port()]).map(|(p, _)| p), None);
+        assert_eq!(
+            first_taken([free.port(), held.port()]).map(|(p, _)| p),
+            Some(held.port())
+        );
     }
 }

@@ -1466,3 +1466,129 @@ async fn a_node_with_another_cluster_secret_never_joins() {
         );
     }
 }
+
+/// Makes a CA in `dir` (`<name>-ca.pem`) and a certificate and key it signs
+/// (`<name>.pem`, `<name>.key`) naming every node of a three-node cluster, with openssl as
+/// docs/operations.md § Security shows.
+fn peer_certificates(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
+    let path = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    let (cert, key, csr) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=psubd-test-ca",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &["-subj", "/CN=psubd-nodes", "-keyout", &key, "-out", &csr],
+        ]
+        .concat(),
+    );
+    let extensions = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&extensions),
+        "subjectAltName=DNS:psubd-node-1,DNS:psubd-node-2,DNS:psubd-node-3\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-days",
+        "1",
+        "-out",
+        &cert,
+        "-extfile",
+        &extensions,
+    ]);
+    [path(".pem"), path(".key"), path("-ca.pem")]
+}
+
+/// docs/operations.md § Security, peer TLS: nodes holding certificates of one CA replicate
+/// over TLS; a node whose certificate comes from another CA is refused and the others
+/// carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_talk_over_tls_and_refuse_a_certificate_of_another_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let [cert, key, ca] = peer_certificates(dir.path(), "ours");
+    let [their_cert, their_key, _] = peer_certificates(dir.path(), "theirs");
+    let env = [
+        ("PSUBD_PEER_TLS_CERT", cert.to_str().unwrap()),
+        ("PSUBD_PEER_TLS_KEY", key.to_str().unwrap()),
+        ("PSUBD_PEER_TLS_CA", ca.to_str().unwrap()),
+    ];
+    let mut cluster = Cluster::start_with_env(3, &env).await;
+    let via = cluster.node(2);
+    via.create_topic("over-tls", 3, 3).await;
+    let records: Vec<NewRecord> = (0..30)
+        .map(|i| NewRecord::keyed(format!("k{i}"), json!(i)))
+        .collect();
+    match via.try_publish("over-tls", &records, CATCH_UP).await {
+        PublishOutcome::Acked(reports) => assert_eq!(reports.len(), 30),
+        other => panic!("a cluster over TLS takes writes: {other:?}"),
+    }
+
+    cluster.kill(3);
+    cluster.set_node_env(3, "PSUBD_PEER_TLS_CERT", their_cert.to_str().unwrap());
+    cluster.set_node_env(3, "PSUBD_PEER_TLS_KEY", their_key.to_str().unwrap());
+    cluster.respawn(3);
+    // Node 3 is never ready (no controller quorum reaches it), the majority still serves.
+    let records: Vec<NewRecord> = (30..60)
+        .map(|i| NewRecord::keyed(format!("k{i}"), json!(i)))
+        .collect();
+    match cluster
+        .node(1)
+        .try_publish("over-tls", &records, CATCH_UP)
+        .await
+    {
+        PublishOutcome::Acked(reports) => assert_eq!(reports.len(), 30),
+        other => panic!("the majority must take writes: {other:?}"),
+    }
+    assert!(
+        !cluster.node(3).is_ready().await,
+        "node 3 with a certificate of another CA must not be ready"
+    );
+}

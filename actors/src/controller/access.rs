@@ -29,6 +29,8 @@ pub type SecretHash = [u8; 32];
 
 /// What an ACL rule is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+// Lower-case names are the JSON API's; postcard (the log) encodes by variant index.
+#[serde(rename_all = "lowercase")]
 pub enum ResourceType {
     /// A topic, by name.
     Topic,
@@ -40,6 +42,8 @@ pub enum ResourceType {
 
 /// How an ACL rule's name matches a resource's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+// Lower-case names are the JSON API's; postcard (the log) encodes by variant index.
+#[serde(rename_all = "lowercase")]
 pub enum PatternType {
     /// The names are equal (`*` matches every name).
     Literal,
@@ -49,6 +53,8 @@ pub enum PatternType {
 
 /// An operation on a resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+// Lower-case names are the JSON API's; postcard (the log) encodes by variant index.
+#[serde(rename_all = "lowercase")]
 pub enum Operation {
     /// Fetch, stream, key reads; group membership and commits.
     Read,
@@ -68,12 +74,63 @@ pub enum Operation {
 
 /// Whether a matching rule lets the operation through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+// Lower-case names are the JSON API's; postcard (the log) encodes by variant index.
+#[serde(rename_all = "lowercase")]
 pub enum Permission {
     /// Lets it through unless a deny also matches.
     Allow,
     /// Refuses it, whatever allows match.
     Deny,
 }
+
+impl ResourceType {
+    /// The name in the API and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Topic => "topic",
+            ResourceType::Group => "group",
+            ResourceType::Cluster => "cluster",
+        }
+    }
+}
+
+impl Operation {
+    /// The name in the API and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+            Operation::Create => "create",
+            Operation::Delete => "delete",
+            Operation::Alter => "alter",
+            Operation::Describe => "describe",
+            Operation::All => "all",
+        }
+    }
+}
+
+impl PatternType {
+    /// The name in the API and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatternType::Literal => "literal",
+            PatternType::Prefixed => "prefixed",
+        }
+    }
+}
+
+impl Permission {
+    /// The name in the API and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Allow => "allow",
+            Permission::Deny => "deny",
+        }
+    }
+}
+
+/// The name of the one cluster resource in ACL rules.
+pub const CLUSTER: &str = "cluster";
 
 /// One ACL rule of a principal.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -295,7 +352,9 @@ impl AccessState {
                 }
                 if self.keys.contains_key(&key_id) {
                     // Ids are random; a collision is refused rather than overwriting.
-                    return Err(AccessRefusal::LimitReached("key id collision; retry".into()));
+                    return Err(AccessRefusal::LimitReached(
+                        "key id collision; retry".into(),
+                    ));
                 }
                 self.keys.insert(
                     key_id,

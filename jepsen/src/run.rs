@@ -226,9 +226,12 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     let key: [u8; 32] = rand::random();
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&secret, format!("{hex}\n")).map_err(|e| JepsenError::io(&secret, e))?;
+    // The checker's clients send no API key: the API stays open (--insecure), which a
+    // namespace address off loopback would otherwise refuse.
     let mut node_args = vec![
         "--cluster-secret-file".to_string(),
         secret.display().to_string(),
+        "--insecure".to_string(),
     ];
     if let Some(n) = snapshot_every {
         node_args.extend([

@@ -104,7 +104,10 @@ impl DevCluster {
                     Ok(())
                 });
             }
+            // A dev cluster is open (no --auth) whatever the environment says.
             let child = command
+                .env_remove("PSUBD_AUTH")
+                .env_remove("PSUBD_ADMIN_KEY_FILE")
                 .arg("node")
                 .args(["--id", &n.to_string()])
                 .args(["--http", &format!("127.0.0.1:{}", http_port(n))])

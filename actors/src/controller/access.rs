@@ -396,6 +396,30 @@ impl AccessState {
         Ok(())
     }
 
+    /// True when the state shows `change` done (a removal: the thing is gone). An edge
+    /// that proposed a change waits for its own copy to show it before answering, so the
+    /// client's next request to that node sees it.
+    pub fn reflects(&self, change: &AccessChange) -> bool {
+        match change {
+            AccessChange::AddPrincipal { name, .. } => self.principals.contains_key(name),
+            AccessChange::RemovePrincipal { name } => !self.principals.contains_key(name),
+            AccessChange::AddKey { key_id, .. } => self.keys.contains_key(key_id),
+            AccessChange::RemoveKey { key_id, .. } => !self.keys.contains_key(key_id),
+            AccessChange::AddAcl { principal, rule } => self
+                .principals
+                .get(principal)
+                .is_some_and(|p| p.acls.contains(rule)),
+            AccessChange::RemoveAcl { principal, rule } => !self
+                .principals
+                .get(principal)
+                .is_some_and(|p| p.acls.contains(rule)),
+            AccessChange::SetQuota { principal, quota } => self
+                .principals
+                .get(principal)
+                .is_some_and(|p| p.quota == *quota),
+        }
+    }
+
     /// The key ids of a principal.
     pub fn keys_of<'a>(&'a self, principal: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         self.keys

@@ -372,7 +372,10 @@ impl Service {
             .controller(ForwardRequest::Access(change.clone()), "")
             .await
         {
-            Ok(ForwardResponse::Access(Ok(()))) => Ok(()),
+            Ok(ForwardResponse::Access(Ok(()))) => {
+                self.await_local(&change).await;
+                Ok(())
+            }
             Ok(ForwardResponse::Access(Err(refusal))) => Err(refusal_error(&change, refusal)),
             Ok(other) => Err(ApiError::Internal {
                 detail: format!("access change answered {other:?}"),
@@ -385,6 +388,22 @@ impl Service {
         };
         audit(caller, operation, &resource, result);
         outcome
+    }
+}
+
+impl Service {
+    /// Waits (up to the write timeout) until this node has applied a committed change, so
+    /// the client's next request here sees it. Past the bound the change is committed all
+    /// the same: the answer stays a success.
+    async fn await_local(&self, change: &AccessChange) {
+        let mut metadata = self.edge.broker().subscribe_metadata();
+        let applied = metadata.wait_for(|m| m.access.reflects(change));
+        if tokio::time::timeout(self.edge.write_timeout(), applied)
+            .await
+            .is_err()
+        {
+            tracing::debug!("an access change was not applied here within the write timeout");
+        }
     }
 }
 

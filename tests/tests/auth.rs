@@ -1,0 +1,654 @@
+//! Authentication, ACLs, quotas and the audit log, as an operator and their clients meet
+//! them: a three-node cluster started with `--auth` and an admin key file, principals and
+//! keys made through the admin routes, and clients using those keys.
+//!
+//! Needs the binary: `cargo build -p psubd` first.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use psubd_tests::{expect_error, Cluster, NewRecord, NodeClient};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A revoked key must be refused by every node within this (the documented contract).
+const REVOKED_WITHIN: Duration = Duration::from_secs(1);
+
+/// A random hex string of `bytes` bytes from the operating system.
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HTTP client that sends `key` as a Bearer token on every request.
+fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).expect("header value");
+    value.set_sensitive(true);
+    headers.insert(AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("build a client")
+}
+
+/// One user of the cluster: a key and a client on every node.
+struct User {
+    key: String,
+    http: reqwest::Client,
+    bases: Vec<String>,
+}
+
+impl User {
+    fn new(cluster: &Cluster, key: &str) -> Self {
+        Self {
+            key: key.to_string(),
+            http: client_with_key(key),
+            bases: cluster.ids().iter().map(|id| cluster.http(*id)).collect(),
+        }
+    }
+
+    /// A URL on node 1.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.bases[0])
+    }
+
+    fn node(&self, index: usize) -> NodeClient {
+        NodeClient::new(self.http.clone(), self.bases[index].clone())
+    }
+
+    /// `GET` on node 1 (the request is built at once; the future owns it).
+    fn get(&self, path: &str) -> impl Future<Output = reqwest::Response> + 'static {
+        let request = self.http.get(self.url(path));
+        async move { request.send().await.expect("GET") }
+    }
+
+    /// `POST` of a JSON body on node 1.
+    fn post(&self, path: &str, body: Value) -> impl Future<Output = reqwest::Response> + 'static {
+        let request = self.http.post(self.url(path)).json(&body);
+        async move { request.send().await.expect("POST") }
+    }
+
+    /// `DELETE` with a JSON body on node 1.
+    fn delete_json(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> impl Future<Output = reqwest::Response> + 'static {
+        let request = self.http.delete(self.url(path)).json(&body);
+        async move { request.send().await.expect("DELETE") }
+    }
+}
+
+fn acl(
+    principal: &str,
+    resource_type: &str,
+    pattern: &str,
+    name: &str,
+    op: &str,
+    perm: &str,
+) -> Value {
+    json!({
+        "principal": principal,
+        "resource_type": resource_type,
+        "pattern_type": pattern,
+        "resource_name": name,
+        "operation": op,
+        "permission": perm,
+    })
+}
+
+async fn status_of(resp: reqwest::Response, want: u16, what: &str) -> Value {
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, want, "{what}: {body}");
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+/// Makes a principal with one key; answers the key.
+async fn principal_with_key(admin: &User, name: &str) -> String {
+    status_of(
+        admin.post("/v1/principals", json!({ "name": name })).await,
+        201,
+        &format!("create principal {name}"),
+    )
+    .await;
+    let made = status_of(
+        admin
+            .post(&format!("/v1/principals/{name}/keys"), json!({}))
+            .await,
+        201,
+        &format!("create a key of {name}"),
+    )
+    .await;
+    let key = made["key"].as_str().expect("key").to_string();
+    let key_id = made["key_id"].as_str().expect("key_id");
+    assert!(key.starts_with(&format!("{key_id}.")), "{made}");
+    key
+}
+
+fn record(value: &str) -> NewRecord {
+    NewRecord {
+        value: json!(value),
+        ..NewRecord::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let admin_key = format!("admin.{}", random_hex(24));
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, format!("{admin_key}\n")).expect("write the admin key file");
+    let key_path = key_file.display().to_string();
+    let cluster = Cluster::start_with_env(
+        3,
+        &[("PSUBD_AUTH", "true"), ("PSUBD_ADMIN_KEY_FILE", &key_path)],
+    )
+    .await;
+    let anonymous = reqwest::Client::new();
+    let base = cluster.http(1);
+
+    // Open endpoints stay open.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = anonymous.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path} without a key");
+    }
+
+    // 401: no key, a malformed key, an unknown key, a wrong secret.
+    let no_key = anonymous
+        .get(format!("{base}/v1/topics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        no_key.headers().get(WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    expect_error(no_key, 401, "unauthenticated", "no key").await;
+    for (header, what) in [
+        ("Bearer nodot", "a key without a '.'"),
+        ("Basic YWRtaW46YWRtaW4=", "another scheme"),
+        ("Bearer 0123456789abcdef.unknown", "an unknown key id"),
+        ("Bearer admin.wrong", "a wrong admin secret"),
+    ] {
+        let resp = anonymous
+            .get(format!("{base}/v1/topics"))
+            .header(AUTHORIZATION, header)
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, 401, "unauthenticated", what).await;
+    }
+
+    // The admin makes principals and keys.
+    let admin = User::new(&cluster, &admin_key);
+    let producer = User::new(&cluster, &principal_with_key(&admin, "producer").await);
+    let consumer = User::new(&cluster, &principal_with_key(&admin, "consumer").await);
+    let outsider = User::new(&cluster, &principal_with_key(&admin, "outsider").await);
+    let listed = status_of(admin.get("/v1/principals").await, 200, "list principals").await;
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["consumer", "outsider", "producer"]);
+    expect_error(
+        admin
+            .post("/v1/principals", json!({ "name": "producer" }))
+            .await,
+        409,
+        "principal_exists",
+        "a second principal of one name",
+    )
+    .await;
+    for bad in ["admin", "__x", "a b", ""] {
+        expect_error(
+            admin.post("/v1/principals", json!({ "name": bad })).await,
+            400,
+            "invalid_name",
+            &format!("principal name {bad:?}"),
+        )
+        .await;
+    }
+
+    // 403 on admin routes for everyone but the admin.
+    expect_error(
+        outsider.get("/v1/principals").await,
+        403,
+        "forbidden",
+        "list principals",
+    )
+    .await;
+    expect_error(
+        outsider
+            .post("/v1/principals", json!({ "name": "mine" }))
+            .await,
+        403,
+        "forbidden",
+        "create a principal",
+    )
+    .await;
+    expect_error(
+        outsider
+            .post("/v1/principals/outsider/keys", json!({}))
+            .await,
+        403,
+        "forbidden",
+        "create a key",
+    )
+    .await;
+    let grant_self = acl("outsider", "topic", "prefixed", "o", "all", "allow");
+    expect_error(
+        outsider.post("/v1/acls", grant_self).await,
+        403,
+        "forbidden",
+        "create an ACL",
+    )
+    .await;
+    expect_error(
+        outsider.get("/v1/acls").await,
+        403,
+        "forbidden",
+        "list ACLs",
+    )
+    .await;
+
+    // Topics made by the admin; the ACLs of the principals.
+    admin.node(0).create_topic("orders", 1, 3).await;
+    admin.node(0).create_topic("private", 1, 3).await;
+    for rule in [
+        acl("producer", "topic", "literal", "orders", "write", "allow"),
+        acl("consumer", "topic", "prefixed", "ord", "read", "allow"),
+        acl("consumer", "group", "literal", "billing", "read", "allow"),
+    ] {
+        status_of(
+            admin.post("/v1/acls", rule.clone()).await,
+            201,
+            &format!("ACL {rule}"),
+        )
+        .await;
+    }
+    let consumers = status_of(admin.get("/v1/acls?principal=consumer").await, 200, "ACLs").await;
+    assert_eq!(consumers.as_array().map(Vec::len), Some(2), "{consumers}");
+
+    // Publish: allowed with `write`, refused without.
+    let reports = producer.node(0).publish("orders", &[record("o-1")]).await;
+    assert_eq!(reports.len(), 1);
+    let publish = |user: &User, topic: &str| {
+        let request = user
+            .http
+            .post(user.url(&format!("/v1/topics/{topic}/records")))
+            .json(&json!({ "records": [{ "value": "x" }] }));
+        async move { request.send().await.expect("publish") }
+    };
+    expect_error(
+        publish(&consumer, "orders").await,
+        403,
+        "forbidden",
+        "publish without write",
+    )
+    .await;
+    expect_error(
+        publish(&producer, "private").await,
+        403,
+        "forbidden",
+        "publish elsewhere",
+    )
+    .await;
+
+    // Fetch and streams: allowed with `read`, refused without.
+    let fetch_path = "/v1/topics/orders/partitions/0/records?offset=earliest";
+    let fetched = status_of(consumer.get(fetch_path).await, 200, "fetch with read").await;
+    assert_eq!(
+        fetched["records"].as_array().map(Vec::len),
+        Some(1),
+        "{fetched}"
+    );
+    expect_error(
+        producer.get(fetch_path).await,
+        403,
+        "forbidden",
+        "fetch without read",
+    )
+    .await;
+    let stream = producer
+        .http
+        .get(producer.url("/v1/topics/orders/partitions/0/stream"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    expect_error(stream, 403, "forbidden", "a stream without read").await;
+
+    // Groups: `read` on the group and on its topics.
+    let lease = consumer
+        .node(0)
+        .join_earliest("billing", &["orders"], 10_000)
+        .await;
+    let member = lease["member_id"].as_str().expect("member_id").to_string();
+    let generation = lease["generation"].as_u64().expect("generation");
+    let commit = |group: &str, topic: &str| {
+        consumer.post(
+            &format!("/v1/groups/{group}/offsets"),
+            json!({
+                "member_id": member,
+                "generation": generation,
+                "offsets": [{ "topic": topic, "partition": 0, "offset": 1 }],
+            }),
+        )
+    };
+    status_of(commit("billing", "orders").await, 204, "commit with read").await;
+    expect_error(
+        commit("payments", "orders").await,
+        403,
+        "forbidden",
+        "commit to another group",
+    )
+    .await;
+    expect_error(
+        commit("billing", "private").await,
+        403,
+        "forbidden",
+        "commit a topic without read",
+    )
+    .await;
+
+    // Topic creation: `create` on the topic or the cluster.
+    let create = |user: &User, name: &str| {
+        user.post(
+            "/v1/topics",
+            json!({ "name": name, "replication_factor": 1 }),
+        )
+    };
+    expect_error(
+        create(&outsider, "outsider-topic").await,
+        403,
+        "forbidden",
+        "create without create",
+    )
+    .await;
+    let listed = status_of(outsider.get("/v1/topics").await, 200, "list topics").await;
+    assert_eq!(listed, json!([]), "topics are listed by describe");
+    status_of(
+        admin
+            .post(
+                "/v1/acls",
+                acl(
+                    "outsider", "cluster", "literal", "cluster", "create", "allow",
+                ),
+            )
+            .await,
+        201,
+        "grant create on the cluster",
+    )
+    .await;
+    status_of(
+        create(&outsider, "outsider-topic").await,
+        201,
+        "create with create",
+    )
+    .await;
+
+    // Deny wins over allow; removing the deny restores the allow.
+    let deny = acl("consumer", "topic", "literal", "orders", "read", "deny");
+    status_of(
+        admin.post("/v1/acls", deny.clone()).await,
+        201,
+        "add a deny",
+    )
+    .await;
+    expect_error(
+        consumer.get(fetch_path).await,
+        403,
+        "forbidden",
+        "allow then deny",
+    )
+    .await;
+    status_of(
+        admin.delete_json("/v1/acls", deny.clone()).await,
+        204,
+        "remove the deny",
+    )
+    .await;
+    status_of(consumer.get(fetch_path).await, 200, "the allow again").await;
+    expect_error(
+        admin.delete_json("/v1/acls", deny).await,
+        404,
+        "acl_not_found",
+        "remove it twice",
+    )
+    .await;
+
+    // WebSocket: the upgrade needs a key; each operation is checked against the ACLs.
+    let ws_url = format!("{}/v1/ws", base.replace("http://", "ws://"));
+    let refused = tokio_tungstenite::connect_async(&ws_url).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401, "upgrade without a key")
+        }
+        other => panic!("an upgrade without a key was not refused with 401: {other:?}"),
+    }
+    let mut request = ws_url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        AUTHORIZATION,
+        format!("Bearer {}", consumer.key).parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    let op = json!({"op": "publish", "id": 1, "topic": "orders", "records": [{"value": "w"}]});
+    socket
+        .send(Message::Text(op.to_string().into()))
+        .await
+        .unwrap();
+    let reply = loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => break serde_json::from_str::<Value>(&text).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("no reply to a WebSocket publish: {other:?}"),
+        }
+    };
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["error"], "forbidden", "{reply}");
+    let _ = socket.close(None).await;
+
+    // Quotas: 429 with Retry-After once past the rate; the bucket is per node.
+    status_of(
+        admin
+            .http
+            .put(admin.url("/v1/principals/consumer/quota"))
+            .json(&json!({ "requests_per_sec": 2, "produce_bytes_per_sec": null }))
+            .send()
+            .await
+            .unwrap(),
+        200,
+        "set a quota",
+    )
+    .await;
+    let mut over = None;
+    for _ in 0..20 {
+        let resp = consumer.get("/v1/topics").await;
+        if resp.status().as_u16() == 429 {
+            over = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let over = over.expect("no 429 within 20 requests at 2 per second");
+    let retry_after: u64 = over
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    let body = expect_error(over, 429, "quota_exceeded", "over the request quota").await;
+    assert_eq!(body.error_code, 42902);
+    status_of(
+        admin
+            .http
+            .put(admin.url("/v1/principals/producer/quota"))
+            .json(&json!({ "produce_bytes_per_sec": 64 }))
+            .send()
+            .await
+            .unwrap(),
+        200,
+        "set a produce quota",
+    )
+    .await;
+    let big = "x".repeat(200);
+    let first = producer
+        .http
+        .post(producer.url("/v1/topics/orders/records"))
+        .json(&json!({ "records": [{ "value": big }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        first.status().as_u16(),
+        200,
+        "the first publish is admitted"
+    );
+    let second = publish(&producer, "orders").await;
+    assert!(second.headers().contains_key(RETRY_AFTER));
+    expect_error(second, 429, "quota_exceeded", "over the produce quota").await;
+
+    // Revocation: every node refuses the key within a second of the 204.
+    let made = status_of(
+        admin.post("/v1/principals/outsider/keys", json!({})).await,
+        201,
+        "a second key",
+    )
+    .await;
+    let second_key = made["key"].as_str().unwrap().to_string();
+    let second_id = made["key_id"].as_str().unwrap().to_string();
+    let revocable = User::new(&cluster, &second_key);
+    for index in 0..3 {
+        status_of(
+            revocable
+                .http
+                .get(format!("{}/v1/topics", revocable.bases[index]))
+                .send()
+                .await
+                .unwrap(),
+            200,
+            "the key before revocation",
+        )
+        .await;
+    }
+    let revoke = admin
+        .http
+        .delete(admin.url(&format!("/v1/principals/outsider/keys/{second_id}")))
+        .send()
+        .await
+        .unwrap();
+    status_of(revoke, 204, "revoke").await;
+    let revoked_at = Instant::now();
+    let first_refusal = revocable
+        .http
+        .get(revocable.url("/v1/topics"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        first_refusal,
+        401,
+        "unauthenticated",
+        "the revoked key on the node that revoked it",
+    )
+    .await;
+    for index in 1..3 {
+        loop {
+            let resp = revocable
+                .http
+                .get(format!("{}/v1/topics", revocable.bases[index]))
+                .send()
+                .await
+                .unwrap();
+            if resp.status().as_u16() == 401 {
+                expect_error(resp, 401, "unauthenticated", "a revoked key").await;
+                break;
+            }
+            assert!(
+                revoked_at.elapsed() <= REVOKED_WITHIN,
+                "node {} still took a revoked key {:?} after the revocation",
+                index + 1,
+                revoked_at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The principal's other key still works.
+    status_of(outsider.get("/v1/topics").await, 200, "the other key").await;
+
+    // Deleting a principal takes its keys with it.
+    status_of(
+        admin
+            .http
+            .delete(admin.url("/v1/principals/outsider"))
+            .send()
+            .await
+            .unwrap(),
+        204,
+        "delete a principal",
+    )
+    .await;
+    expect_error(
+        outsider.get("/v1/topics").await,
+        401,
+        "unauthenticated",
+        "a deleted principal's key",
+    )
+    .await;
+    expect_error(
+        admin
+            .http
+            .delete(admin.url("/v1/principals/outsider"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "principal_not_found",
+        "delete it twice",
+    )
+    .await;
+
+    // The audit log saw the refusals and the admin's changes; no log holds a secret.
+    let secrets: Vec<String> = [
+        &admin_key,
+        &producer.key,
+        &consumer.key,
+        &outsider.key,
+        &second_key,
+    ]
+    .iter()
+    .map(|key| key.split_once('.').expect("key_id.secret").1.to_string())
+    .collect();
+    let mut audited_forbidden = false;
+    let mut audited_changes = false;
+    for id in cluster.ids() {
+        let log = std::fs::read_to_string(cluster.log_path(id)).expect("read a node's log");
+        for secret in &secrets {
+            assert!(
+                !log.contains(secret.as_str()),
+                "node {id}'s log holds a key's secret"
+            );
+        }
+        for line in log.lines().filter(|l| l.contains(" audit:")) {
+            audited_forbidden |=
+                line.contains("outcome=\"forbidden\"") || line.contains("outcome=forbidden");
+            audited_changes |= line.contains("create_principal");
+        }
+    }
+    assert!(audited_forbidden, "no forbidden request in the audit log");
+    assert!(audited_changes, "no admin change in the audit log");
+}

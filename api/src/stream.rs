@@ -13,7 +13,6 @@
 //!
 //! [`Edge::fetch`]: crate::edge::Edge::fetch
 
-use psubd_actors::controller::access::Operation;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
 use psubd_actors::assignment::TopicPartition;
+use psubd_actors::controller::access::Operation;
 use psubd_actors::topic::TopicMeta;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;

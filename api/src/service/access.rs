@@ -168,7 +168,7 @@ impl Service {
             .quotas
             .take(&metadata.access, principal, kind, rate, cost)
             .map_err(|wait| {
-                audit(caller, kind.name(), "quota", "quota_exceeded");
+                audit(caller, "admit", kind.name(), "quota_exceeded");
                 ApiError::QuotaExceeded {
                     quota: kind.name(),
                     retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
@@ -215,6 +215,7 @@ impl Service {
     /// 403 for a non-admin.
     pub fn list_principals(&self, caller: &Caller) -> Result<Vec<PrincipalSummary>> {
         require_admin(caller, "list_principals", "principals")?;
+        audit(caller, "list_principals", "principals", "ok");
         let metadata = self.edge.broker().metadata();
         let access = &metadata.access;
         Ok(access
@@ -321,6 +322,7 @@ impl Service {
             names::principal(name)?;
         }
         require_admin(caller, "list_acls", principal.unwrap_or("*"))?;
+        audit(caller, "list_acls", principal.unwrap_or("*"), "ok");
         let metadata = self.edge.broker().metadata();
         let principals = &metadata.access.principals;
         if let Some(name) = principal {

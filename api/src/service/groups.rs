@@ -2,10 +2,10 @@
 //! describe and delete, each sent to the group's coordinator wherever it runs (through
 //! [`crate::edge::Edge::group`]).
 
-use psubd_actors::controller::access::{Operation, ResourceType};
 use std::collections::BTreeSet;
 
 use psubd_actors::assignment::{AssignmentStrategy, TopicPartition};
+use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::coordinator::{
     AutoOffsetReset, GroupAnswer, GroupDescription, GroupRequest, GroupSummary, Lease,
     MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,

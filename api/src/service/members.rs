@@ -8,13 +8,13 @@
 //!
 //! Member fetches over HTTP and member streams (SSE, NDJSON, WebSocket) all run these.
 
-use psubd_actors::controller::access::{Operation, ResourceType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use psubd_actors::assignment::TopicPartition;
+use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::coordinator::{
     AutoOffsetReset, Delivery, GroupRequest, Lease, PollFrom, PositionToken, StartPosition,
 };

@@ -643,6 +643,12 @@ async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
                 "node {id}'s log holds a key's secret"
             );
         }
+        // Refusals are audited at INFO: a cluster refusing requests is still healthy.
+        let loud: Vec<&str> = log
+            .lines()
+            .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("openraft"))
+            .collect();
+        assert!(loud.is_empty(), "node {id} logged WARN/ERROR: {loud:#?}");
         for line in log.lines().filter(|l| l.contains(" audit:")) {
             audited_forbidden |=
                 line.contains("outcome=\"forbidden\"") || line.contains("outcome=forbidden");

@@ -84,38 +84,6 @@ impl AclBody {
     }
 }
 
-/// A quota as the API takes and shows it; `null` (or absent) is unlimited.
-#[derive(Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct QuotaBody {
-    #[serde(default)]
-    produce_bytes_per_sec: Option<u64>,
-    #[serde(default)]
-    fetch_bytes_per_sec: Option<u64>,
-    #[serde(default)]
-    requests_per_sec: Option<u64>,
-}
-
-impl From<QuotaBody> for Quota {
-    fn from(body: QuotaBody) -> Self {
-        Quota {
-            produce_bytes_per_sec: body.produce_bytes_per_sec,
-            fetch_bytes_per_sec: body.fetch_bytes_per_sec,
-            requests_per_sec: body.requests_per_sec,
-        }
-    }
-}
-
-impl From<Quota> for QuotaBody {
-    fn from(quota: Quota) -> Self {
-        QuotaBody {
-            produce_bytes_per_sec: quota.produce_bytes_per_sec,
-            fetch_bytes_per_sec: quota.fetch_bytes_per_sec,
-            requests_per_sec: quota.requests_per_sec,
-        }
-    }
-}
-
 #[instrument(skip_all)]
 async fn create_principal(
     State(state): State<AppState>,
@@ -142,7 +110,7 @@ async fn list_principals(
             "name": p.name,
             "created_ms": p.created_ms,
             "key_ids": p.key_ids,
-            "quota": QuotaBody::from(p.quota),
+            "quota": p.quota,
         }))
         .collect::<Vec<_>>())))
 }
@@ -193,12 +161,11 @@ async fn set_quota(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: QuotaBody = json::parse(&headers, &body)?;
-    let quota = Quota::from(request);
+    let quota: Quota = json::parse(&headers, &body)?;
     state.service.set_quota(&caller, &principal, quota).await?;
     Ok(Json(json!({
         "principal": principal,
-        "quota": QuotaBody::from(quota),
+        "quota": quota,
     })))
 }
 

@@ -159,8 +159,11 @@ impl AclRule {
     }
 }
 
-/// Byte and request rates of a principal, per node; `None` is unlimited.
+/// Byte and request rates of a principal, per node; `None` is unlimited. Also the JSON
+/// body of `PUT /v1/principals/{p}/quota` (an absent field is unlimited; the attributes
+/// change nothing in the log's postcard encoding, which always holds every field).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Quota {
     /// Record bytes published per second.
     pub produce_bytes_per_sec: Option<u64>,

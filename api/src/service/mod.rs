@@ -64,12 +64,6 @@ impl Caller {
     pub fn new(via: Via, identity: Identity) -> Self {
         Self { via, identity }
     }
-
-    /// The same caller on another protocol (a WebSocket upgrade's operations).
-    pub fn via(mut self, via: Via) -> Self {
-        self.via = via;
-        self
-    }
 }
 
 /// The operations of one node. Cheap to clone.

@@ -303,6 +303,61 @@ async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
         .await;
     }
     let consumers = status_of(admin.get("/v1/acls?principal=consumer").await, 200, "ACLs").await;
+
+    // Bad input is a 4xx JSON error and changes nothing.
+    let mut bad_type = acl("consumer", "topic", "literal", "x", "read", "allow");
+    bad_type["resource_type"] = json!("database");
+    for (body, status, error, what) in [
+        (bad_type, 400, "invalid_json", "an unknown resource type"),
+        (
+            acl("consumer", "cluster", "literal", "other", "create", "allow"),
+            400,
+            "invalid_name",
+            "a cluster not named 'cluster'",
+        ),
+        (
+            acl("consumer", "topic", "literal", "a b", "read", "allow"),
+            400,
+            "invalid_name",
+            "a bad topic name",
+        ),
+        (
+            acl("nobody", "topic", "literal", "x", "read", "allow"),
+            404,
+            "principal_not_found",
+            "an unknown principal",
+        ),
+    ] {
+        expect_error(admin.post("/v1/acls", body).await, status, error, what).await;
+    }
+    let put_quota = |body: Value| {
+        admin
+            .http
+            .put(admin.url("/v1/principals/consumer/quota"))
+            .json(&body)
+            .send()
+    };
+    for (body, error) in [
+        (json!({ "requests_per_sec": 0 }), "invalid_request"),
+        (json!({ "requests_per_sec": -1 }), "invalid_json"),
+        (json!({ "bytes": 1 }), "invalid_json"),
+    ] {
+        expect_error(put_quota(body).await.unwrap(), 400, error, "a bad quota").await;
+    }
+    expect_error(
+        admin
+            .http
+            .delete(admin.url("/v1/principals/consumer/keys/0000000000000000"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "api_key_not_found",
+        "delete an unknown key",
+    )
+    .await;
+    let after = status_of(admin.get("/v1/acls?principal=consumer").await, 200, "ACLs").await;
+    assert_eq!(after, consumers, "refused changes changed nothing");
     assert_eq!(consumers.as_array().map(Vec::len), Some(2), "{consumers}");
 
     // Publish: allowed with `write`, refused without.

@@ -1,6 +1,7 @@
 //! Authentication, ACLs, quotas and the audit log, as an operator and their clients meet
-//! them: a three-node cluster started with `--auth` and an admin key file, principals and
-//! keys made through the admin routes, and clients using those keys.
+//! them: three-node clusters started with `--auth` and an admin key file, principals and
+//! keys made through the admin routes, and clients using those keys. Each test ends by
+//! checking that no node's log holds a key's secret.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
@@ -65,6 +66,7 @@ fn client_with_key(key: &str) -> reqwest::Client {
 }
 
 /// One user of the cluster: a key and a client on every node.
+#[derive(Clone)]
 struct User {
     key: String,
     http: reqwest::Client,
@@ -137,26 +139,12 @@ async fn status_of(resp: reqwest::Response, want: u16, what: &str) -> Value {
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
-/// Makes a principal with one key; answers the key.
-async fn principal_with_key(admin: &User, name: &str) -> String {
-    status_of(
-        admin.post("/v1/principals", json!({ "name": name })).await,
-        201,
-        &format!("create principal {name}"),
+/// A JSON publish of one small record to `topic` on node 1, as `user`.
+fn publish(user: &User, topic: &str) -> impl Future<Output = reqwest::Response> + 'static {
+    user.post(
+        &format!("/v1/topics/{topic}/records"),
+        json!({ "records": [{ "value": "x" }] }),
     )
-    .await;
-    let made = status_of(
-        admin
-            .post(&format!("/v1/principals/{name}/keys"), json!({}))
-            .await,
-        201,
-        &format!("create a key of {name}"),
-    )
-    .await;
-    let key = made["key"].as_str().expect("key").to_string();
-    let key_id = made["key_id"].as_str().expect("key_id");
-    assert!(key.starts_with(&format!("{key_id}.")), "{made}");
-    key
 }
 
 fn record(value: &str) -> NewRecord {
@@ -166,20 +154,132 @@ fn record(value: &str) -> NewRecord {
     }
 }
 
+/// A three-node cluster started with `--auth`, its admin, and every key handed out (for
+/// the check that no log holds a secret).
+struct AuthCluster {
+    cluster: Cluster,
+    admin: User,
+    keys: Vec<String>,
+    _admin_key_dir: tempfile::TempDir,
+}
+
+impl AuthCluster {
+    /// Starts the cluster with a fresh random admin key in a file.
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let admin_key = format!("admin.{}", random_hex(24));
+        let key_file = dir.path().join("admin.key");
+        std::fs::write(&key_file, format!("{admin_key}\n")).expect("write the admin key file");
+        let key_path = key_file.display().to_string();
+        let cluster = Cluster::start_with_env(
+            3,
+            &[("PSUBD_AUTH", "true"), ("PSUBD_ADMIN_KEY_FILE", &key_path)],
+        )
+        .await;
+        let admin = User::new(&cluster, &admin_key);
+        Self {
+            cluster,
+            admin,
+            keys: vec![admin_key],
+            _admin_key_dir: dir,
+        }
+    }
+
+    /// Makes a principal with one key; answers its user.
+    async fn principal(&mut self, name: &str) -> User {
+        status_of(
+            self.admin
+                .post("/v1/principals", json!({ "name": name }))
+                .await,
+            201,
+            &format!("create principal {name}"),
+        )
+        .await;
+        self.new_key(name).await.0
+    }
+
+    /// Makes another key of a principal; answers its user and the key id.
+    async fn new_key(&mut self, principal: &str) -> (User, String) {
+        let made = status_of(
+            self.admin
+                .post(&format!("/v1/principals/{principal}/keys"), json!({}))
+                .await,
+            201,
+            &format!("create a key of {principal}"),
+        )
+        .await;
+        let key = made["key"].as_str().expect("key").to_string();
+        let key_id = made["key_id"].as_str().expect("key_id").to_string();
+        assert!(key.starts_with(&format!("{key_id}.")), "{made}");
+        self.keys.push(key.clone());
+        (User::new(&self.cluster, &key), key_id)
+    }
+
+    /// Grants (or denies) with one ACL.
+    async fn acl(&self, rule: Value) {
+        status_of(
+            self.admin.post("/v1/acls", rule.clone()).await,
+            201,
+            &format!("ACL {rule}"),
+        )
+        .await;
+    }
+
+    /// Sets a principal's quota.
+    async fn quota(&self, principal: &str, quota: Value) {
+        let resp = self
+            .admin
+            .http
+            .put(self.admin.url(&format!("/v1/principals/{principal}/quota")))
+            .json(&quota)
+            .send()
+            .await
+            .expect("PUT quota");
+        status_of(resp, 200, "set a quota").await;
+    }
+
+    /// Checks every node's log: no key's secret anywhere, and no WARN or ERROR from the
+    /// edge (refusals are audited at INFO: a cluster refusing requests is still healthy;
+    /// only the edge's lines are checked, as a slow disk on a busy test machine may rightly
+    /// warn). Answers the audit lines.
+    fn checked_logs(&self) -> Vec<String> {
+        let secrets: Vec<&str> = self
+            .keys
+            .iter()
+            .map(|key| key.split_once('.').expect("key_id.secret").1)
+            .collect();
+        let mut audit = Vec::new();
+        for id in self.cluster.ids() {
+            let log =
+                std::fs::read_to_string(self.cluster.log_path(id)).expect("read a node's log");
+            for secret in &secrets {
+                assert!(
+                    !log.contains(secret),
+                    "node {id}'s log holds a key's secret"
+                );
+            }
+            let loud: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .filter(|l| l.contains("psubd_api") || l.contains(" audit"))
+                .collect();
+            assert!(loud.is_empty(), "node {id} logged WARN/ERROR: {loud:#?}");
+            audit.extend(
+                log.lines()
+                    .filter(|l| l.contains(" audit:"))
+                    .map(str::to_string),
+            );
+        }
+        audit
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let admin_key = format!("admin.{}", random_hex(24));
-    let key_file = dir.path().join("admin.key");
-    std::fs::write(&key_file, format!("{admin_key}\n")).expect("write the admin key file");
-    let key_path = key_file.display().to_string();
-    let cluster = Cluster::start_with_env(
-        3,
-        &[("PSUBD_AUTH", "true"), ("PSUBD_ADMIN_KEY_FILE", &key_path)],
-    )
-    .await;
+async fn keys_are_required_and_a_revoked_key_is_refused_everywhere_within_a_second() {
+    let mut auth = AuthCluster::start().await;
     let anonymous = reqwest::Client::new();
-    let base = cluster.http(1);
+    let base = auth.cluster.http(1);
+    let admin = auth.admin.clone();
 
     // Open endpoints stay open.
     for path in ["/healthz", "/readyz", "/metrics"] {
@@ -213,11 +313,94 @@ async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
         expect_error(resp, 401, "unauthenticated", what).await;
     }
 
+    let outsider = auth.principal("outsider").await;
+
+    // A second key works on every node within a second; revoked, every node refuses it
+    // within a second of the 204.
+    let (revocable, second_id) = auth.new_key("outsider").await;
+    let made_at = Instant::now();
+    status_of(
+        revocable.get("/v1/topics").await,
+        200,
+        "a new key on the node that made it",
+    )
+    .await;
+    for index in 1..3 {
+        await_status(&revocable, index, 200, made_at).await;
+    }
+    let revoke = admin
+        .http
+        .delete(admin.url(&format!("/v1/principals/outsider/keys/{second_id}")))
+        .send()
+        .await
+        .unwrap();
+    status_of(revoke, 204, "revoke").await;
+    let revoked_at = Instant::now();
+    let first_refusal = revocable
+        .http
+        .get(revocable.url("/v1/topics"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        first_refusal,
+        401,
+        "unauthenticated",
+        "the revoked key on the node that revoked it",
+    )
+    .await;
+    for index in 1..3 {
+        let resp = await_status(&revocable, index, 401, revoked_at).await;
+        expect_error(resp, 401, "unauthenticated", "a revoked key").await;
+    }
+    // The principal's other key still works.
+    status_of(outsider.get("/v1/topics").await, 200, "the other key").await;
+
+    // Deleting a principal takes its keys with it.
+    status_of(
+        admin
+            .http
+            .delete(admin.url("/v1/principals/outsider"))
+            .send()
+            .await
+            .unwrap(),
+        204,
+        "delete a principal",
+    )
+    .await;
+    expect_error(
+        outsider.get("/v1/topics").await,
+        401,
+        "unauthenticated",
+        "a deleted principal's key",
+    )
+    .await;
+    expect_error(
+        admin
+            .http
+            .delete(admin.url("/v1/principals/outsider"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "principal_not_found",
+        "delete it twice",
+    )
+    .await;
+
+    auth.checked_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acls_decide_what_each_principal_may_do_and_refusals_are_audited() {
+    let mut auth = AuthCluster::start().await;
+    let base = auth.cluster.http(1);
+    let admin = auth.admin.clone();
+
     // The admin makes principals and keys.
-    let admin = User::new(&cluster, &admin_key);
-    let producer = User::new(&cluster, &principal_with_key(&admin, "producer").await);
-    let consumer = User::new(&cluster, &principal_with_key(&admin, "consumer").await);
-    let outsider = User::new(&cluster, &principal_with_key(&admin, "outsider").await);
+    let producer = auth.principal("producer").await;
+    let consumer = auth.principal("consumer").await;
+    let outsider = auth.principal("outsider").await;
     let listed = status_of(admin.get("/v1/principals").await, 200, "list principals").await;
     let names: Vec<&str> = listed
         .as_array()
@@ -363,13 +546,6 @@ async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
     // Publish: allowed with `write`, refused without.
     let reports = producer.node(0).publish("orders", &[record("o-1")]).await;
     assert_eq!(reports.len(), 1);
-    let publish = |user: &User, topic: &str| {
-        let request = user
-            .http
-            .post(user.url(&format!("/v1/topics/{topic}/records")))
-            .json(&json!({ "records": [{ "value": "x" }] }));
-        async move { request.send().await.expect("publish") }
-    };
     expect_error(
         publish(&consumer, "orders").await,
         403,
@@ -541,17 +717,33 @@ async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
     assert_eq!(reply["error"], "forbidden", "{reply}");
     let _ = socket.close(None).await;
 
+    let audit = auth.checked_logs();
+    assert!(
+        audit.iter().any(|l| l.contains("outcome=\"forbidden\"")),
+        "no forbidden request in the audit log"
+    );
+    assert!(
+        audit.iter().any(|l| l.contains("create_principal")),
+        "no admin change in the audit log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quotas_answer_429_with_retry_after() {
+    let mut auth = AuthCluster::start().await;
+    let admin = auth.admin.clone();
+    let producer = auth.principal("producer").await;
+    let consumer = auth.principal("consumer").await;
+    admin.node(0).create_topic("orders", 1, 3).await;
+    auth.acl(acl(
+        "producer", "topic", "literal", "orders", "write", "allow",
+    ))
+    .await;
+
     // Quotas: 429 with Retry-After once past the rate; the bucket is per node.
-    status_of(
-        admin
-            .http
-            .put(admin.url("/v1/principals/consumer/quota"))
-            .json(&json!({ "requests_per_sec": 2, "produce_bytes_per_sec": null }))
-            .send()
-            .await
-            .unwrap(),
-        200,
-        "set a quota",
+    auth.quota(
+        "consumer",
+        json!({ "requests_per_sec": 2, "produce_bytes_per_sec": null }),
     )
     .await;
     let mut over = None;
@@ -573,18 +765,16 @@ async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
     assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
     let body = expect_error(over, 429, "quota_exceeded", "over the request quota").await;
     assert_eq!(body.error_code, 42902);
-    status_of(
-        admin
-            .http
-            .put(admin.url("/v1/principals/producer/quota"))
-            .json(&json!({ "produce_bytes_per_sec": 64 }))
-            .send()
-            .await
-            .unwrap(),
-        200,
-        "set a produce quota",
-    )
-    .await;
+    // The buckets are per node (the documented N × limit): node 2 still admits.
+    let elsewhere = consumer
+        .http
+        .get(format!("{}/v1/topics", consumer.bases[1]))
+        .send()
+        .await
+        .unwrap();
+    status_of(elsewhere, 200, "the same principal on another node").await;
+    auth.quota("producer", json!({ "produce_bytes_per_sec": 64 }))
+        .await;
     let big = "x".repeat(200);
     let first = producer
         .http
@@ -602,121 +792,5 @@ async fn keys_acls_quotas_and_the_audit_log_work_end_to_end() {
     assert!(second.headers().contains_key(RETRY_AFTER));
     expect_error(second, 429, "quota_exceeded", "over the produce quota").await;
 
-    // Revocation: every node refuses the key within a second of the 204.
-    let made = status_of(
-        admin.post("/v1/principals/outsider/keys", json!({})).await,
-        201,
-        "a second key",
-    )
-    .await;
-    let second_key = made["key"].as_str().unwrap().to_string();
-    let second_id = made["key_id"].as_str().unwrap().to_string();
-    let revocable = User::new(&cluster, &second_key);
-    let made_at = Instant::now();
-    status_of(
-        revocable.get("/v1/topics").await,
-        200,
-        "a new key on the node that made it",
-    )
-    .await;
-    for index in 1..3 {
-        await_status(&revocable, index, 200, made_at).await;
-    }
-    let revoke = admin
-        .http
-        .delete(admin.url(&format!("/v1/principals/outsider/keys/{second_id}")))
-        .send()
-        .await
-        .unwrap();
-    status_of(revoke, 204, "revoke").await;
-    let revoked_at = Instant::now();
-    let first_refusal = revocable
-        .http
-        .get(revocable.url("/v1/topics"))
-        .send()
-        .await
-        .unwrap();
-    expect_error(
-        first_refusal,
-        401,
-        "unauthenticated",
-        "the revoked key on the node that revoked it",
-    )
-    .await;
-    for index in 1..3 {
-        let resp = await_status(&revocable, index, 401, revoked_at).await;
-        expect_error(resp, 401, "unauthenticated", "a revoked key").await;
-    }
-    // The principal's other key still works.
-    status_of(outsider.get("/v1/topics").await, 200, "the other key").await;
-
-    // Deleting a principal takes its keys with it.
-    status_of(
-        admin
-            .http
-            .delete(admin.url("/v1/principals/outsider"))
-            .send()
-            .await
-            .unwrap(),
-        204,
-        "delete a principal",
-    )
-    .await;
-    expect_error(
-        outsider.get("/v1/topics").await,
-        401,
-        "unauthenticated",
-        "a deleted principal's key",
-    )
-    .await;
-    expect_error(
-        admin
-            .http
-            .delete(admin.url("/v1/principals/outsider"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "principal_not_found",
-        "delete it twice",
-    )
-    .await;
-
-    // The audit log saw the refusals and the admin's changes; no log holds a secret.
-    let secrets: Vec<String> = [
-        &admin_key,
-        &producer.key,
-        &consumer.key,
-        &outsider.key,
-        &second_key,
-    ]
-    .iter()
-    .map(|key| key.split_once('.').expect("key_id.secret").1.to_string())
-    .collect();
-    let mut audited_forbidden = false;
-    let mut audited_changes = false;
-    for id in cluster.ids() {
-        let log = std::fs::read_to_string(cluster.log_path(id)).expect("read a node's log");
-        for secret in &secrets {
-            assert!(
-                !log.contains(secret.as_str()),
-                "node {id}'s log holds a key's secret"
-            );
-        }
-        // Refusals are audited at INFO: a cluster refusing requests is still healthy. (Only
-        // the edge's lines are checked: a slow disk on a busy test machine may rightly warn.)
-        let loud: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-            .filter(|l| l.contains("psubd_api") || l.contains(" audit"))
-            .collect();
-        assert!(loud.is_empty(), "node {id} logged WARN/ERROR: {loud:#?}");
-        for line in log.lines().filter(|l| l.contains(" audit:")) {
-            audited_forbidden |=
-                line.contains("outcome=\"forbidden\"") || line.contains("outcome=forbidden");
-            audited_changes |= line.contains("create_principal");
-        }
-    }
-    assert!(audited_forbidden, "no forbidden request in the audit log");
-    assert!(audited_changes, "no admin change in the audit log");
+    auth.checked_logs();
 }

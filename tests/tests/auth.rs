@@ -792,5 +792,22 @@ async fn quotas_answer_429_with_retry_after() {
     assert!(second.headers().contains_key(RETRY_AFTER));
     expect_error(second, 429, "quota_exceeded", "over the produce quota").await;
 
+    // Fetched bytes are charged after the fetch: a read past the rate makes the next wait.
+    let reader = auth.principal("reader").await;
+    auth.acl(acl("reader", "topic", "literal", "orders", "read", "allow"))
+        .await;
+    auth.quota("reader", json!({ "fetch_bytes_per_sec": 10 }))
+        .await;
+    let fetch_path = "/v1/topics/orders/partitions/0/records?offset=earliest";
+    let fetched = status_of(reader.get(fetch_path).await, 200, "the first fetch").await;
+    assert_eq!(
+        fetched["records"].as_array().map(Vec::len),
+        Some(1),
+        "{fetched}"
+    );
+    let refused = reader.get(fetch_path).await;
+    assert!(refused.headers().contains_key(RETRY_AFTER));
+    expect_error(refused, 429, "quota_exceeded", "over the fetch quota").await;
+
     auth.checked_logs();
 }

@@ -12,6 +12,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::controller::access::{AccessChange, AccessRefusal};
 use crate::controller::{Controller, ControllerLogic, ControllerState, NodeInfo, TopicUpdate};
 use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
@@ -297,6 +298,17 @@ impl Broker {
         update: TopicUpdate,
     ) -> Result<TopicMeta, ControllerError> {
         self.inner.controller.update_topic(name, update).await
+    }
+
+    /// Changes the access model through this node's controller.
+    ///
+    /// # Errors
+    /// As [`Broker::create_topic`]; `Ok(Err(_))` for a change the model refused.
+    pub async fn change_access(
+        &self,
+        change: AccessChange,
+    ) -> Result<Result<(), AccessRefusal>, ControllerError> {
+        self.inner.controller.change_access(change).await
     }
 
     /// Records a node's HTTP address through this node's controller. Checked here too, as

@@ -7,10 +7,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use psubd_actors::controller::access::{Operation, ResourceType, CLUSTER};
 use psubd_actors::proposal::leader_of;
 use psubd_raft::CONTROLLER_GROUP;
 use serde_json::json;
 
+use crate::error::ApiError;
+use crate::service::Caller;
 use crate::state::AppState;
 
 /// How long `/v1/cluster` waits for a peer's answer before calling it not alive.
@@ -173,7 +176,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
-async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// The cluster's nodes: `describe` on the cluster.
+async fn cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .service
+        .authorize(&caller, ResourceType::Cluster, CLUSTER, Operation::Describe)?;
     let broker = state.broker();
     let raft_node = broker.raft_node();
     let metadata = broker.metadata();
@@ -204,10 +214,10 @@ async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
             }));
         }
     }
-    Json(json!({
+    Ok(Json(json!({
         "node_id": me,
         "controller_leader": broker.controller_leader(),
         "nodes": nodes,
         "partitions": partitions,
-    }))
+    })))
 }

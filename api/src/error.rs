@@ -229,6 +229,63 @@ pub enum ApiError {
         /// The topic.
         topic: String,
     },
+    /// The request carries no valid API key: missing, malformed, unknown or revoked.
+    #[error("{message}")]
+    Unauthenticated {
+        /// Which (never the secret).
+        message: String,
+    },
+    /// The caller's ACLs do not allow the operation (or it needs the admin). Nothing was
+    /// done.
+    #[error("principal '{principal}' may not {operation} {resource}")]
+    Forbidden {
+        /// The caller.
+        principal: String,
+        /// The operation.
+        operation: String,
+        /// The resource, e.g. `topic 'orders'`.
+        resource: String,
+    },
+    /// The caller is over one of its quotas on this node. Nothing was done.
+    #[error("over the {quota} quota on this node; retry in {retry_after_secs} s")]
+    QuotaExceeded {
+        /// Which quota.
+        quota: &'static str,
+        /// Seconds until the request would be admitted (the `Retry-After` header).
+        retry_after_secs: u64,
+    },
+    /// No such principal.
+    #[error("principal '{principal}' not found")]
+    PrincipalNotFound {
+        /// The principal.
+        principal: String,
+    },
+    /// A principal of this name exists.
+    #[error("principal '{principal}' already exists")]
+    PrincipalExists {
+        /// The principal.
+        principal: String,
+    },
+    /// The principal has no API key of this id.
+    #[error("principal '{principal}' has no key '{key_id}'")]
+    ApiKeyNotFound {
+        /// The principal.
+        principal: String,
+        /// The key id.
+        key_id: String,
+    },
+    /// The principal has no such ACL.
+    #[error("no such ACL for principal '{principal}'")]
+    AclNotFound {
+        /// The principal.
+        principal: String,
+    },
+    /// A bound on principals, keys or ACLs would be passed. Nothing was done.
+    #[error("{message}")]
+    LimitReached {
+        /// Which bound.
+        message: String,
+    },
     /// A bug or a broken node; logged, not shown.
     #[error("internal error")]
     Internal {
@@ -302,6 +359,14 @@ impl ApiError {
                 "offset_beyond_high_watermark",
                 3,
             ),
+            ApiError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated", 1),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", 1),
+            ApiError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", 2),
+            ApiError::PrincipalNotFound { .. } => (StatusCode::NOT_FOUND, "principal_not_found", 5),
+            ApiError::ApiKeyNotFound { .. } => (StatusCode::NOT_FOUND, "api_key_not_found", 6),
+            ApiError::AclNotFound { .. } => (StatusCode::NOT_FOUND, "acl_not_found", 7),
+            ApiError::PrincipalExists { .. } => (StatusCode::CONFLICT, "principal_exists", 8),
+            ApiError::LimitReached { .. } => (StatusCode::CONFLICT, "limit_reached", 9),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -313,7 +378,24 @@ impl ApiError {
             ApiError::Unavailable { .. }
                 | ApiError::OutcomeUnknown { .. }
                 | ApiError::InsufficientStorage { .. }
+                | ApiError::QuotaExceeded { .. }
         )
+    }
+
+    /// Seconds a client should wait before retrying (the `Retry-After` header), for the
+    /// errors that have one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::QuotaExceeded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => match self.status() {
+                StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::INSUFFICIENT_STORAGE => Some(RETRY_AFTER_SECS),
+                _ => None,
+            },
+        }
     }
 
     /// The HTTP status (for logs and metrics).
@@ -369,13 +451,15 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::INSUFFICIENT_STORAGE
-        {
+        if let Some(seconds) = self.retry_after_secs() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use psubd_actors::controller::access::Operation;
 use serde::Deserialize;
 use tracing::instrument;
 
@@ -116,11 +117,14 @@ pub fn parse_partition(topic: &str, raw: &str, partitions: u32) -> Result<u32, A
 #[instrument(skip_all, fields(topic = %topic, partition = %partition))]
 async fn fetch(
     State(state): State<AppState>,
+    caller: Caller,
     Path((topic, partition)): Path<(String, String)>,
     Query(params): Query<FetchParams>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::http();
-    let meta = state.service.topic(&caller, &topic).await?;
+    let meta = state
+        .service
+        .topic(&caller, &topic, Operation::Read)
+        .await?;
     let partition = parse_partition(&topic, &partition, meta.config.partitions)?;
     let offset = parse_offset(params.offset.as_deref())?;
     let bounds = read_bounds(

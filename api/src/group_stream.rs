@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
 #[instrument(skip_all, fields(group = %group))]
 async fn stream_member(
     State(state): State<AppState>,
+    caller: Caller,
     Path((group, member)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -82,7 +83,7 @@ async fn stream_member(
     names::member(&member)?;
     let framing = negotiate(&headers)?;
     let permit = acquire(&state)?;
-    let items = member_records(state, Caller::http(), group, member).await?;
+    let items = member_records(state, caller, group, member).await?;
     Ok(respond(items, framing, permit))
 }
 

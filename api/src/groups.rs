@@ -73,6 +73,7 @@ struct JoinBody {
 #[instrument(skip_all, fields(group = %group))]
 async fn join(
     State(state): State<AppState>,
+    caller: Caller,
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -85,7 +86,7 @@ async fn join(
         body.auto_offset_reset.as_deref(),
         body.assignment_strategy.as_deref(),
     )?;
-    let lease = state.service.join(&Caller::http(), &group, request).await?;
+    let lease = state.service.join(&caller, &group, request).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -100,10 +101,11 @@ async fn join(
 #[instrument(skip_all, fields(group = %group))]
 async fn leave(
     State(state): State<AppState>,
+    caller: Caller,
     Path((group, member)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let group = GroupName::parse(group)?;
-    state.service.leave(&Caller::http(), &group, member).await?;
+    state.service.leave(&caller, &group, member).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -166,6 +168,7 @@ pub(crate) fn parse_position(raw: &str) -> Result<PositionToken, ApiError> {
 #[instrument(skip_all, fields(group = %group))]
 async fn member_fetch(
     State(state): State<AppState>,
+    caller: Caller,
     Path((group, member)): Path<(String, String)>,
     Query(params): Query<MemberFetchParams>,
 ) -> Result<Response, ApiError> {
@@ -180,7 +183,6 @@ async fn member_fetch(
         Some(raw) => PollFrom::Token(parse_position(raw)?),
         None => PollFrom::Confirmed,
     };
-    let caller = Caller::http();
     let lease = state
         .service
         .poll_member(&caller, &group, &member, bounds.timeout_ms, from)
@@ -253,6 +255,7 @@ impl From<CommitOffsetBody> for CommitOffset {
 #[instrument(skip_all, fields(group = %group))]
 async fn commit(
     State(state): State<AppState>,
+    caller: Caller,
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -264,20 +267,18 @@ async fn commit(
         generation: body.generation,
         offsets: body.offsets.into_iter().map(CommitOffset::from).collect(),
     };
-    state
-        .service
-        .commit(&Caller::http(), &group, request)
-        .await?;
+    state.service.commit(&caller, &group, request).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[instrument(skip_all, fields(group = %group))]
 async fn offsets(
     State(state): State<AppState>,
+    caller: Caller,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let group = GroupName::parse(group)?;
-    let rows = state.service.group_offsets(&Caller::http(), &group).await?;
+    let rows = state.service.group_offsets(&caller, &group).await?;
     let offsets: Vec<Value> = rows
         .iter()
         .map(|row| {
@@ -335,6 +336,7 @@ fn reset_target(entry: &ResetEntry) -> Result<ResetTo, ApiError> {
 #[instrument(skip_all, fields(group = %group))]
 async fn reset(
     State(state): State<AppState>,
+    caller: Caller,
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -355,7 +357,7 @@ async fn reset(
         .collect::<Result<Vec<_>, ApiError>>()?;
     let entries = state
         .service
-        .reset_offsets(&Caller::http(), &group, requests)
+        .reset_offsets(&caller, &group, requests)
         .await?;
     let offsets: Vec<Value> = entries
         .iter()
@@ -368,8 +370,8 @@ async fn reset(
 // Groups: list, describe, delete
 // ---------------------------------------------------------------------------------------
 
-async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let groups = state.service.list_groups(&Caller::http()).await?;
+async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let groups = state.service.list_groups(&caller).await?;
     Ok(Json(Value::Array(
         groups
             .into_iter()
@@ -405,23 +407,22 @@ fn description_json(d: GroupDescription) -> Value {
 #[instrument(skip_all, fields(group = %group))]
 async fn describe(
     State(state): State<AppState>,
+    caller: Caller,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let group = GroupName::parse(group)?;
-    let description = state
-        .service
-        .describe_group(&Caller::http(), &group)
-        .await?;
+    let description = state.service.describe_group(&caller, &group).await?;
     Ok(Json(description_json(description)))
 }
 
 #[instrument(skip_all, fields(group = %group))]
 async fn delete_group(
     State(state): State<AppState>,
+    caller: Caller,
     Path(group): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let group = GroupName::parse(group)?;
-    state.service.delete_group(&Caller::http(), &group).await?;
+    state.service.delete_group(&caller, &group).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

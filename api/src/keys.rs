@@ -24,6 +24,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use psubd_actors::controller::access::Operation;
 use psubd_actors::partition::key_index::KeyRecord;
 use psubd_actors::record::{RecordIter, ValueKind};
 use serde::Deserialize;
@@ -110,10 +111,14 @@ struct LookupParams {
 #[instrument(skip_all, fields(topic = %topic))]
 async fn lookup(
     State(state): State<AppState>,
+    caller: Caller,
     Path((topic, key)): Path<(String, String)>,
     Query(params): Query<LookupParams>,
 ) -> Result<Response, ApiError> {
-    let view = state.service.key_view(&Caller::http(), &topic).await?;
+    let view = state
+        .service
+        .key_view(&caller, &topic, Operation::Read)
+        .await?;
     let fresh = read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
     let found = view.lookup(key, fresh).await?;
     let mut out = Vec::with_capacity(found.record.encoded.len() + 128);
@@ -133,10 +138,14 @@ struct ScanParams {
 #[instrument(skip_all, fields(topic = %topic))]
 async fn scan(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(params): Query<ScanParams>,
 ) -> Result<Response, ApiError> {
-    let view = state.service.key_view(&Caller::http(), &topic).await?;
+    let view = state
+        .service
+        .key_view(&caller, &topic, Operation::Read)
+        .await?;
     let limit =
         number("limit", params.limit.as_deref(), DEFAULT_SCAN_LIMIT)?.clamp(1, MAX_SCAN_LIMIT);
     let fresh = read_your_writes(params.min_offset.as_deref(), params.timeout_ms.as_deref())?;
@@ -189,11 +198,15 @@ async fn write(
 #[instrument(skip_all, fields(topic = %topic))]
 async fn put(
     State(state): State<AppState>,
+    caller: Caller,
     Path((topic, key)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let view = state.service.key_view(&Caller::http(), &topic).await?;
+    let view = state
+        .service
+        .key_view(&caller, &topic, Operation::Write)
+        .await?;
     let kind = match media_type(&headers).as_deref() {
         Some("application/json") => {
             serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| {
@@ -224,8 +237,12 @@ async fn put(
 #[instrument(skip_all, fields(topic = %topic))]
 async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path((topic, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let view = state.service.key_view(&Caller::http(), &topic).await?;
+    let view = state
+        .service
+        .key_view(&caller, &topic, Operation::Write)
+        .await?;
     write(&view, key, ValueKind::String, None).await
 }

@@ -12,7 +12,9 @@
 //!   form of records, shared by every answer that carries them.
 //!
 //! **Service** — [`service`]: every operation, typed, taking the [`Caller`] (the seam for
-//! authentication, ACLs and quotas) and answering [`ApiError`].
+//! authentication, ACLs and quotas) and answering [`ApiError`]. [`auth`] identifies
+//! callers (API keys, the admin key, quota buckets); [`access`] is the admin's HTTP
+//! resource for principals, keys, ACLs and quotas.
 //!
 //! **Routing** — [`edge`]: which node serves a request, retries at leader hints, waits
 //! for a leader; [`group_routing`]: how the edge reaches a group's coordinator.
@@ -26,6 +28,8 @@
 //! request limits and their defaults), [`metrics`] (Prometheus), [`state`] (what handlers
 //! share).
 
+pub mod access;
+pub mod auth;
 pub mod cluster;
 pub mod edge;
 pub mod error;
@@ -76,8 +80,10 @@ pub fn router(state: AppState) -> Router {
         .merge(group_stream::router(state.clone()))
         .merge(ws::router(state.clone()))
         .merge(keys::router(state.clone()))
+        .merge(access::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), guard_origin))
         .layer(middleware::from_fn_with_state(state, observe))
         .layer(
@@ -120,6 +126,60 @@ async fn guard_origin(State(state): State<AppState>, request: Request, next: Nex
         }
     }
     next.run(request).await
+}
+
+/// Paths any client may call without a key: liveness, readiness and metrics are what
+/// load balancers, orchestrators and scrapers call, and they reveal no records.
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Establishes the [`Caller`] of every request once, where it enters the cluster:
+/// refuses a missing, malformed, unknown or revoked key (401) and a caller over its
+/// request quota (429) before anything is parsed; handlers take the caller as an
+/// extractor. A WebSocket upgrade is authenticated here too, by its `Authorization`
+/// header; its operations then run as that caller.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if OPEN_PATHS.contains(&path) {
+        request.extensions_mut().insert(Caller::default());
+        return next.run(request).await;
+    }
+    let via = if path == ws::PATH {
+        service::Via::WebSocket
+    } else {
+        service::Via::Http
+    };
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let caller = match state.service.authenticate(header, via, path) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = state.service.admit_request(&caller) {
+        return error.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// Handlers take the request's [`Caller`] as an argument; the [`authenticate`] layer put
+/// it there.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal {
+                detail: "no caller: the authentication layer did not run".into(),
+            })
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {

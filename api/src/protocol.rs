@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use psubd_actors::assignment::TopicPartition;
+use psubd_actors::controller::access::{AccessChange, AccessRefusal};
 use psubd_actors::controller::{NodeInfo, TopicUpdate};
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
@@ -119,6 +120,9 @@ pub enum ForwardRequest {
         /// How long the serving node may wait (capped there).
         wait_ms: u64,
     },
+    /// Change the access model (the serving node must lead the controller). Checked
+    /// (admin, valid names) by the edge that took the request.
+    Access(AccessChange),
 }
 
 /// A replica's status.
@@ -180,6 +184,8 @@ pub enum ForwardResponse {
     /// The answer to [`ForwardRequest::AwaitLeader`]: `None` when no leader appeared in
     /// time, or the serving node holds no replica.
     Leader(Option<NodeId>),
+    /// The answer to [`ForwardRequest::Access`]: applied, or refused by the model.
+    Access(Result<(), AccessRefusal>),
 }
 
 /// A key read as sent to a replica.

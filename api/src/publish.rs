@@ -268,12 +268,12 @@ fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
 #[instrument(skip_all, fields(topic = %topic))]
 async fn publish(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(params): Query<PublishParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::http();
     let acks = Acks::parse(params.acks.as_deref())?;
     let media = media_type(&headers);
     // A body without a Content-Type is refused, as on every JSON route (`json.rs`).
@@ -340,6 +340,7 @@ async fn publish(
 #[instrument(skip_all, fields(topic = %topic))]
 async fn publish_stream(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(params): Query<PublishParams>,
     headers: HeaderMap,
@@ -355,7 +356,6 @@ async fn publish_stream(
         }
     }
     Acks::parse(params.acks.as_deref())?;
-    let caller = Caller::http();
     // The topic is looked up once; each chunk publishes a batch for it.
     let template = state.service.begin_publish(&caller, &topic).await?;
     let encoding = params.encoding.unwrap_or_default();

@@ -64,6 +64,10 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
             Ok(()) => ForwardResponse::Done,
             Err(error) => ForwardResponse::Controller(error),
         },
+        ForwardRequest::Access(change) => match broker.change_access(change).await {
+            Ok(outcome) => ForwardResponse::Access(outcome),
+            Err(error) => ForwardResponse::Controller(error),
+        },
         ForwardRequest::RegisterNode(info) => match broker.register_node(info).await {
             Ok(()) => ForwardResponse::Done,
             Err(error) => ForwardResponse::Controller(error),

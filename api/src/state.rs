@@ -41,6 +41,12 @@ impl AppState {
         self
     }
 
+    /// Turns authentication on (or off): see [`crate::auth`].
+    pub fn with_auth(mut self, auth: crate::auth::Auth) -> Self {
+        self.service = self.service.with_auth(auth);
+        self
+    }
+
     /// This node's broker.
     pub fn broker(&self) -> &Broker {
         self.service.edge.broker()

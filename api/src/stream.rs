@@ -25,6 +25,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
 use psubd_actors::assignment::TopicPartition;
+use psubd_actors::controller::access::Operation;
 use psubd_actors::topic::TopicMeta;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
@@ -338,12 +339,15 @@ fn ndjson_lines(item: Item) -> Bytes {
 #[instrument(skip_all, fields(topic = %topic, partition = %partition))]
 async fn stream_partition(
     State(state): State<AppState>,
+    caller: Caller,
     Path((topic, partition)): Path<(String, String)>,
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::http();
-    let meta = state.service.topic(&caller, &topic).await?;
+    let meta = state
+        .service
+        .topic(&caller, &topic, Operation::Read)
+        .await?;
     let partition = parse_partition(&topic, &partition, meta.config.partitions)?;
     let offset = match resume_offset(&headers, partition)? {
         Some(offset) => OffsetSpec::At(offset),

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use psubd_actors::controller::access::Operation;
 use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{
     CleanupPolicy, TopicConfig, TopicMeta, DEFAULT_RETENTION_MS, MAX_PARTITIONS,
@@ -205,13 +206,16 @@ fn validate_update(body: serde_json::Value) -> Result<TopicUpdate, ApiError> {
 #[instrument(skip_all, fields(topic = %topic))]
 async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TopicView>, ApiError> {
-    let caller = Caller::http();
     // 404 for unknown and internal topics before anything is proposed.
-    state.service.topic(&caller, &topic).await?;
+    state
+        .service
+        .topic(&caller, &topic, Operation::Alter)
+        .await?;
     let update = validate_update(json::parse(&headers, &body)?)?;
     let meta = state.service.update_topic(&caller, &topic, update).await?;
     Ok(Json(TopicView::from(&meta)))
@@ -220,48 +224,49 @@ async fn update(
 #[instrument(skip_all)]
 async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: CreateTopic = json::parse(&headers, &body)?;
     let (name, config) = validate(request, state.service.cluster_size())?;
-    let meta = state
-        .service
-        .create_topic(&Caller::http(), name, config)
-        .await?;
+    let meta = state.service.create_topic(&caller, name, config).await?;
     Ok((StatusCode::CREATED, Json(TopicView::from(&meta))).into_response())
 }
 
-async fn list(State(state): State<AppState>) -> Json<Vec<TopicView>> {
-    let topics = state.service.list_topics(&Caller::http());
+async fn list(State(state): State<AppState>, caller: Caller) -> Json<Vec<TopicView>> {
+    let topics = state.service.list_topics(&caller);
     Json(topics.iter().map(TopicView::from).collect())
 }
 
 async fn describe(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
-    let meta = state.service.topic(&Caller::http(), &topic).await?;
+    let meta = state
+        .service
+        .topic(&caller, &topic, Operation::Describe)
+        .await?;
     Ok(Json(TopicView::from(&meta)))
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
 async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.service.delete_topic(&Caller::http(), &topic).await?;
+    state.service.delete_topic(&caller, &topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn partitions(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let partitions = state
-        .service
-        .partition_statuses(&Caller::http(), &topic)
-        .await?;
+    let partitions = state.service.partition_statuses(&caller, &topic).await?;
     let rows: Vec<serde_json::Value> = partitions
         .iter()
         .enumerate()

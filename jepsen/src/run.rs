@@ -224,9 +224,12 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     // authentication), a fresh one per run.
     let secret = out.join("cluster-secret");
     psubd_launch::secret::renew(&secret).map_err(|e| JepsenError::io(&secret, e))?;
+    // The checker's clients send no API key: the API stays open (--insecure), which a
+    // namespace address off loopback would otherwise refuse.
     let mut node_args = vec![
         "--cluster-secret-file".to_string(),
         secret.display().to_string(),
+        "--insecure".to_string(),
     ];
     if let Some(n) = snapshot_every {
         node_args.extend([

@@ -25,6 +25,8 @@ pub struct NodeCommand {
     pub args: Vec<OsString>,
     /// Environment of the process, in order (a later entry overrides an earlier one).
     pub env: Vec<(OsString, OsString)>,
+    /// Variables of this process's environment the node does not inherit.
+    pub env_removed: Vec<OsString>,
     /// `RUST_LOG` for the node unless the caller's environment sets `RUST_LOG` or
     /// `PSUBD_LOG` (`None`: the node's own default filter).
     pub default_log_filter: Option<String>,
@@ -43,6 +45,7 @@ impl NodeCommand {
             secret_file: None,
             args: Vec::new(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             default_log_filter: None,
             death_signal: None,
         }
@@ -98,6 +101,9 @@ impl NodeCommand {
             if std::env::var_os("RUST_LOG").is_none() && std::env::var_os("PSUBD_LOG").is_none() {
                 launch = launch.env("RUST_LOG", filter);
             }
+        }
+        for key in &self.env_removed {
+            launch = launch.env_remove(key);
         }
         for (k, v) in &self.env {
             launch = launch.env(k, v);

@@ -18,6 +18,8 @@ pub struct Launch {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    /// Variables of this process's environment the child does not inherit.
+    env_removed: Vec<OsString>,
     log: Option<PathBuf>,
     death_signal: Option<libc::c_int>,
     own_group: bool,
@@ -30,6 +32,7 @@ impl Launch {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             log: None,
             death_signal: None,
             own_group: false,
@@ -43,6 +46,13 @@ impl Launch {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Keeps `key` of this process's environment from the child (unless set by
+    /// [`Self::env`]).
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env_removed.push(key.into());
         self
     }
 
@@ -85,6 +95,9 @@ impl Launch {
     /// The log cannot be opened or the program cannot be started.
     pub fn spawn(&self) -> io::Result<Process> {
         let mut cmd = Command::new(&self.program);
+        for key in &self.env_removed {
+            cmd.env_remove(key);
+        }
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());

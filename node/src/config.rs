@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use psubd_api::auth::AdminKey;
 use psubd_api::limits::{
     DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_STREAMS,
@@ -76,6 +77,9 @@ pub enum ConfigError {
     /// The cluster secret cannot be used, or is missing where peers are not on loopback.
     #[error("{0}")]
     Secret(String),
+    /// --auth, --admin-key-file or --http do not fit together, or the key file is bad.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// Parses `1=127.0.0.1:9081,2=127.0.0.1:9082`.
@@ -199,10 +203,22 @@ pub struct NodeConfig {
     /// no `Origin` header (curl, libraries) are not affected.
     #[arg(long, env = "PSUBD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
-    /// Run without peer authentication although peers are not on loopback: anyone who can
-    /// reach the --raft port can then act as a node. Logged as a warning at start.
+    /// Run without peer authentication although peers are not on loopback (anyone who can
+    /// reach the --raft port can then act as a node), or without --auth although --http is
+    /// not on loopback (anyone who can reach it can do anything). Logged as a warning at
+    /// start.
     #[arg(long, env = "PSUBD_INSECURE")]
     pub insecure: bool,
+    /// Require an API key (`Authorization: Bearer <key>`) on every request but /healthz,
+    /// /readyz and /metrics, and enforce the principals' ACLs and quotas. Needs
+    /// --admin-key-file.
+    #[arg(long, env = "PSUBD_AUTH")]
+    pub auth: bool,
+    /// A file holding the key of the built-in `admin` principal, `admin.<secret>` (the
+    /// secret at least 32 characters; surrounding whitespace is ignored). Every node needs
+    /// the same one; only its hash is kept in memory.
+    #[arg(long, env = "PSUBD_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
 }
 
 /// A validated node configuration.
@@ -216,6 +232,8 @@ pub struct ValidNodeConfig {
     pub cluster_secret: ClusterSecret,
     /// TLS between nodes, from `--peer-tls-*`, or none.
     pub peer_tls: Option<PeerTls>,
+    /// The admin key when --auth is on; `None`: authentication is off.
+    pub admin_key: Option<AdminKey>,
 }
 
 impl NodeConfig {
@@ -301,12 +319,52 @@ impl NodeConfig {
                     .into(),
             ));
         }
+        let admin_key = self.admin_key()?;
         Ok(ValidNodeConfig {
             raw: self,
             peers,
             cluster_secret,
             peer_tls,
+            admin_key,
         })
+    }
+
+    /// The admin key when --auth is on. Refuses an open API on a non-loopback --http
+    /// unless --insecure, --auth without a key file, and a key file without --auth (the
+    /// operator believes the API is protected; it would not be).
+    fn admin_key(&self) -> Result<Option<AdminKey>, ConfigError> {
+        match (&self.admin_key_file, self.auth) {
+            (None, true) => Err(ConfigError::Auth(
+                "--auth needs --admin-key-file: a file holding the admin's key, for example \
+                 made with `printf 'admin.%s\\n' \"$(head -c 32 /dev/urandom | base64 | tr -d \
+                 '/+=')\" > admin.key` (the same file on every node)"
+                    .into(),
+            )),
+            (Some(_), false) => Err(ConfigError::Auth(
+                "--admin-key-file is given but --auth is not: pass --auth to require API keys"
+                    .into(),
+            )),
+            (Some(path), true) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::Auth(format!(
+                        "--admin-key-file {}: cannot read it: {e}",
+                        path.display()
+                    ))
+                })?;
+                AdminKey::parse(&text).map(Some).map_err(|why| {
+                    ConfigError::Auth(format!("--admin-key-file {}: {why}", path.display()))
+                })
+            }
+            (None, false) if !self.insecure && !self.http.ip().is_loopback() => {
+                Err(ConfigError::Auth(format!(
+                    "--http {} is not a loopback address, so clients must authenticate: pass \
+                     --auth with --admin-key-file, or --insecure to serve the API without \
+                     authentication",
+                    self.http
+                )))
+            }
+            (None, false) => Ok(None),
+        }
     }
 }
 

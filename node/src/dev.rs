@@ -89,6 +89,8 @@ impl DevCluster {
                 // unless the kernel tells it: it then gets SIGTERM and stops gracefully,
                 // instead of holding the ports and the data directory as an orphan.
                 command.death_signal = Some(libc::SIGTERM);
+                // A dev cluster is open (no --auth) whatever the environment says.
+                command.env_removed = vec!["PSUBD_AUTH".into(), "PSUBD_ADMIN_KEY_FILE".into()];
                 command
             })
             .collect();

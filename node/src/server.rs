@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use psubd_actors::controller::NodeInfo;
 use psubd_actors::{Broker, BrokerConfig};
+use psubd_api::auth::Auth;
 use psubd_api::protocol::ForwardRequest;
 use psubd_api::{AppState, Edge, ForwardService, Limits};
 use psubd_raft::{RaftNode, RaftNodeConfig, RaftTuning, StorageFailure};
@@ -45,6 +46,10 @@ pub async fn run(
     if !peers_authenticated && !crate::config::peers_on_loopback(&config.peers) {
         warn!("peers are not authenticated (--insecure): anyone who can reach the --raft port can act as a node");
     }
+    if config.admin_key.is_none() && !raw.http.ip().is_loopback() {
+        warn!("the HTTP API is not authenticated (--insecure without --auth): anyone who can reach the --http port can read, write and administer the cluster");
+    }
+    info!(auth = config.admin_key.is_some(), "API authentication");
     if psubd_raft::SKIPS_LOG_FSYNC {
         warn!("TEST BUILD: this node never syncs its Raft log (feature chaos-skip-log-fsync); acknowledged writes are lost on power loss");
     }
@@ -84,7 +89,11 @@ pub async fn run(
     };
     let root = CancellationToken::new();
     let state = AppState::new(edge.clone(), limits, root.child_token())
-        .with_allowed_origins(raw.allowed_origins.clone());
+        .with_allowed_origins(raw.allowed_origins.clone())
+        .with_auth(match &config.admin_key {
+            Some(admin) => Auth::on(admin.clone()),
+            None => Auth::off(),
+        });
     let open_streams = state.streams.clone();
     let app = psubd_api::router(state);
     let tls = match (&raw.tls_cert, &raw.tls_key) {

@@ -140,6 +140,49 @@ fn peer_tls_needs_its_three_files_and_names_a_bad_one() {
 }
 
 #[test]
+fn an_open_api_off_loopback_is_refused_without_insecure() {
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9",
+        "--http",
+        "0.0.0.0:8081",
+    ]);
+    assert!(
+        stderr.contains("--auth") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn auth_without_an_admin_key_file_is_refused_with_the_fix() {
+    let stderr = refused(&["node", "--id", "1", "--peers", "1=127.0.0.1:9", "--auth"]);
+    assert!(stderr.contains("--admin-key-file"), "{stderr}");
+}
+
+#[test]
+fn a_weak_admin_key_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("admin.key");
+    std::fs::write(&key, "admin.tooshort-s3cr3t\n").unwrap();
+    let key = key.display().to_string();
+    let stderr = refused(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:9",
+        "--auth",
+        "--admin-key-file",
+        &key,
+    ]);
+    assert!(stderr.contains("at least 32"), "{stderr}");
+    assert!(!stderr.contains("tooshort-s3cr3t"), "{stderr}");
+}
+
+#[test]
 fn a_short_cluster_secret_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");

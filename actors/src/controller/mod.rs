@@ -5,6 +5,7 @@
 //! own (the state is group 0's), so each change is a call that checks this node leads,
 //! validates, chooses replica sets and proposes with the write timeout as its deadline.
 
+pub mod access;
 pub mod state;
 
 use std::time::Duration;
@@ -131,6 +132,22 @@ impl Controller {
         {
             ControllerResponse::Done(Some(meta)) => Ok(meta),
             ControllerResponse::TopicNotFound => Err(ControllerError::TopicNotFound),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Changes the access model (validated by the caller).
+    ///
+    /// # Errors
+    /// `NotLeader` / `NoQuorum` (nothing written), `OutcomeUnknown`; `Ok(Err(_))` when the
+    /// change was refused against the replicated state (nothing changed).
+    pub async fn change_access(
+        &self,
+        change: access::AccessChange,
+    ) -> Result<Result<(), access::AccessRefusal>, ControllerError> {
+        self.check_leader()?;
+        match self.propose(ControllerCommand::Access(change)).await? {
+            ControllerResponse::Access(outcome) => Ok(outcome),
             _ => Err(unexpected()),
         }
     }

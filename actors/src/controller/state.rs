@@ -1,4 +1,5 @@
-//! The controller's replicated state (Raft group 0): cluster nodes and topics.
+//! The controller's replicated state (Raft group 0): cluster nodes, topics and the
+//! access model (principals, keys, ACLs, quotas).
 //!
 //! The whole state is small, so it is stored as one value and published to readers as an
 //! immutable `Arc` snapshot after every applied batch: the edge reads metadata without
@@ -16,9 +17,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::access::{AccessChange, AccessRefusal, AccessState};
 use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta};
 
 const STATE_KEY: &[u8] = b"state";
+
+/// The access model is stored under its own key: postcard has no optional trailing
+/// fields, so adding it to the value under [`STATE_KEY`] would make every state and
+/// snapshot written before it undecodable. Absent (an older snapshot), it is empty.
+const ACCESS_KEY: &[u8] = b"access";
 
 /// First group id handed to a partition; lower ids are reserved.
 pub const FIRST_PARTITION_GROUP: GroupId = 1000;
@@ -42,6 +49,10 @@ pub struct ControllerState {
     /// Next partition group id. Invariant: greater than every group id ever handed out,
     /// so a deleted topic's groups are never confused with a new one's.
     pub next_group: GroupId,
+    /// Principals, keys, ACLs and quotas (stored under [`ACCESS_KEY`], not in this
+    /// value's encoding).
+    #[serde(skip)]
+    pub access: AccessState,
 }
 
 impl ControllerState {
@@ -81,6 +92,8 @@ pub enum ControllerCommand {
         /// The settings to change (validated by the proposer).
         update: TopicUpdate,
     },
+    /// Changes the access model.
+    Access(AccessChange),
 }
 
 /// The mutable settings of a topic (`PATCH /v1/topics/{t}`); `None` leaves one unchanged.
@@ -116,6 +129,8 @@ pub enum ControllerResponse {
     TopicNotFound,
     /// The command did not decode (a version mismatch between nodes).
     Invalid,
+    /// The answer to an access change: done, or why not.
+    Access(Result<(), AccessRefusal>),
 }
 
 /// Encodes a command for Raft.
@@ -199,6 +214,9 @@ impl ControllerLogic {
                     None => ControllerResponse::TopicNotFound,
                 }
             }
+            ControllerCommand::Access(change) => {
+                ControllerResponse::Access(self.state.access.apply(change))
+            }
         }
     }
 }
@@ -206,6 +224,13 @@ impl ControllerLogic {
 fn encode_state(state: &ControllerState) -> Result<Vec<u8>, StorageIoError> {
     postcard::to_stdvec(state).map_err(|e| StorageIoError::Codec {
         what: "controller state",
+        source: e,
+    })
+}
+
+fn encode_access(access: &AccessState) -> Result<Vec<u8>, StorageIoError> {
+    postcard::to_stdvec(access).map_err(|e| StorageIoError::Codec {
+        what: "access state",
         source: e,
     })
 }
@@ -218,6 +243,13 @@ impl GroupLogic for ControllerLogic {
                 source: e,
             })?;
         }
+        self.state.access = match state.get(ACCESS_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "access state",
+                source: e,
+            })?,
+            None => AccessState::default(),
+        };
         self.published.send_replace(Arc::new(self.state.clone()));
         Ok(())
     }
@@ -230,7 +262,17 @@ impl GroupLogic for ControllerLogic {
         batch: &mut WriteBatch,
     ) -> Result<CommandResponse, StorageIoError> {
         let response = match postcard::from_bytes::<ControllerCommand>(&command.0) {
-            Ok(command) => self.execute(command),
+            Ok(command) => {
+                // The access model is rewritten only when it may have changed: it can be
+                // far larger than the rest of the state.
+                if matches!(command, ControllerCommand::Access(_)) {
+                    let response = self.execute(command);
+                    batch.insert(ACCESS_KEY, encode_access(&self.state.access)?);
+                    response
+                } else {
+                    self.execute(command)
+                }
+            }
             Err(error) => {
                 warn!(%error, "skipping undecodable controller command");
                 ControllerResponse::Invalid
@@ -256,7 +298,10 @@ impl GroupLogic for ControllerLogic {
 
     fn snapshot_plan(&self, _state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
         Ok(SnapshotPlan {
-            pinned: vec![(STATE_KEY.to_vec(), encode_state(&self.state)?)],
+            pinned: vec![
+                (STATE_KEY.to_vec(), encode_state(&self.state)?),
+                (ACCESS_KEY.to_vec(), encode_access(&self.state.access)?),
+            ],
             lazy: None,
         })
     }
@@ -304,5 +349,85 @@ mod tests {
             }),
             ControllerResponse::TopicNotFound
         ));
+    }
+
+    #[test]
+    fn the_access_model_leaves_the_stored_state_format_unchanged() {
+        let (mut logic, _) = ControllerLogic::new();
+        let before = encode_state(&logic.state).unwrap();
+        let ControllerResponse::Access(Ok(())) =
+            logic.execute(ControllerCommand::Access(AccessChange::AddPrincipal {
+                name: "app".into(),
+                created_ms: 0,
+            }))
+        else {
+            panic!("principal refused");
+        };
+        // A state (or snapshot) written before the access model decodes as it did.
+        assert_eq!(encode_state(&logic.state).unwrap(), before);
+        let decoded: ControllerState = postcard::from_bytes(&before).unwrap();
+        assert!(decoded.access.principals.is_empty());
+        let access = encode_access(&logic.state.access).unwrap();
+        let back: AccessState = postcard::from_bytes(&access).unwrap();
+        assert!(back.principals.contains_key("app"));
+    }
+
+    fn entry(index: u64, command: &ControllerCommand) -> psubd_raft::types::typ::Entry {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(encode_command(command).unwrap()),
+        }
+    }
+
+    /// Principals and key hashes are written with the state, reloaded when the node
+    /// reopens, and carried by a snapshot to a replica that installs it.
+    #[tokio::test]
+    async fn the_access_model_survives_a_reopen_and_a_snapshot() {
+        use openraft::storage::RaftStateMachine;
+        use openraft::RaftSnapshotBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = psubd_raft::NodeStorage::open(dir.path(), 1 << 20).unwrap();
+        let (logic, published) = ControllerLogic::new();
+        let mut sm = storage.state_machine(0, Box::new(logic)).unwrap();
+        sm.apply([
+            entry(
+                1,
+                &ControllerCommand::Access(AccessChange::AddPrincipal {
+                    name: "app".into(),
+                    created_ms: 1,
+                }),
+            ),
+            entry(
+                2,
+                &ControllerCommand::Access(AccessChange::AddKey {
+                    principal: "app".into(),
+                    key_id: "k1".into(),
+                    hash: [7; 32],
+                    created_ms: 2,
+                }),
+            ),
+        ])
+        .await
+        .unwrap();
+        let expected = published.borrow().access.clone();
+        assert_eq!(expected.keys["k1"].hash, [7; 32]);
+        let mut builder = sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.unwrap();
+        drop(builder);
+        drop(sm);
+
+        let (logic, reopened) = ControllerLogic::new();
+        let _sm = storage.state_machine(0, Box::new(logic)).unwrap();
+        assert_eq!(reopened.borrow().access, expected);
+
+        let other = tempfile::tempdir().unwrap();
+        let other_storage = psubd_raft::NodeStorage::open(other.path(), 1 << 20).unwrap();
+        let (logic, installed) = ControllerLogic::new();
+        let mut other_sm = other_storage.state_machine(0, Box::new(logic)).unwrap();
+        other_sm
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(installed.borrow().access, expected);
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use psubd_actors::assignment::{AssignmentStrategy, TopicPartition};
+use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::coordinator::{
     AutoOffsetReset, GroupAnswer, GroupDescription, GroupRequest, GroupSummary, Lease,
     MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
@@ -179,12 +180,14 @@ pub fn lease_of(answer: GroupAnswer) -> Result<Lease> {
 }
 
 impl Service {
-    /// A topic a group may use: a valid, existing, non-internal name.
+    /// A topic a group may use: a valid, existing, non-internal name the caller may
+    /// `read`.
     ///
     /// # Errors
-    /// 400 `invalid_name`, 404 `topic_not_found`.
-    pub async fn group_topic(&self, _caller: &Caller, topic: &str) -> Result<TopicMeta> {
+    /// 400 `invalid_name`, 403 `forbidden`, 404 `topic_not_found`.
+    pub async fn group_topic(&self, caller: &Caller, topic: &str) -> Result<TopicMeta> {
         names::group_topic(topic)?;
+        self.authorize(caller, ResourceType::Topic, topic, Operation::Read)?;
         self.edge.topic(topic).await
     }
 
@@ -198,6 +201,7 @@ impl Service {
         group: &GroupName,
         request: JoinRequest,
     ) -> Result<Lease> {
+        self.authorize_group(caller, group, Operation::Read)?;
         for topic in &request.topics {
             self.group_topic(caller, topic).await?;
         }
@@ -221,7 +225,8 @@ impl Service {
     ///
     /// # Errors
     /// 400 for a malformed member id; the coordinator's refusals.
-    pub async fn leave(&self, _caller: &Caller, group: &GroupName, member: String) -> Result<()> {
+    pub async fn leave(&self, caller: &Caller, group: &GroupName, member: String) -> Result<()> {
+        self.authorize_group(caller, group, Operation::Read)?;
         names::member(&member)?;
         self.edge
             .group(group.as_str(), GroupRequest::Leave { member_id: member })
@@ -241,6 +246,7 @@ impl Service {
         group: &GroupName,
         request: CommitRequest,
     ) -> Result<()> {
+        self.authorize_group(caller, group, Operation::Read)?;
         names::member(&request.member_id)?;
         check_offset_count(request.offsets.len())?;
         let mut seen = BTreeSet::new();
@@ -368,12 +374,27 @@ impl CommittedRow {
 }
 
 impl Service {
-    /// Every consumer group of the cluster.
+    /// Every consumer group of the cluster the caller may `describe`.
     ///
     /// # Errors
     /// 503 when an offsets partition has no reachable leader.
-    pub async fn list_groups(&self, _caller: &Caller) -> Result<Vec<GroupSummary>> {
-        self.edge.list_groups().await
+    pub async fn list_groups(&self, caller: &Caller) -> Result<Vec<GroupSummary>> {
+        let mut groups = self.edge.list_groups().await?;
+        groups.retain(|g| self.permits(caller, ResourceType::Group, &g.group, Operation::Describe));
+        Ok(groups)
+    }
+
+    /// Refuses `operation` on the group unless the caller's ACLs allow it.
+    ///
+    /// # Errors
+    /// 403 `forbidden`.
+    fn authorize_group(
+        &self,
+        caller: &Caller,
+        group: &GroupName,
+        operation: Operation,
+    ) -> Result<()> {
+        self.authorize(caller, ResourceType::Group, group.as_str(), operation)
     }
 
     /// A group's members, generation and assignments.
@@ -382,9 +403,10 @@ impl Service {
     /// 404 `group_not_found`; 503 when its coordinator is unreachable.
     pub async fn describe_group(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         group: &GroupName,
     ) -> Result<GroupDescription> {
+        self.authorize_group(caller, group, Operation::Describe)?;
         match self
             .edge
             .group(group.as_str(), GroupRequest::Describe)
@@ -401,7 +423,8 @@ impl Service {
     ///
     /// # Errors
     /// 404 `group_not_found`, 409 `group_not_empty`.
-    pub async fn delete_group(&self, _caller: &Caller, group: &GroupName) -> Result<()> {
+    pub async fn delete_group(&self, caller: &Caller, group: &GroupName) -> Result<()> {
+        self.authorize_group(caller, group, Operation::Delete)?;
         self.edge
             .group(group.as_str(), GroupRequest::Delete)
             .await?;
@@ -415,11 +438,12 @@ impl Service {
     /// The coordinator's refusals.
     pub async fn detach_member(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         group: &str,
         member_id: String,
         grace_ms: u64,
     ) -> Result<()> {
+        self.authorize(caller, ResourceType::Group, group, Operation::Read)?;
         self.edge
             .group(
                 group,
@@ -439,9 +463,10 @@ impl Service {
     /// 503 when the group's offsets partition is unreachable.
     pub async fn group_offsets(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         group: &GroupName,
     ) -> Result<Vec<CommittedRow>> {
+        self.authorize_group(caller, group, Operation::Describe)?;
         let committed = self.edge.committed_offsets(group.as_str()).await?;
         let mut rows = Vec::new();
         for (tp, value) in committed {
@@ -527,6 +552,7 @@ impl Service {
         group: &GroupName,
         requests: Vec<ResetRequest>,
     ) -> Result<Vec<OffsetEntry>> {
+        self.authorize_group(caller, group, Operation::Alter)?;
         check_offset_count(requests.len())?;
         let mut entries: Vec<OffsetEntry> = Vec::new();
         let mut seen = BTreeSet::new();

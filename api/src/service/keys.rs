@@ -4,12 +4,14 @@
 
 use bytes::Bytes;
 use psubd_actors::clock::now_ms;
+use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
 use psubd_actors::record::{EncodedRecords, Record, ValueKind};
 use psubd_actors::topic::{CleanupPolicy, TopicMeta};
 
 use super::publish::{check_record_sizes, partition_of_key};
 use super::{Caller, Result, Service};
+use crate::auth::quota::QuotaKind;
 use crate::error::ApiError;
 use crate::protocol::{ForwardRequest, ForwardResponse, KeyRead};
 
@@ -65,15 +67,23 @@ pub struct KeyWritten {
 /// The key view of one compacted topic.
 pub struct KeyView<'s> {
     service: &'s Service,
+    caller: Caller,
     topic: TopicMeta,
 }
 
 impl Service {
-    /// The key view of `topic`, which must be compacted.
+    /// The key view of `topic`, which must be compacted, for `operation`: `Read` for
+    /// lookups and scans, `Write` for puts and deletes.
     ///
     /// # Errors
-    /// 404 for an unknown topic, 409 `topic_not_compacted`.
-    pub async fn key_view(&self, _caller: &Caller, topic: &str) -> Result<KeyView<'_>> {
+    /// 403 `forbidden`, 404 for an unknown topic, 409 `topic_not_compacted`.
+    pub async fn key_view(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        operation: Operation,
+    ) -> Result<KeyView<'_>> {
+        self.authorize(caller, ResourceType::Topic, topic, operation)?;
         let meta = self.edge.topic(topic).await?;
         if meta.config.cleanup_policy != CleanupPolicy::Compact {
             return Err(ApiError::TopicNotCompacted {
@@ -82,6 +92,7 @@ impl Service {
         }
         Ok(KeyView {
             service: self,
+            caller: caller.clone(),
             topic: meta,
         })
     }
@@ -206,7 +217,7 @@ impl KeyView<'_> {
     /// Publishes one record of `key`: a value, or a tombstone (`value: None`).
     ///
     /// # Errors
-    /// 413 over the record limits; 503 / 504 as any publish.
+    /// 413 over the record limits; 429 over the produce quota; 503 / 504 as any publish.
     pub async fn write(
         &self,
         key: String,
@@ -230,6 +241,8 @@ impl KeyView<'_> {
                 detail: format!("record encoding: {e}"),
             }
         })?;
+        self.service
+            .take_quota(&self.caller, QuotaKind::Produce, encoded.len() as u64)?;
         let appended = self.service.edge.append(placement, encoded).await?;
         self.service
             .metrics

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use psubd_actors::assignment::TopicPartition;
+use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::coordinator::{
     AutoOffsetReset, Delivery, GroupRequest, Lease, PollFrom, PositionToken, StartPosition,
 };
@@ -24,6 +25,7 @@ use tracing::debug;
 use super::groups::lease_of;
 use super::reads::ReadBounds;
 use super::{Caller, Result, Service};
+use crate::auth::quota::QuotaKind;
 use crate::error::ApiError;
 use crate::protocol::OffsetSpec;
 use crate::render::write_record;
@@ -289,17 +291,21 @@ impl Service {
     /// heartbeat (alive for `timeout_ms` more), confirms positions as `from` says, and
     /// answers where to read.
     ///
+    /// The group's `read` is checked here, at every poll (a member stream's heartbeat
+    /// included); its topics' at join.
+    ///
     /// # Errors
-    /// 409 `member_fenced` for an unknown member; 400 for a token that does not fit the
-    /// member; 503 when no coordinator is reachable.
+    /// 403 without `read` on the group; 409 `member_fenced` for an unknown member; 400
+    /// for a token that does not fit the member; 503 when no coordinator is reachable.
     pub async fn poll_member(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         group: &str,
         member: &str,
         timeout_ms: u64,
         from: PollFrom,
     ) -> Result<Lease> {
+        self.authorize(caller, ResourceType::Group, group, Operation::Read)?;
         lease_of(
             self.edge
                 .group(
@@ -318,11 +324,14 @@ impl Service {
     /// `bounds.timeout_ms`), renders within the budget, and reports the delivery to the
     /// coordinator, which advances the member's positions by exactly what is returned.
     ///
+    /// The bytes read are charged to the caller's fetch quota.
+    ///
     /// # Errors
-    /// 409 `member_fenced` when the member expired meanwhile; 503 when nothing is readable.
+    /// 409 `member_fenced` when the member expired meanwhile; 429 over the fetch quota;
+    /// 503 when nothing is readable.
     pub async fn read_and_report(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         group: &str,
         lease: &Lease,
         bounds: ReadBounds,
@@ -332,7 +341,10 @@ impl Service {
             max_bytes,
             timeout_ms,
         } = bounds;
+        self.take_quota(caller, QuotaKind::Fetch, 0)?;
         let fetched = fetch_assigned(self, lease, max_records, max_bytes, timeout_ms).await?;
+        let read: usize = fetched.iter().map(|(_, f)| f.bytes.len()).sum();
+        self.charge_quota(caller, QuotaKind::Fetch, read as u64);
         let first = match fetched.len() {
             0 => 0,
             n => (lease.rotation % n as u64) as usize,

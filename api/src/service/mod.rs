@@ -11,10 +11,13 @@
 //! - [`members`]: a member's fetch: poll (the heartbeat), read, delivery report.
 //! - [`keys`]: key views of compacted topics (lookup, scan, put, delete).
 //! - [`topics`]: topic admin (create, patch, delete, describe, list).
+//! - [`access`]: authentication of a request, ACL and quota checks, the audit log, and
+//!   the admin operations on principals, keys, ACLs and quotas.
 //!
 //! Below it: routing ([`crate::edge`]), which reaches the node that owns the work over
 //! the node-to-node protocol ([`crate::protocol`]).
 
+pub mod access;
 pub mod groups;
 pub mod keys;
 pub mod members;
@@ -28,18 +31,22 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::auth::{Auth, Identity};
 use crate::edge::Edge;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 
-/// Who asks for an operation. Today every caller is anonymous; when authentication comes,
-/// the principal it establishes travels here, and ACL and quota checks read it at the
-/// start of each operation.
+/// Who asks for an operation: established once where the request enters the cluster
+/// (an HTTP request, a WebSocket upgrade), then read by the ACL and quota checks at the
+/// start of each operation. Forwarded hops between nodes carry no caller: they were
+/// checked at the edge that took the request.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
-    /// The protocol the request came in by (for logs and, later, per-protocol quotas).
+    /// The protocol the request came in by (for the audit log).
     pub via: Via,
+    /// Who it is.
+    pub identity: Identity,
 }
 
 /// The protocol a request came in by.
@@ -53,16 +60,9 @@ pub enum Via {
 }
 
 impl Caller {
-    /// An anonymous caller of the HTTP API.
-    pub fn http() -> Self {
-        Self { via: Via::Http }
-    }
-
-    /// An anonymous caller of the WebSocket API.
-    pub fn websocket() -> Self {
-        Self {
-            via: Via::WebSocket,
-        }
+    /// A caller of `identity` by `via`.
+    pub fn new(via: Via, identity: Identity) -> Self {
+        Self { via, identity }
     }
 }
 
@@ -79,6 +79,8 @@ pub struct Service {
     unacked: Arc<Semaphore>,
     /// Counts records published and fetched.
     pub(crate) metrics: Arc<Metrics>,
+    /// Authentication settings and quota counters.
+    pub(crate) auth: Arc<Auth>,
 }
 
 impl Service {
@@ -90,7 +92,14 @@ impl Service {
             round_robin: Arc::new(AtomicU64::new(0)),
             unacked: Arc::new(Semaphore::new(limits.max_unacked_publishes)),
             metrics,
+            auth: Arc::new(Auth::off()),
         }
+    }
+
+    /// Turns authentication on (or off) for these operations.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 
     /// The request limits.

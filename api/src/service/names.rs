@@ -1,6 +1,7 @@
-//! The one check of user-given topic, group and member names: the naming rule
+//! The one check of user-given topic, group, principal and member names: the naming rule
 //! (`psubd_actors::topic::validate_name`) and the reserved `__` prefix.
 
+use psubd_actors::controller::access::ADMIN;
 use psubd_actors::topic::{is_internal, validate_name};
 
 use super::Result;
@@ -46,6 +47,37 @@ pub fn group(name: &str) -> Result<()> {
     user_name("group", name, "group names starting with '__' are reserved")
 }
 
+/// Checks the name of a principal to create or name: the naming rule, and neither the
+/// reserved prefix nor the built-in `admin`.
+///
+/// # Errors
+/// 400 `invalid_name`.
+pub fn principal(name: &str) -> Result<()> {
+    user_name(
+        "principal",
+        name,
+        "principal names starting with '__' are reserved",
+    )?;
+    if name == ADMIN {
+        return Err(ApiError::InvalidName {
+            message: "'admin' is the built-in principal; it cannot be created or changed".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the name of an ACL rule: `*` (every name), or a name (for a prefix, its
+/// start) that follows the naming rule.
+///
+/// # Errors
+/// 400 `invalid_name`.
+pub fn acl_resource(name: &str) -> Result<()> {
+    if name == "*" {
+        return Ok(());
+    }
+    validate_name("resource", name).map_err(|e| ApiError::InvalidName { message: e.0 })
+}
+
 /// Checks a member id: the 128-bit random number in lower-case hex that join gave.
 ///
 /// # Errors
@@ -77,5 +109,12 @@ mod tests {
         assert!(group("orders-consumers").is_ok());
         assert!(new_topic("__consumer_offsets").is_err());
         assert!(group_topic("orders").is_ok());
+        assert!(principal("admin").is_err());
+        assert!(principal("__p").is_err());
+        assert!(principal("billing-app").is_ok());
+        assert!(principal("a b").is_err());
+        assert!(acl_resource("*").is_ok());
+        assert!(acl_resource("orders.").is_ok());
+        assert!(acl_resource("").is_err());
     }
 }

@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use psubd_actors::clock::now_ms;
+use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::partition::Appended;
 use psubd_actors::record::{EncodedRecords, RawBytes, RecordRef, ValueKind};
 use psubd_actors::topic::TopicMeta;
 
 use super::{Caller, Result, Service};
+use crate::auth::quota::QuotaKind;
 use crate::error::ApiError;
 use crate::limits::Limits;
 
@@ -113,6 +115,11 @@ impl PublishBatch {
     /// Records so far.
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Bytes of the encoded records so far (what the produce quota counts).
+    pub fn encoded_bytes(&self) -> u64 {
+        self.runs.values().map(|run| run.bytes.len() as u64).sum()
     }
 
     /// True before the first record.
@@ -269,6 +276,13 @@ pub fn clone_error(error: &ApiError) -> ApiError {
         ApiError::InsufficientStorage { reason } => ApiError::InsufficientStorage {
             reason: reason.clone(),
         },
+        ApiError::QuotaExceeded {
+            quota,
+            retry_after_secs,
+        } => ApiError::QuotaExceeded {
+            quota,
+            retry_after_secs: *retry_after_secs,
+        },
         other => ApiError::Internal {
             detail: other.to_string(),
         },
@@ -279,8 +293,9 @@ impl Service {
     /// Starts a publish to `topic`: records are then pushed into the batch.
     ///
     /// # Errors
-    /// 404 for an unknown topic.
-    pub async fn begin_publish(&self, _caller: &Caller, topic: &str) -> Result<PublishBatch> {
+    /// 403 without `write` on the topic, 404 for an unknown topic.
+    pub async fn begin_publish(&self, caller: &Caller, topic: &str) -> Result<PublishBatch> {
+        self.authorize(caller, ResourceType::Topic, topic, Operation::Write)?;
         Ok(PublishBatch {
             topic: self.edge.topic(topic).await?,
             limits: self.limits,
@@ -295,8 +310,8 @@ impl Service {
     /// `max_unacked_publishes` at once; more wait here) and answers the count.
     ///
     /// # Errors
-    /// 503 when the node is shutting down (`acks=0` only); per-record errors are in the
-    /// reports.
+    /// 503 when the node is shutting down, 429 over the produce quota (`acks=0` only;
+    /// with `acks=all` both are in the reports); per-record errors are in the reports.
     pub async fn publish(
         &self,
         caller: &Caller,
@@ -314,19 +329,36 @@ impl Service {
                 .map_err(|_| ApiError::Unavailable {
                     reason: "node shutting down".into(),
                 })?;
+        self.take_quota(caller, QuotaKind::Produce, batch.encoded_bytes())?;
         let count = batch.len();
         let service = self.clone();
-        let caller = caller.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            service.deliver(&caller, batch).await;
+            service.append_batch(batch).await;
         });
         Ok(Published::Accepted(count))
     }
 
+    /// Appends a batch within the caller's produce quota; reports per record in request
+    /// order (every record reports 429 when over the quota: nothing was written).
+    pub async fn deliver(&self, caller: &Caller, batch: PublishBatch) -> Vec<Delivered> {
+        if let Err(error) = self.take_quota(caller, QuotaKind::Produce, batch.encoded_bytes()) {
+            return batch
+                .slots
+                .iter()
+                .map(|slot| Delivered {
+                    partition: slot.partition,
+                    result: Err(clone_error(&error)),
+                    timestamp_ms: slot.timestamp_ms,
+                })
+                .collect();
+        }
+        self.append_batch(batch).await
+    }
+
     /// Appends a batch, one append per partition, concurrently; reports per record in
     /// request order.
-    pub async fn deliver(&self, _caller: &Caller, batch: PublishBatch) -> Vec<Delivered> {
+    async fn append_batch(&self, batch: PublishBatch) -> Vec<Delivered> {
         let PublishBatch {
             topic, runs, slots, ..
         } = batch;

@@ -1,6 +1,7 @@
 //! Topic admin: create, change, delete, describe and list topics, and each partition's
 //! replica status. Metadata changes go to the controller leader wherever it runs.
 
+use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{is_internal, PartitionPlacement, TopicConfig, TopicMeta};
 
@@ -19,14 +20,16 @@ impl Service {
     /// requests to them wait for their leader).
     ///
     /// # Errors
-    /// 400 for a bad name, 409 when it exists, 503 / 504 from the controller.
+    /// 400 for a bad name, 403 without `create` on the topic or the cluster, 409 when it
+    /// exists, 503 / 504 from the controller.
     pub async fn create_topic(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         name: String,
         config: TopicConfig,
     ) -> Result<TopicMeta> {
         names::new_topic(&name)?;
+        self.authorize_topic_creation(caller, &name)?;
         let request = ForwardRequest::CreateTopic {
             name: name.clone(),
             config,
@@ -41,14 +44,15 @@ impl Service {
     /// Changes a topic's mutable settings.
     ///
     /// # Errors
-    /// 404 for unknown and internal topics (before anything is proposed); 503 / 504 from
-    /// the controller.
+    /// 403 without `alter` on the topic; 404 for unknown and internal topics (before
+    /// anything is proposed); 503 / 504 from the controller.
     pub async fn update_topic(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         name: &str,
         update: TopicUpdate,
     ) -> Result<TopicMeta> {
+        self.authorize(caller, ResourceType::Topic, name, Operation::Alter)?;
         let request = ForwardRequest::UpdateTopic {
             name: name.to_string(),
             update,
@@ -59,8 +63,10 @@ impl Service {
     /// Deletes a topic.
     ///
     /// # Errors
-    /// 400 for internal topics, 404 when unknown, 503 / 504 from the controller.
-    pub async fn delete_topic(&self, _caller: &Caller, name: &str) -> Result<()> {
+    /// 400 for internal topics, 403 without `delete` on the topic, 404 when unknown,
+    /// 503 / 504 from the controller.
+    pub async fn delete_topic(&self, caller: &Caller, name: &str) -> Result<()> {
+        self.authorize(caller, ResourceType::Topic, name, Operation::Delete)?;
         if is_internal(name) {
             return Err(ApiError::InvalidName {
                 message: "internal topics cannot be deleted".into(),
@@ -73,14 +79,15 @@ impl Service {
         Ok(())
     }
 
-    /// Every user topic in this node's metadata.
-    pub fn list_topics(&self, _caller: &Caller) -> Vec<TopicMeta> {
+    /// Every user topic in this node's metadata that the caller may `describe`.
+    pub fn list_topics(&self, caller: &Caller) -> Vec<TopicMeta> {
         self.edge
             .broker()
             .metadata()
             .topics
             .values()
             .filter(|t| !is_internal(&t.name))
+            .filter(|t| self.permits(caller, ResourceType::Topic, &t.name, Operation::Describe))
             .cloned()
             .collect()
     }
@@ -94,7 +101,7 @@ impl Service {
         caller: &Caller,
         name: &str,
     ) -> Result<Vec<(PartitionPlacement, Option<ReplicaStatus>)>> {
-        let meta = self.topic(caller, name).await?;
+        let meta = self.topic(caller, name, Operation::Describe).await?;
         let statuses = futures::future::join_all(
             meta.partitions
                 .iter()

@@ -55,6 +55,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, instrument};
 
 use crate::error::ApiError;
+use crate::service::Caller;
 use crate::state::AppState;
 use crate::stream::acquire;
 use frames::{error_frame, send, End};
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
 #[instrument(skip_all)]
 async fn upgrade(
     State(state): State<AppState>,
+    caller: Caller,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(|rejection| ApiError::InvalidRequest {
@@ -96,10 +98,11 @@ async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(2 * max_message))
-        .on_upgrade(move |socket| serve(state, socket, permit)))
+        .on_upgrade(move |socket| serve(state, caller, socket, permit)))
 }
 
-async fn serve(state: AppState, socket: WebSocket, permit: OwnedSemaphorePermit) {
+/// Serves one connection for the caller its upgrade authenticated.
+async fn serve(state: AppState, caller: Caller, socket: WebSocket, permit: OwnedSemaphorePermit) {
     let _slot = permit;
     let (mut sink, mut incoming) = socket.split();
     let shutdown = state.shutdown.clone();
@@ -164,7 +167,7 @@ async fn serve(state: AppState, socket: WebSocket, permit: OwnedSemaphorePermit)
                         match reserved {
                             Err(error) => Some(error_frame(&op.id(), &error, None)),
                             Ok(number) => {
-                                in_flight.push(op.run(state.clone(), number));
+                                in_flight.push(op.run(state.clone(), caller.clone(), number));
                                 None
                             }
                         }

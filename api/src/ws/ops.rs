@@ -6,6 +6,7 @@
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use psubd_actors::controller::access::Operation;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -243,9 +244,25 @@ impl Op {
         }
     }
 
-    /// Serves a publish, commit or subscribe (`number` is the subscription's number).
-    pub(crate) fn run(self, state: AppState, number: u64) -> BoxFuture<'static, Done> {
+    /// Serves a publish, commit or subscribe (`number` is the subscription's number) for
+    /// the connection's caller: each operation is checked against the caller's ACLs and
+    /// counts against its request quota.
+    pub(crate) fn run(
+        self,
+        state: AppState,
+        caller: Caller,
+        number: u64,
+    ) -> BoxFuture<'static, Done> {
         async move {
+            if let Err(error) = state.service.admit_request(&caller) {
+                let frame = error_frame(&self.id(), &error, None);
+                return if self.is_subscribe() {
+                    Done::SubscribeFailed(frame)
+                } else {
+                    Done::Reply(frame)
+                };
+            }
+            let caller = &caller;
             match self {
                 Op::Publish {
                     id,
@@ -254,7 +271,8 @@ impl Op {
                     encoding,
                     acks,
                 } => Done::Reply(
-                    match publish(&state, &topic, &records, encoding, acks.as_deref()).await {
+                    match publish(&state, caller, &topic, &records, encoding, acks.as_deref()).await
+                    {
                         Ok(Published::Accepted(count)) => {
                             json!({"type": "ack", "id": id, "accepted": count}).to_string()
                         }
@@ -278,18 +296,20 @@ impl Op {
                     generation,
                     offsets,
                 } => Done::Reply(
-                    match commit(&state, group, member_id, generation, &offsets).await {
+                    match commit(&state, caller, group, member_id, generation, &offsets).await {
                         Ok(()) => json!({"type": "ack", "id": id}).to_string(),
                         Err(error) => error_frame(&id, &error, None),
                     },
                 ),
-                Op::Subscribe { id, body } => match subscribe(&state, &id, body, number).await {
-                    Ok((reply, subscription)) => Done::Subscribed {
-                        reply,
-                        subscription,
-                    },
-                    Err(error) => Done::SubscribeFailed(error_frame(&id, &error, None)),
-                },
+                Op::Subscribe { id, body } => {
+                    match subscribe(&state, caller, &id, body, number).await {
+                        Ok((reply, subscription)) => Done::Subscribed {
+                            reply,
+                            subscription,
+                        },
+                        Err(error) => Done::SubscribeFailed(error_frame(&id, &error, None)),
+                    }
+                }
                 Op::Credit { id, .. } | Op::Unsubscribe { id, .. } => {
                     Done::Reply(json!({"type": "ack", "id": id}).to_string())
                 }
@@ -309,18 +329,18 @@ fn from_json<'a, T: Deserialize<'a>>(raw: &'a str) -> Result<T, ApiError> {
 /// `publish`: the records of an HTTP JSON publish, through the same service operation.
 async fn publish(
     state: &AppState,
+    caller: &Caller,
     topic: &str,
     records: &RawValue,
     encoding: Option<String>,
     acks: Option<&str>,
 ) -> Result<Published, ApiError> {
-    let caller = Caller::websocket();
     let acks = Acks::parse(acks)?;
     let limit = state.service.limits().max_request_bytes;
     if records.get().len() > limit {
         return Err(ApiError::RequestTooLarge { limit });
     }
-    let mut batch = state.service.begin_publish(&caller, topic).await?;
+    let mut batch = state.service.begin_publish(caller, topic).await?;
     let encoding: Encoding = match encoding {
         None => Encoding::default(),
         Some(name) => {
@@ -331,12 +351,13 @@ async fn publish(
     };
     let records: Vec<PublishRecord<'_>> = from_json(records.get())?;
     push_records(&mut batch, records, encoding)?;
-    state.service.publish(&caller, batch, acks).await
+    state.service.publish(caller, batch, acks).await
 }
 
 /// `commit`: an HTTP commit, through the same service operation.
 async fn commit(
     state: &AppState,
+    caller: &Caller,
     group: String,
     member_id: String,
     generation: u64,
@@ -349,21 +370,18 @@ async fn commit(
         generation,
         offsets: offsets.into_iter().map(CommitOffset::from).collect(),
     };
-    state
-        .service
-        .commit(&Caller::websocket(), &group, request)
-        .await
+    state.service.commit(caller, &group, request).await
 }
 
 /// Starts a subscription: a partition from an offset, or a group member (joined here,
 /// or an existing one).
 async fn subscribe(
     state: &AppState,
+    caller: &Caller,
     id: &Option<Value>,
     op: SubscribeOp,
     number: u64,
 ) -> Result<(String, Subscription), ApiError> {
-    let caller = Caller::websocket();
     let slot = acquire(state)?;
     let credit = op.credit.unwrap_or(0);
     let (source, mut ack) = match (op.topic, op.group) {
@@ -374,7 +392,7 @@ async fn subscribe(
             let raw_partition = op.partition.ok_or_else(|| ApiError::InvalidRequest {
                 message: "a partition subscription needs 'partition'".into(),
             })?;
-            let meta = state.service.topic(&caller, &topic).await?;
+            let meta = state.service.topic(caller, &topic, Operation::Read).await?;
             let partition =
                 parse_partition(&topic, &raw_partition.to_string(), meta.config.partitions)?;
             let offset = match &op.offset {
@@ -404,7 +422,7 @@ async fn subscribe(
                         op.auto_offset_reset.as_deref(),
                         op.assignment_strategy.as_deref(),
                     )?;
-                    let lease = state.service.join(&caller, &group, request).await?;
+                    let lease = state.service.join(caller, &group, request).await?;
                     (lease.member_id, true)
                 }
                 _ => return Err(ApiError::InvalidRequest {
@@ -419,7 +437,7 @@ async fn subscribe(
                 Ok(source) => (source.boxed(), json!({"group": name, "member_id": member})),
                 Err(error) => {
                     if joined {
-                        let _ = state.service.leave(&caller, &group, member).await;
+                        let _ = state.service.leave(caller, &group, member).await;
                     }
                     return Err(error);
                 }

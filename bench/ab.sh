@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B of two psubd builds (or one build under two settings) on this machine: the rows run
+# A/B of two psubd builds (or one build under two settings, A_ARGS / B_ARGS) on this machine: the rows run
 # alternately, A then B in odd rounds and B then A in even ones, each run on a fresh 3-node
 # `psubd dev` cluster, all in one window, so the machine's drift falls on both sides alike.
 # Prints, per row, every run's figure for both sides and the ratio of the medians (B / A).
@@ -9,7 +9,7 @@
 #         ROWS (default "batch single64 fetch"; also "single1"),
 #         BENCH (default: target/release/psubd-bench of this repository),
 #         A_NAME / B_NAME (labels; default "A" / "B"),
-#         A_ENV / B_ENV (extra environment for that side's cluster, e.g. "PSUBD_AUTH=true").
+#         A_ARGS / B_ARGS (extra psubd-bench arguments for that side, e.g. "--dev-auth").
 #
 # Rows (as in bench-table.sh): batch = 64 producers × 100 records per request;
 # single64 = 64 producers × 1 record; single1 = 1 producer × 1 record (latency);
@@ -49,12 +49,12 @@ figures() { # json, role
 }
 
 run_side() { # row, side, round
-    local row=$1 side=$2 round=$3 bin env name
-    if [ "$side" = A ]; then bin=$A_BIN env=${A_ENV:-} name=$A_NAME; else bin=$B_BIN env=${B_ENV:-} name=$B_NAME; fi
+    local row=$1 side=$2 round=$3 bin extra name
+    if [ "$side" = A ]; then bin=$A_BIN extra=${A_ARGS:-} name=$A_NAME; else bin=$B_BIN extra=${B_ARGS:-} name=$B_NAME; fi
     local json="$OUT/$row-$side-$round.json"
     # shellcheck disable=SC2046,SC2086
-    env $env "$BENCH" --dev --psubd "$bin" --runs 1 --duration "$DURATION" --warmup "$WARMUP" \
-        $(row_args "$row") --json "$json" >"$OUT/$row-$side-$round.txt" 2>"$OUT/$row-$side-$round.err" \
+    "$BENCH" --dev --psubd "$bin" --runs 1 --duration "$DURATION" --warmup "$WARMUP" \
+        $(row_args "$row") $extra --json "$json" >"$OUT/$row-$side-$round.txt" 2>"$OUT/$row-$side-$round.err" \
         || { echo "   $row $name round $round failed (exit $?): see $OUT/$row-$side-$round.err"; return 0; }
     local role=publish
     [ "$row" = fetch ] && role=fetch
@@ -62,8 +62,8 @@ run_side() { # row, side, round
 }
 
 {
-    echo "A ($A_NAME): $A_BIN ${A_ENV:-}"
-    echo "B ($B_NAME): $B_BIN ${B_ENV:-}"
+    echo "A ($A_NAME): $A_BIN ${A_ARGS:-}"
+    echo "B ($B_NAME): $B_BIN ${B_ARGS:-}"
     echo "cores: $(nproc); load before: $(cat /proc/loadavg)"
 } | tee "$OUT/machine.txt"
 printf 'row\tside\tround\trecords/s\tp50 ms\tp99 ms\tnode CPU ms/1k\n' | tee "$OUT/runs.tsv"

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -40,6 +40,8 @@ pub struct Connection {
     host: HeaderValue,
     sender: Option<SendRequest<Full<Bytes>>>,
     timeout: Duration,
+    /// `Bearer <key>`, when the cluster requires API keys.
+    authorization: Option<HeaderValue>,
 }
 
 impl Connection {
@@ -49,7 +51,11 @@ impl Connection {
     /// # Errors
     ///
     /// `base` is not `http://host:port`.
-    pub fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        authorization: Option<HeaderValue>,
+    ) -> anyhow::Result<Self> {
         let authority = base
             .strip_prefix("http://")
             .map(|rest| rest.trim_end_matches('/'))
@@ -62,6 +68,7 @@ impl Connection {
             host,
             sender: None,
             timeout,
+            authorization,
         })
     }
 
@@ -103,11 +110,15 @@ impl Connection {
             _ => self.sender.insert(self.connect().await?),
         };
         sender.ready().await.map_err(|_| ErrorClass::Transport)?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(path.clone())
             .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, content_type.clone())
+            .header(CONTENT_TYPE, content_type.clone());
+        if let Some(authorization) = &self.authorization {
+            req = req.header(AUTHORIZATION, authorization.clone());
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|_| ErrorClass::Transport)?;
         let resp = sender

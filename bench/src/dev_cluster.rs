@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use psubd_launch::{binary, logs, ports, DevPorts, Launch, Process};
+use psubd_launch::{binary, logs, ports, DevPorts, Launch, Layout, Process};
 
 /// How long the launcher gets to stop its nodes after SIGTERM before the group is killed
 /// (nodes shut down gracefully within ~10 s).
@@ -51,6 +51,7 @@ impl DevCluster {
         parent: Option<&Path>,
         keep_data: bool,
         psubd: Option<&Path>,
+        auth: bool,
     ) -> anyhow::Result<Self> {
         let Some(dev_ports) = DevPorts::new(base_port, nodes) else {
             bail!("--dev-nodes {nodes} from --dev-base-port {base_port} passes port 65535");
@@ -75,6 +76,7 @@ impl DevCluster {
             .args(["dev", "--nodes", &nodes.to_string(), "--data-dir"])
             .args([&data_dir])
             .args(["--base-port", &base_port.to_string()])
+            .args(auth.then_some("--auth"))
             .log_to(&log_path)
             // Its own group: Ctrl-C on the bench reaches the bench only, which then stops
             // the cluster in order; and the group can be killed as a whole.
@@ -101,6 +103,21 @@ impl DevCluster {
     /// The nodes' HTTP URLs.
     pub fn urls(&self) -> &[String] {
         &self.urls
+    }
+
+    /// The admin key `psubd dev --auth` made (read it once the cluster is ready).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read.
+    pub fn admin_key(&self) -> anyhow::Result<String> {
+        let path = Layout::new(&self.data_dir).admin_key();
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "failed to read the dev cluster's admin key {}",
+                path.display()
+            )
+        })
     }
 
     /// Where the nodes keep their data (the disk the report describes).

@@ -72,6 +72,17 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "urls")]
     pub dev: bool,
 
+    /// Start the `--dev` cluster with API keys required (`psubd dev --auth`) and send its
+    /// admin key with every request: the cost of authentication, against a run without.
+    #[arg(long, requires = "dev", conflicts_with = "token")]
+    pub dev_auth: bool,
+
+    /// API key sent as `Authorization: Bearer` with every request (a cluster with
+    /// `--auth`). Never written to the report.
+    #[arg(long, env = "PSUBD_TOKEN")]
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+
     /// Number of nodes of the `--dev` cluster.
     #[arg(long, default_value_t = 3)]
     pub dev_nodes: u16,

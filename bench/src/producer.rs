@@ -52,6 +52,8 @@ pub struct ProducerPlan {
     content_type: HeaderValue,
     retries: u32,
     request_timeout: Duration,
+    /// `Bearer <key>`, when the cluster requires API keys.
+    authorization: Option<HeaderValue>,
     /// Bytes of one record's value (for MB/s).
     pub record_size: u64,
 }
@@ -114,6 +116,7 @@ impl ProducerPlan {
             content_type,
             retries,
             request_timeout,
+            authorization: target.authorization().cloned(),
             record_size: u64::from(record_size),
         })
     }
@@ -174,7 +177,7 @@ pub fn spawn(
         for l in 0..plan.in_flight {
             let loop_id = p * plan.in_flight + l;
             let node = &plan.nodes[loop_id as usize % plan.nodes.len()];
-            let conn = Connection::new(node, plan.request_timeout)?;
+            let conn = Connection::new(node, plan.request_timeout, plan.authorization.clone())?;
             tasks.spawn(produce_loop(
                 loop_id,
                 conn,

@@ -61,6 +61,7 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
                 args.dev_data_dir.as_deref(),
                 args.keep_data,
                 args.psubd.as_deref(),
+                args.dev_auth,
             )?;
             eprintln!(
                 "psubd-bench: started a {}-node dev cluster (data in {})",
@@ -77,6 +78,14 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let target = Target::new(&urls)?;
     wait_ready(&target, dev.as_mut(), args.ready_timeout).await?;
+    let token = match (&dev, &args.token) {
+        (Some(d), _) if args.dev_auth => Some(d.admin_key()?),
+        (_, token) => token.clone(),
+    };
+    let target = match token {
+        Some(token) => target.with_token(&token)?,
+        None => target,
+    };
 
     let data_dir = match &dev {
         Some(d) => Some(d.data_dir().to_path_buf()),

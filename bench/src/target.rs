@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
@@ -34,11 +35,27 @@ pub struct TopicInfo {
     pub replication_factor: u32,
 }
 
+/// The client of the control requests (topic set-up, readiness, fetches, groups).
+fn control_client(authorization: Option<&HeaderValue>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert(AUTHORIZATION, value.clone());
+    }
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .context("failed to build the HTTP client")
+}
+
 /// The nodes the bench talks to.
 #[derive(Debug, Clone)]
 pub struct Target {
     urls: Vec<String>,
     control: reqwest::Client,
+    /// `Bearer <key>` for every request, when the cluster requires API keys.
+    authorization: Option<HeaderValue>,
 }
 
 impl Target {
@@ -61,12 +78,32 @@ impl Target {
                 bail!("node URL '{u}' must start with http://");
             }
         }
-        let control = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("failed to build the HTTP client")?;
-        Ok(Target { urls, control })
+        Ok(Target {
+            urls,
+            control: control_client(None)?,
+            authorization: None,
+        })
+    }
+
+    /// The same target, sending `token` as `Authorization: Bearer` with every request.
+    ///
+    /// # Errors
+    ///
+    /// A token that cannot be a header value.
+    pub fn with_token(self, token: &str) -> anyhow::Result<Self> {
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("the API key is not a valid header value")?;
+        authorization.set_sensitive(true);
+        Ok(Target {
+            control: control_client(Some(&authorization))?,
+            authorization: Some(authorization),
+            urls: self.urls,
+        })
+    }
+
+    /// The `Authorization` header every request carries, if any.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
     }
 
     /// The node URLs.

@@ -66,6 +66,11 @@ impl Layout {
         self.root.join("cluster-secret")
     }
 
+    /// The admin key file, with authentication on (see [`crate::secret`]).
+    pub fn admin_key(&self) -> PathBuf {
+        self.root.join("admin-key")
+    }
+
     /// Node `id`'s place on loopback with the given ports.
     pub fn place(&self, id: u64, http_port: u16, raft_port: u16) -> NodePlace {
         NodePlace {

@@ -1,7 +1,9 @@
-//! The cluster secret file a local cluster's nodes share (`--cluster-secret-file`).
+//! The secret files a local cluster's nodes share: the cluster secret
+//! (`--cluster-secret-file`) and, with authentication on, the admin key
+//! (`--admin-key-file`).
 //!
-//! Nodes on loopback could go without one, but a local cluster then runs the peers'
-//! authentication as a deployed one does; nodes in network namespaces need one.
+//! Nodes on loopback could go without a cluster secret, but a local cluster then runs the
+//! peers' authentication as a deployed one does; nodes in network namespaces need one.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -17,6 +19,20 @@ const SECRET_BYTES: usize = 32;
 /// # Errors
 /// The directory or the file cannot be created or written.
 pub fn ensure(path: &Path) -> io::Result<()> {
+    ensure_with_prefix(path, "")
+}
+
+/// Makes `path` hold the key of the built-in `admin` principal (`admin.` and a random
+/// secret), readable by the owner only, unless it exists.
+///
+/// # Errors
+/// As [`ensure`].
+pub fn ensure_admin_key(path: &Path) -> io::Result<()> {
+    ensure_with_prefix(path, "admin.")
+}
+
+/// [`ensure`] with `prefix` before the random hex.
+fn ensure_with_prefix(path: &Path, prefix: &str) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -29,7 +45,7 @@ pub fn ensure(path: &Path) -> io::Result<()> {
         Ok(mut file) => {
             let bytes: [u8; SECRET_BYTES] = rand::random();
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            file.write_all(hex.as_bytes())?;
+            file.write_all(format!("{prefix}{hex}").as_bytes())?;
             file.sync_all()
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),

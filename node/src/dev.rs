@@ -35,6 +35,10 @@ pub struct DevArgs {
     /// First HTTP port; node N listens on base+N-1 and its peer transport on base+1000+N-1.
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
+    /// Require API keys (each node runs with --auth): the key of the built-in `admin`
+    /// principal is made in <data-dir>/admin-key the first time.
+    #[arg(long)]
+    pub auth: bool,
 }
 
 /// How long nodes get to stop after SIGTERM before they are killed.
@@ -48,6 +52,8 @@ pub struct DevCluster {
     nodes: NodeSet,
     /// Each node's HTTP base URL.
     pub urls: Vec<String>,
+    /// The admin key file, with `--auth`.
+    pub admin_key: Option<PathBuf>,
 }
 
 impl DevCluster {
@@ -78,6 +84,11 @@ impl DevCluster {
         // the peers' authentication as a deployed one does.
         let secret = layout.secret();
         secret::ensure(&secret).with_context(|| format!("creating {}", secret.display()))?;
+        let admin_key = layout.admin_key();
+        if args.auth {
+            secret::ensure_admin_key(&admin_key)
+                .with_context(|| format!("creating {}", admin_key.display()))?;
+        }
         let places = dev_ports.places(&layout);
         let peers = peers(&places);
         let commands = places
@@ -89,8 +100,15 @@ impl DevCluster {
                 // unless the kernel tells it: it then gets SIGTERM and stops gracefully,
                 // instead of holding the ports and the data directory as an orphan.
                 command.death_signal = Some(libc::SIGTERM);
-                // A dev cluster is open (no --auth) whatever the environment says.
+                // Authentication is --auth's to decide, whatever the environment says.
                 command.env_removed = vec!["PSUBD_AUTH".into(), "PSUBD_ADMIN_KEY_FILE".into()];
+                if args.auth {
+                    command.args.extend([
+                        "--auth".into(),
+                        "--admin-key-file".into(),
+                        admin_key.clone().into_os_string(),
+                    ]);
+                }
                 command
             })
             .collect();
@@ -99,7 +117,11 @@ impl DevCluster {
             return Err(e).with_context(|| format!("spawning node {id}"));
         }
         let urls = dev_ports.ids().map(|id| dev_ports.url(id)).collect();
-        Ok(Self { nodes, urls })
+        Ok(Self {
+            nodes,
+            urls,
+            admin_key: args.auth.then_some(admin_key),
+        })
     }
 
     /// Waits until every node answers `/readyz` 200 — and fails at once if one of our
@@ -166,6 +188,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     for (i, url) in cluster.urls.iter().enumerate() {
         say!("  node {}: {url}", i + 1);
+    }
+    if let Some(admin_key) = &cluster.admin_key {
+        say!(
+            "  API keys required: the admin key is in {}",
+            admin_key.display()
+        );
     }
     // One listener for the whole run: a signal that arrives between two listeners is
     // lost (the nodes would be orphaned when the caller then kills `dev`).

@@ -76,6 +76,55 @@ pub struct TopicConfig {
     pub delete_retention_ms: i64,
 }
 
+impl TopicConfig {
+    /// Checks the settings of a new topic on a cluster of `nodes` nodes. The edge checks a
+    /// client's request with it, and the controller checks again what reaches it (a peer
+    /// forwards requests), so no setting out of range reaches replica placement.
+    ///
+    /// # Errors
+    /// The rule broken, as a message for the user.
+    pub fn check(&self, nodes: usize) -> Result<(), String> {
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(format!("partitions must be between 1 and {MAX_PARTITIONS}"));
+        }
+        if self.replication_factor < 1 || self.replication_factor as usize > nodes {
+            return Err(format!(
+                "replication_factor must be between 1 and the {nodes} nodes of the cluster"
+            ));
+        }
+        check_retention_ms(self.retention_ms)?;
+        check_retention_bytes(self.retention_bytes)?;
+        if self.delete_retention_ms < -1 {
+            return Err(
+                "delete_retention_ms must be 0 or more, or -1 to keep tombstones forever".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks a topic's age limit.
+///
+/// # Errors
+/// The rule broken, as a message for the user.
+pub fn check_retention_ms(value: i64) -> Result<(), String> {
+    if value < -1 || value == 0 {
+        return Err("retention_ms must be positive, or -1 for unlimited".into());
+    }
+    Ok(())
+}
+
+/// Checks a topic's size limit per partition.
+///
+/// # Errors
+/// The rule broken, as a message for the user.
+pub fn check_retention_bytes(value: i64) -> Result<(), String> {
+    if value < -1 || value == 0 {
+        return Err("retention_bytes must be positive, or -1 for unlimited".into());
+    }
+    Ok(())
+}
+
 /// One partition's placement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionPlacement {
@@ -116,6 +165,31 @@ pub fn place_replicas(nodes: &[NodeId], partitions: u32, rf: u32, offset: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_out_of_range_are_refused_with_the_rule() {
+        let config = TopicConfig {
+            partitions: 3,
+            replication_factor: 3,
+            retention_ms: DEFAULT_RETENTION_MS,
+            retention_bytes: -1,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+        };
+        assert_eq!(config.check(3), Ok(()));
+        let refused = |change: fn(&mut TopicConfig), nodes| {
+            let mut bad = config.clone();
+            change(&mut bad);
+            bad.check(nodes).unwrap_err()
+        };
+        assert!(refused(|c| c.partitions = 0, 3).contains("partitions"));
+        assert!(refused(|c| c.partitions = MAX_PARTITIONS + 1, 3).contains("partitions"));
+        assert!(refused(|c| c.replication_factor = 0, 3).contains("replication_factor"));
+        assert!(refused(|_| {}, 2).contains("the 2 nodes"));
+        assert!(refused(|c| c.retention_ms = 0, 3).contains("retention_ms"));
+        assert!(refused(|c| c.retention_bytes = -2, 3).contains("retention_bytes"));
+        assert!(refused(|c| c.delete_retention_ms = -2, 3).contains("delete_retention_ms"));
+    }
 
     #[test]
     fn names_follow_the_api_rules() {

@@ -13,11 +13,13 @@ use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
 use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
 use psubd_actors::partition::{Appended, FetchedRecords};
-use psubd_actors::record::EncodedRecords;
+use psubd_actors::record::{EncodedRecords, RecordIter};
 use psubd_actors::topic::{TopicConfig, TopicMeta};
 use psubd_actors::{ControllerError, GroupError, PartitionError};
 use psubd_raft::{GroupId, NodeId};
 use serde::{Deserialize, Serialize};
+
+use crate::limits::{Limits, MAX_MAX_BYTES, MAX_MAX_RECORDS, MAX_TIMEOUT_MS};
 
 /// Where a fetch starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,10 +207,118 @@ pub struct KeyRead {
     pub timeout_ms: u64,
 }
 
+impl ForwardRequest {
+    /// Checks what a peer sent as a client's request would be checked at the edge, so an
+    /// authenticated but faulty (or compromised) peer cannot hand this node work beyond
+    /// its limits: an append's records must decode and be as many as it says, within the
+    /// request limits; a fetch's and a key read's bounds within the read limits. The rest
+    /// is checked where it is served (the controller checks topic settings and names, the
+    /// coordinators their requests, the access model its changes).
+    ///
+    /// # Errors
+    /// What is wrong, for the refusal.
+    pub fn check(&self, limits: &Limits) -> Result<(), String> {
+        match self {
+            ForwardRequest::Append { records, .. } => {
+                if records.count as usize > limits.max_records_per_request {
+                    return Err(format!("{} records in one append", records.count));
+                }
+                // Encoded records carry a few bytes more than their body did.
+                if records.bytes.len() > limits.max_request_bytes.saturating_mul(2) {
+                    return Err(format!("{} bytes in one append", records.bytes.len()));
+                }
+                let mut decoded = 0u32;
+                for record in RecordIter::run(&records.bytes) {
+                    record.map_err(|e| format!("an appended record does not decode: {e}"))?;
+                    decoded += 1;
+                }
+                if decoded != records.count {
+                    return Err(format!(
+                        "an append says {} records and holds {decoded}",
+                        records.count
+                    ));
+                }
+                Ok(())
+            }
+            ForwardRequest::Fetch {
+                max_records,
+                max_bytes,
+                timeout_ms,
+                ..
+            } => {
+                if *max_records > MAX_MAX_RECORDS
+                    || *max_bytes > MAX_MAX_BYTES
+                    || *timeout_ms > MAX_TIMEOUT_MS
+                {
+                    return Err("a fetch beyond the read limits".into());
+                }
+                Ok(())
+            }
+            ForwardRequest::KeyLookup(read) | ForwardRequest::KeyScan(read) => {
+                if read.key.len() > limits.max_record_bytes
+                    || read.start.len() > limits.max_record_bytes
+                    || read.limit > MAX_MAX_RECORDS
+                    || read.timeout_ms > MAX_TIMEOUT_MS
+                {
+                    return Err("a key read beyond the read limits".into());
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Encodes a request or response for the transport. Encoding these types only fails
 /// when out of memory; an empty body then decodes as an error on the other side.
 pub fn encode<T: Serialize>(message: &T) -> Bytes {
     postcard::to_stdvec(message)
         .map(Bytes::from)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use psubd_actors::record::{Record, ValueKind};
+
+    use super::*;
+
+    fn append(count: u32, bytes: Bytes) -> ForwardRequest {
+        ForwardRequest::Append {
+            group: 7,
+            records: EncodedRecords { count, bytes },
+        }
+    }
+
+    #[test]
+    fn a_peers_request_is_held_to_the_client_limits() {
+        let limits = Limits::default();
+        let record = Record {
+            timestamp_ms: 1,
+            kind: ValueKind::String,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: Vec::new(),
+        };
+        let good = EncodedRecords::encode([&record, &record]).unwrap();
+        assert_eq!(append(2, good.bytes.clone()).check(&limits), Ok(()));
+        assert!(
+            append(3, good.bytes.clone()).check(&limits).is_err(),
+            "a count that lies"
+        );
+        assert!(append(1, Bytes::from_static(&[0xff; 9]))
+            .check(&limits)
+            .is_err());
+        let too_many = u32::try_from(limits.max_records_per_request + 1).unwrap();
+        assert!(append(too_many, good.bytes).check(&limits).is_err());
+        let fetch = |max_bytes| ForwardRequest::Fetch {
+            group: 7,
+            offset: OffsetSpec::Earliest,
+            max_records: 10,
+            max_bytes,
+            timeout_ms: 0,
+        };
+        assert_eq!(fetch(MAX_MAX_BYTES).check(&limits), Ok(()));
+        assert!(fetch(u32::MAX).check(&limits).is_err());
+    }
 }

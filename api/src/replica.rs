@@ -12,6 +12,7 @@ use psubd_actors::proposal::leader_of;
 use psubd_actors::{Broker, GroupError, PartitionError};
 use psubd_raft::{GroupId, NodeId, PeerService};
 
+use crate::limits::Limits;
 use crate::protocol::{
     encode, ForwardRequest, ForwardResponse, KeyRead, OffsetSpec, ReplicaStatus,
 };
@@ -301,21 +302,32 @@ async fn serve_scan(broker: &Broker, read: KeyRead) -> ForwardResponse {
 /// transport.
 pub struct ForwardService {
     broker: Broker,
+    /// The node's request limits, which peers' requests are held to as clients' are.
+    limits: Limits,
 }
 
 impl ForwardService {
-    /// A service over this node's broker.
-    pub fn new(broker: Broker) -> Arc<Self> {
-        Arc::new(Self { broker })
+    /// A service over this node's broker, holding peers' requests to `limits`.
+    pub fn new(broker: Broker, limits: Limits) -> Arc<Self> {
+        Arc::new(Self { broker, limits })
     }
 }
 
 impl PeerService for ForwardService {
-    fn handle(&self, _from: NodeId, body: Bytes) -> BoxFuture<'static, Bytes> {
+    fn handle(&self, from: NodeId, body: Bytes) -> BoxFuture<'static, Bytes> {
         let broker = self.broker.clone();
+        let limits = self.limits;
         Box::pin(async move {
             let response = match postcard::from_bytes::<ForwardRequest>(&body) {
-                Ok(request) => serve_local(&broker, request).await,
+                Ok(request) => match request.check(&limits) {
+                    Ok(()) => serve_local(&broker, request).await,
+                    Err(why) => {
+                        // Peers send only what their edge checked: a refusal here is a
+                        // faulty or foreign peer, for the operator to look at.
+                        tracing::warn!(peer = from, why, "refused a peer's request");
+                        ForwardResponse::Malformed
+                    }
+                },
                 Err(_) => ForwardResponse::Malformed,
             };
             encode(&response)

@@ -10,7 +10,8 @@ use axum::{Json, Router};
 use psubd_actors::controller::access::Operation;
 use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{
-    CleanupPolicy, TopicConfig, TopicMeta, DEFAULT_RETENTION_MS, MAX_PARTITIONS,
+    check_retention_bytes, check_retention_ms, CleanupPolicy, TopicConfig, TopicMeta,
+    DEFAULT_RETENTION_MS,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -107,21 +108,6 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig), ApiError> {
     names::new_topic(&request.name)?;
-    if !(1..=i64::from(MAX_PARTITIONS)).contains(&request.partitions) {
-        return Err(invalid(format!(
-            "partitions must be between 1 and {MAX_PARTITIONS}"
-        )));
-    }
-    let rf = request
-        .replication_factor
-        .unwrap_or(i64::from(DEFAULT_REPLICATION_FACTOR).min(nodes as i64));
-    if rf < 1 || rf > nodes as i64 {
-        return Err(invalid(format!(
-            "replication_factor must be between 1 and the {nodes} nodes of the cluster"
-        )));
-    }
-    validate_retention_ms(request.retention_ms)?;
-    validate_retention_bytes(request.retention_bytes)?;
     let cleanup_policy = match request.cleanup_policy.as_deref() {
         None | Some("delete") => CleanupPolicy::Delete,
         Some("compact") => CleanupPolicy::Compact,
@@ -131,40 +117,20 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
             )))
         }
     };
-    if request.delete_retention_ms < -1 {
-        return Err(invalid(
-            "delete_retention_ms must be 0 or more, or -1 to keep tombstones forever",
-        ));
-    }
-    Ok((
-        request.name,
-        TopicConfig {
-            partitions: request.partitions as u32,
-            replication_factor: rf as u32,
-            retention_ms: request.retention_ms,
-            retention_bytes: request.retention_bytes,
-            cleanup_policy,
-            delete_retention_ms: request.delete_retention_ms,
-        },
-    ))
-}
-
-fn validate_retention_ms(value: i64) -> Result<(), ApiError> {
-    if value < -1 || value == 0 {
-        return Err(invalid(
-            "retention_ms must be positive, or -1 for unlimited",
-        ));
-    }
-    Ok(())
-}
-
-fn validate_retention_bytes(value: i64) -> Result<(), ApiError> {
-    if value < -1 || value == 0 {
-        return Err(invalid(
-            "retention_bytes must be positive, or -1 for unlimited",
-        ));
-    }
-    Ok(())
+    let replication_factor = request
+        .replication_factor
+        .unwrap_or(i64::from(DEFAULT_REPLICATION_FACTOR).min(nodes as i64));
+    let config = TopicConfig {
+        // Out of u32's range is out of the allowed range too: 0 fails the same check.
+        partitions: u32::try_from(request.partitions).unwrap_or(0),
+        replication_factor: u32::try_from(replication_factor).unwrap_or(0),
+        retention_ms: request.retention_ms,
+        retention_bytes: request.retention_bytes,
+        cleanup_policy,
+        delete_retention_ms: request.delete_retention_ms,
+    };
+    config.check(nodes).map_err(invalid)?;
+    Ok((request.name, config))
 }
 
 /// Reads a `PATCH` body: an object with only mutable settings, each validated as at create.
@@ -187,10 +153,10 @@ fn validate_update(body: serde_json::Value) -> Result<TopicUpdate, ApiError> {
             .as_i64()
             .ok_or_else(|| invalid(format!("{name} must be an integer")))?;
         if name == "retention_ms" {
-            validate_retention_ms(number)?;
+            check_retention_ms(number).map_err(invalid)?;
             update.retention_ms = Some(number);
         } else {
-            validate_retention_bytes(number)?;
+            check_retention_bytes(number).map_err(invalid)?;
             update.retention_bytes = Some(number);
         }
     }

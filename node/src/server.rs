@@ -78,7 +78,6 @@ pub async fn run(
     let broker = Broker::start(raft_node.clone(), broker_config)
         .await
         .context("starting the broker")?;
-    raft_node.set_service(ForwardService::new(broker.clone()));
     let edge = Edge::new(broker.clone(), config.write_timeout());
     let limits = Limits {
         max_record_bytes: raw.max_record_bytes,
@@ -87,6 +86,7 @@ pub async fn run(
         max_streams: raw.max_streams,
         ..Limits::default()
     };
+    raft_node.set_service(ForwardService::new(broker.clone(), limits));
     let root = CancellationToken::new();
     let state = AppState::new(edge.clone(), limits, root.child_token())
         .with_allowed_origins(raw.allowed_origins.clone())

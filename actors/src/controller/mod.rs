@@ -17,7 +17,7 @@ use crate::clock::now_ms;
 use crate::error::ControllerError;
 use crate::proposal::{self, check_leader};
 use crate::stable_hash::fnv1a;
-use crate::topic::{place_replicas, TopicConfig, TopicMeta};
+use crate::topic::{is_internal, place_replicas, validate_name, TopicConfig, TopicMeta};
 pub use state::{
     ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo, TopicUpdate,
 };
@@ -58,24 +58,27 @@ impl Controller {
         }
     }
 
-    /// Creates a topic (validated by the caller); answers its metadata.
+    /// Creates a topic; answers its metadata. The name and settings are checked again
+    /// here, as the request may come from a peer.
     ///
     /// # Errors
-    /// `NotLeader` / `NoQuorum` (nothing written), `Invalid` for more replicas than
-    /// nodes, `TopicExists`, `OutcomeUnknown`.
+    /// `NotLeader` / `NoQuorum` (nothing written), `Invalid` for a bad name or setting
+    /// (more replicas than nodes, say), `TopicExists`, `OutcomeUnknown`.
     pub async fn create_topic(
         &self,
         name: String,
         config: TopicConfig,
     ) -> Result<TopicMeta, ControllerError> {
         self.check_leader()?;
-        if config.replication_factor as usize > self.nodes.len() {
-            return Err(ControllerError::Invalid(format!(
-                "replication_factor {} exceeds the {} nodes of the cluster",
-                config.replication_factor,
-                self.nodes.len()
-            )));
+        validate_name("topic", &name).map_err(|e| ControllerError::Invalid(e.0))?;
+        if is_internal(&name) {
+            return Err(ControllerError::Invalid(
+                "topic names starting with '__' are reserved".into(),
+            ));
         }
+        config
+            .check(self.nodes.len())
+            .map_err(ControllerError::Invalid)?;
         // Rotate the first replica by the stable hash of the name so topics' leaders
         // spread.
         let offset = fnv1a(name.as_bytes());
@@ -105,6 +108,11 @@ impl Controller {
     /// As [`Controller::create_topic`]; `TopicNotFound`.
     pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
         self.check_leader()?;
+        if is_internal(&name) {
+            return Err(ControllerError::Invalid(
+                "internal topics cannot be deleted".into(),
+            ));
+        }
         match self
             .propose(ControllerCommand::DeleteTopic { name })
             .await?
@@ -115,8 +123,8 @@ impl Controller {
         }
     }
 
-    /// Changes a topic's mutable settings (validated by the caller); answers the topic's
-    /// metadata after the change.
+    /// Changes a topic's mutable settings (checked again here, as the request may come
+    /// from a peer); answers the topic's metadata after the change.
     ///
     /// # Errors
     /// As [`Controller::delete_topic`].
@@ -126,6 +134,7 @@ impl Controller {
         update: TopicUpdate,
     ) -> Result<TopicMeta, ControllerError> {
         self.check_leader()?;
+        update.check().map_err(ControllerError::Invalid)?;
         match self
             .propose(ControllerCommand::UpdateTopic { name, update })
             .await?

@@ -107,6 +107,23 @@ pub struct TopicUpdate {
 }
 
 impl TopicUpdate {
+    /// Checks the new settings (see [`TopicConfig::check`]).
+    ///
+    /// # Errors
+    /// The rule broken, as a message for the user.
+    pub fn check(&self) -> Result<(), String> {
+        if self == &TopicUpdate::default() {
+            return Err("nothing to change".into());
+        }
+        if let Some(retention_ms) = self.retention_ms {
+            crate::topic::check_retention_ms(retention_ms)?;
+        }
+        if let Some(retention_bytes) = self.retention_bytes {
+            crate::topic::check_retention_bytes(retention_bytes)?;
+        }
+        Ok(())
+    }
+
     /// Applies the update to a configuration.
     pub fn apply_to(&self, config: &mut TopicConfig) {
         if let Some(retention_ms) = self.retention_ms {

@@ -55,6 +55,16 @@ fn refused(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// [`refused`] for `psubd node --id 1 --peers 1=127.0.0.1:9` and `extra`.
+fn refused_node(extra: &[&str]) -> String {
+    let args = [
+        &["node", "--id", "1", "--peers", "1=127.0.0.1:9"][..],
+        extra,
+    ]
+    .concat();
+    refused(&args)
+}
+
 /// Starts a one-node cluster on free ports with its data in `data_dir` and `extra` flags;
 /// returns the process and its HTTP port.
 fn single_node(
@@ -103,15 +113,7 @@ fn peers_off_loopback_without_a_cluster_secret_are_refused_with_the_fix() {
 /// Peer TLS takes its three files together, and a file that holds no certificate is named.
 #[test]
 fn peer_tls_needs_its_three_files_and_names_a_bad_one() {
-    let stderr = refused(&[
-        "node",
-        "--id",
-        "1",
-        "--peers",
-        "1=127.0.0.1:9",
-        "--peer-tls-cert",
-        "cert.pem",
-    ]);
+    let stderr = refused_node(&["--peer-tls-cert", "cert.pem"]);
     assert!(
         stderr.contains("--peer-tls-key") && stderr.contains("--peer-tls-ca"),
         "{stderr}"
@@ -120,12 +122,7 @@ fn peer_tls_needs_its_three_files_and_names_a_bad_one() {
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
     let empty = empty.to_str().unwrap();
-    let stderr = refused(&[
-        "node",
-        "--id",
-        "1",
-        "--peers",
-        "1=127.0.0.1:9",
+    let stderr = refused_node(&[
         "--peer-tls-cert",
         empty,
         "--peer-tls-key",
@@ -141,15 +138,7 @@ fn peer_tls_needs_its_three_files_and_names_a_bad_one() {
 
 #[test]
 fn an_open_api_off_loopback_is_refused_without_insecure() {
-    let stderr = refused(&[
-        "node",
-        "--id",
-        "1",
-        "--peers",
-        "1=127.0.0.1:9",
-        "--http",
-        "0.0.0.0:8081",
-    ]);
+    let stderr = refused_node(&["--http", "0.0.0.0:8081"]);
     assert!(
         stderr.contains("--auth") && stderr.contains("--insecure"),
         "{stderr}"
@@ -168,16 +157,7 @@ fn a_weak_admin_key_is_refused_without_echoing_it() {
     let key = dir.path().join("admin.key");
     std::fs::write(&key, "admin.tooshort-s3cr3t\n").unwrap();
     let key = key.display().to_string();
-    let stderr = refused(&[
-        "node",
-        "--id",
-        "1",
-        "--peers",
-        "1=127.0.0.1:9",
-        "--auth",
-        "--admin-key-file",
-        &key,
-    ]);
+    let stderr = refused_node(&["--auth", "--admin-key-file", &key]);
     assert!(stderr.contains("at least 32"), "{stderr}");
     assert!(!stderr.contains("tooshort-s3cr3t"), "{stderr}");
 }
@@ -187,29 +167,13 @@ fn a_short_cluster_secret_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "too short\n").unwrap();
-    let stderr = refused(&[
-        "node",
-        "--id",
-        "1",
-        "--peers",
-        "1=127.0.0.1:9",
-        "--cluster-secret-file",
-        secret.to_str().unwrap(),
-    ]);
+    let stderr = refused_node(&["--cluster-secret-file", secret.to_str().unwrap()]);
     assert!(stderr.contains("at least 16 bytes"), "{stderr}");
 }
 
 #[test]
 fn a_snapshot_stagger_past_its_bound_is_refused_with_the_rule() {
-    let stderr = refused(&[
-        "node",
-        "--id",
-        "1",
-        "--peers",
-        "1=127.0.0.1:9",
-        "--snapshot-stagger-percent",
-        "1001",
-    ]);
+    let stderr = refused_node(&["--snapshot-stagger-percent", "1001"]);
     assert!(
         stderr.contains("--snapshot-stagger-percent must be at most 1000"),
         "{stderr}"

@@ -85,90 +85,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let broker = state.broker();
-    let metadata = broker.metadata();
-    let me = broker.node_id();
-    for topic in metadata.topics.values() {
-        for (index, placement) in topic.partitions.iter().enumerate() {
-            if let Some(handle) = broker.partition(placement.group) {
-                let labels = [topic.name.as_str(), &index.to_string()];
-                state
-                    .service
-                    .metrics
-                    .high_watermark
-                    .with_label_values(&labels)
-                    .set(handle.reader.bounds().next_offset as i64);
-                let leads = i64::from(leader_of(&handle.raft) == Some(me));
-                state
-                    .service
-                    .metrics
-                    .partition_leader
-                    .with_label_values(&labels)
-                    .set(leads);
-                state
-                    .service
-                    .metrics
-                    .partition_stored_bytes
-                    .with_label_values(&labels)
-                    .set(handle.reader.stored_bytes() as i64);
-                state
-                    .service
-                    .metrics
-                    .log_start_offset
-                    .with_label_values(&labels)
-                    .set(handle.reader.bounds().log_start as i64);
-                let last_log_index = handle.raft.metrics().borrow().last_log_index;
-                state
-                    .service
-                    .metrics
-                    .raft_last_log_index
-                    .with_label_values(&labels)
-                    .set(last_log_index.unwrap_or(0) as i64);
-            }
-        }
-    }
-    if let Ok(bytes) = broker.raft_node().storage().size_on_disk() {
-        state
-            .service
-            .metrics
-            .disk_bytes
-            .with_label_values(&[&me.to_string()])
-            .set(bytes as i64);
-    }
-    let node = [me.to_string()];
-    let health = broker.raft_node().storage().health();
-    let space = health.space();
-    if let Some(free) = space.free_bytes {
-        state
-            .service
-            .metrics
-            .storage_free_bytes
-            .with_label_values(&node)
-            .set(i64::try_from(free).unwrap_or(i64::MAX));
-    }
-    state
-        .service
-        .metrics
-        .storage_low_space
-        .with_label_values(&node)
-        .set(i64::from(space.low));
-    state
-        .service
-        .metrics
-        .raft_groups_stopped
-        .with_label_values(&node)
-        .set(health.stopped_groups().len() as i64);
     let data_dir = broker.raft_node().data_dir().to_path_buf();
-    if let Ok(bytes) =
-        tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir)).await
-    {
-        state
-            .service
-            .metrics
-            .data_dir_bytes
-            .with_label_values(&[&me.to_string()])
-            .set(bytes as i64);
-    }
-    let mut response = state.service.metrics.render().into_response();
+    let data_dir_bytes =
+        tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir))
+            .await
+            .ok();
+    let text = state
+        .service
+        .metrics
+        .refresh_and_render(&broker, data_dir_bytes);
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -1,9 +1,16 @@
 //! Prometheus metrics (`GET /metrics`). Counters are bumped on the request path;
-//! per-partition gauges are read from the local replicas at scrape time.
+//! per-partition gauges are read from the local replicas at scrape time ([`Metrics::refresh`]),
+//! so a deleted topic's series leave with it.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use psubd_actors::locks::lock;
+use psubd_actors::Broker;
 
 /// The node's metrics.
 pub struct Metrics {
@@ -37,6 +44,15 @@ pub struct Metrics {
     pub storage_low_space: IntGaugeVec,
     /// Raft groups of this node stopped on a fatal error (they serve nothing until restart).
     pub raft_groups_stopped: IntGaugeVec,
+    /// Raft term of each local replica.
+    pub raft_term: IntGaugeVec,
+    /// Last Raft log index applied by each local replica.
+    pub raft_applied_index: IntGaugeVec,
+    /// On a partition's leader: entries each follower's log is behind the leader's.
+    pub raft_follower_lag: IntGaugeVec,
+    /// One scrape refreshes and renders at a time: a refresh clears the per-partition
+    /// gauges before setting them again.
+    scrape: Mutex<()>,
 }
 
 impl Metrics {
@@ -52,7 +68,7 @@ impl Metrics {
         )
         .expect("valid metric");
         let http_latency = HistogramVec::new(
-            HistogramOpts::new("psubd_http_request_seconds", "HTTP request latency").buckets(vec![
+            HistogramOpts::new("psubd_http_request_duration_seconds", "HTTP request latency").buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
             ]),
             &["route"],
@@ -121,6 +137,22 @@ impl Metrics {
             &["topic", "partition"],
         )
         .expect("valid metric");
+        let partition_gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["topic", "partition"]).expect("valid metric")
+        };
+        let raft_term = partition_gauge("psubd_partition_raft_term", "Raft term of local replicas");
+        let raft_applied_index = partition_gauge(
+            "psubd_partition_raft_applied_index",
+            "Last Raft log index applied by local replicas",
+        );
+        let raft_follower_lag = IntGaugeVec::new(
+            Opts::new(
+                "psubd_partition_raft_follower_lag",
+                "On the partition's leader: Raft entries each follower's log is behind",
+            ),
+            &["topic", "partition", "follower"],
+        )
+        .expect("valid metric");
         let node_gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["node"]).expect("valid metric")
         };
@@ -151,6 +183,9 @@ impl Metrics {
             Box::new(storage_free_bytes.clone()),
             Box::new(storage_low_space.clone()),
             Box::new(raft_groups_stopped.clone()),
+            Box::new(raft_term.clone()),
+            Box::new(raft_applied_index.clone()),
+            Box::new(raft_follower_lag.clone()),
         ] {
             registry
                 .register(collector)
@@ -179,7 +214,108 @@ impl Metrics {
             storage_free_bytes,
             storage_low_space,
             raft_groups_stopped,
+            raft_term,
+            raft_applied_index,
+            raft_follower_lag,
+            scrape: Mutex::new(()),
         }
+    }
+
+    /// The gauges labelled by topic and partition, cleared at each refresh.
+    fn partition_gauges(&self) -> [&IntGaugeVec; 8] {
+        [
+            &self.high_watermark,
+            &self.partition_leader,
+            &self.partition_stored_bytes,
+            &self.log_start_offset,
+            &self.raft_last_log_index,
+            &self.raft_term,
+            &self.raft_applied_index,
+            &self.raft_follower_lag,
+        ]
+    }
+
+    /// Refreshes the gauges read from this node's replicas and storage, then renders every
+    /// metric. Series of topics deleted since the last scrape are gone. `data_dir_bytes`
+    /// is measured by the caller (it walks the disk: off the async runtime).
+    pub fn refresh_and_render(&self, broker: &Broker, data_dir_bytes: Option<u64>) -> Vec<u8> {
+        let _one_scrape = lock(&self.scrape);
+        for gauge in self.partition_gauges() {
+            gauge.reset();
+        }
+        let metadata = broker.metadata();
+        let me = broker.node_id();
+        for topic in metadata.topics.values() {
+            for (index, placement) in topic.partitions.iter().enumerate() {
+                let Some(handle) = broker.partition(placement.group) else {
+                    continue;
+                };
+                let partition = index.to_string();
+                let labels = [topic.name.as_str(), partition.as_str()];
+                let bounds = handle.reader.bounds();
+                let raft = handle.raft.metrics();
+                let raft = raft.borrow();
+                let set = |gauge: &IntGaugeVec, value: u64| {
+                    gauge
+                        .with_label_values(&labels)
+                        .set(i64::try_from(value).unwrap_or(i64::MAX));
+                };
+                set(&self.high_watermark, bounds.next_offset);
+                set(&self.log_start_offset, bounds.log_start);
+                set(&self.partition_stored_bytes, handle.reader.stored_bytes());
+                set(
+                    &self.partition_leader,
+                    u64::from(raft.current_leader == Some(me)),
+                );
+                let last_log_index = raft.last_log_index.unwrap_or(0);
+                set(&self.raft_last_log_index, last_log_index);
+                set(&self.raft_term, raft.current_term);
+                set(
+                    &self.raft_applied_index,
+                    raft.last_applied.map_or(0, |log_id| log_id.index),
+                );
+                for (follower, matched) in raft.replication.iter().flatten() {
+                    if *follower == me {
+                        continue;
+                    }
+                    let matched = matched.map_or(0, |log_id| log_id.index);
+                    let follower = follower.to_string();
+                    self.raft_follower_lag
+                        .with_label_values(&[topic.name.as_str(), partition.as_str(), &follower])
+                        .set(i64::try_from(last_log_index.saturating_sub(matched)).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        // Counters by topic: a deleted topic's series go too.
+        for counter in [&self.records_published, &self.records_fetched] {
+            remove_topics_not_in(counter, &|topic| metadata.topics.contains_key(topic));
+        }
+        let node = [me.to_string()];
+        let storage = broker.raft_node().storage();
+        if let Ok(bytes) = storage.size_on_disk() {
+            self.disk_bytes
+                .with_label_values(&node)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        let health = storage.health();
+        let space = health.space();
+        if let Some(free) = space.free_bytes {
+            self.storage_free_bytes
+                .with_label_values(&node)
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+        self.storage_low_space
+            .with_label_values(&node)
+            .set(i64::from(space.low));
+        self.raft_groups_stopped
+            .with_label_values(&node)
+            .set(health.stopped_groups().len() as i64);
+        if let Some(bytes) = data_dir_bytes {
+            self.data_dir_bytes
+                .with_label_values(&node)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        self.render()
     }
 
     /// The text exposition of every metric.
@@ -188,6 +324,21 @@ impl Metrics {
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Removes the series of `counter` whose `topic` label `exists` denies.
+fn remove_topics_not_in(counter: &IntCounterVec, exists: &dyn Fn(&str) -> bool) {
+    let gone: HashSet<String> = counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .flat_map(|metric| metric.get_label())
+        .filter(|label| label.get_name() == "topic" && !exists(label.get_value()))
+        .map(|label| label.get_value().to_string())
+        .collect();
+    for topic in gone {
+        let _ = counter.remove_label_values(&[&topic]);
     }
 }
 

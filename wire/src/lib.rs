@@ -35,12 +35,12 @@ pub use error::ErrorBody;
 pub use groups::{
     AssignmentStrategy, AutoOffsetReset, CommitOffset, CommitRequest, CommittedOffset,
     GroupDescription, GroupOffsets, GroupState, GroupSummary, JoinRequest, JoinResponse,
-    MemberDescription, MemberFetchResponse, ResetEntry, ResetOffset, ResetRequest,
-    ResetResponse, TopicPartition,
+    MemberDescription, MemberFetchResponse, ResetEntry, ResetOffset, ResetRequest, ResetResponse,
+    TopicPartition,
 };
 pub use publish::{
-    Accepted, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest,
-    PublishResponse, RecordReport,
+    Accepted, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest, PublishResponse,
+    RecordReport,
 };
 pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
 pub use topics::{CleanupPolicy, PartitionStatus, Topic, TopicSpec, TopicUpdate};

@@ -93,9 +93,10 @@ impl FromStr for OffsetSpec {
         match s {
             "earliest" => Ok(OffsetSpec::Earliest),
             "latest" => Ok(OffsetSpec::Latest),
-            n => n.parse().map(OffsetSpec::At).map_err(|_| {
-                format!("'{s}' is not an offset: use earliest, latest or a number")
-            }),
+            n => n
+                .parse()
+                .map(OffsetSpec::At)
+                .map_err(|_| format!("'{s}' is not an offset: use earliest, latest or a number")),
         }
     }
 }

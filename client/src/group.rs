@@ -273,46 +273,93 @@ impl GroupConsumer {
         let Some(member) = self.member.as_ref() else {
             return Ok(());
         };
-        if member.handed.is_empty() {
+        let offsets = member
+            .handed
+            .iter()
+            .map(|(tp, offset)| CommitOffset {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset: *offset,
+            })
+            .collect();
+        self.commit_offsets(offsets).await
+    }
+
+    /// Commits `records` — some of those the last `poll` returned, e.g. the ones
+    /// processed before stopping: per partition, the offset after the last of them.
+    /// Records of a partition after an uncommitted one are delivered again later.
+    ///
+    /// # Errors
+    ///
+    /// As [`GroupConsumer::commit`].
+    pub async fn commit_records(&mut self, records: &[Record]) -> Result<(), Error> {
+        let mut next: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+        for record in records {
+            let tp = TopicPartition {
+                topic: record.topic.clone(),
+                partition: record.partition,
+            };
+            let offset = record.offset.saturating_add(1);
+            let entry = next.entry(tp).or_insert(offset);
+            *entry = (*entry).max(offset);
+        }
+        let offsets = next
+            .into_iter()
+            .map(|(tp, offset)| CommitOffset {
+                topic: tp.topic,
+                partition: tp.partition,
+                offset,
+            })
+            .collect();
+        self.commit_offsets(offsets).await
+    }
+
+    async fn commit_offsets(&mut self, offsets: Vec<CommitOffset>) -> Result<(), Error> {
+        let Some(member) = self.member.as_ref() else {
+            return Ok(());
+        };
+        if offsets.is_empty() {
             return Ok(());
         }
         let request = CommitRequest {
             member_id: member.id.clone(),
             generation: member.generation,
-            offsets: member
-                .handed
-                .iter()
-                .map(|(tp, offset)| CommitOffset {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: *offset,
-                })
-                .collect(),
+            offsets,
         };
         let call = Call::new(
             Method::POST,
             format!("/v1/groups/{}/offsets", segment(&self.group)),
         )
         .json(&request)?;
-        match self.client.empty(&call, StatusCode::NO_CONTENT).await {
+        let result = self.client.empty(&call, StatusCode::NO_CONTENT).await;
+        let Some(member) = self.member.as_mut() else {
+            return result;
+        };
+        match &result {
             Ok(()) => {
-                if let Some(m) = self.member.as_mut() {
-                    m.handed.clear();
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if e.is_rebalance() {
-                    if let Some(m) = self.member.as_mut() {
-                        m.handed.clear();
+                for committed in &request.offsets {
+                    let tp = TopicPartition {
+                        topic: committed.topic.clone(),
+                        partition: committed.partition,
+                    };
+                    if member
+                        .handed
+                        .get(&tp)
+                        .is_some_and(|h| *h <= committed.offset)
+                    {
+                        member.handed.remove(&tp);
                     }
-                    if e.code() == Some("member_fenced") {
-                        self.member = None;
-                    }
                 }
-                Err(e)
             }
+            Err(e) if e.is_rebalance() => {
+                member.handed.clear();
+                if e.code() == Some("member_fenced") {
+                    self.member = None;
+                }
+            }
+            Err(_) => {}
         }
+        result
     }
 
     /// Leaves the group: its partitions go to the other members at once. Records handed

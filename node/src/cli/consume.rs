@@ -33,9 +33,9 @@ pub struct ConsumeArgs {
     /// Read only this partition (default: every partition).
     #[arg(long)]
     partition: Option<u32>,
-    /// Where to start: earliest, latest or an offset (with --group: where a partition
-    /// without a committed offset starts, earliest or latest).
-    #[arg(long, default_value = "latest", value_parser = parse_from)]
+    /// Where to start: earliest, latest (only new records) or an offset. With --group:
+    /// where a partition without a committed offset starts, earliest or latest.
+    #[arg(long, default_value = "earliest", value_parser = parse_from)]
     from: OffsetSpec,
     /// Read as a member of this consumer group, committing what was printed.
     #[arg(long)]

@@ -85,7 +85,9 @@ struct Pending {
 /// `max_batch_records` of them for at most `linger`, and sends one request per topic,
 /// one request at a time, so records of a partition are stored in the order they were
 /// sent. Records the server reports as not written are sent again (bounded); nothing
-/// whose outcome is unknown is ever sent twice.
+/// whose outcome is unknown is ever sent twice. A request refused because of one record
+/// (too large, an unknown partition…) writes nothing, so it is split until that record
+/// fails alone and the others are stored.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), psubd_client::Error> {
@@ -215,43 +217,66 @@ async fn send_batch(client: &Client, config: &ProducerConfig, batch: Vec<Pending
     }
 }
 
-/// Publishes `pending` to `topic`, sending again (bounded) the records the answer says
-/// were not written, and resolves every record's delivery.
-async fn send_topic(
+/// Whole-request refusals caused by some of the records (or their number or size): the
+/// node wrote nothing, so the batch is split in halves and each half sent on its own,
+/// until the culprits fail alone and their neighbours are stored.
+const SPLITTABLE: [&str; 7] = [
+    "invalid_request",
+    "invalid_json",
+    "partition_not_found",
+    "record_too_large",
+    "headers_too_large",
+    "request_too_large",
+    "too_many_records",
+];
+
+/// Publishes `pending` to `topic` and resolves every record's delivery: batches refused
+/// because of some of their records are split (at most log2(n) levels), records the
+/// answer says were not written are sent again (bounded).
+async fn send_topic(client: &Client, config: &ProducerConfig, topic: &str, pending: Vec<Pending>) {
+    let mut batches = std::collections::VecDeque::from([pending]);
+    while let Some(mut batch) = batches.pop_front() {
+        let Err(error) = send_batch_once(client, config, topic, &mut batch).await else {
+            continue;
+        };
+        if batch.len() > 1 && error.code().is_some_and(|c| SPLITTABLE.contains(&c)) {
+            let second = batch.split_off(batch.len() / 2);
+            batches.push_front(second);
+            batches.push_front(batch);
+        } else {
+            for p in batch {
+                let _ = p.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Sends `pending`, resolving the records the node answered for and resending (bounded)
+/// those it reports as not written. On a whole-request failure the records still
+/// unresolved stay in `pending` and the error is returned.
+async fn send_batch_once(
     client: &Client,
     config: &ProducerConfig,
     topic: &str,
-    mut pending: Vec<Pending>,
-) {
+    pending: &mut Vec<Pending>,
+) -> Result<(), Error> {
     let mut attempt = 1;
     while !pending.is_empty() {
         let records = pending.iter().map(|p| p.record.clone()).collect();
-        let reports = match client.publish(topic, records).await {
-            Ok(answer) if answer.offsets.len() == pending.len() => answer.offsets,
-            Ok(answer) => {
-                let error = Error::Unexpected {
-                    url: topic.to_string(),
-                    status: 200,
-                    detail: format!(
-                        "{} reports for {} records",
-                        answer.offsets.len(),
-                        pending.len()
-                    ),
-                };
-                for p in pending {
-                    let _ = p.reply.send(Err(error.clone()));
-                }
-                return;
-            }
-            Err(error) => {
-                for p in pending {
-                    let _ = p.reply.send(Err(error.clone()));
-                }
-                return;
-            }
-        };
+        let answer = client.publish(topic, records).await?;
+        if answer.offsets.len() != pending.len() {
+            return Err(Error::Unexpected {
+                url: topic.to_string(),
+                status: 200,
+                detail: format!(
+                    "{} reports for {} records",
+                    answer.offsets.len(),
+                    pending.len()
+                ),
+            });
+        }
         let mut again = Vec::new();
-        for (p, report) in pending.into_iter().zip(reports) {
+        for (p, report) in pending.drain(..).zip(answer.offsets) {
             match report {
                 RecordReport::Delivered(d) => {
                     let _ = p.reply.send(Ok(d));
@@ -272,10 +297,11 @@ async fn send_topic(
                 }
             }
         }
-        pending = again;
+        *pending = again;
         if !pending.is_empty() {
             attempt += 1;
             tokio::time::sleep(config.retry_pause).await;
         }
     }
+    Ok(())
 }

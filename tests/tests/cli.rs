@@ -137,6 +137,12 @@ async fn the_client_commands_against_a_three_node_cluster() {
         .await;
     checks
         .run(
+            "a_refused_record_fails_alone",
+            a_refused_record_fails_alone(&psubd, &cluster),
+        )
+        .await;
+    checks
+        .run(
             "consume_follows_new_records",
             consume_follows_new_records(&psubd, &cluster),
         )
@@ -457,6 +463,30 @@ async fn produce_json_lines(psubd: &Psubd, cluster: &Cluster) {
     assert!(stored
         .iter()
         .any(|r| r.partition == 1 && r.value == serde_json::json!([1, 2])));
+}
+
+/// docs/api.md: a publish with one bad record writes nothing; the producer splits the
+/// batch so the bad record fails alone and its neighbours are stored.
+async fn a_refused_record_fails_alone(psubd: &Psubd, cluster: &Cluster) {
+    psubd
+        .run(&["topic", "create", "cli-split"], "")
+        .await
+        .ok("create");
+    let too_large = "x".repeat(1024 * 1024 + 1);
+    let input = format!("before\n{too_large}\nafter\n");
+    psubd
+        .run(&["produce", "cli-split"], &input)
+        .await
+        .fails("a record over the size limit", 1, "line 2")
+        .fails("a record over the size limit", 1, "record_too_large");
+    let stored: Vec<String> = cluster
+        .node(1)
+        .fetch_all("cli-split", 0)
+        .await
+        .iter()
+        .map(|r| r.value.as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(stored, vec!["before", "after"]);
 }
 
 async fn consume_follows_new_records(psubd: &Psubd, cluster: &Cluster) {

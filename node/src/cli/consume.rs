@@ -150,6 +150,9 @@ async fn consume_partitions(
         });
     }
     drop(tx);
+    // One Ctrl-C listener for the whole run: a press while a batch prints still counts.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
             batch = rx.recv() => {
@@ -160,7 +163,7 @@ async fn consume_partitions(
                     return Ok(());
                 }
             }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut interrupted => return Ok(()),
         }
     }
 }
@@ -208,10 +211,14 @@ async fn group_loop(
     member: &mut GroupConsumer,
     printer: &mut Printer,
 ) -> anyhow::Result<()> {
+    // One Ctrl-C listener for the whole run: a press while a batch prints or commits
+    // ends the loop after that commit.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let records = tokio::select! {
             records = member.poll() => records.map_err(|e| args.connect.explain(e))?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut interrupted => return Ok(()),
         };
         let printed = printer.print(&records)?;
         match member.commit_records(&records[..printed]).await {

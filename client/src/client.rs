@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{chain, Error};
+use crate::tls::TlsSettings;
 
 /// Default bound on connecting to one seed: a dead node is skipped quickly.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,6 +65,7 @@ impl Default for ClientConfig {
 pub struct ClientBuilder {
     seeds: Vec<String>,
     config: ClientConfig,
+    tls: Option<TlsSettings>,
 }
 
 impl ClientBuilder {
@@ -102,16 +104,45 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts these CA certificates (PEM) for `https://` seeds: the CA that signed the
+    /// nodes' `--tls-cert`.
+    #[must_use]
+    pub fn ca_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_with(TlsSettings::default).ca_pem = pem.into();
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM) to nodes that require one.
+    #[must_use]
+    pub fn identity_pem(mut self, chain: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls
+            .get_or_insert_with(TlsSettings::default)
+            .identity_pem = Some((chain.into(), key.into()));
+        self
+    }
+
     /// The client.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] without seeds, for a seed that is not an `http://` URL, or when
-    /// the HTTP stack cannot start.
+    /// [`Error::Config`] without seeds, for a seed that is not an `http://` or `https://`
+    /// URL, for `https://` seeds without CA certificates, for unusable certificates, or
+    /// when the HTTP stack cannot start.
     pub fn build(self) -> Result<Client, Error> {
         let seeds = normalise_seeds(&self.seeds)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.config.connect_timeout)
+        let mut http = reqwest::Client::builder().connect_timeout(self.config.connect_timeout);
+        match &self.tls {
+            Some(tls) => http = http.use_preconfigured_tls(tls.client_config()?),
+            None => {
+                if let Some(seed) = seeds.iter().find(|s| s.starts_with("https://")) {
+                    return Err(Error::Config(format!(
+                        "{seed}: HTTPS needs the CA certificate that signed the nodes' \
+                         certificates (--ca-file, or ClientBuilder::ca_certificates_pem)"
+                    )));
+                }
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| Error::Config(format!("cannot start the HTTP client: {}", chain(&e))))?;
         Ok(Client {
@@ -268,19 +299,17 @@ fn normalise_seeds(raw: &[String]) -> Result<Vec<String>, Error> {
         if seed.is_empty() {
             continue;
         }
-        if seed.starts_with("https://") {
-            return Err(Error::Config(format!(
-                "{seed}: this build of the client speaks plain HTTP only (no TLS support)"
-            )));
-        }
-        let rest = seed.strip_prefix("http://").ok_or_else(|| {
-            Error::Config(format!(
-                "'{seed}' is not a node URL: expected http://HOST:PORT"
-            ))
-        })?;
+        let rest = seed
+            .strip_prefix("http://")
+            .or_else(|| seed.strip_prefix("https://"))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "'{seed}' is not a node URL: expected http://HOST:PORT or https://HOST:PORT"
+                ))
+            })?;
         if rest.is_empty() || rest.contains('/') {
             return Err(Error::Config(format!(
-                "'{seed}' is not a node URL: expected http://HOST:PORT without a path"
+                "'{seed}' is not a node URL: expected http(s)://HOST:PORT without a path"
             )));
         }
         seeds.push(seed.to_string());
@@ -330,6 +359,7 @@ impl Client {
         ClientBuilder {
             seeds: seeds.into_iter().map(Into::into).collect(),
             config: ClientConfig::default(),
+            tls: None,
         }
     }
 
@@ -479,7 +509,8 @@ mod tests {
         assert!(normalise_seeds(&[]).is_err());
         assert!(normalise_seeds(&["a:1".into()]).is_err());
         assert!(normalise_seeds(&["http://a:1/v1".into()]).is_err());
-        assert!(normalise_seeds(&["https://a:1".into()]).is_err());
+        assert!(normalise_seeds(&["https://a:1".into()]).is_ok());
+        assert!(Client::new(["https://a:1"]).is_err(), "HTTPS needs a CA");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! - [`client`]: [`Client`] — seed URLs tried in turn, timeouts, the bearer token, the
 //!   bounded retry rules (only what promises nothing was done), and error decoding.
+//! - [`tls`]: HTTPS to nodes serving TLS — the cluster's CA, a client certificate.
 //! - [`error`]: [`Error`], carrying the server's `error`, `message` and `error_code`.
 //! - [`admin`]: [`Admin`] — topics, groups, the cluster view.
 //! - [`records`]: one publish and one fetch, the calls the rest builds on.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod group;
 pub mod producer;
 pub mod records;
+pub mod tls;
 
 pub use admin::Admin;
 pub use client::{Client, ClientBuilder, ClientConfig};
@@ -43,3 +45,4 @@ pub use psubd_wire::{
     AutoOffsetReset, CleanupPolicy, DeliveryReport, NewRecord, OffsetSpec, Record, ResetOffset,
     Topic, TopicSpec, TopicUpdate,
 };
+pub use tls::TlsSettings;

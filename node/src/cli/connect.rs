@@ -1,5 +1,8 @@
 //! How a command reaches the cluster.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Args;
 use psubd_client::{Client, Error};
 
@@ -16,6 +19,29 @@ pub struct Connect {
     /// Bearer token sent as `Authorization: Bearer <token>`.
     #[arg(long, env = "PSUBD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM CA certificates that signed the nodes' certificates, for https:// URLs.
+    #[arg(long, env = "PSUBD_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for nodes that require one (with --client-key).
+    #[arg(
+        long,
+        env = "PSUBD_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "PSUBD_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+fn read(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
 }
 
 impl Connect {
@@ -28,6 +54,13 @@ impl Connect {
         let mut builder = Client::builder(self.urls.iter().cloned());
         if let Some(token) = &self.token {
             builder = builder.token(token.clone());
+        }
+        if let Some(ca) = &self.ca_file {
+            builder = builder.ca_certificates_pem(read(ca, "--ca-file")?);
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            builder =
+                builder.identity_pem(read(cert, "--client-cert")?, read(key, "--client-key")?);
         }
         builder.build().map_err(|e| self.explain(e))
     }

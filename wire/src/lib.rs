@@ -6,6 +6,7 @@
 //! - [`publish`]: the publish request, per-record delivery reports (200 and 207), `acks=0`.
 //! - [`records`]: a record as every read renders it, the fetch answer, key-view answers,
 //!   and [`records::OffsetSpec`] (`earliest`, `latest` or a number).
+//! - [`streams`]: one item of a partition or member stream (record, assignment, error).
 //! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
 //!   describe.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod groups;
 pub mod publish;
 pub mod records;
+pub mod streams;
 pub mod topics;
 
 pub use cluster::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
@@ -43,4 +45,5 @@ pub use publish::{
     RecordReport,
 };
 pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
+pub use streams::{AssignmentEvent, StreamItem};
 pub use topics::{CleanupPolicy, PartitionStatus, Topic, TopicSpec, TopicUpdate};

@@ -21,7 +21,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Default number of attempts of a request answered 503, 429 or 507 (whose bodies
-/// promise nothing was done, so retrying is safe).
+/// promise nothing was done, so retrying is safe), or of a read answered 504.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
 /// Default cap on one honoured `Retry-After` wait.
@@ -170,6 +170,8 @@ impl ClientBuilder {
 /// - 503 `not_available`, 429 `too_many_streams` and 507 `insufficient_storage` promise
 ///   that nothing was done: the request is sent again after `Retry-After` (capped), at
 ///   most [`ClientConfig::max_attempts`] times in all.
+/// - A read (`GET`) answered 504 (its node lost the node it forwarded to) is sent again
+///   the same way.
 /// - Nothing else is retried. In particular a write whose connection broke after it was
 ///   sent, or that was answered 504 `outcome_unknown`, is returned as an error: a retry
 ///   could store it twice, and only the caller knows whether that is acceptable.
@@ -395,7 +397,13 @@ impl Client {
         let mut attempt = 1;
         loop {
             let answer = self.send_to_some_seed(call).await?;
-            let retry = matches!(answer.status.as_u16(), 503 | 429 | 507);
+            // A read may be repeated after a 504 too: it changes nothing a repeat could
+            // duplicate (a member fetch moves positions only by a token the caller sends).
+            let retry = match answer.status.as_u16() {
+                503 | 429 | 507 => true,
+                504 => call.method == Method::GET,
+                _ => false,
+            };
             if !retry || attempt >= config.max_attempts {
                 return Ok(answer);
             }

@@ -199,6 +199,17 @@ async fn an_unknown_outcome_or_a_client_error_is_not_retried() {
 }
 
 #[tokio::test]
+async fn a_read_answered_504_is_sent_again() {
+    let server = Scripted::start(vec![error(504, "outcome_unknown"), reply(200, "[]")]).await;
+    let client = quick(&server).build().expect("client");
+    assert_eq!(
+        client.admin().list_topics().await.map(|t| t.len()).ok(),
+        Some(0)
+    );
+    assert_eq!(server.seen().len(), 2);
+}
+
+#[tokio::test]
 async fn answers_that_break_the_contract_are_errors_not_panics() {
     let server = Scripted::start(vec![
         reply(200, "not json"),

@@ -200,7 +200,9 @@ async fn a_group_consumer_reads_every_record_when_its_coordinator_node_is_killed
         .await
         .expect("join");
 
+    let first_member = member.member_id().map(str::to_owned);
     let mut seen: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let mut deliveries = 0usize;
     let mut values: BTreeSet<u64> = BTreeSet::new();
     let mut killed = None;
     let mut errors = Vec::new();
@@ -215,6 +217,7 @@ async fn a_group_consumer_reads_every_record_when_its_coordinator_node_is_killed
         );
         match member.poll().await {
             Ok(batch) => {
+                deliveries += batch.len();
                 for record in &batch {
                     seen.insert((record.partition, record.offset));
                     values.insert(record.value.as_u64().expect("the values are numbers"));
@@ -237,7 +240,14 @@ async fn a_group_consumer_reads_every_record_when_its_coordinator_node_is_killed
         }
     }
     assert!(killed.is_some(), "the coordinator was killed mid-read");
-    eprintln!("read every record; member errors on the way: {errors:?}");
+    assert_ne!(
+        member.member_id().map(str::to_owned),
+        first_member,
+        "the new coordinator fenced the member, which joined again by itself"
+    );
+    eprintln!(
+        "read every record ({deliveries} deliveries for {GROUP_RECORDS} records); member errors on the way: {errors:?}"
+    );
     // No skip: every offset of every partition below its high watermark was handed out.
     let partitions = cluster
         .node(cluster.running()[0])

@@ -357,7 +357,10 @@ async fn every_route_answers_in_its_wire_type() {
     let first: MemberFetchResponse = Api::expect("member fetch", api.get(&fetch_path).await, 200);
     assert!(!first.records.is_empty());
     let summaries: Vec<GroupSummary> = Api::expect("list groups", api.get("/v1/groups").await, 200);
-    assert!(summaries.iter().any(|g| g.group == "wire-g"), "{summaries:?}");
+    assert!(
+        summaries.iter().any(|g| g.group == "wire-g"),
+        "{summaries:?}"
+    );
     let described: GroupDescription =
         Api::expect("describe group", api.get("/v1/groups/wire-g").await, 200);
     assert_eq!(described.members.len(), 1);

@@ -1,7 +1,8 @@
 //! psubd-client through faults, on a real 3-node cluster: a `Producer` loses no record
-//! it acknowledged when the partition's leader is killed mid-stream, and a
-//! `GroupConsumer` reads every record at least once, skipping none, when the group's
-//! coordinator node is killed mid-read.
+//! it acknowledged when the partition's leader is killed mid-stream; a `GroupConsumer`
+//! reads every record at least once, skipping none, when the group's coordinator node is
+//! killed mid-read; and two members sharing a topic through rebalances (one joins, one
+//! leaves) together read every record.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -263,4 +264,80 @@ async fn a_group_consumer_reads_every_record_when_its_coordinator_node_is_killed
         }
     }
     member.leave().await.expect("leave");
+}
+
+/// Records shared by two members.
+const SHARED_RECORDS: usize = 400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_group_consumers_read_every_record_through_rebalances() {
+    let cluster = Cluster::start(3).await;
+    cluster.node(1).create_topic("shared", 4, 3).await;
+    let records: Vec<_> = (0..SHARED_RECORDS)
+        .map(|i| psubd_tests::NewRecord::keyed(format!("k{i}"), serde_json::json!(i)))
+        .collect();
+    for chunk in records.chunks(200) {
+        cluster.node(2).publish("shared", chunk).await;
+    }
+    let config = GroupConfig {
+        auto_offset_reset: Some(AutoOffsetReset::Earliest),
+        max_records: Some(20),
+        poll_timeout: Some(Duration::from_millis(200)),
+        ..GroupConfig::default()
+    };
+    let client = client_for(&cluster);
+    let mut first = GroupConsumer::join(client.clone(), "sharers", &["shared"], config.clone())
+        .await
+        .expect("first joins");
+    let mut second: Option<GroupConsumer> = None;
+    let mut values: BTreeSet<u64> = BTreeSet::new();
+    let mut rebalanced_commits = 0;
+    let deadline = tokio::time::Instant::now() + GROUP_READ_WITHIN;
+    let mut rounds = 0;
+    while values.len() < SHARED_RECORDS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {} of {SHARED_RECORDS}",
+            values.len()
+        );
+        rounds += 1;
+        // The second member joins after a few rounds and leaves a few rounds later: two
+        // rebalances while the first member holds records it has not committed.
+        if rounds == 3 {
+            second = Some(
+                GroupConsumer::join(client.clone(), "sharers", &["shared"], config.clone())
+                    .await
+                    .expect("second joins"),
+            );
+        }
+        if rounds == 8 {
+            if let Some(member) = second.take() {
+                member.leave().await.expect("second leaves");
+            }
+        }
+        let members = std::iter::once(&mut first).chain(second.as_mut());
+        for member in members {
+            for record in member.poll().await.expect("poll") {
+                values.insert(record.value.as_u64().expect("numbers"));
+            }
+            match member.commit().await {
+                Ok(()) => {}
+                Err(e) if e.is_rebalance() => rebalanced_commits += 1,
+                Err(e) => panic!("commit: {e}"),
+            }
+        }
+    }
+    eprintln!(
+        "read every record in {rounds} rounds; {rebalanced_commits} commits refused by a rebalance"
+    );
+    let offsets = client
+        .admin()
+        .group_offsets("sharers")
+        .await
+        .expect("offsets");
+    assert!(
+        offsets.offsets.iter().all(|o| o.lag == Some(0)),
+        "every record is committed in the end: {offsets:?}"
+    );
+    first.leave().await.expect("leave");
 }

@@ -195,6 +195,8 @@ pub(crate) struct Call {
     pub path: String,
     pub query: Vec<(&'static str, String)>,
     pub body: Option<Vec<u8>>,
+    /// The body's media type.
+    pub content_type: &'static str,
     /// Added to the request timeout (long-polls).
     pub long_poll: Duration,
 }
@@ -206,6 +208,7 @@ impl Call {
             path,
             query: Vec::new(),
             body: None,
+            content_type: "application/json",
             long_poll: Duration::ZERO,
         }
     }
@@ -225,6 +228,12 @@ impl Call {
                 .map_err(|e| Error::Config(format!("request body does not serialise: {e}")))?,
         );
         Ok(self)
+    }
+
+    pub(crate) fn raw(mut self, content_type: &'static str, body: Vec<u8>) -> Self {
+        self.content_type = content_type;
+        self.body = Some(body);
+        self
     }
 
     pub(crate) fn long_poll(mut self, wait: Duration) -> Self {
@@ -434,7 +443,7 @@ impl Client {
             }
             if let Some(body) = &call.body {
                 request = request
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header(reqwest::header::CONTENT_TYPE, call.content_type)
                     .body(body.clone());
             }
             if let Some(token) = &inner.config.token {

@@ -7,6 +7,7 @@
 //! - [`tls`]: HTTPS to nodes serving TLS — the cluster's CA, a client certificate.
 //! - [`error`]: [`Error`], carrying the server's `error`, `message` and `error_code`.
 //! - [`admin`]: [`Admin`] — topics, groups, the cluster view.
+//! - [`keys`]: [`Keys`] — a compacted topic as a table: get, put, delete, scan.
 //! - [`records`]: one publish and one fetch, the calls the rest builds on.
 //! - [`producer`]: [`Producer`] — batching with a linger bound, a bounded queue, a
 //!   delivery future per record.
@@ -30,6 +31,7 @@ pub mod client;
 pub mod consumer;
 pub mod error;
 pub mod group;
+pub mod keys;
 pub mod producer;
 pub mod records;
 pub mod tls;
@@ -39,6 +41,7 @@ pub use client::{Client, ClientBuilder, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig};
 pub use error::Error;
 pub use group::{GroupConfig, GroupConsumer};
+pub use keys::Keys;
 pub use producer::{Delivery, DeliveryResult, Producer, ProducerConfig};
 pub use psubd_wire as wire;
 pub use psubd_wire::{

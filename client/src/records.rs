@@ -13,8 +13,9 @@ use crate::error::Error;
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(30);
 
 impl Client {
-    /// One batch publish with `acks=all`: the answer of a 200 or a 207, one report per
-    /// record in request order — check each, a 207 mixes stored and failed records.
+    /// One batch publish with `acks=all` of JSON values: the answer of a 200 or a 207,
+    /// one report per record in request order — check each, a 207 mixes stored and
+    /// failed records.
     ///
     /// # Errors
     ///
@@ -25,15 +26,29 @@ impl Client {
         topic: &str,
         records: Vec<NewRecord>,
     ) -> Result<PublishResponse, Error> {
-        let body = PublishRequest {
+        let request = PublishRequest {
             encoding: None,
             records,
         };
+        self.publish_request(topic, &request).await
+    }
+
+    /// As [`Client::publish`] with the whole body given, e.g. `encoding: base64` for
+    /// binary values and keys.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::publish`].
+    pub async fn publish_request(
+        &self,
+        topic: &str,
+        request: &PublishRequest,
+    ) -> Result<PublishResponse, Error> {
         let call = Call::new(
             Method::POST,
             format!("/v1/topics/{}/records", segment(topic)),
         )
-        .json(&body)?;
+        .json(request)?;
         let answer = self.call(&call).await?;
         match answer.status {
             StatusCode::OK | StatusCode::MULTI_STATUS => {

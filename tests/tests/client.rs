@@ -341,3 +341,96 @@ async fn two_group_consumers_read_every_record_through_rebalances() {
     );
     first.leave().await.expect("leave");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_views_and_binary_publishes_through_the_client() {
+    let cluster = Cluster::start(1).await;
+    let client = client_for(&cluster);
+    let admin = client.admin();
+    admin
+        .create_topic(&psubd_client::TopicSpec {
+            cleanup_policy: Some(psubd_client::CleanupPolicy::Compact),
+            partitions: Some(2),
+            ..psubd_client::TopicSpec::new("table")
+        })
+        .await
+        .expect("create");
+    let keys = client.keys("table");
+    let put = keys
+        .put("alice", &serde_json::json!({"plan": "pro"}))
+        .await
+        .expect("put");
+    let read = keys
+        .get("alice", Some(put.offset), Duration::from_secs(5))
+        .await
+        .expect("get");
+    assert_eq!(
+        read.map(|r| r.value),
+        Some(serde_json::json!({"plan": "pro"}))
+    );
+    keys.put_text("bob", "hello").await.expect("put text");
+    let bytes = keys
+        .put_bytes("carol", vec![0, 255])
+        .await
+        .expect("put bytes");
+    let carol = keys
+        .get("carol", Some(bytes.offset), Duration::from_secs(5))
+        .await
+        .expect("get carol")
+        .expect("carol is there");
+    assert_eq!(carol.encoding, Some(psubd_client::wire::Encoding::Base64));
+    assert_eq!(carol.value, "AP8=");
+    let page = keys.scan(None, None, 2).await.expect("scan");
+    assert_eq!(
+        page.keys
+            .iter()
+            .map(|r| r.key.clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        vec!["alice", "bob"]
+    );
+    let rest = keys
+        .scan(None, page.next.as_deref(), 2)
+        .await
+        .expect("scan on");
+    assert_eq!(rest.keys.len(), 1);
+    let gone = keys.delete("alice").await.expect("delete");
+    assert_eq!(
+        keys.get("alice", Some(gone.offset), Duration::from_secs(5))
+            .await
+            .expect("get deleted"),
+        None
+    );
+    let on_delete_topic = client.keys("plain");
+    admin
+        .create_topic(&psubd_client::TopicSpec::new("plain"))
+        .await
+        .expect("create plain");
+    let refused = on_delete_topic.scan(None, None, 10).await;
+    assert_eq!(
+        refused.err().as_ref().and_then(Error::code),
+        Some("topic_not_compacted")
+    );
+
+    // A binary publish through the whole-body call.
+    let request = psubd_client::wire::PublishRequest {
+        encoding: Some(psubd_client::wire::Encoding::Base64),
+        records: vec![NewRecord::new("AAEC").key("a2V5")],
+    };
+    let answer = client
+        .publish_request("plain", &request)
+        .await
+        .expect("publish");
+    let report = answer.offsets[0].clone().into_result().expect("stored");
+    let fetched = client
+        .fetch(
+            "plain",
+            report.partition,
+            psubd_client::OffsetSpec::At(report.offset),
+            1,
+            Duration::ZERO,
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(fetched.records[0].value, "AAEC");
+    assert_eq!(fetched.records[0].key.as_deref(), Some("key"));
+}

@@ -73,6 +73,13 @@ enum Message {
     Flush(oneshot::Sender<()>),
 }
 
+/// Records are not `Debug` (their values may be large); the queue only says it is one.
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Message")
+    }
+}
+
 struct Pending {
     topic: String,
     record: NewRecord,
@@ -103,12 +110,6 @@ struct Pending {
 pub struct Producer {
     tx: mpsc::Sender<Message>,
     task: std::sync::Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Message")
-    }
 }
 
 impl Producer {

@@ -396,6 +396,28 @@ async fn produce_text_then_consume(psubd: &Psubd, cluster: &Cluster) {
     assert!(records
         .iter()
         .any(|r| r.key.is_none() && r.value == "no key here"));
+    // --exit-at-end: everything there, then stop (no --max).
+    let dumped = psubd
+        .run(&["consume", "cli-text", "--exit-at-end"], "")
+        .await
+        .ok("consume to the end");
+    assert_eq!(dumped.lines().len(), 11, "{}", dumped.stdout);
+    let nothing = psubd
+        .run(
+            &["consume", "cli-text", "--from", "latest", "--exit-at-end"],
+            "",
+        )
+        .await
+        .ok("consume from the end to the end");
+    assert!(nothing.stdout.is_empty(), "{}", nothing.stdout);
+    psubd
+        .run(
+            &["consume", "cli-text", "--group", "g", "--exit-at-end"],
+            "",
+        )
+        .await
+        .fails("--exit-at-end with --group", 2, "cannot be used with");
+
     // Equal keys land in one partition, through the CLI as through the API.
     let again = psubd
         .run(

@@ -46,6 +46,10 @@ pub struct ConsumeArgs {
     /// How to print each record.
     #[arg(long, value_enum, default_value_t = RecordFormat::Value)]
     format: RecordFormat,
+    /// Stop at the end of the log as it was when the command started, instead of
+    /// following new records (not with --group).
+    #[arg(long, conflicts_with = "group")]
+    exit_at_end: bool,
 }
 
 fn parse_from(raw: &str) -> Result<OffsetSpec, String> {
@@ -121,26 +125,54 @@ async fn consume_partitions(
     client: Client,
     printer: &mut Printer,
 ) -> anyhow::Result<()> {
+    let admin = client.admin();
+    let explain = |e| args.connect.explain(e);
     let partitions: Vec<u32> = match args.partition {
         Some(p) => vec![p],
         None => {
-            let topic = client
-                .admin()
-                .describe_topic(&args.topic)
-                .await
-                .map_err(|e| args.connect.explain(e))?;
+            let topic = admin.describe_topic(&args.topic).await.map_err(explain)?;
             (0..topic.partitions).collect()
         }
     };
+    // --exit-at-end: each partition's high watermark now is where its reader stops.
+    let mut ends = std::collections::BTreeMap::new();
+    if args.exit_at_end {
+        for status in admin.partitions(&args.topic).await.map_err(explain)? {
+            let end = status.high_watermark.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no replica of partition {} answered: its end is unknown",
+                    status.partition
+                )
+            })?;
+            // An empty log (or one retention emptied) has nothing to read from earliest.
+            let start = status.log_start_offset.unwrap_or(0);
+            ends.insert(status.partition, (start, end));
+        }
+    }
     // One reader per partition, each long-polling its own partition; their batches meet
     // here so a quiet partition never delays a busy one.
     let (tx, mut rx) = mpsc::channel(READER_QUEUE);
     let mut readers = tokio::task::JoinSet::new();
     for partition in partitions {
+        let bounds = ends.get(&partition).copied();
+        let nothing_to_read = bounds.is_some_and(|(start, end)| match args.from {
+            OffsetSpec::Latest => true,
+            OffsetSpec::Earliest => start >= end,
+            OffsetSpec::At(n) => n >= end,
+        });
+        if nothing_to_read {
+            continue;
+        }
+        let end = bounds.map(|(_, end)| end);
         let mut consumer = Consumer::new(client.clone(), &args.topic, partition, args.from);
         let tx = tx.clone();
         readers.spawn(async move {
             loop {
+                if let (Some(end), OffsetSpec::At(next)) = (end, consumer.position()) {
+                    if next >= end {
+                        return;
+                    }
+                }
                 let batch = consumer.poll().await;
                 let failed = batch.is_err();
                 if tx.send(batch).await.is_err() || failed {

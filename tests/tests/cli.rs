@@ -418,6 +418,26 @@ async fn produce_text_then_consume(psubd: &Psubd, cluster: &Cluster) {
         .await
         .fails("--exit-at-end with --group", 2, "cannot be used with");
 
+    // Keys printed back as produce reads them.
+    let keyed = psubd
+        .run(
+            &[
+                "consume",
+                "cli-text",
+                "--exit-at-end",
+                "--key-separator",
+                ":",
+            ],
+            "",
+        )
+        .await
+        .ok("consume with keys");
+    let lines: BTreeSet<String> = keyed.lines().into_iter().collect();
+    assert!(
+        lines.contains("k3:value 3") && lines.contains(":no key here"),
+        "{lines:?}"
+    );
+
     // Equal keys land in one partition, through the CLI as through the API.
     let again = psubd
         .run(

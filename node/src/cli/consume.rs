@@ -46,6 +46,10 @@ pub struct ConsumeArgs {
     /// How to print each record.
     #[arg(long, value_enum, default_value_t = RecordFormat::Value)]
     format: RecordFormat,
+    /// Print `key<C>value` (an absent key as nothing), as `produce --key-separator` reads
+    /// it back (value format).
+    #[arg(long, value_name = "C", conflicts_with = "format")]
+    key_separator: Option<char>,
     /// Stop at the end of the log as it was when the command started, instead of
     /// following new records (not with --group).
     #[arg(long, conflicts_with = "group")]
@@ -59,6 +63,7 @@ fn parse_from(raw: &str) -> Result<OffsetSpec, String> {
 /// Prints records and counts them against `--max`.
 struct Printer {
     format: RecordFormat,
+    key_separator: Option<char>,
     left: Option<u64>,
 }
 
@@ -73,9 +78,15 @@ impl Printer {
         };
         let mut out = std::io::stdout().lock();
         for record in &records[..take] {
-            match self.format {
-                RecordFormat::Value => writeln!(out, "{}", record.value_text())?,
-                RecordFormat::Json => writeln!(out, "{}", serde_json::to_string(record)?)?,
+            match (self.format, self.key_separator) {
+                (RecordFormat::Value, Some(c)) => writeln!(
+                    out,
+                    "{}{c}{}",
+                    record.key.as_deref().unwrap_or_default(),
+                    record.value_text()
+                )?,
+                (RecordFormat::Value, None) => writeln!(out, "{}", record.value_text())?,
+                (RecordFormat::Json, _) => writeln!(out, "{}", serde_json::to_string(record)?)?,
             }
         }
         out.flush()?;
@@ -99,6 +110,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = args.connect.client()?;
     let mut printer = Printer {
         format: args.format,
+        key_separator: args.key_separator,
         left: args.max,
     };
     if printer.done() {

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use clap::{Args, ValueEnum};
 use psubd_client::{Delivery, NewRecord, Producer};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use super::connect::Connect;
 use super::output::print_json;
@@ -12,6 +12,44 @@ use super::output::print_json;
 /// Deliveries awaited in input order at most this far behind the line being read, so
 /// memory stays bounded on an endless stdin while records still go out in batches.
 const MAX_IN_FLIGHT: usize = 10_000;
+
+/// Longest line read: above any record a node takes (its request limit defaults to
+/// 10 MiB), so memory stays bounded when stdin is not line-shaped.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Lines of at most `MAX_LINE_BYTES`, read so that a `select!` may drop a pending read:
+/// the bytes already read stay in `partial` for the next call.
+struct Lines<R> {
+    reader: R,
+    partial: Vec<u8>,
+}
+
+impl<R: AsyncBufRead + Unpin> Lines<R> {
+    async fn next_line(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            let room = (MAX_LINE_BYTES + 1).saturating_sub(self.partial.len());
+            let n = (&mut self.reader)
+                .take(room as u64)
+                .read_until(b'\n', &mut self.partial)
+                .await?;
+            if self.partial.ends_with(b"\n") || (n == 0 && !self.partial.is_empty()) {
+                let mut line = std::mem::take(&mut self.partial);
+                if line.ends_with(b"\n") {
+                    line.pop();
+                }
+                return String::from_utf8(line)
+                    .map(Some)
+                    .map_err(|_| anyhow::anyhow!("a line is not UTF-8 text"));
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            if self.partial.len() > MAX_LINE_BYTES {
+                anyhow::bail!("a line is longer than {MAX_LINE_BYTES} bytes");
+            }
+        }
+    }
+}
 
 /// What a line of stdin is.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +122,10 @@ impl ProduceArgs {
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let client = args.connect.client()?;
     let producer = Producer::new(client);
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = Lines {
+        reader: BufReader::new(tokio::io::stdin()),
+        partial: Vec::new(),
+    };
     let mut in_flight: VecDeque<(u64, Delivery)> = VecDeque::new();
     let mut failures = Failures::default();
     let mut number = 0u64;
@@ -100,11 +141,19 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
                 }
             }
             line = lines.next_line(), if !eof && in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(line) = line? else {
-                    eof = true;
-                    continue;
-                };
                 number += 1;
+                let line = match line {
+                    Ok(Some(line)) => line,
+                    Ok(None) => {
+                        eof = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        bad_line = Some(anyhow::anyhow!("line {number}: {e}"));
+                        eof = true;
+                        continue;
+                    }
+                };
                 let line = line.trim_end_matches('\r');
                 if line.trim().is_empty() {
                     continue;

@@ -10,11 +10,12 @@ use super::output::{opt, print_json, print_table, Output};
 /// `psubd cluster`
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
-    #[command(flatten)]
-    connect: Connect,
     /// How to print the answer.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// How to reach the cluster (last, so its help heading covers only its flags).
+    #[command(flatten)]
+    connect: Connect,
 }
 
 /// Runs `psubd cluster`.

@@ -11,6 +11,7 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8081";
 
 /// Flags shared by every client command.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub struct Connect {
     /// Node URL(s), tried in turn until one answers: repeat the flag or separate with
     /// commas.

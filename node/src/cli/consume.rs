@@ -26,8 +26,6 @@ pub enum RecordFormat {
 /// `psubd consume …`
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
-    #[command(flatten)]
-    connect: Connect,
     /// Topic to read.
     topic: String,
     /// Read only this partition (default: every partition).
@@ -54,6 +52,9 @@ pub struct ConsumeArgs {
     /// following new records (not with --group).
     #[arg(long, conflicts_with = "group")]
     exit_at_end: bool,
+    /// How to reach the cluster (last, so its help heading covers only its flags).
+    #[command(flatten)]
+    connect: Connect,
 }
 
 fn parse_from(raw: &str) -> Result<OffsetSpec, String> {

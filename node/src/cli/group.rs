@@ -12,11 +12,12 @@ use super::UsageError;
 /// `psubd group …`
 #[derive(Args, Debug)]
 pub struct GroupArgs {
-    #[command(flatten)]
-    connect: Connect,
     /// How to print the answer.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// How to reach the cluster (last, so its help heading covers only its flags).
+    #[command(flatten)]
+    connect: Connect,
     #[command(subcommand)]
     command: GroupCommand,
 }

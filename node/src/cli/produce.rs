@@ -63,8 +63,6 @@ pub enum LineFormat {
 /// `psubd produce …`
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
-    #[command(flatten)]
-    connect: Connect,
     /// Topic to write to.
     topic: String,
     /// How to read each line.
@@ -83,6 +81,9 @@ pub struct ProduceArgs {
     /// Print one delivery report per record (JSON: partition, offset, timestamp_ms).
     #[arg(long, short)]
     verbose: bool,
+    /// How to reach the cluster (last, so its help heading covers only its flags).
+    #[command(flatten)]
+    connect: Connect,
 }
 
 fn parse_header(raw: &str) -> Result<(String, String), String> {

@@ -11,11 +11,12 @@ use super::output::{opt, print_json, print_table, Output};
 /// `psubd topic …`
 #[derive(Args, Debug)]
 pub struct TopicArgs {
-    #[command(flatten)]
-    connect: Connect,
     /// How to print the answer.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// How to reach the cluster (last, so its help heading covers only its flags).
+    #[command(flatten)]
+    connect: Connect,
     #[command(subcommand)]
     command: TopicCommand,
 }

@@ -434,3 +434,42 @@ async fn key_views_and_binary_publishes_through_the_client() {
     assert_eq!(fetched.records[0].value, "AAEC");
     assert_eq!(fetched.records[0].key.as_deref(), Some("key"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_consumer_reads_on_when_its_first_seed_is_killed() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.node(1).create_topic("followed", 1, 3).await;
+    let records: Vec<_> = (0..300)
+        .map(|i| psubd_tests::NewRecord::keyed("k", serde_json::json!(i)))
+        .collect();
+    cluster.node(2).publish("followed", &records).await;
+    // Seeds in order 1, 2, 3: every request goes to node 1 until it dies.
+    let client = client_for(&cluster);
+    let mut consumer = psubd_client::Consumer::with_config(
+        client,
+        "followed",
+        0,
+        psubd_client::OffsetSpec::Earliest,
+        psubd_client::ConsumerConfig {
+            max_records: 50,
+            poll_timeout: Duration::from_millis(500),
+        },
+    );
+    let mut offsets = Vec::new();
+    let mut killed = false;
+    while offsets.len() < records.len() {
+        for record in consumer.poll().await.expect("poll") {
+            assert_eq!(record.value, serde_json::json!(offsets.len()));
+            offsets.push(record.offset);
+        }
+        if !killed && offsets.len() >= 100 {
+            cluster.kill(1);
+            killed = true;
+        }
+    }
+    assert_eq!(
+        offsets,
+        (0..300).collect::<Vec<u64>>(),
+        "dense, in order, once each"
+    );
+}

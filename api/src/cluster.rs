@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use psubd_actors::controller::access::{Operation, ResourceType, CLUSTER};
-use psubd_actors::proposal::leader_of;
 use psubd_raft::CONTROLLER_GROUP;
 use serde_json::json;
 
@@ -86,14 +85,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let broker = state.broker();
     let data_dir = broker.raft_node().data_dir().to_path_buf();
-    let data_dir_bytes =
-        tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir))
-            .await
-            .ok();
+    let data_dir_bytes = tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir))
+        .await
+        .ok();
     let text = state
         .service
         .metrics
-        .refresh_and_render(&broker, data_dir_bytes);
+        .refresh_and_render(broker, data_dir_bytes);
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

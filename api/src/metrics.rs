@@ -68,7 +68,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let http_latency = HistogramVec::new(
-            HistogramOpts::new("psubd_http_request_duration_seconds", "HTTP request latency").buckets(vec![
+            HistogramOpts::new(
+                "psubd_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
             ]),
             &["route"],
@@ -282,7 +286,10 @@ impl Metrics {
                     let follower = follower.to_string();
                     self.raft_follower_lag
                         .with_label_values(&[topic.name.as_str(), partition.as_str(), &follower])
-                        .set(i64::try_from(last_log_index.saturating_sub(matched)).unwrap_or(i64::MAX));
+                        .set(
+                            i64::try_from(last_log_index.saturating_sub(matched))
+                                .unwrap_or(i64::MAX),
+                        );
                 }
             }
         }
@@ -334,8 +341,8 @@ fn remove_topics_not_in(counter: &IntCounterVec, exists: &dyn Fn(&str) -> bool) 
         .iter()
         .flat_map(|family| family.get_metric())
         .flat_map(|metric| metric.get_label())
-        .filter(|label| label.get_name() == "topic" && !exists(label.get_value()))
-        .map(|label| label.get_value().to_string())
+        .filter(|label| label.name() == "topic" && !exists(label.value()))
+        .map(|label| label.value().to_string())
         .collect();
     for topic in gone {
         let _ = counter.remove_label_values(&[&topic]);

@@ -1,6 +1,7 @@
 //! The `psubd` command line: parses, sets up logging, and hands over.
 
 use clap::{Parser, Subcommand};
+use psubd::cli;
 use psubd::config::NodeConfig;
 use psubd::dev::DevArgs;
 use tracing_subscriber::EnvFilter;
@@ -49,6 +50,23 @@ enum Command {
     Node(Box<NodeConfig>),
     /// Start a local cluster of node processes (Ctrl-C stops it).
     Dev(DevArgs),
+    /// Create, list, describe, alter and delete topics of a running cluster.
+    Topic(cli::topic::TopicArgs),
+    /// Publish stdin to a topic, one record per line.
+    Produce(cli::produce::ProduceArgs),
+    /// Print a topic's records, one per line, following new ones.
+    Consume(cli::consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    Group(cli::group::GroupArgs),
+    /// Show the cluster's nodes and who leads what.
+    Cluster(cli::cluster::ClusterArgs),
+}
+
+impl Command {
+    /// Whether this runs a node (and logs like one) rather than talking to one.
+    fn runs_nodes(&self) -> bool {
+        matches!(self, Command::Node(_) | Command::Dev(_))
+    }
 }
 
 /// The log filter unless `PSUBD_LOG` (or `RUST_LOG`) sets one. openraft is left out:
@@ -71,7 +89,10 @@ fn init_logging() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Client commands print their own messages; a node logs.
+    if cli.command.runs_nodes() {
+        init_logging();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,13 +110,18 @@ fn main() -> std::process::ExitCode {
                 psubd::run(config, psubd::signal::terminated()).await
             }
             Command::Dev(args) => psubd::dev::run(args).await,
+            Command::Topic(args) => cli::topic::run(args).await,
+            Command::Produce(args) => cli::produce::run(args).await,
+            Command::Consume(args) => cli::consume::run(args).await,
+            Command::Group(args) => cli::group::run(args).await,
+            Command::Cluster(args) => cli::cluster::run(args).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("psubd: {error:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(cli::exit_code(&error))
         }
     }
 }

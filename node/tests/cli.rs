@@ -387,3 +387,172 @@ fn the_api_speaks_https_with_a_certificate_and_refuses_plain_http() {
         "SIGTERM stops it cleanly"
     );
 }
+
+/// Runs openssl with `args`, asserting success.
+fn openssl(args: &[&std::ffi::OsStr]) {
+    let made = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// A CA certificate and its key made by openssl: `(cert, key)` in `dir`.
+fn certificate_authority(
+    dir: &std::path::Path,
+    stem: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{stem}-ca.pem")),
+        dir.join(format!("{stem}-ca-key.pem")),
+    );
+    let subject = format!("/CN={stem} test CA");
+    openssl(&[
+        "req".as_ref(),
+        "-x509".as_ref(),
+        "-newkey".as_ref(),
+        "ec".as_ref(),
+        "-pkeyopt".as_ref(),
+        "ec_paramgen_curve:P-256".as_ref(),
+        "-nodes".as_ref(),
+        "-days".as_ref(),
+        "1".as_ref(),
+        "-subj".as_ref(),
+        subject.as_ref(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        cert.as_os_str(),
+    ]);
+    (cert, key)
+}
+
+/// A node certificate for 127.0.0.1 signed by the CA `(ca_cert, ca_key)`.
+fn node_certificate(
+    dir: &std::path::Path,
+    (ca_cert, ca_key): &(std::path::PathBuf, std::path::PathBuf),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("node-cert.pem"), dir.join("node-key.pem"));
+    openssl(&[
+        "req".as_ref(),
+        "-x509".as_ref(),
+        "-newkey".as_ref(),
+        "ec".as_ref(),
+        "-pkeyopt".as_ref(),
+        "ec_paramgen_curve:P-256".as_ref(),
+        "-nodes".as_ref(),
+        "-days".as_ref(),
+        "1".as_ref(),
+        "-subj".as_ref(),
+        "/CN=psubd-node".as_ref(),
+        "-addext".as_ref(),
+        "subjectAltName=IP:127.0.0.1".as_ref(),
+        "-addext".as_ref(),
+        "basicConstraints=critical,CA:FALSE".as_ref(),
+        "-CA".as_ref(),
+        ca_cert.as_os_str(),
+        "-CAkey".as_ref(),
+        ca_key.as_os_str(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        cert.as_os_str(),
+    ]);
+    (cert, key)
+}
+
+/// Runs a client command of `psubd`; returns its exit code, stdout and stderr.
+fn client_command(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(PSUBD)
+        .args(args)
+        .env_remove("PSUBD_URL")
+        .env_remove("PSUBD_CA_FILE")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// docs/clients.md § Connecting: the client commands speak HTTPS to a node serving it when
+/// given the CA that signed its certificate, and refuse with a clear message without it
+/// or with another CA.
+#[test]
+fn the_client_commands_speak_https_with_the_clusters_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certificate_authority(dir.path(), "cluster");
+    let (cert, key) = node_certificate(dir.path(), &ca);
+    let (other_ca, _) = certificate_authority(dir.path(), "other");
+    let (mut child, http) = single_node(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    let cacert = ca.0.to_str().unwrap();
+    let url = format!("--url=https://127.0.0.1:{http}");
+    // The node is ready once /readyz answers 200 over HTTPS (the test above checks it).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let (ok, code) = curl(&[
+            "--cacert",
+            cacert,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://127.0.0.1:{http}/readyz"),
+        ]);
+        if ok && code == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let created = client_command(&["topic", "create", "secure", &url, "--ca-file", cacert]);
+    let listed = client_command(&[
+        "topic",
+        "list",
+        "--output",
+        "json",
+        &url,
+        "--ca-file",
+        cacert,
+    ]);
+    let without_ca = client_command(&["topic", "list", &url]);
+    let other = client_command(&[
+        "topic",
+        "list",
+        &url,
+        "--ca-file",
+        other_ca.to_str().unwrap(),
+    ]);
+    let status = terminate(&mut child, Duration::from_secs(15));
+    assert_eq!(created.0, Some(0), "create over HTTPS: {}", created.2);
+    assert!(listed.1.contains("\"secure\""), "{listed:?}");
+    assert_eq!(without_ca.0, Some(1), "{without_ca:?}");
+    assert!(
+        without_ca.2.contains("HTTPS needs the CA certificate"),
+        "{}",
+        without_ca.2
+    );
+    assert_eq!(other.0, Some(1), "{other:?}");
+    assert!(
+        other.2.contains("cannot reach any node") && other.2.contains("certificate"),
+        "{}",
+        other.2
+    );
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "SIGTERM stops it cleanly"
+    );
+}

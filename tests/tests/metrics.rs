@@ -54,8 +54,8 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
         value(&before, "psubd_partition_leader", &partition),
         Some(1.0)
     );
-    let applied_before = value(&before, "psubd_partition_raft_applied_index", &partition)
-        .expect("an applied index");
+    let applied_before =
+        value(&before, "psubd_partition_raft_applied_index", &partition).expect("an applied index");
 
     let records: Vec<NewRecord> = (0..50)
         .map(|i| NewRecord::keyed(format!("k{i}"), json!(i)))
@@ -66,8 +66,8 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
         value(&after, "psubd_partition_high_watermark", &partition),
         Some(50.0)
     );
-    let applied_after = value(&after, "psubd_partition_raft_applied_index", &partition)
-        .expect("an applied index");
+    let applied_after =
+        value(&after, "psubd_partition_raft_applied_index", &partition).expect("an applied index");
     assert!(
         applied_after > applied_before,
         "the applied index moves with publishes: {applied_before} then {applied_after}"
@@ -84,7 +84,7 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
                 async move {
                     let text = scrape(&on_leader).await;
                     match value(&text, "psubd_partition_raft_follower_lag", &labels) {
-                        Some(lag) if lag == 0.0 => Ok(()),
+                        Some(0.0) => Ok(()),
                         other => Err(format!("lag {other:?}")),
                     }
                 }
@@ -93,7 +93,12 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
         .await;
     }
     assert!(
-        value(&scrape(&node).await, "psubd_records_published_total", &[partition[0]]).is_some(),
+        value(
+            &scrape(&node).await,
+            "psubd_records_published_total",
+            &[partition[0]]
+        )
+        .is_some(),
         "the publishing node counts the topic's records"
     );
 
@@ -108,7 +113,11 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
         Duration::from_secs(10),
         "the deleted topic's series gone from every node",
         || {
-            let nodes: Vec<NodeClient> = cluster.ids().into_iter().map(|id| cluster.node(id)).collect();
+            let nodes: Vec<NodeClient> = cluster
+                .ids()
+                .into_iter()
+                .map(|id| cluster.node(id))
+                .collect();
             async move {
                 for node in &nodes {
                     let text = scrape(node).await;

@@ -94,6 +94,18 @@ fn script(steps: &[Step]) -> String {
     out
 }
 
+/// `PATH` with the directory of the `psubd` binary under test first.
+fn search_path() -> std::ffi::OsString {
+    let bin = psubd_bin();
+    let dir = bin
+        .parent()
+        .expect("the binary lives in a directory")
+        .to_path_buf();
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&rest)))
+        .expect("a valid PATH")
+}
+
 /// Whether `actual` has the shape of `shown`: the same keys in every object, the same
 /// kind of value at each key, and arrays whose element i has the shape of the shown
 /// element i, or of the last shown one (an empty shown array matches any array; a
@@ -196,6 +208,10 @@ async fn readme_walk_through_runs_verbatim_with_a_quiet_log() {
         .arg(script(&steps))
         .current_dir(work.path())
         .env("CURL_HOME", work.path())
+        // The client commands (`psubd topic …`) as a user who installed the binary runs them.
+        .env("PATH", search_path())
+        .env_remove("PSUBD_URL")
+        .env_remove("PSUBD_TOKEN")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

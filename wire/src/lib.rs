@@ -1,0 +1,49 @@
+//! The JSON bodies of psubd's HTTP API (docs/api.md) as serde types.
+//!
+//! # Layout
+//!
+//! - [`topics`]: topic create / alter requests, the topic and its partitions' status.
+//! - [`publish`]: the publish request, per-record delivery reports (200 and 207), `acks=0`.
+//! - [`records`]: a record as every read renders it, the fetch answer, key-view answers,
+//!   and [`records::OffsetSpec`] (`earliest`, `latest` or a number).
+//! - [`streams`]: one item of a partition or member stream (record, assignment, error).
+//! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
+//!   describe.
+//! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
+//! - [`error`]: the error body every 4xx and 5xx answer carries.
+//!
+//! # Compatibility
+//!
+//! Request types refuse unknown fields (`deny_unknown_fields`), as the server does on its
+//! JSON request routes, so a typo in hand-written JSON is caught on either side. Response
+//! types accept fields they do not know, so a client built today keeps working against a
+//! newer node that adds a field; the end-to-end test `tests/tests/wire.rs` checks the other
+//! direction — every field a node sends is modelled here — by decoding each route's real
+//! answer and comparing its re-encoding with the original.
+//!
+//! Deliberately light: serde and serde_json only, no HTTP types, so the server, the client
+//! library, the tests and third-party tools can all share it.
+
+pub mod cluster;
+pub mod error;
+pub mod groups;
+pub mod publish;
+pub mod records;
+pub mod streams;
+pub mod topics;
+
+pub use cluster::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
+pub use error::ErrorBody;
+pub use groups::{
+    AssignmentStrategy, AutoOffsetReset, CommitOffset, CommitRequest, CommittedOffset,
+    GroupDescription, GroupOffsets, GroupState, GroupSummary, JoinRequest, JoinResponse,
+    MemberDescription, MemberFetchResponse, ResetEntry, ResetOffset, ResetRequest, ResetResponse,
+    TopicPartition,
+};
+pub use publish::{
+    Accepted, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest, PublishResponse,
+    RecordReport,
+};
+pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
+pub use streams::{AssignmentEvent, StreamItem};
+pub use topics::{CleanupPolicy, PartitionStatus, Topic, TopicSpec, TopicUpdate};

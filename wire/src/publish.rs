@@ -1,0 +1,154 @@
+//! Publishing: `POST /v1/topics/{t}/records` (and the NDJSON `records:stream`, whose lines
+//! are [`NewRecord`]s and whose answers are [`RecordReport`]s).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ErrorBody;
+
+/// How values (and keys) are written in a publish body, and how a read marks a binary
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `value` is any JSON, stored as its text (the default).
+    #[default]
+    Json,
+    /// `value` is a JSON string, stored as its UTF-8.
+    String,
+    /// `value` and `key` are base64 strings of binary data.
+    Base64,
+}
+
+/// One record to publish.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecord {
+    /// Partitioning key: equal keys go to one partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The value; `None` (or JSON `null`) is a tombstone, meaningful on compacted topics.
+    #[serde(default)]
+    pub value: Option<Value>,
+    /// Headers: names to string values, at most 8 KiB together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Explicit partition; else the key's hash, else round-robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// Record timestamp; defaults to the receiving node's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<i64>,
+}
+
+impl NewRecord {
+    /// A record with this value (JSON).
+    pub fn new(value: impl Into<Value>) -> Self {
+        Self {
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A deletion of `key` (a `null` value).
+    pub fn tombstone(key: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the partition.
+    #[must_use]
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+}
+
+/// The JSON body of a batch publish: 1 to 1000 records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// How the values are written (default `json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+    /// The records, answered in this order.
+    pub records: Vec<NewRecord>,
+}
+
+/// Where one record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryReport {
+    /// Partition the record went to.
+    pub partition: u32,
+    /// Its offset there.
+    pub offset: u64,
+    /// Its timestamp.
+    pub timestamp_ms: i64,
+}
+
+/// A record that was not stored (a row of a 207, or an NDJSON report line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedRecord {
+    /// The partition the record was meant for, when it was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// Why: `not_available` means it was not written; `outcome_unknown` that it may be.
+    #[serde(flatten)]
+    pub error: ErrorBody,
+}
+
+/// One record's report: stored, or failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RecordReport {
+    /// Stored at this offset.
+    Delivered(DeliveryReport),
+    /// Not stored (or its fate unknown, per its error).
+    Failed(FailedRecord),
+}
+
+impl RecordReport {
+    /// The report as a `Result`.
+    pub fn into_result(self) -> Result<DeliveryReport, FailedRecord> {
+        match self {
+            RecordReport::Delivered(d) => Ok(d),
+            RecordReport::Failed(f) => Err(f),
+        }
+    }
+}
+
+/// The 200 and 207 answer of a batch publish: one report per record, in request order.
+/// A 200 holds only [`RecordReport::Delivered`]; a 207 a mix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// Reports in the order of the request's records.
+    pub offsets: Vec<RecordReport>,
+}
+
+/// The 202 answer of an `acks=0` publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Records accepted for a background append.
+    pub accepted: u64,
+}

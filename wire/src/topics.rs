@@ -1,0 +1,111 @@
+//! Topics: `POST /v1/topics`, `GET /v1/topics[/{t}]`, `PATCH /v1/topics/{t}`,
+//! `GET /v1/topics/{t}/partitions`.
+
+use serde::{Deserialize, Serialize};
+
+/// What happens to old records of a topic; fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CleanupPolicy {
+    /// Records leave by age (`retention_ms`) and size (`retention_bytes`).
+    #[default]
+    Delete,
+    /// Only the latest record of each key is kept; the topic has key views.
+    Compact,
+}
+
+impl CleanupPolicy {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+        }
+    }
+}
+
+/// The body of `POST /v1/topics`. Every setting left `None` takes the server's default
+/// (docs/api.md § Topics), so a client does not hard-code defaults that may change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Topic name: `^[A-Za-z0-9._-]{1,249}$`, not starting with `__`.
+    pub name: String,
+    /// Partition count, 1 to 1024 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+    /// Replicas per partition (default `min(3, nodes)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<u32>,
+    /// Age limit in ms, or -1 for none (default 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+    /// Size limit per partition in bytes, or -1 for none (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<i64>,
+    /// `delete` (default) or `compact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_policy: Option<CleanupPolicy>,
+    /// Compacted topics: how long a tombstone is kept, ms (-1 forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_retention_ms: Option<i64>,
+}
+
+impl TopicSpec {
+    /// A topic with every setting at the server's default.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The body of `PATCH /v1/topics/{t}`: only retention can change after creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicUpdate {
+    /// New age limit, ms (-1 for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+    /// New size limit per partition, bytes (-1 for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<i64>,
+}
+
+/// A topic as create, describe, alter and list show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: u32,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Age limit, ms (-1: none).
+    pub retention_ms: i64,
+    /// Size limit per partition, bytes (-1: none).
+    pub retention_bytes: i64,
+    /// `delete` or `compact`.
+    pub cleanup_policy: CleanupPolicy,
+    /// How long a tombstone is kept on a compacted topic, ms (-1: forever).
+    pub delete_retention_ms: i64,
+}
+
+/// One row of `GET /v1/topics/{t}/partitions`. The numbers are `None` when no replica of
+/// the partition answered the node serving the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    /// Partition index.
+    pub partition: u32,
+    /// Node id of the leader; `None` during an election.
+    pub leader: Option<u64>,
+    /// Node ids holding a replica.
+    pub replicas: Vec<u64>,
+    /// First offset still stored.
+    pub log_start_offset: Option<u64>,
+    /// Offset the next record will get.
+    pub high_watermark: Option<u64>,
+    /// Bytes of record data the answering replica stores.
+    pub stored_bytes: Option<u64>,
+}

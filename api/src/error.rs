@@ -147,6 +147,12 @@ pub enum ApiError {
         /// What the route takes.
         expected: &'static str,
     },
+    /// The body's Content-Encoding is not one the node inflates (gzip, zstd).
+    #[error("unsupported content encoding '{encoding}'; send gzip, zstd or an uncompressed body")]
+    UnsupportedEncoding {
+        /// What was sent.
+        encoding: String,
+    },
     /// A browser request from a web page whose origin is not in `--allowed-origins`: a page
     /// the user opened must not act on a cluster it can reach. Nothing was done.
     #[error("requests from origin '{origin}' are not allowed (see --allowed-origins)")]
@@ -333,6 +339,11 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 1,
+            ),
+            ApiError::UnsupportedEncoding { .. } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                2,
             ),
             ApiError::NotAcceptable { .. } => (StatusCode::NOT_ACCEPTABLE, "not_acceptable", 1),
             ApiError::OriginNotAllowed { .. } => (StatusCode::FORBIDDEN, "forbidden", 1),

@@ -58,6 +58,9 @@ use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use tower_http::compression::predicate::{NotForContentType, Predicate};
+use tower_http::compression::{CompressionLayer, DefaultPredicate};
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
@@ -86,6 +89,14 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), guard_origin))
         .layer(middleware::from_fn_with_state(state, observe))
+        // Bodies in gzip or zstd both ways. A compressed request is inflated as the handler
+        // reads it, so the request size limits bound what it inflates to. Streams (SSE,
+        // NDJSON) are never compressed: the compressor would hold events back.
+        .layer(RequestDecompressionLayer::new().gzip(true).zstd(true))
+        .layer(middleware::from_fn(refuse_unknown_encoding))
+        .layer(CompressionLayer::new().gzip(true).zstd(true).compress_when(
+            DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson")),
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -101,6 +112,28 @@ pub fn router(state: AppState) -> Router {
                 // metrics, and internal errors are logged where they happen (`error.rs`).
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
+}
+
+/// Answers a body in an encoding the node does not inflate with the JSON error every bad
+/// input gets (the decompression layer would answer an empty 415).
+async fn refuse_unknown_encoding(request: Request, next: Next) -> Response {
+    if let Some(encoding) = request.headers().get(axum::http::header::CONTENT_ENCODING) {
+        let known = encoding.to_str().is_ok_and(|encoding| {
+            encoding.split(',').all(|coding| {
+                matches!(
+                    coding.trim().to_ascii_lowercase().as_str(),
+                    "gzip" | "x-gzip" | "zstd" | "identity"
+                )
+            })
+        });
+        if !known {
+            return ApiError::UnsupportedEncoding {
+                encoding: String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Refuses what a web page of another origin asks a browser to send here: any request but

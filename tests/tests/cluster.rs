@@ -1592,3 +1592,69 @@ async fn peers_talk_over_tls_and_refuse_a_certificate_of_another_ca() {
         "node 3 with a certificate of another CA must not be ready"
     );
 }
+
+/// docs/api.md § Conventions: bodies may travel compressed. A gzip request body is inflated
+/// (and bound by the request limits as inflated), and an answer is compressed when the
+/// client accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_travel_compressed_both_ways() {
+    use std::io::{Read, Write};
+
+    let cluster = Cluster::start(1).await;
+    let node = cluster.node(1);
+    node.create_topic("packed", 1, 1).await;
+    let records: Vec<Value> = (0..100)
+        .map(|i| json!({"value": format!("record {i}")}))
+        .collect();
+    let body = serde_json::to_vec(&json!({ "records": records })).unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&body).unwrap();
+    let packed = gzip.finish().unwrap();
+    assert!(packed.len() < body.len() / 2);
+    let resp = node
+        .http()
+        .post(node.url("/v1/topics/packed/records"))
+        .header(CONTENT_TYPE, "application/json")
+        .header("content-encoding", "gzip")
+        .body(packed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    let resp = node
+        .http()
+        .get(node.url("/v1/topics/packed/partitions/0/records?max_records=100"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&resp.bytes().await.unwrap()[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let page: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(page["records"].as_array().unwrap().len(), 100);
+    assert_eq!(page["records"][99]["value"], "record 99");
+
+    // An encoding the node does not speak is refused, and nothing is written.
+    let resp = node
+        .http()
+        .post(node.url("/v1/topics/packed/records"))
+        .header(CONTENT_TYPE, "application/json")
+        .header("content-encoding", "br")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 415, "unsupported_encoding", "a brotli body").await;
+    let fetched = node.fetch("packed", 0, 0, 1000, 0).await;
+    assert_eq!(fetched.high_watermark, 100);
+}

@@ -27,8 +27,8 @@ use axum::{Json, Router};
 use psubd_actors::controller::access::Operation;
 use psubd_actors::partition::key_index::KeyRecord;
 use psubd_actors::record::{RecordIter, ValueKind};
+use psubd_wire::DeliveryReport;
 use serde::Deserialize;
-use serde_json::json;
 use tracing::instrument;
 
 use crate::error::ApiError;
@@ -182,11 +182,11 @@ async fn write(
     let written = view.write(key, kind, value).await?;
     let mut response = (
         StatusCode::OK,
-        Json(json!({
-            "partition": written.partition,
-            "offset": written.offset,
-            "timestamp_ms": written.timestamp_ms,
-        })),
+        Json(DeliveryReport {
+            partition: written.partition,
+            offset: written.offset,
+            timestamp_ms: written.timestamp_ms,
+        }),
     )
         .into_response();
     let headers = response.headers_mut();

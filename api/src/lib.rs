@@ -9,7 +9,9 @@
 //!   resources, each with its `router`; [`stream`]: partition streams (SSE, NDJSON) and
 //!   what every stream shares; [`group_stream`]: member streams; [`ws`]: the WebSocket API.
 //! - [`json`]: JSON body extraction with the project's error bodies; [`render`]: the JSON
-//!   form of records, shared by every answer that carries them.
+//!   form of records, shared by every answer that carries them; [`wire`]: domain values
+//!   to their psubd-wire forms. Every JSON body is a `psubd_wire` type (hand-written
+//!   record JSON in [`render`] is checked against them end to end).
 //!
 //! **Service** — [`service`]: every operation, typed, taking the [`Caller`] (the seam for
 //! authentication, ACLs and quotas) and answering [`ApiError`]. [`auth`] identifies
@@ -49,6 +51,7 @@ pub mod service;
 pub mod state;
 pub mod stream;
 pub mod topics;
+pub mod wire;
 pub mod ws;
 
 use std::time::Instant;

@@ -27,8 +27,8 @@
 //! **Protocol** — [`protocol`]: the node-to-node requests and answers.
 //!
 //! Beside them: [`error`] (the one error and its one mapping to HTTP), [`limits`] (the
-//! request limits and their defaults), [`metrics`] (Prometheus), [`state`] (what handlers
-//! share).
+//! request limits and their defaults), [`metrics`] (Prometheus), [`openapi`] (the OpenAPI
+//! document and the `/docs` page), [`state`] (what handlers share).
 
 pub mod access;
 pub mod auth;
@@ -43,6 +43,7 @@ pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod protocol;
 pub mod publish;
 pub mod render;
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::router(state.clone()))
         .merge(keys::router(state.clone()))
         .merge(access::router(state.clone()))
+        .merge(openapi::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -132,8 +134,15 @@ async fn guard_origin(State(state): State<AppState>, request: Request, next: Nex
 }
 
 /// Paths any client may call without a key: liveness, readiness and metrics are what
-/// load balancers, orchestrators and scrapers call, and they reveal no records.
-pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// load balancers, orchestrators and scrapers call, and the API's description and its
+/// reference page are what a developer reads before having a key; none reveals records.
+pub const OPEN_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    openapi::SPEC_PATH,
+    openapi::DOCS_PATH,
+];
 
 /// Establishes the [`Caller`] of every request once, where it enters the cluster:
 /// refuses a missing, malformed, unknown or revoked key (401) and a caller over its

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The body of `POST /v1/principals`, and its 201 answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewPrincipal {
@@ -12,6 +13,7 @@ pub struct NewPrincipal {
 }
 
 /// One row of `GET /v1/principals`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     /// The principal.
@@ -25,6 +27,7 @@ pub struct Principal {
 }
 
 /// The 201 answer of `POST /v1/principals/{p}/keys`: the only place the key is shown.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewKey {
     /// The principal the key acts as.
@@ -37,6 +40,7 @@ pub struct NewKey {
 
 /// A principal's rates, per node; `None` (`null` or absent) is unlimited. The body of
 /// `PUT /v1/principals/{p}/quota`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quota {
@@ -49,6 +53,7 @@ pub struct Quota {
 }
 
 /// The 200 answer of `PUT /v1/principals/{p}/quota`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrincipalQuota {
     /// The principal.
@@ -58,6 +63,7 @@ pub struct PrincipalQuota {
 }
 
 /// What an ACL applies to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceType {
@@ -70,6 +76,7 @@ pub enum ResourceType {
 }
 
 /// How an ACL's name matches a resource's name.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PatternType {
@@ -80,6 +87,7 @@ pub enum PatternType {
 }
 
 /// An operation on a resource.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
@@ -100,6 +108,7 @@ pub enum Operation {
 }
 
 /// Whether a matching ACL lets an operation through.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Permission {
@@ -111,6 +120,7 @@ pub enum Permission {
 
 /// An ACL: the body of `POST` and `DELETE /v1/acls`, the 201 answer of `POST`, and a row
 /// of `GET /v1/acls`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Acl {

@@ -24,7 +24,9 @@
 //! answer and comparing its re-encoding with the original.
 //!
 //! Deliberately light: serde and serde_json only, no HTTP types, so the server, the client
-//! library, the tests and third-party tools can all share it.
+//! library, the tests and third-party tools can all share it. The `openapi` feature adds
+//! `utoipa::ToSchema` to every type, for the OpenAPI document the server serves; clients
+//! leave it off and do not build utoipa.
 
 pub mod access;
 pub mod cluster;
@@ -32,6 +34,8 @@ pub mod error;
 pub mod groups;
 pub mod publish;
 pub mod records;
+#[cfg(feature = "openapi")]
+mod schema;
 pub mod streams;
 pub mod topics;
 pub mod ws;

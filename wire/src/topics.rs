@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What happens to old records of a topic; fixed at creation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CleanupPolicy {
@@ -26,6 +27,7 @@ impl CleanupPolicy {
 
 /// The body of `POST /v1/topics`. Every setting left `None` takes the server's default
 /// (docs/api.md § Topics), so a client does not hard-code defaults that may change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
@@ -62,6 +64,7 @@ impl TopicSpec {
 }
 
 /// The body of `PATCH /v1/topics/{t}`: only retention can change after creation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicUpdate {
@@ -74,6 +77,7 @@ pub struct TopicUpdate {
 }
 
 /// A topic as create, describe, alter and list show it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topic {
     /// Topic name.
@@ -94,6 +98,7 @@ pub struct Topic {
 
 /// One row of `GET /v1/topics/{t}/partitions`. The numbers are `None` when no replica of
 /// the partition answered the node serving the request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionStatus {
     /// Partition index.

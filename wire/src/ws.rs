@@ -12,6 +12,7 @@ use crate::publish::RecordReport;
 use crate::records::Record;
 
 /// One frame from the server, told apart by its `type`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame {
@@ -29,6 +30,7 @@ pub enum ServerFrame {
 /// `publish` gives `offsets` and `partial` (or `accepted` with `acks=0`), `subscribe`
 /// gives `subscription`, `credit` and its source (`topic` and `partition`, or `group` and
 /// `member_id`), `unsubscribe` gives `subscription`, `commit` and `credit` only `id`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
     /// The operation's `id`, as sent (`null` when it had none).
@@ -63,6 +65,7 @@ pub struct Ack {
 }
 
 /// A record of a subscription, sent within its credit.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordFrame {
     /// The subscription.
@@ -72,6 +75,7 @@ pub struct RecordFrame {
 }
 
 /// A group subscription's generation or partitions changed (sent first, too).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentFrame {
     /// The subscription.
@@ -83,6 +87,7 @@ pub struct AssignmentFrame {
 }
 
 /// An operation's error, or the error that ended a subscription: the HTTP error body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorFrame {
     /// The failed operation's `id`, when it had one.

@@ -561,9 +561,9 @@ fn operations(s: &mut Spec) -> Vec<Op> {
             .ok(200, "The principals.", s.array::<w::Principal>()),
         Op::new(Delete, "/v1/principals/{principal}", "access", "deletePrincipal", "Delete a principal with its keys, ACLs and quota.")
             .answer(204, "Deleted.", None),
-        Op::new(Post, "/v1/principals/{principal}/keys", "access", "createKey", "Make an API key; its secret is shown only in this answer.")
+        Op::new(Post, "/v1/principals/{principal}/keys", "access", "createApiKey", "Make an API key; its secret is shown only in this answer.")
             .ok(201, "The key.", s.schema::<w::NewKey>()),
-        Op::new(Delete, "/v1/principals/{principal}/keys/{key_id}", "access", "deleteKey", "Revoke an API key.")
+        Op::new(Delete, "/v1/principals/{principal}/keys/{key_id}", "access", "deleteApiKey", "Revoke an API key.")
             .answer(204, "Revoked.", None),
         Op::new(Put, "/v1/principals/{principal}/quota", "access", "setQuota", "Set a principal's rates per node (absent or null: unlimited).")
             .body("application/json", s.schema::<w::Quota>(), example(w::Quota {

@@ -522,6 +522,28 @@ async fn access_routes(api: &Api) {
     assert_eq!(status, 204, "delete principal: {body}");
 }
 
+/// The next text frame of `socket`, decoded strictly.
+async fn next_frame<S>(socket: &mut S) -> ServerFrame
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(REQUEST_TIMEOUT, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket stays open")
+            .expect("a frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return strict::<ServerFrame>("WebSocket frame", text.as_str());
+        }
+    }
+}
+
 /// Each WebSocket frame kind decodes strictly as a [`ServerFrame`].
 async fn websocket_frames(api: &Api) {
     use tokio_tungstenite::tungstenite::Message;
@@ -530,21 +552,6 @@ async fn websocket_frames(api: &Api) {
     let (mut socket, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("WebSocket upgrade");
-    let mut next = || {
-        let socket = &mut socket;
-        async move {
-            loop {
-                let message = tokio::time::timeout(REQUEST_TIMEOUT, socket.next())
-                    .await
-                    .expect("a frame in time")
-                    .expect("the socket stays open")
-                    .expect("a frame");
-                if let Message::Text(text) = message {
-                    return strict::<ServerFrame>("WebSocket frame", text.as_str());
-                }
-            }
-        }
-    };
     let ops = [
         json!({"op": "publish", "id": 1, "topic": "wire", "records": [{"key": "k", "value": 1}]}),
         json!({"op": "subscribe", "id": "s", "topic": "wire", "partition": 0, "offset": 0, "credit": 1}),
@@ -557,7 +564,7 @@ async fn websocket_frames(api: &Api) {
     }
     let mut seen = (false, false, false);
     while !(seen.0 && seen.1 && seen.2) {
-        match next().await {
+        match next_frame(&mut socket).await {
             ServerFrame::Ack(ack) if ack.offsets.is_some() => {
                 assert_eq!(ack.partial, Some(false));
                 seen.0 = true;
@@ -580,7 +587,7 @@ async fn websocket_frames(api: &Api) {
         ))
         .await
         .expect("send an operation");
-    match next().await {
+    match next_frame(&mut socket).await {
         ServerFrame::Error(frame) => {
             assert_eq!(frame.id, Some(json!(9)));
             assert_eq!(frame.error.error, "topic_not_found");

@@ -383,7 +383,12 @@ async fn create_offsets_topic(inner: Weak<Inner>) {
             cleanup_policy: CleanupPolicy::Compact,
             delete_retention_ms: crate::topic::DEFAULT_DELETE_RETENTION_MS,
         };
-        match broker.create_topic(OFFSETS_TOPIC.to_string(), config).await {
+        match broker
+            .inner
+            .controller
+            .create_internal_topic(OFFSETS_TOPIC.to_string(), config)
+            .await
+        {
             Ok(_) | Err(ControllerError::TopicExists) => {
                 info!("consumer offsets topic created");
                 return;

@@ -69,13 +69,33 @@ impl Controller {
         name: String,
         config: TopicConfig,
     ) -> Result<TopicMeta, ControllerError> {
-        self.check_leader()?;
-        validate_name("topic", &name).map_err(|e| ControllerError::Invalid(e.0))?;
         if is_internal(&name) {
             return Err(ControllerError::Invalid(
                 "topic names starting with '__' are reserved".into(),
             ));
         }
+        self.create(name, config).await
+    }
+
+    /// Creates one of psubd's own topics (`__consumer_offsets`), which no request may.
+    ///
+    /// # Errors
+    /// As [`Controller::create_topic`].
+    pub async fn create_internal_topic(
+        &self,
+        name: String,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.create(name, config).await
+    }
+
+    async fn create(
+        &self,
+        name: String,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.check_leader()?;
+        validate_name("topic", &name).map_err(|e| ControllerError::Invalid(e.0))?;
         config
             .check(self.nodes.len())
             .map_err(ControllerError::Invalid)?;

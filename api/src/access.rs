@@ -2,7 +2,7 @@
 //! ACLs and quotas (docs/api.md § Security). Every route needs the admin principal.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::json;
+use crate::json::{self, Query};
 use crate::service::Caller;
 use crate::state::AppState;
 

@@ -14,7 +14,7 @@
 use std::io::Write;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -27,7 +27,7 @@ use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::fetch::read_bounds;
-use crate::json;
+use crate::json::{self, Query};
 use crate::service::groups::{
     check_offset_count, CommitOffset, CommitRequest, GroupName, JoinRequest, ResetRequest, ResetTo,
     MAX_TOPICS_PER_MEMBER,

@@ -19,7 +19,7 @@
 //! Presentation only: the operations are [`crate::service::keys`].
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -33,7 +33,7 @@ use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::fetch::number;
-use crate::json::media_type;
+use crate::json::{media_type, Query};
 use crate::limits::MAX_TIMEOUT_MS;
 use crate::render::write_record;
 use crate::service::keys::{KeyView, ReadYourWrites, ScanRequest};

@@ -71,11 +71,20 @@ async fn docs() -> Response {
     response
 }
 
+/// A topic, group or principal name: `^[A-Za-z0-9._-]{1,249}$`, not starting with `__`
+/// (written without look-ahead, which not every tool's regex engine has).
+pub const NAME_PATTERN: &str =
+    "^(_|(_[A-Za-z0-9.-]|[A-Za-z0-9.-])[A-Za-z0-9._-]{0,247})$";
+
 /// How a parameter's value is written.
 #[derive(Clone, Copy)]
 enum Kind {
     /// Free text.
     Text,
+    /// A topic, group or principal name.
+    Name,
+    /// A member id: 32 lower-case hex digits.
+    Member,
     /// A non-negative integer.
     Count,
     /// `earliest`, `latest`, a number, or `@` and a time in ms.
@@ -154,12 +163,12 @@ impl Spec {
 
 fn path_parameter(name: &str) -> utoipa::openapi::path::Parameter {
     let (kind, description) = match name {
-        "topic" => (Kind::Text, "Topic name."),
+        "topic" => (Kind::Name, "Topic name."),
         "partition" => (Kind::Count, "Partition index."),
-        "group" => (Kind::Text, "Consumer group name."),
-        "member" => (Kind::Text, "Member id, as the join answered it."),
+        "group" => (Kind::Name, "Consumer group name."),
+        "member" => (Kind::Member, "Member id, as the join answered it."),
         "key" => (Kind::Text, "Record key (URL-encoded)."),
-        "principal" => (Kind::Text, "Principal name."),
+        "principal" => (Kind::Name, "Principal name."),
         "key_id" => (
             Kind::Text,
             "API key id (the part of the key before the dot).",
@@ -178,6 +187,14 @@ fn path_parameter(name: &str) -> utoipa::openapi::path::Parameter {
 fn kind_schema(kind: Kind) -> Schema {
     match kind {
         Kind::Text => ObjectBuilder::new().schema_type(Type::String).into(),
+        Kind::Name => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(NAME_PATTERN))
+            .into(),
+        Kind::Member => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9a-f]{32}$"))
+            .into(),
         Kind::Count => ObjectBuilder::new()
             .schema_type(Type::Integer)
             .minimum(Some(0))

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -28,7 +28,7 @@ use tokio_util::io::StreamReader;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::json::media_type;
+use crate::json::{media_type, Query};
 use crate::limits::Limits;
 use crate::service::publish::{total_failure, Acks, Delivered, NewRecord, PublishBatch, Published};
 use crate::service::Caller;

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +34,7 @@ use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::fetch::{parse_offset, parse_partition};
+use crate::json::Query;
 use crate::protocol::OffsetSpec;
 use crate::render::write_record;
 use crate::service::reads::ReadBounds;

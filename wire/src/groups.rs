@@ -47,9 +47,11 @@ pub struct TopicPartition {
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// Topics to read, 1 to 100, no repeats.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 100))]
     pub topics: Vec<String>,
     /// 1000 to 300,000 ms (default 30,000): a member silent this long is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 300_000))]
     pub session_timeout_ms: Option<u64>,
     /// Where a partition without a committed offset starts (default `latest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

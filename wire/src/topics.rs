@@ -32,24 +32,35 @@ impl CleanupPolicy {
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     /// Topic name: `^[A-Za-z0-9._-]{1,249}$`, not starting with `__`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(_|(_[A-Za-z0-9.-]|[A-Za-z0-9.-])[A-Za-z0-9._-]{0,247})$")
+    )]
     pub name: String,
     /// Partition count, 1 to 1024 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(nullable = false, minimum = 1, maximum = 1024)
+    )]
     pub partitions: Option<u32>,
     /// Replicas per partition (default `min(3, nodes)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<u32>,
     /// Age limit in ms, or -1 for none (default 7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retention_ms: Option<i64>,
     /// Size limit per partition in bytes, or -1 for none (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retention_bytes: Option<i64>,
     /// `delete` (default) or `compact`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_policy: Option<CleanupPolicy>,
     /// Compacted topics: how long a tombstone is kept, ms (-1 forever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub delete_retention_ms: Option<i64>,
 }
 

@@ -73,8 +73,7 @@ async fn docs() -> Response {
 
 /// A topic, group or principal name: `^[A-Za-z0-9._-]{1,249}$`, not starting with `__`
 /// (written without look-ahead, which not every tool's regex engine has).
-pub const NAME_PATTERN: &str =
-    "^(_|(_[A-Za-z0-9.-]|[A-Za-z0-9.-])[A-Za-z0-9._-]{0,247})$";
+pub const NAME_PATTERN: &str = "^(_|(_[A-Za-z0-9.-]|[A-Za-z0-9.-])[A-Za-z0-9._-]{0,247})$";
 
 /// How a parameter's value is written.
 #[derive(Clone, Copy)]

@@ -146,9 +146,7 @@ async fn the_node_serves_an_openapi_3_1_document_of_every_route() {
     for (method, path) in described_routes(&spec) {
         let url = format!(
             "{base}{}",
-            path.replace("{partition}", "0")
-                .replace('{', "")
-                .replace('}', "")
+            path.replace("{partition}", "0").replace(['{', '}'], "")
         );
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .expect("an HTTP method");

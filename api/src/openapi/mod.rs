@@ -4,7 +4,7 @@
 //!
 //! Schemas come from the psubd-wire types (their `openapi` feature derives `ToSchema`), so
 //! the document cannot drift from the bodies the handlers build. Operations are listed in
-//! [`operations`], one table for the whole router; a test checks that it names exactly the
+//! `operations.rs`, one table for the whole router; a test checks that it names exactly the
 //! routes the routers register.
 
 mod build;

@@ -39,6 +39,8 @@ pub(super) struct Op {
     builder: OperationBuilder,
     body: Option<RequestBodyBuilder>,
     responses: Vec<(String, ResponseBuilder)>,
+    /// Examples of answers, by status.
+    examples: Vec<(String, Option<Value>)>,
 }
 
 /// Collects operations and the schemas they reference.
@@ -83,7 +85,17 @@ impl Spec {
                 .description("An error (docs/api.md § Errors).")
                 .content(
                     "application/json",
-                    ContentBuilder::new().schema(Some(error)).build(),
+                    ContentBuilder::new()
+                        .schema(Some(error))
+                        .example(example(psubd_wire::ErrorBody {
+                            error_code: 40401,
+                            error: "topic_not_found".into(),
+                            message: "topic 'nope' not found".into(),
+                            retriable: false,
+                            log_start_offset: None,
+                            high_watermark: None,
+                        }))
+                        .build(),
                 )
                 .build(),
         );
@@ -164,6 +176,7 @@ impl Op {
                 .summary(Some(summary)),
             body: None,
             responses: Vec::new(),
+            examples: Vec::new(),
         }
     }
 
@@ -219,6 +232,18 @@ impl Op {
         self.answer(status, description, Some(("application/json", schema)))
     }
 
+    /// A JSON answer with an example.
+    pub(super) fn ok_example(
+        mut self,
+        status: u16,
+        description: &str,
+        schema: RefOr<Schema>,
+        example: Option<Value>,
+    ) -> Self {
+        self.examples.push((status.to_string(), example));
+        self.ok(status, description, schema)
+    }
+
     /// An answer of any media type, or none.
     pub(super) fn answer(
         mut self,
@@ -237,8 +262,16 @@ impl Op {
         };
         if let Some((media, schema)) = content {
             let (status, response) = self.responses.remove(index);
-            let response =
-                response.content(media, ContentBuilder::new().schema(Some(schema)).build());
+            let example = self
+                .examples
+                .iter()
+                .find(|(s, _)| *s == status)
+                .and_then(|(_, e)| e.clone());
+            let content = ContentBuilder::new()
+                .schema(Some(schema))
+                .example(example)
+                .build();
+            let response = response.content(media, content);
             self.responses.insert(index, (status, response));
         }
         self

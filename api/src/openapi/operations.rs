@@ -133,7 +133,12 @@ fn topics(s: &mut Spec) -> Vec<Op> {
                 ..w::TopicSpec::new("orders")
             }),
         )
-        .ok(201, "Created.", s.schema::<w::Topic>()),
+        .ok_example(
+            201,
+            "Created.",
+            s.schema::<w::Topic>(),
+            example(topic_example()),
+        ),
         Op::new(
             Get,
             "/v1/topics",
@@ -208,7 +213,13 @@ fn records(s: &mut Spec) -> Vec<Op> {
             .body("application/json", s.schema::<w::PublishRequest>(), publish_example)
             .body("application/octet-stream", bytes(), None)
             .body("text/plain", text(), None)
-            .ok(200, "Every record is stored; one report per record, in request order.", s.schema::<w::PublishResponse>())
+            .ok_example(200, "Every record is stored; one report per record, in request order.", s.schema::<w::PublishResponse>(), example(w::PublishResponse {
+                offsets: vec![w::RecordReport::Delivered(w::DeliveryReport {
+                    partition: 2,
+                    offset: 41,
+                    timestamp_ms: 1_700_000_000_000,
+                })],
+            }))
             .ok(207, "Some records failed: their reports are error bodies.", s.schema::<w::PublishResponse>())
             .ok(202, "`acks=0`: accepted for a background append.", s.schema::<w::Accepted>()),
         Op::new(Post, "/v1/topics/{topic}/records:stream", "records", "publishStream", "Publish an NDJSON stream of records; one report line per record line.")
@@ -219,7 +230,11 @@ fn records(s: &mut Spec) -> Vec<Op> {
         bounds(Op::new(Get, "/v1/topics/{topic}/partitions/{partition}/records", "records", "fetch", "Read a partition from an offset.")
             .query("offset", Kind::Offset, "A number, `earliest` (default), `latest`, or `@` and a time in ms: the first record at or after it."))
             .query("replica", Kind::Text, "`local`: read only this node's replica (for comparing replicas).")
-            .ok(200, "Records from the offset.", s.schema::<w::FetchResponse>()),
+            .ok_example(200, "Records from the offset.", s.schema::<w::FetchResponse>(), example(w::FetchResponse {
+                records: vec![record_example()],
+                next_offset: 42,
+                high_watermark: 42,
+            })),
     ]
 }
 
@@ -359,7 +374,19 @@ fn groups(s: &mut Spec) -> Vec<Op> {
                 ..w::JoinRequest::default()
             }),
         )
-        .ok(201, "Joined.", s.schema::<w::JoinResponse>()),
+        .ok_example(
+            201,
+            "Joined.",
+            s.schema::<w::JoinResponse>(),
+            example(w::JoinResponse {
+                member_id: "6f1d2c3b4a5968778695a4b3c2d1e0f1".into(),
+                generation: 1,
+                assignments: vec![w::TopicPartition {
+                    topic: "orders".into(),
+                    partition: 0,
+                }],
+            }),
+        ),
         Op::new(
             Delete,
             "/v1/groups/{group}/members/{member}",
@@ -563,4 +590,31 @@ fn reference() -> Vec<Op> {
         .answer(200, "An HTML page.", Some(("text/html", text())))
         .builder_security_open(),
     ]
+}
+
+/// A topic as the examples show it.
+fn topic_example() -> w::Topic {
+    w::Topic {
+        name: "orders".into(),
+        partitions: 3,
+        replication_factor: 3,
+        retention_ms: psubd_actors::topic::DEFAULT_RETENTION_MS,
+        retention_bytes: -1,
+        cleanup_policy: w::CleanupPolicy::Delete,
+        delete_retention_ms: psubd_actors::topic::DEFAULT_DELETE_RETENTION_MS,
+    }
+}
+
+/// A record as the examples show it.
+fn record_example() -> w::Record {
+    w::Record {
+        topic: "orders".into(),
+        partition: 0,
+        offset: 41,
+        timestamp_ms: 1_700_000_000_000,
+        key: Some("alice".into()),
+        value: serde_json::from_str(r#"{"total":12}"#).unwrap_or_default(),
+        headers: Default::default(),
+        encoding: None,
+    }
 }

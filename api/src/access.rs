@@ -2,7 +2,7 @@
 //! ACLs and quotas (docs/api.md § Security). Every route needs the admin principal.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -10,12 +10,13 @@ use axum::{Json, Router};
 use psubd_actors::controller::access::{
     AclRule, Operation, PatternType, Permission, Quota, ResourceType,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use psubd_wire::access as wire;
+use psubd_wire::access::{Acl, NewKey, NewPrincipal, PrincipalQuota};
+use serde::Deserialize;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::json;
+use crate::json::{self, Query};
 use crate::service::Caller;
 use crate::state::AppState;
 
@@ -40,47 +41,83 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreatePrincipal {
-    name: String,
-}
-
-/// An ACL as the API takes and shows it.
-#[derive(Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct AclBody {
-    principal: String,
-    resource_type: ResourceType,
-    pattern_type: PatternType,
-    resource_name: String,
-    operation: Operation,
-    permission: Permission,
-}
-
-impl AclBody {
-    fn split(self) -> (String, AclRule) {
-        (
-            self.principal,
-            AclRule {
-                resource_type: self.resource_type,
-                pattern_type: self.pattern_type,
-                resource_name: self.resource_name,
-                operation: self.operation,
-                permission: self.permission,
+/// An ACL's wire form as the service takes it.
+fn split(acl: Acl) -> (String, AclRule) {
+    (
+        acl.principal,
+        AclRule {
+            resource_type: match acl.resource_type {
+                wire::ResourceType::Topic => ResourceType::Topic,
+                wire::ResourceType::Group => ResourceType::Group,
+                wire::ResourceType::Cluster => ResourceType::Cluster,
             },
-        )
-    }
+            pattern_type: match acl.pattern_type {
+                wire::PatternType::Literal => PatternType::Literal,
+                wire::PatternType::Prefixed => PatternType::Prefixed,
+            },
+            resource_name: acl.resource_name,
+            operation: match acl.operation {
+                wire::Operation::Read => Operation::Read,
+                wire::Operation::Write => Operation::Write,
+                wire::Operation::Create => Operation::Create,
+                wire::Operation::Delete => Operation::Delete,
+                wire::Operation::Alter => Operation::Alter,
+                wire::Operation::Describe => Operation::Describe,
+                wire::Operation::All => Operation::All,
+            },
+            permission: match acl.permission {
+                wire::Permission::Allow => Permission::Allow,
+                wire::Permission::Deny => Permission::Deny,
+            },
+        },
+    )
+}
 
-    fn join(principal: String, rule: AclRule) -> Self {
-        Self {
-            principal,
-            resource_type: rule.resource_type,
-            pattern_type: rule.pattern_type,
-            resource_name: rule.resource_name,
-            operation: rule.operation,
-            permission: rule.permission,
-        }
+/// A stored ACL's wire form.
+fn join(principal: String, rule: AclRule) -> Acl {
+    Acl {
+        principal,
+        resource_type: match rule.resource_type {
+            ResourceType::Topic => wire::ResourceType::Topic,
+            ResourceType::Group => wire::ResourceType::Group,
+            ResourceType::Cluster => wire::ResourceType::Cluster,
+        },
+        pattern_type: match rule.pattern_type {
+            PatternType::Literal => wire::PatternType::Literal,
+            PatternType::Prefixed => wire::PatternType::Prefixed,
+        },
+        resource_name: rule.resource_name,
+        operation: match rule.operation {
+            Operation::Read => wire::Operation::Read,
+            Operation::Write => wire::Operation::Write,
+            Operation::Create => wire::Operation::Create,
+            Operation::Delete => wire::Operation::Delete,
+            Operation::Alter => wire::Operation::Alter,
+            Operation::Describe => wire::Operation::Describe,
+            Operation::All => wire::Operation::All,
+        },
+        permission: match rule.permission {
+            Permission::Allow => wire::Permission::Allow,
+            Permission::Deny => wire::Permission::Deny,
+        },
+    }
+}
+
+/// A quota's wire form as the service takes it.
+fn quota(q: wire::Quota) -> Quota {
+    Quota {
+        produce_bytes_per_sec: q.produce_bytes_per_sec,
+        fetch_bytes_per_sec: q.fetch_bytes_per_sec,
+        requests_per_sec: q.requests_per_sec,
+    }
+}
+
+/// A stored quota's wire form.
+fn quota_view(q: Quota) -> wire::Quota {
+    wire::Quota {
+        produce_bytes_per_sec: q.produce_bytes_per_sec,
+        fetch_bytes_per_sec: q.fetch_bytes_per_sec,
+        requests_per_sec: q.requests_per_sec,
     }
 }
 
@@ -91,28 +128,30 @@ async fn create_principal(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request: CreatePrincipal = json::parse(&headers, &body)?;
+    let request: NewPrincipal = json::parse(&headers, &body)?;
     state
         .service
         .create_principal(&caller, &request.name)
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "name": request.name }))).into_response())
+    Ok((StatusCode::CREATED, Json(request)).into_response())
 }
 
 async fn list_principals(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<wire::Principal>>, ApiError> {
     let principals = state.service.list_principals(&caller)?;
-    Ok(Json(json!(principals
-        .into_iter()
-        .map(|p| json!({
-            "name": p.name,
-            "created_ms": p.created_ms,
-            "key_ids": p.key_ids,
-            "quota": p.quota,
-        }))
-        .collect::<Vec<_>>())))
+    Ok(Json(
+        principals
+            .into_iter()
+            .map(|p| wire::Principal {
+                name: p.name,
+                created_ms: p.created_ms,
+                key_ids: p.key_ids,
+                quota: quota_view(p.quota),
+            })
+            .collect(),
+    ))
 }
 
 #[instrument(skip_all)]
@@ -135,7 +174,11 @@ async fn create_key(
     let key = state.service.create_key(&caller, &principal).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "principal": principal, "key_id": key.key_id, "key": key.key })),
+        Json(NewKey {
+            principal,
+            key_id: key.key_id,
+            key: key.key,
+        }),
     )
         .into_response())
 }
@@ -160,13 +203,16 @@ async fn set_quota(
     Path(principal): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let quota: Quota = json::parse(&headers, &body)?;
-    state.service.set_quota(&caller, &principal, quota).await?;
-    Ok(Json(json!({
-        "principal": principal,
-        "quota": quota,
-    })))
+) -> Result<Json<PrincipalQuota>, ApiError> {
+    let body: wire::Quota = json::parse(&headers, &body)?;
+    state
+        .service
+        .set_quota(&caller, &principal, quota(body))
+        .await?;
+    Ok(Json(PrincipalQuota {
+        principal,
+        quota: body,
+    }))
 }
 
 #[instrument(skip_all)]
@@ -176,12 +222,12 @@ async fn create_acl(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (principal, rule) = json::parse::<AclBody>(&headers, &body)?.split();
+    let (principal, rule) = split(json::parse::<Acl>(&headers, &body)?);
     state
         .service
         .add_acl(&caller, &principal, rule.clone())
         .await?;
-    Ok((StatusCode::CREATED, Json(AclBody::join(principal, rule))).into_response())
+    Ok((StatusCode::CREATED, Json(join(principal, rule))).into_response())
 }
 
 #[instrument(skip_all)]
@@ -191,7 +237,7 @@ async fn delete_acl(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let (principal, rule) = json::parse::<AclBody>(&headers, &body)?.split();
+    let (principal, rule) = split(json::parse::<Acl>(&headers, &body)?);
     state.service.remove_acl(&caller, &principal, rule).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -205,13 +251,13 @@ async fn list_acls(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<AclQuery>,
-) -> Result<Json<Vec<AclBody>>, ApiError> {
+) -> Result<Json<Vec<Acl>>, ApiError> {
     let acls = state
         .service
         .list_acls(&caller, query.principal.as_deref())?;
     Ok(Json(
         acls.into_iter()
-            .map(|(principal, rule)| AclBody::join(principal, rule))
+            .map(|(principal, rule)| join(principal, rule))
             .collect(),
     ))
 }

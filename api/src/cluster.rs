@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use psubd_actors::controller::access::{Operation, ResourceType, CLUSTER};
 use psubd_raft::CONTROLLER_GROUP;
-use serde_json::json;
+use psubd_wire::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
 
 use crate::error::ApiError;
 use crate::service::Caller;
@@ -28,8 +28,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready: a controller quorum is reachable, storage has not failed and no Raft group of
@@ -40,16 +42,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let health = broker.raft_node().storage().health();
     let space = health.space();
     let stopped = health.stopped_groups();
-    let storage = json!({
-        "state": match (health.failure().is_some(), space.low) {
+    let storage = StorageStatus {
+        state: match (health.failure().is_some(), space.low) {
             (true, _) => "failed",
             (false, true) => "low_space",
             (false, false) => "ok",
-        },
-        "free_bytes": space.free_bytes,
-        "min_free_bytes": space.min_free_bytes,
-        "stopped_groups": stopped,
-    });
+        }
+        .into(),
+        free_bytes: space.free_bytes,
+        min_free_bytes: space.min_free_bytes,
+        stopped_groups: stopped.clone(),
+    };
     let not_ready = if let Some(failure) = health.failure() {
         Some(format!("storage failed: {}", failure.cause))
     } else if !stopped.is_empty() {
@@ -65,7 +68,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(reason) = not_ready {
         let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": reason, "storage": storage})),
+            Json(Readiness {
+                status: "not_ready".into(),
+                controller_leader: None,
+                reason: Some(reason),
+                storage,
+            }),
         )
             .into_response();
         response
@@ -73,11 +81,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
         response
     } else {
-        Json(json!({
-            "status": "ready",
-            "controller_leader": broker.controller_leader(),
-            "storage": storage,
-        }))
+        Json(Readiness {
+            status: "ready".into(),
+            controller_leader: broker.controller_leader(),
+            reason: None,
+            storage,
+        })
         .into_response()
     }
 }
@@ -104,7 +113,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn cluster(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ClusterInfo>, ApiError> {
     state
         .service
         .authorize(&caller, ResourceType::Cluster, CLUSTER, Operation::Describe)?;
@@ -119,29 +128,29 @@ async fn cluster(
                 .peer_has_group_state(*id, CONTROLLER_GROUP, ALIVE_PROBE)
                 .await
                 .is_ok();
-        json!({
-            "id": id,
-            "raft": addr.to_string(),
-            "http": metadata.nodes.get(id).map(|n| n.http.clone()),
-            "alive": alive,
-        })
+        ClusterNode {
+            id: *id,
+            raft: addr.to_string(),
+            http: metadata.nodes.get(id).map(|n| n.http.clone()),
+            alive,
+        }
     });
     let nodes = futures::future::join_all(probes).await;
     let mut partitions = Vec::new();
     for topic in metadata.topics.values() {
         for (index, placement) in topic.partitions.iter().enumerate() {
-            partitions.push(json!({
-                "topic": topic.name,
-                "partition": index,
-                "replicas": placement.replicas,
-                "leader": broker.partition_leader(placement.group),
-            }));
+            partitions.push(PartitionPlacement {
+                topic: topic.name.clone(),
+                partition: u32::try_from(index).unwrap_or(u32::MAX),
+                replicas: placement.replicas.clone(),
+                leader: broker.partition_leader(placement.group),
+            });
         }
     }
-    Ok(Json(json!({
-        "node_id": me,
-        "controller_leader": broker.controller_leader(),
-        "nodes": nodes,
-        "partitions": partitions,
-    })))
+    Ok(Json(ClusterInfo {
+        node_id: me,
+        controller_leader: broker.controller_leader(),
+        nodes,
+        partitions,
+    }))
 }

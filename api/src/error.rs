@@ -5,7 +5,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use psubd_actors::{ControllerError, GroupError, PartitionError};
-use serde_json::json;
+use psubd_wire::ErrorBody;
 use tracing::error;
 
 /// Seconds a client should wait before retrying a 503 / 429.
@@ -419,32 +419,33 @@ impl ApiError {
         self.describe().1
     }
 
-    /// The JSON body, shared by plain responses and NDJSON delivery reports.
-    pub fn body(&self) -> serde_json::Value {
+    /// The JSON body, shared by plain responses, NDJSON delivery reports, stream error
+    /// items and WebSocket error frames.
+    pub fn body(&self) -> ErrorBody {
         let (status, code, n) = self.describe();
         let message = match self {
             ApiError::Internal { .. } => "internal error; see the node's log".to_string(),
             other => other.to_string(),
         };
-        let mut body = json!({
-            "error_code": u32::from(status.as_u16()) * 100 + u32::from(n),
-            "error": code,
-            "message": message,
-            "retriable": self.retriable(),
-        });
-        if let ApiError::OffsetOutOfRange {
+        let (log_start_offset, high_watermark) = match self {
+            ApiError::OffsetOutOfRange {
+                log_start_offset,
+                high_watermark,
+                ..
+            } => (Some(*log_start_offset), Some(*high_watermark)),
+            ApiError::OffsetBeyondHighWatermark { high_watermark, .. } => {
+                (None, Some(*high_watermark))
+            }
+            _ => (None, None),
+        };
+        ErrorBody {
+            error_code: u32::from(status.as_u16()) * 100 + u32::from(n),
+            error: code.to_owned(),
+            message,
+            retriable: self.retriable(),
             log_start_offset,
             high_watermark,
-            ..
-        } = self
-        {
-            body["log_start_offset"] = json!(log_start_offset);
-            body["high_watermark"] = json!(high_watermark);
         }
-        if let ApiError::OffsetBeyondHighWatermark { high_watermark, .. } = self {
-            body["high_watermark"] = json!(high_watermark);
-        }
-        body
     }
 }
 

@@ -2,7 +2,7 @@
 //! parameters every read route shares (offset, partition, read bounds). Records are
 //! rendered by [`crate::render`].
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use crate::error::ApiError;
+use crate::json::Query;
 use crate::limits::{
     DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, MAX_MAX_BYTES, MAX_MAX_RECORDS, MAX_TIMEOUT_MS,
 };

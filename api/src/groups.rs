@@ -14,7 +14,7 @@
 use std::io::Write;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -22,18 +22,19 @@ use axum::{Json, Router};
 use psubd_actors::coordinator::{GroupDescription, PollFrom, PositionToken};
 use psubd_actors::topic::MAX_PARTITIONS;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::fetch::read_bounds;
-use crate::json;
+use crate::json::{self, Query};
 use crate::service::groups::{
     check_offset_count, CommitOffset, CommitRequest, GroupName, JoinRequest, ResetRequest, ResetTo,
     MAX_TOPICS_PER_MEMBER,
 };
 use crate::service::{names, Caller};
 use crate::state::AppState;
+use crate::wire;
 
 /// Most partitions a `position` token may name: as many as one member may be assigned,
 /// so every token the server makes parses.
@@ -89,11 +90,11 @@ async fn join(
     let lease = state.service.join(&caller, &group, request).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "member_id": lease.member_id,
-            "generation": lease.generation,
-            "assignments": lease.assignments,
-        })),
+        Json(psubd_wire::JoinResponse {
+            assignments: wire::topic_partitions(&lease.assignments),
+            member_id: lease.member_id,
+            generation: lease.generation,
+        }),
     )
         .into_response())
 }
@@ -225,30 +226,12 @@ async fn member_fetch(
 // Offsets: commit, read, reset
 // ---------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CommitBody {
-    member_id: String,
-    generation: u64,
-    offsets: Vec<CommitOffsetBody>,
-}
-
-/// One partition's offset as a commit names it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CommitOffsetBody {
-    topic: String,
-    partition: u32,
-    offset: u64,
-}
-
-impl From<CommitOffsetBody> for CommitOffset {
-    fn from(body: CommitOffsetBody) -> Self {
-        CommitOffset {
-            topic: body.topic,
-            partition: body.partition,
-            offset: body.offset,
-        }
+/// One partition's offset as a commit names it (the wire form), as the service takes it.
+pub(crate) fn commit_offset(body: psubd_wire::CommitOffset) -> CommitOffset {
+    CommitOffset {
+        topic: body.topic,
+        partition: body.partition,
+        offset: body.offset,
     }
 }
 
@@ -261,11 +244,11 @@ async fn commit(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let group = GroupName::parse(group)?;
-    let body: CommitBody = json::parse(&headers, &body)?;
+    let body: psubd_wire::CommitRequest = json::parse(&headers, &body)?;
     let request = CommitRequest {
         member_id: body.member_id,
         generation: body.generation,
-        offsets: body.offsets.into_iter().map(CommitOffset::from).collect(),
+        offsets: body.offsets.into_iter().map(commit_offset).collect(),
     };
     state.service.commit(&caller, &group, request).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -276,29 +259,32 @@ async fn offsets(
     State(state): State<AppState>,
     caller: Caller,
     Path(group): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<psubd_wire::GroupOffsets>, ApiError> {
     let group = GroupName::parse(group)?;
     let rows = state.service.group_offsets(&caller, &group).await?;
-    let offsets: Vec<Value> = rows
+    let offsets: Vec<psubd_wire::CommittedOffset> = rows
         .iter()
         .map(|row| {
             let status = row.status;
             let high_watermark = status.map(|s| s.high_watermark);
-            json!({
-                "topic": row.partition.topic,
-                "partition": row.partition.partition,
-                "offset": row.committed.offset,
-                "log_start_offset": status.map(|s| s.log_start),
-                "high_watermark": high_watermark,
-                "lag": high_watermark.map(|h| h.saturating_sub(row.committed.offset)),
-                "commit_timestamp_ms": row.committed.commit_ms,
-                "committed_below_log_start": row.below_log_start,
-                "reset": row.reset.map(|r| r.as_str()),
-                "resumes_at": row.resumes_at(),
-            })
+            psubd_wire::CommittedOffset {
+                topic: row.partition.topic.clone(),
+                partition: row.partition.partition,
+                offset: row.committed.offset,
+                log_start_offset: status.map(|s| s.log_start),
+                high_watermark,
+                lag: high_watermark.map(|h| h.saturating_sub(row.committed.offset)),
+                commit_timestamp_ms: row.committed.commit_ms,
+                committed_below_log_start: row.below_log_start,
+                reset: row.reset.map(wire::auto_offset_reset),
+                resumes_at: row.resumes_at(),
+            }
         })
         .collect();
-    Ok(Json(json!({"group": group.as_str(), "offsets": offsets})))
+    Ok(Json(psubd_wire::GroupOffsets {
+        group: group.as_str().to_owned(),
+        offsets,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -340,7 +326,7 @@ async fn reset(
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<psubd_wire::ResetResponse>, ApiError> {
     let group = GroupName::parse(group)?;
     let body: ResetBody = json::parse(&headers, &body)?;
     check_offset_count(body.offsets.len())?;
@@ -359,49 +345,61 @@ async fn reset(
         .service
         .reset_offsets(&caller, &group, requests)
         .await?;
-    let offsets: Vec<Value> = entries
-        .iter()
-        .map(|e| json!({"topic": e.topic, "partition": e.partition, "offset": e.offset}))
+    let offsets = entries
+        .into_iter()
+        .map(|e| psubd_wire::CommitOffset {
+            topic: e.topic,
+            partition: e.partition,
+            offset: e.offset,
+        })
         .collect();
-    Ok(Json(json!({"group": group.as_str(), "offsets": offsets})))
+    Ok(Json(psubd_wire::ResetResponse {
+        group: group.as_str().to_owned(),
+        offsets,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------
 // Groups: list, describe, delete
 // ---------------------------------------------------------------------------------------
 
-async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<psubd_wire::GroupSummary>>, ApiError> {
     let groups = state.service.list_groups(&caller).await?;
-    Ok(Json(Value::Array(
+    Ok(Json(
         groups
             .into_iter()
-            .map(|g| {
-                json!({
-                    "group": g.group,
-                    "state": if g.members > 0 { "stable" } else { "empty" },
-                    "members": g.members,
-                })
+            .map(|g| psubd_wire::GroupSummary {
+                group: g.group,
+                state: wire::group_state(g.members as usize),
+                members: g.members,
             })
             .collect(),
-    )))
+    ))
 }
 
-fn description_json(d: GroupDescription) -> Value {
-    json!({
-        "group": d.group,
-        "state": d.state,
-        "generation": d.generation,
-        "assignment_strategy": d.strategy.as_str(),
-        "coordinator": d.coordinator,
-        "members": d.members.into_iter().map(|m| json!({
-            "member_id": m.member_id,
-            "topics": m.topics,
-            "session_timeout_ms": m.session_timeout_ms,
-            "auto_offset_reset": m.auto_offset_reset.as_str(),
-            "assignments": m.assignments,
-            "last_seen_ms_ago": m.last_seen_ms_ago,
-        })).collect::<Vec<_>>(),
-    })
+fn description_view(d: GroupDescription) -> psubd_wire::GroupDescription {
+    psubd_wire::GroupDescription {
+        group: d.group,
+        state: wire::group_state(d.members.len()),
+        generation: d.generation,
+        assignment_strategy: wire::strategy(d.strategy),
+        coordinator: d.coordinator,
+        members: d
+            .members
+            .into_iter()
+            .map(|m| psubd_wire::MemberDescription {
+                assignments: wire::topic_partitions(&m.assignments),
+                member_id: m.member_id,
+                topics: m.topics,
+                session_timeout_ms: m.session_timeout_ms,
+                auto_offset_reset: wire::auto_offset_reset(m.auto_offset_reset),
+                last_seen_ms_ago: m.last_seen_ms_ago,
+            })
+            .collect(),
+    }
 }
 
 #[instrument(skip_all, fields(group = %group))]
@@ -409,10 +407,10 @@ async fn describe(
     State(state): State<AppState>,
     caller: Caller,
     Path(group): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<psubd_wire::GroupDescription>, ApiError> {
     let group = GroupName::parse(group)?;
     let description = state.service.describe_group(&caller, &group).await?;
-    Ok(Json(description_json(description)))
+    Ok(Json(description_view(description)))
 }
 
 #[instrument(skip_all, fields(group = %group))]
@@ -430,6 +428,7 @@ async fn delete_group(
 mod tests {
 
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn position_tokens_round_trip_and_bad_ones_are_refused() {

@@ -45,3 +45,23 @@ pub fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T
         message: format!("invalid JSON body: {e}"),
     })
 }
+
+/// The query string as `T`, refusing a malformed one with the project's error body (400
+/// `invalid_request`): axum's own `Query` answers its rejections in plain text, which no
+/// client of this API (nor the OpenAPI document's `default` answer) expects.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|rejection| ApiError::InvalidRequest {
+                message: rejection.body_text(),
+            })
+    }
+}

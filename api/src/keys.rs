@@ -19,7 +19,7 @@
 //! Presentation only: the operations are [`crate::service::keys`].
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,13 +27,13 @@ use axum::{Json, Router};
 use psubd_actors::controller::access::Operation;
 use psubd_actors::partition::key_index::KeyRecord;
 use psubd_actors::record::{RecordIter, ValueKind};
+use psubd_wire::DeliveryReport;
 use serde::Deserialize;
-use serde_json::json;
 use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::fetch::number;
-use crate::json::media_type;
+use crate::json::{media_type, Query};
 use crate::limits::MAX_TIMEOUT_MS;
 use crate::render::write_record;
 use crate::service::keys::{KeyView, ReadYourWrites, ScanRequest};
@@ -182,11 +182,11 @@ async fn write(
     let written = view.write(key, kind, value).await?;
     let mut response = (
         StatusCode::OK,
-        Json(json!({
-            "partition": written.partition,
-            "offset": written.offset,
-            "timestamp_ms": written.timestamp_ms,
-        })),
+        Json(DeliveryReport {
+            partition: written.partition,
+            offset: written.offset,
+            timestamp_ms: written.timestamp_ms,
+        }),
     )
         .into_response();
     let headers = response.headers_mut();

@@ -9,7 +9,9 @@
 //!   resources, each with its `router`; [`stream`]: partition streams (SSE, NDJSON) and
 //!   what every stream shares; [`group_stream`]: member streams; [`ws`]: the WebSocket API.
 //! - [`json`]: JSON body extraction with the project's error bodies; [`render`]: the JSON
-//!   form of records, shared by every answer that carries them.
+//!   form of records, shared by every answer that carries them; [`wire`]: domain values
+//!   to their psubd-wire forms. Every JSON body is a `psubd_wire` type (hand-written
+//!   record JSON in [`render`] is checked against them end to end).
 //!
 //! **Service** — [`service`]: every operation, typed, taking the [`Caller`] (the seam for
 //! authentication, ACLs and quotas) and answering [`ApiError`]. [`auth`] identifies
@@ -25,8 +27,8 @@
 //! **Protocol** — [`protocol`]: the node-to-node requests and answers.
 //!
 //! Beside them: [`error`] (the one error and its one mapping to HTTP), [`limits`] (the
-//! request limits and their defaults), [`metrics`] (Prometheus), [`state`] (what handlers
-//! share).
+//! request limits and their defaults), [`metrics`] (Prometheus), [`openapi`] (the OpenAPI
+//! document and the `/docs` page), [`state`] (what handlers share).
 
 pub mod access;
 pub mod auth;
@@ -41,6 +43,7 @@ pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod protocol;
 pub mod publish;
 pub mod render;
@@ -49,6 +52,7 @@ pub mod service;
 pub mod state;
 pub mod stream;
 pub mod topics;
+pub mod wire;
 pub mod ws;
 
 use std::time::Instant;
@@ -84,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::router(state.clone()))
         .merge(keys::router(state.clone()))
         .merge(access::router(state.clone()))
+        .merge(openapi::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -162,8 +167,15 @@ async fn guard_origin(State(state): State<AppState>, request: Request, next: Nex
 }
 
 /// Paths any client may call without a key: liveness, readiness and metrics are what
-/// load balancers, orchestrators and scrapers call, and they reveal no records.
-pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// load balancers, orchestrators and scrapers call, and the API's description and its
+/// reference page are what a developer reads before having a key; none reveals records.
+pub const OPEN_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    openapi::SPEC_PATH,
+    openapi::DOCS_PATH,
+];
 
 /// Establishes the [`Caller`] of every request once, where it enters the cluster:
 /// refuses a missing, malformed, unknown or revoked key (401) and a caller over its

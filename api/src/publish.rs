@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -20,15 +20,15 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 use psubd_actors::record::ValueKind;
+use psubd_wire::{Accepted, DeliveryReport, FailedRecord, RecordReport};
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::json::media_type;
+use crate::json::{media_type, Query};
 use crate::limits::Limits;
 use crate::service::publish::{total_failure, Acks, Delivered, NewRecord, PublishBatch, Published};
 use crate::service::Caller;
@@ -187,18 +187,27 @@ async fn read_body(limits: &Limits, body: Body) -> Result<Bytes, ApiError> {
         })
 }
 
-/// One record's report as JSON: its offset, or its error body.
-pub(crate) fn report_json(d: &Delivered) -> serde_json::Value {
+/// One record's report: its offset, or its error body with the partition it was meant for.
+pub(crate) fn report(d: &Delivered) -> RecordReport {
     match &d.result {
-        Ok(offset) => {
-            json!({"partition": d.partition, "offset": offset, "timestamp_ms": d.timestamp_ms})
-        }
-        Err(error) => {
-            let mut body = error.body();
-            body["partition"] = json!(d.partition);
-            body
-        }
+        Ok(offset) => RecordReport::Delivered(DeliveryReport {
+            partition: d.partition,
+            offset: *offset,
+            timestamp_ms: d.timestamp_ms,
+        }),
+        Err(error) => RecordReport::Failed(FailedRecord {
+            partition: Some(d.partition),
+            error: error.body(),
+        }),
     }
+}
+
+/// A report for a line refused before it was routed: no partition.
+fn refused(error: ApiError) -> RecordReport {
+    RecordReport::Failed(FailedRecord {
+        partition: None,
+        error: error.body(),
+    })
 }
 
 /// Builds the answer. 200: every record is committed. When every record failed: 503 (507
@@ -240,8 +249,9 @@ fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {
     response
 }
 
-/// `{"offsets":[...]}`, written straight into the body: the same JSON `report_json`
-/// gives (names in the same order), without a `serde_json::Value` map per record.
+/// `{"offsets":[...]}` (a [`psubd_wire::PublishResponse`]), written straight into the
+/// body: delivered records are the hot path, so they skip serde; failed ones are
+/// serialised from their [`RecordReport`].
 fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + reports.len() * 64);
     out.extend_from_slice(b"{\"offsets\":[");
@@ -256,9 +266,7 @@ fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
                 "{{\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
                 d.partition, d.timestamp_ms
             ),
-            Err(_) => {
-                serde_json::to_writer(&mut out, &report_json(d)).map_err(std::io::Error::other)
-            }
+            Err(_) => serde_json::to_writer(&mut out, &report(d)).map_err(std::io::Error::other),
         };
     }
     out.extend_from_slice(b"]}");
@@ -330,9 +338,13 @@ async fn publish(
         push_records(&mut batch, parsed.records, encoding)?;
     }
     Ok(match state.service.publish(&caller, batch, acks).await? {
-        Published::Accepted(count) => {
-            (StatusCode::ACCEPTED, Json(json!({ "accepted": count }))).into_response()
-        }
+        Published::Accepted(count) => (
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                accepted: count as u64,
+            }),
+        )
+            .into_response(),
         Published::Delivered(reports) => answer(reports, raw_mode),
     })
 }
@@ -396,10 +408,10 @@ async fn publish_lines(
     encoding: Encoding,
     lines: Vec<Result<String, LinesCodecError>>,
     max_line: usize,
-) -> Vec<serde_json::Value> {
+) -> Vec<RecordReport> {
     let max_record_bytes = state.service.limits().max_record_bytes;
     // Each line is either refused on its own (its report is ready) or routed.
-    let mut slots: Vec<Result<usize, serde_json::Value>> = Vec::with_capacity(lines.len());
+    let mut slots: Vec<Result<usize, RecordReport>> = Vec::with_capacity(lines.len());
     for line in &lines {
         let slot = match line {
             Ok(line) if line.trim().is_empty() => continue,
@@ -409,16 +421,14 @@ async fn publish_lines(
                 })
                 .and_then(|parsed| to_record(encoding, parsed))
                 .and_then(|record| batch.push(record))
-                .map_err(|error| error.body()),
-            Err(LinesCodecError::MaxLineLengthExceeded) => Err(ApiError::RecordTooLarge {
+                .map_err(refused),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Err(refused(ApiError::RecordTooLarge {
                 size: max_line,
                 limit: max_record_bytes,
-            }
-            .body()),
-            Err(LinesCodecError::Io(e)) => Err(ApiError::InvalidRequest {
+            })),
+            Err(LinesCodecError::Io(e)) => Err(refused(ApiError::InvalidRequest {
                 message: format!("reading the stream: {e}"),
-            }
-            .body()),
+            })),
         };
         slots.push(slot);
     }
@@ -430,11 +440,10 @@ async fn publish_lines(
     slots
         .into_iter()
         .map(|slot| match slot {
-            Ok(index) => delivered.get(index).map(report_json).unwrap_or_else(|| {
-                ApiError::Internal {
+            Ok(index) => delivered.get(index).map(report).unwrap_or_else(|| {
+                refused(ApiError::Internal {
                     detail: "no delivery report".into(),
-                }
-                .body()
+                })
             }),
             Err(report) => report,
         })
@@ -443,6 +452,8 @@ async fn publish_lines(
 
 #[cfg(test)]
 mod tests {
+    use psubd_wire::PublishResponse;
+
     use super::*;
 
     #[test]
@@ -476,8 +487,10 @@ mod tests {
             },
         ];
         let written: serde_json::Value = serde_json::from_slice(&offsets_json(&reports)).unwrap();
-        let offsets: Vec<serde_json::Value> = reports.iter().map(report_json).collect();
-        assert_eq!(written, json!({ "offsets": offsets }));
+        let typed = PublishResponse {
+            offsets: reports.iter().map(report).collect(),
+        };
+        assert_eq!(written, serde_json::to_value(&typed).unwrap());
         let text = String::from_utf8(offsets_json(&reports[..1])).unwrap();
         assert_eq!(
             text,

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,17 +27,20 @@ use futures::stream::{self, Stream, StreamExt};
 use psubd_actors::assignment::TopicPartition;
 use psubd_actors::controller::access::Operation;
 use psubd_actors::topic::TopicMeta;
+use psubd_wire::AssignmentEvent;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::fetch::{parse_offset, parse_partition};
+use crate::json::Query;
 use crate::protocol::OffsetSpec;
 use crate::render::write_record;
 use crate::service::reads::ReadBounds;
 use crate::service::Caller;
 use crate::state::AppState;
+use crate::wire;
 
 /// How long one fetch of a stream waits at the end of the log before polling again.
 pub(crate) const STREAM_POLL_MS: u64 = 10_000;
@@ -95,13 +98,18 @@ impl Item {
     /// "assignments":[..]}` — the `event` field tells it apart from record lines, which
     /// never carry one.
     pub(crate) fn assignment_json(generation: u64, assignments: &[TopicPartition]) -> String {
-        serde_json::json!({
-            "event": "assignment",
-            "generation": generation,
-            "assignments": assignments,
+        json_text(&AssignmentEvent {
+            event: "assignment".into(),
+            generation,
+            assignments: wire::topic_partitions(assignments),
         })
-        .to_string()
     }
+}
+
+/// A wire value's JSON text. The wire types are plain data (string keys, no maps with
+/// other keys), so serialising them cannot fail; `null` would be the answer if it did.
+pub(crate) fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
 /// How a stream's items are written on the wire.
@@ -307,7 +315,7 @@ fn sse_events(item: Item) -> Vec<Event> {
             .data(Item::assignment_json(generation, &assignments))],
         Item::Error(error) => vec![Event::default()
             .event("error")
-            .data(error.body().to_string())],
+            .data(json_text(&error.body()))],
     }
 }
 
@@ -329,7 +337,7 @@ fn ndjson_lines(item: Item) -> Bytes {
             out.push(b'\n');
         }
         Item::Error(error) => {
-            out.extend_from_slice(error.body().to_string().as_bytes());
+            out.extend_from_slice(json_text(&error.body()).as_bytes());
             out.push(b'\n');
         }
     }

@@ -13,8 +13,8 @@ use psubd_actors::topic::{
     check_retention_bytes, check_retention_ms, CleanupPolicy, TopicConfig, TopicMeta,
     DEFAULT_RETENTION_MS,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use psubd_wire::{PartitionStatus, Topic};
+use serde::Deserialize;
 use tracing::instrument;
 
 use crate::error::ApiError;
@@ -69,31 +69,18 @@ fn unbounded() -> i64 {
 }
 
 /// A topic as the API shows it.
-#[derive(Serialize)]
-pub struct TopicView {
-    name: String,
-    partitions: u32,
-    replication_factor: u32,
-    retention_ms: i64,
-    retention_bytes: i64,
-    cleanup_policy: &'static str,
-    delete_retention_ms: i64,
-}
-
-impl From<&TopicMeta> for TopicView {
-    fn from(meta: &TopicMeta) -> Self {
-        Self {
-            name: meta.name.clone(),
-            partitions: meta.config.partitions,
-            replication_factor: meta.config.replication_factor,
-            retention_ms: meta.config.retention_ms,
-            retention_bytes: meta.config.retention_bytes,
-            cleanup_policy: match meta.config.cleanup_policy {
-                CleanupPolicy::Delete => "delete",
-                CleanupPolicy::Compact => "compact",
-            },
-            delete_retention_ms: meta.config.delete_retention_ms,
-        }
+fn topic_view(meta: &TopicMeta) -> Topic {
+    Topic {
+        name: meta.name.clone(),
+        partitions: meta.config.partitions,
+        replication_factor: meta.config.replication_factor,
+        retention_ms: meta.config.retention_ms,
+        retention_bytes: meta.config.retention_bytes,
+        cleanup_policy: match meta.config.cleanup_policy {
+            CleanupPolicy::Delete => psubd_wire::CleanupPolicy::Delete,
+            CleanupPolicy::Compact => psubd_wire::CleanupPolicy::Compact,
+        },
+        delete_retention_ms: meta.config.delete_retention_ms,
     }
 }
 
@@ -176,7 +163,7 @@ async fn update(
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<TopicView>, ApiError> {
+) -> Result<Json<Topic>, ApiError> {
     // 404 for unknown and internal topics before anything is proposed.
     state
         .service
@@ -184,7 +171,7 @@ async fn update(
         .await?;
     let update = validate_update(json::parse(&headers, &body)?)?;
     let meta = state.service.update_topic(&caller, &topic, update).await?;
-    Ok(Json(TopicView::from(&meta)))
+    Ok(Json(topic_view(&meta)))
 }
 
 #[instrument(skip_all)]
@@ -197,24 +184,24 @@ async fn create(
     let request: CreateTopic = json::parse(&headers, &body)?;
     let (name, config) = validate(request, state.service.cluster_size())?;
     let meta = state.service.create_topic(&caller, name, config).await?;
-    Ok((StatusCode::CREATED, Json(TopicView::from(&meta))).into_response())
+    Ok((StatusCode::CREATED, Json(topic_view(&meta))).into_response())
 }
 
-async fn list(State(state): State<AppState>, caller: Caller) -> Json<Vec<TopicView>> {
+async fn list(State(state): State<AppState>, caller: Caller) -> Json<Vec<Topic>> {
     let topics = state.service.list_topics(&caller);
-    Json(topics.iter().map(TopicView::from).collect())
+    Json(topics.iter().map(topic_view).collect())
 }
 
 async fn describe(
     State(state): State<AppState>,
     caller: Caller,
     Path(topic): Path<String>,
-) -> Result<Json<TopicView>, ApiError> {
+) -> Result<Json<Topic>, ApiError> {
     let meta = state
         .service
         .topic(&caller, &topic, Operation::Describe)
         .await?;
-    Ok(Json(TopicView::from(&meta)))
+    Ok(Json(topic_view(&meta)))
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -231,27 +218,27 @@ async fn partitions(
     State(state): State<AppState>,
     caller: Caller,
     Path(topic): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<PartitionStatus>>, ApiError> {
     let partitions = state.service.partition_statuses(&caller, &topic).await?;
-    let rows: Vec<serde_json::Value> = partitions
+    let rows: Vec<PartitionStatus> = partitions
         .iter()
         .enumerate()
-        .map(|(index, (placement, status))| {
-            json!({
-                "partition": index,
-                "leader": status.and_then(|s| s.leader),
-                "replicas": placement.replicas,
-                "log_start_offset": status.map(|s| s.log_start),
-                "high_watermark": status.map(|s| s.high_watermark),
-                "stored_bytes": status.map(|s| s.stored_bytes),
-            })
+        .map(|(index, (placement, status))| PartitionStatus {
+            partition: u32::try_from(index).unwrap_or(u32::MAX),
+            leader: status.and_then(|s| s.leader),
+            replicas: placement.replicas.clone(),
+            log_start_offset: status.map(|s| s.log_start),
+            high_watermark: status.map(|s| s.high_watermark),
+            stored_bytes: status.map(|s| s.stored_bytes),
         })
         .collect();
-    Ok(Json(serde_json::Value::Array(rows)))
+    Ok(Json(rows))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use psubd_tests::Cluster;
 use psubd_wire::{
     Accepted, AssignmentStrategy, AutoOffsetReset, CleanupPolicy, ClusterInfo, CommitOffset,
@@ -15,6 +16,10 @@ use psubd_wire::{
     GroupSummary, Health, JoinRequest, JoinResponse, KeyScan, MemberFetchResponse, NewRecord,
     PartitionStatus, PublishRequest, PublishResponse, Readiness, Record, RecordReport, ResetEntry,
     ResetOffset, ResetRequest, ResetResponse, StreamItem, Topic, TopicSpec, TopicUpdate,
+};
+use psubd_wire::{
+    Acl, NewKey, NewPrincipal, Operation, PatternType, Permission, Principal, PrincipalQuota,
+    Quota, ResourceType, ServerFrame,
 };
 use reqwest::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
@@ -429,7 +434,164 @@ async fn every_route_answers_in_its_wire_type() {
     );
     assert!(!reset.offsets.is_empty());
 
+    access_routes(&api).await;
+    websocket_frames(&api).await;
+
     // The cluster view, last: it lists every partition created above.
     let info: ClusterInfo = Api::expect("cluster", api.get("/v1/cluster").await, 200);
     assert_eq!(info.nodes.len(), 3);
+}
+
+/// The admin's routes (a cluster without `--auth` lets any caller use them).
+async fn access_routes(api: &Api) {
+    use reqwest::Method;
+
+    let made: NewPrincipal = Api::expect(
+        "create principal",
+        api.json(
+            Method::POST,
+            "/v1/principals",
+            &NewPrincipal {
+                name: "wire-p".into(),
+            },
+        )
+        .await,
+        201,
+    );
+    assert_eq!(made.name, "wire-p");
+    let key: NewKey = Api::expect(
+        "create key",
+        api.send(
+            api.http
+                .post(format!("{}/v1/principals/wire-p/keys", api.base)),
+        )
+        .await,
+        201,
+    );
+    assert!(key.key.starts_with(&format!("{}.", key.key_id)));
+    let quota = Quota {
+        produce_bytes_per_sec: Some(1 << 20),
+        fetch_bytes_per_sec: None,
+        requests_per_sec: Some(100),
+    };
+    let set: PrincipalQuota = Api::expect(
+        "set quota",
+        api.json(Method::PUT, "/v1/principals/wire-p/quota", &quota)
+            .await,
+        200,
+    );
+    assert_eq!(set.quota, quota);
+    let principals: Vec<Principal> =
+        Api::expect("list principals", api.get("/v1/principals").await, 200);
+    let listed = principals
+        .iter()
+        .find(|p| p.name == "wire-p")
+        .expect("the new principal is listed");
+    assert_eq!(listed.key_ids, vec![key.key_id.clone()]);
+    let acl = Acl {
+        principal: "wire-p".into(),
+        resource_type: ResourceType::Topic,
+        pattern_type: PatternType::Prefixed,
+        resource_name: "wire".into(),
+        operation: Operation::Read,
+        permission: Permission::Allow,
+    };
+    let created: Acl = Api::expect(
+        "create ACL",
+        api.json(Method::POST, "/v1/acls", &acl).await,
+        201,
+    );
+    assert_eq!(created, acl);
+    let acls: Vec<Acl> = Api::expect("list ACLs", api.get("/v1/acls?principal=wire-p").await, 200);
+    assert_eq!(acls, vec![acl.clone()]);
+    let (status, body) = api.json(Method::DELETE, "/v1/acls", &acl).await;
+    assert_eq!(status, 204, "delete ACL: {body}");
+    let (status, body) = api
+        .send(api.http.delete(format!(
+            "{}/v1/principals/wire-p/keys/{}",
+            api.base, key.key_id
+        )))
+        .await;
+    assert_eq!(status, 204, "delete key: {body}");
+    let (status, body) = api
+        .send(
+            api.http
+                .delete(format!("{}/v1/principals/wire-p", api.base)),
+        )
+        .await;
+    assert_eq!(status, 204, "delete principal: {body}");
+}
+
+/// The next text frame of `socket`, decoded strictly.
+async fn next_frame<S>(socket: &mut S) -> ServerFrame
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(REQUEST_TIMEOUT, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket stays open")
+            .expect("a frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return strict::<ServerFrame>("WebSocket frame", text.as_str());
+        }
+    }
+}
+
+/// Each WebSocket frame kind decodes strictly as a [`ServerFrame`].
+async fn websocket_frames(api: &Api) {
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url = format!("{}/v1/ws", api.base.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("WebSocket upgrade");
+    let ops = [
+        json!({"op": "publish", "id": 1, "topic": "wire", "records": [{"key": "k", "value": 1}]}),
+        json!({"op": "subscribe", "id": "s", "topic": "wire", "partition": 0, "offset": 0, "credit": 1}),
+    ];
+    for op in &ops {
+        socket
+            .send(Message::text(op.to_string()))
+            .await
+            .expect("send an operation");
+    }
+    let mut seen = (false, false, false);
+    while !(seen.0 && seen.1 && seen.2) {
+        match next_frame(&mut socket).await {
+            ServerFrame::Ack(ack) if ack.offsets.is_some() => {
+                assert_eq!(ack.partial, Some(false));
+                seen.0 = true;
+            }
+            ServerFrame::Ack(ack) => {
+                assert_eq!(ack.topic.as_deref(), Some("wire"));
+                seen.1 = true;
+            }
+            ServerFrame::Record(frame) => {
+                assert_eq!(frame.record.topic, "wire");
+                seen.2 = true;
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    socket
+        .send(Message::text(
+            json!({"op": "publish", "id": 9, "topic": "nope", "records": [{"value": 1}]})
+                .to_string(),
+        ))
+        .await
+        .expect("send an operation");
+    match next_frame(&mut socket).await {
+        ServerFrame::Error(frame) => {
+            assert_eq!(frame.id, Some(json!(9)));
+            assert_eq!(frame.error.error, "topic_not_found");
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/cluster`, as the answering node sees the cluster.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
     /// The answering node.
@@ -16,6 +17,7 @@ pub struct ClusterInfo {
 }
 
 /// One node in [`ClusterInfo`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterNode {
     /// Node id.
@@ -29,6 +31,7 @@ pub struct ClusterNode {
 }
 
 /// One partition in [`ClusterInfo`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionPlacement {
     /// Topic name.
@@ -42,6 +45,7 @@ pub struct PartitionPlacement {
 }
 
 /// `GET /healthz`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     /// `ok`.
@@ -49,6 +53,7 @@ pub struct Health {
 }
 
 /// `GET /readyz`, 200 or 503.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
     /// `ready` or `not_ready`.
@@ -64,6 +69,7 @@ pub struct Readiness {
 }
 
 /// The storage part of [`Readiness`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageStatus {
     /// `ok`, `low_space` or `failed`.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The body of every 4xx and 5xx answer, and of a failed record's report in a 207 or an
 /// NDJSON publish.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// HTTP status × 100 + a number, e.g. 40401.

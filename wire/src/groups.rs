@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::records::Record;
 
 /// Where a member starts in a partition without a committed offset.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AutoOffsetReset {
@@ -19,6 +20,7 @@ pub enum AutoOffsetReset {
 }
 
 /// How a group spreads partitions over its members (both sticky).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AssignmentStrategy {
@@ -30,6 +32,7 @@ pub enum AssignmentStrategy {
 }
 
 /// A topic's partition.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TopicPartition {
     /// Topic name.
@@ -39,13 +42,16 @@ pub struct TopicPartition {
 }
 
 /// The body of `POST /v1/groups/{g}/members`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// Topics to read, 1 to 100, no repeats.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 100))]
     pub topics: Vec<String>,
     /// 1000 to 300,000 ms (default 30,000): a member silent this long is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 300_000))]
     pub session_timeout_ms: Option<u64>,
     /// Where a partition without a committed offset starts (default `latest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +62,7 @@ pub struct JoinRequest {
 }
 
 /// The 201 answer of a join.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinResponse {
     /// The member's id (32 hex digits).
@@ -67,6 +74,7 @@ pub struct JoinResponse {
 }
 
 /// The 200 answer of a member fetch, `GET /v1/groups/{g}/members/{m}/records`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberFetchResponse {
     /// The member's records.
@@ -82,6 +90,7 @@ pub struct MemberFetchResponse {
 }
 
 /// One partition's offset in a commit (the **next** offset to read) or a reset answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitOffset {
@@ -94,6 +103,7 @@ pub struct CommitOffset {
 }
 
 /// The body of `POST /v1/groups/{g}/offsets`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
@@ -106,6 +116,7 @@ pub struct CommitRequest {
 }
 
 /// The 200 answer of `GET /v1/groups/{g}/offsets`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupOffsets {
     /// The group.
@@ -115,6 +126,7 @@ pub struct GroupOffsets {
 }
 
 /// One row of [`GroupOffsets`]; partition numbers are `None` when no replica answered.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
     /// Topic name.
@@ -200,6 +212,7 @@ impl<'de> Deserialize<'de> for ResetOffset {
 
 /// One entry of a reset: a topic (every partition, or one) to an offset or a timestamp.
 /// Exactly one of `offset` and `timestamp_ms` must be set.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResetEntry {
@@ -217,6 +230,7 @@ pub struct ResetEntry {
 }
 
 /// The body of `PUT /v1/groups/{g}/offsets` (only while the group has no members).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
@@ -225,6 +239,7 @@ pub struct ResetRequest {
 }
 
 /// The 200 answer of a reset: the offsets now committed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResetResponse {
     /// The group.
@@ -234,6 +249,7 @@ pub struct ResetResponse {
 }
 
 /// A group's state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupState {
@@ -244,6 +260,7 @@ pub enum GroupState {
 }
 
 /// One row of `GET /v1/groups`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSummary {
     /// The group.
@@ -255,6 +272,7 @@ pub struct GroupSummary {
 }
 
 /// `GET /v1/groups/{g}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupDescription {
     /// The group.
@@ -272,6 +290,7 @@ pub struct GroupDescription {
 }
 
 /// One member in [`GroupDescription`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberDescription {
     /// Member id.

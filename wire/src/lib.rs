@@ -10,7 +10,9 @@
 //! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
 //!   describe.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
+//! - [`access`]: principals, API keys, ACLs and quotas (the admin's routes).
 //! - [`error`]: the error body every 4xx and 5xx answer carries.
+//! - [`ws`]: the frames the WebSocket API sends.
 //!
 //! # Compatibility
 //!
@@ -22,16 +24,26 @@
 //! answer and comparing its re-encoding with the original.
 //!
 //! Deliberately light: serde and serde_json only, no HTTP types, so the server, the client
-//! library, the tests and third-party tools can all share it.
+//! library, the tests and third-party tools can all share it. The `openapi` feature adds
+//! `utoipa::ToSchema` to every type, for the OpenAPI document the server serves; clients
+//! leave it off and do not build utoipa.
 
+pub mod access;
 pub mod cluster;
 pub mod error;
 pub mod groups;
 pub mod publish;
 pub mod records;
+#[cfg(feature = "openapi")]
+mod schema;
 pub mod streams;
 pub mod topics;
+pub mod ws;
 
+pub use access::{
+    Acl, NewKey, NewPrincipal, Operation, PatternType, Permission, Principal, PrincipalQuota,
+    Quota, ResourceType,
+};
 pub use cluster::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
 pub use error::ErrorBody;
 pub use groups::{
@@ -47,3 +59,4 @@ pub use publish::{
 pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
 pub use streams::{AssignmentEvent, StreamItem};
 pub use topics::{CleanupPolicy, PartitionStatus, Topic, TopicSpec, TopicUpdate};
+pub use ws::{Ack, AssignmentFrame, ErrorFrame, RecordFrame, ServerFrame};

@@ -10,6 +10,7 @@ use crate::error::ErrorBody;
 
 /// How values (and keys) are written in a publish body, and how a read marks a binary
 /// value.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
@@ -23,6 +24,7 @@ pub enum Encoding {
 }
 
 /// One record to publish.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewRecord {
@@ -85,6 +87,7 @@ impl NewRecord {
 }
 
 /// The JSON body of a batch publish: 1 to 1000 records.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
@@ -96,6 +99,7 @@ pub struct PublishRequest {
 }
 
 /// Where one record was stored.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryReport {
@@ -108,6 +112,7 @@ pub struct DeliveryReport {
 }
 
 /// A record that was not stored (a row of a 207, or an NDJSON report line).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedRecord {
     /// The partition the record was meant for, when it was known.
@@ -119,6 +124,7 @@ pub struct FailedRecord {
 }
 
 /// One record's report: stored, or failed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RecordReport {
@@ -140,6 +146,7 @@ impl RecordReport {
 
 /// The 200 and 207 answer of a batch publish: one report per record, in request order.
 /// A 200 holds only [`RecordReport::Delivered`]; a 207 a mix.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishResponse {
     /// Reports in the order of the request's records.
@@ -147,6 +154,7 @@ pub struct PublishResponse {
 }
 
 /// The 202 answer of an `acks=0` publish.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     /// Records accepted for a background append.

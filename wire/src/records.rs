@@ -11,6 +11,7 @@ use crate::publish::Encoding;
 
 /// A stored record, the same in a fetch, a member fetch, a key read, a stream and the
 /// WebSocket.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Topic name.
@@ -45,6 +46,7 @@ impl Record {
 }
 
 /// The 200 answer of a fetch by offset.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FetchResponse {
     /// Records from the requested offset (empty when none arrived within `timeout_ms`).
@@ -56,6 +58,7 @@ pub struct FetchResponse {
 }
 
 /// The 200 answer of a key scan, `GET /v1/topics/{t}/keys`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyScan {
     /// Live keys in key order, each as its latest record.

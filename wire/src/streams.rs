@@ -9,6 +9,7 @@ use crate::records::Record;
 
 /// A member stream's `assignment` item: sent first, and again whenever the generation or
 /// the member's partitions change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentEvent {
     /// Always `assignment`; record lines never carry an `event` field.
@@ -20,6 +21,7 @@ pub struct AssignmentEvent {
 }
 
 /// One item of a stream.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum StreamItem {

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What happens to old records of a topic; fixed at creation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CleanupPolicy {
@@ -26,28 +27,40 @@ impl CleanupPolicy {
 
 /// The body of `POST /v1/topics`. Every setting left `None` takes the server's default
 /// (docs/api.md § Topics), so a client does not hard-code defaults that may change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     /// Topic name: `^[A-Za-z0-9._-]{1,249}$`, not starting with `__`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(_|(_[A-Za-z0-9.-]|[A-Za-z0-9.-])[A-Za-z0-9._-]{0,247})$")
+    )]
     pub name: String,
     /// Partition count, 1 to 1024 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(nullable = false, minimum = 1, maximum = 1024)
+    )]
     pub partitions: Option<u32>,
     /// Replicas per partition (default `min(3, nodes)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<u32>,
     /// Age limit in ms, or -1 for none (default 7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retention_ms: Option<i64>,
     /// Size limit per partition in bytes, or -1 for none (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retention_bytes: Option<i64>,
     /// `delete` (default) or `compact`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_policy: Option<CleanupPolicy>,
     /// Compacted topics: how long a tombstone is kept, ms (-1 forever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub delete_retention_ms: Option<i64>,
 }
 
@@ -62,6 +75,7 @@ impl TopicSpec {
 }
 
 /// The body of `PATCH /v1/topics/{t}`: only retention can change after creation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicUpdate {
@@ -74,6 +88,7 @@ pub struct TopicUpdate {
 }
 
 /// A topic as create, describe, alter and list show it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topic {
     /// Topic name.
@@ -94,6 +109,7 @@ pub struct Topic {
 
 /// One row of `GET /v1/topics/{t}/partitions`. The numbers are `None` when no replica of
 /// the partition answered the node serving the request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionStatus {
     /// Partition index.

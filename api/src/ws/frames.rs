@@ -7,7 +7,8 @@ use std::time::Duration;
 use axum::extract::ws::{close_code, Message, WebSocket};
 use futures::stream::SplitSink;
 use futures::SinkExt;
-use serde_json::{json, Value};
+use psubd_wire::{Ack, ErrorFrame, ServerFrame};
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -56,13 +57,22 @@ pub(crate) fn error_frame(
     if let ApiError::Internal { detail } = error {
         tracing::error!(cause = %detail, "internal error");
     }
-    let mut body = error.body();
-    body["type"] = json!("error");
-    if let Some(id) = id {
-        body["id"] = id.clone();
-    }
-    if let Some(subscription) = subscription {
-        body["subscription"] = json!(subscription);
-    }
-    body.to_string()
+    text(&ServerFrame::Error(ErrorFrame {
+        id: id.clone(),
+        subscription,
+        error: error.body(),
+    }))
+}
+
+/// An `ack` frame with only the request's id.
+pub(crate) fn ack(id: Option<Value>) -> String {
+    text(&ServerFrame::Ack(Ack {
+        id,
+        ..Ack::default()
+    }))
+}
+
+/// A frame's JSON text.
+pub(crate) fn text(frame: &ServerFrame) -> String {
+    crate::stream::json_text(frame)
 }

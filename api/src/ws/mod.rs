@@ -50,7 +50,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
-use serde_json::json;
+use psubd_wire::{Ack, ServerFrame};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, instrument};
 
@@ -159,7 +159,11 @@ async fn serve(state: AppState, caller: Caller, socket: WebSocket, permit: Owned
                         .err()
                         .map(|error| error_frame(&id, &error, None)),
                     Ok(Op::Unsubscribe { id, subscription }) => Some(match subs.remove(subscription) {
-                        Ok(()) => json!({"type": "ack", "id": id, "subscription": subscription}).to_string(),
+                        Ok(()) => frames::text(&ServerFrame::Ack(Ack {
+                            id,
+                            subscription: Some(subscription),
+                            ..Ack::default()
+                        })),
                         Err(error) => error_frame(&id, &error, None),
                     }),
                     Ok(op) => {

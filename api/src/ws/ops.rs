@@ -7,19 +7,20 @@
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use psubd_actors::controller::access::Operation;
+use psubd_wire::{Ack, ServerFrame};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::frames::error_frame;
+use super::frames::{self, error_frame};
 use super::subscription::Subscription;
 use crate::error::ApiError;
 use crate::fetch::{parse_offset, parse_partition};
 use crate::group_stream::member_records;
-use crate::groups::CommitOffsetBody;
-use crate::publish::{push_records, report_json, Encoding, PublishRecord};
-use crate::service::groups::{CommitOffset, CommitRequest, GroupName, JoinRequest};
+use crate::groups::commit_offset;
+use crate::publish::{push_records, report, Encoding, PublishRecord};
+use crate::service::groups::{CommitRequest, GroupName, JoinRequest};
 use crate::service::publish::{total_failure, Acks, Published};
 use crate::service::{names, Caller};
 use crate::state::AppState;
@@ -273,18 +274,19 @@ impl Op {
                 } => Done::Reply(
                     match publish(&state, caller, &topic, &records, encoding, acks.as_deref()).await
                     {
-                        Ok(Published::Accepted(count)) => {
-                            json!({"type": "ack", "id": id, "accepted": count}).to_string()
-                        }
+                        Ok(Published::Accepted(count)) => frames::text(&ServerFrame::Ack(Ack {
+                            id,
+                            accepted: Some(count as u64),
+                            ..Ack::default()
+                        })),
                         Ok(Published::Delivered(reports)) => match total_failure(&reports) {
                             Some(error) => error_frame(&id, &error, None),
-                            None => json!({
-                                "type": "ack",
-                                "id": id,
-                                "offsets": reports.iter().map(report_json).collect::<Vec<_>>(),
-                                "partial": reports.iter().any(|d| d.result.is_err()),
-                            })
-                            .to_string(),
+                            None => frames::text(&ServerFrame::Ack(Ack {
+                                id,
+                                offsets: Some(reports.iter().map(report).collect()),
+                                partial: Some(reports.iter().any(|d| d.result.is_err())),
+                                ..Ack::default()
+                            })),
                         },
                         Err(error) => error_frame(&id, &error, None),
                     },
@@ -297,7 +299,7 @@ impl Op {
                     offsets,
                 } => Done::Reply(
                     match commit(&state, caller, group, member_id, generation, &offsets).await {
-                        Ok(()) => json!({"type": "ack", "id": id}).to_string(),
+                        Ok(()) => frames::ack(id),
                         Err(error) => error_frame(&id, &error, None),
                     },
                 ),
@@ -310,9 +312,7 @@ impl Op {
                         Err(error) => Done::SubscribeFailed(error_frame(&id, &error, None)),
                     }
                 }
-                Op::Credit { id, .. } | Op::Unsubscribe { id, .. } => {
-                    Done::Reply(json!({"type": "ack", "id": id}).to_string())
-                }
+                Op::Credit { id, .. } | Op::Unsubscribe { id, .. } => Done::Reply(frames::ack(id)),
             }
         }
         .boxed()
@@ -364,11 +364,11 @@ async fn commit(
     offsets: &RawValue,
 ) -> Result<(), ApiError> {
     let group = GroupName::parse(group)?;
-    let offsets: Vec<CommitOffsetBody> = from_json(offsets.get())?;
+    let offsets: Vec<psubd_wire::CommitOffset> = from_json(offsets.get())?;
     let request = CommitRequest {
         member_id,
         generation,
-        offsets: offsets.into_iter().map(CommitOffset::from).collect(),
+        offsets: offsets.into_iter().map(commit_offset).collect(),
     };
     state.service.commit(caller, &group, request).await
 }
@@ -384,7 +384,7 @@ async fn subscribe(
 ) -> Result<(String, Subscription), ApiError> {
     let slot = acquire(state)?;
     let credit = op.credit.unwrap_or(0);
-    let (source, mut ack) = match (op.topic, op.group) {
+    let (source, source_ack) = match (op.topic, op.group) {
         (Some(topic), None) => {
             if op.member_id.is_some() || op.topics.is_some() {
                 return Err(mixed());
@@ -403,7 +403,14 @@ async fn subscribe(
             };
             let source =
                 partition_records(state.clone(), caller.clone(), meta, partition, offset).boxed();
-            (source, json!({"topic": topic, "partition": partition}))
+            (
+                source,
+                Ack {
+                    topic: Some(topic),
+                    partition: Some(partition),
+                    ..Ack::default()
+                },
+            )
         }
         (None, Some(group)) => {
             if op.partition.is_some() || op.offset.is_some() {
@@ -434,7 +441,14 @@ async fn subscribe(
             let name = group.as_str().to_string();
             match member_records(state.clone(), caller.clone(), name.clone(), member.clone()).await
             {
-                Ok(source) => (source.boxed(), json!({"group": name, "member_id": member})),
+                Ok(source) => (
+                    source.boxed(),
+                    Ack {
+                        group: Some(name),
+                        member_id: Some(member),
+                        ..Ack::default()
+                    },
+                ),
                 Err(error) => {
                     if joined {
                         let _ = state.service.leave(caller, &group, member).await;
@@ -449,12 +463,14 @@ async fn subscribe(
             })
         }
     };
-    ack["type"] = json!("ack");
-    ack["id"] = id.clone().unwrap_or(Value::Null);
-    ack["subscription"] = json!(number);
-    ack["credit"] = json!(credit);
+    let ack = ServerFrame::Ack(Ack {
+        id: id.clone(),
+        subscription: Some(number),
+        credit: Some(credit),
+        ..source_ack
+    });
     Ok((
-        ack.to_string(),
+        frames::text(&ack),
         Subscription {
             number,
             id: id.clone(),
@@ -474,6 +490,8 @@ fn mixed() -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

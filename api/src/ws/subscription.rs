@@ -12,10 +12,11 @@ use std::task::Poll;
 use axum::extract::ws::Message;
 use futures::stream::{BoxStream, StreamExt};
 use futures::SinkExt;
-use serde_json::{json, Value};
+use psubd_wire::{AssignmentFrame, ServerFrame};
+use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::frames::{error_frame, send, stalled, End, Sink, MAX_SUBSCRIPTIONS, SEND_STALL};
+use super::frames::{self, error_frame, send, stalled, End, Sink, MAX_SUBSCRIPTIONS, SEND_STALL};
 use crate::error::ApiError;
 use crate::stream::{Item, StreamRecord};
 
@@ -143,13 +144,12 @@ impl Subscriptions {
                 generation,
                 assignments,
             }) => {
-                let frame = json!({
-                    "type": "assignment",
-                    "subscription": number,
-                    "generation": generation,
-                    "assignments": assignments,
+                let frame = ServerFrame::Assignment(AssignmentFrame {
+                    subscription: number,
+                    generation,
+                    assignments: crate::wire::topic_partitions(&assignments),
                 });
-                send(sink, frame.to_string()).await
+                send(sink, frames::text(&frame)).await
             }
             Some(Item::Error(error)) => {
                 let id = sub.id.clone();
@@ -198,7 +198,9 @@ fn unknown(number: u64) -> ApiError {
     }
 }
 
-/// `{"type":"record","subscription":N,"record":{...}}`.
+/// `{"type":"record","subscription":N,"record":{...}}` (a [`psubd_wire::RecordFrame`]),
+/// written around the already rendered record rather than re-serialised: records are the
+/// hot path of a subscription.
 fn record_frame(number: u64, record: &[u8]) -> String {
     let mut out = Vec::with_capacity(record.len() + 48);
     out.extend_from_slice(b"{\"type\":\"record\",\"subscription\":");

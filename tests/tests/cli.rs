@@ -410,6 +410,29 @@ async fn produce_text_then_consume(psubd: &Psubd, cluster: &Cluster) {
         .await
         .ok("consume from the end to the end");
     assert!(nothing.stdout.is_empty(), "{}", nothing.stdout);
+    // --from @MS: from a time; every record is stamped after 0, none after the newest.
+    let newest = records
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .max()
+        .unwrap_or_default();
+    let since_zero = psubd
+        .run(
+            &["consume", "cli-text", "--from", "@0", "--exit-at-end"],
+            "",
+        )
+        .await
+        .ok("consume from a time");
+    assert_eq!(since_zero.lines().len(), 11, "{}", since_zero.stdout);
+    let later = format!("@{}", newest + 1);
+    let none_later = psubd
+        .run(
+            &["consume", "cli-text", "--from", &later, "--exit-at-end"],
+            "",
+        )
+        .await
+        .ok("consume from after the newest record");
+    assert!(none_later.stdout.is_empty(), "{}", none_later.stdout);
     psubd
         .run(
             &["consume", "cli-text", "--group", "g", "--exit-at-end"],

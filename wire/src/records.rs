@@ -77,6 +77,8 @@ pub enum OffsetSpec {
     Latest,
     /// This offset.
     At(u64),
+    /// The first record stamped at or after this time (ms since the epoch): `@<ms>`.
+    AtTime(i64),
 }
 
 impl fmt::Display for OffsetSpec {
@@ -85,6 +87,7 @@ impl fmt::Display for OffsetSpec {
             OffsetSpec::Earliest => f.write_str("earliest"),
             OffsetSpec::Latest => f.write_str("latest"),
             OffsetSpec::At(n) => write!(f, "{n}"),
+            OffsetSpec::AtTime(ms) => write!(f, "@{ms}"),
         }
     }
 }
@@ -96,10 +99,15 @@ impl FromStr for OffsetSpec {
         match s {
             "earliest" => Ok(OffsetSpec::Earliest),
             "latest" => Ok(OffsetSpec::Latest),
-            n => n
-                .parse()
-                .map(OffsetSpec::At)
-                .map_err(|_| format!("'{s}' is not an offset: use earliest, latest or a number")),
+            n => match n.strip_prefix('@') {
+                Some(ms) => ms.parse().map(OffsetSpec::AtTime),
+                None => n.parse().map(OffsetSpec::At),
+            }
+            .map_err(|_| {
+                format!(
+                    "'{s}' is not an offset: use earliest, latest, a number or @ and a time in ms since the epoch"
+                )
+            }),
         }
     }
 }

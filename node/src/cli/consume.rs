@@ -31,7 +31,8 @@ pub struct ConsumeArgs {
     /// Read only this partition (default: every partition).
     #[arg(long)]
     partition: Option<u32>,
-    /// Where to start: earliest, latest (only new records) or an offset. With --group:
+    /// Where to start: earliest, latest (only new records), an offset, or @ and a time in
+    /// ms since the epoch (the first record stamped at or after it). With --group:
     /// where a partition without a committed offset starts, earliest or latest.
     #[arg(long, default_value = "earliest", value_parser = parse_from)]
     from: OffsetSpec,
@@ -170,7 +171,7 @@ async fn consume_partitions(
         let bounds = ends.get(&partition).copied();
         let nothing_to_read = bounds.is_some_and(|(start, end)| match args.from {
             OffsetSpec::Latest => true,
-            OffsetSpec::Earliest => start >= end,
+            OffsetSpec::Earliest | OffsetSpec::AtTime(_) => start >= end,
             OffsetSpec::At(n) => n >= end,
         });
         if nothing_to_read {
@@ -228,7 +229,7 @@ async fn consume_group(
     let reset = match args.from {
         OffsetSpec::Earliest => AutoOffsetReset::Earliest,
         OffsetSpec::Latest => AutoOffsetReset::Latest,
-        OffsetSpec::At(_) => {
+        OffsetSpec::At(_) | OffsetSpec::AtTime(_) => {
             return Err(UsageError(
                 "--from OFFSET cannot be used with --group: a group starts at its committed \
                  offsets (move them with `psubd group reset`)"

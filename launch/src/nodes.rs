@@ -361,6 +361,23 @@ mod tests {
         NodeSet::new(commands).with_start_markers("test")
     }
 
+    /// Waits (at most 10 s) until `log` holds `count` lines containing `text`: the
+    /// stand-in writes them itself, after its start.
+    async fn logged(log: &Path, text: &str, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = std::fs::read_to_string(log).unwrap_or_default();
+            if written.lines().filter(|l| l.contains(text)).count() >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{text:?} not logged {count} times: {written}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_restarted_node_is_the_same_node() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -371,11 +388,15 @@ mod tests {
             "no second process"
         );
         assert_eq!(nodes.running(), vec![1]);
+        // The stand-in has written its arguments before it is killed.
+        let log_path = nodes.command(1).place.log.clone();
+        logged(&log_path, "args: node --id 1", 1).await;
         let status = nodes.kill(1).await.expect("kill").expect("was running");
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(!nodes.is_running(1));
         nodes.start(1).expect("restart");
         assert_eq!(nodes.starts(1), 2);
+        logged(&log_path, "args: node --id 1", 2).await;
         assert!(nodes.command(1).place.data_dir.is_dir());
         let stopped = nodes.stop_all(Duration::from_secs(5)).await;
         assert_eq!(stopped.len(), 1);

@@ -210,8 +210,8 @@ pub struct KeyRead {
 impl ForwardRequest {
     /// Checks what a peer sent as a client's request would be checked at the edge, so an
     /// authenticated but faulty (or compromised) peer cannot hand this node work beyond
-    /// its limits: an append's records must decode and be as many as it says, within the
-    /// request limits; a fetch's and a key read's bounds within the read limits. The rest
+    /// its limits: an append's records must decode and be as many as it says; a fetch's
+    /// and a key read's bounds within the read limits. The rest
     /// is checked where it is served (the controller checks topic settings and names, the
     /// coordinators their requests, the access model its changes).
     ///
@@ -220,13 +220,8 @@ impl ForwardRequest {
     pub fn check(&self, limits: &Limits) -> Result<(), String> {
         match self {
             ForwardRequest::Append { records, .. } => {
-                if records.count as usize > limits.max_records_per_request {
-                    return Err(format!("{} records in one append", records.count));
-                }
-                // Encoded records carry a few bytes more than their body did.
-                if records.bytes.len() > limits.max_request_bytes.saturating_mul(2) {
-                    return Err(format!("{} bytes in one append", records.bytes.len()));
-                }
+                // Its size is bounded by the transport's frame limit; a stream's chunk may
+                // hold more records than one request, so the count is checked, not capped.
                 let mut decoded = 0u32;
                 for record in RecordIter::run(&records.bytes) {
                     record.map_err(|e| format!("an appended record does not decode: {e}"))?;

@@ -91,14 +91,14 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn_with_state(state.clone(), guard_origin))
-        .layer(middleware::from_fn_with_state(state, observe))
         // Bodies in gzip or zstd both ways. A compressed request is inflated as the handler
         // reads it, so the request size limits bound what it inflates to. Streams (SSE,
         // NDJSON) are never compressed: the compressor would hold events back.
         .layer(RequestDecompressionLayer::new().gzip(true).zstd(true))
-        .layer(middleware::from_fn(refuse_unknown_encoding))
+        // One layer screens every request (a layer costs per request: single-record
+        // publishes showed it).
+        .layer(middleware::from_fn_with_state(state.clone(), screen))
+        .layer(middleware::from_fn_with_state(state, observe))
         .layer(CompressionLayer::new().gzip(true).zstd(true).compress_when(
             DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson")),
         ))
@@ -119,51 +119,60 @@ pub fn router(state: AppState) -> Router {
         )
 }
 
-/// Answers a body in an encoding the node does not inflate with the JSON error every bad
-/// input gets (the decompression layer would answer an empty 415).
-async fn refuse_unknown_encoding(request: Request, next: Next) -> Response {
-    if let Some(encoding) = request.headers().get(axum::http::header::CONTENT_ENCODING) {
-        let known = encoding.to_str().is_ok_and(|encoding| {
-            encoding.split(',').all(|coding| {
-                matches!(
-                    coding.trim().to_ascii_lowercase().as_str(),
-                    "gzip" | "x-gzip" | "zstd" | "identity"
-                )
-            })
-        });
-        if !known {
-            return ApiError::UnsupportedEncoding {
-                encoding: String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
-            }
-            .into_response();
+/// Screens a request before any handler sees it: a body in an encoding the node does not
+/// inflate ([`unknown_encoding`]), a browser request of a foreign web page
+/// ([`foreign_origin`]), then who is calling ([`caller_of`]); the caller goes into the
+/// request for the handler. Every refusal is the JSON error body.
+async fn screen(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let checked = unknown_encoding(&request)
+        .or_else(|| foreign_origin(&state, &request))
+        .map_or_else(|| caller_of(&state, &request), Err);
+    match checked {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
         }
+        Err(error) => error.into_response(),
     }
-    next.run(request).await
 }
 
-/// Refuses what a web page of another origin asks a browser to send here: any request but
-/// GET, HEAD and OPTIONS, and the WebSocket upgrade (a GET, but a two-way channel), when it
+/// A body in an encoding the node does not inflate (the decompression layer would answer
+/// an empty 415).
+fn unknown_encoding(request: &Request) -> Option<ApiError> {
+    let encoding = request
+        .headers()
+        .get(axum::http::header::CONTENT_ENCODING)?;
+    let known = encoding.to_str().is_ok_and(|encoding| {
+        encoding.split(',').all(|coding| {
+            matches!(
+                coding.trim().to_ascii_lowercase().as_str(),
+                "gzip" | "x-gzip" | "zstd" | "identity"
+            )
+        })
+    });
+    (!known).then(|| ApiError::UnsupportedEncoding {
+        encoding: String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
+    })
+}
+
+/// What a web page of another origin asks a browser to send here: any request but GET,
+/// HEAD and OPTIONS, and the WebSocket upgrade (a GET, but a two-way channel), when it
 /// carries an `Origin` not in `--allowed-origins`. Browsers send `Origin` with such
 /// requests; command-line clients and libraries do not, and are not affected. Reads stay
 /// open: without CORS headers a page cannot see their answers.
-async fn guard_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(origin) = request.headers().get(axum::http::header::ORIGIN) {
-        let writes = !matches!(
-            *request.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS
-        );
-        let upgrades = request.uri().path() == ws::PATH;
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|origin| state.allowed_origins.iter().any(|o| o == origin));
-        if (writes || upgrades) && !allowed {
-            return ApiError::OriginNotAllowed {
-                origin: String::from_utf8_lossy(origin.as_bytes()).into_owned(),
-            }
-            .into_response();
-        }
-    }
-    next.run(request).await
+fn foreign_origin(state: &AppState, request: &Request) -> Option<ApiError> {
+    let origin = request.headers().get(axum::http::header::ORIGIN)?;
+    let writes = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let upgrades = request.uri().path() == ws::PATH;
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|origin| state.allowed_origins.iter().any(|o| o == origin));
+    ((writes || upgrades) && !allowed).then(|| ApiError::OriginNotAllowed {
+        origin: String::from_utf8_lossy(origin.as_bytes()).into_owned(),
+    })
 }
 
 /// Paths any client may call without a key: liveness, readiness and metrics are what
@@ -182,11 +191,10 @@ pub const OPEN_PATHS: [&str; 5] = [
 /// request quota (429) before anything is parsed; handlers take the caller as an
 /// extractor. A WebSocket upgrade is authenticated here too, by its `Authorization`
 /// header; its operations then run as that caller.
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+fn caller_of(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
     let path = request.uri().path();
     if OPEN_PATHS.contains(&path) {
-        request.extensions_mut().insert(Caller::default());
-        return next.run(request).await;
+        return Ok(Caller::default());
     }
     let via = if path == ws::PATH {
         service::Via::WebSocket
@@ -197,19 +205,13 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let caller = match state.service.authenticate(header, via, path) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
-    if let Err(error) = state.service.admit_request(&caller) {
-        return error.into_response();
-    }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+    let caller = state.service.authenticate(header, via, path)?;
+    state.service.admit_request(&caller)?;
+    Ok(caller)
 }
 
-/// Handlers take the request's [`Caller`] as an argument; the [`authenticate`] layer put
-/// it there.
+/// Handlers take the request's [`Caller`] as an argument; the [`screen`] layer put it
+/// there.
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 

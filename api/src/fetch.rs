@@ -82,19 +82,18 @@ pub fn read_bounds(
 /// # Errors
 /// 400 for anything else.
 pub fn parse_offset(raw: Option<&str>) -> Result<OffsetSpec, ApiError> {
-    let parsed = match raw {
-        None | Some("earliest") => Some(OffsetSpec::Earliest),
-        Some("latest") => Some(OffsetSpec::Latest),
-        Some(text) => match text.strip_prefix('@') {
-            Some(time) => time.parse().ok().map(OffsetSpec::AtTime),
-            None => text.parse().ok().map(OffsetSpec::At),
-        },
+    // The grammar is the wire type's, which clients format with.
+    let spec: psubd_wire::OffsetSpec = match raw {
+        None => psubd_wire::OffsetSpec::Earliest,
+        Some(text) => text
+            .parse()
+            .map_err(|message| ApiError::InvalidRequest { message })?,
     };
-    parsed.ok_or_else(|| ApiError::InvalidRequest {
-        message: format!(
-            "offset must be a non-negative integer, 'earliest', 'latest' or '@' and a time in ms since the epoch, not '{}'",
-            raw.unwrap_or_default()
-        ),
+    Ok(match spec {
+        psubd_wire::OffsetSpec::Earliest => OffsetSpec::Earliest,
+        psubd_wire::OffsetSpec::Latest => OffsetSpec::Latest,
+        psubd_wire::OffsetSpec::At(n) => OffsetSpec::At(n),
+        psubd_wire::OffsetSpec::AtTime(ms) => OffsetSpec::AtTime(ms),
     })
 }
 

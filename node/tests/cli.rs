@@ -228,6 +228,91 @@ fn a_single_node_serves_becomes_ready_and_stops_cleanly_on_sigterm() {
     );
 }
 
+/// A base port for `psubd dev --nodes nodes` whose HTTP and peer ports were free a moment
+/// ago; `dev` itself refuses taken ports, so a race shows as a clear failure, never as a
+/// foreign cluster.
+fn free_dev_base_port(nodes: u16) -> u16 {
+    loop {
+        let candidate = free_port();
+        if candidate < 60_000
+            && (0..nodes).all(|n| {
+                TcpListener::bind(("127.0.0.1", candidate + n)).is_ok()
+                    && TcpListener::bind(("127.0.0.1", candidate + 1000 + n)).is_ok()
+            })
+        {
+            return candidate;
+        }
+    }
+}
+
+/// The README's promise that `psubd dev --auth` tries API keys locally: the nodes refuse a
+/// request without a key, and take one with the admin key `dev` made and named.
+#[test]
+fn dev_with_auth_makes_an_admin_key_its_nodes_require() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_dev_base_port(1);
+    let mut child = Command::new(PSUBD)
+        .args([
+            "dev",
+            "--nodes",
+            "1",
+            "--auth",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut key_path = None;
+    let mut ready = false;
+    for line in stdout.lines().map_while(Result::ok) {
+        if let Some((_, path)) = line.split_once("the admin key is in ") {
+            key_path = Some(path.trim().to_string());
+        }
+        if line.contains("cluster ready") {
+            ready = true;
+            break;
+        }
+    }
+    let topics = format!("http://127.0.0.1:{base}/v1/topics");
+    let without = curl(&["-o", "/dev/null", "-w", "%{http_code}", &topics]);
+    let key = key_path
+        .as_deref()
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default());
+    let with = key.as_deref().map(|key| {
+        let header = format!("Authorization: Bearer {}", key.trim());
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &header,
+            &topics,
+        ])
+    });
+    let status = terminate(&mut child, Duration::from_secs(20));
+    assert!(ready, "psubd dev --auth printed 'cluster ready'");
+    assert_eq!(
+        key_path.as_deref(),
+        Some(dir.path().join("admin-key").to_str().unwrap()),
+        "dev names the admin key file"
+    );
+    assert_eq!(without.1, "401", "a request without a key is refused");
+    assert_eq!(
+        with.map(|(_, code)| code).as_deref(),
+        Some("200"),
+        "the admin key is taken"
+    );
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)));
+}
+
 /// The README's first command: `psubd dev` starts three nodes, says when they are all
 /// ready, and SIGTERM stops them all with exit status 0.
 #[test]
@@ -235,19 +320,7 @@ fn dev_starts_three_ready_nodes_and_stops_them_on_sigterm() {
     use std::io::{BufRead, BufReader};
 
     let dir = tempfile::tempdir().unwrap();
-    // A base port whose HTTP and peer ports were free a moment ago; `dev` itself refuses
-    // taken ports, so a race shows as a clear failure, never as a foreign cluster.
-    let base = loop {
-        let candidate = free_port();
-        if candidate < 60_000
-            && (0..3).all(|n| {
-                TcpListener::bind(("127.0.0.1", candidate + n)).is_ok()
-                    && TcpListener::bind(("127.0.0.1", candidate + 1000 + n)).is_ok()
-            })
-        {
-            break candidate;
-        }
-    };
+    let base = free_dev_base_port(3);
     let mut child = Command::new(PSUBD)
         .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
         .arg("--data-dir")

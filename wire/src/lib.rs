@@ -5,7 +5,7 @@
 //! - [`topics`]: topic create / alter requests, the topic and its partitions' status.
 //! - [`publish`]: the publish request, per-record delivery reports (200 and 207), `acks=0`.
 //! - [`records`]: a record as every read renders it, the fetch answer, key-view answers,
-//!   and [`records::OffsetSpec`] (`earliest`, `latest` or a number).
+//!   and [`records::OffsetSpec`] (`earliest`, `latest`, a number or `@` and a time).
 //! - [`streams`]: one item of a partition or member stream (record, assignment, error).
 //! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
 //!   describe.

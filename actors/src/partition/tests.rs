@@ -40,6 +40,11 @@ fn entry(index: u64, command: Command) -> Entry<psubd_raft::TypeConfig> {
     }
 }
 
+/// Entry `index` appending `records` as one request.
+fn appended(index: u64, records: EncodedRecords) -> Entry<psubd_raft::TypeConfig> {
+    entry(index, append_command(&join_batch([&records].into_iter())))
+}
+
 /// The offsets of a read, as its iterator yields them.
 fn offsets(fetched: &FetchedRecords) -> Vec<u64> {
     fetched.iter().map(|r| r.unwrap().0).collect()
@@ -126,14 +131,8 @@ async fn offsets_are_found_by_time() {
     // `records(from, ..)` stamps record i with i: offsets 0..5 hold stamps 1..=5, 5..10
     // hold 6..=10.
     sm.apply(vec![
-        entry(
-            1,
-            append_command(&join_batch([&records(1, 5, 4)].into_iter())),
-        ),
-        entry(
-            2,
-            append_command(&join_batch([&records(6, 5, 4)].into_iter())),
-        ),
+        appended(1, records(1, 5, 4)),
+        appended(2, records(6, 5, 4)),
     ])
     .await
     .unwrap();
@@ -155,14 +154,8 @@ async fn a_read_that_misses_a_counted_batch_is_refused_not_skipped() {
     use super::stored::BatchSummary;
     let (_dir, _storage, reader, mut sm) = open_partition();
     sm.apply(vec![
-        entry(
-            1,
-            append_command(&join_batch([&records(0, 3, 4)].into_iter())),
-        ),
-        entry(
-            2,
-            append_command(&join_batch([&records(3, 3, 4)].into_iter())),
-        ),
+        appended(1, records(0, 3, 4)),
+        appended(2, records(3, 3, 4)),
     ])
     .await
     .unwrap();

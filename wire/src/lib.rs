@@ -42,7 +42,7 @@ pub mod ws;
 
 pub use access::{
     Acl, NewKey, NewPrincipal, Operation, PatternType, Permission, Principal, PrincipalQuota,
-    Quota, ResourceType,
+    Quota, ResourceType, MAX_QUOTA_RATE,
 };
 pub use cluster::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
 pub use error::ErrorBody;

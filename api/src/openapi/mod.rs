@@ -47,7 +47,12 @@ pub fn router(state: AppState) -> Router {
 /// The document's JSON, built once per process: it depends only on the code.
 fn spec_json() -> &'static [u8] {
     static SPEC: OnceLock<Vec<u8>> = OnceLock::new();
-    SPEC.get_or_init(|| serde_json::to_vec(&document()).unwrap_or_default())
+    SPEC.get_or_init(|| {
+        serde_json::to_value(document())
+            .map(build::with_content_schemas)
+            .and_then(|document| serde_json::to_vec(&document))
+            .unwrap_or_default()
+    })
 }
 
 async fn spec() -> Response {

@@ -3,8 +3,6 @@
 
 use psubd_wire as w;
 use utoipa::openapi::path::HttpMethod::{Delete, Get, Patch, Post, Put};
-use utoipa::openapi::schema::Schema;
-use utoipa::openapi::RefOr;
 
 use super::build::{any, bytes, example, text, Kind, Op, Spec};
 use super::{DOCS_PATH, SPEC_PATH};
@@ -58,15 +56,19 @@ fn bounds(op: Op) -> Op {
     )
 }
 
-/// A stream's answer: SSE or NDJSON by `Accept`, items of `item`.
-fn stream_answer(op: Op, item: RefOr<Schema>) -> Op {
+/// A stream's answer: SSE or NDJSON by `Accept`, one `StreamItem` per event or line.
+fn stream_answer(op: Op, s: &mut Spec) -> Op {
     op.answer(
         200,
         "The stream: SSE (`Accept: text/event-stream`) or NDJSON \
          (`Accept: application/x-ndjson`), one item per event or line.",
-        Some(("text/event-stream", item.clone())),
+        Some(("text/event-stream", s.sse_event())),
     )
-    .answer(200, "", Some(("application/x-ndjson", item)))
+    .answer(
+        200,
+        "",
+        Some(("application/x-ndjson", s.schema::<w::StreamItem>())),
+    )
 }
 
 /// Cluster.
@@ -258,7 +260,7 @@ fn streams(s: &mut Spec) -> Vec<Op> {
                 "Last-Event-ID",
                 "SSE: resume after this `<partition>-<offset>`.",
             ),
-            s.schema::<w::StreamItem>(),
+            s,
         ),
         stream_answer(
             Op::new(
@@ -268,7 +270,7 @@ fn streams(s: &mut Spec) -> Vec<Op> {
                 "streamMember",
                 "A group member's records as a stream, from the committed offsets.",
             ),
-            s.schema::<w::StreamItem>(),
+            s,
         ),
     ]
 }

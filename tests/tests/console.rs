@@ -224,7 +224,6 @@ async fn a_user_manages_topics_records_and_groups_from_the_console_of_any_node()
             t.parse::<u64>().is_ok()
         })
         .await;
-    browser.screenshot("cluster").await;
 
     // A topic made in the form; the page moves to it and shows its partitions' leaders.
     browser.open(&format!("{ui}#/topics")).await;
@@ -345,4 +344,41 @@ async fn a_user_manages_topics_records_and_groups_from_the_console_of_any_node()
         .wait_text("#group-lag-total", "total lag 0", |t| t == "0")
         .await;
     browser.screenshot("group").await;
+
+    // Back on the cluster page: the new topic and its partitions' leaders counted.
+    browser.open(&format!("{ui}#/cluster")).await;
+    browser
+        .wait_text("#topic-count", "the topic counted", |t| t == "1")
+        .await;
+    eventually(WAIT, "the partitions' leaders counted per node", || async {
+        let cells = browser
+            .client
+            .find_all(Locator::Css("#nodes td.led"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut led = 0;
+        for cell in &cells {
+            let text = cell.text().await.map_err(|e| e.to_string())?;
+            led += text.parse::<u64>().map_err(|e| format!("{text:?}: {e}"))?;
+        }
+        // Each partition node 2's API names a leader for is counted on that leader's row.
+        let info = cluster
+            .node(2)
+            .try_get_json("/v1/cluster")
+            .await
+            .map_err(|e| e.to_string())?;
+        let with_leader = info["partitions"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["leader"].is_u64()).count())
+            as u64;
+        if led == with_leader && led >= 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{led} leaders counted, the API names {with_leader}"
+            ))
+        }
+    })
+    .await;
+    browser.screenshot("cluster").await;
 }

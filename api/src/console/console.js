@@ -225,7 +225,7 @@ function viewCluster() {
     cards.replaceChildren(
       h("div", {class: "card"}, "Nodes alive", h("b", {id: "nodes-alive"}, `${alive} / ${info.nodes.length}`)),
       h("div", {class: "card"}, "Controller leader", h("b", {id: "controller-leader"}, info.controller_leader ?? "none")),
-      h("div", {class: "card"}, "Topics", h("b", {}, topics.size)),
+      h("div", {class: "card"}, "Topics", h("b", {id: "topic-count"}, topics.size)),
       h("div", {class: "card"}, "Partitions (incl. internal)", h("b", {}, info.partitions.length)),
       h("div", {class: "card"}, `Data directory, node ${info.node_id}`, h("b", {}, bytes(gauge("psubd_data_dir_bytes")))),
       h("div", {class: "card"}, `Free disk, node ${info.node_id}`, h("b", {}, bytes(gauge("psubd_storage_free_bytes")))));
@@ -238,8 +238,12 @@ function viewCluster() {
         h("td", {class: n.alive ? "alive" : "dead"}, n.alive ? "alive" : "not answering"),
         num(led(n.id), {class: "led"}),
         num(held(n.id))))));
-    document.getElementById("node-label").textContent = `node ${info.node_id}`;
+    showNode(info.node_id);
   });
+}
+
+function showNode(id) {
+  document.getElementById("node-label").textContent = `served by node ${id}`;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -642,8 +646,8 @@ function publishForm(topic, fixed) {
     try {
       const answer = await api("POST", `/v1/topics/${enc(name)}/records`, {records: [record], encoding});
       const at = answer.offsets[0];
-      result.replaceChildren(`Published to ${name} partition ${at.partition} at offset ${at.offset}. `,
-        fixed ? null : h("a", {href: `#/topics/${enc(name)}/${at.partition}`, id: "publish-view-partition"}, "See the partition"));
+      result.replaceChildren(h("span", {}, `Published to ${name} partition ${at.partition} at offset ${at.offset}. `,
+        fixed ? null : h("a", {href: `#/topics/${enc(name)}/${at.partition}`, id: "publish-view-partition"}, "See the partition")));
       say("Published.");
     } catch (err) { say(err.message, true); }
   });
@@ -662,3 +666,5 @@ function viewPublish(topic) {
 }
 
 route();
+// Which node serves this page, for the header (the cluster view refreshes it).
+api("GET", "/v1/cluster").then((info) => showNode(info.node_id), () => {});

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
+use futures::StreamExt;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -19,6 +20,10 @@ use crate::edge::Edge;
 /// At most this many consumer group series (group, topic, partition) per scrape: a node
 /// coordinating more groups reports the first ones in name order (a scrape stays bounded).
 pub const MAX_GROUP_SERIES: usize = 5_000;
+
+/// Partition statuses a scrape asks for at once (of the partitions its groups read): a
+/// coordinator of many groups does not send a burst of thousands of peer requests.
+const STATUS_CONCURRENCY: usize = 32;
 
 /// The node's metrics.
 pub struct Metrics {
@@ -497,7 +502,8 @@ pub struct GroupPosition {
 /// The committed offsets of the groups this node coordinates, with their partitions' high
 /// watermarks (at most [`MAX_GROUP_SERIES`]). Offsets left from a deleted topic (or one
 /// deleted and created again) are skipped. Each partition's status is asked once, however
-/// many groups read it, all at once, each bounded by the edge's status timeout.
+/// many groups read it, [`STATUS_CONCURRENCY`] at a time, each bounded by the edge's status
+/// timeouts.
 pub async fn group_positions(edge: &Edge) -> Vec<GroupPosition> {
     let broker = edge.broker();
     let metadata = broker.metadata();
@@ -518,12 +524,16 @@ pub async fn group_positions(edge: &Edge) -> Vec<GroupPosition> {
             current
         })
         .collect();
-    let statuses = futures::future::join_all(
-        placements
-            .values()
-            .map(|placement| edge.partition_status(placement)),
-    )
-    .await;
+    // The futures are made first: a stream mapping with a closure over borrowed placements
+    // would not be `Send` for every lifetime, as the handler's future must be.
+    let asks: Vec<_> = placements
+        .values()
+        .map(|placement| edge.partition_status(placement))
+        .collect();
+    let statuses: Vec<_> = futures::stream::iter(asks)
+        .buffered(STATUS_CONCURRENCY)
+        .collect()
+        .await;
     let high_watermarks: BTreeMap<&(String, u32), u64> = placements
         .keys()
         .zip(statuses)

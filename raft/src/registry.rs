@@ -243,9 +243,8 @@ async fn report_fatal(raft: typ::Raft, group: GroupId, health: StorageHealth) {
 
 /// Counts the group's leader changes: each time its metrics show a known leader other than
 /// the last one seen (the first since the group opened, another node, or the same node
-/// elected again in a new term). Ends when the
-/// group shuts down. A watch hands over the newest metrics only, so two changes closer
-/// together than this task runs count as one.
+/// elected again in a new term). Ends when the group shuts down. A watch hands over the
+/// newest metrics only, so two changes closer together than this task runs count as one.
 async fn count_leader_changes(raft: typ::Raft, stats: Arc<GroupStats>) {
     let mut metrics = raft.metrics();
     let mut last: Option<(NodeId, u64)> = None;

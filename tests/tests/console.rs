@@ -382,3 +382,64 @@ async fn a_user_manages_topics_records_and_groups_from_the_console_of_any_node()
     .await;
     browser.screenshot("cluster").await;
 }
+
+/// docs/operations.md § The web console: under `--auth` the page loads without a key, asks
+/// for one, keeps it in the tab's session storage and sends it with every call, writes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_auth_the_console_asks_for_a_key_and_sends_it() {
+    let browser = Browser::start().await;
+    let dir = tempfile::tempdir().expect("a key directory");
+    let admin_key = "admin.the-console-test-admin-secret-0123456789";
+    let key_file = dir.path().join("admin-key");
+    std::fs::write(&key_file, format!("{admin_key}\n")).expect("the admin key file");
+    let key_path = key_file.display().to_string();
+    let cluster = Cluster::start_with_env(
+        1,
+        &[("PSUBD_AUTH", "true"), ("PSUBD_ADMIN_KEY_FILE", &key_path)],
+    )
+    .await;
+    let ui = format!("{}/ui", cluster.http(1));
+
+    browser.open(&format!("{ui}#/topics")).await;
+    eventually(WAIT, "the key form shown", || async {
+        let form = browser
+            .client
+            .find(Locator::Css("#key-form"))
+            .await
+            .map_err(|e| e.to_string())?;
+        match form.is_displayed().await {
+            Ok(true) => Ok(()),
+            other => Err(format!("displayed: {other:?}")),
+        }
+    })
+    .await;
+    browser.fill("#key-input", admin_key).await;
+    browser.click("#key-form button[type='submit']").await;
+    browser
+        .wait_text("#view", "the topics listed with the key", |t| {
+            t.contains("No topics yet.")
+        })
+        .await;
+    let kept = browser
+        .client
+        .execute("return sessionStorage.getItem('psubd.apiKey');", vec![])
+        .await
+        .expect("session storage read");
+    assert_eq!(kept, json!(admin_key), "the key is kept for the tab");
+
+    browser.fill("#topic-name", "guarded").await;
+    browser.click("#create-topic").await;
+    browser
+        .wait_text("#topic-settings", "the created topic shown", |t| {
+            !t.is_empty()
+        })
+        .await;
+    let resp = cluster
+        .client()
+        .get(format!("{}/v1/topics/guarded", cluster.http(1)))
+        .bearer_auth(admin_key)
+        .send()
+        .await
+        .expect("the topic read");
+    assert_eq!(resp.status(), 200, "the console's write carried the key");
+}

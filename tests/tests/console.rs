@@ -117,6 +117,14 @@ impl Browser {
         }
     }
 
+    /// Ends the session: chromium exits and removes its temporary files (killing it, as a
+    /// drop after a failure does, leaves them behind).
+    async fn close(self) {
+        if let Err(e) = self.client.clone().close().await {
+            eprintln!("closing the browser session: {e}");
+        }
+    }
+
     /// The text of the first element matching `css`, once there.
     async fn text(&self, css: &str) -> Result<String, String> {
         let element = self
@@ -381,6 +389,7 @@ async fn a_user_manages_topics_records_and_groups_from_the_console_of_any_node()
     })
     .await;
     browser.screenshot("cluster").await;
+    browser.close().await;
 }
 
 /// docs/operations.md § The web console: under `--auth` the page loads without a key, asks
@@ -442,4 +451,5 @@ async fn under_auth_the_console_asks_for_a_key_and_sends_it() {
         .await
         .expect("the topic read");
     assert_eq!(resp.status(), 200, "the console's write carried the key");
+    browser.close().await;
 }

@@ -6,6 +6,7 @@ use utoipa::openapi::path::HttpMethod::{Delete, Get, Patch, Post, Put};
 
 use super::build::{any, bytes, example, text, Kind, Op, Spec};
 use super::{DOCS_PATH, SPEC_PATH};
+use crate::console;
 
 /// Every operation of the API.
 /// Every operation, resource by resource.
@@ -590,6 +591,33 @@ fn reference() -> Vec<Op> {
             "A browsable reference rendered from this document.",
         )
         .answer(200, "An HTML page.", Some(("text/html", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::PAGE_PATH,
+            "reference",
+            "console",
+            "The web console: cluster, topics, records, groups and publishing, through this API from the browser.",
+        )
+        .answer(200, "An HTML page.", Some(("text/html", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::SCRIPT_PATH,
+            "reference",
+            "console_script",
+            "The web console's script.",
+        )
+        .answer(200, "JavaScript.", Some(("text/javascript", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::STYLE_PATH,
+            "reference",
+            "console_style",
+            "The web console's stylesheet.",
+        )
+        .answer(200, "CSS.", Some(("text/css", text())))
         .builder_security_open(),
     ]
 }

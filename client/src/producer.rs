@@ -107,10 +107,12 @@ struct Pending {
 /// Sends records in batches. Cheap to clone: clones share the queue and the task.
 ///
 /// One background task per producer takes records from a bounded queue, gathers up to
-/// `max_batch_records` of them for at most `linger`, and sends one request per topic,
-/// one request at a time, so records of a partition are stored in the order they were
-/// sent. Records the server reports as not written are sent again (bounded); nothing
-/// whose outcome is unknown is ever sent twice. A request refused because of one record
+/// `max_batch_records` of them for at most `linger`, and sends the batch as one request
+/// per topic and partition leader (learned from `GET /v1/cluster`, else the seeds), the
+/// requests to different leaders concurrently. With `max_in_flight` 1 (the default) one
+/// batch is sent at a time, so records of a partition are stored in the order they were
+/// sent. Records certainly not written are routed afresh and sent again (bounded);
+/// nothing whose outcome is unknown is ever sent twice. A request refused because of one record
 /// (too large, an unknown partition…) writes nothing, so it is split until that record
 /// fails alone and the others are stored.
 ///

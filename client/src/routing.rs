@@ -271,7 +271,7 @@ mod tests {
         let router = router_with(&info);
         let key = "alice";
         let key_partition = partition_of_key(key.as_bytes(), 3);
-        let mut records = vec![
+        let mut records = [
             NewRecord::new(1).key(key),
             NewRecord::new(2).partition(0),
             NewRecord::new(3).partition(2),
@@ -291,16 +291,16 @@ mod tests {
         // Unkeyed records of one batch share a partition; the next batch takes the next.
         assert_eq!(records[3].partition, Some(0));
         assert_eq!(records[4].partition, Some(0));
-        let mut next = vec![NewRecord::new(6)];
+        let mut next = [NewRecord::new(6)];
         assert_eq!(router.route("t", next.iter_mut()), vec![url(2)]);
         assert_eq!(next[0].partition, Some(1));
 
         // A node a send could not reach is passed over for a while.
         router.unreachable(&format!("http://127.0.0.1:{}", 8002));
-        let mut after = vec![NewRecord::new(8).partition(1)];
+        let mut after = [NewRecord::new(8).partition(1)];
         assert_eq!(router.route("t", after.iter_mut()), vec![None]);
 
-        let mut gap = vec![NewRecord::new(7)];
+        let mut gap = [NewRecord::new(7)];
         assert_eq!(router.route("gap", gap.iter_mut()), vec![None]);
         assert_eq!(
             gap[0].partition, None,

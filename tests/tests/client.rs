@@ -564,7 +564,7 @@ async fn partition_and_member_streams_through_the_client() {
     let cluster = Cluster::start(1).await;
     let client = client_for(&cluster);
     cluster.node(1).create_topic("streamed", 1, 1).await;
-    let values: Vec<NewRecord> = (0..5).map(|i| NewRecord::new(i)).collect();
+    let values: Vec<NewRecord> = (0..5).map(NewRecord::new).collect();
     client.publish("streamed", values).await.expect("publish");
 
     // NDJSON from the start, then a record published while the stream is open.

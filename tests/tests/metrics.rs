@@ -5,6 +5,7 @@
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
+use psubd_tests::metrics::{metric_value as value, try_scrape};
 use psubd_tests::{eventually, Cluster, NewRecord, NodeClient};
 use serde_json::json;
 use std::time::Duration;
@@ -14,23 +15,7 @@ const GROUP: &str = "watchers";
 
 /// The node's metrics text.
 async fn scrape(node: &NodeClient) -> String {
-    let resp = node.http().get(node.url("/metrics")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.text().await.unwrap()
-}
-
-/// The value of the first series of `name` whose labels include every one of `labels`.
-fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.split(['{', ' '])
-                .next()
-                .is_some_and(|series| series == name)
-        })
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|number| number.parse().ok())
+    try_scrape(node).await.expect("metrics")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,8 @@
 //! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
 //!   describe.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
+//! - [`partitioning`]: the stable hash mapping a record key to its partition, shared by
+//!   the server and clients that route records to partition leaders.
 //! - [`access`]: principals, API keys, ACLs and quotas (the admin's routes).
 //! - [`error`]: the error body every 4xx and 5xx answer carries.
 //! - [`ws`]: the frames the WebSocket API sends.
@@ -32,6 +34,7 @@ pub mod access;
 pub mod cluster;
 pub mod error;
 pub mod groups;
+pub mod partitioning;
 pub mod publish;
 pub mod records;
 #[cfg(feature = "openapi")]

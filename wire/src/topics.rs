@@ -124,4 +124,7 @@ pub struct PartitionStatus {
     pub high_watermark: Option<u64>,
     /// Bytes of record data the answering replica stores.
     pub stored_bytes: Option<u64>,
+    /// Delayed records waiting in the partition's delay queue on the answering replica
+    /// (not yet readable, see `deliver_at_ms`).
+    pub delayed_records: Option<u64>,
 }

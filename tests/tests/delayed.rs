@@ -168,6 +168,38 @@ async fn assert_once_everywhere(c: &Cluster, names: &[&str]) {
     }
 }
 
+/// Runs `psubd produce TOPIC --delay-ms MS -v` against `node` with one text line `name`;
+/// returns the due time its report gives.
+async fn produce_delayed(node: &NodeClient, name: &str, delay_ms: u64) -> i64 {
+    let mut child = tokio::process::Command::new(psubd_tests::cluster::psubd_bin())
+        .args(["produce", TOPIC, "--delay-ms", &delay_ms.to_string(), "-v"])
+        .args(["--url", node.base()])
+        .env_remove("PSUBD_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the psubd binary starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{name}\n").as_bytes())
+        .await
+        .expect("stdin takes the line");
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("psubd produce ends in time")
+        .expect("its output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "psubd produce: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    due_of(&report)
+}
+
 /// A consumer group member's fetch (the heartbeat), passing the position token so the
 /// next fetch goes on after what this one delivered.
 struct Member {
@@ -233,8 +265,8 @@ async fn delayed_records_are_hidden_until_due_then_appear_once() {
         &node,
         &json!({"records": [
             {"value": {"n": "now"}},
-            {"value": {"n": "in-2s"}, "delay_ms": 2_000},
-            {"value": {"n": "at-2.5s"}, "deliver_at_ms": sent + 2_500},
+            {"value": {"n": "in-3s"}, "delay_ms": 3_000},
+            {"value": {"n": "at-3.5s"}, "deliver_at_ms": sent + 3_500},
             {"value": {"n": "past"}, "deliver_at_ms": sent - 60_000},
         ]}),
     )
@@ -245,19 +277,19 @@ async fn delayed_records_are_hidden_until_due_then_appear_once() {
         json!(1),
         "a past due time is an ordinary publish"
     );
-    let in_2s = due_of(&reports[1]);
+    let in_3s = due_of(&reports[1]);
     assert!(
-        (sent + 2_000..=now_ms() + 2_000).contains(&in_2s),
+        (sent + 3_000..=now_ms() + 3_000).contains(&in_3s),
         "delay_ms from the node's clock"
     );
-    assert_eq!(due_of(&reports[2]), sent + 2_500);
+    assert_eq!(due_of(&reports[2]), sent + 3_500);
 
     // The raw body: the due time in a header, and in the answer's headers.
     let raw = node
         .http()
         .post(node.url(&format!("/v1/topics/{TOPIC}/records")))
         .header("content-type", "text/plain")
-        .header("delay-ms", "1500")
+        .header("delay-ms", "3000")
         .body("raw")
         .send()
         .await
@@ -272,12 +304,15 @@ async fn delayed_records_are_hidden_until_due_then_appear_once() {
     let raw_reports: Value = raw.json().await.expect("raw answer");
     assert_eq!(due_of(&raw_reports["offsets"][0]), raw_due);
 
+    // The command line: `psubd produce --delay-ms`, its report the delayed one.
+    let cli_due = produce_delayed(&node, "cli", 3_000).await;
+
     // Waiting: counted per partition, not readable through fetch nor by the member.
-    eventually(Duration::from_secs(5), "3 delayed records counted", || {
+    eventually(Duration::from_secs(5), "4 delayed records counted", || {
         let node = node.clone();
         async move {
             match waiting(&node).await? {
-                3 => Ok(()),
+                4 => Ok(()),
                 n => Err(format!("{n} counted")),
             }
         }
@@ -339,15 +374,16 @@ async fn delayed_records_are_hidden_until_due_then_appear_once() {
 
     // Released within a second of their due times, in due order, stamped with them.
     let due: BTreeMap<String, i64> = [
-        ("in-2s".to_string(), in_2s),
-        ("at-2.5s".to_string(), sent + 2_500),
+        ("in-3s".to_string(), in_3s),
+        ("at-3.5s".to_string(), sent + 3_500),
         ("raw".to_string(), raw_due),
+        ("cli".to_string(), cli_due),
     ]
     .into();
     let nodes: Vec<NodeClient> = c.ids().into_iter().map(|id| c.node(id)).collect();
     await_release(&nodes, &due).await;
     let records = node.fetch_all(TOPIC, 0).await;
-    assert_eq!(records.len(), 5, "nothing else was written: {records:?}");
+    assert_eq!(records.len(), 6, "nothing else was written: {records:?}");
     let mut by_due: Vec<(&String, &i64)> = due.iter().collect();
     by_due.sort_by_key(|(name, at)| (**at, (*name).clone()));
     let released: Vec<&str> = records[2..].iter().map(|r| name_of(&r.value)).collect();
@@ -364,7 +400,7 @@ async fn delayed_records_are_hidden_until_due_then_appear_once() {
 
     // The member is given each released record once, after what it already read.
     let mut given = Vec::new();
-    while given.len() < 3 {
+    while given.len() < 4 {
         let batch = member.fetch(2_000).await;
         assert!(!batch.is_empty(), "the member was given {given:?} only");
         given.extend(batch);
@@ -373,7 +409,7 @@ async fn delayed_records_are_hidden_until_due_then_appear_once() {
         given, expected,
         "the member reads the released records once, in order"
     );
-    assert_once_everywhere(&c, &["now", "past", "in-2s", "at-2.5s", "raw"]).await;
+    assert_once_everywhere(&c, &["now", "past", "in-3s", "at-3.5s", "raw", "cli"]).await;
 }
 
 // DESIGN § Failure contract: an acknowledged publish survives the kill of a leader and a

@@ -511,7 +511,7 @@ impl Actor for PartitionActor {
             PartitionMsg::ReleaseTimer(event) => {
                 match event {
                     TimerEvent::DelayDone => {}
-                    TimerEvent::WakeUp => state.release.fired(),
+                    TimerEvent::WakeUp(due_ms) => state.release.fired(due_ms),
                     TimerEvent::ReleaseDone => state.release.done(),
                 }
                 state

@@ -36,9 +36,9 @@ const GROUP: &str = "partition";
 pub enum TimerEvent {
     /// A delay proposed here finished: check (its records may be due earliest).
     DelayDone,
-    /// A wake-up fired: [`ReleaseTimer::fired`], then check.
-    WakeUp,
-    /// The release in flight finished: [`ReleaseTimer::done`], then check.
+    /// The wake-up set for this due time fired: the timer forgets it, then checks.
+    WakeUp(i64),
+    /// The release in flight finished (committed or not): the timer checks again.
     ReleaseDone,
 }
 
@@ -54,6 +54,15 @@ pub(super) struct TimerLimits {
     pub quorum_stale_after: Duration,
 }
 
+impl Drop for ReleaseTimer {
+    /// The actor stopped: its pending wake-up has no one to tell.
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.armed.take() {
+            task.abort();
+        }
+    }
+}
+
 /// See the module docs.
 pub(super) struct ReleaseTimer {
     group: GroupId,
@@ -61,9 +70,9 @@ pub(super) struct ReleaseTimer {
     notify: Notify,
     /// A release proposed and not yet answered.
     in_flight: bool,
-    /// The due time the pending wake-up was set for, if one is pending. Invariant: a new
-    /// wake-up is only set for an earlier time, so at most a few are ever pending.
-    armed_for: Option<i64>,
+    /// The due time the pending wake-up was set for, and its task, if one is pending.
+    /// Invariant: at most one is; a wake-up for an earlier time replaces it.
+    armed: Option<(i64, tokio::task::JoinHandle<()>)>,
 }
 
 impl ReleaseTimer {
@@ -74,7 +83,7 @@ impl ReleaseTimer {
             limits,
             notify,
             in_flight: false,
-            armed_for: None,
+            armed: None,
         }
     }
 
@@ -162,21 +171,34 @@ impl ReleaseTimer {
 
     /// Sets a wake-up at `due_ms` unless one is set for that time or earlier.
     fn wake_at(&mut self, due_ms: i64, now_ms: i64) {
-        if self.armed_for.is_some_and(|armed| armed <= due_ms) {
+        if self
+            .armed
+            .as_ref()
+            .is_some_and(|(armed, _)| *armed <= due_ms)
+        {
             return;
         }
-        self.armed_for = Some(due_ms);
         let wait = Duration::from_millis(due_ms.saturating_sub(now_ms) as u64);
         let notify = self.notify.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            notify(TimerEvent::WakeUp);
+            notify(TimerEvent::WakeUp(due_ms));
         });
+        if let Some((_, replaced)) = self.armed.replace((due_ms, task)) {
+            replaced.abort();
+        }
     }
 
-    /// The wake-up fired: the next check may set another.
-    pub(super) fn fired(&mut self) {
-        self.armed_for = None;
+    /// The wake-up set for `due_ms` fired: the next check may set another. (One that was
+    /// replaced may still report, having fired just before; it changes nothing.)
+    pub(super) fn fired(&mut self, due_ms: i64) {
+        if self
+            .armed
+            .as_ref()
+            .is_some_and(|(armed, _)| *armed == due_ms)
+        {
+            self.armed = None;
+        }
     }
 
     /// The release in flight finished (committed or not).

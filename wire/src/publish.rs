@@ -183,6 +183,17 @@ pub enum RecordReport {
     Failed(FailedRecord),
 }
 
+impl RecordReport {
+    /// The report of a record stored at an offset; any other report (delayed: no offset
+    /// yet; failed) as it is.
+    pub fn into_result(self) -> Result<DeliveryReport, RecordReport> {
+        match self {
+            RecordReport::Delivered(d) => Ok(d),
+            other => Err(other),
+        }
+    }
+}
+
 /// The 200 and 207 answer of a batch publish: one report per record, in request order.
 /// A 200 holds only [`RecordReport::Delivered`] and [`RecordReport::Delayed`]; a 207 a
 /// mix.

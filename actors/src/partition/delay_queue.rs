@@ -168,6 +168,9 @@ pub(super) struct Released {
     pub stored: Bytes,
 }
 
+/// A key and value of the state tree, as a snapshot plan pins it.
+pub(super) type Pair = (Vec<u8>, Vec<u8>);
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(super) struct DelayQueue {
@@ -307,7 +310,7 @@ impl DelayQueue {
     }
 
     /// Every queued record's pair, as a snapshot pins them.
-    pub(super) fn snapshot_pairs(state: &Tree) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageIoError> {
+    pub(super) fn snapshot_pairs(state: &Tree) -> Result<Vec<Pair>, StorageIoError> {
         state
             .range(&[QUEUE_PREFIX], Some(&QUEUE_END))
             .map(|item| item.map(|(key, value)| (key.to_vec(), value.to_vec())))

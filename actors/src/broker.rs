@@ -19,7 +19,8 @@ use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
 use crate::partition::{
-    Appended, BatchLimits, PartitionHandle, PartitionMsg, DEFAULT_MAINTENANCE_INTERVAL,
+    Appended, BatchLimits, DelayedRecords, PartitionHandle, PartitionMsg,
+    DEFAULT_MAINTENANCE_INTERVAL,
 };
 use crate::proposal::{check_leader, leader_of, leader_status};
 use crate::record::EncodedRecords;
@@ -242,6 +243,32 @@ impl Broker {
         group: GroupId,
         records: EncodedRecords,
     ) -> Result<Appended, PartitionError> {
+        self.call_partition(group, |reply| PartitionMsg::Append { records, reply })
+            .await
+    }
+
+    /// Queues one request's delayed records on this node's replica, which must lead
+    /// (docs/architecture.md § Delayed records).
+    ///
+    /// # Errors
+    /// As [`Broker::append_local`]; `DelayQueueFull` when the partition's delay queue
+    /// has no room (nothing was queued).
+    pub async fn delay_local(
+        &self,
+        group: GroupId,
+        records: DelayedRecords,
+    ) -> Result<(), PartitionError> {
+        self.call_partition(group, |reply| PartitionMsg::Delay { records, reply })
+            .await
+    }
+
+    /// Asks this node's replica of `group` a write, within its admission bound and the
+    /// write timeout.
+    async fn call_partition<T: Send + 'static>(
+        &self,
+        group: GroupId,
+        message: impl FnOnce(ractor::RpcReplyPort<Result<T, PartitionError>>) -> PartitionMsg,
+    ) -> Result<T, PartitionError> {
         let handle = self.partition(group).ok_or(PartitionError::NoReplica)?;
         let wait = self.inner.limits.write_timeout;
         let _permit = tokio::time::timeout(wait, handle.admission.acquire())
@@ -252,10 +279,7 @@ impl Broker {
             .map_err(|_| PartitionError::Unavailable {
                 reason: "partition closing".into(),
             })?;
-        let call = handle.actor.call(
-            |reply| PartitionMsg::Append { records, reply },
-            Some(wait + ACTOR_CALL_GRACE),
-        );
+        let call = handle.actor.call(message, Some(wait + ACTOR_CALL_GRACE));
         match call.await {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
             // The message was delivered: the write may be in flight.

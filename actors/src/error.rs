@@ -46,6 +46,18 @@ pub enum PartitionError {
         /// What happened.
         reason: String,
     },
+    /// The partition's delay queue holds its maximum of records or bytes: the delayed
+    /// records were not queued. It drains as records fall due.
+    #[error(
+        "the partition's delay queue is full (at most {max_records} records and {max_bytes} \
+         bytes wait per partition); nothing was queued"
+    )]
+    DelayQueueFull {
+        /// The queue's bound on records.
+        max_records: u64,
+        /// The queue's bound on bytes.
+        max_bytes: u64,
+    },
 }
 
 /// Why a controller (metadata) operation failed.

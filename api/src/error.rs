@@ -487,7 +487,8 @@ impl From<PartitionError> for ApiError {
                 reason: "the partition leader cannot reach a quorum".into(),
             },
             PartitionError::Unavailable { reason } => ApiError::Unavailable { reason },
-            error @ PartitionError::InsufficientStorage { .. } => ApiError::InsufficientStorage {
+            error @ (PartitionError::InsufficientStorage { .. }
+            | PartitionError::DelayQueueFull { .. }) => ApiError::InsufficientStorage {
                 reason: error.to_string(),
             },
             PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason },

@@ -12,7 +12,7 @@ use psubd_actors::controller::{NodeInfo, TopicUpdate};
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
 use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
-use psubd_actors::partition::{Appended, FetchedRecords};
+use psubd_actors::partition::{Appended, DelayedRecords, FetchedRecords};
 use psubd_actors::record::{EncodedRecords, RecordIter};
 use psubd_actors::topic::{TopicConfig, TopicMeta};
 use psubd_actors::{ControllerError, GroupError, PartitionError};
@@ -125,6 +125,14 @@ pub enum ForwardRequest {
     /// Change the access model (the serving node must lead the controller). Checked
     /// (admin, valid names) by the edge that took the request.
     Access(AccessChange),
+    /// Queue one request's delayed records in a partition's delay queue (the serving node
+    /// must lead it).
+    Delay {
+        /// The partition's group.
+        group: GroupId,
+        /// The records and their due times.
+        records: DelayedRecords,
+    },
 }
 
 /// A replica's status.
@@ -138,6 +146,8 @@ pub struct ReplicaStatus {
     pub high_watermark: u64,
     /// Stored size of the retained record batches on this replica, bytes.
     pub stored_bytes: u64,
+    /// Delayed records waiting in the delay queue on this replica.
+    pub delayed_records: u64,
 }
 
 /// The answer to a [`ForwardRequest`].
@@ -188,6 +198,8 @@ pub enum ForwardResponse {
     Leader(Option<NodeId>),
     /// The answer to [`ForwardRequest::Access`]: applied, or refused by the model.
     Access(Result<(), AccessRefusal>),
+    /// The answer to [`ForwardRequest::Delay`]: queued.
+    Delayed,
 }
 
 /// A key read as sent to a replica.
@@ -235,6 +247,8 @@ impl ForwardRequest {
                 }
                 Ok(())
             }
+            // Checked as an append's records are, and one due time per record.
+            ForwardRequest::Delay { records, .. } => records.check(),
             ForwardRequest::Fetch {
                 max_records,
                 max_bytes,

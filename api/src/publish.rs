@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 use psubd_actors::record::ValueKind;
-use psubd_wire::{Accepted, DeliveryReport, FailedRecord, RecordReport};
+use psubd_wire::{Accepted, DelayedReport, DeliveryReport, FailedRecord, RecordReport};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
@@ -30,7 +30,9 @@ use tracing::instrument;
 use crate::error::ApiError;
 use crate::json::{self, media_type, Query};
 use crate::limits::Limits;
-use crate::service::publish::{total_failure, Acks, Delivered, NewRecord, PublishBatch, Published};
+use crate::service::publish::{
+    total_failure, Acks, Delivered, NewRecord, Placement, PublishBatch, Published,
+};
 use crate::service::Caller;
 use crate::state::AppState;
 
@@ -91,6 +93,10 @@ pub(crate) struct PublishRecord<'a> {
     partition: Option<i64>,
     #[serde(default)]
     timestamp_ms: Option<i64>,
+    #[serde(default)]
+    deliver_at_ms: Option<i64>,
+    #[serde(default)]
+    delay_ms: Option<i64>,
 }
 
 fn decode_base64(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {
@@ -152,7 +158,31 @@ fn to_record(encoding: Encoding, raw: PublishRecord<'_>) -> Result<NewRecord<'_>
         key,
         value,
         headers: raw.headers.unwrap_or_default().into_iter().collect(),
+        deliver_at_ms: raw.deliver_at_ms,
+        delay_ms: raw.delay_ms,
     })
+}
+
+/// A raw publish's due time headers (`Deliver-At-Ms`, `Delay-Ms`), as integers.
+///
+/// # Errors
+/// 400 for a value that is not an integer.
+fn due_headers(headers: &HeaderMap) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let parse = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|text| text.trim().parse::<i64>().ok())
+                    .ok_or_else(|| ApiError::InvalidRequest {
+                        message: format!("the {name} header must be an integer (ms)"),
+                    })
+            })
+            .transpose()
+    };
+    Ok((parse("deliver-at-ms")?, parse("delay-ms")?))
 }
 
 fn cow_bytes(text: Cow<'_, str>) -> Cow<'_, [u8]> {
@@ -190,9 +220,15 @@ async fn read_body(limits: &Limits, body: Body) -> Result<Bytes, ApiError> {
 /// One record's report: its offset, or its error body with the partition it was meant for.
 pub(crate) fn report(d: &Delivered) -> RecordReport {
     match &d.result {
-        Ok(offset) => RecordReport::Delivered(DeliveryReport {
+        Ok(Placement::Offset(offset)) => RecordReport::Delivered(DeliveryReport {
             partition: d.partition,
             offset: *offset,
+            timestamp_ms: d.timestamp_ms,
+        }),
+        Ok(Placement::Delayed { deliver_at_ms }) => RecordReport::Delayed(DelayedReport {
+            partition: d.partition,
+            delayed: true,
+            deliver_at_ms: *deliver_at_ms,
             timestamp_ms: d.timestamp_ms,
         }),
         Err(error) => RecordReport::Failed(FailedRecord {
@@ -237,21 +273,28 @@ fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {
     if raw_mode {
         if let Some(Delivered {
             partition,
-            result: Ok(offset),
+            result: Ok(placement),
             ..
         }) = reports.first()
         {
             let headers = response.headers_mut();
             headers.insert("x-partition", HeaderValue::from(*partition));
-            headers.insert("x-offset", HeaderValue::from(*offset));
+            match placement {
+                Placement::Offset(offset) => {
+                    headers.insert("x-offset", HeaderValue::from(*offset));
+                }
+                Placement::Delayed { deliver_at_ms } => {
+                    headers.insert("x-deliver-at-ms", HeaderValue::from(*deliver_at_ms));
+                }
+            }
         }
     }
     response
 }
 
 /// `{"offsets":[...]}` (a [`psubd_wire::PublishResponse`]), written straight into the
-/// body: delivered records are the hot path, so they skip serde; failed ones are
-/// serialised from their [`RecordReport`].
+/// body: delivered records are the hot path, so they skip serde; delayed and failed ones
+/// are serialised from their [`RecordReport`].
 fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + reports.len() * 64);
     out.extend_from_slice(b"{\"offsets\":[");
@@ -261,12 +304,14 @@ fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
         }
         // Writing into a Vec cannot fail.
         let _ = match &d.result {
-            Ok(offset) => write!(
+            Ok(Placement::Offset(offset)) => write!(
                 out,
                 "{{\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
                 d.partition, d.timestamp_ms
             ),
-            Err(_) => serde_json::to_writer(&mut out, &report(d)).map_err(std::io::Error::other),
+            Ok(Placement::Delayed { .. }) | Err(_) => {
+                serde_json::to_writer(&mut out, &report(d)).map_err(std::io::Error::other)
+            }
         };
     }
     out.extend_from_slice(b"]}");
@@ -326,6 +371,7 @@ async fn publish(
         } else {
             ValueKind::Binary
         };
+        let (deliver_at_ms, delay_ms) = due_headers(&headers)?;
         batch.push(NewRecord {
             partition,
             timestamp_ms: None,
@@ -333,6 +379,8 @@ async fn publish(
             key: key.map(Cow::Borrowed),
             value: Some(Cow::Borrowed(&body[..])),
             headers: Vec::new(),
+            deliver_at_ms,
+            delay_ms,
         })?;
     } else {
         let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson {
@@ -488,8 +536,15 @@ mod tests {
         let reports = vec![
             Delivered {
                 partition: 2,
-                result: Ok(41),
+                result: Ok(Placement::Offset(41)),
                 timestamp_ms: 1_700_000_000_123,
+            },
+            Delivered {
+                partition: 1,
+                result: Ok(Placement::Delayed {
+                    deliver_at_ms: 1_700_000_001_000,
+                }),
+                timestamp_ms: 1_700_000_001_000,
             },
             Delivered {
                 partition: 0,

@@ -31,6 +31,12 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                 Err(error) => ForwardResponse::Partition(error),
             }
         }
+        ForwardRequest::Delay { group, records } => {
+            match broker.delay_local(group, records).await {
+                Ok(()) => ForwardResponse::Delayed,
+                Err(error) => ForwardResponse::Partition(error),
+            }
+        }
         ForwardRequest::Fetch {
             group,
             offset,
@@ -46,6 +52,7 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                     log_start: bounds.log_start,
                     high_watermark: bounds.next_offset,
                     stored_bytes: handle.reader.stored_bytes(),
+                    delayed_records: handle.reader.delays().records,
                 })
             }
             None => ForwardResponse::Partition(PartitionError::NoReplica),

@@ -230,6 +230,7 @@ async fn partitions(
             log_start_offset: status.map(|s| s.log_start),
             high_watermark: status.map(|s| s.high_watermark),
             stored_bytes: status.map(|s| s.stored_bytes),
+            delayed_records: status.map(|s| s.delayed_records),
         })
         .collect();
     Ok(Json(rows))

@@ -48,11 +48,13 @@ pub use consumer::{Consumer, ConsumerConfig};
 pub use error::Error;
 pub use group::{GroupConfig, GroupConsumer};
 pub use keys::Keys;
-pub use producer::{Delivery, DeliveryResult, Producer, ProducerConfig};
+pub use producer::{
+    Delivery, DeliveryResult, Producer, ProducerConfig, Stored, StoredDelivery, StoredResult,
+};
 pub use psubd_wire as wire;
 pub use psubd_wire::{
-    AutoOffsetReset, CleanupPolicy, DeliveryReport, NewRecord, OffsetSpec, Record, ResetOffset,
-    Topic, TopicSpec, TopicUpdate,
+    AutoOffsetReset, CleanupPolicy, DelayedReport, DeliveryReport, NewRecord, OffsetSpec, Record,
+    ResetOffset, Topic, TopicSpec, TopicUpdate,
 };
 pub use streams::{ItemStream, StreamFormat, StreamOptions};
 pub use tls::TlsSettings;

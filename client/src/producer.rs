@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use psubd_wire::{DeliveryReport, NewRecord, PublishRequest, RecordReport};
+use psubd_wire::{DelayedReport, DeliveryReport, NewRecord, PublishRequest, RecordReport};
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -66,6 +67,21 @@ impl Default for ProducerConfig {
 /// The outcome of one record: where it was stored, or why not.
 pub type DeliveryResult = Result<DeliveryReport, Error>;
 
+/// Where a record sent with [`Producer::send_delayed`] was stored: at an offset, or (a
+/// record with a due time still ahead) in its partition's delay queue, where it gets an
+/// offset when released. Serialises as the API's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Stored {
+    /// In the log.
+    Offset(DeliveryReport),
+    /// Waiting for its due time.
+    Delayed(DelayedReport),
+}
+
+/// What a [`StoredDelivery`] resolves to.
+pub type StoredResult = Result<Stored, Error>;
+
 /// A record's delivery, resolved once its batch is answered.
 ///
 /// `Ok` means the record is acknowledged (`acks=all`: on a majority of replicas' disks).
@@ -73,11 +89,37 @@ pub type DeliveryResult = Result<DeliveryReport, Error>;
 /// `maybe_sent`, means the record may or may not be stored.
 #[derive(Debug)]
 pub struct Delivery {
-    rx: oneshot::Receiver<DeliveryResult>,
+    rx: oneshot::Receiver<StoredResult>,
 }
 
 impl Future for Delivery {
     type Output = DeliveryResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            Ok(Ok(Stored::Offset(report))) => Ok(report),
+            // `send` refuses records with a due time, so a server that delays one breaks
+            // the contract.
+            Ok(Ok(Stored::Delayed(report))) => Err(Error::Unexpected {
+                url: String::new(),
+                status: 200,
+                detail: format!("a record without a due time was delayed: {report:?}"),
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Closed),
+        })
+    }
+}
+
+/// The delivery of a record sent with [`Producer::send_delayed`]: resolves to where it
+/// was stored.
+#[derive(Debug)]
+pub struct StoredDelivery {
+    rx: oneshot::Receiver<StoredResult>,
+}
+
+impl Future for StoredDelivery {
+    type Output = StoredResult;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx)
@@ -101,7 +143,7 @@ impl std::fmt::Debug for Message {
 struct Pending {
     topic: String,
     record: NewRecord,
-    reply: oneshot::Sender<DeliveryResult>,
+    reply: oneshot::Sender<StoredResult>,
 }
 
 /// Sends records in batches. Cheap to clone: clones share the queue and the task.
@@ -157,8 +199,44 @@ impl Producer {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the producer was closed.
+    /// [`Error::Closed`] once the producer was closed; [`Error::Config`] for a record with
+    /// a due time (`delay_ms`, `deliver_at_ms`), which has no offset to report yet: send
+    /// it with [`Producer::send_delayed`].
     pub async fn send(&self, topic: &str, record: NewRecord) -> Result<Delivery, Error> {
+        if record.is_delayed() {
+            return Err(Error::Config(
+                "a record with a due time is reported without an offset: use \
+                 Producer::send_delayed"
+                    .into(),
+            ));
+        }
+        Ok(Delivery {
+            rx: self.enqueue(topic, record).await?,
+        })
+    }
+
+    /// Queues `record`, which may carry a due time (`delay_ms`, `deliver_at_ms`), for
+    /// `topic`, waiting while the queue is full; the returned future resolves to where it
+    /// was stored: an offset, or the delay queue with its due time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the producer was closed.
+    pub async fn send_delayed(
+        &self,
+        topic: &str,
+        record: NewRecord,
+    ) -> Result<StoredDelivery, Error> {
+        Ok(StoredDelivery {
+            rx: self.enqueue(topic, record).await?,
+        })
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &str,
+        record: NewRecord,
+    ) -> Result<oneshot::Receiver<StoredResult>, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Message::Record(Pending {
@@ -168,7 +246,7 @@ impl Producer {
             }))
             .await
             .map_err(|_| Error::Closed)?;
-        Ok(Delivery { rx })
+        Ok(rx)
     }
 
     /// Waits until every record queued before this call has its delivery resolved.
@@ -431,7 +509,10 @@ async fn send_request(shared: &Shared, request: Request) -> Outcome {
         for (p, report) in batch.into_iter().zip(reports) {
             match report {
                 RecordReport::Delivered(d) => {
-                    let _ = p.reply.send(Ok(d));
+                    let _ = p.reply.send(Ok(Stored::Offset(d)));
+                }
+                RecordReport::Delayed(d) => {
+                    let _ = p.reply.send(Ok(Stored::Delayed(d)));
                 }
                 RecordReport::Failed(f) => {
                     let not_written = matches!(

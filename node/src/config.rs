@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::Args;
 use psubd_api::auth::AdminKey;
 use psubd_api::limits::{
-    DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_STREAMS,
+    DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS,
 };
 use psubd_raft::{ClusterSecret, NodeId, PeerTls, MAX_SNAPSHOT_STAGGER_PERCENT};
 
@@ -148,6 +148,10 @@ pub struct NodeConfig {
     /// subscriptions); more are refused with 429 too_many_streams.
     #[arg(long, env = "PSUBD_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
+    /// Longest delay of a delayed record (`deliver_at_ms`, `delay_ms`), ms; a record due
+    /// further ahead is refused with 400.
+    #[arg(long, env = "PSUBD_MAX_DELAY_MS", default_value_t = DEFAULT_MAX_DELAY_MS)]
+    pub max_delay_ms: u64,
     /// How long shutdown may drain in-flight HTTP requests, ms.
     #[arg(long, env = "PSUBD_SHUTDOWN_TIMEOUT_MS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
@@ -260,6 +264,11 @@ impl NodeConfig {
             return Err(ConfigError::OutOfRange(
                 "--max-request-bytes may be at most 64 MiB (one request is one Raft entry at most)"
                     .into(),
+            ));
+        }
+        if self.max_delay_ms > i64::MAX as u64 / 2 {
+            return Err(ConfigError::OutOfRange(
+                "--max-delay-ms must be at most 2^62 (a due time is ms since the epoch)".into(),
             ));
         }
         if self.max_streams == 0 {

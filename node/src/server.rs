@@ -84,6 +84,7 @@ pub async fn run(
         max_request_bytes: raw.max_request_bytes,
         max_records_per_request: raw.max_records_per_request,
         max_streams: raw.max_streams,
+        max_delay_ms: raw.max_delay_ms,
         ..Limits::default()
     };
     raft_node.set_service(ForwardService::new(broker.clone(), limits));

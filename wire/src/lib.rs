@@ -56,8 +56,8 @@ pub use groups::{
     TopicPartition,
 };
 pub use publish::{
-    Accepted, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest, PublishResponse,
-    RecordReport,
+    Accepted, DelayedReport, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest,
+    PublishResponse, RecordReport,
 };
 pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
 pub use streams::{AssignmentEvent, StreamItem};

@@ -124,4 +124,13 @@ pub struct PartitionStatus {
     pub high_watermark: Option<u64>,
     /// Bytes of record data the answering replica stores.
     pub stored_bytes: Option<u64>,
+    /// Delayed records waiting in the partition's delay queue on the answering replica
+    /// (not yet readable, see `deliver_at_ms`); left out when none wait.
+    #[serde(default, skip_serializing_if = "none_waiting")]
+    pub delayed_records: Option<u64>,
+}
+
+/// True when a partition row has no delayed records to show.
+fn none_waiting(delayed_records: &Option<u64>) -> bool {
+    delayed_records.unwrap_or(0) == 0
 }

@@ -1,5 +1,6 @@
 //! The commands of a partition's Raft group, as the leader builds them and every replica
-//! decodes them: append a batch, trim the log start (retention), compact a window.
+//! decodes them: append a batch, trim the log start (retention), compact a window, queue
+//! delayed records and release those due ([`super::delay_queue`]).
 //!
 //! A command that does not decode is skipped on every replica alike, so replicas stay
 //! identical; the leader never builds one.
@@ -8,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use psubd_raft::{Command, CommandResponse};
 
 use super::compaction::CompactCommand;
+use super::delay_queue::{DelayedRecords, ReleaseCommand};
 
 /// Tag of an append command: the rest of the command is a stored batch.
 const TAG_APPEND: u8 = 1;
@@ -17,6 +19,10 @@ const TAG_TRIM: u8 = 2;
 const TAG_COMPACT_UNWINDOWED: u8 = 3;
 /// Tag of a compact command: the rest is a postcard [`CompactCommand`].
 const TAG_COMPACT: u8 = 4;
+/// Tag of a delay command: the rest is a [`DelayedRecords`] command body.
+const TAG_DELAY: u8 = 16;
+/// Tag of a release command: the rest is a postcard [`ReleaseCommand`].
+const TAG_RELEASE: u8 = 17;
 
 /// Builds the Raft command that appends `batch` (a stored batch, header included).
 pub fn append_command(batch: &[u8]) -> Command {
@@ -44,6 +50,22 @@ pub fn compact_command(compact: &CompactCommand) -> Command {
     Command(Bytes::from(out))
 }
 
+/// Builds the Raft command that queues one request's delayed records.
+pub fn delay_command(delayed: &DelayedRecords) -> Command {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[TAG_DELAY]);
+    delayed.encode_command_body(&mut out);
+    Command(out.freeze())
+}
+
+/// Builds the Raft command that releases the delayed records due by `release.up_to_ms`.
+pub fn release_command(release: &ReleaseCommand) -> Command {
+    let mut out = vec![TAG_RELEASE];
+    // Encoding three integers cannot fail; an empty command would be skipped at apply.
+    out.extend(postcard::to_stdvec(release).unwrap_or_default());
+    Command(Bytes::from(out))
+}
+
 /// Decodes the response to an append: the base offset of the batch.
 pub fn decode_append_response(response: &CommandResponse) -> Option<u64> {
     let raw: [u8; 8] = response.0.get(..8)?.try_into().ok()?;
@@ -63,6 +85,10 @@ pub(super) enum PartitionCommand {
     Trim(u64),
     /// Compact one window.
     Compact(CompactCommand),
+    /// Queue delayed records.
+    Delay(DelayedRecords),
+    /// Release the delayed records due.
+    Release(ReleaseCommand),
     /// Skip it, for the reason given (every replica skips it alike).
     Skip(&'static str),
 }
@@ -83,6 +109,14 @@ impl PartitionCommand {
             TAG_COMPACT => match postcard::from_bytes::<CompactCommand>(rest) {
                 Ok(compact) => Self::Compact(compact),
                 Err(_) => Self::Skip("undecodable compact command"),
+            },
+            TAG_DELAY => match DelayedRecords::decode_command_body(&command.0.slice(1..)) {
+                Some(delayed) => Self::Delay(delayed),
+                None => Self::Skip("undecodable delay command"),
+            },
+            TAG_RELEASE => match postcard::from_bytes::<ReleaseCommand>(rest) {
+                Ok(release) => Self::Release(release),
+                Err(_) => Self::Skip("undecodable release command"),
             },
             _ => Self::Skip("unknown partition command"),
         }
@@ -113,10 +147,33 @@ mod tests {
             PartitionCommand::decode(&compact_command(&compact)),
             PartitionCommand::Compact(decoded) if decoded == compact
         ));
+        let release = ReleaseCommand {
+            up_to_ms: 1_700_000_000_000,
+            max_records: 10,
+            max_bytes: 4096,
+        };
+        assert!(matches!(
+            PartitionCommand::decode(&release_command(&release)),
+            PartitionCommand::Release(decoded) if decoded == release
+        ));
+        let delayed = DelayedRecords {
+            due_ms: vec![5, -1],
+            records: crate::record::EncodedRecords {
+                count: 2,
+                bytes: Bytes::from_static(b"xy"),
+            },
+        };
+        assert!(matches!(
+            PartitionCommand::decode(&delay_command(&delayed)),
+            PartitionCommand::Delay(decoded)
+                if decoded.due_ms == delayed.due_ms && decoded.records.bytes == delayed.records.bytes
+        ));
         for garbage in [
             &b""[..],
             &[TAG_TRIM, 1, 2][..],
             &[TAG_COMPACT][..],
+            &[TAG_DELAY, 9, 0, 0, 0, 1][..],
+            &[TAG_RELEASE][..],
             &[9][..],
         ] {
             let command = Command(Bytes::copy_from_slice(garbage));

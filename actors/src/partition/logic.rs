@@ -1,6 +1,8 @@
 //! The state machine logic of a partition's Raft group: decodes each command and hands it
 //! to the part that owns it — the [`BatchStore`] (appends, trims), the [`KeyIndex`] and
-//! the [`Compactor`] (compacted topics) — then publishes what was written to the readers.
+//! the [`Compactor`] (compacted topics), the [`DelayQueue`] (delayed records, appended
+//! through the same path as any append when released) — then publishes what was written
+//! to the readers.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use tracing::warn;
 use super::batch_store::BatchStore;
 use super::command::{offset_response, PartitionCommand};
 use super::compaction::Compactor;
+use super::delay_queue::{DelayOutcome, DelayQueue};
 use super::key_index::KeyIndex;
 use super::layout::{batch_key, BOUNDS_KEY, INDEX_END, PROGRESS_KEY};
 use super::reader::PartitionReader;
@@ -31,6 +34,8 @@ pub struct PartitionLogic {
     keys: KeyIndex,
     /// Compaction progress including the current apply call (compacted topics).
     compactor: Compactor,
+    /// Delayed records not yet released, including the current apply call's.
+    delays: DelayQueue,
 }
 
 impl PartitionLogic {
@@ -51,6 +56,7 @@ impl PartitionLogic {
                 compacted,
                 keys: KeyIndex::default(),
                 compactor: Compactor::default(),
+                delays: DelayQueue::default(),
             },
             PartitionReader::new(shared),
         )
@@ -98,13 +104,15 @@ impl GroupLogic for PartitionLogic {
         self.keys.written();
         self.compactor.load(state)?;
         self.shared.publish_compaction(self.compactor.progress());
+        self.delays.load(state)?;
+        self.shared.publish_delays(self.delays.summary());
         self.shared.reset_bounds(self.store.bounds());
         Ok(())
     }
 
     fn apply(
         &mut self,
-        _index: u64,
+        index: u64,
         command: &Command,
         state: &Tree,
         batch: &mut WriteBatch,
@@ -131,6 +139,20 @@ impl GroupLogic for PartitionLogic {
                 }
                 Ok(CommandResponse::default())
             }
+            PartitionCommand::Delay(delayed) => {
+                let outcome = self.delays.queue(index, &delayed, batch);
+                if outcome == DelayOutcome::Malformed {
+                    warn!("skipping delay command whose records do not decode");
+                }
+                Ok(outcome.response())
+            }
+            PartitionCommand::Release(release) => {
+                match self.delays.release(&release, state, batch)? {
+                    // Appended as any batch: offsets from the high watermark on.
+                    Some(released) => self.append(&released.stored, batch),
+                    None => Ok(CommandResponse::default()),
+                }
+            }
             PartitionCommand::Skip(reason) => {
                 warn!(reason, "skipping partition command");
                 Ok(CommandResponse::default())
@@ -140,6 +162,8 @@ impl GroupLogic for PartitionLogic {
 
     fn applied(&mut self) {
         self.shared.publish_index(self.store.take_changes());
+        self.delays.written();
+        self.shared.publish_delays(self.delays.summary());
         if self.compacted {
             self.keys.written();
             self.store.written();
@@ -149,14 +173,12 @@ impl GroupLogic for PartitionLogic {
     }
 
     fn snapshot_plan(&self, state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
+        // The delay queue changes while a build reads (records come and go), so it is
+        // copied now; it is bounded (`delay_queue::MAX_DELAYED_BYTES`).
+        let mut pinned = DelayQueue::snapshot_pairs(state)?;
         let bounds = match state.get(BOUNDS_KEY)? {
             Some(raw) => raw.to_vec(),
-            None => {
-                return Ok(SnapshotPlan {
-                    pinned: Vec::new(),
-                    lazy: None,
-                })
-            }
+            None => return Ok(SnapshotPlan { pinned, lazy: None }),
         };
         let next_offset = self.store.bounds().next_offset;
         // Batches below next_offset never change once written, and the ones retention
@@ -170,7 +192,7 @@ impl GroupLogic for PartitionLogic {
         // that replaying the log after it repairs (see `compaction`, "Every replica
         // converges"). Batches appended meanwhile may come along: replay writes the same
         // bytes under the same keys.
-        let mut pinned = vec![(BOUNDS_KEY.to_vec(), bounds)];
+        pinned.push((BOUNDS_KEY.to_vec(), bounds));
         let end = if self.compacted {
             if let Some(progress) = state.get(PROGRESS_KEY)? {
                 pinned.push((PROGRESS_KEY.to_vec(), progress.to_vec()));
@@ -186,7 +208,7 @@ impl GroupLogic for PartitionLogic {
     }
 
     fn retained_bytes(&self) -> Option<u64> {
-        Some(self.store.index().stored_bytes())
+        Some(self.store.index().stored_bytes() + self.delays.summary().bytes)
     }
 
     fn snapshot_hold(&self) -> Option<SnapshotHold> {

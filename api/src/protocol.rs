@@ -125,6 +125,18 @@ pub enum ForwardRequest {
     /// Change the access model (the serving node must lead the controller). Checked
     /// (admin, valid names) by the edge that took the request.
     Access(AccessChange),
+    /// The sender leads `group` and is handing it over: start an election at once if the
+    /// serving node follows the sender and its log reaches `leader_last_index`
+    /// (`psubd_raft::handover`). Only served for the peer that sent it, never locally.
+    TakeLeadership {
+        /// The group.
+        group: GroupId,
+        /// The sender's last log index, which it saw this node's log match.
+        leader_last_index: u64,
+    },
+    /// The sender is stopping: send it nothing more until it connects again. Only served
+    /// for the peer that sent it.
+    Departing,
 }
 
 /// A replica's status.
@@ -188,6 +200,8 @@ pub enum ForwardResponse {
     Leader(Option<NodeId>),
     /// The answer to [`ForwardRequest::Access`]: applied, or refused by the model.
     Access(Result<(), AccessRefusal>),
+    /// The answer to [`ForwardRequest::TakeLeadership`]: whether the election started.
+    Standing(bool),
 }
 
 /// A key read as sent to a replica.

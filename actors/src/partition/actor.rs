@@ -231,6 +231,16 @@ pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionErr
 }
 
 impl PartitionState {
+    /// Whether this replica may propose now (see [`check_leader`]).
+    fn leadership(&self) -> Result<(), proposal::Refusal> {
+        check_leader(
+            &self.raft_node,
+            self.group,
+            &self.raft,
+            self.limits.quorum_stale_after,
+        )
+    }
+
     /// The topic's current settings, if it still exists with this partition's group.
     fn topic_config(&self) -> Option<crate::topic::TopicConfig> {
         let metadata = self.maintenance.metadata.borrow();
@@ -242,7 +252,7 @@ impl PartitionState {
     /// The maintenance tick: retention (and compaction) on the leader. Never awaits a
     /// commit. (Snapshots by log bytes are the state machine's: `GroupLogic::retained_bytes`.)
     async fn maintain(&mut self, myself: &ActorRef<PartitionMsg>) {
-        if check_leader(&self.raft, self.limits.quorum_stale_after).is_err() {
+        if self.leadership().is_err() {
             return;
         }
         let Some(config) = self.topic_config() else {
@@ -336,7 +346,7 @@ impl PartitionState {
         if !self.may_propose() || self.queued.is_empty() {
             return;
         }
-        if let Err(error) = check_leader(&self.raft, self.limits.quorum_stale_after) {
+        if let Err(error) = self.leadership() {
             // Nothing was proposed: every queued request may safely be retried elsewhere.
             for waiter in self.queued.drain(..) {
                 let _ = waiter.reply.send(Err(error.into()));
@@ -443,7 +453,8 @@ impl Actor for PartitionActor {
                     state.queued.push(Waiter { records, reply });
                 } else {
                     // Fail fast before queueing when this replica cannot lead.
-                    if let Err(error) = check_leader(&state.raft, state.limits.quorum_stale_after)
+                    if let Err(error) = state
+                        .leadership()
                         .map_err(PartitionError::from)
                         .and_then(|()| check_space(&state.raft_node, &state.raft))
                     {
@@ -467,7 +478,7 @@ impl Actor for PartitionActor {
                 let progress = state.maintenance.reader.compaction_progress();
                 if progress.active
                     && progress != state.compact_proposed_at
-                    && check_leader(&state.raft, state.limits.quorum_stale_after).is_ok()
+                    && state.leadership().is_ok()
                 {
                     if let Some(config) = state.topic_config() {
                         state.compact(&config, &myself).await;

@@ -313,6 +313,22 @@ impl Broker {
         self.inner.controller.update_topic(name, update).await
     }
 
+    /// Raises a topic's partition count through this node's controller.
+    ///
+    /// # Errors
+    /// As [`Broker::update_topic`]; `Invalid` when the count would not grow.
+    pub async fn add_partitions(
+        &self,
+        name: String,
+        partitions: u32,
+    ) -> Result<TopicMeta, ControllerError> {
+        let current = self.metadata().topics.get(&name).cloned();
+        self.inner
+            .controller
+            .add_partitions(name, partitions, current)
+            .await
+    }
+
     /// Changes the access model through this node's controller.
     ///
     /// # Errors

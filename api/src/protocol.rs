@@ -137,6 +137,13 @@ pub enum ForwardRequest {
     /// The sender is stopping: send it nothing more until it connects again. Only served
     /// for the peer that sent it.
     Departing,
+    /// Raise a topic's partition count (the serving node must lead the controller).
+    AddPartitions {
+        /// Name.
+        name: String,
+        /// The new count (checked by the controller: it must grow).
+        partitions: u32,
+    },
 }
 
 /// A replica's status.

@@ -61,6 +61,12 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                 Err(error) => ForwardResponse::Controller(error),
             }
         }
+        ForwardRequest::AddPartitions { name, partitions } => {
+            match broker.add_partitions(name, partitions).await {
+                Ok(meta) => ForwardResponse::Topic(Some(meta)),
+                Err(error) => ForwardResponse::Controller(error),
+            }
+        }
         ForwardRequest::DeleteTopic { name } => match broker.delete_topic(name).await {
             Ok(()) => ForwardResponse::Done,
             Err(error) => ForwardResponse::Controller(error),

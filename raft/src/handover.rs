@@ -3,16 +3,16 @@
 //!
 //! openraft 0.9 has no transfer-leader call. What it has is enough:
 //!
-//! 1. The leader **fences** the group ([`Fences`]): every proposer on this node checks the
-//!    fence with its leadership (`psubd_actors::proposal`), so from now on nothing new is
+//! 1. The leader reads (through its Raft core, `Raft::with_raft_state`) when its own vote
+//!    last changed: its **lease**. openraft refuses a vote while the voter's current leader
+//!    lease (`election_timeout_max`, renewed by every heartbeat at followers, set at the
+//!    leader itself when it was elected) runs, so a leader elected less than that ago
+//!    first waits it out, still taking writes.
+//! 2. It **fences** the group ([`Fences`]): every proposer on this node checks the fence
+//!    with its leadership (`psubd_actors::proposal`), so from now on nothing new is
 //!    proposed here; requests are refused as "not leader" (nothing written, the edge
-//!    retries at the next leader).
-//! 2. A barrier through the Raft core (`Raft::with_raft_state`) makes sure every proposal
-//!    enqueued before the fence is in the leader's log, and reads when the leader's own
-//!    vote last changed: its **lease**. openraft refuses a vote while the voter's current
-//!    leader lease (`election_timeout_max`, renewed on every heartbeat at followers, set
-//!    when it was elected at the leader itself) runs, so the handover waits out the
-//!    leader's lease when it was elected less than that ago.
+//!    retries at the next leader). A barrier through the Raft core makes sure every
+//!    proposal enqueued before the fence is in the leader's log.
 //! 3. The leader waits until every entry of its log is applied (so every proposal in
 //!    flight was answered: none can be cut short into "outcome unknown") and one follower's
 //!    matched log index equals the leader's last log index.
@@ -21,7 +21,8 @@
 //!    the leader's, so the old leader grants its vote and steps down; with the candidate's
 //!    own vote that is a majority of a group of two or three voters. With more voters the
 //!    others would still refuse within their lease, so the leader first stops its
-//!    heartbeats and waits one lease.
+//!    heartbeats and waits one lease. Once a follower stands, the group stays fenced until
+//!    this leader is deposed (a candidate that loses still ends its term).
 //!
 //! **Why it is safe.** Nothing here bypasses Raft's vote: triggering an election is an
 //! election timeout that fires early. Raft's election restriction (a voter grants only to

@@ -125,7 +125,8 @@ impl Broker {
         )
         .await
         .map_err(|e| BrokerError::Spawn(e.to_string()))?;
-        let groups = GroupDirectory::new(metadata.clone(), offsets, config.limits);
+        let groups =
+            GroupDirectory::new(metadata.clone(), offsets, config.limits, raft_node.clone());
         let inner = Arc::new(Inner {
             raft_node,
             controller_raft,
@@ -177,7 +178,10 @@ impl Broker {
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.controller_raft.metrics().borrow().clone();
         match metrics.current_leader {
+            _ if self.inner.raft_node.is_stepping_down() => false,
             Some(leader) if leader == metrics.id => check_leader(
+                &self.inner.raft_node,
+                CONTROLLER_GROUP,
                 &self.inner.controller_raft,
                 self.inner.limits.quorum_stale_after,
             )
@@ -197,8 +201,15 @@ impl Broker {
     /// hears of a newer term; only this check makes its view of the log's end
     /// authoritative (e.g. to answer "offset beyond the end").
     pub fn leads_with_quorum(&self, group: GroupId) -> bool {
-        self.partition(group)
-            .is_some_and(|h| check_leader(&h.raft, self.inner.limits.quorum_stale_after).is_ok())
+        self.partition(group).is_some_and(|h| {
+            check_leader(
+                &self.inner.raft_node,
+                group,
+                &h.raft,
+                self.inner.limits.quorum_stale_after,
+            )
+            .is_ok()
+        })
     }
 
     /// The leader of a partition group as this node sees it (only known on replicas).
@@ -214,11 +225,13 @@ impl Broker {
         let until = tokio::time::Instant::now() + wait;
         let raft = self.inner.raft_node.await_group(group, wait).await?;
         let limits = self.inner.limits;
+        let raft_node = &self.inner.raft_node;
         watch_for_leader(&raft, until, |metrics| match metrics.current_leader {
             Some(leader) if leader != metrics.id => Some(leader),
-            Some(me) => leader_status(metrics, limits.quorum_stale_after)
-                .is_ok()
-                .then_some(me),
+            // Not while handing the leadership over: the asker waits for the next leader.
+            Some(me) => (leader_status(metrics, limits.quorum_stale_after).is_ok()
+                && !raft_node.is_fenced(group))
+            .then_some(me),
             None => None,
         })
         .await
@@ -322,6 +335,22 @@ impl Broker {
         update: TopicUpdate,
     ) -> Result<TopicMeta, ControllerError> {
         self.inner.controller.update_topic(name, update).await
+    }
+
+    /// Raises a topic's partition count through this node's controller.
+    ///
+    /// # Errors
+    /// As [`Broker::update_topic`]; `Invalid` when the count would not grow.
+    pub async fn add_partitions(
+        &self,
+        name: String,
+        partitions: u32,
+    ) -> Result<TopicMeta, ControllerError> {
+        let current = self.metadata().topics.get(&name).cloned();
+        self.inner
+            .controller
+            .add_partitions(name, partitions, current)
+            .await
     }
 
     /// Changes the access model through this node's controller.

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use psubd_raft::{GroupId, NodeId};
+use psubd_raft::{GroupId, NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -306,6 +306,9 @@ pub struct CoordinatorArgs {
     pub term: u64,
     /// Where the member count is published for listings.
     pub member_count: Arc<AtomicU32>,
+    /// This node's Raft groups: whether the offsets partition's leadership is being given
+    /// away.
+    pub raft_node: RaftNode,
 }
 
 struct Member {
@@ -401,7 +404,12 @@ impl CoordinatorState {
 
     /// Whether this node still coordinates the group.
     fn leadership(&self) -> Result<(), GroupError> {
-        check_leader(&self.args.offsets.raft, self.args.limits.quorum_stale_after)?;
+        check_leader(
+            &self.args.raft_node,
+            self.args.offsets.group,
+            &self.args.offsets.raft,
+            self.args.limits.quorum_stale_after,
+        )?;
         if self.args.offsets.raft.metrics().borrow().current_term != self.args.term {
             return Err(GroupError::Unavailable {
                 reason: "the group coordinator is restarting after a leadership change".into(),

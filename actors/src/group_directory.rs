@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use psubd_raft::GroupId;
+use psubd_raft::{GroupId, RaftNode};
 use ractor::{Actor, ActorRef, ActorStatus};
 use tokio::sync::{watch, Mutex};
 use tracing::info;
@@ -56,6 +56,8 @@ struct Inner {
     metadata: watch::Receiver<Arc<ControllerState>>,
     offsets: OffsetsTable,
     limits: BatchLimits,
+    /// This node's Raft groups (leadership fences).
+    raft_node: RaftNode,
     /// Held across a coordinator's start, so one group never gets two.
     coordinators: Mutex<HashMap<String, Entry>>,
 }
@@ -72,11 +74,13 @@ impl GroupDirectory {
         metadata: watch::Receiver<Arc<ControllerState>>,
         offsets: OffsetsTable,
         limits: BatchLimits,
+        raft_node: RaftNode,
     ) -> Self {
         let inner = Arc::new(Inner {
             metadata,
             offsets,
             limits,
+            raft_node,
             coordinators: Mutex::new(HashMap::new()),
         });
         tokio::spawn(purge_deleted_topics(Arc::downgrade(&inner)));
@@ -120,7 +124,12 @@ impl GroupDirectory {
 
     /// Fails unless this node leads the offsets partition.
     fn check_leads(&self, handle: &OffsetsHandle) -> Result<u64, GroupError> {
-        check_leader(&handle.raft, self.inner.limits.quorum_stale_after)?;
+        check_leader(
+            &self.inner.raft_node,
+            handle.group,
+            &handle.raft,
+            self.inner.limits.quorum_stale_after,
+        )?;
         Ok(handle.raft.metrics().borrow().current_term)
     }
 
@@ -172,6 +181,7 @@ impl GroupDirectory {
                 limits: self.inner.limits,
                 term,
                 member_count: members.clone(),
+                raft_node: self.inner.raft_node.clone(),
             },
         )
         .await
@@ -314,7 +324,14 @@ async fn purge_deleted_topics(inner: Weak<Inner>) {
         let handles: Vec<OffsetsHandle> = read_lock(&inner.offsets).values().cloned().collect();
         let metadata = inner.metadata.borrow().clone();
         for handle in handles {
-            if check_leader(&handle.raft, inner.limits.quorum_stale_after).is_err() {
+            if check_leader(
+                &inner.raft_node,
+                handle.group,
+                &handle.raft,
+                inner.limits.quorum_stale_after,
+            )
+            .is_err()
+            {
                 continue;
             }
             for (topic, groups) in handle.reader.topic_groups() {

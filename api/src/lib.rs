@@ -22,7 +22,8 @@
 //! for a leader; [`group_routing`]: how the edge reaches a group's coordinator.
 //!
 //! **Replica** — [`replica`]: serving a request on this node's replicas, for the edge
-//! and for peers.
+//! and for peers. [`leadership`]: handing this node's leaderships over before it stops,
+//! and moving partitions back to their preferred leaders.
 //!
 //! **Protocol** — [`protocol`]: the node-to-node requests and answers.
 //!
@@ -43,6 +44,7 @@ pub mod group_stream;
 pub mod groups;
 pub mod json;
 pub mod keys;
+pub mod leadership;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

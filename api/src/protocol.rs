@@ -133,6 +133,25 @@ pub enum ForwardRequest {
         /// The records and their due times.
         records: DelayedRecords,
     },
+    /// The sender leads `group` and is handing it over: start an election at once if the
+    /// serving node follows the sender and its log reaches `leader_last_index`
+    /// (`psubd_raft::handover`). Only served for the peer that sent it, never locally.
+    TakeLeadership {
+        /// The group.
+        group: GroupId,
+        /// The sender's last log index, which it saw this node's log match.
+        leader_last_index: u64,
+    },
+    /// The sender is stopping: send it nothing more until it connects again. Only served
+    /// for the peer that sent it.
+    Departing,
+    /// Raise a topic's partition count (the serving node must lead the controller).
+    AddPartitions {
+        /// Name.
+        name: String,
+        /// The new count (checked by the controller: it must grow).
+        partitions: u32,
+    },
 }
 
 /// A replica's status.
@@ -200,6 +219,8 @@ pub enum ForwardResponse {
     Access(Result<(), AccessRefusal>),
     /// The answer to [`ForwardRequest::Delay`]: queued.
     Delayed,
+    /// The answer to [`ForwardRequest::TakeLeadership`]: whether the election started.
+    Standing(bool),
 }
 
 /// A key read as sent to a replica.

@@ -69,6 +69,12 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                 Err(error) => ForwardResponse::Controller(error),
             }
         }
+        ForwardRequest::AddPartitions { name, partitions } => {
+            match broker.add_partitions(name, partitions).await {
+                Ok(meta) => ForwardResponse::Topic(Some(meta)),
+                Err(error) => ForwardResponse::Controller(error),
+            }
+        }
         ForwardRequest::DeleteTopic { name } => match broker.delete_topic(name).await {
             Ok(()) => ForwardResponse::Done,
             Err(error) => ForwardResponse::Controller(error),
@@ -111,6 +117,10 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
             let wait = Duration::from_millis(wait_ms).min(MAX_LEADER_WAIT);
             ForwardResponse::Leader(broker.await_leader(group, wait).await)
         }
+        // Only a peer leading the group may ask (see `ForwardService`): never this node.
+        ForwardRequest::TakeLeadership { .. } => ForwardResponse::Standing(false),
+        // Only a peer says it is stopping (see `ForwardService`).
+        ForwardRequest::Departing => ForwardResponse::Done,
     }
 }
 
@@ -358,6 +368,19 @@ impl PeerService for ForwardService {
         let limits = self.limits;
         Box::pin(async move {
             let response = match postcard::from_bytes::<ForwardRequest>(&body) {
+                Ok(ForwardRequest::TakeLeadership {
+                    group,
+                    leader_last_index,
+                }) => ForwardResponse::Standing(
+                    broker
+                        .raft_node()
+                        .take_leadership(group, from, leader_last_index)
+                        .await,
+                ),
+                Ok(ForwardRequest::Departing) => {
+                    broker.raft_node().peer_departing(from);
+                    ForwardResponse::Done
+                }
                 Ok(request) => match request.check(&limits) {
                     Ok(()) => serve_local(&broker, request).await,
                     Err(why) => {

@@ -11,7 +11,7 @@ use psubd_actors::controller::access::Operation;
 use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{
     check_retention_bytes, check_retention_ms, CleanupPolicy, TopicConfig, TopicMeta,
-    DEFAULT_RETENTION_MS,
+    DEFAULT_RETENTION_MS, MAX_PARTITIONS,
 };
 use psubd_wire::{PartitionStatus, Topic};
 use serde::Deserialize;
@@ -84,8 +84,9 @@ fn topic_view(meta: &TopicMeta) -> Topic {
     }
 }
 
-/// Settings `PATCH` may change; the others are fixed at creation.
-const MUTABLE_SETTINGS: [&str; 2] = ["retention_ms", "retention_bytes"];
+/// Settings `PATCH` may change; the others are fixed at creation (`partitions` may only
+/// grow).
+const MUTABLE_SETTINGS: [&str; 3] = ["retention_ms", "retention_bytes", "partitions"];
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidConfig {
@@ -120,40 +121,57 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
     Ok((request.name, config))
 }
 
+/// What a `PATCH` asks: settings to change and a new partition count, each optional.
+#[derive(Debug, Default, PartialEq)]
+struct TopicChange {
+    settings: TopicUpdate,
+    partitions: Option<u32>,
+}
+
 /// Reads a `PATCH` body: an object with only mutable settings, each validated as at create.
-fn validate_update(body: serde_json::Value) -> Result<TopicUpdate, ApiError> {
+fn validate_update(body: serde_json::Value) -> Result<TopicChange, ApiError> {
     let serde_json::Value::Object(fields) = body else {
         return Err(invalid(
             "the body must be a JSON object of settings to change",
         ));
     };
-    let mut update = TopicUpdate::default();
+    let mut change = TopicChange::default();
     for (name, value) in fields {
         if !MUTABLE_SETTINGS.contains(&name.as_str()) {
             return Err(invalid(format!(
-                "'{name}' cannot be changed: only {} can (partitions, replication_factor and \
+                "'{name}' cannot be changed: only {} can (replication_factor and \
                  cleanup_policy are fixed at creation)",
-                MUTABLE_SETTINGS.join(" and ")
+                MUTABLE_SETTINGS.join(", ")
             )));
         }
         let number = value
             .as_i64()
             .ok_or_else(|| invalid(format!("{name} must be an integer")))?;
-        if name == "retention_ms" {
-            check_retention_ms(number).map_err(invalid)?;
-            update.retention_ms = Some(number);
-        } else {
-            check_retention_bytes(number).map_err(invalid)?;
-            update.retention_bytes = Some(number);
+        match name.as_str() {
+            "retention_ms" => {
+                check_retention_ms(number).map_err(invalid)?;
+                change.settings.retention_ms = Some(number);
+            }
+            "retention_bytes" => {
+                check_retention_bytes(number).map_err(invalid)?;
+                change.settings.retention_bytes = Some(number);
+            }
+            _ => {
+                let partitions = u32::try_from(number)
+                    .ok()
+                    .filter(|p| (1..=MAX_PARTITIONS).contains(p))
+                    .ok_or_else(|| invalid(format!("partitions must be 1 to {MAX_PARTITIONS}")))?;
+                change.partitions = Some(partitions);
+            }
         }
     }
-    if update == TopicUpdate::default() {
+    if change == TopicChange::default() {
         return Err(invalid(format!(
             "nothing to change: give {}",
             MUTABLE_SETTINGS.join(" and/or ")
         )));
     }
-    Ok(update)
+    Ok(change)
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -165,12 +183,25 @@ async fn update(
     body: Bytes,
 ) -> Result<Json<Topic>, ApiError> {
     // 404 for unknown and internal topics before anything is proposed.
-    state
+    let current = state
         .service
         .topic(&caller, &topic, Operation::Alter)
         .await?;
-    let update = validate_update(json::parse(&headers, &body)?)?;
-    let meta = state.service.update_topic(&caller, &topic, update).await?;
+    let change = validate_update(json::parse(&headers, &body)?)?;
+    if let Some(partitions) = change.partitions {
+        let has = current.partitions.len();
+        if partitions as usize <= has {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "partitions can only grow: '{topic}' has {has}, the body asks for {partitions}"
+                ),
+            });
+        }
+    }
+    let meta = state
+        .service
+        .update_topic(&caller, &topic, change.settings, change.partitions)
+        .await?;
     Ok(Json(topic_view(&meta)))
 }
 
@@ -243,17 +274,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patch_takes_only_valid_retention_settings() {
-        let update = validate_update(json!({"retention_ms": 2000})).unwrap();
+    fn patch_takes_only_valid_retention_settings_and_partition_counts() {
+        let update = validate_update(json!({"retention_ms": 2000}))
+            .unwrap()
+            .settings;
         assert_eq!(update.retention_ms, Some(2000));
         assert_eq!(update.retention_bytes, None);
-        let update = validate_update(json!({"retention_bytes": -1, "retention_ms": -1})).unwrap();
+        let update = validate_update(json!({"retention_bytes": -1, "retention_ms": -1}))
+            .unwrap()
+            .settings;
         assert_eq!(
             (update.retention_ms, update.retention_bytes),
             (Some(-1), Some(-1))
         );
+        let change = validate_update(json!({"partitions": 3})).unwrap();
+        assert_eq!(change.partitions, Some(3));
+        assert_eq!(change.settings, TopicUpdate::default());
         for bad in [
-            json!({"partitions": 3}),
+            json!({"partitions": 0}),
+            json!({"partitions": 1025}),
+            json!({"replication_factor": 3}),
             json!({"retention_ms": 0}),
             json!({"retention_bytes": -2}),
             json!({"retention_ms": "1000"}),

@@ -35,6 +35,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
 /// second of expiring, and an idle tick costs one leadership check per partition.
 pub const DEFAULT_MAINTENANCE_INTERVAL_MS: u64 = 1_000;
 
+/// Leaders go back to their preferred replicas within seconds of a restart: each move
+/// pauses its partition's writes for a round trip or two, so checking more often buys
+/// little.
+pub const DEFAULT_LEADER_BALANCE_INTERVAL_MS: u64 = 5_000;
+
 /// Least Raft entries between snapshots of a group (the log behind a snapshot is purged).
 /// 5 000 keeps the replay after a restart short without rebuilding snapshots often; tests
 /// lower it to exercise snapshot transfers.
@@ -158,6 +163,10 @@ pub struct NodeConfig {
     /// How often each partition leader checks retention (the maintenance tick), ms.
     #[arg(long, env = "PSUBD_MAINTENANCE_INTERVAL_MS", default_value_t = DEFAULT_MAINTENANCE_INTERVAL_MS)]
     pub maintenance_interval_ms: u64,
+    /// How often a node moves the partitions it leads back to their preferred replicas
+    /// (the first of each replica set) when those are in contact and caught up, ms; 0 never.
+    #[arg(long, env = "PSUBD_LEADER_BALANCE_INTERVAL_MS", default_value_t = DEFAULT_LEADER_BALANCE_INTERVAL_MS)]
+    pub leader_balance_interval_ms: u64,
     /// Least Raft entries between snapshots of a group; the log behind a snapshot is purged.
     #[arg(long, env = "PSUBD_SNAPSHOT_EVERY_ENTRIES", default_value_t = DEFAULT_SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every_entries: u64,

@@ -41,8 +41,10 @@ pub struct DevArgs {
     pub auth: bool,
 }
 
-/// How long nodes get to stop after SIGTERM before they are killed.
-const STOP_GRACE: Duration = Duration::from_secs(12);
+/// How long nodes get to stop after SIGTERM before they are killed: a node may spend up
+/// to 6 s finishing a leader-balance move, 5 s handing its leaderships over, 8 s
+/// (`--shutdown-timeout-ms`) draining and 2 s saying goodbye to its peers.
+const STOP_GRACE: Duration = Duration::from_secs(25);
 
 /// How long `dev` waits for every node to answer /readyz before saying so.
 const READY_WAIT: Duration = Duration::from_secs(30);

@@ -24,12 +24,15 @@
 //!   postcard frames) and openraft's outbound network over it.
 //! - [`registry`]: the groups running on this node ([`RaftNode`]), routing inbound RPCs by
 //!   group id.
+//! - [`handover`]: moving a group's leadership to a caught-up follower (a node stopping, a
+//!   preferred leader returning), with the fences that stop proposals meanwhile.
 
 pub(crate) mod blocking;
 pub(crate) mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod handover;
 pub mod health;
 pub mod log;
 pub(crate) mod network;
@@ -48,6 +51,7 @@ pub const SKIPS_LOG_FSYNC: bool = cfg!(feature = "chaos-skip-log-fsync");
 pub use config::{RaftNodeConfig, RaftTuning, MAX_SNAPSHOT_STAGGER_PERCENT};
 pub use engine::{Tree, Value, WriteBatch};
 pub use error::StorageIoError;
+pub use handover::HandOver;
 pub use health::{SpaceReport, StorageFailure, StorageHealth};
 pub use log::store::LogStore;
 pub use node_storage::NodeStorage;

@@ -177,6 +177,7 @@ async fn every_route_answers_in_its_wire_type() {
     let update = TopicUpdate {
         retention_ms: Some(7_200_000),
         retention_bytes: Some(1 << 30),
+        partitions: None,
     };
     let altered: Topic = Api::expect(
         "alter topic",

@@ -85,6 +85,10 @@ pub struct TopicUpdate {
     /// New size limit per partition, bytes (-1 for none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_bytes: Option<i64>,
+    /// New partition count: more than the topic has (partitions are never removed).
+    /// Keyed records may map to other partitions afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
 
 /// A topic as create, describe, alter and list show it.

@@ -249,6 +249,16 @@ pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionErr
 }
 
 impl PartitionState {
+    /// Whether this replica may propose now (see [`check_leader`]).
+    fn leadership(&self) -> Result<(), proposal::Refusal> {
+        check_leader(
+            &self.raft_node,
+            self.group,
+            &self.raft,
+            self.limits.quorum_stale_after,
+        )
+    }
+
     /// The topic's current settings, if it still exists with this partition's group.
     fn topic_config(&self) -> Option<crate::topic::TopicConfig> {
         let metadata = self.maintenance.metadata.borrow();
@@ -260,7 +270,7 @@ impl PartitionState {
     /// The maintenance tick: retention (and compaction) on the leader. Never awaits a
     /// commit. (Snapshots by log bytes are the state machine's: `GroupLogic::retained_bytes`.)
     async fn maintain(&mut self, myself: &ActorRef<PartitionMsg>) {
-        if check_leader(&self.raft, self.limits.quorum_stale_after).is_err() {
+        if self.leadership().is_err() {
             return;
         }
         let Some(config) = self.topic_config() else {
@@ -276,7 +286,7 @@ impl PartitionState {
     /// Fails fast, before anything is proposed, when this replica cannot lead or a
     /// replica is short of space.
     fn check_writable(&self) -> Result<(), PartitionError> {
-        check_leader(&self.raft, self.limits.quorum_stale_after)
+        self.leadership()
             .map_err(PartitionError::from)
             .and_then(|()| check_space(&self.raft_node, &self.raft))
     }
@@ -365,7 +375,7 @@ impl PartitionState {
         if !self.may_propose() || self.queued.is_empty() {
             return;
         }
-        if let Err(error) = check_leader(&self.raft, self.limits.quorum_stale_after) {
+        if let Err(error) = self.leadership() {
             // Nothing was proposed: every queued request may safely be retried elsewhere.
             for waiter in self.queued.drain(..) {
                 let _ = waiter.reply.send(Err(error.into()));
@@ -448,7 +458,6 @@ impl Actor for PartitionActor {
             args.group,
             TimerLimits {
                 write_timeout: args.limits.write_timeout,
-                quorum_stale_after: args.limits.quorum_stale_after,
             },
             Arc::new(move |event| {
                 let _ = timer_actor.send_message(PartitionMsg::ReleaseTimer(event));
@@ -514,10 +523,12 @@ impl Actor for PartitionActor {
                     TimerEvent::WakeUp(due_ms) => state.release.fired(due_ms),
                     TimerEvent::ReleaseDone => state.release.done(),
                 }
-                state
-                    .release
-                    .check(&state.raft, &state.maintenance.reader)
-                    .await;
+                if state.leadership().is_ok() {
+                    state
+                        .release
+                        .check(&state.raft, &state.maintenance.reader)
+                        .await;
+                }
             }
             PartitionMsg::Maintenance => state.maintain(&myself).await,
             PartitionMsg::TrimDone => state.trim_in_flight = false,
@@ -527,7 +538,7 @@ impl Actor for PartitionActor {
                 let progress = state.maintenance.reader.compaction_progress();
                 if progress.active
                     && progress != state.compact_proposed_at
-                    && check_leader(&state.raft, state.limits.quorum_stale_after).is_ok()
+                    && state.leadership().is_ok()
                 {
                     if let Some(config) = state.topic_config() {
                         state.compact(&config, &myself).await;

@@ -19,7 +19,7 @@ use tracing::{debug, info};
 
 use crate::clock::now_ms;
 use crate::error::PartitionError;
-use crate::proposal::{self, check_leader};
+use crate::proposal;
 
 use super::command::{delay_command, release_command};
 use super::delay_queue::{
@@ -50,8 +50,6 @@ pub(super) type Notify = Arc<dyn Fn(TimerEvent) + Send + Sync>;
 pub(super) struct TimerLimits {
     /// How long a proposal may take before its outcome is unknown.
     pub write_timeout: Duration,
-    /// A leader without a quorum this long does not propose.
-    pub quorum_stale_after: Duration,
 }
 
 impl Drop for ReleaseTimer {
@@ -125,12 +123,9 @@ impl ReleaseTimer {
         });
     }
 
-    /// On the leader: proposes a release when records are due, else sets a wake-up for
-    /// the earliest due time. Does nothing on a follower (its leader releases).
+    /// On the leader (the caller checks: a follower's leader releases): proposes a
+    /// release when records are due, else sets a wake-up for the earliest due time.
     pub(super) async fn check(&mut self, raft: &Raft, reader: &PartitionReader) {
-        if check_leader(raft, self.limits.quorum_stale_after).is_err() {
-            return;
-        }
         let Some(earliest) = reader.delays().earliest_due_ms else {
             return;
         };

@@ -163,7 +163,8 @@ fn topics(s: &mut Spec) -> Vec<Op> {
             "/v1/topics/{topic}",
             "topics",
             "alterTopic",
-            "Change a topic's retention (the other settings are fixed at creation).",
+            "Change a topic's retention, or raise its partition count (the other settings are \
+             fixed at creation).",
         )
         .body(
             "application/json",
@@ -171,6 +172,7 @@ fn topics(s: &mut Spec) -> Vec<Op> {
             example(w::TopicUpdate {
                 retention_ms: Some(86_400_000),
                 retention_bytes: None,
+                partitions: None,
             }),
         )
         .ok(200, "The topic now.", s.schema::<w::Topic>()),

@@ -9,6 +9,7 @@
 //! - [`streams`]: one item of a partition or member stream (record, assignment, error).
 //! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
 //!   describe.
+//! - [`push`]: push subscriptions — their settings and state, and the body of each push.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
 //! - [`access`]: principals, API keys, ACLs and quotas (the admin's routes).
 //! - [`error`]: the error body every 4xx and 5xx answer carries.
@@ -33,6 +34,7 @@ pub mod cluster;
 pub mod error;
 pub mod groups;
 pub mod publish;
+pub mod push;
 pub mod records;
 #[cfg(feature = "openapi")]
 mod schema;
@@ -56,6 +58,7 @@ pub use publish::{
     Accepted, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest, PublishResponse,
     RecordReport,
 };
+pub use push::{PushDelivery, PushPartitionState, PushRequest, PushSubscription};
 pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
 pub use streams::{AssignmentEvent, StreamItem};
 pub use topics::{CleanupPolicy, PartitionStatus, Topic, TopicSpec, TopicUpdate};

@@ -270,8 +270,9 @@ pub struct GroupDescription {
     pub coordinator: NodeId,
     /// The members.
     pub members: Vec<MemberView>,
-    /// The push subscription, when the group is one.
-    pub push: Option<PushView>,
+    /// The push subscription, when the group is one (boxed: it is large, and
+    /// descriptions travel inside every forwarded group answer).
+    pub push: Option<Box<PushView>>,
 }
 
 /// A push subscription as `GET /v1/groups/{g}` shows it.
@@ -725,15 +726,12 @@ impl CoordinatorState {
     }
 
     fn describe(&self) -> Result<GroupAnswer, GroupError> {
-        let push = self
-            .args
-            .offsets
-            .reader
-            .push(self.group())
-            .map(|config| PushView {
+        let push = self.args.offsets.reader.push(self.group()).map(|config| {
+            Box::new(PushView {
                 config,
                 status: self.args.push_board.status(self.group()),
-            });
+            })
+        });
         if self.members.is_empty()
             && push.is_none()
             && self.args.offsets.reader.committed(self.group()).is_empty()

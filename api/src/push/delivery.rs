@@ -26,8 +26,7 @@ const MAX_ERROR_CHARS: usize = 200;
 pub fn backoff(min_backoff_ms: u64, max_backoff_ms: u64, failed: u32) -> Duration {
     let doublings = failed.saturating_sub(1).min(63);
     let ms = min_backoff_ms
-        .checked_mul(1u64 << doublings)
-        .unwrap_or(u64::MAX)
+        .saturating_mul(1u64 << doublings)
         .min(max_backoff_ms);
     Duration::from_millis(ms)
 }

@@ -215,7 +215,7 @@ impl Service {
             other => other?,
         };
         match description.push.clone() {
-            Some(view) => Ok((description, view)),
+            Some(view) => Ok((description, *view)),
             None => Err(ApiError::PushNotFound {
                 group: group.as_str().to_owned(),
             }),

@@ -134,10 +134,13 @@ fn describe(error: reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
-        short(format!(
-            "connection failed: {}",
-            std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string())
-        ))
+        // The innermost cause says what happened ("Connection refused", a DNS or TLS
+        // failure); the layers above it only say "connect".
+        let mut cause: &dyn std::error::Error = &error;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        short(format!("connection failed: {cause}"))
     } else {
         short(error.without_url())
     }

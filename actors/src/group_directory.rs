@@ -296,6 +296,30 @@ impl GroupDirectory {
         }
     }
 
+    /// The committed offsets of every group this node coordinates (it leads the group's
+    /// offsets partition), as the local replica applied them, by group, topic and
+    /// partition. For the node's metrics: not linearizable (a leader about to learn it was
+    /// deposed may show an older offset for a moment), unlike [`GroupDirectory::committed`].
+    pub fn coordinated_offsets(
+        &self,
+        me: psubd_raft::NodeId,
+    ) -> Vec<(String, TopicPartition, CommittedOffset)> {
+        let handles: Vec<OffsetsHandle> = read_lock(&self.inner.offsets)
+            .values()
+            .filter(|h| h.reader.is_ready() && h.raft.metrics().borrow().current_leader == Some(me))
+            .cloned()
+            .collect();
+        let mut rows = Vec::new();
+        for handle in handles {
+            for group in handle.reader.groups() {
+                for (partition, offset) in handle.reader.committed(&group) {
+                    rows.push((group.clone(), partition, offset));
+                }
+            }
+        }
+        rows
+    }
+
     /// The groups of offsets partition `partition`: those with committed offsets and
     /// those with members here. Served by the partition's leader, where the members are.
     ///

@@ -352,6 +352,10 @@ impl Edge {
                 Delivery::Answered(ForwardResponse::Broken(detail)) => {
                     last = ApiError::Internal { detail }
                 }
+                // The leader found `min_offset` was never written: no replica will have it.
+                Delivery::Answered(never @ ForwardResponse::OutOfRange { .. }) => {
+                    return Err(unexpected(never))
+                }
                 Delivery::Answered(answer) => return Ok(answer),
                 Delivery::NotDelivered => {}
                 Delivery::Lost(reason) => last = ApiError::Unavailable { reason },

@@ -28,7 +28,7 @@ use tokio_util::io::StreamReader;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::json::{media_type, Query};
+use crate::json::{self, media_type, Query};
 use crate::limits::Limits;
 use crate::service::publish::{total_failure, Acks, Delivered, NewRecord, PublishBatch, Published};
 use crate::service::Caller;
@@ -295,6 +295,22 @@ async fn publish(
             })
         }
     };
+    let partition = params
+        .partition
+        .as_deref()
+        .map(|p| {
+            p.parse::<i64>().map_err(|_| ApiError::InvalidRequest {
+                message: format!("partition must be an integer, not '{p}'"),
+            })
+        })
+        .transpose()?;
+    if !raw_mode && (partition.is_some() || params.key.is_some()) {
+        return Err(ApiError::InvalidRequest {
+            message: "the key and partition query parameters are for a raw body; \
+                      a JSON body gives them per record"
+                .into(),
+        });
+    }
     let body = read_body(state.service.limits(), body).await?;
     let mut batch = state.service.begin_publish(&caller, &topic).await?;
     if raw_mode {
@@ -302,14 +318,6 @@ async fn publish(
             .get("x-key")
             .map(|v| v.as_bytes())
             .or(params.key.as_deref().map(str::as_bytes));
-        let partition = params
-            .partition
-            .map(|p| {
-                p.parse::<i64>().map_err(|_| ApiError::InvalidRequest {
-                    message: format!("partition must be an integer, not '{p}'"),
-                })
-            })
-            .transpose()?;
         let kind = if media.as_deref() == Some("text/plain") {
             std::str::from_utf8(&body).map_err(|_| ApiError::InvalidRequest {
                 message: "text/plain body is not UTF-8".into(),
@@ -330,6 +338,7 @@ async fn publish(
         let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson {
             message: "body is not UTF-8".into(),
         })?;
+        json::expect_object(&body, "body")?;
         let parsed: PublishBody<'_> =
             serde_json::from_str(text).map_err(|e| ApiError::InvalidJson {
                 message: format!("invalid JSON body: {e}"),
@@ -415,9 +424,13 @@ async fn publish_lines(
     for line in &lines {
         let slot = match line {
             Ok(line) if line.trim().is_empty() => continue,
-            Ok(line) => serde_json::from_str::<PublishRecord<'_>>(line)
-                .map_err(|e| ApiError::InvalidJson {
-                    message: format!("invalid JSON line: {e}"),
+            Ok(line) => json::expect_object(line.as_bytes(), "line")
+                .and_then(|()| {
+                    serde_json::from_str::<PublishRecord<'_>>(line).map_err(|e| {
+                        ApiError::InvalidJson {
+                            message: format!("invalid JSON line: {e}"),
+                        }
+                    })
                 })
                 .and_then(|parsed| to_record(encoding, parsed))
                 .and_then(|record| batch.push(record))

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use psubd_actors::partition::{LogBounds, PartitionHandle, PartitionReader, ReadError};
 use psubd_actors::proposal::leader_of;
 use psubd_actors::{Broker, GroupError, PartitionError};
+use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId, PeerService};
 
 use crate::limits::Limits;
@@ -227,21 +228,44 @@ fn fetch_failure(group: GroupId, error: ReadError) -> ForwardResponse {
 }
 
 /// Waits until the replica applied `min_offset` (its high watermark passed it).
-async fn applied(reader: &PartitionReader, read: &KeyRead) -> bool {
+/// How far a replica is from a key read's `min_offset`.
+enum Progress {
+    /// The record at `min_offset` is applied: the read may be served.
+    Applied,
+    /// This replica leads and has applied its whole log, which holds every committed entry:
+    /// the record at `min_offset` was never written (nor acknowledged). The caller's
+    /// mistake (416), not a replica catching up.
+    NeverWritten(u64),
+    /// Not applied within `timeout_ms`: a replica catching up (503).
+    Behind,
+}
+
+async fn progress(handle: &PartitionHandle, read: &KeyRead) -> Progress {
     let Some(min_offset) = read.min_offset else {
-        return true;
+        return Progress::Applied;
     };
-    let mut watch = reader.subscribe();
+    let mut watch = handle.reader.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(read.timeout_ms);
     loop {
         if watch.borrow_and_update().next_offset > min_offset {
-            return true;
+            return Progress::Applied;
+        }
+        if leads_with_log_applied(&handle.raft) {
+            return Progress::NeverWritten(min_offset);
         }
         match tokio::time::timeout_at(deadline, watch.changed()).await {
             Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => return false,
+            Ok(Err(_)) | Err(_) => return Progress::Behind,
         }
     }
+}
+
+/// Whether this replica leads its group and has applied every entry of its log.
+fn leads_with_log_applied(raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    metrics.current_leader == Some(metrics.id)
+        && metrics.last_applied.map(|log_id| log_id.index) == metrics.last_log_index
 }
 
 fn read_failure(group: GroupId, error: ReadError) -> ForwardResponse {
@@ -263,12 +287,20 @@ async fn caught_up(broker: &Broker, read: &KeyRead) -> Result<PartitionHandle, F
     let Some(handle) = broker.partition(read.group) else {
         return Err(ForwardResponse::Partition(PartitionError::NoReplica));
     };
-    if !applied(&handle.reader, read).await {
-        return Err(ForwardResponse::Partition(PartitionError::Unavailable {
+    match progress(&handle, read).await {
+        Progress::Applied => Ok(handle),
+        Progress::NeverWritten(offset) => {
+            let bounds = handle.reader.bounds();
+            Err(ForwardResponse::OutOfRange {
+                offset,
+                log_start: bounds.log_start,
+                high_watermark: bounds.next_offset,
+            })
+        }
+        Progress::Behind => Err(ForwardResponse::Partition(PartitionError::Unavailable {
             reason: "replica has not applied min_offset".into(),
-        }));
+        })),
     }
-    Ok(handle)
 }
 
 /// Serves a key lookup on this node's replica.

@@ -29,14 +29,14 @@ pub struct DevArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
-    /// Directory holding every node's data (node N in <data-dir>/N).
+    /// Directory holding every node's data (node N in DATA_DIR/N).
     #[arg(long, default_value = "./data/dev")]
     pub data_dir: PathBuf,
     /// First HTTP port; node N listens on base+N-1 and its peer transport on base+1000+N-1.
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
     /// Require API keys (each node runs with --auth): the key of the built-in `admin`
-    /// principal is made in <data-dir>/admin-key the first time.
+    /// principal is made in DATA_DIR/admin-key the first time.
     #[arg(long)]
     pub auth: bool,
 }

@@ -10,6 +10,8 @@
 //!   async threads.
 //! - [`health`]: storage failure (fail-stop), free space (refuse writes before the disk is
 //!   full), stopped groups.
+//! - [`stats`]: per-group counters openraft's metrics lack (leader changes, commit index,
+//!   snapshots built and installed), for the node's metrics.
 //! - [`engine`]: the storage seam (engine trait, trees, batches), its sled implementation and
 //!   the deferred state trees.
 //! - [`log`]: the Raft log: segment files, their decoded tail, the set of files to sync, the
@@ -34,6 +36,7 @@ pub(crate) mod network;
 pub mod node_storage;
 pub mod registry;
 pub mod state;
+pub mod stats;
 pub mod transport;
 pub mod types;
 
@@ -52,6 +55,7 @@ pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use state::logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 pub use state::machine::StateMachine;
 pub use state::snapshot::SnapshotBuilder;
+pub use stats::{GroupStats, GroupStatsSnapshot};
 pub use transport::auth::ClusterSecret;
 pub use transport::tls::{PeerTls, PeerTlsError};
 pub use transport::{Faults, TransportError};

@@ -25,6 +25,7 @@ use crate::network::GroupNetworkFactory;
 use crate::node_storage::NodeStorage;
 use crate::state::logic::GroupLogic;
 use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
+use crate::stats::GroupStats;
 use crate::transport::codec::{PeerRequest, PeerResponse, RaftRequest, RaftResponse, Refusal};
 use crate::transport::{Faults, InboundHandler, Transport, TransportError, TransportSetup};
 use crate::types::{typ, GroupId, NodeId};
@@ -240,6 +241,30 @@ async fn report_fatal(raft: typ::Raft, group: GroupId, health: StorageHealth) {
     }
 }
 
+/// Counts the group's leader changes: each time its metrics show a known leader other than
+/// the last one seen (the first since the group opened, another node, or the same node
+/// elected again in a new term). Ends when the group shuts down. A watch hands over the
+/// newest metrics only, so two changes closer together than this task runs count as one.
+async fn count_leader_changes(raft: typ::Raft, stats: Arc<GroupStats>) {
+    let mut metrics = raft.metrics();
+    let mut last: Option<(NodeId, u64)> = None;
+    loop {
+        let seen = {
+            let now = metrics.borrow_and_update();
+            now.current_leader.map(|leader| (leader, now.current_term))
+        };
+        if let Some(seen) = seen {
+            if last != Some(seen) {
+                stats.leader_changed();
+                last = Some(seen);
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Turns a group's snapshot requests (from its state machine's schedule) into openraft
 /// triggers, until the state machine is dropped with the group or the group stops.
 async fn ask_for_snapshots(raft: typ::Raft, mut requests: SnapshotRequests) {
@@ -421,6 +446,10 @@ impl RaftNode {
         inner.write_groups().insert(group, raft.clone());
         inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
+        tokio::spawn(count_leader_changes(
+            raft.clone(),
+            inner.storage.group_stats_entry(group),
+        ));
         tokio::spawn(
             report_fatal(raft.clone(), group, inner.storage.health().clone()).in_current_span(),
         );

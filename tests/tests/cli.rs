@@ -1,5 +1,5 @@
-//! The client commands of the `psubd` binary (`topic`, `produce`, `consume`, `group`,
-//! `cluster`) run as a user runs them, against a real 3-node cluster: output, exit codes
+//! The client commands of the `psubd` binary (`topic`, `produce`, `consume`, `key`,
+//! `group`, `cluster`) run as a user runs them, against a real 3-node cluster: output, exit codes
 //! (0, 1 with the server's message, 2 for usage errors) and what ends up stored.
 
 use std::collections::BTreeSet;
@@ -158,6 +158,7 @@ async fn the_client_commands_against_a_three_node_cluster() {
     checks
         .run("push_set_get_delete", push_set_get_delete(&psubd))
         .await;
+    checks.run("key_views", key_views(&psubd)).await;
     checks.run("cluster_view", cluster_view(&psubd)).await;
     checks.finish();
 }
@@ -784,4 +785,171 @@ async fn cluster_view(psubd: &Psubd) {
         "{}",
         table.stdout
     );
+}
+
+async fn key_views(psubd: &Psubd) {
+    psubd
+        .run(
+            &[
+                "topic",
+                "create",
+                "profiles",
+                "--partitions",
+                "2",
+                "--compact",
+            ],
+            "",
+        )
+        .await
+        .ok("create a compacted topic");
+    let put: DeliveryReport = psubd
+        .run(
+            &[
+                "key",
+                "put",
+                "profiles",
+                "alice",
+                r#"{"plan":"pro"}"#,
+                "--json",
+            ],
+            "",
+        )
+        .await
+        .ok("put json")
+        .json("put json");
+    psubd
+        .run(&["key", "put", "profiles", "bob", "hello"], "")
+        .await
+        .ok("put text");
+    let carol: DeliveryReport = psubd
+        .run(&["key", "put", "profiles", "carol", "x"], "")
+        .await
+        .ok("put carol")
+        .json("put carol");
+    let offset = put.offset.to_string();
+    let value = psubd
+        .run(
+            &["key", "get", "profiles", "alice", "--min-offset", &offset],
+            "",
+        )
+        .await
+        .ok("get");
+    assert_eq!(value.stdout, "{\"plan\":\"pro\"}\n");
+    let record: Record = psubd
+        .run(
+            &[
+                "key",
+                "get",
+                "profiles",
+                "alice",
+                "--format",
+                "json",
+                "--min-offset",
+                &offset,
+            ],
+            "",
+        )
+        .await
+        .ok("get json")
+        .json("get json");
+    assert_eq!(record.key.as_deref(), Some("alice"));
+    assert_eq!(record.partition, put.partition);
+
+    // Every key, in key order, across both partitions (the last write must be applied
+    // where the listing reads: wait for carol first).
+    let carol_offset = carol.offset.to_string();
+    psubd
+        .run(
+            &[
+                "key",
+                "get",
+                "profiles",
+                "carol",
+                "--min-offset",
+                &carol_offset,
+            ],
+            "",
+        )
+        .await
+        .ok("carol applied");
+    let listed = psubd.run(&["key", "list", "profiles"], "").await.ok("list");
+    assert_eq!(listed.lines(), vec!["alice", "bob", "carol"]);
+    let first = psubd
+        .run(&["key", "list", "profiles", "--max", "2"], "")
+        .await
+        .ok("list --max");
+    assert_eq!(first.lines(), vec!["alice", "bob"]);
+    let with_prefix: Vec<Record> = psubd
+        .run(
+            &[
+                "key", "list", "profiles", "--prefix", "b", "--output", "json",
+            ],
+            "",
+        )
+        .await
+        .ok("list --prefix")
+        .json_lines("list --prefix");
+    assert_eq!(with_prefix.len(), 1);
+    assert_eq!(with_prefix[0].value, "hello");
+
+    let gone: DeliveryReport = psubd
+        .run(&["key", "delete", "profiles", "bob"], "")
+        .await
+        .ok("delete")
+        .json("delete");
+    let gone_offset = gone.offset.to_string();
+    psubd
+        .run(
+            &[
+                "key",
+                "get",
+                "profiles",
+                "bob",
+                "--min-offset",
+                &gone_offset,
+            ],
+            "",
+        )
+        .await
+        .fails(
+            "get a deleted key",
+            1,
+            "key 'bob' not found in topic 'profiles'",
+        );
+
+    // Bad input: exit 1 with the reason, nothing written.
+    psubd.run(&["key", "get", "nope", "alice"], "").await.fails(
+        "unknown topic",
+        1,
+        "topic_not_found",
+    );
+    psubd
+        .run(&["topic", "create", "plainlog"], "")
+        .await
+        .ok("create a plain topic");
+    psubd.run(&["key", "list", "plainlog"], "").await.fails(
+        "a topic that is not compacted",
+        1,
+        "is not compacted",
+    );
+    psubd
+        .run(&["key", "put", "plainlog", "k", "v"], "")
+        .await
+        .fails(
+            "put on a topic that is not compacted",
+            1,
+            "topic_not_compacted",
+        );
+    psubd
+        .run(&["key", "put", "profiles", "k", "{oops", "--json"], "")
+        .await
+        .fails(
+            "a --json value that does not parse",
+            1,
+            "the value is not JSON",
+        );
+    psubd
+        .run(&["key", "get", "profiles"], "")
+        .await
+        .fails("a missing argument", 2, "KEY");
 }

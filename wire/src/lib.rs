@@ -11,6 +11,8 @@
 //!   describe.
 //! - [`push`]: push subscriptions — their settings and state, and the body of each push.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
+//! - [`partitioning`]: the stable hash mapping a record key to its partition, shared by
+//!   the server and clients that route records to partition leaders.
 //! - [`access`]: principals, API keys, ACLs and quotas (the admin's routes).
 //! - [`error`]: the error body every 4xx and 5xx answer carries.
 //! - [`ws`]: the frames the WebSocket API sends.
@@ -33,6 +35,7 @@ pub mod access;
 pub mod cluster;
 pub mod error;
 pub mod groups;
+pub mod partitioning;
 pub mod publish;
 pub mod push;
 pub mod records;
@@ -44,7 +47,7 @@ pub mod ws;
 
 pub use access::{
     Acl, NewKey, NewPrincipal, Operation, PatternType, Permission, Principal, PrincipalQuota,
-    Quota, ResourceType,
+    Quota, ResourceType, MAX_QUOTA_RATE,
 };
 pub use cluster::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
 pub use error::ErrorBody;

@@ -3,11 +3,10 @@
 
 use psubd_wire as w;
 use utoipa::openapi::path::HttpMethod::{Delete, Get, Patch, Post, Put};
-use utoipa::openapi::schema::Schema;
-use utoipa::openapi::RefOr;
 
 use super::build::{any, bytes, example, text, Kind, Op, Spec};
 use super::{DOCS_PATH, SPEC_PATH};
+use crate::console;
 
 /// Every operation of the API.
 /// Every operation, resource by resource.
@@ -58,15 +57,19 @@ fn bounds(op: Op) -> Op {
     )
 }
 
-/// A stream's answer: SSE or NDJSON by `Accept`, items of `item`.
-fn stream_answer(op: Op, item: RefOr<Schema>) -> Op {
+/// A stream's answer: SSE or NDJSON by `Accept`, one `StreamItem` per event or line.
+fn stream_answer(op: Op, s: &mut Spec) -> Op {
     op.answer(
         200,
         "The stream: SSE (`Accept: text/event-stream`) or NDJSON \
          (`Accept: application/x-ndjson`), one item per event or line.",
-        Some(("text/event-stream", item.clone())),
+        Some(("text/event-stream", s.sse_event())),
     )
-    .answer(200, "", Some(("application/x-ndjson", item)))
+    .answer(
+        200,
+        "",
+        Some(("application/x-ndjson", s.schema::<w::StreamItem>())),
+    )
 }
 
 /// Cluster.
@@ -258,7 +261,7 @@ fn streams(s: &mut Spec) -> Vec<Op> {
                 "Last-Event-ID",
                 "SSE: resume after this `<partition>-<offset>`.",
             ),
-            s.schema::<w::StreamItem>(),
+            s,
         ),
         stream_answer(
             Op::new(
@@ -268,7 +271,7 @@ fn streams(s: &mut Spec) -> Vec<Op> {
                 "streamMember",
                 "A group member's records as a stream, from the committed offsets.",
             ),
-            s.schema::<w::StreamItem>(),
+            s,
         ),
     ]
 }
@@ -642,6 +645,33 @@ fn reference() -> Vec<Op> {
             "A browsable reference rendered from this document.",
         )
         .answer(200, "An HTML page.", Some(("text/html", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::PAGE_PATH,
+            "reference",
+            "console",
+            "The web console: cluster, topics, records, groups and publishing, through this API from the browser.",
+        )
+        .answer(200, "An HTML page.", Some(("text/html", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::SCRIPT_PATH,
+            "reference",
+            "console_script",
+            "The web console's script.",
+        )
+        .answer(200, "JavaScript.", Some(("text/javascript", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::STYLE_PATH,
+            "reference",
+            "console_style",
+            "The web console's stylesheet.",
+        )
+        .answer(200, "CSS.", Some(("text/css", text())))
         .builder_security_open(),
     ]
 }

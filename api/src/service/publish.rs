@@ -206,7 +206,7 @@ impl PublishBatch {
 /// The partition of `key`: the one stable hash, so a key maps to the same partition on
 /// every node and release, and a key view reads where a keyed publish wrote.
 pub fn partition_of_key(topic: &TopicMeta, key: &[u8]) -> u32 {
-    (psubd_actors::stable_hash::fnv1a(key) % u64::from(topic.config.partitions.max(1))) as u32
+    psubd_wire::partitioning::partition_of_key(key, topic.config.partitions)
 }
 
 /// Checks one record's size (key + value) and its headers' size against the limits.

@@ -162,6 +162,13 @@ pub enum GroupError {
         /// What does not fit.
         reason: String,
     },
+    /// The group is a push subscription: members may not join, and its offsets are
+    /// neither reset nor deleted until the subscription is deleted.
+    #[error("the group is a push subscription")]
+    PushSubscription,
+    /// The group is not a push subscription.
+    #[error("the group is not a push subscription")]
+    NotPushSubscription,
 }
 
 impl From<Refusal> for PartitionError {

@@ -30,6 +30,7 @@ use crate::offsets::{
 };
 use crate::partition::BatchLimits;
 use crate::proposal::check_leader;
+use crate::push::{PushBoard, PushConfig};
 use crate::topic::PartitionPlacement;
 
 /// Most coordinators one node runs at once; idle ones are stopped to make room.
@@ -60,6 +61,22 @@ struct Inner {
     raft_node: RaftNode,
     /// Held across a coordinator's start, so one group never gets two.
     coordinators: Mutex<HashMap<String, Entry>>,
+    /// The status of the pushers running on this node.
+    push_board: PushBoard,
+}
+
+/// A push subscription whose offsets partition this node leads: its pusher runs here.
+#[derive(Clone)]
+pub struct LedPush {
+    /// The group.
+    pub group: String,
+    /// Its settings.
+    pub config: PushConfig,
+    /// The offsets partition's Raft term: the pusher's epoch. A pusher of an older term
+    /// stops.
+    pub term: u64,
+    /// The local replica of the group's offsets partition (committed offsets, commits).
+    pub offsets: OffsetsHandle,
 }
 
 /// This node's group coordinators. Cheap to clone.
@@ -82,6 +99,7 @@ impl GroupDirectory {
             limits,
             raft_node,
             coordinators: Mutex::new(HashMap::new()),
+            push_board: PushBoard::default(),
         });
         tokio::spawn(purge_deleted_topics(Arc::downgrade(&inner)));
         Self { inner }
@@ -94,6 +112,36 @@ impl GroupDirectory {
             .borrow()
             .partition(OFFSETS_TOPIC, offsets_partition_of(group))
             .cloned()
+    }
+
+    /// The status board of the pushers on this node.
+    pub fn push_board(&self) -> &PushBoard {
+        &self.inner.push_board
+    }
+
+    /// The push subscriptions of every offsets partition this node leads with a quorum:
+    /// the pushers that should run here now.
+    pub fn led_push_subscriptions(&self) -> Vec<LedPush> {
+        let handles: Vec<OffsetsHandle> =
+            read_lock(&self.inner.offsets).values().cloned().collect();
+        let mut out = Vec::new();
+        for handle in handles {
+            if !handle.reader.is_ready() {
+                continue;
+            }
+            let Ok(term) = self.check_leads(&handle) else {
+                continue;
+            };
+            for (group, config) in handle.reader.push_subscriptions() {
+                out.push(LedPush {
+                    group,
+                    config,
+                    term,
+                    offsets: handle.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// The placement of offsets partition `partition`.
@@ -182,6 +230,7 @@ impl GroupDirectory {
                 term,
                 member_count: members.clone(),
                 raft_node: self.inner.raft_node.clone(),
+                push_board: self.inner.push_board.clone(),
             },
         )
         .await

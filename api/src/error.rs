@@ -67,6 +67,21 @@ pub enum ApiError {
         /// The group.
         group: String,
     },
+    /// The group is not a push subscription.
+    #[error("group '{group}' is not a push subscription")]
+    PushNotFound {
+        /// The group.
+        group: String,
+    },
+    /// The group is a push subscription: members cannot join, and its offsets are not
+    /// reset or deleted until the subscription is deleted.
+    #[error(
+        "group '{group}' is a push subscription: delete it (DELETE /v1/groups/{group}/push) first"
+    )]
+    PushSubscription {
+        /// The group.
+        group: String,
+    },
     /// The member expired, left, or belongs to a coordinator that moved: re-join.
     #[error("member is not in group '{group}'; join again")]
     MemberFenced {
@@ -378,6 +393,8 @@ impl ApiError {
             ApiError::AclNotFound { .. } => (StatusCode::NOT_FOUND, "acl_not_found", 7),
             ApiError::PrincipalExists { .. } => (StatusCode::CONFLICT, "principal_exists", 8),
             ApiError::LimitReached { .. } => (StatusCode::CONFLICT, "limit_reached", 9),
+            ApiError::PushNotFound { .. } => (StatusCode::NOT_FOUND, "push_not_found", 8),
+            ApiError::PushSubscription { .. } => (StatusCode::CONFLICT, "push_subscription", 10),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -559,6 +576,12 @@ impl ApiError {
             }
             GroupError::TooManyMembers { limit } => ApiError::GroupFull { limit },
             GroupError::InvalidPosition { reason } => ApiError::InvalidRequest { message: reason },
+            GroupError::PushSubscription => ApiError::PushSubscription {
+                group: group.into(),
+            },
+            GroupError::NotPushSubscription => ApiError::PushNotFound {
+                group: group.into(),
+            },
         }
     }
 }

@@ -18,6 +18,9 @@
 //! callers (API keys, the admin key, quota buckets); [`access`] is the admin's HTTP
 //! resource for principals, keys, ACLs and quotas.
 //!
+//! **Push** — [`push`]: the pushers of the push subscriptions this node coordinates
+//! (reads and dead letters through the service, commits on the local offsets replica).
+//!
 //! **Routing** — [`edge`]: which node serves a request, retries at leader hints, waits
 //! for a leader; [`group_routing`]: how the edge reaches a group's coordinator.
 //!
@@ -50,6 +53,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod protocol;
 pub mod publish;
+pub mod push;
 pub mod render;
 pub mod replica;
 pub mod service;

@@ -98,6 +98,7 @@ pub async fn run(
             None => Auth::off(),
         });
     let open_streams = state.streams.clone();
+    let pushers = psubd_api::push::spawn(state.service.clone(), root.child_token());
     let app = psubd_api::router(state);
     let tls = match (&raw.tls_cert, &raw.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(
@@ -188,6 +189,8 @@ pub async fn run(
             "streams still open at the drain deadline; stopping anyway"
         );
     }
+    // The pushers saw the cancellation with everything else; they stop within a bound.
+    let _ = pushers.await;
     psubd_api::leadership::say_goodbye(&edge, psubd_api::leadership::GOODBYE_TIMEOUT).await;
     info!("shutting down: stopping actors and Raft groups");
     broker.shutdown().await;

@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use psubd_tests::{cluster::psubd_bin, Checks, Cluster};
-use psubd_wire::{ClusterInfo, DeliveryReport, GroupOffsets, Record, ResetResponse, Topic};
+use psubd_wire::{
+    ClusterInfo, DeliveryReport, GroupOffsets, PushSubscription, Record, ResetResponse, Topic,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -152,6 +154,9 @@ async fn the_client_commands_against_a_three_node_cluster() {
             "consume_in_a_group_commits_what_it_printed",
             consume_in_a_group(&psubd),
         )
+        .await;
+    checks
+        .run("push_set_get_delete", push_set_get_delete(&psubd))
         .await;
     checks.run("key_views", key_views(&psubd)).await;
     checks.run("cluster_view", cluster_view(&psubd)).await;
@@ -714,6 +719,56 @@ async fn consume_in_a_group(psubd: &Psubd) {
         1,
         "group_not_found",
     );
+}
+
+/// `group push set|get|delete`: the settings as given (the secret from the environment,
+/// never printed), then the subscription gone.
+async fn push_set_get_delete(psubd: &Psubd) {
+    psubd
+        .run(&["topic", "create", "cli-push", "--partitions", "1"], "")
+        .await
+        .ok("create");
+    let mut set = psubd.command(&[
+        "group",
+        "push",
+        "set",
+        "cli-hooks",
+        "--topic",
+        "cli-push",
+        "--endpoint",
+        "http://127.0.0.1:9/hook",
+        "--max-deliveries",
+        "2",
+        "--output",
+        "json",
+    ]);
+    set.env("PSUBD_PUSH_SECRET", "cli-secret");
+    let set = finish(set.spawn().expect("the psubd binary starts"), "")
+        .await
+        .ok("push set");
+    assert!(!set.stdout.contains("cli-secret"), "{}", set.stdout);
+    let stored: PushSubscription = set.json("push set");
+    assert_eq!(
+        (stored.max_deliveries, stored.secret_set, stored.topics),
+        (2, true, vec!["cli-push".to_string()])
+    );
+    let table = psubd
+        .run(&["group", "push", "get", "cli-hooks"], "")
+        .await
+        .ok("push get");
+    assert!(
+        table.stdout.contains("http://127.0.0.1:9/hook"),
+        "{}",
+        table.stdout
+    );
+    psubd
+        .run(&["group", "push", "delete", "cli-hooks"], "")
+        .await
+        .ok("push delete");
+    psubd
+        .run(&["group", "push", "get", "cli-hooks"], "")
+        .await
+        .fails("get a deleted push subscription", 1, "push_not_found");
 }
 
 async fn cluster_view(psubd: &Psubd) {

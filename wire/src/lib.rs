@@ -9,6 +9,7 @@
 //! - [`streams`]: one item of a partition or member stream (record, assignment, error).
 //! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
 //!   describe.
+//! - [`push`]: push subscriptions — their settings and state, and the body of each push.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
 //! - [`partitioning`]: the stable hash mapping a record key to its partition, shared by
 //!   the server and clients that route records to partition leaders.
@@ -36,6 +37,7 @@ pub mod error;
 pub mod groups;
 pub mod partitioning;
 pub mod publish;
+pub mod push;
 pub mod records;
 #[cfg(feature = "openapi")]
 mod schema;
@@ -59,6 +61,7 @@ pub use publish::{
     Accepted, DelayedReport, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest,
     PublishResponse, RecordReport,
 };
+pub use push::{PushDelivery, PushPartitionState, PushRequest, PushSubscription};
 pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
 pub use streams::{AssignmentEvent, StreamItem};
 pub use topics::{CleanupPolicy, PartitionStatus, Topic, TopicSpec, TopicUpdate};

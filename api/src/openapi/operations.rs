@@ -460,7 +460,61 @@ fn groups(s: &mut Spec) -> Vec<Op> {
             "The offsets now committed.",
             s.schema::<w::ResetResponse>(),
         ),
+        Op::new(
+            Put,
+            "/v1/groups/{group}/push",
+            "groups",
+            "setPush",
+            "Make a group without members a push subscription, or change its settings.",
+        )
+        .describe(&format!(
+            "The coordinator's node POSTs each record (schema `{}`) to the endpoint; a 2xx answer acknowledges it. See docs/api.md § Push subscriptions.",
+            push_delivery_schema(s)
+        ))
+        .body(
+            "application/json",
+            s.schema::<w::PushRequest>(),
+            example(w::PushRequest {
+                topics: vec!["orders".into()],
+                endpoint: "https://hooks.example.com/orders".into(),
+                dead_letter_topic: Some("orders-dead".into()),
+                secret: Some("a shared secret".into()),
+                ..w::PushRequest::default()
+            }),
+        )
+        .ok(
+            200,
+            "The subscription as stored.",
+            s.schema::<w::PushSubscription>(),
+        ),
+        Op::new(
+            Get,
+            "/v1/groups/{group}/push",
+            "groups",
+            "getPush",
+            "A push subscription's settings (never the secret) and per-partition state.",
+        )
+        .ok(
+            200,
+            "The subscription.",
+            s.schema::<w::PushSubscription>(),
+        ),
+        Op::new(
+            Delete,
+            "/v1/groups/{group}/push",
+            "groups",
+            "deletePush",
+            "End a push subscription; its committed offsets stay.",
+        )
+        .answer(204, "Ended.", None),
     ]
+}
+
+/// Registers the body of each push POST (no route takes it: the cluster sends it) and
+/// names it.
+fn push_delivery_schema(s: &mut Spec) -> &'static str {
+    let _ = s.schema::<w::PushDelivery>();
+    "PushDelivery"
 }
 
 /// WebSocket.

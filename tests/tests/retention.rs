@@ -238,11 +238,15 @@ async fn retention_by_age_and_size_moves_the_log_start_and_resets_groups() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT, "leave");
 
-    // PATCH: only the retention settings change; anything else is 422.
+    // PATCH: settings fixed at creation are 422 (partitions may grow: topic_growth.rs).
     let n2 = cluster.node(2);
-    let refused = patch(&n2, topic, json!({"partitions": 3})).await;
-    let error = expect_error(refused, 422, "invalid_config", "PATCH partitions").await;
-    assert!(error.message.contains("partitions"), "{}", error.message);
+    let refused = patch(&n2, topic, json!({"replication_factor": 2})).await;
+    let error = expect_error(refused, 422, "invalid_config", "PATCH replication_factor").await;
+    assert!(
+        error.message.contains("replication_factor"),
+        "{}",
+        error.message
+    );
     let refused = patch(&n2, topic, json!({"retention_ms": 0})).await;
     expect_error(refused, 422, "invalid_config", "PATCH retention_ms 0").await;
     let missing = patch(&n2, "no-such-topic", json!({"retention_ms": 1000})).await;

@@ -18,6 +18,7 @@ use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
+use crate::partition::guard::RequestGuard;
 use crate::partition::{
     Appended, BatchLimits, PartitionHandle, PartitionMsg, DEFAULT_MAINTENANCE_INTERVAL,
 };
@@ -241,6 +242,7 @@ impl Broker {
         &self,
         group: GroupId,
         records: EncodedRecords,
+        guard: RequestGuard,
     ) -> Result<Appended, PartitionError> {
         let handle = self.partition(group).ok_or(PartitionError::NoReplica)?;
         let wait = self.inner.limits.write_timeout;
@@ -253,7 +255,11 @@ impl Broker {
                 reason: "partition closing".into(),
             })?;
         let call = handle.actor.call(
-            |reply| PartitionMsg::Append { records, reply },
+            |reply| PartitionMsg::Append {
+                records,
+                guard,
+                reply,
+            },
             Some(wait + ACTOR_CALL_GRACE),
         );
         match call.await {
@@ -298,6 +304,21 @@ impl Broker {
         update: TopicUpdate,
     ) -> Result<TopicMeta, ControllerError> {
         self.inner.controller.update_topic(name, update).await
+    }
+
+    /// Sets a topic's duplicate window through this node's controller.
+    ///
+    /// # Errors
+    /// As [`Broker::update_topic`].
+    pub async fn set_duplicate_window(
+        &self,
+        name: String,
+        duplicate_window_ms: u64,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.inner
+            .controller
+            .set_duplicate_window(name, duplicate_window_ms)
+            .await
     }
 
     /// Changes the access model through this node's controller.

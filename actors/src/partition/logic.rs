@@ -1,6 +1,7 @@
 //! The state machine logic of a partition's Raft group: decodes each command and hands it
 //! to the part that owns it — the [`BatchStore`] (appends, trims), the [`KeyIndex`] and
-//! the [`Compactor`] (compacted topics) — then publishes what was written to the readers.
+//! the [`Compactor`] (compacted topics), the [`IdTable`] (guarded appends, decided by
+//! [`guard::decide`]) — then publishes what was written to the readers.
 
 use std::sync::Arc;
 
@@ -11,8 +12,10 @@ use psubd_raft::{
 use tracing::warn;
 
 use super::batch_store::BatchStore;
-use super::command::{offset_response, PartitionCommand};
+use super::command::{offset_response, outcomes_response, PartitionCommand};
 use super::compaction::Compactor;
+use super::guard::{self, EntryGuard};
+use super::id_table::IdTable;
 use super::key_index::KeyIndex;
 use super::layout::{batch_key, BOUNDS_KEY, INDEX_END, PROGRESS_KEY};
 use super::reader::PartitionReader;
@@ -31,6 +34,8 @@ pub struct PartitionLogic {
     keys: KeyIndex,
     /// Compaction progress including the current apply call (compacted topics).
     compactor: Compactor,
+    /// Record ids stored recently, including the current apply call.
+    ids: IdTable,
 }
 
 impl PartitionLogic {
@@ -51,9 +56,39 @@ impl PartitionLogic {
                 compacted,
                 keys: KeyIndex::default(),
                 compactor: Compactor::default(),
+                ids: IdTable::default(),
             },
             PartitionReader::new(shared),
         )
+    }
+
+    /// Applies a guarded append: [`guard::decide`] picks the records to store and each
+    /// request's outcome; the kept records are then appended like any batch. Answers the
+    /// outcomes.
+    fn append_guarded(
+        &mut self,
+        entry: &EntryGuard,
+        stored: &bytes::Bytes,
+        state: &Tree,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageIoError> {
+        let keys = &self.keys;
+        let key_offset = |key: &[u8]| {
+            Ok(keys
+                .get(state, key)?
+                .filter(|entry| !entry.tombstone)
+                .map(|entry| entry.offset))
+        };
+        let next_offset = self.store.bounds().next_offset;
+        let decided = guard::decide(entry, stored, next_offset, &mut self.ids, key_offset, batch)?;
+        let Some(decided) = decided else {
+            warn!("skipping guarded append command that does not match its guard");
+            return Ok(CommandResponse::default());
+        };
+        if let Some((kept, _count)) = &decided.append {
+            self.append(kept, batch)?;
+        }
+        outcomes_response(&decided.outcomes)
     }
 
     /// Applies an append of `stored` (a stored batch, header included): its records get
@@ -95,6 +130,7 @@ impl GroupLogic for PartitionLogic {
     fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
         self.shared.set_tree(state);
         self.store.load(state)?;
+        self.ids.load(state)?;
         self.keys.written();
         self.compactor.load(state)?;
         self.shared.publish_compaction(self.compactor.progress());
@@ -112,6 +148,9 @@ impl GroupLogic for PartitionLogic {
         self.store.collect_garbage(self.shared.is_held(), batch);
         match PartitionCommand::decode(command) {
             PartitionCommand::Append(stored) => self.append(&stored, batch),
+            PartitionCommand::GuardedAppend(entry, stored) => {
+                self.append_guarded(&entry, &stored, state, batch)
+            }
             PartitionCommand::Trim(requested) => {
                 let log_start = self.store.trim(requested, batch)?;
                 self.store.collect_garbage(self.shared.is_held(), batch);
@@ -153,7 +192,7 @@ impl GroupLogic for PartitionLogic {
             Some(raw) => raw.to_vec(),
             None => {
                 return Ok(SnapshotPlan {
-                    pinned: Vec::new(),
+                    pinned: self.ids.pairs(),
                     lazy: None,
                 })
             }
@@ -171,6 +210,9 @@ impl GroupLogic for PartitionLogic {
         // converges"). Batches appended meanwhile may come along: replay writes the same
         // bytes under the same keys.
         let mut pinned = vec![(BOUNDS_KEY.to_vec(), bounds)];
+        // The id table changes at every guarded append, so it is copied now (bounded by
+        // its cap); its keys sort after every lazy range (see `layout`).
+        pinned.extend(self.ids.pairs());
         let end = if self.compacted {
             if let Some(progress) = state.get(PROGRESS_KEY)? {
                 pinned.push((PROGRESS_KEY.to_vec(), progress.to_vec()));

@@ -12,6 +12,8 @@
 //! | [`batch_store`] | the batches as one apply call stages them: appends, trims, rewrites |
 //! | [`compaction`] | which records survive, and the [`compaction::Compactor`] applying windows |
 //! | [`retention`] | which batches have expired |
+//! | [`id_table`] | the record ids stored recently (idempotent publish) |
+//! | [`guard`] | guarded appends: ids and expected offsets, decided at apply |
 //! | [`command`] | the group's commands: built by the leader, decoded by every replica |
 //! | [`shared`] | what the state machine publishes to readers once written |
 //! | [`fetched`] | records as a read returns them |
@@ -25,6 +27,10 @@ mod batch_store;
 mod command;
 pub mod compaction;
 mod fetched;
+pub mod guard;
+#[cfg(test)]
+mod guard_tests;
+pub mod id_table;
 pub mod key_index;
 mod layout;
 mod logic;

@@ -20,7 +20,7 @@ use crate::record::BATCH_HEADER_LEN;
 use crate::record::{join_batch, EncodedRecords, Record, RecordIter, ValueKind};
 use crate::topic::CleanupPolicy;
 
-fn records(from: u32, count: u32, size: usize) -> EncodedRecords {
+pub(super) fn records(from: u32, count: u32, size: usize) -> EncodedRecords {
     let records: Vec<Record> = (from..from + count)
         .map(|i| Record {
             timestamp_ms: i as i64,
@@ -33,7 +33,7 @@ fn records(from: u32, count: u32, size: usize) -> EncodedRecords {
     EncodedRecords::encode(&records).unwrap()
 }
 
-fn entry(index: u64, command: Command) -> Entry<psubd_raft::TypeConfig> {
+pub(super) fn entry(index: u64, command: Command) -> Entry<psubd_raft::TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(command),
@@ -50,7 +50,7 @@ fn offsets(fetched: &FetchedRecords) -> Vec<u64> {
     fetched.iter().map(|r| r.unwrap().0).collect()
 }
 
-fn values(fetched: &FetchedRecords) -> Vec<String> {
+pub(super) fn values(fetched: &FetchedRecords) -> Vec<String> {
     RecordIter::run(&fetched.bytes)
         .map(|r| {
             String::from_utf8(r.unwrap().value.unwrap().to_vec())
@@ -63,7 +63,7 @@ fn values(fetched: &FetchedRecords) -> Vec<String> {
 
 /// A fresh partition replica (group 7) in a temporary directory: the directory (kept
 /// alive), its storage (to reopen the replica), the reader and the state machine.
-fn open_partition() -> (
+pub(super) fn open_partition() -> (
     tempfile::TempDir,
     NodeStorage,
     PartitionReader,
@@ -385,7 +385,7 @@ fn state_survives_reopen_and_a_bad_command_is_skipped_alike() {
     });
 }
 
-fn keyed(key: &str, value: Option<&str>, ts: i64) -> Record {
+pub(super) fn keyed(key: &str, value: Option<&str>, ts: i64) -> Record {
     Record {
         timestamp_ms: ts,
         kind: ValueKind::String,

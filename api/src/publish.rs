@@ -33,6 +33,10 @@ use crate::limits::Limits;
 use crate::service::publish::{total_failure, Acks, Delivered, NewRecord, PublishBatch, Published};
 use crate::service::Caller;
 use crate::state::AppState;
+use psubd_actors::partition::guard::Expectation;
+
+/// The raw-body mode's header carrying the record's id.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Most NDJSON lines published as one request: the stream's batch bound.
 const STREAM_CHUNK: usize = 1000;
@@ -62,6 +66,20 @@ struct PublishParams {
     key: Option<String>,
     partition: Option<String>,
     encoding: Option<Encoding>,
+    /// Store the records only if the partition's next offset is this.
+    expected_offset: Option<String>,
+}
+
+/// The `expected_offset` parameter, if given.
+fn expected_offset(raw: Option<&str>) -> Result<Option<Expectation>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<u64>()
+            .map(Expectation::NextOffset)
+            .map_err(|_| ApiError::InvalidRequest {
+                message: format!("expected_offset must be an offset (0 or more), not '{raw}'"),
+            })
+    })
+    .transpose()
 }
 
 #[derive(Deserialize)]
@@ -91,6 +109,8 @@ pub(crate) struct PublishRecord<'a> {
     partition: Option<i64>,
     #[serde(default)]
     timestamp_ms: Option<i64>,
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
 }
 
 fn decode_base64(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {
@@ -152,6 +172,7 @@ fn to_record(encoding: Encoding, raw: PublishRecord<'_>) -> Result<NewRecord<'_>
         key,
         value,
         headers: raw.headers.unwrap_or_default().into_iter().collect(),
+        id: raw.id.map(|id| cow_bytes(id.0)),
     })
 }
 
@@ -194,6 +215,7 @@ pub(crate) fn report(d: &Delivered) -> RecordReport {
             partition: d.partition,
             offset: *offset,
             timestamp_ms: d.timestamp_ms,
+            duplicate: d.duplicate,
         }),
         Err(error) => RecordReport::Failed(FailedRecord {
             partition: Some(d.partition),
@@ -261,6 +283,11 @@ fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
         }
         // Writing into a Vec cannot fail.
         let _ = match &d.result {
+            Ok(offset) if d.duplicate => write!(
+                out,
+                "{{\"duplicate\":true,\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
+                d.partition, d.timestamp_ms
+            ),
             Ok(offset) => write!(
                 out,
                 "{{\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
@@ -283,6 +310,7 @@ async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let acks = Acks::parse(params.acks.as_deref())?;
+    let expectation = expected_offset(params.expected_offset.as_deref())?;
     let media = media_type(&headers);
     // A body without a Content-Type is refused, as on every JSON route (`json.rs`).
     let raw_mode = match media.as_deref() {
@@ -318,6 +346,9 @@ async fn publish(
         } else {
             ValueKind::Binary
         };
+        let id = headers
+            .get(IDEMPOTENCY_KEY)
+            .map(|v| Cow::Borrowed(v.as_bytes()));
         batch.push(NewRecord {
             partition,
             timestamp_ms: None,
@@ -325,6 +356,7 @@ async fn publish(
             key: key.map(Cow::Borrowed),
             value: Some(Cow::Borrowed(&body[..])),
             headers: Vec::new(),
+            id,
         })?;
     } else {
         let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson {
@@ -336,6 +368,9 @@ async fn publish(
             })?;
         let encoding = params.encoding.unwrap_or(parsed.encoding);
         push_records(&mut batch, parsed.records, encoding)?;
+    }
+    if let Some(expectation) = expectation {
+        batch.expect(expectation)?;
     }
     Ok(match state.service.publish(&caller, batch, acks).await? {
         Published::Accepted(count) => (
@@ -368,6 +403,12 @@ async fn publish_stream(
         }
     }
     Acks::parse(params.acks.as_deref())?;
+    if params.expected_offset.is_some() {
+        // A stream's lines are published in chunks as they arrive: no one offset to expect.
+        return Err(ApiError::InvalidRequest {
+            message: "expected_offset is for a batch publish, not a stream".into(),
+        });
+    }
     // The topic is looked up once; each chunk publishes a batch for it.
     let template = state.service.begin_publish(&caller, &topic).await?;
     let encoding = params.encoding.unwrap_or_default();
@@ -477,6 +518,13 @@ mod tests {
                 partition: 2,
                 result: Ok(41),
                 timestamp_ms: 1_700_000_000_123,
+                duplicate: false,
+            },
+            Delivered {
+                partition: 1,
+                result: Ok(7),
+                timestamp_ms: 5,
+                duplicate: true,
             },
             Delivered {
                 partition: 0,
@@ -484,6 +532,7 @@ mod tests {
                     reason: "no leader".into(),
                 }),
                 timestamp_ms: -1,
+                duplicate: false,
             },
         ];
         let written: serde_json::Value = serde_json::from_slice(&offsets_json(&reports)).unwrap();

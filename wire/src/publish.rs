@@ -43,6 +43,11 @@ pub struct NewRecord {
     /// Record timestamp; defaults to the receiving node's clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_ms: Option<i64>,
+    /// Idempotency id, 1 to 256 bytes: a record whose id its partition stored within the
+    /// topic's `duplicate_window_ms` is not stored again (its report says `duplicate`).
+    /// Without key or partition, the id picks the partition, so a retry lands on the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl NewRecord {
@@ -84,6 +89,13 @@ impl NewRecord {
         self.partition = Some(partition);
         self
     }
+
+    /// Sets the idempotency id: a retry with the same id is stored once.
+    #[must_use]
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
 }
 
 /// The JSON body of a batch publish: 1 to 1000 records.
@@ -105,10 +117,18 @@ pub struct PublishRequest {
 pub struct DeliveryReport {
     /// Partition the record went to.
     pub partition: u32,
-    /// Its offset there.
+    /// Its offset there (a duplicate's: the original record's).
     pub offset: u64,
-    /// Its timestamp.
+    /// Its timestamp (a duplicate's: the one this request gave it).
     pub timestamp_ms: i64,
+    /// The record's id was stored within the duplicate window: this record was not stored
+    /// again, and `offset` is the original's. Omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub duplicate: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A record that was not stored (a row of a 207, or an NDJSON report line).

@@ -94,6 +94,8 @@ impl Spec {
                             retriable: false,
                             log_start_offset: None,
                             high_watermark: None,
+                            next_offset: None,
+                            key_offset: None,
                         }))
                         .build(),
                 )

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use psubd_actors::clock::now_ms;
 use psubd_actors::controller::access::{Operation, ResourceType};
+use psubd_actors::partition::guard::{Expectation, RequestGuard};
+use psubd_actors::partition::id_table::RecordId;
 use psubd_actors::partition::Appended;
 use psubd_actors::record::{EncodedRecords, RawBytes, RecordRef, ValueKind};
 use psubd_actors::topic::TopicMeta;
@@ -67,7 +69,12 @@ pub struct NewRecord<'a> {
     pub value: Option<Cow<'a, [u8]>>,
     /// Headers, sorted by name.
     pub headers: Vec<(String, String)>,
+    /// Idempotency id (1 to [`MAX_ID_BYTES`] bytes): stored once per duplicate window.
+    pub id: Option<Cow<'a, [u8]>>,
 }
+
+/// Longest record id, bytes.
+pub const MAX_ID_BYTES: usize = 256;
 
 /// Where one record of a request went: its partition and its place in that partition's
 /// run (its offset is the run's base offset plus `position`).
@@ -77,11 +84,13 @@ struct Slot {
     timestamp_ms: i64,
 }
 
-/// One partition's share of a request: its records, encoded back to back.
+/// One partition's share of a request: its records, encoded back to back, and their ids
+/// and expectation.
 #[derive(Default)]
 struct Run {
     count: u32,
     bytes: Vec<u8>,
+    guard: RequestGuard,
 }
 
 /// One request's records for one topic, encoded into one run per partition as they are
@@ -152,7 +161,14 @@ impl PublishBatch {
     /// # Errors
     /// 404 for a partition the topic lacks, 413 for a record or headers over the limits.
     pub fn push(&mut self, record: NewRecord<'_>) -> Result<usize> {
-        let partition = self.choose_partition(record.partition, record.key.as_deref())?;
+        if let Some(id) = &record.id {
+            check_id(id)?;
+        }
+        let partition = self.choose_partition(
+            record.partition,
+            record.key.as_deref(),
+            record.id.as_deref(),
+        )?;
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
         let size = record.key.as_ref().map_or(0, |k| k.len())
             + record.value.as_ref().map_or(0, |v| v.len());
@@ -174,6 +190,9 @@ impl PublishBatch {
         .map_err(|e| ApiError::Internal {
             detail: format!("record encoding: {e}"),
         })?;
+        if let Some(id) = &record.id {
+            run.guard.ids.push((run.count, RecordId::of(id)));
+        }
         self.slots.push(Slot {
             partition,
             position: run.count,
@@ -183,9 +202,37 @@ impl PublishBatch {
         Ok(self.slots.len() - 1)
     }
 
-    fn choose_partition(&self, explicit: Option<i64>, key: Option<&[u8]>) -> Result<u32> {
+    /// Makes the request conditional on `expectation` (`?expected_offset`, `If-Match`):
+    /// decided where the records' entry is applied, so every record must have gone to one
+    /// partition.
+    ///
+    /// # Errors
+    /// 400 when the records went to more than one partition.
+    pub fn expect(&mut self, expectation: Expectation) -> Result<()> {
+        let mut runs = self.runs.values_mut();
+        match (runs.next(), runs.next()) {
+            (Some(run), None) => {
+                run.guard.expect = Some(expectation);
+                Ok(())
+            }
+            _ => Err(ApiError::InvalidRequest {
+                message: "an expected offset needs every record in one partition: give \
+                          `partition` (or one key)"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Chooses a record's partition: the explicit one, else by key, else by id (so a
+    /// retried record lands where its first attempt did), else round-robin.
+    fn choose_partition(
+        &self,
+        explicit: Option<i64>,
+        key: Option<&[u8]>,
+        id: Option<&[u8]>,
+    ) -> Result<u32> {
         let count = self.topic.config.partitions;
-        match (explicit, key) {
+        match (explicit, key.or(id)) {
             (Some(p), _) => {
                 if p < 0 || p >= i64::from(count) {
                     return Err(ApiError::PartitionNotFound {
@@ -195,7 +242,7 @@ impl PublishBatch {
                 }
                 Ok(p as u32)
             }
-            (None, Some(key)) => Ok(partition_of_key(&self.topic, key)),
+            (None, Some(key_or_id)) => Ok(partition_of_key(&self.topic, key_or_id)),
             (None, None) => {
                 Ok((self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32)
             }
@@ -207,6 +254,19 @@ impl PublishBatch {
 /// every node and release, and a key view reads where a keyed publish wrote.
 pub fn partition_of_key(topic: &TopicMeta, key: &[u8]) -> u32 {
     (psubd_actors::stable_hash::fnv1a(key) % u64::from(topic.config.partitions.max(1))) as u32
+}
+
+/// Checks a record id's length.
+///
+/// # Errors
+/// 400 `invalid_request` for an empty id or one over [`MAX_ID_BYTES`].
+pub fn check_id(id: &[u8]) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(ApiError::InvalidRequest {
+            message: format!("a record id must be 1 to {MAX_ID_BYTES} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// Checks one record's size (key + value) and its headers' size against the limits.
@@ -237,6 +297,8 @@ pub struct Delivered {
     pub result: Result<u64>,
     /// Its timestamp.
     pub timestamp_ms: i64,
+    /// Not stored: its id was, within the duplicate window, at `result`'s offset.
+    pub duplicate: bool,
 }
 
 /// What a publish came to.
@@ -282,6 +344,12 @@ pub fn clone_error(error: &ApiError) -> ApiError {
         } => ApiError::QuotaExceeded {
             quota,
             retry_after_secs: *retry_after_secs,
+        },
+        ApiError::OffsetMismatch { next_offset } => ApiError::OffsetMismatch {
+            next_offset: *next_offset,
+        },
+        ApiError::KeyOffsetMismatch { key_offset } => ApiError::KeyOffsetMismatch {
+            key_offset: *key_offset,
         },
         other => ApiError::Internal {
             detail: other.to_string(),
@@ -350,6 +418,7 @@ impl Service {
                     partition: slot.partition,
                     result: Err(clone_error(&error)),
                     timestamp_ms: slot.timestamp_ms,
+                    duplicate: false,
                 })
                 .collect();
         }
@@ -365,11 +434,12 @@ impl Service {
         let partitions: Vec<u32> = runs.keys().copied().collect();
         let appends = runs.into_iter().map(|(partition, run)| {
             let placement = topic.partitions.get(partition as usize);
+            let guard = run.guard;
             let encoded = EncodedRecords::from_run(run.count, run.bytes);
             let topic = &topic;
             async move {
                 match placement {
-                    Some(placement) => self.edge.append(placement, encoded).await,
+                    Some(placement) => self.edge.append(placement, encoded, guard).await,
                     None => Err(ApiError::PartitionNotFound {
                         topic: topic.name.clone(),
                         partition: u64::from(partition),
@@ -388,10 +458,13 @@ impl Service {
         let reports: Vec<Delivered> = slots
             .iter()
             .map(|slot| {
+                let mut duplicate = false;
                 let result = match outcome(slot.partition) {
                     Some(Ok(appended)) => {
-                        published += 1;
-                        Ok(appended.base_offset + u64::from(slot.position))
+                        let (offset, is_duplicate) = appended.offset_of(slot.position);
+                        duplicate = is_duplicate;
+                        published += u64::from(!is_duplicate);
+                        Ok(offset)
                     }
                     Some(Err(error)) => Err(clone_error(error)),
                     None => Err(ApiError::Internal {
@@ -402,6 +475,7 @@ impl Service {
                     partition: slot.partition,
                     result,
                     timestamp_ms: slot.timestamp_ms,
+                    duplicate,
                 }
             })
             .collect();
@@ -448,6 +522,7 @@ mod tests {
             key: Some(Cow::Borrowed(key.as_bytes())),
             value: Some(Cow::Owned(value.as_bytes().to_vec())),
             headers: vec![("h".into(), "v".into())],
+            id: None,
         }
     }
 
@@ -499,6 +574,41 @@ mod tests {
             batches.push(record(2, "d", "w")),
             Err(ApiError::PartitionNotFound { partition: 2, .. })
         ));
+    }
+
+    #[test]
+    fn ids_pick_the_partition_of_unkeyed_records_and_expectations_need_one_partition() {
+        let mut batches = batch(8);
+        let with_id = |id: &'static str| NewRecord {
+            partition: None,
+            key: None,
+            id: Some(Cow::Borrowed(id.as_bytes())),
+            ..record(0, "k", "v")
+        };
+        batches.push(with_id("order-1")).unwrap();
+        batches.push(with_id("order-1")).unwrap();
+        let want = partition_of_key(&batches.topic, b"order-1");
+        assert!(batches.slots.iter().all(|s| s.partition == want));
+        let run = &batches.runs[&want];
+        assert_eq!(run.guard.ids.len(), 2);
+        assert_eq!(run.guard.ids[0].1, RecordId::of(b"order-1"));
+        assert_eq!((run.guard.ids[0].0, run.guard.ids[1].0), (0, 1));
+        assert!(batches.expect(Expectation::NextOffset(3)).is_ok());
+        batches
+            .push(record((i64::from(want) + 1) % 8, "k", "v"))
+            .unwrap();
+        assert!(matches!(
+            batches.expect(Expectation::NextOffset(3)),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        for bad in [&b""[..], &[b'x'; MAX_ID_BYTES + 1][..]] {
+            let mut record = record(0, "k", "v");
+            record.id = Some(Cow::Owned(bad.to_vec()));
+            assert!(matches!(
+                batches.push(record),
+                Err(ApiError::InvalidRequest { .. })
+            ));
+        }
     }
 
     #[test]

@@ -352,11 +352,13 @@ impl Client {
     }
 
     /// Publishes one record with value `value` to an explicit partition, `acks=all`, with a
-    /// `pad` header unless `pad` is empty.
+    /// `pad` header unless `pad` is empty, and the idempotency `id` if given (a duplicate's
+    /// report names the stored copy's offset, which is what is returned then).
     ///
     /// # Errors
     /// Any failure, or a 200 whose `offsets` does not hold exactly one offset for this
     /// partition.
+    #[allow(clippy::too_many_arguments)]
     pub async fn publish(
         &self,
         node: u64,
@@ -364,6 +366,7 @@ impl Client {
         partition: u32,
         value: u64,
         pad: &str,
+        id: Option<&str>,
         timeout: Duration,
     ) -> Result<Published, Failure> {
         let base = self.base(node)?;
@@ -371,6 +374,9 @@ impl Client {
             json!({"key": format!("v{value}"), "value": value, "partition": partition});
         if !pad.is_empty() {
             record["headers"] = json!({ "pad": pad });
+        }
+        if let Some(id) = id {
+            record["id"] = json!(id);
         }
         let req = self
             .http

@@ -72,26 +72,37 @@ fn place(report: &Value) -> (u64, u64, bool) {
     )
 }
 
-/// The values of partition `partition`'s records, as JSON text.
-async fn values(node: &NodeClient, topic: &str, partition: u32) -> Vec<String> {
-    node.fetch_all(topic, partition)
-        .await
-        .iter()
-        .map(|r| r.value.to_string())
-        .collect()
+/// The values of partition `partition`'s records, as JSON text, once `node`'s replica
+/// holds at least `at_least` of them (a follower may not have applied an acknowledged
+/// write yet).
+async fn values(node: &NodeClient, topic: &str, partition: u32, at_least: usize) -> Vec<String> {
+    eventually(SETTLE, "the replica to catch up", || async move {
+        let values: Vec<String> = node
+            .try_fetch_all(topic, partition)
+            .await?
+            .iter()
+            .map(|r| r.value.to_string())
+            .collect();
+        if values.len() >= at_least {
+            Ok(values)
+        } else {
+            Err(format!("{} of {at_least} records so far", values.len()))
+        }
+    })
+    .await
 }
 
+/// Creates a topic from `body`, retrying while the controller is not available (503).
 async fn create(node: &NodeClient, body: Value) -> Value {
-    let resp = node
-        .http()
-        .post(node.url("/v1/topics"))
-        .json(&body)
-        .send()
-        .await
-        .expect("create topic");
-    psubd_tests::expect_json(resp, 201)
-        .await
-        .expect("201 topic")
+    let body = &body;
+    eventually(SETTLE, "the topic created", || async move {
+        match post(node, "/v1/topics", body).await? {
+            (201, topic) => Ok(topic),
+            (503, error) => Err(format!("503: {error}")),
+            (status, error) => panic!("create answered {status}: {error}"),
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +202,7 @@ async fn an_id_is_stored_once_whichever_node_takes_it_and_after_a_leader_kill() 
         again.iter().all(|r| place(r).2),
         "a third send of the in-flight batch is all duplicates: {again:?}"
     );
-    let mut stored = values(&survivors[0], "kills", 0).await;
+    let mut stored = values(&survivors[0], "kills", 0, 100).await;
     assert_eq!(
         stored.len(),
         100,
@@ -237,7 +248,7 @@ async fn an_id_is_stored_again_once_the_window_has_passed() {
         (0, 1, false),
         "stored again, at the next offset"
     );
-    assert_eq!(values(&node, "short", 0).await, vec!["1", "1"]);
+    assert_eq!(values(&node, "short", 0, 2).await, vec!["1", "1"]);
 
     // A zero window turns deduplication off.
     let resp = node
@@ -311,7 +322,7 @@ async fn two_writers_racing_one_expected_offset_get_exactly_one_success() {
         assert_eq!(lost["next_offset"], round + 1, "the current next offset");
     }
     let node = cluster.node(3);
-    assert_eq!(values(&node, "race", 0).await.len(), 5);
+    assert_eq!(values(&node, "race", 0, 5).await.len(), 5);
     // A stale expectation writes nothing; records over two partitions are refused.
     let (status, body) = post(
         &node,
@@ -329,8 +340,8 @@ async fn two_writers_racing_one_expected_offset_get_exactly_one_success() {
         .await
         .unwrap();
     expect_error(resp, 400, "invalid_request", "records in two partitions").await;
-    assert_eq!(values(&node, "race", 0).await.len(), 5);
-    assert!(values(&node, "race", 1).await.is_empty());
+    assert_eq!(values(&node, "race", 0, 5).await.len(), 5);
+    assert!(values(&node, "race", 1, 0).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -455,10 +455,10 @@ impl ApiError {
             }
             _ => (None, None),
         };
-        let (next_offset, key_offset) = match self {
-            ApiError::OffsetMismatch { next_offset, .. } => (Some(*next_offset), None),
-            ApiError::KeyOffsetMismatch { key_offset, .. } => (None, Some(*key_offset)),
-            _ => (None, None),
+        let current_offset = match self {
+            ApiError::OffsetMismatch { next_offset } => Some(offset_as_i64(*next_offset)),
+            ApiError::KeyOffsetMismatch { key_offset } => Some(*key_offset),
+            _ => None,
         };
         ErrorBody {
             error_code: u32::from(status.as_u16()) * 100 + u32::from(n),
@@ -467,8 +467,7 @@ impl ApiError {
             retriable: self.retriable(),
             log_start_offset,
             high_watermark,
-            next_offset,
-            key_offset,
+            current_offset,
         }
     }
 }

@@ -319,7 +319,7 @@ async fn two_writers_racing_one_expected_offset_get_exactly_one_success() {
         assert_eq!(place(&won["offsets"][0]), (0, round, false));
         assert_eq!(lost["error"], "offset_mismatch");
         assert_eq!(lost["error_code"], 41201);
-        assert_eq!(lost["next_offset"], round + 1, "the current next offset");
+        assert_eq!(lost["current_offset"], round + 1, "the current next offset");
     }
     let node = cluster.node(3);
     assert_eq!(values(&node, "race", 0, 5).await.len(), 5);
@@ -331,7 +331,7 @@ async fn two_writers_racing_one_expected_offset_get_exactly_one_success() {
     )
     .await
     .unwrap();
-    assert_eq!((status, body["next_offset"].as_u64()), (412, Some(5)));
+    assert_eq!((status, body["current_offset"].as_u64()), (412, Some(5)));
     let resp = node
         .http()
         .post(node.url("/v1/topics/race/records?expected_offset=5"))
@@ -369,7 +369,7 @@ async fn if_match_writes_a_key_only_at_its_expected_latest_offset() {
             .unwrap(),
     );
     let refused = expect_error(put(2, "-1", "v2").await, 412, "offset_mismatch", "exists").await;
-    assert_eq!(refused.extra["key_offset"], json!(first));
+    assert_eq!(refused.extra["current_offset"], json!(first));
     // The latest offset (quoted as an entity tag, too) writes; a stale one does not.
     let second = offset(
         psubd_tests::expect_json(put(2, &format!("\"{first}\""), "v2").await, 200)
@@ -383,7 +383,7 @@ async fn if_match_writes_a_key_only_at_its_expected_latest_offset() {
         "stale",
     )
     .await;
-    assert_eq!(stale.extra["key_offset"], json!(second));
+    assert_eq!(stale.extra["current_offset"], json!(second));
     // A deleted key has no live record: -1 matches again.
     let resp = cluster
         .client()

@@ -102,6 +102,10 @@ pub(super) struct Decided {
 /// `None` when the entry does not match its guard (never built by a leader): the caller
 /// skips it, alike on every replica, and nothing was changed.
 ///
+/// The records are only decoded when the entry needs them: to leave some out, or to see
+/// the keys an `If-Match` later in the entry depends on. An entry whose records are all
+/// stored (the common case) is appended as it came, like a plain one.
+///
 /// # Errors
 /// Storage I/O from `key_offset`.
 pub(super) fn decide(
@@ -112,66 +116,86 @@ pub(super) fn decide(
     mut key_offset: impl FnMut(&[u8]) -> Result<Option<u64>, StorageIoError>,
     batch: &mut WriteBatch,
 ) -> Result<Option<Decided>, StorageIoError> {
-    let Some(records) = record_slices(guard, stored) else {
+    let Ok(total) = batch_count(stored) else {
         return Ok(None);
     };
-    // Keys stored by earlier requests of this entry, newest last: a later `If-Match` in
-    // the same entry must see them (the key index is only staged after the whole entry).
+    let counted: u64 = guard.requests.iter().map(|(n, _)| u64::from(*n)).sum();
+    if counted != u64::from(total) {
+        return Ok(None);
+    }
+    // Keys stored by earlier requests of this entry: a later `If-Match` in the same entry
+    // must see them (the key index is only staged after the whole entry).
     let tracks_keys = guard
         .requests
         .iter()
         .any(|(_, g)| matches!(g.expect, Some(Expectation::KeyOffset { .. })));
+    let mut slices = None;
+    if tracks_keys {
+        let Some(found) = record_slices(stored, total) else {
+            return Ok(None);
+        };
+        slices = Some(found);
+    }
     let mut stored_keys: HashMap<&[u8], Option<u64>> = HashMap::new();
-    ids.expire(guard.stamped_ms, guard.window_ms, batch);
+    // First decide, changing nothing: what each request comes to, which records are left
+    // out (by index in the entry) and which ids to remember.
+    let mut fresh: HashMap<RecordId, u64> = HashMap::new();
+    let mut remember: Vec<(RecordId, u64)> = Vec::new();
+    let mut dropped: Vec<usize> = Vec::new();
     let mut next = next_offset;
-    let mut kept: Vec<&[u8]> = Vec::with_capacity(records.len());
     let mut outcomes = Vec::with_capacity(guard.requests.len());
     let mut start = 0usize;
     for (count, request) in &guard.requests {
-        let own = &records[start..start + *count as usize];
-        start += *count as usize;
-        match &request.expect {
+        let own = start..start + *count as usize;
+        start = own.end;
+        let refusal = match &request.expect {
             Some(Expectation::NextOffset(expected)) if *expected != next => {
-                outcomes.push(RequestOutcome::NextOffsetMismatch { next_offset: next });
-                continue;
+                Some(RequestOutcome::NextOffsetMismatch { next_offset: next })
             }
             Some(Expectation::KeyOffset { key, offset }) => {
                 let current = match stored_keys.get(key.as_ref()) {
                     Some(current) => *current,
                     None => key_offset(key)?,
                 };
-                if current != *offset {
-                    outcomes.push(RequestOutcome::KeyOffsetMismatch {
-                        key_offset: current,
-                    });
-                    continue;
-                }
+                (current != *offset).then_some(RequestOutcome::KeyOffsetMismatch {
+                    key_offset: current,
+                })
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            outcomes.push(refusal);
+            dropped.extend(own);
+            continue;
         }
         let base_offset = next;
         let mut duplicates = Vec::new();
         let mut request_ids = request.ids.iter().peekable();
-        for (position, record) in own.iter().enumerate() {
+        for (position, index) in own.enumerate() {
             let position = position as u32;
             let id = request_ids
                 .next_if(|(at, _)| *at == position)
                 .map(|(_, id)| *id);
             if let Some(id) = id {
-                if let Some(original) = ids.original(&id, guard.stamped_ms, guard.window_ms) {
+                let original = fresh
+                    .get(&id)
+                    .copied()
+                    .or_else(|| ids.original(&id, guard.stamped_ms, guard.window_ms));
+                if let Some(original) = original {
                     duplicates.push((position, original));
+                    dropped.push(index);
                     continue;
                 }
-                ids.remember(id, next, guard.stamped_ms, batch);
+                fresh.insert(id, next);
+                remember.push((id, next));
             }
-            if tracks_keys {
-                if let Some(Ok(view)) = RecordIter::run(record.bytes).next() {
+            if let Some(record) = slices.as_ref().and_then(|s: &Vec<&[u8]>| s.get(index)) {
+                if let Some(Ok(view)) = RecordIter::run(record).next() {
                     if let Some(key) = view.key {
                         stored_keys.insert(key, view.value.is_some().then_some(next));
                     }
                 }
             }
-            kept.push(record.bytes);
             next += 1;
         }
         outcomes.push(RequestOutcome::Written {
@@ -179,45 +203,57 @@ pub(super) fn decide(
             duplicates,
         });
     }
-    let count = kept.len() as u32;
+    let count = total - dropped.len() as u32;
     let append = if count == 0 {
         None
-    } else if count as usize == records.len() {
+    } else if dropped.is_empty() {
         Some((stored.clone(), count))
     } else {
-        let len: usize = kept.iter().map(|r| r.len()).sum();
-        let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + len);
-        out.put_u32_le(count);
-        for record in kept {
-            out.put_slice(record);
-        }
-        Some((out.freeze(), count))
+        let slices = match slices {
+            Some(slices) => slices,
+            None => match record_slices(stored, total) {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+        };
+        Some((keep_all_but(&slices, &dropped), count))
     };
+    // Then change the id table: the entry is decided and will be stored as decided.
+    ids.expire(guard.stamped_ms, guard.window_ms, batch);
+    for (id, offset) in remember {
+        ids.remember(id, offset, guard.stamped_ms, batch);
+    }
     Ok(Some(Decided { append, outcomes }))
 }
 
-/// One record's bytes within a stored batch.
-struct RecordSlice<'a> {
-    bytes: &'a [u8],
+/// A stored batch of `records` but those at the `dropped` indexes (ascending).
+fn keep_all_but(records: &[&[u8]], dropped: &[usize]) -> Bytes {
+    let mut dropped = dropped.iter().peekable();
+    let kept: Vec<&[u8]> = records
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| dropped.next_if(|d| **d == *index).is_none())
+        .map(|(_, record)| *record)
+        .collect();
+    let len: usize = kept.iter().map(|r| r.len()).sum();
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + len);
+    out.put_u32_le(kept.len() as u32);
+    for record in kept {
+        out.put_slice(record);
+    }
+    out.freeze()
 }
 
-/// The byte run of each record of `stored`, if the batch decodes and holds exactly the
-/// records its guard counts.
-fn record_slices<'a>(guard: &EntryGuard, stored: &'a [u8]) -> Option<Vec<RecordSlice<'a>>> {
-    let total = batch_count(stored).ok()?;
-    let counted: u64 = guard.requests.iter().map(|(n, _)| u64::from(*n)).sum();
-    if counted != u64::from(total) {
-        return None;
-    }
+/// The byte run of each of the `total` records of `stored`, if they all decode and
+/// nothing follows them.
+fn record_slices(stored: &[u8], total: u32) -> Option<Vec<&[u8]>> {
     let mut records = RecordIter::batch(stored).ok()?;
     let mut slices = Vec::with_capacity(total as usize);
     for _ in 0..total {
         let before = records.remaining();
         records.next()?.ok()?;
         let len = before.len() - records.remaining().len();
-        slices.push(RecordSlice {
-            bytes: &before[..len],
-        });
+        slices.push(&before[..len]);
     }
     records.remaining().is_empty().then_some(slices)
 }

@@ -94,8 +94,7 @@ impl Spec {
                             retriable: false,
                             log_start_offset: None,
                             high_watermark: None,
-                            next_offset: None,
-                            key_offset: None,
+                            current_offset: None,
                         }))
                         .build(),
                 )

@@ -210,7 +210,7 @@ fn records(s: &mut Spec) -> Vec<Op> {
             .query("encoding", Kind::Text, "`json`, `string` or `base64`: overrides the body's `encoding`.")
             .query("key", Kind::Text, "Raw body: the record's key (`X-Key` wins).")
             .query("partition", Kind::Count, "Raw body: the partition.")
-            .query("expected_offset", Kind::Count, "Store the records only if their one partition's next offset is this; else 412 `offset_mismatch` with `next_offset`.")
+            .query("expected_offset", Kind::Count, "Store the records only if their one partition's next offset is this; else 412 `offset_mismatch` with `current_offset`.")
             .header("X-Key", "Raw body: the record's key.")
             .header("Idempotency-Key", "Raw body: the record's id (1 to 256 bytes): stored once per duplicate window.")
             .body("application/json", s.schema::<w::PublishRequest>(), publish_example)
@@ -318,7 +318,7 @@ fn keys(s: &mut Spec) -> Vec<Op> {
         )
         .header(
             "If-Match",
-            "Write only if the key's latest live record is at this offset (-1: it has none); else 412 `offset_mismatch` with `key_offset`.",
+            "Write only if the key's latest live record is at this offset (-1: it has none); else 412 `offset_mismatch` with `current_offset`.",
         )
         .body("application/json", any(), None)
         .body("text/plain", text(), None)

@@ -20,7 +20,8 @@ use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
 use crate::partition::guard::RequestGuard;
 use crate::partition::{
-    Appended, BatchLimits, PartitionHandle, PartitionMsg, DEFAULT_MAINTENANCE_INTERVAL,
+    Appended, BatchLimits, DelayedRecords, PartitionHandle, PartitionMsg,
+    DEFAULT_MAINTENANCE_INTERVAL,
 };
 use crate::proposal::{check_leader, leader_of, leader_status};
 use crate::record::EncodedRecords;
@@ -125,7 +126,8 @@ impl Broker {
         )
         .await
         .map_err(|e| BrokerError::Spawn(e.to_string()))?;
-        let groups = GroupDirectory::new(metadata.clone(), offsets, config.limits);
+        let groups =
+            GroupDirectory::new(metadata.clone(), offsets, config.limits, raft_node.clone());
         let inner = Arc::new(Inner {
             raft_node,
             controller_raft,
@@ -177,7 +179,10 @@ impl Broker {
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.controller_raft.metrics().borrow().clone();
         match metrics.current_leader {
+            _ if self.inner.raft_node.is_stepping_down() => false,
             Some(leader) if leader == metrics.id => check_leader(
+                &self.inner.raft_node,
+                CONTROLLER_GROUP,
                 &self.inner.controller_raft,
                 self.inner.limits.quorum_stale_after,
             )
@@ -197,8 +202,15 @@ impl Broker {
     /// hears of a newer term; only this check makes its view of the log's end
     /// authoritative (e.g. to answer "offset beyond the end").
     pub fn leads_with_quorum(&self, group: GroupId) -> bool {
-        self.partition(group)
-            .is_some_and(|h| check_leader(&h.raft, self.inner.limits.quorum_stale_after).is_ok())
+        self.partition(group).is_some_and(|h| {
+            check_leader(
+                &self.inner.raft_node,
+                group,
+                &h.raft,
+                self.inner.limits.quorum_stale_after,
+            )
+            .is_ok()
+        })
     }
 
     /// The leader of a partition group as this node sees it (only known on replicas).
@@ -214,11 +226,13 @@ impl Broker {
         let until = tokio::time::Instant::now() + wait;
         let raft = self.inner.raft_node.await_group(group, wait).await?;
         let limits = self.inner.limits;
+        let raft_node = &self.inner.raft_node;
         watch_for_leader(&raft, until, |metrics| match metrics.current_leader {
             Some(leader) if leader != metrics.id => Some(leader),
-            Some(me) => leader_status(metrics, limits.quorum_stale_after)
-                .is_ok()
-                .then_some(me),
+            // Not while handing the leadership over: the asker waits for the next leader.
+            Some(me) => (leader_status(metrics, limits.quorum_stale_after).is_ok()
+                && !raft_node.is_fenced(group))
+            .then_some(me),
             None => None,
         })
         .await
@@ -244,6 +258,36 @@ impl Broker {
         records: EncodedRecords,
         guard: RequestGuard,
     ) -> Result<Appended, PartitionError> {
+        self.call_partition(group, |reply| PartitionMsg::Append {
+            records,
+            guard,
+            reply,
+        })
+        .await
+    }
+
+    /// Queues one request's delayed records on this node's replica, which must lead
+    /// (docs/architecture.md § Delayed records).
+    ///
+    /// # Errors
+    /// As [`Broker::append_local`]; `DelayQueueFull` when the partition's delay queue
+    /// has no room (nothing was queued).
+    pub async fn delay_local(
+        &self,
+        group: GroupId,
+        records: DelayedRecords,
+    ) -> Result<(), PartitionError> {
+        self.call_partition(group, |reply| PartitionMsg::Delay { records, reply })
+            .await
+    }
+
+    /// Asks this node's replica of `group` a write, within its admission bound and the
+    /// write timeout.
+    async fn call_partition<T: Send + 'static>(
+        &self,
+        group: GroupId,
+        message: impl FnOnce(ractor::RpcReplyPort<Result<T, PartitionError>>) -> PartitionMsg,
+    ) -> Result<T, PartitionError> {
         let handle = self.partition(group).ok_or(PartitionError::NoReplica)?;
         let wait = self.inner.limits.write_timeout;
         let _permit = tokio::time::timeout(wait, handle.admission.acquire())
@@ -254,14 +298,7 @@ impl Broker {
             .map_err(|_| PartitionError::Unavailable {
                 reason: "partition closing".into(),
             })?;
-        let call = handle.actor.call(
-            |reply| PartitionMsg::Append {
-                records,
-                guard,
-                reply,
-            },
-            Some(wait + ACTOR_CALL_GRACE),
-        );
+        let call = handle.actor.call(message, Some(wait + ACTOR_CALL_GRACE));
         match call.await {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
             // The message was delivered: the write may be in flight.
@@ -318,6 +355,22 @@ impl Broker {
         self.inner
             .controller
             .set_duplicate_window(name, duplicate_window_ms)
+            .await
+    }
+
+    /// Raises a topic's partition count through this node's controller.
+    ///
+    /// # Errors
+    /// As [`Broker::update_topic`]; `Invalid` when the count would not grow.
+    pub async fn add_partitions(
+        &self,
+        name: String,
+        partitions: u32,
+    ) -> Result<TopicMeta, ControllerError> {
+        let current = self.metadata().topics.get(&name).cloned();
+        self.inner
+            .controller
+            .add_partitions(name, partitions, current)
             .await
     }
 

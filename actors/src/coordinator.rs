@@ -28,6 +28,11 @@
 //! stays for the grace period given, so a reconnecting stream re-attaches, and leaves
 //! when no poll (a re-attached stream, its heartbeat, a fetch) came by then.
 //!
+//! Push subscriptions (see `push`): a group without members may be made one
+//! ([`GroupRequest::SetPush`], replicated in the offsets partition). From the proposal on,
+//! joins are refused, and so are offset resets and group deletes until the subscription
+//! is deleted: the pusher on this node owns the group's offsets meanwhile.
+//!
 //! The actor never awaits a Raft commit inside `handle`: commits run in a spawned task
 //! that answers the caller.
 
@@ -36,7 +41,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use psubd_raft::{GroupId, NodeId};
+use psubd_raft::{GroupId, NodeId, RaftNode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -49,6 +54,7 @@ use crate::error::GroupError;
 use crate::offsets::{propose, Fence, OffsetEntry, OffsetsCommand, OffsetsHandle};
 use crate::partition::BatchLimits;
 use crate::proposal::check_leader;
+use crate::push::{PushBoard, PushConfig, PushStatus};
 use crate::timer::send_every;
 
 /// Shortest session timeout a member may ask for (1 s to 5 min).
@@ -199,6 +205,14 @@ pub enum GroupRequest {
     },
     /// Delete the group's offsets; only while it has no members.
     Delete,
+    /// Make the group a push subscription (or change its settings); only while it has no
+    /// members. Checked by the edge.
+    SetPush {
+        /// The settings.
+        config: PushConfig,
+    },
+    /// End the group's push subscription.
+    DeletePush,
 }
 
 /// What a member reads now: its generation, partitions and where it is in each.
@@ -256,6 +270,18 @@ pub struct GroupDescription {
     pub coordinator: NodeId,
     /// The members.
     pub members: Vec<MemberView>,
+    /// The push subscription, when the group is one (boxed: it is large, and
+    /// descriptions travel inside every forwarded group answer).
+    pub push: Option<Box<PushView>>,
+}
+
+/// A push subscription as `GET /v1/groups/{g}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushView {
+    /// The settings (the edge never shows the secret).
+    pub config: PushConfig,
+    /// What the pusher on the coordinator's node reports; `None` until it runs.
+    pub status: Option<PushStatus>,
 }
 
 /// A group in a listing.
@@ -306,6 +332,11 @@ pub struct CoordinatorArgs {
     pub term: u64,
     /// Where the member count is published for listings.
     pub member_count: Arc<AtomicU32>,
+    /// This node's Raft groups: whether the offsets partition's leadership is being given
+    /// away.
+    pub raft_node: RaftNode,
+    /// The status of the pushers running on this node.
+    pub push_board: PushBoard,
 }
 
 struct Member {
@@ -377,6 +408,9 @@ pub struct CoordinatorState {
     /// the old log would carry over to the new one.
     incarnations: BTreeMap<String, Vec<GroupId>>,
     idle_since: Instant,
+    /// When this coordinator proposed making the group a push subscription: joins are
+    /// refused from then on, before the proposal applies, so no member slips in.
+    push_claimed: Option<Instant>,
 }
 
 /// The coordinator actor. See the module docs.
@@ -399,9 +433,23 @@ impl CoordinatorState {
         }
     }
 
+    /// Whether the group is (or is about to be) a push subscription.
+    fn is_push(&self) -> bool {
+        let claim_holds = self.args.limits.write_timeout * 2;
+        self.args.offsets.reader.push(self.group()).is_some()
+            || self
+                .push_claimed
+                .is_some_and(|at| at.elapsed() < claim_holds)
+    }
+
     /// Whether this node still coordinates the group.
     fn leadership(&self) -> Result<(), GroupError> {
-        check_leader(&self.args.offsets.raft, self.args.limits.quorum_stale_after)?;
+        check_leader(
+            &self.args.raft_node,
+            self.args.offsets.group,
+            &self.args.offsets.raft,
+            self.args.limits.quorum_stale_after,
+        )?;
         if self.args.offsets.raft.metrics().borrow().current_term != self.args.term {
             return Err(GroupError::Unavailable {
                 reason: "the group coordinator is restarting after a leadership change".into(),
@@ -531,6 +579,9 @@ impl CoordinatorState {
         auto_offset_reset: AutoOffsetReset,
         strategy: Option<AssignmentStrategy>,
     ) -> Result<GroupAnswer, GroupError> {
+        if self.is_push() {
+            return Err(GroupError::PushSubscription);
+        }
         if self.members.len() >= MAX_MEMBERS {
             return Err(GroupError::TooManyMembers { limit: MAX_MEMBERS });
         }
@@ -683,7 +734,16 @@ impl CoordinatorState {
     }
 
     fn describe(&self) -> Result<GroupAnswer, GroupError> {
-        if self.members.is_empty() && self.args.offsets.reader.committed(self.group()).is_empty() {
+        let push = self.args.offsets.reader.push(self.group()).map(|config| {
+            Box::new(PushView {
+                config,
+                status: self.args.push_board.status(self.group()),
+            })
+        });
+        if self.members.is_empty()
+            && push.is_none()
+            && self.args.offsets.reader.committed(self.group()).is_empty()
+        {
             return Err(GroupError::GroupNotFound);
         }
         let now = Instant::now();
@@ -711,6 +771,7 @@ impl CoordinatorState {
             strategy: self.strategy,
             coordinator: self.args.offsets.raft.metrics().borrow().id,
             members,
+            push,
         }))
     }
 
@@ -787,6 +848,34 @@ impl CoordinatorState {
                 None => Err(GroupError::UnknownMember),
             },
             GroupRequest::Describe => self.describe(),
+            GroupRequest::Reset { .. } | GroupRequest::Delete if self.is_push() => {
+                Err(GroupError::PushSubscription)
+            }
+            GroupRequest::SetPush { config } => {
+                if !self.members.is_empty() {
+                    Err(GroupError::NotEmpty {
+                        members: self.members.len(),
+                    })
+                } else {
+                    self.push_claimed = Some(Instant::now());
+                    let command = OffsetsCommand::SetPush {
+                        group: self.args.group.clone(),
+                        config,
+                    };
+                    return self.spawn_write(command, reply);
+                }
+            }
+            GroupRequest::DeletePush => {
+                self.push_claimed = None;
+                if self.args.offsets.reader.push(self.group()).is_none() {
+                    Err(GroupError::NotPushSubscription)
+                } else {
+                    let command = OffsetsCommand::DeletePush {
+                        group: self.args.group.clone(),
+                    };
+                    return self.spawn_write(command, reply);
+                }
+            }
             GroupRequest::Reset { offsets } => {
                 if !self.members.is_empty() {
                     Err(GroupError::NotEmpty {
@@ -873,6 +962,7 @@ impl Actor for CoordinatorActor {
             counts: BTreeMap::new(),
             incarnations: BTreeMap::new(),
             idle_since: Instant::now(),
+            push_claimed: None,
         })
     }
 

@@ -46,6 +46,18 @@ pub enum PartitionError {
         /// What happened.
         reason: String,
     },
+    /// The partition's delay queue holds its maximum of records or bytes: the delayed
+    /// records were not queued. It drains as records fall due.
+    #[error(
+        "the partition's delay queue is full (at most {max_records} records and {max_bytes} \
+         bytes wait per partition); nothing was queued"
+    )]
+    DelayQueueFull {
+        /// The queue's bound on records.
+        max_records: u64,
+        /// The queue's bound on bytes.
+        max_bytes: u64,
+    },
     /// `expected_offset` was not the partition's next offset when the entry applied;
     /// nothing of the request was written.
     #[error("the partition's next offset is {next_offset}")]
@@ -164,6 +176,13 @@ pub enum GroupError {
         /// What does not fit.
         reason: String,
     },
+    /// The group is a push subscription: members may not join, and its offsets are
+    /// neither reset nor deleted until the subscription is deleted.
+    #[error("the group is a push subscription")]
+    PushSubscription,
+    /// The group is not a push subscription.
+    #[error("the group is not a push subscription")]
+    NotPushSubscription,
 }
 
 impl From<Refusal> for PartitionError {

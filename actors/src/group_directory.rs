@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use psubd_raft::GroupId;
+use psubd_raft::{GroupId, RaftNode};
 use ractor::{Actor, ActorRef, ActorStatus};
 use tokio::sync::{watch, Mutex};
 use tracing::info;
@@ -30,6 +30,7 @@ use crate::offsets::{
 };
 use crate::partition::BatchLimits;
 use crate::proposal::check_leader;
+use crate::push::{PushBoard, PushConfig};
 use crate::topic::PartitionPlacement;
 
 /// Most coordinators one node runs at once; idle ones are stopped to make room.
@@ -56,8 +57,26 @@ struct Inner {
     metadata: watch::Receiver<Arc<ControllerState>>,
     offsets: OffsetsTable,
     limits: BatchLimits,
+    /// This node's Raft groups (leadership fences).
+    raft_node: RaftNode,
     /// Held across a coordinator's start, so one group never gets two.
     coordinators: Mutex<HashMap<String, Entry>>,
+    /// The status of the pushers running on this node.
+    push_board: PushBoard,
+}
+
+/// A push subscription whose offsets partition this node leads: its pusher runs here.
+#[derive(Clone)]
+pub struct LedPush {
+    /// The group.
+    pub group: String,
+    /// Its settings.
+    pub config: PushConfig,
+    /// The offsets partition's Raft term: the pusher's epoch. A pusher of an older term
+    /// stops.
+    pub term: u64,
+    /// The local replica of the group's offsets partition (committed offsets, commits).
+    pub offsets: OffsetsHandle,
 }
 
 /// This node's group coordinators. Cheap to clone.
@@ -72,12 +91,15 @@ impl GroupDirectory {
         metadata: watch::Receiver<Arc<ControllerState>>,
         offsets: OffsetsTable,
         limits: BatchLimits,
+        raft_node: RaftNode,
     ) -> Self {
         let inner = Arc::new(Inner {
             metadata,
             offsets,
             limits,
+            raft_node,
             coordinators: Mutex::new(HashMap::new()),
+            push_board: PushBoard::default(),
         });
         tokio::spawn(purge_deleted_topics(Arc::downgrade(&inner)));
         Self { inner }
@@ -90,6 +112,36 @@ impl GroupDirectory {
             .borrow()
             .partition(OFFSETS_TOPIC, offsets_partition_of(group))
             .cloned()
+    }
+
+    /// The status board of the pushers on this node.
+    pub fn push_board(&self) -> &PushBoard {
+        &self.inner.push_board
+    }
+
+    /// The push subscriptions of every offsets partition this node leads with a quorum:
+    /// the pushers that should run here now.
+    pub fn led_push_subscriptions(&self) -> Vec<LedPush> {
+        let handles: Vec<OffsetsHandle> =
+            read_lock(&self.inner.offsets).values().cloned().collect();
+        let mut out = Vec::new();
+        for handle in handles {
+            if !handle.reader.is_ready() {
+                continue;
+            }
+            let Ok(term) = self.check_leads(&handle) else {
+                continue;
+            };
+            for (group, config) in handle.reader.push_subscriptions() {
+                out.push(LedPush {
+                    group,
+                    config,
+                    term,
+                    offsets: handle.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// The placement of offsets partition `partition`.
@@ -120,7 +172,12 @@ impl GroupDirectory {
 
     /// Fails unless this node leads the offsets partition.
     fn check_leads(&self, handle: &OffsetsHandle) -> Result<u64, GroupError> {
-        check_leader(&handle.raft, self.inner.limits.quorum_stale_after)?;
+        check_leader(
+            &self.inner.raft_node,
+            handle.group,
+            &handle.raft,
+            self.inner.limits.quorum_stale_after,
+        )?;
         Ok(handle.raft.metrics().borrow().current_term)
     }
 
@@ -172,6 +229,8 @@ impl GroupDirectory {
                 limits: self.inner.limits,
                 term,
                 member_count: members.clone(),
+                raft_node: self.inner.raft_node.clone(),
+                push_board: self.inner.push_board.clone(),
             },
         )
         .await
@@ -247,6 +306,30 @@ impl GroupDirectory {
         }
     }
 
+    /// The committed offsets of every group this node coordinates (it leads the group's
+    /// offsets partition), as the local replica applied them, by group, topic and
+    /// partition. For the node's metrics: not linearizable (a leader about to learn it was
+    /// deposed may show an older offset for a moment), unlike [`GroupDirectory::committed`].
+    pub fn coordinated_offsets(
+        &self,
+        me: psubd_raft::NodeId,
+    ) -> Vec<(String, TopicPartition, CommittedOffset)> {
+        let handles: Vec<OffsetsHandle> = read_lock(&self.inner.offsets)
+            .values()
+            .filter(|h| h.reader.is_ready() && h.raft.metrics().borrow().current_leader == Some(me))
+            .cloned()
+            .collect();
+        let mut rows = Vec::new();
+        for handle in handles {
+            for group in handle.reader.groups() {
+                for (partition, offset) in handle.reader.committed(&group) {
+                    rows.push((group.clone(), partition, offset));
+                }
+            }
+        }
+        rows
+    }
+
     /// The groups of offsets partition `partition`: those with committed offsets and
     /// those with members here. Served by the partition's leader, where the members are.
     ///
@@ -290,7 +373,14 @@ async fn purge_deleted_topics(inner: Weak<Inner>) {
         let handles: Vec<OffsetsHandle> = read_lock(&inner.offsets).values().cloned().collect();
         let metadata = inner.metadata.borrow().clone();
         for handle in handles {
-            if check_leader(&handle.raft, inner.limits.quorum_stale_after).is_err() {
+            if check_leader(
+                &inner.raft_node,
+                handle.group,
+                &handle.raft,
+                inner.limits.quorum_stale_after,
+            )
+            .is_err()
+            {
                 continue;
             }
             for (topic, groups) in handle.reader.topic_groups() {

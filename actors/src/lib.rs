@@ -16,6 +16,8 @@
 //!   assigns to this node.
 //! - [`offsets`]: the consumer offsets topic's state machine (committed offsets) and reader.
 //! - [`assignment`]: sticky range / round-robin partition assignment for groups.
+//! - [`push`]: push subscriptions: their replicated settings and the node's board of
+//!   running pushers' status.
 //! - [`coordinator`]: the group coordinator actor (members, generations, positions).
 //! - [`group_directory`]: this node's coordinators, started on demand where the group's
 //!   offsets partition leads.
@@ -36,6 +38,7 @@ pub mod locks;
 pub mod offsets;
 pub mod partition;
 pub mod proposal;
+pub mod push;
 pub mod record;
 pub mod stable_hash;
 pub mod supervisor;

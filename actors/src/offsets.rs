@@ -11,6 +11,8 @@
 //! (postcard). Names never contain 0x00 (docs/api.md § Names), so the key splits unambiguously
 //! and one group's keys are one contiguous range. `b"f" ++ group` → [`Fence`] (postcard):
 //! the newest (coordinator epoch, generation) that committed for the group.
+//! `b"s" ++ group` → [`PushConfig`] (postcard): the group's push subscription, if it is
+//! one (see `push`).
 //!
 //! Fencing at apply: a member commit ([`OffsetsCommand::CommitFenced`]) carries
 //! the coordinator's epoch (its Raft term) and the group generation it was checked under.
@@ -50,6 +52,7 @@ use crate::assignment::TopicPartition;
 use crate::error::GroupError;
 use crate::locks::{read_lock, write_lock};
 use crate::proposal;
+use crate::push::PushConfig;
 use crate::stable_hash::fnv1a;
 
 /// The internal topic holding consumer offsets.
@@ -167,6 +170,19 @@ pub enum OffsetsCommand {
         /// The coordinator's epoch and generation when the reset was checked.
         fence: Fence,
     },
+    /// Makes the group a push subscription, or changes its settings (only proposed while
+    /// the group has no members).
+    SetPush {
+        /// The consumer group.
+        group: String,
+        /// The settings.
+        config: PushConfig,
+    },
+    /// Ends the group's push subscription; its committed offsets stay.
+    DeletePush {
+        /// The consumer group.
+        group: String,
+    },
 }
 
 /// The state machine's answer.
@@ -188,6 +204,15 @@ type OffsetMap = BTreeMap<OffsetKey, CommittedOffset>;
 
 const FENCE_PREFIX: u8 = b'f';
 const FENCE_END: u8 = b'g';
+const PUSH_PREFIX: u8 = b's';
+const PUSH_END: u8 = b't';
+
+fn push_key(group: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(group.len() + 1);
+    out.push(PUSH_PREFIX);
+    out.extend_from_slice(group.as_bytes());
+    out
+}
 
 fn fence_key(group: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(group.len() + 1);
@@ -196,17 +221,19 @@ fn fence_key(group: &str) -> Vec<u8> {
     out
 }
 
-/// The replicated state: committed offsets and each group's fence.
+/// The replicated state: committed offsets, each group's fence and push subscriptions.
 #[derive(Clone, Debug, Default)]
 struct OffsetsState {
     offsets: OffsetMap,
     fences: BTreeMap<String, Fence>,
+    pushes: BTreeMap<String, PushConfig>,
 }
 
 /// One staged change, published in `applied`.
 enum Change {
     Offset(OffsetKey, Option<CommittedOffset>),
     Fence(String, Fence),
+    Push(String, Option<PushConfig>),
 }
 
 fn encode_key(key: &OffsetKey) -> Vec<u8> {
@@ -310,6 +337,29 @@ impl OffsetsLogic {
         Ok(())
     }
 
+    fn set_push(
+        &mut self,
+        group: String,
+        config: Option<PushConfig>,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        match &config {
+            Some(config) => {
+                batch.insert(
+                    push_key(&group),
+                    postcard::to_stdvec(config).map_err(codec("push config"))?,
+                );
+                self.staged.pushes.insert(group.clone(), config.clone());
+            }
+            None => {
+                batch.remove(push_key(&group));
+                self.staged.pushes.remove(&group);
+            }
+        }
+        self.pending.push(Change::Push(group, config));
+        Ok(())
+    }
+
     /// Sets offsets as given (a reset, or a commit from before fencing).
     fn set_offsets(
         &mut self,
@@ -406,6 +456,14 @@ impl OffsetsLogic {
                     self.remove(key, batch);
                 }
             }
+            OffsetsCommand::SetPush { group, config } => {
+                self.set_push(group, Some(config), batch)?
+            }
+            OffsetsCommand::DeletePush { group } => {
+                if self.staged.pushes.contains_key(&group) {
+                    self.set_push(group, None, batch)?;
+                }
+            }
             OffsetsCommand::PurgeTopic {
                 topic,
                 topic_groups,
@@ -467,6 +525,20 @@ impl GroupLogic for OffsetsLogic {
                 postcard::from_bytes(&value).map_err(codec("fence"))?,
             );
         }
+        for item in state.range(&[PUSH_PREFIX], Some(&[PUSH_END])) {
+            let (key, value) = item?;
+            let Some(group) = key
+                .strip_prefix(&[PUSH_PREFIX])
+                .and_then(|g| std::str::from_utf8(g).ok())
+            else {
+                warn!("skipping an undecodable push subscription key");
+                continue;
+            };
+            loaded.pushes.insert(
+                group.to_string(),
+                postcard::from_bytes(&value).map_err(codec("push config"))?,
+            );
+        }
         self.staged = loaded.clone();
         self.pending.clear();
         *write_lock(&self.shared.state) = loaded;
@@ -508,6 +580,12 @@ impl GroupLogic for OffsetsLogic {
                 Change::Fence(group, fence) => {
                     shared.fences.insert(group, fence);
                 }
+                Change::Push(group, Some(config)) => {
+                    shared.pushes.insert(group, config);
+                }
+                Change::Push(group, None) => {
+                    shared.pushes.remove(&group);
+                }
             }
         }
     }
@@ -521,7 +599,15 @@ impl OffsetsLogic {
     /// Values change in place on every commit, so nothing may be read lazily: the whole
     /// (small) map is copied when the plan is made.
     fn pinned_plan(&self) -> Result<SnapshotPlan, StorageIoError> {
-        let mut pinned = Vec::with_capacity(self.staged.offsets.len() + self.staged.fences.len());
+        let mut pinned = Vec::with_capacity(
+            self.staged.offsets.len() + self.staged.fences.len() + self.staged.pushes.len(),
+        );
+        for (group, config) in &self.staged.pushes {
+            pinned.push((
+                push_key(group),
+                postcard::to_stdvec(config).map_err(codec("push config"))?,
+            ));
+        }
         for (group, fence) in &self.staged.fences {
             pinned.push((
                 fence_key(group),
@@ -576,12 +662,28 @@ impl OffsetsReader {
             .copied()
     }
 
-    /// The groups with at least one committed offset.
+    /// The groups with at least one committed offset or a push subscription.
     pub fn groups(&self) -> BTreeSet<String> {
-        self.read()
+        let state = self.read();
+        state
             .offsets
             .keys()
             .map(|(g, _, _)| g.clone())
+            .chain(state.pushes.keys().cloned())
+            .collect()
+    }
+
+    /// The group's push subscription, if it is one.
+    pub fn push(&self, group: &str) -> Option<PushConfig> {
+        self.read().pushes.get(group).cloned()
+    }
+
+    /// Every push subscription of this offsets partition, by group.
+    pub fn push_subscriptions(&self) -> Vec<(String, PushConfig)> {
+        self.read()
+            .pushes
+            .iter()
+            .map(|(group, config)| (group.clone(), config.clone()))
             .collect()
     }
 
@@ -941,6 +1043,13 @@ mod tests {
             garbage,
             normal(4, &commit("g", vec![entry("t", 1, 1001, 10)])),
             normal(5, &fenced("g", 2, 6, vec![entry("t", 1, 1001, 11)])),
+            normal(
+                6,
+                &OffsetsCommand::SetPush {
+                    group: "p".into(),
+                    config: push_config(),
+                },
+            ),
         ])
         .await
         .unwrap();
@@ -959,6 +1068,66 @@ mod tests {
             }),
             "the fence is reloaded too"
         );
+        assert_eq!(
+            reopened.push("p"),
+            Some(push_config()),
+            "push subscriptions too"
+        );
+    }
+
+    fn push_config() -> PushConfig {
+        PushConfig {
+            topics: vec!["t".into()],
+            endpoint: "http://127.0.0.1:9/".into(),
+            max_in_flight: 1,
+            timeout_ms: 10_000,
+            min_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+            max_deliveries: 5,
+            dead_letter_topic: Some("dead".into()),
+            secret: Some("s".into()),
+        }
+    }
+
+    /// A push subscription is replicated state: readers see it once applied, snapshots
+    /// carry it, the group is listed, and deleting it leaves the committed offsets.
+    #[test]
+    fn push_subscriptions_are_set_snapshotted_and_deleted() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        run(
+            &mut logic,
+            &[
+                commit("g", vec![entry("t", 0, 1000, 5)]),
+                OffsetsCommand::SetPush {
+                    group: "g".into(),
+                    config: push_config(),
+                },
+                OffsetsCommand::SetPush {
+                    group: "fresh".into(),
+                    config: push_config(),
+                },
+            ],
+        );
+        assert_eq!(reader.push("g"), Some(push_config()));
+        assert_eq!(reader.push_subscriptions().len(), 2);
+        assert!(
+            reader.groups().contains("fresh"),
+            "a push group without commits is listed"
+        );
+        let plan = logic.pinned_plan().unwrap();
+        let pinned: Vec<&Vec<u8>> = plan
+            .pinned
+            .iter()
+            .filter(|(k, _)| k[0] == PUSH_PREFIX)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(pinned, vec![&push_key("fresh"), &push_key("g")]);
+        run(
+            &mut logic,
+            &[OffsetsCommand::DeletePush { group: "g".into() }],
+        );
+        assert_eq!(reader.push("g"), None);
+        assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(5));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::responder::Responder;
 use openraft::{RaftTypeConfig, ServerState};
 use psubd_raft::types::typ::{Raft, RaftMetrics};
-use psubd_raft::{Command, CommandResponse, NodeId, TypeConfig};
+use psubd_raft::{Command, CommandResponse, GroupId, NodeId, RaftNode, TypeConfig};
 
 /// Why this replica may not propose now; nothing was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,16 +35,28 @@ pub struct OutcomeUnknown {
     pub reason: String,
 }
 
-/// Whether this replica may propose now.
+/// Whether this replica of `group` may propose now: it leads with a fresh quorum, and is
+/// not giving the leadership away (`psubd_raft::handover`: the node is stopping, or the
+/// group goes back to its preferred leader). While it is, it answers "not leader" with no
+/// hint, so callers wait for the next leader rather than come back here.
 ///
 /// # Errors
 /// [`Refusal::NotLeader`] with the leader hint, or [`Refusal::NoQuorum`].
-pub fn check_leader(raft: &Raft, quorum_stale_after: Duration) -> Result<(), Refusal> {
+pub fn check_leader(
+    raft_node: &RaftNode,
+    group: GroupId,
+    raft: &Raft,
+    quorum_stale_after: Duration,
+) -> Result<(), Refusal> {
     // Read under the borrow: this runs on every publish and fetch, and cloning the
     // metrics would copy the membership and replication maps each time.
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
-    leader_status(&metrics, quorum_stale_after)
+    leader_status(&metrics, quorum_stale_after)?;
+    if raft_node.is_fenced(group) {
+        return Err(Refusal::NotLeader { leader: None });
+    }
+    Ok(())
 }
 
 /// [`check_leader`] on metrics already borrowed (a caller watching them for a change).

@@ -97,10 +97,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let data_dir_bytes = tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&data_dir))
         .await
         .ok();
+    let groups = crate::metrics::group_positions(&state.service.edge).await;
     let text = state
         .service
         .metrics
-        .refresh_and_render(broker, data_dir_bytes);
+        .refresh_and_render(broker, data_dir_bytes, &groups);
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

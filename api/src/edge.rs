@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use psubd_actors::partition::guard::RequestGuard;
-use psubd_actors::partition::{Appended, FetchedRecords};
+use psubd_actors::partition::{Appended, DelayedRecords, FetchedRecords};
 use psubd_actors::proposal::leader_of;
 use psubd_actors::record::EncodedRecords;
 use psubd_actors::topic::{PartitionPlacement, TopicMeta};
@@ -353,6 +353,10 @@ impl Edge {
                 Delivery::Answered(ForwardResponse::Broken(detail)) => {
                     last = ApiError::Internal { detail }
                 }
+                // The leader found `min_offset` was never written: no replica will have it.
+                Delivery::Answered(never @ ForwardResponse::OutOfRange { .. }) => {
+                    return Err(unexpected(never))
+                }
                 Delivery::Answered(answer) => return Ok(answer),
                 Delivery::NotDelivered => {}
                 Delivery::Lost(reason) => last = ApiError::Unavailable { reason },
@@ -400,6 +404,29 @@ impl Edge {
             .await?
         {
             ForwardResponse::Appended(appended) => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Queues one request's delayed records in a partition's delay queue through its
+    /// leader.
+    ///
+    /// # Errors
+    /// As [`Edge::append`]; 507 when the partition's delay queue is full.
+    pub async fn delay(
+        &self,
+        placement: &PartitionPlacement,
+        records: DelayedRecords,
+    ) -> Result<(), ApiError> {
+        let request = ForwardRequest::Delay {
+            group: placement.group,
+            records,
+        };
+        match self
+            .to_leader(placement, request, self.write_timeout, self.write_timeout)
+            .await?
+        {
+            ForwardResponse::Delayed => Ok(()),
             other => Err(unexpected(other)),
         }
     }

@@ -67,6 +67,21 @@ pub enum ApiError {
         /// The group.
         group: String,
     },
+    /// The group is not a push subscription.
+    #[error("group '{group}' is not a push subscription")]
+    PushNotFound {
+        /// The group.
+        group: String,
+    },
+    /// The group is a push subscription: members cannot join, and its offsets are not
+    /// reset or deleted until the subscription is deleted.
+    #[error(
+        "group '{group}' is a push subscription: delete it (DELETE /v1/groups/{group}/push) first"
+    )]
+    PushSubscription {
+        /// The group.
+        group: String,
+    },
     /// The member expired, left, or belongs to a coordinator that moved: re-join.
     #[error("member is not in group '{group}'; join again")]
     MemberFenced {
@@ -395,6 +410,8 @@ impl ApiError {
             ApiError::AclNotFound { .. } => (StatusCode::NOT_FOUND, "acl_not_found", 7),
             ApiError::PrincipalExists { .. } => (StatusCode::CONFLICT, "principal_exists", 8),
             ApiError::LimitReached { .. } => (StatusCode::CONFLICT, "limit_reached", 9),
+            ApiError::PushNotFound { .. } => (StatusCode::NOT_FOUND, "push_not_found", 8),
+            ApiError::PushSubscription { .. } => (StatusCode::CONFLICT, "push_subscription", 10),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -510,7 +527,8 @@ impl From<PartitionError> for ApiError {
                 reason: "the partition leader cannot reach a quorum".into(),
             },
             PartitionError::Unavailable { reason } => ApiError::Unavailable { reason },
-            error @ PartitionError::InsufficientStorage { .. } => ApiError::InsufficientStorage {
+            error @ (PartitionError::InsufficientStorage { .. }
+            | PartitionError::DelayQueueFull { .. }) => ApiError::InsufficientStorage {
                 reason: error.to_string(),
             },
             PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason },
@@ -592,6 +610,12 @@ impl ApiError {
             }
             GroupError::TooManyMembers { limit } => ApiError::GroupFull { limit },
             GroupError::InvalidPosition { reason } => ApiError::InvalidRequest { message: reason },
+            GroupError::PushSubscription => ApiError::PushSubscription {
+                group: group.into(),
+            },
+            GroupError::NotPushSubscription => ApiError::PushNotFound {
+                group: group.into(),
+            },
         }
     }
 }

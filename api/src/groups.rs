@@ -32,6 +32,7 @@ use crate::service::groups::{
     check_offset_count, CommitOffset, CommitRequest, GroupName, JoinRequest, ResetRequest, ResetTo,
     MAX_TOPICS_PER_MEMBER,
 };
+use crate::service::push::PushSettings;
 use crate::service::{names, Caller};
 use crate::state::AppState;
 use crate::wire;
@@ -54,6 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/groups/{group}/offsets",
             get(offsets).post(commit).put(reset),
+        )
+        .route(
+            "/v1/groups/{group}/push",
+            get(push).put(set_push).delete(delete_push),
         )
         .with_state(state)
 }
@@ -381,7 +386,11 @@ async fn list(
 }
 
 fn description_view(d: GroupDescription) -> psubd_wire::GroupDescription {
+    let push = d.push.as_ref().map(|view| {
+        wire::push_subscription(&d.group, d.coordinator, &view.config, view.status.as_ref())
+    });
     psubd_wire::GroupDescription {
+        push,
         group: d.group,
         state: wire::group_state(d.members.len()),
         generation: d.generation,
@@ -421,6 +430,63 @@ async fn delete_group(
 ) -> Result<StatusCode, ApiError> {
     let group = GroupName::parse(group)?;
     state.service.delete_group(&caller, &group).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------
+// Push subscriptions
+// ---------------------------------------------------------------------------------------
+
+#[instrument(skip_all, fields(group = %group))]
+async fn set_push(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<psubd_wire::PushSubscription>, ApiError> {
+    let group = GroupName::parse(group)?;
+    let body: psubd_wire::PushRequest = json::parse(&headers, &body)?;
+    let settings = PushSettings {
+        topics: body.topics,
+        endpoint: body.endpoint,
+        max_in_flight: body.max_in_flight,
+        timeout_ms: body.timeout_ms,
+        min_backoff_ms: body.min_backoff_ms,
+        max_backoff_ms: body.max_backoff_ms,
+        max_deliveries: body.max_deliveries,
+        dead_letter_topic: body.dead_letter_topic,
+        secret: body.secret,
+    };
+    state.service.set_push(&caller, &group, settings).await?;
+    // Answered as a GET would: the settings as stored, with the pushing node.
+    push(State(state), caller, Path(group.as_str().to_owned())).await
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn push(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<String>,
+) -> Result<Json<psubd_wire::PushSubscription>, ApiError> {
+    let group = GroupName::parse(group)?;
+    let (description, view) = state.service.push_subscription(&caller, &group).await?;
+    Ok(Json(wire::push_subscription(
+        group.as_str(),
+        description.coordinator,
+        &view.config,
+        view.status.as_ref(),
+    )))
+}
+
+#[instrument(skip_all, fields(group = %group))]
+async fn delete_push(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let group = GroupName::parse(group)?;
+    state.service.delete_push(&caller, &group).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -35,15 +35,32 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a JSON body.
+/// Parses a JSON body, which is an object on every route that calls this (serde would
+/// also take a struct written as an array of its fields, which no client means).
 ///
 /// # Errors
-/// 415 for a non-JSON media type, 400 `invalid_json` for a malformed body.
+/// 415 for a non-JSON media type, 400 `invalid_json` for a malformed body or one that is
+/// not an object.
 pub fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
     require_json(headers)?;
+    expect_object(body, "body")?;
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson {
         message: format!("invalid JSON body: {e}"),
     })
+}
+
+/// Refuses JSON text (`what`: "body", "line") that is not an object before serde reads
+/// it as a struct: serde would also take an array of the struct's fields in order.
+///
+/// # Errors
+/// 400 `invalid_json`.
+pub fn expect_object(text: &[u8], what: &str) -> Result<(), ApiError> {
+    match text.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::InvalidJson {
+            message: format!("invalid JSON {what}: expected an object"),
+        }),
+    }
 }
 
 /// The query string as `T`, refusing a malformed one with the project's error body (400
@@ -63,5 +80,18 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
             .map_err(|rejection| ApiError::InvalidRequest {
                 message: rejection.body_text(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expect_object;
+
+    #[test]
+    fn only_an_object_is_taken_as_a_body() {
+        assert!(expect_object(b" \n{\"a\":1}", "body").is_ok());
+        for refused in [&b"[null, null]"[..], b"null", b"42", b"", b"  "] {
+            assert!(expect_object(refused, "body").is_err(), "{refused:?}");
+        }
     }
 }

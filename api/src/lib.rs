@@ -18,21 +18,27 @@
 //! callers (API keys, the admin key, quota buckets); [`access`] is the admin's HTTP
 //! resource for principals, keys, ACLs and quotas.
 //!
+//! **Push** — [`push`]: the pushers of the push subscriptions this node coordinates
+//! (reads and dead letters through the service, commits on the local offsets replica).
+//!
 //! **Routing** — [`edge`]: which node serves a request, retries at leader hints, waits
 //! for a leader; [`group_routing`]: how the edge reaches a group's coordinator.
 //!
 //! **Replica** — [`replica`]: serving a request on this node's replicas, for the edge
-//! and for peers.
+//! and for peers. [`leadership`]: handing this node's leaderships over before it stops,
+//! and moving partitions back to their preferred leaders.
 //!
 //! **Protocol** — [`protocol`]: the node-to-node requests and answers.
 //!
 //! Beside them: [`error`] (the one error and its one mapping to HTTP), [`limits`] (the
 //! request limits and their defaults), [`metrics`] (Prometheus), [`openapi`] (the OpenAPI
-//! document and the `/docs` page), [`state`] (what handlers share).
+//! document and the `/docs` page), [`console`] (the web console at `/ui`), [`state`] (what
+//! handlers share).
 
 pub mod access;
 pub mod auth;
 pub mod cluster;
+pub mod console;
 pub mod edge;
 pub mod error;
 pub mod fetch;
@@ -41,11 +47,13 @@ pub mod group_stream;
 pub mod groups;
 pub mod json;
 pub mod keys;
+pub mod leadership;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod protocol;
 pub mod publish;
+pub mod push;
 pub mod render;
 pub mod replica;
 pub mod service;
@@ -89,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::router(state.clone()))
         .merge(access::router(state.clone()))
         .merge(openapi::router(state.clone()))
+        .merge(console::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies in gzip or zstd both ways. A compressed request is inflated as the handler
@@ -167,23 +176,73 @@ fn foreign_origin(state: &AppState, request: &Request) -> Option<ApiError> {
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     let upgrades = request.uri().path() == ws::PATH;
-    let allowed = origin
-        .to_str()
-        .is_ok_and(|origin| state.allowed_origins.iter().any(|o| o == origin));
+    let allowed = origin.to_str().is_ok_and(|origin| {
+        state.allowed_origins.iter().any(|o| o == origin) || own_page(state, request, origin)
+    });
     ((writes || upgrades) && !allowed).then(|| ApiError::OriginNotAllowed {
         origin: String::from_utf8_lossy(origin.as_bytes()).into_owned(),
     })
 }
 
+/// Whether `origin` is a page this node served itself (the console at [`console::PAGE_PATH`]),
+/// reached at the host the request names: the origin's host and port are the request's
+/// `Host`, and that host is an IP address, `localhost`, or the host of the node's
+/// advertised URL. A page of a foreign domain that resolves to this node (DNS rebinding)
+/// shows its own domain in both headers and stays refused.
+fn own_page(state: &AppState, request: &Request, origin: &str) -> bool {
+    let Some(authority) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host_header = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if host_header != Some(authority) {
+        return false;
+    }
+    let host = host_of(authority);
+    if host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let broker = state.broker();
+    let metadata = broker.metadata();
+    metadata.nodes.get(&broker.node_id()).is_some_and(|node| {
+        let url = node
+            .http
+            .split_once("://")
+            .map_or(node.http.as_str(), |(_, r)| r);
+        let authority = url.split('/').next().unwrap_or(url);
+        host_of(authority).eq_ignore_ascii_case(host)
+    })
+}
+
+/// The host of an authority (`name:8081` → `name`, `[::1]:8081` → `::1`).
+fn host_of(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Paths any client may call without a key: liveness, readiness and metrics are what
-/// load balancers, orchestrators and scrapers call, and the API's description and its
-/// reference page are what a developer reads before having a key; none reveals records.
-pub const OPEN_PATHS: [&str; 5] = [
+/// load balancers, orchestrators and scrapers call, the API's description and its
+/// reference page are what a developer reads before having a key, and the console's page
+/// is what asks for the key; none reveals records.
+pub const OPEN_PATHS: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
     openapi::SPEC_PATH,
     openapi::DOCS_PATH,
+    console::PAGE_PATH,
+    console::SCRIPT_PATH,
+    console::STYLE_PATH,
 ];
 
 /// Establishes the [`Caller`] of every request once, where it enters the cluster:
@@ -261,4 +320,18 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .with_label_values(&[&route, response.status().as_str()])
         .inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_host_of_an_authority_drops_the_port_and_ipv6_brackets() {
+        assert_eq!(host_of("127.0.0.1:8081"), "127.0.0.1");
+        assert_eq!(host_of("node-1.example:8081"), "node-1.example");
+        assert_eq!(host_of("localhost"), "localhost");
+        assert_eq!(host_of("[::1]:8081"), "::1");
+        assert_eq!(host_of("[::1]"), "::1");
+    }
 }

@@ -14,6 +14,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 << 10;
 pub const DEFAULT_MAX_UNACKED_PUBLISHES: usize = 1024;
 /// Default most open streams per node.
 pub const DEFAULT_MAX_STREAMS: usize = 1024;
+/// Default longest delay of a delayed record, ms: 7 days, the default retention, so a
+/// record is never delayed past the time its topic would by default have dropped it.
+pub const DEFAULT_MAX_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Default and largest `max_records` of one read.
 pub const DEFAULT_MAX_RECORDS: u32 = 500;
@@ -41,6 +44,8 @@ pub struct Limits {
     pub max_unacked_publishes: usize,
     /// Most open streams (SSE, NDJSON) per node; more are refused with 429.
     pub max_streams: usize,
+    /// Longest delay of a delayed record (`deliver_at_ms`, `delay_ms`), ms; more is 400.
+    pub max_delay_ms: u64,
 }
 
 impl Default for Limits {
@@ -52,6 +57,7 @@ impl Default for Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_unacked_publishes: DEFAULT_MAX_UNACKED_PUBLISHES,
             max_streams: DEFAULT_MAX_STREAMS,
+            max_delay_ms: DEFAULT_MAX_DELAY_MS,
         }
     }
 }

@@ -1,16 +1,29 @@
 //! Prometheus metrics (`GET /metrics`). Counters are bumped on the request path;
-//! per-partition gauges are read from the local replicas at scrape time ([`Metrics::refresh`]),
-//! so a deleted topic's series leave with it.
+//! per-partition series are read from the local replicas at scrape time
+//! ([`Metrics::refresh_and_render`]), and consumer group series from the groups this node
+//! coordinates ([`group_positions`]), so a deleted topic's or group's series leave with it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
+use futures::StreamExt;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use psubd_actors::locks::lock;
+use psubd_actors::topic::PartitionPlacement;
 use psubd_actors::Broker;
+
+use crate::edge::Edge;
+
+/// At most this many consumer group series (group, topic, partition) per scrape: a node
+/// coordinating more groups reports the first ones in name order (a scrape stays bounded).
+pub const MAX_GROUP_SERIES: usize = 5_000;
+
+/// Partition statuses a scrape asks for at once (of the partitions its groups read): a
+/// coordinator of many groups does not send a burst of thousands of peer requests.
+const STATUS_CONCURRENCY: usize = 32;
 
 /// The node's metrics.
 pub struct Metrics {
@@ -50,6 +63,22 @@ pub struct Metrics {
     pub raft_applied_index: IntGaugeVec,
     /// On a partition's leader: entries each follower's log is behind the leader's.
     pub raft_follower_lag: IntGaugeVec,
+    /// Last Raft log index each local replica knows committed.
+    pub raft_commit_index: IntGaugeVec,
+    /// Leaders each local replica has seen elected since the node started.
+    pub raft_leader_changes: IntCounterVec,
+    /// Snapshots each local replica built, and their bytes.
+    pub snapshot_builds: IntCounterVec,
+    /// Bytes of the snapshots each local replica built.
+    pub snapshot_built_bytes: IntCounterVec,
+    /// Snapshots each local replica installed from its leader.
+    pub snapshot_installs: IntCounterVec,
+    /// Bytes of the snapshots each local replica installed.
+    pub snapshot_installed_bytes: IntCounterVec,
+    /// On a group's coordinator: the group's committed offset per partition.
+    pub group_committed_offset: IntGaugeVec,
+    /// On a group's coordinator: high watermark minus committed offset per partition.
+    pub group_lag: IntGaugeVec,
     /// One scrape refreshes and renders at a time: a refresh clears the per-partition
     /// gauges before setting them again.
     scrape: Mutex<()>,
@@ -157,6 +186,46 @@ impl Metrics {
             &["topic", "partition", "follower"],
         )
         .expect("valid metric");
+        let raft_commit_index = partition_gauge(
+            "psubd_partition_raft_commit_index",
+            "Last Raft log index local replicas know committed",
+        );
+        let partition_counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["topic", "partition"])
+                .expect("valid metric")
+        };
+        let raft_leader_changes = partition_counter(
+            "psubd_partition_raft_leader_changes_total",
+            "Leaders local replicas saw elected since the node started",
+        );
+        let snapshot_builds = partition_counter(
+            "psubd_partition_snapshot_builds_total",
+            "Snapshots local replicas built",
+        );
+        let snapshot_built_bytes = partition_counter(
+            "psubd_partition_snapshot_built_bytes_total",
+            "Bytes of the snapshots local replicas built",
+        );
+        let snapshot_installs = partition_counter(
+            "psubd_partition_snapshot_installs_total",
+            "Snapshots local replicas installed from their leader",
+        );
+        let snapshot_installed_bytes = partition_counter(
+            "psubd_partition_snapshot_installed_bytes_total",
+            "Bytes of the snapshots local replicas installed",
+        );
+        let group_gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["group", "topic", "partition"])
+                .expect("valid metric")
+        };
+        let group_committed_offset = group_gauge(
+            "psubd_group_committed_offset",
+            "On the group's coordinator: the committed offset (next to read) per partition",
+        );
+        let group_lag = group_gauge(
+            "psubd_group_lag",
+            "On the group's coordinator: records between the committed offset and the high watermark",
+        );
         let node_gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["node"]).expect("valid metric")
         };
@@ -190,6 +259,14 @@ impl Metrics {
             Box::new(raft_term.clone()),
             Box::new(raft_applied_index.clone()),
             Box::new(raft_follower_lag.clone()),
+            Box::new(raft_commit_index.clone()),
+            Box::new(raft_leader_changes.clone()),
+            Box::new(snapshot_builds.clone()),
+            Box::new(snapshot_built_bytes.clone()),
+            Box::new(snapshot_installs.clone()),
+            Box::new(snapshot_installed_bytes.clone()),
+            Box::new(group_committed_offset.clone()),
+            Box::new(group_lag.clone()),
         ] {
             registry
                 .register(collector)
@@ -221,13 +298,25 @@ impl Metrics {
             raft_term,
             raft_applied_index,
             raft_follower_lag,
+            raft_commit_index,
+            raft_leader_changes,
+            snapshot_builds,
+            snapshot_built_bytes,
+            snapshot_installs,
+            snapshot_installed_bytes,
+            group_committed_offset,
+            group_lag,
             scrape: Mutex::new(()),
         }
     }
 
-    /// The gauges labelled by topic and partition, cleared at each refresh.
-    fn partition_gauges(&self) -> [&IntGaugeVec; 8] {
+    /// The gauges labelled by topic and partition (and the group gauges), cleared at each
+    /// refresh.
+    fn partition_gauges(&self) -> [&IntGaugeVec; 11] {
         [
+            &self.raft_commit_index,
+            &self.group_committed_offset,
+            &self.group_lag,
             &self.high_watermark,
             &self.partition_leader,
             &self.partition_stored_bytes,
@@ -239,14 +328,38 @@ impl Metrics {
         ]
     }
 
+    /// The counters read from each replica's Raft stats, set again at each refresh (a
+    /// counter that only grows: reset, then set to the stats' total).
+    fn partition_counters(&self) -> [&IntCounterVec; 5] {
+        [
+            &self.raft_leader_changes,
+            &self.snapshot_builds,
+            &self.snapshot_built_bytes,
+            &self.snapshot_installs,
+            &self.snapshot_installed_bytes,
+        ]
+    }
+
     /// Refreshes the gauges read from this node's replicas and storage, then renders every
-    /// metric. Series of topics deleted since the last scrape are gone. `data_dir_bytes`
-    /// is measured by the caller (it walks the disk: off the async runtime).
-    pub fn refresh_and_render(&self, broker: &Broker, data_dir_bytes: Option<u64>) -> Vec<u8> {
+    /// metric. Series of topics deleted since the last scrape are gone, as are those of
+    /// groups no longer in `groups`. `data_dir_bytes` is measured by the caller (it walks
+    /// the disk: off the async runtime), and so are `groups` ([`group_positions`]: they
+    /// may ask peers).
+    pub fn refresh_and_render(
+        &self,
+        broker: &Broker,
+        data_dir_bytes: Option<u64>,
+        groups: &[GroupPosition],
+    ) -> Vec<u8> {
         let _one_scrape = lock(&self.scrape);
         for gauge in self.partition_gauges() {
             gauge.reset();
         }
+        for counter in self.partition_counters() {
+            counter.reset();
+        }
+        self.set_group_positions(groups);
+        let storage = broker.raft_node().storage();
         let metadata = broker.metadata();
         let me = broker.node_id();
         for topic in metadata.topics.values() {
@@ -274,6 +387,22 @@ impl Metrics {
                 let last_log_index = raft.last_log_index.unwrap_or(0);
                 set(&self.raft_last_log_index, last_log_index);
                 set(&self.raft_term, raft.current_term);
+                if let Some(stats) = storage.group_stats(placement.group) {
+                    let stats = stats.read();
+                    set(&self.raft_commit_index, stats.committed_index);
+                    for (counter, total) in [
+                        (&self.raft_leader_changes, stats.leader_changes),
+                        (&self.snapshot_builds, stats.snapshot_builds),
+                        (&self.snapshot_built_bytes, stats.snapshot_built_bytes),
+                        (&self.snapshot_installs, stats.snapshot_installs),
+                        (
+                            &self.snapshot_installed_bytes,
+                            stats.snapshot_installed_bytes,
+                        ),
+                    ] {
+                        counter.with_label_values(&labels).inc_by(total);
+                    }
+                }
                 set(
                     &self.raft_applied_index,
                     raft.last_applied.map_or(0, |log_id| log_id.index),
@@ -298,7 +427,6 @@ impl Metrics {
             remove_topics_not_in(counter, &|topic| metadata.topics.contains_key(topic));
         }
         let node = [me.to_string()];
-        let storage = broker.raft_node().storage();
         if let Ok(bytes) = storage.size_on_disk() {
             self.disk_bytes
                 .with_label_values(&node)
@@ -325,6 +453,27 @@ impl Metrics {
         self.render()
     }
 
+    /// Sets the group gauges to `groups` (cleared by the caller).
+    fn set_group_positions(&self, groups: &[GroupPosition]) {
+        for position in groups {
+            let partition = position.partition.to_string();
+            let labels = [
+                position.group.as_str(),
+                position.topic.as_str(),
+                partition.as_str(),
+            ];
+            let to_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+            self.group_committed_offset
+                .with_label_values(&labels)
+                .set(to_i64(position.committed));
+            if let Some(high_watermark) = position.high_watermark {
+                self.group_lag
+                    .with_label_values(&labels)
+                    .set(to_i64(high_watermark.saturating_sub(position.committed)));
+            }
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -332,6 +481,78 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// A consumer group's committed offset in one partition, and that partition's high
+/// watermark when a replica answered, as the group's coordinator sees them at a scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPosition {
+    /// The group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset (the next to read).
+    pub committed: u64,
+    /// The partition's high watermark; `None` when no replica answered in time.
+    pub high_watermark: Option<u64>,
+}
+
+/// The committed offsets of the groups this node coordinates, with their partitions' high
+/// watermarks (at most [`MAX_GROUP_SERIES`]). Offsets left from a deleted topic (or one
+/// deleted and created again) are skipped. Each partition's status is asked once, however
+/// many groups read it, [`STATUS_CONCURRENCY`] at a time, each bounded by the edge's status
+/// timeouts.
+pub async fn group_positions(edge: &Edge) -> Vec<GroupPosition> {
+    let broker = edge.broker();
+    let metadata = broker.metadata();
+    let mut rows = broker.groups().coordinated_offsets(broker.node_id());
+    rows.sort_by(|a, b| (&a.0, &a.1.topic, a.1.partition).cmp(&(&b.0, &b.1.topic, b.1.partition)));
+    rows.truncate(MAX_GROUP_SERIES);
+    let mut placements: BTreeMap<(String, u32), PartitionPlacement> = BTreeMap::new();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(_, tp, offset)| {
+            let Some(placement) = metadata.partition(&tp.topic, tp.partition) else {
+                return false;
+            };
+            let current = placement.group == offset.topic_group;
+            if current {
+                placements.insert((tp.topic.clone(), tp.partition), placement.clone());
+            }
+            current
+        })
+        .collect();
+    // The futures are made first: a stream mapping with a closure over borrowed placements
+    // would not be `Send` for every lifetime, as the handler's future must be.
+    let asks: Vec<_> = placements
+        .values()
+        .map(|placement| edge.partition_status(placement))
+        .collect();
+    let statuses: Vec<_> = futures::stream::iter(asks)
+        .buffered(STATUS_CONCURRENCY)
+        .collect()
+        .await;
+    let high_watermarks: BTreeMap<&(String, u32), u64> = placements
+        .keys()
+        .zip(statuses)
+        .filter_map(|(key, status)| status.map(|s| (key, s.high_watermark)))
+        .collect();
+    rows.into_iter()
+        .map(|(group, tp, offset)| {
+            let high_watermark = high_watermarks
+                .get(&(tp.topic.clone(), tp.partition))
+                .copied();
+            GroupPosition {
+                group,
+                topic: tp.topic,
+                partition: tp.partition,
+                committed: offset.offset,
+                high_watermark,
+            }
+        })
+        .collect()
 }
 
 /// Removes the series of `counter` whose `topic` label `exists` denies.
@@ -398,8 +619,30 @@ mod tests {
             .records_published
             .with_label_values(&["orders"])
             .inc_by(3);
+        metrics.set_group_positions(&[
+            GroupPosition {
+                group: "billing".into(),
+                topic: "orders".into(),
+                partition: 2,
+                committed: 7,
+                high_watermark: Some(10),
+            },
+            GroupPosition {
+                group: "billing".into(),
+                topic: "orders".into(),
+                partition: 3,
+                committed: 4,
+                high_watermark: None,
+            },
+        ]);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains("psubd_records_published_total{topic=\"orders\"} 3"));
+        let labels = r#"group="billing",partition="2",topic="orders""#;
+        assert!(text.contains(&format!("psubd_group_committed_offset{{{labels}}} 7")));
+        assert!(text.contains(&format!("psubd_group_lag{{{labels}}} 3")));
+        // No high watermark: the committed offset, and no made-up lag.
+        assert!(text.contains(r#"psubd_group_committed_offset{group="billing",partition="3""#));
+        assert!(!text.contains(r#"psubd_group_lag{group="billing",partition="3""#));
         for process_metric in [
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",

@@ -13,7 +13,7 @@ use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
 use psubd_actors::partition::guard::RequestGuard;
 use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
-use psubd_actors::partition::{Appended, FetchedRecords};
+use psubd_actors::partition::{Appended, DelayedRecords, FetchedRecords};
 use psubd_actors::record::{EncodedRecords, RecordIter};
 use psubd_actors::topic::{TopicConfig, TopicMeta};
 use psubd_actors::{ControllerError, GroupError, PartitionError};
@@ -126,6 +126,33 @@ pub enum ForwardRequest {
     /// Change the access model (the serving node must lead the controller). Checked
     /// (admin, valid names) by the edge that took the request.
     Access(AccessChange),
+    /// Queue one request's delayed records in a partition's delay queue (the serving node
+    /// must lead it).
+    Delay {
+        /// The partition's group.
+        group: GroupId,
+        /// The records and their due times.
+        records: DelayedRecords,
+    },
+    /// The sender leads `group` and is handing it over: start an election at once if the
+    /// serving node follows the sender and its log reaches `leader_last_index`
+    /// (`psubd_raft::handover`). Only served for the peer that sent it, never locally.
+    TakeLeadership {
+        /// The group.
+        group: GroupId,
+        /// The sender's last log index, which it saw this node's log match.
+        leader_last_index: u64,
+    },
+    /// The sender is stopping: send it nothing more until it connects again. Only served
+    /// for the peer that sent it.
+    Departing,
+    /// Raise a topic's partition count (the serving node must lead the controller).
+    AddPartitions {
+        /// Name.
+        name: String,
+        /// The new count (checked by the controller: it must grow).
+        partitions: u32,
+    },
     /// Append one request's records under a guard: record ids, an expected offset (the
     /// serving node must lead the partition). A variant of its own, after the others, so
     /// plain appends keep their encoding between nodes of different builds.
@@ -157,6 +184,8 @@ pub struct ReplicaStatus {
     pub high_watermark: u64,
     /// Stored size of the retained record batches on this replica, bytes.
     pub stored_bytes: u64,
+    /// Delayed records waiting in the delay queue on this replica.
+    pub delayed_records: u64,
 }
 
 /// The answer to a [`ForwardRequest`].
@@ -207,6 +236,10 @@ pub enum ForwardResponse {
     Leader(Option<NodeId>),
     /// The answer to [`ForwardRequest::Access`]: applied, or refused by the model.
     Access(Result<(), AccessRefusal>),
+    /// The answer to [`ForwardRequest::Delay`]: queued.
+    Delayed,
+    /// The answer to [`ForwardRequest::TakeLeadership`]: whether the election started.
+    Standing(bool),
 }
 
 /// A key read as sent to a replica.
@@ -251,6 +284,8 @@ impl ForwardRequest {
                 }
                 Ok(())
             }
+            // Checked as an append's records are, and one due time per record.
+            ForwardRequest::Delay { records, .. } => records.check(),
             ForwardRequest::Fetch {
                 max_records,
                 max_bytes,

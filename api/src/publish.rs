@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 use psubd_actors::record::ValueKind;
-use psubd_wire::{Accepted, DeliveryReport, FailedRecord, RecordReport};
+use psubd_wire::{Accepted, DelayedReport, DeliveryReport, FailedRecord, RecordReport};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
@@ -28,9 +28,11 @@ use tokio_util::io::StreamReader;
 use tracing::instrument;
 
 use crate::error::ApiError;
-use crate::json::{media_type, Query};
+use crate::json::{self, media_type, Query};
 use crate::limits::Limits;
-use crate::service::publish::{total_failure, Acks, Delivered, NewRecord, PublishBatch, Published};
+use crate::service::publish::{
+    total_failure, Acks, Delivered, NewRecord, Placement, PublishBatch, Published,
+};
 use crate::service::Caller;
 use crate::state::AppState;
 use psubd_actors::partition::guard::Expectation;
@@ -111,6 +113,10 @@ pub(crate) struct PublishRecord<'a> {
     timestamp_ms: Option<i64>,
     #[serde(borrow, default)]
     id: Option<Text<'a>>,
+    #[serde(default)]
+    deliver_at_ms: Option<i64>,
+    #[serde(default)]
+    delay_ms: Option<i64>,
 }
 
 fn decode_base64(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {
@@ -173,7 +179,31 @@ fn to_record(encoding: Encoding, raw: PublishRecord<'_>) -> Result<NewRecord<'_>
         value,
         headers: raw.headers.unwrap_or_default().into_iter().collect(),
         id: raw.id.map(|id| cow_bytes(id.0)),
+        deliver_at_ms: raw.deliver_at_ms,
+        delay_ms: raw.delay_ms,
     })
+}
+
+/// A raw publish's due time headers (`Deliver-At-Ms`, `Delay-Ms`), as integers.
+///
+/// # Errors
+/// 400 for a value that is not an integer.
+fn due_headers(headers: &HeaderMap) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let parse = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|text| text.trim().parse::<i64>().ok())
+                    .ok_or_else(|| ApiError::InvalidRequest {
+                        message: format!("the {name} header must be an integer (ms)"),
+                    })
+            })
+            .transpose()
+    };
+    Ok((parse("deliver-at-ms")?, parse("delay-ms")?))
 }
 
 fn cow_bytes(text: Cow<'_, str>) -> Cow<'_, [u8]> {
@@ -211,11 +241,17 @@ async fn read_body(limits: &Limits, body: Body) -> Result<Bytes, ApiError> {
 /// One record's report: its offset, or its error body with the partition it was meant for.
 pub(crate) fn report(d: &Delivered) -> RecordReport {
     match &d.result {
-        Ok(offset) => RecordReport::Delivered(DeliveryReport {
+        Ok(Placement::Offset(offset)) => RecordReport::Delivered(DeliveryReport {
             partition: d.partition,
             offset: *offset,
             timestamp_ms: d.timestamp_ms,
             duplicate: d.duplicate,
+        }),
+        Ok(Placement::Delayed { deliver_at_ms }) => RecordReport::Delayed(DelayedReport {
+            partition: d.partition,
+            delayed: true,
+            deliver_at_ms: *deliver_at_ms,
+            timestamp_ms: d.timestamp_ms,
         }),
         Err(error) => RecordReport::Failed(FailedRecord {
             partition: Some(d.partition),
@@ -259,21 +295,28 @@ fn answer(reports: Vec<Delivered>, raw_mode: bool) -> Response {
     if raw_mode {
         if let Some(Delivered {
             partition,
-            result: Ok(offset),
+            result: Ok(placement),
             ..
         }) = reports.first()
         {
             let headers = response.headers_mut();
             headers.insert("x-partition", HeaderValue::from(*partition));
-            headers.insert("x-offset", HeaderValue::from(*offset));
+            match placement {
+                Placement::Offset(offset) => {
+                    headers.insert("x-offset", HeaderValue::from(*offset));
+                }
+                Placement::Delayed { deliver_at_ms } => {
+                    headers.insert("x-deliver-at-ms", HeaderValue::from(*deliver_at_ms));
+                }
+            }
         }
     }
     response
 }
 
 /// `{"offsets":[...]}` (a [`psubd_wire::PublishResponse`]), written straight into the
-/// body: delivered records are the hot path, so they skip serde; failed ones are
-/// serialised from their [`RecordReport`].
+/// body: delivered records are the hot path, so they skip serde; delayed and failed ones
+/// are serialised from their [`RecordReport`].
 fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + reports.len() * 64);
     out.extend_from_slice(b"{\"offsets\":[");
@@ -283,17 +326,19 @@ fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
         }
         // Writing into a Vec cannot fail.
         let _ = match &d.result {
-            Ok(offset) if d.duplicate => write!(
+            Ok(Placement::Offset(offset)) if d.duplicate => write!(
                 out,
                 "{{\"duplicate\":true,\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
                 d.partition, d.timestamp_ms
             ),
-            Ok(offset) => write!(
+            Ok(Placement::Offset(offset)) => write!(
                 out,
                 "{{\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
                 d.partition, d.timestamp_ms
             ),
-            Err(_) => serde_json::to_writer(&mut out, &report(d)).map_err(std::io::Error::other),
+            Ok(Placement::Delayed { .. }) | Err(_) => {
+                serde_json::to_writer(&mut out, &report(d)).map_err(std::io::Error::other)
+            }
         };
     }
     out.extend_from_slice(b"]}");
@@ -323,6 +368,22 @@ async fn publish(
             })
         }
     };
+    let partition = params
+        .partition
+        .as_deref()
+        .map(|p| {
+            p.parse::<i64>().map_err(|_| ApiError::InvalidRequest {
+                message: format!("partition must be an integer, not '{p}'"),
+            })
+        })
+        .transpose()?;
+    if !raw_mode && (partition.is_some() || params.key.is_some()) {
+        return Err(ApiError::InvalidRequest {
+            message: "the key and partition query parameters are for a raw body; \
+                      a JSON body gives them per record"
+                .into(),
+        });
+    }
     let body = read_body(state.service.limits(), body).await?;
     let mut batch = state.service.begin_publish(&caller, &topic).await?;
     if raw_mode {
@@ -330,14 +391,6 @@ async fn publish(
             .get("x-key")
             .map(|v| v.as_bytes())
             .or(params.key.as_deref().map(str::as_bytes));
-        let partition = params
-            .partition
-            .map(|p| {
-                p.parse::<i64>().map_err(|_| ApiError::InvalidRequest {
-                    message: format!("partition must be an integer, not '{p}'"),
-                })
-            })
-            .transpose()?;
         let kind = if media.as_deref() == Some("text/plain") {
             std::str::from_utf8(&body).map_err(|_| ApiError::InvalidRequest {
                 message: "text/plain body is not UTF-8".into(),
@@ -349,6 +402,7 @@ async fn publish(
         let id = headers
             .get(IDEMPOTENCY_KEY)
             .map(|v| Cow::Borrowed(v.as_bytes()));
+        let (deliver_at_ms, delay_ms) = due_headers(&headers)?;
         batch.push(NewRecord {
             partition,
             timestamp_ms: None,
@@ -357,11 +411,14 @@ async fn publish(
             value: Some(Cow::Borrowed(&body[..])),
             headers: Vec::new(),
             id,
+            deliver_at_ms,
+            delay_ms,
         })?;
     } else {
         let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson {
             message: "body is not UTF-8".into(),
         })?;
+        json::expect_object(&body, "body")?;
         let parsed: PublishBody<'_> =
             serde_json::from_str(text).map_err(|e| ApiError::InvalidJson {
                 message: format!("invalid JSON body: {e}"),
@@ -456,9 +513,13 @@ async fn publish_lines(
     for line in &lines {
         let slot = match line {
             Ok(line) if line.trim().is_empty() => continue,
-            Ok(line) => serde_json::from_str::<PublishRecord<'_>>(line)
-                .map_err(|e| ApiError::InvalidJson {
-                    message: format!("invalid JSON line: {e}"),
+            Ok(line) => json::expect_object(line.as_bytes(), "line")
+                .and_then(|()| {
+                    serde_json::from_str::<PublishRecord<'_>>(line).map_err(|e| {
+                        ApiError::InvalidJson {
+                            message: format!("invalid JSON line: {e}"),
+                        }
+                    })
                 })
                 .and_then(|parsed| to_record(encoding, parsed))
                 .and_then(|record| batch.push(record))
@@ -516,15 +577,23 @@ mod tests {
         let reports = vec![
             Delivered {
                 partition: 2,
-                result: Ok(41),
+                result: Ok(Placement::Offset(41)),
                 timestamp_ms: 1_700_000_000_123,
                 duplicate: false,
             },
             Delivered {
                 partition: 1,
-                result: Ok(7),
+                result: Ok(Placement::Offset(7)),
                 timestamp_ms: 5,
                 duplicate: true,
+            },
+            Delivered {
+                partition: 1,
+                result: Ok(Placement::Delayed {
+                    deliver_at_ms: 1_700_000_001_000,
+                }),
+                timestamp_ms: 1_700_000_001_000,
+                duplicate: false,
             },
             Delivered {
                 partition: 0,

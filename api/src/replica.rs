@@ -11,6 +11,7 @@ use psubd_actors::partition::guard::RequestGuard;
 use psubd_actors::partition::{Appended, LogBounds, PartitionHandle, PartitionReader, ReadError};
 use psubd_actors::proposal::leader_of;
 use psubd_actors::{Broker, GroupError, PartitionError};
+use psubd_raft::types::typ::Raft;
 use psubd_raft::{GroupId, NodeId, PeerService};
 
 use crate::limits::Limits;
@@ -43,6 +44,12 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
             records,
             guard,
         } => appended(broker.append_local(group, records, guard).await),
+        ForwardRequest::Delay { group, records } => {
+            match broker.delay_local(group, records).await {
+                Ok(()) => ForwardResponse::Delayed,
+                Err(error) => ForwardResponse::Partition(error),
+            }
+        }
         ForwardRequest::Fetch {
             group,
             offset,
@@ -58,6 +65,7 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                     log_start: bounds.log_start,
                     high_watermark: bounds.next_offset,
                     stored_bytes: handle.reader.stored_bytes(),
+                    delayed_records: handle.reader.delays().records,
                 })
             }
             None => ForwardResponse::Partition(PartitionError::NoReplica),
@@ -70,6 +78,12 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
         }
         ForwardRequest::UpdateTopic { name, update } => {
             match broker.update_topic(name, update).await {
+                Ok(meta) => ForwardResponse::Topic(Some(meta)),
+                Err(error) => ForwardResponse::Controller(error),
+            }
+        }
+        ForwardRequest::AddPartitions { name, partitions } => {
+            match broker.add_partitions(name, partitions).await {
                 Ok(meta) => ForwardResponse::Topic(Some(meta)),
                 Err(error) => ForwardResponse::Controller(error),
             }
@@ -123,6 +137,10 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
             let wait = Duration::from_millis(wait_ms).min(MAX_LEADER_WAIT);
             ForwardResponse::Leader(broker.await_leader(group, wait).await)
         }
+        // Only a peer leading the group may ask (see `ForwardService`): never this node.
+        ForwardRequest::TakeLeadership { .. } => ForwardResponse::Standing(false),
+        // Only a peer says it is stopping (see `ForwardService`).
+        ForwardRequest::Departing => ForwardResponse::Done,
     }
 }
 
@@ -247,21 +265,44 @@ fn fetch_failure(group: GroupId, error: ReadError) -> ForwardResponse {
 }
 
 /// Waits until the replica applied `min_offset` (its high watermark passed it).
-async fn applied(reader: &PartitionReader, read: &KeyRead) -> bool {
+/// How far a replica is from a key read's `min_offset`.
+enum Progress {
+    /// The record at `min_offset` is applied: the read may be served.
+    Applied,
+    /// This replica leads and has applied its whole log, which holds every committed entry:
+    /// the record at `min_offset` was never written (nor acknowledged). The caller's
+    /// mistake (416), not a replica catching up.
+    NeverWritten(u64),
+    /// Not applied within `timeout_ms`: a replica catching up (503).
+    Behind,
+}
+
+async fn progress(handle: &PartitionHandle, read: &KeyRead) -> Progress {
     let Some(min_offset) = read.min_offset else {
-        return true;
+        return Progress::Applied;
     };
-    let mut watch = reader.subscribe();
+    let mut watch = handle.reader.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(read.timeout_ms);
     loop {
         if watch.borrow_and_update().next_offset > min_offset {
-            return true;
+            return Progress::Applied;
+        }
+        if leads_with_log_applied(&handle.raft) {
+            return Progress::NeverWritten(min_offset);
         }
         match tokio::time::timeout_at(deadline, watch.changed()).await {
             Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => return false,
+            Ok(Err(_)) | Err(_) => return Progress::Behind,
         }
     }
+}
+
+/// Whether this replica leads its group and has applied every entry of its log.
+fn leads_with_log_applied(raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    metrics.current_leader == Some(metrics.id)
+        && metrics.last_applied.map(|log_id| log_id.index) == metrics.last_log_index
 }
 
 fn read_failure(group: GroupId, error: ReadError) -> ForwardResponse {
@@ -283,12 +324,20 @@ async fn caught_up(broker: &Broker, read: &KeyRead) -> Result<PartitionHandle, F
     let Some(handle) = broker.partition(read.group) else {
         return Err(ForwardResponse::Partition(PartitionError::NoReplica));
     };
-    if !applied(&handle.reader, read).await {
-        return Err(ForwardResponse::Partition(PartitionError::Unavailable {
+    match progress(&handle, read).await {
+        Progress::Applied => Ok(handle),
+        Progress::NeverWritten(offset) => {
+            let bounds = handle.reader.bounds();
+            Err(ForwardResponse::OutOfRange {
+                offset,
+                log_start: bounds.log_start,
+                high_watermark: bounds.next_offset,
+            })
+        }
+        Progress::Behind => Err(ForwardResponse::Partition(PartitionError::Unavailable {
             reason: "replica has not applied min_offset".into(),
-        }));
+        })),
     }
-    Ok(handle)
 }
 
 /// Serves a key lookup on this node's replica.
@@ -339,6 +388,19 @@ impl PeerService for ForwardService {
         let limits = self.limits;
         Box::pin(async move {
             let response = match postcard::from_bytes::<ForwardRequest>(&body) {
+                Ok(ForwardRequest::TakeLeadership {
+                    group,
+                    leader_last_index,
+                }) => ForwardResponse::Standing(
+                    broker
+                        .raft_node()
+                        .take_leadership(group, from, leader_last_index)
+                        .await,
+                ),
+                Ok(ForwardRequest::Departing) => {
+                    broker.raft_node().peer_departing(from);
+                    ForwardResponse::Done
+                }
                 Ok(request) => match request.check(&limits) {
                     Ok(()) => serve_local(&broker, request).await,
                     Err(why) => {

@@ -12,7 +12,7 @@ use psubd_actors::controller::access::Operation;
 use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{
     check_duplicate_window_ms, check_retention_bytes, check_retention_ms, CleanupPolicy,
-    TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_RETENTION_MS,
+    TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_RETENTION_MS, MAX_PARTITIONS,
 };
 use psubd_wire::{PartitionStatus, Topic};
 use serde::Deserialize;
@@ -93,8 +93,14 @@ fn local_view(state: &AppState, meta: &TopicMeta) -> Topic {
     topic_view(meta, state.service.duplicate_window_ms(&meta.name))
 }
 
-/// Settings `PATCH` may change; the others are fixed at creation.
-const MUTABLE_SETTINGS: [&str; 3] = ["retention_ms", "retention_bytes", "duplicate_window_ms"];
+/// Settings `PATCH` may change; the others are fixed at creation (`partitions` may only
+/// grow).
+const MUTABLE_SETTINGS: [&str; 4] = [
+    "retention_ms",
+    "retention_bytes",
+    "duplicate_window_ms",
+    "partitions",
+];
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidConfig {
@@ -137,45 +143,63 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<NewTopic, ApiError> {
     Ok((request.name, config, window))
 }
 
+/// What a `PATCH` asks: settings to change, a new partition count and a duplicate window
+/// (kept apart by the controller), each optional.
+#[derive(Debug, Default, PartialEq)]
+struct TopicChange {
+    settings: TopicUpdate,
+    partitions: Option<u32>,
+    duplicate_window_ms: Option<u64>,
+}
+
 /// Reads a `PATCH` body: an object with only mutable settings, each validated as at create.
-/// The retention settings and the duplicate window (kept apart by the controller) come
-/// back separately.
-fn validate_update(body: serde_json::Value) -> Result<(TopicUpdate, Option<u64>), ApiError> {
+fn validate_update(body: serde_json::Value) -> Result<TopicChange, ApiError> {
     let serde_json::Value::Object(fields) = body else {
         return Err(invalid(
             "the body must be a JSON object of settings to change",
         ));
     };
-    let mut update = TopicUpdate::default();
-    let mut window = None;
+    let mut change = TopicChange::default();
     for (name, value) in fields {
         if !MUTABLE_SETTINGS.contains(&name.as_str()) {
             return Err(invalid(format!(
-                "'{name}' cannot be changed: only {} can (partitions, replication_factor and \
+                "'{name}' cannot be changed: only {} can (replication_factor and \
                  cleanup_policy are fixed at creation)",
-                MUTABLE_SETTINGS.join(" and ")
+                MUTABLE_SETTINGS.join(", ")
             )));
         }
         let number = value
             .as_i64()
             .ok_or_else(|| invalid(format!("{name} must be an integer")))?;
-        if name == "retention_ms" {
-            check_retention_ms(number).map_err(invalid)?;
-            update.retention_ms = Some(number);
-        } else if name == "duplicate_window_ms" {
-            window = Some(check_duplicate_window_ms(number).map_err(invalid)?);
-        } else {
-            check_retention_bytes(number).map_err(invalid)?;
-            update.retention_bytes = Some(number);
+        match name.as_str() {
+            "retention_ms" => {
+                check_retention_ms(number).map_err(invalid)?;
+                change.settings.retention_ms = Some(number);
+            }
+            "retention_bytes" => {
+                check_retention_bytes(number).map_err(invalid)?;
+                change.settings.retention_bytes = Some(number);
+            }
+            "duplicate_window_ms" => {
+                change.duplicate_window_ms =
+                    Some(check_duplicate_window_ms(number).map_err(invalid)?);
+            }
+            _ => {
+                let partitions = u32::try_from(number)
+                    .ok()
+                    .filter(|p| (1..=MAX_PARTITIONS).contains(p))
+                    .ok_or_else(|| invalid(format!("partitions must be 1 to {MAX_PARTITIONS}")))?;
+                change.partitions = Some(partitions);
+            }
         }
     }
-    if update == TopicUpdate::default() && window.is_none() {
+    if change == TopicChange::default() {
         return Err(invalid(format!(
             "nothing to change: give {}",
             MUTABLE_SETTINGS.join(" and/or ")
         )));
     }
-    Ok((update, window))
+    Ok(change)
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -187,16 +211,31 @@ async fn update(
     body: Bytes,
 ) -> Result<Json<Topic>, ApiError> {
     // 404 for unknown and internal topics before anything is proposed.
-    state
+    let current = state
         .service
         .topic(&caller, &topic, Operation::Alter)
         .await?;
-    let (update, window) = validate_update(json::parse(&headers, &body)?)?;
-    let mut meta = None;
-    if update != TopicUpdate::default() {
-        meta = Some(state.service.update_topic(&caller, &topic, update).await?);
+    let change = validate_update(json::parse(&headers, &body)?)?;
+    if let Some(partitions) = change.partitions {
+        let has = current.partitions.len();
+        if partitions as usize <= has {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "partitions can only grow: '{topic}' has {has}, the body asks for {partitions}"
+                ),
+            });
+        }
     }
-    if let Some(window) = window {
+    let mut meta = None;
+    if change.settings != TopicUpdate::default() || change.partitions.is_some() {
+        meta = Some(
+            state
+                .service
+                .update_topic(&caller, &topic, change.settings, change.partitions)
+                .await?,
+        );
+    }
+    if let Some(window) = change.duplicate_window_ms {
         let meta = state
             .service
             .set_duplicate_window(&caller, &topic, window)
@@ -280,6 +319,7 @@ async fn partitions(
             log_start_offset: status.map(|s| s.log_start),
             high_watermark: status.map(|s| s.high_watermark),
             stored_bytes: status.map(|s| s.stored_bytes),
+            delayed_records: status.map(|s| s.delayed_records),
         })
         .collect();
     Ok(Json(rows))
@@ -292,21 +332,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patch_takes_only_valid_retention_settings() {
-        let (update, window) = validate_update(json!({"retention_ms": 2000})).unwrap();
-        assert_eq!(update.retention_ms, Some(2000));
-        assert_eq!(update.retention_bytes, None);
-        assert_eq!(window, None);
-        let (update, window) = validate_update(json!({"duplicate_window_ms": 0})).unwrap();
-        assert_eq!((update, window), (TopicUpdate::default(), Some(0)));
-        let (update, _) =
-            validate_update(json!({"retention_bytes": -1, "retention_ms": -1})).unwrap();
+    fn patch_takes_only_valid_settings_and_partition_counts() {
+        let change = validate_update(json!({"retention_ms": 2000})).unwrap();
+        assert_eq!(change.settings.retention_ms, Some(2000));
+        assert_eq!(change.settings.retention_bytes, None);
+        assert_eq!(change.duplicate_window_ms, None);
+        let change = validate_update(json!({"duplicate_window_ms": 0})).unwrap();
+        assert_eq!(
+            (change.settings, change.duplicate_window_ms),
+            (TopicUpdate::default(), Some(0))
+        );
+        let update = validate_update(json!({"retention_bytes": -1, "retention_ms": -1}))
+            .unwrap()
+            .settings;
         assert_eq!(
             (update.retention_ms, update.retention_bytes),
             (Some(-1), Some(-1))
         );
+        let change = validate_update(json!({"partitions": 3})).unwrap();
+        assert_eq!(change.partitions, Some(3));
+        assert_eq!(change.settings, TopicUpdate::default());
         for bad in [
-            json!({"partitions": 3}),
+            json!({"partitions": 0}),
+            json!({"partitions": 1025}),
+            json!({"replication_factor": 3}),
             json!({"retention_ms": 0}),
             json!({"retention_bytes": -2}),
             json!({"retention_ms": "1000"}),

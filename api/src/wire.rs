@@ -3,6 +3,7 @@
 
 use psubd_actors::assignment::{AssignmentStrategy, TopicPartition};
 use psubd_actors::coordinator::AutoOffsetReset;
+use psubd_actors::push::{PartitionPushStatus, PushConfig, PushStatus};
 
 /// A partition as answers name it.
 pub fn topic_partition(tp: &TopicPartition) -> psubd_wire::TopicPartition {
@@ -39,5 +40,50 @@ pub fn group_state(members: usize) -> psubd_wire::GroupState {
         psubd_wire::GroupState::Stable
     } else {
         psubd_wire::GroupState::Empty
+    }
+}
+
+/// A push subscription as answers show it: its settings without the secret, and the
+/// state its pusher reports (none before it runs). `coordinator` is the pushing node.
+pub fn push_subscription(
+    group: &str,
+    coordinator: u64,
+    config: &PushConfig,
+    status: Option<&PushStatus>,
+) -> psubd_wire::PushSubscription {
+    psubd_wire::PushSubscription {
+        group: group.to_owned(),
+        topics: config.topics.clone(),
+        endpoint: config.endpoint.clone(),
+        max_in_flight: config.max_in_flight,
+        timeout_ms: config.timeout_ms,
+        min_backoff_ms: config.min_backoff_ms,
+        max_backoff_ms: config.max_backoff_ms,
+        max_deliveries: config.max_deliveries,
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        secret_set: config.secret.is_some(),
+        coordinator,
+        partitions: status
+            .map(|s| s.partitions.iter().map(push_partition).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn push_partition(p: &PartitionPushStatus) -> psubd_wire::PushPartitionState {
+    psubd_wire::PushPartitionState {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        committed_offset: p.committed_offset,
+        high_watermark: p.high_watermark,
+        lag: p
+            .committed_offset
+            .zip(p.high_watermark)
+            .map(|(committed, high)| high.saturating_sub(committed)),
+        pending_offset: p.pending_offset,
+        delivery_attempt: p.delivery_attempt,
+        last_error: p.last_error.clone(),
+        delivered: p.delivered,
+        dead_lettered: p.dead_lettered,
+        dropped: p.dropped,
     }
 }

@@ -1,8 +1,9 @@
 //! `psubd-bench`: the load generator behind the tables of docs/benchmarks.md. A binary
 //! of its own, so the server binary carries none of its dependencies (its HTTP/1.1
 //! client, histograms, temporary dirs); it talks to psubd over HTTP only. The one psubd
-//! crate it imports is `psubd-launch`, to start `--dev`'s `psubd dev` as every launcher
-//! of local psubd processes does.
+//! crates it imports are `psubd-launch`, to start `--dev`'s `psubd dev` as every launcher
+//! of local psubd processes does, and `psubd-client`, whose `Producer` the
+//! `--client-producer` loops measure.
 //!
 //! In the spirit of `kafka-producer-perf-test` and `nats bench`: producers publish
 //! pre-built request bodies over keep-alive HTTP connections, consumers read by offset
@@ -23,6 +24,7 @@
 //!   bodies built once and patched in place.
 //! - `phase.rs`: the clock of a run (warm-up, window, stop) and the `--rate` pacer.
 //! - `producer.rs`, `consumer.rs`, `group.rs`: the three kinds of load;
+//!   `client_producer.rs`: producers through psubd-client's `Producer` instead;
 //!   `connection.rs`: the producers' lean keep-alive HTTP/1.1 connections.
 //! - `fetch.rs`: parsing fetch answers without copying values; `duplicates.rs`:
 //!   duplicate detection; `error_class.rs`: errors by class; `latency.rs`: histograms.
@@ -30,6 +32,7 @@
 //! - `hardware.rs`: cores, memory, the disk under the data dir, the git commit.
 //! - `report.rs`: the printed table, medians over runs and the JSON report.
 
+mod client_producer;
 mod connection;
 mod consumer;
 mod dev_cluster;
@@ -139,6 +142,14 @@ pub struct BenchArgs {
     /// read the send time and sequence from).
     #[arg(long, default_value_t = 100)]
     pub record_size: u32,
+
+    /// Publish through psubd-client's `Producer` (its batching, each request sent straight
+    /// to the partitions' leader) instead of pre-built HTTP bodies: each loop sends
+    /// `--records-per-request` records to one partition and waits for all their
+    /// deliveries. Values are JSON strings, which the consumers do not read back, so it
+    /// measures producers only.
+    #[arg(long)]
+    pub client_producer: bool,
 
     /// Acknowledgement level of the publishes.
     #[arg(long, value_enum, default_value_t = Acks::All)]
@@ -358,6 +369,19 @@ impl BenchArgs {
         }
         if self.producers == 0 && self.from == StartFrom::Latest && self.consumers > 0 {
             bail!("--producers 0 with --from latest reads nothing: use --from earliest (and --prefill N)");
+        }
+        if self.client_producer {
+            if self.consumers > 0 || self.group_consumers > 0 {
+                bail!("--client-producer measures producers only: drop --consumers and --group-consumers");
+            }
+            if self.acks != Acks::All || self.format != BodyFormat::Json {
+                bail!(
+                    "--client-producer publishes with acks=all as JSON: drop --acks and --format"
+                );
+            }
+            if self.producers == 0 {
+                bail!("--client-producer needs --producers");
+            }
         }
         if self.runs == 0 {
             bail!("--runs must be at least 1");

@@ -30,7 +30,7 @@ use super::{Acks, BodyFormat};
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Back-off before retrying without a `Retry-After` hint, times the attempt number.
-const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What every producer loop of a run shares.
 #[derive(Debug)]
@@ -56,6 +56,8 @@ pub struct ProducerPlan {
     authorization: Option<HeaderValue>,
     /// Bytes of one record's value (for MB/s).
     pub record_size: u64,
+    /// The topic (for `--client-producer`, which builds its own requests).
+    pub topic: String,
 }
 
 impl ProducerPlan {
@@ -119,7 +121,24 @@ impl ProducerPlan {
             request_timeout,
             authorization: target.authorization().cloned(),
             record_size: u64::from(record_size),
+            topic: topic.to_string(),
         })
+    }
+
+    /// The node base URLs.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// Timeout of one request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The API key of the `Authorization: Bearer` header, when one is sent.
+    pub fn bearer_token(&self) -> Option<String> {
+        let value = self.authorization.as_ref()?.to_str().ok()?;
+        Some(value.strip_prefix("Bearer ")?.to_string())
     }
 
     /// Records per request.

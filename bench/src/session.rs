@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::client_producer;
 use super::consumer::{self, ConsumerPlan, ConsumerStop};
 use super::dev_cluster::DevCluster;
 use super::fetch::ConsumeStats;
@@ -357,7 +358,11 @@ impl Session<'_> {
             )?);
             let pacer = a.rate.map(|r| Arc::new(Pacer::new(r)));
             let mut tasks = JoinSet::new();
-            producer::spawn(&mut tasks, &plan, &clock, pacer, &live)?;
+            if a.client_producer {
+                client_producer::spawn(&mut tasks, &plan, &clock, pacer, &live)?;
+            } else {
+                producer::spawn(&mut tasks, &plan, &clock, pacer, &live)?;
+            }
             while let Some(r) = tasks.join_next().await {
                 produced.merge(&r.context("a producer task failed")?);
             }

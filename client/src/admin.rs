@@ -1,8 +1,8 @@
 //! [`Admin`]: topics, consumer groups and the cluster view.
 
 use psubd_wire::{
-    ClusterInfo, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus, ResetRequest,
-    ResetResponse, Topic, TopicSpec, TopicUpdate,
+    ClusterInfo, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus, PushRequest,
+    PushSubscription, ResetRequest, ResetResponse, Topic, TopicSpec, TopicUpdate,
 };
 use reqwest::{Method, StatusCode};
 
@@ -143,6 +143,46 @@ impl Admin {
     /// `group_not_empty`, `group_not_found`, …
     pub async fn delete_group(&self, group: &str) -> Result<(), Error> {
         let call = Call::new(Method::DELETE, format!("/v1/groups/{}", segment(group)));
+        self.client.empty(&call, StatusCode::NO_CONTENT).await
+    }
+
+    /// `PUT /v1/groups/{g}/push`: makes a group without members a push subscription (or
+    /// changes its settings); answers it as stored.
+    ///
+    /// # Errors
+    ///
+    /// `invalid_request`, `topic_not_found`, `group_not_empty`, …
+    pub async fn set_push(
+        &self,
+        group: &str,
+        settings: &PushRequest,
+    ) -> Result<PushSubscription, Error> {
+        let call =
+            Call::new(Method::PUT, format!("/v1/groups/{}/push", segment(group))).json(settings)?;
+        self.client.json(&call, StatusCode::OK).await
+    }
+
+    /// `GET /v1/groups/{g}/push`: a push subscription's settings (never the secret) and
+    /// per-partition state.
+    ///
+    /// # Errors
+    ///
+    /// `push_not_found`, …
+    pub async fn push(&self, group: &str) -> Result<PushSubscription, Error> {
+        let call = Call::get(format!("/v1/groups/{}/push", segment(group)));
+        self.client.json(&call, StatusCode::OK).await
+    }
+
+    /// `DELETE /v1/groups/{g}/push`: ends a push subscription; its offsets stay.
+    ///
+    /// # Errors
+    ///
+    /// `push_not_found`, …
+    pub async fn delete_push(&self, group: &str) -> Result<(), Error> {
+        let call = Call::new(
+            Method::DELETE,
+            format!("/v1/groups/{}/push", segment(group)),
+        );
         self.client.empty(&call, StatusCode::NO_CONTENT).await
     }
 

@@ -33,6 +33,9 @@ const DEFAULT_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Longest error body quoted in an [`Error::Unexpected`].
 const QUOTE_LIMIT: usize = 300;
 
+/// Most bytes read of a stream's error answer (an error body is far smaller).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
 /// Settings of a [`Client`]; [`Client::builder`] starts from the defaults.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -303,32 +306,61 @@ fn quote(body: &[u8]) -> String {
     }
 }
 
+/// Up to `limit` bytes of `response`'s body (what arrived before an error, if any).
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - body.len());
+                body.extend_from_slice(&chunk[..take]);
+            }
+            _ => break,
+        }
+    }
+    body
+}
+
+/// The `Retry-After` header, in whole seconds as the server sends it.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 fn normalise_seeds(raw: &[String]) -> Result<Vec<String>, Error> {
     let mut seeds = Vec::new();
     for seed in raw.iter().flat_map(|s| s.split(',')) {
-        let seed = seed.trim().trim_end_matches('/');
-        if seed.is_empty() {
-            continue;
+        let seed = seed.trim();
+        if !seed.is_empty() {
+            seeds.push(node_url(seed)?);
         }
-        let rest = seed
-            .strip_prefix("http://")
-            .or_else(|| seed.strip_prefix("https://"))
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "'{seed}' is not a node URL: expected http://HOST:PORT or https://HOST:PORT"
-                ))
-            })?;
-        if rest.is_empty() || rest.contains('/') {
-            return Err(Error::Config(format!(
-                "'{seed}' is not a node URL: expected http(s)://HOST:PORT without a path"
-            )));
-        }
-        seeds.push(seed.to_string());
     }
     if seeds.is_empty() {
         return Err(Error::Config("no node URL given".into()));
     }
     Ok(seeds)
+}
+
+/// `raw` as a node's base URL (`http(s)://HOST:PORT`, no trailing slash), or why not.
+pub(crate) fn node_url(raw: &str) -> Result<String, Error> {
+    let url = raw.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "'{url}' is not a node URL: expected http://HOST:PORT or https://HOST:PORT"
+            ))
+        })?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(Error::Config(format!(
+            "'{url}' is not a node URL: expected http(s)://HOST:PORT without a path"
+        )));
+    }
+    Ok(url.to_string())
 }
 
 /// Percent-encodes one path segment (a topic, group or member name): names are validated
@@ -427,71 +459,140 @@ impl Client {
 
     /// One attempt: the preferred seed, then the others in turn while they cannot be
     /// reached (any seed for a failed read).
-    async fn send_to_some_seed(&self, call: &Call) -> Result<Answer, Error> {
+    pub(crate) async fn send_to_some_seed(&self, call: &Call) -> Result<Answer, Error> {
+        let inner = &self.inner;
+        let first = inner.preferred.load(Ordering::Relaxed) % inner.seeds.len();
+        let mut last_error = None;
+        for step in 0..inner.seeds.len() {
+            let index = (first + step) % inner.seeds.len();
+            match self.send_to(&inner.seeds[index], call).await {
+                Ok(answer) => {
+                    inner.preferred.store(index, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(error) => {
+                    let sent = matches!(
+                        error,
+                        Error::Transport {
+                            maybe_sent: true,
+                            ..
+                        }
+                    );
+                    if sent && call.method != Method::GET {
+                        return Err(error);
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Config("no node URL given".into())))
+    }
+
+    /// One attempt at the node whose base URL is `base` (a seed, or a node's advertised
+    /// URL), without retries: [`Error::Transport`] says whether the request may have been
+    /// sent (`maybe_sent` is false only when the connection was refused or not made).
+    pub(crate) async fn send_to(&self, base: &str, call: &Call) -> Result<Answer, Error> {
+        let url = format!("{base}{}", call.path);
+        let request = self
+            .request(&url, call)
+            .timeout(self.inner.config.request_timeout + call.long_poll);
+        let response = request.send().await.map_err(|e| Error::Transport {
+            url: url.clone(),
+            message: chain(&e),
+            maybe_sent: !e.is_connect(),
+        })?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = match response.bytes().await {
+            Ok(body) => body.to_vec(),
+            Err(e) => {
+                return Err(Error::Transport {
+                    url,
+                    message: format!("HTTP {status}, then the body broke off: {}", chain(&e)),
+                    maybe_sent: true,
+                })
+            }
+        };
+        Ok(Answer {
+            status,
+            body,
+            url,
+            retry_after,
+        })
+    }
+
+    /// `call` as a request to `url`: query, body, token; no timeout (the caller's).
+    fn request(&self, url: &str, call: &Call) -> reqwest::RequestBuilder {
+        let inner = &self.inner;
+        let mut request = inner.http.request(call.method.clone(), url);
+        if !call.query.is_empty() {
+            request = request.query(&call.query);
+        }
+        if let Some(body) = &call.body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, call.content_type)
+                .body(body.clone());
+        }
+        if let Some(token) = &inner.config.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    /// Opens a stream (a GET whose answer does not end): the seeds in turn while they
+    /// cannot be reached, the answer's head awaited within the request timeout and its
+    /// body left open, with no timeout on it. Not retried otherwise: a stream's caller
+    /// decides whether to open it again.
+    pub(crate) async fn open_stream(
+        &self,
+        call: &Call,
+        accept: &'static str,
+    ) -> Result<reqwest::Response, Error> {
         let inner = &self.inner;
         let first = inner.preferred.load(Ordering::Relaxed) % inner.seeds.len();
         let mut last_error = None;
         for step in 0..inner.seeds.len() {
             let index = (first + step) % inner.seeds.len();
             let url = format!("{}{}", inner.seeds[index], call.path);
-            let mut request = inner
-                .http
-                .request(call.method.clone(), &url)
-                .timeout(inner.config.request_timeout + call.long_poll);
-            if !call.query.is_empty() {
-                request = request.query(&call.query);
-            }
-            if let Some(body) = &call.body {
-                request = request
-                    .header(reqwest::header::CONTENT_TYPE, call.content_type)
-                    .body(body.clone());
-            }
-            if let Some(token) = &inner.config.token {
-                request = request.bearer_auth(token);
-            }
-            match request.send().await {
-                Ok(response) => {
-                    inner.preferred.store(index, Ordering::Relaxed);
-                    let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let body = match response.bytes().await {
-                        Ok(body) => body.to_vec(),
-                        Err(e) => {
-                            return Err(Error::Transport {
-                                url,
-                                message: format!(
-                                    "HTTP {status}, then the body broke off: {}",
-                                    chain(&e)
-                                ),
-                                maybe_sent: true,
-                            })
-                        }
-                    };
-                    return Ok(Answer {
-                        status,
-                        body,
-                        url,
-                        retry_after,
-                    });
-                }
-                Err(e) => {
-                    let not_sent = e.is_connect();
-                    let error = Error::Transport {
-                        url,
-                        message: chain(&e),
-                        maybe_sent: !not_sent,
-                    };
-                    if !not_sent && call.method != Method::GET {
-                        return Err(error);
+            let request = self
+                .request(&url, call)
+                .header(reqwest::header::ACCEPT, accept);
+            let response =
+                match tokio::time::timeout(inner.config.request_timeout, request.send()).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(e)) => {
+                        last_error = Some(Error::Transport {
+                            url,
+                            message: chain(&e),
+                            maybe_sent: !e.is_connect(),
+                        });
+                        continue;
                     }
-                    last_error = Some(error);
-                }
+                    Err(_) => {
+                        last_error = Some(Error::Transport {
+                            url,
+                            message: "no answer within the request timeout".into(),
+                            maybe_sent: true,
+                        });
+                        continue;
+                    }
+                };
+            inner.preferred.store(index, Ordering::Relaxed);
+            if response.status() == StatusCode::OK {
+                return Ok(response);
             }
+            let status = response.status();
+            let retry_after = retry_after(response.headers());
+            // An error answer is one small JSON body; read at most the quote's worth more
+            // than any error body needs.
+            let body = read_bounded(response, ERROR_BODY_LIMIT).await;
+            return Err(Answer {
+                status,
+                body,
+                url,
+                retry_after,
+            }
+            .into_error());
         }
         Err(last_error.unwrap_or_else(|| Error::Config("no node URL given".into())))
     }

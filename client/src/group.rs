@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use psubd_wire::{
-    AssignmentStrategy, AutoOffsetReset, CommitOffset, CommitRequest, JoinRequest, JoinResponse,
+    AssignmentStrategy, AutoOffsetReset, CommitOffset, CommitRequest, JoinRequest,
     MemberFetchResponse, Record, TopicPartition,
 };
 use reqwest::{Method, StatusCode};
@@ -116,12 +116,7 @@ impl GroupConsumer {
     }
 
     async fn rejoin(&mut self) -> Result<(), Error> {
-        let call = Call::new(
-            Method::POST,
-            format!("/v1/groups/{}/members", segment(&self.group)),
-        )
-        .json(&self.join)?;
-        let joined: JoinResponse = self.client.json(&call, StatusCode::CREATED).await?;
+        let joined = self.client.join_group(&self.group, &self.join).await?;
         self.member = Some(Member {
             id: joined.member_id,
             generation: joined.generation,

@@ -10,8 +10,12 @@
 //! - [`keys`]: [`Keys`] — a compacted topic as a table: get, put, delete, scan.
 //! - [`records`]: one publish and one fetch, the calls the rest builds on.
 //! - [`producer`]: [`Producer`] — batching with a linger bound, a bounded queue, a
-//!   delivery future per record.
+//!   delivery future per record, each request sent straight to the partitions' leader.
+//! - `routing` (private): where the producer sends a record — the partition's leader
+//!   from `GET /v1/cluster`, with the server's own key hash — refreshed on errors.
 //! - [`consumer`]: [`Consumer`] — one partition by offset, long-polling.
+//! - [`streams`]: a partition's or a group member's stream (SSE or NDJSON) as a
+//!   `futures::Stream` of the wire's `StreamItem`s; bounded lines, no reconnection.
 //! - [`group`]: [`GroupConsumer`] — join, poll (the member fetch and heartbeat), commit,
 //!   re-join when fenced; never skips a record it did not hand out.
 //!
@@ -34,6 +38,8 @@ pub mod group;
 pub mod keys;
 pub mod producer;
 pub mod records;
+mod routing;
+pub mod streams;
 pub mod tls;
 
 pub use admin::Admin;
@@ -42,10 +48,13 @@ pub use consumer::{Consumer, ConsumerConfig};
 pub use error::Error;
 pub use group::{GroupConfig, GroupConsumer};
 pub use keys::Keys;
-pub use producer::{Delivery, DeliveryResult, Producer, ProducerConfig};
+pub use producer::{
+    Delivery, DeliveryResult, Producer, ProducerConfig, Stored, StoredDelivery, StoredResult,
+};
 pub use psubd_wire as wire;
 pub use psubd_wire::{
-    AutoOffsetReset, CleanupPolicy, DeliveryReport, NewRecord, OffsetSpec, Record, ResetOffset,
-    Topic, TopicSpec, TopicUpdate,
+    AutoOffsetReset, CleanupPolicy, DelayedReport, DeliveryReport, NewRecord, OffsetSpec, Record,
+    ResetOffset, Topic, TopicSpec, TopicUpdate,
 };
+pub use streams::{ItemStream, StreamFormat, StreamOptions};
 pub use tls::TlsSettings;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use psubd_wire::{FetchResponse, NewRecord, OffsetSpec, PublishRequest, PublishResponse};
 use reqwest::{Method, StatusCode};
 
-use crate::client::{segment, Call, Client};
+use crate::client::{segment, Answer, Call, Client};
 use crate::error::Error;
 
 /// Longest long-poll the server grants (docs/api.md § Names and limits).
@@ -44,19 +44,8 @@ impl Client {
         topic: &str,
         request: &PublishRequest,
     ) -> Result<PublishResponse, Error> {
-        let call = Call::new(
-            Method::POST,
-            format!("/v1/topics/{}/records", segment(topic)),
-        )
-        .json(request)?;
-        let answer = self.call(&call).await?;
-        match answer.status {
-            StatusCode::OK | StatusCode::MULTI_STATUS => {
-                let status = answer.status;
-                answer.decode(status)
-            }
-            _ => Err(answer.into_error()),
-        }
+        let answer = self.call(&publish_call(topic, request)?).await?;
+        publish_answer(answer)
     }
 
     /// One fetch by offset, long-polling up to `wait` at the end of the log.
@@ -83,5 +72,25 @@ impl Client {
         .query("timeout_ms", wait.as_millis())
         .long_poll(wait);
         self.json(&call, StatusCode::OK).await
+    }
+}
+
+/// The batch publish of `request` to `topic`.
+pub(crate) fn publish_call(topic: &str, request: &PublishRequest) -> Result<Call, Error> {
+    Call::new(
+        Method::POST,
+        format!("/v1/topics/{}/records", segment(topic)),
+    )
+    .json(request)
+}
+
+/// A publish's answer: the reports of a 200 or a 207, else the server's error.
+pub(crate) fn publish_answer(answer: Answer) -> Result<PublishResponse, Error> {
+    match answer.status {
+        StatusCode::OK | StatusCode::MULTI_STATUS => {
+            let status = answer.status;
+            answer.decode(status)
+        }
+        _ => Err(answer.into_error()),
     }
 }

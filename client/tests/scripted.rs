@@ -133,6 +133,15 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Seen> {
 
 const TOPIC: &str = r#"{"name":"t","partitions":1,"replication_factor":1,"retention_ms":1,"retention_bytes":-1,"cleanup_policy":"delete","delete_retention_ms":1}"#;
 
+/// A producer sending every request to the seed: the script answers publishes only, not
+/// the metadata read of leader routing (the end-to-end tests cover routing).
+fn seeds_only() -> ProducerConfig {
+    ProducerConfig {
+        route_to_leaders: false,
+        ..ProducerConfig::default()
+    }
+}
+
 fn quick(server: &Scripted) -> psubd_client::ClientBuilder {
     Client::builder([server.url()]).max_retry_after(Duration::from_millis(100))
 }
@@ -240,7 +249,7 @@ async fn answers_that_break_the_contract_are_errors_not_panics() {
         Err(Error::Unexpected { status: 201, .. })
     ));
     // A publish answer without one report per record fails every record, no panic.
-    let producer = Producer::new(quick(&server).build().expect("client"));
+    let producer = Producer::with_config(quick(&server).build().expect("client"), seeds_only());
     let delivery = producer.send("t", NewRecord::new(1)).await.expect("queued");
     assert!(matches!(delivery.await, Err(Error::Unexpected { .. })));
     assert!(matches!(
@@ -294,7 +303,7 @@ async fn the_producer_resends_only_what_a_207_says_was_not_written() {
         ProducerConfig {
             linger: Duration::from_millis(50),
             retry_pause: Duration::from_millis(1),
-            ..ProducerConfig::default()
+            ..seeds_only()
         },
     );
     let mut deliveries = Vec::new();
@@ -352,7 +361,7 @@ async fn a_batch_refused_for_one_record_is_split_until_it_fails_alone() {
         quick(&server).build().expect("client"),
         ProducerConfig {
             linger: Duration::from_millis(50),
-            ..ProducerConfig::default()
+            ..seeds_only()
         },
     );
     let mut deliveries = Vec::new();
@@ -443,4 +452,67 @@ async fn a_fenced_member_joins_again_and_confirms_with_its_position_token() {
         commit,
         serde_json::json!({"member_id":"bbbb","generation":2,"offsets":[{"topic":"t","partition":0,"offset":2}]})
     );
+}
+
+#[tokio::test]
+async fn the_producer_sends_to_the_leader_the_metadata_names_and_else_to_the_seeds() {
+    let leader = Scripted::start(vec![reply(
+        200,
+        r#"{"offsets":[{"offset":7,"partition":0,"timestamp_ms":1}]}"#,
+    )])
+    .await;
+    // Node 3 leads partition 1 and is called alive, but nothing listens at its URL.
+    let cluster = format!(
+        r#"{{"node_id":1,"controller_leader":1,"nodes":[
+          {{"id":2,"raft":"127.0.0.1:9","http":"{}","alive":true}},
+          {{"id":3,"raft":"127.0.0.1:9","http":"http://127.0.0.1:1","alive":true}}],
+         "partitions":[{{"topic":"t","partition":0,"replicas":[2,3],"leader":2}},
+                       {{"topic":"t","partition":1,"replicas":[2,3],"leader":3}}]}}"#,
+        leader.url()
+    );
+    let seed = Scripted::start(vec![
+        reply(200, &cluster),
+        reply(200, &cluster),
+        reply(
+            200,
+            r#"{"offsets":[{"offset":3,"partition":1,"timestamp_ms":1}]}"#,
+        ),
+    ])
+    .await;
+    let producer = Producer::with_config(
+        quick(&seed).build().expect("client"),
+        ProducerConfig {
+            linger: Duration::from_millis(50),
+            // Past the least interval between metadata reads, so the resend reads again.
+            retry_pause: Duration::from_millis(300),
+            ..ProducerConfig::default()
+        },
+    );
+    let to_leader = producer
+        .send("t", NewRecord::new("a").partition(0))
+        .await
+        .expect("queued");
+    let to_dead = producer
+        .send("t", NewRecord::new("b").partition(1))
+        .await
+        .expect("queued");
+    assert_eq!(to_leader.await.ok().map(|d| d.offset), Some(7));
+    assert_eq!(to_dead.await.ok().map(|d| d.offset), Some(3));
+    producer.close().await;
+
+    let at_leader = leader.seen();
+    assert_eq!(at_leader.len(), 1, "{at_leader:?}");
+    assert!(at_leader[0].line.starts_with("POST /v1/topics/t/records"));
+    assert!(at_leader[0].body.contains("\"a\"") && !at_leader[0].body.contains("\"b\""));
+    // The unreachable leader's record was not sent to it again: the metadata was read
+    // again and the record went to the seed, whose node forwards it.
+    let at_seed: Vec<String> = seed.seen().iter().map(|s| s.line.clone()).collect();
+    assert_eq!(at_seed.len(), 3, "{at_seed:?}");
+    assert!(at_seed[0].starts_with("GET /v1/cluster"), "{at_seed:?}");
+    assert!(at_seed[1].starts_with("GET /v1/cluster"), "{at_seed:?}");
+    assert!(
+        at_seed[2].starts_with("POST /v1/topics/t/records"),
+        "{at_seed:?}"
+    );
+    assert!(seed.seen()[2].body.contains("\"b\""));
 }

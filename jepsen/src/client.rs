@@ -1,13 +1,18 @@
 //! A thin HTTP client for the psubd API (docs/api.md), as the harness needs it: one request per
 //! call, never a retry, and every failure described precisely enough to classify it as
-//! `fail` or `info` (history.rs).
+//! `fail` or `info` (history.rs). Request bodies are psubd-wire's types, as the server
+//! reads them; answers are read leniently from JSON, so the harness can describe an
+//! answer that breaks the contract instead of failing to decode it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use psubd_wire::{
+    AutoOffsetReset, CommitOffset, CommitRequest, JoinRequest, NewRecord, PublishRequest, TopicSpec,
+};
+use serde_json::Value;
 
 use crate::error::JepsenError;
 use crate::history::{key_of, KeyOffset, SeenRecord};
@@ -297,11 +302,14 @@ impl Client {
         replication_factor: u32,
     ) -> Result<(), Failure> {
         let base = self.base(node)?;
-        let req = self.http.post(format!("{base}/v1/topics")).json(&json!({
-            "name": topic,
-            "partitions": partitions,
-            "replication_factor": replication_factor,
-        }));
+        let req = self
+            .http
+            .post(format!("{base}/v1/topics"))
+            .json(&TopicSpec {
+                partitions: Some(partitions),
+                replication_factor: Some(replication_factor),
+                ..TopicSpec::new(topic)
+            });
         match self.send(node, req, Duration::from_secs(10)).await {
             Ok(_) => Ok(()),
             Err(Failure::Status { status: 409, .. }) => Ok(()),
@@ -370,18 +378,22 @@ impl Client {
         timeout: Duration,
     ) -> Result<Published, Failure> {
         let base = self.base(node)?;
-        let mut record =
-            json!({"key": format!("v{value}"), "value": value, "partition": partition});
+        let mut record = NewRecord::new(value)
+            .key(format!("v{value}"))
+            .partition(partition);
         if !pad.is_empty() {
-            record["headers"] = json!({ "pad": pad });
+            record = record.header("pad", pad);
         }
         if let Some(id) = id {
-            record["id"] = json!(id);
+            record = record.id(id);
         }
         let req = self
             .http
             .post(format!("{base}/v1/topics/{topic}/records?acks=all"))
-            .json(&json!({ "records": [record] }));
+            .json(&PublishRequest {
+                encoding: None,
+                records: vec![record],
+            });
         let (_, v) = self.send(node, req, timeout).await?;
         let offsets =
             v.get("offsets")
@@ -485,11 +497,12 @@ impl Client {
         let req = self
             .http
             .post(format!("{base}/v1/groups/{group}/members"))
-            .json(&json!({
-                "topics": topics,
-                "session_timeout_ms": session_timeout_ms,
-                "auto_offset_reset": "earliest",
-            }));
+            .json(&JoinRequest {
+                topics: topics.to_vec(),
+                session_timeout_ms: Some(session_timeout_ms),
+                auto_offset_reset: Some(AutoOffsetReset::Earliest),
+                assignment_strategy: None,
+            });
         let (_, v) = self.send(node, req, Duration::from_secs(10)).await?;
         let member_id = match v.get("member_id") {
             Some(Value::String(s)) => s.clone(),
@@ -551,14 +564,30 @@ impl Client {
         offsets: &[(String, u32, u64)],
     ) -> Result<(), Failure> {
         let base = self.base(node)?;
-        let list: Vec<Value> = offsets
-            .iter()
-            .map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o}))
-            .collect();
+        // A commit names the generation its records were fetched under; without one
+        // (a join answer that lacked it) there is nothing valid to send.
+        let Some(generation) = generation.and_then(|g| u64::try_from(g).ok()) else {
+            return Err(Failure::Transport {
+                connect: true,
+                detail: "no generation to commit under: not sent".into(),
+            });
+        };
+        let body = CommitRequest {
+            member_id: member.to_string(),
+            generation,
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| CommitOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+        };
         let req = self
             .http
             .post(format!("{base}/v1/groups/{group}/offsets"))
-            .json(&json!({"member_id": member, "generation": generation, "offsets": list}));
+            .json(&body);
         self.send(node, req, Duration::from_secs(6))
             .await
             .map(|_| ())
@@ -718,6 +747,7 @@ fn parse_committed(v: &Value) -> Result<Vec<KeyOffset>, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn committed_offsets_parse_in_the_shapes_accepted() {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::Args;
 use psubd_api::auth::AdminKey;
 use psubd_api::limits::{
-    DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_STREAMS,
+    DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS,
 };
 use psubd_raft::{ClusterSecret, NodeId, PeerTls, MAX_SNAPSHOT_STAGGER_PERCENT};
 
@@ -34,6 +34,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 8_000;
 /// How often each partition leader runs retention, ms: expired records go within about a
 /// second of expiring, and an idle tick costs one leadership check per partition.
 pub const DEFAULT_MAINTENANCE_INTERVAL_MS: u64 = 1_000;
+
+/// Leaders go back to their preferred replicas within seconds of a restart: each move
+/// pauses its partition's writes for a round trip or two, so checking more often buys
+/// little.
+pub const DEFAULT_LEADER_BALANCE_INTERVAL_MS: u64 = 5_000;
 
 /// Least Raft entries between snapshots of a group (the log behind a snapshot is purged).
 /// 5 000 keeps the replay after a restart short without rebuilding snapshots often; tests
@@ -148,12 +153,20 @@ pub struct NodeConfig {
     /// subscriptions); more are refused with 429 too_many_streams.
     #[arg(long, env = "PSUBD_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
+    /// Longest delay of a delayed record (`deliver_at_ms`, `delay_ms`), ms; a record due
+    /// further ahead is refused with 400.
+    #[arg(long, env = "PSUBD_MAX_DELAY_MS", default_value_t = DEFAULT_MAX_DELAY_MS)]
+    pub max_delay_ms: u64,
     /// How long shutdown may drain in-flight HTTP requests, ms.
     #[arg(long, env = "PSUBD_SHUTDOWN_TIMEOUT_MS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
     /// How often each partition leader checks retention (the maintenance tick), ms.
     #[arg(long, env = "PSUBD_MAINTENANCE_INTERVAL_MS", default_value_t = DEFAULT_MAINTENANCE_INTERVAL_MS)]
     pub maintenance_interval_ms: u64,
+    /// How often a node moves the partitions it leads back to their preferred replicas
+    /// (the first of each replica set) when those are in contact and caught up, ms; 0 never.
+    #[arg(long, env = "PSUBD_LEADER_BALANCE_INTERVAL_MS", default_value_t = DEFAULT_LEADER_BALANCE_INTERVAL_MS)]
+    pub leader_balance_interval_ms: u64,
     /// Least Raft entries between snapshots of a group; the log behind a snapshot is purged.
     #[arg(long, env = "PSUBD_SNAPSHOT_EVERY_ENTRIES", default_value_t = DEFAULT_SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every_entries: u64,
@@ -260,6 +273,11 @@ impl NodeConfig {
             return Err(ConfigError::OutOfRange(
                 "--max-request-bytes may be at most 64 MiB (one request is one Raft entry at most)"
                     .into(),
+            ));
+        }
+        if self.max_delay_ms > i64::MAX as u64 / 2 {
+            return Err(ConfigError::OutOfRange(
+                "--max-delay-ms must be at most 2^62 (a due time is ms since the epoch)".into(),
             ));
         }
         if self.max_streams == 0 {

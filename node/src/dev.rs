@@ -29,20 +29,22 @@ pub struct DevArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
-    /// Directory holding every node's data (node N in <data-dir>/N).
+    /// Directory holding every node's data (node N in DATA_DIR/N).
     #[arg(long, default_value = "./data/dev")]
     pub data_dir: PathBuf,
     /// First HTTP port; node N listens on base+N-1 and its peer transport on base+1000+N-1.
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
     /// Require API keys (each node runs with --auth): the key of the built-in `admin`
-    /// principal is made in <data-dir>/admin-key the first time.
+    /// principal is made in DATA_DIR/admin-key the first time.
     #[arg(long)]
     pub auth: bool,
 }
 
-/// How long nodes get to stop after SIGTERM before they are killed.
-const STOP_GRACE: Duration = Duration::from_secs(12);
+/// How long nodes get to stop after SIGTERM before they are killed: a node may spend up
+/// to 6 s finishing a leader-balance move, 5 s handing its leaderships over, 8 s
+/// (`--shutdown-timeout-ms`) draining and 2 s saying goodbye to its peers.
+const STOP_GRACE: Duration = Duration::from_secs(25);
 
 /// How long `dev` waits for every node to answer /readyz before saying so.
 const READY_WAIT: Duration = Duration::from_secs(30);

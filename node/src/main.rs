@@ -56,6 +56,8 @@ enum Command {
     Produce(cli::produce::ProduceArgs),
     /// Print a topic's records, one per line, following new ones.
     Consume(cli::consume::ConsumeArgs),
+    /// Read and write a compacted topic as a table: get, list, put and delete keys.
+    Key(cli::key::KeyArgs),
     /// List, describe, reset and delete consumer groups.
     Group(cli::group::GroupArgs),
     /// Show the cluster's nodes and who leads what.
@@ -113,6 +115,7 @@ fn main() -> std::process::ExitCode {
             Command::Topic(args) => cli::topic::run(args).await,
             Command::Produce(args) => cli::produce::run(args).await,
             Command::Consume(args) => cli::consume::run(args).await,
+            Command::Key(args) => cli::key::run(args).await,
             Command::Group(args) => cli::group::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
         }

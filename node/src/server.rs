@@ -1,10 +1,12 @@
 //! Boot and shutdown of one node: `run(config, shutdown)`. A storage failure ends the
 //! process at once instead (fail-stop, exit status [`STORAGE_FAILED_EXIT_CODE`]).
 //!
-//! Shutdown order (as a broker must): stop accepting HTTP and drain in-flight requests
-//! (bounded), then stop the actors and every Raft group, then a final storage flush.
-//! openraft 0.9 has no leadership transfer, so followers notice the leader is gone at
-//! their election timeout.
+//! Shutdown order (as a broker must): hand every leadership this node holds to a caught-up
+//! follower while the HTTP edge still serves (bounded; `psubd_api::leadership`), then stop
+//! accepting HTTP and drain in-flight requests (bounded), then tell the peers this node
+//! leaves and answer what they sent before (bounded), then stop the actors and every
+//! Raft group, then a final storage flush. So a rolling restart costs clients a pause of
+//! a round trip or two per partition rather than an election timeout.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,6 +86,7 @@ pub async fn run(
         max_request_bytes: raw.max_request_bytes,
         max_records_per_request: raw.max_records_per_request,
         max_streams: raw.max_streams,
+        max_delay_ms: raw.max_delay_ms,
         ..Limits::default()
     };
     raft_node.set_service(ForwardService::new(broker.clone(), limits));
@@ -95,6 +98,7 @@ pub async fn run(
             None => Auth::off(),
         });
     let open_streams = state.streams.clone();
+    let pushers = psubd_api::push::spawn(state.service.clone(), root.child_token());
     let app = psubd_api::router(state);
     let tls = match (&raw.tls_cert, &raw.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(
@@ -135,13 +139,32 @@ pub async fn run(
         }),
     };
     info!(http = %config.advertised_http(), "node serving");
+    let balance_stop = root.child_token();
+    let balancer = (raw.leader_balance_interval_ms > 0).then(|| {
+        tokio::spawn(psubd_api::leadership::balance_leaders(
+            edge.clone(),
+            Duration::from_millis(raw.leader_balance_interval_ms),
+            balance_stop.clone(),
+        ))
+    });
 
     let health = raft_node.storage().health().clone();
     tokio::select! {
         () = shutdown => {}
         failure = health.failed() => fail_stop(&failure),
     }
-    info!("shutting down: draining HTTP");
+    info!("shutting down: handing leaderships over");
+    balance_stop.cancel();
+    if let Some(balancer) = balancer {
+        let _ = balancer.await;
+    }
+    let handed =
+        psubd_api::leadership::hand_over_all(&edge, psubd_api::leadership::HANDOVER_TIMEOUT).await;
+    info!(
+        led = handed.led,
+        moved = handed.moved,
+        "shutting down: draining HTTP"
+    );
     root.cancel();
     let drain = Duration::from_millis(raw.shutdown_timeout_ms);
     let deadline = tokio::time::Instant::now() + drain;
@@ -166,6 +189,9 @@ pub async fn run(
             "streams still open at the drain deadline; stopping anyway"
         );
     }
+    // The pushers saw the cancellation with everything else; they stop within a bound.
+    let _ = pushers.await;
+    psubd_api::leadership::say_goodbye(&edge, psubd_api::leadership::GOODBYE_TIMEOUT).await;
     info!("shutting down: stopping actors and Raft groups");
     broker.shutdown().await;
     // A sync that failed during the drain or the last flush: the exit status says so.

@@ -1,8 +1,8 @@
 //! HTTPS on the API port: a listener that hands axum connections whose TLS handshake is
 //! done (rustls), optionally asking clients for a certificate signed by a given CA.
 //!
-//! Handshakes run in tasks of their own, at most [`MAX_PENDING_HANDSHAKES`] at once and each
-//! within [`HANDSHAKE_TIMEOUT`], so a slow or silent client never holds up the accept loop.
+//! Handshakes run in tasks of their own, at most `MAX_PENDING_HANDSHAKES` at once and each
+//! within `HANDSHAKE_TIMEOUT`, so a slow or silent client never holds up the accept loop.
 //! A client speaking plain HTTP to the port fails the handshake and is closed.
 
 use std::net::SocketAddr;

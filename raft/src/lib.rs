@@ -10,6 +10,8 @@
 //!   async threads.
 //! - [`health`]: storage failure (fail-stop), free space (refuse writes before the disk is
 //!   full), stopped groups.
+//! - [`stats`]: per-group counters openraft's metrics lack (leader changes, commit index,
+//!   snapshots built and installed), for the node's metrics.
 //! - [`engine`]: the storage seam (engine trait, trees, batches), its sled implementation and
 //!   the deferred state trees.
 //! - [`log`]: the Raft log: segment files, their decoded tail, the set of files to sync, the
@@ -22,18 +24,22 @@
 //!   postcard frames) and openraft's outbound network over it.
 //! - [`registry`]: the groups running on this node ([`RaftNode`]), routing inbound RPCs by
 //!   group id.
+//! - [`handover`]: moving a group's leadership to a caught-up follower (a node stopping, a
+//!   preferred leader returning), with the fences that stop proposals meanwhile.
 
 pub(crate) mod blocking;
 pub(crate) mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod handover;
 pub mod health;
 pub mod log;
 pub(crate) mod network;
 pub mod node_storage;
 pub mod registry;
 pub mod state;
+pub mod stats;
 pub mod transport;
 pub mod types;
 
@@ -45,6 +51,7 @@ pub const SKIPS_LOG_FSYNC: bool = cfg!(feature = "chaos-skip-log-fsync");
 pub use config::{RaftNodeConfig, RaftTuning, MAX_SNAPSHOT_STAGGER_PERCENT};
 pub use engine::{Tree, Value, WriteBatch};
 pub use error::StorageIoError;
+pub use handover::HandOver;
 pub use health::{SpaceReport, StorageFailure, StorageHealth};
 pub use log::store::LogStore;
 pub use node_storage::NodeStorage;
@@ -52,6 +59,7 @@ pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use state::logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 pub use state::machine::StateMachine;
 pub use state::snapshot::SnapshotBuilder;
+pub use stats::{GroupStats, GroupStatsSnapshot};
 pub use transport::auth::ClusterSecret;
 pub use transport::tls::{PeerTls, PeerTlsError};
 pub use transport::{Faults, TransportError};

@@ -34,6 +34,7 @@ use crate::log::sync::LogSyncs;
 use crate::state::logic::GroupLogic;
 use crate::state::machine::StateMachine;
 use crate::state::snapshot::SnapshotStore;
+use crate::stats::{GroupStats, GroupStatsTable};
 use crate::types::GroupId;
 
 /// The name of the sled database directory inside the node's data directory.
@@ -84,6 +85,8 @@ struct NodeStorageInner {
     /// plus the ones closed since.
     open_logs: Mutex<HashMap<GroupId, Weak<RwLock<SegmentLog>>>>,
     snapshots_dir: PathBuf,
+    /// Each group's counters (leader changes, commit index, snapshots), for the metrics.
+    stats: GroupStatsTable,
 }
 
 impl fmt::Debug for NodeStorage {
@@ -155,6 +158,7 @@ impl NodeStorage {
                 log_segment_bytes,
                 open_logs: Mutex::new(HashMap::new()),
                 snapshots_dir,
+                stats: GroupStatsTable::default(),
             }),
         })
     }
@@ -232,7 +236,13 @@ impl NodeStorage {
                 log
             }
         };
-        Ok(LogStore::new(group, tree, self.inner.flusher.clone(), log))
+        Ok(LogStore::new(
+            group,
+            tree,
+            self.inner.flusher.clone(),
+            log,
+            self.inner.stats.entry(group),
+        ))
     }
 
     /// The state machine of `group`, driven by `logic`. Calls `logic.load()` once the state is
@@ -251,7 +261,10 @@ impl NodeStorage {
             .inner
             .state_trees
             .open(self.inner.engine.as_ref(), &sm_tree_name(group))?;
-        let snapshots = SnapshotStore::open(self.group_snapshot_dir(group))?;
+        let snapshots = SnapshotStore::open(
+            self.group_snapshot_dir(group),
+            self.inner.stats.entry(group),
+        )?;
         StateMachine::open(group, tree, Arc::new(snapshots), logic)
     }
 
@@ -299,7 +312,19 @@ impl NodeStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StorageIoError::file("remove snapshot directory", dir, e)),
         }
+        self.inner.stats.remove(group);
         self.flush().await
+    }
+
+    /// The counters of `group` (leader changes, commit index, snapshots), if it was opened
+    /// on this node and its storage not destroyed since.
+    pub fn group_stats(&self, group: GroupId) -> Option<Arc<GroupStats>> {
+        self.inner.stats.get(group)
+    }
+
+    /// The counters of `group`, made on first use (the registry's leader watcher).
+    pub(crate) fn group_stats_entry(&self, group: GroupId) -> Arc<GroupStats> {
+        self.inner.stats.entry(group)
     }
 
     /// One fsync of everything written so far (goes through the flusher).

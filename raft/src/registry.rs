@@ -20,11 +20,13 @@ use tracing::Instrument;
 
 use crate::config::RaftNodeConfig;
 use crate::error::StorageIoError;
+use crate::handover::Fences;
 use crate::health::StorageHealth;
 use crate::network::GroupNetworkFactory;
 use crate::node_storage::NodeStorage;
 use crate::state::logic::GroupLogic;
 use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
+use crate::stats::GroupStats;
 use crate::transport::codec::{PeerRequest, PeerResponse, RaftRequest, RaftResponse, Refusal};
 use crate::transport::{Faults, InboundHandler, Transport, TransportError, TransportSetup};
 use crate::types::{typ, GroupId, NodeId};
@@ -108,6 +110,10 @@ struct Inner {
     closing: AtomicBool,
     /// True once shutdown finished; a second call waits for the first and returns.
     shutdown_done: tokio::sync::Mutex<bool>,
+    /// Groups whose leadership this node is giving away (see [`crate::handover`]).
+    fences: Fences,
+    /// Peers' application requests being served now (see [`RaftNode::await_peer_requests`]).
+    serving: tokio::sync::watch::Sender<usize>,
 }
 
 impl Drop for Inner {
@@ -163,7 +169,10 @@ impl InboundHandler for Router {
                     }),
                 },
                 PeerRequest::Service(body) => match inner.service() {
-                    Some(service) => PeerResponse::Service(service.handle(from, body).await),
+                    Some(service) => {
+                        let _serving = Serving::start(&inner.serving);
+                        PeerResponse::Service(service.handle(from, body).await)
+                    }
                     None => PeerResponse::Refused(Refusal::NoService),
                 },
                 PeerRequest::AwaitGroup { group, wait_ms } => {
@@ -173,6 +182,22 @@ impl InboundHandler for Router {
                 }
             }
         })
+    }
+}
+
+/// Counts one peer request being served, until dropped (answered or abandoned).
+struct Serving<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> Serving<'a> {
+    fn start(count: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Serving(count)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -233,6 +258,30 @@ async fn report_fatal(raft: typ::Raft, group: GroupId, health: StorageHealth) {
                 }
             }
             return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Counts the group's leader changes: each time its metrics show a known leader other than
+/// the last one seen (the first since the group opened, another node, or the same node
+/// elected again in a new term). Ends when the group shuts down. A watch hands over the
+/// newest metrics only, so two changes closer together than this task runs count as one.
+async fn count_leader_changes(raft: typ::Raft, stats: Arc<GroupStats>) {
+    let mut metrics = raft.metrics();
+    let mut last: Option<(NodeId, u64)> = None;
+    loop {
+        let seen = {
+            let now = metrics.borrow_and_update();
+            now.current_leader.map(|leader| (leader, now.current_term))
+        };
+        if let Some(seen) = seen {
+            if last != Some(seen) {
+                stats.leader_changed();
+                last = Some(seen);
+            }
         }
         if metrics.changed().await.is_err() {
             return;
@@ -304,6 +353,8 @@ impl RaftNode {
                 lifecycle: tokio::sync::Mutex::new(()),
                 closing: AtomicBool::new(false),
                 shutdown_done: tokio::sync::Mutex::new(false),
+                fences: Fences::default(),
+                serving: tokio::sync::watch::Sender::new(0),
             }
         });
         tracing::info!(node = inner.config.id, listen = %inner.config.listen, "raft node started");
@@ -313,6 +364,16 @@ impl RaftNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.config.id
+    }
+
+    pub(crate) fn fences(&self) -> &Fences {
+        &self.inner.fences
+    }
+
+    /// How long after a leader's last heartbeat its followers refuse to vote for anyone
+    /// else: openraft's leader lease, which is the longest election timeout.
+    pub fn leader_lease(&self) -> Duration {
+        Duration::from_millis(self.inner.config.tuning.election_max_ms)
     }
 
     /// Every node of the cluster with its transport address, this node included.
@@ -421,6 +482,10 @@ impl RaftNode {
         inner.write_groups().insert(group, raft.clone());
         inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
+        tokio::spawn(count_leader_changes(
+            raft.clone(),
+            inner.storage.group_stats_entry(group),
+        ));
         tokio::spawn(
             report_fatal(raft.clone(), group, inner.storage.health().clone()).in_current_span(),
         );
@@ -599,7 +664,9 @@ impl RaftNode {
                     after: timeout,
                 });
         }
-        if self.inner.transport.is_silent(to) {
+        // Nothing is sent to a peer that is silent, or that said it is stopping (it may
+        // close the connection under the request): the caller goes elsewhere.
+        if self.inner.transport.is_silent(to) || self.inner.transport.is_departing(to) {
             return Err(TransportError::Unreachable { peer: to });
         }
         match self
@@ -615,6 +682,20 @@ impl RaftNode {
             }),
             _ => Err(TransportError::UnexpectedResponse { peer: to }),
         }
+    }
+
+    /// `peer` is stopping (it said so): send it no application request until it connects
+    /// again; Raft's messages still go.
+    pub fn peer_departing(&self, peer: NodeId) {
+        self.inner.transport.mark_departing(peer);
+    }
+
+    /// Waits until no peer's application request is being served here, at most `wait`:
+    /// a stopping node answers everything its peers sent before they learnt it is leaving,
+    /// so none of them sees a connection close under a request (an unknown outcome).
+    pub async fn await_peer_requests(&self, wait: Duration) {
+        let mut serving = self.inner.serving.subscribe();
+        let _ = tokio::time::timeout(wait, serving.wait_for(|n| *n == 0)).await;
     }
 
     /// Asks a peer whether it holds any state (a vote or a log entry) for `group`, so the

@@ -1148,3 +1148,84 @@ async fn slow_and_lossy_links_still_replicate_identically() {
     .await;
     cluster.shutdown().await;
 }
+
+/// Hands `group`'s leadership from `from` to a caught-up follower (`preferred` if given),
+/// the follower's part called in process as a peer message would.
+async fn hand_over(
+    cluster: &Cluster,
+    group: GroupId,
+    from: NodeId,
+    preferred: Option<NodeId>,
+    within: Duration,
+) -> psubd_raft::HandOver {
+    let until = tokio::time::Instant::now() + within;
+    cluster
+        .node(from)
+        .hand_over(group, preferred, until, |to, last| {
+            cluster.node(to).take_leadership(group, from, last)
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_hands_over_to_a_caught_up_follower_at_once_and_keeps_every_entry() {
+    // docs/architecture.md § Raft groups (handing leadership over).
+    let tuning = RaftTuning::default();
+    let mut cluster = Cluster::start(3, tuning.clone()).await;
+    cluster.open_group(1).await;
+    let before = write_concurrently(&cluster.client(1), "before", 200, 8).await;
+    let old = cluster.wait_leader(1, Duration::from_secs(10)).await;
+    let follower = *cluster
+        .members()
+        .iter()
+        .find(|id| **id != old)
+        .expect("a follower");
+
+    // A fenced group refuses proposals on this node only while it is handed over.
+    assert!(!cluster.node(old).is_fenced(1));
+    // Within the leader's lease the handover first waits it out; then it is one round trip
+    // and an election at the chosen follower, far below an election timeout.
+    let outcome = hand_over(&cluster, 1, old, Some(follower), Duration::from_secs(5)).await;
+    assert_eq!(outcome, psubd_raft::HandOver::Moved { to: follower });
+    assert!(
+        !cluster.node(old).is_fenced(1),
+        "the fence lifts after the move"
+    );
+    let new = cluster.wait_leader(1, Duration::from_secs(2)).await;
+    assert_eq!(new, follower, "the chosen follower leads");
+
+    // Leadership older than its lease moves without any wait.
+    tokio::time::sleep(election_timeout(&tuning)).await;
+    let back_at = Instant::now();
+    let outcome = hand_over(&cluster, 1, new, Some(old), Duration::from_secs(5)).await;
+    let took = back_at.elapsed();
+    assert_eq!(outcome, psubd_raft::HandOver::Moved { to: old });
+    assert_eq!(cluster.wait_leader(1, Duration::from_secs(2)).await, old);
+    eprintln!("handover took {took:?}");
+    assert!(
+        took < election_timeout(&tuning),
+        "a handover took {took:?}, an election timeout is {:?}",
+        election_timeout(&tuning)
+    );
+
+    // Not the leader: nothing to do; a follower asked by a node it does not follow declines.
+    assert_eq!(
+        hand_over(&cluster, 1, new, None, Duration::from_secs(1)).await,
+        psubd_raft::HandOver::NotLeader
+    );
+    assert!(!cluster.node(new).take_leadership(1, new, 0).await);
+
+    let after = write_concurrently(&cluster.client(1), "after", 100, 8).await;
+    cluster
+        .wait_identical(1, 300, Duration::from_secs(10))
+        .await;
+    let list: BTreeSet<Bytes> = cluster
+        .applied(old, 1)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    for payload in before.iter().chain(after.iter()) {
+        assert!(list.contains(payload), "committed entry lost");
+    }
+    cluster.shutdown().await;
+}

@@ -29,8 +29,9 @@ use crate::ports::reserve;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`Cluster::stop`] waits for a graceful exit after SIGTERM (the node promises
-/// about 10 s).
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// at most 6 s to finish a leader-balance move, 5 s of handover, 8 s of draining and 2 s
+/// of goodbyes).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Lines of each node's log shown when the fixture panics.
 const LOG_TAIL_LINES: usize = 40;

@@ -9,6 +9,7 @@
 //!   fetch, fetch_all) and [`expect_error`] for the documented error body.
 //! - [`wire`]: the JSON shapes of docs/api.md, written from the contract.
 //! - [`eventually()`]: waiting for a condition instead of sleeping.
+//! - [`metrics`]: a node's `/metrics` text and one series' value.
 //! - [`checks`]: many independent checks on one shared cluster, all reported.
 //!
 //! The tests themselves live in `tests/tests/`. They need the binary:
@@ -18,6 +19,7 @@ pub mod checks;
 pub mod client;
 pub mod cluster;
 pub mod eventually;
+pub mod metrics;
 pub use psubd_launch::ports;
 pub mod sse;
 pub mod wire;

@@ -1,5 +1,5 @@
-//! The client commands of the `psubd` binary (`topic`, `produce`, `consume`, `group`,
-//! `cluster`) run as a user runs them, against a real 3-node cluster: output, exit codes
+//! The client commands of the `psubd` binary (`topic`, `produce`, `consume`, `key`,
+//! `group`, `cluster`) run as a user runs them, against a real 3-node cluster: output, exit codes
 //! (0, 1 with the server's message, 2 for usage errors) and what ends up stored.
 
 use std::collections::BTreeSet;
@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use psubd_tests::{cluster::psubd_bin, Checks, Cluster};
-use psubd_wire::{ClusterInfo, DeliveryReport, GroupOffsets, Record, ResetResponse, Topic};
+use psubd_wire::{
+    ClusterInfo, DeliveryReport, GroupOffsets, PushSubscription, Record, ResetResponse, Topic,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -153,6 +155,10 @@ async fn the_client_commands_against_a_three_node_cluster() {
             consume_in_a_group(&psubd),
         )
         .await;
+    checks
+        .run("push_set_get_delete", push_set_get_delete(&psubd))
+        .await;
+    checks.run("key_views", key_views(&psubd)).await;
     checks.run("cluster_view", cluster_view(&psubd)).await;
     checks.finish();
 }
@@ -715,6 +721,56 @@ async fn consume_in_a_group(psubd: &Psubd) {
     );
 }
 
+/// `group push set|get|delete`: the settings as given (the secret from the environment,
+/// never printed), then the subscription gone.
+async fn push_set_get_delete(psubd: &Psubd) {
+    psubd
+        .run(&["topic", "create", "cli-push", "--partitions", "1"], "")
+        .await
+        .ok("create");
+    let mut set = psubd.command(&[
+        "group",
+        "push",
+        "set",
+        "cli-hooks",
+        "--topic",
+        "cli-push",
+        "--endpoint",
+        "http://127.0.0.1:9/hook",
+        "--max-deliveries",
+        "2",
+        "--output",
+        "json",
+    ]);
+    set.env("PSUBD_PUSH_SECRET", "cli-secret");
+    let set = finish(set.spawn().expect("the psubd binary starts"), "")
+        .await
+        .ok("push set");
+    assert!(!set.stdout.contains("cli-secret"), "{}", set.stdout);
+    let stored: PushSubscription = set.json("push set");
+    assert_eq!(
+        (stored.max_deliveries, stored.secret_set, stored.topics),
+        (2, true, vec!["cli-push".to_string()])
+    );
+    let table = psubd
+        .run(&["group", "push", "get", "cli-hooks"], "")
+        .await
+        .ok("push get");
+    assert!(
+        table.stdout.contains("http://127.0.0.1:9/hook"),
+        "{}",
+        table.stdout
+    );
+    psubd
+        .run(&["group", "push", "delete", "cli-hooks"], "")
+        .await
+        .ok("push delete");
+    psubd
+        .run(&["group", "push", "get", "cli-hooks"], "")
+        .await
+        .fails("get a deleted push subscription", 1, "push_not_found");
+}
+
 async fn cluster_view(psubd: &Psubd) {
     let info: ClusterInfo = psubd
         .run(&["cluster", "--output", "json"], "")
@@ -729,4 +785,171 @@ async fn cluster_view(psubd: &Psubd) {
         "{}",
         table.stdout
     );
+}
+
+async fn key_views(psubd: &Psubd) {
+    psubd
+        .run(
+            &[
+                "topic",
+                "create",
+                "profiles",
+                "--partitions",
+                "2",
+                "--compact",
+            ],
+            "",
+        )
+        .await
+        .ok("create a compacted topic");
+    let put: DeliveryReport = psubd
+        .run(
+            &[
+                "key",
+                "put",
+                "profiles",
+                "alice",
+                r#"{"plan":"pro"}"#,
+                "--json",
+            ],
+            "",
+        )
+        .await
+        .ok("put json")
+        .json("put json");
+    psubd
+        .run(&["key", "put", "profiles", "bob", "hello"], "")
+        .await
+        .ok("put text");
+    let carol: DeliveryReport = psubd
+        .run(&["key", "put", "profiles", "carol", "x"], "")
+        .await
+        .ok("put carol")
+        .json("put carol");
+    let offset = put.offset.to_string();
+    let value = psubd
+        .run(
+            &["key", "get", "profiles", "alice", "--min-offset", &offset],
+            "",
+        )
+        .await
+        .ok("get");
+    assert_eq!(value.stdout, "{\"plan\":\"pro\"}\n");
+    let record: Record = psubd
+        .run(
+            &[
+                "key",
+                "get",
+                "profiles",
+                "alice",
+                "--format",
+                "json",
+                "--min-offset",
+                &offset,
+            ],
+            "",
+        )
+        .await
+        .ok("get json")
+        .json("get json");
+    assert_eq!(record.key.as_deref(), Some("alice"));
+    assert_eq!(record.partition, put.partition);
+
+    // Every key, in key order, across both partitions (the last write must be applied
+    // where the listing reads: wait for carol first).
+    let carol_offset = carol.offset.to_string();
+    psubd
+        .run(
+            &[
+                "key",
+                "get",
+                "profiles",
+                "carol",
+                "--min-offset",
+                &carol_offset,
+            ],
+            "",
+        )
+        .await
+        .ok("carol applied");
+    let listed = psubd.run(&["key", "list", "profiles"], "").await.ok("list");
+    assert_eq!(listed.lines(), vec!["alice", "bob", "carol"]);
+    let first = psubd
+        .run(&["key", "list", "profiles", "--max", "2"], "")
+        .await
+        .ok("list --max");
+    assert_eq!(first.lines(), vec!["alice", "bob"]);
+    let with_prefix: Vec<Record> = psubd
+        .run(
+            &[
+                "key", "list", "profiles", "--prefix", "b", "--output", "json",
+            ],
+            "",
+        )
+        .await
+        .ok("list --prefix")
+        .json_lines("list --prefix");
+    assert_eq!(with_prefix.len(), 1);
+    assert_eq!(with_prefix[0].value, "hello");
+
+    let gone: DeliveryReport = psubd
+        .run(&["key", "delete", "profiles", "bob"], "")
+        .await
+        .ok("delete")
+        .json("delete");
+    let gone_offset = gone.offset.to_string();
+    psubd
+        .run(
+            &[
+                "key",
+                "get",
+                "profiles",
+                "bob",
+                "--min-offset",
+                &gone_offset,
+            ],
+            "",
+        )
+        .await
+        .fails(
+            "get a deleted key",
+            1,
+            "key 'bob' not found in topic 'profiles'",
+        );
+
+    // Bad input: exit 1 with the reason, nothing written.
+    psubd.run(&["key", "get", "nope", "alice"], "").await.fails(
+        "unknown topic",
+        1,
+        "topic_not_found",
+    );
+    psubd
+        .run(&["topic", "create", "plainlog"], "")
+        .await
+        .ok("create a plain topic");
+    psubd.run(&["key", "list", "plainlog"], "").await.fails(
+        "a topic that is not compacted",
+        1,
+        "is not compacted",
+    );
+    psubd
+        .run(&["key", "put", "plainlog", "k", "v"], "")
+        .await
+        .fails(
+            "put on a topic that is not compacted",
+            1,
+            "topic_not_compacted",
+        );
+    psubd
+        .run(&["key", "put", "profiles", "k", "{oops", "--json"], "")
+        .await
+        .fails(
+            "a --json value that does not parse",
+            1,
+            "the value is not JSON",
+        );
+    psubd
+        .run(&["key", "get", "profiles"], "")
+        .await
+        .fails("a missing argument", 2, "KEY");
 }

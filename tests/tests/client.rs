@@ -2,16 +2,22 @@
 //! it acknowledged when the partition's leader is killed mid-stream; a `GroupConsumer`
 //! reads every record at least once, skipping none, when the group's coordinator node is
 //! killed mid-read; and two members sharing a topic through rebalances (one joins, one
-//! leaves) together read every record.
+//! leaves) together read every record. A `Producer` sends each record straight to its
+//! partition's leader, choosing keyed records' partitions as the server does. Partition
+//! and member streams (NDJSON and SSE) read through the library.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use psubd_client::wire::StreamItem;
 use psubd_client::{
-    AutoOffsetReset, Client, Error, GroupConfig, GroupConsumer, NewRecord, Producer, ProducerConfig,
+    AutoOffsetReset, Client, Error, GroupConfig, GroupConsumer, NewRecord, OffsetSpec, Producer,
+    ProducerConfig, StreamFormat, StreamOptions,
 };
+use psubd_tests::metrics::{metric_value, try_scrape};
 use psubd_tests::{eventually, Cluster};
 
 /// Records sent before the kill, all acknowledged before it.
@@ -177,6 +183,68 @@ async fn a_producer_loses_no_acknowledged_record_when_the_partition_leader_is_ki
         );
     }
     producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_sends_each_record_to_its_partitions_leader() {
+    let cluster = Cluster::start(3).await;
+    cluster.node(1).create_topic("routed", 3, 3).await;
+    let mut leaders = BTreeMap::new();
+    for partition in 0..3 {
+        leaders.insert(partition, cluster.leader_of("routed", partition).await);
+    }
+    // The one seed leads the fewest partitions: through it alone (no routing) it would
+    // receive every record, while most belong to partitions other nodes lead.
+    let seed = *cluster
+        .ids()
+        .iter()
+        .min_by_key(|id| leaders.values().filter(|l| l == id).count())
+        .expect("nodes");
+    let producer = Producer::new(Client::new([cluster.http(seed)]).expect("seed URL is valid"));
+    let mut deliveries = Vec::new();
+    for i in 0..300 {
+        let record = match i % 3 {
+            0 => NewRecord::new(i),
+            _ => NewRecord::new(i).key(format!("key-{i}")),
+        };
+        deliveries.push(producer.send("routed", record).await.expect("queued"));
+    }
+    let mut expected = BTreeMap::<u64, u64>::new();
+    for delivery in deliveries {
+        let report = delivery
+            .await
+            .expect("a healthy cluster stores every record");
+        *expected.entry(leaders[&report.partition]).or_default() += 1;
+    }
+    producer.close().await;
+    assert!(
+        expected.get(&seed).copied().unwrap_or(0) < 300,
+        "the records spread over partitions the seed does not lead: {expected:?}"
+    );
+
+    // Each node's edge took exactly the records of the partitions it leads: keyed
+    // records too, so the producer hashed their keys as the server does.
+    for id in cluster.ids() {
+        let text = try_scrape(&cluster.node(id)).await.expect("metrics");
+        let published = metric_value(
+            &text,
+            "psubd_records_published_total",
+            &[r#"topic="routed""#],
+        )
+        .unwrap_or(0.0);
+        assert_eq!(
+            published as u64,
+            expected.get(&id).copied().unwrap_or(0),
+            "records published through node {id} (seed {seed}, leaders {leaders:?})"
+        );
+    }
+    for partition in 0..3 {
+        assert_eq!(
+            cluster.leader_of("routed", partition).await,
+            leaders[&partition],
+            "leadership stayed put during the test, so the counts above are meaningful"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,4 +540,133 @@ async fn a_partition_consumer_reads_on_when_its_first_seed_is_killed() {
         (0..300).collect::<Vec<u64>>(),
         "dense, in order, once each"
     );
+}
+
+/// The next item of `stream`, within a bound (a stream stays open by design).
+async fn next_item(stream: &mut psubd_client::ItemStream) -> StreamItem {
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("an item within 20 s")
+        .expect("the stream is open")
+        .expect("the item is readable")
+}
+
+/// The value of a record item.
+fn record_value(item: StreamItem) -> (u64, serde_json::Value) {
+    match item {
+        StreamItem::Record(record) => (record.offset, record.value),
+        other => panic!("a record expected, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_member_streams_through_the_client() {
+    let cluster = Cluster::start(1).await;
+    let client = client_for(&cluster);
+    cluster.node(1).create_topic("streamed", 1, 1).await;
+    let values: Vec<NewRecord> = (0..5).map(NewRecord::new).collect();
+    client.publish("streamed", values).await.expect("publish");
+
+    // NDJSON from the start, then a record published while the stream is open.
+    let mut ndjson = client
+        .partition_stream(
+            "streamed",
+            0,
+            OffsetSpec::Earliest,
+            StreamOptions::default(),
+        )
+        .await
+        .expect("open an NDJSON stream");
+    for i in 0..5u64 {
+        assert_eq!(
+            record_value(next_item(&mut ndjson).await),
+            (i, serde_json::json!(i))
+        );
+    }
+    client
+        .publish("streamed", vec![NewRecord::new(5)])
+        .await
+        .expect("publish while streaming");
+    assert_eq!(
+        record_value(next_item(&mut ndjson).await),
+        (5, serde_json::json!(5))
+    );
+    drop(ndjson);
+
+    // SSE from an offset.
+    let sse = StreamOptions {
+        format: StreamFormat::Sse,
+        ..StreamOptions::default()
+    };
+    let mut events = client
+        .partition_stream("streamed", 0, OffsetSpec::At(3), sse)
+        .await
+        .expect("open an SSE stream");
+    for i in 3..6u64 {
+        assert_eq!(
+            record_value(next_item(&mut events).await),
+            (i, serde_json::json!(i))
+        );
+    }
+    drop(events);
+
+    // A member's stream: its assignment first, then the records from the group's start.
+    let joined = client
+        .join_group(
+            "streamers",
+            &psubd_client::wire::JoinRequest {
+                topics: vec!["streamed".into()],
+                auto_offset_reset: Some(AutoOffsetReset::Earliest),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("join");
+    let mut member = client
+        .member_stream("streamers", &joined.member_id, sse)
+        .await
+        .expect("open a member stream");
+    match next_item(&mut member).await {
+        StreamItem::Assignment(a) => {
+            assert_eq!(a.assignments.len(), 1, "{a:?}");
+            assert_eq!(a.assignments[0].topic, "streamed");
+        }
+        other => panic!("the assignment comes first, got {other:?}"),
+    }
+    for i in 0..6u64 {
+        assert_eq!(
+            record_value(next_item(&mut member).await),
+            (i, serde_json::json!(i))
+        );
+    }
+    drop(member);
+
+    // Refusals: the opening request's error, and a line over the reader's bound.
+    let unknown = client
+        .partition_stream("nope", 0, OffsetSpec::Earliest, StreamOptions::default())
+        .await;
+    assert_eq!(
+        unknown.err().as_ref().and_then(Error::code),
+        Some("topic_not_found")
+    );
+    let mut bounded = client
+        .partition_stream(
+            "streamed",
+            0,
+            OffsetSpec::Earliest,
+            StreamOptions {
+                max_line_bytes: 16,
+                ..StreamOptions::default()
+            },
+        )
+        .await
+        .expect("open");
+    let over = tokio::time::timeout(Duration::from_secs(20), bounded.next())
+        .await
+        .expect("an item within 20 s");
+    assert!(
+        matches!(over, Some(Err(Error::Unexpected { .. }))),
+        "a record line longer than the bound ends the stream: {over:?}"
+    );
+    assert!(bounded.next().await.is_none(), "nothing after the error");
 }

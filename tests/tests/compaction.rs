@@ -782,3 +782,48 @@ async fn wiped_node_rejoins_a_compacted_topic_through_a_snapshot() {
         assert_eq!(acked[&key].value.as_ref(), Some(&value), "{key}");
     }
 }
+
+/// A `min_offset` that was never written is the caller's mistake, told at once: the
+/// partition's leader, having applied its whole log (which holds every acknowledged write),
+/// answers 416 `offset_out_of_range` with the high watermark instead of waiting out
+/// `timeout_ms` for a record that cannot come, and every node asks the leader first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_view_past_every_write_is_out_of_range_on_every_node() {
+    let cluster = Cluster::start(3).await;
+    create_compacted(&cluster.node(1), 1).await;
+    let resp = cluster
+        .node(1)
+        .http()
+        .put(
+            cluster
+                .node(1)
+                .url(&format!("/v1/topics/{TOPIC}/keys/alice")),
+        )
+        .json(&json!({"plan": "pro"}))
+        .send()
+        .await
+        .unwrap();
+    let put: Value = expect_json(resp, 200).await.unwrap();
+    let written = field(&put, "offset");
+
+    let never = written + 1_000;
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        let asked = std::time::Instant::now();
+        let resp = node
+            .http()
+            .get(node.url(&format!(
+                "/v1/topics/{TOPIC}/keys/alice?min_offset={never}&timeout_ms=30000"
+            )))
+            .send()
+            .await
+            .unwrap();
+        let refused = expect_error(resp, 416, "offset_out_of_range", &format!("node {id}")).await;
+        assert_eq!(refused.extra["high_watermark"], json!(written + 1));
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "node {id} waited {:?} for an offset that was never written",
+            asked.elapsed()
+        );
+    }
+}

@@ -1,39 +1,35 @@
 //! `GET /metrics` as an operator's Prometheus scrapes it (docs/operations.md § What to
-//! watch): the process, Raft and partition series exist and move with the load, and a
-//! deleted topic's series are gone.
+//! watch): the process, Raft, snapshot, partition and consumer group series exist and move
+//! with the load, a group's lag rises with publishes and falls after a commit, and a
+//! deleted group's or topic's series are gone.
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
+use psubd_tests::metrics::{metric_value as value, try_scrape};
 use psubd_tests::{eventually, Cluster, NewRecord, NodeClient};
 use serde_json::json;
 use std::time::Duration;
 
 const TOPIC: &str = "watched";
+const GROUP: &str = "watchers";
 
 /// The node's metrics text.
 async fn scrape(node: &NodeClient) -> String {
-    let resp = node.http().get(node.url("/metrics")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.text().await.unwrap()
-}
-
-/// The value of the first series of `name` whose labels include every one of `labels`.
-fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.split(['{', ' '])
-                .next()
-                .is_some_and(|series| series == name)
-        })
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|number| number.parse().ok())
+    try_scrape(node).await.expect("metrics")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic() {
-    let cluster = Cluster::start(3).await;
+    // Snapshots every 20 entries, so a few dozen publishes build some.
+    let cluster = Cluster::start_with_env(
+        3,
+        &[
+            ("PSUBD_SNAPSHOT_EVERY_ENTRIES", "20"),
+            ("PSUBD_SNAPSHOT_GROWTH_PERCENT", "0"),
+            ("PSUBD_SNAPSHOT_STAGGER_PERCENT", "0"),
+        ],
+    )
+    .await;
     let node = cluster.node(1);
     node.create_topic(TOPIC, 1, 3).await;
     let leader = cluster.leader_of(TOPIC, 0).await;
@@ -56,6 +52,29 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
     );
     let applied_before =
         value(&before, "psubd_partition_raft_applied_index", &partition).expect("an applied index");
+    let committed_before =
+        value(&before, "psubd_partition_raft_commit_index", &partition).expect("a commit index");
+    let leader_changes = value(
+        &before,
+        "psubd_partition_raft_leader_changes_total",
+        &partition,
+    )
+    .expect("a leader changes counter");
+    assert!(
+        leader_changes >= 1.0,
+        "the partition's first leader is a change: {leader_changes}"
+    );
+    for snapshot in [
+        "psubd_partition_snapshot_builds_total",
+        "psubd_partition_snapshot_built_bytes_total",
+        "psubd_partition_snapshot_installs_total",
+        "psubd_partition_snapshot_installed_bytes_total",
+    ] {
+        assert!(
+            value(&before, snapshot, &partition).is_some(),
+            "{snapshot} missing"
+        );
+    }
 
     let records: Vec<NewRecord> = (0..50)
         .map(|i| NewRecord::keyed(format!("k{i}"), json!(i)))
@@ -72,6 +91,42 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
         applied_after > applied_before,
         "the applied index moves with publishes: {applied_before} then {applied_after}"
     );
+    let committed_after =
+        value(&after, "psubd_partition_raft_commit_index", &partition).expect("a commit index");
+    assert!(
+        committed_after > committed_before && committed_after >= applied_after,
+        "the commit index moves with publishes and leads the applied index: \
+         {committed_before} then {committed_after} (applied {applied_after})"
+    );
+
+    // One entry per publish: past 20 entries the replicas build snapshots.
+    for i in 0..30 {
+        node.publish(TOPIC, &[NewRecord::keyed("single", json!(i))])
+            .await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the leader built a snapshot",
+        || {
+            let on_leader = on_leader.clone();
+            async move {
+                let text = scrape(&on_leader).await;
+                let builds = value(&text, "psubd_partition_snapshot_builds_total", &partition);
+                let bytes = value(
+                    &text,
+                    "psubd_partition_snapshot_built_bytes_total",
+                    &partition,
+                );
+                match (builds, bytes) {
+                    (Some(b), Some(n)) if b >= 1.0 && n > 0.0 => Ok(()),
+                    other => Err(format!("builds and bytes {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+
+    group_lag_rises_with_publishes_and_falls_after_commits(&cluster).await;
     // The leader reports each follower's lag; every follower catches up.
     for follower in cluster.ids().into_iter().filter(|id| *id != leader) {
         let follower_label = format!(r#"follower="{follower}""#);
@@ -125,6 +180,107 @@ async fn the_process_raft_and_partition_series_move_and_leave_with_their_topic()
                         return Err(format!("{} still reports the topic", node.url("")));
                     }
                 }
+                Ok(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The group's coordinator (the node that exports its series).
+async fn coordinator(node: &NodeClient) -> u64 {
+    let described = node.try_get_json(&format!("/v1/groups/{GROUP}")).await;
+    let described = described.unwrap_or_else(|e| panic!("describe {GROUP}: {e}"));
+    described["coordinator"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no coordinator in {described}"))
+}
+
+/// Waits until the coordinator reports `lag` for the group in partition 0.
+async fn await_lag(cluster: &Cluster, committed: f64, lag: f64) {
+    let group = [
+        r#"group="watchers""#,
+        r#"topic="watched""#,
+        r#"partition="0""#,
+    ];
+    eventually(
+        Duration::from_secs(10),
+        &format!("the coordinator reports lag {lag}"),
+        || async move {
+            let node = cluster.node(coordinator(&cluster.node(1)).await);
+            let text = scrape(&node).await;
+            let seen = (
+                value(&text, "psubd_group_committed_offset", &group),
+                value(&text, "psubd_group_lag", &group),
+            );
+            if seen == (Some(committed), Some(lag)) {
+                Ok(())
+            } else {
+                Err(format!("committed offset and lag {seen:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Commits `offset` in partition 0 for `member`.
+async fn commit(node: &NodeClient, member: &serde_json::Value, offset: u64) {
+    let resp = node
+        .http()
+        .post(node.url(&format!("/v1/groups/{GROUP}/offsets")))
+        .json(&json!({
+            "member_id": member["member_id"],
+            "generation": member["generation"],
+            "offsets": [{"topic": TOPIC, "partition": 0, "offset": offset}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204, "commit {offset}");
+}
+
+/// The group series on its coordinator: lag rises with publishes, falls after a commit, and
+/// the series leave with the group.
+async fn group_lag_rises_with_publishes_and_falls_after_commits(cluster: &Cluster) {
+    let node = cluster.node(2);
+    let end = node.partitions(TOPIC).await[0].high_watermark;
+    let member = node.join_earliest(GROUP, &[TOPIC], 30_000).await;
+    commit(&node, &member, 10).await;
+    await_lag(cluster, 10.0, (end - 10) as f64).await;
+    let records: Vec<NewRecord> = (0..20)
+        .map(|i| NewRecord::keyed("more", json!(i)))
+        .collect();
+    node.publish(TOPIC, &records).await;
+    await_lag(cluster, 10.0, (end + 20 - 10) as f64).await;
+    commit(&node, &member, end + 20).await;
+    await_lag(cluster, (end + 20) as f64, 0.0).await;
+
+    let coordinator = cluster.node(coordinator(&node).await);
+    let resp = node
+        .http()
+        .delete(node.url(&format!(
+            "/v1/groups/{GROUP}/members/{}",
+            member["member_id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = node
+        .http()
+        .delete(node.url(&format!("/v1/groups/{GROUP}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    eventually(
+        Duration::from_secs(10),
+        "the deleted group's series gone",
+        || async {
+            let text = scrape(&coordinator).await;
+            if text.contains(r#"group="watchers""#) {
+                Err("still reported".to_string())
+            } else {
                 Ok(())
             }
         },

@@ -180,6 +180,7 @@ async fn every_route_answers_in_its_wire_type() {
         retention_ms: Some(7_200_000),
         retention_bytes: Some(1 << 30),
         duplicate_window_ms: Some(60_000),
+        partitions: None,
     };
     let altered: Topic = Api::expect(
         "alter topic",
@@ -390,6 +391,27 @@ async fn every_route_answers_in_its_wire_type() {
     let described: GroupDescription =
         Api::expect("describe group", api.get("/v1/groups/wire-g").await, 200);
     assert_eq!(described.members.len(), 1);
+    // A push subscription: its PUT and GET answers, and the `push` of its description.
+    let push = psubd_wire::PushRequest {
+        topics: vec!["wire".into()],
+        endpoint: "http://127.0.0.1:9/wire".into(),
+        secret: Some("s".into()),
+        ..psubd_wire::PushRequest::default()
+    };
+    let _: psubd_wire::PushSubscription = Api::expect(
+        "set push",
+        api.json(Method::PUT, "/v1/groups/wire-push/push", &push)
+            .await,
+        200,
+    );
+    let _: psubd_wire::PushSubscription =
+        Api::expect("get push", api.get("/v1/groups/wire-push/push").await, 200);
+    let pushed: GroupDescription = Api::expect(
+        "describe a push group",
+        api.get("/v1/groups/wire-push").await,
+        200,
+    );
+    assert!(pushed.push.is_some_and(|p| p.secret_set));
     let last = first.records.last().expect("records");
     let commit = CommitRequest {
         member_id: member.clone(),

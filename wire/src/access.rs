@@ -45,12 +45,29 @@ pub struct NewKey {
 #[serde(default, deny_unknown_fields)]
 pub struct Quota {
     /// Record bytes published per second.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_125_899_906_842_624_u64)
+    )]
     pub produce_bytes_per_sec: Option<u64>,
     /// Record bytes fetched per second.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_125_899_906_842_624_u64)
+    )]
     pub fetch_bytes_per_sec: Option<u64>,
     /// Requests (and WebSocket operations) per second.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_125_899_906_842_624_u64)
+    )]
     pub requests_per_sec: Option<u64>,
 }
+
+/// The highest rate a [`Quota`] takes (2^50 per second: unlimited in practice, and an
+/// integer every JSON reader, JavaScript's included, holds exactly). The schema's
+/// `maximum` repeats it as a literal.
+pub const MAX_QUOTA_RATE: u64 = 1 << 50;
 
 /// The 200 answer of `PUT /v1/principals/{p}/quota`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

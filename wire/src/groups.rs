@@ -287,6 +287,9 @@ pub struct GroupDescription {
     pub coordinator: u64,
     /// The members.
     pub members: Vec<MemberDescription>,
+    /// The push subscription, when the group is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::push::PushSubscription>,
 }
 
 /// One member in [`GroupDescription`].

@@ -9,7 +9,10 @@
 //! - [`streams`]: one item of a partition or member stream (record, assignment, error).
 //! - [`groups`]: consumer groups — join, member fetch, commit, offsets, reset, list,
 //!   describe.
+//! - [`push`]: push subscriptions — their settings and state, and the body of each push.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
+//! - [`partitioning`]: the stable hash mapping a record key to its partition, shared by
+//!   the server and clients that route records to partition leaders.
 //! - [`access`]: principals, API keys, ACLs and quotas (the admin's routes).
 //! - [`error`]: the error body every 4xx and 5xx answer carries.
 //! - [`ws`]: the frames the WebSocket API sends.
@@ -32,7 +35,9 @@ pub mod access;
 pub mod cluster;
 pub mod error;
 pub mod groups;
+pub mod partitioning;
 pub mod publish;
+pub mod push;
 pub mod records;
 #[cfg(feature = "openapi")]
 mod schema;
@@ -42,7 +47,7 @@ pub mod ws;
 
 pub use access::{
     Acl, NewKey, NewPrincipal, Operation, PatternType, Permission, Principal, PrincipalQuota,
-    Quota, ResourceType,
+    Quota, ResourceType, MAX_QUOTA_RATE,
 };
 pub use cluster::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
 pub use error::ErrorBody;
@@ -53,9 +58,10 @@ pub use groups::{
     TopicPartition,
 };
 pub use publish::{
-    Accepted, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest, PublishResponse,
-    RecordReport,
+    Accepted, DelayedReport, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest,
+    PublishResponse, RecordReport,
 };
+pub use push::{PushDelivery, PushPartitionState, PushRequest, PushSubscription};
 pub use records::{FetchResponse, KeyScan, OffsetSpec, Record};
 pub use streams::{AssignmentEvent, StreamItem};
 pub use topics::{CleanupPolicy, PartitionStatus, Topic, TopicSpec, TopicUpdate};

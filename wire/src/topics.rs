@@ -97,6 +97,10 @@ pub struct TopicUpdate {
     /// New duplicate window, ms (0: no deduplication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_window_ms: Option<i64>,
+    /// New partition count: more than the topic has (partitions are never removed).
+    /// Keyed records may map to other partitions afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
 
 /// A topic as create, describe, alter and list show it.
@@ -138,4 +142,13 @@ pub struct PartitionStatus {
     pub high_watermark: Option<u64>,
     /// Bytes of record data the answering replica stores.
     pub stored_bytes: Option<u64>,
+    /// Delayed records waiting in the partition's delay queue on the answering replica
+    /// (not yet readable, see `deliver_at_ms`); left out when none wait.
+    #[serde(default, skip_serializing_if = "none_waiting")]
+    pub delayed_records: Option<u64>,
+}
+
+/// True when a partition row has no delayed records to show.
+fn none_waiting(delayed_records: &Option<u64>) -> bool {
+    delayed_records.unwrap_or(0) == 0
 }

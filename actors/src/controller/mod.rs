@@ -11,7 +11,7 @@ pub mod state;
 use std::time::Duration;
 
 use psubd_raft::types::typ::Raft;
-use psubd_raft::{NodeId, RaftNode};
+use psubd_raft::{NodeId, RaftNode, CONTROLLER_GROUP};
 
 use crate::clock::now_ms;
 use crate::error::ControllerError;
@@ -195,6 +195,57 @@ impl Controller {
         }
     }
 
+    /// Raises a topic's partition count to `partitions` (checked again here, as the
+    /// request may come from a peer: it must grow, within the settings' limits). The new
+    /// partitions are placed as at creation, continuing the same rotation over the nodes;
+    /// each replica's supervisor opens their groups. `current` is the topic as this node
+    /// applied it. Answers the topic's metadata after the change.
+    ///
+    /// # Errors
+    /// As [`Controller::delete_topic`]; `Invalid` when the count does not grow or is out of
+    /// range, or another change of the count came first.
+    pub async fn add_partitions(
+        &self,
+        name: String,
+        partitions: u32,
+        current: Option<TopicMeta>,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.check_leader()?;
+        if is_internal(&name) {
+            return Err(ControllerError::Invalid(
+                "internal topics cannot be changed".into(),
+            ));
+        }
+        let meta = current.ok_or(ControllerError::TopicNotFound)?;
+        let from = meta.partitions.len() as u32;
+        if partitions <= from {
+            return Err(ControllerError::Invalid(format!(
+                "partitions can only grow: the topic has {from}"
+            )));
+        }
+        let mut config = meta.config.clone();
+        config.partitions = partitions;
+        config
+            .check(self.nodes.len())
+            .map_err(ControllerError::Invalid)?;
+        let rf = config.replication_factor;
+        let candidates = live_first(&self.nodes, &self.raft_node, rf);
+        let placed = place_replicas(&candidates, partitions, rf, fnv1a(name.as_bytes()));
+        let command = ControllerCommand::AddPartitions {
+            name,
+            from,
+            replicas: placed[from as usize..].to_vec(),
+        };
+        match self.propose(command).await? {
+            ControllerResponse::Done(Some(meta)) => Ok(meta),
+            ControllerResponse::TopicNotFound => Err(ControllerError::TopicNotFound),
+            ControllerResponse::PartitionsChanged => Err(ControllerError::Invalid(
+                "the topic's partition count changed meanwhile; look at it again".into(),
+            )),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Changes the access model (validated by the caller).
     ///
     /// # Errors
@@ -223,7 +274,12 @@ impl Controller {
     }
 
     fn check_leader(&self) -> Result<(), ControllerError> {
-        Ok(check_leader(&self.raft, self.quorum_stale_after)?)
+        Ok(check_leader(
+            &self.raft_node,
+            CONTROLLER_GROUP,
+            &self.raft,
+            self.quorum_stale_after,
+        )?)
     }
 
     async fn propose(

@@ -111,6 +111,17 @@ pub enum ControllerCommand {
     },
     /// Changes the access model.
     Access(AccessChange),
+    /// Adds partitions to a topic that has `from` of them (refused at apply otherwise, so
+    /// two concurrent increases cannot both place the same partitions); group ids are
+    /// assigned at apply, as at creation.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The partition count the proposer saw.
+        from: u32,
+        /// Replica set of each new partition, in partition order.
+        replicas: Vec<Vec<NodeId>>,
+    },
     /// Sets a topic's `duplicate_window_ms` (checked by the proposer); partition leaders
     /// stamp it into the guarded entries they build from then on.
     SetDuplicateWindow {
@@ -173,6 +184,8 @@ pub enum ControllerResponse {
     Invalid,
     /// The answer to an access change: done, or why not.
     Access(Result<(), AccessRefusal>),
+    /// The topic's partition count was not the one the change was placed for.
+    PartitionsChanged,
 }
 
 /// Encodes a command for Raft.
@@ -277,6 +290,23 @@ impl ControllerLogic {
             ControllerCommand::Access(change) => {
                 ControllerResponse::Access(self.state.access.apply(change))
             }
+            ControllerCommand::AddPartitions {
+                name,
+                from,
+                replicas,
+            } => match self.state.topics.get_mut(&name) {
+                Some(meta) if meta.partitions.len() == from as usize => {
+                    for replicas in replicas {
+                        let group = self.state.next_group;
+                        self.state.next_group += 1;
+                        meta.partitions.push(PartitionPlacement { group, replicas });
+                    }
+                    meta.config.partitions = meta.partitions.len() as u32;
+                    ControllerResponse::Done(Some(meta.clone()))
+                }
+                Some(_) => ControllerResponse::PartitionsChanged,
+                None => ControllerResponse::TopicNotFound,
+            },
         }
     }
 }
@@ -440,6 +470,43 @@ mod tests {
             }),
             ControllerResponse::TopicNotFound
         ));
+    }
+
+    #[test]
+    fn partitions_are_added_with_fresh_groups_only_to_the_count_they_were_placed_for() {
+        let (mut logic, _) = ControllerLogic::new();
+        let config = TopicConfig {
+            partitions: 1,
+            replication_factor: 1,
+            retention_ms: 1_000,
+            retention_bytes: -1,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 1,
+        };
+        logic.execute(ControllerCommand::CreateTopic {
+            name: "t".into(),
+            config,
+            replicas: vec![vec![1]],
+            created_ms: 0,
+        });
+        let add = |from| ControllerCommand::AddPartitions {
+            name: "t".into(),
+            from,
+            replicas: vec![vec![2], vec![3]],
+        };
+        let ControllerResponse::Done(Some(meta)) = logic.execute(add(1)) else {
+            panic!("the increase was refused");
+        };
+        assert_eq!(meta.config.partitions, 3);
+        let groups: Vec<GroupId> = meta.partitions.iter().map(|p| p.group).collect();
+        assert_eq!(groups, vec![1000, 1001, 1002]);
+        assert_eq!(meta.partitions[2].replicas, vec![3]);
+        // Placed for one partition, the topic now has three: refused, nothing changes.
+        assert!(matches!(
+            logic.execute(add(1)),
+            ControllerResponse::PartitionsChanged
+        ));
+        assert_eq!(logic.state.topics["t"].partitions.len(), 3);
     }
 
     #[test]

@@ -26,6 +26,10 @@
 //! in flight at a time; its outcome comes back as [`PartitionMsg::TrimDone`]. On a
 //! compacted topic it proposes the next compaction window ([`super::compaction`]); while a pass is
 //! under way, each committed window proposes the next one ([`PartitionMsg::CompactDone`]).
+//!
+//! Delayed publishes ([`PartitionMsg::Delay`]) are proposed as entries of their own at once
+//! (they are not batched with appends: they go to the delay queue, not the log), and the
+//! leader's release timer ([`super::release_timer`]) moves them into the log when due.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +52,10 @@ use super::command::{
     guarded_append_command, trim_command,
 };
 use super::compaction::CompactionProgress;
+use super::delay_queue::DelayedRecords;
 use super::guard::{EntryGuard, RequestGuard, RequestOutcome};
 use super::reader::PartitionReader;
+use super::release_timer::{ReleaseTimer, TimerEvent, TimerLimits};
 
 /// How proposals name this kind of group in their reasons.
 const GROUP: &str = "partition";
@@ -143,6 +149,16 @@ pub enum PartitionMsg {
     TrimDone,
     /// The compaction command in flight finished (committed or not).
     CompactDone,
+    /// Queue one request's delayed records; answered once committed (or refused when the
+    /// delay queue is full).
+    Delay {
+        /// The records and their due times, encoded and checked at the edge.
+        records: DelayedRecords,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<(), PartitionError>>,
+    },
+    /// The release timer's news (see [`super::release_timer`]).
+    ReleaseTimer(TimerEvent),
 }
 
 /// Maintenance ticks between the starts of two compaction passes of one partition.
@@ -211,6 +227,8 @@ pub struct PartitionState {
     /// When this leader last started a compaction pass: a new pass waits
     /// [`COMPACTION_PASS_TICKS`] ticks, so a busy topic is not re-walked on every tick.
     last_pass_started: Option<tokio::time::Instant>,
+    /// Releases delayed records on the leader when they fall due.
+    release: ReleaseTimer,
 }
 
 /// One partition replica's actor. See the module docs.
@@ -259,6 +277,16 @@ pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionErr
 }
 
 impl PartitionState {
+    /// Whether this replica may propose now (see [`check_leader`]).
+    fn leadership(&self) -> Result<(), proposal::Refusal> {
+        check_leader(
+            &self.raft_node,
+            self.group,
+            &self.raft,
+            self.limits.quorum_stale_after,
+        )
+    }
+
     /// The topic's current settings, if it still exists with this partition's group.
     fn topic_config(&self) -> Option<crate::topic::TopicConfig> {
         let metadata = self.maintenance.metadata.borrow();
@@ -303,7 +331,7 @@ impl PartitionState {
     /// The maintenance tick: retention (and compaction) on the leader. Never awaits a
     /// commit. (Snapshots by log bytes are the state machine's: `GroupLogic::retained_bytes`.)
     async fn maintain(&mut self, myself: &ActorRef<PartitionMsg>) {
-        if check_leader(&self.raft, self.limits.quorum_stale_after).is_err() {
+        if self.leadership().is_err() {
             return;
         }
         let Some(config) = self.topic_config() else {
@@ -311,6 +339,17 @@ impl PartitionState {
         };
         self.retain(&config, myself).await;
         self.compact(&config, myself).await;
+        self.release
+            .check(&self.raft, &self.maintenance.reader)
+            .await;
+    }
+
+    /// Fails fast, before anything is proposed, when this replica cannot lead or a
+    /// replica is short of space.
+    fn check_writable(&self) -> Result<(), PartitionError> {
+        self.leadership()
+            .map_err(PartitionError::from)
+            .and_then(|()| check_space(&self.raft_node, &self.raft))
     }
 
     /// Proposes the trim retention asks for, if any and none is in flight.
@@ -397,7 +436,7 @@ impl PartitionState {
         if !self.may_propose() || self.queued.is_empty() {
             return;
         }
-        if let Err(error) = check_leader(&self.raft, self.limits.quorum_stale_after) {
+        if let Err(error) = self.leadership() {
             // Nothing was proposed: every queued request may safely be retried elsewhere.
             for waiter in self.queued.drain(..) {
                 let _ = waiter.reply.send(Err(error.into()));
@@ -530,6 +569,16 @@ impl Actor for PartitionActor {
         send_every(&myself, args.maintenance.interval, || {
             PartitionMsg::Maintenance
         });
+        let timer_actor = myself.clone();
+        let release = ReleaseTimer::new(
+            args.group,
+            TimerLimits {
+                write_timeout: args.limits.write_timeout,
+            },
+            Arc::new(move |event| {
+                let _ = timer_actor.send_message(PartitionMsg::ReleaseTimer(event));
+            }),
+        );
         Ok(PartitionState {
             group: args.group,
             raft: args.raft,
@@ -543,6 +592,7 @@ impl Actor for PartitionActor {
             compact_in_flight: false,
             compact_proposed_at: Default::default(),
             last_pass_started: None,
+            release,
         })
     }
 
@@ -567,10 +617,7 @@ impl Actor for PartitionActor {
                     });
                 } else {
                     // Fail fast before queueing when this replica cannot lead.
-                    if let Err(error) = check_leader(&state.raft, state.limits.quorum_stale_after)
-                        .map_err(PartitionError::from)
-                        .and_then(|()| check_space(&state.raft_node, &state.raft))
-                    {
+                    if let Err(error) = state.check_writable() {
                         let _ = reply.send(Err(error));
                         return Ok(());
                     }
@@ -587,6 +634,30 @@ impl Actor for PartitionActor {
                 state.in_flight = state.in_flight.saturating_sub(1);
                 state.flush(&myself).await;
             }
+            PartitionMsg::Delay { records, reply } => match state.check_writable() {
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+                Ok(()) => {
+                    state
+                        .release
+                        .propose_delay(&state.raft, records, reply)
+                        .await
+                }
+            },
+            PartitionMsg::ReleaseTimer(event) => {
+                match event {
+                    TimerEvent::DelayDone => {}
+                    TimerEvent::WakeUp(due_ms) => state.release.fired(due_ms),
+                    TimerEvent::ReleaseDone => state.release.done(),
+                }
+                if state.leadership().is_ok() {
+                    state
+                        .release
+                        .check(&state.raft, &state.maintenance.reader)
+                        .await;
+                }
+            }
             PartitionMsg::Maintenance => state.maintain(&myself).await,
             PartitionMsg::TrimDone => state.trim_in_flight = false,
             PartitionMsg::CompactDone => {
@@ -595,7 +666,7 @@ impl Actor for PartitionActor {
                 let progress = state.maintenance.reader.compaction_progress();
                 if progress.active
                     && progress != state.compact_proposed_at
-                    && check_leader(&state.raft, state.limits.quorum_stale_after).is_ok()
+                    && state.leadership().is_ok()
                 {
                     if let Some(config) = state.topic_config() {
                         state.compact(&config, &myself).await;

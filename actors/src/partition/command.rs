@@ -1,6 +1,7 @@
 //! The commands of a partition's Raft group, as the leader builds them and every replica
 //! decodes them: append a batch (plain, or guarded by ids and expectations: see
-//! [`super::guard`]), trim the log start (retention), compact a window.
+//! [`super::guard`]), trim the log start (retention), compact a window, queue delayed
+//! records and release those due ([`super::delay_queue`]).
 //!
 //! A command that does not decode is skipped on every replica alike, so replicas stay
 //! identical; the leader never builds one.
@@ -9,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use psubd_raft::{Command, CommandResponse};
 
 use super::compaction::CompactCommand;
+use super::delay_queue::{DelayedRecords, ReleaseCommand};
 use super::guard::{EntryGuard, RequestOutcome};
 
 /// Tag of an append command: the rest of the command is a stored batch.
@@ -22,6 +24,10 @@ const TAG_COMPACT: u8 = 4;
 /// Tag of a guarded append: `u32 LE` length of the guard, the postcard [`EntryGuard`],
 /// then the stored batch (as in a plain append, so the batch is never re-encoded).
 const TAG_GUARDED_APPEND: u8 = 5;
+/// Tag of a delay command: the rest is a [`DelayedRecords`] command body.
+const TAG_DELAY: u8 = 16;
+/// Tag of a release command: the rest is a postcard [`ReleaseCommand`].
+const TAG_RELEASE: u8 = 17;
 
 /// Builds the Raft command that appends `batch` (a stored batch, header included).
 pub fn append_command(batch: &[u8]) -> Command {
@@ -63,6 +69,22 @@ pub fn compact_command(compact: &CompactCommand) -> Command {
     Command(Bytes::from(out))
 }
 
+/// Builds the Raft command that queues one request's delayed records.
+pub fn delay_command(delayed: &DelayedRecords) -> Command {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[TAG_DELAY]);
+    delayed.encode_command_body(&mut out);
+    Command(out.freeze())
+}
+
+/// Builds the Raft command that releases the delayed records due by `release.up_to_ms`.
+pub fn release_command(release: &ReleaseCommand) -> Command {
+    let mut out = vec![TAG_RELEASE];
+    // Encoding three integers cannot fail; an empty command would be skipped at apply.
+    out.extend(postcard::to_stdvec(release).unwrap_or_default());
+    Command(Bytes::from(out))
+}
+
 /// Decodes the response to an append: the base offset of the batch.
 pub fn decode_append_response(response: &CommandResponse) -> Option<u64> {
     let raw: [u8; 8] = response.0.get(..8)?.try_into().ok()?;
@@ -100,6 +122,10 @@ pub(super) enum PartitionCommand {
     Trim(u64),
     /// Compact one window.
     Compact(CompactCommand),
+    /// Queue delayed records.
+    Delay(DelayedRecords),
+    /// Release the delayed records due.
+    Release(ReleaseCommand),
     /// Skip it, for the reason given (every replica skips it alike).
     Skip(&'static str),
 }
@@ -121,6 +147,14 @@ impl PartitionCommand {
             TAG_COMPACT => match postcard::from_bytes::<CompactCommand>(rest) {
                 Ok(compact) => Self::Compact(compact),
                 Err(_) => Self::Skip("undecodable compact command"),
+            },
+            TAG_DELAY => match DelayedRecords::decode_command_body(&command.0.slice(1..)) {
+                Some(delayed) => Self::Delay(delayed),
+                None => Self::Skip("undecodable delay command"),
+            },
+            TAG_RELEASE => match postcard::from_bytes::<ReleaseCommand>(rest) {
+                Ok(release) => Self::Release(release),
+                Err(_) => Self::Skip("undecodable release command"),
             },
             _ => Self::Skip("unknown partition command"),
         }
@@ -176,12 +210,35 @@ mod tests {
             PartitionCommand::GuardedAppend(decoded, stored)
                 if decoded == guard && stored.as_ref() == b"\x01\0\0\0x"
         ));
+        let release = ReleaseCommand {
+            up_to_ms: 1_700_000_000_000,
+            max_records: 10,
+            max_bytes: 4096,
+        };
+        assert!(matches!(
+            PartitionCommand::decode(&release_command(&release)),
+            PartitionCommand::Release(decoded) if decoded == release
+        ));
+        let delayed = DelayedRecords {
+            due_ms: vec![5, -1],
+            records: crate::record::EncodedRecords {
+                count: 2,
+                bytes: Bytes::from_static(b"xy"),
+            },
+        };
+        assert!(matches!(
+            PartitionCommand::decode(&delay_command(&delayed)),
+            PartitionCommand::Delay(decoded)
+                if decoded.due_ms == delayed.due_ms && decoded.records.bytes == delayed.records.bytes
+        ));
         for garbage in [
             &b""[..],
             &[TAG_GUARDED_APPEND, 9, 0, 0, 0, 1][..],
             &[TAG_GUARDED_APPEND, 1][..],
             &[TAG_TRIM, 1, 2][..],
             &[TAG_COMPACT][..],
+            &[TAG_DELAY, 9, 0, 0, 0, 1][..],
+            &[TAG_RELEASE][..],
             &[9][..],
         ] {
             let command = Command(Bytes::copy_from_slice(garbage));

@@ -9,13 +9,19 @@
 //! - `b"m"` → the log bounds ([`super::batch_index::LogBounds`], postcard).
 //! - `b"n"` → compaction progress of a compacted topic ([`super::compaction`]); pinned in
 //!   snapshots.
+//! - `b"q" ++ due_ms (i64, order-preserving BE) ++ log index (u64 BE) ++ position (u32 BE)`
+//!   → one delayed record's encoding, waiting in the delay queue ([`super::delay_queue`]);
+//!   pinned in snapshots.
 //! - `b"u" ++ id digest (16 bytes)` → a remembered record id ([`super::id_table`]);
 //!   pinned in snapshots. It sorts after every batch and index key, so no snapshot's lazy
 //!   range (which must only ever lose keys while it is read) holds one.
 //!
 //! Key order is part of the design: batch keys sort by base offset (big-endian), so a
 //! reader walks a partition in offset order, and the key index sorts after every batch, so
-//! one snapshot range `[b…, k+1)` carries the batches first and then the index.
+//! one snapshot range `[b…, k+1)` carries the batches first and then the index. The delay
+//! queue and the id table sort after both, outside every range a snapshot streams: they
+//! change while a snapshot build reads, so they are copied at the plan instead. Queue
+//! keys sort by due time, then publish order, which is the order of release.
 
 /// Prefix of stored batches.
 pub(super) const BATCH_PREFIX: u8 = b'b';
@@ -35,6 +41,52 @@ pub(super) const ID_PREFIX: u8 = b'u';
 pub(super) const IDS_END: [u8; 1] = [ID_PREFIX + 1];
 /// Bytes a stored batch's key adds to its value (prefix + base offset).
 pub(super) const BATCH_KEY_BYTES: u64 = 9;
+/// Prefix of the delay queue.
+pub(super) const QUEUE_PREFIX: u8 = b'q';
+/// First key after every queue key: the end of the delay queue's range.
+pub(super) const QUEUE_END: [u8; 1] = [QUEUE_PREFIX + 1];
+/// Length of a queue key.
+pub(super) const QUEUE_KEY_LEN: usize = 21;
+
+/// A delayed record's place in the delay queue: its due time, then the log index of the
+/// entry that queued it and its position in that entry, so records due at the same
+/// millisecond leave in the order they were published. Every replica derives the same
+/// key from the same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct QueueKey {
+    /// When the record is due, ms since the epoch.
+    pub due_ms: i64,
+    /// The Raft log index of the entry that queued it.
+    pub index: u64,
+    /// Its position among that entry's records.
+    pub position: u32,
+}
+
+impl QueueKey {
+    /// The tree key. The due time's sign bit is flipped so that keys sort as times do.
+    pub(super) fn encode(&self) -> [u8; QUEUE_KEY_LEN] {
+        let mut key = [0u8; QUEUE_KEY_LEN];
+        key[0] = QUEUE_PREFIX;
+        key[1..9].copy_from_slice(&((self.due_ms as u64) ^ (1 << 63)).to_be_bytes());
+        key[9..17].copy_from_slice(&self.index.to_be_bytes());
+        key[17..].copy_from_slice(&self.position.to_be_bytes());
+        key
+    }
+
+    /// The queue key a tree key names; `None` for any other key.
+    pub(super) fn decode(key: &[u8]) -> Option<Self> {
+        let key: &[u8; QUEUE_KEY_LEN] = key.try_into().ok()?;
+        if key[0] != QUEUE_PREFIX {
+            return None;
+        }
+        let due = u64::from_be_bytes(key[1..9].try_into().ok()?) ^ (1 << 63);
+        Some(Self {
+            due_ms: due as i64,
+            index: u64::from_be_bytes(key[9..17].try_into().ok()?),
+            position: u32::from_be_bytes(key[17..].try_into().ok()?),
+        })
+    }
+}
 
 /// The tree key of the batch stored at `base_offset`.
 pub(super) fn batch_key(base_offset: u64) -> [u8; 9] {
@@ -78,6 +130,32 @@ mod tests {
         assert!(batch_key(255) < batch_key(256));
         assert!(batch_key(u64::MAX).as_slice() < BATCHES_END.as_slice());
         assert_eq!(base_offset_of(&index_key(b"x")), None);
+    }
+
+    #[test]
+    fn queue_keys_round_trip_and_sort_by_due_time_then_publish_order() {
+        let key = |due_ms, index, position| QueueKey {
+            due_ms,
+            index,
+            position,
+        };
+        let ordered = [
+            key(-5, 9, 0),
+            key(0, 1, 0),
+            key(1_700_000_000_000, 3, 7),
+            key(1_700_000_000_000, 4, 0),
+            key(1_700_000_000_001, 1, 0),
+            key(i64::MAX, u64::MAX, u32::MAX),
+        ];
+        for pair in ordered.windows(2) {
+            assert!(pair[0].encode() < pair[1].encode(), "{pair:?}");
+        }
+        for k in ordered {
+            assert_eq!(QueueKey::decode(&k.encode()), Some(k));
+            assert!(INDEX_END.as_slice() < k.encode().as_slice());
+            assert!(k.encode().as_slice() < QUEUE_END.as_slice());
+        }
+        assert_eq!(QueueKey::decode(&batch_key(1)), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The state machine logic of a partition's Raft group: decodes each command and hands it
 //! to the part that owns it — the [`BatchStore`] (appends, trims), the [`KeyIndex`] and
 //! the [`Compactor`] (compacted topics), the [`IdTable`] (guarded appends, decided by
-//! [`guard::decide`]) — then publishes what was written to the readers.
+//! [`guard::decide`]), the [`DelayQueue`] (delayed records, appended through the same path
+//! as any append when released) — then publishes what was written to the readers.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tracing::warn;
 use super::batch_store::BatchStore;
 use super::command::{offset_response, outcomes_response, PartitionCommand};
 use super::compaction::Compactor;
+use super::delay_queue::{DelayOutcome, DelayQueue};
 use super::guard::{self, EntryGuard};
 use super::id_table::IdTable;
 use super::key_index::KeyIndex;
@@ -36,6 +38,8 @@ pub struct PartitionLogic {
     compactor: Compactor,
     /// Record ids stored recently, including the current apply call.
     ids: IdTable,
+    /// Delayed records not yet released, including the current apply call's.
+    delays: DelayQueue,
 }
 
 impl PartitionLogic {
@@ -57,6 +61,7 @@ impl PartitionLogic {
                 keys: KeyIndex::default(),
                 compactor: Compactor::default(),
                 ids: IdTable::default(),
+                delays: DelayQueue::default(),
             },
             PartitionReader::new(shared),
         )
@@ -134,13 +139,15 @@ impl GroupLogic for PartitionLogic {
         self.keys.written();
         self.compactor.load(state)?;
         self.shared.publish_compaction(self.compactor.progress());
+        self.delays.load(state)?;
+        self.shared.publish_delays(self.delays.summary());
         self.shared.reset_bounds(self.store.bounds());
         Ok(())
     }
 
     fn apply(
         &mut self,
-        _index: u64,
+        index: u64,
         command: &Command,
         state: &Tree,
         batch: &mut WriteBatch,
@@ -170,6 +177,20 @@ impl GroupLogic for PartitionLogic {
                 }
                 Ok(CommandResponse::default())
             }
+            PartitionCommand::Delay(delayed) => {
+                let outcome = self.delays.queue(index, &delayed, batch);
+                if outcome == DelayOutcome::Malformed {
+                    warn!("skipping delay command whose records do not decode");
+                }
+                Ok(outcome.response())
+            }
+            PartitionCommand::Release(release) => {
+                match self.delays.release(&release, state, batch)? {
+                    // Appended as any batch: offsets from the high watermark on.
+                    Some(released) => self.append(&released.stored, batch),
+                    None => Ok(CommandResponse::default()),
+                }
+            }
             PartitionCommand::Skip(reason) => {
                 warn!(reason, "skipping partition command");
                 Ok(CommandResponse::default())
@@ -179,6 +200,8 @@ impl GroupLogic for PartitionLogic {
 
     fn applied(&mut self) {
         self.shared.publish_index(self.store.take_changes());
+        self.delays.written();
+        self.shared.publish_delays(self.delays.summary());
         if self.compacted {
             self.keys.written();
             self.store.written();
@@ -188,13 +211,14 @@ impl GroupLogic for PartitionLogic {
     }
 
     fn snapshot_plan(&self, state: &Tree) -> Result<SnapshotPlan, StorageIoError> {
+        // The delay queue changes while a build reads (records come and go), so it is
+        // copied now; it is bounded (`delay_queue::MAX_DELAYED_BYTES`).
+        let mut pinned = DelayQueue::snapshot_pairs(state)?;
         let bounds = match state.get(BOUNDS_KEY)? {
             Some(raw) => raw.to_vec(),
             None => {
-                return Ok(SnapshotPlan {
-                    pinned: self.ids.pairs(),
-                    lazy: None,
-                })
+                pinned.extend(self.ids.pairs());
+                return Ok(SnapshotPlan { pinned, lazy: None });
             }
         };
         let next_offset = self.store.bounds().next_offset;
@@ -209,7 +233,7 @@ impl GroupLogic for PartitionLogic {
         // that replaying the log after it repairs (see `compaction`, "Every replica
         // converges"). Batches appended meanwhile may come along: replay writes the same
         // bytes under the same keys.
-        let mut pinned = vec![(BOUNDS_KEY.to_vec(), bounds)];
+        pinned.push((BOUNDS_KEY.to_vec(), bounds));
         // The id table changes at every guarded append, so it is copied now (bounded by
         // its cap); its keys sort after every lazy range (see `layout`).
         pinned.extend(self.ids.pairs());
@@ -228,7 +252,7 @@ impl GroupLogic for PartitionLogic {
     }
 
     fn retained_bytes(&self) -> Option<u64> {
-        Some(self.store.index().stored_bytes())
+        Some(self.store.index().stored_bytes() + self.delays.summary().bytes)
     }
 
     fn snapshot_hold(&self) -> Option<SnapshotHold> {

@@ -10,6 +10,7 @@
 //! | [`batch_index`] | the log bounds and the index of retained batches |
 //! | [`key_index`] | the key index of a compacted topic |
 //! | [`batch_store`] | the batches as one apply call stages them: appends, trims, rewrites |
+//! | [`delay_queue`] | delayed records waiting for their due time, and their release |
 //! | [`compaction`] | which records survive, and the [`compaction::Compactor`] applying windows |
 //! | [`retention`] | which batches have expired |
 //! | [`id_table`] | the record ids stored recently (idempotent publish) |
@@ -19,6 +20,7 @@
 //! | [`fetched`] | records as a read returns them |
 //! | [`reader`] | [`PartitionReader`]: reads, key views, what maintenance is due |
 //! | [`logic`] | [`PartitionLogic`]: the state machine, composing the parts above |
+//! | [`release_timer`] | the leader proposing delayed records, and releasing them when due |
 //! | [`actor`] | [`PartitionActor`]: batching publishes, the maintenance tick |
 
 mod actor;
@@ -26,6 +28,9 @@ mod batch_index;
 mod batch_store;
 mod command;
 pub mod compaction;
+pub mod delay_queue;
+#[cfg(test)]
+mod delay_tests;
 mod fetched;
 pub mod guard;
 #[cfg(test)]
@@ -35,6 +40,7 @@ pub mod key_index;
 mod layout;
 mod logic;
 mod reader;
+mod release_timer;
 pub mod retention;
 mod shared;
 mod stored;
@@ -47,6 +53,8 @@ pub use actor::{
     DEFAULT_MAINTENANCE_INTERVAL, MAX_QUEUED_REQUESTS,
 };
 pub use batch_index::{BatchIndex, LogBounds};
+pub use delay_queue::{DelaySummary, DelayedRecords};
 pub use fetched::{FetchedIter, FetchedRecords};
 pub use logic::PartitionLogic;
 pub use reader::{PartitionReader, ReadError};
+pub use release_timer::TimerEvent;

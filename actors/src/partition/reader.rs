@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::batch_index::{BatchIndex, LogBounds};
 use super::compaction::{self, CompactCommand, CompactionProgress};
+use super::delay_queue::DelaySummary;
 use super::fetched::FetchedRecords;
 use super::key_index::{lookup, KeyEntry, KeyRecord, KeyScan, MAX_SCAN_EXAMINED};
 use super::layout::{base_offset_of, batch_key, index_key, INDEX_END};
@@ -93,6 +94,12 @@ impl PartitionReader {
     /// Compaction progress as written on this replica (the leader's tick reads it).
     pub fn compaction_progress(&self) -> CompactionProgress {
         self.shared.compaction()
+    }
+
+    /// The delay queue on this replica as written: records waiting, their bytes, the
+    /// earliest due time (see [`super::delay_queue`]).
+    pub fn delays(&self) -> DelaySummary {
+        self.shared.delays()
     }
 
     /// The trim retention asks for on this replica now, if any (see [`retention`]).

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::batch_index::{BatchIndex, IndexChange, LogBounds};
 use super::compaction::CompactionProgress;
+use super::delay_queue::DelaySummary;
 use crate::locks::lock;
 
 /// See the module docs. Every lock is taken alone, never with another of these.
@@ -26,6 +27,8 @@ pub(super) struct Shared {
     holds: Mutex<Vec<u64>>,
     /// Compaction progress as written (compacted topics), for the leader's tick.
     compaction: Mutex<CompactionProgress>,
+    /// The delay queue as written, for the leader's release timer and the partition view.
+    delays: Mutex<DelaySummary>,
 }
 
 impl Shared {
@@ -37,6 +40,7 @@ impl Shared {
             index: Mutex::new(BatchIndex::default()),
             holds: Mutex::new(Vec::new()),
             compaction: Mutex::new(CompactionProgress::default()),
+            delays: Mutex::new(DelaySummary::default()),
         })
     }
 
@@ -99,6 +103,16 @@ impl Shared {
     /// The compaction progress as written.
     pub(super) fn compaction(&self) -> CompactionProgress {
         *lock(&self.compaction)
+    }
+
+    /// Publishes the delay queue's summary once written.
+    pub(super) fn publish_delays(&self, summary: DelaySummary) {
+        *lock(&self.delays) = summary;
+    }
+
+    /// The delay queue's summary as written.
+    pub(super) fn delays(&self) -> DelaySummary {
+        *lock(&self.delays)
     }
 
     /// Keeps the batch range as a snapshot build whose plan's high watermark is `bound`

@@ -41,7 +41,7 @@ pub(super) fn entry(index: u64, command: Command) -> Entry<psubd_raft::TypeConfi
 }
 
 /// Entry `index` appending `records` as one request.
-fn appended(index: u64, records: EncodedRecords) -> Entry<psubd_raft::TypeConfig> {
+pub(super) fn appended(index: u64, records: EncodedRecords) -> Entry<psubd_raft::TypeConfig> {
     entry(index, append_command(&join_batch([&records].into_iter())))
 }
 

@@ -64,6 +64,40 @@ impl Spec {
         RefOr::Ref(Ref::from_schema_name(name))
     }
 
+    /// One Server-Sent Event of a stream: its `event` name, its `id` (records:
+    /// `<partition>-<offset>`) and its `data`, a `StreamItem` as JSON. utoipa has no
+    /// `contentSchema` keyword, so [`with_content_schemas`] adds it to the served JSON.
+    pub(super) fn sse_event(&mut self) -> RefOr<Schema> {
+        self.schema::<psubd_wire::StreamItem>();
+        let event = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "One Server-Sent Event: `data` holds a `StreamItem` as JSON.",
+            ))
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["record", "assignment", "error"])),
+            )
+            .property(
+                "id",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("Records: `<partition>-<offset>`.")),
+            )
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json"),
+            )
+            .required("data");
+        self.schemas
+            .insert(SSE_EVENT.to_string(), Schema::from(event).into());
+        RefOr::Ref(Ref::from_schema_name(SSE_EVENT))
+    }
+
     /// A JSON array of `T`.
     pub(super) fn array<T: ToSchema>(&mut self) -> RefOr<Schema> {
         let item = self.schema::<T>();
@@ -277,6 +311,26 @@ impl Op {
         }
         self
     }
+}
+
+/// The component name of one SSE event ([`Spec::sse_event`]).
+const SSE_EVENT: &str = "SseEvent";
+
+/// The served document, with the `contentSchema` keywords utoipa cannot express: an SSE
+/// event's `data` is a `StreamItem` (JSON Schema 2020-12 `contentSchema`, which OpenAPI 3.1
+/// tools such as schemathesis use to check each event).
+pub(super) fn with_content_schemas(mut document: Value) -> Value {
+    if let Some(data) =
+        document.pointer_mut(&format!("/components/schemas/{SSE_EVENT}/properties/data"))
+    {
+        if let Some(data) = data.as_object_mut() {
+            data.insert(
+                "contentSchema".into(),
+                serde_json::json!({ "$ref": "#/components/schemas/StreamItem" }),
+            );
+        }
+    }
+    document
 }
 
 pub(super) fn text() -> RefOr<Schema> {

@@ -47,7 +47,12 @@ pub fn router(state: AppState) -> Router {
 /// The document's JSON, built once per process: it depends only on the code.
 fn spec_json() -> &'static [u8] {
     static SPEC: OnceLock<Vec<u8>> = OnceLock::new();
-    SPEC.get_or_init(|| serde_json::to_vec(&document()).unwrap_or_default())
+    SPEC.get_or_init(|| {
+        serde_json::to_value(document())
+            .map(build::with_content_schemas)
+            .and_then(|document| serde_json::to_vec(&document))
+            .unwrap_or_default()
+    })
 }
 
 async fn spec() -> Response {
@@ -112,7 +117,10 @@ pub fn document() -> OpenApi {
             "Principals, API keys, ACLs and quotas (the admin's routes).",
         ),
         ("websocket", "The WebSocket API."),
-        ("reference", "This document and its browsable form."),
+        (
+            "reference",
+            "This document, its browsable form and the web console.",
+        ),
     ];
     OpenApiBuilder::new()
         .info(
@@ -121,7 +129,7 @@ pub fn document() -> OpenApi {
                 .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
                     "psubd's HTTP API: any node answers any request. With `--auth`, every \
-                     route but /healthz, /readyz, /metrics, /openapi.json and /docs needs \
+                     route but /healthz, /readyz, /metrics, /openapi.json, /docs and /ui needs \
                      `Authorization: Bearer <key>`.",
                 )),
         )
@@ -170,6 +178,7 @@ mod tests {
         let sources = [
             include_str!("../access.rs"),
             include_str!("../cluster.rs"),
+            include_str!("../console/mod.rs"),
             include_str!("../fetch.rs"),
             include_str!("../group_stream.rs"),
             include_str!("../groups.rs"),
@@ -209,6 +218,9 @@ mod tests {
                     "PATH" => crate::ws::PATH.to_string(),
                     "SPEC_PATH" => SPEC_PATH.to_string(),
                     "DOCS_PATH" => DOCS_PATH.to_string(),
+                    "PAGE_PATH" => crate::console::PAGE_PATH.to_string(),
+                    "SCRIPT_PATH" => crate::console::SCRIPT_PATH.to_string(),
+                    "STYLE_PATH" => crate::console::STYLE_PATH.to_string(),
                     literal => literal.trim_matches('"').to_string(),
                 };
                 for method in ["get", "post", "put", "patch", "delete"] {

@@ -3,11 +3,10 @@
 
 use psubd_wire as w;
 use utoipa::openapi::path::HttpMethod::{Delete, Get, Patch, Post, Put};
-use utoipa::openapi::schema::Schema;
-use utoipa::openapi::RefOr;
 
 use super::build::{any, bytes, example, text, Kind, Op, Spec};
 use super::{DOCS_PATH, SPEC_PATH};
+use crate::console;
 
 /// Every operation of the API.
 /// Every operation, resource by resource.
@@ -58,15 +57,19 @@ fn bounds(op: Op) -> Op {
     )
 }
 
-/// A stream's answer: SSE or NDJSON by `Accept`, items of `item`.
-fn stream_answer(op: Op, item: RefOr<Schema>) -> Op {
+/// A stream's answer: SSE or NDJSON by `Accept`, one `StreamItem` per event or line.
+fn stream_answer(op: Op, s: &mut Spec) -> Op {
     op.answer(
         200,
         "The stream: SSE (`Accept: text/event-stream`) or NDJSON \
          (`Accept: application/x-ndjson`), one item per event or line.",
-        Some(("text/event-stream", item.clone())),
+        Some(("text/event-stream", s.sse_event())),
     )
-    .answer(200, "", Some(("application/x-ndjson", item)))
+    .answer(
+        200,
+        "",
+        Some(("application/x-ndjson", s.schema::<w::StreamItem>())),
+    )
 }
 
 /// Cluster.
@@ -160,7 +163,8 @@ fn topics(s: &mut Spec) -> Vec<Op> {
             "/v1/topics/{topic}",
             "topics",
             "alterTopic",
-            "Change a topic's retention (the other settings are fixed at creation).",
+            "Change a topic's retention, or raise its partition count (the other settings are \
+             fixed at creation).",
         )
         .body(
             "application/json",
@@ -169,6 +173,7 @@ fn topics(s: &mut Spec) -> Vec<Op> {
                 retention_ms: Some(86_400_000),
                 retention_bytes: None,
                 duplicate_window_ms: None,
+                partitions: None,
             }),
         )
         .ok(200, "The topic now.", s.schema::<w::Topic>()),
@@ -262,7 +267,7 @@ fn streams(s: &mut Spec) -> Vec<Op> {
                 "Last-Event-ID",
                 "SSE: resume after this `<partition>-<offset>`.",
             ),
-            s.schema::<w::StreamItem>(),
+            s,
         ),
         stream_answer(
             Op::new(
@@ -272,7 +277,7 @@ fn streams(s: &mut Spec) -> Vec<Op> {
                 "streamMember",
                 "A group member's records as a stream, from the committed offsets.",
             ),
-            s.schema::<w::StreamItem>(),
+            s,
         ),
     ]
 }
@@ -467,7 +472,61 @@ fn groups(s: &mut Spec) -> Vec<Op> {
             "The offsets now committed.",
             s.schema::<w::ResetResponse>(),
         ),
+        Op::new(
+            Put,
+            "/v1/groups/{group}/push",
+            "groups",
+            "setPush",
+            "Make a group without members a push subscription, or change its settings.",
+        )
+        .describe(&format!(
+            "The coordinator's node POSTs each record (schema `{}`) to the endpoint; a 2xx answer acknowledges it. See docs/api.md § Push subscriptions.",
+            push_delivery_schema(s)
+        ))
+        .body(
+            "application/json",
+            s.schema::<w::PushRequest>(),
+            example(w::PushRequest {
+                topics: vec!["orders".into()],
+                endpoint: "https://hooks.example.com/orders".into(),
+                dead_letter_topic: Some("orders-dead".into()),
+                secret: Some("a shared secret".into()),
+                ..w::PushRequest::default()
+            }),
+        )
+        .ok(
+            200,
+            "The subscription as stored.",
+            s.schema::<w::PushSubscription>(),
+        ),
+        Op::new(
+            Get,
+            "/v1/groups/{group}/push",
+            "groups",
+            "getPush",
+            "A push subscription's settings (never the secret) and per-partition state.",
+        )
+        .ok(
+            200,
+            "The subscription.",
+            s.schema::<w::PushSubscription>(),
+        ),
+        Op::new(
+            Delete,
+            "/v1/groups/{group}/push",
+            "groups",
+            "deletePush",
+            "End a push subscription; its committed offsets stay.",
+        )
+        .answer(204, "Ended.", None),
     ]
+}
+
+/// Registers the body of each push POST (no route takes it: the cluster sends it) and
+/// names it.
+fn push_delivery_schema(s: &mut Spec) -> &'static str {
+    let _ = s.schema::<w::PushDelivery>();
+    "PushDelivery"
 }
 
 /// WebSocket.
@@ -600,6 +659,33 @@ fn reference() -> Vec<Op> {
             "A browsable reference rendered from this document.",
         )
         .answer(200, "An HTML page.", Some(("text/html", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::PAGE_PATH,
+            "reference",
+            "console",
+            "The web console: cluster, topics, records, groups and publishing, through this API from the browser.",
+        )
+        .answer(200, "An HTML page.", Some(("text/html", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::SCRIPT_PATH,
+            "reference",
+            "console_script",
+            "The web console's script.",
+        )
+        .answer(200, "JavaScript.", Some(("text/javascript", text())))
+        .builder_security_open(),
+        Op::new(
+            Get,
+            console::STYLE_PATH,
+            "reference",
+            "console_style",
+            "The web console's stylesheet.",
+        )
+        .answer(200, "CSS.", Some(("text/css", text())))
         .builder_security_open(),
     ]
 }

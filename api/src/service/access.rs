@@ -11,6 +11,7 @@ use psubd_actors::clock::now_ms;
 use psubd_actors::controller::access::{
     AccessChange, AccessRefusal, AclRule, Operation, Quota, ResourceType, CLUSTER,
 };
+use psubd_wire::MAX_QUOTA_RATE;
 use tracing::info;
 
 use super::{names, Caller, Result, Service, Via};
@@ -347,9 +348,12 @@ impl Service {
     pub async fn set_quota(&self, caller: &Caller, principal: &str, quota: Quota) -> Result<()> {
         names::principal(principal)?;
         for kind in [QuotaKind::Produce, QuotaKind::Fetch, QuotaKind::Requests] {
-            if rate_of(&quota, kind) == Some(0) {
+            if rate_of(&quota, kind).is_some_and(|rate| !(1..=MAX_QUOTA_RATE).contains(&rate)) {
                 return Err(ApiError::InvalidRequest {
-                    message: format!("{} must be positive, or null for unlimited", kind.name()),
+                    message: format!(
+                        "{} must be 1 to {MAX_QUOTA_RATE}, or null for unlimited",
+                        kind.name()
+                    ),
                 });
             }
         }

@@ -8,6 +8,7 @@
 //! - [`reads`]: fetch by offset.
 //! - [`groups`]: consumer groups (join, leave, commit).
 //! - [`names`]: the one check of topic, group and member names.
+//! - [`push`]: push subscriptions (set with every setting checked, read, delete).
 //! - [`members`]: a member's fetch: poll (the heartbeat), read, delivery report.
 //! - [`keys`]: key views of compacted topics (lookup, scan, put, delete).
 //! - [`topics`]: topic admin (create, patch, delete, describe, list).
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod members;
 pub mod names;
 pub mod publish;
+pub mod push;
 pub mod reads;
 pub mod topics;
 

@@ -2,6 +2,11 @@
 //! arrive ([`PublishBatch::push`]), then appended, one append per partition, concurrently
 //! ([`Service::publish`]). Nothing is sent before every record of a request has been
 //! accepted, so a refused record means nothing written.
+//!
+//! A record with a due time in the future (`deliver_at_ms`, or `delay_ms` from this node's
+//! clock) goes into its partition's delayed run instead, sent as one `Delay` to the
+//! partition's delay queue (docs/architecture.md § Delayed records); its report carries
+//! the due time instead of an offset, which it only gets when released.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -12,7 +17,7 @@ use psubd_actors::clock::now_ms;
 use psubd_actors::controller::access::{Operation, ResourceType};
 use psubd_actors::partition::guard::{Expectation, RequestGuard};
 use psubd_actors::partition::id_table::RecordId;
-use psubd_actors::partition::Appended;
+use psubd_actors::partition::{Appended, DelayedRecords};
 use psubd_actors::record::{EncodedRecords, RawBytes, RecordRef, ValueKind};
 use psubd_actors::topic::TopicMeta;
 
@@ -70,18 +75,25 @@ pub struct NewRecord<'a> {
     /// Headers, sorted by name.
     pub headers: Vec<(String, String)>,
     /// Idempotency id (1 to [`MAX_ID_BYTES`] bytes): stored once per duplicate window.
+    /// Not with `deliver_at_ms` or `delay_ms`.
     pub id: Option<Cow<'a, [u8]>>,
+    /// Deliver at this time (ms since the epoch) rather than now; not with `delay_ms`.
+    pub deliver_at_ms: Option<i64>,
+    /// Deliver this many ms after now (this node's clock); not with `deliver_at_ms`.
+    pub delay_ms: Option<i64>,
 }
 
 /// Longest record id, bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
 /// Where one record of a request went: its partition and its place in that partition's
-/// run (its offset is the run's base offset plus `position`).
+/// run (its offset is the run's base offset plus `position`), or in its delayed run.
 struct Slot {
     partition: u32,
     position: u32,
     timestamp_ms: i64,
+    /// The due time of a delayed record (it is in the partition's delayed run).
+    deliver_at_ms: Option<i64>,
 }
 
 /// One partition's share of a request: its records, encoded back to back, and their ids
@@ -90,7 +102,48 @@ struct Slot {
 struct Run {
     count: u32,
     bytes: Vec<u8>,
+    /// Its ids and the request's expectation (never on a delayed run).
     guard: RequestGuard,
+    /// A delayed run's due times, one per record.
+    due_ms: Vec<i64>,
+}
+
+/// The due time of a record with `deliver_at_ms` or `delay_ms`, as of `now_ms`: `None`
+/// when it is due now or in the past (an ordinary publish).
+///
+/// # Errors
+/// 400 for both fields, a negative delay, or a due time more than `max_delay_ms` ahead.
+pub fn due_time(
+    deliver_at_ms: Option<i64>,
+    delay_ms: Option<i64>,
+    now_ms: i64,
+    max_delay_ms: u64,
+) -> Result<Option<i64>> {
+    let due = match (deliver_at_ms, delay_ms) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest {
+                message: "a record takes deliver_at_ms or delay_ms, not both".into(),
+            })
+        }
+        (Some(at), None) => at,
+        (None, Some(delay)) if delay < 0 => {
+            return Err(ApiError::InvalidRequest {
+                message: format!("delay_ms must not be negative, not {delay}"),
+            })
+        }
+        (None, Some(delay)) => now_ms.saturating_add(delay),
+    };
+    let ahead = due.saturating_sub(now_ms);
+    if ahead > 0 && ahead as u64 > max_delay_ms {
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "a record may be delayed at most {max_delay_ms} ms (--max-delay-ms); this one \
+                 is due {ahead} ms from now"
+            ),
+        });
+    }
+    Ok((ahead > 0).then_some(due))
 }
 
 /// One request's records for one topic, encoded into one run per partition as they are
@@ -100,6 +153,8 @@ pub struct PublishBatch {
     limits: Limits,
     round_robin: Arc<AtomicU64>,
     runs: BTreeMap<u32, Run>,
+    /// Per partition, the records to queue until their due time.
+    delayed_runs: BTreeMap<u32, Run>,
     /// One per record, in request order.
     slots: Vec<Slot>,
 }
@@ -117,6 +172,7 @@ impl PublishBatch {
             limits: self.limits,
             round_robin: self.round_robin.clone(),
             runs: BTreeMap::new(),
+            delayed_runs: BTreeMap::new(),
             slots: Vec::new(),
         }
     }
@@ -128,7 +184,11 @@ impl PublishBatch {
 
     /// Bytes of the encoded records so far (what the produce quota counts).
     pub fn encoded_bytes(&self) -> u64 {
-        self.runs.values().map(|run| run.bytes.len() as u64).sum()
+        self.runs
+            .values()
+            .chain(self.delayed_runs.values())
+            .map(|run| run.bytes.len() as u64)
+            .sum()
     }
 
     /// True before the first record.
@@ -158,23 +218,46 @@ impl PublishBatch {
     /// Chooses the record's partition, checks its sizes and encodes it into that
     /// partition's run; returns its index in request order.
     ///
+    /// A delayed record's timestamp defaults to its due time rather than now, so it reads
+    /// as written when it became readable (and retention by age counts from then).
+    ///
     /// # Errors
-    /// 404 for a partition the topic lacks, 413 for a record or headers over the limits.
+    /// 404 for a partition the topic lacks, 413 for a record or headers over the limits,
+    /// 400 for a bad due time (see [`due_time`]), a bad id (see [`check_id`]), or an id
+    /// with a due time (a delayed record is queued, not checked against the id table).
     pub fn push(&mut self, record: NewRecord<'_>) -> Result<usize> {
         if let Some(id) = &record.id {
             check_id(id)?;
+            if record.deliver_at_ms.is_some() || record.delay_ms.is_some() {
+                return Err(ApiError::InvalidRequest {
+                    message: "a record with an id cannot be delayed: give id or \
+                              deliver_at_ms/delay_ms, not both"
+                        .into(),
+                });
+            }
         }
         let partition = self.choose_partition(
             record.partition,
             record.key.as_deref(),
             record.id.as_deref(),
         )?;
-        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let now = now_ms();
+        let due = due_time(
+            record.deliver_at_ms,
+            record.delay_ms,
+            now,
+            self.limits.max_delay_ms,
+        )?;
+        let timestamp_ms = record.timestamp_ms.unwrap_or(due.unwrap_or(now));
         let size = record.key.as_ref().map_or(0, |k| k.len())
             + record.value.as_ref().map_or(0, |v| v.len());
         let header_size: usize = record.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         check_record_sizes(&self.limits, size, header_size)?;
-        let run = self.runs.entry(partition).or_default();
+        let runs = match due {
+            Some(_) => &mut self.delayed_runs,
+            None => &mut self.runs,
+        };
+        let run = runs.entry(partition).or_default();
         RecordRef {
             timestamp_ms,
             kind: record.kind,
@@ -197,7 +280,9 @@ impl PublishBatch {
             partition,
             position: run.count,
             timestamp_ms,
+            deliver_at_ms: due,
         });
+        run.due_ms.extend(due);
         run.count += 1;
         Ok(self.slots.len() - 1)
     }
@@ -207,8 +292,16 @@ impl PublishBatch {
     /// partition.
     ///
     /// # Errors
-    /// 400 when the records went to more than one partition.
+    /// 400 when the records went to more than one partition, or any is delayed (a delayed
+    /// record is queued, not appended, so no offset can be expected of it).
     pub fn expect(&mut self, expectation: Expectation) -> Result<()> {
+        if !self.delayed_runs.is_empty() {
+            return Err(ApiError::InvalidRequest {
+                message: "an expected offset cannot apply to delayed records (deliver_at_ms, \
+                          delay_ms): they get their offsets when released"
+                    .into(),
+            });
+        }
         let mut runs = self.runs.values_mut();
         match (runs.next(), runs.next()) {
             (Some(run), None) => {
@@ -253,7 +346,7 @@ impl PublishBatch {
 /// The partition of `key`: the one stable hash, so a key maps to the same partition on
 /// every node and release, and a key view reads where a keyed publish wrote.
 pub fn partition_of_key(topic: &TopicMeta, key: &[u8]) -> u32 {
-    (psubd_actors::stable_hash::fnv1a(key) % u64::from(topic.config.partitions.max(1))) as u32
+    psubd_wire::partitioning::partition_of_key(key, topic.config.partitions)
 }
 
 /// Checks a record id's length.
@@ -289,12 +382,24 @@ pub fn check_record_sizes(limits: &Limits, size: usize, header_size: usize) -> R
     Ok(())
 }
 
+/// Where a record was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// In the log at this offset.
+    Offset(u64),
+    /// In the partition's delay queue, due at this time; its offset comes at release.
+    Delayed {
+        /// The due time, ms since the epoch.
+        deliver_at_ms: i64,
+    },
+}
+
 /// One record's delivery report.
 pub struct Delivered {
     /// Its partition.
     pub partition: u32,
-    /// Its offset, or why it was not written (or may not have been).
-    pub result: Result<u64>,
+    /// Where it was stored, or why it was not (or may not have been).
+    pub result: Result<Placement>,
     /// Its timestamp.
     pub timestamp_ms: i64,
     /// Not stored: its id was, within the duplicate window, at `result`'s offset.
@@ -369,6 +474,7 @@ impl Service {
             limits: self.limits,
             round_robin: self.round_robin.clone(),
             runs: BTreeMap::new(),
+            delayed_runs: BTreeMap::new(),
             slots: Vec::new(),
         })
     }
@@ -425,46 +531,73 @@ impl Service {
         self.append_batch(batch).await
     }
 
-    /// Appends a batch, one append per partition, concurrently; reports per record in
-    /// request order.
+    /// Appends a batch, one append per partition, concurrently, and queues its delayed
+    /// records, one delay per partition, alongside; reports per record in request order.
     async fn append_batch(&self, batch: PublishBatch) -> Vec<Delivered> {
         let PublishBatch {
-            topic, runs, slots, ..
+            topic,
+            runs,
+            delayed_runs,
+            slots,
+            ..
         } = batch;
         let partitions: Vec<u32> = runs.keys().copied().collect();
+        let delayed_partitions: Vec<u32> = delayed_runs.keys().copied().collect();
+        let placement_of = |partition: u32| {
+            topic
+                .partitions
+                .get(partition as usize)
+                .ok_or_else(|| ApiError::PartitionNotFound {
+                    topic: topic.name.clone(),
+                    partition: u64::from(partition),
+                })
+        };
         let appends = runs.into_iter().map(|(partition, run)| {
-            let placement = topic.partitions.get(partition as usize);
+            let placement = placement_of(partition);
             let guard = run.guard;
             let encoded = EncodedRecords::from_run(run.count, run.bytes);
-            let topic = &topic;
-            async move {
-                match placement {
-                    Some(placement) => self.edge.append(placement, encoded, guard).await,
-                    None => Err(ApiError::PartitionNotFound {
-                        topic: topic.name.clone(),
-                        partition: u64::from(partition),
-                    }),
-                }
-            }
+            async move { self.edge.append(placement?, encoded, guard).await }
         });
-        let results: Vec<Result<Appended>> = futures::future::join_all(appends).await;
-        let outcome = |partition: u32| {
-            partitions
-                .binary_search(&partition)
-                .ok()
-                .and_then(|i| results.get(i))
-        };
+        let delays = delayed_runs.into_iter().map(|(partition, run)| {
+            let placement = placement_of(partition);
+            let delayed = DelayedRecords {
+                due_ms: run.due_ms,
+                records: EncodedRecords::from_run(run.count, run.bytes),
+            };
+            async move { self.edge.delay(placement?, delayed).await }
+        });
+        let (results, delay_results): (Vec<Result<Appended>>, Vec<Result<()>>) = futures::join!(
+            futures::future::join_all(appends),
+            futures::future::join_all(delays)
+        );
+        let find = |keys: &[u32], partition: u32| keys.binary_search(&partition).ok();
         let mut published = 0u64;
         let reports: Vec<Delivered> = slots
             .iter()
             .map(|slot| {
+                let outcome = match slot.deliver_at_ms {
+                    None => find(&partitions, slot.partition)
+                        .and_then(|i| results.get(i))
+                        .map(|result| {
+                            result.as_ref().map(|appended| {
+                                let (offset, duplicate) = appended.offset_of(slot.position);
+                                (Placement::Offset(offset), duplicate)
+                            })
+                        }),
+                    Some(deliver_at_ms) => find(&delayed_partitions, slot.partition)
+                        .and_then(|i| delay_results.get(i))
+                        .map(|result| {
+                            result
+                                .as_ref()
+                                .map(|()| (Placement::Delayed { deliver_at_ms }, false))
+                        }),
+                };
                 let mut duplicate = false;
-                let result = match outcome(slot.partition) {
-                    Some(Ok(appended)) => {
-                        let (offset, is_duplicate) = appended.offset_of(slot.position);
+                let result = match outcome {
+                    Some(Ok((placement, is_duplicate))) => {
                         duplicate = is_duplicate;
                         published += u64::from(!is_duplicate);
-                        Ok(offset)
+                        Ok(placement)
                     }
                     Some(Err(error)) => Err(clone_error(error)),
                     None => Err(ApiError::Internal {
@@ -510,6 +643,7 @@ mod tests {
             limits: Limits::default(),
             round_robin: Arc::default(),
             runs: BTreeMap::new(),
+            delayed_runs: BTreeMap::new(),
             slots: Vec::new(),
         }
     }
@@ -523,6 +657,8 @@ mod tests {
             value: Some(Cow::Owned(value.as_bytes().to_vec())),
             headers: vec![("h".into(), "v".into())],
             id: None,
+            deliver_at_ms: None,
+            delay_ms: None,
         }
     }
 
@@ -609,6 +745,87 @@ mod tests {
                 Err(ApiError::InvalidRequest { .. })
             ));
         }
+    }
+
+    #[test]
+    fn due_times_are_checked_and_a_past_one_is_an_ordinary_publish() {
+        let (now, max) = (1_000_000, 60_000);
+        assert_eq!(due_time(None, None, now, max).unwrap(), None);
+        assert_eq!(due_time(None, Some(0), now, max).unwrap(), None);
+        assert_eq!(due_time(Some(now), None, now, max).unwrap(), None);
+        assert_eq!(due_time(Some(5), None, now, max).unwrap(), None);
+        assert_eq!(
+            due_time(None, Some(1_500), now, max).unwrap(),
+            Some(now + 1_500)
+        );
+        assert_eq!(
+            due_time(Some(now + max as i64), None, now, max).unwrap(),
+            Some(now + max as i64)
+        );
+        for (at, delay) in [
+            (Some(now + 10), Some(10)),
+            (None, Some(-1)),
+            (None, Some(max as i64 + 1)),
+            (Some(now + max as i64 + 1), None),
+            (None, Some(i64::MAX)),
+        ] {
+            assert!(
+                matches!(
+                    due_time(at, delay, now, max),
+                    Err(ApiError::InvalidRequest { .. })
+                ),
+                "{at:?} {delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn delayed_records_go_to_the_delayed_run_stamped_with_their_due_time() {
+        let mut batches = batch(1);
+        batches.push(record(0, "a", "now")).unwrap();
+        let mut later = record(0, "b", "later");
+        later.timestamp_ms = None;
+        later.delay_ms = Some(60_000);
+        batches.push(later).unwrap();
+        assert_eq!(batches.runs[&0].count, 1);
+        let delayed = &batches.delayed_runs[&0];
+        assert_eq!(delayed.count, 1);
+        let due = delayed.due_ms[0];
+        assert_eq!(batches.slots[1].deliver_at_ms, Some(due));
+        assert_eq!(batches.slots[1].timestamp_ms, due);
+        let stamped = psubd_actors::record::RecordIter::run(&delayed.bytes)
+            .next()
+            .unwrap()
+            .unwrap()
+            .timestamp_ms;
+        assert_eq!(stamped, due);
+    }
+
+    #[test]
+    fn ids_and_expectations_refuse_delayed_records() {
+        let mut batches = batch(1);
+        let mut both = record(0, "k", "v");
+        both.id = Some(Cow::Borrowed(b"order-1"));
+        both.delay_ms = Some(60_000);
+        assert!(matches!(
+            batches.push(both),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        let mut past = record(0, "k", "v");
+        past.id = Some(Cow::Borrowed(b"order-1"));
+        past.deliver_at_ms = Some(5);
+        assert!(matches!(
+            batches.push(past),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        assert!(batches.is_empty());
+        let mut later = record(0, "k", "v");
+        later.delay_ms = Some(60_000);
+        batches.push(later).unwrap();
+        assert!(matches!(
+            batches.expect(Expectation::NextOffset(0)),
+            Err(ApiError::InvalidRequest { .. })
+        ));
     }
 
     #[test]

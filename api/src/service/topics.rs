@@ -41,23 +41,66 @@ impl Service {
         Ok(meta)
     }
 
-    /// Changes a topic's mutable settings.
+    /// Changes a topic's mutable settings and raises its partition count, each when
+    /// given (the count first). New partitions are answered once each has a leader, as at
+    /// create.
     ///
     /// # Errors
     /// 403 without `alter` on the topic; 404 for unknown and internal topics (before
-    /// anything is proposed); 503 / 504 from the controller.
+    /// anything is proposed); 422 when the count does not grow; 503 / 504 from the
+    /// controller.
     pub async fn update_topic(
         &self,
         caller: &Caller,
         name: &str,
         update: TopicUpdate,
+        partitions: Option<u32>,
     ) -> Result<TopicMeta> {
         self.authorize(caller, ResourceType::Topic, name, Operation::Alter)?;
-        let request = ForwardRequest::UpdateTopic {
-            name: name.to_string(),
-            update,
-        };
-        topic_answer(self.edge.controller(request, name).await?, "update")
+        let mut meta = None;
+        if let Some(partitions) = partitions {
+            let request = ForwardRequest::AddPartitions {
+                name: name.to_string(),
+                partitions,
+            };
+            let grown = topic_answer(self.edge.controller(request, name).await?, "grow")?;
+            // Requests that follow the answer to this node see the new partitions.
+            self.await_applied(&grown).await;
+            if !self.edge.await_leaders(&grown).await {
+                tracing::debug!(topic = %name, "new partitions still electing at the write timeout");
+            }
+            meta = Some(grown);
+        }
+        if update != TopicUpdate::default() {
+            let request = ForwardRequest::UpdateTopic {
+                name: name.to_string(),
+                update,
+            };
+            meta = Some(topic_answer(
+                self.edge.controller(request, name).await?,
+                "update",
+            )?);
+        }
+        meta.ok_or_else(|| ApiError::InvalidConfig {
+            message: "nothing to change".into(),
+        })
+    }
+
+    /// Waits (up to the write timeout) until this node has applied `meta`'s partition count.
+    async fn await_applied(&self, meta: &TopicMeta) {
+        let mut metadata = self.edge.broker().subscribe_metadata();
+        let applied = metadata.wait_for(|state| {
+            state
+                .topics
+                .get(&meta.name)
+                .is_some_and(|t| t.partitions.len() >= meta.partitions.len())
+        });
+        if tokio::time::timeout(self.edge.write_timeout(), applied)
+            .await
+            .is_err()
+        {
+            tracing::debug!(topic = %meta.name, "new partitions not applied here at the write timeout");
+        }
     }
 
     /// Sets a topic's duplicate window (checked by the caller).

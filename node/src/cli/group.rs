@@ -1,7 +1,9 @@
-//! `psubd group list|describe|reset|delete`.
+//! `psubd group list|describe|reset|delete|push set|get|delete`.
 
 use clap::{Args, Subcommand};
-use psubd_client::wire::{GroupOffsets, GroupState, ResetEntry, ResetRequest};
+use psubd_client::wire::{
+    GroupOffsets, GroupState, PushRequest, PushSubscription, ResetEntry, ResetRequest,
+};
 use psubd_client::ResetOffset;
 use serde_json::json;
 
@@ -46,6 +48,58 @@ enum GroupCommand {
         partition: Option<u32>,
     },
     /// Delete a group without members, with its committed offsets.
+    Delete {
+        /// Group name.
+        group: String,
+    },
+    /// A push subscription: the cluster POSTs the group's records to an endpoint.
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PushCommand {
+    /// Make a group without members a push subscription, or change its settings.
+    Set {
+        /// Group name.
+        group: String,
+        /// Topics to push (repeatable).
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// The http:// or https:// URL each record is POSTed to.
+        #[arg(long)]
+        endpoint: String,
+        /// Most records of one partition outstanding (default 1: strict order).
+        #[arg(long)]
+        max_in_flight: Option<u32>,
+        /// Deadline of one POST in ms (default 10000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Pause after a first failed attempt in ms (default 1000).
+        #[arg(long)]
+        min_backoff_ms: Option<u64>,
+        /// Longest pause between attempts in ms (default 60000).
+        #[arg(long)]
+        max_backoff_ms: Option<u64>,
+        /// Attempts per record before it is dead-lettered (default 5).
+        #[arg(long)]
+        max_deliveries: Option<u32>,
+        /// Topic for records that exhausted their attempts (none: they are dropped).
+        #[arg(long)]
+        dead_letter_topic: Option<String>,
+        /// Key of the X-Psubd-Signature HMAC (from the environment, to keep it out of
+        /// the process list).
+        #[arg(long, env = "PSUBD_PUSH_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Show a push subscription's settings and per-partition state.
+    Get {
+        /// Group name.
+        group: String,
+    },
+    /// End a push subscription; its committed offsets stay.
     Delete {
         /// Group name.
         group: String,
@@ -178,6 +232,48 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<()> {
                 .collect();
             print_table(&["TOPIC", "PARTITION", "OFFSET"], &rows)
         }
+        GroupCommand::Push { command } => match command {
+            PushCommand::Set {
+                group,
+                topics,
+                endpoint,
+                max_in_flight,
+                timeout_ms,
+                min_backoff_ms,
+                max_backoff_ms,
+                max_deliveries,
+                dead_letter_topic,
+                secret,
+            } => {
+                let settings = PushRequest {
+                    topics,
+                    endpoint,
+                    max_in_flight,
+                    timeout_ms,
+                    min_backoff_ms,
+                    max_backoff_ms,
+                    max_deliveries,
+                    dead_letter_topic,
+                    secret,
+                };
+                let push = admin.set_push(&group, &settings).await.map_err(explain)?;
+                print_push(args.output, &push)
+            }
+            PushCommand::Get { group } => {
+                let push = admin.push(&group).await.map_err(explain)?;
+                print_push(args.output, &push)
+            }
+            PushCommand::Delete { group } => {
+                admin.delete_push(&group).await.map_err(explain)?;
+                match args.output {
+                    Output::Json => print_json(&json!({"deleted_push": group})),
+                    Output::Table => {
+                        println!("push subscription of group {group} deleted");
+                        Ok(())
+                    }
+                }
+            }
+        },
         GroupCommand::Delete { group } => {
             admin.delete_group(&group).await.map_err(explain)?;
             match args.output {
@@ -196,6 +292,55 @@ fn state(state: GroupState) -> &'static str {
         GroupState::Stable => "stable",
         GroupState::Empty => "empty",
     }
+}
+
+fn print_push(output: Output, push: &PushSubscription) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(push);
+    }
+    println!(
+        "push {} -> {} (topics {}, pushed by node {}, max_in_flight {}, max_deliveries {}, dead letters to {}, signed: {})",
+        push.group,
+        push.endpoint,
+        push.topics.join(","),
+        push.coordinator,
+        push.max_in_flight,
+        push.max_deliveries,
+        push.dead_letter_topic.as_deref().unwrap_or("- (dropped)"),
+        if push.secret_set { "yes" } else { "no" },
+    );
+    println!();
+    let rows: Vec<Vec<String>> = push
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.topic.clone(),
+                p.partition.to_string(),
+                opt(p.committed_offset),
+                opt(p.lag),
+                opt(p.pending_offset),
+                p.delivery_attempt.to_string(),
+                p.dead_lettered.to_string(),
+                p.dropped.to_string(),
+                p.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "TOPIC",
+            "PARTITION",
+            "COMMITTED",
+            "LAG",
+            "PENDING",
+            "ATTEMPT",
+            "DEAD_LETTERED",
+            "DROPPED",
+            "LAST_ERROR",
+        ],
+        &rows,
+    )
 }
 
 fn print_offsets(offsets: &GroupOffsets) -> anyhow::Result<()> {

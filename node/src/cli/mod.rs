@@ -1,9 +1,10 @@
 //! The client commands of the `psubd` binary, kcat / rpk style: `topic`, `produce`,
-//! `consume`, `group`, `cluster`. Each talks to a running cluster through psubd-client.
+//! `consume`, `key`, `group`, `cluster`. Each talks to a running cluster through psubd-client.
 //!
 //! - [`connect`]: `--url` (repeatable, comma separated, `PSUBD_URL`), `--token`.
 //! - [`output`]: `--output table|json` and the table printer.
-//! - [`topic`], [`produce`], [`consume`], [`group`], [`cluster`]: one module per command.
+//! - [`topic`], [`produce`], [`consume`], [`key`], [`group`], [`cluster`]: one module per
+//!   command.
 //!
 //! Exit codes: 0 success, 1 a failed operation (the server's message is printed), 2 a
 //! usage error (clap's, and [`UsageError`] for combinations clap cannot express).
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod connect;
 pub mod consume;
 pub mod group;
+pub mod key;
 pub mod output;
 pub mod produce;
 pub mod topic;

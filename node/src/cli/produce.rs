@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use clap::{Args, ValueEnum};
-use psubd_client::{Delivery, NewRecord, Producer};
+use psubd_client::{NewRecord, Producer, StoredDelivery};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use super::connect::Connect;
@@ -75,10 +75,15 @@ pub struct ProduceArgs {
     /// Write every record to this partition.
     #[arg(long)]
     partition: Option<u32>,
+    /// Deliver every record this many ms after the node's clock: not readable before
+    /// (at most the node's --max-delay-ms).
+    #[arg(long, value_name = "MS")]
+    delay_ms: Option<u64>,
     /// Add a header to every record (repeatable).
     #[arg(long = "header", value_name = "K=V", value_parser = parse_header)]
     headers: Vec<(String, String)>,
-    /// Print one delivery report per record (JSON: partition, offset, timestamp_ms).
+    /// Print one delivery report per record (JSON: partition, offset, timestamp_ms; a
+    /// delayed record: partition, delayed, deliver_at_ms, timestamp_ms).
     #[arg(long, short)]
     verbose: bool,
     /// How to reach the cluster (last, so its help heading covers only its flags).
@@ -107,6 +112,9 @@ impl ProduceArgs {
         if let Some(partition) = self.partition {
             record.partition = Some(partition);
         }
+        if let Some(delay_ms) = self.delay_ms {
+            record = record.delay_ms(delay_ms);
+        }
         for (name, value) in &self.headers {
             record = record.header(name.clone(), value.clone());
         }
@@ -127,7 +135,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         reader: BufReader::new(tokio::io::stdin()),
         partial: Vec::new(),
     };
-    let mut in_flight: VecDeque<(u64, Delivery)> = VecDeque::new();
+    let mut in_flight: VecDeque<(u64, StoredDelivery)> = VecDeque::new();
     let mut failures = Failures::default();
     let mut number = 0u64;
     let mut bad_line = None;
@@ -160,7 +168,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 match args.record(line) {
-                    Ok(record) => in_flight.push_back((number, producer.send(&args.topic, record).await?)),
+                    Ok(record) => in_flight.push_back((number, producer.send_delayed(&args.topic, record).await?)),
                     Err(e) => {
                         bad_line = Some(anyhow::anyhow!("line {number}: {e}"));
                         eof = true;
@@ -177,7 +185,9 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 /// The oldest delivery's outcome (never resolves when there is none).
-async fn next_delivery(in_flight: &mut VecDeque<(u64, Delivery)>) -> psubd_client::DeliveryResult {
+async fn next_delivery(
+    in_flight: &mut VecDeque<(u64, StoredDelivery)>,
+) -> psubd_client::StoredResult {
     match in_flight.front_mut() {
         Some((_, delivery)) => delivery.await,
         None => std::future::pending().await,
@@ -214,7 +224,7 @@ fn report(
     args: &ProduceArgs,
     failures: &mut Failures,
     line: u64,
-    result: psubd_client::DeliveryResult,
+    result: psubd_client::StoredResult,
 ) -> anyhow::Result<()> {
     match result {
         Ok(report) if args.verbose => print_json(&report),

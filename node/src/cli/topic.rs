@@ -53,11 +53,15 @@ enum TopicCommand {
         /// Topic name.
         name: String,
     },
-    /// Change a topic's retention or duplicate window.
+    /// Change a topic's retention or duplicate window, or raise its partition count.
     #[command(group(ArgGroup::new("setting").required(true).multiple(true)))]
     Alter {
         /// Topic name.
         name: String,
+        /// New partition count, more than it has (keyed records may then map to other
+        /// partitions).
+        #[arg(long, group = "setting")]
+        partitions: Option<u32>,
         /// New age limit, ms (-1: none).
         #[arg(long, group = "setting", allow_negative_numbers = true)]
         retention_ms: Option<i64>,
@@ -124,6 +128,7 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
         }
         TopicCommand::Alter {
             name,
+            partitions,
             retention_ms,
             retention_bytes,
             duplicate_window_ms,
@@ -132,6 +137,7 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
                 retention_ms,
                 retention_bytes,
                 duplicate_window_ms,
+                partitions,
             };
             let topic = admin.alter_topic(&name, &update).await.map_err(explain)?;
             print_topics(args.output, &[topic], false)

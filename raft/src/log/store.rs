@@ -23,6 +23,7 @@ use crate::engine::{Tree, WriteBatch};
 use crate::error::{IntoRaftResult, StorageIoError};
 use crate::log::flusher::Flusher;
 use crate::log::segments::{EncodedBatch, SegmentLog};
+use crate::stats::GroupStats;
 use crate::types::{typ, GroupId, TypeConfig};
 
 /// Prefix of the entry keys of the old layout (entries in the engine).
@@ -53,6 +54,8 @@ pub struct LogStore {
     /// Shared by every clone (the log reader openraft hands to replication tasks) and by any
     /// later `log_store` call for the group while one is alive.
     log: Arc<RwLock<SegmentLog>>,
+    /// The group's counters: the commit index is noted here for the node's metrics.
+    stats: Arc<GroupStats>,
 }
 
 impl Debug for LogStore {
@@ -69,12 +72,14 @@ impl LogStore {
         tree: Tree,
         flusher: Flusher,
         log: Arc<RwLock<SegmentLog>>,
+        stats: Arc<GroupStats>,
     ) -> Self {
         LogStore {
             group,
             tree,
             flusher,
             log,
+            stats,
         }
     }
 
@@ -239,6 +244,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             self.tree.apply(batch)
         })();
+        if result.is_ok() {
+            self.stats
+                .committed(committed.map_or(0, |log_id| log_id.index));
+        }
         result.raft_err(ErrorSubject::Store, ErrorVerb::Write)
     }
 

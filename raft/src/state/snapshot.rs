@@ -31,6 +31,7 @@ use crate::error::{IntoRaftResult, StorageIoError};
 use crate::state::logic::{SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 use crate::state::schedule::CurrentSnapshot;
 use crate::state::write_behind::{write_out_in_steps, WriteBehind};
+use crate::stats::{GroupStats, SnapshotOrigin};
 use crate::types::{typ, GroupId, TypeConfig};
 
 /// The file's first bytes.
@@ -284,11 +285,13 @@ pub(crate) struct SnapshotStore {
     /// Snapshots published since the store was opened (the schedule repeats a request
     /// openraft may have dropped once one was).
     published: AtomicU64,
+    /// The group's counters of snapshots built and installed (the node's metrics).
+    stats: Arc<GroupStats>,
 }
 
 impl SnapshotStore {
     /// Opens the directory (creating it), removing leftovers of interrupted writes.
-    pub(crate) fn open(dir: PathBuf) -> Result<Self, StorageIoError> {
+    pub(crate) fn open(dir: PathBuf, stats: Arc<GroupStats>) -> Result<Self, StorageIoError> {
         fs::create_dir_all(&dir)
             .map_err(|e| StorageIoError::file("create snapshot directory", &dir, e))?;
         let store = SnapshotStore {
@@ -296,6 +299,7 @@ impl SnapshotStore {
             lock: Mutex::new(()),
             current_bytes: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            stats,
         };
         for path in store.list(TEMP_EXT)? {
             remove_if_exists(&path)?;
@@ -403,8 +407,13 @@ impl SnapshotStore {
 
     /// Makes the complete, fsynced temporary file `temp` the current snapshot: renames it
     /// into place, fsyncs the directory (so the rename survives a crash), and deletes older
-    /// snapshots. Returns the final path.
-    fn publish(&self, temp: &Path, meta: &typ::SnapshotMeta) -> Result<PathBuf, StorageIoError> {
+    /// snapshots. Returns the final path. `origin` is counted in the group's stats.
+    fn publish(
+        &self,
+        temp: &Path,
+        meta: &typ::SnapshotMeta,
+        origin: SnapshotOrigin,
+    ) -> Result<PathBuf, StorageIoError> {
         let ordinal = meta.last_log_id.map_or(0, |id| id.index.saturating_add(1));
         let path = self.dir.join(format!(
             "{ordinal:020}-{:016x}.{SNAPSHOT_EXT}",
@@ -417,6 +426,8 @@ impl SnapshotStore {
         self.retain_newest()?;
         self.note_current(&path)?;
         self.published.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .snapshot_published(origin, self.current_bytes.load(Ordering::Relaxed));
         Ok(path)
     }
 }
@@ -489,7 +500,7 @@ fn write_snapshot(
             .into_inner();
         file.sync_all()
             .map_err(|e| StorageIoError::file("fsync snapshot file", &temp, e))?;
-        store.publish(&temp, meta)
+        store.publish(&temp, meta, SnapshotOrigin::Built)
     })();
     if result.is_err() {
         if let Err(cleanup) = store.discard_temp(&temp) {
@@ -556,7 +567,7 @@ pub(crate) fn accept_received(
             temp
         }
     };
-    store.publish(&temp, meta)
+    store.publish(&temp, meta, SnapshotOrigin::Installed)
 }
 
 /// Replaces the contents of `tree` with the snapshot at `path`, writing `last` (the state
@@ -708,7 +719,7 @@ mod tests {
             batch.insert(format!("k{i:05}"), vec![7u8; 100]);
         }
         source.apply(batch).unwrap();
-        let store = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
+        let store = SnapshotStore::open(dir.path().join("snapshots"), Arc::default()).unwrap();
         let meta = typ::SnapshotMeta {
             last_log_id: None,
             last_membership: typ::StoredMembership::default(),

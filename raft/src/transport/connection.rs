@@ -83,6 +83,9 @@ pub(crate) struct Connection {
     last_heard_ms: AtomicU64,
     /// What the peer last told of its free space ([`Frame::Status`]).
     peer_low_space: AtomicBool,
+    /// The peer said it is stopping: no application request is sent to it on this
+    /// connection (its successor, after the peer restarts, starts clear).
+    departing: AtomicBool,
 }
 
 impl Connection {
@@ -114,6 +117,7 @@ impl Connection {
             opened: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             peer_low_space: AtomicBool::new(false),
+            departing: AtomicBool::new(false),
         });
         let mut low_space = low_space.clone();
         // The first status goes out with the connection's first frames.
@@ -155,6 +159,16 @@ impl Connection {
     /// True once the connection is closed (it never reopens).
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// The peer is stopping: send it no more application requests on this connection.
+    pub(crate) fn mark_departing(&self) {
+        self.departing.store(true, Ordering::Release);
+    }
+
+    /// True once the peer said it is stopping.
+    pub(crate) fn is_departing(&self) -> bool {
+        self.departing.load(Ordering::Acquire)
     }
 
     /// When the peer was last heard on this connection (its opening, before any frame).

@@ -250,6 +250,23 @@ impl Transport {
         }
     }
 
+    /// `peer` said it is stopping: no application request goes to it until it connects
+    /// again (see [`Transport::is_departing`]). Raft's own messages still do: it is a voter
+    /// of its groups until it stops.
+    pub(crate) fn mark_departing(&self, peer: NodeId) {
+        if let Some(conn) = self.inner.read_connections().get(&peer) {
+            conn.mark_departing();
+        }
+    }
+
+    /// True when `peer` said, on the connection up now, that it is stopping.
+    pub(crate) fn is_departing(&self, peer: NodeId) -> bool {
+        self.inner
+            .read_connections()
+            .get(&peer)
+            .is_some_and(|c| c.is_departing())
+    }
+
     /// Stops accepting and dialing, closes every connection (failing its pending requests)
     /// and waits for the listener and dialer tasks to end. Idempotent.
     pub(crate) async fn shutdown(&self) {

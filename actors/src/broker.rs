@@ -18,6 +18,7 @@ use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
 use crate::offsets::{OffsetsTable, OFFSETS_PARTITIONS, OFFSETS_REPLICATION, OFFSETS_TOPIC};
+use crate::partition::guard::RequestGuard;
 use crate::partition::{
     Appended, BatchLimits, DelayedRecords, PartitionHandle, PartitionMsg,
     DEFAULT_MAINTENANCE_INTERVAL,
@@ -255,9 +256,14 @@ impl Broker {
         &self,
         group: GroupId,
         records: EncodedRecords,
+        guard: RequestGuard,
     ) -> Result<Appended, PartitionError> {
-        self.call_partition(group, |reply| PartitionMsg::Append { records, reply })
-            .await
+        self.call_partition(group, |reply| PartitionMsg::Append {
+            records,
+            guard,
+            reply,
+        })
+        .await
     }
 
     /// Queues one request's delayed records on this node's replica, which must lead
@@ -335,6 +341,21 @@ impl Broker {
         update: TopicUpdate,
     ) -> Result<TopicMeta, ControllerError> {
         self.inner.controller.update_topic(name, update).await
+    }
+
+    /// Sets a topic's duplicate window through this node's controller.
+    ///
+    /// # Errors
+    /// As [`Broker::update_topic`].
+    pub async fn set_duplicate_window(
+        &self,
+        name: String,
+        duplicate_window_ms: u64,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.inner
+            .controller
+            .set_duplicate_window(name, duplicate_window_ms)
+            .await
     }
 
     /// Raises a topic's partition count through this node's controller.

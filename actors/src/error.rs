@@ -58,6 +58,20 @@ pub enum PartitionError {
         /// The queue's bound on bytes.
         max_bytes: u64,
     },
+    /// `expected_offset` was not the partition's next offset when the entry applied;
+    /// nothing of the request was written.
+    #[error("the partition's next offset is {next_offset}")]
+    OffsetMismatch {
+        /// The partition's next offset.
+        next_offset: u64,
+    },
+    /// `If-Match` was not the key's latest offset when the entry applied; nothing was
+    /// written.
+    #[error("the key's latest offset is {}", key_offset.map_or("none (no live record)".to_string(), |o| o.to_string()))]
+    KeyOffsetMismatch {
+        /// The key's latest live offset, if it has one.
+        key_offset: Option<u64>,
+    },
 }
 
 /// Why a controller (metadata) operation failed.

@@ -12,6 +12,15 @@ pub const DEFAULT_RETENTION_MS: i64 = 604_800_000;
 /// Tombstone retention default: one day, as Kafka.
 pub const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
 
+/// How long a partition remembers a record id by default (`duplicate_window_ms`): two
+/// minutes covers a client's retries after a failover with room to spare.
+pub const DEFAULT_DUPLICATE_WINDOW_MS: u64 = 120_000;
+
+/// The longest duplicate window a topic may have (one day). Ids are also bounded in number
+/// per partition (`partition::id_table::MAX_IDS_PER_PARTITION`), so a long window only
+/// helps topics that publish few ids.
+pub const MAX_DUPLICATE_WINDOW_MS: u64 = 86_400_000;
+
 /// Most partitions one topic may have: each is a Raft group on every replica node.
 pub const MAX_PARTITIONS: u32 = 1024;
 
@@ -112,6 +121,22 @@ pub fn check_retention_ms(value: i64) -> Result<(), String> {
         return Err("retention_ms must be positive, or -1 for unlimited".into());
     }
     Ok(())
+}
+
+/// Checks a topic's duplicate window (0 turns deduplication off).
+///
+/// # Errors
+/// The rule broken, as a message for the user.
+pub fn check_duplicate_window_ms(value: i64) -> Result<u64, String> {
+    u64::try_from(value)
+        .ok()
+        .filter(|ms| *ms <= MAX_DUPLICATE_WINDOW_MS)
+        .ok_or_else(|| {
+            format!(
+                "duplicate_window_ms must be between 0 (no deduplication) and \
+                 {MAX_DUPLICATE_WINDOW_MS}"
+            )
+        })
 }
 
 /// Checks a topic's size limit per partition.

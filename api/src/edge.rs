@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use psubd_actors::partition::guard::RequestGuard;
 use psubd_actors::partition::{Appended, DelayedRecords, FetchedRecords};
 use psubd_actors::proposal::leader_of;
 use psubd_actors::record::EncodedRecords;
@@ -386,10 +387,17 @@ impl Edge {
         &self,
         placement: &PartitionPlacement,
         records: EncodedRecords,
+        guard: RequestGuard,
     ) -> Result<Appended, ApiError> {
-        let request = ForwardRequest::Append {
-            group: placement.group,
-            records,
+        let group = placement.group;
+        let request = if guard.is_empty() {
+            ForwardRequest::Append { group, records }
+        } else {
+            ForwardRequest::GuardedAppend {
+                group,
+                records,
+                guard,
+            }
         };
         match self
             .to_leader(placement, request, self.write_timeout, self.write_timeout)

@@ -197,6 +197,20 @@ pub enum ApiError {
         /// The high watermark.
         high_watermark: u64,
     },
+    /// `?expected_offset=N` was not the partition's next offset when the records'
+    /// entry was applied: nothing of the request was written.
+    #[error("expected_offset is not the partition's next offset, {next_offset}")]
+    OffsetMismatch {
+        /// The partition's next offset.
+        next_offset: u64,
+    },
+    /// `If-Match` was not the key's latest offset when the write was applied: nothing
+    /// was written.
+    #[error("If-Match is not the key's latest offset, {key_offset} (-1: no live record)")]
+    KeyOffsetMismatch {
+        /// The key's latest live offset (-1: none).
+        key_offset: i64,
+    },
     /// A commit above the partition's high watermark: it would mark records that do not
     /// exist yet as consumed (and the member's next fetch would meet 416 forever).
     #[error("offset {offset} of partition {partition} of topic '{topic}' is beyond the high watermark {high_watermark}")]
@@ -368,6 +382,9 @@ impl ApiError {
             ApiError::OffsetOutOfRange { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range", 1)
             }
+            ApiError::OffsetMismatch { .. } | ApiError::KeyOffsetMismatch { .. } => {
+                (StatusCode::PRECONDITION_FAILED, "offset_mismatch", 1)
+            }
             ApiError::InvalidConfig { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", 1)
             }
@@ -455,6 +472,11 @@ impl ApiError {
             }
             _ => (None, None),
         };
+        let current_offset = match self {
+            ApiError::OffsetMismatch { next_offset } => Some(offset_as_i64(*next_offset)),
+            ApiError::KeyOffsetMismatch { key_offset } => Some(*key_offset),
+            _ => None,
+        };
         ErrorBody {
             error_code: u32::from(status.as_u16()) * 100 + u32::from(n),
             error: code.to_owned(),
@@ -462,6 +484,7 @@ impl ApiError {
             retriable: self.retriable(),
             log_start_offset,
             high_watermark,
+            current_offset,
         }
     }
 }
@@ -509,8 +532,19 @@ impl From<PartitionError> for ApiError {
                 reason: error.to_string(),
             },
             PartitionError::OutcomeUnknown { reason } => ApiError::OutcomeUnknown { reason },
+            PartitionError::OffsetMismatch { next_offset } => {
+                ApiError::OffsetMismatch { next_offset }
+            }
+            PartitionError::KeyOffsetMismatch { key_offset } => ApiError::KeyOffsetMismatch {
+                key_offset: key_offset.map_or(-1, offset_as_i64),
+            },
         }
     }
+}
+
+/// An offset as the API shows it next to -1 ("none"); offsets stay far below `i64::MAX`.
+pub fn offset_as_i64(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
 impl ApiError {

@@ -178,14 +178,16 @@ async fn write(
     key: String,
     kind: ValueKind,
     value: Option<Bytes>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let written = view.write(key, kind, value).await?;
+    let written = view.write(key, kind, value, if_match(headers)?).await?;
     let mut response = (
         StatusCode::OK,
         Json(DeliveryReport {
             partition: written.partition,
             offset: written.offset,
             timestamp_ms: written.timestamp_ms,
+            duplicate: false,
         }),
     )
         .into_response();
@@ -231,7 +233,7 @@ async fn put(
             })
         }
     };
-    write(&view, key, kind, Some(body)).await
+    write(&view, key, kind, Some(body), &headers).await
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -239,10 +241,34 @@ async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path((topic, key)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let view = state
         .service
         .key_view(&caller, &topic, Operation::Write)
         .await?;
-    write(&view, key, ValueKind::String, None).await
+    write(&view, key, ValueKind::String, None, &headers).await
+}
+
+/// The `If-Match` header of a key write: the offset the key's latest live record must be
+/// at (`Some(None)` for -1: the key must have none). The offset may be quoted, as an
+/// entity tag.
+fn if_match(headers: &HeaderMap) -> Result<Option<Option<u64>>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = raw.to_str().unwrap_or_default().trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    match text.parse::<i64>() {
+        Ok(-1) => Ok(Some(None)),
+        Ok(offset) if offset >= 0 => Ok(Some(Some(offset as u64))),
+        _ => Err(ApiError::InvalidRequest {
+            message: "If-Match must be the key's latest offset, or -1 for a key with no live \
+                      record"
+                .into(),
+        }),
+    }
 }

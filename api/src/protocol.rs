@@ -11,6 +11,7 @@ use psubd_actors::controller::access::{AccessChange, AccessRefusal};
 use psubd_actors::controller::{NodeInfo, TopicUpdate};
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
+use psubd_actors::partition::guard::RequestGuard;
 use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
 use psubd_actors::partition::{Appended, DelayedRecords, FetchedRecords};
 use psubd_actors::record::{EncodedRecords, RecordIter};
@@ -152,6 +153,24 @@ pub enum ForwardRequest {
         /// The new count (checked by the controller: it must grow).
         partitions: u32,
     },
+    /// Append one request's records under a guard: record ids, an expected offset (the
+    /// serving node must lead the partition). A variant of its own, after the others, so
+    /// plain appends keep their encoding between nodes of different builds.
+    GuardedAppend {
+        /// The partition's group.
+        group: GroupId,
+        /// The records.
+        records: EncodedRecords,
+        /// Their ids and the request's expectation.
+        guard: RequestGuard,
+    },
+    /// Set a topic's `duplicate_window_ms` (the serving node must lead the controller).
+    SetDuplicateWindow {
+        /// Name.
+        name: String,
+        /// The window, ms (checked by the sender; 0 turns deduplication off).
+        duplicate_window_ms: u64,
+    },
 }
 
 /// A replica's status.
@@ -252,19 +271,16 @@ impl ForwardRequest {
     /// What is wrong, for the refusal.
     pub fn check(&self, limits: &Limits) -> Result<(), String> {
         match self {
-            ForwardRequest::Append { records, .. } => {
-                // Its size is bounded by the transport's frame limit; a stream's chunk may
-                // hold more records than one request, so the count is checked, not capped.
-                let mut decoded = 0u32;
-                for record in RecordIter::run(&records.bytes) {
-                    record.map_err(|e| format!("an appended record does not decode: {e}"))?;
-                    decoded += 1;
-                }
-                if decoded != records.count {
-                    return Err(format!(
-                        "an append says {} records and holds {decoded}",
-                        records.count
-                    ));
+            ForwardRequest::Append { records, .. } => check_records(records),
+            ForwardRequest::GuardedAppend { records, guard, .. } => {
+                check_records(records)?;
+                // Ids name records of the request, in order, each once.
+                let mut after = None;
+                for (position, _) in &guard.ids {
+                    if *position >= records.count || after.is_some_and(|a| a >= *position) {
+                        return Err("an append's ids do not name its records in order".into());
+                    }
+                    after = Some(*position);
                 }
                 Ok(())
             }
@@ -297,6 +313,24 @@ impl ForwardRequest {
             _ => Ok(()),
         }
     }
+}
+
+/// Checks that an append's records decode and are as many as it says. Their size is
+/// bounded by the transport's frame limit; a stream's chunk may hold more records than one
+/// request, so the count is checked, not capped.
+fn check_records(records: &EncodedRecords) -> Result<(), String> {
+    let mut decoded = 0u32;
+    for record in RecordIter::run(&records.bytes) {
+        record.map_err(|e| format!("an appended record does not decode: {e}"))?;
+        decoded += 1;
+    }
+    if decoded != records.count {
+        return Err(format!(
+            "an append says {} records and holds {decoded}",
+            records.count
+        ));
+    }
+    Ok(())
 }
 
 /// Encodes a request or response for the transport. Encoding these types only fails

@@ -35,6 +35,10 @@ use crate::service::publish::{
 };
 use crate::service::Caller;
 use crate::state::AppState;
+use psubd_actors::partition::guard::Expectation;
+
+/// The raw-body mode's header carrying the record's id.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Most NDJSON lines published as one request: the stream's batch bound.
 const STREAM_CHUNK: usize = 1000;
@@ -64,6 +68,20 @@ struct PublishParams {
     key: Option<String>,
     partition: Option<String>,
     encoding: Option<Encoding>,
+    /// Store the records only if the partition's next offset is this.
+    expected_offset: Option<String>,
+}
+
+/// The `expected_offset` parameter, if given.
+fn expected_offset(raw: Option<&str>) -> Result<Option<Expectation>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<u64>()
+            .map(Expectation::NextOffset)
+            .map_err(|_| ApiError::InvalidRequest {
+                message: format!("expected_offset must be an offset (0 or more), not '{raw}'"),
+            })
+    })
+    .transpose()
 }
 
 #[derive(Deserialize)]
@@ -93,6 +111,8 @@ pub(crate) struct PublishRecord<'a> {
     partition: Option<i64>,
     #[serde(default)]
     timestamp_ms: Option<i64>,
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
     #[serde(default)]
     deliver_at_ms: Option<i64>,
     #[serde(default)]
@@ -158,6 +178,7 @@ fn to_record(encoding: Encoding, raw: PublishRecord<'_>) -> Result<NewRecord<'_>
         key,
         value,
         headers: raw.headers.unwrap_or_default().into_iter().collect(),
+        id: raw.id.map(|id| cow_bytes(id.0)),
         deliver_at_ms: raw.deliver_at_ms,
         delay_ms: raw.delay_ms,
     })
@@ -224,6 +245,7 @@ pub(crate) fn report(d: &Delivered) -> RecordReport {
             partition: d.partition,
             offset: *offset,
             timestamp_ms: d.timestamp_ms,
+            duplicate: d.duplicate,
         }),
         Ok(Placement::Delayed { deliver_at_ms }) => RecordReport::Delayed(DelayedReport {
             partition: d.partition,
@@ -304,6 +326,11 @@ fn offsets_json(reports: &[Delivered]) -> Vec<u8> {
         }
         // Writing into a Vec cannot fail.
         let _ = match &d.result {
+            Ok(Placement::Offset(offset)) if d.duplicate => write!(
+                out,
+                "{{\"duplicate\":true,\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
+                d.partition, d.timestamp_ms
+            ),
             Ok(Placement::Offset(offset)) => write!(
                 out,
                 "{{\"offset\":{offset},\"partition\":{},\"timestamp_ms\":{}}}",
@@ -328,6 +355,7 @@ async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let acks = Acks::parse(params.acks.as_deref())?;
+    let expectation = expected_offset(params.expected_offset.as_deref())?;
     let media = media_type(&headers);
     // A body without a Content-Type is refused, as on every JSON route (`json.rs`).
     let raw_mode = match media.as_deref() {
@@ -371,6 +399,9 @@ async fn publish(
         } else {
             ValueKind::Binary
         };
+        let id = headers
+            .get(IDEMPOTENCY_KEY)
+            .map(|v| Cow::Borrowed(v.as_bytes()));
         let (deliver_at_ms, delay_ms) = due_headers(&headers)?;
         batch.push(NewRecord {
             partition,
@@ -379,6 +410,7 @@ async fn publish(
             key: key.map(Cow::Borrowed),
             value: Some(Cow::Borrowed(&body[..])),
             headers: Vec::new(),
+            id,
             deliver_at_ms,
             delay_ms,
         })?;
@@ -393,6 +425,9 @@ async fn publish(
             })?;
         let encoding = params.encoding.unwrap_or(parsed.encoding);
         push_records(&mut batch, parsed.records, encoding)?;
+    }
+    if let Some(expectation) = expectation {
+        batch.expect(expectation)?;
     }
     Ok(match state.service.publish(&caller, batch, acks).await? {
         Published::Accepted(count) => (
@@ -425,6 +460,12 @@ async fn publish_stream(
         }
     }
     Acks::parse(params.acks.as_deref())?;
+    if params.expected_offset.is_some() {
+        // A stream's lines are published in chunks as they arrive: no one offset to expect.
+        return Err(ApiError::InvalidRequest {
+            message: "expected_offset is for a batch publish, not a stream".into(),
+        });
+    }
     // The topic is looked up once; each chunk publishes a batch for it.
     let template = state.service.begin_publish(&caller, &topic).await?;
     let encoding = params.encoding.unwrap_or_default();
@@ -538,6 +579,13 @@ mod tests {
                 partition: 2,
                 result: Ok(Placement::Offset(41)),
                 timestamp_ms: 1_700_000_000_123,
+                duplicate: false,
+            },
+            Delivered {
+                partition: 1,
+                result: Ok(Placement::Offset(7)),
+                timestamp_ms: 5,
+                duplicate: true,
             },
             Delivered {
                 partition: 1,
@@ -545,6 +593,7 @@ mod tests {
                     deliver_at_ms: 1_700_000_001_000,
                 }),
                 timestamp_ms: 1_700_000_001_000,
+                duplicate: false,
             },
             Delivered {
                 partition: 0,
@@ -552,6 +601,7 @@ mod tests {
                     reason: "no leader".into(),
                 }),
                 timestamp_ms: -1,
+                duplicate: false,
             },
         ];
         let written: serde_json::Value = serde_json::from_slice(&offsets_json(&reports)).unwrap();

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use psubd_actors::partition::{LogBounds, PartitionHandle, PartitionReader, ReadError};
+use psubd_actors::partition::guard::RequestGuard;
+use psubd_actors::partition::{Appended, LogBounds, PartitionHandle, PartitionReader, ReadError};
 use psubd_actors::proposal::leader_of;
 use psubd_actors::{Broker, GroupError, PartitionError};
 use psubd_raft::types::typ::Raft;
@@ -22,15 +23,27 @@ use crate::protocol::{
 /// untrusted input, and a held request keeps a task alive.
 const MAX_LEADER_WAIT: Duration = Duration::from_secs(30);
 
+/// The answer to an append.
+fn appended(outcome: Result<Appended, PartitionError>) -> ForwardResponse {
+    match outcome {
+        Ok(appended) => ForwardResponse::Appended(appended),
+        Err(error) => ForwardResponse::Partition(error),
+    }
+}
+
 /// Serves a request on this node's replicas.
 pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardResponse {
     match request {
-        ForwardRequest::Append { group, records } => {
-            match broker.append_local(group, records).await {
-                Ok(appended) => ForwardResponse::Appended(appended),
-                Err(error) => ForwardResponse::Partition(error),
-            }
-        }
+        ForwardRequest::Append { group, records } => appended(
+            broker
+                .append_local(group, records, RequestGuard::default())
+                .await,
+        ),
+        ForwardRequest::GuardedAppend {
+            group,
+            records,
+            guard,
+        } => appended(broker.append_local(group, records, guard).await),
         ForwardRequest::Delay { group, records } => {
             match broker.delay_local(group, records).await {
                 Ok(()) => ForwardResponse::Delayed,
@@ -75,6 +88,13 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
                 Err(error) => ForwardResponse::Controller(error),
             }
         }
+        ForwardRequest::SetDuplicateWindow {
+            name,
+            duplicate_window_ms,
+        } => match broker.set_duplicate_window(name, duplicate_window_ms).await {
+            Ok(meta) => ForwardResponse::Topic(Some(meta)),
+            Err(error) => ForwardResponse::Controller(error),
+        },
         ForwardRequest::DeleteTopic { name } => match broker.delete_topic(name).await {
             Ok(()) => ForwardResponse::Done,
             Err(error) => ForwardResponse::Controller(error),

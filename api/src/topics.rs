@@ -1,4 +1,5 @@
-//! `/v1/topics`: create, list, describe, change (`PATCH`: the retention settings), delete,
+//! `/v1/topics`: create, list, describe, change (`PATCH`: retention and the duplicate
+//! window), delete,
 //! and partition status with disk usage.
 
 use axum::body::Bytes;
@@ -10,8 +11,8 @@ use axum::{Json, Router};
 use psubd_actors::controller::access::Operation;
 use psubd_actors::controller::TopicUpdate;
 use psubd_actors::topic::{
-    check_retention_bytes, check_retention_ms, CleanupPolicy, TopicConfig, TopicMeta,
-    DEFAULT_RETENTION_MS, MAX_PARTITIONS,
+    check_duplicate_window_ms, check_retention_bytes, check_retention_ms, CleanupPolicy,
+    TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_RETENTION_MS, MAX_PARTITIONS,
 };
 use psubd_wire::{PartitionStatus, Topic};
 use serde::Deserialize;
@@ -52,6 +53,8 @@ struct CreateTopic {
     cleanup_policy: Option<String>,
     #[serde(default = "default_delete_retention_ms")]
     delete_retention_ms: i64,
+    #[serde(default)]
+    duplicate_window_ms: Option<i64>,
 }
 
 fn default_delete_retention_ms() -> i64 {
@@ -68,8 +71,8 @@ fn unbounded() -> i64 {
     -1
 }
 
-/// A topic as the API shows it.
-fn topic_view(meta: &TopicMeta) -> Topic {
+/// A topic as the API shows it, with its duplicate window.
+fn topic_view(meta: &TopicMeta, duplicate_window_ms: u64) -> Topic {
     Topic {
         name: meta.name.clone(),
         partitions: meta.config.partitions,
@@ -81,12 +84,23 @@ fn topic_view(meta: &TopicMeta) -> Topic {
             CleanupPolicy::Compact => psubd_wire::CleanupPolicy::Compact,
         },
         delete_retention_ms: meta.config.delete_retention_ms,
+        duplicate_window_ms,
     }
+}
+
+/// A topic as the API shows it, with the duplicate window this node's metadata holds.
+fn local_view(state: &AppState, meta: &TopicMeta) -> Topic {
+    topic_view(meta, state.service.duplicate_window_ms(&meta.name))
 }
 
 /// Settings `PATCH` may change; the others are fixed at creation (`partitions` may only
 /// grow).
-const MUTABLE_SETTINGS: [&str; 3] = ["retention_ms", "retention_bytes", "partitions"];
+const MUTABLE_SETTINGS: [&str; 4] = [
+    "retention_ms",
+    "retention_bytes",
+    "duplicate_window_ms",
+    "partitions",
+];
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidConfig {
@@ -94,7 +108,10 @@ fn invalid(message: impl Into<String>) -> ApiError {
     }
 }
 
-fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig), ApiError> {
+/// A create request's name, settings and duplicate window (when given).
+type NewTopic = (String, TopicConfig, Option<u64>);
+
+fn validate(request: CreateTopic, nodes: usize) -> Result<NewTopic, ApiError> {
     names::new_topic(&request.name)?;
     let cleanup_policy = match request.cleanup_policy.as_deref() {
         None | Some("delete") => CleanupPolicy::Delete,
@@ -118,14 +135,21 @@ fn validate(request: CreateTopic, nodes: usize) -> Result<(String, TopicConfig),
         delete_retention_ms: request.delete_retention_ms,
     };
     config.check(nodes).map_err(invalid)?;
-    Ok((request.name, config))
+    let window = request
+        .duplicate_window_ms
+        .map(check_duplicate_window_ms)
+        .transpose()
+        .map_err(invalid)?;
+    Ok((request.name, config, window))
 }
 
-/// What a `PATCH` asks: settings to change and a new partition count, each optional.
+/// What a `PATCH` asks: settings to change, a new partition count and a duplicate window
+/// (kept apart by the controller), each optional.
 #[derive(Debug, Default, PartialEq)]
 struct TopicChange {
     settings: TopicUpdate,
     partitions: Option<u32>,
+    duplicate_window_ms: Option<u64>,
 }
 
 /// Reads a `PATCH` body: an object with only mutable settings, each validated as at create.
@@ -155,6 +179,10 @@ fn validate_update(body: serde_json::Value) -> Result<TopicChange, ApiError> {
             "retention_bytes" => {
                 check_retention_bytes(number).map_err(invalid)?;
                 change.settings.retention_bytes = Some(number);
+            }
+            "duplicate_window_ms" => {
+                change.duplicate_window_ms =
+                    Some(check_duplicate_window_ms(number).map_err(invalid)?);
             }
             _ => {
                 let partitions = u32::try_from(number)
@@ -198,11 +226,28 @@ async fn update(
             });
         }
     }
-    let meta = state
-        .service
-        .update_topic(&caller, &topic, change.settings, change.partitions)
-        .await?;
-    Ok(Json(topic_view(&meta)))
+    let mut meta = None;
+    if change.settings != TopicUpdate::default() || change.partitions.is_some() {
+        meta = Some(
+            state
+                .service
+                .update_topic(&caller, &topic, change.settings, change.partitions)
+                .await?,
+        );
+    }
+    if let Some(window) = change.duplicate_window_ms {
+        let meta = state
+            .service
+            .set_duplicate_window(&caller, &topic, window)
+            .await?;
+        return Ok(Json(topic_view(&meta, window)));
+    }
+    match meta {
+        Some(meta) => Ok(Json(local_view(&state, &meta))),
+        None => Err(ApiError::Internal {
+            detail: "a validated topic update changed nothing".into(),
+        }),
+    }
 }
 
 #[instrument(skip_all)]
@@ -213,14 +258,27 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: CreateTopic = json::parse(&headers, &body)?;
-    let (name, config) = validate(request, state.service.cluster_size())?;
+    let (name, config, window) = validate(request, state.service.cluster_size())?;
     let meta = state.service.create_topic(&caller, name, config).await?;
-    Ok((StatusCode::CREATED, Json(topic_view(&meta))).into_response())
+    // The window is a setting of its own at the controller: a second write, made only
+    // when the request gives one other than the default. Should it fail, the topic
+    // exists with the default window and the answer is that write's error.
+    let window = match window {
+        Some(window) if window != DEFAULT_DUPLICATE_WINDOW_MS => {
+            state
+                .service
+                .set_duplicate_window(&caller, &meta.name, window)
+                .await?;
+            window
+        }
+        _ => DEFAULT_DUPLICATE_WINDOW_MS,
+    };
+    Ok((StatusCode::CREATED, Json(topic_view(&meta, window))).into_response())
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> Json<Vec<Topic>> {
     let topics = state.service.list_topics(&caller);
-    Json(topics.iter().map(topic_view).collect())
+    Json(topics.iter().map(|meta| local_view(&state, meta)).collect())
 }
 
 async fn describe(
@@ -232,7 +290,7 @@ async fn describe(
         .service
         .topic(&caller, &topic, Operation::Describe)
         .await?;
-    Ok(Json(topic_view(&meta)))
+    Ok(Json(local_view(&state, &meta)))
 }
 
 #[instrument(skip_all, fields(topic = %topic))]
@@ -274,12 +332,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patch_takes_only_valid_retention_settings_and_partition_counts() {
-        let update = validate_update(json!({"retention_ms": 2000}))
-            .unwrap()
-            .settings;
-        assert_eq!(update.retention_ms, Some(2000));
-        assert_eq!(update.retention_bytes, None);
+    fn patch_takes_only_valid_settings_and_partition_counts() {
+        let change = validate_update(json!({"retention_ms": 2000})).unwrap();
+        assert_eq!(change.settings.retention_ms, Some(2000));
+        assert_eq!(change.settings.retention_bytes, None);
+        assert_eq!(change.duplicate_window_ms, None);
+        let change = validate_update(json!({"duplicate_window_ms": 0})).unwrap();
+        assert_eq!(
+            (change.settings, change.duplicate_window_ms),
+            (TopicUpdate::default(), Some(0))
+        );
         let update = validate_update(json!({"retention_bytes": -1, "retention_ms": -1}))
             .unwrap()
             .settings;
@@ -297,6 +359,8 @@ mod tests {
             json!({"retention_ms": 0}),
             json!({"retention_bytes": -2}),
             json!({"retention_ms": "1000"}),
+            json!({"duplicate_window_ms": -1}),
+            json!({"duplicate_window_ms": 86_400_001}),
             json!({}),
             json!([1]),
         ] {

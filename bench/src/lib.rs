@@ -160,6 +160,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BodyFormat::Json)]
     pub format: BodyFormat,
 
+    /// Give every published record a unique `id` (idempotent publish; `--format json`
+    /// only), to measure what deduplication costs.
+    #[arg(long)]
+    pub ids: bool,
+
     /// Length of the measured window of each run (`30s`, `500ms`, `2m`, or seconds).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     #[serde(serialize_with = "serialize_duration")]
@@ -348,6 +353,9 @@ impl BenchArgs {
         }
         if self.format == BodyFormat::Raw && self.records_per_request != 1 {
             bail!("--format raw publishes one record per request: use --records-per-request 1");
+        }
+        if self.ids && self.format == BodyFormat::Raw {
+            bail!("--ids needs --format json (a raw body would carry its id in a header)");
         }
         if self.in_flight == 0 && self.producers > 0 {
             bail!("--in-flight must be at least 1");

@@ -105,28 +105,43 @@ pub struct RequestTemplate {
     body: Vec<u8>,
     /// Where each record's header starts in `body`, in request order.
     header_at: Vec<usize>,
+    /// Where each record's `id` starts in `body` (empty without ids): the record's header
+    /// again, unique per record of a run.
+    id_at: Vec<usize>,
 }
 
 impl RequestTemplate {
     /// A JSON body: `records` records of `record_size`-byte string values, all with an
-    /// explicit `partition` so one request is one partition's batch.
-    pub fn json(partition: u32, records: u32, record_size: usize) -> Self {
-        let mut body = Vec::with_capacity(32 + records as usize * (record_size + 32));
+    /// explicit `partition` so one request is one partition's batch; with `ids`, each
+    /// record also has a unique `id` (idempotent publish).
+    pub fn json(partition: u32, records: u32, record_size: usize, ids: bool) -> Self {
+        let mut body = Vec::with_capacity(32 + records as usize * (record_size + 80));
         body.extend_from_slice(br#"{"encoding":"string","records":["#);
         let mut header_at = Vec::with_capacity(records as usize);
+        let mut id_at = Vec::new();
         for i in 0..records {
             if i > 0 {
                 body.push(b',');
             }
             body.extend_from_slice(br#"{"partition":"#);
             body.extend_from_slice(partition.to_string().as_bytes());
+            if ids {
+                body.extend_from_slice(br#","id":""#);
+                id_at.push(body.len());
+                body.extend(std::iter::repeat_n(b'0', HEADER_LEN));
+                body.push(b'"');
+            }
             body.extend_from_slice(br#","value":""#);
             header_at.push(body.len());
             push_value(&mut body, record_size);
             body.extend_from_slice(br#""}"#);
         }
         body.extend_from_slice(b"]}");
-        RequestTemplate { body, header_at }
+        RequestTemplate {
+            body,
+            header_at,
+            id_at,
+        }
     }
 
     /// A raw body: the value itself (partition and acks go in the query string).
@@ -136,6 +151,7 @@ impl RequestTemplate {
         RequestTemplate {
             body,
             header_at: vec![0],
+            id_at: Vec::new(),
         }
     }
 
@@ -156,6 +172,9 @@ impl RequestTemplate {
                 seq: first_seq + i as u64,
             };
             write_header(&mut body[at..], &header);
+            if let Some(&id_at) = self.id_at.get(i) {
+                write_header(&mut body[id_at..], &header);
+            }
         }
         Bytes::from(body)
     }
@@ -193,7 +212,7 @@ mod tests {
 
     #[test]
     fn json_template_is_valid_json_with_sized_values() {
-        let t = RequestTemplate::json(11, 3, 100);
+        let t = RequestTemplate::json(11, 3, 100, false);
         let body = t.build(1, 42, 2, 10);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["encoding"], "string");
@@ -207,6 +226,19 @@ mod tests {
             assert_eq!((h.run, h.sent_at_us, h.producer), (1, 42, 2));
             assert_eq!(h.seq, 10 + i as u64);
         }
+    }
+
+    #[test]
+    fn json_template_with_ids_gives_each_record_its_header_as_id() {
+        let t = RequestTemplate::json(0, 3, 50, true);
+        let body = t.build(1, 42, 2, 10);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let records = v["records"].as_array().unwrap();
+        let ids: Vec<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        for (r, id) in records.iter().zip(&ids) {
+            assert_eq!(&r["value"].as_str().unwrap()[..HEADER_LEN], *id);
+        }
+        assert!(ids[0] != ids[1] && ids[1] != ids[2]);
     }
 
     #[test]

@@ -79,12 +79,13 @@ impl ProducerPlan {
         format: BodyFormat,
         retries: u32,
         request_timeout: Duration,
+        ids: bool,
     ) -> anyhow::Result<Self> {
         let size = record_size as usize;
         let (templates, content_type) = match format {
             BodyFormat::Json => (
                 (0..partitions)
-                    .map(|p| RequestTemplate::json(p, records_per_request, size))
+                    .map(|p| RequestTemplate::json(p, records_per_request, size, ids))
                     .collect(),
                 HeaderValue::from_static("application/json"),
             ),

@@ -480,6 +480,9 @@ pub fn print_preamble(
             }
         ));
     }
+    if args.ids {
+        what.push("a unique id on every record".into());
+    }
     if let Some(rate) = args.rate {
         what.push(format!("rate cap {} rec/s", thousands(rate as f64)));
     }

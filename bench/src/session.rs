@@ -239,6 +239,7 @@ impl Session<'_> {
             BodyFormat::Json,
             a.retries,
             a.request_timeout,
+            false,
         )?);
         eprintln!("psubd-bench: prefilling {} records", a.prefill);
         let clock = Arc::new(RunClock::start(
@@ -353,6 +354,7 @@ impl Session<'_> {
                 a.format,
                 a.retries,
                 a.request_timeout,
+                a.ids,
             )?);
             let pacer = a.rate.map(|r| Arc::new(Pacer::new(r)));
             let mut tasks = JoinSet::new();

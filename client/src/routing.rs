@@ -13,8 +13,10 @@
 //! leadership change is a slowdown, never a misplaced record. Partition choice follows
 //! the server's: an explicit partition as given; a key by the one stable hash
 //! ([`psubd_wire::partitioning::partition_of_key`], the function the server uses); no
-//! key: one partition for all of a topic's unkeyed records of a batch, the next partition
-//! for the next batch (sticky round-robin, so a batch is one append).
+//! key but an id: the same hash of the id, left to the server too (so a record resent
+//! with its id reaches the partition that remembers it); neither: one partition for all
+//! of a topic's unkeyed records of a batch, the next partition for the next batch (sticky
+//! round-robin, so a batch is one append).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -152,9 +154,11 @@ impl Router {
         let mut used_unkeyed = false;
         let out = records
             .map(|record| {
-                let partition = match (record.partition, &record.key) {
+                // An id places an unkeyed record as a key does, on the server too.
+                let key_or_id = record.key.as_ref().or(record.id.as_ref());
+                let partition = match (record.partition, key_or_id) {
                     (Some(p), _) => p,
-                    (None, Some(key)) => partition_of_key(key.as_bytes(), count),
+                    (None, Some(key_or_id)) => partition_of_key(key_or_id.as_bytes(), count),
                     (None, None) => {
                         used_unkeyed = true;
                         record.partition = Some(unkeyed);
@@ -277,6 +281,7 @@ mod tests {
             NewRecord::new(3).partition(2),
             NewRecord::new(4),
             NewRecord::new(5),
+            NewRecord::new(6).id("order-17"),
         ];
         let leaders = router.route("t", records.iter_mut());
         let url = |id: u64| Some(format!("http://127.0.0.1:{}", 8000 + id));
@@ -291,6 +296,15 @@ mod tests {
         // Unkeyed records of one batch share a partition; the next batch takes the next.
         assert_eq!(records[3].partition, Some(0));
         assert_eq!(records[4].partition, Some(0));
+        // An unkeyed record with an id goes where the server puts it: by its id's hash.
+        assert_eq!(
+            leaders[5],
+            leader_of(partition_of_key("order-17".as_bytes(), 3))
+        );
+        assert_eq!(
+            records[5].partition, None,
+            "the id's partition is the server's"
+        );
         let mut next = [NewRecord::new(6)];
         assert_eq!(router.route("t", next.iter_mut()), vec![url(2)]);
         assert_eq!(next[0].partition, Some(1));

@@ -35,6 +35,8 @@
 //!   running until the fault healed.
 //! - `incomplete`: the final phase did not produce a final read of every partition on
 //!   every node (so durability cannot be judged), or the group did not drain.
+//! - `idempotence-duplicate`: in a history of idempotent writers (every record sent with
+//!   an id, and sent again only with the same id), a value stored at more than one offset.
 //!
 //! Counted, not failed: `duplicates` (a value stored at more than one offset, e.g. an
 //! edge retry after an unclear leader change) and `re-deliveries` (a group offset
@@ -71,6 +73,7 @@ pub const INVALID_CLASSES: &[&str] = &[
     "node-crash",
     "sync-failure-ignored",
     "incomplete",
+    "idempotence-duplicate",
 ];
 
 /// Classes that are counted and reported but allowed.
@@ -153,10 +156,11 @@ impl Results {
             self.count("re-deliveries"),
         );
         s.push_str(&format!(
-            " replica-lost-acks={} sync-failures-ignored={} fail-stops={}",
+            " replica-lost-acks={} sync-failures-ignored={} fail-stops={} idempotence-duplicates={}",
             self.count("replica-lost-ack"),
             self.count("sync-failure-ignored"),
             self.count("fail-stops"),
+            self.count("idempotence-duplicate"),
         ));
         if let Some(share) = self.availability.publish_ok_share_during_faults {
             s.push_str(&format!(" publish-ok-during-faults={share:.2}"));
@@ -325,6 +329,15 @@ pub fn check(events: &[Event]) -> Results {
     check_send_order(&acked, &mut classes);
     check_reads(&pairs, &mut classes);
     check_groups(events, &pairs, &mut classes);
+    let idempotent = events.iter().any(|e| {
+        e.f == Op::Phase
+            && e.value.as_ref().and_then(Value::as_str) == Some(crate::workload::IDEMPOTENT_PHASE)
+    });
+    if idempotent {
+        // With ids, psubd promises what is otherwise only counted: one copy per value.
+        let duplicates = get(&mut classes, "duplicates").clone();
+        *get(&mut classes, "idempotence-duplicate") = duplicates;
+    }
     for e in events.iter().filter(|e| e.f == Op::Phase) {
         if let Some(name) = e.value.as_ref().and_then(Value::as_str) {
             if name.ends_with("-failed") {

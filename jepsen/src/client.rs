@@ -360,11 +360,13 @@ impl Client {
     }
 
     /// Publishes one record with value `value` to an explicit partition, `acks=all`, with a
-    /// `pad` header unless `pad` is empty.
+    /// `pad` header unless `pad` is empty, and the idempotency `id` if given (a duplicate's
+    /// report names the stored copy's offset, which is what is returned then).
     ///
     /// # Errors
     /// Any failure, or a 200 whose `offsets` does not hold exactly one offset for this
     /// partition.
+    #[allow(clippy::too_many_arguments)]
     pub async fn publish(
         &self,
         node: u64,
@@ -372,6 +374,7 @@ impl Client {
         partition: u32,
         value: u64,
         pad: &str,
+        id: Option<&str>,
         timeout: Duration,
     ) -> Result<Published, Failure> {
         let base = self.base(node)?;
@@ -380,6 +383,9 @@ impl Client {
             .partition(partition);
         if !pad.is_empty() {
             record = record.header("pad", pad);
+        }
+        if let Some(id) = id {
+            record = record.id(id);
         }
         let req = self
             .http

@@ -72,6 +72,11 @@ struct TestArgs {
     /// do; by default they are abandoned and re-join.
     #[arg(long)]
     naive_members: bool,
+    /// Writers attach a unique id to every record and send it again, with the same id,
+    /// after an unknown outcome (504, or a transport error after sending); the checker
+    /// then counts any value stored twice as an anomaly.
+    #[arg(long)]
+    idempotent_writers: bool,
     /// Run the nodes on plain directories instead of the fault file system (FUSE); the
     /// power, disk-full and fsync-error faults are then left out.
     #[arg(long)]
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
                 no_groups: a.no_groups,
                 pad_bytes: a.pad_bytes,
                 naive_members: a.naive_members,
+                idempotent_writers: a.idempotent_writers,
                 no_faultfs: a.no_faultfs,
                 overlap: a.overlap,
                 snapshot_every: a.snapshot_every,

@@ -70,6 +70,9 @@ pub struct TestOptions {
     /// Group members keep their member id after an unclear outcome and fetch again (see
     /// [`WorkloadConfig::naive_members`]).
     pub naive_members: bool,
+    /// Writers attach ids and resend after an unknown outcome (see
+    /// [`WorkloadConfig::idempotent_writers`]).
+    pub idempotent_writers: bool,
     /// Run the nodes on plain directories instead of the fault file system (no disk
     /// faults then).
     pub no_faultfs: bool,
@@ -345,6 +348,7 @@ async fn run_body(
         seed: opts.seed,
         pad_bytes: opts.pad_bytes,
         naive_members: opts.naive_members,
+        idempotent_writers: opts.idempotent_writers,
     };
     let keys = config.keys();
     let steps = nemesis::plan_with(
@@ -369,6 +373,7 @@ async fn run_body(
         "overlap": opts.overlap,
         "node_args": cluster.node_args(),
         "naive_members": opts.naive_members,
+        "idempotent_writers": opts.idempotent_writers,
         "steps": steps,
     });
     let schedule_path = out.join("schedule.json");

@@ -62,7 +62,17 @@ pub struct WorkloadConfig {
     /// poll again, presenting the last position token they received (what real clients
     /// do); otherwise they are abandoned like a crashed client and re-join.
     pub naive_members: bool,
+    /// Writers give every record an id (`v<value>`) and, after an unknown outcome, send
+    /// the same record with the same id again (up to [`IDEMPOTENT_ATTEMPTS`] sends, as one
+    /// operation in the history): psubd must store each value once.
+    pub idempotent_writers: bool,
 }
+
+/// Most sends of one record by an idempotent writer.
+pub const IDEMPOTENT_ATTEMPTS: usize = 8;
+
+/// The phase event that marks a history of idempotent writers, for the checker.
+pub const IDEMPOTENT_PHASE: &str = "idempotent-writers";
 
 impl WorkloadConfig {
     /// Every `topic/partition` key.
@@ -129,6 +139,11 @@ impl Workload {
 
     /// Runs every process until `stop` fires; each finishes the operation it is in.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        if self.config.idempotent_writers {
+            let mut e = Event::new("harness", EventType::Info, Op::Phase);
+            e.value = Some(json!(IDEMPOTENT_PHASE));
+            self.history.record(e);
+        }
         let mut tasks = Vec::new();
         for w in 0..self.config.writers {
             let me = self.clone();
@@ -186,10 +201,22 @@ impl Workload {
         inv.value = Some(json!(value));
         inv.node = Some(node);
         let inv = self.history.record(inv);
-        let res = self
-            .client
-            .publish(node, topic, partition, value, &self.pad, PUBLISH_TIMEOUT)
-            .await;
+        let res = if self.config.idempotent_writers {
+            self.publish_idempotently(topic, partition, value, node)
+                .await
+        } else {
+            self.client
+                .publish(
+                    node,
+                    topic,
+                    partition,
+                    value,
+                    &self.pad,
+                    None,
+                    PUBLISH_TIMEOUT,
+                )
+                .await
+        };
         let done = match res {
             Ok(p) => {
                 let mut e = inv.complete(EventType::Ok);
@@ -203,6 +230,56 @@ impl Workload {
             }
         };
         self.history.record(done);
+    }
+
+    /// Sends one record with its id until an answer is certain: the first send to `node`,
+    /// each resend after an unknown outcome to the next node. The result is the first
+    /// certain answer (an acknowledgement, which names the stored copy's offset even for
+    /// a resend, or a refusal of the first send); after a refused resend, or when every
+    /// send was unclear, the last unknown outcome: an earlier send may have been stored.
+    async fn publish_idempotently(
+        &self,
+        topic: &str,
+        partition: u32,
+        value: u64,
+        node: u64,
+    ) -> Result<crate::client::Published, Failure> {
+        let id = format!("v{value}");
+        let nodes: Vec<u64> = self.client.nodes().iter().map(|n| n.id).collect();
+        let mut target = node;
+        let mut unknown = None;
+        for attempt in 0..IDEMPOTENT_ATTEMPTS {
+            let res = self
+                .client
+                .publish(
+                    target,
+                    topic,
+                    partition,
+                    value,
+                    &self.pad,
+                    Some(&id),
+                    PUBLISH_TIMEOUT,
+                )
+                .await;
+            match res {
+                Ok(published) => return Ok(published),
+                Err(failure) => {
+                    let certain = complete_err(Op::Publish, &failure) == EventType::Fail;
+                    if certain && attempt == 0 {
+                        return Err(failure);
+                    }
+                    if certain {
+                        break;
+                    }
+                    unknown = Some(failure);
+                }
+            }
+            let next = nodes.iter().position(|n| *n == target).map_or(0, |i| i + 1);
+            target = nodes[next % nodes.len()];
+        }
+        Err(unknown.unwrap_or(Failure::Malformed {
+            detail: "no send of an idempotent publish".into(),
+        }))
     }
 
     async fn reader(&self, r: usize, stop: CancellationToken) {

@@ -557,6 +557,35 @@ fn a_failed_final_phase_is_incomplete() {
     assert_caught(&h, "incomplete");
 }
 
+/// A history where value 5, acknowledged at 4, is also stored at 5; with idempotent
+/// writers when `idempotent`.
+fn duplicated(idempotent: bool) -> H {
+    let mut h = H::default();
+    if idempotent {
+        h.phase(psubd_jepsen::workload::IDEMPOTENT_PHASE);
+    }
+    for e in main_phase().events {
+        h.push(e);
+    }
+    h.read(1, "t/0", 4, vec![rec("t/0", 4, 5), rec("t/0", 5, 5)], 6);
+    h.phase("final");
+    h.phase("final-read");
+    let mut t0_all = t0();
+    t0_all.push(rec("t/0", 5, 5));
+    for node in 1..=3 {
+        h.final_state(node, "t/0", t0_all.clone());
+        h.final_state(node, "t/1", t1());
+    }
+    h
+}
+
+#[test]
+fn a_duplicate_under_idempotent_writers_is_an_anomaly() {
+    let r = assert_caught(&duplicated(true), "idempotence-duplicate");
+    assert_eq!(r.count("idempotence-duplicate"), 1);
+    assert_eq!(duplicated(false).check().count("idempotence-duplicate"), 0);
+}
+
 #[test]
 fn duplicates_are_counted_not_failed() {
     let mut h = main_phase();

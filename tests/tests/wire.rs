@@ -155,6 +155,7 @@ async fn every_route_answers_in_its_wire_type() {
         retention_bytes: Some(-1),
         cleanup_policy: Some(CleanupPolicy::Delete),
         delete_retention_ms: Some(60_000),
+        duplicate_window_ms: Some(30_000),
     };
     let topic: Topic = Api::expect(
         "create topic",
@@ -162,6 +163,7 @@ async fn every_route_answers_in_its_wire_type() {
         201,
     );
     assert_eq!((topic.partitions, topic.retention_ms), (2, 3_600_000));
+    assert_eq!(topic.duplicate_window_ms, 30_000);
     let compact = TopicSpec {
         cleanup_policy: Some(CleanupPolicy::Compact),
         ..TopicSpec::new("wire-table")
@@ -177,6 +179,7 @@ async fn every_route_answers_in_its_wire_type() {
     let update = TopicUpdate {
         retention_ms: Some(7_200_000),
         retention_bytes: Some(1 << 30),
+        duplicate_window_ms: Some(60_000),
         partitions: None,
     };
     let altered: Topic = Api::expect(
@@ -192,7 +195,8 @@ async fn every_route_answers_in_its_wire_type() {
         records: vec![
             NewRecord::new(json!({"total": 12}))
                 .key("alice")
-                .header("src", "web"),
+                .header("src", "web")
+                .id("wire-1"),
             NewRecord {
                 partition: Some(1),
                 timestamp_ms: Some(1_700_000_000_000),
@@ -210,6 +214,18 @@ async fn every_route_answers_in_its_wire_type() {
         .offsets
         .iter()
         .all(|r| matches!(r, RecordReport::Delivered(_))));
+    // The id'd record again: its report is the duplicate's shape.
+    let again: PublishResponse = Api::expect(
+        "publish a duplicate",
+        api.json(Method::POST, "/v1/topics/wire/records", &request)
+            .await,
+        200,
+    );
+    assert!(matches!(
+        (&again.offsets[0], &published.offsets[0]),
+        (RecordReport::Delivered(dup), RecordReport::Delivered(first))
+            if dup.duplicate && dup.offset == first.offset
+    ));
     let binary = PublishRequest {
         encoding: Some(psubd_wire::Encoding::Base64),
         records: vec![NewRecord::new("AP8=").partition(0)],
@@ -306,7 +322,12 @@ async fn every_route_answers_in_its_wire_type() {
     );
     let scan: KeyScan = Api::expect(
         "key scan",
-        api.get("/v1/topics/wire-table/keys?prefix=a").await,
+        // Any replica answers: read one that has applied the put.
+        api.get(&format!(
+            "/v1/topics/wire-table/keys?prefix=a&min_offset={}",
+            put.offset
+        ))
+        .await,
         200,
     );
     assert_eq!(scan.keys.len(), 1);

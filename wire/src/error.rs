@@ -21,6 +21,11 @@ pub struct ErrorBody {
     /// On 416 and 422 `offset_beyond_high_watermark`: the partition's high watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high_watermark: Option<u64>,
+    /// On 412 `offset_mismatch`: the offset the condition was checked against — the
+    /// partition's next offset (`expected_offset`), or the key's latest offset (`If-Match`;
+    /// -1 when the key has no live record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_offset: Option<i64>,
 }
 
 impl ErrorBody {

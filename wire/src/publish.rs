@@ -44,6 +44,12 @@ pub struct NewRecord {
     /// to its due time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_ms: Option<i64>,
+    /// Idempotency id, 1 to 256 bytes: a record whose id its partition stored within the
+    /// topic's `duplicate_window_ms` is not stored again (its report says `duplicate`).
+    /// Without key or partition, the id picks the partition, so a retry lands on the same.
+    /// Not with `deliver_at_ms` or `delay_ms` (400 `invalid_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Deliver at this time (ms since the epoch): the record is not readable before it.
     /// A time now or past is an ordinary publish. Not with `delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +99,13 @@ impl NewRecord {
         self
     }
 
+    /// Sets the idempotency id: a retry with the same id is stored once.
+    #[must_use]
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
     /// Delivers the record at `deliver_at_ms` (ms since the epoch) instead of now (and
     /// drops a `delay_ms` set before).
     #[must_use]
@@ -136,10 +149,18 @@ pub struct PublishRequest {
 pub struct DeliveryReport {
     /// Partition the record went to.
     pub partition: u32,
-    /// Its offset there.
+    /// Its offset there (a duplicate's: the original record's).
     pub offset: u64,
-    /// Its timestamp.
+    /// Its timestamp (a duplicate's: the one this request gave it).
     pub timestamp_ms: i64,
+    /// The record's id was stored within the duplicate window: this record was not stored
+    /// again, and `offset` is the original's. Omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub duplicate: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Where a delayed record was stored: its partition's delay queue. It has no offset yet:

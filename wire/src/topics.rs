@@ -62,6 +62,14 @@ pub struct TopicSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub delete_retention_ms: Option<i64>,
+    /// How long record ids are remembered, ms: 0 (no deduplication) to 86,400,000
+    /// (default 120,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(nullable = false, minimum = 0, maximum = 86_400_000)
+    )]
+    pub duplicate_window_ms: Option<i64>,
 }
 
 impl TopicSpec {
@@ -74,7 +82,8 @@ impl TopicSpec {
     }
 }
 
-/// The body of `PATCH /v1/topics/{t}`: only retention can change after creation.
+/// The body of `PATCH /v1/topics/{t}`: only retention and the duplicate window can change
+/// after creation.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +94,9 @@ pub struct TopicUpdate {
     /// New size limit per partition, bytes (-1 for none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_bytes: Option<i64>,
+    /// New duplicate window, ms (0: no deduplication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_window_ms: Option<i64>,
     /// New partition count: more than the topic has (partitions are never removed).
     /// Keyed records may map to other partitions afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +121,8 @@ pub struct Topic {
     pub cleanup_policy: CleanupPolicy,
     /// How long a tombstone is kept on a compacted topic, ms (-1: forever).
     pub delete_retention_ms: i64,
+    /// How long record ids are remembered for deduplication, ms (0: not at all).
+    pub duplicate_window_ms: u64,
 }
 
 /// One row of `GET /v1/topics/{t}/partitions`. The numbers are `None` when no replica of

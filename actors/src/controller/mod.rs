@@ -165,6 +165,36 @@ impl Controller {
         }
     }
 
+    /// Sets a topic's duplicate window (checked again here, as the request may come from a
+    /// peer); answers the topic's metadata.
+    ///
+    /// # Errors
+    /// As [`Controller::update_topic`].
+    pub async fn set_duplicate_window(
+        &self,
+        name: String,
+        duplicate_window_ms: u64,
+    ) -> Result<TopicMeta, ControllerError> {
+        self.check_leader()?;
+        if duplicate_window_ms > crate::topic::MAX_DUPLICATE_WINDOW_MS {
+            return Err(ControllerError::Invalid(format!(
+                "duplicate_window_ms must be at most {}",
+                crate::topic::MAX_DUPLICATE_WINDOW_MS
+            )));
+        }
+        match self
+            .propose(ControllerCommand::SetDuplicateWindow {
+                name,
+                duplicate_window_ms,
+            })
+            .await?
+        {
+            ControllerResponse::Done(Some(meta)) => Ok(meta),
+            ControllerResponse::TopicNotFound => Err(ControllerError::TopicNotFound),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Raises a topic's partition count to `partitions` (checked again here, as the
     /// request may come from a peer: it must grow, within the settings' limits). The new
     /// partitions are placed as at creation, continuing the same rotation over the nodes;

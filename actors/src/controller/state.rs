@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::access::{AccessChange, AccessRefusal, AccessState};
-use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta};
+use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS};
 
 const STATE_KEY: &[u8] = b"state";
 
@@ -26,6 +26,10 @@ const STATE_KEY: &[u8] = b"state";
 /// fields, so adding it to the value under [`STATE_KEY`] would make every state and
 /// snapshot written before it undecodable. Absent (an older snapshot), it is empty.
 const ACCESS_KEY: &[u8] = b"access";
+
+/// Each topic's duplicate window, under its own key for the same reason as
+/// [`ACCESS_KEY`]. Absent (an older state), every topic has the default window.
+const DUPLICATE_WINDOWS_KEY: &[u8] = b"duplicate_windows";
 
 /// First group id handed to a partition; lower ids are reserved.
 pub const FIRST_PARTITION_GROUP: GroupId = 1000;
@@ -53,12 +57,25 @@ pub struct ControllerState {
     /// value's encoding).
     #[serde(skip)]
     pub access: AccessState,
+    /// `duplicate_window_ms` of the topics that set one (stored under
+    /// [`DUPLICATE_WINDOWS_KEY`], not in this value's encoding); see
+    /// [`ControllerState::duplicate_window_ms`].
+    #[serde(skip)]
+    pub duplicate_windows: BTreeMap<String, u64>,
 }
 
 impl ControllerState {
     /// The placement of one partition, if the topic and partition exist.
     pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionPlacement> {
         self.topics.get(topic)?.partitions.get(partition as usize)
+    }
+
+    /// How long `topic`'s partitions remember record ids (0: no deduplication).
+    pub fn duplicate_window_ms(&self, topic: &str) -> u64 {
+        self.duplicate_windows
+            .get(topic)
+            .copied()
+            .unwrap_or(DEFAULT_DUPLICATE_WINDOW_MS)
     }
 }
 
@@ -104,6 +121,14 @@ pub enum ControllerCommand {
         from: u32,
         /// Replica set of each new partition, in partition order.
         replicas: Vec<Vec<NodeId>>,
+    },
+    /// Sets a topic's `duplicate_window_ms` (checked by the proposer); partition leaders
+    /// stamp it into the guarded entries they build from then on.
+    SetDuplicateWindow {
+        /// Topic name.
+        name: String,
+        /// The window, ms (0: no deduplication).
+        duplicate_window_ms: u64,
     },
 }
 
@@ -228,11 +253,29 @@ impl ControllerLogic {
                     partitions,
                     created_ms,
                 };
+                // A re-created topic starts with the default window.
+                self.state.duplicate_windows.remove(&name);
                 self.state.topics.insert(name, meta.clone());
                 ControllerResponse::Done(Some(meta))
             }
             ControllerCommand::DeleteTopic { name } => match self.state.topics.remove(&name) {
-                Some(_) => ControllerResponse::Done(None),
+                Some(_) => {
+                    self.state.duplicate_windows.remove(&name);
+                    ControllerResponse::Done(None)
+                }
+                None => ControllerResponse::TopicNotFound,
+            },
+            ControllerCommand::SetDuplicateWindow {
+                name,
+                duplicate_window_ms,
+            } => match self.state.topics.get(&name) {
+                Some(meta) => {
+                    let meta = meta.clone();
+                    self.state
+                        .duplicate_windows
+                        .insert(name, duplicate_window_ms);
+                    ControllerResponse::Done(Some(meta))
+                }
                 None => ControllerResponse::TopicNotFound,
             },
             ControllerCommand::UpdateTopic { name, update } => {
@@ -275,6 +318,13 @@ fn encode_state(state: &ControllerState) -> Result<Vec<u8>, StorageIoError> {
     })
 }
 
+fn encode_windows(windows: &BTreeMap<String, u64>) -> Result<Vec<u8>, StorageIoError> {
+    postcard::to_stdvec(windows).map_err(|e| StorageIoError::Codec {
+        what: "duplicate windows",
+        source: e,
+    })
+}
+
 fn encode_access(access: &AccessState) -> Result<Vec<u8>, StorageIoError> {
     postcard::to_stdvec(access).map_err(|e| StorageIoError::Codec {
         what: "access state",
@@ -297,6 +347,13 @@ impl GroupLogic for ControllerLogic {
             })?,
             None => AccessState::default(),
         };
+        self.state.duplicate_windows = match state.get(DUPLICATE_WINDOWS_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "duplicate windows",
+                source: e,
+            })?,
+            None => BTreeMap::new(),
+        };
         self.published.send_replace(Arc::new(self.state.clone()));
         Ok(())
     }
@@ -317,7 +374,20 @@ impl GroupLogic for ControllerLogic {
                     batch.insert(ACCESS_KEY, encode_access(&self.state.access)?);
                     response
                 } else {
-                    self.execute(command)
+                    let windows_change = matches!(
+                        command,
+                        ControllerCommand::SetDuplicateWindow { .. }
+                            | ControllerCommand::CreateTopic { .. }
+                            | ControllerCommand::DeleteTopic { .. }
+                    );
+                    let response = self.execute(command);
+                    if windows_change {
+                        batch.insert(
+                            DUPLICATE_WINDOWS_KEY,
+                            encode_windows(&self.state.duplicate_windows)?,
+                        );
+                    }
+                    response
                 }
             }
             Err(error) => {
@@ -348,6 +418,10 @@ impl GroupLogic for ControllerLogic {
             pinned: vec![
                 (STATE_KEY.to_vec(), encode_state(&self.state)?),
                 (ACCESS_KEY.to_vec(), encode_access(&self.state.access)?),
+                (
+                    DUPLICATE_WINDOWS_KEY.to_vec(),
+                    encode_windows(&self.state.duplicate_windows)?,
+                ),
             ],
             lazy: None,
         })

@@ -47,9 +47,13 @@ use crate::proposal::{self, check_leader};
 use crate::record::{join_batch, EncodedRecords};
 use crate::timer::send_every;
 
-use super::command::{append_command, compact_command, decode_append_response, trim_command};
+use super::command::{
+    append_command, compact_command, decode_append_response, decode_guarded_response,
+    guarded_append_command, trim_command,
+};
 use super::compaction::CompactionProgress;
 use super::delay_queue::DelayedRecords;
+use super::guard::{EntryGuard, RequestGuard, RequestOutcome};
 use super::reader::PartitionReader;
 use super::release_timer::{ReleaseTimer, TimerEvent, TimerLimits};
 
@@ -98,11 +102,32 @@ impl Default for BatchLimits {
     }
 }
 
-/// Offsets given to one publish request: `base_offset .. base_offset + count`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Offsets given to one publish request: `base_offset .. base_offset + count`, but for
+/// the records left out as duplicates, which report their original offsets.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Appended {
-    /// Offset of the request's first record.
+    /// Offset of the request's first stored record.
     pub base_offset: u64,
+    /// Records not stored because their id was: (position in the request, original
+    /// offset), ascending by position. Empty for a plain append.
+    pub duplicates: Vec<(u32, u64)>,
+}
+
+impl Appended {
+    /// The offset of the request's record at `position`, and whether it is a duplicate
+    /// (then the offset is the original's).
+    pub fn offset_of(&self, position: u32) -> (u64, bool) {
+        match self
+            .duplicates
+            .binary_search_by_key(&position, |(at, _)| *at)
+        {
+            Ok(i) => (self.duplicates[i].1, true),
+            Err(before) => (
+                self.base_offset + u64::from(position) - before as u64,
+                false,
+            ),
+        }
+    }
 }
 
 /// Messages of [`PartitionActor`].
@@ -111,6 +136,8 @@ pub enum PartitionMsg {
     Append {
         /// The request's records, encoded at the edge.
         records: EncodedRecords,
+        /// Its ids and expectation, if any (see [`super::guard`]).
+        guard: RequestGuard,
         /// Where the answer goes.
         reply: RpcReplyPort<Result<Appended, PartitionError>>,
     },
@@ -159,6 +186,7 @@ pub struct MaintenanceArgs {
 
 struct Waiter {
     records: EncodedRecords,
+    guard: RequestGuard,
     reply: RpcReplyPort<Result<Appended, PartitionError>>,
 }
 
@@ -265,6 +293,39 @@ impl PartitionState {
         let topic = metadata.topics.get(&self.maintenance.topic)?;
         let placement = topic.partitions.get(self.maintenance.partition as usize)?;
         (placement.group == self.group).then(|| topic.config.clone())
+    }
+
+    /// The topic's duplicate window as this leader sees it now; stamped into guarded
+    /// entries so every replica applies the same one.
+    fn duplicate_window_ms(&self) -> u64 {
+        let metadata = self.maintenance.metadata.borrow();
+        metadata.duplicate_window_ms(&self.maintenance.topic)
+    }
+
+    /// The command appending `waiters`' records: a plain append unless one of them is
+    /// guarded. With deduplication off (a zero window) ids are not sent at all.
+    fn build_command(&self, waiters: &mut [Waiter]) -> (psubd_raft::Command, bool) {
+        let batch = join_batch(waiters.iter().map(|w| &w.records));
+        if waiters.iter().all(|w| w.guard.is_empty()) {
+            return (append_command(&batch), false);
+        }
+        let window_ms = self.duplicate_window_ms();
+        let requests = waiters
+            .iter_mut()
+            .map(|w| {
+                let mut guard = std::mem::take(&mut w.guard);
+                if window_ms == 0 {
+                    guard.ids.clear();
+                }
+                (w.records.count, guard)
+            })
+            .collect();
+        let guard = EntryGuard {
+            stamped_ms: now_ms(),
+            window_ms,
+            requests,
+        };
+        (guarded_append_command(&guard, &batch), true)
     }
 
     /// The maintenance tick: retention (and compaction) on the leader. Never awaits a
@@ -397,11 +458,10 @@ impl PartitionState {
             taken_records += waiter.records.count;
             take += 1;
         }
-        let waiters: Vec<Waiter> = self.queued.drain(..take).collect();
+        let mut waiters: Vec<Waiter> = self.queued.drain(..take).collect();
         self.queued_bytes -= taken_bytes;
         self.in_flight += 1;
-        let batch = join_batch(waiters.iter().map(|w| &w.records));
-        let command = append_command(&batch);
+        let (command, guarded) = self.build_command(&mut waiters);
         let timeout = self.limits.write_timeout;
         let myself = myself.clone();
         debug!(
@@ -416,27 +476,83 @@ impl PartitionState {
         // proposed in the order they were built even with several in flight.
         let proposed = proposal::enqueue(&self.raft, command, GROUP).await;
         tokio::spawn(async move {
-            let outcome = match proposed {
+            let response = match proposed {
                 Ok(pending) => proposal::committed(pending, timeout, GROUP)
                     .await
-                    .map_err(PartitionError::from)
-                    .and_then(|response| {
-                        decode_append_response(&response).ok_or(PartitionError::OutcomeUnknown {
-                            reason: "append response did not decode".into(),
-                        })
-                    }),
+                    .map_err(PartitionError::from),
                 Err(unknown) => Err(unknown.into()),
             };
-            let mut next = 0u64;
-            for waiter in waiters {
-                let answer = outcome.clone().map(|base| Appended {
-                    base_offset: base + next,
-                });
-                next += u64::from(waiter.records.count);
-                let _ = waiter.reply.send(answer);
+            if guarded {
+                answer_guarded(waiters, response);
+            } else {
+                answer_plain(waiters, response);
             }
             let _ = myself.send_message(PartitionMsg::WriteDone);
         });
+    }
+}
+
+/// An append's undecodable response: the entry committed, but what it stored is unknown.
+fn undecodable() -> PartitionError {
+    PartitionError::OutcomeUnknown {
+        reason: "append response did not decode".into(),
+    }
+}
+
+/// Answers the waiters of a plain append: consecutive offsets from the entry's base.
+fn answer_plain(
+    waiters: Vec<Waiter>,
+    response: Result<psubd_raft::CommandResponse, PartitionError>,
+) {
+    let outcome =
+        response.and_then(|response| decode_append_response(&response).ok_or_else(undecodable));
+    let mut next = 0u64;
+    for waiter in waiters {
+        let answer = outcome.clone().map(|base| Appended {
+            base_offset: base + next,
+            duplicates: Vec::new(),
+        });
+        next += u64::from(waiter.records.count);
+        let _ = waiter.reply.send(answer);
+    }
+}
+
+/// Answers the waiters of a guarded append, each with its own request's outcome.
+fn answer_guarded(
+    waiters: Vec<Waiter>,
+    response: Result<psubd_raft::CommandResponse, PartitionError>,
+) {
+    let outcomes = response.and_then(|response| {
+        decode_guarded_response(&response)
+            .filter(|outcomes| outcomes.len() == waiters.len())
+            .ok_or_else(undecodable)
+    });
+    match outcomes {
+        Ok(outcomes) => {
+            for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                let answer = match outcome {
+                    RequestOutcome::Written {
+                        base_offset,
+                        duplicates,
+                    } => Ok(Appended {
+                        base_offset,
+                        duplicates,
+                    }),
+                    RequestOutcome::NextOffsetMismatch { next_offset } => {
+                        Err(PartitionError::OffsetMismatch { next_offset })
+                    }
+                    RequestOutcome::KeyOffsetMismatch { key_offset } => {
+                        Err(PartitionError::KeyOffsetMismatch { key_offset })
+                    }
+                };
+                let _ = waiter.reply.send(answer);
+            }
+        }
+        Err(error) => {
+            for waiter in waiters {
+                let _ = waiter.reply.send(Err(error.clone()));
+            }
+        }
     }
 }
 
@@ -487,10 +603,18 @@ impl Actor for PartitionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PartitionMsg::Append { records, reply } => {
+            PartitionMsg::Append {
+                records,
+                guard,
+                reply,
+            } => {
                 if !state.may_propose() {
                     state.queued_bytes += records.len();
-                    state.queued.push(Waiter { records, reply });
+                    state.queued.push(Waiter {
+                        records,
+                        guard,
+                        reply,
+                    });
                 } else {
                     // Fail fast before queueing when this replica cannot lead.
                     if let Err(error) = state.check_writable() {
@@ -498,7 +622,11 @@ impl Actor for PartitionActor {
                         return Ok(());
                     }
                     state.queued_bytes += records.len();
-                    state.queued.push(Waiter { records, reply });
+                    state.queued.push(Waiter {
+                        records,
+                        guard,
+                        reply,
+                    });
                     state.flush(&myself).await;
                 }
             }

@@ -12,13 +12,16 @@
 //! - `b"q" ++ due_ms (i64, order-preserving BE) ++ log index (u64 BE) ++ position (u32 BE)`
 //!   → one delayed record's encoding, waiting in the delay queue ([`super::delay_queue`]);
 //!   pinned in snapshots.
+//! - `b"u" ++ id digest (16 bytes)` → a remembered record id ([`super::id_table`]);
+//!   pinned in snapshots. It sorts after every batch and index key, so no snapshot's lazy
+//!   range (which must only ever lose keys while it is read) holds one.
 //!
 //! Key order is part of the design: batch keys sort by base offset (big-endian), so a
 //! reader walks a partition in offset order, and the key index sorts after every batch, so
 //! one snapshot range `[b…, k+1)` carries the batches first and then the index. The delay
-//! queue sorts after both, outside every range a snapshot streams: it changes (records
-//! come and go) while a snapshot build reads, so it is copied at the plan instead, and
-//! its keys sort by due time, then publish order, which is the order of release.
+//! queue and the id table sort after both, outside every range a snapshot streams: they
+//! change while a snapshot build reads, so they are copied at the plan instead. Queue
+//! keys sort by due time, then publish order, which is the order of release.
 
 /// Prefix of stored batches.
 pub(super) const BATCH_PREFIX: u8 = b'b';
@@ -32,6 +35,10 @@ pub(super) const INDEX_PREFIX: u8 = b'k';
 pub(super) const INDEX_END: [u8; 1] = [INDEX_PREFIX + 1];
 /// First key after every batch key: the end of the batch range.
 pub(super) const BATCHES_END: [u8; 1] = [BATCH_PREFIX + 1];
+/// Prefix of remembered record ids.
+pub(super) const ID_PREFIX: u8 = b'u';
+/// First key after every id key: the end of the id range.
+pub(super) const IDS_END: [u8; 1] = [ID_PREFIX + 1];
 /// Bytes a stored batch's key adds to its value (prefix + base offset).
 pub(super) const BATCH_KEY_BYTES: u64 = 9;
 /// Prefix of the delay queue.
@@ -105,6 +112,14 @@ pub(super) fn index_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The tree key of a remembered id's digest.
+pub(super) fn id_key(digest: &[u8; 16]) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = ID_PREFIX;
+    key[1..].copy_from_slice(digest);
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +164,14 @@ mod tests {
         assert!(index_key(b"ab") < index_key(b"b"));
         assert!(index_key(&[0xff; 4]).as_slice() < INDEX_END.as_slice());
         assert!(BATCHES_END.as_slice() <= index_key(b"").as_slice());
+    }
+
+    #[test]
+    fn id_keys_sort_after_every_lazily_snapshotted_key() {
+        assert!(INDEX_END.as_slice() <= id_key(&[0; 16]).as_slice());
+        assert!(id_key(&[0xff; 16]).as_slice() < IDS_END.as_slice());
+        assert!(IDS_END.as_slice() < psubd_raft::RESERVED_KEY_PREFIX.as_slice());
+        assert_ne!(&id_key(&[0; 16])[..1], BOUNDS_KEY);
+        assert_ne!(&id_key(&[0; 16])[..1], PROGRESS_KEY);
     }
 }

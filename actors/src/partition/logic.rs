@@ -1,8 +1,8 @@
 //! The state machine logic of a partition's Raft group: decodes each command and hands it
 //! to the part that owns it — the [`BatchStore`] (appends, trims), the [`KeyIndex`] and
-//! the [`Compactor`] (compacted topics), the [`DelayQueue`] (delayed records, appended
-//! through the same path as any append when released) — then publishes what was written
-//! to the readers.
+//! the [`Compactor`] (compacted topics), the [`IdTable`] (guarded appends, decided by
+//! [`guard::decide`]), the [`DelayQueue`] (delayed records, appended through the same path
+//! as any append when released) — then publishes what was written to the readers.
 
 use std::sync::Arc;
 
@@ -13,9 +13,11 @@ use psubd_raft::{
 use tracing::warn;
 
 use super::batch_store::BatchStore;
-use super::command::{offset_response, PartitionCommand};
+use super::command::{offset_response, outcomes_response, PartitionCommand};
 use super::compaction::Compactor;
 use super::delay_queue::{DelayOutcome, DelayQueue};
+use super::guard::{self, EntryGuard};
+use super::id_table::IdTable;
 use super::key_index::KeyIndex;
 use super::layout::{batch_key, BOUNDS_KEY, INDEX_END, PROGRESS_KEY};
 use super::reader::PartitionReader;
@@ -34,6 +36,8 @@ pub struct PartitionLogic {
     keys: KeyIndex,
     /// Compaction progress including the current apply call (compacted topics).
     compactor: Compactor,
+    /// Record ids stored recently, including the current apply call.
+    ids: IdTable,
     /// Delayed records not yet released, including the current apply call's.
     delays: DelayQueue,
 }
@@ -56,10 +60,40 @@ impl PartitionLogic {
                 compacted,
                 keys: KeyIndex::default(),
                 compactor: Compactor::default(),
+                ids: IdTable::default(),
                 delays: DelayQueue::default(),
             },
             PartitionReader::new(shared),
         )
+    }
+
+    /// Applies a guarded append: [`guard::decide`] picks the records to store and each
+    /// request's outcome; the kept records are then appended like any batch. Answers the
+    /// outcomes.
+    fn append_guarded(
+        &mut self,
+        entry: &EntryGuard,
+        stored: &bytes::Bytes,
+        state: &Tree,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageIoError> {
+        let keys = &self.keys;
+        let key_offset = |key: &[u8]| {
+            Ok(keys
+                .get(state, key)?
+                .filter(|entry| !entry.tombstone)
+                .map(|entry| entry.offset))
+        };
+        let next_offset = self.store.bounds().next_offset;
+        let decided = guard::decide(entry, stored, next_offset, &mut self.ids, key_offset, batch)?;
+        let Some(decided) = decided else {
+            warn!("skipping guarded append command that does not match its guard");
+            return Ok(CommandResponse::default());
+        };
+        if let Some((kept, _count)) = &decided.append {
+            self.append(kept, batch)?;
+        }
+        outcomes_response(&decided.outcomes)
     }
 
     /// Applies an append of `stored` (a stored batch, header included): its records get
@@ -101,6 +135,7 @@ impl GroupLogic for PartitionLogic {
     fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
         self.shared.set_tree(state);
         self.store.load(state)?;
+        self.ids.load(state)?;
         self.keys.written();
         self.compactor.load(state)?;
         self.shared.publish_compaction(self.compactor.progress());
@@ -120,6 +155,9 @@ impl GroupLogic for PartitionLogic {
         self.store.collect_garbage(self.shared.is_held(), batch);
         match PartitionCommand::decode(command) {
             PartitionCommand::Append(stored) => self.append(&stored, batch),
+            PartitionCommand::GuardedAppend(entry, stored) => {
+                self.append_guarded(&entry, &stored, state, batch)
+            }
             PartitionCommand::Trim(requested) => {
                 let log_start = self.store.trim(requested, batch)?;
                 self.store.collect_garbage(self.shared.is_held(), batch);
@@ -178,7 +216,10 @@ impl GroupLogic for PartitionLogic {
         let mut pinned = DelayQueue::snapshot_pairs(state)?;
         let bounds = match state.get(BOUNDS_KEY)? {
             Some(raw) => raw.to_vec(),
-            None => return Ok(SnapshotPlan { pinned, lazy: None }),
+            None => {
+                pinned.extend(self.ids.pairs());
+                return Ok(SnapshotPlan { pinned, lazy: None });
+            }
         };
         let next_offset = self.store.bounds().next_offset;
         // Batches below next_offset never change once written, and the ones retention
@@ -193,6 +234,9 @@ impl GroupLogic for PartitionLogic {
         // converges"). Batches appended meanwhile may come along: replay writes the same
         // bytes under the same keys.
         pinned.push((BOUNDS_KEY.to_vec(), bounds));
+        // The id table changes at every guarded append, so it is copied now (bounded by
+        // its cap); its keys sort after every lazy range (see `layout`).
+        pinned.extend(self.ids.pairs());
         let end = if self.compacted {
             if let Some(progress) = state.get(PROGRESS_KEY)? {
                 pinned.push((PROGRESS_KEY.to_vec(), progress.to_vec()));

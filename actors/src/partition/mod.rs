@@ -13,6 +13,8 @@
 //! | [`delay_queue`] | delayed records waiting for their due time, and their release |
 //! | [`compaction`] | which records survive, and the [`compaction::Compactor`] applying windows |
 //! | [`retention`] | which batches have expired |
+//! | [`id_table`] | the record ids stored recently (idempotent publish) |
+//! | [`guard`] | guarded appends: ids and expected offsets, decided at apply |
 //! | [`command`] | the group's commands: built by the leader, decoded by every replica |
 //! | [`shared`] | what the state machine publishes to readers once written |
 //! | [`fetched`] | records as a read returns them |
@@ -30,6 +32,10 @@ pub mod delay_queue;
 #[cfg(test)]
 mod delay_tests;
 mod fetched;
+pub mod guard;
+#[cfg(test)]
+mod guard_tests;
+pub mod id_table;
 pub mod key_index;
 mod layout;
 mod logic;

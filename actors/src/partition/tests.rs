@@ -385,7 +385,7 @@ fn state_survives_reopen_and_a_bad_command_is_skipped_alike() {
     });
 }
 
-fn keyed(key: &str, value: Option<&str>, ts: i64) -> Record {
+pub(super) fn keyed(key: &str, value: Option<&str>, ts: i64) -> Record {
     Record {
         timestamp_ms: ts,
         kind: ValueKind::String,

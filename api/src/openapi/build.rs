@@ -128,6 +128,7 @@ impl Spec {
                             retriable: false,
                             log_start_offset: None,
                             high_watermark: None,
+                            current_offset: None,
                         }))
                         .build(),
                 )

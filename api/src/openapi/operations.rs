@@ -172,6 +172,7 @@ fn topics(s: &mut Spec) -> Vec<Op> {
             example(w::TopicUpdate {
                 retention_ms: Some(86_400_000),
                 retention_bytes: None,
+                duplicate_window_ms: None,
                 partitions: None,
             }),
         )
@@ -214,7 +215,9 @@ fn records(s: &mut Spec) -> Vec<Op> {
             .query("encoding", Kind::Text, "`json`, `string` or `base64`: overrides the body's `encoding`.")
             .query("key", Kind::Text, "Raw body: the record's key (`X-Key` wins).")
             .query("partition", Kind::Count, "Raw body: the partition.")
+            .query("expected_offset", Kind::Count, "Store the records only if their one partition's next offset is this; else 412 `offset_mismatch` with `current_offset`.")
             .header("X-Key", "Raw body: the record's key.")
+            .header("Idempotency-Key", "Raw body: the record's id (1 to 256 bytes): stored once per duplicate window.")
             .body("application/json", s.schema::<w::PublishRequest>(), publish_example)
             .body("application/octet-stream", bytes(), None)
             .body("text/plain", text(), None)
@@ -223,6 +226,7 @@ fn records(s: &mut Spec) -> Vec<Op> {
                     partition: 2,
                     offset: 41,
                     timestamp_ms: 1_700_000_000_000,
+                    duplicate: false,
                 })],
             }))
             .ok(207, "Some records failed: their reports are error bodies.", s.schema::<w::PublishResponse>())
@@ -317,6 +321,10 @@ fn keys(s: &mut Spec) -> Vec<Op> {
             "putKey",
             "Publish a value for a key.",
         )
+        .header(
+            "If-Match",
+            "Write only if the key's latest live record is at this offset (-1: it has none); else 412 `offset_mismatch` with `current_offset`.",
+        )
         .body("application/json", any(), None)
         .body("text/plain", text(), None)
         .body("application/octet-stream", bytes(), None)
@@ -327,6 +335,10 @@ fn keys(s: &mut Spec) -> Vec<Op> {
             "keys",
             "deleteKey",
             "Publish a tombstone for a key.",
+        )
+        .header(
+            "If-Match",
+            "Delete only if the key's latest live record is at this offset; else 412 `offset_mismatch`.",
         )
         .ok(
             200,
@@ -688,6 +700,7 @@ fn topic_example() -> w::Topic {
         retention_bytes: -1,
         cleanup_policy: w::CleanupPolicy::Delete,
         delete_retention_ms: psubd_actors::topic::DEFAULT_DELETE_RETENTION_MS,
+        duplicate_window_ms: psubd_actors::topic::DEFAULT_DUPLICATE_WINDOW_MS,
     }
 }
 

@@ -475,6 +475,7 @@ impl Pusher {
             key: record.key.as_deref().map(Cow::Borrowed),
             value: record.value.as_deref().map(Cow::Borrowed),
             headers,
+            id: None,
             deliver_at_ms: None,
             delay_ms: None,
         })?;

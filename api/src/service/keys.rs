@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use psubd_actors::clock::now_ms;
 use psubd_actors::controller::access::{Operation, ResourceType};
+use psubd_actors::partition::guard::{Expectation, RequestGuard};
 use psubd_actors::partition::key_index::{KeyRecord, KeyScan};
 use psubd_actors::record::{EncodedRecords, Record, ValueKind};
 use psubd_actors::topic::{CleanupPolicy, TopicMeta};
@@ -214,15 +215,19 @@ impl KeyView<'_> {
         Ok(KeyPage { keys: merged, next })
     }
 
-    /// Publishes one record of `key`: a value, or a tombstone (`value: None`).
+    /// Publishes one record of `key`: a value, or a tombstone (`value: None`). With
+    /// `if_match`, only if the key's latest live record is at that offset (`None`: the key
+    /// has none), decided where the write is applied.
     ///
     /// # Errors
-    /// 413 over the record limits; 429 over the produce quota; 503 / 504 as any publish.
+    /// 413 over the record limits; 429 over the produce quota; 412 when `if_match` does
+    /// not hold (nothing written); 503 / 504 as any publish.
     pub async fn write(
         &self,
         key: String,
         kind: ValueKind,
         value: Option<Bytes>,
+        if_match: Option<Option<u64>>,
     ) -> Result<KeyWritten> {
         let record = Record {
             timestamp_ms: now_ms(),
@@ -243,7 +248,14 @@ impl KeyView<'_> {
         })?;
         self.service
             .take_quota(&self.caller, QuotaKind::Produce, encoded.len() as u64)?;
-        let appended = self.service.edge.append(placement, encoded).await?;
+        let guard = RequestGuard {
+            ids: Vec::new(),
+            expect: if_match.map(|offset| Expectation::KeyOffset {
+                key: record.key.clone().unwrap_or_default(),
+                offset,
+            }),
+        };
+        let appended = self.service.edge.append(placement, encoded, guard).await?;
         self.service
             .metrics
             .records_published

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use psubd_actors::clock::now_ms;
 use psubd_actors::controller::access::{Operation, ResourceType};
+use psubd_actors::partition::guard::{Expectation, RequestGuard};
+use psubd_actors::partition::id_table::RecordId;
 use psubd_actors::partition::{Appended, DelayedRecords};
 use psubd_actors::record::{EncodedRecords, RawBytes, RecordRef, ValueKind};
 use psubd_actors::topic::TopicMeta;
@@ -72,11 +74,17 @@ pub struct NewRecord<'a> {
     pub value: Option<Cow<'a, [u8]>>,
     /// Headers, sorted by name.
     pub headers: Vec<(String, String)>,
+    /// Idempotency id (1 to [`MAX_ID_BYTES`] bytes): stored once per duplicate window.
+    /// Not with `deliver_at_ms` or `delay_ms`.
+    pub id: Option<Cow<'a, [u8]>>,
     /// Deliver at this time (ms since the epoch) rather than now; not with `delay_ms`.
     pub deliver_at_ms: Option<i64>,
     /// Deliver this many ms after now (this node's clock); not with `deliver_at_ms`.
     pub delay_ms: Option<i64>,
 }
+
+/// Longest record id, bytes.
+pub const MAX_ID_BYTES: usize = 256;
 
 /// Where one record of a request went: its partition and its place in that partition's
 /// run (its offset is the run's base offset plus `position`), or in its delayed run.
@@ -88,11 +96,14 @@ struct Slot {
     deliver_at_ms: Option<i64>,
 }
 
-/// One partition's share of a request: its records, encoded back to back.
+/// One partition's share of a request: its records, encoded back to back, and their ids
+/// and expectation.
 #[derive(Default)]
 struct Run {
     count: u32,
     bytes: Vec<u8>,
+    /// Its ids and the request's expectation (never on a delayed run).
+    guard: RequestGuard,
     /// A delayed run's due times, one per record.
     due_ms: Vec<i64>,
 }
@@ -212,9 +223,24 @@ impl PublishBatch {
     ///
     /// # Errors
     /// 404 for a partition the topic lacks, 413 for a record or headers over the limits,
-    /// 400 for a bad due time (see [`due_time`]).
+    /// 400 for a bad due time (see [`due_time`]), a bad id (see [`check_id`]), or an id
+    /// with a due time (a delayed record is queued, not checked against the id table).
     pub fn push(&mut self, record: NewRecord<'_>) -> Result<usize> {
-        let partition = self.choose_partition(record.partition, record.key.as_deref())?;
+        if let Some(id) = &record.id {
+            check_id(id)?;
+            if record.deliver_at_ms.is_some() || record.delay_ms.is_some() {
+                return Err(ApiError::InvalidRequest {
+                    message: "a record with an id cannot be delayed: give id or \
+                              deliver_at_ms/delay_ms, not both"
+                        .into(),
+                });
+            }
+        }
+        let partition = self.choose_partition(
+            record.partition,
+            record.key.as_deref(),
+            record.id.as_deref(),
+        )?;
         let now = now_ms();
         let due = due_time(
             record.deliver_at_ms,
@@ -247,6 +273,9 @@ impl PublishBatch {
         .map_err(|e| ApiError::Internal {
             detail: format!("record encoding: {e}"),
         })?;
+        if let Some(id) = &record.id {
+            run.guard.ids.push((run.count, RecordId::of(id)));
+        }
         self.slots.push(Slot {
             partition,
             position: run.count,
@@ -258,9 +287,45 @@ impl PublishBatch {
         Ok(self.slots.len() - 1)
     }
 
-    fn choose_partition(&self, explicit: Option<i64>, key: Option<&[u8]>) -> Result<u32> {
+    /// Makes the request conditional on `expectation` (`?expected_offset`, `If-Match`):
+    /// decided where the records' entry is applied, so every record must have gone to one
+    /// partition.
+    ///
+    /// # Errors
+    /// 400 when the records went to more than one partition, or any is delayed (a delayed
+    /// record is queued, not appended, so no offset can be expected of it).
+    pub fn expect(&mut self, expectation: Expectation) -> Result<()> {
+        if !self.delayed_runs.is_empty() {
+            return Err(ApiError::InvalidRequest {
+                message: "an expected offset cannot apply to delayed records (deliver_at_ms, \
+                          delay_ms): they get their offsets when released"
+                    .into(),
+            });
+        }
+        let mut runs = self.runs.values_mut();
+        match (runs.next(), runs.next()) {
+            (Some(run), None) => {
+                run.guard.expect = Some(expectation);
+                Ok(())
+            }
+            _ => Err(ApiError::InvalidRequest {
+                message: "an expected offset needs every record in one partition: give \
+                          `partition` (or one key)"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Chooses a record's partition: the explicit one, else by key, else by id (so a
+    /// retried record lands where its first attempt did), else round-robin.
+    fn choose_partition(
+        &self,
+        explicit: Option<i64>,
+        key: Option<&[u8]>,
+        id: Option<&[u8]>,
+    ) -> Result<u32> {
         let count = self.topic.config.partitions;
-        match (explicit, key) {
+        match (explicit, key.or(id)) {
             (Some(p), _) => {
                 if p < 0 || p >= i64::from(count) {
                     return Err(ApiError::PartitionNotFound {
@@ -270,7 +335,7 @@ impl PublishBatch {
                 }
                 Ok(p as u32)
             }
-            (None, Some(key)) => Ok(partition_of_key(&self.topic, key)),
+            (None, Some(key_or_id)) => Ok(partition_of_key(&self.topic, key_or_id)),
             (None, None) => {
                 Ok((self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(count)) as u32)
             }
@@ -282,6 +347,19 @@ impl PublishBatch {
 /// every node and release, and a key view reads where a keyed publish wrote.
 pub fn partition_of_key(topic: &TopicMeta, key: &[u8]) -> u32 {
     psubd_wire::partitioning::partition_of_key(key, topic.config.partitions)
+}
+
+/// Checks a record id's length.
+///
+/// # Errors
+/// 400 `invalid_request` for an empty id or one over [`MAX_ID_BYTES`].
+pub fn check_id(id: &[u8]) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(ApiError::InvalidRequest {
+            message: format!("a record id must be 1 to {MAX_ID_BYTES} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// Checks one record's size (key + value) and its headers' size against the limits.
@@ -324,6 +402,8 @@ pub struct Delivered {
     pub result: Result<Placement>,
     /// Its timestamp.
     pub timestamp_ms: i64,
+    /// Not stored: its id was, within the duplicate window, at `result`'s offset.
+    pub duplicate: bool,
 }
 
 /// What a publish came to.
@@ -369,6 +449,12 @@ pub fn clone_error(error: &ApiError) -> ApiError {
         } => ApiError::QuotaExceeded {
             quota,
             retry_after_secs: *retry_after_secs,
+        },
+        ApiError::OffsetMismatch { next_offset } => ApiError::OffsetMismatch {
+            next_offset: *next_offset,
+        },
+        ApiError::KeyOffsetMismatch { key_offset } => ApiError::KeyOffsetMismatch {
+            key_offset: *key_offset,
         },
         other => ApiError::Internal {
             detail: other.to_string(),
@@ -438,6 +524,7 @@ impl Service {
                     partition: slot.partition,
                     result: Err(clone_error(&error)),
                     timestamp_ms: slot.timestamp_ms,
+                    duplicate: false,
                 })
                 .collect();
         }
@@ -467,8 +554,9 @@ impl Service {
         };
         let appends = runs.into_iter().map(|(partition, run)| {
             let placement = placement_of(partition);
+            let guard = run.guard;
             let encoded = EncodedRecords::from_run(run.count, run.bytes);
-            async move { self.edge.append(placement?, encoded).await }
+            async move { self.edge.append(placement?, encoded, guard).await }
         });
         let delays = delayed_runs.into_iter().map(|(partition, run)| {
             let placement = placement_of(partition);
@@ -492,7 +580,8 @@ impl Service {
                         .and_then(|i| results.get(i))
                         .map(|result| {
                             result.as_ref().map(|appended| {
-                                Placement::Offset(appended.base_offset + u64::from(slot.position))
+                                let (offset, duplicate) = appended.offset_of(slot.position);
+                                (Placement::Offset(offset), duplicate)
                             })
                         }),
                     Some(deliver_at_ms) => find(&delayed_partitions, slot.partition)
@@ -500,12 +589,14 @@ impl Service {
                         .map(|result| {
                             result
                                 .as_ref()
-                                .map(|()| Placement::Delayed { deliver_at_ms })
+                                .map(|()| (Placement::Delayed { deliver_at_ms }, false))
                         }),
                 };
+                let mut duplicate = false;
                 let result = match outcome {
-                    Some(Ok(placement)) => {
-                        published += 1;
+                    Some(Ok((placement, is_duplicate))) => {
+                        duplicate = is_duplicate;
+                        published += u64::from(!is_duplicate);
                         Ok(placement)
                     }
                     Some(Err(error)) => Err(clone_error(error)),
@@ -517,6 +608,7 @@ impl Service {
                     partition: slot.partition,
                     result,
                     timestamp_ms: slot.timestamp_ms,
+                    duplicate,
                 }
             })
             .collect();
@@ -564,6 +656,7 @@ mod tests {
             key: Some(Cow::Borrowed(key.as_bytes())),
             value: Some(Cow::Owned(value.as_bytes().to_vec())),
             headers: vec![("h".into(), "v".into())],
+            id: None,
             deliver_at_ms: None,
             delay_ms: None,
         }
@@ -620,6 +713,41 @@ mod tests {
     }
 
     #[test]
+    fn ids_pick_the_partition_of_unkeyed_records_and_expectations_need_one_partition() {
+        let mut batches = batch(8);
+        let with_id = |id: &'static str| NewRecord {
+            partition: None,
+            key: None,
+            id: Some(Cow::Borrowed(id.as_bytes())),
+            ..record(0, "k", "v")
+        };
+        batches.push(with_id("order-1")).unwrap();
+        batches.push(with_id("order-1")).unwrap();
+        let want = partition_of_key(&batches.topic, b"order-1");
+        assert!(batches.slots.iter().all(|s| s.partition == want));
+        let run = &batches.runs[&want];
+        assert_eq!(run.guard.ids.len(), 2);
+        assert_eq!(run.guard.ids[0].1, RecordId::of(b"order-1"));
+        assert_eq!((run.guard.ids[0].0, run.guard.ids[1].0), (0, 1));
+        assert!(batches.expect(Expectation::NextOffset(3)).is_ok());
+        batches
+            .push(record((i64::from(want) + 1) % 8, "k", "v"))
+            .unwrap();
+        assert!(matches!(
+            batches.expect(Expectation::NextOffset(3)),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        for bad in [&b""[..], &[b'x'; MAX_ID_BYTES + 1][..]] {
+            let mut record = record(0, "k", "v");
+            record.id = Some(Cow::Owned(bad.to_vec()));
+            assert!(matches!(
+                batches.push(record),
+                Err(ApiError::InvalidRequest { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn due_times_are_checked_and_a_past_one_is_an_ordinary_publish() {
         let (now, max) = (1_000_000, 60_000);
         assert_eq!(due_time(None, None, now, max).unwrap(), None);
@@ -671,6 +799,33 @@ mod tests {
             .unwrap()
             .timestamp_ms;
         assert_eq!(stamped, due);
+    }
+
+    #[test]
+    fn ids_and_expectations_refuse_delayed_records() {
+        let mut batches = batch(1);
+        let mut both = record(0, "k", "v");
+        both.id = Some(Cow::Borrowed(b"order-1"));
+        both.delay_ms = Some(60_000);
+        assert!(matches!(
+            batches.push(both),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        let mut past = record(0, "k", "v");
+        past.id = Some(Cow::Borrowed(b"order-1"));
+        past.deliver_at_ms = Some(5);
+        assert!(matches!(
+            batches.push(past),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        assert!(batches.is_empty());
+        let mut later = record(0, "k", "v");
+        later.delay_ms = Some(60_000);
+        batches.push(later).unwrap();
+        assert!(matches!(
+            batches.expect(Expectation::NextOffset(0)),
+            Err(ApiError::InvalidRequest { .. })
+        ));
     }
 
     #[test]

@@ -103,6 +103,29 @@ impl Service {
         }
     }
 
+    /// Sets a topic's duplicate window (checked by the caller).
+    ///
+    /// # Errors
+    /// As [`Service::update_topic`].
+    pub async fn set_duplicate_window(
+        &self,
+        caller: &Caller,
+        name: &str,
+        duplicate_window_ms: u64,
+    ) -> Result<TopicMeta> {
+        self.authorize(caller, ResourceType::Topic, name, Operation::Alter)?;
+        let request = ForwardRequest::SetDuplicateWindow {
+            name: name.to_string(),
+            duplicate_window_ms,
+        };
+        topic_answer(self.edge.controller(request, name).await?, "update")
+    }
+
+    /// A topic's duplicate window as this node's metadata holds it.
+    pub fn duplicate_window_ms(&self, name: &str) -> u64 {
+        self.edge.broker().metadata().duplicate_window_ms(name)
+    }
+
     /// Deletes a topic.
     ///
     /// # Errors

@@ -42,6 +42,9 @@ enum TopicCommand {
         /// A compacted topic: keeps the latest record per key.
         #[arg(long)]
         compact: bool,
+        /// Remember record ids this long, ms (0: no deduplication; server default 2 min).
+        #[arg(long)]
+        duplicate_window_ms: Option<i64>,
     },
     /// List the topics.
     List,
@@ -50,7 +53,7 @@ enum TopicCommand {
         /// Topic name.
         name: String,
     },
-    /// Change a topic's retention, or raise its partition count.
+    /// Change a topic's retention or duplicate window, or raise its partition count.
     #[command(group(ArgGroup::new("setting").required(true).multiple(true)))]
     Alter {
         /// Topic name.
@@ -65,6 +68,9 @@ enum TopicCommand {
         /// New size limit per partition, bytes (-1: none).
         #[arg(long, group = "setting", allow_negative_numbers = true)]
         retention_bytes: Option<i64>,
+        /// New duplicate window, ms (0: no deduplication).
+        #[arg(long, group = "setting")]
+        duplicate_window_ms: Option<i64>,
     },
     /// Delete a topic, its records and the groups' offsets for it.
     Delete {
@@ -89,6 +95,7 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
             retention_ms,
             retention_bytes,
             compact,
+            duplicate_window_ms,
         } => {
             let spec = TopicSpec {
                 name,
@@ -98,6 +105,7 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
                 retention_bytes,
                 cleanup_policy: compact.then_some(CleanupPolicy::Compact),
                 delete_retention_ms: None,
+                duplicate_window_ms,
             };
             let topic = admin.create_topic(&spec).await.map_err(explain)?;
             print_topics(args.output, &[topic], false)
@@ -123,10 +131,12 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
             partitions,
             retention_ms,
             retention_bytes,
+            duplicate_window_ms,
         } => {
             let update = TopicUpdate {
                 retention_ms,
                 retention_bytes,
+                duplicate_window_ms,
                 partitions,
             };
             let topic = admin.alter_topic(&name, &update).await.map_err(explain)?;

@@ -91,6 +91,26 @@ fn name_of(value: &Value) -> &str {
     value["n"].as_str().or(value.as_str()).unwrap_or_default()
 }
 
+/// Polls `node` until the record named `name` is readable (within 30 s: a failover or a
+/// restart may come first), asserting it never is before `due`.
+async fn await_named_release(node: &NodeClient, name: &'static str, due: i64) -> Vec<Record> {
+    eventually(Duration::from_secs(30), name, || {
+        let node = node.clone();
+        async move {
+            let asked = now_ms();
+            let records = node.try_fetch_all(TOPIC, 0).await?;
+            let seen = !named(&records, name).is_empty();
+            assert!(!seen || asked >= due, "{name} readable before its due time");
+            if seen {
+                Ok(records)
+            } else {
+                Err(format!("{name} not released yet"))
+            }
+        }
+    })
+    .await
+}
+
 /// The records named `name`, among `records`.
 fn named<'a>(records: &'a [Record], name: &str) -> Vec<&'a Record> {
     records
@@ -459,25 +479,7 @@ async fn delayed_records_survive_a_leader_kill_and_a_restart_of_every_node() {
     let survivors: Vec<NodeClient> = c.running().into_iter().map(|id| c.node(id)).collect();
     // A failover takes a few seconds, which may run past the due time: only the hiding
     // is checked here, not how soon after the due time the record shows.
-    let records = eventually(
-        Duration::from_secs(30),
-        "the record released after the kill",
-        || {
-            let node = survivors[0].clone();
-            async move {
-                let asked = now_ms();
-                let records = node.try_fetch_all(TOPIC, 0).await?;
-                let seen = !named(&records, "before-kill").is_empty();
-                assert!(!seen || asked >= due, "readable before its due time");
-                if seen {
-                    Ok(records)
-                } else {
-                    Err("not released yet".to_string())
-                }
-            }
-        },
-    )
-    .await;
+    let records = await_named_release(&survivors[0], "before-kill", due).await;
     assert_eq!(named(&records, "before-kill").len(), 1);
     c.restart(leader).await;
     assert_once_everywhere(&c, &["before-kill"]).await;
@@ -499,25 +501,7 @@ async fn delayed_records_survive_a_leader_kill_and_a_restart_of_every_node() {
     c.stop_all().await;
     let took = c.restart_all().await;
     eprintln!("FIGURE full restart with a delayed record pending: ready after {took:?}");
-    let records = eventually(
-        Duration::from_secs(30),
-        "the record released after the restart",
-        || {
-            let node = c.node(1);
-            async move {
-                let asked = now_ms();
-                let records = node.try_fetch_all(TOPIC, 0).await?;
-                let seen = !named(&records, "across-restart").is_empty();
-                assert!(!seen || asked >= due, "readable before its due time");
-                if seen {
-                    Ok(records)
-                } else {
-                    Err("not released yet".to_string())
-                }
-            }
-        },
-    )
-    .await;
+    let records = await_named_release(&c.node(1), "across-restart", due).await;
     assert_eq!(
         records
             .iter()

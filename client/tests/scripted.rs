@@ -131,7 +131,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Seen> {
     })
 }
 
-const TOPIC: &str = r#"{"name":"t","partitions":1,"replication_factor":1,"retention_ms":1,"retention_bytes":-1,"cleanup_policy":"delete","delete_retention_ms":1}"#;
+const TOPIC: &str = r#"{"name":"t","partitions":1,"replication_factor":1,"retention_ms":1,"retention_bytes":-1,"cleanup_policy":"delete","delete_retention_ms":1,"duplicate_window_ms":120000}"#;
 
 /// A producer sending every request to the seed: the script answers publishes only, not
 /// the metadata read of leader routing (the end-to-end tests cover routing).

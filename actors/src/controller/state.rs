@@ -433,11 +433,11 @@ mod tests {
     use super::*;
     use crate::topic::CleanupPolicy;
 
-    #[test]
-    fn update_topic_changes_only_the_given_settings() {
+    /// A controller holding topic `t`: `partitions` partitions on node 1, 1 s retention.
+    fn with_topic(partitions: u32) -> ControllerLogic {
         let (mut logic, _) = ControllerLogic::new();
         let config = TopicConfig {
-            partitions: 2,
+            partitions,
             replication_factor: 1,
             retention_ms: 1_000,
             retention_bytes: -1,
@@ -446,10 +446,16 @@ mod tests {
         };
         logic.execute(ControllerCommand::CreateTopic {
             name: "t".into(),
-            config: config.clone(),
-            replicas: vec![vec![1], vec![1]],
+            config,
+            replicas: vec![vec![1]; partitions as usize],
             created_ms: 0,
         });
+        logic
+    }
+
+    #[test]
+    fn update_topic_changes_only_the_given_settings() {
+        let mut logic = with_topic(2);
         let update = TopicUpdate {
             retention_ms: None,
             retention_bytes: Some(4_096),
@@ -474,21 +480,7 @@ mod tests {
 
     #[test]
     fn partitions_are_added_with_fresh_groups_only_to_the_count_they_were_placed_for() {
-        let (mut logic, _) = ControllerLogic::new();
-        let config = TopicConfig {
-            partitions: 1,
-            replication_factor: 1,
-            retention_ms: 1_000,
-            retention_bytes: -1,
-            cleanup_policy: CleanupPolicy::Delete,
-            delete_retention_ms: 1,
-        };
-        logic.execute(ControllerCommand::CreateTopic {
-            name: "t".into(),
-            config,
-            replicas: vec![vec![1]],
-            created_ms: 0,
-        });
+        let mut logic = with_topic(1);
         let add = |from| ControllerCommand::AddPartitions {
             name: "t".into(),
             from,

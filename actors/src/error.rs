@@ -101,6 +101,9 @@ pub enum ControllerError {
     /// The request is valid JSON but cannot be done (e.g. more replicas than nodes).
     #[error("{0}")]
     Invalid(String),
+    /// A node id or address is taken by another node; nothing changed.
+    #[error("{0}")]
+    NodeConflict(String),
 }
 
 /// Why a consumer-group request was refused (docs/api.md § Consumer groups).

@@ -321,6 +321,12 @@ pub enum ApiError {
         /// Which bound.
         message: String,
     },
+    /// A node id or transport address is taken by another node. Nothing was done.
+    #[error("{message}")]
+    NodeConflict {
+        /// Which node holds it.
+        message: String,
+    },
     /// A bug or a broken node; logged, not shown.
     #[error("internal error")]
     Internal {
@@ -412,6 +418,7 @@ impl ApiError {
             ApiError::LimitReached { .. } => (StatusCode::CONFLICT, "limit_reached", 9),
             ApiError::PushNotFound { .. } => (StatusCode::NOT_FOUND, "push_not_found", 8),
             ApiError::PushSubscription { .. } => (StatusCode::CONFLICT, "push_subscription", 10),
+            ApiError::NodeConflict { .. } => (StatusCode::CONFLICT, "node_conflict", 11),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -573,6 +580,7 @@ impl ApiError {
                 topic: topic.into(),
             },
             ControllerError::Invalid(message) => ApiError::InvalidConfig { message },
+            ControllerError::NodeConflict(message) => ApiError::NodeConflict { message },
         }
     }
 }

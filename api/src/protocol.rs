@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use psubd_actors::assignment::TopicPartition;
 use psubd_actors::controller::access::{AccessChange, AccessRefusal};
-use psubd_actors::controller::{NodeInfo, TopicUpdate};
+use psubd_actors::controller::{Admission, Member, NodeInfo, TopicUpdate};
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
 use psubd_actors::partition::guard::RequestGuard;
@@ -170,6 +170,14 @@ pub enum ForwardRequest {
         name: String,
         /// The window, ms (checked by the sender; 0 turns deduplication off).
         duplicate_window_ms: u64,
+    },
+    /// Record a node's addresses and make it a voter of the controller group (the serving
+    /// node must lead the controller).
+    AdmitNode {
+        /// The node.
+        member: Member,
+        /// A new node, or a member recording its own addresses.
+        admission: Admission,
     },
 }
 

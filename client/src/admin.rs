@@ -1,8 +1,9 @@
 //! [`Admin`]: topics, consumer groups and the cluster view.
 
 use psubd_wire::{
-    ClusterInfo, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus, PushRequest,
-    PushSubscription, ResetRequest, ResetResponse, Topic, TopicSpec, TopicUpdate,
+    AddNode, ClusterInfo, ClusterNode, GroupDescription, GroupOffsets, GroupSummary,
+    PartitionStatus, PushRequest, PushSubscription, ResetRequest, ResetResponse, Topic, TopicSpec,
+    TopicUpdate,
 };
 use reqwest::{Method, StatusCode};
 
@@ -193,6 +194,18 @@ impl Admin {
     /// The server's error or [`Error::Transport`].
     pub async fn cluster(&self) -> Result<ClusterInfo, Error> {
         let call = Call::get("/v1/cluster".into());
+        self.client.json(&call, StatusCode::OK).await
+    }
+
+    /// `POST /v1/cluster/nodes`: adds a node to the running cluster (admin only); answers
+    /// once it is a voter of the controller group. Idempotent for the same id and address.
+    ///
+    /// # Errors
+    ///
+    /// The server's error (`invalid_request`, `node_conflict`, `invalid_config`, …) or
+    /// [`Error::Transport`].
+    pub async fn add_node(&self, node: &AddNode) -> Result<ClusterNode, Error> {
+        let call = Call::new(Method::POST, "/v1/cluster/nodes".into()).json(node)?;
         self.client.json(&call, StatusCode::OK).await
     }
 }

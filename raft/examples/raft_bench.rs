@@ -123,6 +123,7 @@ async fn run_once(
             min_free_bytes: 0,
             cluster_secret: psubd_raft::ClusterSecret::none(),
             peer_tls: None,
+            insecure_peers: false,
             tuning: RaftTuning::default(),
         };
         nodes.push(RaftNode::start(config).await.expect("start"));

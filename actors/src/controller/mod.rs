@@ -6,8 +6,10 @@
 //! validates, chooses replica sets and proposes with the write timeout as its deadline.
 
 pub mod access;
+pub mod membership;
 pub mod state;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use psubd_raft::types::typ::Raft;
@@ -18,6 +20,7 @@ use crate::error::ControllerError;
 use crate::proposal::{self, check_leader};
 use crate::stable_hash::fnv1a;
 use crate::topic::{is_internal, place_replicas, validate_name, TopicConfig, TopicMeta};
+pub use membership::{Admission, Member, MAX_NODES};
 pub use state::{
     ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo, TopicUpdate,
 };
@@ -30,7 +33,8 @@ const GROUP: &str = "controller";
 pub struct Controller {
     /// Group 0's Raft handle.
     raft: Raft,
-    /// Every node of the cluster (the `--peers` ids): replica sets are drawn from them.
+    /// The `--peers` ids: replica sets are drawn from group 0's voters
+    /// ([`Controller::placement_nodes`]), these only while its membership is unknown.
     nodes: Vec<NodeId>,
     /// This node's Raft groups: which peers are connected right now.
     raft_node: RaftNode,
@@ -38,6 +42,8 @@ pub struct Controller {
     write_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses changes.
     quorum_stale_after: Duration,
+    /// Held by a membership change from start to end: openraft takes one at a time.
+    membership_change: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Controller {
@@ -55,6 +61,7 @@ impl Controller {
             raft_node,
             write_timeout,
             quorum_stale_after,
+            membership_change: Arc::default(),
         }
     }
 
@@ -96,13 +103,14 @@ impl Controller {
     ) -> Result<TopicMeta, ControllerError> {
         self.check_leader()?;
         validate_name("topic", &name).map_err(|e| ControllerError::Invalid(e.0))?;
+        let nodes = self.placement_nodes();
         config
-            .check(self.nodes.len())
+            .check(nodes.len())
             .map_err(ControllerError::Invalid)?;
         // Rotate the first replica by the stable hash of the name so topics' leaders
         // spread.
         let offset = fnv1a(name.as_bytes());
-        let candidates = live_first(&self.nodes, &self.raft_node, config.replication_factor);
+        let candidates = live_first(&nodes, &self.raft_node, config.replication_factor);
         let replicas = place_replicas(
             &candidates,
             config.partitions,
@@ -225,11 +233,12 @@ impl Controller {
         }
         let mut config = meta.config.clone();
         config.partitions = partitions;
+        let nodes = self.placement_nodes();
         config
-            .check(self.nodes.len())
+            .check(nodes.len())
             .map_err(ControllerError::Invalid)?;
         let rf = config.replication_factor;
-        let candidates = live_first(&self.nodes, &self.raft_node, rf);
+        let candidates = live_first(&nodes, &self.raft_node, rf);
         let placed = place_replicas(&candidates, partitions, rf, fnv1a(name.as_bytes()));
         let command = ControllerCommand::AddPartitions {
             name,

@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use psubd_raft::{
-    Command, CommandResponse, GroupId, GroupLogic, NodeId, SnapshotPlan, StorageIoError, Tree,
-    WriteBatch,
+    Command, CommandResponse, GroupId, GroupLogic, NodeId, PeerAddr, SnapshotPlan, StorageIoError,
+    Tree, WriteBatch,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
 
 use super::access::{AccessChange, AccessRefusal, AccessState};
+use super::membership::Member;
 use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS};
 
 const STATE_KEY: &[u8] = b"state";
@@ -30,6 +31,10 @@ const ACCESS_KEY: &[u8] = b"access";
 /// Each topic's duplicate window, under its own key for the same reason as
 /// [`ACCESS_KEY`]. Absent (an older state), every topic has the default window.
 const DUPLICATE_WINDOWS_KEY: &[u8] = b"duplicate_windows";
+
+/// Every member's transport address, under its own key for the same reason as
+/// [`ACCESS_KEY`]. Absent (an older state), nodes are known from `--peers` alone.
+const MEMBERS_KEY: &[u8] = b"members";
 
 /// First group id handed to a partition; lower ids are reserved.
 pub const FIRST_PARTITION_GROUP: GroupId = 1000;
@@ -62,6 +67,11 @@ pub struct ControllerState {
     /// [`ControllerState::duplicate_window_ms`].
     #[serde(skip)]
     pub duplicate_windows: BTreeMap<String, u64>,
+    /// Every recorded node's transport address (stored under [`MEMBERS_KEY`], not in this
+    /// value's encoding): each node's transport learns its peers from it (see
+    /// [`super::membership`]).
+    #[serde(skip)]
+    pub members: BTreeMap<NodeId, PeerAddr>,
 }
 
 impl ControllerState {
@@ -130,6 +140,9 @@ pub enum ControllerCommand {
         /// The window, ms (0: no deduplication).
         duplicate_window_ms: u64,
     },
+    /// Records a node's transport and HTTP addresses (validated by the proposer, see
+    /// [`super::membership`]): a node being added, or a member at boot.
+    AdmitNode(Member),
 }
 
 /// The mutable settings of a topic (`PATCH /v1/topics/{t}`); `None` leaves one unchanged.
@@ -307,8 +320,26 @@ impl ControllerLogic {
                 Some(_) => ControllerResponse::PartitionsChanged,
                 None => ControllerResponse::TopicNotFound,
             },
+            ControllerCommand::AdmitNode(member) => {
+                self.state.members.insert(member.id, member.raft);
+                self.state.nodes.insert(
+                    member.id,
+                    NodeInfo {
+                        id: member.id,
+                        http: member.http,
+                    },
+                );
+                ControllerResponse::Done(None)
+            }
         }
     }
+}
+
+fn encode_members(members: &BTreeMap<NodeId, PeerAddr>) -> Result<Vec<u8>, StorageIoError> {
+    postcard::to_stdvec(members).map_err(|e| StorageIoError::Codec {
+        what: "members",
+        source: e,
+    })
 }
 
 fn encode_state(state: &ControllerState) -> Result<Vec<u8>, StorageIoError> {
@@ -354,6 +385,13 @@ impl GroupLogic for ControllerLogic {
             })?,
             None => BTreeMap::new(),
         };
+        self.state.members = match state.get(MEMBERS_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "members",
+                source: e,
+            })?,
+            None => BTreeMap::new(),
+        };
         self.published.send_replace(Arc::new(self.state.clone()));
         Ok(())
     }
@@ -374,6 +412,7 @@ impl GroupLogic for ControllerLogic {
                     batch.insert(ACCESS_KEY, encode_access(&self.state.access)?);
                     response
                 } else {
+                    let members_change = matches!(command, ControllerCommand::AdmitNode(_));
                     let windows_change = matches!(
                         command,
                         ControllerCommand::SetDuplicateWindow { .. }
@@ -381,6 +420,9 @@ impl GroupLogic for ControllerLogic {
                             | ControllerCommand::DeleteTopic { .. }
                     );
                     let response = self.execute(command);
+                    if members_change {
+                        batch.insert(MEMBERS_KEY, encode_members(&self.state.members)?);
+                    }
                     if windows_change {
                         batch.insert(
                             DUPLICATE_WINDOWS_KEY,
@@ -422,6 +464,7 @@ impl GroupLogic for ControllerLogic {
                     DUPLICATE_WINDOWS_KEY.to_vec(),
                     encode_windows(&self.state.duplicate_windows)?,
                 ),
+                (MEMBERS_KEY.to_vec(), encode_members(&self.state.members)?),
             ],
             lazy: None,
         })

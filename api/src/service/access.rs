@@ -417,7 +417,7 @@ impl Service {
 ///
 /// # Errors
 /// 403 `forbidden`; audited.
-fn require_admin(caller: &Caller, operation: &str, resource: &str) -> Result<()> {
+pub(super) fn require_admin(caller: &Caller, operation: &str, resource: &str) -> Result<()> {
     match caller.identity {
         Identity::Principal(_) => Err(forbidden(caller, operation, resource)),
         Identity::Anonymous | Identity::Admin => Ok(()),

@@ -147,8 +147,9 @@ pub struct NodeConfig {
     #[arg(long, env = "PSUBD_JOIN")]
     pub join: Option<String>,
     /// Address other nodes reach this node's peer transport at, HOST:PORT (an IP address or
-    /// a DNS name; default: --raft). Recorded in the cluster state, so give it when --raft
-    /// listens on 0.0.0.0 or behind a name.
+    /// a DNS name; default: this node's --peers entry, else --raft). Recorded in the cluster
+    /// state, where every node learns it from; needed with --join when --raft listens on
+    /// 0.0.0.0.
     #[arg(long, env = "PSUBD_ADVERTISE_RAFT")]
     pub advertise_raft: Option<String>,
     /// Directory for this node's data (sled database, snapshots).
@@ -285,15 +286,28 @@ impl NodeConfig {
     /// # Errors
     /// [`ConfigError`] naming the rule broken.
     pub fn validate(self) -> Result<ValidNodeConfig, ConfigError> {
-        let advertised_raft = match &self.advertise_raft {
-            Some(raw) => PeerAddr::parse(raw).map_err(|message| ConfigError::BadAddress {
+        let configured = self.peers.as_deref().map(parse_peers).transpose()?;
+        // Where the others reach this node: the flag, else its own --peers entry (what
+        // they were given), else --raft, unless that is a wildcard no peer can dial.
+        let advertised_raft = match (&self.advertise_raft, &configured) {
+            (Some(raw), _) => PeerAddr::parse(raw).map_err(|message| ConfigError::BadAddress {
                 flag: "--advertise-raft",
                 message,
             })?,
-            None => PeerAddr::from(self.raft),
+            (None, Some(peers)) if peers.contains_key(&self.id) => peers[&self.id].clone(),
+            (None, _) if self.raft.ip().is_unspecified() => {
+                return Err(ConfigError::BadAddress {
+                    flag: "--advertise-raft",
+                    message: format!(
+                        "--raft {} listens on every interface: say where peers reach it",
+                        self.raft
+                    ),
+                })
+            }
+            (None, _) => PeerAddr::from(self.raft),
         };
-        let peers = match (&self.peers, &self.join) {
-            (Some(peers), _) => parse_peers(peers)?,
+        let peers = match (configured, &self.join) {
+            (Some(peers), _) => peers,
             (None, Some(join)) => {
                 if !(join.starts_with("http://") || join.starts_with("https://")) {
                     return Err(ConfigError::BadAddress {
@@ -494,5 +508,93 @@ mod tests {
         peers_on_loopback(&parse_peers("2=localhost:9082,3=[::1]:9083").unwrap())
             .then_some(())
             .expect("localhost and ::1 are loopback");
+    }
+
+    /// `psubd node ARGS…` validated.
+    fn node(args: &[&str]) -> Result<ValidNodeConfig, String> {
+        #[derive(clap::Parser)]
+        struct Node {
+            #[command(flatten)]
+            node: NodeConfig,
+        }
+        let parsed = <Node as clap::Parser>::try_parse_from(
+            std::iter::once("node").chain(args.iter().copied()),
+        )
+        .map_err(|e| e.to_string())?;
+        parsed.node.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_advertised_raft_address_is_the_flag_else_the_own_peers_entry_else_raft() {
+        let peers = [
+            "--peers",
+            "1=psubd-1.internal:9081,2=psubd-2.internal:9082",
+            "--insecure",
+        ];
+        let mut args = vec!["--id", "2", "--raft", "0.0.0.0:9082"];
+        args.extend(peers);
+        assert_eq!(
+            node(&args).unwrap().advertised_raft.as_str(),
+            "psubd-2.internal:9082"
+        );
+        args.extend(["--advertise-raft", "10.0.0.2:9082"]);
+        assert_eq!(
+            node(&args).unwrap().advertised_raft.as_str(),
+            "10.0.0.2:9082"
+        );
+
+        let joined = node(&[
+            "--id",
+            "4",
+            "--raft",
+            "127.0.0.1:9084",
+            "--join",
+            "http://a:8081",
+        ])
+        .unwrap();
+        assert_eq!(joined.advertised_raft.as_str(), "127.0.0.1:9084");
+        assert_eq!(
+            joined.peers.len(),
+            1,
+            "a joining node starts knowing only itself"
+        );
+        assert!(node(&[
+            "--id",
+            "4",
+            "--raft",
+            "0.0.0.0:9084",
+            "--join",
+            "http://a:8081"
+        ])
+        .unwrap_err()
+        .contains("--advertise-raft"));
+    }
+
+    #[test]
+    fn join_wants_a_url_and_no_peers() {
+        assert!(node(&["--id", "4", "--join", "a:8081"]).is_err());
+        assert!(node(&[
+            "--id",
+            "4",
+            "--join",
+            "http://a:8081",
+            "--peers",
+            "4=127.0.0.1:1"
+        ])
+        .is_err());
+        assert!(
+            node(&["--id", "4"]).is_err(),
+            "--peers or --join is required"
+        );
+        assert!(node(&["--id", "0", "--join", "http://a:8081"]).is_err());
+        assert!(node(&[
+            "--id",
+            "4",
+            "--join",
+            "http://a:8081",
+            "--advertise-raft",
+            "bad_name:1"
+        ])
+        .is_err());
     }
 }

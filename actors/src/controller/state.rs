@@ -623,4 +623,44 @@ mod tests {
             .unwrap();
         assert_eq!(installed.borrow().access, expected);
     }
+
+    /// An admitted node's addresses are applied to the state, written with it and loaded
+    /// again by a restarted node (each phase in its own runtime, as a process).
+    #[test]
+    fn an_admitted_node_is_recorded_and_survives_a_restart() {
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+        use psubd_raft::NodeStorage;
+
+        let member = Member {
+            id: 4,
+            raft: PeerAddr::parse("psubd-4.internal:9084").unwrap(),
+            http: "http://psubd-4.internal:8084".into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let storage = NodeStorage::open(&path, 1 << 20).unwrap();
+            let (logic, published) = ControllerLogic::new();
+            let mut sm = storage.state_machine(0, Box::new(logic)).unwrap();
+            let command = encode_command(&ControllerCommand::AdmitNode(member.clone())).unwrap();
+            sm.apply(vec![Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(command),
+            }])
+            .await
+            .unwrap();
+            assert_eq!(published.borrow().members.get(&4), Some(&member.raft));
+            assert_eq!(published.borrow().nodes[&4].http, member.http);
+            storage.close().await.unwrap();
+        });
+        NodeStorage::wait_until_released(&path, std::time::Duration::from_secs(10)).unwrap();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let storage = NodeStorage::open(&path, 1 << 20).unwrap();
+            let (logic, published) = ControllerLogic::new();
+            let _sm = storage.state_machine(0, Box::new(logic)).unwrap();
+            assert_eq!(published.borrow().members.get(&4), Some(&member.raft));
+            assert_eq!(published.borrow().nodes[&4].http, member.http);
+        });
+    }
 }

@@ -263,3 +263,90 @@ async fn bad_requests_to_add_a_node_are_refused_and_change_nothing() {
         assert!(warnings.is_empty(), "node {id} logged: {warnings:#?}");
     }
 }
+
+/// Under `--auth` only the admin may add a node; a node started with `--join` and the
+/// cluster's admin key file joins with that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_auth_only_the_admin_adds_a_node_and_a_joining_node_uses_the_admin_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let admin_key = "admin.join-test-admin-secret-0123456789abcdef";
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, format!("{admin_key}\n")).expect("write the admin key file");
+    let key_path = key_file.display().to_string();
+    let mut cluster = Cluster::start_with_env(
+        3,
+        &[("PSUBD_AUTH", "true"), ("PSUBD_ADMIN_KEY_FILE", &key_path)],
+    )
+    .await;
+    let bearer = |key: &str| format!("Bearer {key}");
+    let via = cluster.node(1);
+    let url = via.url("/v1/cluster/nodes");
+    let own = json!({"id": 2, "raft": cluster.raft_addr(2), "http": cluster.http(2)});
+
+    let anonymous = via
+        .http()
+        .post(&url)
+        .json(&own)
+        .send()
+        .await
+        .expect("answered");
+    expect_error(anonymous, 401, "unauthenticated", "no key").await;
+    let made = via
+        .http()
+        .post(via.url("/v1/principals"))
+        .header("authorization", bearer(admin_key))
+        .json(&json!({"name": "app"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(made.status().as_u16(), 201);
+    let key: serde_json::Value = expect_json(
+        via.http()
+            .post(via.url("/v1/principals/app/keys"))
+            .header("authorization", bearer(admin_key))
+            .send()
+            .await
+            .expect("answered"),
+        201,
+    )
+    .await
+    .expect("a key");
+    let app_key = key["key"].as_str().expect("key").to_string();
+    let by_app = via
+        .http()
+        .post(&url)
+        .header("authorization", bearer(&app_key))
+        .json(&own)
+        .send()
+        .await
+        .expect("answered");
+    expect_error(
+        by_app,
+        403,
+        "forbidden",
+        "a principal that is not the admin",
+    )
+    .await;
+
+    let four = cluster.add_joining_node(1).await;
+    let voter = eventually(CATCH_UP, "node 4 a voter", || async {
+        let resp = via
+            .http()
+            .get(via.url("/v1/cluster"))
+            .header("authorization", bearer(admin_key))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let info: ClusterInfo = expect_json(resp, 200).await?;
+        info.nodes
+            .into_iter()
+            .find(|n| n.id == four && n.voter)
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    assert_eq!(voter.raft, cluster.raft_addr(four));
+    for id in 1..=four {
+        let warnings = cluster.warnings(id);
+        assert!(warnings.is_empty(), "node {id} logged: {warnings:#?}");
+    }
+}

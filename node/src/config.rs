@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use psubd_actors::controller::MAX_NODES;
 use psubd_api::auth::AdminKey;
 use psubd_api::limits::{
     DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES,
@@ -321,6 +322,11 @@ impl NodeConfig {
         };
         if self.id == 0 {
             return Err(ConfigError::OutOfRange("--id must be positive".into()));
+        }
+        if peers.len() > MAX_NODES {
+            return Err(ConfigError::OutOfRange(format!(
+                "--peers may list at most {MAX_NODES} nodes"
+            )));
         }
         if !peers.contains_key(&self.id) {
             return Err(ConfigError::SelfNotInPeers { id: self.id });

@@ -7,7 +7,7 @@
 //!
 //! Needs the binary: `cargo build -p psubd` first.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ async fn publisher(
     id: usize,
     nodes: Vec<NodeClient>,
     stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
 ) -> (Vec<Acked>, Vec<String>) {
     let (mut acked, mut failed) = (Vec::new(), Vec::new());
     let mut seq = 0usize;
@@ -58,6 +59,7 @@ async fn publisher(
                         offset: reports[0].offset,
                         value,
                     });
+                    count.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 PublishOutcome::Unavailable {
@@ -110,14 +112,35 @@ async fn a_node_joins_a_running_cluster_takes_replicas_and_rejoins_after_a_resta
     node1.create_topic(STEADY, 3, 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
     let nodes: Vec<NodeClient> = (1..=3).map(|id| cluster.node(id)).collect();
     let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|id| tokio::spawn(publisher(id, nodes.clone(), stop.clone())))
+        .map(|id| tokio::spawn(publisher(id, nodes.clone(), stop.clone(), count.clone())))
         .collect();
+    // Acknowledged more than `beyond` records in all.
+    let acked_beyond = |beyond: usize| {
+        let count = count.clone();
+        async move {
+            eventually(CATCH_UP, "more acknowledged publishes", || {
+                let count = count.clone();
+                async move {
+                    let now = count.load(Ordering::Relaxed);
+                    (now > beyond)
+                        .then_some(now)
+                        .ok_or(format!("{now} acknowledged"))
+                }
+            })
+            .await
+        }
+    };
+    let before_join = acked_beyond(20).await;
 
     // Node 4 joins through node 1 while the publishers run.
     let four = cluster.add_joining_node(1).await;
     assert_eq!(four, 4);
+    // The publishers go on after the join.
+    acked_beyond(count.load(Ordering::Relaxed) + 20).await;
+    assert!(before_join > 20);
     for via in 1..=4 {
         let seen = await_voter(&cluster.node(via), four).await;
         assert_eq!(
@@ -148,8 +171,9 @@ async fn a_node_joins_a_running_cluster_takes_replicas_and_rejoins_after_a_resta
         "every record published through node 4 reads back through it"
     );
 
-    // Restarted with the same flags, node 4 is a voter again and serves again.
-    cluster.stop(four).await;
+    // Killed (kill -9) and restarted with the same flags, node 4 is a voter again and
+    // serves again: what it needs to rejoin is on its disk.
+    cluster.kill(four);
     cluster.restart(four).await;
     await_voter(&cluster.node(1), four).await;
     let again = node4.publish("after", &records[..8]).await;

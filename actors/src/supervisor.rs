@@ -13,7 +13,7 @@ use std::time::Duration;
 use psubd_raft::{GroupId, NodeId, RaftNode};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::ControllerState;
 use crate::locks::{read_lock, write_lock};
@@ -71,11 +71,17 @@ struct WantedReplica {
     /// The topic's cleanup policy (fixed at creation): compacted partitions keep a key
     /// index.
     cleanup_policy: CleanupPolicy,
+    /// True when this node is a new replica of a move in progress
+    /// (`controller::reassignment`): the group exists elsewhere and this replica joins it
+    /// as a learner, so it must never initialise it (that would found a second, empty
+    /// group under the same id).
+    joining: bool,
 }
 
-/// The groups this node should hold.
+/// The groups this node should hold: those whose placement names it, and those a move
+/// in progress adds it to.
 fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, WantedReplica> {
-    state
+    let mut wanted: HashMap<GroupId, WantedReplica> = state
         .topics
         .values()
         .flat_map(|topic| {
@@ -95,10 +101,31 @@ fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, WantedReplica
                     replicas: placement.replicas.clone(),
                     offsets: topic.name == OFFSETS_TOPIC,
                     cleanup_policy: topic.config.cleanup_policy,
+                    joining: false,
                 },
             )
         })
-        .collect()
+        .collect();
+    for (group, reassignment) in &state.moves.reassignments {
+        if !reassignment.added().contains(&me) || wanted.contains_key(group) {
+            continue;
+        }
+        let Some(topic) = state.topics.get(&reassignment.topic) else {
+            continue;
+        };
+        wanted.insert(
+            *group,
+            WantedReplica {
+                topic: topic.name.clone(),
+                partition: reassignment.partition,
+                replicas: reassignment.to.clone(),
+                offsets: topic.name == OFFSETS_TOPIC,
+                cleanup_policy: topic.config.cleanup_policy,
+                joining: true,
+            },
+        );
+    }
+    wanted
 }
 
 impl SupervisorState {
@@ -146,6 +173,7 @@ impl SupervisorState {
             replicas,
             offsets,
             cleanup_policy,
+            joining,
         } = wanted;
         let offsets_partition = offsets.then_some(number);
         let me = self.args.raft_node.id();
@@ -166,7 +194,9 @@ impl SupervisorState {
             .raft_node
             .open_group(group, logic, members.clone(), false)
             .await?;
-        if preferred {
+        if joining {
+            debug!(group, "joining a partition group as a learner");
+        } else if preferred {
             let raft_node = self.args.raft_node.clone();
             let raft = raft.clone();
             let members = members.clone();

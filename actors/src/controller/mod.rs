@@ -117,7 +117,9 @@ impl Controller {
         self.check_leader()?;
         validate_name("topic", &name).map_err(|e| ControllerError::Invalid(e.0))?;
         let nodes = self.placeable_nodes();
-        config.check(nodes.len()).map_err(ControllerError::Invalid)?;
+        config
+            .check(nodes.len())
+            .map_err(ControllerError::Invalid)?;
         // Rotate the first replica by the stable hash of the name so topics' leaders
         // spread.
         let offset = fnv1a(name.as_bytes());
@@ -245,7 +247,9 @@ impl Controller {
         let mut config = meta.config.clone();
         config.partitions = partitions;
         let nodes = self.placeable_nodes();
-        config.check(nodes.len()).map_err(ControllerError::Invalid)?;
+        config
+            .check(nodes.len())
+            .map_err(ControllerError::Invalid)?;
         let rf = config.replication_factor;
         let candidates = live_first(&nodes, &self.raft_node, rf);
         let placed = place_replicas(&candidates, partitions, rf, fnv1a(name.as_bytes()));

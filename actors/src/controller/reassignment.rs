@@ -184,7 +184,9 @@ pub fn check_move(
     }
     let distinct: BTreeSet<NodeId> = replicas.iter().copied().collect();
     if distinct.len() != replicas.len() {
-        return Err(MoveRefusal::Invalid("replicas must be distinct nodes".into()));
+        return Err(MoveRefusal::Invalid(
+            "replicas must be distinct nodes".into(),
+        ));
     }
     if let Some(unknown) = replicas.iter().find(|n| !state.nodes.contains_key(n)) {
         return Err(MoveRefusal::Invalid(format!(
@@ -353,7 +355,10 @@ pub fn holds_nothing(state: &ControllerState, node: NodeId) -> bool {
 }
 
 /// Applies a move command to the state (at apply, on every replica alike).
-pub(super) fn execute(state: &mut ControllerState, command: ControllerCommand) -> ControllerResponse {
+pub(super) fn execute(
+    state: &mut ControllerState,
+    command: ControllerCommand,
+) -> ControllerResponse {
     let outcome = match command {
         ControllerCommand::StartMove {
             topic,
@@ -405,11 +410,9 @@ pub(super) fn execute(state: &mut ControllerState, command: ControllerCommand) -
                 _ => Err(MoveRefusal::Conflict("no such move in progress".into())),
             }
         }
-        ControllerCommand::Decommission { node } => {
-            check_decommission(state, node).map(|()| {
-                state.moves.nodes.insert(node, NodeState::Decommissioning);
-            })
-        }
+        ControllerCommand::Decommission { node } => check_decommission(state, node).map(|()| {
+            state.moves.nodes.insert(node, NodeState::Decommissioning);
+        }),
         ControllerCommand::Decommissioned { node } => {
             if state.moves.node_state(node) == NodeState::Decommissioning
                 && holds_nothing(state, node)
@@ -457,7 +460,11 @@ impl Controller {
     ///
     /// # Errors
     /// As [`Controller::start_move`]; `Conflict` when no such move runs.
-    pub async fn move_progress(&self, group: GroupId, state: MoveState) -> Result<(), ControllerError> {
+    pub async fn move_progress(
+        &self,
+        group: GroupId,
+        state: MoveState,
+    ) -> Result<(), ControllerError> {
         self.move_command(ControllerCommand::MoveProgress { group, state })
             .await
     }
@@ -578,7 +585,13 @@ mod tests {
             refused(execute(&mut s, start("t", 1, &[1, 2, 4]))),
             MoveRefusal::PartitionNotFound { partition: 1 }
         );
-        for bad in [&[1, 2][..], &[1, 2, 4, 5], &[1, 1, 4], &[1, 2, 9], &[1, 2, 3]] {
+        for bad in [
+            &[1, 2][..],
+            &[1, 2, 4, 5],
+            &[1, 1, 4],
+            &[1, 2, 9],
+            &[1, 2, 3],
+        ] {
             assert!(matches!(
                 refused(execute(&mut s, start("t", 0, bad))),
                 MoveRefusal::Invalid(_)
@@ -595,7 +608,10 @@ mod tests {
             ControllerResponse::Moves(Ok(()))
         ));
         let moving = &s.moves.reassignments[&1000];
-        assert_eq!((moving.from.clone(), moving.added()), (vec![1, 2, 3], vec![4]));
+        assert_eq!(
+            (moving.from.clone(), moving.added()),
+            (vec![1, 2, 3], vec![4])
+        );
         // The placement shows the voting replicas until the move is done.
         assert_eq!(s.partition("t", 0).unwrap().replicas, vec![1, 2, 3]);
         assert!(matches!(
@@ -635,7 +651,10 @@ mod tests {
             ));
         }
         assert!(matches!(
-            refused(execute(&mut s, start("t", MAX_CONCURRENT_MOVES as u32, &[1, 2, 4]))),
+            refused(execute(
+                &mut s,
+                start("t", MAX_CONCURRENT_MOVES as u32, &[1, 2, 4])
+            )),
             MoveRefusal::Conflict(_)
         ));
     }
@@ -652,7 +671,9 @@ mod tests {
         // A partition already moving is left to its move.
         execute(&mut s, start("t", 0, &[5, 2, 3]));
         let again = plan_decommission(&s, 1);
-        assert!(again.iter().all(|m| m.partition != 0 && !m.replicas.contains(&1)));
+        assert!(again
+            .iter()
+            .all(|m| m.partition != 0 && !m.replicas.contains(&1)));
         // A node being decommissioned takes no new replica by request either.
         assert!(matches!(
             refused(execute(&mut s, start("t", 3, &[2, 3, 1]))),

@@ -1,11 +1,11 @@
 //! [`Admin`]: topics, consumer groups and the cluster view.
 
-use psubd_wire::{
-    ClusterInfo, Decommission, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus, PushRequest,
-    PushSubscription, Reassignment, Reassignments, ResetRequest, ResetResponse, Topic, TopicSpec,
-    TopicUpdate,
-};
 use psubd_wire::MoveReplicas;
+use psubd_wire::{
+    ClusterInfo, Decommission, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus,
+    PushRequest, PushSubscription, Reassignment, Reassignments, ResetRequest, ResetResponse, Topic,
+    TopicSpec, TopicUpdate,
+};
 use reqwest::{Method, StatusCode};
 
 use crate::client::{segment, Call, Client};
@@ -211,7 +211,10 @@ impl Admin {
         partition: u32,
         replicas: Vec<u64>,
     ) -> Result<Reassignment, Error> {
-        let path = format!("/v1/topics/{}/partitions/{partition}/replicas", segment(topic));
+        let path = format!(
+            "/v1/topics/{}/partitions/{partition}/replicas",
+            segment(topic)
+        );
         let call = Call::new(Method::PUT, path).json(&MoveReplicas { replicas })?;
         self.client.json(&call, StatusCode::ACCEPTED).await
     }
@@ -235,7 +238,10 @@ impl Admin {
     /// nodes cannot hold a replication factor), another server error, or
     /// [`Error::Transport`].
     pub async fn decommission(&self, node: u64) -> Result<Decommission, Error> {
-        let call = Call::new(Method::POST, format!("/v1/cluster/nodes/{node}/decommission"));
+        let call = Call::new(
+            Method::POST,
+            format!("/v1/cluster/nodes/{node}/decommission"),
+        );
         self.client.json(&call, StatusCode::ACCEPTED).await
     }
 }

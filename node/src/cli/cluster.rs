@@ -83,7 +83,10 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(&["NODE", "HTTP", "RAFT", "ALIVE", "STATE", "LEADS", "ROLE"], &rows)?;
+    print_table(
+        &["NODE", "HTTP", "RAFT", "ALIVE", "STATE", "LEADS", "ROLE"],
+        &rows,
+    )?;
     println!("\n{} partitions", info.partitions.len());
     Ok(())
 }

@@ -166,9 +166,8 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
             match args.output {
                 Output::Json => print_json(&started),
                 Output::Table => {
-                    let nodes = |ids: &[u64]| {
-                        ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-                    };
+                    let nodes =
+                        |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
                     println!(
                         "moving partition {} of topic {} from {} to {}",
                         started.partition,

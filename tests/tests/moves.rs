@@ -135,6 +135,7 @@ async fn replica_sets(node: &NodeClient) -> Vec<Vec<u64>> {
 /// (`replica=local`), once that replica has them all.
 async fn read_replica(
     node: &NodeClient,
+    topic: &str,
     partition: u32,
     high_watermark: u64,
 ) -> BTreeMap<u64, u64> {
@@ -142,7 +143,7 @@ async fn read_replica(
     let mut offset = 0;
     while offset < high_watermark {
         let url = node.url(&format!(
-            "/v1/topics/{TOPIC}/partitions/{partition}/records?offset={offset}&max_records=500&replica=local"
+            "/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=500&replica=local"
         ));
         let page: Value = eventually(
             Duration::from_secs(30),
@@ -436,7 +437,13 @@ async fn replicas_move_and_a_node_is_decommissioned_under_load_losing_nothing() 
             p.replicas
         );
         for replica in &p.replicas {
-            let copy = read_replica(&cluster.node(*replica), p.partition, p.high_watermark).await;
+            let copy = read_replica(
+                &cluster.node(*replica),
+                TOPIC,
+                p.partition,
+                p.high_watermark,
+            )
+            .await;
             for ((partition, offset), value) in acked.range((p.partition, 0)..(p.partition + 1, 0))
             {
                 assert_eq!(
@@ -502,5 +509,93 @@ async fn replicas_move_and_a_node_is_decommissioned_under_load_losing_nothing() 
     for id in cluster.ids() {
         let loud = cluster.warn_and_error_lines(id);
         assert!(loud.is_empty(), "node {id} logged WARN/ERROR: {loud:#?}");
+    }
+}
+
+/// A move survives the loss of the partition's leader half-way: the new replica is held
+/// back (paused) so the move is still catching up when the leader is killed; the next
+/// leader carries it through once the new replica runs again, and every acknowledged
+/// record is on every replica of the target set. Five nodes, so that the controller
+/// keeps its quorum with one node paused and one killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_resumes_after_the_partition_leader_is_killed() {
+    const RESUMED: &str = "resumed";
+    let mut cluster = Cluster::start(5).await;
+    let survivor = cluster.node(cluster.ids()[0]);
+    survivor.create_topic(RESUMED, 1, 3).await;
+    let leader = cluster.leader_of(RESUMED, 0).await;
+    let before = cluster.node(leader).partitions(RESUMED).await[0]
+        .replicas
+        .clone();
+    let records: Vec<NewRecord> = (0..200u64)
+        .map(|i| NewRecord::keyed(format!("k{i}"), json!(i)))
+        .collect();
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    for chunk in records.chunks(50) {
+        for (report, record) in cluster
+            .node(leader)
+            .publish(RESUMED, chunk)
+            .await
+            .iter()
+            .zip(chunk)
+        {
+            acked.insert(report.offset, record.value.as_u64().expect("numbered"));
+        }
+    }
+    // The newcomer replaces a follower; the leader stays in the target set.
+    let newcomer = cluster
+        .ids()
+        .into_iter()
+        .find(|n| !before.contains(n))
+        .expect("a free node");
+    let replaced = *before.iter().find(|n| **n != leader).expect("a follower");
+    let target: Vec<u64> = before
+        .iter()
+        .map(|n| if *n == replaced { newcomer } else { *n })
+        .collect();
+    let asker = cluster.node(replaced);
+
+    cluster.pause(newcomer);
+    let resp = put_replicas(&asker, RESUMED, "0", json!({"replicas": target})).await;
+    assert_eq!(resp.status(), 202, "the move starts");
+    eventually(
+        Duration::from_secs(30),
+        "the move waits for its new replica",
+        || {
+            let asker = asker.clone();
+            async move {
+                let moving = reassignments(&asker).await?;
+                let listed = moving
+                    .iter()
+                    .any(|m| m["topic"] == RESUMED && m["state"] == "catching_up");
+                listed.then_some(()).ok_or(format!("{moving:?}"))
+            }
+        },
+    )
+    .await;
+    cluster.kill(leader);
+    cluster.resume(newcomer);
+
+    eventually(MOVES_WITHIN, "the move done under the next leader", || {
+        let (asker, target) = (asker.clone(), target.clone());
+        async move {
+            let moving = reassignments(&asker).await?;
+            let now = asker.try_partitions(RESUMED).await?;
+            (moving.is_empty() && now[0].replicas == target)
+                .then_some(())
+                .ok_or(format!("moving {moving:?}, replicas {:?}", now[0].replicas))
+        }
+    })
+    .await;
+    cluster.restart(leader).await;
+    for replica in &target {
+        let copy = read_replica(&cluster.node(*replica), RESUMED, 0, acked.len() as u64).await;
+        for (offset, value) in &acked {
+            assert_eq!(
+                copy.get(offset),
+                Some(value),
+                "node {replica}: offset {offset}"
+            );
+        }
     }
 }

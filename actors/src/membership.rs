@@ -58,6 +58,22 @@ pub fn members(raft: &Raft) -> Members {
     }
 }
 
+/// Of `candidates`, the follower whose log matches the leader's furthest (the best one
+/// to hand a leadership to); `None` when this replica does not lead or knows none of them.
+pub fn most_caught_up(raft: &Raft, candidates: &[NodeId]) -> Option<NodeId> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let replication = metrics.replication.as_ref()?;
+    candidates
+        .iter()
+        .filter_map(|node| {
+            let matched = replication.get(node)?.map(|id| id.index)?;
+            Some((matched, *node))
+        })
+        .max()
+        .map(|(_, node)| node)
+}
+
 /// Adds `node` as a learner (the leader replicates to it from then on, by log or by
 /// snapshot); does not wait for it to catch up.
 ///

@@ -379,3 +379,65 @@ fn find_group(table: &PartitionTable, cell: &ActorCell) -> Option<GroupId> {
         .find(|(_, handle)| handle.actor.get_id() == cell.get_id())
         .map(|(group, _)| *group)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::reassignment::{MoveState, Reassignment};
+    use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta};
+
+    /// A topic `t` with one partition (group 1000) on nodes 1, 2, 3, moving to 2, 3, 4.
+    fn moving() -> ControllerState {
+        let mut state = ControllerState::default();
+        state.topics.insert(
+            "t".into(),
+            TopicMeta {
+                name: "t".into(),
+                config: TopicConfig {
+                    partitions: 1,
+                    replication_factor: 3,
+                    retention_ms: -1,
+                    retention_bytes: -1,
+                    cleanup_policy: CleanupPolicy::Delete,
+                    delete_retention_ms: 1,
+                },
+                partitions: vec![PartitionPlacement {
+                    group: 1000,
+                    replicas: vec![1, 2, 3],
+                }],
+                created_ms: 0,
+            },
+        );
+        state.moves.reassignments.insert(
+            1000,
+            Reassignment {
+                topic: "t".into(),
+                partition: 0,
+                from: vec![1, 2, 3],
+                to: vec![2, 3, 4],
+                state: MoveState::CatchingUp,
+                started_ms: 0,
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn a_moves_new_replica_joins_without_initialising_and_the_old_ones_stay_until_done() {
+        let state = moving();
+        // The new replica opens the group as a joiner: it must never initialise it.
+        assert!(wanted(&state, 4)[&1000].joining);
+        // The replicas of the placement keep theirs, the one leaving too, until the move
+        // is done.
+        for node in [1, 2, 3] {
+            assert!(!wanted(&state, node)[&1000].joining, "node {node}");
+        }
+        assert!(wanted(&state, 5).is_empty());
+        // Done: the placement is the target; the leaving node no longer holds the group.
+        let mut done = state.clone();
+        done.moves.reassignments.clear();
+        done.topics.get_mut("t").unwrap().partitions[0].replicas = vec![2, 3, 4];
+        assert!(wanted(&done, 1).is_empty());
+        assert!(!wanted(&done, 4)[&1000].joining);
+    }
+}

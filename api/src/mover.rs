@@ -26,7 +26,9 @@ use psubd_actors::controller::reassignment::{
     holds_nothing, plan_decommission, MoveState, NodeState, Reassignment,
 };
 use psubd_actors::locks::lock;
-use psubd_actors::membership::{self, add_learner, await_caught_up, change_voters, is_leader};
+use psubd_actors::membership::{
+    self, add_learner, await_caught_up, change_voters, is_leader, most_caught_up,
+};
 use psubd_raft::{GroupId, HandOver, NodeId, CONTROLLER_GROUP};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -157,12 +159,25 @@ async fn drive(edge: &Edge, group: GroupId, reassignment: &Reassignment) -> Resu
         info!(group, "new replicas caught up; changing the voters");
     }
     if !target.contains(&me) {
-        // Hand the leadership to a replica that stays; it carries the move on. With none
-        // (every replica replaced), openraft steps this leader down once the new voters
-        // are committed, and they elect among themselves.
-        if let Some(stays) = reassignment.to.iter().find(|n| voters.contains(n)) {
+        // Hand the leadership to a replica that stays, the one furthest along of those
+        // this node is in contact with (a dead one would never take over); it carries the
+        // move on. With none staying (every replica replaced), openraft steps this leader
+        // down once the new voters are committed, and they elect among themselves.
+        let staying: Vec<NodeId> = reassignment
+            .to
+            .iter()
+            .copied()
+            .filter(|n| voters.contains(n))
+            .collect();
+        if !staying.is_empty() {
+            let reachable: Vec<NodeId> = staying
+                .into_iter()
+                .filter(|n| raft_node.in_contact_with(*n))
+                .collect();
+            let stays = most_caught_up(&raft, &reachable)
+                .ok_or("no remaining replica is reachable to take the leadership")?;
             let until = Instant::now() + HANDOVER_WAIT;
-            return match hand_over(edge, group, Some(*stays), until).await {
+            return match hand_over(edge, group, Some(stays), until).await {
                 HandOver::Moved { to } => {
                     info!(
                         group,

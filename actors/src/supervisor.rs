@@ -3,7 +3,9 @@
 //! It reconciles rather than reacting to individual events: whenever the replicated
 //! controller state changes (and at start), it compares the partition groups this node
 //! should hold with those it runs, opens the missing ones (Raft group + partition actor)
-//! and closes and destroys the ones whose topic was deleted. A partition actor that fails
+//! and closes and destroys the ones it no longer holds (the topic was deleted, or a replica
+//! move left this node out: only once the move's new voters are committed, see
+//! `controller::reassignment`). A partition actor that fails
 //! is restarted on the same Raft handle.
 
 use std::collections::{BTreeSet, HashMap};
@@ -272,10 +274,12 @@ impl SupervisorState {
         self.publish(group, None);
         self.publish_offsets(group, None);
         if let Some(handle) = handle {
-            handle.actor.stop(Some("topic deleted".into()));
+            handle
+                .actor
+                .stop(Some("replica no longer held here".into()));
         }
         if let Err(error) = self.args.raft_node.close_group(group, true).await {
-            warn!(group, %error, "failed to close a deleted partition's group");
+            warn!(group, %error, "failed to close a partition's group no longer held here");
         }
         info!(group, "partition replica closed and destroyed");
     }

@@ -83,10 +83,10 @@ async fn decommission(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let node: u64 = number(&id, "node id")?;
-    state.service.decommission(&caller, node).await?;
+    let leaving = state.service.decommission(&caller, node).await?;
     let answer = Decommission {
         node,
-        state: "decommissioning".into(),
+        state: leaving.as_str().to_string(),
     };
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }

@@ -4,8 +4,10 @@
 //! leader carry them out (`crate::mover`).
 
 use psubd_actors::clock::now_ms;
-use psubd_actors::controller::access::{Operation, ResourceType};
-use psubd_actors::controller::reassignment::{self, MoveRefusal, MoveState, Reassignment};
+use psubd_actors::controller::access::{Operation, ResourceType, CLUSTER};
+use psubd_actors::controller::reassignment::{
+    self, MoveRefusal, MoveState, NodeState, Reassignment,
+};
 use psubd_actors::controller::ControllerState;
 use psubd_raft::NodeId;
 
@@ -13,9 +15,6 @@ use super::access::{audit, require_admin};
 use super::{Caller, Result, Service};
 use crate::error::ApiError;
 use crate::protocol::{ForwardRequest, ForwardResponse, MoveOp};
-
-/// The resource name ACLs use for the cluster.
-const CLUSTER: &str = "cluster";
 
 /// A refusal as the API answers it: 404 for what does not exist, 400 for a bad request,
 /// 409 for a conflict with the cluster's state.
@@ -101,12 +100,14 @@ impl Service {
     }
 
     /// Starts decommissioning `node`: its replicas move to the other active nodes, then it
-    /// leaves the controller group. Answers once this node applied the change.
+    /// leaves the controller group. Answers the node's state once this node applied the
+    /// change (`decommissioning` if it has not within the write timeout: the change is
+    /// committed all the same).
     ///
     /// # Errors
     /// 403 for a non-admin; 400 for an unknown node; 409 when it is already leaving or the
     /// other active nodes cannot hold some topic's replication factor; 503 / 504.
-    pub async fn decommission(&self, caller: &Caller, node: NodeId) -> Result<()> {
+    pub async fn decommission(&self, caller: &Caller, node: NodeId) -> Result<NodeState> {
         let resource = format!("node {node}");
         require_admin(caller, "decommission", &resource)?;
         let metadata = self.edge.broker().metadata();
@@ -122,9 +123,10 @@ impl Service {
             outcome.as_ref().map_or_else(|e| e.code(), |()| "ok"),
         );
         outcome?;
-        self.await_metadata(|m| m.moves.is_retired(node).then_some(()))
+        let state = self
+            .await_metadata(|m| m.moves.is_retired(node).then(|| m.moves.node_state(node)))
             .await;
-        Ok(())
+        Ok(state.unwrap_or(NodeState::Decommissioning))
     }
 
     /// Sends a move's controller write to the controller leader.

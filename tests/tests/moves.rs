@@ -512,17 +512,38 @@ async fn replicas_move_and_a_node_is_decommissioned_under_load_losing_nothing() 
     }
 }
 
+/// Which node a resumed move loses half-way.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    /// The partition's leader, which drives the move.
+    PartitionLeader,
+    /// The controller's leader, which records it.
+    ControllerLeader,
+}
+
 /// A move survives the loss of the partition's leader half-way: the new replica is held
 /// back (paused) so the move is still catching up when the leader is killed; the next
-/// leader carries it through once the new replica runs again, and every acknowledged
-/// record is on every replica of the target set. Five nodes, so that the controller
-/// keeps its quorum with one node paused and one killed.
+/// leader carries it through once the new replica runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_resumes_after_the_partition_leader_is_killed() {
+    a_move_resumes_after_a_kill(Victim::PartitionLeader).await;
+}
+
+/// As above, losing the controller's leader instead: the move's record survives in the
+/// controller group and its next steps are written through the next controller leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_resumes_after_the_controller_leader_is_killed() {
+    a_move_resumes_after_a_kill(Victim::ControllerLeader).await;
+}
+
+/// Starts a move whose new replica is paused, kills `victim` while the move is catching
+/// up, resumes the new replica, and checks that the move finishes and every acknowledged
+/// record is on every replica of the target set. Five nodes, so that the controller keeps
+/// its quorum with one node paused and one killed.
+async fn a_move_resumes_after_a_kill(victim: Victim) {
     const RESUMED: &str = "resumed";
     let mut cluster = Cluster::start(5).await;
-    let survivor = cluster.node(cluster.ids()[0]);
-    survivor.create_topic(RESUMED, 1, 3).await;
+    cluster.node(1).create_topic(RESUMED, 1, 3).await;
     let leader = cluster.leader_of(RESUMED, 0).await;
     let before = cluster.node(leader).partitions(RESUMED).await[0]
         .replicas
@@ -542,18 +563,38 @@ async fn a_move_resumes_after_the_partition_leader_is_killed() {
             acked.insert(report.offset, record.value.as_u64().expect("numbered"));
         }
     }
-    // The newcomer replaces a follower; the leader stays in the target set.
+    let controller_leader = eventually(Duration::from_secs(20), "a controller leader", || {
+        let node = cluster.node(leader);
+        async move {
+            let info = node.try_get_json("/v1/cluster").await?;
+            info["controller_leader"]
+                .as_u64()
+                .ok_or(format!("controller leader: {}", info["controller_leader"]))
+        }
+    })
+    .await;
+    // The newcomer (not the controller's leader: it is paused) replaces a follower; the
+    // partition's leader stays in the target set.
     let newcomer = cluster
         .ids()
         .into_iter()
-        .find(|n| !before.contains(n))
+        .find(|n| !before.contains(n) && *n != controller_leader)
         .expect("a free node");
     let replaced = *before.iter().find(|n| **n != leader).expect("a follower");
     let target: Vec<u64> = before
         .iter()
         .map(|n| if *n == replaced { newcomer } else { *n })
         .collect();
-    let asker = cluster.node(replaced);
+    let killed = match victim {
+        Victim::PartitionLeader => leader,
+        Victim::ControllerLeader => controller_leader,
+    };
+    let asker_id = cluster
+        .ids()
+        .into_iter()
+        .find(|n| *n != killed && *n != newcomer)
+        .expect("a third node");
+    let asker = cluster.node(asker_id);
 
     cluster.pause(newcomer);
     let resp = put_replicas(&asker, RESUMED, "0", json!({"replicas": target})).await;
@@ -573,10 +614,10 @@ async fn a_move_resumes_after_the_partition_leader_is_killed() {
         },
     )
     .await;
-    cluster.kill(leader);
+    cluster.kill(killed);
     cluster.resume(newcomer);
 
-    eventually(MOVES_WITHIN, "the move done under the next leader", || {
+    eventually(MOVES_WITHIN, "the move done after the kill", || {
         let (asker, target) = (asker.clone(), target.clone());
         async move {
             let moving = reassignments(&asker).await?;
@@ -587,7 +628,7 @@ async fn a_move_resumes_after_the_partition_leader_is_killed() {
         }
     })
     .await;
-    cluster.restart(leader).await;
+    cluster.restart(killed).await;
     for replica in &target {
         let copy = read_replica(&cluster.node(*replica), RESUMED, 0, acked.len() as u64).await;
         for (offset, value) in &acked {

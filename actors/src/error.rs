@@ -101,6 +101,10 @@ pub enum ControllerError {
     /// The request is valid JSON but cannot be done (e.g. more replicas than nodes).
     #[error("{0}")]
     Invalid(String),
+    /// The change conflicts with the cluster's state (a move in progress, a node leaving,
+    /// too few nodes left); nothing was written.
+    #[error("{0}")]
+    Conflict(String),
     /// A node id or address is taken by another node; nothing changed.
     #[error("{0}")]
     NodeConflict(String),

@@ -321,6 +321,14 @@ pub enum ApiError {
         /// Which bound.
         message: String,
     },
+    /// A replica move or decommission conflicts with the cluster's state: a move of the
+    /// partition is in progress, too many moves are, a node is leaving, or the remaining
+    /// nodes cannot hold a replication factor. Nothing changed.
+    #[error("{message}")]
+    MoveConflict {
+        /// What conflicts.
+        message: String,
+    },
     /// A node id or transport address is taken by another node. Nothing was done.
     #[error("{message}")]
     NodeConflict {
@@ -418,7 +426,8 @@ impl ApiError {
             ApiError::LimitReached { .. } => (StatusCode::CONFLICT, "limit_reached", 9),
             ApiError::PushNotFound { .. } => (StatusCode::NOT_FOUND, "push_not_found", 8),
             ApiError::PushSubscription { .. } => (StatusCode::CONFLICT, "push_subscription", 10),
-            ApiError::NodeConflict { .. } => (StatusCode::CONFLICT, "node_conflict", 11),
+            ApiError::MoveConflict { .. } => (StatusCode::CONFLICT, "move_conflict", 11),
+            ApiError::NodeConflict { .. } => (StatusCode::CONFLICT, "node_conflict", 12),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -580,6 +589,7 @@ impl ApiError {
                 topic: topic.into(),
             },
             ControllerError::Invalid(message) => ApiError::InvalidConfig { message },
+            ControllerError::Conflict(message) => ApiError::MoveConflict { message },
             ControllerError::NodeConflict(message) => ApiError::NodeConflict { message },
         }
     }

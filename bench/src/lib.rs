@@ -31,6 +31,8 @@
 //! - `sampler.rs`: per-second throughput series and node memory.
 //! - `hardware.rs`: cores, memory, the disk under the data dir, the git commit.
 //! - `report.rs`: the printed table, medians over runs and the JSON report.
+//! - `yardstick.rs` (feature `nats`): NATS JetStream under the same single-record load, for
+//!   `bench/vs-nats.sh`; `nats_main.rs` its binary.
 
 mod client_producer;
 mod connection;
@@ -49,6 +51,8 @@ mod report;
 mod sampler;
 mod session;
 mod target;
+#[cfg(feature = "nats")]
+pub mod yardstick;
 
 use std::path::PathBuf;
 use std::time::Duration;

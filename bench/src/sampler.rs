@@ -229,7 +229,7 @@ pub fn process_ids() -> Vec<u32> {
 
 /// User + system CPU seconds a local process has used (`/proc/<pid>/stat` fields 14
 /// and 15); `pid` may be `self`.
-fn cpu_seconds_of(pid: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds_of(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing ')'.
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -161,6 +161,13 @@ pub async fn run(
         ))
     });
 
+    // Replica moves and decommissions, carried out where the work is (stopped with the
+    // balancer, before the leaderships are handed over).
+    let mover = tokio::spawn(psubd_api::mover::run_moves(
+        edge.clone(),
+        balance_stop.clone(),
+    ));
+
     let health = raft_node.storage().health().clone();
     tokio::select! {
         () = shutdown => {}
@@ -171,6 +178,7 @@ pub async fn run(
     if let Some(balancer) = balancer {
         let _ = balancer.await;
     }
+    let _ = mover.await;
     let handed =
         psubd_api::leadership::hand_over_all(&edge, psubd_api::leadership::HANDOVER_TIMEOUT).await;
     info!(

@@ -28,10 +28,19 @@ pub struct ClusterNode {
     pub http: Option<String>,
     /// Whether it answered a short probe of the answering node.
     pub alive: bool,
+    /// `active`, `decommissioning` (its replicas are being moved away) or
+    /// `decommissioned` (it holds no replica and left the controller group). Absent from
+    /// nodes of earlier builds, which know only active nodes.
+    #[serde(default = "active")]
+    pub state: String,
     /// Whether it is a voter of the controller group (a member of the cluster: replicas
     /// may be placed on it). False while a node being added is still catching up.
     #[serde(default)]
     pub voter: bool,
+}
+
+fn active() -> String {
+    "active".into()
 }
 
 /// `POST /v1/cluster/nodes`: add a node to the running cluster.

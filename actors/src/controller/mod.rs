@@ -7,10 +7,13 @@
 
 pub mod access;
 pub mod membership;
+pub mod reassignment;
 pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{NodeId, RaftNode, CONTROLLER_GROUP};
@@ -42,6 +45,9 @@ pub struct Controller {
     write_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses changes.
     quorum_stale_after: Duration,
+    /// Group 0's applied state: nodes decommissioning or decommissioned take no new
+    /// replicas.
+    metadata: watch::Receiver<Arc<ControllerState>>,
     /// Held by a membership change from start to end: openraft takes one at a time.
     membership_change: Arc<tokio::sync::Mutex<()>>,
 }
@@ -54,6 +60,7 @@ impl Controller {
         raft_node: RaftNode,
         write_timeout: Duration,
         quorum_stale_after: Duration,
+        metadata: watch::Receiver<Arc<ControllerState>>,
     ) -> Self {
         Self {
             raft,
@@ -61,8 +68,19 @@ impl Controller {
             raft_node,
             write_timeout,
             quorum_stale_after,
+            metadata,
             membership_change: Arc::default(),
         }
+    }
+
+    /// The nodes new replicas may go to: the cluster's nodes less those decommissioning
+    /// or decommissioned.
+    fn placeable_nodes(&self) -> Vec<NodeId> {
+        let state = self.metadata.borrow().clone();
+        self.placement_nodes()
+            .into_iter()
+            .filter(|n| !state.moves.is_retired(*n))
+            .collect()
     }
 
     /// Creates a topic; answers its metadata. The name and settings are checked again
@@ -103,7 +121,7 @@ impl Controller {
     ) -> Result<TopicMeta, ControllerError> {
         self.check_leader()?;
         validate_name("topic", &name).map_err(|e| ControllerError::Invalid(e.0))?;
-        let nodes = self.placement_nodes();
+        let nodes = self.placeable_nodes();
         config
             .check(nodes.len())
             .map_err(ControllerError::Invalid)?;
@@ -233,7 +251,7 @@ impl Controller {
         }
         let mut config = meta.config.clone();
         config.partitions = partitions;
-        let nodes = self.placement_nodes();
+        let nodes = self.placeable_nodes();
         config
             .check(nodes.len())
             .map_err(ControllerError::Invalid)?;

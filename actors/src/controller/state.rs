@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::access::{AccessChange, AccessRefusal, AccessState};
 use super::membership::Member;
+use super::reassignment::{self, MoveRefusal, MoveState, Moves};
 use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS};
 
 const STATE_KEY: &[u8] = b"state";
@@ -32,6 +33,9 @@ const ACCESS_KEY: &[u8] = b"access";
 /// [`ACCESS_KEY`]. Absent (an older state), every topic has the default window.
 const DUPLICATE_WINDOWS_KEY: &[u8] = b"duplicate_windows";
 
+/// The moves in progress and the nodes' states, under their own key for the same reason
+/// as [`ACCESS_KEY`]. Absent (an older state), no move runs and every node is active.
+const MOVES_KEY: &[u8] = b"moves";
 /// Every member's transport address, under its own key for the same reason as
 /// [`ACCESS_KEY`]. Absent (an older state), nodes are known from `--peers` alone.
 const MEMBERS_KEY: &[u8] = b"members";
@@ -67,6 +71,10 @@ pub struct ControllerState {
     /// [`ControllerState::duplicate_window_ms`].
     #[serde(skip)]
     pub duplicate_windows: BTreeMap<String, u64>,
+    /// Replica moves in progress and nodes leaving (stored under [`MOVES_KEY`], not in
+    /// this value's encoding).
+    #[serde(skip)]
+    pub moves: Moves,
     /// Every recorded node's transport address (stored under [`MEMBERS_KEY`], not in this
     /// value's encoding): each node's transport learns its peers from it (see
     /// [`super::membership`]).
@@ -140,6 +148,44 @@ pub enum ControllerCommand {
         /// The window, ms (0: no deduplication).
         duplicate_window_ms: u64,
     },
+    /// Starts moving a partition's replicas to `replicas` (checked at apply:
+    /// `reassignment::check_move`); the placement changes only at [`Self::FinishMove`].
+    StartMove {
+        /// Topic name.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The target replica set; the first is the preferred leader.
+        replicas: Vec<NodeId>,
+        /// When the move started (proposer's clock).
+        started_ms: i64,
+    },
+    /// Records how far a move got (sent by the partition's leader, which drives it).
+    MoveProgress {
+        /// The partition's group.
+        group: GroupId,
+        /// The step reached.
+        state: MoveState,
+    },
+    /// Ends a move: the partition group's voters are `replicas`, committed; the
+    /// placement becomes `replicas` and the nodes left out delete their replica.
+    FinishMove {
+        /// The partition's group.
+        group: GroupId,
+        /// The move's target (refused unless it is the recorded one).
+        replicas: Vec<NodeId>,
+    },
+    /// Starts decommissioning a node: it takes no new replicas and the controller leader
+    /// moves its replicas away (checked at apply: `reassignment::check_decommission`).
+    Decommission {
+        /// The node.
+        node: NodeId,
+    },
+    /// Ends a decommission: the node holds no replica and left group 0's voters.
+    Decommissioned {
+        /// The node.
+        node: NodeId,
+    },
     /// Records a node's transport and HTTP addresses (validated by the proposer, see
     /// [`super::membership`]): a node being added, or a member at boot.
     AdmitNode(Member),
@@ -199,6 +245,8 @@ pub enum ControllerResponse {
     Access(Result<(), AccessRefusal>),
     /// The topic's partition count was not the one the change was placed for.
     PartitionsChanged,
+    /// The answer to a move or decommission command: done, or why not.
+    Moves(Result<(), MoveRefusal>),
 }
 
 /// Encodes a command for Raft.
@@ -274,6 +322,7 @@ impl ControllerLogic {
             ControllerCommand::DeleteTopic { name } => match self.state.topics.remove(&name) {
                 Some(_) => {
                     self.state.duplicate_windows.remove(&name);
+                    reassignment::forget_topic(&mut self.state, &name);
                     ControllerResponse::Done(None)
                 }
                 None => ControllerResponse::TopicNotFound,
@@ -320,6 +369,13 @@ impl ControllerLogic {
                 Some(_) => ControllerResponse::PartitionsChanged,
                 None => ControllerResponse::TopicNotFound,
             },
+            command @ (ControllerCommand::StartMove { .. }
+            | ControllerCommand::MoveProgress { .. }
+            | ControllerCommand::FinishMove { .. }
+            | ControllerCommand::Decommission { .. }
+            | ControllerCommand::Decommissioned { .. }) => {
+                reassignment::execute(&mut self.state, command)
+            }
             ControllerCommand::AdmitNode(member) => {
                 self.state.members.insert(member.id, member.raft);
                 self.state.nodes.insert(
@@ -356,6 +412,13 @@ fn encode_windows(windows: &BTreeMap<String, u64>) -> Result<Vec<u8>, StorageIoE
     })
 }
 
+fn encode_moves(moves: &Moves) -> Result<Vec<u8>, StorageIoError> {
+    postcard::to_stdvec(moves).map_err(|e| StorageIoError::Codec {
+        what: "moves",
+        source: e,
+    })
+}
+
 fn encode_access(access: &AccessState) -> Result<Vec<u8>, StorageIoError> {
     postcard::to_stdvec(access).map_err(|e| StorageIoError::Codec {
         what: "access state",
@@ -385,6 +448,13 @@ impl GroupLogic for ControllerLogic {
             })?,
             None => BTreeMap::new(),
         };
+        self.state.moves = match state.get(MOVES_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "moves",
+                source: e,
+            })?,
+            None => Moves::default(),
+        };
         self.state.members = match state.get(MEMBERS_KEY)? {
             Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
                 what: "members",
@@ -412,6 +482,15 @@ impl GroupLogic for ControllerLogic {
                     batch.insert(ACCESS_KEY, encode_access(&self.state.access)?);
                     response
                 } else {
+                    let moves_change = matches!(
+                        command,
+                        ControllerCommand::StartMove { .. }
+                            | ControllerCommand::MoveProgress { .. }
+                            | ControllerCommand::FinishMove { .. }
+                            | ControllerCommand::Decommission { .. }
+                            | ControllerCommand::Decommissioned { .. }
+                            | ControllerCommand::DeleteTopic { .. }
+                    );
                     let members_change = matches!(command, ControllerCommand::AdmitNode(_));
                     let windows_change = matches!(
                         command,
@@ -428,6 +507,9 @@ impl GroupLogic for ControllerLogic {
                             DUPLICATE_WINDOWS_KEY,
                             encode_windows(&self.state.duplicate_windows)?,
                         );
+                    }
+                    if moves_change {
+                        batch.insert(MOVES_KEY, encode_moves(&self.state.moves)?);
                     }
                     response
                 }
@@ -464,6 +546,7 @@ impl GroupLogic for ControllerLogic {
                     DUPLICATE_WINDOWS_KEY.to_vec(),
                     encode_windows(&self.state.duplicate_windows)?,
                 ),
+                (MOVES_KEY.to_vec(), encode_moves(&self.state.moves)?),
                 (MEMBERS_KEY.to_vec(), encode_members(&self.state.members)?),
             ],
             lazy: None,

@@ -37,6 +37,7 @@ impl Service {
             raft: member.raft.to_string(),
             http: Some(member.http.clone()),
             alive: true,
+            state: "active".into(),
             voter: true,
         };
         let request = ForwardRequest::AdmitNode {

@@ -1,5 +1,5 @@
-//! `psubd cluster`: the nodes and who leads what; `psubd cluster add-node`: add a node to
-//! the running cluster.
+//! `psubd cluster`: the nodes and who leads what; `psubd cluster add-node` (add a node to
+//! the running cluster); `psubd cluster decommission ID`.
 
 use std::collections::BTreeMap;
 
@@ -18,13 +18,19 @@ pub struct ClusterArgs {
     /// How to reach the cluster (last, so its help heading covers only its flags).
     #[command(flatten)]
     connect: Connect,
-    /// Without one: show the nodes and who leads what.
+    /// Without one, shows the nodes.
     #[command(subcommand)]
     command: Option<ClusterCommand>,
 }
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
+    /// Move every replica off a node, then remove it from the controller group (admin);
+    /// answers once the decommission started (`psubd cluster` shows the node's state).
+    Decommission {
+        /// The node's id.
+        id: u64,
+    },
     /// Add a node to the running cluster (admin only): it becomes a voter of the
     /// controller group, and new topics may place replicas on it. The node itself is
     /// started with `psubd node --join URL`, which does this on its own.
@@ -49,6 +55,19 @@ enum ClusterCommand {
 /// The server's error, or no node reachable.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let admin = args.connect.client()?.admin();
+    if let Some(ClusterCommand::Decommission { id }) = args.command {
+        let answer = admin
+            .decommission(id)
+            .await
+            .map_err(|e| args.connect.explain(e))?;
+        return match args.output {
+            Output::Json => print_json(&answer),
+            Output::Table => {
+                println!("node {} is {}", answer.node, answer.state);
+                Ok(())
+            }
+        };
+    }
     if let Some(ClusterCommand::AddNode { id, raft, http }) = args.command {
         let node = admin
             .add_node(&AddNode { id, raft, http })
@@ -91,6 +110,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 opt(n.http.clone()),
                 n.raft.clone(),
                 if n.alive { "yes" } else { "no" }.to_string(),
+                n.state.clone(),
                 if n.voter { "yes" } else { "no" }.to_string(),
                 leading.get(&n.id).copied().unwrap_or(0).to_string(),
                 role.join(","),
@@ -98,7 +118,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         })
         .collect();
     print_table(
-        &["NODE", "HTTP", "RAFT", "ALIVE", "VOTER", "LEADS", "ROLE"],
+        &[
+            "NODE", "HTTP", "RAFT", "ALIVE", "STATE", "VOTER", "LEADS", "ROLE",
+        ],
         &rows,
     )?;
     println!("\n{} partitions", info.partitions.len());

@@ -133,6 +133,12 @@ impl Controller {
             }
             Admission::SelfRegistration => {}
             Admission::Join => {
+                if state.moves.is_retired(member.id) {
+                    return Err(ControllerError::NodeConflict(format!(
+                        "node {} is decommissioning or decommissioned; add a new node with an id never used",
+                        member.id
+                    )));
+                }
                 let peers = self.raft_node.peers();
                 let known = state
                     .members

@@ -220,9 +220,7 @@ pub(super) fn decide(
     };
     // Then change the id table: the entry is decided and will be stored as decided.
     ids.expire(guard.stamped_ms, guard.window_ms, batch);
-    for (id, offset) in remember {
-        ids.remember(id, offset, guard.stamped_ms, batch);
-    }
+    ids.remember_entry(&remember, guard.stamped_ms, batch);
     Ok(Some(Decided { append, outcomes }))
 }
 

@@ -17,9 +17,9 @@
 //!
 //! Expiry is by the leader's clock stamped into each guarded entry (never a replica's
 //! own), so every replica expires the same sets at the same entry. Memory is bounded: past
-//! [`MAX_IDS_PER_PARTITION`] ids the oldest sets are forgotten whole (never the one just
-//! stored), so a partition replica holds at most that many ids plus one entry's, about
-//! 80 bytes each: about 8 MiB.
+//! [`MAX_IDS_PER_PARTITION`] ids listed in sets the oldest sets are forgotten whole (never
+//! the one just stored), so a partition replica holds at most that many ids plus one
+//! entry's, about 80 bytes each (the lookup entry and the set's): about 8 MiB.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -59,25 +59,20 @@ struct Remembered {
     stamped_ms: i64,
 }
 
-impl Remembered {
-    /// Still within the duplicate window of an entry stamped `now_ms`. A stamp from the
-    /// future (a new leader's clock behind the old one's) counts as within it.
-    fn within(&self, now_ms: i64, window_ms: u64) -> bool {
-        within(self.stamped_ms, now_ms, window_ms)
-    }
-}
-
+/// Whether a stamp is still within the duplicate window of an entry stamped `now_ms`. A
+/// stamp from the future (a new leader's clock behind the old one's) counts as within it.
 fn within(stamped_ms: i64, now_ms: i64, window_ms: u64) -> bool {
     let age = now_ms.saturating_sub(stamped_ms);
     age < 0 || (age as u64) < window_ms
 }
 
-/// The ids one guarded entry stored: its stamp and the offset range of its records (the
-/// ids still in it are those of the table's `by_offset` in that range).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The ids one guarded entry stored: its stamp and each id with its record's offset, as
+/// written to the tree. An id stored again later stays listed here; the table's lookup
+/// then names the newer offset, and forgetting this set leaves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct IdSet {
     stamped_ms: i64,
-    last_offset: u64,
+    ids: Vec<(u64, RecordId)>,
 }
 
 /// Bytes of a set value's stamp, and of each of its ids.
@@ -85,8 +80,8 @@ const STAMP_LEN: usize = 8;
 const PAIR_LEN: usize = 8 + DIGEST_LEN;
 
 /// A set's tree value: its stamp, then each id's offset and digest.
-fn encode_set(stamped_ms: i64, ids: impl Iterator<Item = (u64, RecordId)>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(STAMP_LEN + PAIR_LEN);
+fn encode_set(stamped_ms: i64, ids: &[(u64, RecordId)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(STAMP_LEN + PAIR_LEN * ids.len());
     out.extend_from_slice(&stamped_ms.to_le_bytes());
     for (offset, id) in ids {
         out.extend_from_slice(&offset.to_le_bytes());
@@ -95,8 +90,8 @@ fn encode_set(stamped_ms: i64, ids: impl Iterator<Item = (u64, RecordId)>) -> Ve
     out
 }
 
-/// A set's stamp and ids from its tree value; `None` if it does not decode.
-fn decode_set(raw: &[u8]) -> Option<(i64, Vec<(u64, RecordId)>)> {
+/// A set from its tree value; `None` if it does not decode.
+fn decode_set(raw: &[u8]) -> Option<IdSet> {
     let (stamp, pairs) = raw.split_first_chunk::<STAMP_LEN>()?;
     if pairs.len() % PAIR_LEN != 0 {
         return None;
@@ -111,22 +106,33 @@ fn decode_set(raw: &[u8]) -> Option<(i64, Vec<(u64, RecordId)>)> {
             ))
         })
         .collect::<Option<Vec<_>>>()?;
-    Some((i64::from_le_bytes(*stamp), ids))
+    Some(IdSet {
+        stamped_ms: i64::from_le_bytes(*stamp),
+        ids,
+    })
 }
 
-/// See the module docs. Changes are staged in the apply batch as they are made; the table
-/// in memory always equals the tree once the apply call's batch is written.
+/// See the module docs. Changes are staged in the apply batch as they are made; the sets
+/// in memory always equal the tree once the apply call's batch is written.
+///
+/// Forgetting a set does not remove its ids from the lookup one by one (a random access
+/// into a table of megabytes per id, the main cost of deduplication when measured): sets
+/// are only ever forgotten oldest first, so every id of a forgotten set has an offset
+/// below `floor`, and [`Self::original`] ignores those. The lookup is swept of them in
+/// one sequential pass once it holds twice the cap.
 #[derive(Debug)]
 pub(super) struct IdTable {
+    /// The lookup: each id's latest record, including ids of forgotten sets (below
+    /// `floor`) until the next sweep.
     ids: HashMap<RecordId, Remembered>,
-    /// The same ids by offset, oldest first. Invariant: exactly the entries of `ids`, each
-    /// under its own offset.
-    by_offset: BTreeMap<u64, RecordId>,
     /// The sets stored, by first offset, oldest first: the expiry and eviction order.
-    /// Sets never overlap (each covers its own entry's offsets); an id stored again
-    /// leaves its older set (which keeps its key until it goes).
     sets: BTreeMap<u64, IdSet>,
-    /// Most ids kept (but for the newest set).
+    /// Every id of a forgotten set is below this offset; every id of a set kept is at or
+    /// above it.
+    floor: u64,
+    /// Ids listed by all sets: what the cap bounds.
+    listed: usize,
+    /// Most ids listed (but for the newest set).
     cap: usize,
 }
 
@@ -137,20 +143,21 @@ impl Default for IdTable {
 }
 
 impl IdTable {
-    /// A table keeping at most `cap` ids (but for the newest set).
+    /// A table listing at most `cap` ids (but for the newest set).
     pub(super) fn with_cap(cap: usize) -> Self {
         Self {
             ids: HashMap::new(),
-            by_offset: BTreeMap::new(),
             sets: BTreeMap::new(),
+            floor: 0,
+            listed: 0,
             cap: cap.max(1),
         }
     }
 
-    /// Ids remembered.
+    /// Ids remembered (those of the sets kept).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.ids.len()
+        self.ids.values().filter(|r| r.offset >= self.floor).count()
     }
 
     /// Rebuilds the table from `state` (at open and after a snapshot install), set by set
@@ -162,15 +169,15 @@ impl IdTable {
     /// Storage I/O.
     pub(super) fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
         self.ids.clear();
-        self.by_offset.clear();
         self.sets.clear();
+        self.floor = 0;
+        self.listed = 0;
         for item in state.range(&[ID_PREFIX], Some(&IDS_END)) {
             let (key, value) = item?;
-            let (Some(first), Some((stamped_ms, ids))) = (id_set_offset(&key), decode_set(&value))
-            else {
+            let (Some(first), Some(set)) = (id_set_offset(&key), decode_set(&value)) else {
                 continue;
             };
-            self.insert_set(first, stamped_ms, &ids);
+            self.insert_set(first, set);
         }
         Ok(())
     }
@@ -180,34 +187,39 @@ impl IdTable {
     pub(super) fn original(&self, id: &RecordId, now_ms: i64, window_ms: u64) -> Option<u64> {
         self.ids
             .get(id)
-            .filter(|r| r.within(now_ms, window_ms))
+            .filter(|r| r.offset >= self.floor && within(r.stamped_ms, now_ms, window_ms))
             .map(|r| r.offset)
     }
 
     /// Remembers the ids one entry stamped `now_ms` stored, each with its record's offset
-    /// (ascending, none remembered yet within the window), as one set; then forgets the
-    /// oldest sets while more than the cap of ids are kept.
+    /// (ascending, none remembered within the window), as one set; then forgets the
+    /// oldest sets while more than the cap of ids are listed.
     pub(super) fn remember_entry(
         &mut self,
-        stored: &[(RecordId, u64)],
+        stored: Vec<(u64, RecordId)>,
         now_ms: i64,
         batch: &mut WriteBatch,
     ) {
-        let Some(&(_, first)) = stored.first() else {
+        let Some(&(first, _)) = stored.first() else {
             return;
         };
-        let pairs: Vec<(u64, RecordId)> =
-            stored.iter().map(|(id, offset)| (*offset, *id)).collect();
-        batch.insert(
-            id_set_key(first).to_vec(),
-            encode_set(now_ms, pairs.iter().copied()),
+        batch.insert(id_set_key(first).to_vec(), encode_set(now_ms, &stored));
+        self.insert_set(
+            first,
+            IdSet {
+                stamped_ms: now_ms,
+                ids: stored,
+            },
         );
-        self.insert_set(first, now_ms, &pairs);
-        while self.ids.len() > self.cap {
+        while self.listed > self.cap {
             match self.sets.first_key_value() {
                 Some((&oldest, _)) if oldest != first => self.forget_set(oldest, batch),
                 _ => break,
             }
+        }
+        if self.ids.len() > self.cap.saturating_mul(2) {
+            let floor = self.floor;
+            self.ids.retain(|_, r| r.offset >= floor);
         }
     }
 
@@ -223,61 +235,43 @@ impl IdTable {
         }
     }
 
-    /// The table as state-tree pairs, one per set, for a snapshot (pinned: it changes at
-    /// every guarded append). A set lists the ids still in it, so installing the snapshot
-    /// rebuilds this very table.
+    /// The table as state-tree pairs, one per set as written, for a snapshot (pinned: it
+    /// changes at every guarded append).
     pub(super) fn pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.sets
             .iter()
             .map(|(&first, set)| {
-                let ids = self
-                    .by_offset
-                    .range(first..=set.last_offset)
-                    .map(|(offset, id)| (*offset, *id));
-                (id_set_key(first).to_vec(), encode_set(set.stamped_ms, ids))
+                (
+                    id_set_key(first).to_vec(),
+                    encode_set(set.stamped_ms, &set.ids),
+                )
             })
             .collect()
     }
 
-    /// Adds a set in memory; an id already remembered moves to its new offset.
-    fn insert_set(&mut self, first: u64, stamped_ms: i64, ids: &[(u64, RecordId)]) {
-        let last_offset = ids.iter().map(|(offset, _)| *offset).max().unwrap_or(first);
-        self.sets.insert(
-            first,
-            IdSet {
-                stamped_ms,
-                last_offset,
-            },
-        );
-        for &(offset, id) in ids {
-            let remembered = Remembered { offset, stamped_ms };
-            if let Some(old) = self.ids.insert(id, remembered) {
-                self.by_offset.remove(&old.offset);
-            }
-            if let Some(displaced) = self.by_offset.insert(offset, id) {
-                // Two ids at one offset cannot happen (an offset holds one record); keep
-                // the invariant anyway.
-                if displaced != id {
-                    self.ids.remove(&displaced);
-                }
-            }
+    /// Adds a set in memory (above every set kept: sets come in offset order); an id
+    /// already remembered moves to its new offset.
+    fn insert_set(&mut self, first: u64, set: IdSet) {
+        for &(offset, id) in &set.ids {
+            let remembered = Remembered {
+                offset,
+                stamped_ms: set.stamped_ms,
+            };
+            self.ids.insert(id, remembered);
         }
+        self.listed += set.ids.len();
+        self.sets.insert(first, set);
     }
 
-    /// Forgets the set at `first` and the ids still in it, and deletes its value.
+    /// Forgets the oldest set, at `first`, and deletes its value; its ids fall below the
+    /// floor.
     fn forget_set(&mut self, first: u64, batch: &mut WriteBatch) {
         let Some(set) = self.sets.remove(&first) else {
             return;
         };
-        let ids: Vec<(u64, RecordId)> = self
-            .by_offset
-            .range(first..=set.last_offset)
-            .map(|(offset, id)| (*offset, *id))
-            .collect();
-        for (offset, id) in ids {
-            self.by_offset.remove(&offset);
-            self.ids.remove(&id);
-        }
+        self.listed -= set.ids.len();
+        let above = set.ids.iter().map(|(offset, _)| offset + 1).max();
+        self.floor = self.floor.max(above.unwrap_or(first + 1));
         batch.remove(id_set_key(first).to_vec());
     }
 }
@@ -295,7 +289,7 @@ mod tests {
         let mut table = IdTable::default();
         let mut batch = WriteBatch::default();
         let a = RecordId::of(b"a");
-        table.remember_entry(&[(a, 7)], 1_000, &mut batch);
+        table.remember_entry(vec![(7, a)], 1_000, &mut batch);
         assert_eq!(table.original(&a, 1_000, 500), Some(7));
         assert_eq!(table.original(&a, 1_499, 500), Some(7));
         assert_eq!(table.original(&a, 1_500, 500), None);
@@ -306,15 +300,19 @@ mod tests {
         assert_eq!(table.len(), 1);
         table.expire(1_500, 500, &mut batch);
         assert_eq!(table.len(), 0);
-        assert!(table.sets.is_empty() && table.by_offset.is_empty());
+        assert!(table.sets.is_empty() && table.listed == 0);
     }
 
     #[test]
     fn an_entry_is_one_set_and_expires_whole() {
         let mut table = IdTable::default();
         let mut batch = WriteBatch::default();
-        table.remember_entry(&[(id(0), 10), (id(1), 12), (id(2), 13)], 1_000, &mut batch);
-        table.remember_entry(&[(id(3), 14)], 2_000, &mut batch);
+        table.remember_entry(
+            vec![(10, id(0)), (12, id(1)), (13, id(2))],
+            1_000,
+            &mut batch,
+        );
+        table.remember_entry(vec![(14, id(3))], 2_000, &mut batch);
         assert_eq!(table.sets.len(), 2);
         assert_eq!(table.original(&id(1), 1_000, 500), Some(12));
         table.expire(1_600, 500, &mut batch);
@@ -328,7 +326,7 @@ mod tests {
         let mut table = IdTable::with_cap(3);
         let mut batch = WriteBatch::default();
         for offset in 0..5u64 {
-            table.remember_entry(&[(id(offset), offset)], 0, &mut batch);
+            table.remember_entry(vec![(offset, id(offset))], 0, &mut batch);
         }
         assert_eq!(table.len(), 3);
         for offset in 0..2u64 {
@@ -342,22 +340,50 @@ mod tests {
             assert_eq!(table.original(&id(offset), 0, 1_000), Some(offset));
         }
         // An entry larger than the cap is kept whole; the older sets all go.
-        let big: Vec<(RecordId, u64)> = (10..15u64).map(|o| (id(o), o)).collect();
-        table.remember_entry(&big, 0, &mut batch);
+        let big: Vec<(u64, RecordId)> = (10..15u64).map(|o| (o, id(o))).collect();
+        table.remember_entry(big, 0, &mut batch);
         assert_eq!(table.len(), 5);
         assert_eq!(table.sets.len(), 1);
         assert_eq!(table.original(&id(12), 0, 1_000), Some(12));
     }
 
     #[test]
+    fn forgotten_ids_are_ignored_and_swept_past_twice_the_cap() {
+        let mut table = IdTable::with_cap(4);
+        let mut batch = WriteBatch::default();
+        for offset in 0..20u64 {
+            table.remember_entry(vec![(offset, id(offset))], 0, &mut batch);
+            assert!(
+                table.ids.len() <= 8,
+                "swept at {offset}: {}",
+                table.ids.len()
+            );
+        }
+        assert_eq!(table.len(), 4);
+        for offset in 0..16u64 {
+            assert_eq!(
+                table.original(&id(offset), 0, 1_000),
+                None,
+                "offset {offset}"
+            );
+        }
+        for offset in 16..20u64 {
+            assert_eq!(table.original(&id(offset), 0, 1_000), Some(offset));
+        }
+        // A forgotten id stored again is remembered at its new offset.
+        table.remember_entry(vec![(20, id(3))], 0, &mut batch);
+        assert_eq!(table.original(&id(3), 0, 1_000), Some(20));
+    }
+
+    #[test]
     fn an_id_stored_again_moves_to_its_new_set() {
         let mut table = IdTable::default();
         let mut batch = WriteBatch::default();
-        table.remember_entry(&[(id(0), 0), (id(1), 1)], 0, &mut batch);
+        table.remember_entry(vec![(0, id(0)), (1, id(1))], 0, &mut batch);
         // Expired (window 1,000) but its set is still there: stored again at offset 9.
-        table.remember_entry(&[(id(0), 9)], 5_000, &mut batch);
+        table.remember_entry(vec![(9, id(0))], 5_000, &mut batch);
         assert_eq!(table.original(&id(0), 5_000, 1_000), Some(9));
-        assert_eq!(table.by_offset.len(), table.ids.len());
+        assert_eq!((table.len(), table.listed), (2, 3));
         // Forgetting the old set leaves the id at its new offset.
         table.expire(5_000, 1_000, &mut batch);
         assert_eq!(table.original(&id(0), 5_000, 1_000), Some(9));
@@ -367,13 +393,14 @@ mod tests {
 
     #[test]
     fn set_values_round_trip_and_garbage_is_refused() {
-        let ids = vec![(1 << 40, id(1)), ((1 << 40) + 3, id(2))];
-        let raw = encode_set(-3, ids.iter().copied());
-        assert_eq!(decode_set(&raw), Some((-3, ids)));
-        assert_eq!(
-            decode_set(&encode_set(5, std::iter::empty())),
-            Some((5, vec![]))
-        );
+        let set = IdSet {
+            stamped_ms: -3,
+            ids: vec![(1 << 40, id(1)), ((1 << 40) + 3, id(2))],
+        };
+        let raw = encode_set(set.stamped_ms, &set.ids);
+        assert_eq!(decode_set(&raw), Some(set));
+        let empty = decode_set(&encode_set(5, &[])).map(|s| (s.stamped_ms, s.ids.len()));
+        assert_eq!(empty, Some((5, 0)));
         assert_eq!(decode_set(&[1, 2, 3]), None);
         assert_eq!(decode_set(&raw[..raw.len() - 1]), None);
     }

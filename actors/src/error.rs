@@ -190,6 +190,12 @@ pub enum GroupError {
     /// The group is not a push subscription.
     #[error("the group is not a push subscription")]
     NotPushSubscription,
+    /// A new push subscription would pass the bound of its offsets partition.
+    #[error("the group's offsets partition holds its maximum of {limit} push subscriptions")]
+    TooManyPushSubscriptions {
+        /// The bound (per offsets partition).
+        limit: u32,
+    },
 }
 
 impl From<Refusal> for PartitionError {

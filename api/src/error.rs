@@ -315,7 +315,8 @@ pub enum ApiError {
         /// The principal.
         principal: String,
     },
-    /// A bound on principals, keys or ACLs would be passed. Nothing was done.
+    /// A bound on principals, keys, ACLs or push subscriptions would be passed. Nothing
+    /// was done.
     #[error("{message}")]
     LimitReached {
         /// Which bound.
@@ -633,6 +634,12 @@ impl ApiError {
             },
             GroupError::NotPushSubscription => ApiError::PushNotFound {
                 group: group.into(),
+            },
+            GroupError::TooManyPushSubscriptions { limit } => ApiError::LimitReached {
+                message: format!(
+                    "group '{group}' cannot become a push subscription: its offsets partition \
+                     holds the maximum of {limit} (--max-push-subscriptions, per offsets partition)"
+                ),
             },
         }
     }

@@ -89,6 +89,7 @@ pub async fn run(
         max_records_per_request: raw.max_records_per_request,
         max_streams: raw.max_streams,
         max_delay_ms: raw.max_delay_ms,
+        max_push_subscriptions: raw.max_push_subscriptions,
         ..Limits::default()
     };
     raft_node.set_service(ForwardService::new(broker.clone(), limits));

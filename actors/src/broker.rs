@@ -13,7 +13,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::controller::access::{AccessChange, AccessRefusal};
-use crate::controller::{Controller, ControllerLogic, ControllerState, NodeInfo, TopicUpdate};
+use crate::controller::membership::MAX_NODE_URL_BYTES;
+use crate::controller::{
+    Admission, Controller, ControllerLogic, ControllerState, Member, NodeInfo, TopicUpdate,
+};
 use crate::error::{ControllerError, PartitionError};
 use crate::group_directory::GroupDirectory;
 use crate::locks::read_lock;
@@ -39,9 +42,6 @@ pub enum BrokerError {
     Spawn(String),
 }
 
-/// Longest node HTTP address taken into the metadata.
-const MAX_NODE_URL_BYTES: usize = 256;
-
 /// Settings of the broker.
 #[derive(Clone, Copy, Debug)]
 pub struct BrokerConfig {
@@ -51,6 +51,9 @@ pub struct BrokerConfig {
     pub init_fallback_after: Duration,
     /// See [`SupervisorArgs::maintenance_interval`].
     pub maintenance_interval: Duration,
+    /// True for a node that joins a running cluster (`--join`): it never initialises the
+    /// controller group, whatever its id; the cluster adds it.
+    pub joins_existing_cluster: bool,
 }
 
 impl Default for BrokerConfig {
@@ -59,6 +62,7 @@ impl Default for BrokerConfig {
             limits: BatchLimits::default(),
             init_fallback_after: Duration::from_secs(4),
             maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
+            joins_existing_cluster: false,
         }
     }
 }
@@ -97,10 +101,16 @@ impl Broker {
             .open_group(CONTROLLER_GROUP, Box::new(logic), members.clone(), false)
             .await
             .map_err(|e| BrokerError::Controller(e.to_string()))?;
-        tokio::spawn(bootstrap_controller(
+        if !config.joins_existing_cluster {
+            tokio::spawn(bootstrap_controller(
+                raft_node.clone(),
+                controller_raft.clone(),
+                members.clone(),
+            ));
+        }
+        tokio::spawn(crate::controller::membership::learn_member_addresses(
             raft_node.clone(),
-            controller_raft.clone(),
-            members.clone(),
+            metadata.clone(),
         ));
         let controller = Controller::new(
             controller_raft.clone(),
@@ -422,6 +432,34 @@ impl Broker {
     /// node is decommissioned).
     pub fn controller_raft(&self) -> &Raft {
         &self.inner.controller_raft
+    }
+
+    /// Records a node's addresses and makes it a voter of the controller group, through
+    /// this node's controller (see [`crate::controller::membership`]).
+    ///
+    /// # Errors
+    /// As [`Controller::admit_node`](crate::controller::Controller::admit_node).
+    pub async fn admit_node(
+        &self,
+        member: Member,
+        admission: Admission,
+    ) -> Result<(), ControllerError> {
+        let state = self.metadata();
+        self.inner
+            .controller
+            .admit_node(member, admission, &state)
+            .await
+    }
+
+    /// The voters of the controller group as this node knows them: the cluster's members.
+    pub fn controller_voters(&self) -> Vec<NodeId> {
+        self.inner
+            .controller_raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .collect()
     }
 
     /// Stops the actors and every Raft group, then flushes storage. Idempotent.

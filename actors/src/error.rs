@@ -105,6 +105,9 @@ pub enum ControllerError {
     /// too few nodes left); nothing was written.
     #[error("{0}")]
     Conflict(String),
+    /// A node id or address is taken by another node; nothing changed.
+    #[error("{0}")]
+    NodeConflict(String),
 }
 
 /// Why a consumer-group request was refused (docs/api.md § Consumer groups).

@@ -9,7 +9,8 @@
 //!   the state machine ([`partition::PartitionLogic`]) built from typed parts (batch store,
 //!   key index, compactor, retention; its module docs map them) and the reader.
 //! - [`controller`]: the controller (a plain service that proposes metadata changes) and,
-//!   in `controller::state`, group 0's replicated metadata.
+//!   in `controller::state`, group 0's replicated metadata; `controller::membership`:
+//!   the cluster's nodes, their addresses and adding one.
 //! - [`membership`]: changing a group's replicas (learners, catching up, voters), for
 //!   replica moves.
 //! - [`proposal`]: proposing to any Raft group: the leadership check, the proposal

@@ -85,8 +85,8 @@ pub async fn add_learner(
     node: NodeId,
     within: Duration,
 ) -> Result<(), MembershipError> {
-    let addr = raft_node
-        .peers()
+    let peers = raft_node.peers();
+    let addr = peers
         .get(&node)
         .ok_or(MembershipError::UnknownPeer { node })?;
     let adding = raft.add_learner(node, BasicNode::new(addr.to_string()), false);

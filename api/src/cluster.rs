@@ -1,15 +1,19 @@
-//! `/healthz`, `/readyz`, `/metrics` and `/v1/cluster`.
+//! `/healthz`, `/readyz`, `/metrics`, `/v1/cluster` and adding a node
+//! (`POST /v1/cluster/nodes`).
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use psubd_actors::controller::access::{Operation, ResourceType, CLUSTER};
 use psubd_raft::CONTROLLER_GROUP;
-use psubd_wire::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
+use psubd_wire::{
+    AddNode, ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus,
+};
 
 use crate::error::ApiError;
 use crate::service::Caller;
@@ -25,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/nodes", post(add_node))
         .with_state(state)
 }
 
@@ -110,6 +115,18 @@ async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
+/// Adds a node to the running cluster (admin only); answers once it is a voter of the
+/// controller group.
+async fn add_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ClusterNode>, ApiError> {
+    let request: AddNode = crate::json::parse(&headers, &body)?;
+    Ok(Json(state.service.add_node(&caller, request).await?))
+}
+
 /// The cluster's nodes: `describe` on the cluster.
 async fn cluster(
     State(state): State<AppState>,
@@ -123,7 +140,9 @@ async fn cluster(
     let metadata = broker.metadata();
     let me = broker.node_id();
     let metadata = &metadata;
-    let probes = raft_node.peers().iter().map(|(id, addr)| async move {
+    let voters = &broker.controller_voters();
+    let peers = raft_node.peers();
+    let probes = peers.iter().map(|(id, addr)| async move {
         let alive = *id == me
             || raft_node
                 .peer_has_group_state(*id, CONTROLLER_GROUP, ALIVE_PROBE)
@@ -135,6 +154,7 @@ async fn cluster(
             http: metadata.nodes.get(id).map(|n| n.http.clone()),
             alive,
             state: metadata.moves.node_state(*id).as_str().to_string(),
+            voter: voters.contains(id),
         }
     });
     let nodes = futures::future::join_all(probes).await;

@@ -330,6 +330,12 @@ pub enum ApiError {
         /// What conflicts.
         message: String,
     },
+    /// A node id or transport address is taken by another node. Nothing was done.
+    #[error("{message}")]
+    NodeConflict {
+        /// Which node holds it.
+        message: String,
+    },
     /// A bug or a broken node; logged, not shown.
     #[error("internal error")]
     Internal {
@@ -422,6 +428,7 @@ impl ApiError {
             ApiError::PushNotFound { .. } => (StatusCode::NOT_FOUND, "push_not_found", 8),
             ApiError::PushSubscription { .. } => (StatusCode::CONFLICT, "push_subscription", 10),
             ApiError::MoveConflict { .. } => (StatusCode::CONFLICT, "move_conflict", 11),
+            ApiError::NodeConflict { .. } => (StatusCode::CONFLICT, "node_conflict", 12),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -584,6 +591,7 @@ impl ApiError {
             },
             ControllerError::Invalid(message) => ApiError::InvalidConfig { message },
             ControllerError::Conflict(message) => ApiError::MoveConflict { message },
+            ControllerError::NodeConflict(message) => ApiError::NodeConflict { message },
         }
     }
 }

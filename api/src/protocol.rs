@@ -9,7 +9,7 @@ use bytes::Bytes;
 use psubd_actors::assignment::TopicPartition;
 use psubd_actors::controller::access::{AccessChange, AccessRefusal};
 use psubd_actors::controller::reassignment::MoveState;
-use psubd_actors::controller::{NodeInfo, TopicUpdate};
+use psubd_actors::controller::{Admission, Member, NodeInfo, TopicUpdate};
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
 use psubd_actors::partition::guard::RequestGuard;
@@ -175,6 +175,14 @@ pub enum ForwardRequest {
     /// A step of a replica move or a decommission (the serving node must lead the
     /// controller); answered `Done` or `Controller(refusal)`.
     Moves(MoveOp),
+    /// Record a node's addresses and make it a voter of the controller group (the serving
+    /// node must lead the controller).
+    AdmitNode {
+        /// The node.
+        member: Member,
+        /// A new node, or a member recording its own addresses.
+        admission: Admission,
+    },
 }
 
 /// The controller writes of replica moves and decommissions (`controller::reassignment`).

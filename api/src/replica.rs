@@ -107,6 +107,12 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
             Ok(()) => ForwardResponse::Done,
             Err(error) => ForwardResponse::Controller(error),
         },
+        ForwardRequest::AdmitNode { member, admission } => {
+            match broker.admit_node(member, admission).await {
+                Ok(()) => ForwardResponse::Done,
+                Err(error) => ForwardResponse::Controller(error),
+            }
+        }
         ForwardRequest::DescribeTopic { name } => {
             ForwardResponse::Topic(broker.metadata().topics.get(&name).cloned())
         }

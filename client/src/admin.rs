@@ -2,9 +2,9 @@
 
 use psubd_wire::MoveReplicas;
 use psubd_wire::{
-    ClusterInfo, Decommission, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus,
-    PushRequest, PushSubscription, Reassignment, Reassignments, ResetRequest, ResetResponse, Topic,
-    TopicSpec, TopicUpdate,
+    AddNode, ClusterInfo, ClusterNode, Decommission, GroupDescription, GroupOffsets, GroupSummary,
+    PartitionStatus, PushRequest, PushSubscription, Reassignment, Reassignments, ResetRequest,
+    ResetResponse, Topic, TopicSpec, TopicUpdate,
 };
 use reqwest::{Method, StatusCode};
 
@@ -243,5 +243,16 @@ impl Admin {
             format!("/v1/cluster/nodes/{node}/decommission"),
         );
         self.client.json(&call, StatusCode::ACCEPTED).await
+    }
+    /// `POST /v1/cluster/nodes`: adds a node to the running cluster (admin only); answers
+    /// once it is a voter of the controller group. Idempotent for the same id and address.
+    ///
+    /// # Errors
+    ///
+    /// The server's error (`invalid_request`, `node_conflict`, `invalid_config`, …) or
+    /// [`Error::Transport`].
+    pub async fn add_node(&self, node: &AddNode) -> Result<ClusterNode, Error> {
+        let call = Call::new(Method::POST, "/v1/cluster/nodes".into()).json(node)?;
+        self.client.json(&call, StatusCode::OK).await
     }
 }

@@ -238,6 +238,7 @@ mod tests {
             http: Some(format!("http://127.0.0.1:{}/", 8000 + id)),
             alive,
             state: "active".into(),
+            voter: true,
         }
     }
 

@@ -17,7 +17,8 @@ pub struct NodeCommand {
     pub wrapper: Vec<OsString>,
     /// The node's identity and places.
     pub place: NodePlace,
-    /// `--peers` (see [`crate::layout::peers`]).
+    /// `--peers` (see [`crate::layout::peers`]); empty for a node started with `--join`
+    /// (among `args`), which is then given no `--peers`.
     pub peers: String,
     /// `--cluster-secret-file`, if any.
     pub secret_file: Option<PathBuf>,
@@ -75,11 +76,11 @@ impl NodeCommand {
             p.http.to_string().into(),
             "--raft".into(),
             p.raft.to_string().into(),
-            "--peers".into(),
-            self.peers.clone().into(),
-            "--data-dir".into(),
-            p.data_dir.clone().into(),
         ];
+        if !self.peers.is_empty() {
+            out.extend(["--peers".into(), self.peers.clone().into()]);
+        }
+        out.extend(["--data-dir".into(), p.data_dir.clone().into()]);
         if let Some(secret) = &self.secret_file {
             out.extend(["--cluster-secret-file".into(), secret.clone().into()]);
         }

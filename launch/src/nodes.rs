@@ -84,6 +84,23 @@ impl NodeSet {
         self
     }
 
+    /// Adds a node to the set (one joining a running cluster, say), not started yet.
+    ///
+    /// # Panics
+    /// When a node with its id is already in the set.
+    pub fn add(&mut self, command: NodeCommand) {
+        let id = command.id();
+        assert!(
+            self.slots.iter().all(|s| s.command.id() != id),
+            "node {id} is already in the set"
+        );
+        self.slots.push(Slot {
+            command,
+            process: None,
+            starts: 0,
+        });
+    }
+
     /// Node ids, in the order given.
     pub fn ids(&self) -> Vec<u64> {
         self.slots.iter().map(|s| s.command.id()).collect()

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use psubd_actors::controller::MAX_NODES;
 use psubd_api::auth::AdminKey;
 use psubd_api::limits::{
     DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_PUSH_SUBSCRIPTIONS, DEFAULT_MAX_RECORDS_PER_REQUEST,
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS,
 };
-use psubd_raft::{ClusterSecret, NodeId, PeerTls, MAX_SNAPSHOT_STAGGER_PERCENT};
+use psubd_raft::{ClusterSecret, NodeId, PeerAddr, PeerTls, MAX_SNAPSHOT_STAGGER_PERCENT};
 
 /// Cache sled may hold in memory per node. Bounded so a node's RSS stays predictable.
 pub const DEFAULT_CACHE_MB: u64 = 64;
@@ -63,10 +64,18 @@ pub const DEFAULT_KEEP_LOGS_AFTER_SNAPSHOT: u64 = 1_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A `--peers` entry is malformed.
-    #[error("--peers entry '{entry}' must look like ID=HOST_IP:PORT (e.g. 1=127.0.0.1:9081)")]
+    #[error("--peers entry '{entry}' must look like ID=HOST:PORT, HOST an IP address or a DNS name (e.g. 1=127.0.0.1:9081 or 1=psubd-1.internal:9081)")]
     BadPeer {
         /// The entry.
         entry: String,
+    },
+    /// An address flag is malformed.
+    #[error("{flag}: {message}")]
+    BadAddress {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
     },
     /// The node's own id is missing from `--peers`.
     #[error(
@@ -87,11 +96,12 @@ pub enum ConfigError {
     Auth(String),
 }
 
-/// Parses `1=127.0.0.1:9081,2=127.0.0.1:9082`.
+/// Parses `1=127.0.0.1:9081,2=psubd-2.internal:9082` (IP addresses or DNS names; a name is
+/// resolved at each connection attempt).
 ///
 /// # Errors
 /// [`ConfigError::BadPeer`] naming the entry.
-pub fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+pub fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, PeerAddr>, ConfigError> {
     raw.split(',')
         .filter(|e| !e.trim().is_empty())
         .map(|entry| {
@@ -99,10 +109,11 @@ pub fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigErro
                 entry: entry.to_string(),
             };
             let (id, addr) = entry.trim().split_once('=').ok_or_else(bad)?;
-            Ok((
-                id.trim().parse().map_err(|_| bad())?,
-                addr.trim().parse().map_err(|_| bad())?,
-            ))
+            let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+            if id == 0 {
+                return Err(bad());
+            }
+            Ok((id, PeerAddr::parse(addr).map_err(|_| bad())?))
         })
         .collect()
 }
@@ -110,7 +121,8 @@ pub fn parse_peers(raw: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigErro
 /// `psubd node`: one node of a cluster.
 #[derive(Args, Debug, Clone)]
 pub struct NodeConfig {
-    /// This node's id: a positive integer, unique in the cluster, listed in --peers.
+    /// This node's id: a positive integer, unique in the cluster, listed in --peers (or,
+    /// with --join, not used by any node of the cluster).
     #[arg(long, env = "PSUBD_ID")]
     pub id: NodeId,
     /// Address the HTTP API listens on.
@@ -119,10 +131,28 @@ pub struct NodeConfig {
     /// Address the peer transport (Raft and forwarding) listens on.
     #[arg(long, env = "PSUBD_RAFT", default_value = "127.0.0.1:9081")]
     pub raft: SocketAddr,
-    /// Every node of the cluster, this one included: ID=IP:PORT of their --raft address,
-    /// comma separated. All nodes must be given the same list.
-    #[arg(long, env = "PSUBD_PEERS")]
-    pub peers: String,
+    /// Every node of the cluster, this one included: ID=HOST:PORT of their --raft address
+    /// (HOST an IP address or a DNS name, resolved at each connection attempt), comma
+    /// separated. All nodes must be given the same list. Not with --join.
+    #[arg(
+        long,
+        env = "PSUBD_PEERS",
+        required_unless_present = "join",
+        conflicts_with = "join"
+    )]
+    pub peers: Option<String>,
+    /// Join a running cluster through any of its nodes' HTTP API (e.g.
+    /// http://psubd-1.internal:8081) instead of listing --peers: the node asks to be added
+    /// (POST /v1/cluster/nodes) until it is a voter, and learns its peers from the
+    /// replicated cluster state. Give the same flag when restarting the node.
+    #[arg(long, env = "PSUBD_JOIN")]
+    pub join: Option<String>,
+    /// Address other nodes reach this node's peer transport at, HOST:PORT (an IP address or
+    /// a DNS name; default: this node's --peers entry, else --raft). Recorded in the cluster
+    /// state, where every node learns it from; needed with --join when --raft listens on
+    /// 0.0.0.0.
+    #[arg(long, env = "PSUBD_ADVERTISE_RAFT")]
+    pub advertise_raft: Option<String>,
     /// Directory for this node's data (sled database, snapshots).
     #[arg(long, env = "PSUBD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -244,8 +274,10 @@ pub struct NodeConfig {
 pub struct ValidNodeConfig {
     /// The flags as given.
     pub raw: NodeConfig,
-    /// The parsed peer list.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The parsed peer list (with --join: this node alone).
+    pub peers: BTreeMap<NodeId, PeerAddr>,
+    /// Where other nodes reach this node's peer transport.
+    pub advertised_raft: PeerAddr,
     /// The cluster secret read from `--cluster-secret-file`, or none.
     pub cluster_secret: ClusterSecret,
     /// TLS between nodes, from `--peer-tls-*`, or none.
@@ -260,7 +292,47 @@ impl NodeConfig {
     /// # Errors
     /// [`ConfigError`] naming the rule broken.
     pub fn validate(self) -> Result<ValidNodeConfig, ConfigError> {
-        let peers = parse_peers(&self.peers)?;
+        let configured = self.peers.as_deref().map(parse_peers).transpose()?;
+        // Where the others reach this node: the flag, else its own --peers entry (what
+        // they were given), else --raft, unless that is a wildcard no peer can dial.
+        let advertised_raft = match (&self.advertise_raft, &configured) {
+            (Some(raw), _) => PeerAddr::parse(raw).map_err(|message| ConfigError::BadAddress {
+                flag: "--advertise-raft",
+                message,
+            })?,
+            (None, Some(peers)) if peers.contains_key(&self.id) => peers[&self.id].clone(),
+            (None, _) if self.raft.ip().is_unspecified() => {
+                return Err(ConfigError::BadAddress {
+                    flag: "--advertise-raft",
+                    message: format!(
+                        "--raft {} listens on every interface: say where peers reach it",
+                        self.raft
+                    ),
+                })
+            }
+            (None, _) => PeerAddr::from(self.raft),
+        };
+        let peers = match (configured, &self.join) {
+            (Some(peers), _) => peers,
+            (None, Some(join)) => {
+                if !(join.starts_with("http://") || join.starts_with("https://")) {
+                    return Err(ConfigError::BadAddress {
+                        flag: "--join",
+                        message: format!("'{join}' must be a node's http(s):// URL"),
+                    });
+                }
+                BTreeMap::from([(self.id, advertised_raft.clone())])
+            }
+            (None, None) => BTreeMap::new(),
+        };
+        if self.id == 0 {
+            return Err(ConfigError::OutOfRange("--id must be positive".into()));
+        }
+        if peers.len() > MAX_NODES {
+            return Err(ConfigError::OutOfRange(format!(
+                "--peers may list at most {MAX_NODES} nodes"
+            )));
+        }
         if !peers.contains_key(&self.id) {
             return Err(ConfigError::SelfNotInPeers { id: self.id });
         }
@@ -351,6 +423,7 @@ impl NodeConfig {
         Ok(ValidNodeConfig {
             raw: self,
             peers,
+            advertised_raft,
             cluster_secret,
             peer_tls,
             admin_key,
@@ -396,10 +469,11 @@ impl NodeConfig {
     }
 }
 
-/// True when every peer address is a loopback address: only processes of this machine can
-/// reach the transport, so peers may go unauthenticated.
-pub fn peers_on_loopback(peers: &BTreeMap<NodeId, SocketAddr>) -> bool {
-    peers.values().all(|addr| addr.ip().is_loopback())
+/// True when every peer address is a loopback address (an IP literal, or the name
+/// `localhost`; see [`PeerAddr::is_loopback`]): only processes of this machine can reach
+/// the transport, so peers may go unauthenticated.
+pub fn peers_on_loopback(peers: &BTreeMap<NodeId, PeerAddr>) -> bool {
+    peers.values().all(PeerAddr::is_loopback)
 }
 
 impl ValidNodeConfig {
@@ -430,8 +504,113 @@ mod tests {
     fn peers_parse_and_reject_garbage() {
         let peers = parse_peers("1=127.0.0.1:9081, 2=127.0.0.1:9082").unwrap();
         assert_eq!(peers.len(), 2);
-        assert_eq!(peers[&2].port(), 9082);
+        assert_eq!(peers[&2].as_str(), "127.0.0.1:9082");
         assert!(parse_peers("1=localhost").is_err());
         assert!(parse_peers("x=127.0.0.1:1").is_err());
+        assert!(parse_peers("0=127.0.0.1:1").is_err());
+        assert!(parse_peers("1=host_name:1").is_err());
+        assert!(parse_peers("1=host:0").is_err());
+    }
+
+    #[test]
+    fn peers_may_be_dns_names() {
+        let peers = parse_peers("1=psubd-1.internal:9081,2=localhost:9082,3=[::1]:9083").unwrap();
+        assert_eq!(peers[&1].as_str(), "psubd-1.internal:9081");
+        assert!(peers[&1].socket_addr().is_none());
+        assert!(
+            !peers_on_loopback(&peers),
+            "a name other than localhost is not loopback"
+        );
+        peers_on_loopback(&parse_peers("2=localhost:9082,3=[::1]:9083").unwrap())
+            .then_some(())
+            .expect("localhost and ::1 are loopback");
+    }
+
+    /// `psubd node ARGS…` validated.
+    fn node(args: &[&str]) -> Result<ValidNodeConfig, String> {
+        #[derive(clap::Parser)]
+        struct Node {
+            #[command(flatten)]
+            node: NodeConfig,
+        }
+        let parsed = <Node as clap::Parser>::try_parse_from(
+            std::iter::once("node").chain(args.iter().copied()),
+        )
+        .map_err(|e| e.to_string())?;
+        parsed.node.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_advertised_raft_address_is_the_flag_else_the_own_peers_entry_else_raft() {
+        let peers = [
+            "--peers",
+            "1=psubd-1.internal:9081,2=psubd-2.internal:9082",
+            "--insecure",
+        ];
+        let mut args = vec!["--id", "2", "--raft", "0.0.0.0:9082"];
+        args.extend(peers);
+        assert_eq!(
+            node(&args).unwrap().advertised_raft.as_str(),
+            "psubd-2.internal:9082"
+        );
+        args.extend(["--advertise-raft", "10.0.0.2:9082"]);
+        assert_eq!(
+            node(&args).unwrap().advertised_raft.as_str(),
+            "10.0.0.2:9082"
+        );
+
+        let joined = node(&[
+            "--id",
+            "4",
+            "--raft",
+            "127.0.0.1:9084",
+            "--join",
+            "http://a:8081",
+        ])
+        .unwrap();
+        assert_eq!(joined.advertised_raft.as_str(), "127.0.0.1:9084");
+        assert_eq!(
+            joined.peers.len(),
+            1,
+            "a joining node starts knowing only itself"
+        );
+        assert!(node(&[
+            "--id",
+            "4",
+            "--raft",
+            "0.0.0.0:9084",
+            "--join",
+            "http://a:8081"
+        ])
+        .unwrap_err()
+        .contains("--advertise-raft"));
+    }
+
+    #[test]
+    fn join_wants_a_url_and_no_peers() {
+        assert!(node(&["--id", "4", "--join", "a:8081"]).is_err());
+        assert!(node(&[
+            "--id",
+            "4",
+            "--join",
+            "http://a:8081",
+            "--peers",
+            "4=127.0.0.1:1"
+        ])
+        .is_err());
+        assert!(
+            node(&["--id", "4"]).is_err(),
+            "--peers or --join is required"
+        );
+        assert!(node(&["--id", "0", "--join", "http://a:8081"]).is_err());
+        assert!(node(&[
+            "--id",
+            "4",
+            "--join",
+            "http://a:8081",
+            "--advertise-raft",
+            "bad_name:1"
+        ])
+        .is_err());
     }
 }

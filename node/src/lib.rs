@@ -7,6 +7,7 @@
 //!   built on psubd-client.
 //! - [`config`]: flags, environment, defaults and validation.
 //! - [`server`]: `run(config, shutdown)` — boot and graceful shutdown of a node.
+//! - [`join`]: `--join`: asking a running cluster to add this node.
 //! - [`dev`]: the local-cluster launcher.
 //! - [`signal`]: SIGINT / SIGTERM.
 //! - [`tls`]: HTTPS on the API port (rustls).
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod join;
 pub mod server;
 pub mod signal;
 pub mod tls;

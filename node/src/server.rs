@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use psubd_actors::controller::NodeInfo;
+use psubd_actors::controller::{Admission, Member};
 use psubd_actors::{Broker, BrokerConfig};
 use psubd_api::auth::Auth;
 use psubd_api::protocol::ForwardRequest;
@@ -64,6 +64,7 @@ pub async fn run(
         min_free_bytes: raw.min_free_bytes,
         cluster_secret: config.cluster_secret.clone(),
         peer_tls: config.peer_tls.clone(),
+        insecure_peers: raw.insecure,
         tuning: RaftTuning {
             snapshot_every_entries: raw.snapshot_every_entries,
             snapshot_growth_percent: raw.snapshot_growth_percent,
@@ -77,6 +78,7 @@ pub async fn run(
     let mut broker_config = BrokerConfig::default();
     broker_config.limits.write_timeout = config.write_timeout();
     broker_config.maintenance_interval = Duration::from_millis(raw.maintenance_interval_ms);
+    broker_config.joins_existing_cluster = raw.join.is_some();
     let broker = Broker::start(raft_node.clone(), broker_config)
         .await
         .context("starting the broker")?;
@@ -113,14 +115,25 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the HTTP address {}", raw.http))?;
 
-    tokio::spawn(register_node(
-        edge.clone(),
-        NodeInfo {
-            id: raw.id,
-            http: config.advertised_http(),
-        },
-        root.child_token(),
-    ));
+    let me = Member {
+        id: raw.id,
+        raft: config.advertised_raft.clone(),
+        http: config.advertised_http(),
+    };
+    match &raw.join {
+        Some(url) => {
+            let join = crate::join::Join::new(url, me.clone(), raw.admin_key_file.as_deref())?;
+            tokio::spawn(crate::join::join_then_register(
+                join,
+                edge.clone(),
+                me,
+                root.child_token(),
+            ));
+        }
+        None => {
+            tokio::spawn(register_node(edge.clone(), me, root.child_token()));
+        }
+    }
     let http_stop = root.child_token();
     let stopped = async move { http_stop.cancelled().await };
     let server = match tls {
@@ -227,21 +240,28 @@ fn fail_stop(failure: &StorageFailure) -> ! {
     std::process::exit(STORAGE_FAILED_EXIT_CODE)
 }
 
-/// Records this node's HTTP address with the controller, retrying with capped backoff
-/// until it succeeds or the node shuts down.
-async fn register_node(edge: Arc<Edge>, info: NodeInfo, stop: CancellationToken) {
+/// Records this node's HTTP and transport addresses with the controller (a member
+/// registering itself: the addresses it was started with replace recorded ones), retrying
+/// with capped backoff until it succeeds or the node shuts down.
+pub(crate) async fn register_node(edge: Arc<Edge>, me: Member, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let already = edge.broker().metadata().nodes.get(&info.id) == Some(&info);
+        let metadata = edge.broker().metadata();
+        let already = metadata.nodes.get(&me.id).map(|n| n.http.as_str()) == Some(&me.http)
+            && metadata.members.get(&me.id) == Some(&me.raft);
         if already {
             return;
         }
-        let attempt = edge.controller(ForwardRequest::RegisterNode(info.clone()), "");
+        let request = ForwardRequest::AdmitNode {
+            member: me.clone(),
+            admission: Admission::SelfRegistration,
+        };
+        let attempt = edge.controller(request, "");
         tokio::select! {
             _ = stop.cancelled() => return,
             result = attempt => match result {
                 Ok(_) => {
-                    info!(http = %info.http, "registered with the controller");
+                    info!(http = %me.http, raft = %me.raft, "registered with the controller");
                     return;
                 }
                 Err(error) => tracing::debug!(%error, "registration not accepted yet"),

@@ -117,12 +117,13 @@ async fn run_once(
         let config = RaftNodeConfig {
             id,
             listen: peers[&id],
-            peers: peers.clone(),
+            peers: peers.iter().map(|(&id, &addr)| (id, addr.into())).collect(),
             data_dir: tmp.path().join(format!("node-{id}")),
             cache_capacity_bytes: 64 * 1024 * 1024,
             min_free_bytes: 0,
             cluster_secret: psubd_raft::ClusterSecret::none(),
             peer_tls: None,
+            insecure_peers: false,
             tuning: RaftTuning::default(),
         };
         nodes.push(RaftNode::start(config).await.expect("start"));

@@ -218,8 +218,9 @@ pub struct RaftNodeConfig {
     pub id: NodeId,
     /// Address the peer transport listens on.
     pub listen: SocketAddr,
-    /// Every node of the cluster with its transport address, this node included.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The nodes known at start with their transport addresses, this node included (more
+    /// are learnt later: [`crate::RaftNode::learn_peer`]).
+    pub peers: BTreeMap<NodeId, crate::PeerAddr>,
     /// Directory of the node's database and snapshots.
     pub data_dir: PathBuf,
     /// Bound of the storage engine's page cache, in bytes.
@@ -229,6 +230,9 @@ pub struct RaftNodeConfig {
     pub cluster_secret: ClusterSecret,
     /// Mutual TLS with every peer (see [`crate::transport::tls`]), if configured.
     pub peer_tls: Option<PeerTls>,
+    /// Peers may be reached off loopback without authenticating (`--insecure`): then a
+    /// node at any address may be added to the cluster, not only a loopback one.
+    pub insecure_peers: bool,
     /// Below this many free bytes on the data directory's file system the node refuses new
     /// records (see [`crate::health`]); 0 never refuses.
     pub min_free_bytes: u64,

@@ -19,7 +19,8 @@
 //! - [`state`]: state machines: the [`GroupLogic`] seam, the generic [`StateMachine`],
 //!   snapshot files, their schedule and write-behind.
 //! - [`node_storage`]: the node's storage assembly ([`NodeStorage`]) over all of the above.
-//! - [`config`]: identity, addresses and the Raft tuning of every group.
+//! - [`config`]: identity, addresses and the Raft tuning of every group; [`peer_addr`]: a
+//!   peer's `host:port` (an IP literal or a DNS name, resolved at each dial).
 //! - [`transport`], `network`: the peer transport (one TCP connection per peer pair,
 //!   postcard frames) and openraft's outbound network over it.
 //! - [`registry`]: the groups running on this node ([`RaftNode`]), routing inbound RPCs by
@@ -37,6 +38,7 @@ pub mod health;
 pub mod log;
 pub(crate) mod network;
 pub mod node_storage;
+pub mod peer_addr;
 pub mod registry;
 pub mod state;
 pub mod stats;
@@ -55,6 +57,7 @@ pub use handover::HandOver;
 pub use health::{SpaceReport, StorageFailure, StorageHealth};
 pub use log::store::LogStore;
 pub use node_storage::NodeStorage;
+pub use peer_addr::PeerAddr;
 pub use registry::{PeerService, RaftNode, RaftNodeError};
 pub use state::logic::{GroupLogic, SnapshotHold, SnapshotPlan, RESERVED_KEY_PREFIX};
 pub use state::machine::StateMachine;

@@ -7,7 +7,6 @@
 //! groups, so a group is never built twice on the same storage.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use crate::handover::Fences;
 use crate::health::StorageHealth;
 use crate::network::GroupNetworkFactory;
 use crate::node_storage::NodeStorage;
+use crate::peer_addr::PeerAddr;
 use crate::state::logic::GroupLogic;
 use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
 use crate::stats::GroupStats;
@@ -376,9 +376,27 @@ impl RaftNode {
         Duration::from_millis(self.inner.config.tuning.election_max_ms)
     }
 
-    /// Every node of the cluster with its transport address, this node included.
-    pub fn peers(&self) -> &BTreeMap<NodeId, SocketAddr> {
-        &self.inner.config.peers
+    /// Every known node of the cluster with its transport address, this node included: the
+    /// configured ones and those learnt since ([`RaftNode::learn_peer`]).
+    pub fn peers(&self) -> BTreeMap<NodeId, PeerAddr> {
+        self.inner.transport.peers()
+    }
+
+    /// True when a peer at `addr` may join the cluster: the address is loopback, or peers
+    /// authenticate (cluster secret or TLS), or the node runs with `--insecure`.
+    pub fn may_add_peer_at(&self, addr: &PeerAddr) -> bool {
+        let config = &self.inner.config;
+        addr.is_loopback()
+            || config.cluster_secret.is_set()
+            || config.peer_tls.is_some()
+            || config.insecure_peers
+    }
+
+    /// Records a node's transport address (one added to the cluster, or one that moved, as
+    /// the controller state says): the transport dials it there from now on. Answers
+    /// whether anything changed.
+    pub fn learn_peer(&self, peer: NodeId, addr: PeerAddr) -> bool {
+        self.inner.transport.learn_peer(peer, addr)
     }
 
     /// The node's data directory (disk usage reports walk it).
@@ -572,22 +590,29 @@ impl RaftNode {
     }
 
     /// The members with their transport addresses, as openraft's membership wants them.
+    /// The address there is informational (the transport looks peers up by id), so a member
+    /// whose address this node has not learnt yet gets an empty one.
     ///
     /// # Errors
-    /// [`RaftNodeError::InvalidConfig`] when a member is not a known peer.
+    /// [`RaftNodeError::InvalidConfig`] when a member id is 0 (no node has it).
     fn member_nodes(
         &self,
         group: GroupId,
         members: &BTreeSet<NodeId>,
     ) -> Result<BTreeMap<NodeId, BasicNode>, Box<RaftNodeError>> {
+        let peers = self.peers();
         let mut nodes = BTreeMap::new();
         for member in members {
-            let Some(addr) = self.inner.config.peers.get(member) else {
+            if *member == 0 {
                 return Err(Box::new(RaftNodeError::InvalidConfig {
-                    reason: format!("group {group} member {member} is not a known peer"),
+                    reason: format!("group {group} has a member with id 0"),
                 }));
-            };
-            nodes.insert(*member, BasicNode::new(addr.to_string()));
+            }
+            let addr = peers
+                .get(member)
+                .map(PeerAddr::to_string)
+                .unwrap_or_default();
+            nodes.insert(*member, BasicNode::new(addr));
         }
         Ok(nodes)
     }

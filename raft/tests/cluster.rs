@@ -189,12 +189,17 @@ impl Cluster {
         let config = RaftNodeConfig {
             id,
             listen: self.peers[&id],
-            peers: self.peers.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(&id, &addr)| (id, addr.into()))
+                .collect(),
             data_dir: self.dirs[&id].clone(),
             cache_capacity_bytes: 16 * 1024 * 1024,
             min_free_bytes: 0,
             cluster_secret: self.auth[&id].0.clone(),
             peer_tls: self.auth[&id].1.clone(),
+            insecure_peers: false,
             tuning: self.tuning.clone(),
         };
         // A restarted node reopens the directory its previous incarnation, in this same

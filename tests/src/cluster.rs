@@ -173,6 +173,46 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a node that is in no `--peers` list with `--join` through node `via`'s HTTP
+    /// API, with the same environment as node `via`, and waits until it is ready (it is then
+    /// a voter of the controller group and knows its leader). Its id is one above the
+    /// highest; answers it.
+    ///
+    /// # Panics
+    ///
+    /// When the process cannot be spawned or is not ready in time.
+    pub async fn add_joining_node(&mut self, via: u64) -> u64 {
+        let id = self.ids().into_iter().max().unwrap_or(0) + 1;
+        let dir = self.dir.as_ref().expect("the cluster's directory");
+        let layout = Layout::new(dir.path());
+        let (http, raft) = (reserve(), reserve());
+        let place = layout.place(id, http.port(), raft.port());
+        let template = self.nodes.command(via).clone();
+        let mut cmd = NodeCommand::new(template.program.clone(), place, "");
+        cmd.default_log_filter = template.default_log_filter.clone();
+        cmd.env = template.env.clone();
+        cmd.args = vec!["--join".into(), self.http(via).into()];
+        self.nodes.add(cmd);
+        drop((http, raft));
+        self.spawn(id);
+        self.wait_ready(&[id], READY_TIMEOUT).await;
+        id
+    }
+
+    /// Node `id`'s log lines at WARN or ERROR from psubd itself (ANSI colours removed): a
+    /// healthy cluster has none. openraft's own lines are left out, as the node's default
+    /// log filter leaves them out (the fixture logs everything at INFO): nearly all of
+    /// them are routine (a late vote answer, a peer down).
+    pub fn warnings(&self, id: u64) -> Vec<String> {
+        std::fs::read_to_string(self.log_path(id))
+            .unwrap_or_default()
+            .lines()
+            .map(without_ansi)
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .filter(|line| !line.contains(" openraft::"))
+            .collect()
+    }
+
     /// The process id of node `id` while it runs (to read its memory use in /proc).
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.nodes.pid(id)

@@ -159,7 +159,9 @@ async fn the_client_commands_against_a_three_node_cluster() {
         .run("push_set_get_delete", push_set_get_delete(&psubd))
         .await;
     checks.run("key_views", key_views(&psubd)).await;
-    checks.run("cluster_view", cluster_view(&psubd)).await;
+    checks
+        .run("cluster_view", cluster_view(&psubd, &cluster))
+        .await;
     checks
         .run("move_and_decommission", move_and_decommission(&psubd))
         .await;
@@ -774,7 +776,7 @@ async fn push_set_get_delete(psubd: &Psubd) {
         .fails("get a deleted push subscription", 1, "push_not_found");
 }
 
-async fn cluster_view(psubd: &Psubd) {
+async fn cluster_view(psubd: &Psubd, cluster: &Cluster) {
     let info: ClusterInfo = psubd
         .run(&["cluster", "--output", "json"], "")
         .await
@@ -788,6 +790,35 @@ async fn cluster_view(psubd: &Psubd) {
         "{}",
         table.stdout
     );
+    assert!(info.nodes.iter().all(|n| n.voter), "{info:?}");
+    // Adding a node that is already a member, with its own addresses, changes nothing;
+    // another node's id with a new address is refused.
+    let (raft, http) = (cluster.raft_addr(2), cluster.http(2));
+    psubd
+        .run(
+            &[
+                "cluster", "add-node", "--id", "2", "--raft", &raft, "--http", &http,
+            ],
+            "",
+        )
+        .await
+        .ok("add-node of a member");
+    psubd
+        .run(
+            &[
+                "cluster",
+                "add-node",
+                "--id",
+                "2",
+                "--raft",
+                "127.0.0.1:1",
+                "--http",
+                &http,
+            ],
+            "",
+        )
+        .await
+        .fails("add-node of a taken id", 1, "node_conflict");
 }
 
 /// `psubd topic move` moves a one-replica partition to another node, and `psubd cluster

@@ -33,10 +33,28 @@ pub struct ClusterNode {
     /// nodes of earlier builds, which know only active nodes.
     #[serde(default = "active")]
     pub state: String,
+    /// Whether it is a voter of the controller group (a member of the cluster: replicas
+    /// may be placed on it). False while a node being added is still catching up.
+    #[serde(default)]
+    pub voter: bool,
 }
 
 fn active() -> String {
     "active".into()
+}
+
+/// `POST /v1/cluster/nodes`: add a node to the running cluster.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    /// The new node's id: a positive integer no other node has.
+    pub id: u64,
+    /// Its peer-transport address, `host:port` (an IP address or a DNS name), as the other
+    /// nodes reach it.
+    pub raft: String,
+    /// Base URL of its HTTP API, `http(s)://host:port`, as clients and nodes reach it.
+    pub http: String,
 }
 
 /// One partition in [`ClusterInfo`].

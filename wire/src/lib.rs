@@ -51,7 +51,9 @@ pub use access::{
     Acl, NewKey, NewPrincipal, Operation, PatternType, Permission, Principal, PrincipalQuota,
     Quota, ResourceType, MAX_QUOTA_RATE,
 };
-pub use cluster::{ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus};
+pub use cluster::{
+    AddNode, ClusterInfo, ClusterNode, Health, PartitionPlacement, Readiness, StorageStatus,
+};
 pub use error::ErrorBody;
 pub use groups::{
     AssignmentStrategy, AutoOffsetReset, CommitOffset, CommitRequest, CommittedOffset,

@@ -6,6 +6,7 @@
 //! validates, chooses replica sets and proposes with the write timeout as its deadline.
 
 pub mod access;
+pub mod membership;
 pub mod reassignment;
 pub mod state;
 
@@ -22,6 +23,7 @@ use crate::error::ControllerError;
 use crate::proposal::{self, check_leader};
 use crate::stable_hash::fnv1a;
 use crate::topic::{is_internal, place_replicas, validate_name, TopicConfig, TopicMeta};
+pub use membership::{Admission, Member, MAX_NODES};
 pub use state::{
     ControllerCommand, ControllerLogic, ControllerResponse, ControllerState, NodeInfo, TopicUpdate,
 };
@@ -34,7 +36,8 @@ const GROUP: &str = "controller";
 pub struct Controller {
     /// Group 0's Raft handle.
     raft: Raft,
-    /// Every node of the cluster (the `--peers` ids): replica sets are drawn from them.
+    /// The `--peers` ids: replica sets are drawn from group 0's voters
+    /// ([`Controller::placement_nodes`]), these only while its membership is unknown.
     nodes: Vec<NodeId>,
     /// This node's Raft groups: which peers are connected right now.
     raft_node: RaftNode,
@@ -45,6 +48,8 @@ pub struct Controller {
     /// Group 0's applied state: nodes decommissioning or decommissioned take no new
     /// replicas.
     metadata: watch::Receiver<Arc<ControllerState>>,
+    /// Held by a membership change from start to end: openraft takes one at a time.
+    membership_change: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Controller {
@@ -64,6 +69,7 @@ impl Controller {
             write_timeout,
             quorum_stale_after,
             metadata,
+            membership_change: Arc::default(),
         }
     }
 
@@ -71,9 +77,8 @@ impl Controller {
     /// or decommissioned.
     fn placeable_nodes(&self) -> Vec<NodeId> {
         let state = self.metadata.borrow().clone();
-        self.nodes
-            .iter()
-            .copied()
+        self.placement_nodes()
+            .into_iter()
             .filter(|n| !state.moves.is_retired(*n))
             .collect()
     }

@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use psubd_raft::{
-    Command, CommandResponse, GroupId, GroupLogic, NodeId, SnapshotPlan, StorageIoError, Tree,
-    WriteBatch,
+    Command, CommandResponse, GroupId, GroupLogic, NodeId, PeerAddr, SnapshotPlan, StorageIoError,
+    Tree, WriteBatch,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
 
 use super::access::{AccessChange, AccessRefusal, AccessState};
+use super::membership::Member;
 use super::reassignment::{self, MoveRefusal, MoveState, Moves};
 use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS};
 
@@ -35,6 +36,9 @@ const DUPLICATE_WINDOWS_KEY: &[u8] = b"duplicate_windows";
 /// The moves in progress and the nodes' states, under their own key for the same reason
 /// as [`ACCESS_KEY`]. Absent (an older state), no move runs and every node is active.
 const MOVES_KEY: &[u8] = b"moves";
+/// Every member's transport address, under its own key for the same reason as
+/// [`ACCESS_KEY`]. Absent (an older state), nodes are known from `--peers` alone.
+const MEMBERS_KEY: &[u8] = b"members";
 
 /// First group id handed to a partition; lower ids are reserved.
 pub const FIRST_PARTITION_GROUP: GroupId = 1000;
@@ -71,6 +75,11 @@ pub struct ControllerState {
     /// this value's encoding).
     #[serde(skip)]
     pub moves: Moves,
+    /// Every recorded node's transport address (stored under [`MEMBERS_KEY`], not in this
+    /// value's encoding): each node's transport learns its peers from it (see
+    /// [`super::membership`]).
+    #[serde(skip)]
+    pub members: BTreeMap<NodeId, PeerAddr>,
 }
 
 impl ControllerState {
@@ -177,6 +186,9 @@ pub enum ControllerCommand {
         /// The node.
         node: NodeId,
     },
+    /// Records a node's transport and HTTP addresses (validated by the proposer, see
+    /// [`super::membership`]): a node being added, or a member at boot.
+    AdmitNode(Member),
 }
 
 /// The mutable settings of a topic (`PATCH /v1/topics/{t}`); `None` leaves one unchanged.
@@ -364,8 +376,26 @@ impl ControllerLogic {
             | ControllerCommand::Decommissioned { .. }) => {
                 reassignment::execute(&mut self.state, command)
             }
+            ControllerCommand::AdmitNode(member) => {
+                self.state.members.insert(member.id, member.raft);
+                self.state.nodes.insert(
+                    member.id,
+                    NodeInfo {
+                        id: member.id,
+                        http: member.http,
+                    },
+                );
+                ControllerResponse::Done(None)
+            }
         }
     }
+}
+
+fn encode_members(members: &BTreeMap<NodeId, PeerAddr>) -> Result<Vec<u8>, StorageIoError> {
+    postcard::to_stdvec(members).map_err(|e| StorageIoError::Codec {
+        what: "members",
+        source: e,
+    })
 }
 
 fn encode_state(state: &ControllerState) -> Result<Vec<u8>, StorageIoError> {
@@ -425,6 +455,13 @@ impl GroupLogic for ControllerLogic {
             })?,
             None => Moves::default(),
         };
+        self.state.members = match state.get(MEMBERS_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "members",
+                source: e,
+            })?,
+            None => BTreeMap::new(),
+        };
         self.published.send_replace(Arc::new(self.state.clone()));
         Ok(())
     }
@@ -454,6 +491,7 @@ impl GroupLogic for ControllerLogic {
                             | ControllerCommand::Decommissioned { .. }
                             | ControllerCommand::DeleteTopic { .. }
                     );
+                    let members_change = matches!(command, ControllerCommand::AdmitNode(_));
                     let windows_change = matches!(
                         command,
                         ControllerCommand::SetDuplicateWindow { .. }
@@ -461,6 +499,9 @@ impl GroupLogic for ControllerLogic {
                             | ControllerCommand::DeleteTopic { .. }
                     );
                     let response = self.execute(command);
+                    if members_change {
+                        batch.insert(MEMBERS_KEY, encode_members(&self.state.members)?);
+                    }
                     if windows_change {
                         batch.insert(
                             DUPLICATE_WINDOWS_KEY,
@@ -506,6 +547,7 @@ impl GroupLogic for ControllerLogic {
                     encode_windows(&self.state.duplicate_windows)?,
                 ),
                 (MOVES_KEY.to_vec(), encode_moves(&self.state.moves)?),
+                (MEMBERS_KEY.to_vec(), encode_members(&self.state.members)?),
             ],
             lazy: None,
         })
@@ -663,5 +705,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(installed.borrow().access, expected);
+    }
+
+    /// An admitted node's addresses are applied to the state, written with it and loaded
+    /// again by a restarted node (each phase in its own runtime, as a process).
+    #[test]
+    fn an_admitted_node_is_recorded_and_survives_a_restart() {
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+        use psubd_raft::NodeStorage;
+
+        let member = Member {
+            id: 4,
+            raft: PeerAddr::parse("psubd-4.internal:9084").unwrap(),
+            http: "http://psubd-4.internal:8084".into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let storage = NodeStorage::open(&path, 1 << 20).unwrap();
+            let (logic, published) = ControllerLogic::new();
+            let mut sm = storage.state_machine(0, Box::new(logic)).unwrap();
+            let command = encode_command(&ControllerCommand::AdmitNode(member.clone())).unwrap();
+            sm.apply(vec![Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(command),
+            }])
+            .await
+            .unwrap();
+            assert_eq!(published.borrow().members.get(&4), Some(&member.raft));
+            assert_eq!(published.borrow().nodes[&4].http, member.http);
+            storage.close().await.unwrap();
+        });
+        NodeStorage::wait_until_released(&path, std::time::Duration::from_secs(10)).unwrap();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let storage = NodeStorage::open(&path, 1 << 20).unwrap();
+            let (logic, published) = ControllerLogic::new();
+            let _sm = storage.state_machine(0, Box::new(logic)).unwrap();
+            assert_eq!(published.borrow().members.get(&4), Some(&member.raft));
+            assert_eq!(published.borrow().nodes[&4].http, member.http);
+        });
     }
 }

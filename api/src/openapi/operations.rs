@@ -116,6 +116,23 @@ fn cluster(s: &mut Spec) -> Vec<Op> {
             "The cluster's nodes and partitions as this node sees them.",
         )
         .ok(200, "The cluster.", s.schema::<w::ClusterInfo>()),
+        Op::new(
+            Post,
+            "/v1/cluster/nodes",
+            "cluster",
+            "addNode",
+            "Add a node to the running cluster (admin only); answers once it is a voter of the controller group. Idempotent for the same id and raft address; 409 node_conflict when either is another node's.",
+        )
+        .body(
+            "application/json",
+            s.schema::<w::AddNode>(),
+            example(w::AddNode {
+                id: 4,
+                raft: "psubd-4.internal:9084".into(),
+                http: "http://psubd-4.internal:8084".into(),
+            }),
+        )
+        .ok(200, "The node, now a member.", s.schema::<w::ClusterNode>()),
     ]
 }
 

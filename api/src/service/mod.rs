@@ -13,6 +13,7 @@
 //! - [`keys`]: key views of compacted topics (lookup, scan, put, delete).
 //! - [`topics`]: topic admin (create, patch, delete, describe, list).
 //! - [`moves`]: replica moves and decommissions (start, list).
+//! - [`nodes`]: adding a node to the running cluster.
 //! - [`access`]: authentication of a request, ACL and quota checks, the audit log, and
 //!   the admin operations on principals, keys, ACLs and quotas.
 //!
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod members;
 pub mod moves;
 pub mod names;
+pub mod nodes;
 pub mod publish;
 pub mod push;
 pub mod reads;

@@ -10,9 +10,15 @@ use crate::error::ApiError;
 use crate::protocol::{ForwardRequest, ForwardResponse, ReplicaStatus};
 
 impl Service {
-    /// How many nodes the cluster has (the most replicas a partition may have).
+    /// How many nodes the cluster has (the most replicas a partition may have): the
+    /// controller group's voters.
     pub fn cluster_size(&self) -> usize {
-        self.edge.broker().raft_node().peers().len()
+        let voters = self.edge.broker().controller_voters().len();
+        if voters == 0 {
+            self.edge.broker().raft_node().peers().len()
+        } else {
+            voters
+        }
     }
 
     /// Creates a topic, and answers once every partition can take a write (past the

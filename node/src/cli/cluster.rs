@@ -1,8 +1,10 @@
-//! `psubd cluster`: the nodes and who leads what; `psubd cluster decommission ID`.
+//! `psubd cluster`: the nodes and who leads what; `psubd cluster add-node` (add a node to
+//! the running cluster); `psubd cluster decommission ID`.
 
 use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
+use psubd_wire::AddNode;
 
 use super::connect::Connect;
 use super::output::{opt, print_json, print_table, Output};
@@ -11,7 +13,7 @@ use super::output::{opt, print_json, print_table, Output};
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
     /// How to print the answer.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
     /// How to reach the cluster (last, so its help heading covers only its flags).
     #[command(flatten)]
@@ -28,6 +30,21 @@ enum ClusterCommand {
     Decommission {
         /// The node's id.
         id: u64,
+    },
+    /// Add a node to the running cluster (admin only): it becomes a voter of the
+    /// controller group, and new topics may place replicas on it. The node itself is
+    /// started with `psubd node --join URL`, which does this on its own.
+    AddNode {
+        /// The new node's id: a positive integer no other node has.
+        #[arg(long)]
+        id: u64,
+        /// Its peer-transport address as the other nodes reach it, HOST:PORT (an IP
+        /// address or a DNS name).
+        #[arg(long)]
+        raft: String,
+        /// Base URL of its HTTP API, e.g. http://psubd-4.internal:8084.
+        #[arg(long)]
+        http: String,
     },
 }
 
@@ -50,6 +67,22 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 Ok(())
             }
         };
+    }
+    if let Some(ClusterCommand::AddNode { id, raft, http }) = args.command {
+        let node = admin
+            .add_node(&AddNode { id, raft, http })
+            .await
+            .map_err(|e| args.connect.explain(e))?;
+        if args.output == Output::Json {
+            return print_json(&node);
+        }
+        println!(
+            "node {} added: raft {}, http {}",
+            node.id,
+            node.raft,
+            opt(node.http)
+        );
+        return Ok(());
     }
     let info = admin.cluster().await.map_err(|e| args.connect.explain(e))?;
     if args.output == Output::Json {
@@ -78,13 +111,16 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 n.raft.clone(),
                 if n.alive { "yes" } else { "no" }.to_string(),
                 n.state.clone(),
+                if n.voter { "yes" } else { "no" }.to_string(),
                 leading.get(&n.id).copied().unwrap_or(0).to_string(),
                 role.join(","),
             ]
         })
         .collect();
     print_table(
-        &["NODE", "HTTP", "RAFT", "ALIVE", "STATE", "LEADS", "ROLE"],
+        &[
+            "NODE", "HTTP", "RAFT", "ALIVE", "STATE", "VOTER", "LEADS", "ROLE",
+        ],
         &rows,
     )?;
     println!("\n{} partitions", info.partitions.len());

@@ -4,11 +4,16 @@
 //! Who connects: the node with the lower id dials the higher one and redials with capped,
 //! jittered exponential backoff when the connection drops; the higher id accepts. So a pair
 //! never races two connections, and a restarted node is found again without configuration.
+//! Each dial resolves the peer's address again ([`PeerAddr`]: a DNS name or an IP literal),
+//! so a peer that restarts at another IP is found at the next redial. Peers learnt after
+//! the start (a node added to the cluster, see [`Transport::learn_peer`]) get a dialer
+//! then. The acceptor takes an authenticated dialer with a lower id whether or not it knows
+//! its address: a node that joins a running cluster is dialed by nodes it has not heard of.
 //! An accepted connection from a peer replaces (closes) an older one from the same peer:
 //! the newest is the one the peer is using.
 //!
 //! The hello exchange: the dialer sends [`codec::Frame::Hello`] with its id, the protocol
-//! version and a nonce; the acceptor checks them (known peer, lower id, same version) and
+//! version and a nonce; the acceptor checks them (lower id, same version) and
 //! answers with its own hello, proving it holds the cluster secret; the dialer checks that
 //! proof and answers with its own ([`auth`]). Only then is the connection registered, and
 //! until then no frame above [`codec::MAX_HANDSHAKE_FRAME_BYTES`] is read. A request to a peer with no
@@ -43,6 +48,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::peer_addr::PeerAddr;
 use crate::transport::auth::{fresh_nonce, ClusterSecret, Exchange, Nonce, Proof, Role};
 use crate::transport::codec::{
     Frame, PeerRequest, PeerResponse, MAX_FRAME_BYTES, PROTOCOL_VERSION,
@@ -93,7 +99,7 @@ pub(crate) struct TransportSetup {
     /// This node's id.
     pub id: NodeId,
     /// Every node's transport address; this node's own entry is ignored.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub peers: BTreeMap<NodeId, PeerAddr>,
     /// Bounds and timers.
     pub limits: TransportLimits,
     /// Injected faults (tests, chaos).
@@ -116,7 +122,9 @@ pub(crate) struct Transport {
 
 struct Inner {
     id: NodeId,
-    peers: BTreeMap<NodeId, SocketAddr>,
+    /// Every known node's address (dialers read it at each attempt). Lock order: taken
+    /// alone, never held across an await.
+    peers: RwLock<BTreeMap<NodeId, PeerAddr>>,
     limits: TransportLimits,
     faults: Arc<Faults>,
     handler: Arc<dyn InboundHandler>,
@@ -164,7 +172,7 @@ impl Transport {
         } = setup;
         let inner = Arc::new(Inner {
             id,
-            peers,
+            peers: RwLock::new(peers),
             limits,
             faults,
             handler,
@@ -179,13 +187,40 @@ impl Transport {
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(accept_loop(inner.clone(), listener)));
-        for (&peer, &addr) in inner.peers.range(id.saturating_add(1)..) {
-            if peer > id {
-                tasks.push(tokio::spawn(dial_loop(inner.clone(), peer, addr)));
-            }
+        let higher: Vec<NodeId> = inner
+            .read_peers()
+            .range(id.saturating_add(1)..)
+            .map(|(&peer, _)| peer)
+            .collect();
+        for peer in higher {
+            tasks.push(tokio::spawn(dial_loop(inner.clone(), peer)));
         }
         *inner.lock_tasks() = tasks;
         Transport { inner }
+    }
+
+    /// Every known node's address, this node's included.
+    pub(crate) fn peers(&self) -> BTreeMap<NodeId, PeerAddr> {
+        self.inner.read_peers().clone()
+    }
+
+    /// Records `peer`'s address (a node added to the cluster, or one that moved): the next
+    /// dial uses it, and a peer with a higher id than this node's that was not known before
+    /// gets a dialer now. Answers whether anything changed.
+    pub(crate) fn learn_peer(&self, peer: NodeId, addr: PeerAddr) -> bool {
+        let known = {
+            let mut peers = self.inner.write_peers();
+            match peers.insert(peer, addr.clone()) {
+                Some(old) if old == addr => return false,
+                old => old.is_some(),
+            }
+        };
+        tracing::info!(peer, %addr, "learnt a peer's address");
+        if !known && peer > self.inner.id && !self.inner.shutdown.is_cancelled() {
+            let task = tokio::spawn(dial_loop(self.inner.clone(), peer));
+            self.inner.lock_tasks().push(task);
+        }
+        true
     }
 
     /// This node's id.
@@ -240,7 +275,7 @@ impl Transport {
         if self.inner.shutdown.is_cancelled() {
             return Err(TransportError::Shutdown);
         }
-        if !self.inner.peers.contains_key(&peer) || peer == self.inner.id {
+        if peer == self.inner.id {
             return Err(TransportError::UnknownPeer { peer });
         }
         let conn = self.inner.read_connections().get(&peer).cloned();
@@ -291,6 +326,15 @@ impl Transport {
 }
 
 impl Inner {
+    fn read_peers(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, PeerAddr>> {
+        // Critical sections are single map operations: a poisoned map is still consistent.
+        self.peers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_peers(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, PeerAddr>> {
+        self.peers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn read_connections(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<Connection>>> {
         // Critical sections are single map operations: a poisoned map is still consistent.
         self.connections.read().unwrap_or_else(|e| e.into_inner())
@@ -308,7 +352,7 @@ impl Inner {
 
     /// Logs, once per peer until it handshakes again, that `peer` (at `addr`) failed to
     /// prove it holds our cluster secret: a misconfiguration the operator must fix.
-    fn proof_failed(&self, peer: NodeId, addr: SocketAddr) {
+    fn proof_failed(&self, peer: NodeId, addr: &dyn std::fmt::Display) {
         let first = self
             .proof_failures_logged
             .lock()
@@ -317,12 +361,12 @@ impl Inner {
         if first {
             tracing::warn!(
                 peer,
-                %addr,
+                addr = %addr,
                 "peer refused: it does not hold this node's cluster secret \
                  (check --cluster-secret-file on both nodes); not logged again until it connects"
             );
         } else {
-            tracing::debug!(peer, %addr, "peer refused again: cluster secret mismatch");
+            tracing::debug!(peer, addr = %addr, "peer refused again: cluster secret mismatch");
         }
     }
 
@@ -468,17 +512,35 @@ async fn send_frame(writer: &mut FrameWriter, frame: &Frame) -> Result<(), Hands
     Ok(())
 }
 
+/// Resolves `addr` and connects to the first of its addresses that answers, all within the
+/// connect timeout.
+async fn connect(inner: &Inner, addr: &PeerAddr) -> Result<TcpStream, HandshakeError> {
+    let attempt = async {
+        let mut last = None;
+        for resolved in addr.resolve().await? {
+            match TcpStream::connect(resolved).await {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| std::io::Error::other("no address"))
+            .into())
+    };
+    tokio::time::timeout(inner.limits.connect_timeout, attempt)
+        .await
+        .map_err(|_| HandshakeError::Timeout)?
+}
+
 async fn dial(
     inner: &Inner,
     peer: NodeId,
-    addr: SocketAddr,
+    addr: &PeerAddr,
 ) -> Result<(FrameReader, FrameWriter), HandshakeError> {
     if inner.faults.is_cut(peer) {
         return Err(HandshakeError::Cut);
     }
-    let stream = tokio::time::timeout(inner.limits.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| HandshakeError::Timeout)??;
+    let stream = connect(inner, addr).await?;
     stream.set_nodelay(true)?;
     let exchange = async {
         let halves = match &inner.tls {
@@ -526,13 +588,18 @@ async fn dial(
     Ok((authenticated(reader), writer))
 }
 
-async fn dial_loop(inner: Arc<Inner>, peer: NodeId, addr: SocketAddr) {
+/// Dials `peer` at its current address (looked up, and resolved, again at every attempt)
+/// until the transport shuts down.
+async fn dial_loop(inner: Arc<Inner>, peer: NodeId) {
     let mut backoff = inner.limits.reconnect_min;
     loop {
         if inner.shutdown.is_cancelled() {
             return;
         }
-        match dial(&inner, peer, addr).await {
+        let Some(addr) = inner.read_peers().get(&peer).cloned() else {
+            return;
+        };
+        match dial(&inner, peer, &addr).await {
             Ok((reader, writer)) => {
                 backoff = inner.limits.reconnect_min;
                 let conn = inner.register(peer, reader, writer);
@@ -541,7 +608,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: NodeId, addr: SocketAddr) {
                     _ = inner.shutdown.cancelled() => return,
                 }
             }
-            Err(HandshakeError::BadProof(peer)) => inner.proof_failed(peer, addr),
+            Err(HandshakeError::BadProof(peer)) => inner.proof_failed(peer, &addr),
             Err(err) => {
                 tracing::debug!(peer, %addr, cause = %err, "dial failed");
             }
@@ -572,7 +639,7 @@ async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
         let (mut reader, mut writer) = framed(halves);
         let hello = read_hello(&mut reader).await?;
         let peer = hello.node;
-        if !inner.peers.contains_key(&peer) || peer >= inner.id {
+        if peer >= inner.id || peer == 0 {
             return Err(HandshakeError::Refused(peer));
         }
         if inner.tls.is_some()
@@ -617,7 +684,7 @@ async fn accept_one(inner: Arc<Inner>, stream: TcpStream, from: SocketAddr) {
                 inner.register(peer, reader, writer);
             }
         }
-        Ok(Err(HandshakeError::BadProof(peer))) => inner.proof_failed(peer, from),
+        Ok(Err(HandshakeError::BadProof(peer))) => inner.proof_failed(peer, &from),
         Ok(Err(HandshakeError::Refused(peer))) => {
             tracing::warn!(peer, %from, "refused connection from a node that may not dial here");
         }
@@ -686,7 +753,10 @@ mod tests {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         // Node 1 sits on a port nobody listens on: node 2 only accepts.
-        let peers = BTreeMap::from([(1, "127.0.0.1:9".parse().unwrap()), (2, addr)]);
+        let peers = BTreeMap::from([
+            (1, PeerAddr::parse("127.0.0.1:9").unwrap()),
+            (2, PeerAddr::from(addr)),
+        ]);
         let (_low_space, watch_rx) = watch::channel(false);
         let transport = Transport::start(
             listener,

@@ -110,6 +110,10 @@ impl Broker {
             config.limits.quorum_stale_after,
         );
         let partitions = PartitionTable::default();
+        crate::partition::maintenance_clock::run(
+            Arc::downgrade(&partitions),
+            config.maintenance_interval,
+        );
         let offsets = OffsetsTable::default();
         let (supervisor, _) = Actor::spawn(
             None,

@@ -229,7 +229,7 @@ pub fn process_ids() -> Vec<u32> {
 
 /// User + system CPU seconds a local process has used (`/proc/<pid>/stat` fields 14
 /// and 15); `pid` may be `self`.
-fn cpu_seconds_of(pid: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds_of(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -242,7 +242,7 @@ fn cpu_seconds_of(pid: &str) -> Option<f64> {
 }
 
 /// `VmRSS` of a local process, bytes.
-fn rss_of_pid(pid: u32) -> Option<u64> {
+pub(crate) fn rss_of_pid(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

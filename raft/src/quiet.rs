@@ -34,6 +34,7 @@
 //! checks built on them stay correct.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -124,6 +125,8 @@ struct GroupState {
 /// The quiet state of every group on the node (see the module doc).
 pub(crate) struct QuietGroups {
     groups: Mutex<HashMap<GroupId, GroupState>>,
+    /// How many groups the last pass left quiet (the node's metrics show it).
+    quiet: AtomicUsize,
     /// How long a woken group keeps ticking at least: one election timeout and a heartbeat,
     /// so a follower that lost its leader stands, and a woken leader's heartbeats renew
     /// its followers' view before it may go quiet again.
@@ -136,6 +139,7 @@ impl QuietGroups {
     pub(crate) fn new(min_awake: Duration, fresh: Duration) -> Self {
         QuietGroups {
             groups: Mutex::new(HashMap::new()),
+            quiet: AtomicUsize::new(0),
             min_awake,
             fresh,
         }
@@ -144,6 +148,11 @@ impl QuietGroups {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, GroupState>> {
         // Every critical section leaves the map consistent: a poisoned one still is.
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many groups the last pass left quiet.
+    pub(crate) fn count(&self) -> usize {
+        self.quiet.load(Ordering::Relaxed)
     }
 
     /// Wakes `group` now (a peer asked it for a vote): it ticks again, for at least
@@ -226,6 +235,7 @@ impl QuietGroups {
             }
             quiet += usize::from(state.quiet.is_some());
         }
+        self.quiet.store(quiet, Ordering::Relaxed);
         quiet
     }
 }

@@ -460,6 +460,12 @@ impl RaftNode {
         })
     }
 
+    /// How many of this node's groups are quiet now: idle, not ticking, resting on the
+    /// transport's keepalive (see [`crate::quiet`]).
+    pub fn quiet_groups(&self) -> usize {
+        self.inner.quiet.count()
+    }
+
     /// The peers with a live transport connection right now (health reports, tests).
     pub fn connected_peers(&self) -> Vec<NodeId> {
         self.inner.transport.connected_peers()

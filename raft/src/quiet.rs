@@ -112,7 +112,8 @@ fn leader_basis(
 
 /// One group as the passes left it.
 struct GroupState {
-    /// The group's metrics channel: tells this Raft from one opened later under the same id.
+    raft: typ::Raft,
+    /// The group's metrics, read by every pass without cloning the handle.
     metrics: tokio::sync::watch::Receiver<typ::RaftMetrics>,
     /// The last log index the previous pass saw.
     last_log: Option<u64>,
@@ -122,7 +123,8 @@ struct GroupState {
     awake_until: Instant,
 }
 
-/// The quiet state of every group on the node (see the module doc).
+/// The quiet state of every group on the node (see the module doc). The registry adds a
+/// group when it opens and removes it when it closes, so a pass reads only this map.
 pub(crate) struct QuietGroups {
     groups: Mutex<HashMap<GroupId, GroupState>>,
     /// How many groups the last pass left quiet (the node's metrics show it).
@@ -150,6 +152,23 @@ impl QuietGroups {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A group opened: awake, as openraft starts every group.
+    pub(crate) fn opened(&self, group: GroupId, raft: &typ::Raft) {
+        let state = GroupState {
+            raft: raft.clone(),
+            metrics: raft.metrics(),
+            last_log: None,
+            quiet: None,
+            awake_until: Instant::now() + self.min_awake,
+        };
+        self.lock().insert(group, state);
+    }
+
+    /// A group closed.
+    pub(crate) fn closed(&self, group: GroupId) {
+        self.lock().remove(&group);
+    }
+
     /// How many groups the last pass left quiet.
     pub(crate) fn count(&self) -> usize {
         self.quiet.load(Ordering::Relaxed)
@@ -157,57 +176,24 @@ impl QuietGroups {
 
     /// Wakes `group` now (a peer asked it for a vote): it ticks again, for at least
     /// `min_awake`.
-    pub(crate) fn wake(&self, group: GroupId, raft: &typ::Raft) {
+    pub(crate) fn wake(&self, group: GroupId) {
         let mut groups = self.lock();
-        let state = self.state_of(&mut groups, group, raft);
+        let Some(state) = groups.get_mut(&group) else {
+            return;
+        };
         if state.quiet.take().is_some() {
-            raft.runtime_config().tick(true);
+            state.raft.runtime_config().tick(true);
             tracing::debug!(group, "quiet group woken by a vote request");
         }
         state.awake_until = Instant::now() + self.min_awake;
     }
 
-    /// The group's state, new (awake: openraft starts every group ticking) for a group
-    /// not seen before or reopened since.
-    fn state_of<'a>(
-        &self,
-        groups: &'a mut HashMap<GroupId, GroupState>,
-        group: GroupId,
-        raft: &typ::Raft,
-    ) -> &'a mut GroupState {
-        let metrics = raft.metrics();
-        let state = groups.entry(group).or_insert_with(|| GroupState {
-            metrics: metrics.clone(),
-            last_log: None,
-            quiet: None,
-            awake_until: Instant::now() + self.min_awake,
-        });
-        if !state.metrics.same_channel(&metrics) {
-            *state = GroupState {
-                metrics,
-                last_log: None,
-                quiet: None,
-                awake_until: Instant::now() + self.min_awake,
-            };
-        }
-        state
-    }
-
-    /// One pass over the running `groups` (see the module doc); forgets groups no longer
-    /// running. Returns how many are quiet.
-    pub(crate) fn pass(
-        &self,
-        groups: &[(GroupId, typ::Raft)],
-        contact: &Contact,
-        fenced: impl Fn(GroupId) -> bool,
-    ) -> usize {
+    /// One pass over the node's groups (see the module doc). Returns how many are quiet.
+    pub(crate) fn pass(&self, contact: &Contact, fenced: impl Fn(GroupId) -> bool) -> usize {
         let now = Instant::now();
-        let running: std::collections::HashSet<GroupId> = groups.iter().map(|(g, _)| *g).collect();
         let mut states = self.lock();
-        states.retain(|id, _| running.contains(id));
         let mut quiet = 0;
-        for (group, raft) in groups {
-            let state = self.state_of(&mut states, *group, raft);
+        for (group, state) in states.iter_mut() {
             let basis = {
                 let metrics = state.metrics.borrow();
                 let idle = state.last_log.is_some() && state.last_log == metrics.last_log_index;
@@ -223,12 +209,12 @@ impl QuietGroups {
                 // Still quiet on the very same peers and connections.
                 (Some(relied), Some(basis)) if *relied == basis => {}
                 (Some(_), _) => {
-                    raft.runtime_config().tick(true);
+                    state.raft.runtime_config().tick(true);
                     state.quiet = None;
                     state.awake_until = now + self.min_awake;
                 }
                 (None, Some(basis)) if now >= state.awake_until => {
-                    raft.runtime_config().tick(false);
+                    state.raft.runtime_config().tick(false);
                     state.quiet = Some(basis);
                 }
                 (None, _) => {}

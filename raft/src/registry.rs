@@ -163,7 +163,7 @@ impl InboundHandler for Router {
                             if matches!(rpc, RaftRequest::Vote(_)) {
                                 // A peer stands for election: this replica must take part
                                 // in what follows with its timers running.
-                                inner.quiet.wake(group, &raft);
+                                inner.quiet.wake(group);
                             }
                             PeerResponse::Raft(serve_raft(&raft, rpc).await)
                         }
@@ -321,17 +321,12 @@ async fn quiet_passes(inner: Weak<Inner>, every: Duration) {
         if inner.closing.load(Ordering::Acquire) {
             return;
         }
-        let groups: Vec<(GroupId, typ::Raft)> = inner
-            .read_groups()
-            .iter()
-            .map(|(id, raft)| (*id, raft.clone()))
-            .collect();
         let contact = inner.transport.contact();
         let quiet = inner
             .quiet
-            .pass(&groups, &contact, |group| inner.fences.is_fenced(group));
+            .pass(&contact, |group| inner.fences.is_fenced(group));
         if quiet != quiet_before {
-            tracing::debug!(quiet, groups = groups.len(), "quiet groups");
+            tracing::debug!(quiet, "quiet groups");
             quiet_before = quiet;
         }
     }
@@ -532,6 +527,7 @@ impl RaftNode {
         .await
         .map_err(|source| RaftNodeError::GroupStart { group, source })?;
         inner.write_groups().insert(group, raft.clone());
+        inner.quiet.opened(group, &raft);
         inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
         tokio::spawn(count_leader_changes(
@@ -551,6 +547,7 @@ impl RaftNode {
                 }
                 Err(err) => {
                     inner.write_groups().remove(&group);
+                    inner.quiet.closed(group);
                     if let Err(join) = raft.shutdown().await {
                         tracing::warn!(cause = %join, "group task failed while closing");
                     }
@@ -660,6 +657,7 @@ impl RaftNode {
     pub async fn close_group(&self, group: GroupId, destroy: bool) -> Result<(), RaftNodeError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
         let raft = self.inner.write_groups().remove(&group);
+        self.inner.quiet.closed(group);
         self.inner.storage.health().group_closed(group);
         if let Some(raft) = raft {
             raft.shutdown()
@@ -807,6 +805,9 @@ impl RaftNode {
         inner.closing.store(true, Ordering::Release);
         let _lifecycle = inner.lifecycle.lock().await;
         let groups: Vec<(GroupId, typ::Raft)> = inner.write_groups().drain().collect();
+        for (group, _) in &groups {
+            inner.quiet.closed(*group);
+        }
         let stops = groups.iter().map(|(group, raft)| async move {
             if let Err(join) = raft.shutdown().await {
                 tracing::warn!(group, cause = %join, "group task failed while shutting down");

@@ -40,13 +40,8 @@ row_args() {
     esac
 }
 
-# The figure a row is judged by: records/s of its role, p99 ms, node CPU ms per 1,000.
-figures() { # json, role
-    jq -r --arg role "$2" '
-        [(.median[] | select(.role == $role)) as $m
-         | $m.records_per_s, $m.p50_ms, $m.p99_ms,
-           (.runs[0].cpu.node_ms_per_1k_records // "-")] | @tsv' "$1"
-}
+# shellcheck source=bench/ab-common.sh
+source "$REPO/bench/ab-common.sh"
 
 run_side() { # row, side, round
     local row=$1 side=$2 round=$3 bin extra name
@@ -75,25 +70,5 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 echo "load after: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt"
 
-# Medians per row and side, and B / A.
-python3 - "$OUT/runs.tsv" "$A_NAME" "$B_NAME" <<'EOF'
-import csv, statistics, sys
-path, a, b = sys.argv[1:4]
-rows = {}
-with open(path) as f:
-    for r in csv.DictReader(f, delimiter="\t"):
-        rows.setdefault(r["row"], {}).setdefault(r["side"], []).append(r)
-cols = ["records/s", "p50 ms", "p99 ms", "node CPU ms/1k"]
-print(f"\nrow\tfigure\t{a} (runs)\t{b} (runs)\tmedian {b} / {a}")
-for row, sides in rows.items():
-    for col in cols:
-        vals = {s: [float(r[col]) for r in sides.get(s, []) if r[col] not in ("", "-")] for s in (a, b)}
-        if not vals[a] or not vals[b]:
-            continue
-        ma, mb = statistics.median(vals[a]), statistics.median(vals[b])
-        fmt = lambda v: ", ".join(f"{x:,.2f}" if x < 100 else f"{x:,.0f}" for x in v)
-        ratio = f"{mb / ma:.2f}" if ma else "-"
-        spread = lambda v: f"{(max(v) - min(v)) / statistics.median(v) * 100:.0f} %" if statistics.median(v) else "-"
-        print(f"{row}\t{col}\t{fmt(vals[a])} (spread {spread(vals[a])})\t{fmt(vals[b])} (spread {spread(vals[b])})\t{ratio}")
-EOF
+medians "$OUT/runs.tsv" "$A_NAME" "$B_NAME"
 echo "runs in $OUT"

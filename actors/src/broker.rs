@@ -108,6 +108,7 @@ impl Broker {
             raft_node.clone(),
             config.limits.write_timeout,
             config.limits.quorum_stale_after,
+            metadata.clone(),
         );
         let partitions = PartitionTable::default();
         crate::partition::maintenance_clock::run(
@@ -413,6 +414,18 @@ impl Broker {
             )));
         }
         self.inner.controller.register_node(info).await
+    }
+
+    /// This node's writer of the controller group (replica moves and decommissions are
+    /// proposed through it: `controller::reassignment`).
+    pub fn controller(&self) -> &Controller {
+        &self.inner.controller
+    }
+
+    /// The controller group's Raft handle on this node (its membership changes when a
+    /// node is decommissioned).
+    pub fn controller_raft(&self) -> &Raft {
+        &self.inner.controller_raft
     }
 
     /// Stops the actors and every Raft group, then flushes storage. Idempotent.

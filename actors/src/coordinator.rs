@@ -210,6 +210,9 @@ pub enum GroupRequest {
     SetPush {
         /// The settings.
         config: PushConfig,
+        /// Most push subscriptions of the group's offsets partition (the edge's
+        /// `--max-push-subscriptions`); a new one past it is refused.
+        max_subscriptions: u32,
     },
     /// End the group's push subscription.
     DeletePush,
@@ -851,16 +854,29 @@ impl CoordinatorState {
             GroupRequest::Reset { .. } | GroupRequest::Delete if self.is_push() => {
                 Err(GroupError::PushSubscription)
             }
-            GroupRequest::SetPush { config } => {
+            GroupRequest::SetPush {
+                config,
+                max_subscriptions,
+            } => {
+                let reader = &self.args.offsets.reader;
                 if !self.members.is_empty() {
                     Err(GroupError::NotEmpty {
                         members: self.members.len(),
                     })
+                } else if reader.push(self.group()).is_none()
+                    && reader.push_count() >= max_subscriptions as usize
+                {
+                    // Refused before claiming, so joins stay open; the state machine
+                    // checks again at apply (two new subscriptions may race).
+                    Err(GroupError::TooManyPushSubscriptions {
+                        limit: max_subscriptions,
+                    })
                 } else {
                     self.push_claimed = Some(Instant::now());
-                    let command = OffsetsCommand::SetPush {
+                    let command = OffsetsCommand::SetPushBounded {
                         group: self.args.group.clone(),
                         config,
+                        max_subscriptions,
                     };
                     return self.spawn_write(command, reply);
                 }

@@ -101,6 +101,10 @@ pub enum ControllerError {
     /// The request is valid JSON but cannot be done (e.g. more replicas than nodes).
     #[error("{0}")]
     Invalid(String),
+    /// The change conflicts with the cluster's state (a move in progress, a node leaving,
+    /// too few nodes left); nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Why a consumer-group request was refused (docs/api.md § Consumer groups).
@@ -183,6 +187,12 @@ pub enum GroupError {
     /// The group is not a push subscription.
     #[error("the group is not a push subscription")]
     NotPushSubscription,
+    /// A new push subscription would pass the bound of its offsets partition.
+    #[error("the group's offsets partition holds its maximum of {limit} push subscriptions")]
+    TooManyPushSubscriptions {
+        /// The bound (per offsets partition).
+        limit: u32,
+    },
 }
 
 impl From<Refusal> for PartitionError {

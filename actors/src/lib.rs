@@ -10,6 +10,8 @@
 //!   key index, compactor, retention; its module docs map them) and the reader.
 //! - [`controller`]: the controller (a plain service that proposes metadata changes) and,
 //!   in `controller::state`, group 0's replicated metadata.
+//! - [`membership`]: changing a group's replicas (learners, catching up, voters), for
+//!   replica moves.
 //! - [`proposal`]: proposing to any Raft group: the leadership check, the proposal
 //!   with a deadline, and the one mapping of openraft's outcomes.
 //! - [`supervisor`]: the node supervisor, which runs the partition replicas the controller
@@ -35,6 +37,7 @@ pub mod coordinator;
 pub mod error;
 pub mod group_directory;
 pub mod locks;
+pub mod membership;
 pub mod offsets;
 pub mod partition;
 pub mod proposal;

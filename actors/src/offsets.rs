@@ -12,7 +12,10 @@
 //! and one group's keys are one contiguous range. `b"f" ++ group` → [`Fence`] (postcard):
 //! the newest (coordinator epoch, generation) that committed for the group.
 //! `b"s" ++ group` → [`PushConfig`] (postcard): the group's push subscription, if it is
-//! one (see `push`).
+//! one (see `push`). `b"c" ++ group ++ 0x00 ++ topic ++ 0x00 ++ partition (u32 BE)` →
+//! [`PushTotals`] (postcard): a push subscription's dead-letter and drop counts of one
+//! partition, written with its commits ([`OffsetsCommand::CommitPush`]), so they survive
+//! a failover.
 //!
 //! Fencing at apply: a member commit ([`OffsetsCommand::CommitFenced`]) carries
 //! the coordinator's epoch (its Raft term) and the group generation it was checked under.
@@ -52,7 +55,7 @@ use crate::assignment::TopicPartition;
 use crate::error::GroupError;
 use crate::locks::{read_lock, write_lock};
 use crate::proposal;
-use crate::push::PushConfig;
+use crate::push::{PushConfig, PushTotals};
 use crate::stable_hash::fnv1a;
 
 /// The internal topic holding consumer offsets.
@@ -178,10 +181,41 @@ pub enum OffsetsCommand {
         /// The settings.
         config: PushConfig,
     },
-    /// Ends the group's push subscription; its committed offsets stay.
+    /// Ends the group's push subscription; its committed offsets stay (its totals go).
     DeletePush {
         /// The consumer group.
         group: String,
+    },
+    /// A push subscription's commit of one partition: a fenced commit of `offset` that
+    /// also records the partition's totals so far. Totals never go down for the same
+    /// topic incarnation (a late commit keeps the larger ones). A node of an older
+    /// version answers `Invalid`: every node must run this version before push
+    /// subscriptions commit.
+    CommitPush {
+        /// The consumer group.
+        group: String,
+        /// The offset.
+        offset: OffsetEntry,
+        /// Commit time.
+        commit_ms: i64,
+        /// The pusher's epoch and generation.
+        fence: Fence,
+        /// Records dead-lettered in the partition since the subscription began.
+        dead_lettered: u64,
+        /// Records dropped in the partition since the subscription began.
+        dropped: u64,
+    },
+    /// [`OffsetsCommand::SetPush`] under a bound: refused at apply (alike on every
+    /// replica) when the group is not a push subscription yet and this offsets partition
+    /// already holds `max_subscriptions` of them. Proposed instead of `SetPush`.
+    SetPushBounded {
+        /// The consumer group.
+        group: String,
+        /// The settings.
+        config: PushConfig,
+        /// Most push subscriptions of this offsets partition, as the proposing node's
+        /// `--max-push-subscriptions` says.
+        max_subscriptions: u32,
     },
 }
 
@@ -197,6 +231,11 @@ pub enum OffsetsResponse {
         /// The group's fence.
         current: Fence,
     },
+    /// A new push subscription past the offsets partition's bound; nothing changed.
+    PushLimit {
+        /// The bound.
+        limit: u32,
+    },
 }
 
 type OffsetKey = (String, String, u32);
@@ -206,6 +245,8 @@ const FENCE_PREFIX: u8 = b'f';
 const FENCE_END: u8 = b'g';
 const PUSH_PREFIX: u8 = b's';
 const PUSH_END: u8 = b't';
+const TOTALS_PREFIX: u8 = b'c';
+const TOTALS_END: u8 = b'd';
 
 fn push_key(group: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(group.len() + 1);
@@ -227,6 +268,9 @@ struct OffsetsState {
     offsets: OffsetMap,
     fences: BTreeMap<String, Fence>,
     pushes: BTreeMap<String, PushConfig>,
+    /// Push totals by (group, topic, partition); bounded by the push subscriptions'
+    /// partitions.
+    totals: BTreeMap<OffsetKey, PushTotals>,
 }
 
 /// One staged change, published in `applied`.
@@ -234,12 +278,18 @@ enum Change {
     Offset(OffsetKey, Option<CommittedOffset>),
     Fence(String, Fence),
     Push(String, Option<PushConfig>),
+    Totals(OffsetKey, Option<PushTotals>),
 }
 
 fn encode_key(key: &OffsetKey) -> Vec<u8> {
+    encode_key_under(KEY_PREFIX, key)
+}
+
+/// A (group, topic, partition) key under `prefix` (committed offsets, push totals).
+fn encode_key_under(prefix: u8, key: &OffsetKey) -> Vec<u8> {
     let (group, topic, partition) = key;
     let mut out = Vec::with_capacity(group.len() + topic.len() + 7);
-    out.push(KEY_PREFIX);
+    out.push(prefix);
     out.extend_from_slice(group.as_bytes());
     out.push(0);
     out.extend_from_slice(topic.as_bytes());
@@ -249,7 +299,11 @@ fn encode_key(key: &OffsetKey) -> Vec<u8> {
 }
 
 fn decode_key(raw: &[u8]) -> Option<OffsetKey> {
-    let rest = raw.strip_prefix(&[KEY_PREFIX])?;
+    decode_key_under(KEY_PREFIX, raw)
+}
+
+fn decode_key_under(prefix: u8, raw: &[u8]) -> Option<OffsetKey> {
+    let rest = raw.strip_prefix(&[prefix])?;
     let (names, partition) = rest.split_at_checked(rest.len().checked_sub(4)?)?;
     let partition = u32::from_be_bytes(partition.try_into().ok()?);
     let names = names.strip_suffix(&[0])?;
@@ -360,6 +414,83 @@ impl OffsetsLogic {
         Ok(())
     }
 
+    fn set_totals(
+        &mut self,
+        key: OffsetKey,
+        totals: Option<PushTotals>,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        match &totals {
+            Some(totals) => {
+                batch.insert(
+                    encode_key_under(TOTALS_PREFIX, &key),
+                    postcard::to_stdvec(totals).map_err(codec("push totals"))?,
+                );
+                self.staged.totals.insert(key.clone(), *totals);
+            }
+            None => {
+                batch.remove(encode_key_under(TOTALS_PREFIX, &key));
+                self.staged.totals.remove(&key);
+            }
+        }
+        self.pending.push(Change::Totals(key, totals));
+        Ok(())
+    }
+
+    /// Forgets the push totals `gone` selects.
+    fn remove_totals(
+        &mut self,
+        gone: impl Fn(&OffsetKey, &PushTotals) -> bool,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StorageIoError> {
+        let keys: Vec<OffsetKey> = self
+            .staged
+            .totals
+            .iter()
+            .filter(|(key, totals)| gone(key, totals))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            self.set_totals(key, None, batch)?;
+        }
+        Ok(())
+    }
+
+    /// A push commit: the fenced commit of one offset, then the partition's totals (never
+    /// lowered for the same topic incarnation).
+    fn commit_push(
+        &mut self,
+        group: String,
+        offset: OffsetEntry,
+        commit_ms: i64,
+        fence: Fence,
+        (dead_lettered, dropped): (u64, u64),
+        batch: &mut WriteBatch,
+    ) -> Result<OffsetsResponse, StorageIoError> {
+        let key = (group.clone(), offset.topic.clone(), offset.partition);
+        let given = PushTotals {
+            topic_group: offset.topic_group,
+            dead_lettered,
+            dropped,
+        };
+        let response = self.commit_fenced(group, vec![offset], commit_ms, fence, batch)?;
+        if response != OffsetsResponse::Done {
+            return Ok(response);
+        }
+        let totals = match self.staged.totals.get(&key) {
+            Some(current) if current.topic_group == given.topic_group => PushTotals {
+                dead_lettered: current.dead_lettered.max(dead_lettered),
+                dropped: current.dropped.max(dropped),
+                ..given
+            },
+            _ => given,
+        };
+        if self.staged.totals.get(&key) != Some(&totals) {
+            self.set_totals(key, Some(totals), batch)?;
+        }
+        Ok(response)
+    }
+
     /// Sets offsets as given (a reset, or a commit from before fencing).
     fn set_offsets(
         &mut self,
@@ -426,6 +557,23 @@ impl OffsetsLogic {
                 commit_ms,
                 fence,
             } => return self.commit_fenced(group, offsets, commit_ms, fence, batch),
+            OffsetsCommand::CommitPush {
+                group,
+                offset,
+                commit_ms,
+                fence,
+                dead_lettered,
+                dropped,
+            } => {
+                return self.commit_push(
+                    group,
+                    offset,
+                    commit_ms,
+                    fence,
+                    (dead_lettered, dropped),
+                    batch,
+                )
+            }
             OffsetsCommand::ResetFenced {
                 group,
                 offsets,
@@ -455,12 +603,27 @@ impl OffsetsLogic {
                 for key in keys {
                     self.remove(key, batch);
                 }
+                self.remove_totals(|(g, _, _), _| *g == group, batch)?;
             }
             OffsetsCommand::SetPush { group, config } => {
                 self.set_push(group, Some(config), batch)?
             }
+            OffsetsCommand::SetPushBounded {
+                group,
+                config,
+                max_subscriptions,
+            } => {
+                let full = self.staged.pushes.len() >= max_subscriptions as usize;
+                if full && !self.staged.pushes.contains_key(&group) {
+                    return Ok(OffsetsResponse::PushLimit {
+                        limit: max_subscriptions,
+                    });
+                }
+                self.set_push(group, Some(config), batch)?
+            }
             OffsetsCommand::DeletePush { group } => {
                 if self.staged.pushes.contains_key(&group) {
+                    self.remove_totals(|(g, _, _), _| *g == group, batch)?;
                     self.set_push(group, None, batch)?;
                 }
             }
@@ -480,6 +643,10 @@ impl OffsetsLogic {
                 for key in keys {
                     self.remove(key, batch);
                 }
+                self.remove_totals(
+                    |(_, t, _), totals| *t == topic && topic_groups.contains(&totals.topic_group),
+                    batch,
+                )?;
             }
         }
         Ok(OffsetsResponse::Done)
@@ -539,6 +706,17 @@ impl GroupLogic for OffsetsLogic {
                 postcard::from_bytes(&value).map_err(codec("push config"))?,
             );
         }
+        for item in state.range(&[TOTALS_PREFIX], Some(&[TOTALS_END])) {
+            let (key, value) = item?;
+            let Some(key) = decode_key_under(TOTALS_PREFIX, &key) else {
+                warn!("skipping an undecodable push totals key");
+                continue;
+            };
+            loaded.totals.insert(
+                key,
+                postcard::from_bytes(&value).map_err(codec("push totals"))?,
+            );
+        }
         self.staged = loaded.clone();
         self.pending.clear();
         *write_lock(&self.shared.state) = loaded;
@@ -586,6 +764,12 @@ impl GroupLogic for OffsetsLogic {
                 Change::Push(group, None) => {
                     shared.pushes.remove(&group);
                 }
+                Change::Totals(key, Some(totals)) => {
+                    shared.totals.insert(key, totals);
+                }
+                Change::Totals(key, None) => {
+                    shared.totals.remove(&key);
+                }
             }
         }
     }
@@ -600,8 +784,17 @@ impl OffsetsLogic {
     /// (small) map is copied when the plan is made.
     fn pinned_plan(&self) -> Result<SnapshotPlan, StorageIoError> {
         let mut pinned = Vec::with_capacity(
-            self.staged.offsets.len() + self.staged.fences.len() + self.staged.pushes.len(),
+            self.staged.offsets.len()
+                + self.staged.fences.len()
+                + self.staged.pushes.len()
+                + self.staged.totals.len(),
         );
+        for (key, totals) in &self.staged.totals {
+            pinned.push((
+                encode_key_under(TOTALS_PREFIX, key),
+                postcard::to_stdvec(totals).map_err(codec("push totals"))?,
+            ));
+        }
         for (group, config) in &self.staged.pushes {
             pinned.push((
                 push_key(group),
@@ -678,6 +871,19 @@ impl OffsetsReader {
         self.read().pushes.get(group).cloned()
     }
 
+    /// A push subscription's totals of one partition, as last committed.
+    pub fn push_totals(&self, group: &str, topic: &str, partition: u32) -> Option<PushTotals> {
+        self.read()
+            .totals
+            .get(&(group.to_string(), topic.to_string(), partition))
+            .copied()
+    }
+
+    /// How many push subscriptions this offsets partition holds.
+    pub fn push_count(&self) -> usize {
+        self.read().pushes.len()
+    }
+
     /// Every push subscription of this offsets partition, by group.
     pub fn push_subscriptions(&self) -> Vec<(String, PushConfig)> {
         self.read()
@@ -734,6 +940,9 @@ pub async fn propose(
     match postcard::from_bytes::<OffsetsResponse>(&response.0) {
         Ok(OffsetsResponse::Done) => Ok(()),
         Ok(OffsetsResponse::Stale { current }) => Err(stale(command, current)),
+        Ok(OffsetsResponse::PushLimit { limit }) => {
+            Err(GroupError::TooManyPushSubscriptions { limit })
+        }
         _ => Err(GroupError::OutcomeUnknown {
             reason: "the offsets partition refused the command".into(),
         }),
@@ -744,7 +953,9 @@ pub async fn propose(
 /// must re-join), or the group moved on to a newer generation.
 fn stale(command: &OffsetsCommand, current: Fence) -> GroupError {
     match command {
-        OffsetsCommand::CommitFenced { fence, .. } if fence.epoch == current.epoch => {
+        OffsetsCommand::CommitFenced { fence, .. } | OffsetsCommand::CommitPush { fence, .. }
+            if fence.epoch == current.epoch =>
+        {
             GroupError::StaleGeneration {
                 given: fence.generation,
                 current: current.generation,
@@ -1128,6 +1339,82 @@ mod tests {
         );
         assert_eq!(reader.push("g"), None);
         assert_eq!(reader.get("g", "t", 0).map(|c| c.offset), Some(5));
+    }
+
+    fn push_commit(offset: u64, fence: (u64, u64), counts: (u64, u64)) -> OffsetsCommand {
+        OffsetsCommand::CommitPush {
+            group: "p".into(),
+            offset: entry("t", 0, 1000, offset),
+            commit_ms: 1,
+            fence: Fence {
+                epoch: fence.0,
+                generation: fence.1,
+            },
+            dead_lettered: counts.0,
+            dropped: counts.1,
+        }
+    }
+
+    /// A push commit replicates the partition's dead-letter and drop counts with its
+    /// offset: they never go down (a late commit), a stale pusher's commit changes
+    /// nothing, they are reloaded on reopen, and they go with the subscription.
+    #[tokio::test]
+    async fn push_totals_ride_on_the_commits_and_survive_a_reopen() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = psubd_raft::NodeStorage::open(dir.path(), 1 << 20).unwrap();
+        let (logic, reader) = OffsetsLogic::new();
+        let mut sm = storage.state_machine(42, Box::new(logic)).unwrap();
+        let set = OffsetsCommand::SetPush {
+            group: "p".into(),
+            config: push_config(),
+        };
+        sm.apply([
+            normal(1, &set),
+            normal(2, &push_commit(10, (3, 0), (4, 1))),
+            normal(3, &push_commit(8, (3, 0), (2, 1))),
+            normal(4, &push_commit(20, (2, 0), (9, 9))),
+        ])
+        .await
+        .unwrap();
+        let expected = PushTotals {
+            topic_group: 1000,
+            dead_lettered: 4,
+            dropped: 1,
+        };
+        assert_eq!(reader.push_totals("p", "t", 0), Some(expected));
+        assert_eq!(reader.get("p", "t", 0).map(|c| c.offset), Some(10));
+        drop(sm);
+        let (logic, reopened) = OffsetsLogic::new();
+        let mut sm = storage.state_machine(42, Box::new(logic)).unwrap();
+        assert_eq!(reopened.push_totals("p", "t", 0), Some(expected));
+        sm.apply([normal(5, &OffsetsCommand::DeletePush { group: "p".into() })])
+            .await
+            .unwrap();
+        assert_eq!(reopened.push_totals("p", "t", 0), None);
+        assert_eq!(reopened.get("p", "t", 0).map(|c| c.offset), Some(10));
+    }
+
+    /// A new push subscription past the bound is refused at apply, alike on every
+    /// replica; changing one that exists is not a new one.
+    #[test]
+    fn new_push_subscriptions_are_bounded_at_apply() {
+        let (mut logic, reader) = OffsetsLogic::new();
+        let bounded = |group: &str| OffsetsCommand::SetPushBounded {
+            group: group.into(),
+            config: push_config(),
+            max_subscriptions: 1,
+        };
+        assert_eq!(apply_one(&mut logic, bounded("a")), OffsetsResponse::Done);
+        assert_eq!(
+            apply_one(&mut logic, bounded("b")),
+            OffsetsResponse::PushLimit { limit: 1 }
+        );
+        assert_eq!(reader.push("b"), None);
+        assert_eq!(apply_one(&mut logic, bounded("a")), OffsetsResponse::Done);
+        apply_one(&mut logic, OffsetsCommand::DeletePush { group: "a".into() });
+        assert_eq!(apply_one(&mut logic, bounded("b")), OffsetsResponse::Done);
+        assert_eq!(reader.push_subscriptions().len(), 1);
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!   partition (`offsets`), so the node that leads that partition — the group's
 //!   coordinator — finds it after any failover and resumes from the committed offsets.
 //! - [`PushStatus`] is soft state: what the pusher running on this node has seen
-//!   (attempts, last error, dead-letter counts since it started). It is published on the
-//!   node's [`PushBoard`], where the coordinator's describe reads it.
+//!   (attempts, last error, deliveries since it started). It is published on the node's
+//!   [`PushBoard`], where the coordinator's describe reads it. Its dead-letter and drop
+//!   counts start from the [`PushTotals`] replicated with the last commit, and go back
+//!   into each commit.
 //!
 //! The pushing itself (HTTP, fetches, dead letters) lives in the edge (`psubd-api`'s
 //! `push` module), which can reach every partition and topic of the cluster.
@@ -62,6 +64,19 @@ impl fmt::Debug for PushConfig {
     }
 }
 
+/// A push subscription's counts of one partition that outlive its pusher: replicated in
+/// the offsets partition with each push commit (`OffsetsCommand::CommitPush`), read back
+/// by the next coordinator's pusher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTotals {
+    /// The Raft group of the topic partition they count: a re-created topic starts at 0.
+    pub topic_group: psubd_raft::GroupId,
+    /// Records sent to the dead-letter topic since the subscription began.
+    pub dead_lettered: u64,
+    /// Records given up without a dead-letter topic since the subscription began.
+    pub dropped: u64,
+}
+
 /// One partition's push progress as the pusher on this node sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionPushStatus {
@@ -81,9 +96,11 @@ pub struct PartitionPushStatus {
     pub last_error: Option<String>,
     /// Records acknowledged by the endpoint since this pusher started.
     pub delivered: u64,
-    /// Records sent to the dead-letter topic since this pusher started.
+    /// Records sent to the dead-letter topic since the subscription began (replicated
+    /// with the commits, see [`PushTotals`]).
     pub dead_lettered: u64,
-    /// Records given up without a dead-letter topic since this pusher started.
+    /// Records given up without a dead-letter topic since the subscription began
+    /// (replicated likewise).
     pub dropped: u64,
 }
 

@@ -3,7 +3,9 @@
 //! It reconciles rather than reacting to individual events: whenever the replicated
 //! controller state changes (and at start), it compares the partition groups this node
 //! should hold with those it runs, opens the missing ones (Raft group + partition actor)
-//! and closes and destroys the ones whose topic was deleted. A partition actor that fails
+//! and closes and destroys the ones it no longer holds (the topic was deleted, or a replica
+//! move left this node out: only once the move's new voters are committed, see
+//! `controller::reassignment`). A partition actor that fails
 //! is restarted on the same Raft handle.
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,7 +15,7 @@ use std::time::Duration;
 use psubd_raft::{GroupId, NodeId, RaftNode};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::ControllerState;
 use crate::locks::{read_lock, write_lock};
@@ -71,11 +73,17 @@ struct WantedReplica {
     /// The topic's cleanup policy (fixed at creation): compacted partitions keep a key
     /// index.
     cleanup_policy: CleanupPolicy,
+    /// True when this node is a new replica of a move in progress
+    /// (`controller::reassignment`): the group exists elsewhere and this replica joins it
+    /// as a learner, so it must never initialise it (that would found a second, empty
+    /// group under the same id).
+    joining: bool,
 }
 
-/// The groups this node should hold.
+/// The groups this node should hold: those whose placement names it, and those a move
+/// in progress adds it to.
 fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, WantedReplica> {
-    state
+    let mut wanted: HashMap<GroupId, WantedReplica> = state
         .topics
         .values()
         .flat_map(|topic| {
@@ -95,10 +103,31 @@ fn wanted(state: &ControllerState, me: NodeId) -> HashMap<GroupId, WantedReplica
                     replicas: placement.replicas.clone(),
                     offsets: topic.name == OFFSETS_TOPIC,
                     cleanup_policy: topic.config.cleanup_policy,
+                    joining: false,
                 },
             )
         })
-        .collect()
+        .collect();
+    for (group, reassignment) in &state.moves.reassignments {
+        if !reassignment.added().contains(&me) || wanted.contains_key(group) {
+            continue;
+        }
+        let Some(topic) = state.topics.get(&reassignment.topic) else {
+            continue;
+        };
+        wanted.insert(
+            *group,
+            WantedReplica {
+                topic: topic.name.clone(),
+                partition: reassignment.partition,
+                replicas: reassignment.to.clone(),
+                offsets: topic.name == OFFSETS_TOPIC,
+                cleanup_policy: topic.config.cleanup_policy,
+                joining: true,
+            },
+        );
+    }
+    wanted
 }
 
 impl SupervisorState {
@@ -146,6 +175,7 @@ impl SupervisorState {
             replicas,
             offsets,
             cleanup_policy,
+            joining,
         } = wanted;
         let offsets_partition = offsets.then_some(number);
         let me = self.args.raft_node.id();
@@ -166,7 +196,9 @@ impl SupervisorState {
             .raft_node
             .open_group(group, logic, members.clone(), false)
             .await?;
-        if preferred {
+        if joining {
+            debug!(group, "joining a partition group as a learner");
+        } else if preferred {
             let raft_node = self.args.raft_node.clone();
             let raft = raft.clone();
             let members = members.clone();
@@ -242,10 +274,12 @@ impl SupervisorState {
         self.publish(group, None);
         self.publish_offsets(group, None);
         if let Some(handle) = handle {
-            handle.actor.stop(Some("topic deleted".into()));
+            handle
+                .actor
+                .stop(Some("replica no longer held here".into()));
         }
         if let Err(error) = self.args.raft_node.close_group(group, true).await {
-            warn!(group, %error, "failed to close a deleted partition's group");
+            warn!(group, %error, "failed to close a partition's group no longer held here");
         }
         info!(group, "partition replica closed and destroyed");
     }
@@ -348,4 +382,66 @@ fn find_group(table: &PartitionTable, cell: &ActorCell) -> Option<GroupId> {
         .iter()
         .find(|(_, handle)| handle.actor.get_id() == cell.get_id())
         .map(|(group, _)| *group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::reassignment::{MoveState, Reassignment};
+    use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta};
+
+    /// A topic `t` with one partition (group 1000) on nodes 1, 2, 3, moving to 2, 3, 4.
+    fn moving() -> ControllerState {
+        let mut state = ControllerState::default();
+        state.topics.insert(
+            "t".into(),
+            TopicMeta {
+                name: "t".into(),
+                config: TopicConfig {
+                    partitions: 1,
+                    replication_factor: 3,
+                    retention_ms: -1,
+                    retention_bytes: -1,
+                    cleanup_policy: CleanupPolicy::Delete,
+                    delete_retention_ms: 1,
+                },
+                partitions: vec![PartitionPlacement {
+                    group: 1000,
+                    replicas: vec![1, 2, 3],
+                }],
+                created_ms: 0,
+            },
+        );
+        state.moves.reassignments.insert(
+            1000,
+            Reassignment {
+                topic: "t".into(),
+                partition: 0,
+                from: vec![1, 2, 3],
+                to: vec![2, 3, 4],
+                state: MoveState::CatchingUp,
+                started_ms: 0,
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn a_moves_new_replica_joins_without_initialising_and_the_old_ones_stay_until_done() {
+        let state = moving();
+        // The new replica opens the group as a joiner: it must never initialise it.
+        assert!(wanted(&state, 4)[&1000].joining);
+        // The replicas of the placement keep theirs, the one leaving too, until the move
+        // is done.
+        for node in [1, 2, 3] {
+            assert!(!wanted(&state, node)[&1000].joining, "node {node}");
+        }
+        assert!(wanted(&state, 5).is_empty());
+        // Done: the placement is the target; the leaving node no longer holds the group.
+        let mut done = state.clone();
+        done.moves.reassignments.clear();
+        done.topics.get_mut("t").unwrap().partitions[0].replicas = vec![2, 3, 4];
+        assert!(wanted(&done, 1).is_empty());
+        assert!(!wanted(&done, 4)[&1000].joining);
+    }
 }

@@ -134,6 +134,7 @@ async fn cluster(
             raft: addr.to_string(),
             http: metadata.nodes.get(id).map(|n| n.http.clone()),
             alive,
+            state: metadata.moves.node_state(*id).as_str().to_string(),
         }
     });
     let nodes = futures::future::join_all(probes).await;

@@ -315,10 +315,19 @@ pub enum ApiError {
         /// The principal.
         principal: String,
     },
-    /// A bound on principals, keys or ACLs would be passed. Nothing was done.
+    /// A bound on principals, keys, ACLs or push subscriptions would be passed. Nothing
+    /// was done.
     #[error("{message}")]
     LimitReached {
         /// Which bound.
+        message: String,
+    },
+    /// A replica move or decommission conflicts with the cluster's state: a move of the
+    /// partition is in progress, too many moves are, a node is leaving, or the remaining
+    /// nodes cannot hold a replication factor. Nothing changed.
+    #[error("{message}")]
+    MoveConflict {
+        /// What conflicts.
         message: String,
     },
     /// A bug or a broken node; logged, not shown.
@@ -412,6 +421,7 @@ impl ApiError {
             ApiError::LimitReached { .. } => (StatusCode::CONFLICT, "limit_reached", 9),
             ApiError::PushNotFound { .. } => (StatusCode::NOT_FOUND, "push_not_found", 8),
             ApiError::PushSubscription { .. } => (StatusCode::CONFLICT, "push_subscription", 10),
+            ApiError::MoveConflict { .. } => (StatusCode::CONFLICT, "move_conflict", 11),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", 1),
         }
     }
@@ -573,6 +583,7 @@ impl ApiError {
                 topic: topic.into(),
             },
             ControllerError::Invalid(message) => ApiError::InvalidConfig { message },
+            ControllerError::Conflict(message) => ApiError::MoveConflict { message },
         }
     }
 }
@@ -615,6 +626,12 @@ impl ApiError {
             },
             GroupError::NotPushSubscription => ApiError::PushNotFound {
                 group: group.into(),
+            },
+            GroupError::TooManyPushSubscriptions { limit } => ApiError::LimitReached {
+                message: format!(
+                    "group '{group}' cannot become a push subscription: its offsets partition \
+                     holds the maximum of {limit} (--max-push-subscriptions, per offsets partition)"
+                ),
             },
         }
     }

@@ -61,7 +61,7 @@ async fn ask_to_stand(
 }
 
 /// Moves one group's leadership from this node (see `psubd_raft::handover`).
-async fn hand_over(
+pub(crate) async fn hand_over(
     edge: &Edge,
     group: GroupId,
     preferred: Option<NodeId>,
@@ -142,6 +142,11 @@ fn misplaced_leaderships(edge: &Edge) -> Vec<(GroupId, NodeId)> {
         .flat_map(|topic| topic.partitions.iter())
         .filter_map(|placement| {
             let preferred = *placement.replicas.first()?;
+            // A moving partition's leadership is the move's business (`crate::mover`):
+            // its preferred replica changes when the move is done.
+            if metadata.moves.reassignments.contains_key(&placement.group) {
+                return None;
+            }
             if preferred == me || !raft_node.in_contact_with(preferred) {
                 return None;
             }

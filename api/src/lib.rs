@@ -6,7 +6,7 @@
 //!
 //! **Presentation** — parse a request, call one service operation, render the answer:
 //! - [`topics`], [`publish`], [`fetch`], [`keys`], [`groups`], [`cluster`]: the HTTP
-//!   resources, each with its `router`; [`stream`]: partition streams (SSE, NDJSON) and
+//!   resources, each with its `router`; [`reassign`]: replica moves and decommissions; [`stream`]: partition streams (SSE, NDJSON) and
 //!   what every stream shares; [`group_stream`]: member streams; [`ws`]: the WebSocket API.
 //! - [`json`]: JSON body extraction with the project's error bodies; [`render`]: the JSON
 //!   form of records, shared by every answer that carries them; [`wire`]: domain values
@@ -26,7 +26,8 @@
 //!
 //! **Replica** — [`replica`]: serving a request on this node's replicas, for the edge
 //! and for peers. [`leadership`]: handing this node's leaderships over before it stops,
-//! and moving partitions back to their preferred leaders.
+//! and moving partitions back to their preferred leaders. [`mover`]: carrying out replica
+//! moves (on each partition's leader) and decommissions (on the controller's leader).
 //!
 //! **Protocol** — [`protocol`]: the node-to-node requests and answers.
 //!
@@ -50,10 +51,12 @@ pub mod keys;
 pub mod leadership;
 pub mod limits;
 pub mod metrics;
+pub mod mover;
 pub mod openapi;
 pub mod protocol;
 pub mod publish;
 pub mod push;
+pub mod reassign;
 pub mod render;
 pub mod replica;
 pub mod service;
@@ -96,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::router(state.clone()))
         .merge(keys::router(state.clone()))
         .merge(access::router(state.clone()))
+        .merge(reassign::router(state.clone()))
         .merge(openapi::router(state.clone()))
         .merge(console::router(state.clone()))
         .fallback(not_found)

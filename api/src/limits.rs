@@ -17,6 +17,10 @@ pub const DEFAULT_MAX_STREAMS: usize = 1024;
 /// Default longest delay of a delayed record, ms: 7 days, the default retention, so a
 /// record is never delayed past the time its topic would by default have dropped it.
 pub const DEFAULT_MAX_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Default most push subscriptions per offsets partition (the cluster has
+/// `OFFSETS_PARTITIONS` of them, 4): each costs a pusher with one task per subscribed
+/// partition on the node leading its offsets partition.
+pub const DEFAULT_MAX_PUSH_SUBSCRIPTIONS: u32 = 256;
 
 /// Default and largest `max_records` of one read.
 pub const DEFAULT_MAX_RECORDS: u32 = 500;
@@ -46,6 +50,9 @@ pub struct Limits {
     pub max_streams: usize,
     /// Longest delay of a delayed record (`deliver_at_ms`, `delay_ms`), ms; more is 400.
     pub max_delay_ms: u64,
+    /// Most push subscriptions per offsets partition; a new one past it is 409
+    /// `limit_reached` (decided when the subscription's write applies).
+    pub max_push_subscriptions: u32,
 }
 
 impl Default for Limits {
@@ -58,6 +65,7 @@ impl Default for Limits {
             max_unacked_publishes: DEFAULT_MAX_UNACKED_PUBLISHES,
             max_streams: DEFAULT_MAX_STREAMS,
             max_delay_ms: DEFAULT_MAX_DELAY_MS,
+            max_push_subscriptions: DEFAULT_MAX_PUSH_SUBSCRIPTIONS,
         }
     }
 }

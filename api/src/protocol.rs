@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use psubd_actors::assignment::TopicPartition;
 use psubd_actors::controller::access::{AccessChange, AccessRefusal};
+use psubd_actors::controller::reassignment::MoveState;
 use psubd_actors::controller::{NodeInfo, TopicUpdate};
 use psubd_actors::coordinator::{GroupAnswer, GroupRequest, GroupSummary};
 use psubd_actors::offsets::CommittedOffset;
@@ -170,6 +171,47 @@ pub enum ForwardRequest {
         name: String,
         /// The window, ms (checked by the sender; 0 turns deduplication off).
         duplicate_window_ms: u64,
+    },
+    /// A step of a replica move or a decommission (the serving node must lead the
+    /// controller); answered `Done` or `Controller(refusal)`.
+    Moves(MoveOp),
+}
+
+/// The controller writes of replica moves and decommissions (`controller::reassignment`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MoveOp {
+    /// Start moving a partition to `replicas` (checked by the controller).
+    Start {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The target replica set.
+        replicas: Vec<NodeId>,
+    },
+    /// Record how far a move got.
+    Progress {
+        /// The partition's group.
+        group: GroupId,
+        /// The step reached.
+        state: MoveState,
+    },
+    /// The partition group's voters are `replicas`, committed: the move is done.
+    Finish {
+        /// The partition's group.
+        group: GroupId,
+        /// The move's target.
+        replicas: Vec<NodeId>,
+    },
+    /// Start decommissioning a node.
+    Decommission {
+        /// The node.
+        node: NodeId,
+    },
+    /// The node holds nothing and left group 0.
+    Decommissioned {
+        /// The node.
+        node: NodeId,
     },
 }
 

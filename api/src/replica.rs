@@ -16,7 +16,7 @@ use psubd_raft::{GroupId, NodeId, PeerService};
 
 use crate::limits::Limits;
 use crate::protocol::{
-    encode, ForwardRequest, ForwardResponse, KeyRead, OffsetSpec, ReplicaStatus,
+    encode, ForwardRequest, ForwardResponse, KeyRead, MoveOp, OffsetSpec, ReplicaStatus,
 };
 
 /// The longest a node holds an [`ForwardRequest::AwaitLeader`]: the asker's wait is
@@ -141,6 +141,27 @@ pub async fn serve_local(broker: &Broker, request: ForwardRequest) -> ForwardRes
         ForwardRequest::TakeLeadership { .. } => ForwardResponse::Standing(false),
         // Only a peer says it is stopping (see `ForwardService`).
         ForwardRequest::Departing => ForwardResponse::Done,
+        ForwardRequest::Moves(op) => serve_move(broker, op).await,
+    }
+}
+
+/// A replica move's or decommission's controller write, on this node's controller.
+async fn serve_move(broker: &Broker, op: MoveOp) -> ForwardResponse {
+    let controller = broker.controller();
+    let outcome = match op {
+        MoveOp::Start {
+            topic,
+            partition,
+            replicas,
+        } => controller.start_move(topic, partition, replicas).await,
+        MoveOp::Progress { group, state } => controller.move_progress(group, state).await,
+        MoveOp::Finish { group, replicas } => controller.finish_move(group, replicas).await,
+        MoveOp::Decommission { node } => controller.decommission(node).await,
+        MoveOp::Decommissioned { node } => controller.decommissioned(node).await,
+    };
+    match outcome {
+        Ok(()) => ForwardResponse::Done,
+        Err(error) => ForwardResponse::Controller(error),
     }
 }
 

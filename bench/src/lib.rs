@@ -33,6 +33,8 @@
 //! - `report.rs`: the printed table, medians over runs and the JSON report.
 //! - `idle.rs`: `--idle-topics`, what many idle partitions cost (topic creation, idle
 //!   CPU and memory of the nodes, the first publish to an idle partition).
+//! - `yardstick.rs` (feature `nats`): NATS JetStream under the same single-record load, for
+//!   `bench/vs-nats.sh`; `nats_main.rs` its binary.
 
 mod client_producer;
 mod connection;
@@ -52,6 +54,8 @@ mod report;
 mod sampler;
 mod session;
 mod target;
+#[cfg(feature = "nats")]
+pub mod yardstick;
 
 use std::path::PathBuf;
 use std::time::Duration;

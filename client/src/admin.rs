@@ -1,8 +1,10 @@
 //! [`Admin`]: topics, consumer groups and the cluster view.
 
+use psubd_wire::MoveReplicas;
 use psubd_wire::{
-    ClusterInfo, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus, PushRequest,
-    PushSubscription, ResetRequest, ResetResponse, Topic, TopicSpec, TopicUpdate,
+    ClusterInfo, Decommission, GroupDescription, GroupOffsets, GroupSummary, PartitionStatus,
+    PushRequest, PushSubscription, Reassignment, Reassignments, ResetRequest, ResetResponse, Topic,
+    TopicSpec, TopicUpdate,
 };
 use reqwest::{Method, StatusCode};
 
@@ -194,5 +196,52 @@ impl Admin {
     pub async fn cluster(&self) -> Result<ClusterInfo, Error> {
         let call = Call::get("/v1/cluster".into());
         self.client.json(&call, StatusCode::OK).await
+    }
+
+    /// `PUT /v1/topics/{t}/partitions/{p}/replicas` (admin): starts moving a partition's
+    /// replicas to `replicas` (the first is the preferred leader); answers the move started.
+    ///
+    /// # Errors
+    ///
+    /// `invalid_request`, `topic_not_found`, `partition_not_found`, `move_conflict` (a
+    /// move of the partition runs), another server error, or [`Error::Transport`].
+    pub async fn move_replicas(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> Result<Reassignment, Error> {
+        let path = format!(
+            "/v1/topics/{}/partitions/{partition}/replicas",
+            segment(topic)
+        );
+        let call = Call::new(Method::PUT, path).json(&MoveReplicas { replicas })?;
+        self.client.json(&call, StatusCode::ACCEPTED).await
+    }
+
+    /// `GET /v1/reassignments`: the replica moves in progress.
+    ///
+    /// # Errors
+    ///
+    /// The server's error or [`Error::Transport`].
+    pub async fn reassignments(&self) -> Result<Reassignments, Error> {
+        let call = Call::get("/v1/reassignments".into());
+        self.client.json(&call, StatusCode::OK).await
+    }
+
+    /// `POST /v1/cluster/nodes/{id}/decommission` (admin): moves every replica off the
+    /// node, then removes it from the controller group.
+    ///
+    /// # Errors
+    ///
+    /// `invalid_request` (unknown node), `move_conflict` (already leaving, or the other
+    /// nodes cannot hold a replication factor), another server error, or
+    /// [`Error::Transport`].
+    pub async fn decommission(&self, node: u64) -> Result<Decommission, Error> {
+        let call = Call::new(
+            Method::POST,
+            format!("/v1/cluster/nodes/{node}/decommission"),
+        );
+        self.client.json(&call, StatusCode::ACCEPTED).await
     }
 }

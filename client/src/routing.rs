@@ -237,6 +237,7 @@ mod tests {
             raft: format!("127.0.0.1:{}", 9000 + id),
             http: Some(format!("http://127.0.0.1:{}/", 8000 + id)),
             alive,
+            state: "active".into(),
         }
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::Args;
 use psubd_api::auth::AdminKey;
 use psubd_api::limits::{
-    DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_RECORDS_PER_REQUEST, DEFAULT_MAX_RECORD_BYTES,
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS,
+    DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_PUSH_SUBSCRIPTIONS, DEFAULT_MAX_RECORDS_PER_REQUEST,
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS,
 };
 use psubd_raft::{ClusterSecret, NodeId, PeerTls, MAX_SNAPSHOT_STAGGER_PERCENT};
 
@@ -157,6 +157,11 @@ pub struct NodeConfig {
     /// further ahead is refused with 400.
     #[arg(long, env = "PSUBD_MAX_DELAY_MS", default_value_t = DEFAULT_MAX_DELAY_MS)]
     pub max_delay_ms: u64,
+    /// Most push subscriptions per offsets partition (the cluster has 4, so 4 times this
+    /// in all); a new one past it is refused with 409 limit_reached. Give every node the
+    /// same value: the node a PUT arrives at applies its own.
+    #[arg(long, env = "PSUBD_MAX_PUSH_SUBSCRIPTIONS", default_value_t = DEFAULT_MAX_PUSH_SUBSCRIPTIONS)]
+    pub max_push_subscriptions: u32,
     /// How long shutdown may drain in-flight HTTP requests, ms.
     #[arg(long, env = "PSUBD_SHUTDOWN_TIMEOUT_MS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
@@ -278,6 +283,11 @@ impl NodeConfig {
         if self.max_delay_ms > i64::MAX as u64 / 2 {
             return Err(ConfigError::OutOfRange(
                 "--max-delay-ms must be at most 2^62 (a due time is ms since the epoch)".into(),
+            ));
+        }
+        if self.max_push_subscriptions == 0 {
+            return Err(ConfigError::OutOfRange(
+                "--max-push-subscriptions must be at least 1".into(),
             ));
         }
         if self.max_streams == 0 {

@@ -87,6 +87,7 @@ pub async fn run(
         max_records_per_request: raw.max_records_per_request,
         max_streams: raw.max_streams,
         max_delay_ms: raw.max_delay_ms,
+        max_push_subscriptions: raw.max_push_subscriptions,
         ..Limits::default()
     };
     raft_node.set_service(ForwardService::new(broker.clone(), limits));
@@ -148,6 +149,13 @@ pub async fn run(
         ))
     });
 
+    // Replica moves and decommissions, carried out where the work is (stopped with the
+    // balancer, before the leaderships are handed over).
+    let mover = tokio::spawn(psubd_api::mover::run_moves(
+        edge.clone(),
+        balance_stop.clone(),
+    ));
+
     let health = raft_node.storage().health().clone();
     tokio::select! {
         () = shutdown => {}
@@ -158,6 +166,7 @@ pub async fn run(
     if let Some(balancer) = balancer {
         let _ = balancer.await;
     }
+    let _ = mover.await;
     let handed =
         psubd_api::leadership::hand_over_all(&edge, psubd_api::leadership::HANDOVER_TIMEOUT).await;
     info!(

@@ -223,6 +223,19 @@ impl Cluster {
         &self.nodes.command(id).place.log
     }
 
+    /// The WARN and ERROR lines of node `id`'s log (all its runs) that an operator would
+    /// see: a healthy cluster logs none. openraft's own lines are left out: the fixture
+    /// logs them for debugging, a node's default filter turns them off.
+    pub fn warn_and_error_lines(&self, id: u64) -> Vec<String> {
+        std::fs::read_to_string(self.log_path(id))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .filter(|l| !l.contains(" openraft::"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// How many `snapshot installed` lines of a partition group (ids from 1000 up) node
     /// `id`'s log holds since its data dir was last wiped: proof that a rejoining node
     /// caught up through a snapshot rather than by replaying the log.

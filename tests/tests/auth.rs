@@ -473,6 +473,24 @@ async fn acls_decide_what_each_principal_may_do_and_refusals_are_audited() {
     // Topics made by the admin; the ACLs of the principals.
     admin.node(0).create_topic("orders", 1, 3).await;
     admin.node(0).create_topic("private", 1, 3).await;
+    // Replica moves and decommissions are the admin's too.
+    let moving = outsider
+        .http
+        .put(outsider.url("/v1/topics/orders/partitions/0/replicas"))
+        .json(&json!({ "replicas": [3, 2, 1] }))
+        .send()
+        .await
+        .expect("PUT");
+    expect_error(moving, 403, "forbidden", "move replicas").await;
+    expect_error(
+        outsider
+            .post("/v1/cluster/nodes/1/decommission", json!({}))
+            .await,
+        403,
+        "forbidden",
+        "decommission a node",
+    )
+    .await;
     for rule in [
         acl("producer", "topic", "literal", "orders", "write", "allow"),
         acl("consumer", "topic", "prefixed", "ord", "read", "allow"),

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use psubd_tests::{cluster::psubd_bin, Checks, Cluster};
+use psubd_tests::{cluster::psubd_bin, eventually, Checks, Cluster};
 use psubd_wire::{
     ClusterInfo, DeliveryReport, GroupOffsets, PushSubscription, Record, ResetResponse, Topic,
 };
@@ -160,6 +160,9 @@ async fn the_client_commands_against_a_three_node_cluster() {
         .await;
     checks.run("key_views", key_views(&psubd)).await;
     checks.run("cluster_view", cluster_view(&psubd)).await;
+    checks
+        .run("move_and_decommission", move_and_decommission(&psubd))
+        .await;
     checks.finish();
 }
 
@@ -785,6 +788,66 @@ async fn cluster_view(psubd: &Psubd) {
         "{}",
         table.stdout
     );
+}
+
+/// `psubd topic move` moves a one-replica partition to another node, and `psubd cluster
+/// decommission` is refused where the other nodes cannot hold the replication factor.
+async fn move_and_decommission(psubd: &Psubd) {
+    psubd
+        .run(
+            &["topic", "create", "cli-move", "--replication-factor", "1"],
+            "",
+        )
+        .await
+        .ok("create");
+    let replica_of = |described: &Value| described["partitions"][0]["replicas"][0].as_u64();
+    let described: Value = psubd
+        .run(&["topic", "describe", "cli-move", "--output", "json"], "")
+        .await
+        .ok("describe")
+        .json("describe");
+    let from = replica_of(&described).expect("one replica");
+    let to = from % 3 + 1;
+    let moved = psubd
+        .run(
+            &[
+                "topic",
+                "move",
+                "cli-move",
+                "0",
+                "--replicas",
+                &to.to_string(),
+            ],
+            "",
+        )
+        .await
+        .ok("move");
+    assert_eq!(
+        moved.stdout.trim(),
+        format!("moving partition 0 of topic cli-move from {from} to {to}")
+    );
+    eventually(Duration::from_secs(60), "the move done", || async {
+        let described: Value = psubd
+            .run(&["topic", "describe", "cli-move", "--output", "json"], "")
+            .await
+            .ok("describe")
+            .json("describe");
+        (replica_of(&described) == Some(to))
+            .then_some(())
+            .ok_or(format!(
+                "replicas: {}",
+                described["partitions"][0]["replicas"]
+            ))
+    })
+    .await;
+    psubd
+        .run(&["topic", "move", "cli-move", "0", "--replicas", "1,2"], "")
+        .await
+        .fails("move to two replicas", 1, "invalid_request");
+    psubd
+        .run(&["cluster", "decommission", "3"], "")
+        .await
+        .fails("decommission on three nodes", 1, "move_conflict");
 }
 
 async fn key_views(psubd: &Psubd) {

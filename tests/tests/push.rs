@@ -538,3 +538,153 @@ async fn killing_the_pushing_node_loses_no_record() {
     assert_ne!(moved, pusher, "the push moved with the coordinator");
     sink.seen(|seen| assert_eq!(seen.bad_signatures, 0));
 }
+
+/// The push state of `group`'s only partition, once a pusher on a node other than
+/// `not_on` reports it with everything committed (`committed` records).
+async fn settled_state(
+    node: &NodeClient,
+    group: &str,
+    not_on: Option<u64>,
+    committed: u64,
+) -> psubd_wire::PushPartitionState {
+    eventually(DELIVERED_WITHIN, "the push state settled", || async {
+        let state = get_push(node, group).await?;
+        let p = state.partitions.first().ok_or("no partition state yet")?;
+        if Some(state.coordinator) == not_on {
+            return Err(format!("still reported by node {}", state.coordinator));
+        }
+        if p.committed_offset == Some(committed) && p.pending_offset.is_none() {
+            Ok(p.clone())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await
+}
+
+/// docs/api.md § Push subscriptions, "State": the dead-lettered and dropped counts are
+/// replicated with the commits, so the next coordinator's pusher shows the same counts
+/// after the pushing node is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_and_drop_counts_survive_the_pushing_node() {
+    let mut cluster = Cluster::start(3).await;
+    let node = cluster.node(1);
+    node.create_topic("jobs", 1, 3).await;
+    node.create_topic("jobs-dead", 1, 3).await;
+    let broken = endpoint(Policy::AlwaysFail).await;
+    let jobs = publish(&node, "jobs", "j", 5).await.len() as u64;
+    let settings = |dead: Option<&str>| {
+        json!({"topics": ["jobs"], "endpoint": broken.url, "max_deliveries": 1,
+               "min_backoff_ms": 10, "max_backoff_ms": 10, "dead_letter_topic": dead})
+    };
+    for (group, dead) in [("dead", Some("jobs-dead")), ("drop", None)] {
+        expect_json::<PushSubscription>(put_push(&node, group, &settings(dead)).await, 200)
+            .await
+            .unwrap();
+    }
+    for group in ["dead", "drop"] {
+        let before = settled_state(&node, group, None, jobs).await;
+        assert_eq!((before.dead_lettered, before.dropped), {
+            if group == "dead" {
+                (jobs, 0)
+            } else {
+                (0, jobs)
+            }
+        });
+        // Kill the node that pushes this group; the next coordinator shows the counts.
+        let pusher = get_push(&node, group).await.unwrap().coordinator;
+        cluster.kill(pusher);
+        let survivor = cluster.node(if pusher == 1 { 2 } else { 1 });
+        let after = settled_state(&survivor, group, Some(pusher), jobs).await;
+        assert_eq!(
+            (after.dead_lettered, after.dropped),
+            (before.dead_lettered, before.dropped),
+            "{group}: the counts moved with the coordinator"
+        );
+        let described = survivor
+            .try_get_json(&format!("/v1/groups/{group}"))
+            .await
+            .unwrap();
+        let shown = &described["push"]["partitions"][0];
+        assert_eq!(shown["dead_lettered"], before.dead_lettered);
+        assert_eq!(shown["dropped"], before.dropped);
+        cluster.restart(pusher).await;
+    }
+}
+
+/// docs/api.md § Push subscriptions: at most `--max-push-subscriptions` per offsets
+/// partition (4 in a cluster). Past it a new subscription is 409 `limit_reached` and
+/// changes nothing (the group stays a pull group that members may join); changing an
+/// existing one still works, and deleting one makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_subscriptions_are_bounded_per_offsets_partition() {
+    let cluster = Cluster::start_with_env(3, &[("PSUBD_MAX_PUSH_SUBSCRIPTIONS", "1")]).await;
+    let node = cluster.node(1);
+    node.create_topic("orders", 1, 3).await;
+    let sink = endpoint(Policy::AlwaysOk).await;
+    let body = json!({"topics": ["orders"], "endpoint": sink.url});
+    // Five groups over four offsets partitions, one subscription each: one at least is
+    // refused.
+    let mut set = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..5 {
+        let group = format!("hook{i}");
+        let resp = put_push(&node, &group, &body).await;
+        if resp.status().as_u16() == 200 {
+            set.push(group);
+        } else {
+            expect_error(resp, 409, "limit_reached", "past the bound").await;
+            refused.push(group);
+        }
+    }
+    assert!(!refused.is_empty() && set.len() <= 4, "set {set:?}");
+    let group = &refused[0];
+    expect_error(
+        node.http()
+            .get(node.url(&format!("/v1/groups/{group}/push")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "push_not_found",
+        "a refused subscription is not set",
+    )
+    .await;
+    // Changing a subscription that exists is not a new one.
+    let mut changed = body.clone();
+    changed["max_in_flight"] = json!(2);
+    let again: PushSubscription = expect_json(put_push(&node, &set[0], &changed).await, 200)
+        .await
+        .unwrap();
+    assert_eq!(again.max_in_flight, 2);
+    // The refused group is still a pull group: a member joins (and leaves).
+    let join = node
+        .http()
+        .post(node.url(&format!("/v1/groups/{group}/members")))
+        .json(&json!({"topics": ["orders"]}))
+        .send()
+        .await
+        .unwrap();
+    let member: Value = expect_json(join, 201).await.unwrap();
+    let member_id = member["member_id"].as_str().unwrap();
+    let left = node
+        .http()
+        .delete(node.url(&format!("/v1/groups/{group}/members/{member_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status().as_u16(), 204);
+    // Deleting the subscriptions makes room for it.
+    for existing in &set {
+        let deleted = node
+            .http()
+            .delete(node.url(&format!("/v1/groups/{existing}/push")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status().as_u16(), 204);
+    }
+    expect_json::<PushSubscription>(put_push(&node, group, &body).await, 200)
+        .await
+        .unwrap();
+}

@@ -13,9 +13,10 @@ use psubd_tests::Cluster;
 use psubd_wire::{
     Accepted, AssignmentStrategy, AutoOffsetReset, CleanupPolicy, ClusterInfo, CommitOffset,
     CommitRequest, DeliveryReport, ErrorBody, FetchResponse, GroupDescription, GroupOffsets,
-    GroupSummary, Health, JoinRequest, JoinResponse, KeyScan, MemberFetchResponse, NewRecord,
-    PartitionStatus, PublishRequest, PublishResponse, Readiness, Record, RecordReport, ResetEntry,
-    ResetOffset, ResetRequest, ResetResponse, StreamItem, Topic, TopicSpec, TopicUpdate,
+    GroupSummary, Health, JoinRequest, JoinResponse, KeyScan, MemberFetchResponse, MoveReplicas,
+    NewRecord, PartitionStatus, PublishRequest, PublishResponse, Readiness, Reassignment,
+    Reassignments, Record, RecordReport, ResetEntry, ResetOffset, ResetRequest, ResetResponse,
+    StreamItem, Topic, TopicSpec, TopicUpdate,
 };
 use psubd_wire::{
     Acl, NewKey, NewPrincipal, Operation, PatternType, Permission, Principal, PrincipalQuota,
@@ -479,10 +480,47 @@ async fn every_route_answers_in_its_wire_type() {
 
     access_routes(&api).await;
     websocket_frames(&api).await;
+    move_routes(&api).await;
 
     // The cluster view, last: it lists every partition created above.
     let info: ClusterInfo = Api::expect("cluster", api.get("/v1/cluster").await, 200);
     assert_eq!(info.nodes.len(), 3);
+}
+
+/// Replica moves: a move that only reorders a partition's replicas (a new preferred
+/// leader, the same voters), the moves in progress, and a decommission that three nodes
+/// cannot afford (refused with the error body).
+async fn move_routes(api: &Api) {
+    use reqwest::Method;
+
+    let partitions: Vec<PartitionStatus> = Api::expect(
+        "partitions",
+        api.get("/v1/topics/wire/partitions").await,
+        200,
+    );
+    let mut replicas = partitions[0].replicas.clone();
+    replicas.rotate_left(1);
+    let started: Reassignment = Api::expect(
+        "move replicas",
+        api.json(
+            Method::PUT,
+            "/v1/topics/wire/partitions/0/replicas",
+            &MoveReplicas {
+                replicas: replicas.clone(),
+            },
+        )
+        .await,
+        202,
+    );
+    assert_eq!(started.to, replicas);
+    let _: Reassignments = Api::expect("reassignments", api.get("/v1/reassignments").await, 200);
+    let refused: ErrorBody = Api::expect(
+        "decommission",
+        api.json(Method::POST, "/v1/cluster/nodes/1/decommission", &())
+            .await,
+        409,
+    );
+    assert_eq!(refused.error, "move_conflict");
 }
 
 /// The admin's routes (a cluster without `--auth` lets any caller use them).

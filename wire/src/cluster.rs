@@ -28,6 +28,15 @@ pub struct ClusterNode {
     pub http: Option<String>,
     /// Whether it answered a short probe of the answering node.
     pub alive: bool,
+    /// `active`, `decommissioning` (its replicas are being moved away) or
+    /// `decommissioned` (it holds no replica and left the controller group). Absent from
+    /// nodes of earlier builds, which know only active nodes.
+    #[serde(default = "active")]
+    pub state: String,
+}
+
+fn active() -> String {
+    "active".into()
 }
 
 /// One partition in [`ClusterInfo`].

@@ -11,6 +11,7 @@
 //!   describe.
 //! - [`push`]: push subscriptions — their settings and state, and the body of each push.
 //! - [`cluster`]: `/v1/cluster`, `/healthz`, `/readyz`.
+//! - [`moves`]: moving partition replicas and decommissioning nodes.
 //! - [`partitioning`]: the stable hash mapping a record key to its partition, shared by
 //!   the server and clients that route records to partition leaders.
 //! - [`access`]: principals, API keys, ACLs and quotas (the admin's routes).
@@ -35,6 +36,7 @@ pub mod access;
 pub mod cluster;
 pub mod error;
 pub mod groups;
+pub mod moves;
 pub mod partitioning;
 pub mod publish;
 pub mod push;
@@ -57,6 +59,7 @@ pub use groups::{
     MemberDescription, MemberFetchResponse, ResetEntry, ResetOffset, ResetRequest, ResetResponse,
     TopicPartition,
 };
+pub use moves::{Decommission, MoveReplicas, Reassignment, Reassignments};
 pub use publish::{
     Accepted, DelayedReport, DeliveryReport, Encoding, FailedRecord, NewRecord, PublishRequest,
     PublishResponse, RecordReport,

@@ -6,9 +6,13 @@
 //! validates, chooses replica sets and proposes with the write timeout as its deadline.
 
 pub mod access;
+pub mod reassignment;
 pub mod state;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{NodeId, RaftNode, CONTROLLER_GROUP};
@@ -38,6 +42,9 @@ pub struct Controller {
     write_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses changes.
     quorum_stale_after: Duration,
+    /// Group 0's applied state: nodes decommissioning or decommissioned take no new
+    /// replicas.
+    metadata: watch::Receiver<Arc<ControllerState>>,
 }
 
 impl Controller {
@@ -48,6 +55,7 @@ impl Controller {
         raft_node: RaftNode,
         write_timeout: Duration,
         quorum_stale_after: Duration,
+        metadata: watch::Receiver<Arc<ControllerState>>,
     ) -> Self {
         Self {
             raft,
@@ -55,7 +63,19 @@ impl Controller {
             raft_node,
             write_timeout,
             quorum_stale_after,
+            metadata,
         }
+    }
+
+    /// The nodes new replicas may go to: the cluster's nodes less those decommissioning
+    /// or decommissioned.
+    fn placeable_nodes(&self) -> Vec<NodeId> {
+        let state = self.metadata.borrow().clone();
+        self.nodes
+            .iter()
+            .copied()
+            .filter(|n| !state.moves.is_retired(*n))
+            .collect()
     }
 
     /// Creates a topic; answers its metadata. The name and settings are checked again
@@ -96,13 +116,14 @@ impl Controller {
     ) -> Result<TopicMeta, ControllerError> {
         self.check_leader()?;
         validate_name("topic", &name).map_err(|e| ControllerError::Invalid(e.0))?;
+        let nodes = self.placeable_nodes();
         config
-            .check(self.nodes.len())
+            .check(nodes.len())
             .map_err(ControllerError::Invalid)?;
         // Rotate the first replica by the stable hash of the name so topics' leaders
         // spread.
         let offset = fnv1a(name.as_bytes());
-        let candidates = live_first(&self.nodes, &self.raft_node, config.replication_factor);
+        let candidates = live_first(&nodes, &self.raft_node, config.replication_factor);
         let replicas = place_replicas(
             &candidates,
             config.partitions,
@@ -225,11 +246,12 @@ impl Controller {
         }
         let mut config = meta.config.clone();
         config.partitions = partitions;
+        let nodes = self.placeable_nodes();
         config
-            .check(self.nodes.len())
+            .check(nodes.len())
             .map_err(ControllerError::Invalid)?;
         let rf = config.replication_factor;
-        let candidates = live_first(&self.nodes, &self.raft_node, rf);
+        let candidates = live_first(&nodes, &self.raft_node, rf);
         let placed = place_replicas(&candidates, partitions, rf, fnv1a(name.as_bytes()));
         let command = ControllerCommand::AddPartitions {
             name,

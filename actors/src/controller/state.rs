@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::access::{AccessChange, AccessRefusal, AccessState};
+use super::reassignment::{self, MoveRefusal, MoveState, Moves};
 use crate::topic::{PartitionPlacement, TopicConfig, TopicMeta, DEFAULT_DUPLICATE_WINDOW_MS};
 
 const STATE_KEY: &[u8] = b"state";
@@ -30,6 +31,10 @@ const ACCESS_KEY: &[u8] = b"access";
 /// Each topic's duplicate window, under its own key for the same reason as
 /// [`ACCESS_KEY`]. Absent (an older state), every topic has the default window.
 const DUPLICATE_WINDOWS_KEY: &[u8] = b"duplicate_windows";
+
+/// The moves in progress and the nodes' states, under their own key for the same reason
+/// as [`ACCESS_KEY`]. Absent (an older state), no move runs and every node is active.
+const MOVES_KEY: &[u8] = b"moves";
 
 /// First group id handed to a partition; lower ids are reserved.
 pub const FIRST_PARTITION_GROUP: GroupId = 1000;
@@ -62,6 +67,10 @@ pub struct ControllerState {
     /// [`ControllerState::duplicate_window_ms`].
     #[serde(skip)]
     pub duplicate_windows: BTreeMap<String, u64>,
+    /// Replica moves in progress and nodes leaving (stored under [`MOVES_KEY`], not in
+    /// this value's encoding).
+    #[serde(skip)]
+    pub moves: Moves,
 }
 
 impl ControllerState {
@@ -130,6 +139,44 @@ pub enum ControllerCommand {
         /// The window, ms (0: no deduplication).
         duplicate_window_ms: u64,
     },
+    /// Starts moving a partition's replicas to `replicas` (checked at apply:
+    /// `reassignment::check_move`); the placement changes only at [`Self::FinishMove`].
+    StartMove {
+        /// Topic name.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The target replica set; the first is the preferred leader.
+        replicas: Vec<NodeId>,
+        /// When the move started (proposer's clock).
+        started_ms: i64,
+    },
+    /// Records how far a move got (sent by the partition's leader, which drives it).
+    MoveProgress {
+        /// The partition's group.
+        group: GroupId,
+        /// The step reached.
+        state: MoveState,
+    },
+    /// Ends a move: the partition group's voters are `replicas`, committed; the
+    /// placement becomes `replicas` and the nodes left out delete their replica.
+    FinishMove {
+        /// The partition's group.
+        group: GroupId,
+        /// The move's target (refused unless it is the recorded one).
+        replicas: Vec<NodeId>,
+    },
+    /// Starts decommissioning a node: it takes no new replicas and the controller leader
+    /// moves its replicas away (checked at apply: `reassignment::check_decommission`).
+    Decommission {
+        /// The node.
+        node: NodeId,
+    },
+    /// Ends a decommission: the node holds no replica and left group 0's voters.
+    Decommissioned {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// The mutable settings of a topic (`PATCH /v1/topics/{t}`); `None` leaves one unchanged.
@@ -186,6 +233,8 @@ pub enum ControllerResponse {
     Access(Result<(), AccessRefusal>),
     /// The topic's partition count was not the one the change was placed for.
     PartitionsChanged,
+    /// The answer to a move or decommission command: done, or why not.
+    Moves(Result<(), MoveRefusal>),
 }
 
 /// Encodes a command for Raft.
@@ -261,6 +310,7 @@ impl ControllerLogic {
             ControllerCommand::DeleteTopic { name } => match self.state.topics.remove(&name) {
                 Some(_) => {
                     self.state.duplicate_windows.remove(&name);
+                    reassignment::forget_topic(&mut self.state, &name);
                     ControllerResponse::Done(None)
                 }
                 None => ControllerResponse::TopicNotFound,
@@ -307,6 +357,13 @@ impl ControllerLogic {
                 Some(_) => ControllerResponse::PartitionsChanged,
                 None => ControllerResponse::TopicNotFound,
             },
+            command @ (ControllerCommand::StartMove { .. }
+            | ControllerCommand::MoveProgress { .. }
+            | ControllerCommand::FinishMove { .. }
+            | ControllerCommand::Decommission { .. }
+            | ControllerCommand::Decommissioned { .. }) => {
+                reassignment::execute(&mut self.state, command)
+            }
         }
     }
 }
@@ -321,6 +378,13 @@ fn encode_state(state: &ControllerState) -> Result<Vec<u8>, StorageIoError> {
 fn encode_windows(windows: &BTreeMap<String, u64>) -> Result<Vec<u8>, StorageIoError> {
     postcard::to_stdvec(windows).map_err(|e| StorageIoError::Codec {
         what: "duplicate windows",
+        source: e,
+    })
+}
+
+fn encode_moves(moves: &Moves) -> Result<Vec<u8>, StorageIoError> {
+    postcard::to_stdvec(moves).map_err(|e| StorageIoError::Codec {
+        what: "moves",
         source: e,
     })
 }
@@ -354,6 +418,13 @@ impl GroupLogic for ControllerLogic {
             })?,
             None => BTreeMap::new(),
         };
+        self.state.moves = match state.get(MOVES_KEY)? {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| StorageIoError::Codec {
+                what: "moves",
+                source: e,
+            })?,
+            None => Moves::default(),
+        };
         self.published.send_replace(Arc::new(self.state.clone()));
         Ok(())
     }
@@ -374,6 +445,15 @@ impl GroupLogic for ControllerLogic {
                     batch.insert(ACCESS_KEY, encode_access(&self.state.access)?);
                     response
                 } else {
+                    let moves_change = matches!(
+                        command,
+                        ControllerCommand::StartMove { .. }
+                            | ControllerCommand::MoveProgress { .. }
+                            | ControllerCommand::FinishMove { .. }
+                            | ControllerCommand::Decommission { .. }
+                            | ControllerCommand::Decommissioned { .. }
+                            | ControllerCommand::DeleteTopic { .. }
+                    );
                     let windows_change = matches!(
                         command,
                         ControllerCommand::SetDuplicateWindow { .. }
@@ -386,6 +466,9 @@ impl GroupLogic for ControllerLogic {
                             DUPLICATE_WINDOWS_KEY,
                             encode_windows(&self.state.duplicate_windows)?,
                         );
+                    }
+                    if moves_change {
+                        batch.insert(MOVES_KEY, encode_moves(&self.state.moves)?);
                     }
                     response
                 }
@@ -422,6 +505,7 @@ impl GroupLogic for ControllerLogic {
                     DUPLICATE_WINDOWS_KEY.to_vec(),
                     encode_windows(&self.state.duplicate_windows)?,
                 ),
+                (MOVES_KEY.to_vec(), encode_moves(&self.state.moves)?),
             ],
             lazy: None,
         })

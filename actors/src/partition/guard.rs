@@ -140,7 +140,7 @@ pub(super) fn decide(
     // First decide, changing nothing: what each request comes to, which records are left
     // out (by index in the entry) and which ids to remember.
     let mut fresh: HashMap<RecordId, u64> = HashMap::new();
-    let mut remember: Vec<(RecordId, u64)> = Vec::new();
+    let mut remember: Vec<(u64, RecordId)> = Vec::new();
     let mut dropped: Vec<usize> = Vec::new();
     let mut next = next_offset;
     let mut outcomes = Vec::with_capacity(guard.requests.len());
@@ -187,7 +187,7 @@ pub(super) fn decide(
                     continue;
                 }
                 fresh.insert(id, next);
-                remember.push((id, next));
+                remember.push((next, id));
             }
             if let Some(record) = slices.as_ref().and_then(|s: &Vec<&[u8]>| s.get(index)) {
                 if let Some(Ok(view)) = RecordIter::run(record).next() {
@@ -220,9 +220,7 @@ pub(super) fn decide(
     };
     // Then change the id table: the entry is decided and will be stored as decided.
     ids.expire(guard.stamped_ms, guard.window_ms, batch);
-    for (id, offset) in remember {
-        ids.remember(id, offset, guard.stamped_ms, batch);
-    }
+    ids.remember_entry(remember, guard.stamped_ms, batch);
     Ok(Some(Decided { append, outcomes }))
 }
 

@@ -8,6 +8,7 @@ use psubd_raft::{Command, NodeStorage};
 use super::command::{decode_guarded_response, guarded_append_command};
 use super::guard::{EntryGuard, Expectation, RequestGuard, RequestOutcome};
 use super::id_table::RecordId;
+use super::layout::{id_set_key, IDS_END, ID_PREFIX};
 use super::tests::{entry, keyed, open_partition, records, values};
 use super::PartitionLogic;
 use crate::record::{join_batch, EncodedRecords};
@@ -179,6 +180,65 @@ async fn an_if_match_on_a_key_sees_earlier_writes_of_the_same_entry() {
         ]
     );
     assert_eq!(reader.bounds().next_offset, 2);
+}
+
+/// Each guarded entry stores its ids as one value of the state tree, and a reopened
+/// replica rebuilds the table from those values: retries are still recognised, expired
+/// sets are gone from the tree.
+#[tokio::test]
+async fn the_id_table_is_one_value_per_entry_and_survives_reopen() {
+    let (_dir, storage, reader, mut sm) = open_partition();
+    let id_values = |sm: &psubd_raft::StateMachine| {
+        sm.tree()
+            .range(&[ID_PREFIX], Some(&IDS_END))
+            .map(|item| item.unwrap().0.to_vec())
+            .collect::<Vec<_>>()
+    };
+    let three = request(records(1, 3, 2), &[(0, "a"), (1, "b"), (2, "c")]);
+    let one = request(records(4, 1, 2), &[(0, "d")]);
+    assert_eq!(
+        apply(&mut sm, 1, guarded(1_000, 60_000, &[three, one])).await,
+        vec![written(0, &[]), written(3, &[])]
+    );
+    assert_eq!(id_values(&sm), vec![id_set_key(0).to_vec()]);
+    assert_eq!(
+        apply(
+            &mut sm,
+            2,
+            guarded(2_000, 60_000, &[request(records(5, 1, 2), &[(0, "e")])])
+        )
+        .await,
+        vec![written(4, &[])]
+    );
+    assert_eq!(id_values(&sm).len(), 2);
+    drop(sm);
+
+    let (logic, reopened) = PartitionLogic::new();
+    let mut sm = storage.state_machine(7, Box::new(logic)).unwrap();
+    assert_eq!(reopened.bounds(), reader.bounds());
+    let retry = request(records(1, 3, 2), &[(0, "e"), (1, "b"), (2, "f")]);
+    assert_eq!(
+        apply(&mut sm, 3, guarded(3_000, 60_000, &[retry])).await,
+        vec![written(5, &[(0, 4), (1, 1)])]
+    );
+    // A window after the first entry its set expires whole; the later ones stay.
+    assert_eq!(
+        apply(
+            &mut sm,
+            4,
+            guarded(61_000, 60_000, &[request(records(1, 1, 2), &[(0, "a")])])
+        )
+        .await,
+        vec![written(6, &[])]
+    );
+    assert_eq!(
+        id_values(&sm),
+        vec![
+            id_set_key(4).to_vec(),
+            id_set_key(5).to_vec(),
+            id_set_key(6).to_vec()
+        ]
+    );
 }
 
 #[tokio::test]

@@ -6,15 +6,21 @@
 //! names and carried in snapshots (pinned: it changes with every append), so replicas
 //! agree after failovers, restarts and snapshot installs.
 //!
-//! Layout: `b"u" ++ digest (16 bytes)` → `offset u64 LE ++ stamped_ms i64 LE`, one key per
-//! remembered id ([`super::layout::id_key`]). An id is kept as the first 16 bytes of its
+//! Layout: one state-tree value per guarded entry that stored ids — its *id set* —, not
+//! one per id: `b"u" ++ offset of its first id's record (u64 BE)` →
+//! `stamped_ms i64 LE ++ (offset u64 LE ++ digest 16 bytes)*` ([`super::layout::id_set_key`]).
+//! A batch of a hundred records with ids costs one insert, and expiry removes a whole set
+//! with one delete. The in-memory maps are the lookup; the sets are what restarts and
+//! snapshot installs rebuild them from. An id is kept as the first 16 bytes of its
 //! SHA-256 ([`RecordId::of`]): fixed-size entries, and a client cannot craft two ids that
 //! collide to suppress another's record.
 //!
 //! Expiry is by the leader's clock stamped into each guarded entry (never a replica's
-//! own), so every replica expires the same ids at the same entry. Memory is bounded: the
-//! table holds at most [`MAX_IDS_PER_PARTITION`] ids (the oldest by offset go first), about
-//! 80 bytes each, so at most about 8 MiB per partition replica.
+//! own), so every replica expires the same sets at the same entry. Memory is bounded: past
+//! [`MAX_IDS_PER_PARTITION`] ids listed in sets the oldest sets are forgotten whole (never
+//! the one just stored). A partition replica's sets list at most that many ids plus one
+//! entry's (24 bytes each) and its lookup holds at most twice that many (about 40 bytes
+//! each, forgotten ones until the next sweep): about 11 MiB in all.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,10 +28,11 @@ use psubd_raft::{StorageIoError, Tree, WriteBatch};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::layout::{id_key, IDS_END, ID_PREFIX};
+use super::layout::{id_set_key, id_set_offset, IDS_END, ID_PREFIX};
 
-/// Most ids one partition remembers; past it the oldest are forgotten first, so a producer
-/// writing unique ids faster than this many per duplicate window gets a shorter window.
+/// Most ids one partition remembers (but for the entry just applied); past it the oldest
+/// entries' ids are forgotten first, so a producer writing unique ids faster than this
+/// many per duplicate window gets a shorter window.
 pub const MAX_IDS_PER_PARTITION: usize = 100_000;
 
 /// Length of a stored id digest.
@@ -46,49 +53,87 @@ impl RecordId {
     }
 }
 
-/// Where a remembered id's record was stored, and when (the entry's stamp).
+/// Where a remembered id's record was stored, and when (its entry's stamp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Remembered {
     offset: u64,
     stamped_ms: i64,
 }
 
-impl Remembered {
-    const LEN: usize = 16;
-
-    fn encode(&self) -> [u8; Self::LEN] {
-        let mut out = [0u8; Self::LEN];
-        out[..8].copy_from_slice(&self.offset.to_le_bytes());
-        out[8..].copy_from_slice(&self.stamped_ms.to_le_bytes());
-        out
-    }
-
-    fn decode(raw: &[u8]) -> Option<Self> {
-        let raw: &[u8; Self::LEN] = raw.try_into().ok()?;
-        let (offset, stamped) = raw.split_first_chunk::<8>()?;
-        Some(Self {
-            offset: u64::from_le_bytes(*offset),
-            stamped_ms: i64::from_le_bytes(stamped.try_into().ok()?),
-        })
-    }
-
-    /// Still within the duplicate window of an entry stamped `now_ms`. A stamp from the
-    /// future (a new leader's clock behind the old one's) counts as within it.
-    fn within(&self, now_ms: i64, window_ms: u64) -> bool {
-        let age = now_ms.saturating_sub(self.stamped_ms);
-        age < 0 || (age as u64) < window_ms
-    }
+/// Whether a stamp is still within the duplicate window of an entry stamped `now_ms`. A
+/// stamp from the future (a new leader's clock behind the old one's) counts as within it.
+fn within(stamped_ms: i64, now_ms: i64, window_ms: u64) -> bool {
+    let age = now_ms.saturating_sub(stamped_ms);
+    age < 0 || (age as u64) < window_ms
 }
 
-/// See the module docs. Changes are staged in the apply batch as they are made; the table
-/// in memory always equals the tree once the apply call's batch is written.
+/// The ids one guarded entry stored: its stamp and each id with its record's offset, as
+/// written to the tree. An id stored again later stays listed here; the table's lookup
+/// then names the newer offset, and forgetting this set leaves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IdSet {
+    stamped_ms: i64,
+    ids: Vec<(u64, RecordId)>,
+}
+
+/// Bytes of a set value's stamp, and of each of its ids.
+const STAMP_LEN: usize = 8;
+const PAIR_LEN: usize = 8 + DIGEST_LEN;
+
+/// A set's tree value: its stamp, then each id's offset and digest.
+fn encode_set(stamped_ms: i64, ids: &[(u64, RecordId)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(STAMP_LEN + PAIR_LEN * ids.len());
+    out.extend_from_slice(&stamped_ms.to_le_bytes());
+    for (offset, id) in ids {
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&id.0);
+    }
+    out
+}
+
+/// A set from its tree value; `None` if it does not decode.
+fn decode_set(raw: &[u8]) -> Option<IdSet> {
+    let (stamp, pairs) = raw.split_first_chunk::<STAMP_LEN>()?;
+    if pairs.len() % PAIR_LEN != 0 {
+        return None;
+    }
+    let ids = pairs
+        .chunks_exact(PAIR_LEN)
+        .map(|pair| {
+            let (offset, digest) = pair.split_first_chunk::<8>()?;
+            Some((
+                u64::from_le_bytes(*offset),
+                RecordId(digest.try_into().ok()?),
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(IdSet {
+        stamped_ms: i64::from_le_bytes(*stamp),
+        ids,
+    })
+}
+
+/// See the module docs. Changes are staged in the apply batch as they are made; the sets
+/// in memory always equal the tree once the apply call's batch is written.
+///
+/// Forgetting a set does not remove its ids from the lookup one by one (a random access
+/// into a table of megabytes per id, the main cost of deduplication when measured): sets
+/// are only ever forgotten oldest first, so every id of a forgotten set has an offset
+/// below `floor`, and [`Self::original`] ignores those. The lookup is swept of them in
+/// one sequential pass once it holds twice the cap.
 #[derive(Debug)]
 pub(super) struct IdTable {
+    /// The lookup: each id's latest record, including ids of forgotten sets (below
+    /// `floor`) until the next sweep.
     ids: HashMap<RecordId, Remembered>,
-    /// The same ids by offset, oldest first: the eviction order. Invariant: exactly the
-    /// entries of `ids`, each under its own offset.
-    by_offset: BTreeMap<u64, RecordId>,
-    /// Most ids kept.
+    /// The sets stored, by first offset, oldest first: the expiry and eviction order.
+    sets: BTreeMap<u64, IdSet>,
+    /// Every id of a forgotten set is below this offset; every id of a set kept is at or
+    /// above it.
+    floor: u64,
+    /// Ids listed by all sets: what the cap bounds.
+    listed: usize,
+    /// Most ids listed (but for the newest set).
     cap: usize,
 }
 
@@ -99,41 +144,41 @@ impl Default for IdTable {
 }
 
 impl IdTable {
-    /// A table keeping at most `cap` ids.
+    /// A table listing at most `cap` ids (but for the newest set).
     pub(super) fn with_cap(cap: usize) -> Self {
         Self {
             ids: HashMap::new(),
-            by_offset: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            floor: 0,
+            listed: 0,
             cap: cap.max(1),
         }
     }
 
-    /// Ids remembered.
+    /// Ids remembered (those of the sets kept).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.ids.len()
+        self.ids.values().filter(|r| r.offset >= self.floor).count()
     }
 
-    /// Rebuilds the table from `state` (at open and after a snapshot install). An entry
-    /// that does not decode (this code writes none) is ignored, alike on every replica.
+    /// Rebuilds the table from `state` (at open and after a snapshot install), set by set
+    /// in offset order, so an id stored again ends at its latest offset as it did when
+    /// applied. A value that does not decode (this code writes none) is ignored, alike on
+    /// every replica.
     ///
     /// # Errors
     /// Storage I/O.
     pub(super) fn load(&mut self, state: &Tree) -> Result<(), StorageIoError> {
         self.ids.clear();
-        self.by_offset.clear();
+        self.sets.clear();
+        self.floor = 0;
+        self.listed = 0;
         for item in state.range(&[ID_PREFIX], Some(&IDS_END)) {
             let (key, value) = item?;
-            let Some(digest) = key
-                .get(1..)
-                .and_then(|d| <[u8; DIGEST_LEN]>::try_from(d).ok())
-            else {
+            let (Some(first), Some(set)) = (id_set_offset(&key), decode_set(&value)) else {
                 continue;
             };
-            let Some(remembered) = Remembered::decode(&value) else {
-                continue;
-            };
-            self.insert(RecordId(digest), remembered);
+            self.insert_set(first, set);
         }
         Ok(())
     }
@@ -143,75 +188,92 @@ impl IdTable {
     pub(super) fn original(&self, id: &RecordId, now_ms: i64, window_ms: u64) -> Option<u64> {
         self.ids
             .get(id)
-            .filter(|r| r.within(now_ms, window_ms))
+            .filter(|r| r.offset >= self.floor && within(r.stamped_ms, now_ms, window_ms))
             .map(|r| r.offset)
     }
 
-    /// Remembers that `id`'s record is stored at `offset` by an entry stamped `now_ms`
-    /// (replacing an expired entry of the same id), then forgets the oldest ids past the
-    /// cap.
-    pub(super) fn remember(
+    /// Remembers the ids one entry stamped `now_ms` stored, each with its record's offset
+    /// (ascending, none remembered within the window), as one set; then forgets the
+    /// oldest sets while more than the cap of ids are listed.
+    pub(super) fn remember_entry(
         &mut self,
-        id: RecordId,
-        offset: u64,
+        stored: Vec<(u64, RecordId)>,
         now_ms: i64,
         batch: &mut WriteBatch,
     ) {
-        let remembered = Remembered {
-            offset,
-            stamped_ms: now_ms,
+        let Some(&(first, _)) = stored.first() else {
+            return;
         };
-        if let Some(old) = self.ids.get(&id) {
-            self.by_offset.remove(&old.offset);
-        }
-        self.insert(id, remembered);
-        batch.insert(id_key(&id.0).to_vec(), remembered.encode().to_vec());
-        while self.ids.len() > self.cap {
-            let Some((_, oldest)) = self.by_offset.pop_first() else {
-                break;
-            };
-            self.forget(&oldest, batch);
-        }
-    }
-
-    /// Forgets the oldest ids that are outside the window of an entry stamped `now_ms`.
-    /// Stops at the first one still inside it: stamps follow offsets but for clock changes
-    /// between leaders, and a stale entry left behind is still refused by [`Self::original`].
-    pub(super) fn expire(&mut self, now_ms: i64, window_ms: u64, batch: &mut WriteBatch) {
-        while let Some((&offset, &id)) = self.by_offset.first_key_value() {
-            match self.ids.get(&id) {
-                Some(r) if r.within(now_ms, window_ms) => break,
-                _ => {
-                    self.by_offset.remove(&offset);
-                    self.forget(&id, batch);
-                }
+        batch.insert(id_set_key(first).to_vec(), encode_set(now_ms, &stored));
+        self.insert_set(
+            first,
+            IdSet {
+                stamped_ms: now_ms,
+                ids: stored,
+            },
+        );
+        while self.listed > self.cap {
+            match self.sets.first_key_value() {
+                Some((&oldest, _)) if oldest != first => self.forget_set(oldest, batch),
+                _ => break,
             }
         }
+        if self.ids.len() > self.cap.saturating_mul(2) {
+            let floor = self.floor;
+            self.ids.retain(|_, r| r.offset >= floor);
+        }
     }
 
-    /// The table as state-tree pairs, for a snapshot (pinned: it changes at every
-    /// guarded append).
+    /// Forgets the oldest sets that are outside the window of an entry stamped `now_ms`.
+    /// Stops at the first one still inside it: stamps follow offsets but for clock changes
+    /// between leaders, and a stale set left behind is still refused by [`Self::original`].
+    pub(super) fn expire(&mut self, now_ms: i64, window_ms: u64, batch: &mut WriteBatch) {
+        while let Some((&first, set)) = self.sets.first_key_value() {
+            if within(set.stamped_ms, now_ms, window_ms) {
+                break;
+            }
+            self.forget_set(first, batch);
+        }
+    }
+
+    /// The table as state-tree pairs, one per set as written, for a snapshot (pinned: it
+    /// changes at every guarded append).
     pub(super) fn pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.ids
+        self.sets
             .iter()
-            .map(|(id, r)| (id_key(&id.0).to_vec(), r.encode().to_vec()))
+            .map(|(&first, set)| {
+                (
+                    id_set_key(first).to_vec(),
+                    encode_set(set.stamped_ms, &set.ids),
+                )
+            })
             .collect()
     }
 
-    fn insert(&mut self, id: RecordId, remembered: Remembered) {
-        if let Some(displaced) = self.by_offset.insert(remembered.offset, id) {
-            // Two ids at one offset cannot happen (an offset holds one record); keep the
-            // invariant anyway.
-            if displaced != id {
-                self.ids.remove(&displaced);
-            }
+    /// Adds a set in memory (above every set kept: sets come in offset order); an id
+    /// already remembered moves to its new offset.
+    fn insert_set(&mut self, first: u64, set: IdSet) {
+        for &(offset, id) in &set.ids {
+            let remembered = Remembered {
+                offset,
+                stamped_ms: set.stamped_ms,
+            };
+            self.ids.insert(id, remembered);
         }
-        self.ids.insert(id, remembered);
+        self.listed += set.ids.len();
+        self.sets.insert(first, set);
     }
 
-    fn forget(&mut self, id: &RecordId, batch: &mut WriteBatch) {
-        self.ids.remove(id);
-        batch.remove(id_key(&id.0).to_vec());
+    /// Forgets the oldest set, at `first`, and deletes its value; its ids fall below the
+    /// floor.
+    fn forget_set(&mut self, first: u64, batch: &mut WriteBatch) {
+        let Some(set) = self.sets.remove(&first) else {
+            return;
+        };
+        self.listed -= set.ids.len();
+        let above = set.ids.iter().map(|(offset, _)| offset + 1).max();
+        self.floor = self.floor.max(above.unwrap_or(first + 1));
+        batch.remove(id_set_key(first).to_vec());
     }
 }
 
@@ -219,12 +281,16 @@ impl IdTable {
 mod tests {
     use super::*;
 
+    fn id(n: u64) -> RecordId {
+        RecordId::of(&n.to_le_bytes())
+    }
+
     #[test]
     fn ids_are_remembered_within_the_window_only() {
         let mut table = IdTable::default();
         let mut batch = WriteBatch::default();
         let a = RecordId::of(b"a");
-        table.remember(a, 7, 1_000, &mut batch);
+        table.remember_entry(vec![(7, a)], 1_000, &mut batch);
         assert_eq!(table.original(&a, 1_000, 500), Some(7));
         assert_eq!(table.original(&a, 1_499, 500), Some(7));
         assert_eq!(table.original(&a, 1_500, 500), None);
@@ -235,38 +301,108 @@ mod tests {
         assert_eq!(table.len(), 1);
         table.expire(1_500, 500, &mut batch);
         assert_eq!(table.len(), 0);
+        assert!(table.sets.is_empty() && table.listed == 0);
     }
 
     #[test]
-    fn the_oldest_ids_are_evicted_past_the_cap() {
+    fn an_entry_is_one_set_and_expires_whole() {
+        let mut table = IdTable::default();
+        let mut batch = WriteBatch::default();
+        table.remember_entry(
+            vec![(10, id(0)), (12, id(1)), (13, id(2))],
+            1_000,
+            &mut batch,
+        );
+        table.remember_entry(vec![(14, id(3))], 2_000, &mut batch);
+        assert_eq!(table.sets.len(), 2);
+        assert_eq!(table.original(&id(1), 1_000, 500), Some(12));
+        table.expire(1_600, 500, &mut batch);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.original(&id(3), 1_600, 500), Some(14));
+        assert_eq!(table.sets.keys().copied().collect::<Vec<_>>(), vec![14]);
+    }
+
+    #[test]
+    fn the_oldest_sets_are_evicted_past_the_cap_but_never_the_newest() {
         let mut table = IdTable::with_cap(3);
         let mut batch = WriteBatch::default();
         for offset in 0..5u64 {
-            table.remember(RecordId::of(&offset.to_le_bytes()), offset, 0, &mut batch);
+            table.remember_entry(vec![(offset, id(offset))], 0, &mut batch);
         }
         assert_eq!(table.len(), 3);
         for offset in 0..2u64 {
-            let id = RecordId::of(&offset.to_le_bytes());
-            assert_eq!(table.original(&id, 0, 1_000), None, "offset {offset}");
+            assert_eq!(
+                table.original(&id(offset), 0, 1_000),
+                None,
+                "offset {offset}"
+            );
         }
         for offset in 2..5u64 {
-            let id = RecordId::of(&offset.to_le_bytes());
-            assert_eq!(table.original(&id, 0, 1_000), Some(offset));
+            assert_eq!(table.original(&id(offset), 0, 1_000), Some(offset));
         }
-        // An expired id stored again moves to its new offset, and the old one goes.
-        let id = RecordId::of(&2u64.to_le_bytes());
-        table.remember(id, 9, 5_000, &mut batch);
-        assert_eq!(table.original(&id, 5_000, 1_000), Some(9));
-        assert_eq!(table.by_offset.len(), table.ids.len());
+        // An entry larger than the cap is kept whole; the older sets all go.
+        let big: Vec<(u64, RecordId)> = (10..15u64).map(|o| (o, id(o))).collect();
+        table.remember_entry(big, 0, &mut batch);
+        assert_eq!(table.len(), 5);
+        assert_eq!(table.sets.len(), 1);
+        assert_eq!(table.original(&id(12), 0, 1_000), Some(12));
     }
 
     #[test]
-    fn remembered_entries_round_trip_and_garbage_is_refused() {
-        let r = Remembered {
-            offset: 1 << 40,
+    fn forgotten_ids_are_ignored_and_swept_past_twice_the_cap() {
+        let mut table = IdTable::with_cap(4);
+        let mut batch = WriteBatch::default();
+        for offset in 0..20u64 {
+            table.remember_entry(vec![(offset, id(offset))], 0, &mut batch);
+            assert!(
+                table.ids.len() <= 8,
+                "swept at {offset}: {}",
+                table.ids.len()
+            );
+        }
+        assert_eq!(table.len(), 4);
+        for offset in 0..16u64 {
+            assert_eq!(
+                table.original(&id(offset), 0, 1_000),
+                None,
+                "offset {offset}"
+            );
+        }
+        for offset in 16..20u64 {
+            assert_eq!(table.original(&id(offset), 0, 1_000), Some(offset));
+        }
+        // A forgotten id stored again is remembered at its new offset.
+        table.remember_entry(vec![(20, id(3))], 0, &mut batch);
+        assert_eq!(table.original(&id(3), 0, 1_000), Some(20));
+    }
+
+    #[test]
+    fn an_id_stored_again_moves_to_its_new_set() {
+        let mut table = IdTable::default();
+        let mut batch = WriteBatch::default();
+        table.remember_entry(vec![(0, id(0)), (1, id(1))], 0, &mut batch);
+        // Expired (window 1,000) but its set is still there: stored again at offset 9.
+        table.remember_entry(vec![(9, id(0))], 5_000, &mut batch);
+        assert_eq!(table.original(&id(0), 5_000, 1_000), Some(9));
+        assert_eq!((table.len(), table.listed), (2, 3));
+        // Forgetting the old set leaves the id at its new offset.
+        table.expire(5_000, 1_000, &mut batch);
+        assert_eq!(table.original(&id(0), 5_000, 1_000), Some(9));
+        assert_eq!(table.original(&id(1), 5_000, u64::MAX), None);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn set_values_round_trip_and_garbage_is_refused() {
+        let set = IdSet {
             stamped_ms: -3,
+            ids: vec![(1 << 40, id(1)), ((1 << 40) + 3, id(2))],
         };
-        assert_eq!(Remembered::decode(&r.encode()), Some(r));
-        assert_eq!(Remembered::decode(&[1, 2, 3]), None);
+        let raw = encode_set(set.stamped_ms, &set.ids);
+        assert_eq!(decode_set(&raw), Some(set));
+        let empty = decode_set(&encode_set(5, &[])).map(|s| (s.stamped_ms, s.ids.len()));
+        assert_eq!(empty, Some((5, 0)));
+        assert_eq!(decode_set(&[1, 2, 3]), None);
+        assert_eq!(decode_set(&raw[..raw.len() - 1]), None);
     }
 }

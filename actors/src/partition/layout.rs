@@ -12,8 +12,8 @@
 //! - `b"q" ++ due_ms (i64, order-preserving BE) ++ log index (u64 BE) ++ position (u32 BE)`
 //!   → one delayed record's encoding, waiting in the delay queue ([`super::delay_queue`]);
 //!   pinned in snapshots.
-//! - `b"u" ++ id digest (16 bytes)` → a remembered record id ([`super::id_table`]);
-//!   pinned in snapshots. It sorts after every batch and index key, so no snapshot's lazy
+//! - `b"u" ++ first offset (u64 BE)` → the ids one guarded entry stored, one value per
+//!   entry ([`super::id_table`]); pinned in snapshots. It sorts after every batch and index key, so no snapshot's lazy
 //!   range (which must only ever lose keys while it is read) holds one.
 //!
 //! Key order is part of the design: batch keys sort by base offset (big-endian), so a
@@ -112,12 +112,20 @@ pub(super) fn index_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The tree key of a remembered id's digest.
-pub(super) fn id_key(digest: &[u8; 16]) -> [u8; 17] {
-    let mut key = [0u8; 17];
+/// The tree key of the id set whose first id's record is at `first_offset`.
+pub(super) fn id_set_key(first_offset: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
     key[0] = ID_PREFIX;
-    key[1..].copy_from_slice(digest);
+    key[1..].copy_from_slice(&first_offset.to_be_bytes());
     key
+}
+
+/// The first offset an id set's tree key names; `None` for any other key.
+pub(super) fn id_set_offset(key: &[u8]) -> Option<u64> {
+    match key {
+        [ID_PREFIX, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -168,10 +176,13 @@ mod tests {
 
     #[test]
     fn id_keys_sort_after_every_lazily_snapshotted_key() {
-        assert!(INDEX_END.as_slice() <= id_key(&[0; 16]).as_slice());
-        assert!(id_key(&[0xff; 16]).as_slice() < IDS_END.as_slice());
+        assert!(INDEX_END.as_slice() <= id_set_key(0).as_slice());
+        assert!(id_set_key(u64::MAX).as_slice() < IDS_END.as_slice());
         assert!(IDS_END.as_slice() < psubd_raft::RESERVED_KEY_PREFIX.as_slice());
-        assert_ne!(&id_key(&[0; 16])[..1], BOUNDS_KEY);
-        assert_ne!(&id_key(&[0; 16])[..1], PROGRESS_KEY);
+        assert_ne!(&id_set_key(0)[..1], BOUNDS_KEY);
+        assert_ne!(&id_set_key(0)[..1], PROGRESS_KEY);
+        assert_eq!(id_set_offset(&id_set_key(1 << 40)), Some(1 << 40));
+        assert!(id_set_key(255) < id_set_key(256));
+        assert_eq!(id_set_offset(&batch_key(3)), None);
     }
 }

@@ -177,6 +177,7 @@ mod tests {
     fn registered_routes() -> BTreeSet<(String, String)> {
         let sources = [
             include_str!("../access.rs"),
+            include_str!("../reassign.rs"),
             include_str!("../cluster.rs"),
             include_str!("../console/mod.rs"),
             include_str!("../fetch.rs"),

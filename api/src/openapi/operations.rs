@@ -20,6 +20,7 @@ pub(super) fn all(s: &mut Spec) -> Vec<Op> {
     ops.extend(groups(s));
     ops.extend(websocket());
     ops.extend(access(s));
+    ops.extend(moves(s));
     ops.extend(reference());
     ops
 }
@@ -115,6 +116,46 @@ fn cluster(s: &mut Spec) -> Vec<Op> {
             "The cluster's nodes and partitions as this node sees them.",
         )
         .ok(200, "The cluster.", s.schema::<w::ClusterInfo>()),
+    ]
+}
+
+/// Replica moves and decommissions.
+fn moves(s: &mut Spec) -> Vec<Op> {
+    vec![
+        Op::new(
+            Put,
+            "/v1/topics/{topic}/partitions/{partition}/replicas",
+            "cluster",
+            "moveReplicas",
+            "Admin: move a partition's replicas (the new ones catch up as learners, then one \
+             joint-consensus change of the voters). 409 `move_conflict` when a move of the \
+             partition, or the most moves at once, are in progress.",
+        )
+        .body(
+            "application/json",
+            s.schema::<w::MoveReplicas>(),
+            example(w::MoveReplicas {
+                replicas: vec![2, 3, 4],
+            }),
+        )
+        .ok(202, "The move, started.", s.schema::<w::Reassignment>()),
+        Op::new(
+            Get,
+            "/v1/reassignments",
+            "cluster",
+            "reassignments",
+            "The replica moves in progress.",
+        )
+        .ok(200, "The moves.", s.schema::<w::Reassignments>()),
+        Op::new(
+            Post,
+            "/v1/cluster/nodes/{id}/decommission",
+            "cluster",
+            "decommission",
+            "Admin: move every replica off a node, then remove it from the controller group. \
+             409 `move_conflict` when the other nodes cannot hold a replication factor.",
+        )
+        .ok(202, "Decommissioning.", s.schema::<w::Decommission>()),
     ]
 }
 

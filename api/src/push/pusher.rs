@@ -17,7 +17,7 @@ use bytes::Bytes;
 use psubd_actors::clock::now_ms;
 use psubd_actors::group_directory::LedPush;
 use psubd_actors::offsets::{propose, Fence, OffsetEntry, OffsetsCommand};
-use psubd_actors::push::{PartitionPushStatus, PushBoard, PushStatus};
+use psubd_actors::push::{PartitionPushStatus, PushBoard, PushStatus, PushTotals};
 use psubd_actors::record::{RecordView, ValueKind};
 use psubd_actors::topic::PartitionPlacement;
 use psubd_actors::GroupError;
@@ -244,11 +244,27 @@ impl Pusher {
             .map(|c| c.offset)
     }
 
+    /// The partition's dead-letter and drop counts as the last commit replicated them.
+    fn totals(&self, target: &PartitionTarget) -> Option<PushTotals> {
+        self.led
+            .offsets
+            .reader
+            .push_totals(self.group(), &target.topic, target.partition)
+            .filter(|t| t.topic_group == target.placement.group)
+    }
+
     /// One partition's loop: read, deliver, commit.
     async fn partition(self: Arc<Self>, index: usize, target: PartitionTarget) {
         let mut quiet = Quiet { last_info: None };
         let committed = self.committed(&target);
-        self.update(index, |s| s.committed_offset = committed);
+        let totals = self.totals(&target);
+        self.update(index, |s| {
+            s.committed_offset = committed;
+            if let Some(totals) = totals {
+                s.dead_lettered = totals.dead_lettered;
+                s.dropped = totals.dropped;
+            }
+        });
         // Without a committed offset a push subscription starts at the log start.
         let mut position = committed.map_or(OffsetSpec::Earliest, OffsetSpec::At);
         let max_records = self.led.config.max_in_flight;
@@ -488,8 +504,9 @@ impl Pusher {
         }
     }
 
-    /// Commits `next` for `target`, retrying until it is applied; false when the pusher
-    /// must stop (stopped, or a newer coordinator took over).
+    /// Commits `next` for `target` with the partition's dead-letter and drop counts (one
+    /// write for both), retrying until it is applied; false when the pusher must stop
+    /// (stopped, or a newer coordinator took over).
     async fn commit(
         &self,
         index: usize,
@@ -497,16 +514,22 @@ impl Pusher {
         next: u64,
         quiet: &mut Quiet,
     ) -> bool {
-        let command = OffsetsCommand::CommitFenced {
+        let (dead_lettered, dropped) = psubd_actors::locks::lock(&self.status)
+            .partitions
+            .get(index)
+            .map_or((0, 0), |s| (s.dead_lettered, s.dropped));
+        let command = OffsetsCommand::CommitPush {
             group: self.group().to_string(),
-            offsets: vec![OffsetEntry {
+            offset: OffsetEntry {
                 topic: target.topic.clone(),
                 partition: target.partition,
                 topic_group: target.placement.group,
                 offset: next,
-            }],
+            },
             commit_ms: now_ms(),
             fence: self.fence,
+            dead_lettered,
+            dropped,
         };
         let timeout = self.service.edge.write_timeout();
         loop {

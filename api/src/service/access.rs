@@ -26,7 +26,7 @@ pub const AUDIT_TARGET: &str = "audit";
 
 /// One audit record. The resource is logged with `Debug` (quoted, escaped): it may be a
 /// name from a request path that was not validated yet.
-fn audit(caller: &Caller, operation: &str, resource: &str, outcome: &str) {
+pub(super) fn audit(caller: &Caller, operation: &str, resource: &str, outcome: &str) {
     info!(
         target: AUDIT_TARGET,
         principal = %caller.identity.name(),
@@ -417,7 +417,7 @@ impl Service {
 ///
 /// # Errors
 /// 403 `forbidden`; audited.
-fn require_admin(caller: &Caller, operation: &str, resource: &str) -> Result<()> {
+pub(super) fn require_admin(caller: &Caller, operation: &str, resource: &str) -> Result<()> {
     match caller.identity {
         Identity::Principal(_) => Err(forbidden(caller, operation, resource)),
         Identity::Anonymous | Identity::Admin => Ok(()),

@@ -12,6 +12,7 @@
 //! - [`members`]: a member's fetch: poll (the heartbeat), read, delivery report.
 //! - [`keys`]: key views of compacted topics (lookup, scan, put, delete).
 //! - [`topics`]: topic admin (create, patch, delete, describe, list).
+//! - [`moves`]: replica moves and decommissions (start, list).
 //! - [`access`]: authentication of a request, ACL and quota checks, the audit log, and
 //!   the admin operations on principals, keys, ACLs and quotas.
 //!
@@ -22,6 +23,7 @@ pub mod access;
 pub mod groups;
 pub mod keys;
 pub mod members;
+pub mod moves;
 pub mod names;
 pub mod publish;
 pub mod push;

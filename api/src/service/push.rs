@@ -165,7 +165,8 @@ impl Service {
     /// # Errors
     /// 400 for a bad setting, 403 without `alter` on the group, `read` on the topics or
     /// `write` on the dead-letter topic, 404 for an unknown topic, 409
-    /// `group_not_empty`; 503 / 504 as for any group write.
+    /// `group_not_empty`, 409 `limit_reached` for a new subscription past
+    /// `--max-push-subscriptions`; 503 / 504 as for any group write.
     pub async fn set_push(
         &self,
         caller: &Caller,
@@ -191,6 +192,7 @@ impl Service {
                 group.as_str(),
                 GroupRequest::SetPush {
                     config: config.clone(),
+                    max_subscriptions: self.limits.max_push_subscriptions,
                 },
             )
             .await?;

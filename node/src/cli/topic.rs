@@ -1,4 +1,4 @@
-//! `psubd topic create|list|describe|alter|delete`.
+//! `psubd topic create|list|describe|alter|delete|move`.
 
 use clap::{ArgGroup, Args, Subcommand};
 use psubd_client::wire::PartitionStatus;
@@ -77,6 +77,18 @@ enum TopicCommand {
         /// Topic name.
         name: String,
     },
+    /// Move a partition's replicas to other nodes (admin); answers once the move started
+    /// (`psubd cluster` and `GET /v1/reassignments` show its progress).
+    Move {
+        /// Topic name.
+        name: String,
+        /// The partition.
+        partition: u32,
+        /// The new replicas, comma-separated node ids, as many as the replication factor;
+        /// the first is the preferred leader.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+    },
 }
 
 /// Runs `psubd topic …`.
@@ -141,6 +153,31 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
             };
             let topic = admin.alter_topic(&name, &update).await.map_err(explain)?;
             print_topics(args.output, &[topic], false)
+        }
+        TopicCommand::Move {
+            name,
+            partition,
+            replicas,
+        } => {
+            let started = admin
+                .move_replicas(&name, partition, replicas)
+                .await
+                .map_err(explain)?;
+            match args.output {
+                Output::Json => print_json(&started),
+                Output::Table => {
+                    let nodes =
+                        |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                    println!(
+                        "moving partition {} of topic {} from {} to {}",
+                        started.partition,
+                        started.topic,
+                        nodes(&started.from),
+                        nodes(&started.to)
+                    );
+                    Ok(())
+                }
+            }
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await.map_err(explain)?;

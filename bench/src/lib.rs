@@ -430,6 +430,31 @@ impl BenchArgs {
     }
 }
 
+/// Runs a bench binary's `work` on a multi-threaded runtime and turns its outcome into the
+/// process's exit code, printing a failure as `name: error`: the `main` of both binaries.
+pub fn main_with<F>(name: &str, work: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the benchmark: starts or finds the cluster, makes the topic, runs `--runs`
 /// measurements, prints the table and writes `--json`.
 ///

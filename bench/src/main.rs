@@ -13,21 +13,5 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("psubd-bench: cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(psubd_bench::run(cli.args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("psubd-bench: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    psubd_bench::main_with("psubd-bench", psubd_bench::run(cli.args))
 }

@@ -14,21 +14,5 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("psubd-nats-bench: cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(yardstick::run(cli.args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("psubd-nats-bench: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    psubd_bench::main_with("psubd-nats-bench", yardstick::run(cli.args))
 }

@@ -42,6 +42,16 @@ struct FetchParams {
     replica: Option<String>,
 }
 
+/// Parses a non-negative integer from a path segment or query parameter.
+///
+/// # Errors
+/// 400 naming it.
+pub(crate) fn integer<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, ApiError> {
+    text.parse().map_err(|_| ApiError::InvalidRequest {
+        message: format!("{name} must be a non-negative integer, not '{text}'"),
+    })
+}
+
 /// Parses an optional non-negative integer query parameter.
 ///
 /// # Errors
@@ -51,12 +61,7 @@ pub(crate) fn number<T: std::str::FromStr>(
     raw: Option<&str>,
     default: T,
 ) -> Result<T, ApiError> {
-    match raw {
-        None => Ok(default),
-        Some(text) => text.parse().map_err(|_| ApiError::InvalidRequest {
-            message: format!("{name} must be a non-negative integer, not '{text}'"),
-        }),
-    }
+    raw.map_or(Ok(default), |text| integer(name, text))
 }
 
 /// Parses the `max_records`, `max_bytes` and `timeout_ms` parameters of every fetch
@@ -102,9 +107,7 @@ pub fn parse_offset(raw: Option<&str>) -> Result<OffsetSpec, ApiError> {
 /// # Errors
 /// 400 when not a number, 404 when out of range.
 pub fn parse_partition(topic: &str, raw: &str, partitions: u32) -> Result<u32, ApiError> {
-    let partition: u64 = raw.parse().map_err(|_| ApiError::InvalidRequest {
-        message: format!("partition must be a non-negative integer, not '{raw}'"),
-    })?;
+    let partition: u64 = integer("partition", raw)?;
     if partition >= u64::from(partitions) {
         return Err(ApiError::PartitionNotFound {
             topic: topic.to_string(),

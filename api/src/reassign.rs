@@ -14,6 +14,7 @@ use psubd_wire::{Decommission, MoveReplicas, Reassignments};
 use tracing::instrument;
 
 use crate::error::ApiError;
+use crate::fetch::integer;
 use crate::json;
 use crate::service::Caller;
 use crate::state::AppState;
@@ -42,13 +43,6 @@ fn view(reassignment: Reassignment) -> psubd_wire::Reassignment {
     }
 }
 
-/// A path's number, or 400 naming it.
-fn number<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
-    raw.parse().map_err(|_| ApiError::InvalidRequest {
-        message: format!("{what} must be a non-negative integer, not '{raw}'"),
-    })
-}
-
 #[instrument(skip_all, fields(topic = %topic, partition = %partition))]
 async fn move_replicas(
     State(state): State<AppState>,
@@ -57,7 +51,7 @@ async fn move_replicas(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let partition: u32 = number(&partition, "partition")?;
+    let partition: u32 = integer("partition", &partition)?;
     let request: MoveReplicas = json::parse(&headers, &body)?;
     let started = state
         .service
@@ -82,7 +76,7 @@ async fn decommission(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let node: u64 = number(&id, "node id")?;
+    let node: u64 = integer("node id", &id)?;
     let leaving = state.service.decommission(&caller, node).await?;
     let answer = Decommission {
         node,

@@ -19,6 +19,10 @@ pub struct Members {
     pub learners: BTreeSet<NodeId>,
     /// True while a voter change is half done (the joint configuration).
     pub joint: bool,
+    /// True once this configuration is committed (applied here). A configuration takes
+    /// effect when appended: until it is committed a new leader may not have it, and the
+    /// group would go back to the one before.
+    pub committed: bool,
 }
 
 /// Why a membership step did not finish; the caller tries again later.
@@ -51,10 +55,16 @@ pub fn members(raft: &Raft) -> Members {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
+    let applied = metrics.last_applied.map(|id| id.index);
+    let committed = metrics
+        .membership_config
+        .log_id()
+        .is_none_or(|id| applied.is_some_and(|applied| applied >= id.index));
     Members {
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
         joint: membership.get_joint_config().len() > 1,
+        committed,
     }
 }
 

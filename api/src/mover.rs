@@ -138,6 +138,11 @@ async fn drive(edge: &Edge, group: GroupId, reassignment: &Reassignment) -> Resu
     let members = membership::members(&raft);
     let voters = &members.voters;
     if !members.joint && *voters == target {
+        // A leader resuming a move may find the target in its log but not yet committed;
+        // the removed replicas delete their copy at `finish`, so wait for the commit.
+        if !members.committed {
+            return Err("the target configuration is not committed yet".into());
+        }
         return finish(edge, group, reassignment).await;
     }
     let added: Vec<NodeId> = target.difference(voters).copied().collect();

@@ -93,7 +93,7 @@ impl Cluster {
     }
 
     /// Adds nodes that are not members at the start and may join the running cluster
-    /// later ([`Cluster::join`]). Call after [`Cluster::with_node_args`].
+    /// later ([`Cluster::join`]), with the flags of [`Cluster::with_node_args`].
     pub fn with_spares(mut self, spares: Vec<NodeSpec>) -> Self {
         self.specs.extend(spares);
         self
@@ -197,10 +197,12 @@ impl Cluster {
     /// the main thread, never from `spawn_blocking`: the parent-death signal is tied to
     /// the spawning thread, and blocking-pool threads exit when idle.
     ///
-    /// # Errors
-    /// The log cannot be opened or the process cannot be spawned.
     /// A node that is not a member (a spare not yet joined, a node decommissioned) is
     /// never started.
+    ///
+    /// # Errors
+    /// The node is not a member, the log cannot be opened or the process cannot be
+    /// spawned.
     pub async fn start(&self, id: u64) -> Result<(), JepsenError> {
         self.check(id)?;
         if !self.lock_members().contains(&id) {

@@ -364,8 +364,12 @@ pub fn plan_with(
         let quiet_ms = rng.gen_range(QUIET_MS.0..=QUIET_MS.1);
         let hold_ms = rng.gen_range(HOLD_MS.0..=HOLD_MS.1);
         let kind = kinds[rng.gen_range(0..kinds.len())];
+        let mut quiet_ms = quiet_ms;
         if kind == FaultKind::Membership {
             kinds.retain(|k| *k != FaultKind::Membership);
+            // Not before a third of the run: the replicas that move then hold thousands
+            // of records, not a handful.
+            quiet_ms = quiet_ms.max((total_ms / 3).saturating_sub(elapsed));
         }
         let mut fault = fault_of(kind, &mut rng, keys, nodes);
         // Overlapping faults: now and then a second fault of another kind, injected with
@@ -1371,6 +1375,14 @@ mod tests {
                     .filter(|f| f.kind() == FaultKind::Membership)
                     .collect();
                 assert!(changes.len() <= 1, "seed {seed}: {steps:?}");
+                let mut at = 0;
+                for s in &steps {
+                    at += s.quiet_ms;
+                    if s.fault.kind() == FaultKind::Membership {
+                        assert!(at >= 20_000, "seed {seed}: membership at {at} ms");
+                    }
+                    at += s.hold_ms;
+                }
                 if kinds.len() == 1 {
                     assert_eq!(steps.len(), 1, "seed {seed}: {steps:?}");
                 }

@@ -30,9 +30,15 @@ use crate::workload::{Workload, WorkloadConfig};
 
 /// Nodes in the cluster at the start.
 pub const NODES: usize = 3;
+/// Most spare nodes a run has (they may join later).
+const MAX_SPARES: usize = 1;
 /// Spare nodes that may join later: one with the `membership` fault, else none.
 fn spares(kinds: &[FaultKind]) -> usize {
-    usize::from(kinds.contains(&FaultKind::Membership))
+    if kinds.contains(&FaultKind::Membership) {
+        MAX_SPARES
+    } else {
+        0
+    }
 }
 /// HTTP port of each node inside its namespace.
 const NS_HTTP_PORT: u16 = 8080;
@@ -102,7 +108,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     let out = opts.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| JepsenError::io(&out, e))?;
     // A harness killed with -9 leaves its FUSE mounts behind (dead): unmount them first.
-    for i in 0..NODES + spares(&[FaultKind::Membership]) {
+    for i in 0..NODES + MAX_SPARES {
         faultfs::unmount_stale(&out.join("data").join(format!("n{}", i + 1)));
     }
     for sub in ["data", "logs"] {

@@ -1356,6 +1356,7 @@ mod tests {
         let keys: Vec<String> = (0..2)
             .flat_map(|t| (0..3).map(move |p| format!("jepsen-{t}/{p}")))
             .collect();
+        let mut sizes = std::collections::BTreeSet::new();
         for seed in 1..=20 {
             for kinds in [
                 &[FaultKind::Membership][..],
@@ -1396,6 +1397,7 @@ mod tests {
                     };
                     assert!([1, 2, 3].contains(decommission), "seed {seed}: {f:?}");
                     assert!(!partitions.is_empty() && partitions.len() <= 3);
+                    sizes.insert(partitions.len());
                     assert!(partitions.iter().all(|k| keys.contains(k)));
                 }
                 // Never paired with another fault: it changes the cluster for good.
@@ -1406,6 +1408,7 @@ mod tests {
                 }));
             }
         }
+        assert!(sizes.len() > 1, "the seed chooses how many move: {sizes:?}");
         let a = plan(
             3,
             &[FaultKind::Membership],

@@ -367,8 +367,8 @@ pub fn plan_with(
         let mut quiet_ms = quiet_ms;
         if kind == FaultKind::Membership {
             kinds.retain(|k| *k != FaultKind::Membership);
-            // Not before a third of the run: the replicas that move then hold thousands
-            // of records, not a handful.
+            // Not before a third of the run: the partitions then hold hundreds of records
+            // each (a 60 s run), not a handful.
             quiet_ms = quiet_ms.max((total_ms / 3).saturating_sub(elapsed));
         }
         let mut fault = fault_of(kind, &mut rng, keys, nodes);

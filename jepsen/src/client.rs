@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use psubd_wire::{
-    AutoOffsetReset, CommitOffset, CommitRequest, JoinRequest, NewRecord, PublishRequest, TopicSpec,
+    AutoOffsetReset, CommitOffset, CommitRequest, JoinRequest, MoveReplicas, NewRecord,
+    PublishRequest, TopicSpec,
 };
 use serde_json::Value;
 
@@ -88,6 +89,10 @@ pub struct NodeAddr {
 pub struct Client {
     http: reqwest::Client,
     nodes: Vec<NodeAddr>,
+    /// Ids of the nodes the workload may pick: the members that serve clients (a spare
+    /// joins it when it joins the cluster, a decommissioned node leaves it). Shared by the
+    /// clones.
+    serving: Arc<Mutex<Vec<u64>>>,
     /// When each node last refused a connection (shared by the clones: one client's view).
     refused: Arc<Mutex<HashMap<u64, Instant>>>,
 }
@@ -147,6 +152,8 @@ pub struct PartitionInfo {
     pub leader: Option<u64>,
     /// High watermark.
     pub high_watermark: Option<u64>,
+    /// The nodes holding the partition.
+    pub replicas: Vec<u64>,
 }
 
 impl Client {
@@ -166,9 +173,11 @@ impl Client {
             .map_err(|e| JepsenError::Client {
                 detail: e.to_string(),
             })?;
+        let serving = nodes.iter().map(|n| n.id).collect();
         Ok(Client {
             http,
             nodes,
+            serving: Arc::new(Mutex::new(serving)),
             refused: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -178,28 +187,38 @@ impl Client {
         &self.nodes
     }
 
-    /// A node for the next request, chosen at random among those that did not refuse a
+    /// Sets the nodes [`Client::pick_node`] chooses from (every node by default): the
+    /// members that serve clients.
+    pub fn set_serving(&self, ids: &[u64]) {
+        *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = ids.to_vec();
+    }
+
+    /// The nodes [`Client::pick_node`] chooses from.
+    pub fn serving(&self) -> Vec<u64> {
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A serving node for the next request, chosen at random among those that did not refuse a
     /// connection in the last [`AVOID_REFUSING_NODE`] (among all when every node did): a
     /// client given every node's address moves on from one that is down, as client
     /// libraries do, instead of sending every third request into a refused connection.
     /// Refusals are remembered only where nothing was sent, so no retry is hidden.
     pub fn pick_node(&self, rng: &mut impl rand::Rng) -> u64 {
+        let serving = self.serving();
         let refused = self.lock_refused();
-        let live: Vec<u64> = self
-            .nodes
+        let live: Vec<u64> = serving
             .iter()
-            .map(|n| n.id)
+            .copied()
             .filter(|id| {
                 refused
                     .get(id)
                     .is_none_or(|at| at.elapsed() >= AVOID_REFUSING_NODE)
             })
             .collect();
-        let from: Vec<u64> = if live.is_empty() {
-            self.nodes.iter().map(|n| n.id).collect()
-        } else {
-            live
-        };
+        let from: Vec<u64> = if live.is_empty() { serving } else { live };
         from[rng.gen_range(0..from.len())]
     }
 
@@ -343,6 +362,11 @@ impl Client {
                 partition,
                 leader: p.get("leader").and_then(Value::as_u64),
                 high_watermark: p.get("high_watermark").and_then(Value::as_u64),
+                replicas: p
+                    .get("replicas")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_u64).collect())
+                    .unwrap_or_default(),
             });
         }
         Ok(out)
@@ -606,6 +630,83 @@ impl Client {
         let req = self.http.get(format!("{base}/v1/groups/{group}/offsets"));
         let (_, v) = self.send(node, req, Duration::from_secs(5)).await?;
         parse_committed(&v)
+    }
+
+    /// `PUT /v1/topics/{t}/partitions/{p}/replicas`: starts a move (202).
+    ///
+    /// # Errors
+    /// Any failure (a 409 `move_conflict` while another move of it runs).
+    pub async fn move_replicas(
+        &self,
+        node: u64,
+        topic: &str,
+        partition: u32,
+        replicas: &[u64],
+    ) -> Result<(), Failure> {
+        let base = self.base(node)?;
+        let body = MoveReplicas {
+            replicas: replicas.to_vec(),
+        };
+        let req = self
+            .http
+            .put(format!(
+                "{base}/v1/topics/{topic}/partitions/{partition}/replicas"
+            ))
+            .json(&body);
+        self.send(node, req, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/reassignments`: how many moves are in progress.
+    ///
+    /// # Errors
+    /// Any failure, or an answer without the list.
+    pub async fn moves_in_progress(&self, node: u64) -> Result<usize, Failure> {
+        let base = self.base(node)?;
+        let req = self.http.get(format!("{base}/v1/reassignments"));
+        let (_, v) = self.send(node, req, Duration::from_secs(3)).await?;
+        v.get("reassignments")
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .ok_or_else(|| Failure::Malformed {
+                detail: "reassignments: no list".into(),
+            })
+    }
+
+    /// `POST /v1/cluster/nodes/{id}/decommission` (202).
+    ///
+    /// # Errors
+    /// Any failure (409 `move_conflict` when too few nodes would be left).
+    pub async fn decommission(&self, node: u64, id: u64) -> Result<(), Failure> {
+        let base = self.base(node)?;
+        let req = self
+            .http
+            .post(format!("{base}/v1/cluster/nodes/{id}/decommission"));
+        self.send(node, req, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/cluster` → node `id`'s `state` (`active`, `decommissioning`,
+    /// `decommissioned`), when listed.
+    ///
+    /// # Errors
+    /// Any failure.
+    pub async fn node_state(&self, node: u64, id: u64) -> Result<Option<String>, Failure> {
+        let base = self.base(node)?;
+        let req = self.http.get(format!("{base}/v1/cluster"));
+        let (_, v) = self.send(node, req, Duration::from_secs(3)).await?;
+        Ok(v.get("nodes")
+            .and_then(Value::as_array)
+            .and_then(|nodes| {
+                nodes
+                    .iter()
+                    .find(|n| n.get("id").and_then(Value::as_u64) == Some(id))
+            })
+            .and_then(|n| n.get("state"))
+            .and_then(Value::as_str)
+            .map(str::to_owned))
     }
 
     /// `DELETE /v1/groups/{g}/members/{m}`.

@@ -1,4 +1,6 @@
-//! Control of the three `psubd node` processes: start, SIGKILL, SIGTERM, SIGSTOP/SIGCONT.
+//! Control of the `psubd node` processes: start, SIGKILL, SIGTERM, SIGSTOP/SIGCONT, and
+//! membership (a spare node joining the running cluster with `--join`, a decommissioned
+//! node leaving it).
 //!
 //! The processes are `psubd-launch`'s ([`NodeSet`]): it only ever signals the pids of
 //! children it spawned itself, and only while they are unreaped (so a pid can never have
@@ -64,7 +66,12 @@ pub struct Cluster {
     binary: PathBuf,
     /// Flags added to every node's command line.
     extra_args: Vec<String>,
+    /// Every node the run may ever have, in id order: the founding members, then the
+    /// spares that may join later (the `membership` fault).
     specs: Vec<NodeSpec>,
+    /// Ids of the nodes that are members now: the founders, plus spares that joined,
+    /// minus nodes that were decommissioned and stopped.
+    members: std::sync::Mutex<Vec<u64>>,
     procs: Mutex<Procs>,
 }
 
@@ -72,10 +79,12 @@ impl Cluster {
     /// A cluster of `specs`, none started yet.
     pub fn new(binary: PathBuf, specs: Vec<NodeSpec>) -> Self {
         let nodes = NodeSet::new(commands(&binary, &specs, &[])).with_start_markers("psubd-jepsen");
+        let members = specs.iter().map(|s| s.id).collect();
         Cluster {
             binary,
             extra_args: Vec::new(),
             specs,
+            members: std::sync::Mutex::new(members),
             procs: Mutex::new(Procs {
                 nodes,
                 exit_expected: Vec::new(),
@@ -83,10 +92,23 @@ impl Cluster {
         }
     }
 
+    /// Adds nodes that are not members at the start and may join the running cluster
+    /// later ([`Cluster::join`]), with the flags of [`Cluster::with_node_args`].
+    pub fn with_spares(mut self, spares: Vec<NodeSpec>) -> Self {
+        self.specs.extend(spares);
+        self
+    }
+
     /// Adds flags to every node's command line (before any node starts).
     pub fn with_node_args(mut self, args: Vec<String>) -> Self {
         let nodes = &mut self.procs.get_mut().nodes;
-        for command in commands(&self.binary, &self.specs, &args) {
+        let founders: Vec<NodeSpec> = self
+            .specs
+            .iter()
+            .filter(|s| nodes.ids().contains(&s.id))
+            .cloned()
+            .collect();
+        for command in commands(&self.binary, &founders, &args) {
             let id = command.id();
             *nodes.command_mut(id) = command;
         }
@@ -104,14 +126,64 @@ impl Cluster {
         &self.binary
     }
 
-    /// The node specs, in id order.
+    /// Every node spec (members and spares), in id order.
     pub fn specs(&self) -> &[NodeSpec] {
         &self.specs
     }
 
-    /// Node ids.
+    /// Ids of the current members, in id order.
     pub fn ids(&self) -> Vec<u64> {
-        self.specs.iter().map(|s| s.id).collect()
+        self.lock_members().clone()
+    }
+
+    /// The position of node `id` among [`Cluster::specs`] (its namespace's index).
+    pub fn index(&self, id: u64) -> Option<usize> {
+        self.specs.iter().position(|s| s.id == id)
+    }
+
+    /// The first spare that has never been a member, if any.
+    pub async fn next_spare(&self) -> Option<NodeSpec> {
+        let procs = self.procs.lock().await;
+        let ever = procs.nodes.ids();
+        self.specs.iter().find(|s| !ever.contains(&s.id)).cloned()
+    }
+
+    /// Starts spare node `id` with `--join <via>` (the HTTP base URL of a member) instead
+    /// of a peer list, as an operator adds a node, and counts it as a member.
+    ///
+    /// # Errors
+    /// `id` is no spare, or the process cannot be spawned.
+    pub async fn join(&self, id: u64, via: &str) -> Result<(), JepsenError> {
+        let spec = self
+            .specs
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| node_error(id, "no such node"))?;
+        {
+            let mut procs = self.procs.lock().await;
+            if procs.nodes.ids().contains(&id) {
+                return Err(node_error(id, "already a member once"));
+            }
+            let mut command = command(&self.binary, spec, String::new(), &self.extra_args);
+            command.args.extend(["--join".into(), OsString::from(via)]);
+            procs.nodes.add(command);
+        }
+        self.lock_members().push(id);
+        self.start(id).await
+    }
+
+    /// Stops node `id` (SIGTERM, then SIGKILL after `grace`) and counts it no more as a
+    /// member: it was decommissioned, nothing restarts it.
+    ///
+    /// # Errors
+    /// Signalling or reaping fails.
+    pub async fn retire(&self, id: u64, grace: Duration) -> Result<(), JepsenError> {
+        self.lock_members().retain(|m| *m != id);
+        self.stop(id, grace).await.map(|_| ())
+    }
+
+    fn lock_members(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check(&self, id: u64) -> Result<(), JepsenError> {
@@ -125,10 +197,17 @@ impl Cluster {
     /// the main thread, never from `spawn_blocking`: the parent-death signal is tied to
     /// the spawning thread, and blocking-pool threads exit when idle.
     ///
+    /// A node that is not a member (a spare not yet joined, a node decommissioned) is
+    /// never started.
+    ///
     /// # Errors
-    /// The log cannot be opened or the process cannot be spawned.
+    /// The node is not a member, the log cannot be opened or the process cannot be
+    /// spawned.
     pub async fn start(&self, id: u64) -> Result<(), JepsenError> {
         self.check(id)?;
+        if !self.lock_members().contains(&id) {
+            return Err(node_error(id, "not a member of the cluster"));
+        }
         let mut procs = self.procs.lock().await;
         let nodes = &mut procs.nodes;
         let started = nodes
@@ -319,23 +398,32 @@ fn commands(binary: &Path, specs: &[NodeSpec], args: &[String]) -> Vec<NodeComma
     let peers = psubd_launch::peers(&places);
     specs
         .iter()
-        .zip(places)
-        .map(|(spec, place)| {
-            let mut command = NodeCommand::new(binary, place, peers.clone());
-            if let Some(ns) = &spec.netns {
-                // `ip netns exec` execs the command in place, so the child's pid is psubd's.
-                command.wrapper = ["ip", "netns", "exec", ns.as_str()]
-                    .into_iter()
-                    .map(OsString::from)
-                    .collect();
-            }
-            command.args = args.iter().map(OsString::from).collect();
-            command.env = spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
-            command.default_log_filter = Some("info".to_string());
-            command.death_signal = Some(libc::SIGKILL);
-            command
-        })
+        .map(|spec| command(binary, spec, peers.clone(), args))
         .collect()
+}
+
+/// One node's command line with `peers` (empty for a node that joins).
+fn command(binary: &Path, spec: &NodeSpec, peers: String, args: &[String]) -> NodeCommand {
+    let place = NodePlace {
+        id: spec.id,
+        http: spec.http,
+        raft: spec.raft,
+        data_dir: spec.data_dir.clone(),
+        log: spec.log.clone(),
+    };
+    let mut command = NodeCommand::new(binary, place, peers);
+    if let Some(ns) = &spec.netns {
+        // `ip netns exec` execs the command in place, so the child's pid is psubd's.
+        command.wrapper = ["ip", "netns", "exec", ns.as_str()]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+    }
+    command.args = args.iter().map(OsString::from).collect();
+    command.env = spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    command.default_log_filter = Some("info".to_string());
+    command.death_signal = Some(libc::SIGKILL);
+    command
 }
 
 /// Reaps node `id`'s process if it exited by itself, reporting how; it stays down.

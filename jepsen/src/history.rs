@@ -58,6 +58,10 @@ pub enum Op {
     Heal,
     /// A phase boundary of the run (`value` names the phase that begins).
     Phase,
+    /// One step of a `membership` fault (`value`: `step` = `join`, `joined`, `move`,
+    /// `moved`, `decommission`, `decommissioned`, `stopped`, with its node and partitions),
+    /// recorded by process `membership` while the fault's own event is open.
+    Membership,
 }
 
 /// One record seen by a read or a poll.

@@ -6,7 +6,8 @@
 //!
 //! - `network`: network namespaces, the bridge and veths, nftables rules.
 //! - `cluster`: the node processes (start, SIGKILL, SIGTERM, SIGSTOP/SIGCONT), run
-//!   through `psubd-launch`.
+//!   through `psubd-launch`, and who is a member (a spare joining with `--join`, a
+//!   decommissioned node retired).
 //! - `nemesis`: the seeded fault schedule and its injection and healing.
 //! - `client`: one HTTP request per call to the psubd API, failures described exactly.
 //! - `workload`: writers, readers, consumer-group members, the committed-offset reader.

@@ -36,7 +36,7 @@ struct TestArgs {
     #[arg(long, default_value_t = 60)]
     time: u64,
     /// Fault kinds, comma-separated: kill, pause, partition, loss, lost-responses, power,
-    /// power-all, disk-full, fsync-error, snapshot-crash (or `none`).
+    /// power-all, disk-full, fsync-error, snapshot-crash, clock, membership (or `none`).
     #[arg(long, default_value = "kill,pause")]
     nemesis: String,
     /// Seed of the fault schedule and of the workload's choices.

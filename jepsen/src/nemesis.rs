@@ -24,6 +24,7 @@ use crate::faultfs::Disks;
 use crate::history::{split_key, Event, EventType, History, Op};
 use crate::network::{DropRule, Namespaces};
 use crate::proxy::Proxies;
+use crate::wait::eventually;
 
 /// The kinds of fault, as named on the command line (`--nemesis kill,pause,...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,6 +57,10 @@ pub enum FaultKind {
     /// One node's wall clock steps an hour forward or back (libfaketime); the monotonic
     /// clock is untouched. Stepped back at heal.
     Clock,
+    /// A spare node joins the running cluster (`--join`), one replica of some partitions
+    /// moves onto it, then one of the founding nodes is decommissioned and, once it is,
+    /// stopped for good. Nothing to heal: the membership change stays.
+    Membership,
 }
 
 impl FaultKind {
@@ -76,9 +81,10 @@ impl FaultKind {
             "fsync-error" => Ok(FaultKind::FsyncError),
             "snapshot-crash" => Ok(FaultKind::SnapshotCrash),
             "clock" => Ok(FaultKind::Clock),
+            "membership" => Ok(FaultKind::Membership),
             other => Err(JepsenError::InvalidArgument {
                 detail: format!(
-                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error, snapshot-crash, clock)"
+                    "unknown nemesis `{other}` (kill, pause, partition, loss, lost-responses, power, power-all, disk-full, fsync-error, snapshot-crash, clock, membership)"
                 ),
             }),
         }
@@ -214,6 +220,15 @@ pub enum Fault {
         /// The step, seconds (±3600).
         offset_s: i64,
     },
+    /// The next spare joins with `--join`; one replica (chosen by the seed) of each of
+    /// `partitions` moves onto it; once the moves are done `decommission` is
+    /// decommissioned and, once it is, stopped. Never healed.
+    Membership {
+        /// `topic/partition` keys whose replica moves to the new node.
+        partitions: Vec<String>,
+        /// The founding node that leaves.
+        decommission: u64,
+    },
     /// Several faults at once, injected in order, healed in reverse order.
     Overlap {
         /// The faults.
@@ -243,6 +258,7 @@ impl Fault {
             Fault::FsyncError { .. } => "fsync-error",
             Fault::SnapshotCrash { .. } => "snapshot-crash",
             Fault::Clock { .. } => "clock",
+            Fault::Membership { .. } => "membership",
             Fault::Overlap { faults } => {
                 return faults
                     .iter()
@@ -270,6 +286,7 @@ impl Fault {
             Fault::FsyncError { .. } => FaultKind::FsyncError,
             Fault::SnapshotCrash { .. } => FaultKind::SnapshotCrash,
             Fault::Clock { .. } => FaultKind::Clock,
+            Fault::Membership { .. } => FaultKind::Membership,
             Fault::Overlap { faults } => faults.first().map_or(FaultKind::Kill, Fault::kind),
         }
     }
@@ -303,6 +320,13 @@ const SNAPSHOT_ISOLATE_MS: (u64, u64) = (12_000, 20_000);
 /// How long a `snapshot-crash` waits for its node to start receiving a snapshot.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
 
+/// Bound on one step of a `membership` fault (the new node active, a move accepted).
+const MEMBERSHIP_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on the replica moves, and on a decommission, to finish.
+const MEMBERSHIP_MOVES_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a decommissioned node has to exit after SIGTERM before SIGKILL.
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
+
 /// The schedule for a run of `total` with the given kinds: a pure function of `seed`.
 pub fn plan(
     seed: u64,
@@ -334,10 +358,19 @@ pub fn plan_with(
     }
     let total_ms = u64::try_from(total.as_millis()).unwrap_or(u64::MAX);
     let mut elapsed = 0u64;
-    while elapsed < total_ms {
+    // The run has one spare node: one membership change at most.
+    let mut kinds = kinds.to_vec();
+    while elapsed < total_ms && !kinds.is_empty() {
         let quiet_ms = rng.gen_range(QUIET_MS.0..=QUIET_MS.1);
         let hold_ms = rng.gen_range(HOLD_MS.0..=HOLD_MS.1);
         let kind = kinds[rng.gen_range(0..kinds.len())];
+        let mut quiet_ms = quiet_ms;
+        if kind == FaultKind::Membership {
+            kinds.retain(|k| *k != FaultKind::Membership);
+            // Not before a third of the run: the partitions then hold hundreds of records
+            // each (a 60 s run), not a handful.
+            quiet_ms = quiet_ms.max((total_ms / 3).saturating_sub(elapsed));
+        }
         let mut fault = fault_of(kind, &mut rng, keys, nodes);
         // Overlapping faults: now and then a second fault of another kind, injected with
         // the first and healed with it (never two network faults: their rules would
@@ -346,7 +379,12 @@ pub fn plan_with(
             let others: Vec<FaultKind> = kinds
                 .iter()
                 .copied()
-                .filter(|k| *k != kind && !(k.needs_network() && kind.needs_network()))
+                .filter(|k| {
+                    *k != kind
+                        && !(k.needs_network() && kind.needs_network())
+                        && *k != FaultKind::Membership
+                        && kind != FaultKind::Membership
+                })
                 .collect();
             if !others.is_empty() {
                 let second = others[rng.gen_range(0..others.len())];
@@ -454,6 +492,22 @@ fn fault_of(kind: FaultKind, rng: &mut StdRng, keys: &[String], nodes: &[u64]) -
             node: node(rng),
             isolate_ms: rng.gen_range(SNAPSHOT_ISOLATE_MS.0..=SNAPSHOT_ISOLATE_MS.1),
         },
+        FaultKind::Membership => {
+            // Some partitions (at least one, at most half, rounded up) move a replica.
+            let count = rng.gen_range(1..=keys.len().div_ceil(2).max(1));
+            let mut partitions: Vec<String> = Vec::new();
+            while partitions.len() < count.min(keys.len()) {
+                let key = &keys[rng.gen_range(0..keys.len())];
+                if !partitions.contains(key) {
+                    partitions.push(key.clone());
+                }
+            }
+            partitions.sort();
+            Fault::Membership {
+                partitions,
+                decommission: node(rng),
+            }
+        }
         FaultKind::Clock => Fault::Clock {
             node: node(rng),
             offset_s: if rng.gen_range(0..2) == 0 {
@@ -634,13 +688,12 @@ impl Nemesis {
                     Shape::OneWay { deaf, from } => vec![(*deaf, vec![*from])],
                 };
                 let affected: Vec<u64> = rules.iter().map(|(n, _)| *n).collect();
-                let cluster_ids = ids.clone();
                 let rules_idx: Vec<(usize, Vec<usize>)> = rules
                     .iter()
                     .map(|(n, from)| {
                         (
-                            index_of(&cluster_ids, *n),
-                            from.iter().map(|f| index_of(&cluster_ids, *f)).collect(),
+                            self.ns_index(*n),
+                            from.iter().map(|f| self.ns_index(*f)).collect(),
                         )
                     })
                     .collect();
@@ -656,12 +709,12 @@ impl Nemesis {
             Fault::Loss { percent } => {
                 let net = self.network()?;
                 let ids = self.cluster.ids();
-                let n = ids.len();
+                let indices: Vec<usize> = ids.iter().map(|id| self.ns_index(*id)).collect();
                 let percent = *percent;
                 blocking(move || {
-                    for i in 0..n {
-                        let from: Vec<usize> = (0..n).filter(|j| *j != i).collect();
-                        net.set_drops(i, &[DropRule::Random { from, percent }])?;
+                    for i in &indices {
+                        let from: Vec<usize> = indices.iter().copied().filter(|j| j != i).collect();
+                        net.set_drops(*i, &[DropRule::Random { from, percent }])?;
                     }
                     Ok(())
                 })
@@ -747,8 +800,12 @@ impl Nemesis {
             Fault::SnapshotCrash { node, isolate_ms } => {
                 let net = self.network()?;
                 let ids = self.cluster.ids();
-                let x = index_of(&ids, *node);
-                let others: Vec<usize> = (0..ids.len()).filter(|i| *i != x).collect();
+                let x = self.ns_index(*node);
+                let others: Vec<usize> = ids
+                    .iter()
+                    .map(|id| self.ns_index(*id))
+                    .filter(|i| *i != x)
+                    .collect();
                 let rules: Vec<(usize, Vec<usize>)> = std::iter::once((x, others.clone()))
                     .chain(others.iter().map(|o| (*o, vec![x])))
                     .collect();
@@ -795,6 +852,15 @@ impl Nemesis {
                     );
                 }
                 Ok((vec![*node], Applied::PowerLost(vec![*node])))
+            }
+            Fault::Membership {
+                partitions,
+                decommission,
+            } => {
+                let nodes = self
+                    .change_membership(partitions, *decommission, rng)
+                    .await?;
+                Ok((nodes, Applied::Nothing))
             }
             Fault::LostResponses { percent } => {
                 let proxies =
@@ -932,6 +998,181 @@ impl Nemesis {
         })
     }
 
+    /// The `membership` fault, step by step as an operator does it (docs/operations.md):
+    /// the next spare joins through a member that stays, one replica (chosen by the seed)
+    /// of each of `partitions` moves onto it, and once every move is done `leaving` is
+    /// decommissioned; once its state is `decommissioned`, clients stop using it and its
+    /// process is stopped for good. Every step is recorded (`Op::Membership`); a step
+    /// that does not finish in its bound fails the fault, leaving the cluster as it is.
+    /// Returns the node that joined and the one that left.
+    async fn change_membership(
+        &self,
+        partitions: &[String],
+        leaving: u64,
+        rng: &mut StdRng,
+    ) -> Result<Vec<u64>, JepsenError> {
+        let spare =
+            self.cluster
+                .next_spare()
+                .await
+                .ok_or_else(|| JepsenError::InvalidArgument {
+                    detail: "membership needs a spare node (none left)".into(),
+                })?;
+        let joining = spare.id;
+        let members = self.cluster.ids();
+        // Every request goes through a founding member that stays.
+        let via = members
+            .iter()
+            .copied()
+            .find(|m| *m != leaving)
+            .ok_or_else(|| JepsenError::InvalidArgument {
+                detail: "membership needs a member that stays".into(),
+            })?;
+        let via_url = self
+            .cluster
+            .specs()
+            .iter()
+            .find(|s| s.id == via)
+            .map(|s| format!("http://{}", s.http))
+            .ok_or_else(|| JepsenError::InvalidArgument {
+                detail: format!("node {via} has no address"),
+            })?;
+        let client = &self.client;
+
+        self.membership_step(json!({"step": "join", "node": joining, "via": via}));
+        self.cluster.join(joining, &via_url).await?;
+        eventually(MEMBERSHIP_STEP_TIMEOUT, "the new node active", || async {
+            let active = client.ready(joining).await
+                && client
+                    .node_state(via, joining)
+                    .await
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some("active");
+            active.then_some(())
+        })
+        .await?;
+        let mut serving = client.serving();
+        serving.push(joining);
+        client.set_serving(&serving);
+        self.membership_step(json!({"step": "joined", "node": joining}));
+
+        let mut targets: Vec<(String, u32, Vec<u64>)> = Vec::new();
+        for key in partitions {
+            let Some((topic, partition)) = split_key(key) else {
+                continue;
+            };
+            let replicas = eventually(
+                MEMBERSHIP_STEP_TIMEOUT,
+                "the partition's replicas",
+                || async move {
+                    let parts = client.partitions(via, topic).await.ok()?;
+                    parts
+                        .into_iter()
+                        .find(|p| p.partition == partition)
+                        .map(|p| p.replicas)
+                        .filter(|r| !r.is_empty())
+                },
+            )
+            .await?;
+            if replicas.contains(&joining) {
+                continue;
+            }
+            let mut target = replicas.clone();
+            let slot = rng.gen_range(0..target.len());
+            target[slot] = joining;
+            self.membership_step(
+                json!({"step": "move", "key": key, "from": replicas, "to": target}),
+            );
+            // A lost answer to an accepted move is seen as the move in progress or done.
+            eventually(MEMBERSHIP_STEP_TIMEOUT, "a replica move accepted", || {
+                let target = target.clone();
+                async move {
+                    if client
+                        .move_replicas(via, topic, partition, &target)
+                        .await
+                        .is_ok()
+                    {
+                        return Some(());
+                    }
+                    let parts = client.partitions(via, topic).await.ok()?;
+                    parts
+                        .iter()
+                        .any(|p| p.partition == partition && p.replicas == target)
+                        .then_some(())
+                }
+            })
+            .await?;
+            targets.push((topic.to_string(), partition, target));
+        }
+        eventually(MEMBERSHIP_MOVES_TIMEOUT, "every replica move done", || {
+            let targets = &targets;
+            async move {
+                if client.moves_in_progress(via).await.ok()? != 0 {
+                    return None;
+                }
+                for (topic, partition, target) in targets {
+                    let parts = client.partitions(via, topic).await.ok()?;
+                    let now = parts.iter().find(|p| p.partition == *partition)?;
+                    if &now.replicas != target {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await?;
+        self.membership_step(json!({"step": "moved", "node": joining, "keys": partitions}));
+
+        self.membership_step(json!({"step": "decommission", "node": leaving, "via": via}));
+        eventually(
+            MEMBERSHIP_STEP_TIMEOUT,
+            "a decommission accepted",
+            || async {
+                if client.decommission(via, leaving).await.is_ok() {
+                    return Some(());
+                }
+                let state = client.node_state(via, leaving).await.ok().flatten()?;
+                (state == "decommissioning" || state == "decommissioned").then_some(())
+            },
+        )
+        .await?;
+        eventually(
+            MEMBERSHIP_MOVES_TIMEOUT,
+            "the node decommissioned",
+            || async {
+                let state = client.node_state(via, leaving).await.ok().flatten()?;
+                (state == "decommissioned").then_some(())
+            },
+        )
+        .await?;
+        self.membership_step(json!({"step": "decommissioned", "node": leaving}));
+        let serving: Vec<u64> = client
+            .serving()
+            .into_iter()
+            .filter(|n| *n != leaving)
+            .collect();
+        client.set_serving(&serving);
+        self.cluster.retire(leaving, RETIRE_GRACE).await?;
+        self.membership_step(json!({"step": "stopped", "node": leaving}));
+        Ok(vec![joining, leaving])
+    }
+
+    /// The index of node `id`'s namespace (its place among every node the run may have,
+    /// members or not: membership changes do not move a node's namespace).
+    fn ns_index(&self, id: u64) -> usize {
+        self.cluster.index(id).unwrap_or(0)
+    }
+
+    /// Records one step of a `membership` fault.
+    fn membership_step(&self, value: Value) {
+        info!(step = %value, "membership");
+        let mut e = Event::new("membership", EventType::Info, Op::Membership);
+        e.value = Some(value);
+        self.history.record(e);
+    }
+
     fn clock_file(&self, node: u64) -> Result<&Path, JepsenError> {
         self.clock_files
             .as_ref()
@@ -965,6 +1206,8 @@ impl Nemesis {
         let ids = self.cluster.ids();
         let fallback = ids[rng.gen_range(0..ids.len())];
         match target {
+            // A node that left the cluster (membership) is replaced by a member.
+            Target::Node { node } if !ids.contains(node) => vec![fallback],
             Target::Node { node } => vec![*node],
             Target::All => ids,
             Target::Leader { key } => {
@@ -1072,10 +1315,6 @@ pub fn record_exit(cluster: &Cluster, history: &History, exit: &UnexpectedExit) 
     history.record(e);
 }
 
-fn index_of(ids: &[u64], id: u64) -> usize {
-    ids.iter().position(|n| *n == id).unwrap_or(0)
-}
-
 /// Runs a short blocking command (`ip netns exec ... nft`) off the async workers.
 async fn blocking<F>(f: F) -> Result<(), JepsenError>
 where
@@ -1110,6 +1349,81 @@ mod tests {
         let total: u64 = a.iter().map(|s| s.quiet_ms + s.hold_ms).sum();
         assert!(total >= 120_000);
         assert!(a.iter().all(|s| kinds.contains(&s.fault.kind())));
+    }
+
+    #[test]
+    fn a_membership_change_is_planned_once_with_founders_and_known_partitions() {
+        let keys: Vec<String> = (0..2)
+            .flat_map(|t| (0..3).map(move |p| format!("jepsen-{t}/{p}")))
+            .collect();
+        let mut sizes = std::collections::BTreeSet::new();
+        for seed in 1..=20 {
+            for kinds in [
+                &[FaultKind::Membership][..],
+                &[FaultKind::Membership, FaultKind::Kill, FaultKind::Pause][..],
+            ] {
+                let steps = plan_with(
+                    seed,
+                    kinds,
+                    Duration::from_secs(60),
+                    &keys,
+                    &[1, 2, 3],
+                    true,
+                );
+                let changes: Vec<&Fault> = steps
+                    .iter()
+                    .map(|s| &s.fault)
+                    .filter(|f| f.kind() == FaultKind::Membership)
+                    .collect();
+                assert!(changes.len() <= 1, "seed {seed}: {steps:?}");
+                let mut at = 0;
+                for s in &steps {
+                    at += s.quiet_ms;
+                    if s.fault.kind() == FaultKind::Membership {
+                        assert!(at >= 20_000, "seed {seed}: membership at {at} ms");
+                    }
+                    at += s.hold_ms;
+                }
+                if kinds.len() == 1 {
+                    assert_eq!(steps.len(), 1, "seed {seed}: {steps:?}");
+                }
+                for f in changes {
+                    let Fault::Membership {
+                        partitions,
+                        decommission,
+                    } = f
+                    else {
+                        unreachable!("filtered by kind")
+                    };
+                    assert!([1, 2, 3].contains(decommission), "seed {seed}: {f:?}");
+                    assert!(!partitions.is_empty() && partitions.len() <= 3);
+                    sizes.insert(partitions.len());
+                    assert!(partitions.iter().all(|k| keys.contains(k)));
+                }
+                // Never paired with another fault: it changes the cluster for good.
+                assert!(steps.iter().all(|s| match &s.fault {
+                    Fault::Overlap { faults } =>
+                        faults.iter().all(|f| f.kind() != FaultKind::Membership),
+                    _ => true,
+                }));
+            }
+        }
+        assert!(sizes.len() > 1, "the seed chooses how many move: {sizes:?}");
+        let a = plan(
+            3,
+            &[FaultKind::Membership],
+            Duration::from_secs(60),
+            &keys,
+            &[1, 2, 3],
+        );
+        let b = plan(
+            3,
+            &[FaultKind::Membership],
+            Duration::from_secs(60),
+            &keys,
+            &[1, 2, 3],
+        );
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -28,8 +28,18 @@ use crate::proxy::Proxies;
 use crate::wait::eventually;
 use crate::workload::{Workload, WorkloadConfig};
 
-/// Nodes in the cluster.
+/// Nodes in the cluster at the start.
 pub const NODES: usize = 3;
+/// Most spare nodes a run has (they may join later).
+const MAX_SPARES: usize = 1;
+/// Spare nodes that may join later: one with the `membership` fault, else none.
+fn spares(kinds: &[FaultKind]) -> usize {
+    if kinds.contains(&FaultKind::Membership) {
+        MAX_SPARES
+    } else {
+        0
+    }
+}
 /// HTTP port of each node inside its namespace.
 const NS_HTTP_PORT: u16 = 8080;
 /// Raft (peer transport) port of each node inside its namespace.
@@ -98,7 +108,7 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
     let out = opts.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| JepsenError::io(&out, e))?;
     // A harness killed with -9 leaves its FUSE mounts behind (dead): unmount them first.
-    for i in 0..NODES {
+    for i in 0..NODES + MAX_SPARES {
         faultfs::unmount_stale(&out.join("data").join(format!("n{}", i + 1)));
     }
     for sub in ["data", "logs"] {
@@ -115,7 +125,8 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
         fallback_reason = Some("--no-netns".to_string());
         None
     } else {
-        match network::probe_tools().and_then(|()| Namespaces::setup(NODES)) {
+        match network::probe_tools().and_then(|()| Namespaces::setup(NODES + spares(&opts.nemesis)))
+        {
             Ok(ns) => Some(Arc::new(ns)),
             Err(e) => {
                 warn!(cause = %e, "network namespaces unavailable; running on loopback without network faults");
@@ -140,10 +151,11 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
         warn!(dropped = ?dropped, "network faults skipped in loopback mode");
     }
 
+    let all_nodes = NODES + spares(&kinds);
     let (specs, local) = match &net {
         Some(ns) => {
             ns.enter_control()?;
-            let specs = (0..NODES)
+            let specs = (0..all_nodes)
                 .map(|i| NodeSpec {
                     id: i as u64 + 1,
                     netns: ns.node_ns(i).map(str::to_owned),
@@ -157,13 +169,13 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
             (specs, Some(IpAddr::V4(ns.control_addr())))
         }
         None => {
-            let ports = free_ports(NODES * 2)?;
-            let specs = (0..NODES)
+            let ports = free_ports(all_nodes * 2)?;
+            let specs = (0..all_nodes)
                 .map(|i| NodeSpec {
                     id: i as u64 + 1,
                     netns: None,
                     http: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports[i]),
-                    raft: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports[NODES + i]),
+                    raft: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports[all_nodes + i]),
                     data_dir: out.join("data").join(format!("n{}", i + 1)),
                     log: out.join("logs").join(format!("n{}.log", i + 1)),
                     env: Vec::new(),
@@ -242,7 +254,13 @@ pub fn run_test(opts: TestOptions) -> Result<Results, JepsenError> {
             "10".to_string(),
         ]);
     }
-    let cluster = Arc::new(Cluster::new(binary, specs).with_node_args(node_args));
+    // Spares (the `membership` fault) are not founding members: they join later.
+    let spare_specs = specs.split_off(NODES);
+    let cluster = Arc::new(
+        Cluster::new(binary, specs)
+            .with_node_args(node_args)
+            .with_spares(spare_specs),
+    );
     let mode = if net.is_some() { "netns" } else { "loopback" };
     let result = runtime.block_on(async {
         let body = run_body(
@@ -332,6 +350,8 @@ async fn run_body(
         })
         .collect();
     let client = Client::new(nodes, local)?;
+    // Clients use the founding members; a spare is added when it joins.
+    client.set_serving(&cluster.ids());
     let topics: Vec<String> = (0..opts.topics).map(|i| format!("jepsen-{i}")).collect();
     let groups = !opts.no_groups;
     let config = WorkloadConfig {

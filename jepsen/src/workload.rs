@@ -245,7 +245,7 @@ impl Workload {
         node: u64,
     ) -> Result<crate::client::Published, Failure> {
         let id = format!("v{value}");
-        let nodes: Vec<u64> = self.client.nodes().iter().map(|n| n.id).collect();
+        let nodes: Vec<u64> = self.client.serving();
         let mut target = node;
         let mut unknown = None;
         for attempt in 0..IDEMPOTENT_ATTEMPTS {

@@ -201,6 +201,25 @@ impl GroupDirectory {
             Ok(Err(_)) => return Err(GroupError::NotCoordinator { leader: None }),
             Err(_) => return Err(GroupError::NoQuorum),
         }
+        // ... and every commit its log holds, committed or not yet. openraft restores a
+        // leader that restarts (a power loss of every node) in the same term, so a new
+        // coordinator may share its epoch with the one before the restart; a commit that
+        // one proposed may still sit uncommitted in this log and apply later with a
+        // generation the new coordinator hands out again (it starts above the applied
+        // fence). Applied first, that commit raises the fence the new coordinator starts
+        // from, and its offset is in place before any member reads.
+        let last_log = handle.raft.metrics().borrow().last_log_index;
+        let mut metrics = handle.raft.metrics();
+        let applied_all = metrics.wait_for(|m| {
+            m.last_applied.map(|id| id.index) >= last_log
+                || m.current_term != term
+                || m.state != openraft::ServerState::Leader
+        });
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, applied_all).await {
+            Ok(Ok(m)) if m.current_term == term && m.state == openraft::ServerState::Leader => {}
+            Ok(_) => return Err(GroupError::NotCoordinator { leader: None }),
+            Err(_) => return Err(GroupError::NoQuorum),
+        }
         let mut table = self.inner.coordinators.lock().await;
         if let Some(entry) = table.get(group) {
             if entry.term == term && is_alive(&entry.actor) {

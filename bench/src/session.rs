@@ -50,9 +50,10 @@ struct Session<'a> {
     group_prefix: String,
 }
 
-/// The cluster under test: a `--dev` cluster started here (stopped when dropped) or the
-/// `--url` nodes, ready, with the token requests carry.
-pub(crate) async fn open_cluster(args: &BenchArgs) -> anyhow::Result<(Option<DevCluster>, Target)> {
+/// Runs the whole bench (see [`super::run`]).
+pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
+    let started_at_unix_ms = now_us() / 1000;
+    let build = hardware::build();
     let mut dev = match args.dev {
         true => {
             let d = DevCluster::start(
@@ -87,14 +88,6 @@ pub(crate) async fn open_cluster(args: &BenchArgs) -> anyhow::Result<(Option<Dev
         None => target,
     };
 
-    Ok((dev, target))
-}
-
-/// Runs the whole bench (see [`super::run`]).
-pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
-    let started_at_unix_ms = now_us() / 1000;
-    let build = hardware::build();
-    let (mut dev, target) = open_cluster(args).await?;
     let data_dir = match &dev {
         Some(d) => Some(d.data_dir().to_path_buf()),
         None => args.data_dir.clone(),
@@ -192,7 +185,7 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Waits for `/readyz` on every node, failing fast if a `--dev` launcher dies.
-pub(crate) async fn wait_ready(
+async fn wait_ready(
     target: &Target,
     dev: Option<&mut DevCluster>,
     timeout: Duration,

@@ -24,7 +24,6 @@ use crate::health::StorageHealth;
 use crate::network::GroupNetworkFactory;
 use crate::node_storage::NodeStorage;
 use crate::peer_addr::PeerAddr;
-use crate::quiet::QuietGroups;
 use crate::state::logic::GroupLogic;
 use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
 use crate::stats::GroupStats;
@@ -115,8 +114,6 @@ struct Inner {
     fences: Fences,
     /// Peers' application requests being served now (see [`RaftNode::await_peer_requests`]).
     serving: tokio::sync::watch::Sender<usize>,
-    /// Which groups are quiet (see [`crate::quiet`]).
-    quiet: QuietGroups,
 }
 
 impl Drop for Inner {
@@ -159,14 +156,7 @@ impl InboundHandler for Router {
                 PeerRequest::Raft { group, rpc } => {
                     let raft = inner.read_groups().get(&group).cloned();
                     match raft {
-                        Some(raft) => {
-                            if matches!(rpc, RaftRequest::Vote(_)) {
-                                // A peer stands for election: this replica must take part
-                                // in what follows with its timers running.
-                                inner.quiet.wake(group);
-                            }
-                            PeerResponse::Raft(serve_raft(&raft, rpc).await)
-                        }
+                        Some(raft) => PeerResponse::Raft(serve_raft(&raft, rpc).await),
                         None => PeerResponse::Refused(Refusal::UnknownGroup { group }),
                     }
                 }
@@ -309,29 +299,6 @@ async fn ask_for_snapshots(raft: typ::Raft, mut requests: SnapshotRequests) {
     }
 }
 
-/// Runs the quiet groups' passes (see [`crate::quiet`]) every `every`, until the node is
-/// dropped or shuts down.
-async fn quiet_passes(inner: Weak<Inner>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut quiet_before = 0;
-    loop {
-        ticks.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.closing.load(Ordering::Acquire) {
-            return;
-        }
-        let contact = inner.transport.contact();
-        let quiet = inner
-            .quiet
-            .pass(&contact, |group| inner.fences.is_fenced(group));
-        if quiet != quiet_before {
-            tracing::debug!(quiet, "quiet groups");
-            quiet_before = quiet;
-        }
-    }
-}
-
 impl RaftNode {
     /// Opens the storage, binds the listen address and starts dialing peers.
     ///
@@ -360,10 +327,6 @@ impl RaftNode {
         let listener = Transport::bind(config.listen).await?;
         let faults = Arc::new(Faults::default());
         let limits = config.tuning.transport_limits();
-        let tuning = &config.tuning;
-        let quiet_every = Duration::from_millis(tuning.quiet_check_ms);
-        let min_awake = Duration::from_millis(tuning.election_max_ms + tuning.heartbeat_ms);
-        let quorum_fresh = Duration::from_millis(tuning.election_min_ms);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let transport = Transport::start(
                 listener,
@@ -392,12 +355,8 @@ impl RaftNode {
                 shutdown_done: tokio::sync::Mutex::new(false),
                 fences: Fences::default(),
                 serving: tokio::sync::watch::Sender::new(0),
-                quiet: QuietGroups::new(min_awake, quorum_fresh),
             }
         });
-        if quiet_every > Duration::ZERO {
-            tokio::spawn(quiet_passes(Arc::downgrade(&inner), quiet_every));
-        }
         tracing::info!(node = inner.config.id, listen = %inner.config.listen, "raft node started");
         Ok(RaftNode { inner })
     }
@@ -473,12 +432,6 @@ impl RaftNode {
         })
     }
 
-    /// How many of this node's groups are quiet now: idle, not ticking, resting on the
-    /// transport's keepalive (see [`crate::quiet`]).
-    pub fn quiet_groups(&self) -> usize {
-        self.inner.quiet.count()
-    }
-
     /// The peers with a live transport connection right now (health reports, tests).
     pub fn connected_peers(&self) -> Vec<NodeId> {
         self.inner.transport.connected_peers()
@@ -545,7 +498,6 @@ impl RaftNode {
         .await
         .map_err(|source| RaftNodeError::GroupStart { group, source })?;
         inner.write_groups().insert(group, raft.clone());
-        inner.quiet.opened(group, &raft);
         inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
         tokio::spawn(count_leader_changes(
@@ -565,7 +517,6 @@ impl RaftNode {
                 }
                 Err(err) => {
                     inner.write_groups().remove(&group);
-                    inner.quiet.closed(group);
                     if let Err(join) = raft.shutdown().await {
                         tracing::warn!(cause = %join, "group task failed while closing");
                     }
@@ -682,7 +633,6 @@ impl RaftNode {
     pub async fn close_group(&self, group: GroupId, destroy: bool) -> Result<(), RaftNodeError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
         let raft = self.inner.write_groups().remove(&group);
-        self.inner.quiet.closed(group);
         self.inner.storage.health().group_closed(group);
         if let Some(raft) = raft {
             raft.shutdown()
@@ -830,9 +780,6 @@ impl RaftNode {
         inner.closing.store(true, Ordering::Release);
         let _lifecycle = inner.lifecycle.lock().await;
         let groups: Vec<(GroupId, typ::Raft)> = inner.write_groups().drain().collect();
-        for (group, _) in &groups {
-            inner.quiet.closed(*group);
-        }
         let stops = groups.iter().map(|(group, raft)| async move {
             if let Err(join) = raft.shutdown().await {
                 tracing::warn!(group, cause = %join, "group task failed while shutting down");

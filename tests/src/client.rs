@@ -177,6 +177,30 @@ impl NodeClient {
         expect_json(resp, 200).await
     }
 
+    /// `POST /v1/groups/{group}/offsets` for `member` (an answer of [`Self::join_earliest`]):
+    /// commits `offset` of one partition; asserts 204.
+    pub async fn commit_member(
+        &self,
+        group: &str,
+        member: &Value,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) {
+        let resp = self
+            .client
+            .post(self.url(&format!("/v1/groups/{group}/offsets")))
+            .json(&json!({
+                "member_id": member["member_id"],
+                "generation": member["generation"],
+                "offsets": [{"topic": topic, "partition": partition, "offset": offset}],
+            }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("commit {offset} of {group} on {}: {e}", self.base));
+        assert_eq!(resp.status(), 204, "commit {offset} of {group}");
+    }
+
     /// `POST /v1/groups/{group}/members` with `topics`, `auto_offset_reset: earliest` and
     /// the given session timeout; asserts 201 at the first answer (a node waits for the
     /// group's coordinator itself) and returns the answer (`member_id`, `generation`,

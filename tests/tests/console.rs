@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use psubd_tests::{eventually, Cluster, NewRecord, NodeClient};
+use psubd_tests::{eventually, Cluster, NewRecord};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -200,22 +200,6 @@ fn screenshot_dir() -> Option<PathBuf> {
     Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir))
 }
 
-/// Commits `offset` for the group's member in partition 0 of the topic.
-async fn commit(node: &NodeClient, member: &Value, offset: u64) {
-    let resp = node
-        .http()
-        .post(node.url(&format!("/v1/groups/{GROUP}/offsets")))
-        .json(&json!({
-            "member_id": member["member_id"],
-            "generation": member["generation"],
-            "offsets": [{"topic": TOPIC, "partition": 0, "offset": offset}],
-        }))
-        .send()
-        .await
-        .expect("the commit is answered");
-    assert_eq!(resp.status(), 204, "commit {offset}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_manages_topics_records_and_groups_from_the_console_of_any_node() {
     let browser = Browser::start().await;
@@ -342,11 +326,11 @@ async fn a_user_manages_topics_records_and_groups_from_the_console_of_any_node()
         .collect();
     node.publish(TOPIC, &records).await;
     let member = node.join_earliest(GROUP, &[TOPIC], 30_000).await;
-    commit(&node, &member, 1).await;
+    node.commit_member(GROUP, &member, TOPIC, 0, 1).await;
     browser.open(&format!("{ui}#/groups/{GROUP}")).await;
     let lag = "#offsets td.lag[data-topic='console-orders'][data-partition='0']";
     browser.wait_text(lag, "lag 5 shown", |t| t == "5").await;
-    commit(&node, &member, 6).await;
+    node.commit_member(GROUP, &member, TOPIC, 0, 6).await;
     browser.wait_text(lag, "lag 0 shown", |t| t == "0").await;
     browser
         .wait_text("#group-lag-total", "total lag 0", |t| t == "0")

@@ -223,36 +223,20 @@ async fn await_lag(cluster: &Cluster, committed: f64, lag: f64) {
     .await;
 }
 
-/// Commits `offset` in partition 0 for `member`.
-async fn commit(node: &NodeClient, member: &serde_json::Value, offset: u64) {
-    let resp = node
-        .http()
-        .post(node.url(&format!("/v1/groups/{GROUP}/offsets")))
-        .json(&json!({
-            "member_id": member["member_id"],
-            "generation": member["generation"],
-            "offsets": [{"topic": TOPIC, "partition": 0, "offset": offset}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204, "commit {offset}");
-}
-
 /// The group series on its coordinator: lag rises with publishes, falls after a commit, and
 /// the series leave with the group.
 async fn group_lag_rises_with_publishes_and_falls_after_commits(cluster: &Cluster) {
     let node = cluster.node(2);
     let end = node.partitions(TOPIC).await[0].high_watermark;
     let member = node.join_earliest(GROUP, &[TOPIC], 30_000).await;
-    commit(&node, &member, 10).await;
+    node.commit_member(GROUP, &member, TOPIC, 0, 10).await;
     await_lag(cluster, 10.0, (end - 10) as f64).await;
     let records: Vec<NewRecord> = (0..20)
         .map(|i| NewRecord::keyed("more", json!(i)))
         .collect();
     node.publish(TOPIC, &records).await;
     await_lag(cluster, 10.0, (end + 20 - 10) as f64).await;
-    commit(&node, &member, end + 20).await;
+    node.commit_member(GROUP, &member, TOPIC, 0, end + 20).await;
     await_lag(cluster, (end + 20) as f64, 0.0).await;
 
     let coordinator = cluster.node(coordinator(&node).await);

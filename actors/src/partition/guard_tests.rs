@@ -258,10 +258,7 @@ async fn the_id_table_is_carried_by_snapshots() {
     drop(builder);
 
     // A fresh replica installing the snapshot knows the ids.
-    let other = tempfile::tempdir().unwrap();
-    let other_storage = NodeStorage::open(other.path(), 1 << 20).unwrap();
-    let (logic, other_reader) = PartitionLogic::new();
-    let mut other_sm = other_storage.state_machine(7, Box::new(logic)).unwrap();
+    let (_other_dir, _other_storage, other_reader, mut other_sm) = open_partition();
     other_sm
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await

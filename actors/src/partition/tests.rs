@@ -336,10 +336,7 @@ async fn a_snapshot_keeps_every_batch_its_bounds_claim_while_trims_run() {
     assert_eq!(batch_keys(sm.tree()), vec![15, 20, 25]);
 
     // A fresh replica installing the snapshot has log start 5 and every batch from it.
-    let other = tempfile::tempdir().unwrap();
-    let other_storage = NodeStorage::open(other.path(), 1 << 20).unwrap();
-    let (logic, other_reader) = PartitionLogic::new();
-    let mut other_sm = other_storage.state_machine(7, Box::new(logic)).unwrap();
+    let (_other_dir, _other_storage, other_reader, mut other_sm) = open_partition();
     other_sm
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await

@@ -784,10 +784,10 @@ impl CoordinatorState {
         command: OffsetsCommand,
         reply: RpcReplyPort<Result<GroupAnswer, GroupError>>,
     ) {
-        let raft = self.args.offsets.raft.clone();
+        let (raft_node, offsets) = (self.args.raft_node.clone(), self.args.offsets.clone());
         let timeout = self.args.limits.write_timeout;
         tokio::spawn(async move {
-            let answer = propose(&raft, &command, timeout)
+            let answer = propose(&raft_node, &offsets, &command, timeout)
                 .await
                 .map(|()| GroupAnswer::Done);
             let _ = reply.send(answer);

@@ -9,7 +9,7 @@
 use psubd_raft::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::proposal::{OutcomeUnknown, Refusal};
+use crate::proposal::{NotCommitted, OutcomeUnknown, Refusal};
 
 /// Why a partition could not take or serve a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -250,3 +250,20 @@ impl From<OutcomeUnknown> for GroupError {
         }
     }
 }
+
+/// A proposal refused at enqueue or left without an answer, as each actor's error: one
+/// conversion through that error's own `From<Refusal>` and `From<OutcomeUnknown>`.
+macro_rules! from_not_committed {
+    ($($error:ty),*) => {$(
+        impl From<NotCommitted> for $error {
+            fn from(not: NotCommitted) -> Self {
+                match not {
+                    NotCommitted::Refused(refusal) => refusal.into(),
+                    NotCommitted::Unknown(unknown) => unknown.into(),
+                }
+            }
+        }
+    )*};
+}
+
+from_not_committed!(PartitionError, ControllerError, GroupError);

@@ -421,7 +421,14 @@ async fn purge_deleted_topics(inner: Weak<Inner>) {
                     topic: topic.clone(),
                     topic_groups: stale,
                 };
-                match propose(&handle.raft, &command, inner.limits.write_timeout).await {
+                match propose(
+                    &inner.raft_node,
+                    &handle,
+                    &command,
+                    inner.limits.write_timeout,
+                )
+                .await
+                {
                     Ok(()) => info!(topic = %topic, "purged committed offsets of a deleted topic"),
                     Err(error) => info!(topic = %topic, %error, "offsets purge failed; will retry"),
                 }

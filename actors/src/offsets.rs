@@ -46,7 +46,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use psubd_raft::types::typ::Raft;
 use psubd_raft::{
-    Command, CommandResponse, GroupId, GroupLogic, SnapshotPlan, StorageIoError, Tree, WriteBatch,
+    Command, CommandResponse, GroupId, GroupLogic, RaftNode, SnapshotPlan, StorageIoError, Tree,
+    WriteBatch,
 };
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -925,10 +926,12 @@ pub type OffsetsTable = Arc<RwLock<HashMap<GroupId, OffsetsHandle>>>;
 /// Proposes an offsets command and waits for it to be applied.
 ///
 /// # Errors
-/// [`GroupError::OutcomeUnknown`] once proposed without an answer; the caller checks
-/// leadership before, so "not leader" is never a certain refusal here.
+/// [`GroupError::OutcomeUnknown`] once proposed without an answer;
+/// [`GroupError::NotCoordinator`] when the partition's leadership is being handed over
+/// (nothing written).
 pub async fn propose(
-    raft: &Raft,
+    raft_node: &RaftNode,
+    handle: &OffsetsHandle,
     command: &OffsetsCommand,
     timeout: Duration,
 ) -> Result<(), GroupError> {
@@ -936,7 +939,13 @@ pub async fn propose(
         reason: "offsets command did not encode".into(),
     })?;
     let command_bytes = Command(Bytes::from(encoded));
-    let response = proposal::propose(raft, command_bytes, timeout, "offsets partition").await?;
+    let target = proposal::Target {
+        raft_node,
+        group: handle.group,
+        raft: &handle.raft,
+        name: "offsets partition",
+    };
+    let response = proposal::propose(target, command_bytes, timeout).await?;
     match postcard::from_bytes::<OffsetsResponse>(&response.0) {
         Ok(OffsetsResponse::Done) => Ok(()),
         Ok(OffsetsResponse::Stale { current }) => Err(stale(command, current)),

@@ -5,7 +5,10 @@
 //!
 //! A refusal before proposing ([`Refusal`]) means nothing was written: the caller may
 //! retry elsewhere. Anything after proposing that is not an answer is
-//! [`OutcomeUnknown`]: the entry may still commit.
+//! [`OutcomeUnknown`]: the entry may still commit. [`enqueue`] checks the handover fence
+//! once more as it hands the entry to the Raft core, atomically with a handover
+//! (`psubd_raft::handover`): a leadership being given away takes no entry its chosen
+//! follower has not seen.
 
 use std::time::Duration;
 
@@ -33,6 +36,22 @@ pub enum Refusal {
 pub struct OutcomeUnknown {
     /// What happened.
     pub reason: String,
+}
+
+/// Why a proposal has no answer: refused before it was enqueued (nothing written), or
+/// enqueued without an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotCommitted {
+    /// Not enqueued: the group's leadership is being handed over.
+    Refused(Refusal),
+    /// Enqueued (or the group stopped): the entry may still commit.
+    Unknown(OutcomeUnknown),
+}
+
+impl From<OutcomeUnknown> for NotCommitted {
+    fn from(unknown: OutcomeUnknown) -> Self {
+        NotCommitted::Unknown(unknown)
+    }
 }
 
 /// Whether this replica of `group` may propose now: it leads with a fresh quorum, and is
@@ -83,34 +102,48 @@ pub fn leader_of(raft: &Raft) -> Option<NodeId> {
 /// What a proposal's answer arrives on.
 pub type Pending = <<TypeConfig as RaftTypeConfig>::Responder as Responder<TypeConfig>>::Receiver;
 
-/// Proposes `command` to `group`'s Raft (named in reasons: "partition", "controller",
-/// "offsets partition") and waits up to `deadline` for it to be committed and applied.
+/// One Raft group on this node, as its proposers address it.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// The node, whose handover fences every proposal respects.
+    pub raft_node: &'a RaftNode,
+    /// The group's id.
+    pub group: GroupId,
+    /// The group's Raft handle.
+    pub raft: &'a Raft,
+    /// What the group is, in reasons: "partition", "controller", "offsets partition".
+    pub name: &'static str,
+}
+
+/// Proposes `command` to the target group and waits up to `deadline` for it to be
+/// committed and applied.
 ///
 /// # Errors
-/// [`OutcomeUnknown`] when no answer came.
+/// [`NotCommitted`]: refused (nothing written), or no answer came.
 pub async fn propose(
-    raft: &Raft,
+    target: Target<'_>,
     command: Command,
     deadline: Duration,
-    group: &str,
-) -> Result<CommandResponse, OutcomeUnknown> {
-    let pending = enqueue(raft, command, group).await?;
-    committed(pending, deadline, group).await
+) -> Result<CommandResponse, NotCommitted> {
+    let pending = enqueue(target, command).await?;
+    Ok(committed(pending, deadline, target.name).await?)
 }
 
 /// Hands `command` to the Raft core without waiting for the commit: entries are proposed
 /// in the order they are enqueued, even with several in flight.
 ///
 /// # Errors
-/// [`OutcomeUnknown`] when the group stopped.
-pub async fn enqueue(
-    raft: &Raft,
-    command: Command,
-    group: &str,
-) -> Result<Pending, OutcomeUnknown> {
-    raft.client_write_ff(command)
+/// [`NotCommitted::Refused`] when the group is being handed over (nothing written);
+/// [`NotCommitted::Unknown`] when the group stopped.
+pub async fn enqueue(target: Target<'_>, command: Command) -> Result<Pending, NotCommitted> {
+    let Some(_pass) = target.raft_node.admit_proposal(target.group) else {
+        return Err(NotCommitted::Refused(Refusal::NotLeader { leader: None }));
+    };
+    target
+        .raft
+        .client_write_ff(command)
         .await
-        .map_err(|_| stopped(group))
+        .map_err(|_| NotCommitted::Unknown(stopped(target.name)))
 }
 
 /// Waits up to `deadline` for an enqueued proposal's answer.

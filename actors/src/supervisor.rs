@@ -213,10 +213,12 @@ impl SupervisorState {
             });
         } else {
             let raft = raft.clone();
+            let raft_node = self.args.raft_node.clone();
             let wait = self.args.init_fallback_after;
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 if raft.metrics().borrow().current_leader.is_none()
+                    && !raft_node.is_stepping_down()
                     && !raft.is_initialized().await.unwrap_or(true)
                 {
                     info!(

@@ -9,10 +9,14 @@
 //!    leader itself when it was elected) runs, so a leader elected less than that ago
 //!    first waits it out, still taking writes.
 //! 2. It **fences** the group ([`Fences`]): every proposer on this node checks the fence
-//!    with its leadership (`psubd_actors::proposal`), so from now on nothing new is
-//!    proposed here; requests are refused as "not leader" (nothing written, the edge
-//!    retries at the next leader). A barrier through the Raft core makes sure every
-//!    proposal enqueued before the fence is in the leader's log.
+//!    as it enqueues (`psubd_actors::proposal`, through [`RaftNode::admit_proposal`]), so
+//!    from now on nothing new is proposed here; requests are refused as "not leader"
+//!    (nothing written, the edge retries at the next leader). The leader waits until no
+//!    proposer is between its fence check and its enqueue, then sends a barrier through
+//!    the Raft core, so every proposal that passed the fence is in the leader's log. (A
+//!    proposal enqueued after the follower was chosen would leave that follower's log
+//!    behind the leader's: it would lose the election, and the group would wait a whole
+//!    election timeout for the next.)
 //! 3. The leader waits until every entry of its log is applied (so every proposal in
 //!    flight was answered: none can be cut short into "outcome unknown") and one follower's
 //!    matched log index equals the leader's last log index.
@@ -42,6 +46,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use openraft::ServerState;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::types::{typ, GroupId, NodeId};
@@ -65,12 +70,33 @@ pub(crate) struct Fences {
     /// How many groups `groups` holds: every publish checks the fence, and while none is
     /// fenced (nearly always) that check takes no lock.
     fenced: AtomicUsize,
+    /// Proposers between their fence check and their enqueue ([`ProposalPass`]).
+    entering: AtomicUsize,
+    /// Notified when `entering` drops to zero.
+    settled: Notify,
+}
+
+/// A proposer's permit to enqueue one proposal: taken before the fence check and held
+/// until the proposal is in the Raft core's queue, so a handover that fences the group
+/// can wait for every proposer that passed the check ([`Fences::settle`]). The fence and
+/// the count are both `SeqCst`: either the proposer sees the fence, or the handover sees
+/// the proposer.
+pub struct ProposalPass<'a> {
+    fences: &'a Fences,
+}
+
+impl Drop for ProposalPass<'_> {
+    fn drop(&mut self) {
+        if self.fences.entering.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.fences.settled.notify_waiters();
+        }
+    }
 }
 
 impl Fences {
     pub(crate) fn is_fenced(&self, group: GroupId) -> bool {
-        self.stepping_down.load(Ordering::Acquire)
-            || (self.fenced.load(Ordering::Acquire) > 0
+        self.stepping_down.load(Ordering::SeqCst)
+            || (self.fenced.load(Ordering::SeqCst) > 0
                 && self
                     .groups
                     .read()
@@ -83,20 +109,42 @@ impl Fences {
     }
 
     pub(crate) fn step_down(&self) {
-        self.stepping_down.store(true, Ordering::Release);
+        self.stepping_down.store(true, Ordering::SeqCst);
     }
 
     fn fence(&self, group: GroupId) {
         let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
         if groups.insert(group) {
-            self.fenced.fetch_add(1, Ordering::AcqRel);
+            self.fenced.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     fn lift(&self, group: GroupId) {
         let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
         if groups.remove(&group) {
-            self.fenced.fetch_sub(1, Ordering::AcqRel);
+            self.fenced.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A permit to enqueue a proposal to `group`, or `None` when it is fenced.
+    fn admit(&self, group: GroupId) -> Option<ProposalPass<'_>> {
+        self.entering.fetch_add(1, Ordering::SeqCst);
+        let pass = ProposalPass { fences: self };
+        (!self.is_fenced(group)).then_some(pass)
+    }
+
+    /// Waits until no proposer holds a [`ProposalPass`]: after a fence, every proposal
+    /// that passed it is then enqueued. Passes are held for an unbounded channel send, so
+    /// this is a matter of microseconds.
+    async fn settle(&self) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.entering.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            settled.await;
         }
     }
 }
@@ -195,6 +243,14 @@ impl crate::RaftNode {
         self.fences().is_fenced(group)
     }
 
+    /// A permit to enqueue one proposal to `group`, held until it is in the Raft core's
+    /// queue; `None` while the group is fenced (refuse as "not leader": nothing written).
+    /// Every proposer on this node goes through it, so a handover knows when the last
+    /// proposal that passed its fence is in the log.
+    pub fn admit_proposal(&self, group: GroupId) -> Option<ProposalPass<'_>> {
+        self.fences().admit(group)
+    }
+
     /// True once the node started stopping ([`RaftNode::step_down`](crate::RaftNode::step_down)).
     pub fn is_stepping_down(&self) -> bool {
         self.fences().is_stepping_down()
@@ -260,9 +316,20 @@ impl crate::RaftNode {
             group,
             raft: raft.clone(),
         };
-        // The barrier: processed after every proposal enqueued before the fence.
+        self.fences().settle().await;
+        // The barrier: processed after every proposal that passed the fence. The core
+        // publishes its metrics when the loop turn that answered the barrier ends, so the
+        // metrics seen after the next change show every one of those entries; the value
+        // seen now may predate the last of them, and a follower chosen on it would miss it.
+        let mut metrics = raft.metrics();
+        metrics.borrow_and_update();
         if raft.with_raft_state(|_| ()).await.is_err() {
             return HandOver::NotLeader;
+        }
+        match tokio::time::timeout_at(until, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return HandOver::NotLeader,
+            Err(_) => return HandOver::TimedOut,
         }
         if voters > 3 {
             // Only the candidate and this leader vote at once; the other voters must see
@@ -270,7 +337,6 @@ impl crate::RaftNode {
             raft.runtime_config().heartbeat(false);
             tokio::time::sleep_until((Instant::now() + lease + LEASE_MARGIN).min(until)).await;
         }
-        let mut metrics = raft.metrics();
         let ready = metrics.wait_for(|m| {
             m.state != ServerState::Leader || caught_up_follower(m, preferred).is_some()
         });
@@ -348,6 +414,22 @@ mod tests {
         fences.step_down();
         assert!(fences.is_fenced(7) && fences.is_fenced(8));
         assert!(fences.is_stepping_down());
+    }
+
+    #[tokio::test]
+    async fn a_fence_waits_for_the_proposer_that_passed_it_and_turns_later_ones_away() {
+        let fences = Fences::default();
+        let pass = fences.admit(7).expect("not fenced yet");
+        fences.fence(7);
+        assert!(fences.admit(7).is_none(), "a fenced group admits nobody");
+        let other = fences.admit(8).expect("another group is not fenced");
+        drop(other);
+        // The proposer that passed before the fence still holds its pass: not settled.
+        let settle = fences.settle();
+        tokio::pin!(settle);
+        assert!(futures::poll!(settle.as_mut()).is_pending());
+        drop(pass);
+        settle.await;
     }
 
     /// Leader 1 of voters {1, 2, 3} at last log index 10, applied up to `applied`, its

@@ -53,7 +53,7 @@ pub const SKIPS_LOG_FSYNC: bool = cfg!(feature = "chaos-skip-log-fsync");
 pub use config::{RaftNodeConfig, RaftTuning, MAX_SNAPSHOT_STAGGER_PERCENT};
 pub use engine::{Tree, Value, WriteBatch};
 pub use error::StorageIoError;
-pub use handover::HandOver;
+pub use handover::{HandOver, ProposalPass};
 pub use health::{SpaceReport, StorageFailure, StorageHealth};
 pub use log::store::LogStore;
 pub use node_storage::NodeStorage;

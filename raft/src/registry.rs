@@ -508,8 +508,14 @@ impl RaftNode {
             report_fatal(raft.clone(), group, inner.storage.health().clone()).in_current_span(),
         );
         tracing::info!(pristine, "group opened");
+        // A stopping node stands for nothing (`RaftNode::step_down`), new groups included:
+        // a leadership won now could not be used and would wait for this node's exit.
+        let stepping_down = self.is_stepping_down();
+        if stepping_down {
+            raft.runtime_config().elect(false);
+        }
 
-        if initialize && pristine {
+        if initialize && pristine && !stepping_down {
             match raft.initialize(nodes).await {
                 Ok(()) => tracing::info!(members = ?members, "group initialized"),
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
@@ -561,7 +567,8 @@ impl RaftNode {
         members: &BTreeSet<NodeId>,
         wait: Duration,
     ) -> Result<(), RaftNodeError> {
-        if !self.inner.storage.group_is_pristine(group)? {
+        // A stopping node leaves the first election to the other members' fallback.
+        if self.is_stepping_down() || !self.inner.storage.group_is_pristine(group)? {
             return Ok(());
         }
         let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);

@@ -317,7 +317,13 @@ impl Controller {
             state::encode_command(&command).map_err(|_| ControllerError::OutcomeUnknown {
                 reason: "command did not encode".into(),
             })?;
-        let response = proposal::propose(&self.raft, command, self.write_timeout, GROUP).await?;
+        let target = proposal::Target {
+            raft_node: &self.raft_node,
+            group: CONTROLLER_GROUP,
+            raft: &self.raft,
+            name: GROUP,
+        };
+        let response = proposal::propose(target, command, self.write_timeout).await?;
         Ok(state::decode_response(&response))
     }
 }

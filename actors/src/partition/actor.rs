@@ -276,7 +276,23 @@ pub fn check_space(raft_node: &RaftNode, raft: &Raft) -> Result<(), PartitionErr
     }
 }
 
+/// A partition replica's group, for [`proposal::enqueue`] (a free function, so a caller
+/// may borrow other fields of the state meanwhile).
+fn target<'a>(raft_node: &'a RaftNode, group: GroupId, raft: &'a Raft) -> proposal::Target<'a> {
+    proposal::Target {
+        raft_node,
+        group,
+        raft,
+        name: GROUP,
+    }
+}
+
 impl PartitionState {
+    /// This replica's group, for [`proposal::enqueue`].
+    fn target(&self) -> proposal::Target<'_> {
+        target(&self.raft_node, self.group, &self.raft)
+    }
+
     /// Whether this replica may propose now (see [`check_leader`]).
     fn leadership(&self) -> Result<(), proposal::Refusal> {
         check_leader(
@@ -340,7 +356,10 @@ impl PartitionState {
         self.retain(&config, myself).await;
         self.compact(&config, myself).await;
         self.release
-            .check(&self.raft, &self.maintenance.reader)
+            .check(
+                target(&self.raft_node, self.group, &self.raft),
+                &self.maintenance.reader,
+            )
             .await;
     }
 
@@ -368,7 +387,7 @@ impl PartitionState {
             group = self.group,
             new_log_start, "proposing retention trim"
         );
-        let proposed = proposal::enqueue(&self.raft, trim_command(new_log_start), GROUP).await;
+        let proposed = proposal::enqueue(self.target(), trim_command(new_log_start)).await;
         let Ok(pending) = proposed else {
             return;
         };
@@ -410,8 +429,7 @@ impl PartitionState {
             }
             self.last_pass_started = Some(tokio::time::Instant::now());
         }
-        let Ok(pending) = proposal::enqueue(&self.raft, compact_command(&command), GROUP).await
-        else {
+        let Ok(pending) = proposal::enqueue(self.target(), compact_command(&command)).await else {
             return;
         };
         self.compact_in_flight = true;
@@ -474,7 +492,7 @@ impl PartitionState {
         );
         // Only enqueues the entry at the Raft core (no wait for the commit), so entries are
         // proposed in the order they were built even with several in flight.
-        let proposed = proposal::enqueue(&self.raft, command, GROUP).await;
+        let proposed = proposal::enqueue(self.target(), command).await;
         tokio::spawn(async move {
             let response = match proposed {
                 Ok(pending) => proposal::committed(pending, timeout, GROUP)
@@ -641,7 +659,7 @@ impl Actor for PartitionActor {
                 Ok(()) => {
                     state
                         .release
-                        .propose_delay(&state.raft, records, reply)
+                        .propose_delay(state.target(), records, reply)
                         .await
                 }
             },
@@ -654,7 +672,10 @@ impl Actor for PartitionActor {
                 if state.leadership().is_ok() {
                     state
                         .release
-                        .check(&state.raft, &state.maintenance.reader)
+                        .check(
+                            target(&state.raft_node, state.group, &state.raft),
+                            &state.maintenance.reader,
+                        )
                         .await;
                 }
             }

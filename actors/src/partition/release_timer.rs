@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use psubd_raft::types::typ::Raft;
 use psubd_raft::GroupId;
 use ractor::RpcReplyPort;
 use tracing::{debug, info};
@@ -91,11 +90,11 @@ impl ReleaseTimer {
     /// [`TimerEvent::DelayDone`].
     pub(super) async fn propose_delay(
         &self,
-        raft: &Raft,
+        target: proposal::Target<'_>,
         delayed: DelayedRecords,
         reply: RpcReplyPort<Result<(), PartitionError>>,
     ) {
-        let proposed = proposal::enqueue(raft, delay_command(&delayed), GROUP).await;
+        let proposed = proposal::enqueue(target, delay_command(&delayed)).await;
         let timeout = self.limits.write_timeout;
         let notify = self.notify.clone();
         tokio::spawn(async move {
@@ -125,7 +124,7 @@ impl ReleaseTimer {
 
     /// On the leader (the caller checks: a follower's leader releases): proposes a
     /// release when records are due, else sets a wake-up for the earliest due time.
-    pub(super) async fn check(&mut self, raft: &Raft, reader: &PartitionReader) {
+    pub(super) async fn check(&mut self, target: proposal::Target<'_>, reader: &PartitionReader) {
         let Some(earliest) = reader.delays().earliest_due_ms else {
             return;
         };
@@ -148,7 +147,7 @@ impl ReleaseTimer {
             up_to_ms = now,
             "proposing release of delayed records"
         );
-        let Ok(pending) = proposal::enqueue(raft, release_command(&release), GROUP).await else {
+        let Ok(pending) = proposal::enqueue(target, release_command(&release)).await else {
             return;
         };
         self.in_flight = true;

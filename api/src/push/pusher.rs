@@ -533,7 +533,8 @@ impl Pusher {
         };
         let timeout = self.service.edge.write_timeout();
         loop {
-            match propose(&self.led.offsets.raft, &command, timeout).await {
+            let raft_node = self.service.edge.broker().raft_node();
+            match propose(raft_node, &self.led.offsets, &command, timeout).await {
                 Ok(()) => {
                     self.update(index, |s| s.committed_offset = Some(next));
                     return true;

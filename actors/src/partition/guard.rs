@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use foldhash::HashMapExt;
 use psubd_raft::{StorageIoError, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -139,7 +140,7 @@ pub(super) fn decide(
     let mut stored_keys: HashMap<&[u8], Option<u64>> = HashMap::new();
     // First decide, changing nothing: what each request comes to, which records are left
     // out (by index in the entry) and which ids to remember.
-    let mut fresh: HashMap<RecordId, u64> = HashMap::new();
+    let mut fresh: foldhash::HashMap<RecordId, u64> = foldhash::HashMap::new();
     let mut remember: Vec<(u64, RecordId)> = Vec::new();
     let mut dropped: Vec<usize> = Vec::new();
     let mut next = next_offset;

@@ -19,10 +19,16 @@
 //! own), so every replica expires the same sets at the same entry. Memory is bounded: past
 //! [`MAX_IDS_PER_PARTITION`] ids listed in sets the oldest sets are forgotten whole (never
 //! the one just stored). A partition replica's sets list at most that many ids plus one
-//! entry's (24 bytes each) and its lookup holds at most twice that many (about 40 bytes
-//! each, forgotten ones until the next sweep): about 11 MiB in all. The lookup hashes with
-//! foldhash seeded per process: a digest is already uniform, and SipHash was measured as
-//! a few per cent of node CPU under batches with ids.
+//! entry's (24 bytes each) and its lookup at most an eighth more (17 bytes a bucket,
+//! forgotten ones until the next sweep): about 5 MiB in all.
+//!
+//! The lookup is kept small because every record with an id costs a probe into it, and a
+//! probe that misses the CPU cache was the main cost of ids when measured: it maps the
+//! first 8 bytes of a digest to its record's offset, and a hit is confirmed against the
+//! whole digest in that offset's set. Two live ids sharing those 8 bytes (about one in
+//! 10^14 per record at the cap) leave only the newer in the lookup: the older would be
+//! stored again if retried, never refused. It hashes with foldhash seeded per process: a
+//! digest prefix is already uniform, and SipHash was a few per cent of node CPU.
 
 use std::collections::BTreeMap;
 
@@ -57,11 +63,18 @@ impl RecordId {
     }
 }
 
-/// Where a remembered id's record was stored, and when (its entry's stamp).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Remembered {
-    offset: u64,
-    stamped_ms: i64,
+/// Size of the lookup past which it is swept of forgotten ids: an eighth over the cap,
+/// so at the default cap it stays under 7/8 of 2^17 entries and hashbrown keeps 2^17
+/// buckets (about 2.2 MiB) rather than doubling.
+fn sweep_above(cap: usize) -> usize {
+    cap.saturating_add(cap / 8)
+}
+
+/// An id's key in the lookup: the first 8 bytes of its digest.
+fn short_key(id: &RecordId) -> u64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&id.0[..8]);
+    u64::from_le_bytes(prefix)
 }
 
 /// Whether a stamp is still within the duplicate window of an entry stamped `now_ms`. A
@@ -124,12 +137,12 @@ fn decode_set(raw: &[u8]) -> Option<IdSet> {
 /// into a table of megabytes per id, the main cost of deduplication when measured): sets
 /// are only ever forgotten oldest first, so every id of a forgotten set has an offset
 /// below `floor`, and [`Self::original`] ignores those. The lookup is swept of them in
-/// one sequential pass once it holds twice the cap.
+/// one sequential pass once it holds an eighth more than the cap ([`sweep_above`]).
 #[derive(Debug)]
 pub(super) struct IdTable {
-    /// The lookup: each id's latest record, including ids of forgotten sets (below
-    /// `floor`) until the next sweep.
-    ids: HashMap<RecordId, Remembered>,
+    /// The lookup: each id's latest record offset by [`short_key`], including ids of
+    /// forgotten sets (below `floor`) until the next sweep.
+    ids: HashMap<u64, u64>,
     /// The sets stored, by first offset, oldest first: the expiry and eviction order.
     sets: BTreeMap<u64, IdSet>,
     /// Every id of a forgotten set is below this offset; every id of a set kept is at or
@@ -162,7 +175,10 @@ impl IdTable {
     /// Ids remembered (those of the sets kept).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.ids.values().filter(|r| r.offset >= self.floor).count()
+        self.ids
+            .values()
+            .filter(|offset| **offset >= self.floor)
+            .count()
     }
 
     /// Rebuilds the table from `state` (at open and after a snapshot install), set by set
@@ -190,10 +206,15 @@ impl IdTable {
     /// The offset of the record stored under `id`, if it was stored within `window_ms`
     /// of an entry stamped `now_ms`.
     pub(super) fn original(&self, id: &RecordId, now_ms: i64, window_ms: u64) -> Option<u64> {
-        self.ids
-            .get(id)
-            .filter(|r| r.offset >= self.floor && within(r.stamped_ms, now_ms, window_ms))
-            .map(|r| r.offset)
+        let offset = *self.ids.get(&short_key(id))?;
+        if offset < self.floor {
+            return None;
+        }
+        // Sets hold disjoint, ascending offset ranges: the set of `offset` is the last one
+        // starting at or before it.
+        let (_, set) = self.sets.range(..=offset).next_back()?;
+        let at = set.ids.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        (set.ids[at].1 == *id && within(set.stamped_ms, now_ms, window_ms)).then_some(offset)
     }
 
     /// Remembers the ids one entry stamped `now_ms` stored, each with its record's offset
@@ -222,9 +243,9 @@ impl IdTable {
                 _ => break,
             }
         }
-        if self.ids.len() > self.cap.saturating_mul(2) {
+        if self.ids.len() > sweep_above(self.cap) {
             let floor = self.floor;
-            self.ids.retain(|_, r| r.offset >= floor);
+            self.ids.retain(|_, offset| *offset >= floor);
         }
     }
 
@@ -257,12 +278,8 @@ impl IdTable {
     /// Adds a set in memory (above every set kept: sets come in offset order); an id
     /// already remembered moves to its new offset.
     fn insert_set(&mut self, first: u64, set: IdSet) {
-        for &(offset, id) in &set.ids {
-            let remembered = Remembered {
-                offset,
-                stamped_ms: set.stamped_ms,
-            };
-            self.ids.insert(id, remembered);
+        for (offset, id) in &set.ids {
+            self.ids.insert(short_key(id), *offset);
         }
         self.listed += set.ids.len();
         self.sets.insert(first, set);
@@ -353,13 +370,15 @@ mod tests {
     }
 
     #[test]
-    fn forgotten_ids_are_ignored_and_swept_past_twice_the_cap() {
+    fn forgotten_ids_are_ignored_and_swept_past_an_eighth_over_the_cap() {
         let mut table = IdTable::with_cap(4);
         let mut batch = WriteBatch::default();
+        assert_eq!(sweep_above(4), 4);
+        assert_eq!(sweep_above(MAX_IDS_PER_PARTITION), 112_500);
         for offset in 0..20u64 {
             table.remember_entry(vec![(offset, id(offset))], 0, &mut batch);
             assert!(
-                table.ids.len() <= 8,
+                table.ids.len() <= 4,
                 "swept at {offset}: {}",
                 table.ids.len()
             );
@@ -394,6 +413,24 @@ mod tests {
         assert_eq!(table.original(&id(0), 5_000, 1_000), Some(9));
         assert_eq!(table.original(&id(1), 5_000, u64::MAX), None);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_lookup_hit_is_confirmed_against_the_whole_digest() {
+        let mut table = IdTable::default();
+        let mut batch = WriteBatch::default();
+        let stored = id(1);
+        // Another id with the same first 8 bytes (a short-key collision).
+        let mut twin = stored;
+        twin.0[15] ^= 0xff;
+        table.remember_entry(vec![(4, stored)], 0, &mut batch);
+        assert_eq!(table.original(&stored, 0, 1_000), Some(4));
+        assert_eq!(table.original(&twin, 0, 1_000), None);
+        // Stored later, the twin takes the key: it is found, the older id no longer is
+        // (a retry of it would be stored again, never refused).
+        table.remember_entry(vec![(5, twin)], 0, &mut batch);
+        assert_eq!(table.original(&twin, 0, 1_000), Some(5));
+        assert_eq!(table.original(&stored, 0, 1_000), None);
     }
 
     #[test]

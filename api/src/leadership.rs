@@ -75,10 +75,11 @@ pub(crate) async fn hand_over(
         .await
 }
 
-/// The node is stopping: fences every group, then hands every leadership it holds (the
-/// controller, partitions, consumer-offsets partitions) to a caught-up follower, all at
-/// once, for at most `within`. The HTTP edge keeps serving meanwhile; requests for a
-/// fenced group wait for its next leader.
+/// The node is stopping: stops standing for leaderships, hands every leadership it holds
+/// (the controller, partitions, consumer-offsets partitions) to a caught-up follower, all
+/// at once, for at most `within`, then fences every group. The HTTP edge keeps serving
+/// meanwhile; a group takes writes here until its own handover fences it, and requests
+/// for a fenced group wait for its next leader.
 pub async fn hand_over_all(edge: &Edge, within: Duration) -> HandOverSummary {
     let raft_node = edge.broker().raft_node();
     raft_node.step_down();
@@ -86,6 +87,7 @@ pub async fn hand_over_all(edge: &Edge, within: Duration) -> HandOverSummary {
     let groups = raft_node.group_ids();
     let outcomes =
         futures::future::join_all(groups.iter().map(|g| hand_over(edge, *g, None, until))).await;
+    raft_node.fence_all();
     let mut summary = HandOverSummary::default();
     for (group, outcome) in groups.iter().zip(outcomes) {
         match outcome {

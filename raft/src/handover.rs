@@ -63,8 +63,11 @@ const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 /// Groups whose leadership this node is giving away: no proposer may propose to them.
 #[derive(Debug, Default)]
 pub(crate) struct Fences {
-    /// Set once the node stops: every group is fenced, for good.
+    /// Set once the node stops: it stands for no group any more.
     stepping_down: AtomicBool,
+    /// Set once a stopping node has handed its leaderships over: every group is fenced,
+    /// for good.
+    all: AtomicBool,
     /// Groups handed over one at a time (a preferred leader returning).
     groups: RwLock<HashSet<GroupId>>,
     /// How many groups `groups` holds: every publish checks the fence, and while none is
@@ -95,7 +98,7 @@ impl Drop for ProposalPass<'_> {
 
 impl Fences {
     pub(crate) fn is_fenced(&self, group: GroupId) -> bool {
-        self.stepping_down.load(Ordering::SeqCst)
+        self.all.load(Ordering::SeqCst)
             || (self.fenced.load(Ordering::SeqCst) > 0
                 && self
                     .groups
@@ -110,6 +113,10 @@ impl Fences {
 
     pub(crate) fn step_down(&self) {
         self.stepping_down.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn fence_all(&self) {
+        self.all.store(true, Ordering::SeqCst);
     }
 
     fn fence(&self, group: GroupId) {
@@ -237,8 +244,9 @@ fn caught_up_follower(
 }
 
 impl crate::RaftNode {
-    /// True while `group`'s leadership is being given away by this node (or the node is
-    /// stopping): proposers must refuse as "not leader" rather than propose.
+    /// True while `group`'s leadership is being given away by this node (or the stopping
+    /// node has handed its leaderships over): proposers must refuse as "not leader"
+    /// rather than propose.
     pub fn is_fenced(&self, group: GroupId) -> bool {
         self.fences().is_fenced(group)
     }
@@ -256,8 +264,10 @@ impl crate::RaftNode {
         self.fences().is_stepping_down()
     }
 
-    /// The node is stopping: fences every group for good and stops this node from
-    /// starting elections, so it wins no leadership it would have to give away again.
+    /// The node is stopping: stops it from starting elections (groups opened from now on
+    /// included), so it wins no leadership it would have to give away again. The groups
+    /// it leads keep taking writes until each is handed over ([`RaftNode::hand_over`]
+    /// fences it then), so waiting out a fresh leader's lease costs clients nothing.
     pub fn step_down(&self) {
         self.fences().step_down();
         for group in self.group_ids() {
@@ -365,6 +375,13 @@ impl crate::RaftNode {
         outcome
     }
 
+    /// The stopping node has handed over what it could: fences every group for good, so
+    /// a leadership that did not move takes no more writes (requests wait for the next
+    /// leader, elected once this node has gone).
+    pub fn fence_all(&self) {
+        self.fences().fence_all();
+    }
+
     /// A follower's side of [`RaftNode::hand_over`]: starts an election for `group` at
     /// once when `from` is the leader this replica follows and its own log reaches
     /// `leader_last_index` (then the leader's vote is certain). Answers whether it stood.
@@ -403,7 +420,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_group_fence_lifts_but_stepping_down_fences_every_group_for_good() {
+    fn a_group_fence_lifts_but_fencing_all_is_for_good() {
         let fences = Fences::default();
         assert!(!fences.is_fenced(7));
         fences.fence(7);
@@ -411,9 +428,12 @@ mod tests {
         assert!(!fences.is_fenced(8));
         fences.lift(7);
         assert!(!fences.is_fenced(7));
+        // Stepping down stops elections, not writes: each group is fenced at its handover.
         fences.step_down();
-        assert!(fences.is_fenced(7) && fences.is_fenced(8));
         assert!(fences.is_stepping_down());
+        assert!(!fences.is_fenced(7));
+        fences.fence_all();
+        assert!(fences.is_fenced(7) && fences.is_fenced(8));
     }
 
     #[tokio::test]

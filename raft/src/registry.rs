@@ -112,8 +112,6 @@ struct Inner {
     shutdown_done: tokio::sync::Mutex<bool>,
     /// Groups whose leadership this node is giving away (see [`crate::handover`]).
     fences: Fences,
-    /// Peers' application requests being served now (see [`RaftNode::await_peer_requests`]).
-    serving: tokio::sync::watch::Sender<usize>,
 }
 
 impl Drop for Inner {
@@ -169,10 +167,7 @@ impl InboundHandler for Router {
                     }),
                 },
                 PeerRequest::Service(body) => match inner.service() {
-                    Some(service) => {
-                        let _serving = Serving::start(&inner.serving);
-                        PeerResponse::Service(service.handle(from, body).await)
-                    }
+                    Some(service) => PeerResponse::Service(service.handle(from, body).await),
                     None => PeerResponse::Refused(Refusal::NoService),
                 },
                 PeerRequest::AwaitGroup { group, wait_ms } => {
@@ -182,22 +177,6 @@ impl InboundHandler for Router {
                 }
             }
         })
-    }
-}
-
-/// Counts one peer request being served, until dropped (answered or abandoned).
-struct Serving<'a>(&'a tokio::sync::watch::Sender<usize>);
-
-impl<'a> Serving<'a> {
-    fn start(count: &'a tokio::sync::watch::Sender<usize>) -> Self {
-        count.send_modify(|n| *n += 1);
-        Serving(count)
-    }
-}
-
-impl Drop for Serving<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -354,7 +333,6 @@ impl RaftNode {
                 closing: AtomicBool::new(false),
                 shutdown_done: tokio::sync::Mutex::new(false),
                 fences: Fences::default(),
-                serving: tokio::sync::watch::Sender::new(0),
             }
         });
         tracing::info!(node = inner.config.id, listen = %inner.config.listen, "raft node started");
@@ -722,12 +700,12 @@ impl RaftNode {
         self.inner.transport.mark_departing(peer);
     }
 
-    /// Waits until no peer's application request is being served here, at most `wait`:
-    /// a stopping node answers everything its peers sent before they learnt it is leaving,
-    /// so none of them sees a connection close under a request (an unknown outcome).
+    /// Waits until every peer's application request taken in here has its answer flushed
+    /// to the connection, at most `wait`: a stopping node answers everything its peers
+    /// sent before they learnt it is leaving, so none of them sees a connection close
+    /// under a request (an unknown outcome).
     pub async fn await_peer_requests(&self, wait: Duration) {
-        let mut serving = self.inner.serving.subscribe();
-        let _ = tokio::time::timeout(wait, serving.wait_for(|n| *n == 0)).await;
+        self.inner.transport.await_answered(wait).await;
     }
 
     /// Asks a peer whether it holds any state (a vote or a log entry) for `group`, so the

@@ -44,6 +44,38 @@ pub(crate) type FrameWriter = FramedWrite<WriteHalf, LengthDelimitedCodec>;
 struct Outbound {
     frame: Bytes,
     queued_at: Instant,
+    /// For the answer to a peer's application request: released once written out.
+    answering: Option<Answering>,
+}
+
+/// How many peers' application requests (`PeerRequest::Service`) were taken in and do not
+/// yet have their answer flushed to the connection. Shared by a transport's connections.
+#[derive(Clone, Default)]
+pub(crate) struct AnsweringCount(Arc<watch::Sender<usize>>);
+
+impl AnsweringCount {
+    fn start(&self) -> Answering {
+        self.0.send_modify(|n| *n += 1);
+        Answering(self.0.clone())
+    }
+
+    /// Waits until the count is zero, at most `wait`.
+    pub(crate) async fn await_zero(&self, wait: Duration) {
+        let mut count = self.0.subscribe();
+        let _ = tokio::time::timeout(wait, count.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// One request counted in an [`AnsweringCount`], until dropped: taken in by the read loop
+/// (in stream order, so a stopping node counts every request that arrived before a later
+/// frame), carried with the answer, and dropped once the answer is flushed or the
+/// connection is gone.
+pub(crate) struct Answering(Arc<watch::Sender<usize>>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// What every connection of a transport shares.
@@ -58,6 +90,8 @@ pub(crate) struct ConnectionEnv<'a> {
     pub shutdown: &'a CancellationToken,
     /// This node's low-space state, told to the peer (see [`Frame::Status`]).
     pub low_space: &'a watch::Receiver<bool>,
+    /// The transport's count of application requests being answered.
+    pub answering: &'a AnsweringCount,
 }
 
 /// A live connection to one peer. Shared (`Arc`) between the transport's map, the tasks
@@ -86,6 +120,10 @@ pub(crate) struct Connection {
     /// The peer said it is stopping: no application request is sent to it on this
     /// connection (its successor, after the peer restarts, starts clear).
     departing: AtomicBool,
+    /// Orders marking `departing` against queueing an application request: a request
+    /// queued unmarked is in the stream before the answer to the peer's goodbye, which is
+    /// queued after the mark, so the peer reads it first and waits for it.
+    departure: Mutex<()>,
 }
 
 impl Connection {
@@ -104,6 +142,7 @@ impl Connection {
             handler,
             shutdown,
             low_space,
+            answering,
         } = env;
         let (tx, rx) = mpsc::channel(limits.outbound_queue);
         let conn = Arc::new(Connection {
@@ -118,6 +157,7 @@ impl Connection {
             last_heard_ms: AtomicU64::new(0),
             peer_low_space: AtomicBool::new(false),
             departing: AtomicBool::new(false),
+            departure: Mutex::new(()),
         });
         let mut low_space = low_space.clone();
         // The first status goes out with the connection's first frames.
@@ -137,6 +177,7 @@ impl Connection {
             reader,
             faults.clone(),
             handler.clone(),
+            answering.clone(),
             Arc::new(Semaphore::new(limits.max_inflight)),
             ReadTimers {
                 idle_timeout: limits.idle_timeout,
@@ -163,6 +204,7 @@ impl Connection {
 
     /// The peer is stopping: send it no more application requests on this connection.
     pub(crate) fn mark_departing(&self) {
+        let _order = self.departure.lock().unwrap_or_else(|e| e.into_inner());
         self.departing.store(true, Ordering::Release);
     }
 
@@ -232,6 +274,8 @@ impl Connection {
 
     async fn request_inner(&self, body: PeerRequest) -> Result<PeerResponse, TransportError> {
         let closed = || TransportError::ConnectionClosed { peer: self.peer };
+        // Raft's own messages still go to a departing peer (a voter until it stops).
+        let application = matches!(body, PeerRequest::Service(_));
         let _permit = self.inflight.acquire().await.map_err(|_| closed())?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = codec::encode(&Frame::Request { id, body })?;
@@ -245,10 +289,19 @@ impl Connection {
         let out = Outbound {
             frame,
             queued_at: Instant::now(),
+            answering: None,
         };
-        tokio::select! {
-            sent = self.outbound.send(out) => sent.map_err(|_| closed())?,
+        let slot = tokio::select! {
+            slot = self.outbound.reserve() => slot.map_err(|_| closed())?,
             _ = self.closed.cancelled() => return Err(closed()),
+        };
+        {
+            let _order = self.departure.lock().unwrap_or_else(|e| e.into_inner());
+            if application && self.departing.load(Ordering::Acquire) {
+                // Nothing was sent: the caller goes elsewhere.
+                return Err(TransportError::Unreachable { peer: self.peer });
+            }
+            slot.send(out);
         }
         rx.await.map_err(|_| closed())
     }
@@ -321,6 +374,7 @@ async fn write_loop(
     let mut tick = tokio::time::interval(keepalive);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wrote_since_tick = false;
+    let mut unflushed: Vec<Answering> = Vec::new();
     loop {
         let out = tokio::select! {
             _ = conn.closed.cancelled() => break,
@@ -333,7 +387,7 @@ async fn write_loop(
                     wrote_since_tick = false;
                     continue;
                 }
-                Outbound { frame: ping.clone(), queued_at: Instant::now() }
+                Outbound { frame: ping.clone(), queued_at: Instant::now(), answering: None }
             }
             changed = low_space.changed(), if status_open => {
                 if changed.is_err() {
@@ -343,7 +397,7 @@ async fn write_loop(
                 }
                 let low = *low_space.borrow_and_update();
                 match codec::encode(&Frame::Status { low_space: low }) {
-                    Ok(frame) => Outbound { frame, queued_at: Instant::now() },
+                    Ok(frame) => Outbound { frame, queued_at: Instant::now(), answering: None },
                     Err(err) => {
                         tracing::warn!(peer = conn.peer, cause = %err, "cannot encode status");
                         continue;
@@ -361,10 +415,15 @@ async fn write_loop(
             }
         }
         // `feed` only buffers (flushing when the buffer is large); flush once the queue is
-        // empty so a burst of frames goes out in few syscalls.
+        // empty so a burst of frames goes out in few syscalls. Answers count as given once
+        // flushed.
+        unflushed.extend(out.answering);
         let mut result = writer.feed(out.frame).await;
         if result.is_ok() && rx.is_empty() {
             result = SinkExt::<Bytes>::flush(&mut writer).await;
+            if result.is_ok() {
+                unflushed.clear();
+            }
         }
         if let Err(err) = result {
             tracing::debug!(peer = conn.peer, cause = %err, "connection write failed");
@@ -388,6 +447,7 @@ async fn read_loop(
     mut reader: FrameReader,
     faults: Arc<Faults>,
     handler: Arc<dyn InboundHandler>,
+    answering: AnsweringCount,
     serving: Arc<Semaphore>,
     timers: ReadTimers,
 ) {
@@ -456,10 +516,13 @@ async fn read_loop(
                 };
                 let conn = conn.clone();
                 let handler = handler.clone();
+                // Counted now, in stream order (not when the task first runs): a stopping
+                // node counts a peer's request before it reads the next frame.
+                let counted = matches!(body, PeerRequest::Service(_)).then(|| answering.start());
                 tokio::spawn(async move {
                     let response = handler.handle(conn.peer, body).await;
                     drop(permit);
-                    send_response(&conn, id, response).await;
+                    send_response(&conn, id, response, counted).await;
                 });
             }
             Frame::Ping => {}
@@ -476,7 +539,12 @@ async fn read_loop(
     conn.close();
 }
 
-async fn send_response(conn: &Connection, id: u64, body: PeerResponse) {
+async fn send_response(
+    conn: &Connection,
+    id: u64,
+    body: PeerResponse,
+    answering: Option<Answering>,
+) {
     let frame = match codec::encode(&Frame::Response { id, body }) {
         Ok(frame) => frame,
         Err(err) => {
@@ -494,6 +562,7 @@ async fn send_response(conn: &Connection, id: u64, body: PeerResponse) {
     let out = Outbound {
         frame,
         queued_at: Instant::now(),
+        answering,
     };
     tokio::select! {
         // A closed connection drops the answer; the asker's request fails with it.

@@ -144,6 +144,9 @@ struct Inner {
     shutdown: CancellationToken,
     /// The listener and dialer tasks, awaited at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Peers' application requests taken in and not yet answered on the wire (see
+    /// [`Transport::await_answered`]).
+    answering: connection::AnsweringCount,
 }
 
 impl Transport {
@@ -184,6 +187,7 @@ impl Transport {
             next_serial: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            answering: connection::AnsweringCount::default(),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(accept_loop(inner.clone(), listener)));
@@ -294,6 +298,13 @@ impl Transport {
         }
     }
 
+    /// Waits until every application request a peer sent here has its answer written to
+    /// the connection (or the connection is gone), at most `wait`: a stopping node closes
+    /// its connections only then, so no peer sees one close under a request it answered.
+    pub(crate) async fn await_answered(&self, wait: Duration) {
+        self.inner.answering.await_zero(wait).await;
+    }
+
     /// True when `peer` said, on the connection up now, that it is stopping.
     pub(crate) fn is_departing(&self, peer: NodeId) -> bool {
         self.inner
@@ -398,6 +409,7 @@ impl Inner {
                 handler: &self.handler,
                 shutdown: &self.shutdown,
                 low_space: &self.low_space,
+                answering: &self.answering,
             },
         );
         let old = self.write_connections().insert(peer, conn.clone());

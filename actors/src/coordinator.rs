@@ -26,7 +26,10 @@
 //!
 //! A member stream that closes detaches its member ([`GroupRequest::Detach`]): the member
 //! stays for the grace period given, so a reconnecting stream re-attaches, and leaves
-//! when no poll (a re-attached stream, its heartbeat, a fetch) came by then.
+//! when no stream re-attached by then. Each attach is numbered ([`Lease::attachment`]) and
+//! a detach names the attachment it ends: a detach that arrives after a newer stream
+//! attached is stale and ignored, and a fetch or heartbeat of the closed stream still on
+//! its way when the detach arrives does not cancel it.
 //!
 //! Push subscriptions (see `push`): a group without members may be made one
 //! ([`GroupRequest::SetPush`], replicated in the offsets partition). From the proposal on,
@@ -138,7 +141,7 @@ pub enum PollFrom {
     /// Confirm the token's positions first (a fetch presenting its last answer's token).
     Token(PositionToken),
     /// Forget the unconfirmed and confirmed positions and start at the committed offsets:
-    /// a member stream (re-)attaching. Ends a detach.
+    /// a member stream (re-)attaching. A new attachment; ends a detach.
     Committed,
 }
 
@@ -174,13 +177,16 @@ pub enum GroupRequest {
         /// What each fetched partition delivered.
         positions: Vec<Delivery>,
     },
-    /// A member's stream closed: the member leaves after `grace_ms` unless it polls
-    /// first (a stream re-attaching with [`PollFrom::Committed`], its heartbeat, a fetch).
+    /// A member's stream closed: the member leaves after `grace_ms` unless a stream
+    /// re-attaches first ([`PollFrom::Committed`]). Ignored when `attachment` is not the
+    /// member's latest (a newer stream attached before this detach arrived).
     Detach {
         /// The member.
         member_id: String,
         /// How long the member waits for a stream to re-attach.
         grace_ms: u64,
+        /// The closed stream's attachment ([`Lease::attachment`]).
+        attachment: u64,
     },
     /// A member commits offsets (the next offsets to read).
     Commit {
@@ -239,6 +245,9 @@ pub struct Lease {
     /// Fetches this member made so far: which assigned partition a fetch serves first
     /// rotates with it, so a backlog in one partition never starves the others.
     pub rotation: u64,
+    /// Streams attached to this member so far ([`PollFrom::Committed`] polls): a stream
+    /// names its attachment when it closes ([`GroupRequest::Detach`]).
+    pub attachment: u64,
 }
 
 /// A member as `GET /v1/groups/{g}` shows it.
@@ -361,6 +370,8 @@ struct Member {
     delivered: HashMap<TopicPartition, u64>,
     /// Fetches reported so far ([`Lease::rotation`]).
     fetches: u64,
+    /// Streams attached so far ([`Lease::attachment`]).
+    attachments: u64,
     /// Set when the member's stream closed: it leaves then, unless a stream re-attached.
     detached_until: Option<Instant>,
 }
@@ -572,6 +583,7 @@ impl CoordinatorState {
             changed,
             accepted,
             rotation: member.fetches,
+            attachment: member.attachments,
         }
     }
 
@@ -612,6 +624,7 @@ impl CoordinatorState {
                 confirmed: HashMap::new(),
                 delivered: HashMap::new(),
                 fetches: 0,
+                attachments: 0,
                 detached_until: None,
             },
         );
@@ -648,11 +661,10 @@ impl CoordinatorState {
             PollFrom::Committed => {
                 member.confirmed.clear();
                 member.delivered.clear();
+                member.attachments += 1;
+                member.detached_until = None;
             }
         }
-        // Any poll shows a live client: a stream re-attached (or its heartbeat runs) after
-        // a detach that arrived late.
-        member.detached_until = None;
         member.last_seen = Instant::now() + Duration::from_millis(timeout_ms).min(MAX_POLL);
         let member = &self.members[member_id];
         let changed = member.told_generation != self.generation;
@@ -814,10 +826,13 @@ impl CoordinatorState {
             GroupRequest::Detach {
                 member_id,
                 grace_ms,
+                attachment,
             } => match self.members.get_mut(&member_id) {
                 Some(member) => {
-                    member.detached_until =
-                        Instant::now().checked_add(Duration::from_millis(grace_ms));
+                    if member.attachments == attachment {
+                        member.detached_until =
+                            Instant::now().checked_add(Duration::from_millis(grace_ms));
+                    }
                     Ok(GroupAnswer::Done)
                 }
                 None => Err(GroupError::UnknownMember),
@@ -1041,6 +1056,7 @@ mod tests {
             confirmed: HashMap::new(),
             delivered: HashMap::from([(tp(0), 10), (tp(1), 3)]),
             fetches: 0,
+            attachments: 0,
             detached_until: None,
         }
     }

@@ -93,12 +93,20 @@ struct MemberGuard {
     caller: Caller,
     group: String,
     member: String,
+    /// The attachment this stream holds (the attaching poll's lease): its detach names it.
+    attachment: u64,
     /// Stops the heartbeat task.
     heartbeat: CancellationToken,
 }
 
 impl MemberGuard {
-    fn start(state: AppState, caller: Caller, group: String, member: String) -> Self {
+    fn start(
+        state: AppState,
+        caller: Caller,
+        group: String,
+        member: String,
+        attachment: u64,
+    ) -> Self {
         let heartbeat = state.shutdown.child_token();
         let stop = heartbeat.clone();
         let (hb_state, hb_caller) = (state.clone(), caller.clone());
@@ -131,6 +139,7 @@ impl MemberGuard {
             caller,
             group,
             member,
+            attachment,
             heartbeat,
         }
     }
@@ -150,10 +159,11 @@ impl Drop for MemberGuard {
         let group = std::mem::take(&mut self.group);
         let member_id = std::mem::take(&mut self.member);
         let grace_ms = STREAM_REATTACH_GRACE.as_millis() as u64;
+        let attachment = self.attachment;
         runtime.spawn(async move {
             let outcome = state
                 .service
-                .detach_member(&caller, &group, member_id, grace_ms)
+                .detach_member(&caller, &group, member_id, grace_ms, attachment)
                 .await;
             debug!(group = %group, ok = outcome.is_ok(), "member stream closed: detached");
         });
@@ -204,7 +214,13 @@ pub(crate) async fn member_records(
         assignments: lease.assignments.clone(),
     };
     let cursor = MemberCursor {
-        _guard: MemberGuard::start(state.clone(), caller.clone(), group.clone(), member.clone()),
+        _guard: MemberGuard::start(
+            state.clone(),
+            caller.clone(),
+            group.clone(),
+            member.clone(),
+            lease.attachment,
+        ),
         state,
         caller,
         group,

@@ -431,8 +431,8 @@ impl Service {
         Ok(())
     }
 
-    /// Ends a member's stream: its partitions stay with it for `grace_ms` unless a
-    /// stream re-attaches meanwhile.
+    /// Ends a member's stream (its `attachment`, from the lease it attached with): its
+    /// partitions stay with it for `grace_ms` unless a stream re-attaches meanwhile.
     ///
     /// # Errors
     /// The coordinator's refusals.
@@ -442,6 +442,7 @@ impl Service {
         group: &str,
         member_id: String,
         grace_ms: u64,
+        attachment: u64,
     ) -> Result<()> {
         self.authorize(caller, ResourceType::Group, group, Operation::Read)?;
         self.edge
@@ -450,6 +451,7 @@ impl Service {
                 GroupRequest::Detach {
                     member_id,
                     grace_ms,
+                    attachment,
                 },
             )
             .await?;

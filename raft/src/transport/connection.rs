@@ -295,8 +295,11 @@ impl Connection {
             slot = self.outbound.reserve() => slot.map_err(|_| closed())?,
             _ = self.closed.cancelled() => return Err(closed()),
         };
+        // Only application requests are ordered against the departure mark (Raft's
+        // messages, the most frequent, take no lock).
         {
-            let _order = self.departure.lock().unwrap_or_else(|e| e.into_inner());
+            let _order =
+                application.then(|| self.departure.lock().unwrap_or_else(|e| e.into_inner()));
             if application && self.departing.load(Ordering::Acquire) {
                 // Nothing was sent: the caller goes elsewhere.
                 return Err(TransportError::Unreachable { peer: self.peer });

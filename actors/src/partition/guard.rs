@@ -16,7 +16,7 @@ use foldhash::HashMapExt;
 use psubd_raft::{StorageIoError, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use super::id_table::{IdTable, RecordId};
+use super::id_table::{IdPrefix, IdTable, RecordId};
 use crate::record::{batch_count, RecordIter, BATCH_HEADER_LEN};
 
 /// What one publish request asks of its partition beyond storing its records.
@@ -140,8 +140,10 @@ pub(super) fn decide(
     let mut stored_keys: HashMap<&[u8], Option<u64>> = HashMap::new();
     // First decide, changing nothing: what each request comes to, which records are left
     // out (by index in the entry) and which ids to remember.
-    let mut fresh: foldhash::HashMap<RecordId, u64> = foldhash::HashMap::new();
-    let mut remember: Vec<(u64, RecordId)> = Vec::new();
+    // Sized once: growing them showed as a few per cent of node CPU (rehashing).
+    let id_count: usize = guard.requests.iter().map(|(_, g)| g.ids.len()).sum();
+    let mut fresh: foldhash::HashMap<RecordId, u64> = foldhash::HashMap::with_capacity(id_count);
+    let mut remember: Vec<(u64, IdPrefix)> = Vec::with_capacity(id_count);
     let mut dropped: Vec<usize> = Vec::new();
     let mut next = next_offset;
     let mut outcomes = Vec::with_capacity(guard.requests.len());
@@ -188,7 +190,7 @@ pub(super) fn decide(
                     continue;
                 }
                 fresh.insert(id, next);
-                remember.push((next, id));
+                remember.push((next, id.prefix()));
             }
             if let Some(record) = slices.as_ref().and_then(|s: &Vec<&[u8]>| s.get(index)) {
                 if let Some(Ok(view)) = RecordIter::run(record).next() {

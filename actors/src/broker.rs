@@ -121,6 +121,10 @@ impl Broker {
             metadata.clone(),
         );
         let partitions = PartitionTable::default();
+        crate::partition::maintenance_clock::run(
+            Arc::downgrade(&partitions),
+            config.maintenance_interval,
+        );
         let offsets = OffsetsTable::default();
         let (supervisor, _) = Actor::spawn(
             None,

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub storage_low_space: IntGaugeVec,
     /// Raft groups of this node stopped on a fatal error (they serve nothing until restart).
     pub raft_groups_stopped: IntGaugeVec,
+    /// Raft groups of this node that are quiet: idle, neither ticking nor heartbeating.
+    pub raft_groups_quiet: IntGaugeVec,
     /// Raft term of each local replica.
     pub raft_term: IntGaugeVec,
     /// Last Raft log index applied by each local replica.
@@ -241,6 +243,10 @@ impl Metrics {
             "psubd_raft_groups_stopped",
             "Raft groups stopped on a fatal error",
         );
+        let raft_groups_quiet = node_gauge(
+            "psubd_raft_groups_quiet",
+            "Raft groups that are idle and quiet: neither ticking nor heartbeating",
+        );
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -256,6 +262,7 @@ impl Metrics {
             Box::new(storage_free_bytes.clone()),
             Box::new(storage_low_space.clone()),
             Box::new(raft_groups_stopped.clone()),
+            Box::new(raft_groups_quiet.clone()),
             Box::new(raft_term.clone()),
             Box::new(raft_applied_index.clone()),
             Box::new(raft_follower_lag.clone()),
@@ -295,6 +302,7 @@ impl Metrics {
             storage_free_bytes,
             storage_low_space,
             raft_groups_stopped,
+            raft_groups_quiet,
             raft_term,
             raft_applied_index,
             raft_follower_lag,
@@ -445,6 +453,9 @@ impl Metrics {
         self.raft_groups_stopped
             .with_label_values(&node)
             .set(health.stopped_groups().len() as i64);
+        self.raft_groups_quiet
+            .with_label_values(&node)
+            .set(i64::try_from(broker.raft_node().quiet_groups()).unwrap_or(i64::MAX));
         if let Some(bytes) = data_dir_bytes {
             self.data_dir_bytes
                 .with_label_values(&node)

@@ -31,6 +31,8 @@
 //! - `sampler.rs`: per-second throughput series and node memory.
 //! - `hardware.rs`: cores, memory, the disk under the data dir, the git commit.
 //! - `report.rs`: the printed table, medians over runs and the JSON report.
+//! - `idle.rs`: `--idle-topics`, what many idle partitions cost (topic creation, idle
+//!   CPU and memory of the nodes, the first publish to an idle partition).
 //! - `yardstick.rs` (feature `nats`): NATS JetStream under the same single-record load, for
 //!   `bench/vs-nats.sh`; `nats_main.rs` its binary.
 
@@ -43,6 +45,7 @@ mod error_class;
 mod fetch;
 mod group;
 mod hardware;
+mod idle;
 mod latency;
 mod payload;
 mod phase;
@@ -266,6 +269,23 @@ pub struct BenchArgs {
     /// Write the JSON report (hardware, parameters, every run, medians) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Scale mode instead of a load run: create this many topics (`<topic>-idle-NNNNN`, of
+    /// `--partitions` and `--replication-factor`), report topic creation latency, the
+    /// nodes' CPU and memory while idle over `--duration`, and the first publish to
+    /// `--idle-samples` partitions after they went idle. Node CPU is read from /proc:
+    /// `--dev` or local nodes only.
+    #[arg(long)]
+    pub idle_topics: Option<u32>,
+
+    /// With `--idle-topics`: how long to wait after the last topic before the window.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_settle: Duration,
+
+    /// With `--idle-topics`: partitions that get one first publish after the window.
+    #[arg(long, default_value_t = 100)]
+    pub idle_samples: u32,
 }
 
 /// Acknowledgement level of a publish (`?acks=`), as the API names it.
@@ -368,7 +388,14 @@ impl BenchArgs {
         if loops > u64::from(MAX_PRODUCER_LOOPS) {
             bail!("--producers × --in-flight must be at most {MAX_PRODUCER_LOOPS}");
         }
-        if self.producers == 0 && self.consumers == 0 && self.group_consumers == 0 {
+        if self.idle_topics == Some(0) {
+            bail!("--idle-topics must be at least 1");
+        }
+        if self.producers == 0
+            && self.consumers == 0
+            && self.group_consumers == 0
+            && self.idle_topics.is_none()
+        {
             bail!("nothing to measure: give --producers, --consumers or --group-consumers");
         }
         if self.producers == 0 && self.from == StartFrom::Latest && self.consumers > 0 {
@@ -440,8 +467,14 @@ where
 /// that cannot be written. Errors of individual requests are counted, not returned.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
+    let measured = async {
+        match args.idle_topics {
+            Some(topics) => idle::run(&args, topics).await,
+            None => session::run_all(&args).await,
+        }
+    };
     tokio::select! {
-        res = session::run_all(&args) => res,
+        res = measured => res,
         res = tokio::signal::ctrl_c() => {
             res.context("failed to listen for Ctrl-C")?;
             bail!("interrupted")

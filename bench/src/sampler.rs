@@ -242,7 +242,7 @@ pub(crate) fn cpu_seconds_of(pid: &str) -> Option<f64> {
 }
 
 /// `VmRSS` of a local process, bytes.
-fn rss_of_pid(pid: u32) -> Option<u64> {
+pub(crate) fn rss_of_pid(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

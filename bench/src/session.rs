@@ -50,10 +50,9 @@ struct Session<'a> {
     group_prefix: String,
 }
 
-/// Runs the whole bench (see [`super::run`]).
-pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
-    let started_at_unix_ms = now_us() / 1000;
-    let build = hardware::build();
+/// The cluster under test: a `--dev` cluster started here (stopped when dropped) or the
+/// `--url` nodes, ready, with the token requests carry.
+pub(crate) async fn open_cluster(args: &BenchArgs) -> anyhow::Result<(Option<DevCluster>, Target)> {
     let mut dev = match args.dev {
         true => {
             let d = DevCluster::start(
@@ -88,6 +87,14 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
         None => target,
     };
 
+    Ok((dev, target))
+}
+
+/// Runs the whole bench (see [`super::run`]).
+pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
+    let started_at_unix_ms = now_us() / 1000;
+    let build = hardware::build();
+    let (mut dev, target) = open_cluster(args).await?;
     let data_dir = match &dev {
         Some(d) => Some(d.data_dir().to_path_buf()),
         None => args.data_dir.clone(),
@@ -185,7 +192,7 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Waits for `/readyz` on every node, failing fast if a `--dev` launcher dies.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     target: &Target,
     dev: Option<&mut DevCluster>,
     timeout: Duration,

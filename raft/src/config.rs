@@ -98,6 +98,11 @@ pub struct RaftTuning {
     pub reconnect_min_ms: u64,
     /// Longest redial delay: bounds how long a healed link stays unused.
     pub reconnect_max_ms: u64,
+    /// How often the node looks over its groups to let idle ones go quiet and wake the
+    /// ones that must not be (see `crate::quiet`); 0 keeps every group ticking. 250 ms:
+    /// a dead leader's node is noticed within the transport's silence limit plus this,
+    /// and a pass over thousands of groups reads only their metrics.
+    pub quiet_check_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -124,6 +129,7 @@ impl Default for RaftTuning {
             handshake_timeout_ms: 2_000,
             reconnect_min_ms: 50,
             reconnect_max_ms: 1_000,
+            quiet_check_ms: 250,
         }
     }
 }

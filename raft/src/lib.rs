@@ -23,8 +23,10 @@
 //!   peer's `host:port` (an IP literal or a DNS name, resolved at each dial).
 //! - [`transport`], `network`: the peer transport (one TCP connection per peer pair,
 //!   postcard frames) and openraft's outbound network over it.
+//! - `quiet`: idle groups stop ticking and heartbeating, resting on the transport's
+//!   keepalive per peer pair instead, and wake when anything needs them.
 //! - [`registry`]: the groups running on this node ([`RaftNode`]), routing inbound RPCs by
-//!   group id.
+//!   group id, and running the quiet groups' passes.
 //! - [`handover`]: moving a group's leadership to a caught-up follower (a node stopping, a
 //!   preferred leader returning), with the fences that stop proposals meanwhile.
 
@@ -39,6 +41,7 @@ pub mod log;
 pub(crate) mod network;
 pub mod node_storage;
 pub mod peer_addr;
+pub(crate) mod quiet;
 pub mod registry;
 pub mod state;
 pub mod stats;

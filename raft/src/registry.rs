@@ -24,6 +24,7 @@ use crate::health::StorageHealth;
 use crate::network::GroupNetworkFactory;
 use crate::node_storage::NodeStorage;
 use crate::peer_addr::PeerAddr;
+use crate::quiet::QuietGroups;
 use crate::state::logic::GroupLogic;
 use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
 use crate::stats::GroupStats;
@@ -112,6 +113,8 @@ struct Inner {
     shutdown_done: tokio::sync::Mutex<bool>,
     /// Groups whose leadership this node is giving away (see [`crate::handover`]).
     fences: Fences,
+    /// Which groups are quiet (see [`crate::quiet`]).
+    quiet: QuietGroups,
 }
 
 impl Drop for Inner {
@@ -154,7 +157,14 @@ impl InboundHandler for Router {
                 PeerRequest::Raft { group, rpc } => {
                     let raft = inner.read_groups().get(&group).cloned();
                     match raft {
-                        Some(raft) => PeerResponse::Raft(serve_raft(&raft, rpc).await),
+                        Some(raft) => {
+                            if matches!(rpc, RaftRequest::Vote(_)) {
+                                // A peer stands for election: this replica must take part
+                                // in what follows with its timers running.
+                                inner.quiet.wake(group);
+                            }
+                            PeerResponse::Raft(serve_raft(&raft, rpc).await)
+                        }
                         None => PeerResponse::Refused(Refusal::UnknownGroup { group }),
                     }
                 }
@@ -278,6 +288,29 @@ async fn ask_for_snapshots(raft: typ::Raft, mut requests: SnapshotRequests) {
     }
 }
 
+/// Runs the quiet groups' passes (see [`crate::quiet`]) every `every`, until the node is
+/// dropped or shuts down.
+async fn quiet_passes(inner: Weak<Inner>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut quiet_before = 0;
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let contact = inner.transport.contact();
+        let quiet = inner
+            .quiet
+            .pass(&contact, |group| inner.fences.is_fenced(group));
+        if quiet != quiet_before {
+            tracing::debug!(quiet, "quiet groups");
+            quiet_before = quiet;
+        }
+    }
+}
+
 impl RaftNode {
     /// Opens the storage, binds the listen address and starts dialing peers.
     ///
@@ -306,6 +339,11 @@ impl RaftNode {
         let listener = Transport::bind(config.listen).await?;
         let faults = Arc::new(Faults::default());
         let limits = config.tuning.transport_limits();
+        let tuning = &config.tuning;
+        let quiet_every = Duration::from_millis(tuning.quiet_check_ms);
+        // openraft's leader lease is the longest election timeout (see `leader_lease`).
+        let min_awake = Duration::from_millis(2 * tuning.election_max_ms + tuning.heartbeat_ms);
+        let quorum_fresh = Duration::from_millis(tuning.election_min_ms);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let transport = Transport::start(
                 listener,
@@ -333,8 +371,12 @@ impl RaftNode {
                 closing: AtomicBool::new(false),
                 shutdown_done: tokio::sync::Mutex::new(false),
                 fences: Fences::default(),
+                quiet: QuietGroups::new(min_awake, quorum_fresh),
             }
         });
+        if quiet_every > Duration::ZERO {
+            tokio::spawn(quiet_passes(Arc::downgrade(&inner), quiet_every));
+        }
         tracing::info!(node = inner.config.id, listen = %inner.config.listen, "raft node started");
         Ok(RaftNode { inner })
     }
@@ -410,6 +452,12 @@ impl RaftNode {
         })
     }
 
+    /// How many of this node's groups are quiet now: idle, not ticking, resting on the
+    /// transport's keepalive (see [`crate::quiet`]).
+    pub fn quiet_groups(&self) -> usize {
+        self.inner.quiet.count()
+    }
+
     /// The peers with a live transport connection right now (health reports, tests).
     pub fn connected_peers(&self) -> Vec<NodeId> {
         self.inner.transport.connected_peers()
@@ -476,6 +524,7 @@ impl RaftNode {
         .await
         .map_err(|source| RaftNodeError::GroupStart { group, source })?;
         inner.write_groups().insert(group, raft.clone());
+        inner.quiet.opened(group, &raft);
         inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
         tokio::spawn(count_leader_changes(
@@ -501,6 +550,7 @@ impl RaftNode {
                 }
                 Err(err) => {
                     inner.write_groups().remove(&group);
+                    inner.quiet.closed(group);
                     if let Err(join) = raft.shutdown().await {
                         tracing::warn!(cause = %join, "group task failed while closing");
                     }
@@ -618,6 +668,7 @@ impl RaftNode {
     pub async fn close_group(&self, group: GroupId, destroy: bool) -> Result<(), RaftNodeError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
         let raft = self.inner.write_groups().remove(&group);
+        self.inner.quiet.closed(group);
         self.inner.storage.health().group_closed(group);
         if let Some(raft) = raft {
             raft.shutdown()
@@ -765,6 +816,9 @@ impl RaftNode {
         inner.closing.store(true, Ordering::Release);
         let _lifecycle = inner.lifecycle.lock().await;
         let groups: Vec<(GroupId, typ::Raft)> = inner.write_groups().drain().collect();
+        for (group, _) in &groups {
+            inner.quiet.closed(*group);
+        }
         let stops = groups.iter().map(|(group, raft)| async move {
             if let Err(join) = raft.shutdown().await {
                 tracing::warn!(group, cause = %join, "group task failed while shutting down");

@@ -20,8 +20,8 @@
 //! follow arrival order) and spawns a task that waits for the commit with the reply ports;
 //! the write's completion comes back as [`PartitionMsg::WriteDone`].
 //!
-//! Maintenance: a timer sends [`PartitionMsg::Maintenance`] every
-//! [`MaintenanceArgs::interval`]; on the leader it reads the topic's current settings from
+//! Maintenance: the node's maintenance clock ([`super::maintenance_clock`]) sends
+//! [`PartitionMsg::Maintenance`] every [`MaintenanceArgs::interval`] to leaders; on the leader it reads the topic's current settings from
 //! the controller state and proposes what retention ([`super::retention`]) asks for. One trim is
 //! in flight at a time; its outcome comes back as [`PartitionMsg::TrimDone`]. On a
 //! compacted topic it proposes the next compaction window ([`super::compaction`]); while a pass is
@@ -45,7 +45,6 @@ use crate::controller::ControllerState;
 use crate::error::PartitionError;
 use crate::proposal::{self, check_leader};
 use crate::record::{join_batch, EncodedRecords};
-use crate::timer::send_every;
 
 use super::command::{
     append_command, compact_command, decode_append_response, decode_guarded_response,
@@ -584,9 +583,6 @@ impl Actor for PartitionActor {
         myself: ActorRef<Self::Msg>,
         args: PartitionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        send_every(&myself, args.maintenance.interval, || {
-            PartitionMsg::Maintenance
-        });
         let timer_actor = myself.clone();
         let release = ReleaseTimer::new(
             args.group,

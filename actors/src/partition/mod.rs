@@ -22,6 +22,7 @@
 //! | [`logic`] | [`PartitionLogic`]: the state machine, composing the parts above |
 //! | [`release_timer`] | the leader proposing delayed records, and releasing them when due |
 //! | [`actor`] | [`PartitionActor`]: batching publishes, the maintenance tick |
+//! | [`maintenance_clock`] | one timer sending the maintenance tick to the partitions led here |
 
 mod actor;
 mod batch_index;
@@ -39,6 +40,7 @@ pub mod id_table;
 pub mod key_index;
 mod layout;
 mod logic;
+pub mod maintenance_clock;
 mod reader;
 mod release_timer;
 pub mod retention;

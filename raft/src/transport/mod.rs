@@ -265,6 +265,24 @@ impl Transport {
             .is_some_and(|c| !c.is_closed() && c.silent_for() > self.inner.limits.suspect_after)
     }
 
+    /// The peers this node is in contact with now — a live connection on which the peer
+    /// spoke within `suspect_after` and did not say it is stopping — each with the serial
+    /// number of that connection, which changes when the connection is replaced (the peer
+    /// restarted, or the link was redialed). The serial, not the connection's address: a
+    /// replacement allocated where the old one was freed has the same address, and quiet
+    /// followers of a leader that restarted within a pass then never woke. This is the node-level liveness every quiet
+    /// group relies on (see `crate::quiet`): one keepalive per peer pair stands in for the
+    /// heartbeats of all the groups the two share.
+    pub(crate) fn contact(&self) -> BTreeMap<NodeId, u64> {
+        let suspect_after = self.inner.limits.suspect_after;
+        self.inner
+            .read_connections()
+            .iter()
+            .filter(|(_, c)| !c.is_closed() && !c.is_departing() && c.silent_for() <= suspect_after)
+            .map(|(&peer, c)| (peer, c.serial()))
+            .collect()
+    }
+
     /// Sends `body` to `peer` and waits for the answer, at most `timeout`.
     ///
     /// # Errors

@@ -140,7 +140,7 @@ pub(super) fn decide(
     let mut stored_keys: HashMap<&[u8], Option<u64>> = HashMap::new();
     // First decide, changing nothing: what each request comes to, which records are left
     // out (by index in the entry) and which ids to remember.
-    // Sized once: growing them showed as a few per cent of node CPU (rehashing).
+    // Sized once: growing them (rehashing) showed in the profile, about 1 % of node CPU.
     let id_count: usize = guard.requests.iter().map(|(_, g)| g.ids.len()).sum();
     let mut fresh: foldhash::HashMap<RecordId, u64> = foldhash::HashMap::with_capacity(id_count);
     let mut remember: Vec<(u64, IdPrefix)> = Vec::with_capacity(id_count);

@@ -270,9 +270,9 @@ impl Transport {
     /// number of that connection, which changes when the connection is replaced (the peer
     /// restarted, or the link was redialed). The serial, not the connection's address: a
     /// replacement allocated where the old one was freed has the same address, and quiet
-    /// followers of a leader that restarted within a pass then never woke. This is the node-level liveness every quiet
-    /// group relies on (see `crate::quiet`): one keepalive per peer pair stands in for the
-    /// heartbeats of all the groups the two share.
+    /// followers of a leader that restarted within a pass then never woke. This is the
+    /// node-level liveness every quiet group relies on (see `crate::quiet`): one keepalive
+    /// per peer pair stands in for the heartbeats of all the groups the two share.
     pub(crate) fn contact(&self) -> BTreeMap<NodeId, u64> {
         let suspect_after = self.inner.limits.suspect_after;
         self.inner

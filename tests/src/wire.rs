@@ -156,15 +156,34 @@ pub struct ClusterInfo {
     pub controller_leader: Option<u64>,
     /// Every member.
     pub nodes: Vec<ClusterNode>,
+    /// Every partition of every topic and where it lives.
+    pub partitions: Vec<PartitionPlacement>,
 }
 
-/// One member in `GET /v1/cluster`.
+/// One member in `GET /v1/cluster` (and the answer to `POST /v1/cluster/nodes`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClusterNode {
     /// Node id.
     pub id: u64,
+    /// Its peer-transport address.
+    pub raft: String,
     /// Its HTTP base URL; `None` until the node has registered it with the controller.
     pub http: Option<String>,
     /// Whether the answering node believes it is up.
     pub alive: bool,
+    /// Whether it is a voter of the controller group (false while an added node catches up).
+    pub voter: bool,
+}
+
+/// One partition in `GET /v1/cluster`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PartitionPlacement {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// Nodes holding a replica.
+    pub replicas: Vec<u64>,
+    /// Its leader, if known.
+    pub leader: Option<u64>,
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use psubd_tests::wire::{ClusterInfo, ClusterNode};
 use psubd_tests::{
     eventually, expect_error, expect_json, Cluster, NewRecord, NodeClient, PublishOutcome,
 };
-use psubd_wire::cluster::{ClusterInfo, ClusterNode};
 use serde_json::json;
 
 const STEADY: &str = "steady";
@@ -79,20 +79,10 @@ async fn publisher(
     (acked, failed)
 }
 
-async fn cluster_info(node: &NodeClient) -> Result<ClusterInfo, String> {
-    let resp = node
-        .http()
-        .get(node.url("/v1/cluster"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    expect_json(resp, 200).await
-}
-
 /// Node `id` as `via` sees it, once it is a voter there.
 async fn await_voter(via: &NodeClient, id: u64) -> ClusterNode {
     eventually(CATCH_UP, &format!("node {id} a voter"), || async {
-        let info = cluster_info(via).await?;
+        let info = via.try_cluster_info().await?;
         info.nodes
             .into_iter()
             .find(|n| n.id == id && n.voter && n.alive)
@@ -218,7 +208,7 @@ async fn a_node_joins_a_running_cluster_takes_replicas_and_rejoins_after_a_resta
 async fn bad_requests_to_add_a_node_are_refused_and_change_nothing() {
     let cluster = Cluster::start(3).await;
     let via = cluster.node(1);
-    let before = cluster_info(&via).await.expect("cluster");
+    let before = via.try_cluster_info().await.expect("cluster");
     let taken_raft = cluster.raft_addr(2);
     let cases = [
         (
@@ -274,7 +264,7 @@ async fn bad_requests_to_add_a_node_are_refused_and_change_nothing() {
     let node: ClusterNode = expect_json(resp, 200).await.expect("idempotent");
     assert_eq!(node.id, 2);
 
-    let after = cluster_info(&via).await.expect("cluster");
+    let after = via.try_cluster_info().await.expect("cluster");
     let ids = |info: &ClusterInfo| {
         info.nodes
             .iter()

@@ -17,7 +17,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use psubd_tests::{eventually, Cluster, NewRecord, NodeClient, PublishOutcome};
-use psubd_wire::cluster::ClusterInfo;
 use serde_json::json;
 
 const TOPIC: &str = "roll";
@@ -136,13 +135,7 @@ async fn publisher(id: usize, rotation: Rotation, stop: Arc<AtomicBool>) -> Tall
 
 /// Partition leaders per node, from `GET /v1/cluster` on `node` (user topic `TOPIC`).
 async fn leaders_per_node(node: &NodeClient, ids: &[u64]) -> Result<BTreeMap<u64, usize>, String> {
-    let resp = node
-        .http()
-        .get(node.url("/v1/cluster"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let info: ClusterInfo = resp.json().await.map_err(|e| e.to_string())?;
+    let info = node.try_cluster_info().await?;
     let mut per_node: BTreeMap<u64, usize> = ids.iter().map(|id| (*id, 0)).collect();
     for partition in info.partitions.iter().filter(|p| p.topic == TOPIC) {
         let leader = partition

@@ -25,8 +25,8 @@
 //! own), so every replica expires the same sets at the same entry. Memory is bounded: past
 //! [`MAX_IDS_PER_PARTITION`] ids listed in sets the oldest sets are forgotten whole (never
 //! the one just stored). A partition replica's sets list at most that many ids plus one
-//! entry's (24 bytes each in memory) and its lookup at most an eighth more (17 bytes a bucket,
-//! forgotten ones until the next sweep): about 5 MiB in all.
+//! entry's (24 bytes each in memory) and its lookup at most an eighth more (17 bytes a
+//! bucket, forgotten ones until the next sweep): about 5 MiB in all.
 //!
 //! The lookup is kept small because every record with an id costs a probe into it, and a
 //! probe that misses the CPU cache was the main cost of ids when measured: it maps the
@@ -55,9 +55,9 @@ pub const MAX_IDS_PER_PARTITION: usize = 100_000;
 const DIGEST_LEN: usize = 16;
 
 /// Length of the digest prefix the table keeps (in memory and in the tree). 96 bits: a
-/// new id wrongly taken for a live one (its record left out) is about one in 10^23 per
-/// record at the cap, and the 4 bytes less per id than the whole digest are a third of
-/// what a set writes per record (see the module docs on why that counts).
+/// new id wrongly taken for a live one (its record left out) is about one in 10^24 per
+/// record at the cap; and 4 bytes fewer an id than the whole digest, in the sets whose
+/// bytes are most of what ids cost (see the module docs).
 const PREFIX_LEN: usize = 12;
 
 /// A record id as the partition remembers it: the first 16 bytes of its SHA-256.

@@ -120,9 +120,10 @@ struct GroupState {
     metrics: tokio::sync::watch::Receiver<typ::RaftMetrics>,
     /// The last log index the previous pass saw.
     last_log: Option<u64>,
-    /// While quiet: the peers and connections the quiet state relies on.
-    quiet: Option<Basis>,
-    /// The basis the previous pass found (`None`: the replica had to tick).
+    /// Ticks are off.
+    quiet: bool,
+    /// The basis the previous pass found (`None`: the replica had to tick); while quiet,
+    /// the peers and connections the quiet state relies on.
     seen: Option<Basis>,
     /// A woken group keeps ticking at least until then.
     awake_until: Instant,
@@ -167,7 +168,7 @@ impl QuietGroups {
             raft: raft.clone(),
             metrics: raft.metrics(),
             last_log: None,
-            quiet: None,
+            quiet: false,
             seen: None,
             awake_until: Instant::now() + self.min_awake,
         };
@@ -191,7 +192,7 @@ impl QuietGroups {
         let Some(state) = groups.get_mut(&group) else {
             return;
         };
-        if state.quiet.take().is_some() {
+        if std::mem::take(&mut state.quiet) {
             state.raft.runtime_config().tick(true);
             tracing::debug!(group, "quiet group woken by a vote request");
         }
@@ -215,29 +216,24 @@ impl QuietGroups {
                 };
                 quiet_basis(&metrics, conditions, contact)
             };
-            // An awake replica goes quiet only on a basis that held, the same peers on the
-            // same connections, for `min_awake`: a follower whose leader's connection was
-            // replaced may no longer have a leader there (its node restarted), and must
-            // stay awake long enough to stand if no heartbeat comes.
-            if state.quiet.is_none() && state.seen != basis {
+            // A replica goes quiet only on a basis that held, the same peers on the same
+            // connections, for `min_awake`, and a quiet one wakes when it changes: a
+            // follower whose leader's connection was replaced may no longer have a leader
+            // there (its node restarted), and must stay awake long enough to stand if no
+            // heartbeat comes.
+            let changed = state.seen != basis;
+            if changed {
                 state.awake_until = now + self.min_awake;
+                state.seen = basis;
             }
-            state.seen.clone_from(&basis);
-            match (&state.quiet, basis) {
-                // Still quiet on the very same peers and connections.
-                (Some(relied), Some(basis)) if *relied == basis => {}
-                (Some(_), _) => {
-                    state.raft.runtime_config().tick(true);
-                    state.quiet = None;
-                    state.awake_until = now + self.min_awake;
-                }
-                (None, Some(basis)) if now >= state.awake_until => {
-                    state.raft.runtime_config().tick(false);
-                    state.quiet = Some(basis);
-                }
-                (None, _) => {}
+            if state.quiet && changed {
+                state.raft.runtime_config().tick(true);
+                state.quiet = false;
+            } else if !state.quiet && state.seen.is_some() && now >= state.awake_until {
+                state.raft.runtime_config().tick(false);
+                state.quiet = true;
             }
-            quiet += usize::from(state.quiet.is_some());
+            quiet += usize::from(state.quiet);
         }
         self.quiet.store(quiet, Ordering::Relaxed);
         quiet

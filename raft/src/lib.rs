@@ -4,6 +4,8 @@
 //! per-group append-only log segment files (entries). Modules from the bottom up; each uses
 //! only those above it in this list:
 //!
+//! - [`runtime`]: the async runtime of every group's openraft tasks (tokio, holding quiet
+//!   groups' tick tasks still).
 //! - [`types`], [`error`]: the one openraft type configuration every group shares; the
 //!   storage error type.
 //! - `codec`, `blocking`: postcard encoding of what is stored; blocking file work off the
@@ -43,6 +45,7 @@ pub mod node_storage;
 pub mod peer_addr;
 pub(crate) mod quiet;
 pub mod registry;
+pub mod runtime;
 pub mod state;
 pub mod stats;
 pub mod transport;

@@ -4,7 +4,8 @@
 //! each follower a heartbeat every interval; with thousands of partition groups per node
 //! that alone kept a core busy on an idle cluster. So an idle group goes *quiet*: its
 //! core's ticks are switched off (`Raft::runtime_config().tick(false)`), which stops both
-//! its heartbeats and its election timer. What keeps it live instead is one node-level
+//! its heartbeats and its election timer, and its tick task is held still
+//! ([`crate::runtime`]). What keeps it live instead is one node-level
 //! signal per peer pair: the transport's keepalive (`Transport::contact`), which every
 //! group the two nodes share relies on.
 //!
@@ -38,12 +39,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::ServerState;
 use tokio::time::Instant;
 
+use crate::runtime::TickGate;
 use crate::types::{typ, GroupId, NodeId};
 
 /// The peers this node is in contact with, each with the serial number of its connection
@@ -116,6 +118,8 @@ fn leader_basis(
 /// One group as the passes left it.
 struct GroupState {
     raft: typ::Raft,
+    /// Holds the group's tick task while it is quiet.
+    gate: Arc<TickGate>,
     /// The group's metrics, read by every pass without cloning the handle.
     metrics: tokio::sync::watch::Receiver<typ::RaftMetrics>,
     /// The last log index the previous pass saw.
@@ -129,10 +133,34 @@ struct GroupState {
     awake_until: Instant,
 }
 
+impl GroupState {
+    fn wake(&mut self) {
+        if std::mem::take(&mut self.quiet) {
+            self.raft.runtime_config().tick(true);
+            self.gate.open();
+        }
+    }
+
+    fn go_quiet(&mut self) {
+        self.raft.runtime_config().tick(false);
+        self.gate.close();
+        self.quiet = true;
+    }
+}
+
+impl Drop for GroupState {
+    /// A closing group's tick task must run to see that it is cancelled.
+    fn drop(&mut self) {
+        self.gate.open();
+    }
+}
+
 /// The quiet state of every group on the node (see the module doc). The registry adds a
 /// group when it opens and removes it when it closes, so a pass reads only this map.
 pub(crate) struct QuietGroups {
     groups: Mutex<HashMap<GroupId, GroupState>>,
+    /// The contact the previous pass saw.
+    contact: Mutex<Contact>,
     /// How many groups the last pass left quiet (the node's metrics show it).
     quiet: AtomicUsize,
     /// How long a woken group keeps ticking at least: the leader lease, the longest
@@ -151,6 +179,7 @@ impl QuietGroups {
     pub(crate) fn new(min_awake: Duration, fresh: Duration) -> Self {
         QuietGroups {
             groups: Mutex::new(HashMap::new()),
+            contact: Mutex::new(Contact::new()),
             quiet: AtomicUsize::new(0),
             min_awake,
             fresh,
@@ -163,9 +192,10 @@ impl QuietGroups {
     }
 
     /// A group opened: awake, as openraft starts every group.
-    pub(crate) fn opened(&self, group: GroupId, raft: &typ::Raft) {
+    pub(crate) fn opened(&self, group: GroupId, raft: &typ::Raft, gate: Arc<TickGate>) {
         let state = GroupState {
             raft: raft.clone(),
+            gate,
             metrics: raft.metrics(),
             last_log: None,
             quiet: false,
@@ -185,6 +215,12 @@ impl QuietGroups {
         self.quiet.load(Ordering::Relaxed)
     }
 
+    /// How many quiet groups' tick tasks are held still (all of them, unless openraft's
+    /// tick task went unrecognised: see [`crate::runtime`]).
+    pub(crate) fn held_tick_tasks(&self) -> usize {
+        self.lock().values().filter(|s| s.gate.holds_task()).count()
+    }
+
     /// Wakes `group` now (a peer asked it for a vote): it ticks again, for at least
     /// `min_awake`.
     pub(crate) fn wake(&self, group: GroupId) {
@@ -192,8 +228,8 @@ impl QuietGroups {
         let Some(state) = groups.get_mut(&group) else {
             return;
         };
-        if std::mem::take(&mut state.quiet) {
-            state.raft.runtime_config().tick(true);
+        if state.quiet {
+            state.wake();
             tracing::debug!(group, "quiet group woken by a vote request");
         }
         state.awake_until = Instant::now() + self.min_awake;
@@ -202,11 +238,27 @@ impl QuietGroups {
     /// One pass over the node's groups (see the module doc). Returns how many are quiet.
     pub(crate) fn pass(&self, contact: &Contact, fenced: impl Fn(GroupId) -> bool) -> usize {
         let now = Instant::now();
+        let contact_changed = {
+            let mut seen = self.contact.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = *seen != *contact;
+            if changed {
+                seen.clone_from(contact);
+            }
+            changed
+        };
         let mut states = self.lock();
         let mut quiet = 0;
         for (group, state) in states.iter_mut() {
+            // A quiet replica's basis is a function of its metrics, its fence and the
+            // contact alone: with none of them changed it stays quiet, and the pass skips
+            // the work (most groups of an idle node are quiet).
+            let unchanged = !contact_changed && !state.metrics.has_changed().unwrap_or(true);
+            if state.quiet && unchanged && !fenced(*group) {
+                quiet += 1;
+                continue;
+            }
             let basis = {
-                let metrics = state.metrics.borrow();
+                let metrics = state.metrics.borrow_and_update();
                 let idle = state.last_log.is_some() && state.last_log == metrics.last_log_index;
                 state.last_log = metrics.last_log_index;
                 let conditions = Conditions {
@@ -227,11 +279,9 @@ impl QuietGroups {
                 state.seen = basis;
             }
             if state.quiet && changed {
-                state.raft.runtime_config().tick(true);
-                state.quiet = false;
+                state.wake();
             } else if !state.quiet && state.seen.is_some() && now >= state.awake_until {
-                state.raft.runtime_config().tick(false);
-                state.quiet = true;
+                state.go_quiet();
             }
             quiet += usize::from(state.quiet);
         }

@@ -25,6 +25,7 @@ use crate::network::GroupNetworkFactory;
 use crate::node_storage::NodeStorage;
 use crate::peer_addr::PeerAddr;
 use crate::quiet::QuietGroups;
+use crate::runtime::{with_tick_gate, TickGate};
 use crate::state::logic::GroupLogic;
 use crate::state::schedule::{SnapshotRequests, SnapshotSchedule};
 use crate::stats::GroupStats;
@@ -458,6 +459,12 @@ impl RaftNode {
         self.inner.quiet.count()
     }
 
+    /// How many quiet groups' openraft tick tasks are held still: as many as are quiet,
+    /// unless openraft's tick task went unrecognised (see [`crate::runtime`]).
+    pub fn held_tick_tasks(&self) -> usize {
+        self.inner.quiet.held_tick_tasks()
+    }
+
     /// The peers with a live transport connection right now (health reports, tests).
     pub fn connected_peers(&self) -> Vec<NodeId> {
         self.inner.transport.connected_peers()
@@ -514,17 +521,21 @@ impl RaftNode {
             inner.transport.clone(),
             inner.config.tuning.max_append_bytes,
         );
-        let raft = typ::Raft::new(
-            inner.config.id,
-            inner.raft_config.clone(),
-            network,
-            log_store,
-            state_machine,
+        let tick_gate = Arc::new(TickGate::default());
+        let raft = with_tick_gate(
+            tick_gate.clone(),
+            typ::Raft::new(
+                inner.config.id,
+                inner.raft_config.clone(),
+                network,
+                log_store,
+                state_machine,
+            ),
         )
         .await
         .map_err(|source| RaftNodeError::GroupStart { group, source })?;
         inner.write_groups().insert(group, raft.clone());
-        inner.quiet.opened(group, &raft);
+        inner.quiet.opened(group, &raft, tick_gate);
         inner.opened.send_modify(|count| *count += 1);
         tokio::spawn(ask_for_snapshots(raft.clone(), snapshot_requests).in_current_span());
         tokio::spawn(count_leader_changes(

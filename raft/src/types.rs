@@ -61,7 +61,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::GroupRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
 

@@ -1234,3 +1234,62 @@ async fn a_leader_hands_over_to_a_caught_up_follower_at_once_and_keeps_every_ent
     }
     cluster.shutdown().await;
 }
+
+/// Idle groups go quiet with their openraft tick tasks held still, and such a group still
+/// takes writes at once and replaces a leader whose node stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quiet_groups_hold_their_tick_tasks_and_still_write_and_fail_over() {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    for group in [0, 1] {
+        cluster.open_group(group).await;
+        cluster.wait_leader(group, Duration::from_secs(10)).await;
+    }
+    let all_quiet = |cluster: &Cluster| {
+        cluster
+            .live_ids()
+            .iter()
+            .all(|id| cluster.node(*id).quiet_groups() == 2)
+    };
+    eventually(
+        Duration::from_secs(20),
+        "both groups quiet on every node",
+        || async { all_quiet(&cluster).then_some(()) },
+    )
+    .await;
+    for id in cluster.live_ids() {
+        assert_eq!(
+            cluster.node(id).held_tick_tasks(),
+            2,
+            "node {id}: a quiet group's tick task is not held (openraft's tick task unrecognised?)"
+        );
+    }
+
+    // A write wakes a quiet leader and commits without waiting for a tick.
+    let client = cluster.client(0);
+    let mut target = client.leader().await;
+    let started = Instant::now();
+    client
+        .write(&mut target, Bytes::from_static(b"after quiet"))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a write to a quiet group took {:?}",
+        started.elapsed()
+    );
+
+    // The leader's node of the other group stops: the held followers wake and elect.
+    let old = cluster.wait_leader(1, Duration::from_secs(10)).await;
+    cluster.shutdown_node(old).await;
+    let new = eventually(
+        Duration::from_secs(20),
+        "a new leader of group 1",
+        || async { cluster.agreed_leader(1).filter(|leader| *leader != old) },
+    )
+    .await;
+    let client = cluster.client(1);
+    let mut target = new;
+    client
+        .write(&mut target, Bytes::from_static(b"after failover"))
+        .await;
+    cluster.shutdown().await;
+}

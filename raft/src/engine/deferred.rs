@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::iter::Peekable;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::future::BoxFuture;
@@ -73,6 +74,10 @@ pub(crate) struct DeferredTree {
     /// Held for a whole write-out (and by `clear` and `discard`), so write-outs never
     /// overlap and none lands after a clear or a drop.
     writing: Mutex<()>,
+    /// Something was staged since the last engine flush's write-out looked, so the
+    /// flush (ten a second) visits only the trees that were written: on a node of
+    /// thousands of idle groups, visiting every tree was a tenth of its idle CPU.
+    dirty: AtomicBool,
 }
 
 impl DeferredTree {
@@ -226,6 +231,8 @@ impl EngineTree for DeferredTree {
                     staging.bytes -= old.bytes(key_len);
                 }
             }
+            // Under the staging lock: a write-out that sees the flag sees what it flags.
+            self.dirty.store(true, Ordering::Release);
             staging.bytes > MAX_STAGED_BYTES
         };
         if over {
@@ -308,6 +315,7 @@ impl DeferredTrees {
             engine_tree: engine.open_tree(name)?,
             staging: RwLock::default(),
             writing: Mutex::new(()),
+            dirty: AtomicBool::new(false),
         });
         trees.insert(name.to_string(), tree.clone());
         Ok(Tree::from_engine_tree(tree))
@@ -319,10 +327,17 @@ impl DeferredTrees {
     /// # Errors
     /// The first engine error; the other trees are still written out.
     pub(crate) fn write_out_all(&self) -> Result<(), StorageIoError> {
-        let trees: Vec<Arc<DeferredTree>> = self.trees().values().cloned().collect();
+        let dirty: Vec<Arc<DeferredTree>> = self
+            .trees()
+            .values()
+            .filter(|tree| tree.dirty.swap(false, Ordering::AcqRel))
+            .cloned()
+            .collect();
         let mut first_error = None;
-        for tree in trees {
+        for tree in dirty {
             if let Err(error) = tree.write_out() {
+                // Still staged: the next write-out must visit it again.
+                tree.dirty.store(true, Ordering::Release);
                 first_error.get_or_insert(error);
             }
         }

@@ -1,5 +1,6 @@
 //! One maintenance clock for every partition on the node: each period it sends
-//! [`PartitionMsg::Maintenance`] to the partitions whose replica here leads.
+//! [`PartitionMsg::Maintenance`] to the partitions whose replica here leads and that hold
+//! anything to maintain.
 //!
 //! Maintenance is the leader's alone (retention trims, compaction windows and delayed
 //! releases are decided there and reach the followers through Raft), so a follower's tick
@@ -17,6 +18,7 @@ use psubd_raft::GroupId;
 use tokio::time::MissedTickBehavior;
 
 use super::actor::{PartitionHandle, PartitionMsg};
+use super::reader::PartitionReader;
 
 /// Ticks every `period` (the first one `period` from now) until the table is dropped
 /// with the node's broker. A late tick is sent once; the next ones keep their period.
@@ -31,6 +33,7 @@ pub fn run(table: Weak<RwLock<HashMap<GroupId, PartitionHandle>>>, period: Durat
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
+                .filter(|h| may_need_maintenance(&h.reader))
                 .filter(|h| h.raft.metrics().borrow().state == ServerState::Leader)
                 .map(|h| h.actor.clone())
                 .collect();
@@ -41,4 +44,12 @@ pub fn run(table: Weak<RwLock<HashMap<GroupId, PartitionHandle>>>, period: Durat
             }
         }
     });
+}
+
+/// Whether a partition may have maintenance to do. One with no records stored and none
+/// delayed has nothing to trim, compact or release, so its actor is not woken: on a node
+/// of a thousand empty partitions, those messages were a fifth of its idle CPU.
+fn may_need_maintenance(reader: &PartitionReader) -> bool {
+    let bounds = reader.bounds();
+    bounds.log_start < bounds.next_offset || reader.delays().records > 0
 }

@@ -118,14 +118,12 @@ fn leader_basis(
 /// One group as the passes left it.
 struct GroupState {
     raft: typ::Raft,
-    /// Holds the group's tick task while it is quiet.
+    /// Closed while the group is quiet (its ticks are off), holding its tick task.
     gate: Arc<TickGate>,
     /// The group's metrics, read by every pass without cloning the handle.
     metrics: tokio::sync::watch::Receiver<typ::RaftMetrics>,
     /// The last log index the previous pass saw.
     last_log: Option<u64>,
-    /// Ticks are off.
-    quiet: bool,
     /// The basis the previous pass found (`None`: the replica had to tick); while quiet,
     /// the peers and connections the quiet state relies on.
     seen: Option<Basis>,
@@ -134,17 +132,23 @@ struct GroupState {
 }
 
 impl GroupState {
-    fn wake(&mut self) {
-        if std::mem::take(&mut self.quiet) {
-            self.raft.runtime_config().tick(true);
-            self.gate.open();
-        }
+    fn is_quiet(&self) -> bool {
+        self.gate.is_closed()
     }
 
-    fn go_quiet(&mut self) {
+    /// Ticks again if quiet; returns whether it was.
+    fn wake(&self) -> bool {
+        if !self.is_quiet() {
+            return false;
+        }
+        self.raft.runtime_config().tick(true);
+        self.gate.open();
+        true
+    }
+
+    fn go_quiet(&self) {
         self.raft.runtime_config().tick(false);
         self.gate.close();
-        self.quiet = true;
     }
 }
 
@@ -198,7 +202,6 @@ impl QuietGroups {
             gate,
             metrics: raft.metrics(),
             last_log: None,
-            quiet: false,
             seen: None,
             awake_until: Instant::now() + self.min_awake,
         };
@@ -228,8 +231,7 @@ impl QuietGroups {
         let Some(state) = groups.get_mut(&group) else {
             return;
         };
-        if state.quiet {
-            state.wake();
+        if state.wake() {
             tracing::debug!(group, "quiet group woken by a vote request");
         }
         state.awake_until = Instant::now() + self.min_awake;
@@ -253,7 +255,7 @@ impl QuietGroups {
             // contact alone: with none of them changed it stays quiet, and the pass skips
             // the work (most groups of an idle node are quiet).
             let unchanged = !contact_changed && !state.metrics.has_changed().unwrap_or(true);
-            if state.quiet && unchanged && !fenced(*group) {
+            if state.is_quiet() && unchanged && !fenced(*group) {
                 quiet += 1;
                 continue;
             }
@@ -278,12 +280,12 @@ impl QuietGroups {
                 state.awake_until = now + self.min_awake;
                 state.seen = basis;
             }
-            if state.quiet && changed {
+            if changed {
                 state.wake();
-            } else if !state.quiet && state.seen.is_some() && now >= state.awake_until {
+            } else if !state.is_quiet() && state.seen.is_some() && now >= state.awake_until {
                 state.go_quiet();
             }
-            quiet += usize::from(state.quiet);
+            quiet += usize::from(state.is_quiet());
         }
         self.quiet.store(quiet, Ordering::Relaxed);
         quiet

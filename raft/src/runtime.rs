@@ -56,9 +56,14 @@ impl TickGate {
         self.waker.wake();
     }
 
+    /// The gate is closed (the group is quiet).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// The gate is closed on a tick task it holds.
     pub(crate) fn holds_task(&self) -> bool {
-        self.closed.load(Ordering::Acquire) && self.attached.load(Ordering::Acquire)
+        self.is_closed() && self.attached.load(Ordering::Acquire)
     }
 }
 
@@ -77,10 +82,10 @@ impl<F: Future> Future for Gated<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        if self.gate.closed.load(Ordering::Acquire) {
+        if self.gate.is_closed() {
             self.gate.waker.register(cx.waker());
             // Opened between the check and the registration: its wake may have been missed.
-            if self.gate.closed.load(Ordering::Acquire) {
+            if self.gate.is_closed() {
                 return Poll::Pending;
             }
         }
